@@ -1,0 +1,258 @@
+#!/usr/bin/env bash
+# op25b namespace lab: two network namespaces joined only by op25b.
+#
+#   op25b-lab-sub (subscribers)        root ns            op25b-lab-inet (outside)
+#   lo: 100.64.1.10  dynamic                              lo: 203.0.113.25  MX
+#       100.64.9.10  static (exempt)   op25b run              198.51.100.25 ISP relay
+#       2001:db8:100:1::10                                    2001:db8:203::25
+#       2001:db8:100:9::10                                    2001:db8:25::25
+#   default dev op25b-sub  <=== TUN ===> op25b <=== TUN ===>  op25b-up: 100.64.0.0/10,
+#                                                             2001:db8:100::/48
+#                                                             labnet.py serve 25 587 465
+#
+# Usage: scripts/lab.sh up|down|status [--bin PATH] [--config PATH] [--save-log FILE]
+#   up      build the lab and start op25b (idempotent: a healthy lab is left alone,
+#           a partial one is torn down and rebuilt)
+#   down    stop the processes this script started, delete the namespaces, remove
+#           state (safe when nothing or only part of the lab exists);
+#           --save-log FILE keeps a copy of op25b's log (with its final counters)
+#   status  show namespaces, devices, addresses, routes, processes, op25b's log tail
+# Environment: OP25B_LAB_STATE (state dir, default /run/op25b-lab), RUST_LOG (default
+# info), OP25B_LAB_WAIT (seconds to wait for the TUN devices, default 5).
+#
+# Only the two lab namespaces and the processes recorded in the state dir are ever
+# touched: the root namespace's network configuration is not.
+set -euo pipefail
+
+# shellcheck source=scripts/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+
+usage() {
+    sed -n '14,25p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2
+    exit 2
+}
+
+CMD="${1:-}"
+[[ -n "$CMD" ]] || usage
+shift
+BIN="$LAB_REPO_DIR/target/release/op25b"
+CONFIG="$LAB_REPO_DIR/config/lab.toml"
+SAVE_LOG=""
+while (($#)); do
+    case "$1" in
+        --bin) [[ $# -ge 2 ]] || usage; BIN=$(abspath "$2"); shift 2 ;;
+        --bin=*) BIN=$(abspath "${1#*=}"); shift ;;
+        --config) [[ $# -ge 2 ]] || usage; CONFIG=$(abspath "$2"); shift 2 ;;
+        --config=*) CONFIG=$(abspath "${1#*=}"); shift ;;
+        --save-log) [[ $# -ge 2 ]] || usage; SAVE_LOG=$(abspath "$2"); shift 2 ;;
+        --save-log=*) SAVE_LOG=$(abspath "${1#*=}"); shift ;;
+        -h | --help) usage ;;
+        *) err "unknown argument: $1"; usage ;;
+    esac
+done
+
+STATE="$LAB_STATE_DIR"
+OP25B_PID="$STATE/op25b.pid"
+OP25B_LOG="$STATE/op25b.log"
+SERVE_PID="$STATE/serve.pid"
+SERVE_OUT="$STATE/serve.out"
+SERVE_LOG="$STATE/serve.jsonl"
+WAIT_S="${OP25B_LAB_WAIT:-5}"
+
+# ------------------------------------------------------------------ down
+
+lab_down() {
+    # Processes first: op25b holds the TUN devices, the server sits in op25b-lab-inet.
+    stop_recorded "$OP25B_PID" "op25b" "op25b"
+    stop_recorded "$SERVE_PID" "labnet.py" "labnet.py serve"
+    if [[ -n "$SAVE_LOG" && -e "$OP25B_LOG" ]]; then
+        cp -f "$OP25B_LOG" "$SAVE_LOG" && info "op25b log saved to $SAVE_LOG"
+    fi
+    local ns pids
+    for ns in "$LAB_NS_SUB" "$LAB_NS_INET"; do
+        netns_exists "$ns" || continue
+        pids=$(ip netns pids "$ns" 2>/dev/null | tr '\n' ' ' || true)
+        if [[ -n "${pids// /}" ]]; then
+            # Not ours to kill: the namespace lives on (unnamed) until they exit.
+            warn "processes still inside $ns (not started by lab.sh, left alone): $pids"
+        fi
+        info "deleting netns $ns"
+        ip netns delete "$ns"
+    done
+    if [[ -d "$STATE" ]]; then
+        rm -f "$OP25B_PID" "$OP25B_LOG" "$SERVE_PID" "$SERVE_OUT" "$SERVE_LOG"
+        rmdir "$STATE" 2>/dev/null || warn "state dir $STATE not empty, left in place"
+    fi
+}
+
+# ------------------------------------------------------------------ status
+
+lab_healthy() {
+    netns_exists "$LAB_NS_SUB" && netns_exists "$LAB_NS_INET" &&
+        recorded_pid "$OP25B_PID" op25b >/dev/null &&
+        recorded_pid "$SERVE_PID" labnet.py >/dev/null &&
+        link_exists "$LAB_NS_SUB" "$LAB_TUN_SUB" &&
+        link_exists "$LAB_NS_INET" "$LAB_TUN_UP"
+}
+
+lab_status() {
+    local ns pid rc=0
+    echo "state dir: $STATE"
+    for ns in "$LAB_NS_SUB" "$LAB_NS_INET"; do
+        if netns_exists "$ns"; then
+            echo "netns $ns: present"
+            ip -n "$ns" -br link | sed 's/^/    link  /'
+            ip -n "$ns" -br addr | sed 's/^/    addr  /'
+            ip -n "$ns" route | sed 's/^/    route /'
+            ip -n "$ns" -6 route | sed 's/^/    route /'
+        else
+            echo "netns $ns: absent"
+            rc=1
+        fi
+    done
+    if pid=$(recorded_pid "$OP25B_PID" op25b); then
+        echo "op25b: running, pid $pid: $(proc_cmdline "$pid")"
+    elif [[ -e "$OP25B_PID" ]]; then
+        echo "op25b: NOT running (stale pid file $OP25B_PID)"; rc=1
+    else
+        echo "op25b: not started"; rc=1
+    fi
+    if pid=$(recorded_pid "$SERVE_PID" labnet.py); then
+        echo "labnet.py serve: running, pid $pid"
+    elif [[ -e "$SERVE_PID" ]]; then
+        echo "labnet.py serve: NOT running (stale pid file $SERVE_PID)"; rc=1
+    else
+        echo "labnet.py serve: not started"; rc=1
+    fi
+    if [[ -e "$OP25B_LOG" ]]; then
+        echo "op25b log ($OP25B_LOG), last 15 lines:"
+        tail -n 15 "$OP25B_LOG" | sed 's/^/    /'
+    fi
+    return "$rc"
+}
+
+# ------------------------------------------------------------------ up
+
+UP_DONE=0
+on_up_exit() {
+    local rc=$?
+    trap - EXIT INT TERM
+    if ((UP_DONE == 0)); then
+        ((rc != 0)) || rc=1
+        err "lab.sh up failed (exit $rc): tearing down"
+        if [[ -s "$OP25B_LOG" ]]; then
+            err "op25b log ($OP25B_LOG):"
+            sed 's/^/    /' "$OP25B_LOG" >&2
+        fi
+        if [[ -s "$SERVE_OUT" ]]; then
+            err "labnet.py serve output:"
+            sed 's/^/    /' "$SERVE_OUT" >&2
+        fi
+        SAVE_LOG=""
+        lab_down || err "teardown after failed up also failed: run scripts/lab.sh down"
+    fi
+    exit "$rc"
+}
+
+# wait_for DESC CMD...: poll CMD every 0.1 s for $WAIT_S seconds; fail if op25b died.
+wait_for() {
+    local desc=$1 i n
+    shift
+    n=$(awk -v s="$WAIT_S" 'BEGIN { printf "%d", s * 10 }')
+    for ((i = 0; i < n; i++)); do
+        "$@" && return 0
+        if [[ -e "$OP25B_PID" ]] && ! recorded_pid "$OP25B_PID" op25b >/dev/null; then
+            err "op25b exited while waiting for: $desc"
+            return 1
+        fi
+        sleep 0.1
+    done
+    err "timed out after ${WAIT_S}s waiting for: $desc"
+    return 1
+}
+
+serve_ready() { grep -q '"listening"' "$SERVE_OUT" 2>/dev/null; }
+
+lab_up() {
+    require_cmds ip python3
+    [[ -x "$BIN" ]] || die "op25b binary not found or not executable: $BIN (build it: cargo build --release, or pass --bin)"
+    [[ -r "$CONFIG" ]] || die "config not readable: $CONFIG"
+    local name
+    for name in "$LAB_NS_SUB" "$LAB_NS_INET" "$LAB_TUN_SUB" "$LAB_TUN_UP"; do
+        grep -q "\"$name\"" "$CONFIG" ||
+            warn "$CONFIG does not mention \"$name\": op25b may not create the devices this lab expects"
+    done
+
+    if lab_healthy; then
+        info "lab already up (op25b pid $(recorded_pid "$OP25B_PID" op25b)); nothing to do"
+        return 0
+    fi
+    if netns_exists "$LAB_NS_SUB" || netns_exists "$LAB_NS_INET" || [[ -d "$STATE" ]]; then
+        info "partial lab found: tearing it down first"
+        lab_down
+    fi
+
+    trap on_up_exit EXIT
+    trap 'exit 130' INT
+    trap 'exit 143' TERM
+    mkdir -p "$STATE"
+    chmod 700 "$STATE"
+
+    local python
+    python=$(command -v python3)
+
+    info "creating netns $LAB_NS_SUB (subscribers)"
+    ip netns add "$LAB_NS_SUB"
+    ip -n "$LAB_NS_SUB" link set lo up
+    ip -n "$LAB_NS_SUB" addr add "$LAB_DYN4/32" dev lo
+    ip -n "$LAB_NS_SUB" addr add "$LAB_STATIC4/32" dev lo
+    ip -n "$LAB_NS_SUB" addr add "$LAB_DYN6/128" dev lo nodad
+    ip -n "$LAB_NS_SUB" addr add "$LAB_STATIC6/128" dev lo nodad
+
+    info "creating netns $LAB_NS_INET (outside)"
+    ip netns add "$LAB_NS_INET"
+    ip -n "$LAB_NS_INET" link set lo up
+    ip -n "$LAB_NS_INET" addr add "$LAB_MX4/32" dev lo
+    ip -n "$LAB_NS_INET" addr add "$LAB_RELAY4/32" dev lo
+    ip -n "$LAB_NS_INET" addr add "$LAB_MX6/128" dev lo nodad
+    ip -n "$LAB_NS_INET" addr add "$LAB_RELAY6/128" dev lo nodad
+
+    info "starting labnet.py serve (ports ${LAB_PORTS[*]}) in $LAB_NS_INET"
+    local port_args=() p
+    for p in "${LAB_PORTS[@]}"; do port_args+=(--port "$p"); done
+    ip netns exec "$LAB_NS_INET" "$python" "$LAB_LABNET" serve "${port_args[@]}" \
+        --log "$SERVE_LOG" </dev/null >"$SERVE_OUT" 2>&1 &
+    record_pid "$SERVE_PID" "$!"
+    wait_for "labnet.py serve to listen" serve_ready
+
+    info "starting op25b: $BIN run --config $CONFIG (log: $OP25B_LOG)"
+    RUST_LOG="${RUST_LOG:-info}" "$BIN" run --config "$CONFIG" </dev/null >"$OP25B_LOG" 2>&1 &
+    record_pid "$OP25B_PID" "$!"
+
+    wait_for "TUN $LAB_TUN_SUB up in netns $LAB_NS_SUB" link_is_up "$LAB_NS_SUB" "$LAB_TUN_SUB"
+    wait_for "TUN $LAB_TUN_UP up in netns $LAB_NS_INET" link_is_up "$LAB_NS_INET" "$LAB_TUN_UP"
+
+    info "adding routes"
+    ip -n "$LAB_NS_SUB" route add default dev "$LAB_TUN_SUB" src "$LAB_DYN4"
+    ip -n "$LAB_NS_SUB" -6 route add default dev "$LAB_TUN_SUB" src "$LAB_DYN6"
+    ip -n "$LAB_NS_INET" route add "$LAB_SUB_NET4" dev "$LAB_TUN_UP"
+    ip -n "$LAB_NS_INET" -6 route add "$LAB_SUB_NET6" dev "$LAB_TUN_UP"
+
+    # Give op25b a moment to fail on something it does after creating the devices.
+    sleep 0.3
+    recorded_pid "$OP25B_PID" op25b >/dev/null || { err "op25b exited after start-up"; return 1; }
+    recorded_pid "$SERVE_PID" labnet.py >/dev/null || { err "labnet.py serve exited"; return 1; }
+
+    UP_DONE=1
+    trap - EXIT INT TERM
+    info "lab is up: op25b pid $(recorded_pid "$OP25B_PID" op25b), state in $STATE"
+    info "try: ip netns exec $LAB_NS_SUB $LAB_LABNET connect --src $LAB_DYN4 $LAB_MX4 25"
+}
+
+case "$CMD" in
+    up) require_root; lab_up ;;
+    down) require_root; lab_down; info "lab is down" ;;
+    status) require_root; lab_status ;;
+    -h | --help | help) usage ;;
+    *) err "unknown command: $CMD"; usage ;;
+esac

@@ -1,0 +1,460 @@
+//! The config file: serde types for the TOML text, validated into a [`Config`]
+//! (device settings plus a compiled [`Policy`]).
+//!
+//! Every error names the file, the line and the key, in one line:
+//! `lab.toml:31: op25b.dynamic[1]: "100.64.0.0/33" is not a prefix ...`.
+//! Unknown keys are errors, so a typo cannot silently disable a block.
+
+use std::collections::HashSet;
+use std::fmt::{self, Write as _};
+use std::net::IpAddr;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+
+use ipnet::IpNet;
+use serde::Deserialize;
+use toml::Spanned;
+
+use crate::policy::{Action, Op25b, Policy, PortSet, PrefixSet};
+
+/// The Linux limit on interface names (IFNAMSIZ - 1).
+pub const MAX_IFNAME: usize = 15;
+/// Default device MTU.
+pub const DEFAULT_MTU: u16 = 1500;
+/// Smallest MTU accepted: IPv6 needs 1280 (RFC 8200 5).
+pub const MIN_MTU: u16 = 1280;
+
+/// A config that cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("{file}: cannot read: {source}")]
+    Read {
+        /// The file.
+        file: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// A syntax error, an unknown or missing key, or a value that is not allowed.
+    #[error("{file}:{line}: {key}: {message}")]
+    Invalid {
+        /// The file.
+        file: PathBuf,
+        /// 1-based line of the offending value (or of the table that lacks a key).
+        line: usize,
+        /// Dotted key path, e.g. `op25b.dynamic[1]`.
+        key: String,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    router: RouterSection,
+    subscriber: SubscriberSection,
+    upstream: UpstreamSection,
+    op25b: Op25bSection,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RouterSection {
+    addresses: Spanned<Vec<Spanned<String>>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SubscriberSection {
+    tun: Spanned<String>,
+    netns: Option<Spanned<String>>,
+    mtu: Option<Spanned<u16>>,
+    prefixes: Spanned<Vec<Spanned<String>>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UpstreamSection {
+    tun: Spanned<String>,
+    netns: Option<Spanned<String>>,
+    mtu: Option<Spanned<u16>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Op25bSection {
+    dynamic: Vec<Spanned<String>>,
+    #[serde(default)]
+    exempt_sources: Vec<Spanned<String>>,
+    #[serde(default)]
+    relays: Vec<Spanned<String>>,
+    ports: Option<Vec<Spanned<u16>>>,
+    #[serde(default = "default_action")]
+    action: ActionName,
+}
+
+#[derive(Deserialize, Clone, Copy)]
+#[serde(rename_all = "lowercase")]
+enum ActionName {
+    Reject,
+    Drop,
+}
+
+fn default_action() -> ActionName {
+    ActionName::Reject
+}
+
+/// One TUN device as configured.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceConfig {
+    /// Interface name.
+    pub tun: String,
+    /// Network namespace to create it in (`/run/netns/NAME`), if any.
+    pub netns: Option<String>,
+    /// MTU.
+    pub mtu: u16,
+}
+
+/// A validated config.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The file it came from.
+    pub path: PathBuf,
+    /// The subscriber-side device.
+    pub subscriber: DeviceConfig,
+    /// The upstream device.
+    pub upstream: DeviceConfig,
+    /// The compiled policy.
+    pub policy: Policy,
+}
+
+/// Turns spans into line numbers and builds errors.
+struct Ctx<'a> {
+    file: &'a Path,
+    text: &'a str,
+}
+
+impl Ctx<'_> {
+    fn line(&self, span: &Range<usize>) -> usize {
+        let end = span.start.min(self.text.len());
+        self.text.as_bytes()[..end]
+            .iter()
+            .filter(|b| **b == b'\n')
+            .count()
+            + 1
+    }
+
+    fn err(
+        &self,
+        span: &Range<usize>,
+        key: impl Into<String>,
+        message: impl Into<String>,
+    ) -> ConfigError {
+        ConfigError::Invalid {
+            file: self.file.to_path_buf(),
+            line: self.line(span),
+            key: key.into(),
+            message: message.into(),
+        }
+    }
+}
+
+impl Config {
+    /// Reads and validates a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            file: path.to_path_buf(),
+            source,
+        })?;
+        Config::parse(path, &text)
+    }
+
+    /// Validates config text; `path` is only used in messages.
+    pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
+        let cx = Ctx { file: path, text };
+        let file: FileConfig = {
+            let de =
+                toml::Deserializer::parse(text).map_err(|e| toml_error(&cx, e, String::new()))?;
+            serde_path_to_error::deserialize(de).map_err(|e| {
+                let key = e.path().to_string();
+                toml_error(&cx, e.into_inner(), key)
+            })?
+        };
+
+        let mut address_v4 = None;
+        let mut address_v6 = None;
+        if file.router.addresses.get_ref().is_empty() {
+            return Err(cx.err(
+                &file.router.addresses.span(),
+                "router.addresses",
+                "needs at least one address",
+            ));
+        }
+        for (i, a) in file.router.addresses.get_ref().iter().enumerate() {
+            let key = format!("router.addresses[{i}]");
+            let addr: IpAddr = a.get_ref().parse().map_err(|_| {
+                cx.err(
+                    &a.span(),
+                    &key,
+                    format!("{:?} is not an IP address", a.get_ref()),
+                )
+            })?;
+            if !crate::packet::reply::is_unicast_host(addr) {
+                return Err(cx.err(&a.span(), &key, format!("{addr} is not a unicast address")));
+            }
+            let slot_taken = match addr {
+                IpAddr::V4(v4) => address_v4.replace(v4).is_some(),
+                IpAddr::V6(v6) => address_v6.replace(v6).is_some(),
+            };
+            if slot_taken {
+                return Err(cx.err(&a.span(), &key, "one address per IP family"));
+            }
+        }
+
+        let subscriber = device(
+            &cx,
+            "subscriber",
+            &file.subscriber.tun,
+            &file.subscriber.netns,
+            &file.subscriber.mtu,
+        )?;
+        let upstream = device(
+            &cx,
+            "upstream",
+            &file.upstream.tun,
+            &file.upstream.netns,
+            &file.upstream.mtu,
+        )?;
+        if subscriber.tun == upstream.tun && subscriber.netns == upstream.netns {
+            return Err(cx.err(
+                &file.upstream.tun.span(),
+                "upstream.tun",
+                format!(
+                    "{:?} is also the subscriber device in the same namespace",
+                    upstream.tun
+                ),
+            ));
+        }
+
+        let subscriber_prefixes = prefixes(
+            &cx,
+            "subscriber.prefixes",
+            file.subscriber.prefixes.get_ref(),
+        )?;
+        if subscriber_prefixes.is_empty() {
+            return Err(cx.err(
+                &file.subscriber.prefixes.span(),
+                "subscriber.prefixes",
+                "needs at least one prefix: no subscriber source would be allowed",
+            ));
+        }
+        let o = &file.op25b;
+        let ports = match &o.ports {
+            None => vec![25],
+            Some(list) => {
+                let mut out = Vec::with_capacity(list.len());
+                for (i, p) in list.iter().enumerate() {
+                    if *p.get_ref() == 0 {
+                        return Err(cx.err(
+                            &p.span(),
+                            format!("op25b.ports[{i}]"),
+                            "port 0 is not a port",
+                        ));
+                    }
+                    out.push(*p.get_ref());
+                }
+                out
+            }
+        };
+        let op25b = Op25b {
+            dynamic: prefixes(&cx, "op25b.dynamic", &o.dynamic)?,
+            exempt_sources: prefixes(&cx, "op25b.exempt_sources", &o.exempt_sources)?,
+            relays: prefixes(&cx, "op25b.relays", &o.relays)?,
+            ports: PortSet::new(ports),
+            action: match o.action {
+                ActionName::Reject => Action::Reject,
+                ActionName::Drop => Action::Drop,
+            },
+        };
+        let policy = Policy {
+            address_v4,
+            address_v6,
+            subscriber_prefixes,
+            subscriber_mtu: subscriber.mtu,
+            upstream_mtu: upstream.mtu,
+            op25b,
+        };
+        Ok(Config {
+            path: path.to_path_buf(),
+            subscriber,
+            upstream,
+            policy,
+        })
+    }
+
+    /// A readable rendering of the compiled config, for `op25b check`.
+    pub fn render(&self) -> String {
+        let p = &self.policy;
+        let mut s = String::new();
+        let dev = |d: &DeviceConfig| {
+            format!(
+                "{} (netns {}, mtu {})",
+                d.tun,
+                d.netns.as_deref().unwrap_or("<current>"),
+                d.mtu
+            )
+        };
+        let set = |ps: &PrefixSet| {
+            if ps.is_empty() {
+                "(none)".to_string()
+            } else {
+                let (v4, v6) = ps.ranges();
+                let list: Vec<String> = ps.nets().iter().map(|n| n.to_string()).collect();
+                format!(
+                    "{}  [{} prefixes -> {v4} IPv4 + {v6} IPv6 ranges]",
+                    list.join(", "),
+                    ps.len()
+                )
+            }
+        };
+        let opt =
+            |a: Option<String>| a.unwrap_or_else(|| "(none: no ICMP from this family)".into());
+        let _ = writeln!(s, "config {}: OK", self.path.display());
+        let _ = writeln!(s, "router");
+        let _ = writeln!(
+            s,
+            "  address v4        {}",
+            opt(p.address_v4.map(|a| a.to_string()))
+        );
+        let _ = writeln!(
+            s,
+            "  address v6        {}",
+            opt(p.address_v6.map(|a| a.to_string()))
+        );
+        let _ = writeln!(s, "subscriber side     {}", dev(&self.subscriber));
+        let _ = writeln!(s, "  allowed sources   {}", set(&p.subscriber_prefixes));
+        let _ = writeln!(s, "upstream side       {}", dev(&self.upstream));
+        let _ = writeln!(s, "op25b");
+        let ports: Vec<String> = p.op25b.ports.iter().map(|x| x.to_string()).collect();
+        let _ = writeln!(s, "  block TCP to port {} from", ports.join(", "));
+        let _ = writeln!(s, "    dynamic         {}", set(&p.op25b.dynamic));
+        let _ = writeln!(s, "  except sources    {}", set(&p.op25b.exempt_sources));
+        let _ = writeln!(s, "  except relays     {}", set(&p.op25b.relays));
+        let _ = writeln!(
+            s,
+            "  action            {} ({})",
+            p.op25b.action,
+            match p.op25b.action {
+                Action::Reject => "SYN answered with TCP RST, other segments dropped",
+                Action::Drop => "dropped silently",
+            }
+        );
+        s
+    }
+}
+
+impl fmt::Display for Config {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.render())
+    }
+}
+
+fn toml_error(cx: &Ctx<'_>, e: toml::de::Error, key: String) -> ConfigError {
+    let span = e.span().unwrap_or(0..0);
+    let key = if key.is_empty() || key == "." {
+        "(top level)".to_string()
+    } else {
+        key
+    };
+    cx.err(&span, key, e.message().trim().replace('\n', " "))
+}
+
+fn device(
+    cx: &Ctx<'_>,
+    section: &str,
+    tun: &Spanned<String>,
+    netns: &Option<Spanned<String>>,
+    mtu: &Option<Spanned<u16>>,
+) -> Result<DeviceConfig, ConfigError> {
+    let name = tun.get_ref();
+    let bad_char = |s: &str| {
+        s.chars()
+            .any(|c| c == '/' || c == ':' || c.is_whitespace() || c.is_control())
+    };
+    if name.is_empty() || name.len() > MAX_IFNAME || bad_char(name) || name == "." || name == ".." {
+        return Err(cx.err(
+            &tun.span(),
+            format!("{section}.tun"),
+            format!("{name:?} is not a valid interface name (1 to {MAX_IFNAME} bytes, no '/', ':' or spaces)"),
+        ));
+    }
+    if let Some(ns) = netns {
+        let n = ns.get_ref();
+        if n.is_empty() || n.len() > 255 || n.contains('/') || n == "." || n == ".." || bad_char(n)
+        {
+            return Err(cx.err(
+                &ns.span(),
+                format!("{section}.netns"),
+                format!("{n:?} is not a namespace name"),
+            ));
+        }
+    }
+    let mtu_value = match mtu {
+        None => DEFAULT_MTU,
+        Some(m) if *m.get_ref() < MIN_MTU => {
+            return Err(cx.err(
+                &m.span(),
+                format!("{section}.mtu"),
+                format!(
+                    "{} is below {MIN_MTU}, the smallest MTU IPv6 allows",
+                    m.get_ref()
+                ),
+            ))
+        }
+        Some(m) => *m.get_ref(),
+    };
+    Ok(DeviceConfig {
+        tun: name.clone(),
+        netns: netns.as_ref().map(|n| n.get_ref().clone()),
+        mtu: mtu_value,
+    })
+}
+
+fn prefixes(cx: &Ctx<'_>, key: &str, list: &[Spanned<String>]) -> Result<PrefixSet, ConfigError> {
+    let mut nets = Vec::with_capacity(list.len());
+    let mut seen = HashSet::new();
+    for (i, s) in list.iter().enumerate() {
+        let key = format!("{key}[{i}]");
+        let text = s.get_ref().trim();
+        let net: IpNet = match text.parse::<IpNet>() {
+            Ok(n) => n,
+            // A bare address means a host prefix.
+            Err(_) => match text.parse::<IpAddr>() {
+                Ok(a) => IpNet::from(a),
+                Err(_) => {
+                    return Err(cx.err(
+                        &s.span(),
+                        key,
+                        format!("{text:?} is not a prefix (ADDRESS/LENGTH, length at most 32 for IPv4, 128 for IPv6)"),
+                    ))
+                }
+            },
+        };
+        if net.trunc() != net {
+            return Err(cx.err(
+                &s.span(),
+                key,
+                format!("{text:?} has host bits set; did you mean {}?", net.trunc()),
+            ));
+        }
+        if !seen.insert(net) {
+            return Err(cx.err(&s.span(), key, format!("{net} is listed twice")));
+        }
+        nets.push(net);
+    }
+    Ok(PrefixSet::new(nets))
+}
+
+#[cfg(test)]
+mod tests;

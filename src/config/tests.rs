@@ -1,0 +1,167 @@
+use super::*;
+
+const GOOD: &str = include_str!("../../config/lab.toml");
+
+fn parse(text: &str) -> Result<Config, ConfigError> {
+    Config::parse(Path::new("t.toml"), text)
+}
+
+/// The error for `text`, as (line, key, message).
+fn error(text: &str) -> (usize, String, String) {
+    match parse(text) {
+        Err(ConfigError::Invalid {
+            line, key, message, ..
+        }) => (line, key, message),
+        Err(e) => panic!("unexpected error kind: {e}"),
+        Ok(_) => panic!("config accepted:\n{text}"),
+    }
+}
+
+/// The lab config with one line replaced.
+fn with(old: &str, new: &str) -> String {
+    assert!(GOOD.contains(old), "fixture lacks {old:?}");
+    GOOD.replacen(old, new, 1)
+}
+
+fn line_of(text: &str, needle: &str) -> usize {
+    text.lines()
+        .position(|l| l.contains(needle))
+        .expect("needle in text")
+        + 1
+}
+
+#[test]
+fn lab_config_is_valid() {
+    let c = parse(GOOD).expect("lab config");
+    assert_eq!(c.subscriber.tun, "op25b-sub");
+    assert_eq!(c.upstream.netns.as_deref(), Some("op25b-lab-inet"));
+    assert_eq!(c.policy.address_v4, Some("100.64.0.1".parse().unwrap()));
+    assert_eq!(c.policy.op25b.action, Action::Reject);
+    assert!(c.policy.op25b.ports.contains(25));
+    assert!(!c.policy.op25b.ports.contains(587));
+    assert!(c.render().contains("block TCP to port 25"));
+}
+
+#[test]
+fn minimal_config_takes_defaults() {
+    let c = parse(
+        r#"
+[router]
+addresses = ["192.0.2.1"]
+[subscriber]
+tun = "s"
+prefixes = ["100.64.0.0/10"]
+[upstream]
+tun = "u"
+[op25b]
+dynamic = ["100.64.0.0/10"]
+"#,
+    )
+    .expect("minimal config");
+    assert_eq!(c.subscriber.mtu, DEFAULT_MTU);
+    assert_eq!(c.policy.op25b.action, Action::Reject);
+    assert_eq!(c.policy.op25b.ports.iter().collect::<Vec<_>>(), vec![25]);
+    assert_eq!(c.policy.address_v6, None);
+}
+
+#[test]
+fn unknown_key_names_line_and_key() {
+    let text = with(
+        "action = \"reject\"",
+        "action = \"reject\"\nactoin = \"drop\"",
+    );
+    let (line, key, msg) = error(&text);
+    assert_eq!(line, line_of(&text, "actoin"));
+    assert!(key.starts_with("op25b"), "{key}");
+    assert!(msg.contains("actoin"), "{msg}");
+}
+
+#[test]
+fn impossible_prefix_is_rejected() {
+    let text = with(
+        "dynamic = [\"100.64.0.0/10\"",
+        "dynamic = [\"100.64.0.0/33\"",
+    );
+    let (line, key, msg) = error(&text);
+    assert_eq!(line, line_of(&text, "100.64.0.0/33"));
+    assert_eq!(key, "op25b.dynamic[0]");
+    assert!(msg.contains("not a prefix"), "{msg}");
+}
+
+#[test]
+fn host_bits_are_rejected_with_a_hint() {
+    let (_, key, msg) = error(&with(
+        "relays = [\"198.51.100.25/32\"",
+        "relays = [\"198.51.100.25/24\"",
+    ));
+    assert_eq!(key, "op25b.relays[0]");
+    assert!(msg.contains("198.51.100.0/24"), "{msg}");
+}
+
+#[test]
+fn missing_section_is_named() {
+    let start = GOOD.find("[op25b]").unwrap();
+    let (_, key, msg) = error(&GOOD[..start]);
+    assert!(msg.contains("op25b"), "{key}: {msg}");
+}
+
+#[test]
+fn long_tun_name_is_rejected() {
+    let text = with("tun = \"op25b-sub\"", "tun = \"a-name-much-too-long\"");
+    let (line, key, _) = error(&text);
+    assert_eq!(key, "subscriber.tun");
+    assert_eq!(line, line_of(&text, "a-name-much-too-long"));
+}
+
+#[test]
+fn bad_values() {
+    let cases = [
+        (with("ports = [25]", "ports = [70000]"), "op25b.ports"),
+        (with("ports = [25]", "ports = [0]"), "op25b.ports[0]"),
+        (
+            with("action = \"reject\"", "action = \"bounce\""),
+            "op25b.action",
+        ),
+        (with("mtu = 1500", "mtu = 500"), "subscriber.mtu"),
+        (
+            with("\"100.64.0.1\", ", "\"100.64.0.1\", \"100.64.0.2\", "),
+            "router.addresses[1]",
+        ),
+        (
+            with("\"100.64.0.1\", ", "\"224.0.0.1\", "),
+            "router.addresses[0]",
+        ),
+        (
+            with("netns = \"op25b-lab-sub\"", "netns = \"../etc\""),
+            "subscriber.netns",
+        ),
+        (
+            with(
+                "prefixes = [\"100.64.0.0/10\", \"2001:db8:100::/48\"]",
+                "prefixes = []",
+            ),
+            "subscriber.prefixes",
+        ),
+        (with("[upstream]\n", "[upstream]\nfoo = 1\n"), "upstream"),
+        (
+            GOOD.replacen(
+                "tun = \"op25b-up\"\nnetns = \"op25b-lab-inet\"",
+                "tun = \"op25b-sub\"\nnetns = \"op25b-lab-sub\"",
+                1,
+            ),
+            "upstream.tun",
+        ),
+    ];
+    for (text, want) in cases {
+        let (line, key, msg) = error(&text);
+        assert!(key.starts_with(want), "want key {want}, got {key}: {msg}");
+        assert!(line > 1, "{key}: line {line}");
+    }
+}
+
+#[test]
+fn syntax_error_has_a_line() {
+    let text = with("ports = [25]", "ports = [25");
+    let (line, _, _) = error(&text);
+    assert!(line >= line_of(&text, "ports = [25"), "{line}");
+}

@@ -1,0 +1,97 @@
+//! Creating the TUN devices, inside a network namespace when asked.
+//!
+//! tun-rs has no namespace API, so a device that belongs in `/run/netns/NAME` is
+//! created on a short-lived thread that first joins that namespace with
+//! `setns(CLONE_NEWNET)`: the TUNSETIFF ioctl and the MTU / link-up ioctls then
+//! all run there. The file descriptor keeps working from any thread afterwards;
+//! the device disappears when it is closed.
+
+use std::fs::File;
+use std::io;
+
+use nix::sched::{setns, CloneFlags};
+use tun_rs::{DeviceBuilder, SyncDevice};
+
+use crate::config::DeviceConfig;
+
+/// Why a device could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum DeviceError {
+    /// The namespace does not exist or cannot be joined.
+    #[error("network namespace {name:?} (/run/netns/{name}): {source}")]
+    Netns {
+        /// Namespace name.
+        name: String,
+        /// The cause.
+        source: io::Error,
+    },
+    /// Creating or configuring the TUN device failed.
+    #[error("TUN device {name:?}: {what}: {source}")]
+    Tun {
+        /// Interface name.
+        name: String,
+        /// The step that failed.
+        what: &'static str,
+        /// The cause.
+        source: io::Error,
+    },
+}
+
+/// Creates and brings up the TUN device `cfg` describes, non-blocking.
+pub fn open(cfg: &DeviceConfig) -> Result<SyncDevice, DeviceError> {
+    match &cfg.netns {
+        None => create(cfg),
+        Some(ns) => {
+            let path = format!("/run/netns/{ns}");
+            let file = File::open(&path).map_err(|source| DeviceError::Netns {
+                name: ns.clone(),
+                source,
+            })?;
+            std::thread::scope(|s| {
+                s.spawn(|| {
+                    // Only this thread moves; the process stays where it was started.
+                    setns(&file, CloneFlags::CLONE_NEWNET).map_err(|e| DeviceError::Netns {
+                        name: ns.clone(),
+                        source: e.into(),
+                    })?;
+                    create(cfg)
+                })
+                .join()
+                .unwrap_or_else(|_| {
+                    Err(DeviceError::Tun {
+                        name: cfg.tun.clone(),
+                        what: "setup thread panicked",
+                        source: io::Error::other("panic"),
+                    })
+                })
+            })
+        }
+    }
+}
+
+fn create(cfg: &DeviceConfig) -> Result<SyncDevice, DeviceError> {
+    let err = |what| {
+        move |source| DeviceError::Tun {
+            name: cfg.tun.clone(),
+            what,
+            source,
+        }
+    };
+    let dev = DeviceBuilder::new()
+        .name(&cfg.tun)
+        .mtu(cfg.mtu)
+        .packet_information(false)
+        .enable(false)
+        .build_sync()
+        .map_err(err("create"))?;
+    // Without this the kernel gives the device an IPv6 link-local address and
+    // sends router solicitations through it, which the router would have to
+    // count as spoofed. /proc/sys/net follows the calling thread's namespace.
+    let sysctl = format!("/proc/sys/net/ipv6/conf/{}/addr_gen_mode", cfg.tun);
+    if let Err(e) = std::fs::write(&sysctl, "1") {
+        tracing::warn!(device = %cfg.tun, error = %e, "cannot disable IPv6 address generation");
+    }
+    dev.enabled(true).map_err(err("set link up"))?;
+    dev.set_nonblocking(true).map_err(err("set non-blocking"))?;
+    Ok(dev)
+}

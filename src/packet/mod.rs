@@ -1,0 +1,25 @@
+//! Packets on the wire: the parsed view, in-place rewrites with incremental
+//! checksums, and the builders for the replies the router sends.
+
+pub mod checksum;
+pub mod reply;
+pub mod view;
+
+pub use reply::IcmpError;
+pub use view::{proto, tcp_flags, Fragment, IpVersion, PacketView, ParseError, Transport};
+
+/// Decrements the TTL / hop limit of the packet `view` was parsed from, updating
+/// the IPv4 header checksum incrementally (RFC 1624). The caller has checked that
+/// the TTL is above 1.
+pub fn decrement_ttl(view: &PacketView, buf: &mut [u8]) {
+    match view.version {
+        IpVersion::V4 => {
+            let old = u16::from_be_bytes([buf[8], buf[9]]);
+            buf[8] = buf[8].wrapping_sub(1);
+            let new = u16::from_be_bytes([buf[8], buf[9]]);
+            let sum = u16::from_be_bytes([buf[10], buf[11]]);
+            buf[10..12].copy_from_slice(&checksum::adjust(sum, old, new).to_be_bytes());
+        }
+        IpVersion::V6 => buf[7] = buf[7].wrapping_sub(1),
+    }
+}

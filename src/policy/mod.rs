@@ -1,0 +1,42 @@
+//! Policy: the compiled tables the router consults. Built once from the config
+//! (see `config`), then shared read-only by every worker.
+
+pub mod op25b;
+pub mod ports;
+pub mod prefix;
+
+use std::net::{Ipv4Addr, Ipv6Addr};
+
+pub use op25b::{Action, Decision, Op25b};
+pub use ports::PortSet;
+pub use prefix::PrefixSet;
+
+use crate::router::Direction;
+
+/// Everything the router needs to judge and forward packets.
+#[derive(Debug, Clone)]
+pub struct Policy {
+    /// The router's IPv4 address: source of its ICMP errors, answers ping.
+    pub address_v4: Option<Ipv4Addr>,
+    /// The router's IPv6 address.
+    pub address_v6: Option<Ipv6Addr>,
+    /// Sources allowed on the subscriber side (BCP 38).
+    pub subscriber_prefixes: PrefixSet,
+    /// MTU of the subscriber-side device.
+    pub subscriber_mtu: u16,
+    /// MTU of the upstream device.
+    pub upstream_mtu: u16,
+    /// The OP25B fast path.
+    pub op25b: Op25b,
+}
+
+impl Policy {
+    /// The MTU of the device a packet travelling in `dir` leaves through.
+    #[inline]
+    pub fn egress_mtu(&self, dir: Direction) -> u16 {
+        match dir {
+            Direction::Outbound => self.upstream_mtu,
+            Direction::Inbound => self.subscriber_mtu,
+        }
+    }
+}
