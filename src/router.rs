@@ -395,6 +395,8 @@ fn is_martian(src: IpAddr, dst: IpAddr) -> bool {
                 || d.is_unspecified()
                 || d.is_loopback()
                 || d.is_link_local()
+                || d.is_multicast()
+                || d.is_broadcast()
                 || d.octets()[0] == 0
         }
         (IpAddr::V6(s), IpAddr::V6(d)) => {
@@ -410,3 +412,6 @@ fn is_martian(src: IpAddr, dst: IpAddr) -> bool {
         _ => true,
     }
 }
+
+#[cfg(test)]
+mod tests;

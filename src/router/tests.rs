@@ -1,0 +1,953 @@
+//! Scenario tests of the router core over byte-array packets: every branch of
+//! the policy, both IP versions, fragments, malformed input, TTL and MTU.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::sync::Arc;
+use std::time::Instant;
+
+use etherparse::{PacketBuilder, TcpHeaderSlice};
+
+use super::*;
+use crate::config::Config;
+use crate::packet::{checksum, tcp_flags, IpVersion, Transport};
+
+const LAB: &str = include_str!("../../config/lab.toml");
+
+const DYN4: [u8; 4] = [100, 64, 1, 10];
+const STATIC4: [u8; 4] = [100, 64, 9, 10];
+const MX4: [u8; 4] = [203, 0, 113, 25];
+const RELAY4: [u8; 4] = [198, 51, 100, 25];
+const DYN6: &str = "2001:db8:100:1::10";
+const STATIC6: &str = "2001:db8:100:9::10";
+const MX6: &str = "2001:db8:203::25";
+const RELAY6: &str = "2001:db8:25::25";
+
+fn v6(s: &str) -> [u8; 16] {
+    s.parse::<Ipv6Addr>().unwrap().octets()
+}
+
+/// Drives a router and keeps the last output, like a device would see it.
+struct TestRouter {
+    router: Router,
+    now: Instant,
+    reply: Vec<u8>,
+}
+
+impl TestRouter {
+    fn lab() -> TestRouter {
+        TestRouter::with_config(LAB)
+    }
+
+    fn with_config(text: &str) -> TestRouter {
+        let cfg = Config::parse(std::path::Path::new("test.toml"), text).expect("config");
+        TestRouter {
+            router: Router::new(Arc::new(cfg.policy)),
+            now: Instant::now(),
+            reply: vec![0; 2048],
+        }
+    }
+
+    fn with(old: &str, new: &str) -> TestRouter {
+        assert!(LAB.contains(old), "fixture lacks {old:?}");
+        TestRouter::with_config(&LAB.replacen(old, new, 1))
+    }
+
+    /// Feeds `pkt`; returns the verdict and the bytes that would leave.
+    fn send(&mut self, dir: Direction, pkt: &[u8]) -> (Verdict, Vec<u8>) {
+        let mut buf = pkt.to_vec();
+        let v = self.router.handle(self.now, dir, &mut buf, &mut self.reply);
+        let out = match v {
+            Verdict::Forward { len } => buf[..len].to_vec(),
+            Verdict::Reply { len, .. } => self.reply[..len].to_vec(),
+            Verdict::Drop(_) => Vec::new(),
+        };
+        (v, out)
+    }
+
+    fn out(&mut self, pkt: &[u8]) -> (Verdict, Vec<u8>) {
+        self.send(Direction::Outbound, pkt)
+    }
+
+    fn counters(&self) -> &Counters {
+        self.router.counters()
+    }
+}
+
+fn tcp4(src: [u8; 4], dst: [u8; 4], dport: u16, syn: bool, ttl: u8) -> Vec<u8> {
+    let b = PacketBuilder::ipv4(src, dst, ttl).tcp(40000, dport, 1000, 64240);
+    let b = if syn { b.syn() } else { b.ack(5000) };
+    let mut v = Vec::new();
+    b.write(&mut v, &[]).unwrap();
+    v
+}
+
+fn tcp6(src: &str, dst: &str, dport: u16, syn: bool, ttl: u8) -> Vec<u8> {
+    let b = PacketBuilder::ipv6(v6(src), v6(dst), ttl).tcp(40000, dport, 1000, 64240);
+    let b = if syn { b.syn() } else { b.ack(5000) };
+    let mut v = Vec::new();
+    b.write(&mut v, &[]).unwrap();
+    v
+}
+
+fn udp4(src: [u8; 4], dst: [u8; 4], dport: u16, payload: usize) -> Vec<u8> {
+    let mut v = Vec::new();
+    PacketBuilder::ipv4(src, dst, 64)
+        .udp(40000, dport)
+        .write(&mut v, &vec![0x55; payload])
+        .unwrap();
+    v
+}
+
+fn udp6(src: &str, dst: &str, dport: u16, payload: usize) -> Vec<u8> {
+    let mut v = Vec::new();
+    PacketBuilder::ipv6(v6(src), v6(dst), 64)
+        .udp(40000, dport)
+        .write(&mut v, &vec![0x55; payload])
+        .unwrap();
+    v
+}
+
+fn fix_v4_checksum(p: &mut [u8]) {
+    let ihl = usize::from(p[0] & 0xf) * 4;
+    p[10] = 0;
+    p[11] = 0;
+    let c = !checksum::sum(&p[..ihl]);
+    p[10..12].copy_from_slice(&c.to_be_bytes());
+}
+
+/// An IPv4 fragment of `whole`: payload bytes `[from, to)` at offset `from`.
+fn frag4(whole: &[u8], from: usize, to: usize, more: bool) -> Vec<u8> {
+    let mut p = whole[..20].to_vec();
+    p.extend_from_slice(&whole[20 + from..20 + to]);
+    let len = p.len() as u16;
+    p[2..4].copy_from_slice(&len.to_be_bytes());
+    let off = (from / 8) as u16 | if more { 0x2000 } else { 0 };
+    p[6..8].copy_from_slice(&off.to_be_bytes());
+    fix_v4_checksum(&mut p);
+    p
+}
+
+/// Inserts an 8-byte IPv6 extension header of `kind` right after the fixed header.
+fn ext6(pkt: &[u8], kind: u8, body: [u8; 6]) -> Vec<u8> {
+    let mut p = pkt[..40].to_vec();
+    let next = p[6];
+    p[6] = kind;
+    p.push(next);
+    p.push(0);
+    p.extend_from_slice(&body);
+    p.extend_from_slice(&pkt[40..]);
+    let plen = (p.len() - 40) as u16;
+    p[4..6].copy_from_slice(&plen.to_be_bytes());
+    p
+}
+
+const PADN: [u8; 6] = [1, 4, 0, 0, 0, 0];
+
+fn frag6(pkt: &[u8], offset8: u16, more: bool, keep: usize) -> Vec<u8> {
+    let word = (offset8 << 3) | u16::from(more);
+    let w = word.to_be_bytes();
+    let mut p = ext6(pkt, 44, [w[0], w[1], 0, 0, 0, 7]);
+    p.truncate(48 + keep);
+    let plen = (p.len() - 40) as u16;
+    p[4..6].copy_from_slice(&plen.to_be_bytes());
+    p
+}
+
+fn parse(p: &[u8]) -> PacketView {
+    PacketView::parse(p).expect("router output parses")
+}
+
+/// Checks the reply is a well-formed RST answering a SYN of `syn`.
+fn assert_rst_for(syn: &[u8], reply: &[u8]) {
+    let q = parse(syn);
+    let r = parse(reply);
+    assert_eq!(
+        (r.src, r.dst),
+        (q.dst, q.src),
+        "RST comes from the dialled address"
+    );
+    let Transport::Tcp {
+        src_port,
+        dst_port,
+        flags,
+        seq,
+        ack,
+        ..
+    } = r.transport
+    else {
+        panic!("not TCP")
+    };
+    let Transport::Tcp {
+        src_port: qs,
+        dst_port: qd,
+        seq: qseq,
+        ..
+    } = q.transport
+    else {
+        unreachable!()
+    };
+    assert_eq!((src_port, dst_port), (qd, qs));
+    assert_eq!(flags, tcp_flags::RST | tcp_flags::ACK);
+    assert_eq!(seq, 0);
+    assert_eq!(ack, qseq.wrapping_add(1));
+    let tcp = TcpHeaderSlice::from_slice(&reply[r.l4_offset..]).unwrap();
+    let want = match (r.src, r.dst) {
+        (IpAddr::V4(s), IpAddr::V4(d)) => tcp
+            .calc_checksum_ipv4_raw(s.octets(), d.octets(), &[])
+            .unwrap(),
+        (IpAddr::V6(s), IpAddr::V6(d)) => tcp
+            .calc_checksum_ipv6_raw(s.octets(), d.octets(), &[])
+            .unwrap(),
+        _ => unreachable!(),
+    };
+    assert_eq!(tcp.checksum(), want, "RST checksum");
+    assert!(reply.len() <= syn.len(), "reply no larger than the trigger");
+}
+
+/// Checks an ICMP error: from `from`, to the trigger's source, type/code, quoting it.
+fn assert_icmp(trigger: &[u8], reply: &[u8], from: IpAddr, icmp_type: u8, code: u8) -> PacketView {
+    let q = parse(trigger);
+    let r = parse(reply);
+    assert_eq!(r.src, from);
+    assert_eq!(r.dst, q.src);
+    assert_eq!(r.transport, Transport::Icmp { icmp_type, code });
+    let body = &reply[r.l4_offset..r.len];
+    assert_eq!(
+        &body[8..8 + 28],
+        &trigger[..28],
+        "quotes the offending packet"
+    );
+    match r.version {
+        IpVersion::V4 => assert_eq!(checksum::sum(body), 0xffff, "ICMP checksum"),
+        IpVersion::V6 => {
+            let (IpAddr::V6(s), IpAddr::V6(d)) = (r.src, r.dst) else {
+                unreachable!()
+            };
+            let mut pseudo = Vec::new();
+            pseudo.extend_from_slice(&s.octets());
+            pseudo.extend_from_slice(&d.octets());
+            pseudo.extend_from_slice(&(body.len() as u32).to_be_bytes());
+            pseudo.extend_from_slice(&[0, 0, 0, 58]);
+            pseudo.extend_from_slice(body);
+            assert_eq!(checksum::sum(&pseudo), 0xffff, "ICMPv6 checksum");
+        }
+    }
+    r
+}
+
+// ---- forwarding -------------------------------------------------------------
+
+#[test]
+fn forwards_and_decrements_ttl_with_valid_checksum() {
+    let mut t = TestRouter::lab();
+    let p = tcp4(DYN4, MX4, 587, true, 64);
+    let (v, out) = t.out(&p);
+    assert_eq!(v, Verdict::Forward { len: p.len() });
+    assert_eq!(out[8], 63);
+    assert_eq!(checksum::sum(&out[..20]), 0xffff);
+    assert_eq!(&out[12..], &p[12..], "only TTL and checksum change");
+
+    let p6 = tcp6(DYN6, MX6, 587, true, 64);
+    let (v, out) = t.out(&p6);
+    assert_eq!(v, Verdict::Forward { len: p6.len() });
+    assert_eq!(out[7], 63);
+    assert_eq!(t.counters().forwarded(Direction::Outbound), 2);
+}
+
+#[test]
+fn submission_ports_other_ports_and_udp_pass() {
+    let mut t = TestRouter::lab();
+    for port in [587, 465, 80, 2525, 24, 26] {
+        assert!(
+            matches!(
+                t.out(&tcp4(DYN4, MX4, port, true, 64)).0,
+                Verdict::Forward { .. }
+            ),
+            "{port}"
+        );
+        assert!(
+            matches!(
+                t.out(&tcp6(DYN6, MX6, port, true, 64)).0,
+                Verdict::Forward { .. }
+            ),
+            "{port}"
+        );
+    }
+    assert!(matches!(
+        t.out(&udp4(DYN4, MX4, 25, 10)).0,
+        Verdict::Forward { .. }
+    ));
+    assert!(matches!(
+        t.out(&udp6(DYN6, MX6, 25, 10)).0,
+        Verdict::Forward { .. }
+    ));
+    assert_eq!(t.counters().op25b_blocked.get(), 0);
+}
+
+#[test]
+fn inbound_traffic_to_port_25_passes() {
+    let mut t = TestRouter::lab();
+    let p = tcp4(MX4, DYN4, 25, true, 64);
+    assert!(matches!(
+        t.send(Direction::Inbound, &p).0,
+        Verdict::Forward { .. }
+    ));
+    let p = tcp6(MX6, DYN6, 25, true, 64);
+    assert!(matches!(
+        t.send(Direction::Inbound, &p).0,
+        Verdict::Forward { .. }
+    ));
+    assert_eq!(t.counters().forwarded(Direction::Inbound), 2);
+}
+
+// ---- the OP25B fast path ------------------------------------------------------
+
+#[test]
+fn blocked_syn_gets_rst_v4_and_v6() {
+    let mut t = TestRouter::lab();
+    let p = tcp4(DYN4, MX4, 25, true, 64);
+    let (v, out) = t.out(&p);
+    assert!(
+        matches!(
+            v,
+            Verdict::Reply {
+                kind: ReplyKind::TcpRst,
+                ..
+            }
+        ),
+        "{v:?}"
+    );
+    assert_rst_for(&p, &out);
+    let p6 = tcp6(DYN6, MX6, 25, true, 64);
+    let (v, out) = t.out(&p6);
+    assert!(
+        matches!(
+            v,
+            Verdict::Reply {
+                kind: ReplyKind::TcpRst,
+                ..
+            }
+        ),
+        "{v:?}"
+    );
+    assert_rst_for(&p6, &out);
+    assert_eq!(t.counters().op25b_blocked.get(), 2);
+    assert_eq!(t.counters().replies(ReplyKind::TcpRst), 2);
+}
+
+#[test]
+fn blocked_non_syn_segments_are_dropped() {
+    let mut t = TestRouter::lab();
+    assert_eq!(
+        t.out(&tcp4(DYN4, MX4, 25, false, 64)).0,
+        Verdict::Drop(DropReason::Op25bBlocked)
+    );
+    assert_eq!(
+        t.out(&tcp6(DYN6, MX6, 25, false, 64)).0,
+        Verdict::Drop(DropReason::Op25bBlocked)
+    );
+    // An RST to port 25 is dropped, never answered.
+    let mut rst = Vec::new();
+    PacketBuilder::ipv4(DYN4, MX4, 64)
+        .tcp(40000, 25, 1, 0)
+        .rst()
+        .write(&mut rst, &[])
+        .unwrap();
+    assert_eq!(t.out(&rst).0, Verdict::Drop(DropReason::Op25bBlocked));
+}
+
+#[test]
+fn drop_action_is_silent() {
+    let mut t = TestRouter::with("action = \"reject\"", "action = \"drop\"");
+    assert_eq!(
+        t.out(&tcp4(DYN4, MX4, 25, true, 64)).0,
+        Verdict::Drop(DropReason::Op25bBlocked)
+    );
+    assert_eq!(
+        t.out(&tcp6(DYN6, MX6, 25, true, 64)).0,
+        Verdict::Drop(DropReason::Op25bBlocked)
+    );
+    assert_eq!(t.counters().replies(ReplyKind::TcpRst), 0);
+}
+
+#[test]
+fn exempt_sources_and_relays_pass() {
+    let mut t = TestRouter::lab();
+    for p in [
+        tcp4(STATIC4, MX4, 25, true, 64),
+        tcp4(DYN4, RELAY4, 25, true, 64),
+        tcp6(STATIC6, MX6, 25, true, 64),
+        tcp6(DYN6, RELAY6, 25, true, 64),
+    ] {
+        assert!(
+            matches!(t.out(&p).0, Verdict::Forward { .. }),
+            "{:?}",
+            parse(&p)
+        );
+    }
+    // A relay's neighbour is not a relay.
+    assert!(matches!(
+        t.out(&tcp4(DYN4, [198, 51, 100, 26], 25, true, 64)).0,
+        Verdict::Reply { .. }
+    ));
+}
+
+#[test]
+fn sources_outside_the_dynamic_pools_pass() {
+    let mut t = TestRouter::with(
+        "dynamic = [\"100.64.0.0/10\"",
+        "dynamic = [\"100.64.0.0/16\"",
+    );
+    assert!(matches!(
+        t.out(&tcp4([100, 65, 0, 1], MX4, 25, true, 64)).0,
+        Verdict::Forward { .. }
+    ));
+    assert!(matches!(
+        t.out(&tcp4([100, 64, 0, 9], MX4, 25, true, 64)).0,
+        Verdict::Reply { .. }
+    ));
+}
+
+#[test]
+fn extra_blocked_ports() {
+    let mut t = TestRouter::with("ports = [25]", "ports = [25, 2525]");
+    assert!(matches!(
+        t.out(&tcp4(DYN4, MX4, 2525, true, 64)).0,
+        Verdict::Reply {
+            kind: ReplyKind::TcpRst,
+            ..
+        }
+    ));
+    assert!(matches!(
+        t.out(&tcp4(DYN4, MX4, 587, true, 64)).0,
+        Verdict::Forward { .. }
+    ));
+}
+
+#[test]
+fn ipv6_extension_headers_do_not_hide_tcp() {
+    let mut t = TestRouter::lab();
+    let base = tcp6(DYN6, MX6, 25, true, 64);
+    let hbh = ext6(&base, 0, PADN);
+    let dst = ext6(&base, 60, PADN);
+    let both = ext6(&ext6(&base, 60, PADN), 0, PADN);
+    let atomic = frag6(&base, 0, false, base.len() - 40);
+    for p in [hbh, dst, both, atomic] {
+        let (v, out) = t.out(&p);
+        assert!(
+            matches!(
+                v,
+                Verdict::Reply {
+                    kind: ReplyKind::TcpRst,
+                    ..
+                }
+            ),
+            "{v:?}"
+        );
+        assert_rst_for(&p, &out);
+    }
+}
+
+#[test]
+fn ipv6_chain_limits() {
+    let mut t = TestRouter::lab();
+    let mut p = tcp6(DYN6, MX6, 25, true, 64);
+    for _ in 0..MAX_EXT {
+        p = ext6(&p, 60, PADN);
+    }
+    assert!(
+        matches!(t.out(&p).0, Verdict::Reply { .. }),
+        "{MAX_EXT} headers are followed"
+    );
+    let p = ext6(&p, 60, PADN);
+    assert_eq!(t.out(&p).0, Verdict::Drop(DropReason::BadExtHeader));
+    // Hop-by-hop anywhere but first.
+    let p = ext6(&ext6(&tcp6(DYN6, MX6, 25, true, 64), 0, PADN), 60, PADN);
+    assert_eq!(t.out(&p).0, Verdict::Drop(DropReason::BadExtHeader));
+}
+
+const MAX_EXT: usize = crate::packet::view::MAX_EXT_HEADERS;
+
+// ---- fragments ------------------------------------------------------------------
+
+fn syn_with_data4(dport: u16) -> Vec<u8> {
+    let mut v = Vec::new();
+    PacketBuilder::ipv4(DYN4, MX4, 64)
+        .tcp(40000, dport, 7, 1000)
+        .syn()
+        .write(&mut v, &[0xaa; 64])
+        .unwrap();
+    v[6] = 0; // clear DF so fragmenting is legal
+    fix_v4_checksum(&mut v);
+    v
+}
+
+#[test]
+fn ipv4_first_fragment_is_judged_on_its_tcp_header() {
+    let mut t = TestRouter::lab();
+    let whole = syn_with_data4(25);
+    let first = frag4(&whole, 0, 24, true);
+    let (v, out) = t.out(&first);
+    assert!(
+        matches!(
+            v,
+            Verdict::Reply {
+                kind: ReplyKind::TcpRst,
+                ..
+            }
+        ),
+        "{v:?}"
+    );
+    assert!(matches!(
+        parse(&out).transport,
+        Transport::Tcp {
+            src_port: 25,
+            dst_port: 40000,
+            ..
+        }
+    ));
+    let ok = frag4(&syn_with_data4(587), 0, 24, true);
+    assert!(matches!(t.out(&ok).0, Verdict::Forward { .. }));
+}
+
+#[test]
+fn ipv4_tiny_and_overlapping_fragments_are_dropped() {
+    let mut t = TestRouter::lab();
+    let whole = syn_with_data4(587);
+    // 8 bytes of TCP header in the first fragment: ports readable, flags not.
+    assert_eq!(
+        t.out(&frag4(&whole, 0, 8, true)).0,
+        Verdict::Drop(DropReason::TinyFragment)
+    );
+    assert_eq!(
+        t.out(&frag4(&whole, 0, 16, true)).0,
+        Verdict::Drop(DropReason::TinyFragment)
+    );
+    // Offset 1 (8 bytes) could overwrite the flags of the first fragment.
+    assert_eq!(
+        t.out(&frag4(&whole, 8, 40, true)).0,
+        Verdict::Drop(DropReason::FragmentOverlap)
+    );
+    assert_eq!(t.counters().dropped(DropReason::TinyFragment), 2);
+}
+
+#[test]
+fn later_fragments_pass_without_their_first() {
+    let mut t = TestRouter::lab();
+    let whole = syn_with_data4(25);
+    let later = frag4(&whole, 24, 84, false);
+    assert!(matches!(t.out(&later).0, Verdict::Forward { .. }));
+    let p6 = frag6(&tcp6(DYN6, MX6, 25, true, 64), 3, false, 16);
+    assert!(matches!(t.out(&p6).0, Verdict::Forward { .. }));
+}
+
+#[test]
+fn ipv6_fragments() {
+    let mut t = TestRouter::lab();
+    let base = tcp6(DYN6, MX6, 25, true, 64);
+    // First fragment holding the whole TCP header: judged and answered.
+    let first = frag6(&base, 0, true, 20);
+    assert!(matches!(
+        t.out(&first).0,
+        Verdict::Reply {
+            kind: ReplyKind::TcpRst,
+            ..
+        }
+    ));
+    // First fragment without the whole TCP header (RFC 7112): dropped.
+    assert_eq!(
+        t.out(&frag6(&base, 0, true, 12)).0,
+        Verdict::Drop(DropReason::TinyFragment)
+    );
+    // Offset 1 TCP fragment: dropped.
+    assert_eq!(
+        t.out(&frag6(&base, 1, true, 8)).0,
+        Verdict::Drop(DropReason::FragmentOverlap)
+    );
+    // Two fragment headers: dropped.
+    let twice = frag6(&frag6(&base, 0, true, 20), 0, true, 28);
+    assert_eq!(t.out(&twice).0, Verdict::Drop(DropReason::BadExtHeader));
+}
+
+// ---- anti-spoofing and martians --------------------------------------------------
+
+#[test]
+fn spoofed_sources_are_dropped_both_ways() {
+    let mut t = TestRouter::lab();
+    // A subscriber borrowing an address outside its prefixes.
+    assert_eq!(
+        t.out(&tcp4([192, 0, 2, 66], MX4, 25, true, 64)).0,
+        Verdict::Drop(DropReason::Spoofed)
+    );
+    assert_eq!(
+        t.out(&tcp4([192, 0, 2, 66], MX4, 587, true, 64)).0,
+        Verdict::Drop(DropReason::Spoofed)
+    );
+    assert_eq!(
+        t.out(&tcp6("2001:db8:ff::66", MX6, 587, true, 64)).0,
+        Verdict::Drop(DropReason::Spoofed)
+    );
+    // The outside claiming a subscriber's address.
+    let p = tcp4(STATIC4, DYN4, 80, true, 64);
+    assert_eq!(
+        t.send(Direction::Inbound, &p).0,
+        Verdict::Drop(DropReason::Spoofed)
+    );
+    assert_eq!(t.counters().dropped(DropReason::Spoofed), 4);
+}
+
+#[test]
+fn martians_are_dropped() {
+    let mut t = TestRouter::with(
+        "prefixes = [\"100.64.0.0/10\", \"2001:db8:100::/48\"]",
+        "prefixes = [\"0.0.0.0/0\", \"::/0\"]",
+    );
+    for p in [
+        tcp4([127, 0, 0, 1], MX4, 80, true, 64),
+        tcp4(DYN4, [127, 0, 0, 1], 80, true, 64),
+        tcp4([224, 0, 0, 1], MX4, 80, true, 64),
+        tcp4(DYN4, [224, 0, 0, 5], 80, true, 64),
+        tcp4(DYN4, [255, 255, 255, 255], 80, true, 64),
+        tcp4([169, 254, 1, 1], MX4, 80, true, 64),
+        tcp4([0, 0, 0, 0], MX4, 80, true, 64),
+        tcp6("fe80::1", MX6, 80, true, 64),
+        tcp6(DYN6, "ff02::1", 80, true, 64),
+        tcp6("::1", MX6, 80, true, 64),
+        tcp6(DYN6, "::ffff:203.0.113.25", 80, true, 64),
+    ] {
+        assert_eq!(
+            t.out(&p).0,
+            Verdict::Drop(DropReason::Martian),
+            "{:?}",
+            parse(&p)
+        );
+    }
+}
+
+// ---- TTL, MTU, local ----------------------------------------------------------
+
+#[test]
+fn ttl_expiry_answers_time_exceeded_from_the_router() {
+    let mut t = TestRouter::lab();
+    let p = udp4(DYN4, MX4, 33434, 32);
+    let mut p1 = p.clone();
+    p1[8] = 1;
+    fix_v4_checksum(&mut p1);
+    let (v, out) = t.out(&p1);
+    assert!(
+        matches!(
+            v,
+            Verdict::Reply {
+                kind: ReplyKind::TimeExceeded,
+                ..
+            }
+        ),
+        "{v:?}"
+    );
+    let r = assert_icmp(&p1, &out, IpAddr::V4(Ipv4Addr::new(100, 64, 0, 1)), 11, 0);
+    assert_eq!(r.ttl, 64);
+    // TTL 0 too.
+    p1[8] = 0;
+    fix_v4_checksum(&mut p1);
+    assert!(matches!(
+        t.out(&p1).0,
+        Verdict::Reply {
+            kind: ReplyKind::TimeExceeded,
+            ..
+        }
+    ));
+
+    let mut p6 = udp6(DYN6, MX6, 33434, 32);
+    p6[7] = 1;
+    let (v, out) = t.out(&p6);
+    assert!(matches!(
+        v,
+        Verdict::Reply {
+            kind: ReplyKind::TimeExceeded,
+            ..
+        }
+    ));
+    assert_icmp(&p6, &out, "2001:db8:100::1".parse().unwrap(), 3, 0);
+    // Inbound expiry is answered towards the outside too.
+    let mut pin = udp4(MX4, DYN4, 33434, 8);
+    pin[8] = 1;
+    fix_v4_checksum(&mut pin);
+    assert!(matches!(
+        t.send(Direction::Inbound, &pin).0,
+        Verdict::Reply {
+            kind: ReplyKind::TimeExceeded,
+            ..
+        }
+    ));
+}
+
+#[test]
+fn blocked_syn_with_ttl_1_gets_time_exceeded_not_rst() {
+    // TTL is checked before the policy: the packet never reaches the policy point.
+    let mut t = TestRouter::lab();
+    let (v, _) = t.out(&tcp4(DYN4, MX4, 25, true, 1));
+    assert!(matches!(
+        v,
+        Verdict::Reply {
+            kind: ReplyKind::TimeExceeded,
+            ..
+        }
+    ));
+}
+
+#[test]
+fn no_icmp_error_about_icmp_errors_or_without_an_address() {
+    let mut t = TestRouter::lab();
+    // An ICMP time-exceeded message with TTL 1.
+    let mut err = Vec::new();
+    PacketBuilder::ipv4(DYN4, MX4, 1)
+        .icmpv4(etherparse::Icmpv4Type::TimeExceeded(
+            etherparse::icmpv4::TimeExceededCode::TtlExceededInTransit,
+        ))
+        .write(&mut err, &[0; 28])
+        .unwrap();
+    assert_eq!(t.out(&err).0, Verdict::Drop(DropReason::TtlExpired));
+    // No IPv6 router address configured: expiry is a counted drop.
+    let mut t = TestRouter::with(
+        "addresses = [\"100.64.0.1\", \"2001:db8:100::1\"]",
+        "addresses = [\"100.64.0.1\"]",
+    );
+    let mut p6 = udp6(DYN6, MX6, 33434, 8);
+    p6[7] = 1;
+    assert_eq!(t.out(&p6).0, Verdict::Drop(DropReason::TtlExpired));
+}
+
+#[test]
+fn mtu_exceeded() {
+    let mut t = TestRouter::with(
+        "netns = \"op25b-lab-inet\"\nmtu = 1500",
+        "netns = \"op25b-lab-inet\"\nmtu = 1400",
+    );
+    let mut big = udp4(DYN4, MX4, 9, 1450 - 28);
+    assert_eq!(big.len(), 1450);
+    let (v, out) = t.out(&big);
+    assert!(
+        matches!(
+            v,
+            Verdict::Reply {
+                kind: ReplyKind::TooBig,
+                ..
+            }
+        ),
+        "{v:?}"
+    );
+    assert_icmp(&big, &out, IpAddr::V4(Ipv4Addr::new(100, 64, 0, 1)), 3, 4);
+    let r = parse(&out);
+    assert_eq!(
+        u16::from_be_bytes([out[r.l4_offset + 6], out[r.l4_offset + 7]]),
+        1400
+    );
+    assert!(out.len() <= 576);
+    // Without DF: dropped and counted.
+    big[6] = 0;
+    fix_v4_checksum(&mut big);
+    assert_eq!(t.out(&big).0, Verdict::Drop(DropReason::TooBig));
+    // Exactly the MTU passes.
+    assert!(matches!(
+        t.out(&udp4(DYN4, MX4, 9, 1400 - 28)).0,
+        Verdict::Forward { .. }
+    ));
+
+    let big6 = udp6(DYN6, MX6, 9, 1450 - 48);
+    let (v, out) = t.out(&big6);
+    assert!(matches!(
+        v,
+        Verdict::Reply {
+            kind: ReplyKind::TooBig,
+            ..
+        }
+    ));
+    assert_icmp(&big6, &out, "2001:db8:100::1".parse().unwrap(), 2, 0);
+    let r = parse(&out);
+    assert_eq!(
+        &out[r.l4_offset + 4..r.l4_offset + 8],
+        &1400u32.to_be_bytes()
+    );
+    assert!(out.len() <= 1280);
+    // Inbound uses the subscriber MTU (1500): passes.
+    assert!(matches!(
+        t.send(Direction::Inbound, &udp4(MX4, DYN4, 9, 1450 - 28)).0,
+        Verdict::Forward { .. }
+    ));
+}
+
+#[test]
+fn router_answers_ping_and_drops_other_local_traffic() {
+    let mut t = TestRouter::lab();
+    let mut p = Vec::new();
+    PacketBuilder::ipv4(DYN4, [100, 64, 0, 1], 64)
+        .icmpv4_echo_request(7, 9)
+        .write(&mut p, b"hello")
+        .unwrap();
+    let (v, out) = t.out(&p);
+    assert!(matches!(
+        v,
+        Verdict::Reply {
+            kind: ReplyKind::EchoReply,
+            ..
+        }
+    ));
+    let r = parse(&out);
+    assert_eq!(
+        r.transport,
+        Transport::Icmp {
+            icmp_type: 0,
+            code: 0
+        }
+    );
+    assert_eq!(out.len(), p.len());
+    assert_eq!(checksum::sum(&out[r.l4_offset..]), 0xffff);
+    assert_eq!(
+        &out[r.l4_offset + 4..],
+        &p[r.l4_offset + 4..],
+        "same id, seq and data"
+    );
+
+    let mut p6 = Vec::new();
+    PacketBuilder::ipv6(v6(DYN6), v6("2001:db8:100::1"), 64)
+        .icmpv6_echo_request(7, 9)
+        .write(&mut p6, b"hi")
+        .unwrap();
+    let (v, out) = t.out(&p6);
+    assert!(matches!(
+        v,
+        Verdict::Reply {
+            kind: ReplyKind::EchoReply,
+            ..
+        }
+    ));
+    assert_eq!(
+        parse(&out).transport,
+        Transport::Icmp {
+            icmp_type: 129,
+            code: 0
+        }
+    );
+
+    assert_eq!(
+        t.out(&tcp4(DYN4, [100, 64, 0, 1], 22, true, 64)).0,
+        Verdict::Drop(DropReason::Local)
+    );
+}
+
+// ---- malformed input -----------------------------------------------------------
+
+#[test]
+fn malformed_packets_are_dropped_by_reason() {
+    let mut t = TestRouter::lab();
+    let good = tcp4(DYN4, MX4, 587, true, 64);
+    let good6 = tcp6(DYN6, MX6, 587, true, 64);
+    let mut cases: Vec<(Vec<u8>, DropReason)> = vec![
+        (vec![], DropReason::Truncated),
+        (good[..10].to_vec(), DropReason::Truncated),
+        (good6[..30].to_vec(), DropReason::Truncated),
+        (good[..30].to_vec(), DropReason::BadTotalLen),
+        (good6[..50].to_vec(), DropReason::BadTotalLen),
+    ];
+    let mut v5 = good.clone();
+    v5[0] = 0x55;
+    cases.push((v5, DropReason::BadVersion));
+    let mut ihl = good.clone();
+    ihl[0] = 0x44;
+    cases.push((ihl, DropReason::BadHeaderLen));
+    let mut sum = good.clone();
+    sum[11] ^= 0xff;
+    cases.push((sum, DropReason::BadChecksum));
+    let mut short_total = good.clone();
+    short_total[2..4].copy_from_slice(&10u16.to_be_bytes());
+    fix_v4_checksum(&mut short_total);
+    cases.push((short_total, DropReason::BadTotalLen));
+    let mut doff = good.clone();
+    doff[32] = 0x40; // TCP data offset 4
+    cases.push((doff, DropReason::BadHeaderLen));
+    let mut cut_tcp = good.clone();
+    cut_tcp.truncate(30);
+    cut_tcp[2..4].copy_from_slice(&30u16.to_be_bytes());
+    fix_v4_checksum(&mut cut_tcp);
+    cases.push((cut_tcp, DropReason::Truncated));
+    let mut bad_ext = ext6(&good6, 60, PADN);
+    bad_ext[41] = 200; // extension length beyond the packet
+    cases.push((bad_ext, DropReason::BadExtHeader));
+    for (p, want) in cases {
+        assert_eq!(t.out(&p).0, Verdict::Drop(want), "{p:02x?}");
+    }
+    assert_eq!(t.counters().dropped(DropReason::BadChecksum), 1);
+}
+
+#[test]
+fn trailing_bytes_beyond_total_length_are_not_forwarded() {
+    let mut t = TestRouter::lab();
+    let mut p = tcp4(DYN4, MX4, 587, true, 64);
+    let len = p.len();
+    p.extend_from_slice(&[0xee; 6]);
+    assert_eq!(t.out(&p).0, Verdict::Forward { len });
+}
+
+#[test]
+fn no_panic_on_random_or_mutated_input() {
+    let mut t = TestRouter::lab();
+    let mut x: u64 = 0x2545f4914f6cdd1d;
+    let mut rnd = move || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
+    let seeds = [
+        tcp4(DYN4, MX4, 25, true, 64),
+        tcp6(DYN6, MX6, 25, true, 2),
+        ext6(&frag6(&tcp6(DYN6, MX6, 25, true, 64), 0, true, 20), 0, PADN),
+        frag4(&syn_with_data4(25), 0, 24, true),
+        udp4(DYN4, MX4, 53, 40),
+    ];
+    let mut verdicts = 0usize;
+    for i in 0..200_000 {
+        let mut p = if i % 4 == 0 {
+            (0..(rnd() % 128) as usize).map(|_| rnd() as u8).collect()
+        } else {
+            seeds[i % seeds.len()].clone()
+        };
+        for _ in 0..(rnd() % 4) {
+            if !p.is_empty() {
+                let at = (rnd() as usize) % p.len();
+                p[at] = rnd() as u8;
+            }
+        }
+        if rnd() % 8 == 0 {
+            p.truncate((rnd() as usize) % (p.len() + 1));
+        }
+        let dir = if rnd() % 2 == 0 {
+            Direction::Outbound
+        } else {
+            Direction::Inbound
+        };
+        let mut reply = [0u8; 1280];
+        let mut buf = p.clone();
+        match t.router.handle(t.now, dir, &mut buf, &mut reply) {
+            Verdict::Reply { len, .. } => {
+                assert!(
+                    len <= p.len().max(40) + 48,
+                    "reply {len} for a {}-byte trigger",
+                    p.len()
+                );
+                PacketView::parse(&reply[..len]).expect("replies parse");
+            }
+            Verdict::Forward { len } => assert!(len <= p.len()),
+            Verdict::Drop(_) => {}
+        }
+        verdicts += 1;
+    }
+    let c = t.counters();
+    let total: u64 = Direction::ALL.iter().map(|d| c.forwarded(*d)).sum::<u64>()
+        + DropReason::ALL.iter().map(|r| c.dropped(*r)).sum::<u64>()
+        + ReplyKind::ALL.iter().map(|k| c.replies(*k)).sum::<u64>();
+    assert_eq!(
+        total, verdicts as u64,
+        "every verdict is counted exactly once"
+    );
+}
