@@ -1,0 +1,681 @@
+//! Shared harness of the namespace tests: a [`Lab`] (two network namespaces
+//! with the test topology, one `op25b run` child between them), TCP [`Servers`]
+//! in the upstream namespace, and TCP clients in the subscriber namespace.
+//!
+//! Invariants: every namespace, config file and process a test creates is owned
+//! by a guard whose `Drop` removes it, so a failed assertion cleans up too; all
+//! addresses live only inside the test's own namespaces; every wait is bounded.
+//! Missing prerequisites (root, `ip`, `ping`, /dev/net/tun) are test failures
+//! with a message saying what is missing, never a silent skip.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::{self, BufRead, BufReader, Read, Write};
+use std::net::{IpAddr, Ipv6Addr, SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use nix::sched::{setns, CloneFlags};
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use socket2::{Domain, Protocol, Socket, Type};
+
+/// Subscriber-side TUN name; the same in every lab, as each lab has its own namespaces.
+pub const SUB_TUN: &str = "o25sub";
+/// Upstream-side TUN name.
+pub const UP_TUN: &str = "o25up";
+
+/// Router addresses (the source of its ICMP errors and echo replies).
+pub const ROUTER_V4: &str = "100.64.0.1";
+/// Router address, IPv6.
+pub const ROUTER_V6: &str = "2001:db8:100::1";
+/// A dynamic-pool subscriber (the default source of the subscriber namespace).
+pub const DYN_V4: &str = "100.64.1.10";
+/// Dynamic subscriber, IPv6.
+pub const DYN_V6: &str = "2001:db8:100:1::10";
+/// A subscriber inside `exempt_sources`.
+pub const EXEMPT_V4: &str = "100.64.9.10";
+/// Exempt subscriber, IPv6.
+pub const EXEMPT_V6: &str = "2001:db8:100:9::10";
+/// An outside mail server.
+pub const MX_V4: &str = "203.0.113.25";
+/// Outside mail server, IPv6.
+pub const MX_V6: &str = "2001:db8:203::25";
+/// The ISP's relay (in `relays`).
+pub const RELAY_V4: &str = "198.51.100.25";
+/// Relay, IPv6.
+pub const RELAY_V6: &str = "2001:db8:25::25";
+
+/// How long to wait for op25b to create its devices or to exit after SIGTERM.
+const PROCESS_WAIT: Duration = Duration::from_secs(5);
+
+/// Parses an address constant.
+pub fn ip(s: &str) -> IpAddr {
+    s.parse()
+        .unwrap_or_else(|e| panic!("test constant {s:?}: {e}"))
+}
+
+/// `ip:port` as a socket address.
+pub fn sa(addr: &str, port: u16) -> SocketAddr {
+    SocketAddr::new(ip(addr), port)
+}
+
+/// Fails the test unless it can create namespaces and TUN devices and run the tools.
+pub fn preflight(need_ping: bool) {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let euid = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .unwrap_or("?");
+    assert_eq!(
+        euid, "0",
+        "the netns tests must run as root (they create network namespaces and TUN devices); effective uid is {euid}"
+    );
+    require_tool("ip", "-V", "iproute2");
+    if need_ping {
+        require_tool("ping", "-V", "iputils-ping");
+    }
+    assert!(
+        std::path::Path::new("/dev/net/tun").exists(),
+        "/dev/net/tun is missing: the kernel's TUN driver is needed (modprobe tun)"
+    );
+}
+
+fn require_tool(cmd: &str, arg: &str, package: &str) {
+    match Command::new(cmd).arg(arg).output() {
+        Ok(_) => {}
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            panic!("the `{cmd}` command is missing: install {package}")
+        }
+        Err(e) => panic!("cannot run `{cmd} {arg}`: {e}"),
+    }
+}
+
+/// A name no other test (or test run) uses: `o25t-<pid>-<n>`.
+pub fn unique_base() -> String {
+    static N: AtomicUsize = AtomicUsize::new(0);
+    format!(
+        "o25t-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// Runs a command to completion and returns its output, panicking if it cannot start.
+fn output(cmd: &str, args: &[&str]) -> Output {
+    Command::new(cmd)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run `{cmd} {}`: {e}", args.join(" ")))
+}
+
+/// Runs `ip ARGS` and panics with its stderr if it fails.
+pub fn ip_cmd(args: &[&str]) {
+    let out = output("ip", args);
+    assert!(
+        out.status.success(),
+        "`ip {}` failed ({}): {}",
+        args.join(" "),
+        out.status,
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
+}
+
+/// Runs `f` on a thread that has joined the network namespace `ns`; sockets it
+/// creates live there (a thread's network namespace is its own).
+pub fn in_netns<T: Send>(ns: &str, f: impl FnOnce() -> T + Send) -> T {
+    let path = format!("/run/netns/{ns}");
+    let file = File::open(&path).unwrap_or_else(|e| panic!("cannot open {path}: {e}"));
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            setns(&file, CloneFlags::CLONE_NEWNET)
+                .unwrap_or_else(|e| panic!("setns into {path}: {e}"));
+            f()
+        })
+        .join()
+        .unwrap_or_else(|p| std::panic::resume_unwind(p))
+    })
+}
+
+/// How a lab's op25b is configured.
+#[derive(Debug, Clone, Copy)]
+pub struct LabOptions {
+    /// `op25b.action`: "reject" or "drop".
+    pub action: &'static str,
+    /// `upstream.mtu`.
+    pub upstream_mtu: u16,
+    /// Let the upstream hosts advertise a 1500-byte path MSS whatever their
+    /// device's MTU, as a server behind a wider link would: the subscriber then
+    /// sends full-size segments and only path MTU discovery can shrink them.
+    pub upstream_advmss_1500: bool,
+}
+
+impl Default for LabOptions {
+    fn default() -> Self {
+        LabOptions {
+            action: "reject",
+            upstream_mtu: 1500,
+            upstream_advmss_1500: false,
+        }
+    }
+}
+
+/// The final counters op25b logs when it stops.
+#[derive(Debug)]
+pub struct Counters {
+    values: HashMap<String, u64>,
+    /// The whole `counters: ...` line.
+    pub line: String,
+}
+
+impl Counters {
+    /// A counter's value; op25b omits zero counters, so absent means 0.
+    pub fn get(&self, name: &str) -> u64 {
+        self.values.get(name).copied().unwrap_or(0)
+    }
+}
+
+/// A namespace pair with the test topology and an `op25b run` child between
+/// them. Dropping it stops the child and deletes the namespaces and files.
+pub struct Lab {
+    /// Subscriber namespace.
+    pub sub: String,
+    /// Upstream namespace.
+    pub up: String,
+    namespaces: Vec<String>,
+    child: Option<Child>,
+    files: Vec<PathBuf>,
+    log: PathBuf,
+}
+
+impl Lab {
+    /// Builds the topology and starts op25b; panics (after cleaning up) on failure.
+    pub fn start(opts: LabOptions) -> Lab {
+        preflight(true);
+        let base = unique_base();
+        let dir = std::env::temp_dir();
+        let mut lab = Lab {
+            sub: format!("{base}-sub"),
+            up: format!("{base}-up"),
+            namespaces: Vec::new(),
+            child: None,
+            files: Vec::new(),
+            log: dir.join(format!("{base}.log")),
+        };
+        for ns in [lab.sub.clone(), lab.up.clone()] {
+            ip_cmd(&["netns", "add", &ns]);
+            lab.namespaces.push(ns.clone());
+            ip_cmd(&["-n", &ns, "link", "set", "lo", "up"]);
+        }
+        for a in ["100.64.1.10/32", "100.64.9.10/32"] {
+            lab.sub_ip(&["addr", "add", a, "dev", "lo"]);
+        }
+        for a in ["2001:db8:100:1::10/128", "2001:db8:100:9::10/128"] {
+            lab.sub_ip(&["addr", "add", a, "dev", "lo", "nodad"]);
+        }
+        for a in ["203.0.113.25/32", "198.51.100.25/32"] {
+            lab.up_ip(&["addr", "add", a, "dev", "lo"]);
+        }
+        for a in ["2001:db8:203::25/128", "2001:db8:25::25/128"] {
+            lab.up_ip(&["addr", "add", a, "dev", "lo", "nodad"]);
+        }
+
+        let config = dir.join(format!("{base}.toml"));
+        lab.files.push(config.clone());
+        std::fs::write(&config, lab.config_text(&opts))
+            .unwrap_or_else(|e| panic!("writing {}: {e}", config.display()));
+        lab.files.push(lab.log.clone());
+        let log = File::create(&lab.log)
+            .unwrap_or_else(|e| panic!("creating {}: {e}", lab.log.display()));
+        let child = Command::new(env!("CARGO_BIN_EXE_op25b"))
+            .arg("run")
+            .arg("--config")
+            .arg(&config)
+            .env("RUST_LOG", "info")
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start op25b: {e}"));
+        lab.child = Some(child);
+
+        lab.wait_link_up(&lab.sub.clone(), SUB_TUN);
+        lab.wait_link_up(&lab.up.clone(), UP_TUN);
+        lab.sub_ip(&["route", "add", "default", "dev", SUB_TUN, "src", DYN_V4]);
+        lab.sub_ip(&[
+            "-6", "route", "add", "default", "dev", SUB_TUN, "src", DYN_V6,
+        ]);
+        let (mss4, mss6): (&[&str], &[&str]) = if opts.upstream_advmss_1500 {
+            (&["advmss", "1460"], &["advmss", "1440"])
+        } else {
+            (&[], &[])
+        };
+        lab.up_ip(&[&["route", "add", "100.64.0.0/10", "dev", UP_TUN], mss4].concat());
+        lab.up_ip(
+            &[
+                &["-6", "route", "add", "2001:db8:100::/48", "dev", UP_TUN],
+                mss6,
+            ]
+            .concat(),
+        );
+        lab
+    }
+
+    fn config_text(&self, opts: &LabOptions) -> String {
+        format!(
+            r#"# Written by the op25b netns tests; removed when the test ends.
+[router]
+addresses = ["{ROUTER_V4}", "{ROUTER_V6}"]
+
+[subscriber]
+tun = "{SUB_TUN}"
+netns = "{sub}"
+mtu = 1500
+prefixes = ["100.64.0.0/10", "2001:db8:100::/48"]
+
+[upstream]
+tun = "{UP_TUN}"
+netns = "{up}"
+mtu = {mtu}
+
+[op25b]
+dynamic = ["100.64.0.0/10", "2001:db8:100::/48"]
+exempt_sources = ["100.64.9.0/24", "2001:db8:100:9::/64"]
+relays = ["198.51.100.25/32", "2001:db8:25::25/128"]
+ports = [25]
+action = "{action}"
+"#,
+            sub = self.sub,
+            up = self.up,
+            mtu = opts.upstream_mtu,
+            action = opts.action,
+        )
+    }
+
+    /// `ip -n SUB ARGS`.
+    pub fn sub_ip(&self, args: &[&str]) {
+        ip_cmd(&[&["-n", self.sub.as_str()], args].concat());
+    }
+
+    /// `ip -n UP ARGS`.
+    pub fn up_ip(&self, args: &[&str]) {
+        ip_cmd(&[&["-n", self.up.as_str()], args].concat());
+    }
+
+    /// Waits until op25b has created `dev` in `ns` and set it up.
+    fn wait_link_up(&mut self, ns: &str, dev: &str) {
+        let deadline = Instant::now() + PROCESS_WAIT;
+        loop {
+            let out = output("ip", &["-n", ns, "-o", "link", "show", "dev", dev]);
+            let text = String::from_utf8_lossy(&out.stdout);
+            let flags = text
+                .split_once('<')
+                .and_then(|(_, rest)| rest.split_once('>'))
+                .map(|(f, _)| f.split(',').any(|f| f == "UP"))
+                .unwrap_or(false);
+            if out.status.success() && flags {
+                return;
+            }
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                panic!(
+                    "op25b exited ({status}) before {dev} appeared in {ns}; its log:\n{}",
+                    self.log_text()
+                );
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{dev} did not come up in netns {ns} within {PROCESS_WAIT:?}; op25b's log:\n{}",
+                self.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// op25b's stderr so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// `ip netns exec SUB ping ARGS`: (exit success, stdout + stderr).
+    pub fn ping(&self, args: &[&str]) -> (bool, String) {
+        let out = output(
+            "ip",
+            &[&["netns", "exec", self.sub.as_str(), "ping"], args].concat(),
+        );
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        println!("$ ping {}\n{}", args.join(" "), text.trim_end());
+        (out.status.success(), text)
+    }
+
+    /// A TCP client in the subscriber namespace, from `src` (or the route's
+    /// source hint, the dynamic address), with a connect timeout. Prints how
+    /// long the connect took (for the reader; tests never assert on timing).
+    pub fn connect(
+        &self,
+        src: Option<IpAddr>,
+        dst: SocketAddr,
+        timeout: Duration,
+    ) -> io::Result<TcpStream> {
+        let t0 = Instant::now();
+        let result = in_netns(&self.sub, || -> io::Result<TcpStream> {
+            let sock = Socket::new(Domain::for_address(dst), Type::STREAM, Some(Protocol::TCP))?;
+            if let Some(src) = src {
+                sock.bind(&SocketAddr::new(src, 0).into())?;
+            }
+            sock.connect_timeout(&dst.into(), timeout)?;
+            let stream: TcpStream = sock.into();
+            stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+            stream.set_write_timeout(Some(Duration::from_secs(5)))?;
+            Ok(stream)
+        });
+        let from = src.map_or_else(|| "default source".to_string(), |s| s.to_string());
+        match &result {
+            Ok(_) => println!("connect {from} -> {dst}: connected in {:?}", t0.elapsed()),
+            Err(e) => println!(
+                "connect {from} -> {dst}: {:?} ({e}) after {:?}",
+                e.kind(),
+                t0.elapsed()
+            ),
+        }
+        result
+    }
+
+    /// Sends SIGTERM, waits for op25b to exit cleanly and returns its final counters.
+    pub fn stop(&mut self) -> Counters {
+        let mut child = self.child.take().expect("op25b was already stopped");
+        let status = terminate(&mut child);
+        let log = self.log_text();
+        assert!(
+            status.is_some_and(|s| s.success()),
+            "op25b did not exit cleanly after SIGTERM ({status:?}); its log:\n{log}"
+        );
+        parse_counters(&log).unwrap_or_else(|| panic!("no `counters:` line in op25b's log:\n{log}"))
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            terminate(&mut child);
+        }
+        if std::thread::panicking() {
+            eprintln!(
+                "--- op25b log ({}) ---\n{}",
+                self.log.display(),
+                self.log_text()
+            );
+        }
+        for ns in self.namespaces.drain(..).rev() {
+            let out = output("ip", &["netns", "delete", &ns]);
+            if !out.status.success() {
+                eprintln!(
+                    "cleanup: `ip netns delete {ns}` failed: {}",
+                    String::from_utf8_lossy(&out.stderr).trim()
+                );
+            }
+        }
+        for f in &self.files {
+            let _ = std::fs::remove_file(f); // may not exist if start failed early
+        }
+    }
+}
+
+/// SIGTERM, wait up to [`PROCESS_WAIT`], then SIGKILL. Returns the exit status if
+/// the process exited by itself.
+fn terminate(child: &mut Child) -> Option<std::process::ExitStatus> {
+    if let Ok(Some(status)) = child.try_wait() {
+        return Some(status);
+    }
+    let pid = Pid::from_raw(i32::try_from(child.id()).expect("pids fit in i32"));
+    if let Err(e) = kill(pid, Signal::SIGTERM) {
+        eprintln!("cleanup: SIGTERM to op25b ({pid}): {e}");
+    }
+    let deadline = Instant::now() + PROCESS_WAIT;
+    while Instant::now() < deadline {
+        match child.try_wait() {
+            Ok(Some(status)) => return Some(status),
+            Ok(None) => std::thread::sleep(Duration::from_millis(20)),
+            Err(e) => {
+                eprintln!("cleanup: waiting for op25b: {e}");
+                break;
+            }
+        }
+    }
+    eprintln!("cleanup: op25b ({pid}) ignored SIGTERM for {PROCESS_WAIT:?}; killing it");
+    let _ = child.kill(); // fails only if it exited meanwhile
+    let _ = child.wait();
+    None
+}
+
+/// Finds the final `counters: k=v ...` line (ANSI colours stripped).
+fn parse_counters(log: &str) -> Option<Counters> {
+    let line = log.lines().rev().find(|l| l.contains("counters:"))?;
+    let mut plain = String::with_capacity(line.len());
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            // Skip a CSI sequence: ESC [ ... final byte in @..~.
+            for c in chars.by_ref() {
+                if ('@'..='~').contains(&c) && c != '[' {
+                    break;
+                }
+            }
+        } else {
+            plain.push(c);
+        }
+    }
+    let (_, list) = plain.split_once("counters:")?;
+    let values = list
+        .split_whitespace()
+        .filter_map(|kv| kv.split_once('='))
+        .filter_map(|(k, v)| Some((k.to_string(), v.parse().ok()?)))
+        .collect();
+    Some(Counters {
+        values,
+        line: plain.trim().to_string(),
+    })
+}
+
+/// One connection a server accepted.
+#[derive(Debug, Clone)]
+pub struct Accepted {
+    /// The server's address the client connected to.
+    pub local: SocketAddr,
+    /// The client's address as the server saw it.
+    pub peer: SocketAddr,
+    /// Bytes received before EOF (None while the connection is open).
+    pub bytes: Option<u64>,
+}
+
+/// The banner each server writes.
+pub const BANNER: &str = "220 op25b-test ESMTP";
+
+/// TCP servers on `[::]:PORT` (dual-stack) in a namespace. Each connection gets
+/// the banner, then its bytes are counted until EOF and acknowledged with
+/// `250 received N`. Dropping it stops the servers.
+pub struct Servers {
+    stop: Arc<AtomicBool>,
+    accepted: Arc<Mutex<Vec<Accepted>>>,
+    threads: Vec<JoinHandle<()>>,
+    handlers: Arc<Mutex<Vec<JoinHandle<()>>>>,
+}
+
+impl Servers {
+    /// Starts one listener per port inside `ns`.
+    pub fn start(ns: &str, ports: &[u16]) -> Servers {
+        let listeners: Vec<TcpListener> = in_netns(ns, || {
+            ports
+                .iter()
+                .map(|&port| listen(port).unwrap_or_else(|e| panic!("listen on [::]:{port}: {e}")))
+                .collect()
+        });
+        let mut servers = Servers {
+            stop: Arc::new(AtomicBool::new(false)),
+            accepted: Arc::default(),
+            threads: Vec::new(),
+            handlers: Arc::default(),
+        };
+        for listener in listeners {
+            let stop = servers.stop.clone();
+            let accepted = servers.accepted.clone();
+            let handlers = servers.handlers.clone();
+            servers.threads.push(std::thread::spawn(move || {
+                accept_loop(&listener, &stop, &accepted, &handlers)
+            }));
+        }
+        servers
+    }
+
+    /// Every connection accepted so far.
+    pub fn accepted(&self) -> Vec<Accepted> {
+        self.accepted
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Connections accepted on `local` (address and port).
+    pub fn accepted_on(&self, local: SocketAddr) -> Vec<Accepted> {
+        self.accepted()
+            .into_iter()
+            .filter(|a| a.local == local)
+            .collect()
+    }
+}
+
+impl Drop for Servers {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.threads.drain(..) {
+            let _ = t.join(); // a panic there already failed the test
+        }
+        let handlers =
+            std::mem::take(&mut *self.handlers.lock().unwrap_or_else(|p| p.into_inner()));
+        for h in handlers {
+            let _ = h.join();
+        }
+    }
+}
+
+fn listen(port: u16) -> io::Result<TcpListener> {
+    let sock = Socket::new(Domain::IPV6, Type::STREAM, Some(Protocol::TCP))?;
+    sock.set_only_v6(false)?;
+    sock.set_reuse_address(true)?;
+    sock.bind(&SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), port).into())?;
+    sock.listen(64)?;
+    sock.set_nonblocking(true)?;
+    Ok(sock.into())
+}
+
+/// Maps `::ffff:a.b.c.d` (a dual-stack listener's view of IPv4) back to IPv4.
+fn canonical(a: SocketAddr) -> SocketAddr {
+    SocketAddr::new(a.ip().to_canonical(), a.port())
+}
+
+fn accept_loop(
+    listener: &TcpListener,
+    stop: &AtomicBool,
+    accepted: &Arc<Mutex<Vec<Accepted>>>,
+    handlers: &Mutex<Vec<JoinHandle<()>>>,
+) {
+    while !stop.load(Ordering::Relaxed) {
+        let (stream, peer) = match listener.accept() {
+            Ok(x) => x,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                std::thread::sleep(Duration::from_millis(10));
+                continue;
+            }
+            Err(e) => panic!("accept: {e}"),
+        };
+        let local = stream
+            .local_addr()
+            .map(canonical)
+            .unwrap_or_else(|e| panic!("local_addr: {e}"));
+        let index = {
+            let mut list = accepted.lock().unwrap_or_else(|p| p.into_inner());
+            list.push(Accepted {
+                local,
+                peer: canonical(peer),
+                bytes: None,
+            });
+            list.len() - 1
+        };
+        let accepted = accepted.clone();
+        let handler = std::thread::spawn(move || {
+            let bytes = serve(stream).unwrap_or(0);
+            accepted.lock().unwrap_or_else(|p| p.into_inner())[index].bytes = Some(bytes);
+        });
+        handlers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(handler);
+    }
+}
+
+/// Banner, count bytes until EOF (bounded by a read timeout), acknowledge.
+fn serve(mut stream: TcpStream) -> io::Result<u64> {
+    stream.set_nonblocking(false)?;
+    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    stream.set_write_timeout(Some(Duration::from_secs(5)))?;
+    stream.write_all(format!("{BANNER}\r\n").as_bytes())?;
+    let mut buf = [0u8; 16 * 1024];
+    let mut total = 0u64;
+    loop {
+        match stream.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => total += n as u64,
+            Err(e) => {
+                println!("server: read from {:?}: {e}", stream.peer_addr());
+                break;
+            }
+        }
+    }
+    // The client may be gone already (it only wanted the banner).
+    let _ = stream.write_all(format!("250 received {total}\r\n").as_bytes());
+    Ok(total)
+}
+
+/// Reads the server's first line.
+pub fn read_banner(stream: &TcpStream) -> String {
+    let mut line = String::new();
+    BufReader::new(stream)
+        .read_line(&mut line)
+        .unwrap_or_else(|e| panic!("reading the banner: {e}"));
+    line.trim_end().to_string()
+}
+
+/// Sends `n` bytes, half-closes, and returns everything the server sent back.
+pub fn send_bulk(mut stream: TcpStream, n: usize) -> String {
+    let chunk = vec![b'x'; 8192];
+    let mut left = n;
+    while left > 0 {
+        let k = left.min(chunk.len());
+        stream
+            .write_all(&chunk[..k])
+            .unwrap_or_else(|e| panic!("sending bulk data ({} of {n} bytes sent): {e}", n - left));
+        left -= k;
+    }
+    stream
+        .shutdown(std::net::Shutdown::Write)
+        .unwrap_or_else(|e| panic!("shutdown: {e}"));
+    let mut reply = String::new();
+    stream
+        .read_to_string(&mut reply)
+        .unwrap_or_else(|e| panic!("reading the server's acknowledgement: {e}"));
+    reply
+}

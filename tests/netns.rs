@@ -1,0 +1,275 @@
+//! End-to-end tests: real TCP connections and pings through an `op25b run`
+//! between two network namespaces the test creates (see `common::Lab`).
+//!
+//! One router instance per config (reject, drop, small upstream MTU), plus one
+//! for the router's own behaviour (TTL, echo, anti-spoofing); each test has its
+//! own namespaces, so they run in parallel. Needs root, iproute2 and iputils-ping;
+//! without them the tests fail with a message saying what is missing.
+
+mod common;
+
+use std::io;
+use std::time::Duration;
+
+use common::*;
+
+/// Long enough for a connect through the router on a loaded CI machine.
+const CONNECT: Duration = Duration::from_secs(3);
+/// For connects that must time out: shorter than the 3 s of `CONNECT`, long
+/// enough to cover the first SYN retransmission (1 s).
+const HANG: Duration = Duration::from_millis(1500);
+
+const SUBMISSION: u16 = 587;
+const SUBMISSIONS: u16 = 465;
+const SMTP: u16 = 25;
+
+/// Asserts the connect was refused (a RST), not timed out, and the server never
+/// accepted anything on `dst`.
+fn assert_refused(lab: &Lab, servers: &Servers, dst: std::net::SocketAddr) {
+    match lab.connect(None, dst, CONNECT) {
+        Ok(s) => panic!(
+            "dynamic -> {dst} connected (local {:?}); OP25B should have refused it",
+            s.local_addr()
+        ),
+        Err(e) => assert_eq!(
+            e.kind(),
+            io::ErrorKind::ConnectionRefused,
+            "dynamic -> {dst}: expected ConnectionRefused (RST from the router), got {e}"
+        ),
+    }
+    assert!(
+        servers.accepted_on(dst).is_empty(),
+        "the server on {dst} accepted a connection that OP25B blocked: {:?}",
+        servers.accepted_on(dst)
+    );
+}
+
+/// Connects from `src`, checks the banner and that the server saw `expect_peer`.
+fn assert_connects(
+    lab: &Lab,
+    servers: &Servers,
+    src: Option<&str>,
+    dst: std::net::SocketAddr,
+    expect_peer: &str,
+) {
+    let stream = lab
+        .connect(src.map(ip), dst, CONNECT)
+        .unwrap_or_else(|e| panic!("{src:?} -> {dst} must connect: {e}"));
+    let banner = read_banner(&stream);
+    assert_eq!(banner, BANNER, "{src:?} -> {dst}: wrong banner");
+    let seen: Vec<_> = servers
+        .accepted_on(dst)
+        .into_iter()
+        .map(|a| a.peer.ip())
+        .collect();
+    assert!(
+        seen.contains(&ip(expect_peer)),
+        "{src:?} -> {dst}: the server should have seen source {expect_peer}, saw {seen:?}"
+    );
+}
+
+/// OP25B with action = "reject", both IP versions: dynamic -> outside:25 is
+/// refused at once by a RST and never reaches the server; 587 and 465 stay open;
+/// the relay and exempt sources reach port 25. The final counters show exactly
+/// one blocked SYN and one RST per refused connect.
+#[test]
+fn op25b_reject_blocks_only_dynamic_to_outside_port_25() {
+    let mut lab = Lab::start(LabOptions::default());
+    let servers = Servers::start(&lab.up, &[SMTP, SUBMISSION, SUBMISSIONS]);
+    let mut refused = 0;
+    for (dynamic, exempt, mx, relay) in [
+        (DYN_V4, EXEMPT_V4, MX_V4, RELAY_V4),
+        (DYN_V6, EXEMPT_V6, MX_V6, RELAY_V6),
+    ] {
+        // 1. dynamic -> outside MX:25: refused, never seen by the server.
+        assert_refused(&lab, &servers, sa(mx, SMTP));
+        refused += 1;
+        // 2. submission ports stay open.
+        for port in [SUBMISSION, SUBMISSIONS] {
+            assert_connects(&lab, &servers, None, sa(mx, port), dynamic);
+        }
+        // 3. the ISP's relay on 25, with the subscriber's real source.
+        assert_connects(&lab, &servers, None, sa(relay, SMTP), dynamic);
+        // 4. an exempt source reaches the outside MX on 25.
+        assert_connects(&lab, &servers, Some(exempt), sa(mx, SMTP), exempt);
+        // Only the exempt source ever reached the MX's port 25.
+        for a in servers.accepted_on(sa(mx, SMTP)) {
+            assert_eq!(a.peer.ip(), ip(exempt), "unexpected client on MX:25: {a:?}");
+        }
+    }
+    drop(servers);
+    // 10. counters: one blocked SYN and one RST per refused connect (a RST ends
+    // the attempt, so there are no retransmissions to count).
+    let c = lab.stop();
+    println!("{}", c.line);
+    assert_eq!(c.get("op25b_blocked"), refused, "{}", c.line);
+    assert_eq!(c.get("reply_tcp_rst"), refused, "{}", c.line);
+    assert_eq!(c.get("drop_op25b_blocked"), 0, "{}", c.line);
+    assert_eq!(c.get("drop_spoofed"), 0, "{}", c.line);
+    assert!(c.get("forwarded_outbound") > 0, "{}", c.line);
+    assert!(c.get("forwarded_inbound") > 0, "{}", c.line);
+}
+
+/// OP25B with action = "drop": dynamic -> outside:25 hangs until the client's
+/// connect timeout (no RST), while 587 still connects.
+#[test]
+fn op25b_drop_action_makes_port_25_time_out() {
+    let mut lab = Lab::start(LabOptions {
+        action: "drop",
+        ..LabOptions::default()
+    });
+    let servers = Servers::start(&lab.up, &[SMTP, SUBMISSION]);
+    for (dynamic, mx) in [(DYN_V4, MX_V4), (DYN_V6, MX_V6)] {
+        let dst = sa(mx, SMTP);
+        match lab.connect(None, dst, HANG) {
+            Ok(_) => panic!("dynamic -> {dst} connected; OP25B (drop) should have blocked it"),
+            Err(e) => assert_eq!(
+                e.kind(),
+                io::ErrorKind::TimedOut,
+                "dynamic -> {dst} with action = drop: expected a timeout, got {e}"
+            ),
+        }
+        assert!(servers.accepted_on(dst).is_empty(), "{dst} was reached");
+        assert_connects(&lab, &servers, None, sa(mx, SUBMISSION), dynamic);
+    }
+    drop(servers);
+    let c = lab.stop();
+    println!("{}", c.line);
+    // Each attempt is one SYN plus however many retransmissions fit in the timeout.
+    assert!(c.get("op25b_blocked") >= 2, "{}", c.line);
+    assert_eq!(
+        c.get("op25b_blocked"),
+        c.get("drop_op25b_blocked"),
+        "{}",
+        c.line
+    );
+    assert_eq!(c.get("reply_tcp_rst"), 0, "{}", c.line);
+}
+
+/// The router's own behaviour: TTL / hop limit 1 gets ICMP time exceeded from the
+/// router address, a normal ping goes through with the TTL decremented, the router
+/// answers ping, and a source outside `subscriber.prefixes` is dropped as spoofed.
+#[test]
+fn router_ttl_echo_and_anti_spoofing() {
+    let mut lab = Lab::start(LabOptions::default());
+    let servers = Servers::start(&lab.up, &[SUBMISSION]);
+
+    // 6. TTL.
+    let (_, out) = lab.ping(&["-c1", "-W2", "-t1", MX_V4]);
+    assert!(
+        out.contains(&format!("From {ROUTER_V4}")) && out.contains("Time to live exceeded"),
+        "IPv4 ping with TTL 1 should get time exceeded from {ROUTER_V4}:\n{out}"
+    );
+    let (_, out) = lab.ping(&["-6", "-c1", "-W2", "-t1", MX_V6]);
+    assert!(
+        out.contains(&format!("From {ROUTER_V6}")) && out.contains("Time exceeded"),
+        "IPv6 ping with hop limit 1 should get time exceeded from {ROUTER_V6}:\n{out}"
+    );
+    for (family, dst) in [("-4", MX_V4), ("-6", MX_V6)] {
+        let (ok, out) = lab.ping(&[family, "-c1", "-W2", dst]);
+        assert!(
+            ok && out.contains(&format!("from {dst}")),
+            "ping {dst} through the router:\n{out}"
+        );
+        assert!(
+            out.contains("ttl=63"),
+            "the reply from {dst} should arrive with TTL 64 - 1 = 63:\n{out}"
+        );
+    }
+
+    // 9. the router answers ping on its own addresses.
+    for (family, router) in [("-4", ROUTER_V4), ("-6", ROUTER_V6)] {
+        let (ok, out) = lab.ping(&[family, "-c1", "-W2", router]);
+        assert!(
+            ok && out.contains(&format!("bytes from {router}")),
+            "ping the router at {router}:\n{out}"
+        );
+    }
+
+    // 7. anti-spoofing: a source outside subscriber.prefixes never gets through.
+    lab.sub_ip(&["addr", "add", "192.0.2.66/32", "dev", "lo"]);
+    lab.sub_ip(&["addr", "add", "2001:db8:ff::66/128", "dev", "lo", "nodad"]);
+    for (spoofed, mx) in [("192.0.2.66", MX_V4), ("2001:db8:ff::66", MX_V6)] {
+        let dst = sa(mx, SUBMISSION);
+        match lab.connect(Some(ip(spoofed)), dst, HANG) {
+            Ok(_) => panic!("{spoofed} -> {dst} connected; the router must drop this source"),
+            Err(e) => assert_eq!(
+                e.kind(),
+                io::ErrorKind::TimedOut,
+                "{spoofed} -> {dst}: expected a timeout (silent drop), got {e}"
+            ),
+        }
+        let seen: Vec<_> = servers
+            .accepted()
+            .into_iter()
+            .filter(|a| a.peer.ip() == ip(spoofed))
+            .collect();
+        assert!(
+            seen.is_empty(),
+            "spoofed source reached the server: {seen:?}"
+        );
+    }
+    drop(servers);
+
+    let c = lab.stop();
+    println!("{}", c.line);
+    assert_eq!(c.get("reply_time_exceeded"), 2, "{}", c.line);
+    assert_eq!(c.get("reply_echo_reply"), 2, "{}", c.line);
+    assert!(c.get("drop_spoofed") >= 2, "{}", c.line);
+    assert_eq!(c.get("op25b_blocked"), 0, "{}", c.line);
+}
+
+/// upstream.mtu = 1400 behind a 1500-byte subscriber side: oversized packets get
+/// ICMP fragmentation needed / packet too big (mtu 1400) from the router, and a
+/// 100 KB TCP upload whose peer advertises a 1500-byte path still completes,
+/// because path MTU discovery works through the router.
+#[test]
+fn mtu_too_big_and_path_mtu_discovery() {
+    let mut lab = Lab::start(LabOptions {
+        upstream_mtu: 1400,
+        upstream_advmss_1500: true,
+        ..LabOptions::default()
+    });
+    let servers = Servers::start(&lab.up, &[SUBMISSION]);
+
+    let (_, out) = lab.ping(&["-c1", "-W2", "-M", "do", "-s", "1450", MX_V4]);
+    assert!(
+        out.contains(&format!("From {ROUTER_V4}"))
+            && out.contains("Frag needed and DF set (mtu = 1400)"),
+        "IPv4 ping of 1478 bytes with DF should get fragmentation needed (mtu 1400):\n{out}"
+    );
+    let (_, out) = lab.ping(&["-6", "-c1", "-W2", "-s", "1450", MX_V6]);
+    assert!(
+        out.contains(&format!("From {ROUTER_V6}")) && out.contains("Packet too big: mtu=1400"),
+        "IPv6 ping of 1498 bytes should get packet too big (mtu 1400):\n{out}"
+    );
+
+    // The upload goes to the relay addresses: the pings above left a 1400 path MTU
+    // cached for the MX, and this transfer must discover it on its own.
+    const BULK: usize = 100_000;
+    for (dynamic, dst) in [(DYN_V4, RELAY_V4), (DYN_V6, RELAY_V6)] {
+        let dst = sa(dst, SUBMISSION);
+        let stream = lab
+            .connect(None, dst, CONNECT)
+            .unwrap_or_else(|e| panic!("dynamic -> {dst}: {e}"));
+        let reply = send_bulk(stream, BULK);
+        assert!(
+            reply.contains(&format!("250 received {BULK}")),
+            "{dst}: the server should acknowledge {BULK} bytes, replied {reply:?}"
+        );
+        let conns = servers.accepted_on(dst);
+        assert!(
+            conns
+                .iter()
+                .any(|a| a.peer.ip() == ip(dynamic) && a.bytes == Some(BULK as u64)),
+            "{dst}: the server should have counted {BULK} bytes from {dynamic}: {conns:?}"
+        );
+    }
+    drop(servers);
+
+    let c = lab.stop();
+    println!("{}", c.line);
+    // Two from the pings, at least one per upload (the first full-size segment).
+    assert!(c.get("reply_too_big") >= 4, "{}", c.line);
+    assert_eq!(c.get("drop_too_big"), 0, "{}", c.line);
+}
