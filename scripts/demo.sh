@@ -16,7 +16,8 @@ set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 usage() {
-    sed -n '7,12p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2
+    # The header comment above is the help text.
+    awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "${BASH_SOURCE[0]}" >&2
     exit 2
 }
 
@@ -46,16 +47,18 @@ LAB="$LAB_SCRIPTS_DIR/lab.sh"
 require_root
 needed=(ip python3)
 ((BUILD == 0)) || needed+=(cargo)
-require_cmds "${needed[@]}"
+mapfile -t missing < <(missing_cmds "${needed[@]}")
 TRACE_TOOL=""
 if command -v traceroute >/dev/null 2>&1; then
     TRACE_TOOL=traceroute
 elif command -v ping >/dev/null 2>&1; then
-    warn "traceroute not found (package: traceroute): case 11/12 use 'ping -t1' instead"
     TRACE_TOOL=ping
 else
-    die "neither traceroute (package: traceroute) nor ping (package: iputils-ping) is installed"
+    missing+=("traceroute (package: traceroute), or at least ping (package: iputils-ping)")
 fi
+die_missing "${missing[@]}"
+[[ "$TRACE_TOOL" == traceroute ]] ||
+    warn "traceroute not found (package: traceroute): cases 11/12 use 'ping -t1' instead"
 PY=$(command -v python3)
 
 # ------------------------------------------------------------------ build
@@ -83,6 +86,7 @@ on_exit() {
     if ((LAB_STARTED && !LAB_STOPPED)); then
         "$LAB" down --save-log "$SAVED_LOG" || rc=1
     fi
+    [[ -s "$SAVED_LOG" ]] || rm -f "$SAVED_LOG"
     exit "$rc"
 }
 trap on_exit EXIT
@@ -150,6 +154,7 @@ print("\t".join([j.get("result") or "?", "%.1f" % (j.get("ms") or 0.0),
                 v=FAIL
                 [[ "$result" == refused ]] && seen="refused (slow)"
                 detail="$error"
+                [[ "$result" == connected ]] && detail="passed op25b! banner: $banner"
             fi
             expect="refused (fast)"
             ;;
@@ -178,7 +183,8 @@ hop1() {
         path=$(awk '$1 ~ /^[0-9]+$/ { printf "%s%s", sep, $2; sep = " " }' <<<"$out")
     else
         out=$(ip netns exec "$LAB_NS_SUB" ping "-$fam" -n -c1 -W2 -t1 "$dst" 2>&1) || true
-        first=$(sed -n 's/^From \([^ :]*\):\{0,1\} .*/\1/p' <<<"$out" | head -n1)
+        # "From 100.64.0.1 icmp_seq=1 Time to live exceeded" (older pings: "From X: ...")
+        first=$(awk '$1 == "From" { sub(/:$/, "", $2); print $2; exit }' <<<"$out")
         path="$first"
     fi
     printf '%s\t%s\n' "${first:-*}" "${path:-(no output: $(head -n1 <<<"$out"))}"

@@ -28,7 +28,8 @@ set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 usage() {
-    sed -n '14,25p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2
+    # The header comment above is the help text.
+    awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "${BASH_SOURCE[0]}" >&2
     exit 2
 }
 
@@ -226,7 +227,8 @@ lab_up() {
     wait_for "labnet.py serve to listen" serve_ready
 
     info "starting op25b: $BIN run --config $CONFIG (log: $OP25B_LOG)"
-    RUST_LOG="${RUST_LOG:-info}" "$BIN" run --config "$CONFIG" </dev/null >"$OP25B_LOG" 2>&1 &
+    # NO_COLOR: tracing-subscriber writes ANSI colours even into a file otherwise.
+    NO_COLOR=1 RUST_LOG="${RUST_LOG:-info}" "$BIN" run --config "$CONFIG" </dev/null >"$OP25B_LOG" 2>&1 &
     record_pid "$OP25B_PID" "$!"
 
     wait_for "TUN $LAB_TUN_SUB up in netns $LAB_NS_SUB" link_is_up "$LAB_NS_SUB" "$LAB_TUN_SUB"

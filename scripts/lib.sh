@@ -53,26 +53,40 @@ require_root() {
     [[ $(id -u) -eq 0 ]] || die "must run as root (network namespaces and TUN devices need CAP_NET_ADMIN)"
 }
 
+# pkg_of CMD: the Debian package that provides CMD.
+pkg_of() {
+    case "$1" in
+        ip) echo "iproute2" ;;
+        ping) echo "iputils-ping" ;;
+        traceroute) echo "traceroute" ;;
+        python3) echo "python3" ;;
+        cargo) echo "rustup / cargo" ;;
+        *) echo "$1" ;;
+    esac
+}
+
+# missing_cmds CMD...: print "CMD (package: PKG)" for each CMD not on PATH.
+missing_cmds() {
+    local c
+    for c in "$@"; do
+        command -v "$c" >/dev/null 2>&1 || printf '%s (package: %s)\n' "$c" "$(pkg_of "$c")"
+    done
+}
+
+# die_missing LINE...: fail listing every missing command (nothing to do if none).
+die_missing() {
+    (($#)) || return 0
+    err "missing required command(s); this script installs nothing itself:"
+    local m
+    for m in "$@"; do err "  - $m"; done
+    exit 1
+}
+
 # require_cmds CMD...: fail naming every missing command and the package that has it.
 require_cmds() {
-    local missing=() c pkg
-    for c in "$@"; do
-        command -v "$c" >/dev/null 2>&1 && continue
-        case "$c" in
-            ip) pkg="iproute2" ;;
-            ping) pkg="iputils-ping" ;;
-            traceroute) pkg="traceroute" ;;
-            python3) pkg="python3" ;;
-            cargo) pkg="rustup / cargo" ;;
-            *) pkg="$c" ;;
-        esac
-        missing+=("$c (package: $pkg)")
-    done
-    if ((${#missing[@]})); then
-        err "missing required command(s):"
-        for c in "${missing[@]}"; do err "  - $c"; done
-        exit 1
-    fi
+    local missing=()
+    mapfile -t missing < <(missing_cmds "$@")
+    die_missing "${missing[@]}"
 }
 
 netns_exists() { [[ -e "/run/netns/$1" ]]; }
@@ -155,7 +169,13 @@ stop_recorded() {
         # Reap it if it is our own child (no-op otherwise).
         wait "$pid" 2>/dev/null || true
     else
-        info "$name: recorded process is no longer running"
+        local rec
+        read -r rec _ <"$file" 2>/dev/null || rec=""
+        if [[ "$rec" =~ ^[0-9]+$ && -e "/proc/$rec" && "$(proc_state "$rec")" != Z ]]; then
+            warn "$name: pid $rec now belongs to another process ($(proc_cmdline "$rec")): left alone"
+        else
+            info "$name: recorded process is no longer running"
+        fi
     fi
     rm -f "$file"
 }

@@ -1,5 +1,6 @@
 //! The `op25b` command line: parse arguments, load the config, call the library.
 
+use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -43,6 +44,7 @@ fn main() -> ExitCode {
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none())
         .init();
     let cli = Cli::parse();
     let config_path = match &cli.command {
@@ -90,8 +92,8 @@ fn run(config: &Config) -> anyhow::Result<()> {
         action = %p.op25b.action,
         "op25b running"
     );
-    let signal = signals.forever().next();
-    tracing::info!(signal = ?signal, "stopping");
+    let signal = signals.forever().next().unwrap_or(SIGTERM);
+    tracing::info!(signal, "stopping");
     let (tx_errors, rx_errors) = dp.io_errors();
     let counters = dp.stop();
     let summary: Vec<String> = Counters::summary(&counters)

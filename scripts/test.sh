@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# The whole test suite, from a fresh clone, as root: installs what the tests
+# need, checks formatting and lints, runs unit, CLI and network-namespace tests,
+# then the README's lab demo end to end.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+[[ $(id -u) -eq 0 ]] || { echo "test.sh: run as root: the tests build network namespaces and TUN devices" >&2; exit 1; }
+scripts/setup.sh
+
+echo "== cargo fmt --check"
+cargo fmt --check
+echo "== cargo clippy"
+cargo clippy --all-targets --locked -- -D warnings
+echo "== cargo test (unit, CLI, netns)"
+cargo test --locked --all-targets
+echo "== lab demo"
+cargo build --release --locked
+scripts/demo.sh --no-build
