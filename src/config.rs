@@ -15,7 +15,10 @@ use ipnet::IpNet;
 use serde::Deserialize;
 use toml::Spanned;
 
-use crate::policy::{Action, Op25b, Policy, PortSet, PrefixSet};
+use crate::policy::{Action, Op25b, Pipeline, Policy, PortSet, PrefixSet, Rule};
+use std::sync::Arc;
+
+mod rules;
 
 /// The Linux limit on interface names (IFNAMSIZ - 1).
 pub const MAX_IFNAME: usize = 15;
@@ -56,6 +59,10 @@ struct FileConfig {
     subscriber: SubscriberSection,
     upstream: UpstreamSection,
     op25b: Op25bSection,
+    #[serde(default)]
+    sets: std::collections::BTreeMap<String, Spanned<Vec<Spanned<rules::Item>>>>,
+    #[serde(default, rename = "rule")]
+    rules: Vec<Spanned<rules::RuleSection>>,
 }
 
 #[derive(Deserialize)]
@@ -177,7 +184,21 @@ impl Config {
             let de =
                 toml::Deserializer::parse(text).map_err(|e| toml_error(&cx, e, String::new()))?;
             serde_path_to_error::deserialize(de).map_err(|e| {
-                let key = e.path().to_string();
+                // `Spanned` wrappers show up in the path as a private field.
+                let mut key = e
+                    .path()
+                    .to_string()
+                    .replace(".$__serde_spanned_private_value", "");
+                // Name the rule, not only its index.
+                if let Some(rest) = key.strip_prefix("rule[") {
+                    if let Some((n, tail)) = rest.split_once(']') {
+                        if let Some(name) =
+                            n.parse().ok().and_then(|n| rules::name_of_rule(text, n))
+                        {
+                            key = format!("rule[{n}] {name:?}{tail}");
+                        }
+                    }
+                }
                 toml_error(&cx, e.into_inner(), key)
             })?
         };
@@ -277,6 +298,14 @@ impl Config {
                 ActionName::Drop => Action::Drop,
             },
         };
+        let sets = rules::Sets::compile(&cx, &file.sets)?;
+        let compiled = rules::compile(&cx, &sets, &file.rules)?;
+        let pipeline = Pipeline::new(
+            compiled
+                .into_iter()
+                .map(|r| Box::new(r) as Box<dyn Rule>)
+                .collect(),
+        );
         let policy = Policy {
             address_v4,
             address_v6,
@@ -284,6 +313,7 @@ impl Config {
             subscriber_mtu: subscriber.mtu,
             upstream_mtu: upstream.mtu,
             op25b,
+            rules: Arc::new(pipeline),
         };
         Ok(Config {
             path: path.to_path_buf(),
@@ -350,6 +380,20 @@ impl Config {
                 Action::Drop => "dropped silently",
             }
         );
+        if p.rules.is_empty() {
+            let _ = writeln!(
+                s,
+                "rules               (none: everything else is forwarded)"
+            );
+        } else {
+            let _ = writeln!(
+                s,
+                "rules               (in order; first final verdict wins; default forward)"
+            );
+            for (i, slot) in p.rules.slots().iter().enumerate() {
+                let _ = writeln!(s, "  {:>3}. {}", i + 1, slot.rule.describe());
+            }
+        }
         s
     }
 }

@@ -13,8 +13,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
-use crate::packet::{self, reply, Fragment, IcmpError, PacketView, ParseError};
-use crate::policy::{Action, Decision, Policy};
+use crate::packet::{self, reply, Fragment, IcmpError, PacketView, ParseError, Transport};
+use crate::policy::pipeline::Outcome;
+use crate::policy::rules::protocol_name;
+use crate::policy::{Action, Decision, Policy, RuleContext, RuleVerdict};
 
 /// Which way a packet travels.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -93,6 +95,12 @@ reasons! {
         Op25bBlocked => "op25b_blocked",
         /// Addressed to the router itself and not an echo request.
         Local => "local",
+        /// Dropped by a rule.
+        RuleDrop => "rule_drop",
+        /// Rejected by a rule where no reply may be sent.
+        RuleReject => "rule_reject",
+        /// Over a rule's rate limit.
+        RateLimited => "rate_limited",
     }
 }
 
@@ -108,6 +116,8 @@ reasons! {
         TooBig => "too_big",
         /// Echo reply from the router's own address.
         EchoReply => "echo_reply",
+        /// ICMP / ICMPv6 administratively prohibited, for a rule's reject.
+        Prohibited => "prohibited",
     }
 }
 
@@ -265,7 +275,28 @@ impl Router {
         buf: &mut [u8],
         reply: &mut [u8],
     ) -> Verdict {
-        let verdict = self.decide(now, dir, buf, reply);
+        let verdict = self.decide(now, dir, buf, reply, &mut NoTrace);
+        self.count(dir, verdict);
+        verdict
+    }
+
+    /// Like [`Router::handle`], and also records each step of the decision
+    /// (for `op25b check --packet` and `replay`).
+    pub fn handle_traced(
+        &mut self,
+        now: Instant,
+        dir: Direction,
+        buf: &mut [u8],
+        reply: &mut [u8],
+    ) -> (Verdict, Trace) {
+        let mut trace = Trace::default();
+        let verdict = self.decide(now, dir, buf, reply, &mut trace);
+        self.count(dir, verdict);
+        (verdict, trace)
+    }
+
+    #[inline]
+    fn count(&self, dir: Direction, verdict: Verdict) {
         let c = &self.counters;
         match verdict {
             Verdict::Forward { len } => {
@@ -275,35 +306,59 @@ impl Router {
             Verdict::Reply { kind, .. } => c.replies[kind as usize].add(1),
             Verdict::Drop(reason) => c.dropped[reason as usize].add(1),
         }
-        verdict
     }
 
-    fn decide(
+    fn decide<T: Tracer>(
         &mut self,
-        _now: Instant,
+        now: Instant,
         dir: Direction,
         buf: &mut [u8],
         reply: &mut [u8],
+        t: &mut T,
     ) -> Verdict {
         let view = match PacketView::parse(buf) {
             Ok(v) => v,
-            Err(e) => return Verdict::Drop(e.into()),
+            Err(e) => {
+                t.note("parse", || format!("malformed: {e}"));
+                return Verdict::Drop(e.into());
+            }
         };
+        t.note("parse", || describe_view(&view));
         let policy = &*self.policy;
 
         if is_martian(view.src, view.dst) {
+            t.note("sanity", || {
+                "martian address (loopback, multicast, link-local, unspecified ...)".into()
+            });
             return Verdict::Drop(DropReason::Martian);
         }
         let from_subscriber_space = policy.subscriber_prefixes.contains(view.src);
         if from_subscriber_space != (dir == Direction::Outbound) {
+            t.note("anti-spoofing", || match dir {
+                Direction::Outbound => {
+                    format!("drop: source {} is outside subscriber.prefixes", view.src)
+                }
+                Direction::Inbound => format!(
+                    "drop: source {} from upstream claims a subscriber prefix",
+                    view.src
+                ),
+            });
             return Verdict::Drop(DropReason::Spoofed);
         }
+        t.note("anti-spoofing", || match dir {
+            Direction::Outbound => format!("pass: source {} is in subscriber.prefixes", view.src),
+            Direction::Inbound => format!("pass: source {} is not a subscriber address", view.src),
+        });
         if view.protocol == packet::proto::TCP && view.fragment == (Fragment::Later { offset: 1 }) {
+            t.note("fragments", || {
+                "drop: TCP fragment at offset 1 (RFC 1858)".into()
+            });
             return Verdict::Drop(DropReason::FragmentOverlap);
         }
 
         let own = self.own_address(view.dst);
         if own == Some(view.dst) {
+            t.note("local", || "addressed to the router".into());
             return match reply::echo_reply(&view, buf, reply) {
                 Some(len) => Verdict::Reply {
                     len,
@@ -314,6 +369,7 @@ impl Router {
         }
 
         if view.ttl <= 1 {
+            t.note("ttl", || format!("expired (ttl {})", view.ttl));
             return self.icmp(
                 IcmpError::TimeExceeded,
                 &view,
@@ -326,6 +382,7 @@ impl Router {
 
         if dir == Direction::Outbound {
             let decision = policy.op25b.judge(&view);
+            t.note("op25b", || decision.describe().to_string());
             if decision == Decision::Block {
                 self.counters.op25b_blocked.add(1);
                 if policy.op25b.action == Action::Reject && view.is_tcp_syn() {
@@ -338,10 +395,52 @@ impl Router {
                 }
                 return Verdict::Drop(DropReason::Op25bBlocked);
             }
+        } else {
+            t.note("op25b", || {
+                "pass: inbound traffic is not subject to OP25B".into()
+            });
+        }
+
+        if !policy.rules.is_empty() {
+            let cx = RuleContext {
+                direction: dir,
+                now,
+            };
+            let outcome = if T::ON {
+                self.trace_rules(&view, &cx, t)
+            } else {
+                policy.rules.evaluate(&view, &cx)
+            };
+            match outcome.verdict {
+                RuleVerdict::NoMatch | RuleVerdict::Continue | RuleVerdict::Accept => {}
+                RuleVerdict::Drop => return Verdict::Drop(DropReason::RuleDrop),
+                RuleVerdict::Limited => return Verdict::Drop(DropReason::RateLimited),
+                RuleVerdict::Reject => {
+                    let built = if view.protocol == packet::proto::TCP {
+                        reply::tcp_rst(&view, reply).map(|len| Verdict::Reply {
+                            len,
+                            kind: ReplyKind::TcpRst,
+                        })
+                    } else {
+                        self.own_address(view.src)
+                            .and_then(|from| {
+                                reply::icmp_error(IcmpError::Prohibited, &view, buf, from, reply)
+                            })
+                            .map(|len| Verdict::Reply {
+                                len,
+                                kind: ReplyKind::Prohibited,
+                            })
+                    };
+                    return built.unwrap_or(Verdict::Drop(DropReason::RuleReject));
+                }
+            }
         }
 
         let mtu = policy.egress_mtu(dir);
         if view.len > usize::from(mtu) {
+            t.note("mtu", || {
+                format!("{} bytes exceed the egress MTU {mtu}", view.len)
+            });
             if !view.dont_fragment {
                 return Verdict::Drop(DropReason::TooBig);
             }
@@ -357,6 +456,36 @@ impl Router {
 
         packet::decrement_ttl(&view, buf);
         Verdict::Forward { len: view.len }
+    }
+
+    /// The rules stage of a trace: every rule in order, without the index, with
+    /// the field each one failed on.
+    fn trace_rules<T: Tracer>(&self, view: &PacketView, cx: &RuleContext, t: &mut T) -> Outcome {
+        let rules = &self.policy.rules;
+        for (i, slot) in rules.slots().iter().enumerate() {
+            let r = &slot.rule;
+            if let Some(field) = r.mismatch(view, cx) {
+                t.note("rule", || {
+                    format!("#{} {}: no match ({field})", i + 1, r.name())
+                });
+                continue;
+            }
+            let v = r.evaluate(view, cx);
+            t.note("rule", || {
+                format!("#{} {}: {}", i + 1, r.name(), verdict_text(v))
+            });
+            if v.is_final() {
+                return Outcome {
+                    verdict: v,
+                    rule: Some(i),
+                };
+            }
+        }
+        t.note("rules", || "no final verdict: default forward".into());
+        Outcome {
+            verdict: RuleVerdict::Continue,
+            rule: None,
+        }
     }
 
     /// The router's address of the same family as `addr`.
@@ -384,6 +513,116 @@ impl Router {
             None => Verdict::Drop(otherwise),
         }
     }
+}
+
+/// Collects the steps of a decision; the fast path uses [`NoTrace`], which
+/// compiles to nothing.
+pub trait Tracer {
+    /// Whether steps are recorded (lets the caller pick the explaining path).
+    const ON: bool;
+    /// Records one step; `detail` is only called when recording.
+    fn note(&mut self, stage: &'static str, detail: impl FnOnce() -> String);
+}
+
+/// The tracer that records nothing.
+#[derive(Debug, Default)]
+pub struct NoTrace;
+
+impl Tracer for NoTrace {
+    const ON: bool = false;
+    #[inline(always)]
+    fn note(&mut self, _stage: &'static str, _detail: impl FnOnce() -> String) {}
+}
+
+/// One step of a decision.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TraceStep {
+    /// The stage: parse, anti-spoofing, op25b, rule, ...
+    pub stage: &'static str,
+    /// What happened there.
+    pub detail: String,
+}
+
+/// The steps of one decision, in order.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Trace {
+    /// The steps.
+    pub steps: Vec<TraceStep>,
+}
+
+impl Tracer for Trace {
+    const ON: bool = true;
+    fn note(&mut self, stage: &'static str, detail: impl FnOnce() -> String) {
+        self.steps.push(TraceStep {
+            stage,
+            detail: detail(),
+        });
+    }
+}
+
+fn verdict_text(v: RuleVerdict) -> &'static str {
+    match v {
+        RuleVerdict::NoMatch => "no match",
+        RuleVerdict::Continue => "match, continue",
+        RuleVerdict::Accept => "match -> accept",
+        RuleVerdict::Drop => "match -> drop",
+        RuleVerdict::Reject => "match -> reject",
+        RuleVerdict::Limited => "match -> over the rate limit, drop",
+    }
+}
+
+/// One line describing a parsed packet, for traces.
+pub fn describe_view(v: &PacketView) -> String {
+    let (sp, dp, extra) = match v.transport {
+        Transport::Tcp {
+            src_port,
+            dst_port,
+            flags,
+            ..
+        } => {
+            let names = [
+                (0x02, "syn"),
+                (0x10, "ack"),
+                (0x04, "rst"),
+                (0x01, "fin"),
+                (0x08, "psh"),
+            ];
+            let f: Vec<&str> = names
+                .iter()
+                .filter(|(b, _)| flags & b != 0)
+                .map(|(_, n)| *n)
+                .collect();
+            (
+                Some(src_port),
+                Some(dst_port),
+                format!(" [{}]", f.join(",")),
+            )
+        }
+        Transport::Udp { src_port, dst_port } => (Some(src_port), Some(dst_port), String::new()),
+        Transport::Icmp { icmp_type, code } => {
+            (None, None, format!(" type {icmp_type} code {code}"))
+        }
+        Transport::None => (None, None, String::new()),
+    };
+    let ep = |a: IpAddr, p: Option<u16>| match (a, p) {
+        (IpAddr::V6(a), Some(p)) => format!("[{a}]:{p}"),
+        (a, Some(p)) => format!("{a}:{p}"),
+        (a, None) => a.to_string(),
+    };
+    let frag = match v.fragment {
+        Fragment::Whole => "",
+        Fragment::First => " first-fragment",
+        Fragment::Later { .. } => " later-fragment",
+    };
+    format!(
+        "{} {} -> {}{} ttl {} len {}{frag}",
+        protocol_name(v.protocol),
+        ep(v.src, sp),
+        ep(v.dst, dp),
+        extra,
+        v.ttl,
+        v.len
+    )
 }
 
 /// Addresses a router never forwards from or to (RFC 1812 5.3.7, RFC 4291 2.5.6).

@@ -165,3 +165,112 @@ fn syntax_error_has_a_line() {
     let (line, _, _) = error(&text);
     assert!(line >= line_of(&text, "ports = [25"), "{line}");
 }
+
+const RULE: &str = r#"
+[sets]
+mail_ports = [25, 465, 587]
+lab_nets = ["192.0.2.0/24", "2001:db8:ff::/48"]
+
+[[rule]]
+name = "no-telnet"
+direction = "outbound"
+protocol = "tcp"
+src = ["100.64.0.0/10"]
+dst = ["@lab_nets"]
+dst_ports = [23, "6000-6010"]
+tcp_flags = "syn"
+action = "reject"
+
+[[rule]]
+name = "limit"
+protocol = "tcp"
+dst_ports = ["@mail_ports"]
+action = "rate-limit"
+rate = 5
+burst = 10
+"#;
+
+fn with_rules(old: &str, new: &str) -> String {
+    assert!(RULE.contains(old), "fixture lacks {old:?}");
+    format!("{GOOD}\n{}", RULE.replacen(old, new, 1))
+}
+
+#[test]
+fn rules_compile_in_file_order() {
+    let c = parse(&format!("{GOOD}\n{RULE}")).expect("rules");
+    let names: Vec<&str> = c
+        .policy
+        .rules
+        .slots()
+        .iter()
+        .map(|s| s.rule.name())
+        .collect();
+    assert_eq!(names, ["no-telnet", "limit"]);
+    let text = c.render();
+    assert!(text.contains("no-telnet: outbound tcp src 100.64.0.0/10 dst 192.0.2.0/24,2001:db8:ff::/48 dport 23,6000-6010 flags syn -> reject"), "{text}");
+    assert!(text.contains("rate-limit 5/s burst 10"), "{text}");
+}
+
+#[test]
+fn bad_rules_name_the_rule_and_the_line() {
+    let cases = [
+        (
+            with_rules("tcp_flags = \"syn\"", "tcp_flag = \"syn\""),
+            "tcp_flag",
+            "rule[0] \"no-telnet\"",
+        ),
+        (
+            with_rules("\"@lab_nets\"", "\"@nope\""),
+            "@nope",
+            "rule[0] \"no-telnet\".dst[0]",
+        ),
+        (
+            with_rules("\"6000-6010\"", "\"7000-6000\""),
+            "7000-6000",
+            "rule[0] \"no-telnet\".dst_ports[1]",
+        ),
+        (
+            with_rules("burst = 10\n", ""),
+            "rate-limit",
+            "rule[1] \"limit\".action",
+        ),
+        (
+            with_rules("action = \"reject\"", "action = \"bounce\""),
+            "bounce",
+            "rule[0] \"no-telnet\".action",
+        ),
+        (
+            with_rules("name = \"limit\"", "name = \"no-telnet\""),
+            "name = \"no-telnet\"\nprotocol",
+            "rule[1] \"no-telnet\".name",
+        ),
+        (
+            with_rules("protocol = \"tcp\"\nsrc", "protocol = \"icmp\"\nsrc"),
+            "icmp",
+            "rule[0] \"no-telnet\".protocol",
+        ),
+        (
+            with_rules("[\"@mail_ports\"]", "[\"@lab_nets\"]"),
+            "@lab_nets\"]\naction",
+            "rule[1] \"limit\".dst_ports[0]",
+        ),
+        (
+            with_rules("[23, ", "[70000, "),
+            "70000",
+            "rule[0] \"no-telnet\".dst_ports[0]",
+        ),
+    ];
+    for (text, needle, want_key) in cases {
+        let (line, key, msg) = error(&text);
+        let first = needle.lines().next().unwrap();
+        let want_line = text
+            .rfind(first)
+            .map(|i| text[..i].lines().count() + usize::from(text[..i].ends_with('\n')))
+            .unwrap();
+        assert!(
+            key.starts_with(want_key),
+            "want {want_key}, got {key}: {msg}"
+        );
+        assert_eq!(line, want_line.max(1), "{key}: {msg}");
+    }
+}

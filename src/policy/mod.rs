@@ -2,14 +2,20 @@
 //! (see `config`), then shared read-only by every worker.
 
 pub mod op25b;
+pub mod pipeline;
 pub mod ports;
 pub mod prefix;
+pub mod ratelimit;
+pub mod rules;
 
 use std::net::{Ipv4Addr, Ipv6Addr};
+use std::sync::Arc;
 
 pub use op25b::{Action, Decision, Op25b};
+pub use pipeline::Pipeline;
 pub use ports::PortSet;
 pub use prefix::PrefixSet;
+pub use rules::{ConfigRule, Rule, RuleAction, RuleContext, RuleVerdict};
 
 use crate::router::Direction;
 
@@ -28,6 +34,8 @@ pub struct Policy {
     pub upstream_mtu: u16,
     /// The OP25B fast path.
     pub op25b: Op25b,
+    /// The rules evaluated after the fast path.
+    pub rules: Arc<Pipeline>,
 }
 
 impl Policy {

@@ -1,0 +1,161 @@
+//! Per-source token buckets in a table of fixed size.
+//!
+//! Memory is bounded by construction: the table has [`SETS`] x [`WAYS`]
+//! entries, allocated once. A source hashes (SipHash with a per-process random
+//! key, so nobody can aim at one set) to a set of four entries; a new source
+//! takes a free entry or evicts the least recently seen one. A flood of random
+//! sources therefore costs nothing extra in memory; its only effect is to evict
+//! idle sources, whose buckets restart full, which is what an idle source's
+//! bucket would be anyway. A busy source is refreshed on every packet, so
+//! evicting it takes more distinct sources in its set than the flood can send
+//! between two of its packets.
+
+use std::hash::{BuildHasher, RandomState};
+use std::net::IpAddr;
+use std::time::Instant;
+
+/// Number of sets.
+pub const SETS: usize = 4096;
+/// Entries per set.
+pub const WAYS: usize = 4;
+
+/// A token-bucket limit: `rate` tokens per second, at most `burst` saved up.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Limit {
+    /// Tokens per second (> 0).
+    pub rate: u32,
+    /// Bucket size (>= 1).
+    pub burst: u32,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Entry {
+    key: u128,
+    /// Saved credit in nanoseconds of refill; one token costs `cost_ns`.
+    credit: u64,
+    last: Instant,
+    used: bool,
+}
+
+/// Token buckets keyed by source address, bounded in memory.
+#[derive(Debug)]
+pub struct RateLimiter {
+    cost_ns: u64,
+    cap_ns: u64,
+    hasher: RandomState,
+    table: Box<[Entry]>,
+}
+
+impl RateLimiter {
+    /// A limiter with an empty table of fixed size.
+    pub fn new(limit: Limit) -> RateLimiter {
+        let cost_ns = 1_000_000_000 / u64::from(limit.rate.max(1));
+        let cap_ns = cost_ns.saturating_mul(u64::from(limit.burst.max(1)));
+        // The placeholder time is never read: `used` is false.
+        let empty = Entry {
+            key: 0,
+            credit: 0,
+            last: Instant::now(),
+            used: false,
+        };
+        RateLimiter {
+            cost_ns,
+            cap_ns,
+            hasher: RandomState::new(),
+            table: vec![empty; SETS * WAYS].into_boxed_slice(),
+        }
+    }
+
+    /// Takes one token for `src` at `now`; false when its bucket is empty.
+    pub fn allow(&mut self, src: IpAddr, now: Instant) -> bool {
+        let key = match src {
+            IpAddr::V4(a) => u128::from(u32::from(a)) | (1 << 127),
+            IpAddr::V6(a) => u128::from(a),
+        };
+        let set = (self.hasher.hash_one(key) as usize) % SETS;
+        let ways = &mut self.table[set * WAYS..(set + 1) * WAYS];
+        let idx = match ways.iter().position(|e| e.used && e.key == key) {
+            Some(i) => i,
+            None => {
+                let i = ways
+                    .iter()
+                    .position(|e| !e.used)
+                    .unwrap_or_else(|| (0..WAYS).min_by_key(|&i| ways[i].last).unwrap_or(0));
+                ways[i] = Entry {
+                    key,
+                    credit: self.cap_ns,
+                    last: now,
+                    used: true,
+                };
+                i
+            }
+        };
+        let e = &mut ways[idx];
+        let elapsed = now.saturating_duration_since(e.last).as_nanos();
+        e.credit = (u128::from(e.credit) + elapsed).min(u128::from(self.cap_ns)) as u64;
+        e.last = now;
+        if e.credit >= self.cost_ns {
+            e.credit -= self.cost_ns;
+            true
+        } else {
+            false
+        }
+    }
+
+    /// Sources currently tracked (at most `SETS * WAYS`).
+    pub fn tracked(&self) -> usize {
+        self.table.iter().filter(|e| e.used).count()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn burst_then_rate() {
+        let mut l = RateLimiter::new(Limit { rate: 10, burst: 5 });
+        let t0 = Instant::now();
+        let src: IpAddr = "100.64.1.10".parse().unwrap();
+        let allowed = (0..20).filter(|_| l.allow(src, t0)).count();
+        assert_eq!(allowed, 5, "the burst");
+        // One second later: 10 more tokens, capped at the burst of 5.
+        let t1 = t0 + Duration::from_secs(1);
+        assert_eq!((0..20).filter(|_| l.allow(src, t1)).count(), 5);
+        // 100 ms later: exactly one token.
+        let t2 = t1 + Duration::from_millis(100);
+        assert_eq!((0..20).filter(|_| l.allow(src, t2)).count(), 1);
+        // Another source has its own bucket.
+        let other: IpAddr = "2001:db8:100::10".parse().unwrap();
+        assert!(l.allow(other, t2));
+    }
+
+    #[test]
+    fn over_ten_seconds_at_most_burst_plus_rate_times_seconds() {
+        let mut l = RateLimiter::new(Limit {
+            rate: 100,
+            burst: 20,
+        });
+        let t0 = Instant::now();
+        let src: IpAddr = "100.64.1.10".parse().unwrap();
+        let mut allowed = 0;
+        for ms in 0..10_000u64 {
+            for _ in 0..10 {
+                allowed += u64::from(l.allow(src, t0 + Duration::from_millis(ms)));
+            }
+        }
+        assert!(allowed <= 20 + 100 * 10, "{allowed}");
+        assert!(allowed >= 100 * 10, "{allowed}");
+    }
+
+    #[test]
+    fn memory_is_bounded_under_a_flood_of_sources() {
+        let mut l = RateLimiter::new(Limit { rate: 1, burst: 1 });
+        let now = Instant::now();
+        for i in 0..200_000u32 {
+            l.allow(IpAddr::V4(i.into()), now);
+        }
+        assert!(l.tracked() <= SETS * WAYS);
+    }
+}

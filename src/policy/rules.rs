@@ -1,0 +1,355 @@
+//! The rule pipeline's building blocks: the public [`Rule`] trait and
+//! [`ConfigRule`], the rule type the config file's `[[rule]]` tables compile to.
+//!
+//! A rule sees the packet parsed once ([`PacketView`]) and a small
+//! [`RuleContext`] (direction, time, length), and answers with a
+//! [`RuleVerdict`]: no match, matched-and-continue, or a final verdict. Rules
+//! take `&self` because one pipeline serves every worker: a rule with state
+//! keeps it behind its own lock or atomics (see [`RateLimiter`]).
+
+use std::fmt::{self, Write as _};
+use std::sync::Mutex;
+use std::time::Instant;
+
+use super::ratelimit::{Limit, RateLimiter};
+use super::{PortSet, PrefixSet};
+use crate::packet::{proto, tcp_flags, PacketView, Transport};
+use crate::router::Direction;
+
+/// What a rule decided about a packet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RuleVerdict {
+    /// The rule does not apply; go on with the next.
+    NoMatch,
+    /// The rule applies (its counters count the packet) but decides nothing.
+    Continue,
+    /// Final: forward the packet (skipping the remaining rules).
+    Accept,
+    /// Final: drop the packet silently.
+    Drop,
+    /// Final: drop the packet and tell the sender (TCP RST or ICMP prohibited).
+    Reject,
+    /// Final: drop the packet because a rate limit is exceeded.
+    Limited,
+}
+
+impl RuleVerdict {
+    /// True for the verdicts that end the pipeline.
+    pub fn is_final(self) -> bool {
+        !matches!(self, RuleVerdict::NoMatch | RuleVerdict::Continue)
+    }
+}
+
+/// What a rule may know besides the packet.
+#[derive(Debug, Clone, Copy)]
+pub struct RuleContext {
+    /// Which way the packet travels.
+    pub direction: Direction,
+    /// The time the router was given with the packet (never read from a clock).
+    pub now: Instant,
+}
+
+/// A packet filter rule. Implement it to add a rule in Rust without touching
+/// the core; see `examples/custom_rule.rs`.
+pub trait Rule: Send + Sync {
+    /// A short name, used in traces and counters.
+    fn name(&self) -> &str;
+
+    /// Judges one packet.
+    fn evaluate(&self, packet: &PacketView, cx: &RuleContext) -> RuleVerdict;
+
+    /// For traces: the first field on which `packet` fails to match, if the rule
+    /// can tell. `None` means it matches (or the rule does not say).
+    fn mismatch(&self, _packet: &PacketView, _cx: &RuleContext) -> Option<&'static str> {
+        None
+    }
+
+    /// A one-line description for `op25b check`.
+    fn describe(&self) -> String {
+        self.name().to_string()
+    }
+
+    /// The compiled form, for rules the pipeline can index (config rules).
+    fn as_config_rule(&self) -> Option<&ConfigRule> {
+        None
+    }
+}
+
+/// What a config rule does when it matches.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum RuleAction {
+    /// Forward, skipping later rules.
+    Accept,
+    /// Drop silently.
+    Drop,
+    /// Drop and answer: TCP RST, ICMP / ICMPv6 administratively prohibited.
+    Reject,
+    /// Count and continue.
+    Count,
+    /// Per-source token bucket: continue while under the limit, drop above it.
+    RateLimit(Limit),
+}
+
+impl fmt::Display for RuleAction {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            RuleAction::Accept => f.write_str("accept"),
+            RuleAction::Drop => f.write_str("drop"),
+            RuleAction::Reject => f.write_str("reject"),
+            RuleAction::Count => f.write_str("count"),
+            RuleAction::RateLimit(l) => {
+                write!(f, "rate-limit {}/s burst {} per source", l.rate, l.burst)
+            }
+        }
+    }
+}
+
+/// Which TCP flags a rule asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FlagMatch {
+    /// SYN set and ACK clear: a new connection.
+    Syn,
+    /// SYN and ACK set.
+    SynAck,
+    /// ACK set.
+    Ack,
+    /// RST set.
+    Rst,
+    /// FIN set.
+    Fin,
+}
+
+impl FlagMatch {
+    /// Parses a config value.
+    pub fn parse(s: &str) -> Option<FlagMatch> {
+        Some(match s {
+            "syn" => FlagMatch::Syn,
+            "syn-ack" | "synack" => FlagMatch::SynAck,
+            "ack" => FlagMatch::Ack,
+            "rst" => FlagMatch::Rst,
+            "fin" => FlagMatch::Fin,
+            _ => return None,
+        })
+    }
+
+    fn matches(self, flags: u8) -> bool {
+        let syn_ack = tcp_flags::SYN | tcp_flags::ACK;
+        match self {
+            FlagMatch::Syn => flags & syn_ack == tcp_flags::SYN,
+            FlagMatch::SynAck => flags & syn_ack == syn_ack,
+            FlagMatch::Ack => flags & tcp_flags::ACK != 0,
+            FlagMatch::Rst => flags & tcp_flags::RST != 0,
+            FlagMatch::Fin => flags & tcp_flags::FIN != 0,
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            FlagMatch::Syn => "syn",
+            FlagMatch::SynAck => "syn-ack",
+            FlagMatch::Ack => "ack",
+            FlagMatch::Rst => "rst",
+            FlagMatch::Fin => "fin",
+        }
+    }
+}
+
+/// A rule from the config file: every field given must match (omitted = any).
+#[derive(Debug)]
+pub struct ConfigRule {
+    /// Name (unique in the file).
+    pub name: String,
+    /// Direction, or any.
+    pub direction: Option<Direction>,
+    /// IP protocol number, or any.
+    pub protocol: Option<u8>,
+    /// Source prefixes.
+    pub src: Option<PrefixSet>,
+    /// Destination prefixes.
+    pub dst: Option<PrefixSet>,
+    /// Source ports (TCP / UDP).
+    pub src_ports: Option<PortSet>,
+    /// Destination ports (TCP / UDP).
+    pub dst_ports: Option<PortSet>,
+    /// TCP flags.
+    pub tcp_flags: Option<FlagMatch>,
+    /// What to do on a match.
+    pub action: RuleAction,
+    limiter: Option<Mutex<RateLimiter>>,
+}
+
+impl ConfigRule {
+    /// A rule with every field "any" and the given action.
+    pub fn new(name: impl Into<String>, action: RuleAction) -> ConfigRule {
+        let limiter = match action {
+            RuleAction::RateLimit(limit) => Some(Mutex::new(RateLimiter::new(limit))),
+            _ => None,
+        };
+        ConfigRule {
+            name: name.into(),
+            direction: None,
+            protocol: None,
+            src: None,
+            dst: None,
+            src_ports: None,
+            dst_ports: None,
+            tcp_flags: None,
+            action,
+            limiter,
+        }
+    }
+
+    /// The first field that does not match, or `None` when all match.
+    #[inline]
+    pub fn first_mismatch(&self, p: &PacketView, dir: Direction) -> Option<&'static str> {
+        if self.direction.is_some_and(|d| d != dir) {
+            return Some("direction");
+        }
+        if self.protocol.is_some_and(|want| want != p.protocol) {
+            return Some("protocol");
+        }
+        if self.src.as_ref().is_some_and(|s| !s.contains(p.src)) {
+            return Some("src");
+        }
+        if self.dst.as_ref().is_some_and(|s| !s.contains(p.dst)) {
+            return Some("dst");
+        }
+        let ports = ports_of(p);
+        if let Some(set) = &self.src_ports {
+            if !ports.is_some_and(|(sp, _)| set.contains(sp)) {
+                return Some("src_ports");
+            }
+        }
+        if let Some(set) = &self.dst_ports {
+            if !ports.is_some_and(|(_, dp)| set.contains(dp)) {
+                return Some("dst_ports");
+            }
+        }
+        if let Some(want) = self.tcp_flags {
+            match p.transport {
+                Transport::Tcp { flags, .. } if want.matches(flags) => {}
+                _ => return Some("tcp_flags"),
+            }
+        }
+        None
+    }
+}
+
+/// Source and destination port of a TCP or UDP packet whose header was read.
+#[inline]
+pub fn ports_of(p: &PacketView) -> Option<(u16, u16)> {
+    match p.transport {
+        Transport::Tcp {
+            src_port, dst_port, ..
+        }
+        | Transport::Udp { src_port, dst_port } => Some((src_port, dst_port)),
+        _ => None,
+    }
+}
+
+impl Rule for ConfigRule {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    #[inline]
+    fn evaluate(&self, p: &PacketView, cx: &RuleContext) -> RuleVerdict {
+        if self.first_mismatch(p, cx.direction).is_some() {
+            return RuleVerdict::NoMatch;
+        }
+        match self.action {
+            RuleAction::Accept => RuleVerdict::Accept,
+            RuleAction::Drop => RuleVerdict::Drop,
+            RuleAction::Reject => RuleVerdict::Reject,
+            RuleAction::Count => RuleVerdict::Continue,
+            RuleAction::RateLimit(_) => {
+                let Some(limiter) = &self.limiter else {
+                    return RuleVerdict::Continue;
+                };
+                // A poisoned lock only means another worker panicked mid-update;
+                // the bucket table is still a valid table.
+                let mut l = limiter.lock().unwrap_or_else(|e| e.into_inner());
+                if l.allow(p.src, cx.now) {
+                    RuleVerdict::Continue
+                } else {
+                    RuleVerdict::Limited
+                }
+            }
+        }
+    }
+
+    fn mismatch(&self, p: &PacketView, cx: &RuleContext) -> Option<&'static str> {
+        self.first_mismatch(p, cx.direction)
+    }
+
+    fn describe(&self) -> String {
+        let mut s = format!("{}:", self.name);
+        if let Some(d) = self.direction {
+            let _ = write!(s, " {}", d.name());
+        }
+        let _ = write!(
+            s,
+            " {}",
+            self.protocol.map_or("any".to_string(), protocol_name)
+        );
+        let set = |ps: &PrefixSet| {
+            let n: Vec<String> = ps.nets().iter().take(4).map(|n| n.to_string()).collect();
+            if ps.len() > 4 {
+                format!("{} (+{} more)", n.join(","), ps.len() - 4)
+            } else {
+                n.join(",")
+            }
+        };
+        let ports = |ps: &PortSet| ranges_text(ps);
+        if let Some(p) = &self.src {
+            let _ = write!(s, " src {}", set(p));
+        }
+        if let Some(p) = &self.src_ports {
+            let _ = write!(s, " sport {}", ports(p));
+        }
+        if let Some(p) = &self.dst {
+            let _ = write!(s, " dst {}", set(p));
+        }
+        if let Some(p) = &self.dst_ports {
+            let _ = write!(s, " dport {}", ports(p));
+        }
+        if let Some(f) = self.tcp_flags {
+            let _ = write!(s, " flags {}", f.name());
+        }
+        let _ = write!(s, " -> {}", self.action);
+        s
+    }
+
+    fn as_config_rule(&self) -> Option<&ConfigRule> {
+        Some(self)
+    }
+}
+
+/// Name of an IP protocol number as the config spells it.
+pub fn protocol_name(p: u8) -> String {
+    match p {
+        proto::TCP => "tcp".into(),
+        proto::UDP => "udp".into(),
+        proto::ICMP => "icmp".into(),
+        proto::ICMPV6 => "icmpv6".into(),
+        n => format!("proto {n}"),
+    }
+}
+
+/// "25,465,6000-6010" for a port set.
+pub fn ranges_text(ps: &PortSet) -> String {
+    let mut out: Vec<String> = Vec::new();
+    let mut it = ps.iter().peekable();
+    while let Some(start) = it.next() {
+        let mut end = start;
+        while it.peek() == Some(&(end.wrapping_add(1))) && end != u16::MAX {
+            end = it.next().unwrap_or(end);
+        }
+        out.push(if start == end {
+            start.to_string()
+        } else {
+            format!("{start}-{end}")
+        });
+    }
+    out.join(",")
+}
