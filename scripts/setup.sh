@@ -5,7 +5,7 @@
 #   scripts/setup.sh --bench  # also iperf3 and nftables for scripts/bench.sh
 set -euo pipefail
 
-need=(ip:iproute2 ping:iputils-ping traceroute:traceroute python3:python3)
+need=(ip:iproute2 ping:iputils-ping traceroute:traceroute python3:python3 tcpdump:tcpdump)
 if [[ "${1:-}" == "--bench" ]]; then
     need+=(iperf3:iperf3 nft:nftables)
 fi

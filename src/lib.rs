@@ -25,3 +25,4 @@ pub mod router;
 
 pub use config::{Config, ConfigError};
 pub use router::{Direction, DropReason, ReplyKind, Router, Verdict};
+pub mod tools;

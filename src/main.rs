@@ -3,12 +3,15 @@
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Instant;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use op25b::dataplane::Dataplane;
 use op25b::router::Counters;
-use op25b::Config;
+use op25b::tools::{self, replay, spec::PacketSpec};
+use op25b::{Config, Direction, Router, Verdict};
 use signal_hook::consts::{SIGINT, SIGTERM};
 
 #[derive(Parser)]
@@ -30,11 +33,47 @@ enum Command {
         #[arg(short, long)]
         config: PathBuf,
     },
-    /// Validate a config file and print the compiled policy.
+    /// Validate a config file and print the compiled policy; with --packet,
+    /// show what the router would do with one packet, step by step.
+    ///
+    /// Exit status with --packet: 0 forwarded, 1 dropped / rejected / answered,
+    /// 2 usage or config error.
     Check {
         /// The config file (TOML).
         #[arg(short, long)]
         config: PathBuf,
+        /// A packet, e.g. "tcp 100.64.1.10:40000 -> 203.0.113.25:25 syn"
+        /// (IPv6 as [2001:db8:100::10]:40000; tcp, udp, icmp; flags syn, ack,
+        /// rst, fin; ttl=N; len=N).
+        #[arg(short, long)]
+        packet: Option<String>,
+        /// outbound or inbound (default: outbound when the source is in
+        /// subscriber.prefixes).
+        #[arg(long, requires = "packet")]
+        direction: Option<String>,
+        /// Print one JSON object instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run a pcap capture through the same pipeline, with no devices.
+    ///
+    /// Exit status: 0 when the whole capture was read, 2 on a config error or
+    /// a corrupt or truncated capture (after reporting what was read).
+    Replay {
+        /// The config file (TOML).
+        #[arg(short, long)]
+        config: PathBuf,
+        /// The capture (pcap; raw IP, Ethernet or Linux cooked).
+        input: PathBuf,
+        /// Write the forwarded packets here (pcap).
+        #[arg(long)]
+        forwarded: Option<PathBuf>,
+        /// Write the packets that were not forwarded here (pcap).
+        #[arg(long)]
+        dropped: Option<PathBuf>,
+        /// Print one JSON object instead of text.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -48,7 +87,9 @@ fn main() -> ExitCode {
         .init();
     let cli = Cli::parse();
     let config_path = match &cli.command {
-        Command::Run { config } | Command::Check { config } => config,
+        Command::Run { config }
+        | Command::Check { config, .. }
+        | Command::Replay { config, .. } => config,
     };
     let config = match Config::load(config_path) {
         Ok(c) => c,
@@ -58,19 +99,153 @@ fn main() -> ExitCode {
         }
     };
     let result = match cli.command {
-        Command::Check { .. } => {
+        Command::Check { packet: None, .. } => {
             print!("{}", config.render());
-            Ok(())
+            Ok(ExitCode::SUCCESS)
         }
-        Command::Run { .. } => run(&config),
+        Command::Check {
+            packet: Some(spec),
+            direction,
+            json,
+            ..
+        } => check_packet(&config, &spec, direction, json),
+        Command::Replay {
+            input,
+            forwarded,
+            dropped,
+            json,
+            ..
+        } => run_replay(
+            &config,
+            &input,
+            replay::ReplayOptions { forwarded, dropped },
+            json,
+        ),
+        Command::Run { .. } => run(&config).map(|()| ExitCode::SUCCESS),
     };
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
+    result.unwrap_or_else(|e| {
+        eprintln!("op25b: error: {e:#}");
+        ExitCode::FAILURE
+    })
+}
+
+fn check_packet(
+    config: &Config,
+    spec: &str,
+    direction: Option<String>,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    let usage = |msg: String| {
+        eprintln!("op25b: error: {msg}");
+        Ok(ExitCode::from(2))
+    };
+    let parsed = match PacketSpec::parse(spec) {
+        Ok(p) => p,
+        Err(e) => return usage(e.to_string()),
+    };
+    let mut bytes = match parsed.build() {
+        Ok(b) => b,
+        Err(e) => return usage(e.to_string()),
+    };
+    let in_prefixes = config.policy.subscriber_prefixes.contains(parsed.src);
+    let (dir, why) = match direction.as_deref() {
+        Some(d) => match tools::parse_direction(d) {
+            Some(dir) => (dir, "given with --direction"),
+            None => return usage(format!("--direction {d:?}: outbound or inbound")),
+        },
+        None if in_prefixes => (Direction::Outbound, "source is in subscriber.prefixes"),
+        None => (Direction::Inbound, "source is not in subscriber.prefixes"),
+    };
+    let mut router = Router::new(Arc::new(config.policy.clone()));
+    let mut reply = vec![0u8; 2048];
+    let (verdict, trace) = router.handle_traced(Instant::now(), dir, &mut bytes, &mut reply);
+    let forwarded = matches!(verdict, Verdict::Forward { .. });
+    if json {
+        let steps: Vec<serde_json::Value> = trace
+            .steps
+            .iter()
+            .map(|s| serde_json::json!({"stage": s.stage, "detail": s.detail}))
+            .collect();
+        let reason = match verdict {
+            Verdict::Forward { .. } => None,
+            Verdict::Drop(r) => Some(r.name()),
+            Verdict::Reply { kind, .. } => Some(kind.name()),
+        };
+        let out = serde_json::json!({
+            "packet": spec,
+            "direction": dir.name(),
+            "direction_reason": why,
+            "verdict": tools::verdict_name(verdict),
+            "reason": reason,
+            "forwarded": forwarded,
+            "trace": steps,
+        });
+        println!("{out}");
+    } else {
+        println!("packet     {spec}");
+        println!("direction  {} ({why})", dir.name());
+        for s in &trace.steps {
+            println!("  {:<14} {}", s.stage, s.detail);
+        }
+        println!("verdict    {}", tools::verdict_detail(verdict));
+    }
+    Ok(if forwarded {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+fn run_replay(
+    config: &Config,
+    input: &std::path::Path,
+    opts: replay::ReplayOptions,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    let mut router = Router::new(Arc::new(config.policy.clone()));
+    let report = match replay::replay(
+        &mut router,
+        &config.policy.subscriber_prefixes,
+        input,
+        &opts,
+    ) {
+        Ok(r) => r,
         Err(e) => {
-            eprintln!("op25b: error: {e:#}");
-            ExitCode::FAILURE
+            eprintln!("op25b: error: {e}");
+            return Ok(ExitCode::from(2));
+        }
+    };
+    if json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        println!(
+            "{}: {} packets read, {} without an IP packet",
+            input.display(),
+            report.packets,
+            report.skipped
+        );
+        for (v, n) in &report.verdicts {
+            println!("  {v:<10} {n}");
+        }
+        for (r, n) in &report.drops {
+            println!("    drop {r:<18} {n}");
+        }
+        for (k, n) in &report.replies {
+            println!("    reply {k:<17} {n}");
+        }
+        println!("  op25b blocked {}", report.op25b_blocked);
+        if !report.rules.is_empty() {
+            println!("  rules (packets / bytes matched):");
+            for r in &report.rules {
+                println!("    {:<24} {:>8} {:>10}", r.name, r.packets, r.bytes);
+            }
         }
     }
+    if let Some(e) = &report.error {
+        eprintln!("op25b: error: {}: capture broken at {e}; the figures above cover the records before it", input.display());
+        return Ok(ExitCode::from(2));
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn run(config: &Config) -> anyhow::Result<()> {
@@ -90,16 +265,19 @@ fn run(config: &Config) -> anyhow::Result<()> {
         exempt_sources = p.op25b.exempt_sources.len(),
         relays = p.op25b.relays.len(),
         action = %p.op25b.action,
+        rules = p.rules.slots().len(),
         "op25b running"
     );
     let signal = signals.forever().next().unwrap_or(SIGTERM);
     tracing::info!(signal, "stopping");
     let (tx_errors, rx_errors) = dp.io_errors();
     let counters = dp.stop();
-    let summary: Vec<String> = Counters::summary(&counters)
+    let mut summary: Vec<String> = Counters::summary(&counters)
         .into_iter()
         .map(|(k, v)| format!("{k}={v}"))
         .collect();
-    tracing::info!(tx_errors, rx_errors, "counters: {}", summary.join(" "));
+    summary.push(format!("tx_errors={tx_errors}"));
+    summary.push(format!("rx_errors={rx_errors}"));
+    tracing::info!("counters: {}", summary.join(" "));
     Ok(())
 }

@@ -38,7 +38,28 @@ pub struct Policy {
     pub rules: Arc<Pipeline>,
 }
 
+/// The policy's rules are in use by a router and cannot change in place.
+#[derive(Debug, thiserror::Error)]
+#[error("the policy's rules are shared with a running router; add rules before building routers")]
+pub struct RulesShared;
+
 impl Policy {
+    /// Appends a rule after the config's rules (for Rust users with their own
+    /// [`Rule`] types; see `examples/custom_rule.rs`).
+    pub fn push_rule(&mut self, rule: Box<dyn Rule>) -> Result<(), RulesShared> {
+        let old = std::mem::take(&mut self.rules);
+        let mut rules = match Arc::try_unwrap(old) {
+            Ok(p) => p.into_rules(),
+            Err(shared) => {
+                self.rules = shared;
+                return Err(RulesShared);
+            }
+        };
+        rules.push(rule);
+        self.rules = Arc::new(Pipeline::new(rules));
+        Ok(())
+    }
+
     /// The MTU of the device a packet travelling in `dir` leaves through.
     #[inline]
     pub fn egress_mtu(&self, dir: Direction) -> u16 {

@@ -97,6 +97,11 @@ impl Pipeline {
         Pipeline { slots, stages }
     }
 
+    /// Takes the rules back out (counters are dropped).
+    pub fn into_rules(self) -> Vec<Box<dyn Rule>> {
+        self.slots.into_iter().map(|s| s.rule).collect()
+    }
+
     /// The rules with their counters.
     pub fn slots(&self) -> &[Slot] {
         &self.slots

@@ -1,0 +1,207 @@
+//! The packet notation of `op25b check --packet`:
+//!
+//! ```text
+//! tcp 100.64.1.10:40000 -> 203.0.113.25:25 syn
+//! tcp [2001:db8:100::10]:40000 -> [2001:db8:203::25]:25 syn,ack
+//! udp 100.64.1.10:5353 -> 192.0.2.53:53
+//! icmp 100.64.1.10 -> 203.0.113.25 ttl=1
+//! ```
+//!
+//! Protocols tcp, udp, icmp (an echo request; ICMPv6 for IPv6 addresses);
+//! TCP flags syn, ack, rst, fin, psh (comma or space separated); `ttl=N` sets
+//! the TTL / hop limit (default 64) and `len=N` pads the payload to N bytes.
+
+use std::net::{IpAddr, SocketAddr};
+
+use etherparse::{PacketBuilder, TcpHeader};
+
+/// Why a packet description could not be read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "--packet {spec:?}: {why} (expected e.g. \"tcp 100.64.1.10:40000 -> 203.0.113.25:25 syn\")"
+)]
+pub struct SpecError {
+    spec: String,
+    why: String,
+}
+
+/// A parsed packet description.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PacketSpec {
+    /// tcp, udp or icmp.
+    pub protocol: String,
+    /// Source address.
+    pub src: IpAddr,
+    /// Source port (TCP / UDP).
+    pub src_port: u16,
+    /// Destination address.
+    pub dst: IpAddr,
+    /// Destination port (TCP / UDP).
+    pub dst_port: u16,
+    /// TCP flags.
+    pub flags: Vec<String>,
+    /// TTL / hop limit.
+    pub ttl: u8,
+    /// Total IP packet length wanted (payload padded), if given.
+    pub len: Option<usize>,
+}
+
+impl PacketSpec {
+    /// Parses the notation above.
+    pub fn parse(spec: &str) -> Result<PacketSpec, SpecError> {
+        let err = |why: String| SpecError {
+            spec: spec.to_string(),
+            why,
+        };
+        let words: Vec<&str> = spec.split([' ', ',']).filter(|w| !w.is_empty()).collect();
+        let arrow = words
+            .iter()
+            .position(|w| *w == "->")
+            .ok_or_else(|| err("no \"->\" between source and destination".into()))?;
+        if arrow != 2 || words.len() < 4 {
+            return Err(err(
+                "the form is PROTOCOL SOURCE -> DESTINATION [FLAGS]".into()
+            ));
+        }
+        let protocol = words[0].to_ascii_lowercase();
+        let with_ports = match protocol.as_str() {
+            "tcp" | "udp" => true,
+            "icmp" | "icmpv6" => false,
+            other => return Err(err(format!("unknown protocol {other:?} (tcp, udp, icmp)"))),
+        };
+        let endpoint = |w: &str| -> Result<(IpAddr, u16), SpecError> {
+            if with_ports {
+                w.parse::<SocketAddr>()
+                    .map(|s| (s.ip(), s.port()))
+                    .map_err(|_| err(format!("{w:?} is not ADDRESS:PORT ([IPv6]:PORT for IPv6)")))
+            } else {
+                w.trim_start_matches('[')
+                    .trim_end_matches(']')
+                    .parse::<IpAddr>()
+                    .map(|a| (a, 0))
+                    .map_err(|_| err(format!("{w:?} is not an address")))
+            }
+        };
+        let (src, src_port) = endpoint(words[1])?;
+        let (dst, dst_port) = endpoint(words[3])?;
+        if src.is_ipv4() != dst.is_ipv4() {
+            return Err(err(
+                "source and destination are of different IP versions".into()
+            ));
+        }
+        let mut flags = Vec::new();
+        let mut ttl = 64;
+        let mut len = None;
+        for w in &words[4..] {
+            if let Some(v) = w.strip_prefix("ttl=") {
+                ttl = v
+                    .parse()
+                    .map_err(|_| err(format!("bad ttl {v:?} (0 to 255)")))?;
+            } else if let Some(v) = w.strip_prefix("len=") {
+                len = Some(v.parse().map_err(|_| err(format!("bad len {v:?}")))?);
+            } else if protocol == "tcp" && ["syn", "ack", "rst", "fin", "psh"].contains(w) {
+                flags.push(w.to_string());
+            } else {
+                return Err(err(format!(
+                    "unknown word {w:?} (TCP flags syn, ack, rst, fin, psh; ttl=N; len=N)"
+                )));
+            }
+        }
+        Ok(PacketSpec {
+            protocol,
+            src,
+            src_port,
+            dst,
+            dst_port,
+            flags,
+            ttl,
+            len,
+        })
+    }
+
+    /// The packet's bytes.
+    pub fn build(&self) -> Result<Vec<u8>, SpecError> {
+        let b = match (self.src, self.dst) {
+            (IpAddr::V4(s), IpAddr::V4(d)) => PacketBuilder::ipv4(s.octets(), d.octets(), self.ttl),
+            (IpAddr::V6(s), IpAddr::V6(d)) => PacketBuilder::ipv6(s.octets(), d.octets(), self.ttl),
+            _ => unreachable!("checked in parse"),
+        };
+        let header = |extra: usize| {
+            if self.src.is_ipv4() {
+                20 + extra
+            } else {
+                40 + extra
+            }
+        };
+        let pad = |hdr: usize| vec![0u8; self.len.map_or(0, |l| l.saturating_sub(hdr))];
+        let mut out = Vec::new();
+        let written = match self.protocol.as_str() {
+            "tcp" => {
+                let mut h = TcpHeader::new(self.src_port, self.dst_port, 1000, 64240);
+                for f in &self.flags {
+                    match f.as_str() {
+                        "syn" => h.syn = true,
+                        "ack" => {
+                            h.ack = true;
+                            h.acknowledgment_number = 1;
+                        }
+                        "rst" => h.rst = true,
+                        "fin" => h.fin = true,
+                        _ => h.psh = true,
+                    }
+                }
+                b.tcp_header(h).write(&mut out, &pad(header(20)))
+            }
+            "udp" => b
+                .udp(self.src_port, self.dst_port)
+                .write(&mut out, &pad(header(8))),
+            _ if self.src.is_ipv4() => b.icmpv4_echo_request(1, 1).write(&mut out, &pad(header(8))),
+            _ => b.icmpv6_echo_request(1, 1).write(&mut out, &pad(header(8))),
+        };
+        written.map_err(|e| SpecError {
+            spec: format!("{self:?}"),
+            why: e.to_string(),
+        })?;
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::packet::{PacketView, Transport};
+
+    #[test]
+    fn parses_and_builds_the_documented_forms() {
+        let p = PacketSpec::parse("tcp 100.64.1.10:40000 -> 203.0.113.25:25 syn").unwrap();
+        let v = PacketView::parse(&p.build().unwrap()).unwrap();
+        assert!(v.is_tcp_syn());
+        assert_eq!(v.tcp_dst_port(), Some(25));
+        let p = PacketSpec::parse("tcp [2001:db8:100::10]:40000 -> [2001:db8:203::25]:25 syn,ack")
+            .unwrap();
+        let v = PacketView::parse(&p.build().unwrap()).unwrap();
+        assert!(matches!(v.transport, Transport::Tcp { flags: 0x12, .. }));
+        let p = PacketSpec::parse("icmp 2001:db8:100::10 -> 2001:db8:203::25 ttl=1").unwrap();
+        let v = PacketView::parse(&p.build().unwrap()).unwrap();
+        assert_eq!((v.protocol, v.ttl), (58, 1));
+        let p = PacketSpec::parse("udp 100.64.1.10:5 -> 192.0.2.1:53 len=1450").unwrap();
+        assert_eq!(p.build().unwrap().len(), 1450);
+    }
+
+    #[test]
+    fn rejects_nonsense() {
+        for bad in [
+            "",
+            "tcp 100.64.1.10:1 203.0.113.25:25",
+            "sctp 100.64.1.10:1 -> 203.0.113.25:25",
+            "tcp 100.64.1.10 -> 203.0.113.25:25",
+            "tcp 100.64.1.10:1 -> [2001:db8::1]:25",
+            "tcp 100.64.1.10:1 -> 203.0.113.25:25 urg",
+            "tcp 100.64.1.10:1 -> 203.0.113.25:99999",
+            "udp 100.64.1.10:1 -> 203.0.113.25:25 syn",
+            "icmp 100.64.1.10 -> 203.0.113.25 ttl=300",
+        ] {
+            assert!(PacketSpec::parse(bad).is_err(), "{bad:?}");
+        }
+    }
+}

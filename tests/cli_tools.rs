@@ -1,0 +1,366 @@
+//! `op25b check --packet` and `op25b replay`, run as a user runs them.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use etherparse::PacketBuilder;
+use pcap_file::pcap::{PcapHeader, PcapPacket, PcapReader, PcapWriter};
+use pcap_file::DataLink;
+
+const BIN: &str = env!("CARGO_BIN_EXE_op25b");
+const LAB: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/config/lab.toml");
+
+/// A file in a per-test temporary directory that is removed when the test ends.
+struct Tmp(PathBuf);
+
+impl Tmp {
+    fn new(test: &str) -> Tmp {
+        let dir =
+            std::env::temp_dir().join(format!("op25b-cli-tools-{}-{test}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        Tmp(dir)
+    }
+
+    fn file(&self, name: &str) -> PathBuf {
+        self.0.join(name)
+    }
+}
+
+impl Drop for Tmp {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn op25b(args: &[&str]) -> Output {
+    Command::new(BIN)
+        .args(args)
+        .env("NO_COLOR", "1")
+        .output()
+        .expect("run op25b")
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+fn config_with_rules(t: &Tmp) -> PathBuf {
+    let path = t.file("rules.toml");
+    let rules = r#"
+[sets]
+lab_nets = ["192.0.2.0/24", "2001:db8:ff::/48"]
+
+[[rule]]
+name = "no-telnet"
+direction = "outbound"
+protocol = "tcp"
+dst = ["@lab_nets"]
+dst_ports = [23]
+action = "reject"
+
+[[rule]]
+name = "count-web"
+protocol = "tcp"
+dst_ports = [80, 443]
+action = "count"
+"#;
+    std::fs::write(
+        &path,
+        format!("{}\n{rules}", std::fs::read_to_string(LAB).unwrap()),
+    )
+    .unwrap();
+    path
+}
+
+#[test]
+fn check_packet_verdicts_and_exit_codes() {
+    let t = Tmp::new("check");
+    let cfg = config_with_rules(&t);
+    let cfg = cfg.to_str().unwrap();
+    let cases: &[(&str, &[&str], i32, &[&str])] = &[
+        (
+            "tcp 100.64.1.10:40000 -> 203.0.113.25:25 syn",
+            &[],
+            1,
+            &["op25b          block", "reply (tcp_rst"],
+        ),
+        (
+            "tcp 100.64.1.10:40000 -> 203.0.113.25:587 syn",
+            &[],
+            0,
+            &["pass: destination port not blocked", "forward"],
+        ),
+        (
+            "tcp 100.64.9.10:40000 -> 203.0.113.25:25 syn",
+            &[],
+            0,
+            &["pass: source is exempt"],
+        ),
+        (
+            "tcp 100.64.1.10:40000 -> 198.51.100.25:25 syn",
+            &[],
+            0,
+            &["pass: destination is an ISP relay"],
+        ),
+        (
+            "tcp [2001:db8:100::10]:40000 -> [2001:db8:203::25]:25 syn",
+            &[],
+            1,
+            &["block", "tcp_rst"],
+        ),
+        (
+            "tcp 100.64.1.10:40000 -> 192.0.2.9:23 syn",
+            &[],
+            1,
+            &["#1 no-telnet: match -> reject"],
+        ),
+        (
+            "tcp 100.64.1.10:40000 -> 203.0.113.80:80 syn",
+            &[],
+            0,
+            &[
+                "#1 no-telnet: no match (dst)",
+                "#2 count-web: match, continue",
+            ],
+        ),
+        (
+            "udp 100.64.1.10:5000 -> 203.0.113.53:53",
+            &[],
+            0,
+            &[
+                "#1 no-telnet: no match (protocol)",
+                "#2 count-web: no match (protocol)",
+            ],
+        ),
+        (
+            "tcp 192.0.2.66:40000 -> 203.0.113.25:587 syn",
+            &["--direction", "outbound"],
+            1,
+            &[
+                "drop: source 192.0.2.66 is outside subscriber.prefixes",
+                "drop (spoofed)",
+            ],
+        ),
+        (
+            "tcp 203.0.113.25:25 -> 100.64.1.10:40000 syn",
+            &[],
+            0,
+            &[
+                "inbound (source is not in subscriber.prefixes)",
+                "inbound traffic is not subject to OP25B",
+            ],
+        ),
+        (
+            "icmp 100.64.1.10 -> 203.0.113.25 ttl=1",
+            &[],
+            1,
+            &["expired", "time_exceeded"],
+        ),
+    ];
+    for (spec, extra, code, wants) in cases {
+        let mut args = vec!["check", "--config", cfg, "--packet", spec];
+        args.extend_from_slice(extra);
+        let o = op25b(&args);
+        let t = text(&o);
+        assert_eq!(o.status.code(), Some(*code), "{spec}:\n{t}");
+        for w in *wants {
+            assert!(t.contains(w), "{spec}: missing {w:?} in\n{t}");
+        }
+    }
+}
+
+#[test]
+fn check_packet_json_and_usage_errors() {
+    let o = op25b(&[
+        "check",
+        "--config",
+        LAB,
+        "--packet",
+        "tcp 100.64.1.10:40000 -> 203.0.113.25:25 syn",
+        "--json",
+    ]);
+    assert_eq!(o.status.code(), Some(1));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("one JSON object");
+    assert_eq!(v["verdict"], "reply");
+    assert_eq!(v["reason"], "tcp_rst");
+    assert_eq!(v["forwarded"], false);
+    assert_eq!(v["direction"], "outbound");
+    assert!(v["trace"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|s| s["stage"] == "op25b"));
+
+    for bad in [
+        "tcp 100.64.1.10 -> 203.0.113.25:25",
+        "bogus",
+        "tcp 100.64.1.10:1 -> 203.0.113.25:25 urg",
+    ] {
+        let o = op25b(&["check", "--config", LAB, "--packet", bad]);
+        assert_eq!(o.status.code(), Some(2), "{bad}: {}", text(&o));
+        assert!(
+            String::from_utf8_lossy(&o.stderr).contains("--packet"),
+            "{}",
+            text(&o)
+        );
+    }
+    let o = op25b(&[
+        "check",
+        "--config",
+        LAB,
+        "--packet",
+        "udp 100.64.1.10:1 -> 203.0.113.1:2",
+        "--direction",
+        "sideways",
+    ]);
+    assert_eq!(o.status.code(), Some(2));
+}
+
+fn tcp(src: [u8; 4], dst: [u8; 4], dport: u16) -> Vec<u8> {
+    let mut v = Vec::new();
+    PacketBuilder::ipv4(src, dst, 64)
+        .tcp(40000, dport, 1, 1000)
+        .syn()
+        .write(&mut v, &[])
+        .unwrap();
+    v
+}
+
+/// Writes a capture of `frames` with link type `link`.
+fn capture(path: &Path, link: DataLink, frames: &[Vec<u8>]) {
+    let header = PcapHeader {
+        datalink: link,
+        ..PcapHeader::default()
+    };
+    let mut w = PcapWriter::with_header(File::create(path).unwrap(), header).unwrap();
+    for (i, f) in frames.iter().enumerate() {
+        w.write_packet(&PcapPacket::new(
+            Duration::from_millis(i as u64),
+            f.len() as u32,
+            f,
+        ))
+        .unwrap();
+    }
+}
+
+fn sample() -> Vec<Vec<u8>> {
+    vec![
+        tcp([100, 64, 1, 10], [203, 0, 113, 25], 25), // blocked, RST
+        tcp([100, 64, 1, 10], [203, 0, 113, 25], 587), // forward
+        tcp([100, 64, 9, 10], [203, 0, 113, 25], 25), // exempt, forward
+        tcp([203, 0, 113, 25], [100, 64, 1, 10], 25), // inbound, forward
+        tcp([203, 0, 113, 25], [100, 64, 9, 10], 80), // inbound, forward
+        vec![0x45, 0, 0, 99],                         // truncated
+    ]
+}
+
+fn read_back(path: &Path) -> usize {
+    let mut r = PcapReader::new(File::open(path).unwrap()).unwrap();
+    let mut n = 0;
+    while let Some(p) = r.next_packet() {
+        p.unwrap();
+        n += 1;
+    }
+    n
+}
+
+#[test]
+fn replay_raw_ip_capture() {
+    let t = Tmp::new("raw");
+    let input = t.file("raw.pcap");
+    capture(&input, DataLink::RAW, &sample());
+    let (fwd, drop) = (t.file("fwd.pcap"), t.file("drop.pcap"));
+    let o = op25b(&[
+        "replay",
+        "--config",
+        LAB,
+        input.to_str().unwrap(),
+        "--forwarded",
+        fwd.to_str().unwrap(),
+        "--dropped",
+        drop.to_str().unwrap(),
+        "--json",
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("JSON");
+    assert_eq!(v["packets"], 6);
+    assert_eq!(v["verdicts"]["forward"], 4);
+    assert_eq!(v["verdicts"]["reply"], 1);
+    assert_eq!(v["verdicts"]["drop"], 1);
+    assert_eq!(v["replies"]["tcp_rst"], 1);
+    assert_eq!(v["drops"]["truncated"], 1);
+    assert_eq!(v["op25b_blocked"], 1);
+    assert_eq!(read_back(&fwd), 4);
+    assert_eq!(read_back(&drop), 2);
+    // tcpdump reads what we wrote.
+    let td = Command::new("tcpdump")
+        .args(["-n", "-r"])
+        .arg(&fwd)
+        .output()
+        .expect("tcpdump is installed (scripts/setup.sh)");
+    assert!(td.status.success(), "{}", text(&td));
+    assert_eq!(
+        String::from_utf8_lossy(&td.stdout).lines().count(),
+        4,
+        "{}",
+        text(&td)
+    );
+
+    // The human-readable form.
+    let o = op25b(&["replay", "--config", LAB, input.to_str().unwrap()]);
+    let t = text(&o);
+    assert!(t.contains("6 packets read") && t.contains("tcp_rst"), "{t}");
+}
+
+#[test]
+fn replay_ethernet_capture_skips_non_ip() {
+    let mut frames: Vec<Vec<u8>> = sample()
+        .into_iter()
+        .take(2)
+        .map(|ip| {
+            let mut f = vec![2, 0, 0, 0, 0, 1, 2, 0, 0, 0, 0, 2, 0x08, 0x00];
+            f.extend_from_slice(&ip);
+            f
+        })
+        .collect();
+    let mut arp = vec![0xff; 12];
+    arp.extend_from_slice(&[0x08, 0x06]);
+    arp.extend_from_slice(&[0; 28]);
+    frames.push(arp);
+    let t = Tmp::new("eth");
+    let input = t.file("eth.pcap");
+    capture(&input, DataLink::ETHERNET, &frames);
+    let o = op25b(&["replay", "--config", LAB, input.to_str().unwrap(), "--json"]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["packets"], 3);
+    assert_eq!(v["skipped"], 1);
+    assert_eq!(v["verdicts"]["reply"], 1);
+    assert_eq!(v["verdicts"]["forward"], 1);
+}
+
+#[test]
+fn replay_truncated_capture_reports_then_fails() {
+    let t = Tmp::new("cut");
+    let input = t.file("cut.pcap");
+    capture(&input, DataLink::RAW, &sample());
+    let bytes = std::fs::read(&input).unwrap();
+    // Cut inside the third record: 24-byte file header, 16 + 40 per TCP record.
+    std::fs::write(&input, &bytes[..24 + 2 * 56 + 30]).unwrap();
+    let o = op25b(&["replay", "--config", LAB, input.to_str().unwrap()]);
+    let t = text(&o);
+    assert_eq!(o.status.code(), Some(2), "{t}");
+    assert!(t.contains("2 packets read"), "{t}");
+    assert!(t.contains("record 3"), "{t}");
+
+    std::fs::write(&input, b"not a capture at all").unwrap();
+    let o = op25b(&["replay", "--config", LAB, input.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(text(&o).contains("not a pcap file"), "{}", text(&o));
+}
