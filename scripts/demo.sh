@@ -45,6 +45,8 @@ LAB="$LAB_SCRIPTS_DIR/lab.sh"
 # ------------------------------------------------------------------ checks
 
 require_root
+# Installs the lab's packages on a fresh machine (does nothing when present).
+"$LAB_SCRIPTS_DIR/setup.sh"
 needed=(ip python3)
 ((BUILD == 0)) || needed+=(cargo)
 mapfile -t missing < <(missing_cmds "${needed[@]}")
