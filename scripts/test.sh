@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 [[ $(id -u) -eq 0 ]] || { echo "test.sh: run as root: the tests build network namespaces and TUN devices" >&2; exit 1; }
-scripts/setup.sh
+scripts/setup.sh --bench
 
 echo "== cargo fmt --check"
 cargo fmt --check
@@ -17,3 +17,5 @@ cargo test --locked --all-targets
 echo "== lab demo"
 cargo build --release --locked
 scripts/demo.sh --no-build
+echo "== benchmark smoke run (checks it works; judges no speed)"
+scripts/bench.sh --smoke --no-build

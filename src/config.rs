@@ -60,6 +60,8 @@ struct FileConfig {
     upstream: UpstreamSection,
     op25b: Op25bSection,
     #[serde(default)]
+    dataplane: DataplaneSection,
+    #[serde(default)]
     sets: std::collections::BTreeMap<String, Spanned<Vec<Spanned<rules::Item>>>>,
     #[serde(default, rename = "rule")]
     rules: Vec<Spanned<rules::RuleSection>>,
@@ -101,6 +103,13 @@ struct Op25bSection {
     action: ActionName,
 }
 
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct DataplaneSection {
+    offload: Option<bool>,
+    queue_len: Option<Spanned<u32>>,
+}
+
 #[derive(Deserialize, Clone, Copy)]
 #[serde(rename_all = "lowercase")]
 enum ActionName {
@@ -123,6 +132,19 @@ pub struct DeviceConfig {
     pub mtu: u16,
 }
 
+/// Data-plane tuning (`[dataplane]`, all optional).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DataplaneConfig {
+    /// Use the virtio-net header (GSO/GRO) when the kernel offers it.
+    pub offload: bool,
+    /// Transmit queue length of both TUN devices, in packets.
+    pub queue_len: u32,
+}
+
+/// Default TUN transmit queue: room for bursts while a worker is descheduled
+/// on a busy machine (the kernel's default is 500).
+pub const DEFAULT_QUEUE_LEN: u32 = 1000;
+
 /// A validated config.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -134,6 +156,8 @@ pub struct Config {
     pub upstream: DeviceConfig,
     /// The compiled policy.
     pub policy: Policy,
+    /// Data-plane tuning.
+    pub dataplane: DataplaneConfig,
 }
 
 /// Turns spans into line numbers and builds errors.
@@ -315,11 +339,27 @@ impl Config {
             op25b,
             rules: Arc::new(pipeline),
         };
+        let queue_len = match &file.dataplane.queue_len {
+            None => DEFAULT_QUEUE_LEN,
+            Some(q) if (16..=1_000_000).contains(q.get_ref()) => *q.get_ref(),
+            Some(q) => {
+                return Err(cx.err(
+                    &q.span(),
+                    "dataplane.queue_len",
+                    "must be between 16 and 1000000 packets",
+                ))
+            }
+        };
+        let dataplane = DataplaneConfig {
+            offload: file.dataplane.offload.unwrap_or(true),
+            queue_len,
+        };
         Ok(Config {
             path: path.to_path_buf(),
             subscriber,
             upstream,
             policy,
+            dataplane,
         })
     }
 

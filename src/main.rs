@@ -266,11 +266,12 @@ fn run(config: &Config) -> anyhow::Result<()> {
         relays = p.op25b.relays.len(),
         action = %p.op25b.action,
         rules = p.rules.slots().len(),
+        offload = dp.offload(),
         "op25b running"
     );
     let signal = signals.forever().next().unwrap_or(SIGTERM);
     tracing::info!(signal, "stopping");
-    let (tx_errors, rx_errors) = dp.io_errors();
+    let (tx_errors, rx_errors, batches, packets) = dp.io_totals();
     let counters = dp.stop();
     let mut summary: Vec<String> = Counters::summary(&counters)
         .into_iter()
@@ -278,6 +279,7 @@ fn run(config: &Config) -> anyhow::Result<()> {
         .collect();
     summary.push(format!("tx_errors={tx_errors}"));
     summary.push(format!("rx_errors={rx_errors}"));
+    summary.push(format!("batches={batches} packets_read={packets}"));
     tracing::info!("counters: {}", summary.join(" "));
     Ok(())
 }

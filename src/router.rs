@@ -275,7 +275,24 @@ impl Router {
         buf: &mut [u8],
         reply: &mut [u8],
     ) -> Verdict {
-        let verdict = self.decide(now, dir, buf, reply, &mut NoTrace);
+        let verdict = self.decide(now, dir, buf, reply, None, &mut NoTrace);
+        self.count(dir, verdict);
+        verdict
+    }
+
+    /// Like [`Router::handle`] for a GSO super-packet from an offload-enabled
+    /// device: `buf` holds up to 64 KiB that the kernel will cut into segments
+    /// of `gso_size` payload bytes. Everything is judged on the headers, which
+    /// every segment shares; only the MTU check uses the segment size.
+    pub fn handle_gso(
+        &mut self,
+        now: Instant,
+        dir: Direction,
+        buf: &mut [u8],
+        reply: &mut [u8],
+        gso_size: u16,
+    ) -> Verdict {
+        let verdict = self.decide(now, dir, buf, reply, Some(gso_size), &mut NoTrace);
         self.count(dir, verdict);
         verdict
     }
@@ -290,7 +307,7 @@ impl Router {
         reply: &mut [u8],
     ) -> (Verdict, Trace) {
         let mut trace = Trace::default();
-        let verdict = self.decide(now, dir, buf, reply, &mut trace);
+        let verdict = self.decide(now, dir, buf, reply, None, &mut trace);
         self.count(dir, verdict);
         (verdict, trace)
     }
@@ -308,12 +325,14 @@ impl Router {
         }
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn decide<T: Tracer>(
         &mut self,
         now: Instant,
         dir: Direction,
         buf: &mut [u8],
         reply: &mut [u8],
+        gso_size: Option<u16>,
         t: &mut T,
     ) -> Verdict {
         let view = match PacketView::parse(buf) {
@@ -437,7 +456,15 @@ impl Router {
         }
 
         let mtu = policy.egress_mtu(dir);
-        if view.len > usize::from(mtu) {
+        // What goes on the wire: the packet, or one segment of a super-packet.
+        let wire_len = match (gso_size, view.transport) {
+            (Some(g), Transport::Tcp { header_len, .. }) => {
+                view.l4_offset + usize::from(header_len) + usize::from(g)
+            }
+            (Some(g), Transport::Udp { .. }) => view.l4_offset + 8 + usize::from(g),
+            _ => view.len,
+        };
+        if wire_len > usize::from(mtu) {
             t.note("mtu", || {
                 format!("{} bytes exceed the egress MTU {mtu}", view.len)
             });

@@ -37,10 +37,12 @@ pub enum DeviceError {
     },
 }
 
-/// Creates and brings up the TUN device `cfg` describes, non-blocking.
-pub fn open(cfg: &DeviceConfig) -> Result<SyncDevice, DeviceError> {
+/// Creates and brings up the TUN device `cfg` describes, non-blocking, with
+/// the virtio-net header when `offload` is asked, and a transmit queue of
+/// `queue_len` packets (the kernel's queue towards op25b).
+pub fn open(cfg: &DeviceConfig, offload: bool, queue_len: u32) -> Result<SyncDevice, DeviceError> {
     match &cfg.netns {
-        None => create(cfg),
+        None => create(cfg, offload, queue_len),
         Some(ns) => {
             let path = format!("/run/netns/{ns}");
             let file = File::open(&path).map_err(|source| DeviceError::Netns {
@@ -54,7 +56,7 @@ pub fn open(cfg: &DeviceConfig) -> Result<SyncDevice, DeviceError> {
                         name: ns.clone(),
                         source: e.into(),
                     })?;
-                    create(cfg)
+                    create(cfg, offload, queue_len)
                 })
                 .join()
                 .unwrap_or_else(|_| {
@@ -69,7 +71,7 @@ pub fn open(cfg: &DeviceConfig) -> Result<SyncDevice, DeviceError> {
     }
 }
 
-fn create(cfg: &DeviceConfig) -> Result<SyncDevice, DeviceError> {
+fn create(cfg: &DeviceConfig, offload: bool, queue_len: u32) -> Result<SyncDevice, DeviceError> {
     let err = |what| {
         move |source| DeviceError::Tun {
             name: cfg.tun.clone(),
@@ -81,6 +83,8 @@ fn create(cfg: &DeviceConfig) -> Result<SyncDevice, DeviceError> {
         .name(&cfg.tun)
         .mtu(cfg.mtu)
         .packet_information(false)
+        .offload(offload)
+        .tx_queue_len(queue_len)
         .enable(false)
         .build_sync()
         .map_err(err("create"))?;

@@ -951,3 +951,52 @@ fn no_panic_on_random_or_mutated_input() {
         "every verdict is counted exactly once"
     );
 }
+
+#[test]
+fn gso_super_packets_are_judged_on_headers_and_checked_per_segment() {
+    let mut t = TestRouter::lab();
+    // A 60,000-byte TCP super-packet to 587, cut into 1448-byte segments.
+    let mut big = Vec::new();
+    PacketBuilder::ipv4(DYN4, MX4, 64)
+        .tcp(40000, 587, 1, 1000)
+        .ack(1)
+        .write(&mut big, &vec![0; 60_000])
+        .unwrap();
+    let mut buf = big.clone();
+    let v = t
+        .router
+        .handle_gso(t.now, Direction::Outbound, &mut buf, &mut t.reply, 1448);
+    assert_eq!(v, Verdict::Forward { len: big.len() });
+    assert_eq!(buf[8], 63);
+    // Segments larger than the egress MTU get "too big" with the MTU.
+    let mut t = TestRouter::with(
+        "netns = \"op25b-lab-inet\"\nmtu = 1500",
+        "netns = \"op25b-lab-inet\"\nmtu = 1400",
+    );
+    let mut buf = big.clone();
+    let v = t
+        .router
+        .handle_gso(t.now, Direction::Outbound, &mut buf, &mut t.reply, 1448);
+    assert!(
+        matches!(
+            v,
+            Verdict::Reply {
+                kind: ReplyKind::TooBig,
+                ..
+            }
+        ),
+        "{v:?}"
+    );
+    // The same super-packet to port 25 is blocked like any segment of the flow.
+    let mut t = TestRouter::lab();
+    let mut to25 = Vec::new();
+    PacketBuilder::ipv4(DYN4, MX4, 64)
+        .tcp(40000, 25, 1, 1000)
+        .ack(1)
+        .write(&mut to25, &vec![0; 60_000])
+        .unwrap();
+    let v = t
+        .router
+        .handle_gso(t.now, Direction::Outbound, &mut to25, &mut t.reply, 1448);
+    assert_eq!(v, Verdict::Drop(DropReason::Op25bBlocked));
+}
