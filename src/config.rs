@@ -107,6 +107,7 @@ struct Op25bSection {
 #[serde(deny_unknown_fields)]
 struct DataplaneSection {
     offload: Option<bool>,
+    workers: Option<Spanned<u16>>,
     queue_len: Option<Spanned<u32>>,
 }
 
@@ -139,6 +140,9 @@ pub struct DataplaneConfig {
     pub offload: bool,
     /// Transmit queue length of both TUN devices, in packets.
     pub queue_len: u32,
+    /// Worker threads per direction (TUN queues per device); `None` = from the
+    /// number of cores.
+    pub workers: Option<u16>,
 }
 
 /// Default TUN transmit queue: room for bursts while a worker is descheduled
@@ -350,9 +354,17 @@ impl Config {
                 ))
             }
         };
+        let workers = match &file.dataplane.workers {
+            None => None,
+            Some(w) if (1..=64).contains(w.get_ref()) => Some(*w.get_ref()),
+            Some(w) => {
+                return Err(cx.err(&w.span(), "dataplane.workers", "must be between 1 and 64"))
+            }
+        };
         let dataplane = DataplaneConfig {
             offload: file.dataplane.offload.unwrap_or(true),
             queue_len,
+            workers,
         };
         Ok(Config {
             path: path.to_path_buf(),
