@@ -9,14 +9,19 @@
 //! addressed to the router -> TTL -> OP25B -> MTU -> forward (TTL-1).
 
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
-use crate::packet::{self, reply, Fragment, IcmpError, PacketView, ParseError, Transport};
+use crate::packet::{self, reply, Fragment, IcmpError, PacketView, Transport};
 use crate::policy::pipeline::Outcome;
-use crate::policy::rules::protocol_name;
 use crate::policy::{Action, Decision, Policy, RuleContext, RuleVerdict};
+
+mod counters;
+mod trace;
+
+pub use counters::{Counter, Counters, DropReason, ReplyKind};
+use trace::verdict_text;
+pub use trace::{describe_view, NoTrace, Trace, TraceStep, Tracer};
 
 /// Which way a packet travels.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -31,7 +36,7 @@ impl Direction {
     /// Both directions, in counter order.
     pub const ALL: [Direction; 2] = [Direction::Outbound, Direction::Inbound];
 
-    fn index(self) -> usize {
+    pub(crate) fn index(self) -> usize {
         self as usize
     }
 
@@ -40,97 +45,6 @@ impl Direction {
         match self {
             Direction::Outbound => "outbound",
             Direction::Inbound => "inbound",
-        }
-    }
-}
-
-macro_rules! reasons {
-    ($(#[$m:meta])* pub enum $name:ident { $($(#[$vm:meta])* $v:ident => $s:literal,)* }) => {
-        $(#[$m])*
-        pub enum $name { $($(#[$vm])* $v,)* }
-        impl $name {
-            /// Every variant, in counter order.
-            pub const ALL: &'static [$name] = &[$($name::$v,)*];
-            /// Number of variants.
-            pub const COUNT: usize = $name::ALL.len();
-            /// Stable snake_case name, used for counters and logs.
-            pub fn name(self) -> &'static str {
-                match self { $($name::$v => $s,)* }
-            }
-        }
-    };
-}
-
-reasons! {
-    /// Why a packet was dropped. Each reason is one counter.
-    #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-    pub enum DropReason {
-        /// Shorter than its headers.
-        Truncated => "truncated",
-        /// IP version neither 4 nor 6.
-        BadVersion => "bad_version",
-        /// IPv4 IHL or TCP data offset below 5.
-        BadHeaderLen => "bad_header_len",
-        /// Total / payload length beyond the buffer or below the header.
-        BadTotalLen => "bad_total_len",
-        /// Wrong IPv4 header checksum.
-        BadChecksum => "bad_checksum",
-        /// Malformed or too long IPv6 extension-header chain.
-        BadExtHeader => "bad_ext_header",
-        /// First fragment too short for the TCP header (RFC 1858, RFC 7112).
-        TinyFragment => "tiny_fragment",
-        /// TCP fragment at offset 1, which could rewrite the TCP flags (RFC 1858).
-        FragmentOverlap => "fragment_overlap",
-        /// Source not allowed on the side it arrived from (BCP 38).
-        Spoofed => "spoofed",
-        /// Source or destination that is never routed (loopback, multicast source,
-        /// link-local, unspecified, ...).
-        Martian => "martian",
-        /// TTL / hop limit expired where no ICMP error may be sent.
-        TtlExpired => "ttl_expired",
-        /// Larger than the egress MTU where no ICMP error may be sent, or IPv4
-        /// without DF (the router does not fragment).
-        TooBig => "too_big",
-        /// Blocked by OP25B and not answered.
-        Op25bBlocked => "op25b_blocked",
-        /// Addressed to the router itself and not an echo request.
-        Local => "local",
-        /// Dropped by a rule.
-        RuleDrop => "rule_drop",
-        /// Rejected by a rule where no reply may be sent.
-        RuleReject => "rule_reject",
-        /// Over a rule's rate limit.
-        RateLimited => "rate_limited",
-    }
-}
-
-reasons! {
-    /// The replies the router builds. Each kind is one counter.
-    #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-    pub enum ReplyKind {
-        /// TCP RST for a blocked SYN.
-        TcpRst => "tcp_rst",
-        /// ICMP / ICMPv6 time exceeded.
-        TimeExceeded => "time_exceeded",
-        /// ICMP fragmentation needed / ICMPv6 packet too big.
-        TooBig => "too_big",
-        /// Echo reply from the router's own address.
-        EchoReply => "echo_reply",
-        /// ICMP / ICMPv6 administratively prohibited, for a rule's reject.
-        Prohibited => "prohibited",
-    }
-}
-
-impl From<ParseError> for DropReason {
-    fn from(e: ParseError) -> DropReason {
-        match e {
-            ParseError::Truncated => DropReason::Truncated,
-            ParseError::BadVersion => DropReason::BadVersion,
-            ParseError::BadHeaderLen => DropReason::BadHeaderLen,
-            ParseError::BadTotalLen => DropReason::BadTotalLen,
-            ParseError::BadChecksum => DropReason::BadChecksum,
-            ParseError::BadExtHeader => DropReason::BadExtHeader,
-            ParseError::TinyFragment => DropReason::TinyFragment,
         }
     }
 }
@@ -153,90 +67,6 @@ pub enum Verdict {
     },
     /// Discard the packet.
     Drop(DropReason),
-}
-
-/// A monotonically increasing counter with a single writer (the worker that owns
-/// the router) and any number of readers. The writer's increment is a plain
-/// load + store, not a locked read-modify-write, which keeps it off the
-/// fast path's cost.
-#[derive(Debug, Default)]
-pub struct Counter(AtomicU64);
-
-impl Counter {
-    #[inline]
-    fn add(&self, n: u64) {
-        self.0.store(
-            self.0.load(Ordering::Relaxed).wrapping_add(n),
-            Ordering::Relaxed,
-        );
-    }
-
-    /// The current value.
-    pub fn get(&self) -> u64 {
-        self.0.load(Ordering::Relaxed)
-    }
-}
-
-/// Counters of one router (one worker).
-#[derive(Debug)]
-pub struct Counters {
-    /// Packets forwarded, by direction.
-    pub forwarded: [Counter; 2],
-    /// Bytes forwarded, by direction.
-    pub forwarded_bytes: [Counter; 2],
-    /// Drops, by [`DropReason`].
-    pub dropped: [Counter; DropReason::COUNT],
-    /// Replies sent, by [`ReplyKind`].
-    pub replies: [Counter; ReplyKind::COUNT],
-    /// Packets the OP25B fast path blocked (answered or dropped).
-    pub op25b_blocked: Counter,
-}
-
-impl Default for Counters {
-    fn default() -> Self {
-        Counters {
-            forwarded: Default::default(),
-            forwarded_bytes: Default::default(),
-            dropped: std::array::from_fn(|_| Counter::default()),
-            replies: Default::default(),
-            op25b_blocked: Counter::default(),
-        }
-    }
-}
-
-impl Counters {
-    /// Packets forwarded in `dir`.
-    pub fn forwarded(&self, dir: Direction) -> u64 {
-        self.forwarded[dir.index()].get()
-    }
-
-    /// Drops for `reason`.
-    pub fn dropped(&self, reason: DropReason) -> u64 {
-        self.dropped[reason as usize].get()
-    }
-
-    /// Replies of `kind`.
-    pub fn replies(&self, kind: ReplyKind) -> u64 {
-        self.replies[kind as usize].get()
-    }
-
-    /// A snapshot as (name, value) pairs with non-zero values, for logs.
-    pub fn summary(all: &[Arc<Counters>]) -> Vec<(String, u64)> {
-        let sum = |f: &dyn Fn(&Counters) -> u64| all.iter().map(|c| f(c)).sum::<u64>();
-        let mut out = Vec::new();
-        for d in Direction::ALL {
-            out.push((format!("forwarded_{}", d.name()), sum(&|c| c.forwarded(d))));
-        }
-        out.push(("op25b_blocked".to_string(), sum(&|c| c.op25b_blocked.get())));
-        for k in ReplyKind::ALL {
-            out.push((format!("reply_{}", k.name()), sum(&|c| c.replies(*k))));
-        }
-        for r in DropReason::ALL {
-            out.push((format!("drop_{}", r.name()), sum(&|c| c.dropped(*r))));
-        }
-        out.retain(|(_, v)| *v > 0);
-        out
-    }
 }
 
 /// The router: a policy plus counters. One per worker; the policy is shared.
@@ -540,116 +370,6 @@ impl Router {
             None => Verdict::Drop(otherwise),
         }
     }
-}
-
-/// Collects the steps of a decision; the fast path uses [`NoTrace`], which
-/// compiles to nothing.
-pub trait Tracer {
-    /// Whether steps are recorded (lets the caller pick the explaining path).
-    const ON: bool;
-    /// Records one step; `detail` is only called when recording.
-    fn note(&mut self, stage: &'static str, detail: impl FnOnce() -> String);
-}
-
-/// The tracer that records nothing.
-#[derive(Debug, Default)]
-pub struct NoTrace;
-
-impl Tracer for NoTrace {
-    const ON: bool = false;
-    #[inline(always)]
-    fn note(&mut self, _stage: &'static str, _detail: impl FnOnce() -> String) {}
-}
-
-/// One step of a decision.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TraceStep {
-    /// The stage: parse, anti-spoofing, op25b, rule, ...
-    pub stage: &'static str,
-    /// What happened there.
-    pub detail: String,
-}
-
-/// The steps of one decision, in order.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Trace {
-    /// The steps.
-    pub steps: Vec<TraceStep>,
-}
-
-impl Tracer for Trace {
-    const ON: bool = true;
-    fn note(&mut self, stage: &'static str, detail: impl FnOnce() -> String) {
-        self.steps.push(TraceStep {
-            stage,
-            detail: detail(),
-        });
-    }
-}
-
-fn verdict_text(v: RuleVerdict) -> &'static str {
-    match v {
-        RuleVerdict::NoMatch => "no match",
-        RuleVerdict::Continue => "match, continue",
-        RuleVerdict::Accept => "match -> accept",
-        RuleVerdict::Drop => "match -> drop",
-        RuleVerdict::Reject => "match -> reject",
-        RuleVerdict::Limited => "match -> over the rate limit, drop",
-    }
-}
-
-/// One line describing a parsed packet, for traces.
-pub fn describe_view(v: &PacketView) -> String {
-    let (sp, dp, extra) = match v.transport {
-        Transport::Tcp {
-            src_port,
-            dst_port,
-            flags,
-            ..
-        } => {
-            let names = [
-                (0x02, "syn"),
-                (0x10, "ack"),
-                (0x04, "rst"),
-                (0x01, "fin"),
-                (0x08, "psh"),
-            ];
-            let f: Vec<&str> = names
-                .iter()
-                .filter(|(b, _)| flags & b != 0)
-                .map(|(_, n)| *n)
-                .collect();
-            (
-                Some(src_port),
-                Some(dst_port),
-                format!(" [{}]", f.join(",")),
-            )
-        }
-        Transport::Udp { src_port, dst_port } => (Some(src_port), Some(dst_port), String::new()),
-        Transport::Icmp { icmp_type, code } => {
-            (None, None, format!(" type {icmp_type} code {code}"))
-        }
-        Transport::None => (None, None, String::new()),
-    };
-    let ep = |a: IpAddr, p: Option<u16>| match (a, p) {
-        (IpAddr::V6(a), Some(p)) => format!("[{a}]:{p}"),
-        (a, Some(p)) => format!("{a}:{p}"),
-        (a, None) => a.to_string(),
-    };
-    let frag = match v.fragment {
-        Fragment::Whole => "",
-        Fragment::First => " first-fragment",
-        Fragment::Later { .. } => " later-fragment",
-    };
-    format!(
-        "{} {} -> {}{} ttl {} len {}{frag}",
-        protocol_name(v.protocol),
-        ep(v.src, sp),
-        ep(v.dst, dp),
-        extra,
-        v.ttl,
-        v.len
-    )
 }
 
 /// Addresses a router never forwards from or to (RFC 1812 5.3.7, RFC 4291 2.5.6).
