@@ -15,9 +15,10 @@ use ipnet::IpNet;
 use serde::Deserialize;
 use toml::Spanned;
 
-use crate::policy::{Action, Op25b, Pipeline, Policy, PortSet, PrefixSet, Rule};
+use crate::policy::{Action, Banner, Op25b, Pipeline, Policy, PortSet, PrefixSet, Rule, Runtime};
 use std::sync::Arc;
 
+mod actions;
 mod rules;
 
 /// The Linux limit on interface names (IFNAMSIZ - 1).
@@ -100,7 +101,15 @@ struct Op25bSection {
     relays: Vec<Spanned<String>>,
     ports: Option<Vec<Spanned<u16>>>,
     #[serde(default = "default_action")]
-    action: ActionName,
+    action: Spanned<ActionName>,
+    banner: Option<Spanned<String>>,
+    banner_sessions: Option<Spanned<u32>>,
+    banner_timeout: Option<Spanned<u32>>,
+    redirect_to: Option<Spanned<Vec<Spanned<String>>>>,
+    block_inbound: Option<bool>,
+    reply_rate: Option<Spanned<u32>>,
+    reply_burst: Option<Spanned<u32>>,
+    max_flows: Option<Spanned<u32>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -111,15 +120,18 @@ struct DataplaneSection {
     queue_len: Option<Spanned<u32>>,
 }
 
-#[derive(Deserialize, Clone, Copy)]
+#[derive(Deserialize, Clone, Copy, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 enum ActionName {
     Reject,
     Drop,
+    Icmp,
+    Banner,
+    Redirect,
 }
 
-fn default_action() -> ActionName {
-    ActionName::Reject
+fn default_action() -> Spanned<ActionName> {
+    Spanned::new(0..0, ActionName::Reject)
 }
 
 /// One TUN device as configured.
@@ -321,11 +333,21 @@ impl Config {
             exempt_sources: prefixes(&cx, "op25b.exempt_sources", &o.exempt_sources)?,
             relays: prefixes(&cx, "op25b.relays", &o.relays)?,
             ports: PortSet::new(ports),
-            action: match o.action {
+            action: match *o.action.get_ref() {
                 ActionName::Reject => Action::Reject,
                 ActionName::Drop => Action::Drop,
+                ActionName::Icmp => Action::Icmp,
+                ActionName::Banner => Action::Banner,
+                ActionName::Redirect => Action::Redirect,
             },
+            block_inbound: o.block_inbound.unwrap_or(false),
+            redirect_v4: None,
+            redirect_v6: None,
+            banner: Banner::default(),
         };
+        let mut op25b = op25b;
+        actions::apply(&cx, o, &mut op25b)?;
+        let (reply_limit, max_flows) = actions::limits(&cx, o)?;
         let sets = rules::Sets::compile(&cx, &file.sets)?;
         let compiled = rules::compile(&cx, &sets, &file.rules)?;
         let pipeline = Pipeline::new(
@@ -342,6 +364,9 @@ impl Config {
             upstream_mtu: upstream.mtu,
             op25b,
             rules: Arc::new(pipeline),
+            reply_limit,
+            max_flows,
+            runtime: Arc::new(Runtime::new(reply_limit, max_flows)),
         };
         let queue_len = match &file.dataplane.queue_len {
             None => DEFAULT_QUEUE_LEN,
@@ -428,9 +453,40 @@ impl Config {
             "  action            {} ({})",
             p.op25b.action,
             match p.op25b.action {
-                Action::Reject => "SYN answered with TCP RST, other segments dropped",
-                Action::Drop => "dropped silently",
+                Action::Reject => "SYN answered with TCP RST, other segments dropped".to_string(),
+                Action::Drop => "dropped silently".to_string(),
+                Action::Icmp => "SYN answered with ICMP administratively prohibited".to_string(),
+                Action::Banner => format!(
+                    "handshake completed by op25b, then {:?}; at most {} sessions, {} s idle",
+                    p.op25b.banner.text,
+                    p.op25b.banner.sessions,
+                    p.op25b.banner.idle.as_secs()
+                ),
+                Action::Redirect => format!(
+                    "sent to the relay {} (destination NAT, at most {} flows)",
+                    [p.op25b.redirect_v4, p.op25b.redirect_v6]
+                        .iter()
+                        .flatten()
+                        .map(|a| a.to_string())
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                    p.max_flows
+                ),
             }
+        );
+        let _ = writeln!(
+            s,
+            "  inbound (IP25B)   {}",
+            if p.op25b.block_inbound {
+                "new connections to these ports of dynamic addresses dropped"
+            } else {
+                "not blocked"
+            }
+        );
+        let _ = writeln!(
+            s,
+            "  reply limit       {}/s, burst {} per address (RSTs, ICMP errors, echo replies, banner sessions, new redirects)",
+            p.reply_limit.rate, p.reply_limit.burst
         );
         if p.rules.is_empty() {
             let _ = writeln!(

@@ -12,7 +12,9 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
+use crate::packet::nat::{self, End};
 use crate::packet::{self, reply, Fragment, IcmpError, PacketView, Transport};
+use crate::policy::conntrack::CtError;
 use crate::policy::pipeline::Outcome;
 use crate::policy::{Action, Decision, Policy, RuleContext, RuleVerdict};
 
@@ -49,6 +51,16 @@ impl Direction {
     }
 }
 
+/// What the device said about a packet it handed over with offload.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RxInfo {
+    /// Segment payload size of a GSO super-packet (`None` for a plain packet).
+    pub gso_size: Option<u16>,
+    /// The transport checksum is partial (the kernel completes it on the way
+    /// out): address rewrites must update it in the partial form.
+    pub csum_partial: bool,
+}
+
 /// What to do with a packet.
 #[must_use]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -67,6 +79,9 @@ pub enum Verdict {
     },
     /// Discard the packet.
     Drop(DropReason),
+    /// Hand the packet to the banner responder (the `banner` action): it is
+    /// part of a blocked connection that op25b terminates itself.
+    Terminate,
 }
 
 /// The router: a policy plus counters. One per worker; the policy is shared.
@@ -105,7 +120,7 @@ impl Router {
         buf: &mut [u8],
         reply: &mut [u8],
     ) -> Verdict {
-        let verdict = self.decide(now, dir, buf, reply, None, &mut NoTrace);
+        let verdict = self.decide(now, dir, buf, reply, RxInfo::default(), &mut NoTrace);
         self.count(dir, verdict);
         verdict
     }
@@ -122,7 +137,24 @@ impl Router {
         reply: &mut [u8],
         gso_size: u16,
     ) -> Verdict {
-        let verdict = self.decide(now, dir, buf, reply, Some(gso_size), &mut NoTrace);
+        let rx = RxInfo {
+            gso_size: Some(gso_size),
+            csum_partial: true,
+        };
+        self.handle_offloaded(now, dir, buf, reply, rx)
+    }
+
+    /// Like [`Router::handle`] for a packet read from an offload-enabled
+    /// device, with what its virtio-net header says ([`RxInfo`]).
+    pub fn handle_offloaded(
+        &mut self,
+        now: Instant,
+        dir: Direction,
+        buf: &mut [u8],
+        reply: &mut [u8],
+        rx: RxInfo,
+    ) -> Verdict {
+        let verdict = self.decide(now, dir, buf, reply, rx, &mut NoTrace);
         self.count(dir, verdict);
         verdict
     }
@@ -137,7 +169,7 @@ impl Router {
         reply: &mut [u8],
     ) -> (Verdict, Trace) {
         let mut trace = Trace::default();
-        let verdict = self.decide(now, dir, buf, reply, None, &mut trace);
+        let verdict = self.decide(now, dir, buf, reply, RxInfo::default(), &mut trace);
         self.count(dir, verdict);
         (verdict, trace)
     }
@@ -152,6 +184,7 @@ impl Router {
             }
             Verdict::Reply { kind, .. } => c.replies[kind as usize].add(1),
             Verdict::Drop(reason) => c.dropped[reason as usize].add(1),
+            Verdict::Terminate => c.terminated.add(1),
         }
     }
 
@@ -162,10 +195,10 @@ impl Router {
         dir: Direction,
         buf: &mut [u8],
         reply: &mut [u8],
-        gso_size: Option<u16>,
+        rx: RxInfo,
         t: &mut T,
     ) -> Verdict {
-        let view = match PacketView::parse(buf) {
+        let mut view = match PacketView::parse(buf) {
             Ok(v) => v,
             Err(e) => {
                 t.note("parse", || format!("malformed: {e}"));
@@ -208,18 +241,24 @@ impl Router {
         let own = self.own_address(view.dst);
         if own == Some(view.dst) {
             t.note("local", || "addressed to the router".into());
-            return match reply::echo_reply(&view, buf, reply) {
-                Some(len) => Verdict::Reply {
-                    len,
-                    kind: ReplyKind::EchoReply,
-                },
-                None => Verdict::Drop(DropReason::Local),
-            };
+            if !reply::echo_allowed(&view) {
+                return Verdict::Drop(DropReason::Local);
+            }
+            let v = view;
+            return self.answer(
+                now,
+                &v,
+                ReplyKind::EchoReply,
+                |out| reply::echo_reply(&v, buf, out),
+                reply,
+                DropReason::Local,
+            );
         }
 
         if view.ttl <= 1 {
             t.note("ttl", || format!("expired (ttl {})", view.ttl));
             return self.icmp(
+                now,
                 IcmpError::TimeExceeded,
                 &view,
                 buf,
@@ -231,23 +270,37 @@ impl Router {
 
         if dir == Direction::Outbound {
             let decision = policy.op25b.judge(&view);
-            t.note("op25b", || decision.describe().to_string());
+            t.note("op25b", || match decision {
+                Decision::Block => {
+                    format!("{} -> action {}", decision.describe(), policy.op25b.action)
+                }
+                _ => decision.describe().to_string(),
+            });
             if decision == Decision::Block {
                 self.counters.op25b_blocked.add(1);
-                if policy.op25b.action == Action::Reject && view.is_tcp_syn() {
-                    if let Some(len) = reply::tcp_rst(&view, reply) {
-                        return Verdict::Reply {
-                            len,
-                            kind: ReplyKind::TcpRst,
-                        };
-                    }
+                match self.blocked(now, &mut view, buf, reply, rx) {
+                    Some(verdict) => return verdict,
+                    None => t.note("redirect", || {
+                        format!("sent to {}:{}", view.dst, view.tcp_dst_port().unwrap_or(0))
+                    }),
                 }
-                return Verdict::Drop(DropReason::Op25bBlocked);
             }
         } else {
-            t.note("op25b", || {
-                "pass: inbound traffic is not subject to OP25B".into()
-            });
+            if policy.op25b.blocks_inbound(&view) {
+                t.note("ip25b", || {
+                    "drop: new inbound connection to a blocked port of a dynamic address".into()
+                });
+                return Verdict::Drop(DropReason::Ip25bBlocked);
+            }
+            if policy.op25b.action == Action::Redirect && self.unredirect(now, &mut view, buf, rx) {
+                t.note("redirect", || {
+                    format!("reply from the relay, source restored to {}", view.src)
+                });
+            } else {
+                t.note("op25b", || {
+                    "pass: inbound traffic is not subject to OP25B".into()
+                });
+            }
         }
 
         if !policy.rules.is_empty() {
@@ -265,29 +318,42 @@ impl Router {
                 RuleVerdict::Drop => return Verdict::Drop(DropReason::RuleDrop),
                 RuleVerdict::Limited => return Verdict::Drop(DropReason::RateLimited),
                 RuleVerdict::Reject => {
-                    let built = if view.protocol == packet::proto::TCP {
-                        reply::tcp_rst(&view, reply).map(|len| Verdict::Reply {
-                            len,
-                            kind: ReplyKind::TcpRst,
-                        })
+                    let v = view;
+                    let tcp = v.protocol == packet::proto::TCP;
+                    let answerable = if tcp {
+                        reply::rst_allowed(&v)
                     } else {
-                        self.own_address(view.src)
-                            .and_then(|from| {
-                                reply::icmp_error(IcmpError::Prohibited, &view, buf, from, reply)
-                            })
-                            .map(|len| Verdict::Reply {
-                                len,
-                                kind: ReplyKind::Prohibited,
-                            })
+                        reply::icmp_allowed(&v)
                     };
-                    return built.unwrap_or(Verdict::Drop(DropReason::RuleReject));
+                    if !answerable {
+                        return Verdict::Drop(DropReason::RuleReject);
+                    }
+                    if tcp {
+                        return self.answer(
+                            now,
+                            &v,
+                            ReplyKind::TcpRst,
+                            |out| reply::tcp_rst(&v, out),
+                            reply,
+                            DropReason::RuleReject,
+                        );
+                    }
+                    return self.icmp(
+                        now,
+                        IcmpError::Prohibited,
+                        &v,
+                        buf,
+                        reply,
+                        ReplyKind::Prohibited,
+                        DropReason::RuleReject,
+                    );
                 }
             }
         }
 
         let mtu = policy.egress_mtu(dir);
         // What goes on the wire: the packet, or one segment of a super-packet.
-        let wire_len = match (gso_size, view.transport) {
+        let wire_len = match (rx.gso_size, view.transport) {
             (Some(g), Transport::Tcp { header_len, .. }) => {
                 view.l4_offset + usize::from(header_len) + usize::from(g)
             }
@@ -302,6 +368,7 @@ impl Router {
                 return Verdict::Drop(DropReason::TooBig);
             }
             return self.icmp(
+                now,
                 IcmpError::TooBig { mtu },
                 &view,
                 buf,
@@ -353,8 +420,10 @@ impl Router {
         }
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn icmp(
         &self,
+        now: Instant,
         err: IcmpError,
         view: &PacketView,
         buf: &[u8],
@@ -362,13 +431,159 @@ impl Router {
         kind: ReplyKind,
         otherwise: DropReason,
     ) -> Verdict {
-        let built = self
-            .own_address(view.src)
-            .and_then(|from| reply::icmp_error(err, view, buf, from, reply));
-        match built {
+        let Some(from) = self.own_address(view.src) else {
+            return Verdict::Drop(otherwise);
+        };
+        // Spend a token only on a reply that may be sent at all.
+        if !reply::icmp_allowed(view) {
+            return Verdict::Drop(otherwise);
+        }
+        self.answer(
+            now,
+            view,
+            kind,
+            |out| reply::icmp_error(err, view, buf, from, out),
+            reply,
+            otherwise,
+        )
+    }
+
+    /// Builds a reply to `view`'s source if the reply limit allows.
+    fn answer(
+        &self,
+        now: Instant,
+        view: &PacketView,
+        kind: ReplyKind,
+        build: impl FnOnce(&mut [u8]) -> Option<usize>,
+        reply: &mut [u8],
+        otherwise: DropReason,
+    ) -> Verdict {
+        if !self.policy.runtime.allow_reply(view.src, now) {
+            return Verdict::Drop(DropReason::ReplyRateLimited);
+        }
+        match build(reply) {
             Some(len) => Verdict::Reply { len, kind },
             None => Verdict::Drop(otherwise),
         }
+    }
+
+    /// A packet the OP25B fast path blocked: the action's verdict, or `None`
+    /// when it was redirected (rewritten in place) and goes on to be forwarded.
+    fn blocked(
+        &self,
+        now: Instant,
+        view: &mut PacketView,
+        buf: &mut [u8],
+        reply: &mut [u8],
+        rx: RxInfo,
+    ) -> Option<Verdict> {
+        let op = &self.policy.op25b;
+        let blocked = Verdict::Drop(DropReason::Op25bBlocked);
+        let syn = view.is_tcp_syn();
+        let view_ro = *view;
+        Some(match op.action {
+            Action::Drop => blocked,
+            Action::Reject if syn => self.answer(
+                now,
+                &view_ro,
+                ReplyKind::TcpRst,
+                |out| reply::tcp_rst(&view_ro, out),
+                reply,
+                DropReason::Op25bBlocked,
+            ),
+            Action::Icmp if syn => match self.own_address(view.src) {
+                Some(from) => self.answer(
+                    now,
+                    &view_ro,
+                    ReplyKind::Prohibited,
+                    |out| reply::icmp_error(IcmpError::Prohibited, &view_ro, buf, from, out),
+                    reply,
+                    DropReason::Op25bBlocked,
+                ),
+                None => blocked,
+            },
+            Action::Reject | Action::Icmp => blocked,
+            // Banner sessions are terminated by the data plane's responder,
+            // which sees these packets through `Verdict::Terminate`.
+            Action::Banner => return Some(self.terminate(now, &view_ro)),
+            Action::Redirect => return self.redirect(now, view, buf, rx),
+        })
+    }
+
+    /// The banner action: hand the packet to the responder. A new session
+    /// (a SYN) spends a reply token like an RST would.
+    fn terminate(&self, now: Instant, view: &PacketView) -> Verdict {
+        if view.fragment != Fragment::Whole {
+            return Verdict::Drop(DropReason::Op25bBlocked);
+        }
+        if view.is_tcp_syn() && !self.policy.runtime.allow_reply(view.src, now) {
+            return Verdict::Drop(DropReason::ReplyRateLimited);
+        }
+        Verdict::Terminate
+    }
+
+    /// Destination NAT of a blocked flow to the relay.
+    fn redirect(
+        &self,
+        now: Instant,
+        view: &mut PacketView,
+        buf: &mut [u8],
+        rx: RxInfo,
+    ) -> Option<Verdict> {
+        let Some(target) = self.policy.op25b.redirect_target(view.dst) else {
+            return Some(Verdict::Drop(DropReason::Op25bBlocked));
+        };
+        if view.fragment != Fragment::Whole {
+            return Some(Verdict::Drop(DropReason::Op25bBlocked));
+        }
+        let runtime = &self.policy.runtime;
+        let mut ct = runtime.conntrack();
+        if ct.is_new(view, now) && !runtime.allow_reply(view.src, now) {
+            return Some(Verdict::Drop(DropReason::ReplyRateLimited));
+        }
+        match ct.outbound(view, target, now) {
+            Ok(to) => {
+                drop(ct);
+                if !nat::rewrite(buf, view, End::Destination, to, rx.csum_partial) {
+                    return Some(Verdict::Drop(DropReason::Op25bBlocked));
+                }
+                view.dst = to.ip();
+                if let Transport::Tcp { dst_port, .. } = &mut view.transport {
+                    *dst_port = to.port();
+                }
+                self.counters.redirected.add(1);
+                None
+            }
+            Err(CtError::NoFlow) => Some(Verdict::Drop(DropReason::Op25bBlocked)),
+            Err(CtError::Full) => Some(Verdict::Drop(DropReason::ConntrackFull)),
+            Err(CtError::Collision) => Some(Verdict::Drop(DropReason::RedirectCollision)),
+        }
+    }
+
+    /// A packet from a redirect target: if it belongs to a redirected flow, put
+    /// the original destination back as its source. True when rewritten.
+    fn unredirect(&self, now: Instant, view: &mut PacketView, buf: &mut [u8], rx: RxInfo) -> bool {
+        let op = &self.policy.op25b;
+        let from_target = match (view.transport, op.redirect_target(view.src)) {
+            (Transport::Tcp { src_port, .. }, Some(t)) => {
+                t.ip() == view.src && t.port() == src_port
+            }
+            _ => false,
+        };
+        if !from_target {
+            return false;
+        }
+        let Some(original) = self.policy.runtime.conntrack().inbound(view, now) else {
+            return false;
+        };
+        if !nat::rewrite(buf, view, End::Source, original, rx.csum_partial) {
+            return false;
+        }
+        view.src = original.ip();
+        if let Transport::Tcp { src_port, .. } = &mut view.transport {
+            *src_port = original.port();
+        }
+        true
     }
 }
 
@@ -401,3 +616,6 @@ fn is_martian(src: IpAddr, dst: IpAddr) -> bool {
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod tests_actions;

@@ -261,6 +261,8 @@ impl Worker {
                     tracing::trace!(direction = dir, reason = reason.name(), "drop");
                     continue;
                 }
+                // The banner responder arrives with its own commit.
+                Verdict::Terminate => continue,
             };
             if let Err(e) = sent {
                 // EIO while a link is down, ENOBUFS under pressure: a drop, not fatal.

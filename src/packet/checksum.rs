@@ -29,6 +29,26 @@ pub fn adjust(checksum: u16, old: u16, new: u16) -> u16 {
     !fold(acc)
 }
 
+/// RFC 1624 for a run of 16-bit words: the checksum after `old` (even length)
+/// became `new` (same length).
+pub fn adjust_bytes(checksum: u16, old: &[u8], new: &[u8]) -> u16 {
+    let mut acc = u32::from(!checksum);
+    for (o, n) in old.chunks_exact(2).zip(new.chunks_exact(2)) {
+        acc += u32::from(!u16::from_be_bytes([o[0], o[1]]));
+        acc += u32::from(u16::from_be_bytes([n[0], n[1]]));
+        acc = (acc & 0xffff) + (acc >> 16);
+    }
+    !fold(acc)
+}
+
+/// The same update for a checksum field that holds a partial checksum (the
+/// virtio-net "needs checksum" state: the field has the folded pseudo-header
+/// sum, not yet complemented; the kernel finishes it later). Only pseudo-header
+/// words (addresses) need this; bytes the kernel will sum itself need nothing.
+pub fn adjust_partial(field: u16, old: &[u8], new: &[u8]) -> u16 {
+    !adjust_bytes(!field, old, new)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -53,6 +73,41 @@ mod tests {
     fn odd_length_pads_with_zero() {
         assert_eq!(sum(&[0x01]), 0x0100);
         assert_eq!(sum(&[0x12, 0x34, 0x56]), 0x1234 + 0x5600);
+    }
+
+    #[test]
+    fn adjust_bytes_matches_full_recompute_for_address_changes() {
+        let mut h = [
+            0x45, 0x00, 0x00, 0x3c, 0x1c, 0x46, 0x40, 0x00, 0x40, 0x06, 0x00, 0x00, 0x64, 0x40,
+            0x01, 0x0a, 0xcb, 0x00, 0x71, 0x19,
+        ];
+        let before = full(&mut h);
+        h[10..12].copy_from_slice(&before.to_be_bytes());
+        for new in [
+            [198u8, 51, 100, 25],
+            [0, 0, 0, 0],
+            [255, 255, 255, 255],
+            [0xff, 0xfe, 0x01, 0x00],
+        ] {
+            let mut g = h;
+            let old = [g[16], g[17], g[18], g[19]];
+            g[16..20].copy_from_slice(&new);
+            let inc = adjust_bytes(u16::from_be_bytes([h[10], h[11]]), &old, &new);
+            assert_eq!(inc, full(&mut g), "{new:?}");
+        }
+    }
+
+    #[test]
+    fn partial_adjust_tracks_the_pseudo_header_sum() {
+        // A partial field holds the folded sum of the pseudo-header words.
+        let words = |a: [u8; 4]| {
+            u32::from(u16::from_be_bytes([a[0], a[1]]))
+                + u32::from(u16::from_be_bytes([a[2], a[3]]))
+        };
+        let (old, new) = ([203u8, 0, 113, 25], [198u8, 51, 100, 25]);
+        let base = 0x1234u32 + 6 + 20; // other pseudo-header words
+        let field = fold(base + words(old));
+        assert_eq!(adjust_partial(field, &old, &new), fold(base + words(new)));
     }
 
     #[test]

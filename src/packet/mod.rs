@@ -2,6 +2,7 @@
 //! checksums, and the builders for the replies the router sends.
 
 pub mod checksum;
+pub mod nat;
 pub mod reply;
 pub mod view;
 

@@ -139,10 +139,7 @@ pub fn icmp_error(
     from: IpAddr,
     out: &mut [u8],
 ) -> Option<usize> {
-    if view.is_icmp_error() || matches!(view.fragment, super::Fragment::Later { .. }) {
-        return None;
-    }
-    if !is_unicast_host(view.src) || is_multicast(view.dst) {
+    if !icmp_allowed(view) {
         return None;
     }
     let pkt = pkt.get(..view.len)?;
@@ -185,17 +182,42 @@ pub fn icmp_error(
     }
 }
 
+/// Whether an ICMP error about `view` may be sent at all (RFC 1122 3.2.2,
+/// RFC 4443 2.4 e): not about an ICMP error or a later fragment, not to a
+/// source that is not a unicast host, not about a multicast destination.
+pub fn icmp_allowed(view: &PacketView) -> bool {
+    !view.is_icmp_error()
+        && !matches!(view.fragment, super::Fragment::Later { .. })
+        && is_unicast_host(view.src)
+        && !is_multicast(view.dst)
+}
+
+/// Whether an RST may answer `view`: a TCP segment that is not itself an RST,
+/// from a unicast host.
+pub fn rst_allowed(view: &PacketView) -> bool {
+    matches!(view.transport, Transport::Tcp { flags, .. } if flags & tcp_flags::RST == 0)
+        && is_unicast_host(view.src)
+}
+
+/// Whether `view` is an echo request the router may answer.
+pub fn echo_allowed(view: &PacketView) -> bool {
+    matches!(
+        view.transport,
+        Transport::Icmp {
+            icmp_type: 8 | 128,
+            code: 0
+        }
+    ) && view.fragment == super::Fragment::Whole
+        && is_unicast_host(view.src)
+}
+
 /// An echo reply to an echo request addressed to the router itself: same
 /// identifier, sequence and data, addresses swapped. Same size as the request.
 pub fn echo_reply(view: &PacketView, pkt: &[u8], out: &mut [u8]) -> Option<usize> {
-    let Transport::Icmp { icmp_type, code: 0 } = view.transport else {
+    let Transport::Icmp { icmp_type, .. } = view.transport else {
         return None;
     };
-    if matches!(
-        view.fragment,
-        super::Fragment::First | super::Fragment::Later { .. }
-    ) || !is_unicast_host(view.src)
-    {
+    if !echo_allowed(view) {
         return None;
     }
     let l4 = pkt.get(view.l4_offset..view.len)?;

@@ -1,6 +1,7 @@
 //! Policy: the compiled tables the router consults. Built once from the config
 //! (see `config`), then shared read-only by every worker.
 
+pub mod conntrack;
 pub mod op25b;
 pub mod pipeline;
 pub mod ports;
@@ -8,10 +9,14 @@ pub mod prefix;
 pub mod ratelimit;
 pub mod rules;
 
-use std::net::{Ipv4Addr, Ipv6Addr};
-use std::sync::Arc;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
-pub use op25b::{Action, Decision, Op25b};
+use conntrack::Conntrack;
+use ratelimit::{Limit, RateLimiter};
+
+pub use op25b::{Action, Banner, Decision, Op25b};
 pub use pipeline::Pipeline;
 pub use ports::PortSet;
 pub use prefix::PrefixSet;
@@ -36,6 +41,47 @@ pub struct Policy {
     pub op25b: Op25b,
     /// The rules evaluated after the fast path.
     pub rules: Arc<Pipeline>,
+    /// Per-address limit on the packets the router originates (RSTs, ICMP
+    /// errors, echo replies, banner sessions, new redirected flows).
+    pub reply_limit: Limit,
+    /// Most flows the redirect action tracks.
+    pub max_flows: usize,
+    /// State shared by every router built from this policy.
+    pub runtime: Arc<Runtime>,
+}
+
+/// Mutable state shared by the routers (workers) of one policy. Locked only on
+/// the rare paths: building a reply, and packets of redirected flows.
+#[derive(Debug)]
+pub struct Runtime {
+    /// Token buckets for router-originated packets, per destination address.
+    pub replies: Mutex<RateLimiter>,
+    /// The redirect flow table.
+    pub conntrack: Mutex<Conntrack>,
+}
+
+impl Runtime {
+    /// Fresh state for the given limits.
+    pub fn new(reply_limit: Limit, max_flows: usize) -> Runtime {
+        Runtime {
+            replies: Mutex::new(RateLimiter::new(reply_limit)),
+            conntrack: Mutex::new(Conntrack::new(max_flows)),
+        }
+    }
+
+    /// Takes a reply token for `to`; false when over the limit.
+    pub fn allow_reply(&self, to: IpAddr, now: Instant) -> bool {
+        // A poisoned lock only means a worker panicked mid-update; the table is valid.
+        self.replies
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .allow(to, now)
+    }
+
+    /// The flow table, locked.
+    pub fn conntrack(&self) -> std::sync::MutexGuard<'_, Conntrack> {
+        self.conntrack.lock().unwrap_or_else(|e| e.into_inner())
+    }
 }
 
 /// The policy's rules are in use by a router and cannot change in place.

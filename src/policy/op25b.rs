@@ -6,6 +6,8 @@
 //! checks run cheapest and most selective first: most traffic is not to port 25.
 
 use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
 
 use super::{PortSet, PrefixSet};
 use crate::packet::{PacketView, Transport};
@@ -17,6 +19,12 @@ pub enum Action {
     Reject,
     /// Drop silently (the client waits for its connect timeout).
     Drop,
+    /// Answer the SYN with ICMP / ICMPv6 administratively prohibited.
+    Icmp,
+    /// Complete the handshake as the dialled server, send an SMTP 554 line, close.
+    Banner,
+    /// Send the connection to the ISP relay (destination NAT).
+    Redirect,
 }
 
 impl fmt::Display for Action {
@@ -24,6 +32,9 @@ impl fmt::Display for Action {
         f.write_str(match self {
             Action::Reject => "reject",
             Action::Drop => "drop",
+            Action::Icmp => "icmp",
+            Action::Banner => "banner",
+            Action::Redirect => "redirect",
         })
     }
 }
@@ -72,9 +83,61 @@ pub struct Op25b {
     pub ports: PortSet,
     /// What to do with a blocked connection.
     pub action: Action,
+    /// Also block new inbound connections to the ports of dynamic addresses (IP25B).
+    pub block_inbound: bool,
+    /// Where `redirect` sends IPv4 connections.
+    pub redirect_v4: Option<SocketAddr>,
+    /// Where `redirect` sends IPv6 connections.
+    pub redirect_v6: Option<SocketAddr>,
+    /// The `banner` action's settings.
+    pub banner: Banner,
+}
+
+/// Settings of the `banner` action.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Banner {
+    /// The SMTP reply line (without CRLF).
+    pub text: String,
+    /// Most concurrent banner sessions; over it a SYN gets an RST.
+    pub sessions: usize,
+    /// A session that sees nothing for this long is closed.
+    pub idle: Duration,
+}
+
+/// The default banner line.
+pub const DEFAULT_BANNER: &str =
+    "554 5.7.1 Port 25 is blocked for dynamic addresses (OP25B); send mail through submission port 587 with SMTP AUTH";
+
+impl Default for Banner {
+    fn default() -> Self {
+        Banner {
+            text: DEFAULT_BANNER.to_string(),
+            sessions: 64,
+            idle: Duration::from_secs(10),
+        }
+    }
 }
 
 impl Op25b {
+    /// Where `redirect` sends a connection to `dst`, by IP family.
+    pub fn redirect_target(&self, dst: IpAddr) -> Option<SocketAddr> {
+        match dst {
+            IpAddr::V4(_) => self.redirect_v4,
+            IpAddr::V6(_) => self.redirect_v6,
+        }
+    }
+
+    /// IP25B: true for a SYN from outside to a blocked port of a dynamic,
+    /// non-exempt address, when `block_inbound` is on.
+    #[inline]
+    pub fn blocks_inbound(&self, view: &PacketView) -> bool {
+        self.block_inbound
+            && view.is_tcp_syn()
+            && view.tcp_dst_port().is_some_and(|p| self.ports.contains(p))
+            && self.dynamic.contains(view.dst)
+            && !self.exempt_sources.contains(view.dst)
+    }
+
     /// Judges an outbound packet.
     #[inline]
     pub fn judge(&self, view: &PacketView) -> Decision {

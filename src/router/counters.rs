@@ -58,6 +58,16 @@ reasons! {
         Op25bBlocked => "op25b_blocked",
         /// Addressed to the router itself and not an echo request.
         Local => "local",
+        /// A new inbound connection to a blocked port of a dynamic address (IP25B).
+        Ip25bBlocked => "ip25b_blocked",
+        /// A reply (RST, ICMP, echo reply, banner session, redirect) over the
+        /// per-address reply limit.
+        ReplyRateLimited => "reply_rate_limited",
+        /// A new redirected connection while the flow table is full.
+        ConntrackFull => "conntrack_full",
+        /// A redirected connection reusing a subscriber port that is redirected
+        /// for another destination.
+        RedirectCollision => "redirect_collision",
         /// Dropped by a rule.
         RuleDrop => "rule_drop",
         /// Rejected by a rule where no reply may be sent.
@@ -131,8 +141,12 @@ pub struct Counters {
     pub dropped: [Counter; DropReason::COUNT],
     /// Replies sent, by [`ReplyKind`].
     pub replies: [Counter; ReplyKind::COUNT],
-    /// Packets the OP25B fast path blocked (answered or dropped).
+    /// Packets the OP25B fast path blocked (answered, dropped, redirected or terminated).
     pub op25b_blocked: Counter,
+    /// Packets of blocked flows rewritten towards the relay (redirect).
+    pub redirected: Counter,
+    /// Packets handed to the banner responder.
+    pub terminated: Counter,
 }
 
 impl Default for Counters {
@@ -143,6 +157,8 @@ impl Default for Counters {
             dropped: std::array::from_fn(|_| Counter::default()),
             replies: Default::default(),
             op25b_blocked: Counter::default(),
+            redirected: Counter::default(),
+            terminated: Counter::default(),
         }
     }
 }
@@ -171,6 +187,8 @@ impl Counters {
             out.push((format!("forwarded_{}", d.name()), sum(&|c| c.forwarded(d))));
         }
         out.push(("op25b_blocked".to_string(), sum(&|c| c.op25b_blocked.get())));
+        out.push(("op25b_redirected".to_string(), sum(&|c| c.redirected.get())));
+        out.push(("op25b_terminated".to_string(), sum(&|c| c.terminated.get())));
         for k in ReplyKind::ALL {
             out.push((format!("reply_{}", k.name()), sum(&|c| c.replies(*k))));
         }

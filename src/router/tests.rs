@@ -59,7 +59,7 @@ impl TestRouter {
         let out = match v {
             Verdict::Forward { len } => buf[..len].to_vec(),
             Verdict::Reply { len, .. } => self.reply[..len].to_vec(),
-            Verdict::Drop(_) => Vec::new(),
+            Verdict::Drop(_) | Verdict::Terminate => Vec::new(),
         };
         (v, out)
     }
@@ -938,14 +938,15 @@ fn no_panic_on_random_or_mutated_input() {
                 PacketView::parse(&reply[..len]).expect("replies parse");
             }
             Verdict::Forward { len } => assert!(len <= p.len()),
-            Verdict::Drop(_) => {}
+            Verdict::Drop(_) | Verdict::Terminate => {}
         }
         verdicts += 1;
     }
     let c = t.counters();
     let total: u64 = Direction::ALL.iter().map(|d| c.forwarded(*d)).sum::<u64>()
         + DropReason::ALL.iter().map(|r| c.dropped(*r)).sum::<u64>()
-        + ReplyKind::ALL.iter().map(|k| c.replies(*k)).sum::<u64>();
+        + ReplyKind::ALL.iter().map(|k| c.replies(*k)).sum::<u64>()
+        + c.terminated.get();
     assert_eq!(
         total, verdicts as u64,
         "every verdict is counted exactly once"

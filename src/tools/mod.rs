@@ -13,6 +13,7 @@ pub fn verdict_name(v: Verdict) -> &'static str {
         Verdict::Forward { .. } => "forward",
         Verdict::Drop(_) => "drop",
         Verdict::Reply { .. } => "reply",
+        Verdict::Terminate => "terminate",
     }
 }
 
@@ -26,6 +27,9 @@ pub fn verdict_detail(v: Verdict) -> String {
             kind.name(),
             reply_meaning(kind)
         ),
+        Verdict::Terminate => {
+            "terminate (op25b answers as the server: SMTP banner, then close)".to_string()
+        }
     }
 }
 

@@ -243,6 +243,8 @@ pub fn replay(
             Verdict::Reply { kind, .. } => {
                 *report.replies.entry(kind.name().to_string()).or_default() += 1
             }
+            // Offline there is no responder: the packet is counted, not answered.
+            Verdict::Terminate => {}
         }
         if !matches!(verdict, Verdict::Forward { .. }) {
             if let Some(o) = &mut dropped {

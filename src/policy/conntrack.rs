@@ -1,0 +1,285 @@
+//! The flow table of the redirect action: which subscriber connections were
+//! sent to the relay, and where they were originally going.
+//!
+//! Keyed by the subscriber's address and port. The relay sees the subscriber's
+//! real source, so on the relay's side the connection is (subscriber address,
+//! subscriber port, relay address, relay port); replies from the relay are found
+//! by the subscriber's end, and the one original destination per key is what
+//! makes the reverse rewrite unambiguous. A subscriber reusing the same source
+//! port for two redirected destinations at once would give the relay two
+//! identical connections: the second SYN is refused (`Collision`).
+//!
+//! Bounds: at most `max_flows` entries, allocated once on first use (the map
+//! never grows past its initial capacity). Entries leave on RST, some seconds
+//! after FIN (for the last ACKs), or after an idle timeout. When the table is
+//! full, expired entries are swept; if none expired, the new connection is
+//! refused (`Full`) and established flows keep working. New entries are also
+//! rate limited per subscriber by the caller (the reply limit), so one
+//! subscriber cannot fill the table.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use crate::packet::{tcp_flags, PacketView, Transport};
+
+/// Idle timeout of a half-open flow (SYN sent, no ACK seen yet).
+pub const SYN_TIMEOUT: Duration = Duration::from_secs(30);
+/// Idle timeout of an established flow (RFC 5321 4.5.3.2 lets SMTP wait 10 minutes).
+pub const ESTABLISHED_TIMEOUT: Duration = Duration::from_secs(600);
+/// Time a flow stays after FIN, for the final ACKs.
+pub const CLOSING_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    SynSent,
+    Established,
+    Closing,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Flow {
+    original: SocketAddr,
+    target: SocketAddr,
+    state: State,
+    last: Instant,
+}
+
+impl Flow {
+    fn expired(&self, now: Instant) -> bool {
+        let idle = now.saturating_duration_since(self.last);
+        idle > match self.state {
+            State::SynSent => SYN_TIMEOUT,
+            State::Established => ESTABLISHED_TIMEOUT,
+            State::Closing => CLOSING_TIMEOUT,
+        }
+    }
+
+    fn update(&mut self, flags: u8, now: Instant) {
+        self.last = now;
+        if flags & (tcp_flags::FIN | tcp_flags::RST) != 0 {
+            self.state = State::Closing;
+        } else if self.state == State::SynSent && flags & tcp_flags::ACK != 0 {
+            self.state = State::Established;
+        }
+    }
+}
+
+/// Why an outbound packet of a blocked flow cannot be redirected.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CtError {
+    /// Not a SYN and no flow: not part of a redirected connection.
+    NoFlow,
+    /// The table is full of live flows.
+    Full,
+    /// The same subscriber port already has a redirected flow to another destination.
+    Collision,
+}
+
+/// The redirect flow table.
+#[derive(Debug)]
+pub struct Conntrack {
+    flows: HashMap<(IpAddr, u16), Flow>,
+    max: usize,
+}
+
+fn tcp_of(view: &PacketView) -> Option<(u16, u16, u8)> {
+    match view.transport {
+        Transport::Tcp {
+            src_port,
+            dst_port,
+            flags,
+            ..
+        } => Some((src_port, dst_port, flags)),
+        _ => None,
+    }
+}
+
+impl Conntrack {
+    /// An empty table for at most `max` flows.
+    pub fn new(max: usize) -> Conntrack {
+        Conntrack {
+            flows: HashMap::new(),
+            max: max.max(1),
+        }
+    }
+
+    /// Live and not yet swept flows.
+    pub fn len(&self) -> usize {
+        self.flows.len()
+    }
+
+    /// True when no flow is tracked.
+    pub fn is_empty(&self) -> bool {
+        self.flows.is_empty()
+    }
+
+    /// True when a packet from the subscriber (`view`) starts a new flow: a SYN
+    /// without a live entry.
+    pub fn is_new(&self, view: &PacketView, now: Instant) -> bool {
+        let Some((sport, _, flags)) = tcp_of(view) else {
+            return false;
+        };
+        let live = self
+            .flows
+            .get(&(view.src, sport))
+            .is_some_and(|f| !f.expired(now));
+        !live && flags & (tcp_flags::SYN | tcp_flags::ACK) == tcp_flags::SYN
+    }
+
+    /// A packet from the subscriber to a blocked destination: the relay address
+    /// to send it to, creating the flow on a SYN.
+    pub fn outbound(
+        &mut self,
+        view: &PacketView,
+        target: SocketAddr,
+        now: Instant,
+    ) -> Result<SocketAddr, CtError> {
+        let (sport, dport, flags) = tcp_of(view).ok_or(CtError::NoFlow)?;
+        let key = (view.src, sport);
+        let original = SocketAddr::new(view.dst, dport);
+        let syn = flags & (tcp_flags::SYN | tcp_flags::ACK) == tcp_flags::SYN;
+        if let Some(f) = self.flows.get_mut(&key) {
+            if !f.expired(now) {
+                if f.original != original {
+                    // A retransmitted SYN after RST/FIN may reuse the port for a new
+                    // destination once the old flow is closing.
+                    if !(syn && f.state == State::Closing) {
+                        return Err(CtError::Collision);
+                    }
+                } else {
+                    f.update(flags, now);
+                    return Ok(f.target);
+                }
+            }
+        }
+        if !syn {
+            return Err(CtError::NoFlow);
+        }
+        if self.flows.capacity() == 0 {
+            // The one allocation of the table, on first use.
+            self.flows.reserve(self.max);
+        }
+        if self.flows.len() >= self.max && !self.flows.contains_key(&key) {
+            self.flows.retain(|_, f| !f.expired(now));
+            if self.flows.len() >= self.max {
+                return Err(CtError::Full);
+            }
+        }
+        self.flows.insert(
+            key,
+            Flow {
+                original,
+                target,
+                state: State::SynSent,
+                last: now,
+            },
+        );
+        Ok(target)
+    }
+
+    /// A packet from the relay to a subscriber: the original destination to put
+    /// back as its source, if it belongs to a redirected flow.
+    pub fn inbound(&mut self, view: &PacketView, now: Instant) -> Option<SocketAddr> {
+        let (sport, dport, flags) = tcp_of(view)?;
+        let f = self.flows.get_mut(&(view.dst, dport))?;
+        if f.expired(now) || f.target != SocketAddr::new(view.src, sport) {
+            return None;
+        }
+        f.update(flags, now);
+        Some(f.original)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use etherparse::PacketBuilder;
+
+    fn view(
+        buf: &mut Vec<u8>,
+        src: ([u8; 4], u16),
+        dst: ([u8; 4], u16),
+        flags: &str,
+    ) -> PacketView {
+        buf.clear();
+        let b = PacketBuilder::ipv4(src.0, dst.0, 64).tcp(src.1, dst.1, 1, 1000);
+        let b = match flags {
+            "syn" => b.syn(),
+            "fin" => b.ack(1).fin(),
+            "rst" => b.rst(),
+            _ => b.ack(1),
+        };
+        b.write(buf, &[]).unwrap();
+        PacketView::parse(buf).unwrap()
+    }
+
+    const C: [u8; 4] = [100, 64, 1, 10];
+    const MX: [u8; 4] = [203, 0, 113, 25];
+    const RELAY: &str = "198.51.100.25:25";
+
+    #[test]
+    fn a_connection_through_the_table() {
+        let mut ct = Conntrack::new(8);
+        let relay: SocketAddr = RELAY.parse().unwrap();
+        let t0 = Instant::now();
+        let mut b = Vec::new();
+        assert_eq!(
+            ct.outbound(&view(&mut b, (C, 40000), (MX, 25), "ack"), relay, t0),
+            Err(CtError::NoFlow)
+        );
+        let syn = view(&mut b, (C, 40000), (MX, 25), "syn");
+        assert!(ct.is_new(&syn, t0));
+        assert_eq!(ct.outbound(&syn, relay, t0), Ok(relay));
+        // The relay answers; the original destination comes back.
+        let back = view(&mut b, ([198, 51, 100, 25], 25), (C, 40000), "ack");
+        assert_eq!(
+            ct.inbound(&back, t0),
+            Some("203.0.113.25:25".parse().unwrap())
+        );
+        // Someone else pretending to be the relay for that flow gets nothing.
+        assert_eq!(
+            ct.inbound(
+                &view(&mut b, ([198, 51, 100, 26], 25), (C, 40000), "ack"),
+                t0
+            ),
+            None
+        );
+        // Another destination from the same port collides.
+        let other = view(&mut b, (C, 40000), ([203, 0, 113, 26], 25), "syn");
+        assert_eq!(ct.outbound(&other, relay, t0), Err(CtError::Collision));
+        // FIN closes; after the closing timeout the flow is gone.
+        ct.outbound(&view(&mut b, (C, 40000), (MX, 25), "fin"), relay, t0)
+            .unwrap();
+        let later = t0 + CLOSING_TIMEOUT + Duration::from_secs(1);
+        assert_eq!(ct.inbound(&back_view(&mut b), later), None);
+    }
+
+    fn back_view(b: &mut Vec<u8>) -> PacketView {
+        view(b, ([198, 51, 100, 25], 25), (C, 40000), "ack")
+    }
+
+    #[test]
+    fn full_table_refuses_new_flows_until_some_expire() {
+        let mut ct = Conntrack::new(4);
+        let relay: SocketAddr = RELAY.parse().unwrap();
+        let t0 = Instant::now();
+        let mut b = Vec::new();
+        for port in 0..4 {
+            assert!(ct
+                .outbound(&view(&mut b, (C, 1000 + port), (MX, 25), "syn"), relay, t0)
+                .is_ok());
+        }
+        let fifth = view(&mut b, (C, 2000), (MX, 25), "syn");
+        assert_eq!(ct.outbound(&fifth, relay, t0), Err(CtError::Full));
+        // Established flows still work while full.
+        assert!(ct
+            .outbound(&view(&mut b, (C, 1000), (MX, 25), "ack"), relay, t0)
+            .is_ok());
+        // Half-open flows expire; then there is room.
+        let later = t0 + SYN_TIMEOUT + Duration::from_secs(1);
+        let fifth = view(&mut b, (C, 2000), (MX, 25), "syn");
+        assert!(ct.outbound(&fifth, relay, later).is_ok());
+        assert!(ct.len() <= 4);
+    }
+}

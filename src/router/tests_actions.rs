@@ -1,0 +1,480 @@
+//! Scenario tests of the blocking actions (icmp, banner, redirect), IP25B and
+//! the reply rate limit.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use etherparse::{PacketBuilder, TcpHeaderSlice};
+
+use super::*;
+use crate::config::Config;
+use crate::packet::{checksum, Transport};
+
+const LAB: &str = include_str!("../../config/lab.toml");
+const DYN4: [u8; 4] = [100, 64, 1, 10];
+const STATIC4: [u8; 4] = [100, 64, 9, 10];
+const MX4: [u8; 4] = [203, 0, 113, 25];
+const RELAY4: [u8; 4] = [198, 51, 100, 25];
+
+fn router(extra: &str) -> Router {
+    let text = LAB.replacen("action = \"reject\"", extra, 1);
+    let cfg = Config::parse(std::path::Path::new("t.toml"), &text).expect("config");
+    Router::new(Arc::new(cfg.policy))
+}
+
+fn tcp(src: [u8; 4], sport: u16, dst: [u8; 4], dport: u16, flags: &str, payload: &[u8]) -> Vec<u8> {
+    let b = PacketBuilder::ipv4(src, dst, 64).tcp(sport, dport, 100, 64240);
+    let b = match flags {
+        "syn" => b.syn(),
+        "synack" => b.syn().ack(101),
+        "fin" => b.ack(1).fin(),
+        _ => b.ack(1),
+    };
+    let mut v = Vec::new();
+    b.write(&mut v, payload).unwrap();
+    v
+}
+
+fn tcp6(src: &str, sport: u16, dst: &str, dport: u16, syn: bool) -> Vec<u8> {
+    let s: std::net::Ipv6Addr = src.parse().unwrap();
+    let d: std::net::Ipv6Addr = dst.parse().unwrap();
+    let b = PacketBuilder::ipv6(s.octets(), d.octets(), 64).tcp(sport, dport, 100, 64240);
+    let b = if syn { b.syn() } else { b.ack(1) };
+    let mut v = Vec::new();
+    b.write(&mut v, b"data").unwrap();
+    v
+}
+
+fn run(r: &mut Router, now: Instant, dir: Direction, pkt: &[u8]) -> (Verdict, Vec<u8>) {
+    let mut buf = pkt.to_vec();
+    let mut reply = vec![0u8; 2048];
+    let v = r.handle(now, dir, &mut buf, &mut reply);
+    let out = match v {
+        Verdict::Forward { len } => buf[..len].to_vec(),
+        Verdict::Reply { len, .. } => reply[..len].to_vec(),
+        _ => Vec::new(),
+    };
+    (v, out)
+}
+
+fn tcp_checksum_ok(p: &[u8]) -> bool {
+    let v = PacketView::parse(p).unwrap();
+    let tcp = TcpHeaderSlice::from_slice(&p[v.l4_offset..]).unwrap();
+    let data = &p[v.l4_offset + tcp.slice().len()..v.len];
+    let want = match (v.src, v.dst) {
+        (IpAddr::V4(s), IpAddr::V4(d)) => tcp
+            .calc_checksum_ipv4_raw(s.octets(), d.octets(), data)
+            .unwrap(),
+        (IpAddr::V6(s), IpAddr::V6(d)) => tcp
+            .calc_checksum_ipv6_raw(s.octets(), d.octets(), data)
+            .unwrap(),
+        _ => unreachable!(),
+    };
+    tcp.checksum() == want
+}
+
+#[test]
+fn icmp_action_answers_syn_with_prohibited() {
+    let mut r = router("action = \"icmp\"");
+    let now = Instant::now();
+    let syn = tcp(DYN4, 40000, MX4, 25, "syn", &[]);
+    let (v, out) = run(&mut r, now, Direction::Outbound, &syn);
+    assert!(
+        matches!(
+            v,
+            Verdict::Reply {
+                kind: ReplyKind::Prohibited,
+                ..
+            }
+        ),
+        "{v:?}"
+    );
+    let icmp = PacketView::parse(&out).unwrap();
+    assert_eq!(icmp.src.to_string(), "100.64.0.1");
+    assert_eq!(icmp.dst.to_string(), "100.64.1.10");
+    assert_eq!(
+        icmp.transport,
+        Transport::Icmp {
+            icmp_type: 3,
+            code: 13
+        }
+    );
+    assert_eq!(
+        &out[icmp.l4_offset + 8..icmp.l4_offset + 8 + syn.len()],
+        &syn[..],
+        "quotes the SYN"
+    );
+    assert_eq!(checksum::sum(&out[icmp.l4_offset..]), 0xffff);
+    let (v, _) = run(
+        &mut r,
+        now,
+        Direction::Outbound,
+        &tcp(DYN4, 40000, MX4, 25, "ack", &[]),
+    );
+    assert_eq!(v, Verdict::Drop(DropReason::Op25bBlocked));
+    let (v, out) = run(
+        &mut r,
+        now,
+        Direction::Outbound,
+        &tcp6("2001:db8:100:1::10", 40000, "2001:db8:203::25", 25, true),
+    );
+    assert!(matches!(
+        v,
+        Verdict::Reply {
+            kind: ReplyKind::Prohibited,
+            ..
+        }
+    ));
+    assert_eq!(
+        PacketView::parse(&out).unwrap().transport,
+        Transport::Icmp {
+            icmp_type: 1,
+            code: 1
+        }
+    );
+}
+
+#[test]
+fn reply_limit_bounds_answers_per_subscriber() {
+    let mut r = router("action = \"reject\"\nreply_rate = 5\nreply_burst = 10");
+    let t0 = Instant::now();
+    let mut answered = 0;
+    for port in 0..1000u16 {
+        let (v, _) = run(
+            &mut r,
+            t0,
+            Direction::Outbound,
+            &tcp(DYN4, 10000 + port, MX4, 25, "syn", &[]),
+        );
+        match v {
+            Verdict::Reply {
+                kind: ReplyKind::TcpRst,
+                ..
+            } => answered += 1,
+            Verdict::Drop(DropReason::ReplyRateLimited) => {}
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(answered, 10, "the burst");
+    // Another subscriber has its own bucket.
+    let (v, _) = run(
+        &mut r,
+        t0,
+        Direction::Outbound,
+        &tcp([100, 64, 1, 11], 1, MX4, 25, "syn", &[]),
+    );
+    assert!(matches!(v, Verdict::Reply { .. }));
+    // Over ten seconds of flood: at most burst + rate x 10 answers in all.
+    for ms in (0..10_000u64).step_by(10) {
+        let now = t0 + Duration::from_millis(ms);
+        if matches!(
+            run(
+                &mut r,
+                now,
+                Direction::Outbound,
+                &tcp(DYN4, 1, MX4, 25, "syn", &[])
+            )
+            .0,
+            Verdict::Reply { .. }
+        ) {
+            answered += 1;
+        }
+    }
+    assert!(answered <= 10 + 5 * 10, "{answered}");
+    assert!(answered >= 5 * 9, "{answered}");
+    // TTL expiry and echo replies spend the same tokens.
+    let mut ping = Vec::new();
+    PacketBuilder::ipv4(DYN4, [100, 64, 0, 1], 64)
+        .icmpv4_echo_request(1, 1)
+        .write(&mut ping, &[])
+        .unwrap();
+    assert_eq!(
+        run(
+            &mut r,
+            t0 + Duration::from_millis(9_999),
+            Direction::Outbound,
+            &ping
+        )
+        .0,
+        Verdict::Drop(DropReason::ReplyRateLimited)
+    );
+}
+
+#[test]
+fn ip25b_blocks_new_inbound_connections_to_dynamic_addresses() {
+    let mut r = router("action = \"reject\"\nblock_inbound = true");
+    let now = Instant::now();
+    let (v, _) = run(
+        &mut r,
+        now,
+        Direction::Inbound,
+        &tcp(MX4, 40000, DYN4, 25, "syn", &[]),
+    );
+    assert_eq!(v, Verdict::Drop(DropReason::Ip25bBlocked));
+    // Static (exempt) addresses may run mail servers.
+    assert!(matches!(
+        run(
+            &mut r,
+            now,
+            Direction::Inbound,
+            &tcp(MX4, 40000, STATIC4, 25, "syn", &[])
+        )
+        .0,
+        Verdict::Forward { .. }
+    ));
+    // Other ports, and replies to the subscriber's own outbound connections, pass.
+    assert!(matches!(
+        run(
+            &mut r,
+            now,
+            Direction::Inbound,
+            &tcp(MX4, 40000, DYN4, 587, "syn", &[])
+        )
+        .0,
+        Verdict::Forward { .. }
+    ));
+    assert!(matches!(
+        run(
+            &mut r,
+            now,
+            Direction::Inbound,
+            &tcp(RELAY4, 25, DYN4, 40000, "synack", &[])
+        )
+        .0,
+        Verdict::Forward { .. }
+    ));
+    // Off by default.
+    let mut r = router("action = \"reject\"");
+    assert!(matches!(
+        run(
+            &mut r,
+            now,
+            Direction::Inbound,
+            &tcp(MX4, 40000, DYN4, 25, "syn", &[])
+        )
+        .0,
+        Verdict::Forward { .. }
+    ));
+}
+
+#[test]
+fn banner_action_hands_blocked_flows_to_the_responder() {
+    let mut r = router("action = \"banner\"");
+    let now = Instant::now();
+    assert_eq!(
+        run(
+            &mut r,
+            now,
+            Direction::Outbound,
+            &tcp(DYN4, 40000, MX4, 25, "syn", &[])
+        )
+        .0,
+        Verdict::Terminate
+    );
+    assert_eq!(
+        run(
+            &mut r,
+            now,
+            Direction::Outbound,
+            &tcp(DYN4, 40000, MX4, 25, "ack", b"EHLO x")
+        )
+        .0,
+        Verdict::Terminate
+    );
+    assert!(matches!(
+        run(
+            &mut r,
+            now,
+            Direction::Outbound,
+            &tcp(DYN4, 40000, MX4, 587, "syn", &[])
+        )
+        .0,
+        Verdict::Forward { .. }
+    ));
+    assert_eq!(r.counters().terminated.get(), 2);
+}
+
+const REDIRECT: &str =
+    "action = \"redirect\"\nredirect_to = [\"198.51.100.25:25\", \"[2001:db8:25::25]:25\"]";
+
+#[test]
+fn redirect_rewrites_both_ways_with_valid_checksums() {
+    let mut r = router(REDIRECT);
+    let now = Instant::now();
+    let syn = tcp(DYN4, 40000, MX4, 25, "syn", &[]);
+    let (v, out) = run(&mut r, now, Direction::Outbound, &syn);
+    assert!(matches!(v, Verdict::Forward { .. }), "{v:?}");
+    let fwd = PacketView::parse(&out).expect("valid IPv4 header checksum");
+    assert_eq!(
+        (fwd.src.to_string(), fwd.dst.to_string()),
+        ("100.64.1.10".into(), "198.51.100.25".into())
+    );
+    assert_eq!(fwd.ttl, 63);
+    assert!(tcp_checksum_ok(&out));
+    // The relay answers the client's real address; the client sees the MX.
+    let (v, back) = run(
+        &mut r,
+        now,
+        Direction::Inbound,
+        &tcp(RELAY4, 25, DYN4, 40000, "synack", &[]),
+    );
+    assert!(matches!(v, Verdict::Forward { .. }));
+    let b = PacketView::parse(&back).unwrap();
+    assert_eq!(b.src.to_string(), "203.0.113.25");
+    assert!(matches!(
+        b.transport,
+        Transport::Tcp {
+            src_port: 25,
+            dst_port: 40000,
+            ..
+        }
+    ));
+    assert!(tcp_checksum_ok(&back));
+    // Data and FIN follow the flow.
+    let (_, data) = run(
+        &mut r,
+        now,
+        Direction::Outbound,
+        &tcp(DYN4, 40000, MX4, 25, "ack", b"MAIL FROM:<a@b>\r\n"),
+    );
+    assert_eq!(
+        PacketView::parse(&data).unwrap().dst.to_string(),
+        "198.51.100.25"
+    );
+    assert!(tcp_checksum_ok(&data));
+    assert!(matches!(
+        run(
+            &mut r,
+            now,
+            Direction::Outbound,
+            &tcp(DYN4, 40000, MX4, 25, "fin", &[])
+        )
+        .0,
+        Verdict::Forward { .. }
+    ));
+    // A segment of no redirected flow is dropped, not redirected.
+    assert_eq!(
+        run(
+            &mut r,
+            now,
+            Direction::Outbound,
+            &tcp(DYN4, 40001, MX4, 25, "ack", &[])
+        )
+        .0,
+        Verdict::Drop(DropReason::Op25bBlocked)
+    );
+    // The relay's own traffic that is no redirected flow passes unchanged.
+    let (_, plain) = run(
+        &mut r,
+        now,
+        Direction::Inbound,
+        &tcp(RELAY4, 25, DYN4, 50000, "ack", &[]),
+    );
+    assert_eq!(
+        PacketView::parse(&plain).unwrap().src.to_string(),
+        "198.51.100.25"
+    );
+    assert_eq!(r.counters().redirected.get(), 3);
+}
+
+#[test]
+fn redirect_ipv6_and_limits() {
+    let text = format!("{REDIRECT}\nmax_flows = 2");
+    let mut r = router(&text);
+    let now = Instant::now();
+    let (v, out) = run(
+        &mut r,
+        now,
+        Direction::Outbound,
+        &tcp6("2001:db8:100:1::10", 40000, "2001:db8:203::25", 25, true),
+    );
+    assert!(matches!(v, Verdict::Forward { .. }));
+    assert_eq!(
+        PacketView::parse(&out).unwrap().dst.to_string(),
+        "2001:db8:25::25"
+    );
+    assert!(tcp_checksum_ok(&out));
+    let back = tcp6("2001:db8:25::25", 25, "2001:db8:100:1::10", 40000, false);
+    let (_, b) = run(&mut r, now, Direction::Inbound, &back);
+    assert_eq!(
+        PacketView::parse(&b).unwrap().src.to_string(),
+        "2001:db8:203::25"
+    );
+    assert!(tcp_checksum_ok(&b));
+    // Table bound: two flows in, the third new one is refused.
+    assert!(matches!(
+        run(
+            &mut r,
+            now,
+            Direction::Outbound,
+            &tcp(DYN4, 1, MX4, 25, "syn", &[])
+        )
+        .0,
+        Verdict::Forward { .. }
+    ));
+    assert_eq!(
+        run(
+            &mut r,
+            now,
+            Direction::Outbound,
+            &tcp(DYN4, 2, MX4, 25, "syn", &[])
+        )
+        .0,
+        Verdict::Drop(DropReason::ConntrackFull)
+    );
+    // The same port to another destination at once collides.
+    let mut r = router(REDIRECT);
+    assert!(matches!(
+        run(
+            &mut r,
+            now,
+            Direction::Outbound,
+            &tcp(DYN4, 7, MX4, 25, "syn", &[])
+        )
+        .0,
+        Verdict::Forward { .. }
+    ));
+    assert_eq!(
+        run(
+            &mut r,
+            now,
+            Direction::Outbound,
+            &tcp(DYN4, 7, [203, 0, 113, 26], 25, "syn", &[])
+        )
+        .0,
+        Verdict::Drop(DropReason::RedirectCollision)
+    );
+}
+
+#[test]
+fn redirect_updates_partial_checksums_in_partial_form() {
+    let mut r = router(REDIRECT);
+    let now = Instant::now();
+    let mut syn = tcp(DYN4, 40000, MX4, 25, "syn", b"x");
+    let v0 = PacketView::parse(&syn).unwrap();
+    // Put the partial form in the field: the folded pseudo-header sum.
+    let pseudo = |src: [u8; 4], dst: [u8; 4], len: u16| {
+        let mut p = Vec::new();
+        p.extend_from_slice(&src);
+        p.extend_from_slice(&dst);
+        p.extend_from_slice(&[0, 6]);
+        p.extend_from_slice(&len.to_be_bytes());
+        checksum::sum(&p)
+    };
+    let l4_len = (v0.len - v0.l4_offset) as u16;
+    syn[v0.l4_offset + 16..v0.l4_offset + 18]
+        .copy_from_slice(&pseudo(DYN4, MX4, l4_len).to_be_bytes());
+    let mut buf = syn.clone();
+    let mut reply = vec![0u8; 2048];
+    let rx = RxInfo {
+        gso_size: None,
+        csum_partial: true,
+    };
+    assert!(matches!(
+        r.handle_offloaded(now, Direction::Outbound, &mut buf, &mut reply, rx),
+        Verdict::Forward { .. }
+    ));
+    let field = u16::from_be_bytes([buf[v0.l4_offset + 16], buf[v0.l4_offset + 17]]);
+    assert_eq!(field, pseudo(DYN4, RELAY4, l4_len));
+}
