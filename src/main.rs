@@ -170,6 +170,7 @@ fn check_packet(
             Verdict::Forward { .. } => None,
             Verdict::Drop(r) => Some(r.name()),
             Verdict::Reply { kind, .. } => Some(kind.name()),
+            Verdict::Terminate => Some("banner"),
         };
         let out = serde_json::json!({
             "packet": spec,
