@@ -356,6 +356,7 @@ impl Config {
                 .map(|r| Box::new(r) as Box<dyn Rule>)
                 .collect(),
         );
+        let runtime = Arc::new(Runtime::new(&op25b, reply_limit, max_flows));
         let policy = Policy {
             address_v4,
             address_v6,
@@ -366,7 +367,7 @@ impl Config {
             rules: Arc::new(pipeline),
             reply_limit,
             max_flows,
-            runtime: Arc::new(Runtime::new(reply_limit, max_flows)),
+            runtime,
         };
         let queue_len = match &file.dataplane.queue_len {
             None => DEFAULT_QUEUE_LEN,

@@ -58,15 +58,26 @@ pub struct Runtime {
     pub replies: Mutex<RateLimiter>,
     /// The redirect flow table.
     pub conntrack: Mutex<Conntrack>,
+    /// The banner responder, when the action is `banner`.
+    pub responder: Option<Mutex<crate::responder::Responder>>,
 }
 
 impl Runtime {
     /// Fresh state for the given limits.
-    pub fn new(reply_limit: Limit, max_flows: usize) -> Runtime {
+    pub fn new(op25b: &Op25b, reply_limit: Limit, max_flows: usize) -> Runtime {
+        let banner = op25b.action == Action::Banner;
         Runtime {
             replies: Mutex::new(RateLimiter::new(reply_limit)),
             conntrack: Mutex::new(Conntrack::new(max_flows)),
+            responder: banner.then(|| Mutex::new(crate::responder::Responder::new(op25b))),
         }
+    }
+
+    /// The banner responder, locked, if there is one.
+    pub fn responder(&self) -> Option<std::sync::MutexGuard<'_, crate::responder::Responder>> {
+        self.responder
+            .as_ref()
+            .map(|r| r.lock().unwrap_or_else(|e| e.into_inner()))
     }
 
     /// Takes a reply token for `to`; false when over the limit.
