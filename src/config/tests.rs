@@ -274,3 +274,68 @@ fn bad_rules_name_the_rule_and_the_line() {
         assert_eq!(line, want_line.max(1), "{key}: {msg}");
     }
 }
+
+#[test]
+fn action_keys_are_validated() {
+    let act = |new: &str| with("action = \"reject\"", new);
+    let ok = parse(&act(
+        "action = \"redirect\"\nredirect_to = [\"198.51.100.25:25\", \"[2001:db8:25::25]:25\"]",
+    ))
+    .unwrap();
+    assert_eq!(
+        ok.policy.op25b.redirect_v6,
+        Some("[2001:db8:25::25]:25".parse().unwrap())
+    );
+    let ok = parse(&act(
+        "action = \"banner\"\nbanner = \"550 no\"\nbanner_sessions = 8",
+    ))
+    .unwrap();
+    assert_eq!(
+        (
+            ok.policy.op25b.banner.text.as_str(),
+            ok.policy.op25b.banner.sessions
+        ),
+        ("550 no", 8)
+    );
+    assert!(ok.render().contains("550 no"));
+    let cases = [
+        (act("action = \"redirect\""), "op25b.action"),
+        (
+            act("action = \"redirect\"\nredirect_to = [\"198.51.100.25\"]"),
+            "op25b.redirect_to[0]",
+        ),
+        (
+            act(
+                "action = \"redirect\"\nredirect_to = [\"198.51.100.25:25\", \"198.51.100.26:25\"]",
+            ),
+            "op25b.redirect_to[1]",
+        ),
+        (
+            act("action = \"reject\"\nredirect_to = [\"198.51.100.25:25\"]"),
+            "op25b.redirect_to",
+        ),
+        (
+            act("action = \"banner\"\nbanner = \"250 fine\""),
+            "op25b.banner",
+        ),
+        (
+            act("action = \"banner\"\nbanner = \"554 two\\nlines\""),
+            "op25b.banner",
+        ),
+        (act("action = \"drop\"\nbanner = \"554 x\""), "op25b.banner"),
+        (
+            act("action = \"banner\"\nbanner_sessions = 0"),
+            "op25b.banner_sessions",
+        ),
+        (
+            with("reply_rate = 10", "reply_rate = 0"),
+            "op25b.reply_rate",
+        ),
+        (act("action = \"reject\"\nmax_flows = 0"), "op25b.max_flows"),
+    ];
+    for (text, want) in cases {
+        let (line, key, msg) = error(&text);
+        assert!(key.starts_with(want), "want {want}, got {key}: {msg}");
+        assert!(line > 1, "{key}: {msg}");
+    }
+}
