@@ -6,6 +6,7 @@
 set -euo pipefail
 
 need=(ip:iproute2 ping:iputils-ping traceroute:traceroute python3:python3 tcpdump:tcpdump)
+need+=(aiosmtpd:python3-aiosmtpd) # tests/actions.rs: SMTP servers under /usr/bin/python3
 if [[ "${1:-}" == "--bench" ]]; then
     need+=(iperf3:iperf3 nft:nftables)
 fi

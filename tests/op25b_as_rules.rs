@@ -220,6 +220,7 @@ fn run(r: &mut Router, dir: Direction, pkt: &[u8]) -> (String, Vec<u8>) {
         Verdict::Reply { len, kind } => (format!("reply {}", kind.name()), reply[..len].to_vec()),
         // Both forms drop for their own reason (op25b_blocked vs rule_drop).
         Verdict::Drop(_) => ("drop".into(), Vec::new()),
+        Verdict::Terminate => ("terminate".into(), Vec::new()),
     }
 }
 

@@ -146,8 +146,11 @@ pub fn in_netns<T: Send>(ns: &str, f: impl FnOnce() -> T + Send) -> T {
 /// How a lab's op25b is configured.
 #[derive(Debug, Clone, Copy)]
 pub struct LabOptions {
-    /// `op25b.action`: "reject" or "drop".
+    /// `op25b.action`: "reject", "drop", "icmp", "banner" or "redirect".
     pub action: &'static str,
+    /// Extra lines appended to the `[op25b]` table, after `action`
+    /// (e.g. `redirect_to = [...]`, `block_inbound = true`, `reply_rate = 5`).
+    pub op25b_extra: &'static str,
     /// `upstream.mtu`.
     pub upstream_mtu: u16,
     /// Let the upstream hosts advertise a 1500-byte path MSS whatever their
@@ -160,6 +163,7 @@ impl Default for LabOptions {
     fn default() -> Self {
         LabOptions {
             action: "reject",
+            op25b_extra: "",
             upstream_mtu: 1500,
             upstream_advmss_1500: false,
         }
@@ -192,6 +196,8 @@ pub struct Lab {
     child: Option<Child>,
     files: Vec<PathBuf>,
     log: PathBuf,
+    /// The config file op25b runs with (for `op25b check --config`).
+    pub config: PathBuf,
 }
 
 impl Lab {
@@ -207,6 +213,7 @@ impl Lab {
             child: None,
             files: Vec::new(),
             log: dir.join(format!("{base}.log")),
+            config: dir.join(format!("{base}.toml")),
         };
         for ns in [lab.sub.clone(), lab.up.clone()] {
             ip_cmd(&["netns", "add", &ns]);
@@ -226,7 +233,7 @@ impl Lab {
             lab.up_ip(&["addr", "add", a, "dev", "lo", "nodad"]);
         }
 
-        let config = dir.join(format!("{base}.toml"));
+        let config = lab.config.clone();
         lab.files.push(config.clone());
         std::fs::write(&config, lab.config_text(&opts))
             .unwrap_or_else(|e| panic!("writing {}: {e}", config.display()));
@@ -291,11 +298,13 @@ exempt_sources = ["100.64.9.0/24", "2001:db8:100:9::/64"]
 relays = ["198.51.100.25/32", "2001:db8:25::25/128"]
 ports = [25]
 action = "{action}"
+{extra}
 "#,
             sub = self.sub,
             up = self.up,
             mtu = opts.upstream_mtu,
             action = opts.action,
+            extra = opts.op25b_extra,
         )
     }
 
