@@ -257,11 +257,22 @@ fn mtu_too_big_and_path_mtu_discovery() {
             reply.contains(&format!("250 received {BULK}")),
             "{dst}: the server should acknowledge {BULK} bytes, replied {reply:?}"
         );
-        let conns = servers.accepted_on(dst);
+        // The server records the count right after it acknowledges: give its
+        // thread a moment.
+        let counted = |c: &[Accepted]| {
+            c.iter()
+                .any(|a| a.peer.ip() == ip(dynamic) && a.bytes == Some(BULK as u64))
+        };
+        let mut conns = servers.accepted_on(dst);
+        for _ in 0..100 {
+            if counted(&conns) {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+            conns = servers.accepted_on(dst);
+        }
         assert!(
-            conns
-                .iter()
-                .any(|a| a.peer.ip() == ip(dynamic) && a.bytes == Some(BULK as u64)),
+            counted(&conns),
             "{dst}: the server should have counted {BULK} bytes from {dynamic}: {conns:?}"
         );
     }

@@ -38,11 +38,18 @@ pub enum DeviceError {
 }
 
 /// Creates and brings up the TUN device `cfg` describes, non-blocking, with
-/// the virtio-net header when `offload` is asked, and a transmit queue of
-/// `queue_len` packets (the kernel's queue towards op25b).
-pub fn open(cfg: &DeviceConfig, offload: bool, queue_len: u32) -> Result<SyncDevice, DeviceError> {
+/// the virtio-net header when `offload` is asked, a transmit queue of
+/// `queue_len` packets (the kernel's queue towards op25b), and `queues` queues
+/// (a multiqueue device when more than one; the kernel spreads flows over
+/// them by hash). Returns one file descriptor per queue.
+pub fn open(
+    cfg: &DeviceConfig,
+    offload: bool,
+    queue_len: u32,
+    queues: usize,
+) -> Result<Vec<SyncDevice>, DeviceError> {
     match &cfg.netns {
-        None => create(cfg, offload, queue_len),
+        None => create(cfg, offload, queue_len, queues),
         Some(ns) => {
             let path = format!("/run/netns/{ns}");
             let file = File::open(&path).map_err(|source| DeviceError::Netns {
@@ -56,7 +63,9 @@ pub fn open(cfg: &DeviceConfig, offload: bool, queue_len: u32) -> Result<SyncDev
                         name: ns.clone(),
                         source: e.into(),
                     })?;
-                    create(cfg, offload, queue_len)
+                    // The extra queues too: `try_clone` reattaches by name
+                    // in the calling thread's namespace.
+                    create(cfg, offload, queue_len, queues)
                 })
                 .join()
                 .unwrap_or_else(|_| {
@@ -71,7 +80,12 @@ pub fn open(cfg: &DeviceConfig, offload: bool, queue_len: u32) -> Result<SyncDev
     }
 }
 
-fn create(cfg: &DeviceConfig, offload: bool, queue_len: u32) -> Result<SyncDevice, DeviceError> {
+fn create(
+    cfg: &DeviceConfig,
+    offload: bool,
+    queue_len: u32,
+    queues: usize,
+) -> Result<Vec<SyncDevice>, DeviceError> {
     let err = |what| {
         move |source| DeviceError::Tun {
             name: cfg.tun.clone(),
@@ -84,6 +98,7 @@ fn create(cfg: &DeviceConfig, offload: bool, queue_len: u32) -> Result<SyncDevic
         .mtu(cfg.mtu)
         .packet_information(false)
         .offload(offload)
+        .multi_queue(queues > 1)
         .tx_queue_len(queue_len)
         .enable(false)
         .build_sync()
@@ -97,5 +112,12 @@ fn create(cfg: &DeviceConfig, offload: bool, queue_len: u32) -> Result<SyncDevic
     }
     dev.enabled(true).map_err(err("set link up"))?;
     dev.set_nonblocking(true).map_err(err("set non-blocking"))?;
-    Ok(dev)
+    let mut all = Vec::with_capacity(queues.max(1));
+    for _ in 1..queues {
+        let q = dev.try_clone().map_err(err("attach queue"))?;
+        q.set_nonblocking(true).map_err(err("set non-blocking"))?;
+        all.push(q);
+    }
+    all.insert(0, dev);
+    Ok(all)
 }

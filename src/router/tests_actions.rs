@@ -18,7 +18,12 @@ const MX4: [u8; 4] = [203, 0, 113, 25];
 const RELAY4: [u8; 4] = [198, 51, 100, 25];
 
 fn router(extra: &str) -> Router {
-    let text = LAB.replacen("action = \"reject\"", extra, 1);
+    // The lab sets the defaults explicitly; tests set their own.
+    let base = LAB
+        .replace("block_inbound = false\n", "")
+        .replace("reply_rate = 10\n", "")
+        .replace("reply_burst = 20\n", "");
+    let text = base.replacen("action = \"reject\"", extra, 1);
     let cfg = Config::parse(std::path::Path::new("t.toml"), &text).expect("config");
     Router::new(Arc::new(cfg.policy))
 }
