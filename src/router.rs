@@ -588,6 +588,7 @@ impl Router {
 }
 
 /// Addresses a router never forwards from or to (RFC 1812 5.3.7, RFC 4291 2.5.6).
+#[inline]
 fn is_martian(src: IpAddr, dst: IpAddr) -> bool {
     match (src, dst) {
         (IpAddr::V4(s), IpAddr::V4(d)) => {

@@ -12,6 +12,7 @@ pub use view::{proto, tcp_flags, Fragment, IpVersion, PacketView, ParseError, Tr
 /// Decrements the TTL / hop limit of the packet `view` was parsed from, updating
 /// the IPv4 header checksum incrementally (RFC 1624). The caller has checked that
 /// the TTL is above 1.
+#[inline]
 pub fn decrement_ttl(view: &PacketView, buf: &mut [u8]) {
     match view.version {
         IpVersion::V4 => {

@@ -266,6 +266,7 @@ fn write_icmp(
 
 /// True for an address that may receive a reply: not unspecified, loopback,
 /// multicast, IPv4 broadcast or (IPv4) "this network".
+#[inline]
 pub fn is_unicast_host(addr: IpAddr) -> bool {
     match addr {
         IpAddr::V4(a) => {
