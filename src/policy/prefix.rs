@@ -14,6 +14,9 @@ use ipnet::IpNet;
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct PrefixSet {
     v4: Vec<(u32, u32)>,
+    /// For large IPv4 sets: `v4_index[h]` is the first range starting at or
+    /// after `h << 16`, so a lookup searches only the ranges of one /16.
+    v4_index: Option<Box<[u32]>>,
     v6: Vec<(u128, u128)>,
     /// The prefixes as configured, for display.
     nets: Vec<IpNet>,
@@ -31,8 +34,16 @@ impl PrefixSet {
                 IpNet::V6(n) => v6.push((u128::from(n.network()), u128::from(n.broadcast()))),
             }
         }
+        let v4 = merge(v4);
+        let v4_index = (v4.len() > INDEX_THRESHOLD).then(|| {
+            (0..=1u32 << 16)
+                .map(|h| v4.partition_point(|r| u64::from(r.0) < u64::from(h) << 16) as u32)
+                .collect::<Vec<u32>>()
+                .into_boxed_slice()
+        });
         PrefixSet {
-            v4: merge(v4),
+            v4,
+            v4_index,
             v6: merge(v6),
             nets,
         }
@@ -42,7 +53,10 @@ impl PrefixSet {
     #[inline]
     pub fn contains(&self, addr: IpAddr) -> bool {
         match addr {
-            IpAddr::V4(a) => lookup(&self.v4, u32::from(a)),
+            IpAddr::V4(a) => match &self.v4_index {
+                Some(index) => lookup_indexed(&self.v4, index, u32::from(a)),
+                None => lookup(&self.v4, u32::from(a)),
+            },
             IpAddr::V6(a) => lookup(&self.v6, u128::from(a)),
         }
     }
@@ -93,6 +107,19 @@ fn merge<T: Ord + Copy + num_like::Succ>(mut ranges: Vec<(T, T)>) -> Vec<(T, T)>
     }
     out.shrink_to_fit();
     out
+}
+
+/// Above this many IPv4 ranges a set gets the /16 index (256 KiB).
+const INDEX_THRESHOLD: usize = 64;
+
+#[inline]
+fn lookup_indexed(ranges: &[(u32, u32)], index: &[u32], addr: u32) -> bool {
+    let h = (addr >> 16) as usize;
+    let (lo, hi) = (index[h] as usize, index[h + 1] as usize);
+    // The last range starting at or before `addr`: in this /16's slice, or else
+    // the last one before it (which may reach into this /16).
+    let i = lo + ranges[lo..hi].partition_point(|r| r.0 <= addr);
+    i > 0 && addr <= ranges[i - 1].1
 }
 
 #[inline]
@@ -176,17 +203,41 @@ mod tests {
             x ^= x << 17;
             x
         };
-        let nets: Vec<IpNet> = (0..500)
-            .map(|_| {
-                let a = next() as u32;
-                let len = (next() % 33) as u8;
-                IpNet::V4(ipnet::Ipv4Net::new(a.into(), len).unwrap().trunc())
-            })
-            .collect();
-        let s = PrefixSet::new(nets.clone());
-        for _ in 0..20_000 {
-            let a = IpAddr::V4((next() as u32).into());
-            assert_eq!(s.contains(a), nets.iter().any(|n| n.contains(&a)), "{a}");
+        // Short prefixes swallow much of the space (few ranges, plain binary
+        // search); long ones in a few /8s give thousands of ranges (the /16
+        // index), with probes near the ranges' edges.
+        for (min_len, span) in [(0u64, 33u64), (20, 13)] {
+            let nets: Vec<IpNet> = (0..3000)
+                .map(|_| {
+                    let a = (next() as u32 & 0x03ff_ffff) | 0x6400_0000;
+                    let len = (min_len + next() % span) as u8;
+                    IpNet::V4(ipnet::Ipv4Net::new(a.into(), len).unwrap().trunc())
+                })
+                .collect();
+            let s = PrefixSet::new(nets.clone());
+            if min_len > 0 {
+                assert!(
+                    s.v4_index.is_some(),
+                    "large enough to be indexed: {:?}",
+                    s.ranges()
+                );
+            }
+            for i in 0..40_000 {
+                let a = if i % 2 == 0 {
+                    next() as u32
+                } else {
+                    let n = &nets[(next() as usize) % nets.len()];
+                    let IpNet::V4(n) = n else { unreachable!() };
+                    let edge = if next() % 2 == 0 {
+                        u32::from(n.network())
+                    } else {
+                        u32::from(n.broadcast())
+                    };
+                    edge.wrapping_add((next() % 3) as u32).wrapping_sub(1)
+                };
+                let a = IpAddr::V4(a.into());
+                assert_eq!(s.contains(a), nets.iter().any(|n| n.contains(&a)), "{a}");
+            }
         }
     }
 }
