@@ -2,7 +2,8 @@
 //!
 //! The prefixes of one family are merged into sorted, disjoint address ranges;
 //! a lookup is one binary search (about 14 comparisons for 10,000 ranges, in
-//! one contiguous allocation). Membership is all the policy asks, so this
+//! one contiguous allocation). Large IPv4 sets also get a /16 index, so the
+//! search covers only the ranges of the address's /16. Membership is all the policy asks, so this
 //! answers the same as a longest-prefix match over the set without a trie's
 //! pointer chasing.
 
