@@ -23,6 +23,7 @@ use smoltcp::socket::tcp;
 use smoltcp::time::{Duration as SmolDuration, Instant as SmolInstant};
 use smoltcp::wire::{HardwareAddress, IpAddress, IpCidr, IpListenEndpoint};
 
+use crate::packet::{PacketView, Transport};
 use crate::policy::Op25b;
 
 /// Most packets waiting in either direction.
@@ -92,6 +93,9 @@ struct Slot {
     handle: SocketHandle,
     port: u16,
     sent: bool,
+    /// When the session left the listening state: a session lives at most
+    /// `idle` in all, so a client trickling segments cannot hold it.
+    started: Option<Instant>,
 }
 
 struct Stack {
@@ -177,6 +181,7 @@ impl Responder {
                         handle: sockets.add(s),
                         port,
                         sent: false,
+                        started: None,
                     });
                 }
             }
@@ -201,7 +206,11 @@ impl Responder {
         let t = self.smol_now(now);
         self.ensure_stack(t);
         let Responder {
-            dev, stack, banner, ..
+            dev,
+            stack,
+            banner,
+            idle,
+            ..
         } = self;
         let Some(stack) = stack.as_mut() else { return };
         for _ in 0..4 {
@@ -209,6 +218,12 @@ impl Responder {
             let mut changed = false;
             for slot in &mut stack.slots {
                 let s = stack.sockets.get_mut::<tcp::Socket>(slot.handle);
+                let live = !matches!(s.state(), tcp::State::Listen | tcp::State::Closed);
+                if live && now.saturating_duration_since(*slot.started.get_or_insert(now)) > *idle {
+                    s.abort();
+                    changed = true;
+                    continue;
+                }
                 match s.state() {
                     tcp::State::Established | tcp::State::CloseWait if !slot.sent => {
                         let _ = s.send_slice(banner);
@@ -226,6 +241,7 @@ impl Responder {
                             port: slot.port,
                         });
                         slot.sent = false;
+                        slot.started = None;
                     }
                     _ => {}
                 }
@@ -249,8 +265,38 @@ impl Responder {
         let t = self.smol_now(now);
         let epoch = self.epoch?;
         let stack = self.stack.as_mut()?;
-        let at = stack.iface.poll_at(t, &stack.sockets)?;
-        Some(epoch + std::time::Duration::from_micros(at.total_micros().max(0) as u64))
+        let smol = stack
+            .iface
+            .poll_at(t, &stack.sockets)
+            .map(|at| epoch + std::time::Duration::from_micros(at.total_micros().max(0) as u64));
+        let lifetime = stack
+            .slots
+            .iter()
+            .filter_map(|s| s.started)
+            .min()
+            .map(|s| s + self.idle);
+        smol.into_iter().chain(lifetime).min()
+    }
+
+    /// Whether `view` (from the subscriber) belongs to a session in progress.
+    /// Only a SYN may start one; other segments of blocked flows that match no
+    /// session are dropped by the router instead of being answered with an RST.
+    pub fn owns(&mut self, view: &PacketView) -> bool {
+        let (
+            Some(stack),
+            Transport::Tcp {
+                src_port, dst_port, ..
+            },
+        ) = (self.stack.as_mut(), view.transport)
+        else {
+            return false;
+        };
+        stack.slots.iter().any(|slot| {
+            let s = stack.sockets.get::<tcp::Socket>(slot.handle);
+            let local = s.local_endpoint().map(|e| (IpAddr::from(e.addr), e.port));
+            let remote = s.remote_endpoint().map(|e| (IpAddr::from(e.addr), e.port));
+            local == Some((view.dst, dst_port)) && remote == Some((view.src, src_port))
+        })
     }
 
     /// Sessions between handshake and close.

@@ -25,6 +25,13 @@ pub use counters::{Counter, Counters, DropReason, ReplyKind};
 use trace::verdict_text;
 pub use trace::{describe_view, NoTrace, Trace, TraceStep, Tracer};
 
+/// Later fragments must start at least this many 8-byte units in. A real
+/// fragmenter never cuts a first fragment this short (IPv6 needs 1280-byte
+/// links, IPv4 links below 148 bytes do not exist), while a later fragment this
+/// close to the start could overwrite the transport header of the first: up to
+/// 60 bytes of TCP header behind up to 68 bytes of AH (RFC 1858, RFC 3128).
+pub const MIN_LATER_FRAGMENT_OFFSET: u16 = 16;
+
 /// Which way a packet travels.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Direction {
@@ -112,7 +119,8 @@ impl Router {
 
     /// Handles one packet that arrived travelling in `dir`. `buf` holds exactly
     /// the bytes read from the device and may be rewritten in place; `reply`
-    /// receives a reply packet (1280 bytes are always enough).
+    /// receives a reply packet: 1280 bytes hold every reply but an echo reply,
+    /// which is the size of its request (a smaller buffer drops larger pings).
     pub fn handle(
         &mut self,
         now: Instant,
@@ -231,11 +239,25 @@ impl Router {
             Direction::Outbound => format!("pass: source {} is in subscriber.prefixes", view.src),
             Direction::Inbound => format!("pass: source {} is not a subscriber address", view.src),
         });
-        if view.protocol == packet::proto::TCP && view.fragment == (Fragment::Later { offset: 1 }) {
+        if matches!(view.fragment, Fragment::Later { offset } if offset < MIN_LATER_FRAGMENT_OFFSET)
+        {
             t.note("fragments", || {
-                "drop: TCP fragment at offset 1 (RFC 1858)".into()
+                "drop: later fragment inside the first 128 bytes (could overwrite the transport header, RFC 1858)".into()
             });
             return Verdict::Drop(DropReason::FragmentOverlap);
+        }
+        if view.source_routed {
+            t.note("source route", || {
+                "drop: source routing (IPv4 LSRR/SSRR, IPv6 routing header with segments left)"
+                    .into()
+            });
+            return Verdict::Drop(DropReason::SourceRouted);
+        }
+        if self.own_address(view.src) == Some(view.src) {
+            t.note("anti-spoofing", || {
+                "drop: source is the router's own address".into()
+            });
+            return Verdict::Drop(DropReason::Spoofed);
         }
 
         let own = self.own_address(view.dst);
@@ -516,8 +538,19 @@ impl Router {
         if view.fragment != Fragment::Whole {
             return Verdict::Drop(DropReason::Op25bBlocked);
         }
-        if view.is_tcp_syn() && !self.policy.runtime.allow_reply(view.src, now) {
-            return Verdict::Drop(DropReason::ReplyRateLimited);
+        if view.is_tcp_syn() {
+            if !self.policy.runtime.allow_reply(view.src, now) {
+                return Verdict::Drop(DropReason::ReplyRateLimited);
+            }
+        } else if !self
+            .policy
+            .runtime
+            .responder()
+            .is_some_and(|mut r| r.owns(view))
+        {
+            // Not part of a session: answering it (smoltcp would send an RST)
+            // would be a reply outside the rate limit.
+            return Verdict::Drop(DropReason::Op25bBlocked);
         }
         Verdict::Terminate
     }

@@ -18,8 +18,9 @@ use tun_rs::{InterruptEvent, SyncDevice, VirtioNetHdr};
 use super::gro::UdpCoalescer;
 use crate::router::{Direction, Router, RxInfo, Verdict};
 
-/// Room for any reply the router builds (at most 1280 bytes) and its header.
-const REPLY_BUF: usize = 2048;
+/// Room for any reply the router builds: ICMP errors stay within 1280 bytes,
+/// but an echo reply is as large as its request.
+const REPLY_BUF: usize = 65_536;
 
 /// Consecutive failed reads after which a worker gives up (a device that
 /// fails this often is gone).

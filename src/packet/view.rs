@@ -162,6 +162,10 @@ pub struct PacketView {
     pub dont_fragment: bool,
     /// Transport header fields, where read.
     pub transport: Transport,
+    /// Source routed: IPv4 loose/strict source route option, or an IPv6 routing
+    /// header with segments left. The destination field is then not where the
+    /// packet ends up.
+    pub source_routed: bool,
 }
 
 impl PacketView {
@@ -227,6 +231,7 @@ impl PacketView {
             l4_offset,
             fragment,
             dont_fragment: ip.dont_fragment(),
+            source_routed: v4_source_routed(&buf[20..header_len])?,
             transport,
         })
     }
@@ -242,13 +247,19 @@ impl PacketView {
         let mut next = ip.next_header().0;
         let mut l4_offset = etherparse::Ipv6Header::LEN;
         let mut fragment = Fragment::Whole;
+        let mut source_routed = false;
         let mut hops = 0;
         loop {
             let rest = &buf[l4_offset..len];
             let (header_len, next_header) = match next {
                 0 if hops == 0 => raw_ext(rest)?,
                 0 => return Err(ParseError::BadExtHeader),
-                43 | 60 | 135 | 139 | 140 => raw_ext(rest)?,
+                43 => {
+                    // Routing header: segments left is its fourth byte.
+                    source_routed |= rest.get(3).is_some_and(|left| *left > 0);
+                    raw_ext(rest)?
+                }
+                60 | 135 | 139 | 140 => raw_ext(rest)?,
                 44 => {
                     let f = Ipv6FragmentHeaderSlice::from_slice(rest)
                         .map_err(|_| ParseError::BadExtHeader)?;
@@ -293,6 +304,7 @@ impl PacketView {
             l4_offset,
             fragment,
             dont_fragment: true,
+            source_routed,
             transport,
         })
     }
@@ -325,6 +337,27 @@ impl PacketView {
     }
 }
 
+/// Whether IPv4 options carry a loose or strict source route (RFC 791 types
+/// 131 and 137). Malformed options make the header invalid.
+fn v4_source_routed(mut options: &[u8]) -> Result<bool, ParseError> {
+    let mut routed = false;
+    while let Some(&kind) = options.first() {
+        match kind {
+            0 => break,
+            1 => options = &options[1..],
+            _ => {
+                let len = usize::from(*options.get(1).ok_or(ParseError::BadHeaderLen)?);
+                if len < 2 || len > options.len() {
+                    return Err(ParseError::BadHeaderLen);
+                }
+                routed |= kind == 131 || kind == 137;
+                options = &options[len..];
+            }
+        }
+    }
+    Ok(routed)
+}
+
 /// Length and next header of a generic IPv6 extension header.
 fn raw_ext(rest: &[u8]) -> Result<(usize, u8), ParseError> {
     let h = Ipv6RawExtHeaderSlice::from_slice(rest).map_err(|_| ParseError::BadExtHeader)?;
@@ -352,6 +385,10 @@ fn read_transport(l4: &[u8], protocol: u8, fragment: Fragment) -> Result<Transpo
                 ack: tcp.acknowledgment_number(),
                 header_len: tcp.slice().len() as u8,
             })
+        }
+        // A first fragment must hold the whole upper-layer header (RFC 7112).
+        proto::UDP | proto::ICMP | proto::ICMPV6 if fragment == Fragment::First && l4.len() < 8 => {
+            Err(ParseError::TinyFragment)
         }
         proto::UDP if l4.len() >= 8 => Ok(Transport::Udp {
             src_port: u16::from_be_bytes([l4[0], l4[1]]),

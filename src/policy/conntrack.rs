@@ -55,12 +55,23 @@ impl Flow {
         }
     }
 
-    fn update(&mut self, flags: u8, now: Instant) {
-        self.last = now;
+    /// A packet of the flow, from the subscriber (`from_relay` false) or the relay.
+    /// Only the relay's SYN-ACK establishes a flow, and the subscriber's own
+    /// packets do not keep a half-open flow alive: otherwise one subscriber
+    /// could fill the table with flows the relay never accepted.
+    fn update(&mut self, flags: u8, now: Instant, from_relay: bool) {
         if flags & (tcp_flags::FIN | tcp_flags::RST) != 0 {
             self.state = State::Closing;
-        } else if self.state == State::SynSent && flags & tcp_flags::ACK != 0 {
-            self.state = State::Established;
+            self.last = now;
+        } else if self.state == State::SynSent {
+            if from_relay
+                && flags & (tcp_flags::SYN | tcp_flags::ACK) == tcp_flags::SYN | tcp_flags::ACK
+            {
+                self.state = State::Established;
+                self.last = now;
+            }
+        } else if self.state == State::Established {
+            self.last = now;
         }
     }
 }
@@ -81,6 +92,8 @@ pub enum CtError {
 pub struct Conntrack {
     flows: HashMap<(IpAddr, u16), Flow>,
     max: usize,
+    /// When the full table was last swept for expired flows (at most once a second).
+    last_sweep: Option<Instant>,
 }
 
 fn tcp_of(view: &PacketView) -> Option<(u16, u16, u8)> {
@@ -99,6 +112,7 @@ impl Conntrack {
     /// An empty table for at most `max` flows.
     pub fn new(max: usize) -> Conntrack {
         Conntrack {
+            last_sweep: None,
             flows: HashMap::new(),
             max: max.max(1),
         }
@@ -148,7 +162,7 @@ impl Conntrack {
                         return Err(CtError::Collision);
                     }
                 } else {
-                    f.update(flags, now);
+                    f.update(flags, now, false);
                     return Ok(f.target);
                 }
             }
@@ -157,11 +171,19 @@ impl Conntrack {
             return Err(CtError::NoFlow);
         }
         if self.flows.capacity() == 0 {
-            // The one allocation of the table, on first use.
-            self.flows.reserve(self.max);
+            // The one allocation of the table, on first use. Twice the bound
+            // keeps the load at or below one half, so deletions never make the
+            // map grow (it rehashes in place instead).
+            self.flows.reserve(2 * self.max);
         }
         if self.flows.len() >= self.max && !self.flows.contains_key(&key) {
-            self.flows.retain(|_, f| !f.expired(now));
+            let due = self
+                .last_sweep
+                .is_none_or(|t| now.saturating_duration_since(t) >= Duration::from_secs(1));
+            if due {
+                self.flows.retain(|_, f| !f.expired(now));
+                self.last_sweep = Some(now);
+            }
             if self.flows.len() >= self.max {
                 return Err(CtError::Full);
             }
@@ -186,7 +208,7 @@ impl Conntrack {
         if f.expired(now) || f.target != SocketAddr::new(view.src, sport) {
             return None;
         }
-        f.update(flags, now);
+        f.update(flags, now, true);
         Some(f.original)
     }
 }
@@ -257,6 +279,48 @@ mod tests {
 
     fn back_view(b: &mut Vec<u8>) -> PacketView {
         view(b, ([198, 51, 100, 25], 25), (C, 40000), "ack")
+    }
+
+    #[test]
+    fn only_the_relay_establishes_a_flow() {
+        let mut ct = Conntrack::new(4);
+        let relay: SocketAddr = RELAY.parse().unwrap();
+        let t0 = Instant::now();
+        let mut b = Vec::new();
+        ct.outbound(&view(&mut b, (C, 1), (MX, 25), "syn"), relay, t0)
+            .unwrap();
+        // The subscriber's own ACKs neither establish nor refresh a half-open flow.
+        for s in 1..=40 {
+            let _ = ct.outbound(
+                &view(&mut b, (C, 1), (MX, 25), "ack"),
+                relay,
+                t0 + Duration::from_secs(s),
+            );
+        }
+        let later = t0 + SYN_TIMEOUT + Duration::from_secs(1);
+        assert!(
+            ct.is_new(&view(&mut b, (C, 1), (MX, 25), "syn"), later),
+            "expired despite the ACKs"
+        );
+        // With the relay's SYN-ACK it is established and lives on traffic.
+        ct.outbound(&view(&mut b, (C, 2), (MX, 25), "syn"), relay, t0)
+            .unwrap();
+        let synack = {
+            b.clear();
+            PacketBuilder::ipv4([198, 51, 100, 25], C, 64)
+                .tcp(25, 2, 1, 1000)
+                .syn()
+                .ack(1)
+                .write(&mut b, &[])
+                .unwrap();
+            PacketView::parse(&b).unwrap()
+        };
+        assert!(ct.inbound(&synack, t0).is_some());
+        let keep = t0 + Duration::from_secs(100);
+        assert!(ct
+            .outbound(&view(&mut b, (C, 2), (MX, 25), "ack"), relay, keep)
+            .is_ok());
+        assert!(!ct.is_new(&view(&mut b, (C, 2), (MX, 25), "syn"), keep + SYN_TIMEOUT));
     }
 
     #[test]

@@ -1,4 +1,5 @@
-//! Per-source token buckets in a table of fixed size.
+//! Per-source token buckets in a table of fixed size. A source is an IPv4
+//! address or an IPv6 /64.
 //!
 //! Memory is bounded by construction: the table has [`SETS`] x [`WAYS`]
 //! entries, allocated once. A source hashes (SipHash with a per-process random
@@ -70,7 +71,9 @@ impl RateLimiter {
     pub fn allow(&mut self, src: IpAddr, now: Instant) -> bool {
         let key = match src {
             IpAddr::V4(a) => u128::from(u32::from(a)) | (1 << 127),
-            IpAddr::V6(a) => u128::from(a),
+            // One bucket per IPv6 /64: a subscriber usually holds a whole /64
+            // (or more), and per-address buckets would give it 2^64 bursts.
+            IpAddr::V6(a) => u128::from(a) & !0xffff_ffff_ffff_ffffu128,
         };
         let set = (self.hasher.hash_one(key) as usize) % SETS;
         let ways = &mut self.table[set * WAYS..(set + 1) * WAYS];
@@ -93,7 +96,8 @@ impl RateLimiter {
         let e = &mut ways[idx];
         let elapsed = now.saturating_duration_since(e.last).as_nanos();
         e.credit = (u128::from(e.credit) + elapsed).min(u128::from(self.cap_ns)) as u64;
-        e.last = now;
+        // Workers' clocks may interleave slightly out of order: never move back.
+        e.last = e.last.max(now);
         if e.credit >= self.cost_ns {
             e.credit -= self.cost_ns;
             true
@@ -147,6 +151,20 @@ mod tests {
         }
         assert!(allowed <= 20 + 100 * 10, "{allowed}");
         assert!(allowed >= 100 * 10, "{allowed}");
+    }
+
+    #[test]
+    fn an_ipv6_64_is_one_source() {
+        let mut l = RateLimiter::new(Limit { rate: 1, burst: 3 });
+        let now = Instant::now();
+        let allowed = (0..100u16)
+            .filter(|i| l.allow(format!("2001:db8:100:1::{i:x}").parse().unwrap(), now))
+            .count();
+        assert_eq!(allowed, 3);
+        assert!(
+            l.allow("2001:db8:100:2::1".parse().unwrap(), now),
+            "another /64"
+        );
     }
 
     #[test]

@@ -42,8 +42,12 @@ reasons! {
         BadExtHeader => "bad_ext_header",
         /// First fragment too short for the TCP header (RFC 1858, RFC 7112).
         TinyFragment => "tiny_fragment",
-        /// TCP fragment at offset 1, which could rewrite the TCP flags (RFC 1858).
+        /// Later fragment within the first 128 bytes, which could rewrite the
+        /// first fragment's transport header (RFC 1858).
         FragmentOverlap => "fragment_overlap",
+        /// Source-routed packet (IPv4 LSRR/SSRR, IPv6 routing header with
+        /// segments left): its real destination is not the one judged.
+        SourceRouted => "source_routed",
         /// Source not allowed on the side it arrived from (BCP 38).
         Spoofed => "spoofed",
         /// Source or destination that is never routed (loopback, multicast source,

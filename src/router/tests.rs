@@ -475,7 +475,7 @@ fn syn_with_data4(dport: u16) -> Vec<u8> {
     PacketBuilder::ipv4(DYN4, MX4, 64)
         .tcp(40000, dport, 7, 1000)
         .syn()
-        .write(&mut v, &[0xaa; 64])
+        .write(&mut v, &[0xaa; 300])
         .unwrap();
     v[6] = 0; // clear DF so fragmenting is legal
     fix_v4_checksum(&mut v);
@@ -535,10 +535,89 @@ fn ipv4_tiny_and_overlapping_fragments_are_dropped() {
 fn later_fragments_pass_without_their_first() {
     let mut t = TestRouter::lab();
     let whole = syn_with_data4(25);
-    let later = frag4(&whole, 24, 84, false);
+    let later = frag4(&whole, 128, 320, false);
     assert!(matches!(t.out(&later).0, Verdict::Forward { .. }));
-    let p6 = frag6(&tcp6(DYN6, MX6, 25, true, 64), 3, false, 16);
+    let p6 = frag6(&tcp6(DYN6, MX6, 25, true, 64), 16, false, 16);
     assert!(matches!(t.out(&p6).0, Verdict::Forward { .. }));
+}
+
+#[test]
+fn later_fragments_near_the_start_are_dropped_whatever_the_protocol() {
+    let mut t = TestRouter::lab();
+    let whole = syn_with_data4(25);
+    for from in [8, 16, 64, 120] {
+        assert_eq!(
+            t.out(&frag4(&whole, from, from + 64, true)).0,
+            Verdict::Drop(DropReason::FragmentOverlap),
+            "{from}"
+        );
+    }
+    // The protocol field of a later fragment proves nothing (AH, or a lie).
+    let mut udp_labelled = frag4(&whole, 8, 72, true);
+    udp_labelled[9] = 17;
+    fix_v4_checksum(&mut udp_labelled);
+    assert_eq!(
+        t.out(&udp_labelled).0,
+        Verdict::Drop(DropReason::FragmentOverlap)
+    );
+    let mut v6 = frag6(&tcp6(DYN6, MX6, 25, true, 64), 1, true, 8);
+    v6[40] = 17; // the fragment header's next header
+    assert_eq!(t.out(&v6).0, Verdict::Drop(DropReason::FragmentOverlap));
+}
+
+#[test]
+fn first_fragments_must_hold_udp_and_icmp_headers_too() {
+    let mut t = TestRouter::lab();
+    let udp = udp6(DYN6, MX6, 53, 40);
+    // Fragment header + 4 bytes of UDP header.
+    assert_eq!(
+        t.out(&frag6(&udp, 0, true, 4)).0,
+        Verdict::Drop(DropReason::TinyFragment)
+    );
+    assert!(matches!(
+        t.out(&frag6(&udp, 0, true, 8)).0,
+        Verdict::Forward { .. }
+    ));
+}
+
+#[test]
+fn source_routed_packets_are_dropped() {
+    let mut t = TestRouter::lab();
+    // IPv6 routing header (type 4, segment routing) with one segment left,
+    // pretending to go to the relay.
+    let base = tcp6(DYN6, RELAY6, 25, true, 64);
+    let routed = ext6(&base, 43, [4, 1, 0, 0, 0, 0]);
+    assert_eq!(t.out(&routed).0, Verdict::Drop(DropReason::SourceRouted));
+    // Segments left 0: the routing is done; judged normally (the relay is reachable).
+    let done = ext6(&base, 43, [4, 0, 0, 0, 0, 0]);
+    assert!(matches!(t.out(&done).0, Verdict::Forward { .. }));
+    // IPv4 loose source route option (type 131) via the relay.
+    let p = tcp4(DYN4, RELAY4, 25, true, 64);
+    let mut lsrr = p[..20].to_vec();
+    lsrr[0] = 0x47; // IHL 7: 8 bytes of options
+    lsrr.extend_from_slice(&[131, 7, 4, 203, 0, 113, 25, 1]);
+    lsrr.extend_from_slice(&p[20..]);
+    let len = lsrr.len() as u16;
+    lsrr[2..4].copy_from_slice(&len.to_be_bytes());
+    fix_v4_checksum(&mut lsrr);
+    assert_eq!(t.out(&lsrr).0, Verdict::Drop(DropReason::SourceRouted));
+    // Malformed options make a bad header.
+    lsrr[21] = 40;
+    fix_v4_checksum(&mut lsrr);
+    assert_eq!(t.out(&lsrr).0, Verdict::Drop(DropReason::BadHeaderLen));
+}
+
+#[test]
+fn subscribers_cannot_send_as_the_router() {
+    let mut t = TestRouter::lab();
+    assert_eq!(
+        t.out(&tcp4([100, 64, 0, 1], MX4, 587, true, 64)).0,
+        Verdict::Drop(DropReason::Spoofed)
+    );
+    assert_eq!(
+        t.out(&tcp6("2001:db8:100::1", MX6, 587, true, 64)).0,
+        Verdict::Drop(DropReason::Spoofed)
+    );
 }
 
 #[test]

@@ -267,34 +267,32 @@ fn ip25b_blocks_new_inbound_connections_to_dynamic_addresses() {
 fn banner_action_hands_blocked_flows_to_the_responder() {
     let mut r = router("action = \"banner\"");
     let now = Instant::now();
+    let syn = tcp(DYN4, 40000, MX4, 25, "syn", &[]);
     assert_eq!(
-        run(
-            &mut r,
-            now,
-            Direction::Outbound,
-            &tcp(DYN4, 40000, MX4, 25, "syn", &[])
-        )
-        .0,
+        run(&mut r, now, Direction::Outbound, &syn).0,
         Verdict::Terminate
     );
+    // Segments of a flow with no session are not handed over (the responder
+    // would answer them with RSTs outside the reply limit).
+    let stray = tcp(DYN4, 40001, MX4, 25, "ack", b"EHLO x");
     assert_eq!(
-        run(
-            &mut r,
-            now,
-            Direction::Outbound,
-            &tcp(DYN4, 40000, MX4, 25, "ack", b"EHLO x")
-        )
-        .0,
+        run(&mut r, now, Direction::Outbound, &stray).0,
+        Verdict::Drop(DropReason::Op25bBlocked)
+    );
+    // Once the responder took the SYN, the flow's other segments go to it.
+    r.policy()
+        .runtime
+        .responder()
+        .expect("banner responder")
+        .input(now, &syn);
+    let ack = tcp(DYN4, 40000, MX4, 25, "ack", b"EHLO x");
+    assert_eq!(
+        run(&mut r, now, Direction::Outbound, &ack).0,
         Verdict::Terminate
     );
+    let other = tcp(DYN4, 40000, MX4, 587, "syn", &[]);
     assert!(matches!(
-        run(
-            &mut r,
-            now,
-            Direction::Outbound,
-            &tcp(DYN4, 40000, MX4, 587, "syn", &[])
-        )
-        .0,
+        run(&mut r, now, Direction::Outbound, &other).0,
         Verdict::Forward { .. }
     ));
     assert_eq!(r.counters().terminated.get(), 2);
