@@ -34,11 +34,7 @@ fn router(n: usize) -> Router {
     let text = LAB
         .replacen(
             "dynamic = [\"100.64.0.0/10\", \"2001:db8:100::/48\"]",
-            &format!(
-                "dynamic = [\"100.64.0.0/10\", \"2001:db8:100::/48\"{}{}]",
-                sep(&dyn4),
-                sep(&dyn6)
-            ),
+            &format!("dynamic = [\"100.64.0.0/10\", \"2001:db8:100::/48\"{}{}]", sep(&dyn4), sep(&dyn6)),
             1,
         )
         .replacen(
@@ -46,19 +42,14 @@ fn router(n: usize) -> Router {
             &format!("exempt_sources = [\"100.64.9.0/24\"{}", sep(&exempt4)),
             1,
         )
-        .replacen(
-            "relays = [\"198.51.100.25/32\"",
-            &format!("relays = [\"198.51.100.25/32\"{}", sep(&relay4)),
-            1,
-        );
+        .replacen("relays = [\"198.51.100.25/32\"", &format!("relays = [\"198.51.100.25/32\"{}", sep(&relay4)), 1);
     let cfg = Config::parse(Path::new("bench.toml"), &text).expect("bench config");
     assert!(cfg.policy.op25b.dynamic.len() >= n);
     Router::new(Arc::new(cfg.policy))
 }
 
 fn tcp4(dport: u16, syn: bool, payload: usize) -> Vec<u8> {
-    let b =
-        PacketBuilder::ipv4([100, 64, 1, 10], [203, 0, 113, 25], 64).tcp(40000, dport, 1, 64240);
+    let b = PacketBuilder::ipv4([100, 64, 1, 10], [203, 0, 113, 25], 64).tcp(40000, dport, 1, 64240);
     let b = if syn { b.syn() } else { b.ack(1) };
     let mut v = Vec::new();
     b.write(&mut v, &vec![0; payload]).unwrap();
@@ -115,10 +106,8 @@ fn bench(c: &mut Criterion) {
         let mut reply = vec![0u8; 2048];
         for (name, pkt) in &cases {
             let mut buf = pkt.clone();
-            let expect_forward = matches!(
-                r.handle(now, Direction::Outbound, &mut buf.clone(), &mut reply),
-                Verdict::Forward { .. }
-            );
+            let expect_forward =
+                matches!(r.handle(now, Direction::Outbound, &mut buf.clone(), &mut reply), Verdict::Forward { .. });
             assert_eq!(expect_forward, name.starts_with("forward"), "{name}");
             group.bench_with_input(BenchmarkId::new(*name, prefixes), &prefixes, |b, _| {
                 b.iter(|| {

@@ -18,9 +18,8 @@ const LAB: &str = include_str!("../config/lab.toml");
 /// destination ports differ), each with `prefixes` source prefixes.
 fn router(n: usize, prefixes: usize) -> Router {
     let mut text = String::from(LAB);
-    let srcs: Vec<String> = (0..prefixes)
-        .map(|i| format!("\"{}/32\"", Ipv4Addr::from(0x6440_0000u32 + 2 * i as u32)))
-        .collect();
+    let srcs: Vec<String> =
+        (0..prefixes).map(|i| format!("\"{}/32\"", Ipv4Addr::from(0x6440_0000u32 + 2 * i as u32))).collect();
     text.push_str(&format!("\n[sets]\nsubs = [{}]\n", srcs.join(", ")));
     for i in 0..n {
         text.push_str(&format!(
@@ -46,10 +45,7 @@ fn bench(c: &mut Criterion) {
         let mut r = router(rules, prefixes);
         let now = Instant::now();
         let mut buf = pkt.clone();
-        assert!(matches!(
-            r.handle(now, Direction::Outbound, &mut buf.clone(), &mut reply),
-            Verdict::Forward { .. }
-        ));
+        assert!(matches!(r.handle(now, Direction::Outbound, &mut buf.clone(), &mut reply), Verdict::Forward { .. }));
         let id = format!("{rules}rules_{prefixes}prefixes");
         group.bench_with_input(BenchmarkId::new("forward_tcp4_1500", id), &rules, |b, _| {
             b.iter(|| {

@@ -27,12 +27,7 @@ pub struct SubmissionLimit {
 
 impl SubmissionLimit {
     pub fn new(max: u32, window: Duration, capacity: usize) -> Self {
-        SubmissionLimit {
-            max,
-            window,
-            seen: Mutex::new(HashMap::with_capacity(capacity)),
-            capacity,
-        }
+        SubmissionLimit { max, window, seen: Mutex::new(HashMap::with_capacity(capacity)), capacity }
     }
 }
 
@@ -78,22 +73,13 @@ impl Rule for SubmissionLimit {
     }
 
     fn describe(&self) -> String {
-        format!(
-            "{}: outbound tcp dport 587 syn -> at most {} per {:?} per source",
-            self.name(),
-            self.max,
-            self.window
-        )
+        format!("{}: outbound tcp dport 587 syn -> at most {} per {:?} per source", self.name(), self.max, self.window)
     }
 }
 
 fn syn(src: [u8; 4], dport: u16) -> Vec<u8> {
     let mut v = Vec::new();
-    PacketBuilder::ipv4(src, [203, 0, 113, 25], 64)
-        .tcp(40000, dport, 1, 1000)
-        .syn()
-        .write(&mut v, &[])
-        .unwrap();
+    PacketBuilder::ipv4(src, [203, 0, 113, 25], 64).tcp(40000, dport, 1, 1000).syn().write(&mut v, &[]).unwrap();
     v
 }
 
@@ -104,30 +90,19 @@ pub fn scenario() -> (usize, usize) {
     let mut config = Config::parse(Path::new("config/lab.toml"), text).expect("lab config");
     config
         .policy
-        .push_rule(Box::new(SubmissionLimit::new(
-            3,
-            Duration::from_secs(60),
-            10_000,
-        )))
+        .push_rule(Box::new(SubmissionLimit::new(3, Duration::from_secs(60), 10_000)))
         .expect("unshared policy");
     let mut router = Router::new(Arc::new(config.policy));
     let mut reply = [0u8; 2048];
     let t0 = Instant::now();
     let mut send = |now: Instant, src: [u8; 4]| {
         let mut p = syn(src, 587);
-        matches!(
-            router.handle(now, Direction::Outbound, &mut p, &mut reply),
-            Verdict::Forward { .. }
-        )
+        matches!(router.handle(now, Direction::Outbound, &mut p, &mut reply), Verdict::Forward { .. })
     };
-    let first = (0..10)
-        .filter(|i| send(t0 + Duration::from_secs(*i), [100, 64, 1, 10]))
-        .count();
+    let first = (0..10).filter(|i| send(t0 + Duration::from_secs(*i), [100, 64, 1, 10])).count();
     // Another subscriber is not affected.
     assert!(send(t0, [100, 64, 1, 11]));
-    let later = (0..10)
-        .filter(|i| send(t0 + Duration::from_secs(61 + i), [100, 64, 1, 10]))
-        .count();
+    let later = (0..10).filter(|i| send(t0 + Duration::from_secs(61 + i), [100, 64, 1, 10])).count();
     (first, later)
 }
 

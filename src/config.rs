@@ -185,19 +185,10 @@ struct Ctx<'a> {
 impl Ctx<'_> {
     fn line(&self, span: &Range<usize>) -> usize {
         let end = span.start.min(self.text.len());
-        self.text.as_bytes()[..end]
-            .iter()
-            .filter(|b| **b == b'\n')
-            .count()
-            + 1
+        self.text.as_bytes()[..end].iter().filter(|b| **b == b'\n').count() + 1
     }
 
-    fn err(
-        &self,
-        span: &Range<usize>,
-        key: impl Into<String>,
-        message: impl Into<String>,
-    ) -> ConfigError {
+    fn err(&self, span: &Range<usize>, key: impl Into<String>, message: impl Into<String>) -> ConfigError {
         ConfigError::Invalid {
             file: self.file.to_path_buf(),
             line: self.line(span),
@@ -210,10 +201,8 @@ impl Ctx<'_> {
 impl Config {
     /// Reads and validates a config file.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            file: path.to_path_buf(),
-            source,
-        })?;
+        let text =
+            std::fs::read_to_string(path).map_err(|source| ConfigError::Read { file: path.to_path_buf(), source })?;
         Config::parse(path, &text)
     }
 
@@ -221,20 +210,14 @@ impl Config {
     pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
         let cx = Ctx { file: path, text };
         let file: FileConfig = {
-            let de =
-                toml::Deserializer::parse(text).map_err(|e| toml_error(&cx, e, String::new()))?;
+            let de = toml::Deserializer::parse(text).map_err(|e| toml_error(&cx, e, String::new()))?;
             serde_path_to_error::deserialize(de).map_err(|e| {
                 // `Spanned` wrappers show up in the path as a private field.
-                let mut key = e
-                    .path()
-                    .to_string()
-                    .replace(".$__serde_spanned_private_value", "");
+                let mut key = e.path().to_string().replace(".$__serde_spanned_private_value", "");
                 // Name the rule, not only its index.
                 if let Some(rest) = key.strip_prefix("rule[") {
                     if let Some((n, tail)) = rest.split_once(']') {
-                        if let Some(name) =
-                            n.parse().ok().and_then(|n| rules::name_of_rule(text, n))
-                        {
+                        if let Some(name) = n.parse().ok().and_then(|n| rules::name_of_rule(text, n)) {
                             key = format!("rule[{n}] {name:?}{tail}");
                         }
                     }
@@ -246,21 +229,14 @@ impl Config {
         let mut address_v4 = None;
         let mut address_v6 = None;
         if file.router.addresses.get_ref().is_empty() {
-            return Err(cx.err(
-                &file.router.addresses.span(),
-                "router.addresses",
-                "needs at least one address",
-            ));
+            return Err(cx.err(&file.router.addresses.span(), "router.addresses", "needs at least one address"));
         }
         for (i, a) in file.router.addresses.get_ref().iter().enumerate() {
             let key = format!("router.addresses[{i}]");
-            let addr: IpAddr = a.get_ref().parse().map_err(|_| {
-                cx.err(
-                    &a.span(),
-                    &key,
-                    format!("{:?} is not an IP address", a.get_ref()),
-                )
-            })?;
+            let addr: IpAddr = a
+                .get_ref()
+                .parse()
+                .map_err(|_| cx.err(&a.span(), &key, format!("{:?} is not an IP address", a.get_ref())))?;
             if !crate::packet::reply::is_unicast_host(addr) {
                 return Err(cx.err(&a.span(), &key, format!("{addr} is not a unicast address")));
             }
@@ -273,36 +249,17 @@ impl Config {
             }
         }
 
-        let subscriber = device(
-            &cx,
-            "subscriber",
-            &file.subscriber.tun,
-            &file.subscriber.netns,
-            &file.subscriber.mtu,
-        )?;
-        let upstream = device(
-            &cx,
-            "upstream",
-            &file.upstream.tun,
-            &file.upstream.netns,
-            &file.upstream.mtu,
-        )?;
+        let subscriber = device(&cx, "subscriber", &file.subscriber.tun, &file.subscriber.netns, &file.subscriber.mtu)?;
+        let upstream = device(&cx, "upstream", &file.upstream.tun, &file.upstream.netns, &file.upstream.mtu)?;
         if subscriber.tun == upstream.tun && subscriber.netns == upstream.netns {
             return Err(cx.err(
                 &file.upstream.tun.span(),
                 "upstream.tun",
-                format!(
-                    "{:?} is also the subscriber device in the same namespace",
-                    upstream.tun
-                ),
+                format!("{:?} is also the subscriber device in the same namespace", upstream.tun),
             ));
         }
 
-        let subscriber_prefixes = prefixes(
-            &cx,
-            "subscriber.prefixes",
-            file.subscriber.prefixes.get_ref(),
-        )?;
+        let subscriber_prefixes = prefixes(&cx, "subscriber.prefixes", file.subscriber.prefixes.get_ref())?;
         if subscriber_prefixes.is_empty() {
             return Err(cx.err(
                 &file.subscriber.prefixes.span(),
@@ -317,11 +274,7 @@ impl Config {
                 let mut out = Vec::with_capacity(list.len());
                 for (i, p) in list.iter().enumerate() {
                     if *p.get_ref() == 0 {
-                        return Err(cx.err(
-                            &p.span(),
-                            format!("op25b.ports[{i}]"),
-                            "port 0 is not a port",
-                        ));
+                        return Err(cx.err(&p.span(), format!("op25b.ports[{i}]"), "port 0 is not a port"));
                     }
                     out.push(*p.get_ref());
                 }
@@ -350,12 +303,7 @@ impl Config {
         let (reply_limit, max_flows) = actions::limits(&cx, o)?;
         let sets = rules::Sets::compile(&cx, &file.sets)?;
         let compiled = rules::compile(&cx, &sets, &file.rules)?;
-        let pipeline = Pipeline::new(
-            compiled
-                .into_iter()
-                .map(|r| Box::new(r) as Box<dyn Rule>)
-                .collect(),
-        );
+        let pipeline = Pipeline::new(compiled.into_iter().map(|r| Box::new(r) as Box<dyn Rule>).collect());
         let runtime = Arc::new(Runtime::new(&op25b, reply_limit, max_flows));
         let policy = Policy {
             address_v4,
@@ -372,33 +320,15 @@ impl Config {
         let queue_len = match &file.dataplane.queue_len {
             None => DEFAULT_QUEUE_LEN,
             Some(q) if (16..=1_000_000).contains(q.get_ref()) => *q.get_ref(),
-            Some(q) => {
-                return Err(cx.err(
-                    &q.span(),
-                    "dataplane.queue_len",
-                    "must be between 16 and 1000000 packets",
-                ))
-            }
+            Some(q) => return Err(cx.err(&q.span(), "dataplane.queue_len", "must be between 16 and 1000000 packets")),
         };
         let workers = match &file.dataplane.workers {
             None => None,
             Some(w) if (1..=64).contains(w.get_ref()) => Some(*w.get_ref()),
-            Some(w) => {
-                return Err(cx.err(&w.span(), "dataplane.workers", "must be between 1 and 64"))
-            }
+            Some(w) => return Err(cx.err(&w.span(), "dataplane.workers", "must be between 1 and 64")),
         };
-        let dataplane = DataplaneConfig {
-            offload: file.dataplane.offload.unwrap_or(true),
-            queue_len,
-            workers,
-        };
-        Ok(Config {
-            path: path.to_path_buf(),
-            subscriber,
-            upstream,
-            policy,
-            dataplane,
-        })
+        let dataplane = DataplaneConfig { offload: file.dataplane.offload.unwrap_or(true), queue_len, workers };
+        Ok(Config { path: path.to_path_buf(), subscriber, upstream, policy, dataplane })
     }
 
     /// A readable rendering of the compiled config, for `op25b check`.
@@ -406,12 +336,7 @@ impl Config {
         let p = &self.policy;
         let mut s = String::new();
         let dev = |d: &DeviceConfig| {
-            format!(
-                "{} (netns {}, mtu {})",
-                d.tun,
-                d.netns.as_deref().unwrap_or("<current>"),
-                d.mtu
-            )
+            format!("{} (netns {}, mtu {})", d.tun, d.netns.as_deref().unwrap_or("<current>"), d.mtu)
         };
         let set = |ps: &PrefixSet| {
             if ps.is_empty() {
@@ -419,27 +344,14 @@ impl Config {
             } else {
                 let (v4, v6) = ps.ranges();
                 let list: Vec<String> = ps.nets().iter().map(|n| n.to_string()).collect();
-                format!(
-                    "{}  [{} prefixes -> {v4} IPv4 + {v6} IPv6 ranges]",
-                    list.join(", "),
-                    ps.len()
-                )
+                format!("{}  [{} prefixes -> {v4} IPv4 + {v6} IPv6 ranges]", list.join(", "), ps.len())
             }
         };
-        let opt =
-            |a: Option<String>| a.unwrap_or_else(|| "(none: no ICMP from this family)".into());
+        let opt = |a: Option<String>| a.unwrap_or_else(|| "(none: no ICMP from this family)".into());
         let _ = writeln!(s, "config {}: OK", self.path.display());
         let _ = writeln!(s, "router");
-        let _ = writeln!(
-            s,
-            "  address v4        {}",
-            opt(p.address_v4.map(|a| a.to_string()))
-        );
-        let _ = writeln!(
-            s,
-            "  address v6        {}",
-            opt(p.address_v6.map(|a| a.to_string()))
-        );
+        let _ = writeln!(s, "  address v4        {}", opt(p.address_v4.map(|a| a.to_string())));
+        let _ = writeln!(s, "  address v6        {}", opt(p.address_v6.map(|a| a.to_string())));
         let _ = writeln!(s, "subscriber side     {}", dev(&self.subscriber));
         let _ = writeln!(s, "  allowed sources   {}", set(&p.subscriber_prefixes));
         let _ = writeln!(s, "upstream side       {}", dev(&self.upstream));
@@ -490,15 +402,9 @@ impl Config {
             p.reply_limit.rate, p.reply_limit.burst
         );
         if p.rules.is_empty() {
-            let _ = writeln!(
-                s,
-                "rules               (none: everything else is forwarded)"
-            );
+            let _ = writeln!(s, "rules               (none: everything else is forwarded)");
         } else {
-            let _ = writeln!(
-                s,
-                "rules               (in order; first final verdict wins; default forward)"
-            );
+            let _ = writeln!(s, "rules               (in order; first final verdict wins; default forward)");
             for (i, slot) in p.rules.slots().iter().enumerate() {
                 let _ = writeln!(s, "  {:>3}. {}", i + 1, slot.rule.describe());
             }
@@ -515,11 +421,7 @@ impl fmt::Display for Config {
 
 fn toml_error(cx: &Ctx<'_>, e: toml::de::Error, key: String) -> ConfigError {
     let span = e.span().unwrap_or(0..0);
-    let key = if key.is_empty() || key == "." {
-        "(top level)".to_string()
-    } else {
-        key
-    };
+    let key = if key.is_empty() || key == "." { "(top level)".to_string() } else { key };
     cx.err(&span, key, e.message().trim().replace('\n', " "))
 }
 
@@ -531,10 +433,7 @@ fn device(
     mtu: &Option<Spanned<u16>>,
 ) -> Result<DeviceConfig, ConfigError> {
     let name = tun.get_ref();
-    let bad_char = |s: &str| {
-        s.chars()
-            .any(|c| c == '/' || c == ':' || c.is_whitespace() || c.is_control())
-    };
+    let bad_char = |s: &str| s.chars().any(|c| c == '/' || c == ':' || c.is_whitespace() || c.is_control());
     if name.is_empty() || name.len() > MAX_IFNAME || bad_char(name) || name == "." || name == ".." {
         return Err(cx.err(
             &tun.span(),
@@ -544,13 +443,8 @@ fn device(
     }
     if let Some(ns) = netns {
         let n = ns.get_ref();
-        if n.is_empty() || n.len() > 255 || n.contains('/') || n == "." || n == ".." || bad_char(n)
-        {
-            return Err(cx.err(
-                &ns.span(),
-                format!("{section}.netns"),
-                format!("{n:?} is not a namespace name"),
-            ));
+        if n.is_empty() || n.len() > 255 || n.contains('/') || n == "." || n == ".." || bad_char(n) {
+            return Err(cx.err(&ns.span(), format!("{section}.netns"), format!("{n:?} is not a namespace name")));
         }
     }
     let mtu_value = match mtu {
@@ -559,19 +453,12 @@ fn device(
             return Err(cx.err(
                 &m.span(),
                 format!("{section}.mtu"),
-                format!(
-                    "{} is below {MIN_MTU}, the smallest MTU IPv6 allows",
-                    m.get_ref()
-                ),
+                format!("{} is below {MIN_MTU}, the smallest MTU IPv6 allows", m.get_ref()),
             ))
         }
         Some(m) => *m.get_ref(),
     };
-    Ok(DeviceConfig {
-        tun: name.clone(),
-        netns: netns.as_ref().map(|n| n.get_ref().clone()),
-        mtu: mtu_value,
-    })
+    Ok(DeviceConfig { tun: name.clone(), netns: netns.as_ref().map(|n| n.get_ref().clone()), mtu: mtu_value })
 }
 
 fn prefixes(cx: &Ctx<'_>, key: &str, list: &[Spanned<String>]) -> Result<PrefixSet, ConfigError> {
@@ -595,11 +482,7 @@ fn prefixes(cx: &Ctx<'_>, key: &str, list: &[Spanned<String>]) -> Result<PrefixS
             },
         };
         if net.trunc() != net {
-            return Err(cx.err(
-                &s.span(),
-                key,
-                format!("{text:?} has host bits set; did you mean {}?", net.trunc()),
-            ));
+            return Err(cx.err(&s.span(), key, format!("{text:?} has host bits set; did you mean {}?", net.trunc())));
         }
         if !seen.insert(net) {
             return Err(cx.err(&s.span(), key, format!("{net} is listed twice")));

@@ -15,11 +15,7 @@ use op25b::{Config, Direction, Router, Verdict};
 use signal_hook::consts::{SIGINT, SIGTERM};
 
 #[derive(Parser)]
-#[command(
-    name = "op25b",
-    version,
-    about = "Userspace two-TUN router enforcing Outbound Port 25 Blocking"
-)]
+#[command(name = "op25b", version, about = "Userspace two-TUN router enforcing Outbound Port 25 Blocking")]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -79,17 +75,13 @@ enum Command {
 
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none())
         .init();
     let cli = Cli::parse();
     let config_path = match &cli.command {
-        Command::Run { config }
-        | Command::Check { config, .. }
-        | Command::Replay { config, .. } => config,
+        Command::Run { config } | Command::Check { config, .. } | Command::Replay { config, .. } => config,
     };
     let config = match Config::load(config_path) {
         Ok(c) => c,
@@ -103,24 +95,10 @@ fn main() -> ExitCode {
             print!("{}", config.render());
             Ok(ExitCode::SUCCESS)
         }
-        Command::Check {
-            packet: Some(spec),
-            direction,
-            json,
-            ..
-        } => check_packet(&config, &spec, direction, json),
-        Command::Replay {
-            input,
-            forwarded,
-            dropped,
-            json,
-            ..
-        } => run_replay(
-            &config,
-            &input,
-            replay::ReplayOptions { forwarded, dropped },
-            json,
-        ),
+        Command::Check { packet: Some(spec), direction, json, .. } => check_packet(&config, &spec, direction, json),
+        Command::Replay { input, forwarded, dropped, json, .. } => {
+            run_replay(&config, &input, replay::ReplayOptions { forwarded, dropped }, json)
+        }
         Command::Run { .. } => run(&config).map(|()| ExitCode::SUCCESS),
     };
     result.unwrap_or_else(|e| {
@@ -129,12 +107,7 @@ fn main() -> ExitCode {
     })
 }
 
-fn check_packet(
-    config: &Config,
-    spec: &str,
-    direction: Option<String>,
-    json: bool,
-) -> anyhow::Result<ExitCode> {
+fn check_packet(config: &Config, spec: &str, direction: Option<String>, json: bool) -> anyhow::Result<ExitCode> {
     let usage = |msg: String| {
         eprintln!("op25b: error: {msg}");
         Ok(ExitCode::from(2))
@@ -161,11 +134,8 @@ fn check_packet(
     let (verdict, trace) = router.handle_traced(Instant::now(), dir, &mut bytes, &mut reply);
     let forwarded = matches!(verdict, Verdict::Forward { .. });
     if json {
-        let steps: Vec<serde_json::Value> = trace
-            .steps
-            .iter()
-            .map(|s| serde_json::json!({"stage": s.stage, "detail": s.detail}))
-            .collect();
+        let steps: Vec<serde_json::Value> =
+            trace.steps.iter().map(|s| serde_json::json!({"stage": s.stage, "detail": s.detail})).collect();
         let reason = match verdict {
             Verdict::Forward { .. } => None,
             Verdict::Drop(r) => Some(r.name()),
@@ -190,11 +160,7 @@ fn check_packet(
         }
         println!("verdict    {}", tools::verdict_detail(verdict));
     }
-    Ok(if forwarded {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::from(1)
-    })
+    Ok(if forwarded { ExitCode::SUCCESS } else { ExitCode::from(1) })
 }
 
 fn run_replay(
@@ -204,12 +170,7 @@ fn run_replay(
     json: bool,
 ) -> anyhow::Result<ExitCode> {
     let mut router = Router::new(Arc::new(config.policy.clone()));
-    let report = match replay::replay(
-        &mut router,
-        &config.policy.subscriber_prefixes,
-        input,
-        &opts,
-    ) {
+    let report = match replay::replay(&mut router, &config.policy.subscriber_prefixes, input, &opts) {
         Ok(r) => r,
         Err(e) => {
             eprintln!("op25b: error: {e}");
@@ -219,12 +180,7 @@ fn run_replay(
     if json {
         println!("{}", serde_json::to_string(&report)?);
     } else {
-        println!(
-            "{}: {} packets read, {} without an IP packet",
-            input.display(),
-            report.packets,
-            report.skipped
-        );
+        println!("{}: {} packets read, {} without an IP packet", input.display(), report.packets, report.skipped);
         for (v, n) in &report.verdicts {
             println!("  {v:<10} {n}");
         }
@@ -243,7 +199,10 @@ fn run_replay(
         }
     }
     if let Some(e) = &report.error {
-        eprintln!("op25b: error: {}: capture broken at {e}; the figures above cover the records before it", input.display());
+        eprintln!(
+            "op25b: error: {}: capture broken at {e}; the figures above cover the records before it",
+            input.display()
+        );
         return Ok(ExitCode::from(2));
     }
     Ok(ExitCode::SUCCESS)
@@ -251,8 +210,7 @@ fn run_replay(
 
 fn run(config: &Config) -> anyhow::Result<()> {
     // Register before the devices exist so an early SIGTERM still cleans up.
-    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM])
-        .context("installing signal handlers")?;
+    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM]).context("installing signal handlers")?;
     let dp = Dataplane::start(config)?;
     let p = &config.policy;
     let ns = |n: &Option<String>| n.clone().unwrap_or_else(|| "<current>".into());
@@ -274,10 +232,7 @@ fn run(config: &Config) -> anyhow::Result<()> {
     tracing::info!(signal, "stopping");
     let (tx_errors, rx_errors, batches, packets) = dp.io_totals();
     let counters = dp.stop();
-    let mut summary: Vec<String> = Counters::summary(&counters)
-        .into_iter()
-        .map(|(k, v)| format!("{k}={v}"))
-        .collect();
+    let mut summary: Vec<String> = Counters::summary(&counters).into_iter().map(|(k, v)| format!("{k}={v}")).collect();
     summary.push(format!("tx_errors={tx_errors}"));
     summary.push(format!("rx_errors={rx_errors}"));
     summary.push(format!("batches={batches} packets_read={packets}"));

@@ -117,10 +117,7 @@ pub struct Responder {
 
 impl std::fmt::Debug for Responder {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Responder")
-            .field("ports", &self.ports)
-            .field("sessions", &self.sessions)
-            .finish()
+        f.debug_struct("Responder").field("ports", &self.ports).field("sessions", &self.sessions).finish()
     }
 }
 
@@ -130,10 +127,7 @@ impl Responder {
         let mut banner = op.banner.text.clone().into_bytes();
         banner.extend_from_slice(b"\r\n");
         Responder {
-            dev: Queues {
-                rx: VecDeque::new(),
-                tx: VecDeque::new(),
-            },
+            dev: Queues { rx: VecDeque::new(), tx: VecDeque::new() },
             stack: None,
             ports: op.ports.iter().collect(),
             sessions: op.banner.sessions,
@@ -151,18 +145,14 @@ impl Responder {
     fn ensure_stack(&mut self, now: SmolInstant) {
         if self.stack.is_none() {
             let mut config = Config::new(HardwareAddress::Ip);
-            config.random_seed =
-                std::hash::BuildHasher::hash_one(&std::hash::RandomState::new(), 0u8);
+            config.random_seed = std::hash::BuildHasher::hash_one(&std::hash::RandomState::new(), 0u8);
             let mut iface = Interface::new(config, &mut self.dev, now);
             // Any-IP answers from the dialled address; the /0 prefixes make every
             // client directly reachable, so no routes are needed.
             iface.set_any_ip(true);
             iface.update_ip_addrs(|addrs| {
                 let _ = addrs.push(IpCidr::new(IpAddress::v4(192, 0, 2, 1), 0));
-                let _ = addrs.push(IpCidr::new(
-                    IpAddress::v6(0x2001, 0xdb8, 0, 0, 0, 0, 0, 1),
-                    0,
-                ));
+                let _ = addrs.push(IpCidr::new(IpAddress::v6(0x2001, 0xdb8, 0, 0, 0, 0, 0, 1), 0));
             });
             let mut sockets = SocketSet::new(Vec::new());
             let mut slots = Vec::new();
@@ -172,24 +162,13 @@ impl Responder {
                         tcp::SocketBuffer::new(vec![0; SOCKET_RX]),
                         tcp::SocketBuffer::new(vec![0; SOCKET_TX]),
                     );
-                    s.set_timeout(Some(
-                        SmolDuration::from_micros(self.idle.as_micros() as u64),
-                    ));
+                    s.set_timeout(Some(SmolDuration::from_micros(self.idle.as_micros() as u64)));
                     // Cannot fail: the port is not 0 (config) and the socket is new.
                     let _ = s.listen(IpListenEndpoint { addr: None, port });
-                    slots.push(Slot {
-                        handle: sockets.add(s),
-                        port,
-                        sent: false,
-                        started: None,
-                    });
+                    slots.push(Slot { handle: sockets.add(s), port, sent: false, started: None });
                 }
             }
-            self.stack = Some(Stack {
-                iface,
-                sockets,
-                slots,
-            });
+            self.stack = Some(Stack { iface, sockets, slots });
         }
     }
 
@@ -205,13 +184,7 @@ impl Responder {
     pub fn poll(&mut self, now: Instant) {
         let t = self.smol_now(now);
         self.ensure_stack(t);
-        let Responder {
-            dev,
-            stack,
-            banner,
-            idle,
-            ..
-        } = self;
+        let Responder { dev, stack, banner, idle, .. } = self;
         let Some(stack) = stack.as_mut() else { return };
         for _ in 0..4 {
             stack.iface.poll(t, dev, &mut stack.sockets);
@@ -236,10 +209,7 @@ impl Responder {
                         changed = true;
                     }
                     tcp::State::Closed => {
-                        let _ = s.listen(IpListenEndpoint {
-                            addr: None,
-                            port: slot.port,
-                        });
+                        let _ = s.listen(IpListenEndpoint { addr: None, port: slot.port });
                         slot.sent = false;
                         slot.started = None;
                     }
@@ -269,12 +239,7 @@ impl Responder {
             .iface
             .poll_at(t, &stack.sockets)
             .map(|at| epoch + std::time::Duration::from_micros(at.total_micros().max(0) as u64));
-        let lifetime = stack
-            .slots
-            .iter()
-            .filter_map(|s| s.started)
-            .min()
-            .map(|s| s + self.idle);
+        let lifetime = stack.slots.iter().filter_map(|s| s.started).min().map(|s| s + self.idle);
         smol.into_iter().chain(lifetime).min()
     }
 
@@ -282,13 +247,7 @@ impl Responder {
     /// Only a SYN may start one; other segments of blocked flows that match no
     /// session are dropped by the router instead of being answered with an RST.
     pub fn owns(&mut self, view: &PacketView) -> bool {
-        let (
-            Some(stack),
-            Transport::Tcp {
-                src_port, dst_port, ..
-            },
-        ) = (self.stack.as_mut(), view.transport)
-        else {
+        let (Some(stack), Transport::Tcp { src_port, dst_port, .. }) = (self.stack.as_mut(), view.transport) else {
             return false;
         };
         stack.slots.iter().any(|slot| {
@@ -308,10 +267,7 @@ impl Responder {
             .slots
             .iter()
             .filter(|s| {
-                !matches!(
-                    stack.sockets.get::<tcp::Socket>(s.handle).state(),
-                    tcp::State::Listen | tcp::State::Closed
-                )
+                !matches!(stack.sockets.get::<tcp::Socket>(s.handle).state(), tcp::State::Listen | tcp::State::Closed)
             })
             .count()
     }
@@ -349,8 +305,7 @@ mod tests {
     }
 
     fn segment(sport: u16, seq: u32, ack: Option<u32>, syn: bool) -> Vec<u8> {
-        let b =
-            PacketBuilder::ipv4([100, 64, 1, 10], [203, 0, 113, 25], 64).tcp(sport, 25, seq, 64240);
+        let b = PacketBuilder::ipv4([100, 64, 1, 10], [203, 0, 113, 25], 64).tcp(sport, 25, seq, 64240);
         let b = match (syn, ack) {
             (true, _) => b.syn(),
             (false, Some(a)) => b.ack(a),
@@ -378,21 +333,8 @@ mod tests {
         let out = drain(&mut r);
         assert_eq!(out.len(), 1, "a SYN-ACK");
         let synack = PacketView::parse(&out[0]).unwrap();
-        assert_eq!(
-            synack.src.to_string(),
-            "203.0.113.25",
-            "answers from the dialled address"
-        );
-        let Transport::Tcp {
-            src_port,
-            flags,
-            seq,
-            ack,
-            ..
-        } = synack.transport
-        else {
-            panic!()
-        };
+        assert_eq!(synack.src.to_string(), "203.0.113.25", "answers from the dialled address");
+        let Transport::Tcp { src_port, flags, seq, ack, .. } = synack.transport else { panic!() };
         assert_eq!(
             (src_port, flags & (tcp_flags::SYN | tcp_flags::ACK), ack),
             (25, tcp_flags::SYN | tcp_flags::ACK, 1001)
@@ -403,9 +345,7 @@ mod tests {
             .iter()
             .flat_map(|p| {
                 let v = PacketView::parse(p).unwrap();
-                let Transport::Tcp { header_len, .. } = v.transport else {
-                    panic!()
-                };
+                let Transport::Tcp { header_len, .. } = v.transport else { panic!() };
                 p[v.l4_offset + usize::from(header_len)..v.len].to_vec()
             })
             .collect();

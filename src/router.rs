@@ -101,10 +101,7 @@ pub struct Router {
 impl Router {
     /// A router enforcing `policy`, with fresh counters.
     pub fn new(policy: Arc<Policy>) -> Router {
-        Router {
-            policy,
-            counters: Arc::default(),
-        }
+        Router { policy, counters: Arc::default() }
     }
 
     /// The counters, shareable with a reader.
@@ -121,13 +118,7 @@ impl Router {
     /// the bytes read from the device and may be rewritten in place; `reply`
     /// receives a reply packet: 1280 bytes hold every reply but an echo reply,
     /// which is the size of its request (a smaller buffer drops larger pings).
-    pub fn handle(
-        &mut self,
-        now: Instant,
-        dir: Direction,
-        buf: &mut [u8],
-        reply: &mut [u8],
-    ) -> Verdict {
+    pub fn handle(&mut self, now: Instant, dir: Direction, buf: &mut [u8], reply: &mut [u8]) -> Verdict {
         let verdict = self.decide(now, dir, buf, reply, RxInfo::default(), &mut NoTrace);
         self.count(dir, verdict);
         verdict
@@ -145,10 +136,7 @@ impl Router {
         reply: &mut [u8],
         gso_size: u16,
     ) -> Verdict {
-        let rx = RxInfo {
-            gso_size: Some(gso_size),
-            csum_partial: true,
-        };
+        let rx = RxInfo { gso_size: Some(gso_size), csum_partial: true };
         self.handle_offloaded(now, dir, buf, reply, rx)
     }
 
@@ -217,9 +205,7 @@ impl Router {
         let policy = &*self.policy;
 
         if is_martian(view.src, view.dst) {
-            t.note("sanity", || {
-                "martian address (loopback, multicast, link-local, unspecified ...)".into()
-            });
+            t.note("sanity", || "martian address (loopback, multicast, link-local, unspecified ...)".into());
             return Verdict::Drop(DropReason::Martian);
         }
         let from_subscriber_space = policy.subscriber_prefixes.contains(view.src);
@@ -228,10 +214,7 @@ impl Router {
                 Direction::Outbound => {
                     format!("drop: source {} is outside subscriber.prefixes", view.src)
                 }
-                Direction::Inbound => format!(
-                    "drop: source {} from upstream claims a subscriber prefix",
-                    view.src
-                ),
+                Direction::Inbound => format!("drop: source {} from upstream claims a subscriber prefix", view.src),
             });
             return Verdict::Drop(DropReason::Spoofed);
         }
@@ -239,24 +222,21 @@ impl Router {
             Direction::Outbound => format!("pass: source {} is in subscriber.prefixes", view.src),
             Direction::Inbound => format!("pass: source {} is not a subscriber address", view.src),
         });
-        if matches!(view.fragment, Fragment::Later { offset } if offset < MIN_LATER_FRAGMENT_OFFSET)
-        {
+        if matches!(view.fragment, Fragment::Later { offset } if offset < MIN_LATER_FRAGMENT_OFFSET) {
             t.note("fragments", || {
-                "drop: later fragment inside the first 128 bytes (could overwrite the transport header, RFC 1858)".into()
+                "drop: later fragment inside the first 128 bytes (could overwrite the transport header, RFC 1858)"
+                    .into()
             });
             return Verdict::Drop(DropReason::FragmentOverlap);
         }
         if view.source_routed {
             t.note("source route", || {
-                "drop: source routing (IPv4 LSRR/SSRR, IPv6 routing header with segments left)"
-                    .into()
+                "drop: source routing (IPv4 LSRR/SSRR, IPv6 routing header with segments left)".into()
             });
             return Verdict::Drop(DropReason::SourceRouted);
         }
         if self.own_address(view.src) == Some(view.src) {
-            t.note("anti-spoofing", || {
-                "drop: source is the router's own address".into()
-            });
+            t.note("anti-spoofing", || "drop: source is the router's own address".into());
             return Verdict::Drop(DropReason::Spoofed);
         }
 
@@ -302,39 +282,24 @@ impl Router {
                 self.counters.op25b_blocked.add(1);
                 match self.blocked(now, &mut view, buf, reply, rx) {
                     Some(verdict) => return verdict,
-                    None => t.note("redirect", || {
-                        format!("sent to {}:{}", view.dst, view.tcp_dst_port().unwrap_or(0))
-                    }),
+                    None => t.note("redirect", || format!("sent to {}:{}", view.dst, view.tcp_dst_port().unwrap_or(0))),
                 }
             }
         } else {
             if policy.op25b.blocks_inbound(&view) {
-                t.note("ip25b", || {
-                    "drop: new inbound connection to a blocked port of a dynamic address".into()
-                });
+                t.note("ip25b", || "drop: new inbound connection to a blocked port of a dynamic address".into());
                 return Verdict::Drop(DropReason::Ip25bBlocked);
             }
             if policy.op25b.action == Action::Redirect && self.unredirect(now, &mut view, buf, rx) {
-                t.note("redirect", || {
-                    format!("reply from the relay, source restored to {}", view.src)
-                });
+                t.note("redirect", || format!("reply from the relay, source restored to {}", view.src));
             } else {
-                t.note("op25b", || {
-                    "pass: inbound traffic is not subject to OP25B".into()
-                });
+                t.note("op25b", || "pass: inbound traffic is not subject to OP25B".into());
             }
         }
 
         if !policy.rules.is_empty() {
-            let cx = RuleContext {
-                direction: dir,
-                now,
-            };
-            let outcome = if T::ON {
-                self.trace_rules(&view, &cx, t)
-            } else {
-                policy.rules.evaluate(&view, &cx)
-            };
+            let cx = RuleContext { direction: dir, now };
+            let outcome = if T::ON { self.trace_rules(&view, &cx, t) } else { policy.rules.evaluate(&view, &cx) };
             match outcome.verdict {
                 RuleVerdict::NoMatch | RuleVerdict::Continue | RuleVerdict::Accept => {}
                 RuleVerdict::Drop => return Verdict::Drop(DropReason::RuleDrop),
@@ -342,11 +307,7 @@ impl Router {
                 RuleVerdict::Reject => {
                     let v = view;
                     let tcp = v.protocol == packet::proto::TCP;
-                    let answerable = if tcp {
-                        reply::rst_allowed(&v)
-                    } else {
-                        reply::icmp_allowed(&v)
-                    };
+                    let answerable = if tcp { reply::rst_allowed(&v) } else { reply::icmp_allowed(&v) };
                     if !answerable {
                         return Verdict::Drop(DropReason::RuleReject);
                     }
@@ -376,28 +337,16 @@ impl Router {
         let mtu = policy.egress_mtu(dir);
         // What goes on the wire: the packet, or one segment of a super-packet.
         let wire_len = match (rx.gso_size, view.transport) {
-            (Some(g), Transport::Tcp { header_len, .. }) => {
-                view.l4_offset + usize::from(header_len) + usize::from(g)
-            }
+            (Some(g), Transport::Tcp { header_len, .. }) => view.l4_offset + usize::from(header_len) + usize::from(g),
             (Some(g), Transport::Udp { .. }) => view.l4_offset + 8 + usize::from(g),
             _ => view.len,
         };
         if wire_len > usize::from(mtu) {
-            t.note("mtu", || {
-                format!("{} bytes exceed the egress MTU {mtu}", view.len)
-            });
+            t.note("mtu", || format!("{} bytes exceed the egress MTU {mtu}", view.len));
             if !view.dont_fragment {
                 return Verdict::Drop(DropReason::TooBig);
             }
-            return self.icmp(
-                now,
-                IcmpError::TooBig { mtu },
-                &view,
-                buf,
-                reply,
-                ReplyKind::TooBig,
-                DropReason::TooBig,
-            );
+            return self.icmp(now, IcmpError::TooBig { mtu }, &view, buf, reply, ReplyKind::TooBig, DropReason::TooBig);
         }
 
         packet::decrement_ttl(&view, buf);
@@ -411,27 +360,17 @@ impl Router {
         for (i, slot) in rules.slots().iter().enumerate() {
             let r = &slot.rule;
             if let Some(field) = r.mismatch(view, cx) {
-                t.note("rule", || {
-                    format!("#{} {}: no match ({field})", i + 1, r.name())
-                });
+                t.note("rule", || format!("#{} {}: no match ({field})", i + 1, r.name()));
                 continue;
             }
             let v = r.evaluate(view, cx);
-            t.note("rule", || {
-                format!("#{} {}: {}", i + 1, r.name(), verdict_text(v))
-            });
+            t.note("rule", || format!("#{} {}: {}", i + 1, r.name(), verdict_text(v)));
             if v.is_final() {
-                return Outcome {
-                    verdict: v,
-                    rule: Some(i),
-                };
+                return Outcome { verdict: v, rule: Some(i) };
             }
         }
         t.note("rules", || "no final verdict: default forward".into());
-        Outcome {
-            verdict: RuleVerdict::Continue,
-            rule: None,
-        }
+        Outcome { verdict: RuleVerdict::Continue, rule: None }
     }
 
     /// The router's address of the same family as `addr`.
@@ -460,14 +399,7 @@ impl Router {
         if !reply::icmp_allowed(view) {
             return Verdict::Drop(otherwise);
         }
-        self.answer(
-            now,
-            view,
-            kind,
-            |out| reply::icmp_error(err, view, buf, from, out),
-            reply,
-            otherwise,
-        )
+        self.answer(now, view, kind, |out| reply::icmp_error(err, view, buf, from, out), reply, otherwise)
     }
 
     /// Builds a reply to `view`'s source if the reply limit allows.
@@ -542,12 +474,7 @@ impl Router {
             if !self.policy.runtime.allow_reply(view.src, now) {
                 return Verdict::Drop(DropReason::ReplyRateLimited);
             }
-        } else if !self
-            .policy
-            .runtime
-            .responder()
-            .is_some_and(|mut r| r.owns(view))
-        {
+        } else if !self.policy.runtime.responder().is_some_and(|mut r| r.owns(view)) {
             // Not part of a session: answering it (smoltcp would send an RST)
             // would be a reply outside the rate limit.
             return Verdict::Drop(DropReason::Op25bBlocked);
@@ -556,13 +483,7 @@ impl Router {
     }
 
     /// Destination NAT of a blocked flow to the relay.
-    fn redirect(
-        &self,
-        now: Instant,
-        view: &mut PacketView,
-        buf: &mut [u8],
-        rx: RxInfo,
-    ) -> Option<Verdict> {
+    fn redirect(&self, now: Instant, view: &mut PacketView, buf: &mut [u8], rx: RxInfo) -> Option<Verdict> {
         let Some(target) = self.policy.op25b.redirect_target(view.dst) else {
             return Some(Verdict::Drop(DropReason::Op25bBlocked));
         };
@@ -598,9 +519,7 @@ impl Router {
     fn unredirect(&self, now: Instant, view: &mut PacketView, buf: &mut [u8], rx: RxInfo) -> bool {
         let op = &self.policy.op25b;
         let from_target = match (view.transport, op.redirect_target(view.src)) {
-            (Transport::Tcp { src_port, .. }, Some(t)) => {
-                t.ip() == view.src && t.port() == src_port
-            }
+            (Transport::Tcp { src_port, .. }, Some(t)) => t.ip() == view.src && t.port() == src_port,
             _ => false,
         };
         if !from_target {

@@ -31,7 +31,8 @@ const PYTHON: &str = "/usr/bin/python3";
 /// The client and server helper.
 const SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/support/smtp.py");
 /// The `banner` action's default SMTP reply line.
-const DEFAULT_BANNER: &str = "554 5.7.1 Port 25 is blocked for dynamic addresses (OP25B); send mail through submission port 587 with SMTP AUTH";
+const DEFAULT_BANNER: &str =
+    "554 5.7.1 Port 25 is blocked for dynamic addresses (OP25B); send mail through submission port 587 with SMTP AUTH";
 /// Client timeout (connect, and each SMTP reply) where an answer is expected.
 const CLIENT_TIMEOUT: &str = "3";
 /// Client timeout where the connect must hang: covers the first SYN
@@ -83,27 +84,14 @@ impl SmtpServer {
     /// Listens on every `(name, address)` in `ns`; waits until all are bound.
     fn start(ns: &str, listen: &[(&str, SocketAddr)]) -> SmtpServer {
         let base = std::env::temp_dir().join(format!("{}-smtp", unique_base()));
-        let mut server = SmtpServer {
-            child: None,
-            log: base.with_extension("jsonl"),
-            stderr: base.with_extension("stderr"),
-        };
-        let stderr = File::create(&server.stderr)
-            .unwrap_or_else(|e| panic!("creating {}: {e}", server.stderr.display()));
-        let mut args: Vec<String> = [
-            "netns",
-            "exec",
-            ns,
-            PYTHON,
-            SCRIPT,
-            "server",
-            "--lifetime",
-            "120",
-            "--log",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
+        let mut server =
+            SmtpServer { child: None, log: base.with_extension("jsonl"), stderr: base.with_extension("stderr") };
+        let stderr =
+            File::create(&server.stderr).unwrap_or_else(|e| panic!("creating {}: {e}", server.stderr.display()));
+        let mut args: Vec<String> = ["netns", "exec", ns, PYTHON, SCRIPT, "server", "--lifetime", "120", "--log"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
         args.push(server.log.display().to_string());
         for (name, addr) in listen {
             args.push("--listen".into());
@@ -121,15 +109,8 @@ impl SmtpServer {
         );
         let deadline = Instant::now() + SERVER_READY;
         while !server.events().iter().any(|e| e["event"] == "ready") {
-            if let Some(status) = server
-                .child
-                .as_mut()
-                .and_then(|c| c.try_wait().ok().flatten())
-            {
-                panic!(
-                    "the SMTP server in {ns} exited ({status}) before it was ready:\n{}",
-                    server.stderr_text()
-                );
+            if let Some(status) = server.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+                panic!("the SMTP server in {ns} exited ({status}) before it was ready:\n{}", server.stderr_text());
             }
             assert!(
                 Instant::now() < deadline,
@@ -156,19 +137,14 @@ impl SmtpServer {
 
     /// Connections accepted by the server called `name`.
     fn connects(&self, name: &str) -> Vec<Value> {
-        self.events()
-            .into_iter()
-            .filter(|e| e["event"] == "connect" && e["server"] == name)
-            .collect()
+        self.events().into_iter().filter(|e| e["event"] == "connect" && e["server"] == name).collect()
     }
 
     /// The message tagged `tag` (see the client's `--tag`) received by `name`.
     fn message(&self, name: &str, tag: &str) -> Option<Value> {
         let subject = format!("Subject: op25b test {tag}\r\n");
         self.events().into_iter().find(|e| {
-            e["event"] == "message"
-                && e["server"] == name
-                && e["data"].as_str().is_some_and(|d| d.contains(&subject))
+            e["event"] == "message" && e["server"] == name && e["data"].as_str().is_some_and(|d| d.contains(&subject))
         })
     }
 }
@@ -257,30 +233,17 @@ fn check_cli(lab: &Lab, packet: &str, expect: &[&str], status: i32) {
         .stdin(Stdio::null())
         .output()
         .unwrap_or_else(|e| panic!("cannot run op25b check: {e}"));
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     println!("$ op25b check --packet {packet:?}\n{}", text.trim_end());
-    assert_eq!(
-        out.status.code(),
-        Some(status),
-        "op25b check --packet {packet:?}:\n{text}"
-    );
+    assert_eq!(out.status.code(), Some(status), "op25b check --packet {packet:?}:\n{text}");
     for e in expect {
-        assert!(
-            text.contains(e),
-            "op25b check --packet {packet:?} should say {e:?}:\n{text}"
-        );
+        assert!(text.contains(e), "op25b check --packet {packet:?} should say {e:?}:\n{text}");
     }
 }
 
 /// The blocked SYN of each family, as `op25b check --packet` specs.
-const BLOCKED_SYN: [&str; 2] = [
-    "tcp 100.64.1.10:40000 -> 203.0.113.25:25 syn",
-    "tcp [2001:db8:100:1::10]:40000 -> [2001:db8:203::25]:25 syn",
-];
+const BLOCKED_SYN: [&str; 2] =
+    ["tcp 100.64.1.10:40000 -> 203.0.113.25:25 syn", "tcp [2001:db8:100:1::10]:40000 -> [2001:db8:203::25]:25 syn"];
 
 /// action = "icmp": the client's connect fails at once with the error the
 /// kernel maps ICMP administratively prohibited to (IPv4 3/13: EHOSTUNREACH,
@@ -289,10 +252,7 @@ const BLOCKED_SYN: [&str; 2] = [
 /// connection. The relay still takes a whole message from the dynamic address.
 #[test]
 fn icmp_action_fails_connect_at_once_with_admin_prohibited() {
-    let mut lab = start_lab(LabOptions {
-        action: "icmp",
-        ..LabOptions::default()
-    });
+    let mut lab = start_lab(LabOptions { action: "icmp", ..LabOptions::default() });
     for p in BLOCKED_SYN {
         check_cli(&lab, p, &["-> action icmp", "prohibited"], 1);
     }
@@ -302,56 +262,24 @@ fn icmp_action_fails_connect_at_once_with_admin_prohibited() {
         (DYN_V6, MX_V6, RELAY_V6, ROUTER_V6, "EACCES", 1, 1),
     ] {
         let mx = sa(mx, SMTP).to_string();
-        let r = smtp_client(
-            &lab.sub,
-            &[
-                "--dest",
-                &mx,
-                "--timeout",
-                CLIENT_TIMEOUT,
-                "--watch-icmp",
-                "--send",
-            ],
-        );
+        let r = smtp_client(&lab.sub, &["--dest", &mx, "--timeout", CLIENT_TIMEOUT, "--watch-icmp", "--send"]);
         assert_failed_at_once(&r, errname, &format!("dynamic -> {mx} with action = icmp"));
         let icmp = r["icmp"].as_array().cloned().unwrap_or_default();
         assert!(
-            icmp.iter().any(|m| m["src"] == router
-                && m["type"] == icmp_type
-                && m["code"] == icmp_code),
+            icmp.iter().any(|m| m["src"] == router && m["type"] == icmp_type && m["code"] == icmp_code),
             "dynamic -> {mx}: expected ICMP type {icmp_type} code {icmp_code} from {router}, saw {icmp:?}"
         );
 
         // Relays are not blocked: a whole message, with the real source.
         let tag = format!("icmp-relay-{relay}");
         let relay = sa(relay, SMTP).to_string();
-        let r = smtp_client(
-            &lab.sub,
-            &[
-                "--dest",
-                &relay,
-                "--timeout",
-                CLIENT_TIMEOUT,
-                "--send",
-                "--tag",
-                &tag,
-            ],
-        );
+        let r = smtp_client(&lab.sub, &["--dest", &relay, "--timeout", CLIENT_TIMEOUT, "--send", "--tag", &tag]);
         assert_eq!(r["accepted"], true, "dynamic -> relay {relay}: {r}");
-        let m = servers
-            .message("relay", &tag)
-            .unwrap_or_else(|| panic!("the relay did not record message {tag}"));
-        assert_eq!(
-            peer_ip(&m),
-            Some(ip(dynamic)),
-            "relay's view of the client: {m}"
-        );
+        let m = servers.message("relay", &tag).unwrap_or_else(|| panic!("the relay did not record message {tag}"));
+        assert_eq!(peer_ip(&m), Some(ip(dynamic)), "relay's view of the client: {m}");
     }
     let mx_seen = servers.connects("mx");
-    assert!(
-        mx_seen.is_empty(),
-        "the outside MX saw connections: {mx_seen:?}"
-    );
+    assert!(mx_seen.is_empty(), "the outside MX saw connections: {mx_seen:?}");
     drop(servers);
 
     let c = lab.stop();
@@ -370,37 +298,19 @@ fn icmp_action_fails_connect_at_once_with_admin_prohibited() {
 /// source still reaches the real MX.
 #[test]
 fn redirect_action_delivers_to_the_relay_transparently() {
-    let mut lab = start_lab(LabOptions {
-        action: "redirect",
-        op25b_extra: REDIRECT_TO,
-        ..LabOptions::default()
-    });
+    let mut lab = start_lab(LabOptions { action: "redirect", op25b_extra: REDIRECT_TO, ..LabOptions::default() });
     for p in BLOCKED_SYN {
         check_cli(&lab, p, &["-> action redirect", "redirect", "forward"], 0);
     }
     let servers = outside_servers(&lab.up);
-    for (dynamic, exempt, mx, relay) in [
-        (DYN_V4, EXEMPT_V4, MX_V4, RELAY_V4),
-        (DYN_V6, EXEMPT_V6, MX_V6, RELAY_V6),
-    ] {
+    for (dynamic, exempt, mx, relay) in [(DYN_V4, EXEMPT_V4, MX_V4, RELAY_V4), (DYN_V6, EXEMPT_V6, MX_V6, RELAY_V6)] {
         let mx_addr = sa(mx, SMTP);
         let tag = format!("redirect-{dynamic}");
         let r = smtp_client(
             &lab.sub,
-            &[
-                "--dest",
-                &mx_addr.to_string(),
-                "--timeout",
-                CLIENT_TIMEOUT,
-                "--send",
-                "--tag",
-                &tag,
-            ],
+            &["--dest", &mx_addr.to_string(), "--timeout", CLIENT_TIMEOUT, "--send", "--tag", &tag],
         );
-        assert_eq!(
-            r["connected"], true,
-            "dynamic -> {mx_addr} (redirected): {r}"
-        );
+        assert_eq!(r["connected"], true, "dynamic -> {mx_addr} (redirected): {r}");
         assert_eq!(
             addr_field(&r, "peer"),
             Some(mx_addr),
@@ -408,33 +318,14 @@ fn redirect_action_delivers_to_the_relay_transparently() {
         );
         assert_eq!(r["banner_code"], 220, "{r}");
         assert!(
-            r["banner_text"]
-                .as_str()
-                .is_some_and(|t| t.starts_with("relay ")),
+            r["banner_text"].as_str().is_some_and(|t| t.starts_with("relay ")),
             "the greeting should be the relay's: {r}"
         );
-        assert_eq!(
-            r["accepted"], true,
-            "the relay should accept the message: {r}"
-        );
-        let m = servers
-            .message("relay", &tag)
-            .unwrap_or_else(|| panic!("the relay did not record message {tag}"));
-        assert_eq!(
-            peer_ip(&m),
-            Some(ip(dynamic)),
-            "relay's view of the client: {m}"
-        );
-        assert_eq!(
-            addr_field(&m, "local"),
-            Some(sa(relay, SMTP)),
-            "the relay's own address for the session: {m}"
-        );
-        assert_eq!(
-            m["rcpt_tos"],
-            serde_json::json!(["rcpt@outside.test"]),
-            "{m}"
-        );
+        assert_eq!(r["accepted"], true, "the relay should accept the message: {r}");
+        let m = servers.message("relay", &tag).unwrap_or_else(|| panic!("the relay did not record message {tag}"));
+        assert_eq!(peer_ip(&m), Some(ip(dynamic)), "relay's view of the client: {m}");
+        assert_eq!(addr_field(&m, "local"), Some(sa(relay, SMTP)), "the relay's own address for the session: {m}");
+        assert_eq!(m["rcpt_tos"], serde_json::json!(["rcpt@outside.test"]), "{m}");
         let client_port = addr_field(&r, "local").map(|a| a.port());
         assert_eq!(
             addr_field(&m, "peer").map(|a| a.port()),
@@ -446,28 +337,14 @@ fn redirect_action_delivers_to_the_relay_transparently() {
         let tag = format!("redirect-exempt-{exempt}");
         let r = smtp_client(
             &lab.sub,
-            &[
-                "--dest",
-                &mx_addr.to_string(),
-                "--source",
-                exempt,
-                "--timeout",
-                CLIENT_TIMEOUT,
-                "--send",
-                "--tag",
-                &tag,
-            ],
+            &["--dest", &mx_addr.to_string(), "--source", exempt, "--timeout", CLIENT_TIMEOUT, "--send", "--tag", &tag],
         );
         assert_eq!(r["accepted"], true, "exempt -> {mx_addr}: {r}");
         assert!(
-            r["banner_text"]
-                .as_str()
-                .is_some_and(|t| t.starts_with("mx ")),
+            r["banner_text"].as_str().is_some_and(|t| t.starts_with("mx ")),
             "an exempt source should reach the real MX: {r}"
         );
-        let m = servers
-            .message("mx", &tag)
-            .unwrap_or_else(|| panic!("the MX did not record message {tag}"));
+        let m = servers.message("mx", &tag).unwrap_or_else(|| panic!("the MX did not record message {tag}"));
         assert_eq!(peer_ip(&m), Some(ip(exempt)), "{m}");
     }
     for e in servers.connects("mx") {
@@ -500,10 +377,7 @@ fn redirect_action_delivers_to_the_relay_transparently() {
 /// responder; until then the SYN is dropped and the client times out.
 #[test]
 fn banner_action_answers_554_as_the_dialled_server() {
-    let mut lab = start_lab(LabOptions {
-        action: "banner",
-        ..LabOptions::default()
-    });
+    let mut lab = start_lab(LabOptions { action: "banner", ..LabOptions::default() });
     for p in BLOCKED_SYN {
         check_cli(&lab, p, &["-> action banner", "terminate"], 1);
     }
@@ -511,16 +385,7 @@ fn banner_action_answers_554_as_the_dialled_server() {
     let mut failures = Vec::new();
     for mx in [MX_V4, MX_V6] {
         let mx_addr = sa(mx, SMTP);
-        let r = smtp_client(
-            &lab.sub,
-            &[
-                "--dest",
-                &mx_addr.to_string(),
-                "--timeout",
-                CLIENT_TIMEOUT,
-                "--send",
-            ],
-        );
+        let r = smtp_client(&lab.sub, &["--dest", &mx_addr.to_string(), "--timeout", CLIENT_TIMEOUT, "--send"]);
         if r["connected"] != true {
             failures.push(format!(
                 "dynamic -> {mx_addr}: no handshake, so no banner \
@@ -528,35 +393,19 @@ fn banner_action_answers_554_as_the_dialled_server() {
             ));
             continue;
         }
-        assert_eq!(
-            addr_field(&r, "peer"),
-            Some(mx_addr),
-            "op25b must answer as the server the client dialled: {r}"
-        );
-        let line = format!(
-            "{} {}",
-            r["banner_code"],
-            r["banner_text"].as_str().unwrap_or("")
-        );
+        assert_eq!(addr_field(&r, "peer"), Some(mx_addr), "op25b must answer as the server the client dialled: {r}");
+        let line = format!("{} {}", r["banner_code"], r["banner_text"].as_str().unwrap_or(""));
         assert_eq!(line, DEFAULT_BANNER, "the banner line: {r}");
         assert_eq!(r["accepted"], false, "{r}");
     }
     let mx_seen = servers.connects("mx");
-    assert!(
-        mx_seen.is_empty(),
-        "the outside MX saw connections: {mx_seen:?}"
-    );
+    assert!(mx_seen.is_empty(), "the outside MX saw connections: {mx_seen:?}");
     drop(servers);
     let c = lab.stop();
     println!("{}", c.line);
     assert!(failures.is_empty(), "{}\n{}", failures.join("\n"), c.line);
     assert!(c.get("op25b_terminated") > 0, "{}", c.line);
-    assert_eq!(
-        c.get("op25b_terminated"),
-        c.get("op25b_blocked"),
-        "{}",
-        c.line
-    );
+    assert_eq!(c.get("op25b_terminated"), c.get("op25b_blocked"), "{}", c.line);
     assert_eq!(c.get("drop_reply_rate_limited"), 0, "{}", c.line);
 }
 
@@ -564,10 +413,7 @@ fn banner_action_answers_554_as_the_dialled_server() {
 /// until the client's timeout, and the MX sees nothing.
 #[test]
 fn drop_action_makes_the_smtp_client_time_out() {
-    let mut lab = start_lab(LabOptions {
-        action: "drop",
-        ..LabOptions::default()
-    });
+    let mut lab = start_lab(LabOptions { action: "drop", ..LabOptions::default() });
     for p in BLOCKED_SYN {
         check_cli(&lab, p, &["-> action drop", "drop (op25b_blocked)"], 1);
     }
@@ -576,26 +422,15 @@ fn drop_action_makes_the_smtp_client_time_out() {
         let mx_addr = sa(mx, SMTP).to_string();
         let r = smtp_client(&lab.sub, &["--dest", &mx_addr, "--timeout", HANG_TIMEOUT]);
         assert_eq!(r["connected"], false, "dynamic -> {mx_addr}: {r}");
-        assert_eq!(
-            r["timeout"], true,
-            "dynamic -> {mx_addr} must time out: {r}"
-        );
+        assert_eq!(r["timeout"], true, "dynamic -> {mx_addr} must time out: {r}");
     }
     let mx_seen = servers.connects("mx");
-    assert!(
-        mx_seen.is_empty(),
-        "the outside MX saw connections: {mx_seen:?}"
-    );
+    assert!(mx_seen.is_empty(), "the outside MX saw connections: {mx_seen:?}");
     drop(servers);
     let c = lab.stop();
     println!("{}", c.line);
     assert!(c.get("op25b_blocked") >= 2, "{}", c.line);
-    assert_eq!(
-        c.get("op25b_blocked"),
-        c.get("drop_op25b_blocked"),
-        "{}",
-        c.line
-    );
+    assert_eq!(c.get("op25b_blocked"), c.get("drop_op25b_blocked"), "{}", c.line);
 }
 
 /// block_inbound = true (IP25B): a new connection from outside to port 25 of a
@@ -603,23 +438,12 @@ fn drop_action_makes_the_smtp_client_time_out() {
 /// exempt address and port 587 of the dynamic address take whole messages.
 #[test]
 fn block_inbound_drops_new_connections_to_dynamic_port_25() {
-    let mut lab = start_lab(LabOptions {
-        op25b_extra: "block_inbound = true",
-        ..LabOptions::default()
-    });
+    let mut lab = start_lab(LabOptions { op25b_extra: "block_inbound = true", ..LabOptions::default() });
     for (p, status, expect) in [
         ("tcp 203.0.113.25:40000 -> 100.64.1.10:25 syn", 1, "ip25b"),
-        (
-            "tcp [2001:db8:203::25]:40000 -> [2001:db8:100:1::10]:25 syn",
-            1,
-            "ip25b",
-        ),
+        ("tcp [2001:db8:203::25]:40000 -> [2001:db8:100:1::10]:25 syn", 1, "ip25b"),
         ("tcp 203.0.113.25:40000 -> 100.64.9.10:25 syn", 0, "forward"),
-        (
-            "tcp 203.0.113.25:40000 -> 100.64.1.10:587 syn",
-            0,
-            "forward",
-        ),
+        ("tcp 203.0.113.25:40000 -> 100.64.1.10:587 syn", 0, "forward"),
     ] {
         check_cli(&lab, p, &["inbound", expect], status);
     }
@@ -636,30 +460,11 @@ fn block_inbound_drops_new_connections_to_dynamic_port_25() {
     );
     for (outside, dynamic, exempt) in [(MX_V4, DYN_V4, EXEMPT_V4), (MX_V6, DYN_V6, EXEMPT_V6)] {
         let dst = sa(dynamic, SMTP).to_string();
-        let r = smtp_client(
-            &lab.up,
-            &[
-                "--dest",
-                &dst,
-                "--source",
-                outside,
-                "--timeout",
-                HANG_TIMEOUT,
-            ],
-        );
-        assert_eq!(
-            r["connected"], false,
-            "outside -> {dst} must not connect: {r}"
-        );
-        assert_eq!(
-            r["timeout"], true,
-            "outside -> {dst} must time out (silent drop): {r}"
-        );
+        let r = smtp_client(&lab.up, &["--dest", &dst, "--source", outside, "--timeout", HANG_TIMEOUT]);
+        assert_eq!(r["connected"], false, "outside -> {dst} must not connect: {r}");
+        assert_eq!(r["timeout"], true, "outside -> {dst} must time out (silent drop): {r}");
 
-        for (name, dst) in [
-            ("exempt", sa(exempt, SMTP)),
-            ("dynamic-587", sa(dynamic, SUBMISSION)),
-        ] {
+        for (name, dst) in [("exempt", sa(exempt, SMTP)), ("dynamic-587", sa(dynamic, SUBMISSION))] {
             let tag = format!("ip25b-{dst}");
             let r = smtp_client(
                 &lab.up,
@@ -676,17 +481,12 @@ fn block_inbound_drops_new_connections_to_dynamic_port_25() {
                 ],
             );
             assert_eq!(r["accepted"], true, "outside -> {dst}: {r}");
-            let m = servers
-                .message(name, &tag)
-                .unwrap_or_else(|| panic!("{name} did not record message {tag}"));
+            let m = servers.message(name, &tag).unwrap_or_else(|| panic!("{name} did not record message {tag}"));
             assert_eq!(peer_ip(&m), Some(ip(outside)), "{m}");
         }
     }
     let seen = servers.connects("dynamic");
-    assert!(
-        seen.is_empty(),
-        "port 25 of the dynamic address was reached: {seen:?}"
-    );
+    assert!(seen.is_empty(), "port 25 of the dynamic address was reached: {seen:?}");
     drop(servers);
     let c = lab.stop();
     println!("{}", c.line);
@@ -707,39 +507,18 @@ fn reply_rate_limits_rsts_under_a_syn_flood() {
     const RATE: f64 = 5.0;
     const BURST: u64 = 10;
     const COUNT: u64 = 200;
-    let mut lab = start_lab(LabOptions {
-        op25b_extra: "reply_rate = 5\nreply_burst = 10",
-        ..LabOptions::default()
-    });
+    let mut lab = start_lab(LabOptions { op25b_extra: "reply_rate = 5\nreply_burst = 10", ..LabOptions::default() });
     for p in BLOCKED_SYN {
         check_cli(&lab, p, &["-> action reject", "tcp_rst"], 1);
     }
     // A second dynamic subscriber, with a bucket of its own.
     let (other_v4, other_v6) = ("100.64.1.11", "2001:db8:100:1::11");
     lab.sub_ip(&["addr", "add", &format!("{other_v4}/32"), "dev", "lo"]);
-    lab.sub_ip(&[
-        "addr",
-        "add",
-        &format!("{other_v6}/128"),
-        "dev",
-        "lo",
-        "nodad",
-    ]);
+    lab.sub_ip(&["addr", "add", &format!("{other_v6}/128"), "dev", "lo", "nodad"]);
     let servers = outside_servers(&lab.up);
     for (src, mx) in [(other_v4, MX_V4), (other_v6, MX_V6)] {
         let mx_addr = sa(mx, SMTP).to_string();
-        let r = smtp_client(
-            &lab.sub,
-            &[
-                "--dest",
-                &mx_addr,
-                "--source",
-                src,
-                "--timeout",
-                CLIENT_TIMEOUT,
-                "--send",
-            ],
-        );
+        let r = smtp_client(&lab.sub, &["--dest", &mx_addr, "--source", src, "--timeout", CLIENT_TIMEOUT, "--send"]);
         assert_failed_at_once(&r, "ECONNREFUSED", &format!("{src} -> {mx_addr} (reject)"));
     }
 
@@ -749,14 +528,7 @@ fn reply_rate_limits_rsts_under_a_syn_flood() {
             let dest = sa(mx, SMTP).to_string();
             let child = Command::new("ip")
                 .args(["netns", "exec", &lab.sub, PYTHON, SCRIPT, "flood"])
-                .args([
-                    "--dest",
-                    &dest,
-                    "--source",
-                    src,
-                    "--count",
-                    &COUNT.to_string(),
-                ])
+                .args(["--dest", &dest, "--source", src, "--count", &COUNT.to_string()])
                 .args(["--duration", "2.0", "--hold", "0.8"])
                 .stdin(Stdio::null())
                 .stdout(Stdio::piped())
@@ -768,10 +540,7 @@ fn reply_rate_limits_rsts_under_a_syn_flood() {
         .collect();
     // Reap every flood (each stops by itself after about 3 s) before any
     // assertion, so no process outlives a failure.
-    let outputs: Vec<_> = floods
-        .into_iter()
-        .map(|(what, child)| (what, child.wait_with_output()))
-        .collect();
+    let outputs: Vec<_> = floods.into_iter().map(|(what, child)| (what, child.wait_with_output())).collect();
     let mut refused_total = 0;
     let mut unanswered_total = 0;
     for (what, out) in outputs {
@@ -784,26 +553,15 @@ fn reply_rate_limits_rsts_under_a_syn_flood() {
             String::from_utf8_lossy(&out.stderr)
         );
         println!("flood {what}: {}", stdout.trim());
-        let r: Value = serde_json::from_str(stdout.trim())
-            .unwrap_or_else(|e| panic!("flood output {stdout:?}: {e}"));
-        let n = |k: &str| {
-            r[k].as_u64()
-                .unwrap_or_else(|| panic!("flood {what}: no {k}: {r}"))
-        };
+        let r: Value = serde_json::from_str(stdout.trim()).unwrap_or_else(|e| panic!("flood output {stdout:?}: {e}"));
+        let n = |k: &str| r[k].as_u64().unwrap_or_else(|| panic!("flood {what}: no {k}: {r}"));
         let (refused, unanswered) = (n("refused"), n("unanswered"));
         let seconds = r["send_seconds"].as_f64().unwrap_or(f64::NAN);
         assert_eq!(n("sent"), COUNT, "{what}: {r}");
-        assert_eq!(
-            n("connected"),
-            0,
-            "{what}: a blocked connect succeeded: {r}"
-        );
+        assert_eq!(n("connected"), 0, "{what}: a blocked connect succeeded: {r}");
         assert_eq!(n("other"), 0, "{what}: unexpected errors: {r}");
         assert_eq!(refused + unanswered, COUNT, "{what}: {r}");
-        assert!(
-            refused >= BURST,
-            "{what}: fewer RSTs than the burst of {BURST}: {r}"
-        );
+        assert!(refused >= BURST, "{what}: fewer RSTs than the burst of {BURST}: {r}");
         // The bucket starts full and refills at RATE while the SYNs arrive; the
         // slack covers the scheduling delay between this clock and the router's.
         let bound = BURST as f64 + RATE * (seconds + 0.2) + 2.0;
@@ -815,22 +573,14 @@ fn reply_rate_limits_rsts_under_a_syn_flood() {
         unanswered_total += unanswered;
     }
     let mx_seen = servers.connects("mx");
-    assert!(
-        mx_seen.is_empty(),
-        "the outside MX saw connections: {mx_seen:?}"
-    );
+    assert!(mx_seen.is_empty(), "the outside MX saw connections: {mx_seen:?}");
     drop(servers);
 
     let c = lab.stop();
     println!("{}", c.line);
     // Plus the two refused SMTP connects from the other subscriber.
     assert_eq!(c.get("reply_tcp_rst"), refused_total + 2, "{}", c.line);
-    assert_eq!(
-        c.get("drop_reply_rate_limited"),
-        unanswered_total,
-        "{}",
-        c.line
-    );
+    assert_eq!(c.get("drop_reply_rate_limited"), unanswered_total, "{}", c.line);
     assert!(c.get("drop_reply_rate_limited") > 0, "{}", c.line);
     assert_eq!(c.get("op25b_blocked"), 2 * COUNT + 2, "{}", c.line);
 }

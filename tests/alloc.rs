@@ -73,8 +73,7 @@ fn router() -> Router {
 }
 
 fn tcp4(dport: u16, syn: bool, ttl: u8, payload: usize) -> Vec<u8> {
-    let b =
-        PacketBuilder::ipv4([100, 64, 1, 10], [203, 0, 113, 25], ttl).tcp(40000, dport, 1, 64240);
+    let b = PacketBuilder::ipv4([100, 64, 1, 10], [203, 0, 113, 25], ttl).tcp(40000, dport, 1, 64240);
     let b = if syn { b.syn() } else { b.ack(1) };
     let mut v = Vec::new();
     b.write(&mut v, &vec![0; payload]).unwrap();
@@ -93,19 +92,13 @@ fn tcp6(dport: u16, syn: bool, payload: usize) -> Vec<u8> {
 
 fn udp4(src: [u8; 4], dst: [u8; 4], payload: usize) -> Vec<u8> {
     let mut v = Vec::new();
-    PacketBuilder::ipv4(src, dst, 64)
-        .udp(40000, 5201)
-        .write(&mut v, &vec![0; payload])
-        .unwrap();
+    PacketBuilder::ipv4(src, dst, 64).udp(40000, 5201).write(&mut v, &vec![0; payload]).unwrap();
     v
 }
 
 fn echo4(dst: [u8; 4]) -> Vec<u8> {
     let mut v = Vec::new();
-    PacketBuilder::ipv4([100, 64, 1, 10], dst, 64)
-        .icmpv4_echo_request(1, 1)
-        .write(&mut v, &[0; 56])
-        .unwrap();
+    PacketBuilder::ipv4([100, 64, 1, 10], dst, 64).icmpv4_echo_request(1, 1).write(&mut v, &[0; 56]).unwrap();
     v
 }
 
@@ -117,83 +110,17 @@ fn cases() -> Vec<Case> {
     let mut truncated = tcp4(587, false, 64, 0);
     truncated.truncate(24);
     vec![
-        (
-            "forward tcp4 1500",
-            Outbound,
-            tcp4(587, false, 64, 1460),
-            None,
-            "forward",
-        ),
-        (
-            "forward tcp6 1500",
-            Outbound,
-            tcp6(443, false, 1440),
-            None,
-            "forward",
-        ),
-        (
-            "forward udp4 64",
-            Outbound,
-            udp4([100, 64, 1, 10], [203, 0, 113, 25], 36),
-            None,
-            "forward",
-        ),
-        (
-            "forward udp4 inbound",
-            Inbound,
-            udp4([203, 0, 113, 25], [100, 64, 1, 10], 36),
-            None,
-            "forward",
-        ),
-        (
-            "forward gso tcp4 64k",
-            Outbound,
-            tcp4(587, false, 64, 60_000),
-            Some(1448),
-            "forward",
-        ),
-        (
-            "blocked syn4 -> rst",
-            Outbound,
-            tcp4(25, true, 64, 0),
-            None,
-            "reply",
-        ),
-        (
-            "blocked syn6 -> rst",
-            Outbound,
-            tcp6(25, true, 0),
-            None,
-            "reply",
-        ),
-        (
-            "blocked ack4 -> drop",
-            Outbound,
-            tcp4(25, false, 64, 0),
-            None,
-            "drop",
-        ),
-        (
-            "ttl 1 -> time exceeded",
-            Outbound,
-            tcp4(587, false, 1, 100),
-            None,
-            "reply",
-        ),
-        (
-            "echo to router -> reply",
-            Outbound,
-            echo4([100, 64, 0, 1]),
-            None,
-            "reply",
-        ),
-        (
-            "spoofed source -> drop",
-            Outbound,
-            udp4([192, 0, 2, 1], [203, 0, 113, 25], 36),
-            None,
-            "drop",
-        ),
+        ("forward tcp4 1500", Outbound, tcp4(587, false, 64, 1460), None, "forward"),
+        ("forward tcp6 1500", Outbound, tcp6(443, false, 1440), None, "forward"),
+        ("forward udp4 64", Outbound, udp4([100, 64, 1, 10], [203, 0, 113, 25], 36), None, "forward"),
+        ("forward udp4 inbound", Inbound, udp4([203, 0, 113, 25], [100, 64, 1, 10], 36), None, "forward"),
+        ("forward gso tcp4 64k", Outbound, tcp4(587, false, 64, 60_000), Some(1448), "forward"),
+        ("blocked syn4 -> rst", Outbound, tcp4(25, true, 64, 0), None, "reply"),
+        ("blocked syn6 -> rst", Outbound, tcp6(25, true, 0), None, "reply"),
+        ("blocked ack4 -> drop", Outbound, tcp4(25, false, 64, 0), None, "drop"),
+        ("ttl 1 -> time exceeded", Outbound, tcp4(587, false, 1, 100), None, "reply"),
+        ("echo to router -> reply", Outbound, echo4([100, 64, 0, 1]), None, "reply"),
+        ("spoofed source -> drop", Outbound, udp4([192, 0, 2, 1], [203, 0, 113, 25], 36), None, "drop"),
         ("truncated -> drop", Outbound, truncated, None, "drop"),
     ]
 }
@@ -233,12 +160,7 @@ fn router_paths_do_not_allocate() {
     // Warm-up: anything lazily allocated once (counters, caches) happens here.
     run(&mut r, &mut bufs, &mut reply, 10);
     let n = allocations(|| run(&mut r, &mut bufs, &mut reply, 10_000));
-    assert_eq!(
-        n,
-        0,
-        "allocations on the packet path over 10,000 rounds of {} packets",
-        cases.len()
-    );
+    assert_eq!(n, 0, "allocations on the packet path over 10,000 rounds of {} packets", cases.len());
 }
 
 #[test]

@@ -55,10 +55,7 @@ fn op25b(args: &[&str], config: &Path) -> Output {
         if Instant::now() > deadline {
             let _ = child.kill(); // it may have exited just now
             let out = child.wait_with_output().expect("collecting op25b's output");
-            panic!(
-                "op25b {args:?} still running after 10 s; stderr:\n{}",
-                String::from_utf8_lossy(&out.stderr)
-            );
+            panic!("op25b {args:?} still running after 10 s; stderr:\n{}", String::from_utf8_lossy(&out.stderr));
         }
         std::thread::sleep(Duration::from_millis(20));
     }
@@ -67,10 +64,7 @@ fn op25b(args: &[&str], config: &Path) -> Output {
 
 /// 1-based number of the first line of `text` that starts with `prefix`.
 fn line_of(text: &str, prefix: &str) -> usize {
-    text.lines()
-        .position(|l| l.starts_with(prefix))
-        .unwrap_or_else(|| panic!("no line starting with {prefix:?}"))
-        + 1
+    text.lines().position(|l| l.starts_with(prefix)).unwrap_or_else(|| panic!("no line starting with {prefix:?}")) + 1
 }
 
 /// Exit status 2 and exactly one stderr line `op25b: error: FILE:LINE: KEY: ...`
@@ -81,14 +75,8 @@ fn assert_config_error(out: &Output, file: &Path, line: usize, key: &str, mentio
     let lines: Vec<&str> = stderr.lines().collect();
     assert_eq!(lines.len(), 1, "stderr must be one line:\n{stderr}");
     let expect = format!("{}:{line}: {key}: ", file.display());
-    assert!(
-        lines[0].contains(&expect),
-        "stderr should contain {expect:?}:\n{stderr}"
-    );
-    assert!(
-        lines[0].contains(mention),
-        "stderr should mention {mention:?}:\n{stderr}"
-    );
+    assert!(lines[0].contains(&expect), "stderr should contain {expect:?}:\n{stderr}");
+    assert!(lines[0].contains(mention), "stderr should mention {mention:?}:\n{stderr}");
 }
 
 /// `ip` must exist for the checks that nothing was created.
@@ -125,14 +113,8 @@ fn tagged_config(tag: char) -> (String, String, String) {
     let up_ns = format!("o25t-{}-{tag}-up", std::process::id());
     let text = lab_text()
         .replace("tun = \"op25b-sub\"", &format!("tun = \"{sub_tun}\""))
-        .replace(
-            "netns = \"op25b-lab-sub\"",
-            &format!("netns = \"{sub_ns}\""),
-        )
-        .replace(
-            "netns = \"op25b-lab-inet\"",
-            &format!("netns = \"{up_ns}\""),
-        );
+        .replace("netns = \"op25b-lab-sub\"", &format!("netns = \"{sub_ns}\""))
+        .replace("netns = \"op25b-lab-inet\"", &format!("netns = \"{up_ns}\""));
     assert!(text.contains(&sub_ns) && text.contains(&up_ns) && text.contains(&sub_tun));
     (text, sub_tun, sub_ns)
 }
@@ -159,10 +141,7 @@ fn check_accepts_lab_config() {
         "198.51.100.25/32, 2001:db8:25::25/128",
         "reject",
     ] {
-        assert!(
-            stdout.contains(expect),
-            "check output lacks {expect:?}:\n{stdout}"
-        );
+        assert!(stdout.contains(expect), "check output lacks {expect:?}:\n{stdout}");
     }
 }
 
@@ -179,45 +158,27 @@ fn check_rejects_broken_configs() {
     assert_config_error(&out, &f.0, line, "upstream.colour", "unknown field");
 
     // A prefix length beyond 32.
-    let text = lab.replace(
-        "dynamic = [\"100.64.0.0/10\"",
-        "dynamic = [\"100.64.0.0/33\"",
-    );
-    assert_ne!(
-        text, lab,
-        "lab.toml's op25b.dynamic changed; update this test"
-    );
+    let text = lab.replace("dynamic = [\"100.64.0.0/10\"", "dynamic = [\"100.64.0.0/33\"");
+    assert_ne!(text, lab, "lab.toml's op25b.dynamic changed; update this test");
     let f = TempConfig::new("prefix33", &text);
     let out = op25b(&["check"], &f.0);
     let line = line_of(&text, "dynamic =");
     assert_config_error(&out, &f.0, line, "op25b.dynamic[0]", "100.64.0.0/33");
 
     // A missing section: serde reports it at the top of the file.
-    let text: String = lab
-        .lines()
-        .filter(|l| *l != "[router]" && !l.starts_with("addresses ="))
-        .map(|l| format!("{l}\n"))
-        .collect();
+    let text: String =
+        lab.lines().filter(|l| *l != "[router]" && !l.starts_with("addresses =")).map(|l| format!("{l}\n")).collect();
     let f = TempConfig::new("nosection", &text);
     let out = op25b(&["check"], &f.0);
     assert_config_error(&out, &f.0, 1, "(top level)", "missing field `router`");
 
     // An interface name longer than 15 bytes.
     let text = lab.replace("tun = \"op25b-sub\"", "tun = \"op25b-sub-much-too-long\"");
-    assert_ne!(
-        text, lab,
-        "lab.toml's subscriber.tun changed; update this test"
-    );
+    assert_ne!(text, lab, "lab.toml's subscriber.tun changed; update this test");
     let f = TempConfig::new("longtun", &text);
     let out = op25b(&["check"], &f.0);
     let line = line_of(&text, "tun = \"op25b-sub-much-too-long\"");
-    assert_config_error(
-        &out,
-        &f.0,
-        line,
-        "subscriber.tun",
-        "op25b-sub-much-too-long",
-    );
+    assert_config_error(&out, &f.0, line, "subscriber.tun", "op25b-sub-much-too-long");
 }
 
 /// `run` with a bad config stops before touching the system: exit 2, one line,
@@ -226,22 +187,13 @@ fn check_rejects_broken_configs() {
 fn run_with_bad_config_exits_2_and_creates_nothing() {
     require_ip();
     let (text, sub_tun, sub_ns) = tagged_config('b');
-    let text = text.replace(
-        "relays = [\"198.51.100.25/32\"",
-        "relays = [\"198.51.100.25/33\"",
-    );
+    let text = text.replace("relays = [\"198.51.100.25/32\"", "relays = [\"198.51.100.25/33\"");
     let f = TempConfig::new("runbad", &text);
     let out = op25b(&["run"], &f.0);
     let line = line_of(&text, "relays =");
     assert_config_error(&out, &f.0, line, "op25b.relays[0]", "198.51.100.25/33");
-    assert!(
-        !netns_exists(&sub_ns),
-        "netns {sub_ns} exists after a failed run"
-    );
-    assert!(
-        !link_exists(&sub_tun),
-        "device {sub_tun} exists after a failed run"
-    );
+    assert!(!netns_exists(&sub_ns), "netns {sub_ns} exists after a failed run");
+    assert!(!link_exists(&sub_tun), "device {sub_tun} exists after a failed run");
 }
 
 /// `run` with a namespace that does not exist fails non-zero, naming the namespace,
@@ -250,28 +202,15 @@ fn run_with_bad_config_exits_2_and_creates_nothing() {
 fn run_with_missing_netns_fails_clearly() {
     require_ip();
     let (text, sub_tun, sub_ns) = tagged_config('m');
-    assert!(
-        !netns_exists(&sub_ns),
-        "netns {sub_ns} should not exist yet"
-    );
+    assert!(!netns_exists(&sub_ns), "netns {sub_ns} should not exist yet");
     let f = TempConfig::new("runmissing", &text);
     let out = op25b(&["run"], &f.0);
     let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "run with a missing netns must fail; stderr:\n{stderr}");
     assert!(
-        !out.status.success(),
-        "run with a missing netns must fail; stderr:\n{stderr}"
-    );
-    assert!(
-        stderr.contains(&format!("network namespace \"{sub_ns}\""))
-            && stderr.contains(&format!("/run/netns/{sub_ns}")),
+        stderr.contains(&format!("network namespace \"{sub_ns}\"")) && stderr.contains(&format!("/run/netns/{sub_ns}")),
         "the error should name the missing namespace {sub_ns}:\n{stderr}"
     );
-    assert!(
-        stderr.contains("No such file or directory"),
-        "the error should give the cause:\n{stderr}"
-    );
-    assert!(
-        !link_exists(&sub_tun),
-        "device {sub_tun} exists after a failed run"
-    );
+    assert!(stderr.contains("No such file or directory"), "the error should give the cause:\n{stderr}");
+    assert!(!link_exists(&sub_tun), "device {sub_tun} exists after a failed run");
 }

@@ -17,8 +17,7 @@ struct Tmp(PathBuf);
 
 impl Tmp {
     fn new(test: &str) -> Tmp {
-        let dir =
-            std::env::temp_dir().join(format!("op25b-cli-tools-{}-{test}", std::process::id()));
+        let dir = std::env::temp_dir().join(format!("op25b-cli-tools-{}-{test}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         Tmp(dir)
     }
@@ -35,19 +34,11 @@ impl Drop for Tmp {
 }
 
 fn op25b(args: &[&str]) -> Output {
-    Command::new(BIN)
-        .args(args)
-        .env("NO_COLOR", "1")
-        .output()
-        .expect("run op25b")
+    Command::new(BIN).args(args).env("NO_COLOR", "1").output().expect("run op25b")
 }
 
 fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
+    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
 }
 
 fn config_with_rules(t: &Tmp) -> PathBuf {
@@ -70,11 +61,7 @@ protocol = "tcp"
 dst_ports = [80, 443]
 action = "count"
 "#;
-    std::fs::write(
-        &path,
-        format!("{}\n{rules}", std::fs::read_to_string(LAB).unwrap()),
-    )
-    .unwrap();
+    std::fs::write(&path, format!("{}\n{rules}", std::fs::read_to_string(LAB).unwrap())).unwrap();
     path
 }
 
@@ -84,84 +71,37 @@ fn check_packet_verdicts_and_exit_codes() {
     let cfg = config_with_rules(&t);
     let cfg = cfg.to_str().unwrap();
     let cases: &[(&str, &[&str], i32, &[&str])] = &[
-        (
-            "tcp 100.64.1.10:40000 -> 203.0.113.25:25 syn",
-            &[],
-            1,
-            &["op25b          block", "reply (tcp_rst"],
-        ),
-        (
-            "tcp 100.64.1.10:40000 -> 203.0.113.25:587 syn",
-            &[],
-            0,
-            &["pass: destination port not blocked", "forward"],
-        ),
-        (
-            "tcp 100.64.9.10:40000 -> 203.0.113.25:25 syn",
-            &[],
-            0,
-            &["pass: source is exempt"],
-        ),
-        (
-            "tcp 100.64.1.10:40000 -> 198.51.100.25:25 syn",
-            &[],
-            0,
-            &["pass: destination is an ISP relay"],
-        ),
-        (
-            "tcp [2001:db8:100::10]:40000 -> [2001:db8:203::25]:25 syn",
-            &[],
-            1,
-            &["block", "tcp_rst"],
-        ),
-        (
-            "tcp 100.64.1.10:40000 -> 192.0.2.9:23 syn",
-            &[],
-            1,
-            &["#1 no-telnet: match -> reject"],
-        ),
+        ("tcp 100.64.1.10:40000 -> 203.0.113.25:25 syn", &[], 1, &["op25b          block", "reply (tcp_rst"]),
+        ("tcp 100.64.1.10:40000 -> 203.0.113.25:587 syn", &[], 0, &["pass: destination port not blocked", "forward"]),
+        ("tcp 100.64.9.10:40000 -> 203.0.113.25:25 syn", &[], 0, &["pass: source is exempt"]),
+        ("tcp 100.64.1.10:40000 -> 198.51.100.25:25 syn", &[], 0, &["pass: destination is an ISP relay"]),
+        ("tcp [2001:db8:100::10]:40000 -> [2001:db8:203::25]:25 syn", &[], 1, &["block", "tcp_rst"]),
+        ("tcp 100.64.1.10:40000 -> 192.0.2.9:23 syn", &[], 1, &["#1 no-telnet: match -> reject"]),
         (
             "tcp 100.64.1.10:40000 -> 203.0.113.80:80 syn",
             &[],
             0,
-            &[
-                "#1 no-telnet: no match (dst)",
-                "#2 count-web: match, continue",
-            ],
+            &["#1 no-telnet: no match (dst)", "#2 count-web: match, continue"],
         ),
         (
             "udp 100.64.1.10:5000 -> 203.0.113.53:53",
             &[],
             0,
-            &[
-                "#1 no-telnet: no match (protocol)",
-                "#2 count-web: no match (protocol)",
-            ],
+            &["#1 no-telnet: no match (protocol)", "#2 count-web: no match (protocol)"],
         ),
         (
             "tcp 192.0.2.66:40000 -> 203.0.113.25:587 syn",
             &["--direction", "outbound"],
             1,
-            &[
-                "drop: source 192.0.2.66 is outside subscriber.prefixes",
-                "drop (spoofed)",
-            ],
+            &["drop: source 192.0.2.66 is outside subscriber.prefixes", "drop (spoofed)"],
         ),
         (
             "tcp 203.0.113.25:25 -> 100.64.1.10:40000 syn",
             &[],
             0,
-            &[
-                "inbound (source is not in subscriber.prefixes)",
-                "inbound traffic is not subject to OP25B",
-            ],
+            &["inbound (source is not in subscriber.prefixes)", "inbound traffic is not subject to OP25B"],
         ),
-        (
-            "icmp 100.64.1.10 -> 203.0.113.25 ttl=1",
-            &[],
-            1,
-            &["expired", "time_exceeded"],
-        ),
+        ("icmp 100.64.1.10 -> 203.0.113.25 ttl=1", &[], 1, &["expired", "time_exceeded"]),
     ];
     for (spec, extra, code, wants) in cases {
         let mut args = vec!["check", "--config", cfg, "--packet", spec];
@@ -177,86 +117,48 @@ fn check_packet_verdicts_and_exit_codes() {
 
 #[test]
 fn check_packet_json_and_usage_errors() {
-    let o = op25b(&[
-        "check",
-        "--config",
-        LAB,
-        "--packet",
-        "tcp 100.64.1.10:40000 -> 203.0.113.25:25 syn",
-        "--json",
-    ]);
+    let o = op25b(&["check", "--config", LAB, "--packet", "tcp 100.64.1.10:40000 -> 203.0.113.25:25 syn", "--json"]);
     assert_eq!(o.status.code(), Some(1));
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("one JSON object");
     assert_eq!(v["verdict"], "reply");
     assert_eq!(v["reason"], "tcp_rst");
     assert_eq!(v["forwarded"], false);
     assert_eq!(v["direction"], "outbound");
-    assert!(v["trace"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .any(|s| s["stage"] == "op25b"));
+    assert!(v["trace"].as_array().unwrap().iter().any(|s| s["stage"] == "op25b"));
 
-    for bad in [
-        "tcp 100.64.1.10 -> 203.0.113.25:25",
-        "bogus",
-        "tcp 100.64.1.10:1 -> 203.0.113.25:25 urg",
-    ] {
+    for bad in ["tcp 100.64.1.10 -> 203.0.113.25:25", "bogus", "tcp 100.64.1.10:1 -> 203.0.113.25:25 urg"] {
         let o = op25b(&["check", "--config", LAB, "--packet", bad]);
         assert_eq!(o.status.code(), Some(2), "{bad}: {}", text(&o));
-        assert!(
-            String::from_utf8_lossy(&o.stderr).contains("--packet"),
-            "{}",
-            text(&o)
-        );
+        assert!(String::from_utf8_lossy(&o.stderr).contains("--packet"), "{}", text(&o));
     }
-    let o = op25b(&[
-        "check",
-        "--config",
-        LAB,
-        "--packet",
-        "udp 100.64.1.10:1 -> 203.0.113.1:2",
-        "--direction",
-        "sideways",
-    ]);
+    let o =
+        op25b(&["check", "--config", LAB, "--packet", "udp 100.64.1.10:1 -> 203.0.113.1:2", "--direction", "sideways"]);
     assert_eq!(o.status.code(), Some(2));
 }
 
 fn tcp(src: [u8; 4], dst: [u8; 4], dport: u16) -> Vec<u8> {
     let mut v = Vec::new();
-    PacketBuilder::ipv4(src, dst, 64)
-        .tcp(40000, dport, 1, 1000)
-        .syn()
-        .write(&mut v, &[])
-        .unwrap();
+    PacketBuilder::ipv4(src, dst, 64).tcp(40000, dport, 1, 1000).syn().write(&mut v, &[]).unwrap();
     v
 }
 
 /// Writes a capture of `frames` with link type `link`.
 fn capture(path: &Path, link: DataLink, frames: &[Vec<u8>]) {
-    let header = PcapHeader {
-        datalink: link,
-        ..PcapHeader::default()
-    };
+    let header = PcapHeader { datalink: link, ..PcapHeader::default() };
     let mut w = PcapWriter::with_header(File::create(path).unwrap(), header).unwrap();
     for (i, f) in frames.iter().enumerate() {
-        w.write_packet(&PcapPacket::new(
-            Duration::from_millis(i as u64),
-            f.len() as u32,
-            f,
-        ))
-        .unwrap();
+        w.write_packet(&PcapPacket::new(Duration::from_millis(i as u64), f.len() as u32, f)).unwrap();
     }
 }
 
 fn sample() -> Vec<Vec<u8>> {
     vec![
-        tcp([100, 64, 1, 10], [203, 0, 113, 25], 25), // blocked, RST
+        tcp([100, 64, 1, 10], [203, 0, 113, 25], 25),  // blocked, RST
         tcp([100, 64, 1, 10], [203, 0, 113, 25], 587), // forward
-        tcp([100, 64, 9, 10], [203, 0, 113, 25], 25), // exempt, forward
-        tcp([203, 0, 113, 25], [100, 64, 1, 10], 25), // inbound, forward
-        tcp([203, 0, 113, 25], [100, 64, 9, 10], 80), // inbound, forward
-        vec![0x45, 0, 0, 99],                         // truncated
+        tcp([100, 64, 9, 10], [203, 0, 113, 25], 25),  // exempt, forward
+        tcp([203, 0, 113, 25], [100, 64, 1, 10], 25),  // inbound, forward
+        tcp([203, 0, 113, 25], [100, 64, 9, 10], 80),  // inbound, forward
+        vec![0x45, 0, 0, 99],                          // truncated
     ]
 }
 
@@ -299,18 +201,10 @@ fn replay_raw_ip_capture() {
     assert_eq!(read_back(&fwd), 4);
     assert_eq!(read_back(&drop), 2);
     // tcpdump reads what we wrote.
-    let td = Command::new("tcpdump")
-        .args(["-n", "-r"])
-        .arg(&fwd)
-        .output()
-        .expect("tcpdump is installed (scripts/setup.sh)");
+    let td =
+        Command::new("tcpdump").args(["-n", "-r"]).arg(&fwd).output().expect("tcpdump is installed (scripts/setup.sh)");
     assert!(td.status.success(), "{}", text(&td));
-    assert_eq!(
-        String::from_utf8_lossy(&td.stdout).lines().count(),
-        4,
-        "{}",
-        text(&td)
-    );
+    assert_eq!(String::from_utf8_lossy(&td.stdout).lines().count(), 4, "{}", text(&td));
 
     // The human-readable form.
     let o = op25b(&["replay", "--config", LAB, input.to_str().unwrap()]);

@@ -27,10 +27,7 @@ const SMTP: u16 = 25;
 /// accepted anything on `dst`.
 fn assert_refused(lab: &Lab, servers: &Servers, dst: std::net::SocketAddr) {
     match lab.connect(None, dst, CONNECT) {
-        Ok(s) => panic!(
-            "dynamic -> {dst} connected (local {:?}); OP25B should have refused it",
-            s.local_addr()
-        ),
+        Ok(s) => panic!("dynamic -> {dst} connected (local {:?}); OP25B should have refused it", s.local_addr()),
         Err(e) => assert_eq!(
             e.kind(),
             io::ErrorKind::ConnectionRefused,
@@ -45,23 +42,12 @@ fn assert_refused(lab: &Lab, servers: &Servers, dst: std::net::SocketAddr) {
 }
 
 /// Connects from `src`, checks the banner and that the server saw `expect_peer`.
-fn assert_connects(
-    lab: &Lab,
-    servers: &Servers,
-    src: Option<&str>,
-    dst: std::net::SocketAddr,
-    expect_peer: &str,
-) {
-    let stream = lab
-        .connect(src.map(ip), dst, CONNECT)
-        .unwrap_or_else(|e| panic!("{src:?} -> {dst} must connect: {e}"));
+fn assert_connects(lab: &Lab, servers: &Servers, src: Option<&str>, dst: std::net::SocketAddr, expect_peer: &str) {
+    let stream =
+        lab.connect(src.map(ip), dst, CONNECT).unwrap_or_else(|e| panic!("{src:?} -> {dst} must connect: {e}"));
     let banner = read_banner(&stream);
     assert_eq!(banner, BANNER, "{src:?} -> {dst}: wrong banner");
-    let seen: Vec<_> = servers
-        .accepted_on(dst)
-        .into_iter()
-        .map(|a| a.peer.ip())
-        .collect();
+    let seen: Vec<_> = servers.accepted_on(dst).into_iter().map(|a| a.peer.ip()).collect();
     assert!(
         seen.contains(&ip(expect_peer)),
         "{src:?} -> {dst}: the server should have seen source {expect_peer}, saw {seen:?}"
@@ -77,10 +63,7 @@ fn op25b_reject_blocks_only_dynamic_to_outside_port_25() {
     let mut lab = Lab::start(LabOptions::default());
     let servers = Servers::start(&lab.up, &[SMTP, SUBMISSION, SUBMISSIONS]);
     let mut refused = 0;
-    for (dynamic, exempt, mx, relay) in [
-        (DYN_V4, EXEMPT_V4, MX_V4, RELAY_V4),
-        (DYN_V6, EXEMPT_V6, MX_V6, RELAY_V6),
-    ] {
+    for (dynamic, exempt, mx, relay) in [(DYN_V4, EXEMPT_V4, MX_V4, RELAY_V4), (DYN_V6, EXEMPT_V6, MX_V6, RELAY_V6)] {
         // 1. dynamic -> outside MX:25: refused, never seen by the server.
         assert_refused(&lab, &servers, sa(mx, SMTP));
         refused += 1;
@@ -114,10 +97,7 @@ fn op25b_reject_blocks_only_dynamic_to_outside_port_25() {
 /// connect timeout (no RST), while 587 still connects.
 #[test]
 fn op25b_drop_action_makes_port_25_time_out() {
-    let mut lab = Lab::start(LabOptions {
-        action: "drop",
-        ..LabOptions::default()
-    });
+    let mut lab = Lab::start(LabOptions { action: "drop", ..LabOptions::default() });
     let servers = Servers::start(&lab.up, &[SMTP, SUBMISSION]);
     for (dynamic, mx) in [(DYN_V4, MX_V4), (DYN_V6, MX_V6)] {
         let dst = sa(mx, SMTP);
@@ -137,12 +117,7 @@ fn op25b_drop_action_makes_port_25_time_out() {
     println!("{}", c.line);
     // Each attempt is one SYN plus however many retransmissions fit in the timeout.
     assert!(c.get("op25b_blocked") >= 2, "{}", c.line);
-    assert_eq!(
-        c.get("op25b_blocked"),
-        c.get("drop_op25b_blocked"),
-        "{}",
-        c.line
-    );
+    assert_eq!(c.get("op25b_blocked"), c.get("drop_op25b_blocked"), "{}", c.line);
     assert_eq!(c.get("reply_tcp_rst"), 0, "{}", c.line);
 }
 
@@ -167,23 +142,14 @@ fn router_ttl_echo_and_anti_spoofing() {
     );
     for (family, dst) in [("-4", MX_V4), ("-6", MX_V6)] {
         let (ok, out) = lab.ping(&[family, "-c1", "-W2", dst]);
-        assert!(
-            ok && out.contains(&format!("from {dst}")),
-            "ping {dst} through the router:\n{out}"
-        );
-        assert!(
-            out.contains("ttl=63"),
-            "the reply from {dst} should arrive with TTL 64 - 1 = 63:\n{out}"
-        );
+        assert!(ok && out.contains(&format!("from {dst}")), "ping {dst} through the router:\n{out}");
+        assert!(out.contains("ttl=63"), "the reply from {dst} should arrive with TTL 64 - 1 = 63:\n{out}");
     }
 
     // 9. the router answers ping on its own addresses.
     for (family, router) in [("-4", ROUTER_V4), ("-6", ROUTER_V6)] {
         let (ok, out) = lab.ping(&[family, "-c1", "-W2", router]);
-        assert!(
-            ok && out.contains(&format!("bytes from {router}")),
-            "ping the router at {router}:\n{out}"
-        );
+        assert!(ok && out.contains(&format!("bytes from {router}")), "ping the router at {router}:\n{out}");
     }
 
     // 7. anti-spoofing: a source outside subscriber.prefixes never gets through.
@@ -199,15 +165,8 @@ fn router_ttl_echo_and_anti_spoofing() {
                 "{spoofed} -> {dst}: expected a timeout (silent drop), got {e}"
             ),
         }
-        let seen: Vec<_> = servers
-            .accepted()
-            .into_iter()
-            .filter(|a| a.peer.ip() == ip(spoofed))
-            .collect();
-        assert!(
-            seen.is_empty(),
-            "spoofed source reached the server: {seen:?}"
-        );
+        let seen: Vec<_> = servers.accepted().into_iter().filter(|a| a.peer.ip() == ip(spoofed)).collect();
+        assert!(seen.is_empty(), "spoofed source reached the server: {seen:?}");
     }
     drop(servers);
 
@@ -225,17 +184,12 @@ fn router_ttl_echo_and_anti_spoofing() {
 /// because path MTU discovery works through the router.
 #[test]
 fn mtu_too_big_and_path_mtu_discovery() {
-    let mut lab = Lab::start(LabOptions {
-        upstream_mtu: 1400,
-        upstream_advmss_1500: true,
-        ..LabOptions::default()
-    });
+    let mut lab = Lab::start(LabOptions { upstream_mtu: 1400, upstream_advmss_1500: true, ..LabOptions::default() });
     let servers = Servers::start(&lab.up, &[SUBMISSION]);
 
     let (_, out) = lab.ping(&["-c1", "-W2", "-M", "do", "-s", "1450", MX_V4]);
     assert!(
-        out.contains(&format!("From {ROUTER_V4}"))
-            && out.contains("Frag needed and DF set (mtu = 1400)"),
+        out.contains(&format!("From {ROUTER_V4}")) && out.contains("Frag needed and DF set (mtu = 1400)"),
         "IPv4 ping of 1478 bytes with DF should get fragmentation needed (mtu 1400):\n{out}"
     );
     let (_, out) = lab.ping(&["-6", "-c1", "-W2", "-s", "1450", MX_V6]);
@@ -249,9 +203,7 @@ fn mtu_too_big_and_path_mtu_discovery() {
     const BULK: usize = 100_000;
     for (dynamic, dst) in [(DYN_V4, RELAY_V4), (DYN_V6, RELAY_V6)] {
         let dst = sa(dst, SUBMISSION);
-        let stream = lab
-            .connect(None, dst, CONNECT)
-            .unwrap_or_else(|e| panic!("dynamic -> {dst}: {e}"));
+        let stream = lab.connect(None, dst, CONNECT).unwrap_or_else(|e| panic!("dynamic -> {dst}: {e}"));
         let reply = send_bulk(stream, BULK);
         assert!(
             reply.contains(&format!("250 received {BULK}")),
@@ -259,10 +211,7 @@ fn mtu_too_big_and_path_mtu_discovery() {
         );
         // The server records the count right after it acknowledges: give its
         // thread a moment.
-        let counted = |c: &[Accepted]| {
-            c.iter()
-                .any(|a| a.peer.ip() == ip(dynamic) && a.bytes == Some(BULK as u64))
-        };
+        let counted = |c: &[Accepted]| c.iter().any(|a| a.peer.ip() == ip(dynamic) && a.bytes == Some(BULK as u64));
         let mut conns = servers.accepted_on(dst);
         for _ in 0..100 {
             if counted(&conns) {
@@ -271,10 +220,7 @@ fn mtu_too_big_and_path_mtu_discovery() {
             std::thread::sleep(Duration::from_millis(20));
             conns = servers.accepted_on(dst);
         }
-        assert!(
-            counted(&conns),
-            "{dst}: the server should have counted {BULK} bytes from {dynamic}: {conns:?}"
-        );
+        assert!(counted(&conns), "{dst}: the server should have counted {BULK} bytes from {dynamic}: {conns:?}");
     }
     drop(servers);
 

@@ -58,18 +58,10 @@ action = "drop"
 
 fn routers() -> (Router, Router) {
     let fast = Config::parse(Path::new("fast.toml"), LAB).expect("lab config");
-    let text = LAB.replacen(
-        "dynamic = [\"100.64.0.0/10\", \"2001:db8:100::/48\"]",
-        "dynamic = []",
-        1,
-    );
+    let text = LAB.replacen("dynamic = [\"100.64.0.0/10\", \"2001:db8:100::/48\"]", "dynamic = []", 1);
     assert_ne!(text, LAB);
-    let rules = Config::parse(Path::new("rules.toml"), &format!("{text}\n{AS_RULES}"))
-        .expect("rule config");
-    (
-        Router::new(Arc::new(fast.policy)),
-        Router::new(Arc::new(rules.policy)),
-    )
+    let rules = Config::parse(Path::new("rules.toml"), &format!("{text}\n{AS_RULES}")).expect("rule config");
+    (Router::new(Arc::new(fast.policy)), Router::new(Arc::new(rules.policy)))
 }
 
 #[derive(Debug, Clone)]
@@ -99,66 +91,36 @@ fn pkt() -> impl Strategy<Value = Pkt> {
         0u8..4,
         prop::bool::weighted(0.2),
     )
-        .prop_map(
-            |(v6, src_pick, src_low, dst_pick, tcp, dport, flags, payload, frag, inbound)| Pkt {
-                v6,
-                src_pick,
-                src_low,
-                dst_pick,
-                tcp,
-                dport,
-                flags,
-                payload,
-                frag,
-                inbound,
-            },
-        )
+        .prop_map(|(v6, src_pick, src_low, dst_pick, tcp, dport, flags, payload, frag, inbound)| Pkt {
+            v6,
+            src_pick,
+            src_low,
+            dst_pick,
+            tcp,
+            dport,
+            flags,
+            payload,
+            frag,
+            inbound,
+        })
 }
 
 fn build(p: &Pkt) -> Vec<u8> {
     let lo = p.src_low;
     // Sources: dynamic, exempt, dynamic edge, outside the pools, another dynamic.
     let (s4, s6): (Ipv4Addr, Ipv6Addr) = match p.src_pick {
-        0 => (
-            Ipv4Addr::new(100, 64, (lo >> 8) as u8, lo as u8),
-            format!("2001:db8:100:1::{lo:x}").parse().unwrap(),
-        ),
-        1 => (
-            Ipv4Addr::new(100, 64, 9, lo as u8),
-            format!("2001:db8:100:9::{lo:x}").parse().unwrap(),
-        ),
-        2 => (
-            Ipv4Addr::new(100, 127, 255, lo as u8),
-            format!("2001:db8:100:ffff::{lo:x}").parse().unwrap(),
-        ),
-        3 => (
-            Ipv4Addr::new(198, 51, 100, lo as u8),
-            format!("2001:db8:200::{lo:x}").parse().unwrap(),
-        ),
-        _ => (
-            Ipv4Addr::new(100, 100, (lo >> 8) as u8, lo as u8),
-            format!("2001:db8:100:5::{lo:x}").parse().unwrap(),
-        ),
+        0 => (Ipv4Addr::new(100, 64, (lo >> 8) as u8, lo as u8), format!("2001:db8:100:1::{lo:x}").parse().unwrap()),
+        1 => (Ipv4Addr::new(100, 64, 9, lo as u8), format!("2001:db8:100:9::{lo:x}").parse().unwrap()),
+        2 => (Ipv4Addr::new(100, 127, 255, lo as u8), format!("2001:db8:100:ffff::{lo:x}").parse().unwrap()),
+        3 => (Ipv4Addr::new(198, 51, 100, lo as u8), format!("2001:db8:200::{lo:x}").parse().unwrap()),
+        _ => (Ipv4Addr::new(100, 100, (lo >> 8) as u8, lo as u8), format!("2001:db8:100:5::{lo:x}").parse().unwrap()),
     };
     let (d4, d6): (Ipv4Addr, Ipv6Addr) = match p.dst_pick {
-        0 => (
-            [203, 0, 113, 25].into(),
-            "2001:db8:203::25".parse().unwrap(),
-        ),
-        1 => (
-            [198, 51, 100, 25].into(),
-            "2001:db8:25::25".parse().unwrap(),
-        ),
-        _ => (
-            [198, 51, 100, 26].into(),
-            "2001:db8:25::26".parse().unwrap(),
-        ),
+        0 => ([203, 0, 113, 25].into(), "2001:db8:203::25".parse().unwrap()),
+        1 => ([198, 51, 100, 25].into(), "2001:db8:25::25".parse().unwrap()),
+        _ => ([198, 51, 100, 26].into(), "2001:db8:25::26".parse().unwrap()),
     };
-    let (src4, dst4, src6, dst6) = if p.inbound {
-        (d4, s4, d6, s6)
-    } else {
-        (s4, d4, s6, d6)
-    };
+    let (src4, dst4, src6, dst6) = if p.inbound { (d4, s4, d6, s6) } else { (s4, d4, s6, d6) };
     let b = if p.v6 {
         PacketBuilder::ipv6(src6.octets(), dst6.octets(), 64)
     } else {
@@ -201,10 +163,7 @@ fn set_v4_frag(v: &mut [u8], word: u16) {
     v[6..8].copy_from_slice(&word.to_be_bytes());
     v[10] = 0;
     v[11] = 0;
-    let mut sum: u32 = v[..20]
-        .chunks(2)
-        .map(|c| u32::from(u16::from_be_bytes([c[0], c[1]])))
-        .sum();
+    let mut sum: u32 = v[..20].chunks(2).map(|c| u32::from(u16::from_be_bytes([c[0], c[1]]))).sum();
     while sum > 0xffff {
         sum = (sum & 0xffff) + (sum >> 16);
     }
@@ -251,11 +210,7 @@ fn generated_packets_cover_every_outcome() {
     let mut runner = proptest::test_runner::TestRunner::deterministic();
     for _ in 0..3000 {
         let p = pkt().new_tree(&mut runner).unwrap().current();
-        let dir = if p.inbound {
-            Direction::Inbound
-        } else {
-            Direction::Outbound
-        };
+        let dir = if p.inbound { Direction::Inbound } else { Direction::Outbound };
         seen.insert(run(&mut fast, dir, &build(&p)).0);
     }
     for want in ["forward", "drop", "reply tcp_rst"] {

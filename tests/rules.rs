@@ -28,10 +28,7 @@ fn tcp(src: [u8; 4], dst: [u8; 4], sport: u16, dport: u16, syn: bool) -> Vec<u8>
 
 fn udp(src: [u8; 4], dst: [u8; 4], dport: u16) -> Vec<u8> {
     let mut v = Vec::new();
-    PacketBuilder::ipv4(src, dst, 64)
-        .udp(40000, dport)
-        .write(&mut v, &[1, 2, 3])
-        .unwrap();
+    PacketBuilder::ipv4(src, dst, 64).udp(40000, dport).write(&mut v, &[1, 2, 3]).unwrap();
     v
 }
 
@@ -39,10 +36,7 @@ fn udp6(src: &str, dst: &str, dport: u16) -> Vec<u8> {
     let s: std::net::Ipv6Addr = src.parse().unwrap();
     let d: std::net::Ipv6Addr = dst.parse().unwrap();
     let mut v = Vec::new();
-    PacketBuilder::ipv6(s.octets(), d.octets(), 64)
-        .udp(40000, dport)
-        .write(&mut v, &[1, 2, 3])
-        .unwrap();
+    PacketBuilder::ipv6(s.octets(), d.octets(), 64).udp(40000, dport).write(&mut v, &[1, 2, 3]).unwrap();
     v
 }
 
@@ -106,128 +100,46 @@ action = "drop"
 #[test]
 fn reject_answers_tcp_with_rst_and_udp_with_icmp_prohibited() {
     let mut r = router(RULES);
-    let (v, out) = send(
-        &mut r,
-        Direction::Outbound,
-        &tcp(SUB, LABNET, 40000, 23, true),
-    );
-    assert!(
-        matches!(
-            v,
-            Verdict::Reply {
-                kind: ReplyKind::TcpRst,
-                ..
-            }
-        ),
-        "{v:?}"
-    );
+    let (v, out) = send(&mut r, Direction::Outbound, &tcp(SUB, LABNET, 40000, 23, true));
+    assert!(matches!(v, Verdict::Reply { kind: ReplyKind::TcpRst, .. }), "{v:?}");
     let rst = PacketView::parse(&out).unwrap();
     assert_eq!(rst.src.to_string(), "192.0.2.23");
     // Port range.
-    let (v, _) = send(
-        &mut r,
-        Direction::Outbound,
-        &tcp(SUB, LABNET, 40000, 6005, true),
-    );
-    assert!(matches!(
-        v,
-        Verdict::Reply {
-            kind: ReplyKind::TcpRst,
-            ..
-        }
-    ));
+    let (v, _) = send(&mut r, Direction::Outbound, &tcp(SUB, LABNET, 40000, 6005, true));
+    assert!(matches!(v, Verdict::Reply { kind: ReplyKind::TcpRst, .. }));
     // Not a SYN: the flags field fails, later rules see it; nothing final: forward.
     assert!(matches!(
-        send(
-            &mut r,
-            Direction::Outbound,
-            &tcp(SUB, LABNET, 40000, 23, false)
-        )
-        .0,
+        send(&mut r, Direction::Outbound, &tcp(SUB, LABNET, 40000, 23, false)).0,
         Verdict::Forward { .. }
     ));
     // UDP into the lab nets: ICMP administratively prohibited from the router.
     let (v, out) = send(&mut r, Direction::Outbound, &udp(SUB, LABNET, 9));
-    assert!(
-        matches!(
-            v,
-            Verdict::Reply {
-                kind: ReplyKind::Prohibited,
-                ..
-            }
-        ),
-        "{v:?}"
-    );
+    assert!(matches!(v, Verdict::Reply { kind: ReplyKind::Prohibited, .. }), "{v:?}");
     let icmp = PacketView::parse(&out).unwrap();
     assert_eq!(icmp.src.to_string(), "100.64.0.1");
-    assert_eq!(
-        icmp.transport,
-        op25b::packet::Transport::Icmp {
-            icmp_type: 3,
-            code: 13
-        }
-    );
-    let (v, out) = send(
-        &mut r,
-        Direction::Outbound,
-        &udp6("2001:db8:100::10", "2001:db8:ff::1", 9),
-    );
-    assert!(matches!(
-        v,
-        Verdict::Reply {
-            kind: ReplyKind::Prohibited,
-            ..
-        }
-    ));
-    assert_eq!(
-        PacketView::parse(&out).unwrap().transport,
-        op25b::packet::Transport::Icmp {
-            icmp_type: 1,
-            code: 1
-        }
-    );
+    assert_eq!(icmp.transport, op25b::packet::Transport::Icmp { icmp_type: 3, code: 13 });
+    let (v, out) = send(&mut r, Direction::Outbound, &udp6("2001:db8:100::10", "2001:db8:ff::1", 9));
+    assert!(matches!(v, Verdict::Reply { kind: ReplyKind::Prohibited, .. }));
+    assert_eq!(PacketView::parse(&out).unwrap().transport, op25b::packet::Transport::Icmp { icmp_type: 1, code: 1 });
 }
 
 #[test]
 fn accept_stops_the_pipeline_drop_drops_count_counts() {
     let mut r = router(RULES);
-    assert!(matches!(
-        send(
-            &mut r,
-            Direction::Outbound,
-            &udp(SUB, [203, 0, 113, 53], 53)
-        )
-        .0,
-        Verdict::Forward { .. }
-    ));
+    assert!(matches!(send(&mut r, Direction::Outbound, &udp(SUB, [203, 0, 113, 53], 53)).0, Verdict::Forward { .. }));
     assert_eq!(
-        send(
-            &mut r,
-            Direction::Outbound,
-            &udp(SUB, [203, 0, 113, 53], 54)
-        )
-        .0,
+        send(&mut r, Direction::Outbound, &udp(SUB, [203, 0, 113, 53], 54)).0,
         Verdict::Drop(DropReason::RuleDrop)
     );
     for port in [465, 587] {
         assert!(matches!(
-            send(
-                &mut r,
-                Direction::Outbound,
-                &tcp(SUB, [203, 0, 113, 25], 40000, port, true)
-            )
-            .0,
+            send(&mut r, Direction::Outbound, &tcp(SUB, [203, 0, 113, 25], 40000, port, true)).0,
             Verdict::Forward { .. }
         ));
     }
     // Inbound traffic from port 25 does not match dst_ports; to port 25 it does.
     assert!(matches!(
-        send(
-            &mut r,
-            Direction::Inbound,
-            &tcp([203, 0, 113, 25], SUB, 40000, 25, true)
-        )
-        .0,
+        send(&mut r, Direction::Inbound, &tcp([203, 0, 113, 25], SUB, 40000, 25, true)).0,
         Verdict::Forward { .. }
     ));
     let slots = r.policy().rules.slots();
@@ -242,18 +154,8 @@ fn accept_stops_the_pipeline_drop_drops_count_counts() {
 #[test]
 fn op25b_fast_path_runs_before_the_rules() {
     let mut r = router(RULES);
-    let (v, _) = send(
-        &mut r,
-        Direction::Outbound,
-        &tcp(SUB, [203, 0, 113, 25], 40000, 25, true),
-    );
-    assert!(matches!(
-        v,
-        Verdict::Reply {
-            kind: ReplyKind::TcpRst,
-            ..
-        }
-    ));
+    let (v, _) = send(&mut r, Direction::Outbound, &tcp(SUB, [203, 0, 113, 25], 40000, 25, true));
+    assert!(matches!(v, Verdict::Reply { kind: ReplyKind::TcpRst, .. }));
     let count = r
         .policy()
         .rules
@@ -283,39 +185,21 @@ burst = 3
     );
     let t0 = Instant::now();
     let syn = tcp(SUB, [203, 0, 113, 25], 40000, 587, true);
-    let passed = (0..10)
-        .filter(|_| {
-            matches!(
-                send_at(&mut r, t0, Direction::Outbound, &syn).0,
-                Verdict::Forward { .. }
-            )
-        })
-        .count();
+    let passed =
+        (0..10).filter(|_| matches!(send_at(&mut r, t0, Direction::Outbound, &syn).0, Verdict::Forward { .. })).count();
     assert_eq!(passed, 3, "burst");
     assert_eq!(r.counters().dropped(DropReason::RateLimited), 7);
     // Another subscriber has its own bucket.
     let other = tcp([100, 64, 1, 11], [203, 0, 113, 25], 40000, 587, true);
-    assert!(matches!(
-        send_at(&mut r, t0, Direction::Outbound, &other).0,
-        Verdict::Forward { .. }
-    ));
+    assert!(matches!(send_at(&mut r, t0, Direction::Outbound, &other).0, Verdict::Forward { .. }));
     // Half a second later: one more token (rate 2/s).
     let t1 = t0 + Duration::from_millis(500);
-    let passed = (0..10)
-        .filter(|_| {
-            matches!(
-                send_at(&mut r, t1, Direction::Outbound, &syn).0,
-                Verdict::Forward { .. }
-            )
-        })
-        .count();
+    let passed =
+        (0..10).filter(|_| matches!(send_at(&mut r, t1, Direction::Outbound, &syn).0, Verdict::Forward { .. })).count();
     assert_eq!(passed, 1);
     // Non-SYN segments of established connections are not limited.
     let ack = tcp(SUB, [203, 0, 113, 25], 40000, 587, false);
-    assert!(matches!(
-        send_at(&mut r, t1, Direction::Outbound, &ack).0,
-        Verdict::Forward { .. }
-    ));
+    assert!(matches!(send_at(&mut r, t1, Direction::Outbound, &ack).0, Verdict::Forward { .. }));
 }
 
 #[test]
@@ -325,20 +209,13 @@ fn traced_decision_names_the_rules_and_failing_fields() {
     let mut reply = vec![0u8; 2048];
     let (v, trace) = r.handle_traced(Instant::now(), Direction::Outbound, &mut buf, &mut reply);
     assert_eq!(v, Verdict::Drop(DropReason::RuleDrop));
-    let lines: Vec<String> = trace
-        .steps
-        .iter()
-        .map(|s| format!("{}: {}", s.stage, s.detail))
-        .collect();
+    let lines: Vec<String> = trace.steps.iter().map(|s| format!("{}: {}", s.stage, s.detail)).collect();
     let text = lines.join("\n");
     assert!(text.contains("anti-spoofing: pass"), "{text}");
     assert!(text.contains("op25b: pass: no TCP header"), "{text}");
     assert!(text.contains("#1 no-telnet: no match (protocol)"), "{text}");
     assert!(text.contains("#3 udp-lab: no match (dst)"), "{text}");
-    assert!(
-        text.contains("#4 allow-dns: no match (dst_ports)"),
-        "{text}"
-    );
+    assert!(text.contains("#4 allow-dns: no match (dst_ports)"), "{text}");
     assert!(text.contains("#5 drop-udp: match -> drop"), "{text}");
 }
 
@@ -370,8 +247,7 @@ fn index_agrees_with_linear_scan() {
             if rnd(2) == 0 {
                 let len = 8 + rnd(25);
                 let a = std::net::Ipv4Addr::from(
-                    ((100u32 << 24) | (64 << 16) | (rnd(4) as u32) << 8)
-                        & !((1u64 << (32 - len)) - 1) as u32,
+                    ((100u32 << 24) | (64 << 16) | (rnd(4) as u32) << 8) & !((1u64 << (32 - len)) - 1) as u32,
                 );
                 text.push_str(&format!("src = [\"{a}/{len}\"]\n"));
             }
@@ -385,12 +261,7 @@ fn index_agrees_with_linear_scan() {
             }
             if rnd(2) == 0 {
                 let lo = 1 + rnd(30);
-                text.push_str(&format!(
-                    "dst_ports = [{}, \"{}-{}\"]\n",
-                    1 + rnd(30),
-                    lo,
-                    lo + rnd(5)
-                ));
+                text.push_str(&format!("dst_ports = [{}, \"{}-{}\"]\n", 1 + rnd(30), lo, lo + rnd(5)));
             }
             if rnd(4) == 0 {
                 text.push_str(&format!("src_ports = [{}]\n", 40000 + rnd(3)));
@@ -401,8 +272,7 @@ fn index_agrees_with_linear_scan() {
             let action = ["accept", "drop", "reject", "count"][rnd(4) as usize];
             text.push_str(&format!("action = \"{action}\"\n\n"));
         }
-        let cfg = Config::parse(Path::new("gen.toml"), &format!("{LAB}\n{text}"))
-            .expect("generated config");
+        let cfg = Config::parse(Path::new("gen.toml"), &format!("{LAB}\n{text}")).expect("generated config");
         let rules = cfg.policy.rules.clone();
         for _ in 0..2000 {
             let src = [100, 64, rnd(4) as u8, rnd(256) as u8];
@@ -412,22 +282,11 @@ fn index_agrees_with_linear_scan() {
             let pkt = match rnd(3) {
                 0 => tcp(src, dst, sport, dport, rnd(2) == 0),
                 1 => udp(src, dst, dport),
-                _ => udp6(
-                    "2001:db8:100::10",
-                    &format!("2001:db8:203::{:x}", rnd(4)),
-                    dport,
-                ),
+                _ => udp6("2001:db8:100::10", &format!("2001:db8:203::{:x}", rnd(4)), dport),
             };
             let view = PacketView::parse(&pkt).unwrap();
-            let dir = if rnd(2) == 0 {
-                Direction::Outbound
-            } else {
-                Direction::Inbound
-            };
-            let cx = RuleContext {
-                direction: dir,
-                now: Instant::now(),
-            };
+            let dir = if rnd(2) == 0 { Direction::Outbound } else { Direction::Inbound };
+            let cx = RuleContext { direction: dir, now: Instant::now() };
             let fast = rules.evaluate(&view, &cx);
             let slow = rules.evaluate_linear(&view, &cx);
             assert_eq!(fast, slow, "round {round}, packet {view:?} {dir:?}\n{text}");
@@ -438,13 +297,6 @@ fn index_agrees_with_linear_scan() {
         }
     }
     // The generator must exercise both outcomes to mean anything.
-    assert!(
-        finals > total / 20 && finals < total * 99 / 100,
-        "{finals} final of {total}"
-    );
-    assert!(
-        deciders.len() > 100,
-        "only {} distinct deciding rules",
-        deciders.len()
-    );
+    assert!(finals > total / 20 && finals < total * 99 / 100, "{finals} final of {total}");
+    assert!(deciders.len() > 100, "only {} distinct deciding rules", deciders.len());
 }

@@ -20,11 +20,7 @@ pub const DEFAULT_MAX_FLOWS: u32 = 65_536;
 pub(super) fn apply(cx: &Ctx<'_>, o: &Op25bSection, op25b: &mut Op25b) -> Result<(), ConfigError> {
     let action = *o.action.get_ref();
     let misplaced = |span: std::ops::Range<usize>, key: &str, wants: &str| {
-        cx.err(
-            &span,
-            format!("op25b.{key}"),
-            format!("belongs to action = \"{wants}\" (the action is not {wants})"),
-        )
+        cx.err(&span, format!("op25b.{key}"), format!("belongs to action = \"{wants}\" (the action is not {wants})"))
     };
     if let Some(b) = &o.banner {
         if action != ActionName::Banner {
@@ -56,11 +52,7 @@ pub(super) fn apply(cx: &Ctx<'_>, o: &Op25bSection, op25b: &mut Op25b) -> Result
             return Err(misplaced(n.span(), "banner_sessions", "banner"));
         }
         if !(1..=4096).contains(n.get_ref()) {
-            return Err(cx.err(
-                &n.span(),
-                "op25b.banner_sessions",
-                "must be between 1 and 4096",
-            ));
+            return Err(cx.err(&n.span(), "op25b.banner_sessions", "must be between 1 and 4096"));
         }
         op25b.banner.sessions = *n.get_ref() as usize;
     }
@@ -69,11 +61,7 @@ pub(super) fn apply(cx: &Ctx<'_>, o: &Op25bSection, op25b: &mut Op25b) -> Result
             return Err(misplaced(t.span(), "banner_timeout", "banner"));
         }
         if !(1..=600).contains(t.get_ref()) {
-            return Err(cx.err(
-                &t.span(),
-                "op25b.banner_timeout",
-                "must be between 1 and 600 seconds",
-            ));
+            return Err(cx.err(&t.span(), "op25b.banner_timeout", "must be between 1 and 600 seconds"));
         }
         op25b.banner.idle = Duration::from_secs(u64::from(*t.get_ref()));
     }
@@ -85,34 +73,19 @@ pub(super) fn apply(cx: &Ctx<'_>, o: &Op25bSection, op25b: &mut Op25b) -> Result
                     cx.err(
                         &item.span(),
                         &key,
-                        format!(
-                            "{:?} is not ADDRESS:PORT (\"[IPv6]:PORT\" for IPv6)",
-                            item.get_ref()
-                        ),
+                        format!("{:?} is not ADDRESS:PORT (\"[IPv6]:PORT\" for IPv6)", item.get_ref()),
                     )
                 })?;
                 if addr.port() == 0 || !crate::packet::reply::is_unicast_host(addr.ip()) {
-                    return Err(cx.err(
-                        &item.span(),
-                        &key,
-                        format!("{addr} is not a unicast host and port"),
-                    ));
+                    return Err(cx.err(&item.span(), &key, format!("{addr} is not a unicast host and port")));
                 }
-                let slot = if addr.is_ipv4() {
-                    &mut op25b.redirect_v4
-                } else {
-                    &mut op25b.redirect_v6
-                };
+                let slot = if addr.is_ipv4() { &mut op25b.redirect_v4 } else { &mut op25b.redirect_v6 };
                 if slot.replace(addr).is_some() {
                     return Err(cx.err(&item.span(), &key, "one target per IP family"));
                 }
             }
             if op25b.redirect_v4.is_none() && op25b.redirect_v6.is_none() {
-                return Err(cx.err(
-                    &list.span(),
-                    "op25b.redirect_to",
-                    "needs a target, e.g. [\"198.51.100.25:25\"]",
-                ));
+                return Err(cx.err(&list.span(), "op25b.redirect_to", "needs a target, e.g. [\"198.51.100.25:25\"]"));
             }
         }
         (Some(list), _) => return Err(misplaced(list.span(), "redirect_to", "redirect")),
@@ -130,28 +103,15 @@ pub(super) fn apply(cx: &Ctx<'_>, o: &Op25bSection, op25b: &mut Op25b) -> Result
 
 /// The reply limit and the flow-table bound.
 pub(super) fn limits(cx: &Ctx<'_>, o: &Op25bSection) -> Result<(Limit, usize), ConfigError> {
-    let positive = |v: &Option<toml::Spanned<u32>>,
-                    key: &str,
-                    default: u32,
-                    max: u32|
-     -> Result<u32, ConfigError> {
+    let positive = |v: &Option<toml::Spanned<u32>>, key: &str, default: u32, max: u32| -> Result<u32, ConfigError> {
         match v {
             None => Ok(default),
             Some(x) if (1..=max).contains(x.get_ref()) => Ok(*x.get_ref()),
-            Some(x) => Err(cx.err(
-                &x.span(),
-                format!("op25b.{key}"),
-                format!("must be between 1 and {max}"),
-            )),
+            Some(x) => Err(cx.err(&x.span(), format!("op25b.{key}"), format!("must be between 1 and {max}"))),
         }
     };
     let rate = positive(&o.reply_rate, "reply_rate", DEFAULT_REPLY_RATE, 1_000_000)?;
-    let burst = positive(
-        &o.reply_burst,
-        "reply_burst",
-        DEFAULT_REPLY_BURST,
-        1_000_000,
-    )?;
+    let burst = positive(&o.reply_burst, "reply_burst", DEFAULT_REPLY_BURST, 1_000_000)?;
     let flows = positive(&o.max_flows, "max_flows", DEFAULT_MAX_FLOWS, 4_000_000)?;
     Ok((Limit { rate, burst }, flows as usize))
 }

@@ -71,20 +71,14 @@ impl Sets {
                     let k = format!("{key}[{i}]");
                     match item.get_ref() {
                         Item::Str(s) if s.starts_with('@') => {
-                            return Err(cx.err(
-                                &item.span(),
-                                k,
-                                "a set cannot refer to another set",
-                            ))
+                            return Err(cx.err(&item.span(), k, "a set cannot refer to another set"))
                         }
                         Item::Str(s) => nets.push(prefix(cx, &k, s, &item.span())?),
                         Item::Int(n) => {
                             return Err(cx.err(
                                 &item.span(),
                                 k,
-                                format!(
-                                "{n} in a set of prefixes: a set holds either ports or prefixes"
-                            ),
+                                format!("{n} in a set of prefixes: a set holds either ports or prefixes"),
                             ))
                         }
                     }
@@ -102,29 +96,14 @@ fn parse_port_range(s: &str) -> Option<(i64, i64)> {
     Some((a.trim().parse().ok()?, b.trim().parse().ok()?))
 }
 
-fn prefix(
-    cx: &Ctx<'_>,
-    key: &str,
-    text: &str,
-    span: &std::ops::Range<usize>,
-) -> Result<IpNet, ConfigError> {
+fn prefix(cx: &Ctx<'_>, key: &str, text: &str, span: &std::ops::Range<usize>) -> Result<IpNet, ConfigError> {
     let text = text.trim();
     let net = text
         .parse::<IpNet>()
         .or_else(|_| text.parse::<std::net::IpAddr>().map(IpNet::from))
-        .map_err(|_| {
-            cx.err(
-                span,
-                key,
-                format!("{text:?} is not a prefix (ADDRESS/LENGTH) or a @set"),
-            )
-        })?;
+        .map_err(|_| cx.err(span, key, format!("{text:?} is not a prefix (ADDRESS/LENGTH) or a @set")))?;
     if net.trunc() != net {
-        return Err(cx.err(
-            span,
-            key,
-            format!("{text:?} has host bits set; did you mean {}?", net.trunc()),
-        ));
+        return Err(cx.err(span, key, format!("{text:?} has host bits set; did you mean {}?", net.trunc())));
     }
     Ok(net)
 }
@@ -147,9 +126,7 @@ fn port_item(
         Item::Int(n) => Ok(vec![(port(*n)?, port(*n)?)]),
         Item::Str(s) if s.starts_with('@') => match sets.and_then(|sets| sets.0.get(&s[1..])) {
             Some(Set::Ports(r)) => Ok(r.clone()),
-            Some(Set::Prefixes(_)) => {
-                Err(cx.err(&span, key, format!("{s} is a set of prefixes, not ports")))
-            }
+            Some(Set::Prefixes(_)) => Err(cx.err(&span, key, format!("{s} is a set of prefixes, not ports"))),
             None => Err(cx.err(&span, key, format!("unknown set {s}"))),
         },
         Item::Str(s) => match parse_port_range(s) {
@@ -160,21 +137,13 @@ fn port_item(
                 }
                 Ok(vec![(a, b)])
             }
-            None => Err(cx.err(
-                &span,
-                key,
-                format!("{s:?} is not a port, a LOW-HIGH range or a @set"),
-            )),
+            None => Err(cx.err(&span, key, format!("{s:?} is not a port, a LOW-HIGH range or a @set"))),
         },
     }
 }
 
 /// Compiles the `[[rule]]` tables in file order.
-pub(super) fn compile(
-    cx: &Ctx<'_>,
-    sets: &Sets,
-    raw: &[Spanned<RuleSection>],
-) -> Result<Vec<ConfigRule>, ConfigError> {
+pub(super) fn compile(cx: &Ctx<'_>, sets: &Sets, raw: &[Spanned<RuleSection>]) -> Result<Vec<ConfigRule>, ConfigError> {
     let mut names = HashSet::new();
     let mut out = Vec::with_capacity(raw.len());
     for (i, r) in raw.iter().enumerate() {
@@ -187,11 +156,7 @@ pub(super) fn compile(
             return Err(cx.err(&r.name.span(), key("name"), "a rule needs a name"));
         }
         if !names.insert(name.clone()) {
-            return Err(cx.err(
-                &r.name.span(),
-                key("name"),
-                format!("a rule named {name:?} exists already"),
-            ));
+            return Err(cx.err(&r.name.span(), key("name"), format!("a rule named {name:?} exists already")));
         }
         let action = match r.action.get_ref().as_str() {
             "accept" => RuleAction::Accept,
@@ -207,17 +172,10 @@ pub(super) fn compile(
                     ));
                 };
                 if *rate.get_ref() == 0 || *burst.get_ref() == 0 {
-                    let s = if *rate.get_ref() == 0 {
-                        rate.span()
-                    } else {
-                        burst.span()
-                    };
+                    let s = if *rate.get_ref() == 0 { rate.span() } else { burst.span() };
                     return Err(cx.err(&s, key("rate"), "rate and burst must be at least 1"));
                 }
-                RuleAction::RateLimit(Limit {
-                    rate: *rate.get_ref(),
-                    burst: *burst.get_ref(),
-                })
+                RuleAction::RateLimit(Limit { rate: *rate.get_ref(), burst: *burst.get_ref() })
             }
             other => {
                 return Err(cx.err(
@@ -228,25 +186,12 @@ pub(super) fn compile(
             }
         };
         if !matches!(action, RuleAction::RateLimit(_)) {
-            if let Some(x) = r
-                .rate
-                .as_ref()
-                .map(|x| x.span())
-                .or(r.burst.as_ref().map(|x| x.span()))
-            {
-                return Err(cx.err(
-                    &x,
-                    key("rate"),
-                    "rate and burst belong to action = \"rate-limit\"",
-                ));
+            if let Some(x) = r.rate.as_ref().map(|x| x.span()).or(r.burst.as_ref().map(|x| x.span())) {
+                return Err(cx.err(&x, key("rate"), "rate and burst belong to action = \"rate-limit\""));
             }
         }
         let mut rule = ConfigRule::new(name.clone(), action);
-        rule.direction = match r
-            .direction
-            .as_ref()
-            .map(|d| (d.get_ref().as_str(), d.span()))
-        {
+        rule.direction = match r.direction.as_ref().map(|d| (d.get_ref().as_str(), d.span())) {
             None | Some(("any", _)) => None,
             Some(("outbound", _)) => Some(Direction::Outbound),
             Some(("inbound", _)) => Some(Direction::Inbound),
@@ -258,11 +203,7 @@ pub(super) fn compile(
                 ))
             }
         };
-        rule.protocol = match r
-            .protocol
-            .as_ref()
-            .map(|d| (d.get_ref().as_str(), d.span()))
-        {
+        rule.protocol = match r.protocol.as_ref().map(|d| (d.get_ref().as_str(), d.span())) {
             None | Some(("any", _)) => None,
             Some(("tcp", _)) => Some(proto::TCP),
             Some(("udp", _)) => Some(proto::UDP),
@@ -276,9 +217,7 @@ pub(super) fn compile(
                 ))
             }
         };
-        let prefixes = |field: &str,
-                        list: &Option<Vec<Spanned<String>>>|
-         -> Result<Option<PrefixSet>, ConfigError> {
+        let prefixes = |field: &str, list: &Option<Vec<Spanned<String>>>| -> Result<Option<PrefixSet>, ConfigError> {
             let Some(list) = list else { return Ok(None) };
             let mut nets = Vec::new();
             for (j, s) in list.iter().enumerate() {
@@ -288,11 +227,7 @@ pub(super) fn compile(
                     match sets.0.get(set) {
                         Some(Set::Prefixes(n)) => nets.extend(n.iter().copied()),
                         Some(Set::Ports(_)) => {
-                            return Err(cx.err(
-                                &s.span(),
-                                k,
-                                format!("{text} is a set of ports, not prefixes"),
-                            ))
+                            return Err(cx.err(&s.span(), k, format!("{text} is a set of ports, not prefixes")))
                         }
                         None => return Err(cx.err(&s.span(), k, format!("unknown set {text}"))),
                     }
@@ -304,9 +239,7 @@ pub(super) fn compile(
         };
         rule.src = prefixes("src", &r.src)?;
         rule.dst = prefixes("dst", &r.dst)?;
-        let ports = |field: &str,
-                     list: &Option<Vec<Spanned<Item>>>|
-         -> Result<Option<PortSet>, ConfigError> {
+        let ports = |field: &str, list: &Option<Vec<Spanned<Item>>>| -> Result<Option<PortSet>, ConfigError> {
             let Some(list) = list else { return Ok(None) };
             if list.is_empty() {
                 // `src_ports = []` reads as "no constraint", like an omitted key.
@@ -314,21 +247,14 @@ pub(super) fn compile(
             }
             let mut all = Vec::new();
             for (j, item) in list.iter().enumerate() {
-                all.extend(port_item(
-                    cx,
-                    &key(&format!("{field}[{j}]")),
-                    item,
-                    Some(sets),
-                )?);
+                all.extend(port_item(cx, &key(&format!("{field}[{j}]")), item, Some(sets))?);
             }
             Ok(Some(PortSet::new(all.into_iter().flat_map(|(a, b)| a..=b))))
         };
         rule.src_ports = ports("src_ports", &r.src_ports)?;
         rule.dst_ports = ports("dst_ports", &r.dst_ports)?;
         if (rule.src_ports.is_some() || rule.dst_ports.is_some())
-            && rule
-                .protocol
-                .is_some_and(|p| p != proto::TCP && p != proto::UDP)
+            && rule.protocol.is_some_and(|p| p != proto::TCP && p != proto::UDP)
         {
             let s = r.protocol.as_ref().map_or(span.clone(), |p| p.span());
             return Err(cx.err(&s, key("protocol"), "ports need protocol tcp, udp or any"));
@@ -338,10 +264,7 @@ pub(super) fn compile(
                 cx.err(
                     &f.span(),
                     key("tcp_flags"),
-                    format!(
-                        "unknown flags {:?} (syn, syn-ack, ack, rst, fin)",
-                        f.get_ref()
-                    ),
+                    format!("unknown flags {:?} (syn, syn-ack, ack, rst, fin)", f.get_ref()),
                 )
             })?);
             if rule.protocol != Some(proto::TCP) {

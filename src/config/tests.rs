@@ -9,9 +9,7 @@ fn parse(text: &str) -> Result<Config, ConfigError> {
 /// The error for `text`, as (line, key, message).
 fn error(text: &str) -> (usize, String, String) {
     match parse(text) {
-        Err(ConfigError::Invalid {
-            line, key, message, ..
-        }) => (line, key, message),
+        Err(ConfigError::Invalid { line, key, message, .. }) => (line, key, message),
         Err(e) => panic!("unexpected error kind: {e}"),
         Ok(_) => panic!("config accepted:\n{text}"),
     }
@@ -24,10 +22,7 @@ fn with(old: &str, new: &str) -> String {
 }
 
 fn line_of(text: &str, needle: &str) -> usize {
-    text.lines()
-        .position(|l| l.contains(needle))
-        .expect("needle in text")
-        + 1
+    text.lines().position(|l| l.contains(needle)).expect("needle in text") + 1
 }
 
 #[test]
@@ -66,10 +61,7 @@ dynamic = ["100.64.0.0/10"]
 
 #[test]
 fn unknown_key_names_line_and_key() {
-    let text = with(
-        "action = \"reject\"",
-        "action = \"reject\"\nactoin = \"drop\"",
-    );
+    let text = with("action = \"reject\"", "action = \"reject\"\nactoin = \"drop\"");
     let (line, key, msg) = error(&text);
     assert_eq!(line, line_of(&text, "actoin"));
     assert!(key.starts_with("op25b"), "{key}");
@@ -78,10 +70,7 @@ fn unknown_key_names_line_and_key() {
 
 #[test]
 fn impossible_prefix_is_rejected() {
-    let text = with(
-        "dynamic = [\"100.64.0.0/10\"",
-        "dynamic = [\"100.64.0.0/33\"",
-    );
+    let text = with("dynamic = [\"100.64.0.0/10\"", "dynamic = [\"100.64.0.0/33\"");
     let (line, key, msg) = error(&text);
     assert_eq!(line, line_of(&text, "100.64.0.0/33"));
     assert_eq!(key, "op25b.dynamic[0]");
@@ -90,10 +79,7 @@ fn impossible_prefix_is_rejected() {
 
 #[test]
 fn host_bits_are_rejected_with_a_hint() {
-    let (_, key, msg) = error(&with(
-        "relays = [\"198.51.100.25/32\"",
-        "relays = [\"198.51.100.25/24\"",
-    ));
+    let (_, key, msg) = error(&with("relays = [\"198.51.100.25/32\"", "relays = [\"198.51.100.25/24\""));
     assert_eq!(key, "op25b.relays[0]");
     assert!(msg.contains("198.51.100.0/24"), "{msg}");
 }
@@ -118,30 +104,12 @@ fn bad_values() {
     let cases = [
         (with("ports = [25]", "ports = [70000]"), "op25b.ports"),
         (with("ports = [25]", "ports = [0]"), "op25b.ports[0]"),
-        (
-            with("action = \"reject\"", "action = \"bounce\""),
-            "op25b.action",
-        ),
+        (with("action = \"reject\"", "action = \"bounce\""), "op25b.action"),
         (with("mtu = 1500", "mtu = 500"), "subscriber.mtu"),
-        (
-            with("\"100.64.0.1\", ", "\"100.64.0.1\", \"100.64.0.2\", "),
-            "router.addresses[1]",
-        ),
-        (
-            with("\"100.64.0.1\", ", "\"224.0.0.1\", "),
-            "router.addresses[0]",
-        ),
-        (
-            with("netns = \"op25b-lab-sub\"", "netns = \"../etc\""),
-            "subscriber.netns",
-        ),
-        (
-            with(
-                "prefixes = [\"100.64.0.0/10\", \"2001:db8:100::/48\"]",
-                "prefixes = []",
-            ),
-            "subscriber.prefixes",
-        ),
+        (with("\"100.64.0.1\", ", "\"100.64.0.1\", \"100.64.0.2\", "), "router.addresses[1]"),
+        (with("\"100.64.0.1\", ", "\"224.0.0.1\", "), "router.addresses[0]"),
+        (with("netns = \"op25b-lab-sub\"", "netns = \"../etc\""), "subscriber.netns"),
+        (with("prefixes = [\"100.64.0.0/10\", \"2001:db8:100::/48\"]", "prefixes = []"), "subscriber.prefixes"),
         (with("[upstream]\n", "[upstream]\nfoo = 1\n"), "upstream"),
         (
             GOOD.replacen(
@@ -198,13 +166,7 @@ fn with_rules(old: &str, new: &str) -> String {
 #[test]
 fn rules_compile_in_file_order() {
     let c = parse(&format!("{GOOD}\n{RULE}")).expect("rules");
-    let names: Vec<&str> = c
-        .policy
-        .rules
-        .slots()
-        .iter()
-        .map(|s| s.rule.name())
-        .collect();
+    let names: Vec<&str> = c.policy.rules.slots().iter().map(|s| s.rule.name()).collect();
     assert_eq!(names, ["no-telnet", "limit"]);
     let text = c.render();
     assert!(text.contains("no-telnet: outbound tcp src 100.64.0.0/10 dst 192.0.2.0/24,2001:db8:ff::/48 dport 23,6000-6010 flags syn -> reject"), "{text}");
@@ -214,63 +176,26 @@ fn rules_compile_in_file_order() {
 #[test]
 fn bad_rules_name_the_rule_and_the_line() {
     let cases = [
-        (
-            with_rules("tcp_flags = \"syn\"", "tcp_flag = \"syn\""),
-            "tcp_flag",
-            "rule[0] \"no-telnet\"",
-        ),
-        (
-            with_rules("\"@lab_nets\"", "\"@nope\""),
-            "@nope",
-            "rule[0] \"no-telnet\".dst[0]",
-        ),
-        (
-            with_rules("\"6000-6010\"", "\"7000-6000\""),
-            "7000-6000",
-            "rule[0] \"no-telnet\".dst_ports[1]",
-        ),
-        (
-            with_rules("burst = 10\n", ""),
-            "rate-limit",
-            "rule[1] \"limit\".action",
-        ),
-        (
-            with_rules("action = \"reject\"", "action = \"bounce\""),
-            "bounce",
-            "rule[0] \"no-telnet\".action",
-        ),
+        (with_rules("tcp_flags = \"syn\"", "tcp_flag = \"syn\""), "tcp_flag", "rule[0] \"no-telnet\""),
+        (with_rules("\"@lab_nets\"", "\"@nope\""), "@nope", "rule[0] \"no-telnet\".dst[0]"),
+        (with_rules("\"6000-6010\"", "\"7000-6000\""), "7000-6000", "rule[0] \"no-telnet\".dst_ports[1]"),
+        (with_rules("burst = 10\n", ""), "rate-limit", "rule[1] \"limit\".action"),
+        (with_rules("action = \"reject\"", "action = \"bounce\""), "bounce", "rule[0] \"no-telnet\".action"),
         (
             with_rules("name = \"limit\"", "name = \"no-telnet\""),
             "name = \"no-telnet\"\nprotocol",
             "rule[1] \"no-telnet\".name",
         ),
-        (
-            with_rules("protocol = \"tcp\"\nsrc", "protocol = \"icmp\"\nsrc"),
-            "icmp",
-            "rule[0] \"no-telnet\".protocol",
-        ),
-        (
-            with_rules("[\"@mail_ports\"]", "[\"@lab_nets\"]"),
-            "@lab_nets\"]\naction",
-            "rule[1] \"limit\".dst_ports[0]",
-        ),
-        (
-            with_rules("[23, ", "[70000, "),
-            "70000",
-            "rule[0] \"no-telnet\".dst_ports[0]",
-        ),
+        (with_rules("protocol = \"tcp\"\nsrc", "protocol = \"icmp\"\nsrc"), "icmp", "rule[0] \"no-telnet\".protocol"),
+        (with_rules("[\"@mail_ports\"]", "[\"@lab_nets\"]"), "@lab_nets\"]\naction", "rule[1] \"limit\".dst_ports[0]"),
+        (with_rules("[23, ", "[70000, "), "70000", "rule[0] \"no-telnet\".dst_ports[0]"),
     ];
     for (text, needle, want_key) in cases {
         let (line, key, msg) = error(&text);
         let first = needle.lines().next().unwrap();
-        let want_line = text
-            .rfind(first)
-            .map(|i| text[..i].lines().count() + usize::from(text[..i].ends_with('\n')))
-            .unwrap();
-        assert!(
-            key.starts_with(want_key),
-            "want {want_key}, got {key}: {msg}"
-        );
+        let want_line =
+            text.rfind(first).map(|i| text[..i].lines().count() + usize::from(text[..i].ends_with('\n'))).unwrap();
+        assert!(key.starts_with(want_key), "want {want_key}, got {key}: {msg}");
         assert_eq!(line, want_line.max(1), "{key}: {msg}");
     }
 }
@@ -278,59 +203,25 @@ fn bad_rules_name_the_rule_and_the_line() {
 #[test]
 fn action_keys_are_validated() {
     let act = |new: &str| with("action = \"reject\"", new);
-    let ok = parse(&act(
-        "action = \"redirect\"\nredirect_to = [\"198.51.100.25:25\", \"[2001:db8:25::25]:25\"]",
-    ))
-    .unwrap();
-    assert_eq!(
-        ok.policy.op25b.redirect_v6,
-        Some("[2001:db8:25::25]:25".parse().unwrap())
-    );
-    let ok = parse(&act(
-        "action = \"banner\"\nbanner = \"550 no\"\nbanner_sessions = 8",
-    ))
-    .unwrap();
-    assert_eq!(
-        (
-            ok.policy.op25b.banner.text.as_str(),
-            ok.policy.op25b.banner.sessions
-        ),
-        ("550 no", 8)
-    );
+    let ok =
+        parse(&act("action = \"redirect\"\nredirect_to = [\"198.51.100.25:25\", \"[2001:db8:25::25]:25\"]")).unwrap();
+    assert_eq!(ok.policy.op25b.redirect_v6, Some("[2001:db8:25::25]:25".parse().unwrap()));
+    let ok = parse(&act("action = \"banner\"\nbanner = \"550 no\"\nbanner_sessions = 8")).unwrap();
+    assert_eq!((ok.policy.op25b.banner.text.as_str(), ok.policy.op25b.banner.sessions), ("550 no", 8));
     assert!(ok.render().contains("550 no"));
     let cases = [
         (act("action = \"redirect\""), "op25b.action"),
+        (act("action = \"redirect\"\nredirect_to = [\"198.51.100.25\"]"), "op25b.redirect_to[0]"),
         (
-            act("action = \"redirect\"\nredirect_to = [\"198.51.100.25\"]"),
-            "op25b.redirect_to[0]",
-        ),
-        (
-            act(
-                "action = \"redirect\"\nredirect_to = [\"198.51.100.25:25\", \"198.51.100.26:25\"]",
-            ),
+            act("action = \"redirect\"\nredirect_to = [\"198.51.100.25:25\", \"198.51.100.26:25\"]"),
             "op25b.redirect_to[1]",
         ),
-        (
-            act("action = \"reject\"\nredirect_to = [\"198.51.100.25:25\"]"),
-            "op25b.redirect_to",
-        ),
-        (
-            act("action = \"banner\"\nbanner = \"250 fine\""),
-            "op25b.banner",
-        ),
-        (
-            act("action = \"banner\"\nbanner = \"554 two\\nlines\""),
-            "op25b.banner",
-        ),
+        (act("action = \"reject\"\nredirect_to = [\"198.51.100.25:25\"]"), "op25b.redirect_to"),
+        (act("action = \"banner\"\nbanner = \"250 fine\""), "op25b.banner"),
+        (act("action = \"banner\"\nbanner = \"554 two\\nlines\""), "op25b.banner"),
         (act("action = \"drop\"\nbanner = \"554 x\""), "op25b.banner"),
-        (
-            act("action = \"banner\"\nbanner_sessions = 0"),
-            "op25b.banner_sessions",
-        ),
-        (
-            with("reply_rate = 10", "reply_rate = 0"),
-            "op25b.reply_rate",
-        ),
+        (act("action = \"banner\"\nbanner_sessions = 0"), "op25b.banner_sessions"),
+        (with("reply_rate = 10", "reply_rate = 0"), "op25b.reply_rate"),
         (act("action = \"reject\"\nmax_flows = 0"), "op25b.max_flows"),
     ];
     for (text, want) in cases {

@@ -42,27 +42,17 @@ pub enum DeviceError {
 /// `queue_len` packets (the kernel's queue towards op25b), and `queues` queues
 /// (a multiqueue device when more than one; the kernel spreads flows over
 /// them by hash). Returns one file descriptor per queue.
-pub fn open(
-    cfg: &DeviceConfig,
-    offload: bool,
-    queue_len: u32,
-    queues: usize,
-) -> Result<Vec<SyncDevice>, DeviceError> {
+pub fn open(cfg: &DeviceConfig, offload: bool, queue_len: u32, queues: usize) -> Result<Vec<SyncDevice>, DeviceError> {
     match &cfg.netns {
         None => create(cfg, offload, queue_len, queues),
         Some(ns) => {
             let path = format!("/run/netns/{ns}");
-            let file = File::open(&path).map_err(|source| DeviceError::Netns {
-                name: ns.clone(),
-                source,
-            })?;
+            let file = File::open(&path).map_err(|source| DeviceError::Netns { name: ns.clone(), source })?;
             std::thread::scope(|s| {
                 s.spawn(|| {
                     // Only this thread moves; the process stays where it was started.
-                    setns(&file, CloneFlags::CLONE_NEWNET).map_err(|e| DeviceError::Netns {
-                        name: ns.clone(),
-                        source: e.into(),
-                    })?;
+                    setns(&file, CloneFlags::CLONE_NEWNET)
+                        .map_err(|e| DeviceError::Netns { name: ns.clone(), source: e.into() })?;
                     // The extra queues too: `try_clone` reattaches by name
                     // in the calling thread's namespace.
                     create(cfg, offload, queue_len, queues)
@@ -80,19 +70,8 @@ pub fn open(
     }
 }
 
-fn create(
-    cfg: &DeviceConfig,
-    offload: bool,
-    queue_len: u32,
-    queues: usize,
-) -> Result<Vec<SyncDevice>, DeviceError> {
-    let err = |what| {
-        move |source| DeviceError::Tun {
-            name: cfg.tun.clone(),
-            what,
-            source,
-        }
-    };
+fn create(cfg: &DeviceConfig, offload: bool, queue_len: u32, queues: usize) -> Result<Vec<SyncDevice>, DeviceError> {
+    let err = |what| move |source| DeviceError::Tun { name: cfg.tun.clone(), what, source };
     let dev = DeviceBuilder::new()
         .name(&cfg.tun)
         .mtu(cfg.mtu)

@@ -46,11 +46,7 @@ impl UdpCoalescer {
     pub(crate) fn new(off: usize) -> UdpCoalescer {
         UdpCoalescer {
             off,
-            buf: if off > 0 {
-                vec![0u8; off + 65_535]
-            } else {
-                Vec::new()
-            },
+            buf: if off > 0 { vec![0u8; off + 65_535] } else { Vec::new() },
             hdr: 0,
             seg: 0,
             count: 0,
@@ -110,8 +106,7 @@ impl UdpCoalescer {
         if self.hdr == 28 {
             let df = pkt[6] & 0x40 != 0;
             // Version/IHL, TOS; flags (DF); TTL, protocol; addresses and ports.
-            if first[..2] != pkt[..2] || first[6..10] != pkt[6..10] || first[12..24] != pkt[12..24]
-            {
+            if first[..2] != pkt[..2] || first[6..10] != pkt[6..10] || first[12..24] != pkt[12..24] {
                 return false;
             }
             let id = |p: &[u8]| u16::from_be_bytes([p[4], p[5]]);
@@ -180,10 +175,7 @@ fn udp_header_len(pkt: &[u8]) -> Option<usize> {
         {
             28
         }
-        6 if pkt.len() >= 48
-            && pkt[6] == 17
-            && usize::from(u16::from_be_bytes([pkt[4], pkt[5]])) + 40 == pkt.len() =>
-        {
+        6 if pkt.len() >= 48 && pkt[6] == 17 && usize::from(u16::from_be_bytes([pkt[4], pkt[5]])) + 40 == pkt.len() => {
             48
         }
         _ => return None,
@@ -194,9 +186,7 @@ fn udp_header_len(pkt: &[u8]) -> Option<usize> {
 
 /// One's-complement sum of big-endian 16-bit words (even length).
 fn sum(bytes: &[u8], init: u32) -> u32 {
-    bytes
-        .chunks_exact(2)
-        .fold(init, |a, w| a + u32::from(u16::from_be_bytes([w[0], w[1]])))
+    bytes.chunks_exact(2).fold(init, |a, w| a + u32::from(u16::from_be_bytes([w[0], w[1]])))
 }
 
 fn fold(mut s: u32) -> u16 {

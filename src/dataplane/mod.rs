@@ -54,9 +54,7 @@ const MAX_DEFAULT_WORKERS: usize = 4;
 pub fn workers_per_direction(configured: Option<u16>) -> usize {
     match configured {
         Some(n) => usize::from(n.max(1)),
-        None => std::thread::available_parallelism()
-            .map_or(1, |n| n.get() / 2)
-            .clamp(1, MAX_DEFAULT_WORKERS),
+        None => std::thread::available_parallelism().map_or(1, |n| n.get() / 2).clamp(1, MAX_DEFAULT_WORKERS),
     }
 }
 
@@ -80,20 +78,13 @@ impl Dataplane {
             source,
         })?);
         let policy = Arc::new(config.policy.clone());
-        let mut dp = Dataplane {
-            workers: Vec::new(),
-            counters: Vec::new(),
-            io: Vec::new(),
-            stop,
-            offload,
-        };
+        let mut dp = Dataplane { workers: Vec::new(), counters: Vec::new(), io: Vec::new(), stop, offload };
         let sub: Vec<Arc<Queue>> = sub.into_iter().map(|d| Arc::new(Queue::new(d))).collect();
         let up: Vec<Arc<Queue>> = up.into_iter().map(|d| Arc::new(Queue::new(d))).collect();
         for (i, (s, u)) in sub.iter().zip(&up).enumerate() {
-            for (dir, ingress, egress) in [
-                (Direction::Outbound, s.clone(), u.clone()),
-                (Direction::Inbound, u.clone(), s.clone()),
-            ] {
+            for (dir, ingress, egress) in
+                [(Direction::Outbound, s.clone(), u.clone()), (Direction::Inbound, u.clone(), s.clone())]
+            {
                 dp.spawn(i, dir, ingress, egress, policy.clone(), offload)?;
             }
         }
@@ -123,10 +114,7 @@ impl Dataplane {
         let stop = self.stop.clone();
         let worker = Worker {
             own: Side { dir, router: own },
-            reverse: Side {
-                dir: reverse,
-                router: rev,
-            },
+            reverse: Side { dir: reverse, router: rev },
             offset: if offload { VIRTIO_NET_HDR_LEN } else { 0 },
             io,
             peek: PEEK,
@@ -155,15 +143,8 @@ impl Dataplane {
 
     /// Totals of the workers' I/O counters: (tx_errors, rx_errors, batches, packets).
     pub fn io_totals(&self) -> (u64, u64, u64, u64) {
-        let sum = |f: fn(&IoCounters) -> &AtomicU64| {
-            self.io.iter().map(|c| f(c).load(Ordering::Relaxed)).sum()
-        };
-        (
-            sum(|c| &c.tx_errors),
-            sum(|c| &c.rx_errors),
-            sum(|c| &c.batches),
-            sum(|c| &c.packets),
-        )
+        let sum = |f: fn(&IoCounters) -> &AtomicU64| self.io.iter().map(|c| f(c).load(Ordering::Relaxed)).sum();
+        (sum(|c| &c.tx_errors), sum(|c| &c.rx_errors), sum(|c| &c.batches), sum(|c| &c.packets))
     }
 
     /// Stops the workers and waits for them; the devices close with the last reference.

@@ -64,10 +64,7 @@ pub(crate) struct Queue {
 
 impl Queue {
     pub(crate) fn new(dev: SyncDevice) -> Queue {
-        Queue {
-            dev,
-            draining: AtomicBool::new(false),
-        }
+        Queue { dev, draining: AtomicBool::new(false) }
     }
 
     fn try_lock(&self) -> bool {
@@ -136,16 +133,7 @@ impl Worker {
         tracing::debug!(direction = dir, offload = off > 0, "worker started");
         'outer: loop {
             ingress.lock();
-            let r = drain(
-                &mut self.own,
-                &self.io,
-                off,
-                &mut b,
-                ingress,
-                egress,
-                DRAIN_MAX,
-                stop,
-            );
+            let r = drain(&mut self.own, &self.io, off, &mut b, ingress, egress, DRAIN_MAX, stop);
             ingress.unlock();
             let n = match r {
                 Drained::Done(n) => n,
@@ -156,16 +144,7 @@ impl Worker {
                 self.io.packets.fetch_add(n as u64, Ordering::Relaxed);
             }
             if self.peek && egress.try_lock() {
-                let r = drain(
-                    &mut self.reverse,
-                    &self.io,
-                    off,
-                    &mut b,
-                    egress,
-                    ingress,
-                    PEEK_MAX,
-                    stop,
-                );
+                let r = drain(&mut self.reverse, &self.io, off, &mut b, egress, ingress, PEEK_MAX, stop);
                 egress.unlock();
                 if let Drained::Done(k) = r {
                     self.io.packets.fetch_add(k as u64, Ordering::Relaxed);
@@ -195,12 +174,7 @@ impl Worker {
             // The banner responder's timers (retransmissions, idle sessions)
             // run on the subscriber side's worker.
             let timer = if self.own.dir == Direction::Outbound {
-                self.own
-                    .router
-                    .policy()
-                    .runtime
-                    .responder()
-                    .and_then(|mut r| r.poll_at(b.now))
+                self.own.router.policy().runtime.responder().and_then(|mut r| r.poll_at(b.now))
             } else {
                 None
             };
@@ -211,15 +185,7 @@ impl Worker {
                 Err(e) if e.kind() == io::ErrorKind::TimedOut => {
                     b.now = Instant::now();
                     let now = b.now;
-                    respond(
-                        &self.own.router,
-                        off,
-                        &mut b.reply,
-                        ingress,
-                        &self.io,
-                        self.own.dir,
-                        |r| r.poll(now),
-                    );
+                    respond(&self.own.router, off, &mut b.reply, ingress, &self.io, self.own.dir, |r| r.poll(now));
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => {
@@ -235,12 +201,7 @@ impl Worker {
 /// Whether a read would find a packet, without taking it (a zero-timeout wait).
 fn readable(dev: &SyncDevice) -> bool {
     // A zero timeout turns the wait into one poll(2) that returns at once.
-    let ev = NO_EVENT.with(|e| {
-        e.as_ref().map(|e| {
-            dev.wait_readable_intr_timeout(e, Some(Duration::ZERO))
-                .is_ok()
-        })
-    });
+    let ev = NO_EVENT.with(|e| e.as_ref().map(|e| dev.wait_readable_intr_timeout(e, Some(Duration::ZERO)).is_ok()));
     ev.unwrap_or(false)
 }
 
@@ -296,16 +257,10 @@ fn drain(
             io.rx_errors.fetch_add(1, Ordering::Relaxed);
             continue;
         }
-        let rx = if off > 0 {
-            rx_info(&b.buf[..off])
-        } else {
-            RxInfo::default()
-        };
+        let rx = if off > 0 { rx_info(&b.buf[..off]) } else { RxInfo::default() };
         let gso = rx.gso_size;
         let packet = &mut b.buf[off..len];
-        let verdict = side
-            .router
-            .handle_offloaded(b.now, dir, packet, &mut b.reply[off..], rx);
+        let verdict = side.router.handle_offloaded(b.now, dir, packet, &mut b.reply[off..], rx);
         let sent = match verdict {
             Verdict::Forward { len } => {
                 if gso.is_none() && b.gro.enabled() {
@@ -337,9 +292,7 @@ fn drain(
             }
             Verdict::Terminate => {
                 let now = b.now;
-                respond(&side.router, off, &mut b.reply, from, io, dir, |r| {
-                    r.input(now, &b.buf[off..len])
-                });
+                respond(&side.router, off, &mut b.reply, from, io, dir, |r| r.input(now, &b.buf[off..len]));
                 continue;
             }
         };
@@ -375,10 +328,7 @@ fn rx_info(header: &[u8]) -> RxInfo {
     };
     // gso_type: 0 none, 1 TCPv4, 3 UDP (UFO), 4 TCPv6, 5 UDP L4; 0x80 is the ECN bit.
     let gso_size = (h.gso_type & 0x7f != 0 && h.gso_size > 0).then_some(h.gso_size);
-    RxInfo {
-        gso_size,
-        csum_partial: h.flags & super::gro::VIRTIO_NET_HDR_F_NEEDS_CSUM != 0,
-    }
+    RxInfo { gso_size, csum_partial: h.flags & super::gro::VIRTIO_NET_HDR_F_NEEDS_CSUM != 0 }
 }
 
 /// Runs `step` on the banner responder (if the policy has one) and sends what

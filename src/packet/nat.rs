@@ -24,13 +24,7 @@ pub enum End {
 /// Rewrites the source or destination of the TCP packet `view` was parsed from
 /// to `to`. Returns false (and changes nothing) for a packet that is not an
 /// unfragmented TCP packet of the same IP version.
-pub fn rewrite(
-    buf: &mut [u8],
-    view: &PacketView,
-    end: End,
-    to: SocketAddr,
-    csum_partial: bool,
-) -> bool {
+pub fn rewrite(buf: &mut [u8], view: &PacketView, end: End, to: SocketAddr, csum_partial: bool) -> bool {
     let Transport::Tcp { .. } = view.transport else {
         return false;
     };
@@ -66,11 +60,7 @@ pub fn rewrite(
         adjust_partial(tcp_sum, old_addr, new_addr)
     } else {
         let s = adjust_bytes(tcp_sum, old_addr, new_addr);
-        adjust(
-            s,
-            u16::from_be_bytes(old_port),
-            u16::from_be_bytes(new_port),
-        )
+        adjust(s, u16::from_be_bytes(old_port), u16::from_be_bytes(new_port))
     };
     buf[l4 + 16..l4 + 18].copy_from_slice(&tcp_sum.to_be_bytes());
     if view.version == IpVersion::V4 {
@@ -93,12 +83,8 @@ mod tests {
         let tcp = TcpHeaderSlice::from_slice(&buf[v.l4_offset..]).unwrap();
         let payload = &buf[v.l4_offset + tcp.slice().len()..v.len];
         let want = match (v.src, v.dst) {
-            (IpAddr::V4(s), IpAddr::V4(d)) => tcp
-                .calc_checksum_ipv4_raw(s.octets(), d.octets(), payload)
-                .unwrap(),
-            (IpAddr::V6(s), IpAddr::V6(d)) => tcp
-                .calc_checksum_ipv6_raw(s.octets(), d.octets(), payload)
-                .unwrap(),
+            (IpAddr::V4(s), IpAddr::V4(d)) => tcp.calc_checksum_ipv4_raw(s.octets(), d.octets(), payload).unwrap(),
+            (IpAddr::V6(s), IpAddr::V6(d)) => tcp.calc_checksum_ipv6_raw(s.octets(), d.octets(), payload).unwrap(),
             _ => unreachable!(),
         };
         tcp.checksum() == want
@@ -113,13 +99,7 @@ mod tests {
             .write(&mut p, b"EHLO")
             .unwrap();
         let v = PacketView::parse(&p).unwrap();
-        assert!(rewrite(
-            &mut p,
-            &v,
-            End::Destination,
-            "198.51.100.25:2525".parse().unwrap(),
-            false
-        ));
+        assert!(rewrite(&mut p, &v, End::Destination, "198.51.100.25:2525".parse().unwrap(), false));
         let v = PacketView::parse(&p).expect("IPv4 header checksum still valid");
         assert_eq!(v.dst.to_string(), "198.51.100.25");
         assert_eq!(v.tcp_dst_port(), Some(2525));
@@ -128,14 +108,8 @@ mod tests {
 
         let mut q = Vec::new();
         PacketBuilder::ipv6(
-            "2001:db8:25::25"
-                .parse::<std::net::Ipv6Addr>()
-                .unwrap()
-                .octets(),
-            "2001:db8:100:1::10"
-                .parse::<std::net::Ipv6Addr>()
-                .unwrap()
-                .octets(),
+            "2001:db8:25::25".parse::<std::net::Ipv6Addr>().unwrap().octets(),
+            "2001:db8:100:1::10".parse::<std::net::Ipv6Addr>().unwrap().octets(),
             64,
         )
         .tcp(25, 40000, 9, 1000)
@@ -143,13 +117,7 @@ mod tests {
         .write(&mut q, b"220 relay")
         .unwrap();
         let v = PacketView::parse(&q).unwrap();
-        assert!(rewrite(
-            &mut q,
-            &v,
-            End::Source,
-            "[2001:db8:203::25]:25".parse().unwrap(),
-            false
-        ));
+        assert!(rewrite(&mut q, &v, End::Source, "[2001:db8:203::25]:25".parse().unwrap(), false));
         let v = PacketView::parse(&q).unwrap();
         assert_eq!(v.src.to_string(), "2001:db8:203::25");
         assert!(tcp_ok(&q));
@@ -158,33 +126,14 @@ mod tests {
     #[test]
     fn refuses_what_it_cannot_rewrite() {
         let mut p = Vec::new();
-        PacketBuilder::ipv4([100, 64, 1, 10], [203, 0, 113, 25], 64)
-            .udp(1, 25)
-            .write(&mut p, &[])
-            .unwrap();
+        PacketBuilder::ipv4([100, 64, 1, 10], [203, 0, 113, 25], 64).udp(1, 25).write(&mut p, &[]).unwrap();
         let v = PacketView::parse(&p).unwrap();
         let before = p.clone();
-        assert!(!rewrite(
-            &mut p,
-            &v,
-            End::Destination,
-            "198.51.100.25:25".parse().unwrap(),
-            false
-        ));
+        assert!(!rewrite(&mut p, &v, End::Destination, "198.51.100.25:25".parse().unwrap(), false));
         let mut t = Vec::new();
-        PacketBuilder::ipv4([100, 64, 1, 10], [203, 0, 113, 25], 64)
-            .tcp(1, 25, 1, 1)
-            .syn()
-            .write(&mut t, &[])
-            .unwrap();
+        PacketBuilder::ipv4([100, 64, 1, 10], [203, 0, 113, 25], 64).tcp(1, 25, 1, 1).syn().write(&mut t, &[]).unwrap();
         let tv = PacketView::parse(&t).unwrap();
-        assert!(!rewrite(
-            &mut t,
-            &tv,
-            End::Destination,
-            "[2001:db8::1]:25".parse().unwrap(),
-            false
-        ));
+        assert!(!rewrite(&mut t, &tv, End::Destination, "[2001:db8::1]:25".parse().unwrap(), false));
         assert_eq!(p, before);
     }
 }

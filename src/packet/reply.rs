@@ -11,8 +11,8 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use etherparse::{
-    icmpv4, icmpv6, IcmpEchoHeader, Icmpv4Header, Icmpv4Type, Icmpv6Header, Icmpv6Type, IpNumber,
-    Ipv4Header, Ipv6Header, TcpHeader,
+    icmpv4, icmpv6, IcmpEchoHeader, Icmpv4Header, Icmpv4Type, Icmpv6Header, Icmpv6Type, IpNumber, Ipv4Header,
+    Ipv6Header, TcpHeader,
 };
 
 use super::view::{tcp_flags, IpVersion, PacketView, Transport};
@@ -39,13 +39,7 @@ pub enum IcmpError {
 }
 
 /// Writes an IP header for a router-originated packet and returns its length.
-fn write_ip(
-    out: &mut [u8],
-    src: IpAddr,
-    dst: IpAddr,
-    protocol: u8,
-    payload_len: usize,
-) -> Option<usize> {
+fn write_ip(out: &mut [u8], src: IpAddr, dst: IpAddr, protocol: u8, payload_len: usize) -> Option<usize> {
     match (src, dst) {
         (IpAddr::V4(s), IpAddr::V4(d)) => {
             let mut h = Ipv4Header::new(
@@ -84,15 +78,7 @@ fn write_ip(
 /// connect() fails with ECONNREFUSED at once; a segment with ACK gets a bare RST
 /// with the sequence number it expects. An RST is never answered.
 pub fn tcp_rst(view: &PacketView, out: &mut [u8]) -> Option<usize> {
-    let Transport::Tcp {
-        src_port,
-        dst_port,
-        flags,
-        seq,
-        ack,
-        header_len,
-    } = view.transport
-    else {
+    let Transport::Tcp { src_port, dst_port, flags, seq, ack, header_len } = view.transport else {
         return None;
     };
     if flags & tcp_flags::RST != 0 {
@@ -103,28 +89,19 @@ pub fn tcp_rst(view: &PacketView, out: &mut [u8]) -> Option<usize> {
     if flags & tcp_flags::ACK != 0 {
         tcp.sequence_number = ack;
     } else {
-        let data = view
-            .len
-            .checked_sub(view.l4_offset + usize::from(header_len))?;
-        let seg_len = data as u32
-            + u32::from(flags & tcp_flags::SYN != 0)
-            + u32::from(flags & tcp_flags::FIN != 0);
+        let data = view.len.checked_sub(view.l4_offset + usize::from(header_len))?;
+        let seg_len = data as u32 + u32::from(flags & tcp_flags::SYN != 0) + u32::from(flags & tcp_flags::FIN != 0);
         tcp.ack = true;
         tcp.acknowledgment_number = seq.wrapping_add(seg_len);
     }
     tcp.checksum = match (view.dst, view.src) {
-        (IpAddr::V4(s), IpAddr::V4(d)) => tcp
-            .calc_checksum_ipv4_raw(s.octets(), d.octets(), &[])
-            .ok()?,
-        (IpAddr::V6(s), IpAddr::V6(d)) => tcp
-            .calc_checksum_ipv6_raw(s.octets(), d.octets(), &[])
-            .ok()?,
+        (IpAddr::V4(s), IpAddr::V4(d)) => tcp.calc_checksum_ipv4_raw(s.octets(), d.octets(), &[]).ok()?,
+        (IpAddr::V6(s), IpAddr::V6(d)) => tcp.calc_checksum_ipv6_raw(s.octets(), d.octets(), &[]).ok()?,
         _ => return None,
     };
     let bytes = tcp.to_bytes();
     let ip_len = write_ip(out, view.dst, view.src, 6, bytes.len())?;
-    out.get_mut(ip_len..ip_len + bytes.len())?
-        .copy_from_slice(&bytes);
+    out.get_mut(ip_len..ip_len + bytes.len())?.copy_from_slice(&bytes);
     Some(ip_len + bytes.len())
 }
 
@@ -132,13 +109,7 @@ pub fn tcp_rst(view: &PacketView, out: &mut [u8]) -> Option<usize> {
 /// that family) to the packet's source. Returns `None` where RFC 1122 3.2.2 /
 /// RFC 4443 2.4 e forbid one: about an ICMP error, a later fragment, or a
 /// source that is not a unicast host address.
-pub fn icmp_error(
-    kind: IcmpError,
-    view: &PacketView,
-    pkt: &[u8],
-    from: IpAddr,
-    out: &mut [u8],
-) -> Option<usize> {
+pub fn icmp_error(kind: IcmpError, view: &PacketView, pkt: &[u8], from: IpAddr, out: &mut [u8]) -> Option<usize> {
     if !icmp_allowed(view) {
         return None;
     }
@@ -147,15 +118,15 @@ pub fn icmp_error(
         IpVersion::V4 => {
             let quote = &pkt[..pkt.len().min(ICMPV4_ERROR_MAX - Ipv4Header::MIN_LEN - 8)];
             let t = match kind {
-                IcmpError::TimeExceeded => {
-                    Icmpv4Type::TimeExceeded(icmpv4::TimeExceededCode::TtlExceededInTransit)
+                IcmpError::TimeExceeded => Icmpv4Type::TimeExceeded(icmpv4::TimeExceededCode::TtlExceededInTransit),
+                IcmpError::TooBig { mtu } => {
+                    Icmpv4Type::DestinationUnreachable(icmpv4::DestUnreachableHeader::FragmentationNeeded {
+                        next_hop_mtu: mtu,
+                    })
                 }
-                IcmpError::TooBig { mtu } => Icmpv4Type::DestinationUnreachable(
-                    icmpv4::DestUnreachableHeader::FragmentationNeeded { next_hop_mtu: mtu },
-                ),
-                IcmpError::Prohibited => Icmpv4Type::DestinationUnreachable(
-                    icmpv4::DestUnreachableHeader::FilterProhibited,
-                ),
+                IcmpError::Prohibited => {
+                    Icmpv4Type::DestinationUnreachable(icmpv4::DestUnreachableHeader::FilterProhibited)
+                }
             };
             let icmp = Icmpv4Header::with_checksum(t, quote);
             write_icmp(out, from, view.src, 1, &icmp.to_bytes(), quote)
@@ -163,15 +134,9 @@ pub fn icmp_error(
         IpVersion::V6 => {
             let quote = &pkt[..pkt.len().min(ICMPV6_ERROR_MAX - Ipv6Header::LEN - 8)];
             let t = match kind {
-                IcmpError::TimeExceeded => {
-                    Icmpv6Type::TimeExceeded(icmpv6::TimeExceededCode::HopLimitExceeded)
-                }
-                IcmpError::TooBig { mtu } => Icmpv6Type::PacketTooBig {
-                    mtu: u32::from(mtu),
-                },
-                IcmpError::Prohibited => {
-                    Icmpv6Type::DestinationUnreachable(icmpv6::DestUnreachableCode::Prohibited)
-                }
+                IcmpError::TimeExceeded => Icmpv6Type::TimeExceeded(icmpv6::TimeExceededCode::HopLimitExceeded),
+                IcmpError::TooBig { mtu } => Icmpv6Type::PacketTooBig { mtu: u32::from(mtu) },
+                IcmpError::Prohibited => Icmpv6Type::DestinationUnreachable(icmpv6::DestUnreachableCode::Prohibited),
             };
             let (IpAddr::V6(s), IpAddr::V6(d)) = (from, view.src) else {
                 return None;
@@ -195,19 +160,13 @@ pub fn icmp_allowed(view: &PacketView) -> bool {
 /// Whether an RST may answer `view`: a TCP segment that is not itself an RST,
 /// from a unicast host.
 pub fn rst_allowed(view: &PacketView) -> bool {
-    matches!(view.transport, Transport::Tcp { flags, .. } if flags & tcp_flags::RST == 0)
-        && is_unicast_host(view.src)
+    matches!(view.transport, Transport::Tcp { flags, .. } if flags & tcp_flags::RST == 0) && is_unicast_host(view.src)
 }
 
 /// Whether `view` is an echo request the router may answer.
 pub fn echo_allowed(view: &PacketView) -> bool {
-    matches!(
-        view.transport,
-        Transport::Icmp {
-            icmp_type: 8 | 128,
-            code: 0
-        }
-    ) && view.fragment == super::Fragment::Whole
+    matches!(view.transport, Transport::Icmp { icmp_type: 8 | 128, code: 0 })
+        && view.fragment == super::Fragment::Whole
         && is_unicast_host(view.src)
 }
 
@@ -224,10 +183,7 @@ pub fn echo_reply(view: &PacketView, pkt: &[u8], out: &mut [u8]) -> Option<usize
     if l4.len() < 8 {
         return None;
     }
-    let echo = IcmpEchoHeader {
-        id: u16::from_be_bytes([l4[4], l4[5]]),
-        seq: u16::from_be_bytes([l4[6], l4[7]]),
-    };
+    let echo = IcmpEchoHeader { id: u16::from_be_bytes([l4[4], l4[5]]), seq: u16::from_be_bytes([l4[6], l4[7]]) };
     let data = &l4[8..];
     match (icmp_type, view.dst, view.src) {
         (8, IpAddr::V4(_), IpAddr::V4(_)) => {
@@ -235,27 +191,14 @@ pub fn echo_reply(view: &PacketView, pkt: &[u8], out: &mut [u8]) -> Option<usize
             write_icmp(out, view.dst, view.src, 1, &icmp.to_bytes(), data)
         }
         (128, IpAddr::V6(s), IpAddr::V6(d)) => {
-            let icmp = Icmpv6Header::with_checksum(
-                Icmpv6Type::EchoReply(echo),
-                s.octets(),
-                d.octets(),
-                data,
-            )
-            .ok()?;
+            let icmp = Icmpv6Header::with_checksum(Icmpv6Type::EchoReply(echo), s.octets(), d.octets(), data).ok()?;
             write_icmp(out, view.dst, view.src, 58, &icmp.to_bytes(), data)
         }
         _ => None,
     }
 }
 
-fn write_icmp(
-    out: &mut [u8],
-    src: IpAddr,
-    dst: IpAddr,
-    protocol: u8,
-    header: &[u8],
-    body: &[u8],
-) -> Option<usize> {
+fn write_icmp(out: &mut [u8], src: IpAddr, dst: IpAddr, protocol: u8, header: &[u8], body: &[u8]) -> Option<usize> {
     let ip_len = write_ip(out, src, dst, protocol, header.len() + body.len())?;
     let end = ip_len + header.len() + body.len();
     let dst = out.get_mut(ip_len..end)?;
@@ -270,15 +213,9 @@ fn write_icmp(
 pub fn is_unicast_host(addr: IpAddr) -> bool {
     match addr {
         IpAddr::V4(a) => {
-            !(a.is_unspecified()
-                || a.is_loopback()
-                || a.is_multicast()
-                || a.is_broadcast()
-                || a.octets()[0] == 0)
+            !(a.is_unspecified() || a.is_loopback() || a.is_multicast() || a.is_broadcast() || a.octets()[0] == 0)
         }
-        IpAddr::V6(a) => {
-            !(a.is_unspecified() || a.is_loopback() || a.is_multicast() || is_v4_mapped(a))
-        }
+        IpAddr::V6(a) => !(a.is_unspecified() || a.is_loopback() || a.is_multicast() || is_v4_mapped(a)),
     }
 }
 

@@ -14,8 +14,8 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use etherparse::{
-    ip_number, IpAuthHeaderSlice, Ipv4HeaderSlice, Ipv6FragmentHeaderSlice, Ipv6HeaderSlice,
-    Ipv6RawExtHeaderSlice, TcpHeaderSlice,
+    ip_number, IpAuthHeaderSlice, Ipv4HeaderSlice, Ipv6FragmentHeaderSlice, Ipv6HeaderSlice, Ipv6RawExtHeaderSlice,
+    TcpHeaderSlice,
 };
 
 use super::checksum;
@@ -212,8 +212,7 @@ impl PacketView {
                 if hops > MAX_EXT_HEADERS {
                     return Err(ParseError::BadExtHeader);
                 }
-                let ah = IpAuthHeaderSlice::from_slice(&buf[l4_offset..len])
-                    .map_err(|_| ParseError::BadExtHeader)?;
+                let ah = IpAuthHeaderSlice::from_slice(&buf[l4_offset..len]).map_err(|_| ParseError::BadExtHeader)?;
                 protocol = ah.next_header().0;
                 l4_offset += ah.slice().len();
             }
@@ -261,8 +260,7 @@ impl PacketView {
                 }
                 60 | 135 | 139 | 140 => raw_ext(rest)?,
                 44 => {
-                    let f = Ipv6FragmentHeaderSlice::from_slice(rest)
-                        .map_err(|_| ParseError::BadExtHeader)?;
+                    let f = Ipv6FragmentHeaderSlice::from_slice(rest).map_err(|_| ParseError::BadExtHeader)?;
                     let offset = f.fragment_offset().value();
                     if fragment != Fragment::Whole {
                         // Two fragment headers in one packet: nobody sends that honestly.
@@ -276,8 +274,7 @@ impl PacketView {
                     (f.slice().len(), f.next_header().0)
                 }
                 51 => {
-                    let ah = IpAuthHeaderSlice::from_slice(rest)
-                        .map_err(|_| ParseError::BadExtHeader)?;
+                    let ah = IpAuthHeaderSlice::from_slice(rest).map_err(|_| ParseError::BadExtHeader)?;
                     (ah.slice().len(), ah.next_header().0)
                 }
                 _ => break,
@@ -327,9 +324,7 @@ impl PacketView {
     /// no ICMP error may be sent (RFC 1122 3.2.2, RFC 4443 2.4 e).
     pub fn is_icmp_error(&self) -> bool {
         match (self.protocol, self.transport) {
-            (proto::ICMP, Transport::Icmp { icmp_type, .. }) => {
-                !matches!(icmp_type, 0 | 8 | 13 | 14)
-            }
+            (proto::ICMP, Transport::Icmp { icmp_type, .. }) => !matches!(icmp_type, 0 | 8 | 13 | 14),
             (proto::ICMPV6, Transport::Icmp { icmp_type, .. }) => icmp_type < 128,
             (proto::ICMP | proto::ICMPV6, _) => true,
             _ => false,
@@ -394,10 +389,7 @@ fn read_transport(l4: &[u8], protocol: u8, fragment: Fragment) -> Result<Transpo
             src_port: u16::from_be_bytes([l4[0], l4[1]]),
             dst_port: u16::from_be_bytes([l4[2], l4[3]]),
         }),
-        proto::ICMP | proto::ICMPV6 if l4.len() >= 4 => Ok(Transport::Icmp {
-            icmp_type: l4[0],
-            code: l4[1],
-        }),
+        proto::ICMP | proto::ICMPV6 if l4.len() >= 4 => Ok(Transport::Icmp { icmp_type: l4[0], code: l4[1] }),
         // Short UDP / ICMP: the policy does not depend on them; forward as is.
         _ => Ok(Transport::None),
     }

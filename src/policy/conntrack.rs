@@ -64,9 +64,7 @@ impl Flow {
             self.state = State::Closing;
             self.last = now;
         } else if self.state == State::SynSent {
-            if from_relay
-                && flags & (tcp_flags::SYN | tcp_flags::ACK) == tcp_flags::SYN | tcp_flags::ACK
-            {
+            if from_relay && flags & (tcp_flags::SYN | tcp_flags::ACK) == tcp_flags::SYN | tcp_flags::ACK {
                 self.state = State::Established;
                 self.last = now;
             }
@@ -98,12 +96,7 @@ pub struct Conntrack {
 
 fn tcp_of(view: &PacketView) -> Option<(u16, u16, u8)> {
     match view.transport {
-        Transport::Tcp {
-            src_port,
-            dst_port,
-            flags,
-            ..
-        } => Some((src_port, dst_port, flags)),
+        Transport::Tcp { src_port, dst_port, flags, .. } => Some((src_port, dst_port, flags)),
         _ => None,
     }
 }
@@ -111,11 +104,7 @@ fn tcp_of(view: &PacketView) -> Option<(u16, u16, u8)> {
 impl Conntrack {
     /// An empty table for at most `max` flows.
     pub fn new(max: usize) -> Conntrack {
-        Conntrack {
-            last_sweep: None,
-            flows: HashMap::new(),
-            max: max.max(1),
-        }
+        Conntrack { last_sweep: None, flows: HashMap::new(), max: max.max(1) }
     }
 
     /// Live and not yet swept flows.
@@ -134,21 +123,13 @@ impl Conntrack {
         let Some((sport, _, flags)) = tcp_of(view) else {
             return false;
         };
-        let live = self
-            .flows
-            .get(&(view.src, sport))
-            .is_some_and(|f| !f.expired(now));
+        let live = self.flows.get(&(view.src, sport)).is_some_and(|f| !f.expired(now));
         !live && flags & (tcp_flags::SYN | tcp_flags::ACK) == tcp_flags::SYN
     }
 
     /// A packet from the subscriber to a blocked destination: the relay address
     /// to send it to, creating the flow on a SYN.
-    pub fn outbound(
-        &mut self,
-        view: &PacketView,
-        target: SocketAddr,
-        now: Instant,
-    ) -> Result<SocketAddr, CtError> {
+    pub fn outbound(&mut self, view: &PacketView, target: SocketAddr, now: Instant) -> Result<SocketAddr, CtError> {
         let (sport, dport, flags) = tcp_of(view).ok_or(CtError::NoFlow)?;
         let key = (view.src, sport);
         let original = SocketAddr::new(view.dst, dport);
@@ -177,9 +158,7 @@ impl Conntrack {
             self.flows.reserve(2 * self.max);
         }
         if self.flows.len() >= self.max && !self.flows.contains_key(&key) {
-            let due = self
-                .last_sweep
-                .is_none_or(|t| now.saturating_duration_since(t) >= Duration::from_secs(1));
+            let due = self.last_sweep.is_none_or(|t| now.saturating_duration_since(t) >= Duration::from_secs(1));
             if due {
                 self.flows.retain(|_, f| !f.expired(now));
                 self.last_sweep = Some(now);
@@ -188,15 +167,7 @@ impl Conntrack {
                 return Err(CtError::Full);
             }
         }
-        self.flows.insert(
-            key,
-            Flow {
-                original,
-                target,
-                state: State::SynSent,
-                last: now,
-            },
-        );
+        self.flows.insert(key, Flow { original, target, state: State::SynSent, last: now });
         Ok(target)
     }
 
@@ -218,12 +189,7 @@ mod tests {
     use super::*;
     use etherparse::PacketBuilder;
 
-    fn view(
-        buf: &mut Vec<u8>,
-        src: ([u8; 4], u16),
-        dst: ([u8; 4], u16),
-        flags: &str,
-    ) -> PacketView {
+    fn view(buf: &mut Vec<u8>, src: ([u8; 4], u16), dst: ([u8; 4], u16), flags: &str) -> PacketView {
         buf.clear();
         let b = PacketBuilder::ipv4(src.0, dst.0, 64).tcp(src.1, dst.1, 1, 1000);
         let b = match flags {
@@ -246,33 +212,20 @@ mod tests {
         let relay: SocketAddr = RELAY.parse().unwrap();
         let t0 = Instant::now();
         let mut b = Vec::new();
-        assert_eq!(
-            ct.outbound(&view(&mut b, (C, 40000), (MX, 25), "ack"), relay, t0),
-            Err(CtError::NoFlow)
-        );
+        assert_eq!(ct.outbound(&view(&mut b, (C, 40000), (MX, 25), "ack"), relay, t0), Err(CtError::NoFlow));
         let syn = view(&mut b, (C, 40000), (MX, 25), "syn");
         assert!(ct.is_new(&syn, t0));
         assert_eq!(ct.outbound(&syn, relay, t0), Ok(relay));
         // The relay answers; the original destination comes back.
         let back = view(&mut b, ([198, 51, 100, 25], 25), (C, 40000), "ack");
-        assert_eq!(
-            ct.inbound(&back, t0),
-            Some("203.0.113.25:25".parse().unwrap())
-        );
+        assert_eq!(ct.inbound(&back, t0), Some("203.0.113.25:25".parse().unwrap()));
         // Someone else pretending to be the relay for that flow gets nothing.
-        assert_eq!(
-            ct.inbound(
-                &view(&mut b, ([198, 51, 100, 26], 25), (C, 40000), "ack"),
-                t0
-            ),
-            None
-        );
+        assert_eq!(ct.inbound(&view(&mut b, ([198, 51, 100, 26], 25), (C, 40000), "ack"), t0), None);
         // Another destination from the same port collides.
         let other = view(&mut b, (C, 40000), ([203, 0, 113, 26], 25), "syn");
         assert_eq!(ct.outbound(&other, relay, t0), Err(CtError::Collision));
         // FIN closes; after the closing timeout the flow is gone.
-        ct.outbound(&view(&mut b, (C, 40000), (MX, 25), "fin"), relay, t0)
-            .unwrap();
+        ct.outbound(&view(&mut b, (C, 40000), (MX, 25), "fin"), relay, t0).unwrap();
         let later = t0 + CLOSING_TIMEOUT + Duration::from_secs(1);
         assert_eq!(ct.inbound(&back_view(&mut b), later), None);
     }
@@ -287,39 +240,23 @@ mod tests {
         let relay: SocketAddr = RELAY.parse().unwrap();
         let t0 = Instant::now();
         let mut b = Vec::new();
-        ct.outbound(&view(&mut b, (C, 1), (MX, 25), "syn"), relay, t0)
-            .unwrap();
+        ct.outbound(&view(&mut b, (C, 1), (MX, 25), "syn"), relay, t0).unwrap();
         // The subscriber's own ACKs neither establish nor refresh a half-open flow.
         for s in 1..=40 {
-            let _ = ct.outbound(
-                &view(&mut b, (C, 1), (MX, 25), "ack"),
-                relay,
-                t0 + Duration::from_secs(s),
-            );
+            let _ = ct.outbound(&view(&mut b, (C, 1), (MX, 25), "ack"), relay, t0 + Duration::from_secs(s));
         }
         let later = t0 + SYN_TIMEOUT + Duration::from_secs(1);
-        assert!(
-            ct.is_new(&view(&mut b, (C, 1), (MX, 25), "syn"), later),
-            "expired despite the ACKs"
-        );
+        assert!(ct.is_new(&view(&mut b, (C, 1), (MX, 25), "syn"), later), "expired despite the ACKs");
         // With the relay's SYN-ACK it is established and lives on traffic.
-        ct.outbound(&view(&mut b, (C, 2), (MX, 25), "syn"), relay, t0)
-            .unwrap();
+        ct.outbound(&view(&mut b, (C, 2), (MX, 25), "syn"), relay, t0).unwrap();
         let synack = {
             b.clear();
-            PacketBuilder::ipv4([198, 51, 100, 25], C, 64)
-                .tcp(25, 2, 1, 1000)
-                .syn()
-                .ack(1)
-                .write(&mut b, &[])
-                .unwrap();
+            PacketBuilder::ipv4([198, 51, 100, 25], C, 64).tcp(25, 2, 1, 1000).syn().ack(1).write(&mut b, &[]).unwrap();
             PacketView::parse(&b).unwrap()
         };
         assert!(ct.inbound(&synack, t0).is_some());
         let keep = t0 + Duration::from_secs(100);
-        assert!(ct
-            .outbound(&view(&mut b, (C, 2), (MX, 25), "ack"), relay, keep)
-            .is_ok());
+        assert!(ct.outbound(&view(&mut b, (C, 2), (MX, 25), "ack"), relay, keep).is_ok());
         assert!(!ct.is_new(&view(&mut b, (C, 2), (MX, 25), "syn"), keep + SYN_TIMEOUT));
     }
 
@@ -330,16 +267,12 @@ mod tests {
         let t0 = Instant::now();
         let mut b = Vec::new();
         for port in 0..4 {
-            assert!(ct
-                .outbound(&view(&mut b, (C, 1000 + port), (MX, 25), "syn"), relay, t0)
-                .is_ok());
+            assert!(ct.outbound(&view(&mut b, (C, 1000 + port), (MX, 25), "syn"), relay, t0).is_ok());
         }
         let fifth = view(&mut b, (C, 2000), (MX, 25), "syn");
         assert_eq!(ct.outbound(&fifth, relay, t0), Err(CtError::Full));
         // Established flows still work while full.
-        assert!(ct
-            .outbound(&view(&mut b, (C, 1000), (MX, 25), "ack"), relay, t0)
-            .is_ok());
+        assert!(ct.outbound(&view(&mut b, (C, 1000), (MX, 25), "ack"), relay, t0).is_ok());
         // Half-open flows expire; then there is room.
         let later = t0 + SYN_TIMEOUT + Duration::from_secs(1);
         let fifth = view(&mut b, (C, 2000), (MX, 25), "syn");

@@ -75,18 +75,13 @@ impl Runtime {
 
     /// The banner responder, locked, if there is one.
     pub fn responder(&self) -> Option<std::sync::MutexGuard<'_, crate::responder::Responder>> {
-        self.responder
-            .as_ref()
-            .map(|r| r.lock().unwrap_or_else(|e| e.into_inner()))
+        self.responder.as_ref().map(|r| r.lock().unwrap_or_else(|e| e.into_inner()))
     }
 
     /// Takes a reply token for `to`; false when over the limit.
     pub fn allow_reply(&self, to: IpAddr, now: Instant) -> bool {
         // A poisoned lock only means a worker panicked mid-update; the table is valid.
-        self.replies
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .allow(to, now)
+        self.replies.lock().unwrap_or_else(|e| e.into_inner()).allow(to, now)
     }
 
     /// The flow table, locked.

@@ -110,11 +110,7 @@ pub const DEFAULT_BANNER: &str =
 
 impl Default for Banner {
     fn default() -> Self {
-        Banner {
-            text: DEFAULT_BANNER.to_string(),
-            sessions: 64,
-            idle: Duration::from_secs(10),
-        }
+        Banner { text: DEFAULT_BANNER.to_string(), sessions: 64, idle: Duration::from_secs(10) }
     }
 }
 

@@ -30,10 +30,7 @@ pub struct Slot {
 
 enum Stage {
     /// Config rules `first..first + classifier.len` indexed together.
-    Indexed {
-        first: usize,
-        classifier: Box<Classifier>,
-    },
+    Indexed { first: usize, classifier: Box<Classifier> },
     /// An opaque rule, evaluated on its own.
     Opaque(usize),
 }
@@ -56,23 +53,15 @@ pub struct Pipeline {
 
 impl std::fmt::Debug for Pipeline {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_list()
-            .entries(self.slots.iter().map(|s| s.rule.describe()))
-            .finish()
+        f.debug_list().entries(self.slots.iter().map(|s| s.rule.describe())).finish()
     }
 }
 
 impl Pipeline {
     /// A pipeline of `rules` in order.
     pub fn new(rules: Vec<Box<dyn Rule>>) -> Pipeline {
-        let slots: Vec<Slot> = rules
-            .into_iter()
-            .map(|rule| Slot {
-                rule,
-                packets: AtomicU64::new(0),
-                bytes: AtomicU64::new(0),
-            })
-            .collect();
+        let slots: Vec<Slot> =
+            rules.into_iter().map(|rule| Slot { rule, packets: AtomicU64::new(0), bytes: AtomicU64::new(0) }).collect();
         let mut stages = Vec::new();
         let mut i = 0;
         while i < slots.len() {
@@ -85,14 +74,8 @@ impl Pipeline {
             while i < slots.len() && slots[i].rule.as_config_rule().is_some() {
                 i += 1;
             }
-            let run: Vec<&ConfigRule> = slots[first..i]
-                .iter()
-                .filter_map(|s| s.rule.as_config_rule())
-                .collect();
-            stages.push(Stage::Indexed {
-                first,
-                classifier: Box::new(Classifier::new(&run)),
-            });
+            let run: Vec<&ConfigRule> = slots[first..i].iter().filter_map(|s| s.rule.as_config_rule()).collect();
+            stages.push(Stage::Indexed { first, classifier: Box::new(Classifier::new(&run)) });
         }
         Pipeline { slots, stages }
     }
@@ -118,37 +101,23 @@ impl Pipeline {
         for stage in &self.stages {
             let decided = match stage {
                 Stage::Opaque(i) => self.run(*i, p, cx),
-                Stage::Indexed { first, classifier } => {
-                    classifier.candidates(p, cx, |i| self.run(first + i, p, cx))
-                }
+                Stage::Indexed { first, classifier } => classifier.candidates(p, cx, |i| self.run(first + i, p, cx)),
             };
             if let Some((verdict, rule)) = decided {
-                return Outcome {
-                    verdict,
-                    rule: Some(rule),
-                };
+                return Outcome { verdict, rule: Some(rule) };
             }
         }
-        Outcome {
-            verdict: RuleVerdict::Continue,
-            rule: None,
-        }
+        Outcome { verdict: RuleVerdict::Continue, rule: None }
     }
 
     /// Runs every rule in order without the index (for traces and tests).
     pub fn evaluate_linear(&self, p: &PacketView, cx: &RuleContext) -> Outcome {
         for i in 0..self.slots.len() {
             if let Some((verdict, rule)) = self.run(i, p, cx) {
-                return Outcome {
-                    verdict,
-                    rule: Some(rule),
-                };
+                return Outcome { verdict, rule: Some(rule) };
             }
         }
-        Outcome {
-            verdict: RuleVerdict::Continue,
-            rule: None,
-        }
+        Outcome { verdict: RuleVerdict::Continue, rule: None }
     }
 
     #[inline]
@@ -178,12 +147,7 @@ struct Dim<K> {
 impl<K: Copy + Ord> Dim<K> {
     /// Builds from each rule's ranges (`None` = the whole space). `succ` gives
     /// the next key (None at the top of the space).
-    fn new(
-        min: K,
-        rules: &[Option<Vec<(K, K)>>],
-        words: usize,
-        succ: impl Fn(K) -> Option<K>,
-    ) -> Dim<K> {
+    fn new(min: K, rules: &[Option<Vec<(K, K)>>], words: usize, succ: impl Fn(K) -> Option<K>) -> Dim<K> {
         let mut bounds = vec![min];
         for ranges in rules.iter().flatten() {
             for &(s, e) in ranges {
@@ -260,36 +224,28 @@ impl Classifier {
             }
         }
         let v4 = |f: fn(&ConfigRule) -> Option<&super::PrefixSet>| -> Vec<Option<Vec<(u32, u32)>>> {
+            rules.iter().map(|r| f(r).map(|s| s.v4_ranges().to_vec())).collect()
+        };
+        let v6 = |f: fn(&ConfigRule) -> Option<&super::PrefixSet>| -> Vec<Option<Vec<(u128, u128)>>> {
+            rules.iter().map(|r| f(r).map(|s| s.v6_ranges().to_vec())).collect()
+        };
+        let ports = |f: fn(&ConfigRule) -> Option<&super::PortSet>| -> Vec<Option<Vec<(u32, u32)>>> {
             rules
                 .iter()
-                .map(|r| f(r).map(|s| s.v4_ranges().to_vec()))
+                .map(|r| {
+                    f(r).map(|set| {
+                        let mut out: Vec<(u32, u32)> = Vec::new();
+                        for p in set.iter().map(u32::from) {
+                            match out.last_mut() {
+                                Some(last) if last.1 + 1 == p => last.1 = p,
+                                _ => out.push((p, p)),
+                            }
+                        }
+                        out
+                    })
+                })
                 .collect()
         };
-        let v6 =
-            |f: fn(&ConfigRule) -> Option<&super::PrefixSet>| -> Vec<Option<Vec<(u128, u128)>>> {
-                rules
-                    .iter()
-                    .map(|r| f(r).map(|s| s.v6_ranges().to_vec()))
-                    .collect()
-            };
-        let ports =
-            |f: fn(&ConfigRule) -> Option<&super::PortSet>| -> Vec<Option<Vec<(u32, u32)>>> {
-                rules
-                    .iter()
-                    .map(|r| {
-                        f(r).map(|set| {
-                            let mut out: Vec<(u32, u32)> = Vec::new();
-                            for p in set.iter().map(u32::from) {
-                                match out.last_mut() {
-                                    Some(last) if last.1 + 1 == p => last.1 = p,
-                                    _ => out.push((p, p)),
-                                }
-                            }
-                            out
-                        })
-                    })
-                    .collect()
-            };
         let s32 = |k: u32| k.checked_add(1);
         let s128 = |k: u128| k.checked_add(1);
         Classifier {
@@ -308,31 +264,19 @@ impl Classifier {
 
     /// Calls `run` on each candidate rule index in order until it returns Some.
     #[inline]
-    fn candidates<T>(
-        &self,
-        p: &PacketView,
-        cx: &RuleContext,
-        mut run: impl FnMut(usize) -> Option<T>,
-    ) -> Option<T> {
+    fn candidates<T>(&self, p: &PacketView, cx: &RuleContext, mut run: impl FnMut(usize) -> Option<T>) -> Option<T> {
         let w = self.words;
         let d = cx.direction as usize;
         let dir = &self.dir[d * w..(d + 1) * w];
         let pr = usize::from(p.protocol);
         let proto = &self.proto[pr * w..(pr + 1) * w];
         let (src, dst) = match (p.src, p.dst) {
-            (IpAddr::V4(s), IpAddr::V4(t)) => {
-                (self.src4.lookup(s.into(), w), self.dst4.lookup(t.into(), w))
-            }
-            (IpAddr::V6(s), IpAddr::V6(t)) => {
-                (self.src6.lookup(s.into(), w), self.dst6.lookup(t.into(), w))
-            }
+            (IpAddr::V4(s), IpAddr::V4(t)) => (self.src4.lookup(s.into(), w), self.dst4.lookup(t.into(), w)),
+            (IpAddr::V6(s), IpAddr::V6(t)) => (self.src6.lookup(s.into(), w), self.dst6.lookup(t.into(), w)),
             _ => return None,
         };
         let (sport, dport) = match ports_of(p) {
-            Some((s, t)) => (
-                self.sport.lookup(s.into(), w),
-                self.dport.lookup(t.into(), w),
-            ),
+            Some((s, t)) => (self.sport.lookup(s.into(), w), self.dport.lookup(t.into(), w)),
             None => (&self.portless[..], &self.portless[..]),
         };
         for i in 0..w {

@@ -42,12 +42,7 @@ impl PrefixSet {
                 .collect::<Vec<u32>>()
                 .into_boxed_slice()
         });
-        PrefixSet {
-            v4,
-            v4_index,
-            v6: merge(v6),
-            nets,
-        }
+        PrefixSet { v4, v4_index, v6: merge(v6), nets }
     }
 
     /// True if `addr` lies in one of the prefixes.
@@ -217,11 +212,7 @@ mod tests {
                 .collect();
             let s = PrefixSet::new(nets.clone());
             if min_len > 0 {
-                assert!(
-                    s.v4_index.is_some(),
-                    "large enough to be indexed: {:?}",
-                    s.ranges()
-                );
+                assert!(s.v4_index.is_some(), "large enough to be indexed: {:?}", s.ranges());
             }
             for i in 0..10_000 {
                 let a = if i % 2 == 0 {
@@ -229,11 +220,7 @@ mod tests {
                 } else {
                     let n = &nets[(next() as usize) % nets.len()];
                     let IpNet::V4(n) = n else { unreachable!() };
-                    let edge = if next() % 2 == 0 {
-                        u32::from(n.network())
-                    } else {
-                        u32::from(n.broadcast())
-                    };
+                    let edge = if next() % 2 == 0 { u32::from(n.network()) } else { u32::from(n.broadcast()) };
                     edge.wrapping_add((next() % 3) as u32).wrapping_sub(1)
                 };
                 let a = IpAddr::V4(a.into());

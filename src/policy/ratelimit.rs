@@ -53,18 +53,8 @@ impl RateLimiter {
         let cost_ns = 1_000_000_000 / u64::from(limit.rate.max(1));
         let cap_ns = cost_ns.saturating_mul(u64::from(limit.burst.max(1)));
         // The placeholder time is never read: `used` is false.
-        let empty = Entry {
-            key: 0,
-            credit: 0,
-            last: Instant::now(),
-            used: false,
-        };
-        RateLimiter {
-            cost_ns,
-            cap_ns,
-            hasher: RandomState::new(),
-            table: vec![empty; SETS * WAYS].into_boxed_slice(),
-        }
+        let empty = Entry { key: 0, credit: 0, last: Instant::now(), used: false };
+        RateLimiter { cost_ns, cap_ns, hasher: RandomState::new(), table: vec![empty; SETS * WAYS].into_boxed_slice() }
     }
 
     /// Takes one token for `src` at `now`; false when its bucket is empty.
@@ -84,12 +74,7 @@ impl RateLimiter {
                     .iter()
                     .position(|e| !e.used)
                     .unwrap_or_else(|| (0..WAYS).min_by_key(|&i| ways[i].last).unwrap_or(0));
-                ways[i] = Entry {
-                    key,
-                    credit: self.cap_ns,
-                    last: now,
-                    used: true,
-                };
+                ways[i] = Entry { key, credit: self.cap_ns, last: now, used: true };
                 i
             }
         };
@@ -137,10 +122,7 @@ mod tests {
 
     #[test]
     fn over_ten_seconds_at_most_burst_plus_rate_times_seconds() {
-        let mut l = RateLimiter::new(Limit {
-            rate: 100,
-            burst: 20,
-        });
+        let mut l = RateLimiter::new(Limit { rate: 100, burst: 20 });
         let t0 = Instant::now();
         let src: IpAddr = "100.64.1.10".parse().unwrap();
         let mut allowed = 0;
@@ -157,14 +139,9 @@ mod tests {
     fn an_ipv6_64_is_one_source() {
         let mut l = RateLimiter::new(Limit { rate: 1, burst: 3 });
         let now = Instant::now();
-        let allowed = (0..100u16)
-            .filter(|i| l.allow(format!("2001:db8:100:1::{i:x}").parse().unwrap(), now))
-            .count();
+        let allowed = (0..100u16).filter(|i| l.allow(format!("2001:db8:100:1::{i:x}").parse().unwrap(), now)).count();
         assert_eq!(allowed, 3);
-        assert!(
-            l.allow("2001:db8:100:2::1".parse().unwrap(), now),
-            "another /64"
-        );
+        assert!(l.allow("2001:db8:100:2::1".parse().unwrap(), now), "another /64");
     }
 
     #[test]

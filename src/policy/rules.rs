@@ -239,10 +239,7 @@ impl ConfigRule {
 #[inline]
 pub fn ports_of(p: &PacketView) -> Option<(u16, u16)> {
     match p.transport {
-        Transport::Tcp {
-            src_port, dst_port, ..
-        }
-        | Transport::Udp { src_port, dst_port } => Some((src_port, dst_port)),
+        Transport::Tcp { src_port, dst_port, .. } | Transport::Udp { src_port, dst_port } => Some((src_port, dst_port)),
         _ => None,
     }
 }
@@ -287,11 +284,7 @@ impl Rule for ConfigRule {
         if let Some(d) = self.direction {
             let _ = write!(s, " {}", d.name());
         }
-        let _ = write!(
-            s,
-            " {}",
-            self.protocol.map_or("any".to_string(), protocol_name)
-        );
+        let _ = write!(s, " {}", self.protocol.map_or("any".to_string(), protocol_name));
         let set = |ps: &PrefixSet| {
             let n: Vec<String> = ps.nets().iter().take(4).map(|n| n.to_string()).collect();
             if ps.len() > 4 {
@@ -345,11 +338,7 @@ pub fn ranges_text(ps: &PortSet) -> String {
         while it.peek() == Some(&(end.wrapping_add(1))) && end != u16::MAX {
             end = it.next().unwrap_or(end);
         }
-        out.push(if start == end {
-            start.to_string()
-        } else {
-            format!("{start}-{end}")
-        });
+        out.push(if start == end { start.to_string() } else { format!("{start}-{end}") });
     }
     out.join(",")
 }

@@ -40,11 +40,7 @@ impl TestRouter {
 
     fn with_config(text: &str) -> TestRouter {
         let cfg = Config::parse(std::path::Path::new("test.toml"), text).expect("config");
-        TestRouter {
-            router: Router::new(Arc::new(cfg.policy)),
-            now: Instant::now(),
-            reply: vec![0; 2048],
-        }
+        TestRouter { router: Router::new(Arc::new(cfg.policy)), now: Instant::now(), reply: vec![0; 2048] }
     }
 
     fn with(old: &str, new: &str) -> TestRouter {
@@ -91,19 +87,13 @@ fn tcp6(src: &str, dst: &str, dport: u16, syn: bool, ttl: u8) -> Vec<u8> {
 
 fn udp4(src: [u8; 4], dst: [u8; 4], dport: u16, payload: usize) -> Vec<u8> {
     let mut v = Vec::new();
-    PacketBuilder::ipv4(src, dst, 64)
-        .udp(40000, dport)
-        .write(&mut v, &vec![0x55; payload])
-        .unwrap();
+    PacketBuilder::ipv4(src, dst, 64).udp(40000, dport).write(&mut v, &vec![0x55; payload]).unwrap();
     v
 }
 
 fn udp6(src: &str, dst: &str, dport: u16, payload: usize) -> Vec<u8> {
     let mut v = Vec::new();
-    PacketBuilder::ipv6(v6(src), v6(dst), 64)
-        .udp(40000, dport)
-        .write(&mut v, &vec![0x55; payload])
-        .unwrap();
+    PacketBuilder::ipv6(v6(src), v6(dst), 64).udp(40000, dport).write(&mut v, &vec![0x55; payload]).unwrap();
     v
 }
 
@@ -161,43 +151,17 @@ fn parse(p: &[u8]) -> PacketView {
 fn assert_rst_for(syn: &[u8], reply: &[u8]) {
     let q = parse(syn);
     let r = parse(reply);
-    assert_eq!(
-        (r.src, r.dst),
-        (q.dst, q.src),
-        "RST comes from the dialled address"
-    );
-    let Transport::Tcp {
-        src_port,
-        dst_port,
-        flags,
-        seq,
-        ack,
-        ..
-    } = r.transport
-    else {
-        panic!("not TCP")
-    };
-    let Transport::Tcp {
-        src_port: qs,
-        dst_port: qd,
-        seq: qseq,
-        ..
-    } = q.transport
-    else {
-        unreachable!()
-    };
+    assert_eq!((r.src, r.dst), (q.dst, q.src), "RST comes from the dialled address");
+    let Transport::Tcp { src_port, dst_port, flags, seq, ack, .. } = r.transport else { panic!("not TCP") };
+    let Transport::Tcp { src_port: qs, dst_port: qd, seq: qseq, .. } = q.transport else { unreachable!() };
     assert_eq!((src_port, dst_port), (qd, qs));
     assert_eq!(flags, tcp_flags::RST | tcp_flags::ACK);
     assert_eq!(seq, 0);
     assert_eq!(ack, qseq.wrapping_add(1));
     let tcp = TcpHeaderSlice::from_slice(&reply[r.l4_offset..]).unwrap();
     let want = match (r.src, r.dst) {
-        (IpAddr::V4(s), IpAddr::V4(d)) => tcp
-            .calc_checksum_ipv4_raw(s.octets(), d.octets(), &[])
-            .unwrap(),
-        (IpAddr::V6(s), IpAddr::V6(d)) => tcp
-            .calc_checksum_ipv6_raw(s.octets(), d.octets(), &[])
-            .unwrap(),
+        (IpAddr::V4(s), IpAddr::V4(d)) => tcp.calc_checksum_ipv4_raw(s.octets(), d.octets(), &[]).unwrap(),
+        (IpAddr::V6(s), IpAddr::V6(d)) => tcp.calc_checksum_ipv6_raw(s.octets(), d.octets(), &[]).unwrap(),
         _ => unreachable!(),
     };
     assert_eq!(tcp.checksum(), want, "RST checksum");
@@ -212,17 +176,11 @@ fn assert_icmp(trigger: &[u8], reply: &[u8], from: IpAddr, icmp_type: u8, code: 
     assert_eq!(r.dst, q.src);
     assert_eq!(r.transport, Transport::Icmp { icmp_type, code });
     let body = &reply[r.l4_offset..r.len];
-    assert_eq!(
-        &body[8..8 + 28],
-        &trigger[..28],
-        "quotes the offending packet"
-    );
+    assert_eq!(&body[8..8 + 28], &trigger[..28], "quotes the offending packet");
     match r.version {
         IpVersion::V4 => assert_eq!(checksum::sum(body), 0xffff, "ICMP checksum"),
         IpVersion::V6 => {
-            let (IpAddr::V6(s), IpAddr::V6(d)) = (r.src, r.dst) else {
-                unreachable!()
-            };
+            let (IpAddr::V6(s), IpAddr::V6(d)) = (r.src, r.dst) else { unreachable!() };
             let mut pseudo = Vec::new();
             pseudo.extend_from_slice(&s.octets());
             pseudo.extend_from_slice(&d.octets());
@@ -258,29 +216,11 @@ fn forwards_and_decrements_ttl_with_valid_checksum() {
 fn submission_ports_other_ports_and_udp_pass() {
     let mut t = TestRouter::lab();
     for port in [587, 465, 80, 2525, 24, 26] {
-        assert!(
-            matches!(
-                t.out(&tcp4(DYN4, MX4, port, true, 64)).0,
-                Verdict::Forward { .. }
-            ),
-            "{port}"
-        );
-        assert!(
-            matches!(
-                t.out(&tcp6(DYN6, MX6, port, true, 64)).0,
-                Verdict::Forward { .. }
-            ),
-            "{port}"
-        );
+        assert!(matches!(t.out(&tcp4(DYN4, MX4, port, true, 64)).0, Verdict::Forward { .. }), "{port}");
+        assert!(matches!(t.out(&tcp6(DYN6, MX6, port, true, 64)).0, Verdict::Forward { .. }), "{port}");
     }
-    assert!(matches!(
-        t.out(&udp4(DYN4, MX4, 25, 10)).0,
-        Verdict::Forward { .. }
-    ));
-    assert!(matches!(
-        t.out(&udp6(DYN6, MX6, 25, 10)).0,
-        Verdict::Forward { .. }
-    ));
+    assert!(matches!(t.out(&udp4(DYN4, MX4, 25, 10)).0, Verdict::Forward { .. }));
+    assert!(matches!(t.out(&udp6(DYN6, MX6, 25, 10)).0, Verdict::Forward { .. }));
     assert_eq!(t.counters().op25b_blocked.get(), 0);
 }
 
@@ -288,15 +228,9 @@ fn submission_ports_other_ports_and_udp_pass() {
 fn inbound_traffic_to_port_25_passes() {
     let mut t = TestRouter::lab();
     let p = tcp4(MX4, DYN4, 25, true, 64);
-    assert!(matches!(
-        t.send(Direction::Inbound, &p).0,
-        Verdict::Forward { .. }
-    ));
+    assert!(matches!(t.send(Direction::Inbound, &p).0, Verdict::Forward { .. }));
     let p = tcp6(MX6, DYN6, 25, true, 64);
-    assert!(matches!(
-        t.send(Direction::Inbound, &p).0,
-        Verdict::Forward { .. }
-    ));
+    assert!(matches!(t.send(Direction::Inbound, &p).0, Verdict::Forward { .. }));
     assert_eq!(t.counters().forwarded(Direction::Inbound), 2);
 }
 
@@ -307,29 +241,11 @@ fn blocked_syn_gets_rst_v4_and_v6() {
     let mut t = TestRouter::lab();
     let p = tcp4(DYN4, MX4, 25, true, 64);
     let (v, out) = t.out(&p);
-    assert!(
-        matches!(
-            v,
-            Verdict::Reply {
-                kind: ReplyKind::TcpRst,
-                ..
-            }
-        ),
-        "{v:?}"
-    );
+    assert!(matches!(v, Verdict::Reply { kind: ReplyKind::TcpRst, .. }), "{v:?}");
     assert_rst_for(&p, &out);
     let p6 = tcp6(DYN6, MX6, 25, true, 64);
     let (v, out) = t.out(&p6);
-    assert!(
-        matches!(
-            v,
-            Verdict::Reply {
-                kind: ReplyKind::TcpRst,
-                ..
-            }
-        ),
-        "{v:?}"
-    );
+    assert!(matches!(v, Verdict::Reply { kind: ReplyKind::TcpRst, .. }), "{v:?}");
     assert_rst_for(&p6, &out);
     assert_eq!(t.counters().op25b_blocked.get(), 2);
     assert_eq!(t.counters().replies(ReplyKind::TcpRst), 2);
@@ -338,35 +254,19 @@ fn blocked_syn_gets_rst_v4_and_v6() {
 #[test]
 fn blocked_non_syn_segments_are_dropped() {
     let mut t = TestRouter::lab();
-    assert_eq!(
-        t.out(&tcp4(DYN4, MX4, 25, false, 64)).0,
-        Verdict::Drop(DropReason::Op25bBlocked)
-    );
-    assert_eq!(
-        t.out(&tcp6(DYN6, MX6, 25, false, 64)).0,
-        Verdict::Drop(DropReason::Op25bBlocked)
-    );
+    assert_eq!(t.out(&tcp4(DYN4, MX4, 25, false, 64)).0, Verdict::Drop(DropReason::Op25bBlocked));
+    assert_eq!(t.out(&tcp6(DYN6, MX6, 25, false, 64)).0, Verdict::Drop(DropReason::Op25bBlocked));
     // An RST to port 25 is dropped, never answered.
     let mut rst = Vec::new();
-    PacketBuilder::ipv4(DYN4, MX4, 64)
-        .tcp(40000, 25, 1, 0)
-        .rst()
-        .write(&mut rst, &[])
-        .unwrap();
+    PacketBuilder::ipv4(DYN4, MX4, 64).tcp(40000, 25, 1, 0).rst().write(&mut rst, &[]).unwrap();
     assert_eq!(t.out(&rst).0, Verdict::Drop(DropReason::Op25bBlocked));
 }
 
 #[test]
 fn drop_action_is_silent() {
     let mut t = TestRouter::with("action = \"reject\"", "action = \"drop\"");
-    assert_eq!(
-        t.out(&tcp4(DYN4, MX4, 25, true, 64)).0,
-        Verdict::Drop(DropReason::Op25bBlocked)
-    );
-    assert_eq!(
-        t.out(&tcp6(DYN6, MX6, 25, true, 64)).0,
-        Verdict::Drop(DropReason::Op25bBlocked)
-    );
+    assert_eq!(t.out(&tcp4(DYN4, MX4, 25, true, 64)).0, Verdict::Drop(DropReason::Op25bBlocked));
+    assert_eq!(t.out(&tcp6(DYN6, MX6, 25, true, 64)).0, Verdict::Drop(DropReason::Op25bBlocked));
     assert_eq!(t.counters().replies(ReplyKind::TcpRst), 0);
 }
 
@@ -379,49 +279,24 @@ fn exempt_sources_and_relays_pass() {
         tcp6(STATIC6, MX6, 25, true, 64),
         tcp6(DYN6, RELAY6, 25, true, 64),
     ] {
-        assert!(
-            matches!(t.out(&p).0, Verdict::Forward { .. }),
-            "{:?}",
-            parse(&p)
-        );
+        assert!(matches!(t.out(&p).0, Verdict::Forward { .. }), "{:?}", parse(&p));
     }
     // A relay's neighbour is not a relay.
-    assert!(matches!(
-        t.out(&tcp4(DYN4, [198, 51, 100, 26], 25, true, 64)).0,
-        Verdict::Reply { .. }
-    ));
+    assert!(matches!(t.out(&tcp4(DYN4, [198, 51, 100, 26], 25, true, 64)).0, Verdict::Reply { .. }));
 }
 
 #[test]
 fn sources_outside_the_dynamic_pools_pass() {
-    let mut t = TestRouter::with(
-        "dynamic = [\"100.64.0.0/10\"",
-        "dynamic = [\"100.64.0.0/16\"",
-    );
-    assert!(matches!(
-        t.out(&tcp4([100, 65, 0, 1], MX4, 25, true, 64)).0,
-        Verdict::Forward { .. }
-    ));
-    assert!(matches!(
-        t.out(&tcp4([100, 64, 0, 9], MX4, 25, true, 64)).0,
-        Verdict::Reply { .. }
-    ));
+    let mut t = TestRouter::with("dynamic = [\"100.64.0.0/10\"", "dynamic = [\"100.64.0.0/16\"");
+    assert!(matches!(t.out(&tcp4([100, 65, 0, 1], MX4, 25, true, 64)).0, Verdict::Forward { .. }));
+    assert!(matches!(t.out(&tcp4([100, 64, 0, 9], MX4, 25, true, 64)).0, Verdict::Reply { .. }));
 }
 
 #[test]
 fn extra_blocked_ports() {
     let mut t = TestRouter::with("ports = [25]", "ports = [25, 2525]");
-    assert!(matches!(
-        t.out(&tcp4(DYN4, MX4, 2525, true, 64)).0,
-        Verdict::Reply {
-            kind: ReplyKind::TcpRst,
-            ..
-        }
-    ));
-    assert!(matches!(
-        t.out(&tcp4(DYN4, MX4, 587, true, 64)).0,
-        Verdict::Forward { .. }
-    ));
+    assert!(matches!(t.out(&tcp4(DYN4, MX4, 2525, true, 64)).0, Verdict::Reply { kind: ReplyKind::TcpRst, .. }));
+    assert!(matches!(t.out(&tcp4(DYN4, MX4, 587, true, 64)).0, Verdict::Forward { .. }));
 }
 
 #[test]
@@ -434,16 +309,7 @@ fn ipv6_extension_headers_do_not_hide_tcp() {
     let atomic = frag6(&base, 0, false, base.len() - 40);
     for p in [hbh, dst, both, atomic] {
         let (v, out) = t.out(&p);
-        assert!(
-            matches!(
-                v,
-                Verdict::Reply {
-                    kind: ReplyKind::TcpRst,
-                    ..
-                }
-            ),
-            "{v:?}"
-        );
+        assert!(matches!(v, Verdict::Reply { kind: ReplyKind::TcpRst, .. }), "{v:?}");
         assert_rst_for(&p, &out);
     }
 }
@@ -455,10 +321,7 @@ fn ipv6_chain_limits() {
     for _ in 0..MAX_EXT {
         p = ext6(&p, 60, PADN);
     }
-    assert!(
-        matches!(t.out(&p).0, Verdict::Reply { .. }),
-        "{MAX_EXT} headers are followed"
-    );
+    assert!(matches!(t.out(&p).0, Verdict::Reply { .. }), "{MAX_EXT} headers are followed");
     let p = ext6(&p, 60, PADN);
     assert_eq!(t.out(&p).0, Verdict::Drop(DropReason::BadExtHeader));
     // Hop-by-hop anywhere but first.
@@ -472,11 +335,7 @@ const MAX_EXT: usize = crate::packet::view::MAX_EXT_HEADERS;
 
 fn syn_with_data4(dport: u16) -> Vec<u8> {
     let mut v = Vec::new();
-    PacketBuilder::ipv4(DYN4, MX4, 64)
-        .tcp(40000, dport, 7, 1000)
-        .syn()
-        .write(&mut v, &[0xaa; 300])
-        .unwrap();
+    PacketBuilder::ipv4(DYN4, MX4, 64).tcp(40000, dport, 7, 1000).syn().write(&mut v, &[0xaa; 300]).unwrap();
     v[6] = 0; // clear DF so fragmenting is legal
     fix_v4_checksum(&mut v);
     v
@@ -488,24 +347,8 @@ fn ipv4_first_fragment_is_judged_on_its_tcp_header() {
     let whole = syn_with_data4(25);
     let first = frag4(&whole, 0, 24, true);
     let (v, out) = t.out(&first);
-    assert!(
-        matches!(
-            v,
-            Verdict::Reply {
-                kind: ReplyKind::TcpRst,
-                ..
-            }
-        ),
-        "{v:?}"
-    );
-    assert!(matches!(
-        parse(&out).transport,
-        Transport::Tcp {
-            src_port: 25,
-            dst_port: 40000,
-            ..
-        }
-    ));
+    assert!(matches!(v, Verdict::Reply { kind: ReplyKind::TcpRst, .. }), "{v:?}");
+    assert!(matches!(parse(&out).transport, Transport::Tcp { src_port: 25, dst_port: 40000, .. }));
     let ok = frag4(&syn_with_data4(587), 0, 24, true);
     assert!(matches!(t.out(&ok).0, Verdict::Forward { .. }));
 }
@@ -515,19 +358,10 @@ fn ipv4_tiny_and_overlapping_fragments_are_dropped() {
     let mut t = TestRouter::lab();
     let whole = syn_with_data4(587);
     // 8 bytes of TCP header in the first fragment: ports readable, flags not.
-    assert_eq!(
-        t.out(&frag4(&whole, 0, 8, true)).0,
-        Verdict::Drop(DropReason::TinyFragment)
-    );
-    assert_eq!(
-        t.out(&frag4(&whole, 0, 16, true)).0,
-        Verdict::Drop(DropReason::TinyFragment)
-    );
+    assert_eq!(t.out(&frag4(&whole, 0, 8, true)).0, Verdict::Drop(DropReason::TinyFragment));
+    assert_eq!(t.out(&frag4(&whole, 0, 16, true)).0, Verdict::Drop(DropReason::TinyFragment));
     // Offset 1 (8 bytes) could overwrite the flags of the first fragment.
-    assert_eq!(
-        t.out(&frag4(&whole, 8, 40, true)).0,
-        Verdict::Drop(DropReason::FragmentOverlap)
-    );
+    assert_eq!(t.out(&frag4(&whole, 8, 40, true)).0, Verdict::Drop(DropReason::FragmentOverlap));
     assert_eq!(t.counters().dropped(DropReason::TinyFragment), 2);
 }
 
@@ -556,10 +390,7 @@ fn later_fragments_near_the_start_are_dropped_whatever_the_protocol() {
     let mut udp_labelled = frag4(&whole, 8, 72, true);
     udp_labelled[9] = 17;
     fix_v4_checksum(&mut udp_labelled);
-    assert_eq!(
-        t.out(&udp_labelled).0,
-        Verdict::Drop(DropReason::FragmentOverlap)
-    );
+    assert_eq!(t.out(&udp_labelled).0, Verdict::Drop(DropReason::FragmentOverlap));
     let mut v6 = frag6(&tcp6(DYN6, MX6, 25, true, 64), 1, true, 8);
     v6[40] = 17; // the fragment header's next header
     assert_eq!(t.out(&v6).0, Verdict::Drop(DropReason::FragmentOverlap));
@@ -570,14 +401,8 @@ fn first_fragments_must_hold_udp_and_icmp_headers_too() {
     let mut t = TestRouter::lab();
     let udp = udp6(DYN6, MX6, 53, 40);
     // Fragment header + 4 bytes of UDP header.
-    assert_eq!(
-        t.out(&frag6(&udp, 0, true, 4)).0,
-        Verdict::Drop(DropReason::TinyFragment)
-    );
-    assert!(matches!(
-        t.out(&frag6(&udp, 0, true, 8)).0,
-        Verdict::Forward { .. }
-    ));
+    assert_eq!(t.out(&frag6(&udp, 0, true, 4)).0, Verdict::Drop(DropReason::TinyFragment));
+    assert!(matches!(t.out(&frag6(&udp, 0, true, 8)).0, Verdict::Forward { .. }));
 }
 
 #[test]
@@ -610,14 +435,8 @@ fn source_routed_packets_are_dropped() {
 #[test]
 fn subscribers_cannot_send_as_the_router() {
     let mut t = TestRouter::lab();
-    assert_eq!(
-        t.out(&tcp4([100, 64, 0, 1], MX4, 587, true, 64)).0,
-        Verdict::Drop(DropReason::Spoofed)
-    );
-    assert_eq!(
-        t.out(&tcp6("2001:db8:100::1", MX6, 587, true, 64)).0,
-        Verdict::Drop(DropReason::Spoofed)
-    );
+    assert_eq!(t.out(&tcp4([100, 64, 0, 1], MX4, 587, true, 64)).0, Verdict::Drop(DropReason::Spoofed));
+    assert_eq!(t.out(&tcp6("2001:db8:100::1", MX6, 587, true, 64)).0, Verdict::Drop(DropReason::Spoofed));
 }
 
 #[test]
@@ -626,23 +445,11 @@ fn ipv6_fragments() {
     let base = tcp6(DYN6, MX6, 25, true, 64);
     // First fragment holding the whole TCP header: judged and answered.
     let first = frag6(&base, 0, true, 20);
-    assert!(matches!(
-        t.out(&first).0,
-        Verdict::Reply {
-            kind: ReplyKind::TcpRst,
-            ..
-        }
-    ));
+    assert!(matches!(t.out(&first).0, Verdict::Reply { kind: ReplyKind::TcpRst, .. }));
     // First fragment without the whole TCP header (RFC 7112): dropped.
-    assert_eq!(
-        t.out(&frag6(&base, 0, true, 12)).0,
-        Verdict::Drop(DropReason::TinyFragment)
-    );
+    assert_eq!(t.out(&frag6(&base, 0, true, 12)).0, Verdict::Drop(DropReason::TinyFragment));
     // Offset 1 TCP fragment: dropped.
-    assert_eq!(
-        t.out(&frag6(&base, 1, true, 8)).0,
-        Verdict::Drop(DropReason::FragmentOverlap)
-    );
+    assert_eq!(t.out(&frag6(&base, 1, true, 8)).0, Verdict::Drop(DropReason::FragmentOverlap));
     // Two fragment headers: dropped.
     let twice = frag6(&frag6(&base, 0, true, 20), 0, true, 28);
     assert_eq!(t.out(&twice).0, Verdict::Drop(DropReason::BadExtHeader));
@@ -654,24 +461,12 @@ fn ipv6_fragments() {
 fn spoofed_sources_are_dropped_both_ways() {
     let mut t = TestRouter::lab();
     // A subscriber borrowing an address outside its prefixes.
-    assert_eq!(
-        t.out(&tcp4([192, 0, 2, 66], MX4, 25, true, 64)).0,
-        Verdict::Drop(DropReason::Spoofed)
-    );
-    assert_eq!(
-        t.out(&tcp4([192, 0, 2, 66], MX4, 587, true, 64)).0,
-        Verdict::Drop(DropReason::Spoofed)
-    );
-    assert_eq!(
-        t.out(&tcp6("2001:db8:ff::66", MX6, 587, true, 64)).0,
-        Verdict::Drop(DropReason::Spoofed)
-    );
+    assert_eq!(t.out(&tcp4([192, 0, 2, 66], MX4, 25, true, 64)).0, Verdict::Drop(DropReason::Spoofed));
+    assert_eq!(t.out(&tcp4([192, 0, 2, 66], MX4, 587, true, 64)).0, Verdict::Drop(DropReason::Spoofed));
+    assert_eq!(t.out(&tcp6("2001:db8:ff::66", MX6, 587, true, 64)).0, Verdict::Drop(DropReason::Spoofed));
     // The outside claiming a subscriber's address.
     let p = tcp4(STATIC4, DYN4, 80, true, 64);
-    assert_eq!(
-        t.send(Direction::Inbound, &p).0,
-        Verdict::Drop(DropReason::Spoofed)
-    );
+    assert_eq!(t.send(Direction::Inbound, &p).0, Verdict::Drop(DropReason::Spoofed));
     assert_eq!(t.counters().dropped(DropReason::Spoofed), 4);
 }
 
@@ -694,12 +489,7 @@ fn martians_are_dropped() {
         tcp6("::1", MX6, 80, true, 64),
         tcp6(DYN6, "::ffff:203.0.113.25", 80, true, 64),
     ] {
-        assert_eq!(
-            t.out(&p).0,
-            Verdict::Drop(DropReason::Martian),
-            "{:?}",
-            parse(&p)
-        );
+        assert_eq!(t.out(&p).0, Verdict::Drop(DropReason::Martian), "{:?}", parse(&p));
     }
 }
 
@@ -713,51 +503,24 @@ fn ttl_expiry_answers_time_exceeded_from_the_router() {
     p1[8] = 1;
     fix_v4_checksum(&mut p1);
     let (v, out) = t.out(&p1);
-    assert!(
-        matches!(
-            v,
-            Verdict::Reply {
-                kind: ReplyKind::TimeExceeded,
-                ..
-            }
-        ),
-        "{v:?}"
-    );
+    assert!(matches!(v, Verdict::Reply { kind: ReplyKind::TimeExceeded, .. }), "{v:?}");
     let r = assert_icmp(&p1, &out, IpAddr::V4(Ipv4Addr::new(100, 64, 0, 1)), 11, 0);
     assert_eq!(r.ttl, 64);
     // TTL 0 too.
     p1[8] = 0;
     fix_v4_checksum(&mut p1);
-    assert!(matches!(
-        t.out(&p1).0,
-        Verdict::Reply {
-            kind: ReplyKind::TimeExceeded,
-            ..
-        }
-    ));
+    assert!(matches!(t.out(&p1).0, Verdict::Reply { kind: ReplyKind::TimeExceeded, .. }));
 
     let mut p6 = udp6(DYN6, MX6, 33434, 32);
     p6[7] = 1;
     let (v, out) = t.out(&p6);
-    assert!(matches!(
-        v,
-        Verdict::Reply {
-            kind: ReplyKind::TimeExceeded,
-            ..
-        }
-    ));
+    assert!(matches!(v, Verdict::Reply { kind: ReplyKind::TimeExceeded, .. }));
     assert_icmp(&p6, &out, "2001:db8:100::1".parse().unwrap(), 3, 0);
     // Inbound expiry is answered towards the outside too.
     let mut pin = udp4(MX4, DYN4, 33434, 8);
     pin[8] = 1;
     fix_v4_checksum(&mut pin);
-    assert!(matches!(
-        t.send(Direction::Inbound, &pin).0,
-        Verdict::Reply {
-            kind: ReplyKind::TimeExceeded,
-            ..
-        }
-    ));
+    assert!(matches!(t.send(Direction::Inbound, &pin).0, Verdict::Reply { kind: ReplyKind::TimeExceeded, .. }));
 }
 
 #[test]
@@ -765,13 +528,7 @@ fn blocked_syn_with_ttl_1_gets_time_exceeded_not_rst() {
     // TTL is checked before the policy: the packet never reaches the policy point.
     let mut t = TestRouter::lab();
     let (v, _) = t.out(&tcp4(DYN4, MX4, 25, true, 1));
-    assert!(matches!(
-        v,
-        Verdict::Reply {
-            kind: ReplyKind::TimeExceeded,
-            ..
-        }
-    ));
+    assert!(matches!(v, Verdict::Reply { kind: ReplyKind::TimeExceeded, .. }));
 }
 
 #[test]
@@ -780,17 +537,12 @@ fn no_icmp_error_about_icmp_errors_or_without_an_address() {
     // An ICMP time-exceeded message with TTL 1.
     let mut err = Vec::new();
     PacketBuilder::ipv4(DYN4, MX4, 1)
-        .icmpv4(etherparse::Icmpv4Type::TimeExceeded(
-            etherparse::icmpv4::TimeExceededCode::TtlExceededInTransit,
-        ))
+        .icmpv4(etherparse::Icmpv4Type::TimeExceeded(etherparse::icmpv4::TimeExceededCode::TtlExceededInTransit))
         .write(&mut err, &[0; 28])
         .unwrap();
     assert_eq!(t.out(&err).0, Verdict::Drop(DropReason::TtlExpired));
     // No IPv6 router address configured: expiry is a counted drop.
-    let mut t = TestRouter::with(
-        "addresses = [\"100.64.0.1\", \"2001:db8:100::1\"]",
-        "addresses = [\"100.64.0.1\"]",
-    );
+    let mut t = TestRouter::with("addresses = [\"100.64.0.1\", \"2001:db8:100::1\"]", "addresses = [\"100.64.0.1\"]");
     let mut p6 = udp6(DYN6, MX6, 33434, 8);
     p6[7] = 1;
     assert_eq!(t.out(&p6).0, Verdict::Drop(DropReason::TtlExpired));
@@ -798,120 +550,53 @@ fn no_icmp_error_about_icmp_errors_or_without_an_address() {
 
 #[test]
 fn mtu_exceeded() {
-    let mut t = TestRouter::with(
-        "netns = \"op25b-lab-inet\"\nmtu = 1500",
-        "netns = \"op25b-lab-inet\"\nmtu = 1400",
-    );
+    let mut t = TestRouter::with("netns = \"op25b-lab-inet\"\nmtu = 1500", "netns = \"op25b-lab-inet\"\nmtu = 1400");
     let mut big = udp4(DYN4, MX4, 9, 1450 - 28);
     assert_eq!(big.len(), 1450);
     let (v, out) = t.out(&big);
-    assert!(
-        matches!(
-            v,
-            Verdict::Reply {
-                kind: ReplyKind::TooBig,
-                ..
-            }
-        ),
-        "{v:?}"
-    );
+    assert!(matches!(v, Verdict::Reply { kind: ReplyKind::TooBig, .. }), "{v:?}");
     assert_icmp(&big, &out, IpAddr::V4(Ipv4Addr::new(100, 64, 0, 1)), 3, 4);
     let r = parse(&out);
-    assert_eq!(
-        u16::from_be_bytes([out[r.l4_offset + 6], out[r.l4_offset + 7]]),
-        1400
-    );
+    assert_eq!(u16::from_be_bytes([out[r.l4_offset + 6], out[r.l4_offset + 7]]), 1400);
     assert!(out.len() <= 576);
     // Without DF: dropped and counted.
     big[6] = 0;
     fix_v4_checksum(&mut big);
     assert_eq!(t.out(&big).0, Verdict::Drop(DropReason::TooBig));
     // Exactly the MTU passes.
-    assert!(matches!(
-        t.out(&udp4(DYN4, MX4, 9, 1400 - 28)).0,
-        Verdict::Forward { .. }
-    ));
+    assert!(matches!(t.out(&udp4(DYN4, MX4, 9, 1400 - 28)).0, Verdict::Forward { .. }));
 
     let big6 = udp6(DYN6, MX6, 9, 1450 - 48);
     let (v, out) = t.out(&big6);
-    assert!(matches!(
-        v,
-        Verdict::Reply {
-            kind: ReplyKind::TooBig,
-            ..
-        }
-    ));
+    assert!(matches!(v, Verdict::Reply { kind: ReplyKind::TooBig, .. }));
     assert_icmp(&big6, &out, "2001:db8:100::1".parse().unwrap(), 2, 0);
     let r = parse(&out);
-    assert_eq!(
-        &out[r.l4_offset + 4..r.l4_offset + 8],
-        &1400u32.to_be_bytes()
-    );
+    assert_eq!(&out[r.l4_offset + 4..r.l4_offset + 8], &1400u32.to_be_bytes());
     assert!(out.len() <= 1280);
     // Inbound uses the subscriber MTU (1500): passes.
-    assert!(matches!(
-        t.send(Direction::Inbound, &udp4(MX4, DYN4, 9, 1450 - 28)).0,
-        Verdict::Forward { .. }
-    ));
+    assert!(matches!(t.send(Direction::Inbound, &udp4(MX4, DYN4, 9, 1450 - 28)).0, Verdict::Forward { .. }));
 }
 
 #[test]
 fn router_answers_ping_and_drops_other_local_traffic() {
     let mut t = TestRouter::lab();
     let mut p = Vec::new();
-    PacketBuilder::ipv4(DYN4, [100, 64, 0, 1], 64)
-        .icmpv4_echo_request(7, 9)
-        .write(&mut p, b"hello")
-        .unwrap();
+    PacketBuilder::ipv4(DYN4, [100, 64, 0, 1], 64).icmpv4_echo_request(7, 9).write(&mut p, b"hello").unwrap();
     let (v, out) = t.out(&p);
-    assert!(matches!(
-        v,
-        Verdict::Reply {
-            kind: ReplyKind::EchoReply,
-            ..
-        }
-    ));
+    assert!(matches!(v, Verdict::Reply { kind: ReplyKind::EchoReply, .. }));
     let r = parse(&out);
-    assert_eq!(
-        r.transport,
-        Transport::Icmp {
-            icmp_type: 0,
-            code: 0
-        }
-    );
+    assert_eq!(r.transport, Transport::Icmp { icmp_type: 0, code: 0 });
     assert_eq!(out.len(), p.len());
     assert_eq!(checksum::sum(&out[r.l4_offset..]), 0xffff);
-    assert_eq!(
-        &out[r.l4_offset + 4..],
-        &p[r.l4_offset + 4..],
-        "same id, seq and data"
-    );
+    assert_eq!(&out[r.l4_offset + 4..], &p[r.l4_offset + 4..], "same id, seq and data");
 
     let mut p6 = Vec::new();
-    PacketBuilder::ipv6(v6(DYN6), v6("2001:db8:100::1"), 64)
-        .icmpv6_echo_request(7, 9)
-        .write(&mut p6, b"hi")
-        .unwrap();
+    PacketBuilder::ipv6(v6(DYN6), v6("2001:db8:100::1"), 64).icmpv6_echo_request(7, 9).write(&mut p6, b"hi").unwrap();
     let (v, out) = t.out(&p6);
-    assert!(matches!(
-        v,
-        Verdict::Reply {
-            kind: ReplyKind::EchoReply,
-            ..
-        }
-    ));
-    assert_eq!(
-        parse(&out).transport,
-        Transport::Icmp {
-            icmp_type: 129,
-            code: 0
-        }
-    );
+    assert!(matches!(v, Verdict::Reply { kind: ReplyKind::EchoReply, .. }));
+    assert_eq!(parse(&out).transport, Transport::Icmp { icmp_type: 129, code: 0 });
 
-    assert_eq!(
-        t.out(&tcp4(DYN4, [100, 64, 0, 1], 22, true, 64)).0,
-        Verdict::Drop(DropReason::Local)
-    );
+    assert_eq!(t.out(&tcp4(DYN4, [100, 64, 0, 1], 22, true, 64)).0, Verdict::Drop(DropReason::Local));
 }
 
 // ---- malformed input -----------------------------------------------------------
@@ -1000,20 +685,12 @@ fn no_panic_on_random_or_mutated_input() {
         if rnd() % 8 == 0 {
             p.truncate((rnd() as usize) % (p.len() + 1));
         }
-        let dir = if rnd() % 2 == 0 {
-            Direction::Outbound
-        } else {
-            Direction::Inbound
-        };
+        let dir = if rnd() % 2 == 0 { Direction::Outbound } else { Direction::Inbound };
         let mut reply = [0u8; 1280];
         let mut buf = p.clone();
         match t.router.handle(t.now, dir, &mut buf, &mut reply) {
             Verdict::Reply { len, .. } => {
-                assert!(
-                    len <= p.len().max(40) + 48,
-                    "reply {len} for a {}-byte trigger",
-                    p.len()
-                );
+                assert!(len <= p.len().max(40) + 48, "reply {len} for a {}-byte trigger", p.len());
                 PacketView::parse(&reply[..len]).expect("replies parse");
             }
             Verdict::Forward { len } => assert!(len <= p.len()),
@@ -1026,10 +703,7 @@ fn no_panic_on_random_or_mutated_input() {
         + DropReason::ALL.iter().map(|r| c.dropped(*r)).sum::<u64>()
         + ReplyKind::ALL.iter().map(|k| c.replies(*k)).sum::<u64>()
         + c.terminated.get();
-    assert_eq!(
-        total, verdicts as u64,
-        "every verdict is counted exactly once"
-    );
+    assert_eq!(total, verdicts as u64, "every verdict is counted exactly once");
 }
 
 #[test]
@@ -1037,46 +711,20 @@ fn gso_super_packets_are_judged_on_headers_and_checked_per_segment() {
     let mut t = TestRouter::lab();
     // A 60,000-byte TCP super-packet to 587, cut into 1448-byte segments.
     let mut big = Vec::new();
-    PacketBuilder::ipv4(DYN4, MX4, 64)
-        .tcp(40000, 587, 1, 1000)
-        .ack(1)
-        .write(&mut big, &vec![0; 60_000])
-        .unwrap();
+    PacketBuilder::ipv4(DYN4, MX4, 64).tcp(40000, 587, 1, 1000).ack(1).write(&mut big, &vec![0; 60_000]).unwrap();
     let mut buf = big.clone();
-    let v = t
-        .router
-        .handle_gso(t.now, Direction::Outbound, &mut buf, &mut t.reply, 1448);
+    let v = t.router.handle_gso(t.now, Direction::Outbound, &mut buf, &mut t.reply, 1448);
     assert_eq!(v, Verdict::Forward { len: big.len() });
     assert_eq!(buf[8], 63);
     // Segments larger than the egress MTU get "too big" with the MTU.
-    let mut t = TestRouter::with(
-        "netns = \"op25b-lab-inet\"\nmtu = 1500",
-        "netns = \"op25b-lab-inet\"\nmtu = 1400",
-    );
+    let mut t = TestRouter::with("netns = \"op25b-lab-inet\"\nmtu = 1500", "netns = \"op25b-lab-inet\"\nmtu = 1400");
     let mut buf = big.clone();
-    let v = t
-        .router
-        .handle_gso(t.now, Direction::Outbound, &mut buf, &mut t.reply, 1448);
-    assert!(
-        matches!(
-            v,
-            Verdict::Reply {
-                kind: ReplyKind::TooBig,
-                ..
-            }
-        ),
-        "{v:?}"
-    );
+    let v = t.router.handle_gso(t.now, Direction::Outbound, &mut buf, &mut t.reply, 1448);
+    assert!(matches!(v, Verdict::Reply { kind: ReplyKind::TooBig, .. }), "{v:?}");
     // The same super-packet to port 25 is blocked like any segment of the flow.
     let mut t = TestRouter::lab();
     let mut to25 = Vec::new();
-    PacketBuilder::ipv4(DYN4, MX4, 64)
-        .tcp(40000, 25, 1, 1000)
-        .ack(1)
-        .write(&mut to25, &vec![0; 60_000])
-        .unwrap();
-    let v = t
-        .router
-        .handle_gso(t.now, Direction::Outbound, &mut to25, &mut t.reply, 1448);
+    PacketBuilder::ipv4(DYN4, MX4, 64).tcp(40000, 25, 1, 1000).ack(1).write(&mut to25, &vec![0; 60_000]).unwrap();
+    let v = t.router.handle_gso(t.now, Direction::Outbound, &mut to25, &mut t.reply, 1448);
     assert_eq!(v, Verdict::Drop(DropReason::Op25bBlocked));
 }

@@ -19,10 +19,8 @@ const RELAY4: [u8; 4] = [198, 51, 100, 25];
 
 fn router(extra: &str) -> Router {
     // The lab sets the defaults explicitly; tests set their own.
-    let base = LAB
-        .replace("block_inbound = false\n", "")
-        .replace("reply_rate = 10\n", "")
-        .replace("reply_burst = 20\n", "");
+    let base =
+        LAB.replace("block_inbound = false\n", "").replace("reply_rate = 10\n", "").replace("reply_burst = 20\n", "");
     let text = base.replacen("action = \"reject\"", extra, 1);
     let cfg = Config::parse(std::path::Path::new("t.toml"), &text).expect("config");
     Router::new(Arc::new(cfg.policy))
@@ -68,12 +66,8 @@ fn tcp_checksum_ok(p: &[u8]) -> bool {
     let tcp = TcpHeaderSlice::from_slice(&p[v.l4_offset..]).unwrap();
     let data = &p[v.l4_offset + tcp.slice().len()..v.len];
     let want = match (v.src, v.dst) {
-        (IpAddr::V4(s), IpAddr::V4(d)) => tcp
-            .calc_checksum_ipv4_raw(s.octets(), d.octets(), data)
-            .unwrap(),
-        (IpAddr::V6(s), IpAddr::V6(d)) => tcp
-            .calc_checksum_ipv6_raw(s.octets(), d.octets(), data)
-            .unwrap(),
+        (IpAddr::V4(s), IpAddr::V4(d)) => tcp.calc_checksum_ipv4_raw(s.octets(), d.octets(), data).unwrap(),
+        (IpAddr::V6(s), IpAddr::V6(d)) => tcp.calc_checksum_ipv6_raw(s.octets(), d.octets(), data).unwrap(),
         _ => unreachable!(),
     };
     tcp.checksum() == want
@@ -85,59 +79,19 @@ fn icmp_action_answers_syn_with_prohibited() {
     let now = Instant::now();
     let syn = tcp(DYN4, 40000, MX4, 25, "syn", &[]);
     let (v, out) = run(&mut r, now, Direction::Outbound, &syn);
-    assert!(
-        matches!(
-            v,
-            Verdict::Reply {
-                kind: ReplyKind::Prohibited,
-                ..
-            }
-        ),
-        "{v:?}"
-    );
+    assert!(matches!(v, Verdict::Reply { kind: ReplyKind::Prohibited, .. }), "{v:?}");
     let icmp = PacketView::parse(&out).unwrap();
     assert_eq!(icmp.src.to_string(), "100.64.0.1");
     assert_eq!(icmp.dst.to_string(), "100.64.1.10");
-    assert_eq!(
-        icmp.transport,
-        Transport::Icmp {
-            icmp_type: 3,
-            code: 13
-        }
-    );
-    assert_eq!(
-        &out[icmp.l4_offset + 8..icmp.l4_offset + 8 + syn.len()],
-        &syn[..],
-        "quotes the SYN"
-    );
+    assert_eq!(icmp.transport, Transport::Icmp { icmp_type: 3, code: 13 });
+    assert_eq!(&out[icmp.l4_offset + 8..icmp.l4_offset + 8 + syn.len()], &syn[..], "quotes the SYN");
     assert_eq!(checksum::sum(&out[icmp.l4_offset..]), 0xffff);
-    let (v, _) = run(
-        &mut r,
-        now,
-        Direction::Outbound,
-        &tcp(DYN4, 40000, MX4, 25, "ack", &[]),
-    );
+    let (v, _) = run(&mut r, now, Direction::Outbound, &tcp(DYN4, 40000, MX4, 25, "ack", &[]));
     assert_eq!(v, Verdict::Drop(DropReason::Op25bBlocked));
-    let (v, out) = run(
-        &mut r,
-        now,
-        Direction::Outbound,
-        &tcp6("2001:db8:100:1::10", 40000, "2001:db8:203::25", 25, true),
-    );
-    assert!(matches!(
-        v,
-        Verdict::Reply {
-            kind: ReplyKind::Prohibited,
-            ..
-        }
-    ));
-    assert_eq!(
-        PacketView::parse(&out).unwrap().transport,
-        Transport::Icmp {
-            icmp_type: 1,
-            code: 1
-        }
-    );
+    let (v, out) =
+        run(&mut r, now, Direction::Outbound, &tcp6("2001:db8:100:1::10", 40000, "2001:db8:203::25", 25, true));
+    assert!(matches!(v, Verdict::Reply { kind: ReplyKind::Prohibited, .. }));
+    assert_eq!(PacketView::parse(&out).unwrap().transport, Transport::Icmp { icmp_type: 1, code: 1 });
 }
 
 #[test]
@@ -146,43 +100,22 @@ fn reply_limit_bounds_answers_per_subscriber() {
     let t0 = Instant::now();
     let mut answered = 0;
     for port in 0..1000u16 {
-        let (v, _) = run(
-            &mut r,
-            t0,
-            Direction::Outbound,
-            &tcp(DYN4, 10000 + port, MX4, 25, "syn", &[]),
-        );
+        let (v, _) = run(&mut r, t0, Direction::Outbound, &tcp(DYN4, 10000 + port, MX4, 25, "syn", &[]));
         match v {
-            Verdict::Reply {
-                kind: ReplyKind::TcpRst,
-                ..
-            } => answered += 1,
+            Verdict::Reply { kind: ReplyKind::TcpRst, .. } => answered += 1,
             Verdict::Drop(DropReason::ReplyRateLimited) => {}
             other => panic!("{other:?}"),
         }
     }
     assert_eq!(answered, 10, "the burst");
     // Another subscriber has its own bucket.
-    let (v, _) = run(
-        &mut r,
-        t0,
-        Direction::Outbound,
-        &tcp([100, 64, 1, 11], 1, MX4, 25, "syn", &[]),
-    );
+    let (v, _) = run(&mut r, t0, Direction::Outbound, &tcp([100, 64, 1, 11], 1, MX4, 25, "syn", &[]));
     assert!(matches!(v, Verdict::Reply { .. }));
     // Over ten seconds of flood: at most burst + rate x 10 answers in all.
     for ms in (0..10_000u64).step_by(10) {
         let now = t0 + Duration::from_millis(ms);
-        if matches!(
-            run(
-                &mut r,
-                now,
-                Direction::Outbound,
-                &tcp(DYN4, 1, MX4, 25, "syn", &[])
-            )
-            .0,
-            Verdict::Reply { .. }
-        ) {
+        if matches!(run(&mut r, now, Direction::Outbound, &tcp(DYN4, 1, MX4, 25, "syn", &[])).0, Verdict::Reply { .. })
+        {
             answered += 1;
         }
     }
@@ -190,18 +123,9 @@ fn reply_limit_bounds_answers_per_subscriber() {
     assert!(answered >= 5 * 9, "{answered}");
     // TTL expiry and echo replies spend the same tokens.
     let mut ping = Vec::new();
-    PacketBuilder::ipv4(DYN4, [100, 64, 0, 1], 64)
-        .icmpv4_echo_request(1, 1)
-        .write(&mut ping, &[])
-        .unwrap();
+    PacketBuilder::ipv4(DYN4, [100, 64, 0, 1], 64).icmpv4_echo_request(1, 1).write(&mut ping, &[]).unwrap();
     assert_eq!(
-        run(
-            &mut r,
-            t0 + Duration::from_millis(9_999),
-            Direction::Outbound,
-            &ping
-        )
-        .0,
+        run(&mut r, t0 + Duration::from_millis(9_999), Direction::Outbound, &ping).0,
         Verdict::Drop(DropReason::ReplyRateLimited)
     );
 }
@@ -210,55 +134,26 @@ fn reply_limit_bounds_answers_per_subscriber() {
 fn ip25b_blocks_new_inbound_connections_to_dynamic_addresses() {
     let mut r = router("action = \"reject\"\nblock_inbound = true");
     let now = Instant::now();
-    let (v, _) = run(
-        &mut r,
-        now,
-        Direction::Inbound,
-        &tcp(MX4, 40000, DYN4, 25, "syn", &[]),
-    );
+    let (v, _) = run(&mut r, now, Direction::Inbound, &tcp(MX4, 40000, DYN4, 25, "syn", &[]));
     assert_eq!(v, Verdict::Drop(DropReason::Ip25bBlocked));
     // Static (exempt) addresses may run mail servers.
     assert!(matches!(
-        run(
-            &mut r,
-            now,
-            Direction::Inbound,
-            &tcp(MX4, 40000, STATIC4, 25, "syn", &[])
-        )
-        .0,
+        run(&mut r, now, Direction::Inbound, &tcp(MX4, 40000, STATIC4, 25, "syn", &[])).0,
         Verdict::Forward { .. }
     ));
     // Other ports, and replies to the subscriber's own outbound connections, pass.
     assert!(matches!(
-        run(
-            &mut r,
-            now,
-            Direction::Inbound,
-            &tcp(MX4, 40000, DYN4, 587, "syn", &[])
-        )
-        .0,
+        run(&mut r, now, Direction::Inbound, &tcp(MX4, 40000, DYN4, 587, "syn", &[])).0,
         Verdict::Forward { .. }
     ));
     assert!(matches!(
-        run(
-            &mut r,
-            now,
-            Direction::Inbound,
-            &tcp(RELAY4, 25, DYN4, 40000, "synack", &[])
-        )
-        .0,
+        run(&mut r, now, Direction::Inbound, &tcp(RELAY4, 25, DYN4, 40000, "synack", &[])).0,
         Verdict::Forward { .. }
     ));
     // Off by default.
     let mut r = router("action = \"reject\"");
     assert!(matches!(
-        run(
-            &mut r,
-            now,
-            Direction::Inbound,
-            &tcp(MX4, 40000, DYN4, 25, "syn", &[])
-        )
-        .0,
+        run(&mut r, now, Direction::Inbound, &tcp(MX4, 40000, DYN4, 25, "syn", &[])).0,
         Verdict::Forward { .. }
     ));
 }
@@ -268,38 +163,21 @@ fn banner_action_hands_blocked_flows_to_the_responder() {
     let mut r = router("action = \"banner\"");
     let now = Instant::now();
     let syn = tcp(DYN4, 40000, MX4, 25, "syn", &[]);
-    assert_eq!(
-        run(&mut r, now, Direction::Outbound, &syn).0,
-        Verdict::Terminate
-    );
+    assert_eq!(run(&mut r, now, Direction::Outbound, &syn).0, Verdict::Terminate);
     // Segments of a flow with no session are not handed over (the responder
     // would answer them with RSTs outside the reply limit).
     let stray = tcp(DYN4, 40001, MX4, 25, "ack", b"EHLO x");
-    assert_eq!(
-        run(&mut r, now, Direction::Outbound, &stray).0,
-        Verdict::Drop(DropReason::Op25bBlocked)
-    );
+    assert_eq!(run(&mut r, now, Direction::Outbound, &stray).0, Verdict::Drop(DropReason::Op25bBlocked));
     // Once the responder took the SYN, the flow's other segments go to it.
-    r.policy()
-        .runtime
-        .responder()
-        .expect("banner responder")
-        .input(now, &syn);
+    r.policy().runtime.responder().expect("banner responder").input(now, &syn);
     let ack = tcp(DYN4, 40000, MX4, 25, "ack", b"EHLO x");
-    assert_eq!(
-        run(&mut r, now, Direction::Outbound, &ack).0,
-        Verdict::Terminate
-    );
+    assert_eq!(run(&mut r, now, Direction::Outbound, &ack).0, Verdict::Terminate);
     let other = tcp(DYN4, 40000, MX4, 587, "syn", &[]);
-    assert!(matches!(
-        run(&mut r, now, Direction::Outbound, &other).0,
-        Verdict::Forward { .. }
-    ));
+    assert!(matches!(run(&mut r, now, Direction::Outbound, &other).0, Verdict::Forward { .. }));
     assert_eq!(r.counters().terminated.get(), 2);
 }
 
-const REDIRECT: &str =
-    "action = \"redirect\"\nredirect_to = [\"198.51.100.25:25\", \"[2001:db8:25::25]:25\"]";
+const REDIRECT: &str = "action = \"redirect\"\nredirect_to = [\"198.51.100.25:25\", \"[2001:db8:25::25]:25\"]";
 
 #[test]
 fn redirect_rewrites_both_ways_with_valid_checksums() {
@@ -309,75 +187,32 @@ fn redirect_rewrites_both_ways_with_valid_checksums() {
     let (v, out) = run(&mut r, now, Direction::Outbound, &syn);
     assert!(matches!(v, Verdict::Forward { .. }), "{v:?}");
     let fwd = PacketView::parse(&out).expect("valid IPv4 header checksum");
-    assert_eq!(
-        (fwd.src.to_string(), fwd.dst.to_string()),
-        ("100.64.1.10".into(), "198.51.100.25".into())
-    );
+    assert_eq!((fwd.src.to_string(), fwd.dst.to_string()), ("100.64.1.10".into(), "198.51.100.25".into()));
     assert_eq!(fwd.ttl, 63);
     assert!(tcp_checksum_ok(&out));
     // The relay answers the client's real address; the client sees the MX.
-    let (v, back) = run(
-        &mut r,
-        now,
-        Direction::Inbound,
-        &tcp(RELAY4, 25, DYN4, 40000, "synack", &[]),
-    );
+    let (v, back) = run(&mut r, now, Direction::Inbound, &tcp(RELAY4, 25, DYN4, 40000, "synack", &[]));
     assert!(matches!(v, Verdict::Forward { .. }));
     let b = PacketView::parse(&back).unwrap();
     assert_eq!(b.src.to_string(), "203.0.113.25");
-    assert!(matches!(
-        b.transport,
-        Transport::Tcp {
-            src_port: 25,
-            dst_port: 40000,
-            ..
-        }
-    ));
+    assert!(matches!(b.transport, Transport::Tcp { src_port: 25, dst_port: 40000, .. }));
     assert!(tcp_checksum_ok(&back));
     // Data and FIN follow the flow.
-    let (_, data) = run(
-        &mut r,
-        now,
-        Direction::Outbound,
-        &tcp(DYN4, 40000, MX4, 25, "ack", b"MAIL FROM:<a@b>\r\n"),
-    );
-    assert_eq!(
-        PacketView::parse(&data).unwrap().dst.to_string(),
-        "198.51.100.25"
-    );
+    let (_, data) = run(&mut r, now, Direction::Outbound, &tcp(DYN4, 40000, MX4, 25, "ack", b"MAIL FROM:<a@b>\r\n"));
+    assert_eq!(PacketView::parse(&data).unwrap().dst.to_string(), "198.51.100.25");
     assert!(tcp_checksum_ok(&data));
     assert!(matches!(
-        run(
-            &mut r,
-            now,
-            Direction::Outbound,
-            &tcp(DYN4, 40000, MX4, 25, "fin", &[])
-        )
-        .0,
+        run(&mut r, now, Direction::Outbound, &tcp(DYN4, 40000, MX4, 25, "fin", &[])).0,
         Verdict::Forward { .. }
     ));
     // A segment of no redirected flow is dropped, not redirected.
     assert_eq!(
-        run(
-            &mut r,
-            now,
-            Direction::Outbound,
-            &tcp(DYN4, 40001, MX4, 25, "ack", &[])
-        )
-        .0,
+        run(&mut r, now, Direction::Outbound, &tcp(DYN4, 40001, MX4, 25, "ack", &[])).0,
         Verdict::Drop(DropReason::Op25bBlocked)
     );
     // The relay's own traffic that is no redirected flow passes unchanged.
-    let (_, plain) = run(
-        &mut r,
-        now,
-        Direction::Inbound,
-        &tcp(RELAY4, 25, DYN4, 50000, "ack", &[]),
-    );
-    assert_eq!(
-        PacketView::parse(&plain).unwrap().src.to_string(),
-        "198.51.100.25"
-    );
+    let (_, plain) = run(&mut r, now, Direction::Inbound, &tcp(RELAY4, 25, DYN4, 50000, "ack", &[]));
+    assert_eq!(PacketView::parse(&plain).unwrap().src.to_string(), "198.51.100.25");
     assert_eq!(r.counters().redirected.get(), 3);
 }
 
@@ -386,66 +221,32 @@ fn redirect_ipv6_and_limits() {
     let text = format!("{REDIRECT}\nmax_flows = 2");
     let mut r = router(&text);
     let now = Instant::now();
-    let (v, out) = run(
-        &mut r,
-        now,
-        Direction::Outbound,
-        &tcp6("2001:db8:100:1::10", 40000, "2001:db8:203::25", 25, true),
-    );
+    let (v, out) =
+        run(&mut r, now, Direction::Outbound, &tcp6("2001:db8:100:1::10", 40000, "2001:db8:203::25", 25, true));
     assert!(matches!(v, Verdict::Forward { .. }));
-    assert_eq!(
-        PacketView::parse(&out).unwrap().dst.to_string(),
-        "2001:db8:25::25"
-    );
+    assert_eq!(PacketView::parse(&out).unwrap().dst.to_string(), "2001:db8:25::25");
     assert!(tcp_checksum_ok(&out));
     let back = tcp6("2001:db8:25::25", 25, "2001:db8:100:1::10", 40000, false);
     let (_, b) = run(&mut r, now, Direction::Inbound, &back);
-    assert_eq!(
-        PacketView::parse(&b).unwrap().src.to_string(),
-        "2001:db8:203::25"
-    );
+    assert_eq!(PacketView::parse(&b).unwrap().src.to_string(), "2001:db8:203::25");
     assert!(tcp_checksum_ok(&b));
     // Table bound: two flows in, the third new one is refused.
     assert!(matches!(
-        run(
-            &mut r,
-            now,
-            Direction::Outbound,
-            &tcp(DYN4, 1, MX4, 25, "syn", &[])
-        )
-        .0,
+        run(&mut r, now, Direction::Outbound, &tcp(DYN4, 1, MX4, 25, "syn", &[])).0,
         Verdict::Forward { .. }
     ));
     assert_eq!(
-        run(
-            &mut r,
-            now,
-            Direction::Outbound,
-            &tcp(DYN4, 2, MX4, 25, "syn", &[])
-        )
-        .0,
+        run(&mut r, now, Direction::Outbound, &tcp(DYN4, 2, MX4, 25, "syn", &[])).0,
         Verdict::Drop(DropReason::ConntrackFull)
     );
     // The same port to another destination at once collides.
     let mut r = router(REDIRECT);
     assert!(matches!(
-        run(
-            &mut r,
-            now,
-            Direction::Outbound,
-            &tcp(DYN4, 7, MX4, 25, "syn", &[])
-        )
-        .0,
+        run(&mut r, now, Direction::Outbound, &tcp(DYN4, 7, MX4, 25, "syn", &[])).0,
         Verdict::Forward { .. }
     ));
     assert_eq!(
-        run(
-            &mut r,
-            now,
-            Direction::Outbound,
-            &tcp(DYN4, 7, [203, 0, 113, 26], 25, "syn", &[])
-        )
-        .0,
+        run(&mut r, now, Direction::Outbound, &tcp(DYN4, 7, [203, 0, 113, 26], 25, "syn", &[])).0,
         Verdict::Drop(DropReason::RedirectCollision)
     );
 }
@@ -466,18 +267,11 @@ fn redirect_updates_partial_checksums_in_partial_form() {
         checksum::sum(&p)
     };
     let l4_len = (v0.len - v0.l4_offset) as u16;
-    syn[v0.l4_offset + 16..v0.l4_offset + 18]
-        .copy_from_slice(&pseudo(DYN4, MX4, l4_len).to_be_bytes());
+    syn[v0.l4_offset + 16..v0.l4_offset + 18].copy_from_slice(&pseudo(DYN4, MX4, l4_len).to_be_bytes());
     let mut buf = syn.clone();
     let mut reply = vec![0u8; 2048];
-    let rx = RxInfo {
-        gso_size: None,
-        csum_partial: true,
-    };
-    assert!(matches!(
-        r.handle_offloaded(now, Direction::Outbound, &mut buf, &mut reply, rx),
-        Verdict::Forward { .. }
-    ));
+    let rx = RxInfo { gso_size: None, csum_partial: true };
+    assert!(matches!(r.handle_offloaded(now, Direction::Outbound, &mut buf, &mut reply, rx), Verdict::Forward { .. }));
     let field = u16::from_be_bytes([buf[v0.l4_offset + 16], buf[v0.l4_offset + 17]]);
     assert_eq!(field, pseudo(DYN4, RELAY4, l4_len));
 }

@@ -45,10 +45,7 @@ pub struct Trace {
 impl Tracer for Trace {
     const ON: bool = true;
     fn note(&mut self, stage: &'static str, detail: impl FnOnce() -> String) {
-        self.steps.push(TraceStep {
-            stage,
-            detail: detail(),
-        });
+        self.steps.push(TraceStep { stage, detail: detail() });
     }
 }
 
@@ -66,34 +63,13 @@ pub(crate) fn verdict_text(v: RuleVerdict) -> &'static str {
 /// One line describing a parsed packet, for traces.
 pub fn describe_view(v: &PacketView) -> String {
     let (sp, dp, extra) = match v.transport {
-        Transport::Tcp {
-            src_port,
-            dst_port,
-            flags,
-            ..
-        } => {
-            let names = [
-                (0x02, "syn"),
-                (0x10, "ack"),
-                (0x04, "rst"),
-                (0x01, "fin"),
-                (0x08, "psh"),
-            ];
-            let f: Vec<&str> = names
-                .iter()
-                .filter(|(b, _)| flags & b != 0)
-                .map(|(_, n)| *n)
-                .collect();
-            (
-                Some(src_port),
-                Some(dst_port),
-                format!(" [{}]", f.join(",")),
-            )
+        Transport::Tcp { src_port, dst_port, flags, .. } => {
+            let names = [(0x02, "syn"), (0x10, "ack"), (0x04, "rst"), (0x01, "fin"), (0x08, "psh")];
+            let f: Vec<&str> = names.iter().filter(|(b, _)| flags & b != 0).map(|(_, n)| *n).collect();
+            (Some(src_port), Some(dst_port), format!(" [{}]", f.join(",")))
         }
         Transport::Udp { src_port, dst_port } => (Some(src_port), Some(dst_port), String::new()),
-        Transport::Icmp { icmp_type, code } => {
-            (None, None, format!(" type {icmp_type} code {code}"))
-        }
+        Transport::Icmp { icmp_type, code } => (None, None, format!(" type {icmp_type} code {code}")),
         Transport::None => (None, None, String::new()),
     };
     let ep = |a: IpAddr, p: Option<u16>| match (a, p) {

@@ -22,14 +22,8 @@ pub fn verdict_detail(v: Verdict) -> String {
     match v {
         Verdict::Forward { len } => format!("forward ({len} bytes, TTL decremented)"),
         Verdict::Drop(r) => format!("drop ({})", r.name()),
-        Verdict::Reply { kind, len } => format!(
-            "reply ({}, {len} bytes: {})",
-            kind.name(),
-            reply_meaning(kind)
-        ),
-        Verdict::Terminate => {
-            "terminate (op25b answers as the server: SMTP banner, then close)".to_string()
-        }
+        Verdict::Reply { kind, len } => format!("reply ({}, {len} bytes: {})", kind.name(), reply_meaning(kind)),
+        Verdict::Terminate => "terminate (op25b answers as the server: SMTP banner, then close)".to_string(),
     }
 }
 

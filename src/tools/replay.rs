@@ -90,11 +90,7 @@ fn ip_offset(link: DataLink, frame: &[u8]) -> Option<usize> {
         0x0800 | 0x86dd => Some(off),
         _ => None,
     };
-    let be = |i: usize| {
-        frame
-            .get(i..i + 2)
-            .map(|b| u16::from_be_bytes([b[0], b[1]]))
-    };
+    let be = |i: usize| frame.get(i..i + 2).map(|b| u16::from_be_bytes([b[0], b[1]]));
     match link {
         DataLink::RAW | DataLink::IPV4 | DataLink::IPV6 => Some(0),
         DataLink::ETHERNET => {
@@ -117,12 +113,8 @@ fn ip_offset(link: DataLink, frame: &[u8]) -> Option<usize> {
 
 fn source_of(ip: &[u8]) -> Option<IpAddr> {
     match ip.first()? >> 4 {
-        4 => ip
-            .get(12..16)
-            .map(|b| IpAddr::V4(Ipv4Addr::new(b[0], b[1], b[2], b[3]))),
-        6 => ip
-            .get(8..24)
-            .map(|b| IpAddr::V6(Ipv6Addr::from(<[u8; 16]>::try_from(b).unwrap_or([0; 16])))),
+        4 => ip.get(12..16).map(|b| IpAddr::V4(Ipv4Addr::new(b[0], b[1], b[2], b[3]))),
+        6 => ip.get(8..24).map(|b| IpAddr::V6(Ipv6Addr::from(<[u8; 16]>::try_from(b).unwrap_or([0; 16])))),
         _ => None,
     }
 }
@@ -134,27 +126,17 @@ struct Out {
 
 impl Out {
     fn open(path: &Path, header: PcapHeader) -> Result<Out, ReplayError> {
-        let err = |why: String| ReplayError::Output {
-            path: path.to_path_buf(),
-            why,
-        };
+        let err = |why: String| ReplayError::Output { path: path.to_path_buf(), why };
         let file = File::create(path).map_err(|e| err(e.to_string()))?;
-        let writer = PcapWriter::with_header(BufWriter::new(file), header)
-            .map_err(|e| err(e.to_string()))?;
-        Ok(Out {
-            path: path.to_path_buf(),
-            writer,
-        })
+        let writer = PcapWriter::with_header(BufWriter::new(file), header).map_err(|e| err(e.to_string()))?;
+        Ok(Out { path: path.to_path_buf(), writer })
     }
 
     fn write(&mut self, p: &PcapPacket<'_>) -> Result<(), ReplayError> {
         self.writer
             .write_packet(p)
             .map(|_| ())
-            .map_err(|e| ReplayError::Output {
-                path: self.path.clone(),
-                why: e.to_string(),
-            })
+            .map_err(|e| ReplayError::Output { path: self.path.clone(), why: e.to_string() })
     }
 }
 
@@ -165,38 +147,20 @@ pub fn replay(
     input: &Path,
     opts: &ReplayOptions,
 ) -> Result<ReplayReport, ReplayError> {
-    let in_err = |why: String| ReplayError::Input {
-        path: input.to_path_buf(),
-        why,
-    };
+    let in_err = |why: String| ReplayError::Input { path: input.to_path_buf(), why };
     let file = File::open(input).map_err(|e| in_err(e.to_string()))?;
-    let mut reader = PcapReader::new(BufReader::new(file))
-        .map_err(|e| in_err(format!("not a pcap file: {e}")))?;
+    let mut reader = PcapReader::new(BufReader::new(file)).map_err(|e| in_err(format!("not a pcap file: {e}")))?;
     let header = reader.header();
     let link = header.datalink;
-    let supported = [
-        DataLink::RAW,
-        DataLink::IPV4,
-        DataLink::IPV6,
-        DataLink::ETHERNET,
-        DataLink::LINUX_SLL,
-        DataLink::LINUX_SLL2,
-    ];
+    let supported =
+        [DataLink::RAW, DataLink::IPV4, DataLink::IPV6, DataLink::ETHERNET, DataLink::LINUX_SLL, DataLink::LINUX_SLL2];
     if !supported.contains(&link) {
         return Err(in_err(format!(
             "link type {link:?} is not supported (raw IP 101/228/229, Ethernet 1, Linux cooked 113/276)"
         )));
     }
-    let mut forwarded = opts
-        .forwarded
-        .as_deref()
-        .map(|p| Out::open(p, header))
-        .transpose()?;
-    let mut dropped = opts
-        .dropped
-        .as_deref()
-        .map(|p| Out::open(p, header))
-        .transpose()?;
+    let mut forwarded = opts.forwarded.as_deref().map(|p| Out::open(p, header)).transpose()?;
+    let mut dropped = opts.dropped.as_deref().map(|p| Out::open(p, header)).transpose()?;
 
     let mut report = ReplayReport::default();
     let start = Instant::now();
@@ -229,10 +193,7 @@ pub fn replay(
         let n = ip.len().min(buf.len());
         buf[..n].copy_from_slice(&ip[..n]);
         let verdict = router.handle(now, dir, &mut buf[..n], &mut reply);
-        *report
-            .verdicts
-            .entry(super::verdict_name(verdict).to_string())
-            .or_default() += 1;
+        *report.verdicts.entry(super::verdict_name(verdict).to_string()).or_default() += 1;
         match verdict {
             Verdict::Forward { .. } => {
                 if let Some(o) = &mut forwarded {
@@ -240,9 +201,7 @@ pub fn replay(
                 }
             }
             Verdict::Drop(r) => *report.drops.entry(r.name().to_string()).or_default() += 1,
-            Verdict::Reply { kind, .. } => {
-                *report.replies.entry(kind.name().to_string()).or_default() += 1
-            }
+            Verdict::Reply { kind, .. } => *report.replies.entry(kind.name().to_string()).or_default() += 1,
             // Offline there is no responder: the packet is counted, not answered.
             Verdict::Terminate => {}
         }

@@ -17,9 +17,7 @@ use etherparse::{PacketBuilder, TcpHeader};
 
 /// Why a packet description could not be read.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error(
-    "--packet {spec:?}: {why} (expected e.g. \"tcp 100.64.1.10:40000 -> 203.0.113.25:25 syn\")"
-)]
+#[error("--packet {spec:?}: {why} (expected e.g. \"tcp 100.64.1.10:40000 -> 203.0.113.25:25 syn\")")]
 pub struct SpecError {
     spec: String,
     why: String,
@@ -49,19 +47,14 @@ pub struct PacketSpec {
 impl PacketSpec {
     /// Parses the notation above.
     pub fn parse(spec: &str) -> Result<PacketSpec, SpecError> {
-        let err = |why: String| SpecError {
-            spec: spec.to_string(),
-            why,
-        };
+        let err = |why: String| SpecError { spec: spec.to_string(), why };
         let words: Vec<&str> = spec.split([' ', ',']).filter(|w| !w.is_empty()).collect();
         let arrow = words
             .iter()
             .position(|w| *w == "->")
             .ok_or_else(|| err("no \"->\" between source and destination".into()))?;
         if arrow != 2 || words.len() < 4 {
-            return Err(err(
-                "the form is PROTOCOL SOURCE -> DESTINATION [FLAGS]".into()
-            ));
+            return Err(err("the form is PROTOCOL SOURCE -> DESTINATION [FLAGS]".into()));
         }
         let protocol = words[0].to_ascii_lowercase();
         let with_ports = match protocol.as_str() {
@@ -85,38 +78,23 @@ impl PacketSpec {
         let (src, src_port) = endpoint(words[1])?;
         let (dst, dst_port) = endpoint(words[3])?;
         if src.is_ipv4() != dst.is_ipv4() {
-            return Err(err(
-                "source and destination are of different IP versions".into()
-            ));
+            return Err(err("source and destination are of different IP versions".into()));
         }
         let mut flags = Vec::new();
         let mut ttl = 64;
         let mut len = None;
         for w in &words[4..] {
             if let Some(v) = w.strip_prefix("ttl=") {
-                ttl = v
-                    .parse()
-                    .map_err(|_| err(format!("bad ttl {v:?} (0 to 255)")))?;
+                ttl = v.parse().map_err(|_| err(format!("bad ttl {v:?} (0 to 255)")))?;
             } else if let Some(v) = w.strip_prefix("len=") {
                 len = Some(v.parse().map_err(|_| err(format!("bad len {v:?}")))?);
             } else if protocol == "tcp" && ["syn", "ack", "rst", "fin", "psh"].contains(w) {
                 flags.push(w.to_string());
             } else {
-                return Err(err(format!(
-                    "unknown word {w:?} (TCP flags syn, ack, rst, fin, psh; ttl=N; len=N)"
-                )));
+                return Err(err(format!("unknown word {w:?} (TCP flags syn, ack, rst, fin, psh; ttl=N; len=N)")));
             }
         }
-        Ok(PacketSpec {
-            protocol,
-            src,
-            src_port,
-            dst,
-            dst_port,
-            flags,
-            ttl,
-            len,
-        })
+        Ok(PacketSpec { protocol, src, src_port, dst, dst_port, flags, ttl, len })
     }
 
     /// The packet's bytes.
@@ -152,16 +130,11 @@ impl PacketSpec {
                 }
                 b.tcp_header(h).write(&mut out, &pad(header(20)))
             }
-            "udp" => b
-                .udp(self.src_port, self.dst_port)
-                .write(&mut out, &pad(header(8))),
+            "udp" => b.udp(self.src_port, self.dst_port).write(&mut out, &pad(header(8))),
             _ if self.src.is_ipv4() => b.icmpv4_echo_request(1, 1).write(&mut out, &pad(header(8))),
             _ => b.icmpv6_echo_request(1, 1).write(&mut out, &pad(header(8))),
         };
-        written.map_err(|e| SpecError {
-            spec: format!("{self:?}"),
-            why: e.to_string(),
-        })?;
+        written.map_err(|e| SpecError { spec: format!("{self:?}"), why: e.to_string() })?;
         Ok(out)
     }
 }
@@ -177,8 +150,7 @@ mod tests {
         let v = PacketView::parse(&p.build().unwrap()).unwrap();
         assert!(v.is_tcp_syn());
         assert_eq!(v.tcp_dst_port(), Some(25));
-        let p = PacketSpec::parse("tcp [2001:db8:100::10]:40000 -> [2001:db8:203::25]:25 syn,ack")
-            .unwrap();
+        let p = PacketSpec::parse("tcp [2001:db8:100::10]:40000 -> [2001:db8:203::25]:25 syn,ack").unwrap();
         let v = PacketView::parse(&p.build().unwrap()).unwrap();
         assert!(matches!(v.transport, Transport::Tcp { flags: 0x12, .. }));
         let p = PacketSpec::parse("icmp 2001:db8:100::10 -> 2001:db8:203::25 ttl=1").unwrap();

@@ -55,8 +55,7 @@ const PROCESS_WAIT: Duration = Duration::from_secs(5);
 
 /// Parses an address constant.
 pub fn ip(s: &str) -> IpAddr {
-    s.parse()
-        .unwrap_or_else(|e| panic!("test constant {s:?}: {e}"))
+    s.parse().unwrap_or_else(|e| panic!("test constant {s:?}: {e}"))
 }
 
 /// `ip:port` as a socket address.
@@ -67,11 +66,8 @@ pub fn sa(addr: &str, port: u16) -> SocketAddr {
 /// Fails the test unless it can create namespaces and TUN devices and run the tools.
 pub fn preflight(need_ping: bool) {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    let euid = status
-        .lines()
-        .find_map(|l| l.strip_prefix("Uid:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .unwrap_or("?");
+    let euid =
+        status.lines().find_map(|l| l.strip_prefix("Uid:")).and_then(|l| l.split_whitespace().nth(1)).unwrap_or("?");
     assert_eq!(
         euid, "0",
         "the netns tests must run as root (they create network namespaces and TUN devices); effective uid is {euid}"
@@ -99,11 +95,7 @@ fn require_tool(cmd: &str, arg: &str, package: &str) {
 /// A name no other test (or test run) uses: `o25t-<pid>-<n>`.
 pub fn unique_base() -> String {
     static N: AtomicUsize = AtomicUsize::new(0);
-    format!(
-        "o25t-{}-{}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::Relaxed)
-    )
+    format!("o25t-{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed))
 }
 
 /// Runs a command to completion and returns its output, panicking if it cannot start.
@@ -134,8 +126,7 @@ pub fn in_netns<T: Send>(ns: &str, f: impl FnOnce() -> T + Send) -> T {
     let file = File::open(&path).unwrap_or_else(|e| panic!("cannot open {path}: {e}"));
     std::thread::scope(|s| {
         s.spawn(|| {
-            setns(&file, CloneFlags::CLONE_NEWNET)
-                .unwrap_or_else(|e| panic!("setns into {path}: {e}"));
+            setns(&file, CloneFlags::CLONE_NEWNET).unwrap_or_else(|e| panic!("setns into {path}: {e}"));
             f()
         })
         .join()
@@ -161,12 +152,7 @@ pub struct LabOptions {
 
 impl Default for LabOptions {
     fn default() -> Self {
-        LabOptions {
-            action: "reject",
-            op25b_extra: "",
-            upstream_mtu: 1500,
-            upstream_advmss_1500: false,
-        }
+        LabOptions { action: "reject", op25b_extra: "", upstream_mtu: 1500, upstream_advmss_1500: false }
     }
 }
 
@@ -235,11 +221,9 @@ impl Lab {
 
         let config = lab.config.clone();
         lab.files.push(config.clone());
-        std::fs::write(&config, lab.config_text(&opts))
-            .unwrap_or_else(|e| panic!("writing {}: {e}", config.display()));
+        std::fs::write(&config, lab.config_text(&opts)).unwrap_or_else(|e| panic!("writing {}: {e}", config.display()));
         lab.files.push(lab.log.clone());
-        let log = File::create(&lab.log)
-            .unwrap_or_else(|e| panic!("creating {}: {e}", lab.log.display()));
+        let log = File::create(&lab.log).unwrap_or_else(|e| panic!("creating {}: {e}", lab.log.display()));
         let child = Command::new(env!("CARGO_BIN_EXE_op25b"))
             .arg("run")
             .arg("--config")
@@ -256,22 +240,11 @@ impl Lab {
         lab.wait_link_up(&lab.sub.clone(), SUB_TUN);
         lab.wait_link_up(&lab.up.clone(), UP_TUN);
         lab.sub_ip(&["route", "add", "default", "dev", SUB_TUN, "src", DYN_V4]);
-        lab.sub_ip(&[
-            "-6", "route", "add", "default", "dev", SUB_TUN, "src", DYN_V6,
-        ]);
-        let (mss4, mss6): (&[&str], &[&str]) = if opts.upstream_advmss_1500 {
-            (&["advmss", "1460"], &["advmss", "1440"])
-        } else {
-            (&[], &[])
-        };
+        lab.sub_ip(&["-6", "route", "add", "default", "dev", SUB_TUN, "src", DYN_V6]);
+        let (mss4, mss6): (&[&str], &[&str]) =
+            if opts.upstream_advmss_1500 { (&["advmss", "1460"], &["advmss", "1440"]) } else { (&[], &[]) };
         lab.up_ip(&[&["route", "add", "100.64.0.0/10", "dev", UP_TUN], mss4].concat());
-        lab.up_ip(
-            &[
-                &["-6", "route", "add", "2001:db8:100::/48", "dev", UP_TUN],
-                mss6,
-            ]
-            .concat(),
-        );
+        lab.up_ip(&[&["-6", "route", "add", "2001:db8:100::/48", "dev", UP_TUN], mss6].concat());
         lab
     }
 
@@ -332,15 +305,8 @@ action = "{action}"
             if out.status.success() && flags {
                 return;
             }
-            if let Some(status) = self
-                .child
-                .as_mut()
-                .and_then(|c| c.try_wait().ok().flatten())
-            {
-                panic!(
-                    "op25b exited ({status}) before {dev} appeared in {ns}; its log:\n{}",
-                    self.log_text()
-                );
+            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+                panic!("op25b exited ({status}) before {dev} appeared in {ns}; its log:\n{}", self.log_text());
             }
             assert!(
                 Instant::now() < deadline,
@@ -358,15 +324,8 @@ action = "{action}"
 
     /// `ip netns exec SUB ping ARGS`: (exit success, stdout + stderr).
     pub fn ping(&self, args: &[&str]) -> (bool, String) {
-        let out = output(
-            "ip",
-            &[&["netns", "exec", self.sub.as_str(), "ping"], args].concat(),
-        );
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let out = output("ip", &[&["netns", "exec", self.sub.as_str(), "ping"], args].concat());
+        let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
         println!("$ ping {}\n{}", args.join(" "), text.trim_end());
         (out.status.success(), text)
     }
@@ -374,12 +333,7 @@ action = "{action}"
     /// A TCP client in the subscriber namespace, from `src` (or the route's
     /// source hint, the dynamic address), with a connect timeout. Prints how
     /// long the connect took (for the reader; tests never assert on timing).
-    pub fn connect(
-        &self,
-        src: Option<IpAddr>,
-        dst: SocketAddr,
-        timeout: Duration,
-    ) -> io::Result<TcpStream> {
+    pub fn connect(&self, src: Option<IpAddr>, dst: SocketAddr, timeout: Duration) -> io::Result<TcpStream> {
         let t0 = Instant::now();
         let result = in_netns(&self.sub, || -> io::Result<TcpStream> {
             let sock = Socket::new(Domain::for_address(dst), Type::STREAM, Some(Protocol::TCP))?;
@@ -395,11 +349,7 @@ action = "{action}"
         let from = src.map_or_else(|| "default source".to_string(), |s| s.to_string());
         match &result {
             Ok(_) => println!("connect {from} -> {dst}: connected in {:?}", t0.elapsed()),
-            Err(e) => println!(
-                "connect {from} -> {dst}: {:?} ({e}) after {:?}",
-                e.kind(),
-                t0.elapsed()
-            ),
+            Err(e) => println!("connect {from} -> {dst}: {:?} ({e}) after {:?}", e.kind(), t0.elapsed()),
         }
         result
     }
@@ -423,19 +373,12 @@ impl Drop for Lab {
             terminate(&mut child);
         }
         if std::thread::panicking() {
-            eprintln!(
-                "--- op25b log ({}) ---\n{}",
-                self.log.display(),
-                self.log_text()
-            );
+            eprintln!("--- op25b log ({}) ---\n{}", self.log.display(), self.log_text());
         }
         for ns in self.namespaces.drain(..).rev() {
             let out = output("ip", &["netns", "delete", &ns]);
             if !out.status.success() {
-                eprintln!(
-                    "cleanup: `ip netns delete {ns}` failed: {}",
-                    String::from_utf8_lossy(&out.stderr).trim()
-                );
+                eprintln!("cleanup: `ip netns delete {ns}` failed: {}", String::from_utf8_lossy(&out.stderr).trim());
             }
         }
         for f in &self.files {
@@ -494,10 +437,7 @@ fn parse_counters(log: &str) -> Option<Counters> {
         .filter_map(|kv| kv.split_once('='))
         .filter_map(|(k, v)| Some((k.to_string(), v.parse().ok()?)))
         .collect();
-    Some(Counters {
-        values,
-        line: plain.trim().to_string(),
-    })
+    Some(Counters { values, line: plain.trim().to_string() })
 }
 
 /// One connection a server accepted.
@@ -528,10 +468,7 @@ impl Servers {
     /// Starts one listener per port inside `ns`.
     pub fn start(ns: &str, ports: &[u16]) -> Servers {
         let listeners: Vec<TcpListener> = in_netns(ns, || {
-            ports
-                .iter()
-                .map(|&port| listen(port).unwrap_or_else(|e| panic!("listen on [::]:{port}: {e}")))
-                .collect()
+            ports.iter().map(|&port| listen(port).unwrap_or_else(|e| panic!("listen on [::]:{port}: {e}"))).collect()
         });
         let mut servers = Servers {
             stop: Arc::new(AtomicBool::new(false)),
@@ -543,27 +480,19 @@ impl Servers {
             let stop = servers.stop.clone();
             let accepted = servers.accepted.clone();
             let handlers = servers.handlers.clone();
-            servers.threads.push(std::thread::spawn(move || {
-                accept_loop(&listener, &stop, &accepted, &handlers)
-            }));
+            servers.threads.push(std::thread::spawn(move || accept_loop(&listener, &stop, &accepted, &handlers)));
         }
         servers
     }
 
     /// Every connection accepted so far.
     pub fn accepted(&self) -> Vec<Accepted> {
-        self.accepted
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+        self.accepted.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     /// Connections accepted on `local` (address and port).
     pub fn accepted_on(&self, local: SocketAddr) -> Vec<Accepted> {
-        self.accepted()
-            .into_iter()
-            .filter(|a| a.local == local)
-            .collect()
+        self.accepted().into_iter().filter(|a| a.local == local).collect()
     }
 }
 
@@ -573,8 +502,7 @@ impl Drop for Servers {
         for t in self.threads.drain(..) {
             let _ = t.join(); // a panic there already failed the test
         }
-        let handlers =
-            std::mem::take(&mut *self.handlers.lock().unwrap_or_else(|p| p.into_inner()));
+        let handlers = std::mem::take(&mut *self.handlers.lock().unwrap_or_else(|p| p.into_inner()));
         for h in handlers {
             let _ = h.join();
         }
@@ -611,17 +539,10 @@ fn accept_loop(
             }
             Err(e) => panic!("accept: {e}"),
         };
-        let local = stream
-            .local_addr()
-            .map(canonical)
-            .unwrap_or_else(|e| panic!("local_addr: {e}"));
+        let local = stream.local_addr().map(canonical).unwrap_or_else(|e| panic!("local_addr: {e}"));
         let index = {
             let mut list = accepted.lock().unwrap_or_else(|p| p.into_inner());
-            list.push(Accepted {
-                local,
-                peer: canonical(peer),
-                bytes: None,
-            });
+            list.push(Accepted { local, peer: canonical(peer), bytes: None });
             list.len() - 1
         };
         let accepted = accepted.clone();
@@ -629,10 +550,7 @@ fn accept_loop(
             let bytes = serve(stream).unwrap_or(0);
             accepted.lock().unwrap_or_else(|p| p.into_inner())[index].bytes = Some(bytes);
         });
-        handlers
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push(handler);
+        handlers.lock().unwrap_or_else(|p| p.into_inner()).push(handler);
     }
 }
 
@@ -662,9 +580,7 @@ fn serve(mut stream: TcpStream) -> io::Result<u64> {
 /// Reads the server's first line.
 pub fn read_banner(stream: &TcpStream) -> String {
     let mut line = String::new();
-    BufReader::new(stream)
-        .read_line(&mut line)
-        .unwrap_or_else(|e| panic!("reading the banner: {e}"));
+    BufReader::new(stream).read_line(&mut line).unwrap_or_else(|e| panic!("reading the banner: {e}"));
     line.trim_end().to_string()
 }
 
@@ -679,12 +595,8 @@ pub fn send_bulk(mut stream: TcpStream, n: usize) -> String {
             .unwrap_or_else(|e| panic!("sending bulk data ({} of {n} bytes sent): {e}", n - left));
         left -= k;
     }
-    stream
-        .shutdown(std::net::Shutdown::Write)
-        .unwrap_or_else(|e| panic!("shutdown: {e}"));
+    stream.shutdown(std::net::Shutdown::Write).unwrap_or_else(|e| panic!("shutdown: {e}"));
     let mut reply = String::new();
-    stream
-        .read_to_string(&mut reply)
-        .unwrap_or_else(|e| panic!("reading the server's acknowledgement: {e}"));
+    stream.read_to_string(&mut reply).unwrap_or_else(|e| panic!("reading the server's acknowledgement: {e}"));
     reply
 }
