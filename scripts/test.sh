@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite, from a fresh clone, as root: installs what the tests
 # need, checks formatting and lints, runs unit, CLI and network-namespace tests,
-# then the README's lab demo end to end.
+# then the README's lab demo end to end and a smoke run of scripts/bench.sh.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -12,10 +12,15 @@ echo "== cargo fmt --check"
 cargo fmt --check
 echo "== cargo clippy"
 cargo clippy --all-targets --locked -- -D warnings
-echo "== cargo test (unit, CLI, netns)"
-cargo test --locked --all-targets
+echo "== cargo test (unit, property, CLI, netns, actions)"
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+cargo test --locked --all-targets 2>&1 | tee "$log"
+passed=$(grep -Eo '^test result: ok\. [0-9]+ passed' "$log" | awk '{s += $4} END {print s + 0}')
 echo "== lab demo"
 cargo build --release --locked
 scripts/demo.sh --no-build
 echo "== benchmark smoke run (checks it works; judges no speed)"
 scripts/bench.sh --smoke --no-build
+# One closing line for the whole run (cargo's last summary is an example's, with 0 tests).
+echo "tests: $passed passed, 0 failed"
