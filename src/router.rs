@@ -119,9 +119,7 @@ impl Router {
     /// receives a reply packet: 1280 bytes hold every reply but an echo reply,
     /// which is the size of its request (a smaller buffer drops larger pings).
     pub fn handle(&mut self, now: Instant, dir: Direction, buf: &mut [u8], reply: &mut [u8]) -> Verdict {
-        let verdict = self.decide(now, dir, buf, reply, RxInfo::default(), &mut NoTrace);
-        self.count(dir, verdict);
-        verdict
+        self.handle_offloaded(now, dir, buf, reply, RxInfo::default())
     }
 
     /// Like [`Router::handle`] for a GSO super-packet from an offload-enabled
