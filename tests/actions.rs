@@ -405,7 +405,20 @@ fn banner_action_answers_554_as_the_dialled_server() {
     println!("{}", c.line);
     assert!(failures.is_empty(), "{}\n{}", failures.join("\n"), c.line);
     assert!(c.get("op25b_terminated") > 0, "{}", c.line);
-    assert_eq!(c.get("op25b_terminated"), c.get("op25b_blocked"), "{}", c.line);
+    // Every blocked packet went to the responder, except a client segment
+    // that arrives after its session ended (the responder leaves TIME-WAIT at
+    // once): such a segment belongs to no session and the router drops it.
+    // How many do depends on how the client's last segments are batched, so
+    // the test bounds them (at most the client's FIN/ACK per connection)
+    // instead of expecting none.
+    assert_eq!(
+        c.get("op25b_terminated") + c.get("drop_op25b_blocked"),
+        c.get("op25b_blocked"),
+        "every blocked packet was terminated or dropped: {}",
+        c.line
+    );
+    assert!(c.get("drop_op25b_blocked") <= 2 * 2, "late segments only: {}", c.line);
+    assert_eq!(c.get("reply_tcp_rst"), 0, "{}", c.line);
     assert_eq!(c.get("drop_reply_rate_limited"), 0, "{}", c.line);
 }
 
