@@ -12,6 +12,15 @@
 //! Bounds: `sessions` sockets per blocked port, created once; when all are busy
 //! smoltcp answers a SYN with an RST. A session that makes no progress for
 //! `idle` is aborted. The in and out queues hold at most [`QUEUE`] packets.
+//!
+//! No amplification: a SYN gets one SYN-ACK and nothing more until the client
+//! answers it. A session still in SYN-RECEIVED after [`SYN_RECEIVED_LIFETIME`]
+//! (less than smoltcp's first retransmission timeout, 1 s) listens again
+//! silently, without the RST an abort would send. So a SYN with a forged source
+//! brings its victim one SYN-ACK, never retransmissions or an RST, and holds a
+//! session for under a second. A real client whose SYN-ACK was lost retransmits
+//! its SYN and gets a fresh session. The banner itself goes only to a client
+//! that completed the handshake, which a forger off the path cannot.
 
 use std::collections::VecDeque;
 use std::net::IpAddr;
@@ -28,6 +37,8 @@ use crate::policy::Op25b;
 
 /// Most packets waiting in either direction.
 pub const QUEUE: usize = 256;
+/// How long a session waits for the client's ACK of its SYN-ACK.
+pub const SYN_RECEIVED_LIFETIME: std::time::Duration = std::time::Duration::from_millis(800);
 /// Receive and send buffer of each session: the banner line and a little input.
 const SOCKET_RX: usize = 512;
 const SOCKET_TX: usize = 1024;
@@ -186,6 +197,20 @@ impl Responder {
         self.ensure_stack(t);
         let Responder { dev, stack, banner, idle, .. } = self;
         let Some(stack) = stack.as_mut() else { return };
+        // Before smoltcp's timers run: an unanswered SYN-ACK is never
+        // retransmitted, and the session listens again without an RST.
+        for slot in &mut stack.slots {
+            let s = stack.sockets.get_mut::<tcp::Socket>(slot.handle);
+            if s.state() == tcp::State::SynReceived
+                && now.saturating_duration_since(*slot.started.get_or_insert(now)) >= SYN_RECEIVED_LIFETIME
+            {
+                // listen() resets the socket and forgets the peer, so nothing is sent.
+                s.abort();
+                let _ = s.listen(IpListenEndpoint { addr: None, port: slot.port });
+                slot.sent = false;
+                slot.started = None;
+            }
+        }
         for _ in 0..4 {
             stack.iface.poll(t, dev, &mut stack.sockets);
             let mut changed = false;
@@ -239,7 +264,18 @@ impl Responder {
             .iface
             .poll_at(t, &stack.sockets)
             .map(|at| epoch + std::time::Duration::from_micros(at.total_micros().max(0) as u64));
-        let lifetime = stack.slots.iter().filter_map(|s| s.started).min().map(|s| s + self.idle);
+        let sockets = &stack.sockets;
+        let lifetime = stack
+            .slots
+            .iter()
+            .filter_map(|s| {
+                let limit = match sockets.get::<tcp::Socket>(s.handle).state() {
+                    tcp::State::SynReceived => SYN_RECEIVED_LIFETIME,
+                    _ => self.idle,
+                };
+                s.started.map(|t| t + limit)
+            })
+            .min();
         smol.into_iter().chain(lifetime).min()
     }
 
@@ -355,6 +391,35 @@ mod tests {
         assert!(out.iter().any(|p| matches!(PacketView::parse(p).unwrap().transport, Transport::Tcp { flags, .. } if flags & tcp_flags::FIN != 0)), "closes");
         assert_eq!(r.active(), 1);
         assert!(r.poll_at(t0).is_some(), "retransmission or timeout timer");
+    }
+
+    #[test]
+    fn a_forged_syn_gets_one_syn_ack_and_nothing_after() {
+        let mut r = responder(4);
+        let t0 = Instant::now();
+        r.input(t0, &segment(40000, 1000, None, true));
+        assert_eq!(drain(&mut r).len(), 1, "one SYN-ACK");
+        assert_eq!(r.active(), 1);
+        // Nobody answers the SYN-ACK. Follow the responder's own timers for a
+        // minute: no retransmission and no RST goes out, and the session
+        // listens again before smoltcp's first retransmission timeout.
+        let mut t = t0;
+        let mut sent = Vec::new();
+        for _ in 0..1000 {
+            let Some(at) = r.poll_at(t) else { break };
+            t = at.max(t + Duration::from_millis(1));
+            if t > t0 + Duration::from_secs(60) {
+                break;
+            }
+            r.poll(t);
+            sent.extend(drain(&mut r));
+        }
+        assert!(sent.is_empty(), "{} packets after the SYN-ACK", sent.len());
+        assert_eq!(r.active(), 0, "the session was given up");
+        assert!(r.poll_at(t).is_none(), "no timer left");
+        // The slot takes the next client.
+        r.input(t, &segment(40001, 1, None, true));
+        assert_eq!(drain(&mut r).len(), 1);
     }
 
     #[test]
