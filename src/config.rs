@@ -104,12 +104,14 @@ struct Op25bSection {
     action: Spanned<ActionName>,
     banner: Option<Spanned<String>>,
     banner_sessions: Option<Spanned<u32>>,
+    banner_sessions_per_source: Option<Spanned<u32>>,
     banner_timeout: Option<Spanned<u32>>,
     redirect_to: Option<Spanned<Vec<Spanned<String>>>>,
     block_inbound: Option<bool>,
     reply_rate: Option<Spanned<u32>>,
     reply_burst: Option<Spanned<u32>>,
     max_flows: Option<Spanned<u32>>,
+    max_flows_per_source: Option<Spanned<u32>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -300,11 +302,11 @@ impl Config {
         };
         let mut op25b = op25b;
         actions::apply(&cx, o, &mut op25b)?;
-        let (reply_limit, max_flows) = actions::limits(&cx, o)?;
+        let (reply_limit, max_flows, max_flows_per_source) = actions::limits(&cx, o)?;
         let sets = rules::Sets::compile(&cx, &file.sets)?;
         let compiled = rules::compile(&cx, &sets, &file.rules)?;
         let pipeline = Pipeline::new(compiled.into_iter().map(|r| Box::new(r) as Box<dyn Rule>).collect());
-        let runtime = Arc::new(Runtime::new(&op25b, reply_limit, max_flows));
+        let runtime = Arc::new(Runtime::new(&op25b, reply_limit, max_flows, max_flows_per_source));
         let policy = Policy {
             address_v4,
             address_v6,
@@ -315,6 +317,7 @@ impl Config {
             rules: Arc::new(pipeline),
             reply_limit,
             max_flows,
+            max_flows_per_source,
             runtime,
         };
         let queue_len = match &file.dataplane.queue_len {
@@ -370,20 +373,22 @@ impl Config {
                 Action::Drop => "dropped silently".to_string(),
                 Action::Icmp => "SYN answered with ICMP administratively prohibited".to_string(),
                 Action::Banner => format!(
-                    "handshake completed by op25b, then {:?}; at most {} sessions, {} s idle",
+                    "handshake completed by op25b, then {:?}; at most {} sessions, {} per subscriber, {} s idle",
                     p.op25b.banner.text,
                     p.op25b.banner.sessions,
+                    p.op25b.banner.per_source,
                     p.op25b.banner.idle.as_secs()
                 ),
                 Action::Redirect => format!(
-                    "sent to the relay {} (destination NAT, at most {} flows)",
+                    "sent to the relay {} (destination NAT, at most {} flows, {} per subscriber)",
                     [p.op25b.redirect_v4, p.op25b.redirect_v6]
                         .iter()
                         .flatten()
                         .map(|a| a.to_string())
                         .collect::<Vec<_>>()
                         .join(", "),
-                    p.max_flows
+                    p.max_flows,
+                    p.max_flows_per_source
                 ),
             }
         );

@@ -294,6 +294,21 @@ impl Responder {
         })
     }
 
+    /// Sessions in progress (past the SYN, not yet closed) with the subscriber
+    /// `src` belongs to (its IPv4 address or IPv6 /64).
+    pub fn sessions_of(&mut self, src: IpAddr) -> usize {
+        let Some(stack) = self.stack.as_mut() else {
+            return 0;
+        };
+        let key = crate::policy::ratelimit::subscriber_key(src);
+        stack
+            .slots
+            .iter()
+            .filter_map(|s| stack.sockets.get::<tcp::Socket>(s.handle).remote_endpoint())
+            .filter(|e| crate::policy::ratelimit::subscriber_key(IpAddr::from(e.addr)) == key)
+            .count()
+    }
+
     /// Sessions between handshake and close.
     pub fn active(&mut self) -> usize {
         let Some(stack) = self.stack.as_mut() else {

@@ -457,18 +457,30 @@ impl Router {
             Action::Reject | Action::Icmp => blocked,
             // Banner sessions are terminated by the data plane's responder,
             // which sees these packets through `Verdict::Terminate`.
-            Action::Banner => return Some(self.terminate(now, &view_ro)),
+            Action::Banner => return Some(self.terminate(now, &view_ro, reply)),
             Action::Redirect => return self.redirect(now, view, buf, rx),
         })
     }
 
     /// The banner action: hand the packet to the responder. A new session
     /// (a SYN) spends a reply token like an RST would.
-    fn terminate(&self, now: Instant, view: &PacketView) -> Verdict {
+    fn terminate(&self, now: Instant, view: &PacketView, reply: &mut [u8]) -> Verdict {
         if view.fragment != Fragment::Whole {
             return Verdict::Drop(DropReason::Op25bBlocked);
         }
         if view.is_tcp_syn() {
+            let (owned, held) =
+                self.policy.runtime.responder().map_or((false, 0), |mut r| (r.owns(view), r.sessions_of(view.src)));
+            if owned {
+                // A retransmitted SYN of a session in progress.
+                return Verdict::Terminate;
+            }
+            if held >= self.policy.op25b.banner.per_source {
+                // Its share of the sessions is taken: refused like a SYN over
+                // the global bound, with an RST (a reply token).
+                let rst = |o: &mut [u8]| reply::tcp_rst(view, o);
+                return self.answer(now, view, ReplyKind::TcpRst, rst, reply, DropReason::BannerSourceFull);
+            }
             if !self.policy.runtime.allow_reply(view.src, now) {
                 return Verdict::Drop(DropReason::ReplyRateLimited);
             }
@@ -508,6 +520,7 @@ impl Router {
             }
             Err(CtError::NoFlow) => Some(Verdict::Drop(DropReason::Op25bBlocked)),
             Err(CtError::Full) => Some(Verdict::Drop(DropReason::ConntrackFull)),
+            Err(CtError::SourceFull) => Some(Verdict::Drop(DropReason::ConntrackSourceFull)),
             Err(CtError::Collision) => Some(Verdict::Drop(DropReason::RedirectCollision)),
         }
     }

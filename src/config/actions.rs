@@ -1,5 +1,5 @@
 //! The `[op25b]` keys of the blocking actions: `banner*`, `redirect_to`,
-//! `reply_rate` / `reply_burst`, `max_flows`.
+//! `reply_rate` / `reply_burst`, `max_flows`, `max_flows_per_source`.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -15,6 +15,9 @@ pub const DEFAULT_REPLY_RATE: u32 = 10;
 pub const DEFAULT_REPLY_BURST: u32 = 20;
 /// Default bound of the redirect flow table.
 pub const DEFAULT_MAX_FLOWS: u32 = 65_536;
+/// Default bound of redirected flows per subscriber: a busy mail client opens a
+/// few connections at a time, a zombie thousands.
+pub const DEFAULT_MAX_FLOWS_PER_SOURCE: u32 = 64;
 
 /// Validates the action-specific keys into `op25b`.
 pub(super) fn apply(cx: &Ctx<'_>, o: &Op25bSection, op25b: &mut Op25b) -> Result<(), ConfigError> {
@@ -55,6 +58,22 @@ pub(super) fn apply(cx: &Ctx<'_>, o: &Op25bSection, op25b: &mut Op25b) -> Result
             return Err(cx.err(&n.span(), "op25b.banner_sessions", "must be between 1 and 4096"));
         }
         op25b.banner.sessions = *n.get_ref() as usize;
+    }
+    if let Some(n) = &o.banner_sessions_per_source {
+        if action != ActionName::Banner {
+            return Err(misplaced(n.span(), "banner_sessions_per_source", "banner"));
+        }
+        let max = op25b.banner.sessions as u32;
+        if !(1..=max).contains(n.get_ref()) {
+            return Err(cx.err(
+                &n.span(),
+                "op25b.banner_sessions_per_source",
+                format!("must be between 1 and banner_sessions ({max})"),
+            ));
+        }
+        op25b.banner.per_source = *n.get_ref() as usize;
+    } else {
+        op25b.banner.per_source = op25b.banner.per_source.min(op25b.banner.sessions);
     }
     if let Some(t) = &o.banner_timeout {
         if action != ActionName::Banner {
@@ -101,8 +120,8 @@ pub(super) fn apply(cx: &Ctx<'_>, o: &Op25bSection, op25b: &mut Op25b) -> Result
     Ok(())
 }
 
-/// The reply limit and the flow-table bound.
-pub(super) fn limits(cx: &Ctx<'_>, o: &Op25bSection) -> Result<(Limit, usize), ConfigError> {
+/// The reply limit and the flow-table bounds (in all, per subscriber).
+pub(super) fn limits(cx: &Ctx<'_>, o: &Op25bSection) -> Result<(Limit, usize, usize), ConfigError> {
     let positive = |v: &Option<toml::Spanned<u32>>, key: &str, default: u32, max: u32| -> Result<u32, ConfigError> {
         match v {
             None => Ok(default),
@@ -113,5 +132,9 @@ pub(super) fn limits(cx: &Ctx<'_>, o: &Op25bSection) -> Result<(Limit, usize), C
     let rate = positive(&o.reply_rate, "reply_rate", DEFAULT_REPLY_RATE, 1_000_000)?;
     let burst = positive(&o.reply_burst, "reply_burst", DEFAULT_REPLY_BURST, 1_000_000)?;
     let flows = positive(&o.max_flows, "max_flows", DEFAULT_MAX_FLOWS, 4_000_000)?;
-    Ok((Limit { rate, burst }, flows as usize))
+    let per_source = match &o.max_flows_per_source {
+        None => DEFAULT_MAX_FLOWS_PER_SOURCE.min(flows),
+        Some(_) => positive(&o.max_flows_per_source, "max_flows_per_source", 0, flows)?,
+    };
+    Ok((Limit { rate, burst }, flows as usize, per_source as usize))
 }

@@ -209,6 +209,11 @@ fn action_keys_are_validated() {
     let ok = parse(&act("action = \"banner\"\nbanner = \"550 no\"\nbanner_sessions = 8")).unwrap();
     assert_eq!((ok.policy.op25b.banner.text.as_str(), ok.policy.op25b.banner.sessions), ("550 no", 8));
     assert!(ok.render().contains("550 no"));
+    // The per-subscriber default never exceeds the bound in all.
+    let ok = parse(&act("action = \"banner\"\nbanner_sessions = 2")).unwrap();
+    assert_eq!(ok.policy.op25b.banner.per_source, 2);
+    let ok = parse(&act("action = \"reject\"\nmax_flows = 10")).unwrap();
+    assert_eq!(ok.policy.max_flows_per_source, 10);
     let cases = [
         (act("action = \"redirect\""), "op25b.action"),
         (act("action = \"redirect\"\nredirect_to = [\"198.51.100.25\"]"), "op25b.redirect_to[0]"),
@@ -223,6 +228,13 @@ fn action_keys_are_validated() {
         (act("action = \"banner\"\nbanner_sessions = 0"), "op25b.banner_sessions"),
         (with("reply_rate = 10", "reply_rate = 0"), "op25b.reply_rate"),
         (act("action = \"reject\"\nmax_flows = 0"), "op25b.max_flows"),
+        (act("action = \"reject\"\nmax_flows = 10\nmax_flows_per_source = 11"), "op25b.max_flows_per_source"),
+        (act("action = \"reject\"\nmax_flows_per_source = 0"), "op25b.max_flows_per_source"),
+        (
+            act("action = \"banner\"\nbanner_sessions = 8\nbanner_sessions_per_source = 9"),
+            "op25b.banner_sessions_per_source",
+        ),
+        (act("action = \"reject\"\nbanner_sessions_per_source = 2"), "op25b.banner_sessions_per_source"),
     ];
     for (text, want) in cases {
         let (line, key, msg) = error(&text);

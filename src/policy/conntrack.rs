@@ -13,14 +13,17 @@
 //! never grows past its initial capacity). Entries leave on RST, some seconds
 //! after FIN (for the last ACKs), or after an idle timeout. When the table is
 //! full, expired entries are swept; if none expired, the new connection is
-//! refused (`Full`) and established flows keep working. New entries are also
-//! rate limited per subscriber by the caller (the reply limit), so one
-//! subscriber cannot fill the table.
+//! refused (`Full`) and established flows keep working. Each subscriber (an
+//! IPv4 address or an IPv6 /64) holds at most `per_source` entries
+//! (`SourceFull` beyond, after the same sweep), so one subscriber cannot fill
+//! the table; new entries are also rate limited per subscriber by the caller
+//! (the reply limit).
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
+use super::ratelimit::subscriber_key;
 use crate::packet::{tcp_flags, PacketView, Transport};
 
 /// Idle timeout of a half-open flow (SYN sent, no ACK seen yet).
@@ -83,6 +86,8 @@ pub enum CtError {
     Full,
     /// The same subscriber port already has a redirected flow to another destination.
     Collision,
+    /// The subscriber already holds its share of the table.
+    SourceFull,
 }
 
 /// The redirect flow table.
@@ -90,6 +95,10 @@ pub enum CtError {
 pub struct Conntrack {
     flows: HashMap<(IpAddr, u16), Flow>,
     max: usize,
+    /// Entries per subscriber (see [`subscriber_key`]), expired ones included
+    /// until they are swept.
+    per_source: HashMap<u128, u32>,
+    max_per_source: u32,
     /// When the full table was last swept for expired flows (at most once a second).
     last_sweep: Option<Instant>,
 }
@@ -102,9 +111,44 @@ fn tcp_of(view: &PacketView) -> Option<(u16, u16, u8)> {
 }
 
 impl Conntrack {
-    /// An empty table for at most `max` flows.
-    pub fn new(max: usize) -> Conntrack {
-        Conntrack { last_sweep: None, flows: HashMap::new(), max: max.max(1) }
+    /// An empty table for at most `max` flows, at most `per_source` of them
+    /// from one subscriber.
+    pub fn new(max: usize, per_source: usize) -> Conntrack {
+        Conntrack {
+            last_sweep: None,
+            flows: HashMap::new(),
+            max: max.max(1),
+            per_source: HashMap::new(),
+            max_per_source: per_source.clamp(1, u32::MAX as usize) as u32,
+        }
+    }
+
+    /// Entries (live, or expired and not yet swept) of the subscriber `src` belongs to.
+    pub fn flows_of(&self, src: IpAddr) -> usize {
+        self.per_source.get(&subscriber_key(src)).map_or(0, |n| *n as usize)
+    }
+
+    /// Removes expired flows, at most once a second; true when it ran.
+    fn sweep(&mut self, now: Instant) -> bool {
+        let due = self.last_sweep.is_none_or(|t| now.saturating_duration_since(t) >= Duration::from_secs(1));
+        if due {
+            let per_source = &mut self.per_source;
+            self.flows.retain(|(src, _), f| {
+                let keep = !f.expired(now);
+                if !keep {
+                    let k = subscriber_key(*src);
+                    if let Some(n) = per_source.get_mut(&k) {
+                        *n -= 1;
+                        if *n == 0 {
+                            per_source.remove(&k);
+                        }
+                    }
+                }
+                keep
+            });
+            self.last_sweep = Some(now);
+        }
+        due
     }
 
     /// Live and not yet swept flows.
@@ -152,22 +196,32 @@ impl Conntrack {
             return Err(CtError::NoFlow);
         }
         if self.flows.capacity() == 0 {
-            // The one allocation of the table, on first use. Twice the bound
-            // keeps the load at or below one half, so deletions never make the
-            // map grow (it rehashes in place instead).
+            // The one allocation of the tables, on first use. Twice the bound
+            // keeps the load at or below one half, so deletions never make a
+            // map grow (it rehashes in place instead). There are never more
+            // subscribers than flows.
             self.flows.reserve(2 * self.max);
+            self.per_source.reserve(2 * self.max);
         }
-        if self.flows.len() >= self.max && !self.flows.contains_key(&key) {
-            let due = self.last_sweep.is_none_or(|t| now.saturating_duration_since(t) >= Duration::from_secs(1));
-            if due {
-                self.flows.retain(|_, f| !f.expired(now));
-                self.last_sweep = Some(now);
+        // Replacing an expired or closing entry of the same key keeps the counts.
+        let replaces = self.flows.contains_key(&key);
+        if !replaces {
+            if self.flows_of(view.src) >= self.max_per_source as usize {
+                self.sweep(now);
+                if self.flows_of(view.src) >= self.max_per_source as usize {
+                    return Err(CtError::SourceFull);
+                }
             }
             if self.flows.len() >= self.max {
-                return Err(CtError::Full);
+                self.sweep(now);
+                if self.flows.len() >= self.max {
+                    return Err(CtError::Full);
+                }
             }
         }
-        self.flows.insert(key, Flow { original, target, state: State::SynSent, last: now });
+        if self.flows.insert(key, Flow { original, target, state: State::SynSent, last: now }).is_none() {
+            *self.per_source.entry(subscriber_key(view.src)).or_insert(0) += 1;
+        }
         Ok(target)
     }
 
@@ -208,7 +262,7 @@ mod tests {
 
     #[test]
     fn a_connection_through_the_table() {
-        let mut ct = Conntrack::new(8);
+        let mut ct = Conntrack::new(8, 8);
         let relay: SocketAddr = RELAY.parse().unwrap();
         let t0 = Instant::now();
         let mut b = Vec::new();
@@ -236,7 +290,7 @@ mod tests {
 
     #[test]
     fn only_the_relay_establishes_a_flow() {
-        let mut ct = Conntrack::new(4);
+        let mut ct = Conntrack::new(4, 4);
         let relay: SocketAddr = RELAY.parse().unwrap();
         let t0 = Instant::now();
         let mut b = Vec::new();
@@ -262,7 +316,7 @@ mod tests {
 
     #[test]
     fn full_table_refuses_new_flows_until_some_expire() {
-        let mut ct = Conntrack::new(4);
+        let mut ct = Conntrack::new(4, 8);
         let relay: SocketAddr = RELAY.parse().unwrap();
         let t0 = Instant::now();
         let mut b = Vec::new();
@@ -278,5 +332,28 @@ mod tests {
         let fifth = view(&mut b, (C, 2000), (MX, 25), "syn");
         assert!(ct.outbound(&fifth, relay, later).is_ok());
         assert!(ct.len() <= 4);
+    }
+
+    #[test]
+    fn one_subscriber_holds_at_most_its_share() {
+        let mut ct = Conntrack::new(16, 3);
+        let relay: SocketAddr = RELAY.parse().unwrap();
+        let t0 = Instant::now();
+        let mut b = Vec::new();
+        for port in 0..3 {
+            assert!(ct.outbound(&view(&mut b, (C, 1000 + port), (MX, 25), "syn"), relay, t0).is_ok());
+        }
+        let fourth = view(&mut b, (C, 2000), (MX, 25), "syn");
+        assert_eq!(ct.outbound(&fourth, relay, t0), Err(CtError::SourceFull));
+        // A retransmitted SYN of a flow it holds is not a new flow.
+        assert!(ct.outbound(&view(&mut b, (C, 1000), (MX, 25), "syn"), relay, t0).is_ok());
+        // Another subscriber is not affected.
+        assert!(ct.outbound(&view(&mut b, ([100, 64, 1, 11], 2000), (MX, 25), "syn"), relay, t0).is_ok());
+        assert_eq!((ct.flows_of(C.into()), ct.len()), (3, 4));
+        // Once its half-open flows expire, the subscriber gets its share back.
+        let later = t0 + SYN_TIMEOUT + Duration::from_secs(1);
+        let fourth = view(&mut b, (C, 2000), (MX, 25), "syn");
+        assert!(ct.outbound(&fourth, relay, later).is_ok());
+        assert_eq!(ct.flows_of(C.into()), 1);
     }
 }

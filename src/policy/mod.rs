@@ -46,6 +46,8 @@ pub struct Policy {
     pub reply_limit: Limit,
     /// Most flows the redirect action tracks.
     pub max_flows: usize,
+    /// Most redirected flows of one subscriber (an IPv4 address or an IPv6 /64).
+    pub max_flows_per_source: usize,
     /// State shared by every router built from this policy.
     pub runtime: Arc<Runtime>,
 }
@@ -64,11 +66,11 @@ pub struct Runtime {
 
 impl Runtime {
     /// Fresh state for the given limits.
-    pub fn new(op25b: &Op25b, reply_limit: Limit, max_flows: usize) -> Runtime {
+    pub fn new(op25b: &Op25b, reply_limit: Limit, max_flows: usize, max_flows_per_source: usize) -> Runtime {
         let banner = op25b.action == Action::Banner;
         Runtime {
             replies: Mutex::new(RateLimiter::new(reply_limit)),
-            conntrack: Mutex::new(Conntrack::new(max_flows)),
+            conntrack: Mutex::new(Conntrack::new(max_flows, max_flows_per_source)),
             responder: banner.then(|| Mutex::new(crate::responder::Responder::new(op25b))),
         }
     }

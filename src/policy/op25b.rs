@@ -100,9 +100,15 @@ pub struct Banner {
     pub text: String,
     /// Most concurrent banner sessions; over it a SYN gets an RST.
     pub sessions: usize,
+    /// Most concurrent sessions of one subscriber (an IPv4 address or an IPv6
+    /// /64); over it a SYN gets an RST.
+    pub per_source: usize,
     /// A session that sees nothing for this long is closed.
     pub idle: Duration,
 }
+
+/// Default bound of concurrent banner sessions per subscriber.
+pub const DEFAULT_BANNER_PER_SOURCE: usize = 4;
 
 /// The default banner line.
 pub const DEFAULT_BANNER: &str =
@@ -110,7 +116,12 @@ pub const DEFAULT_BANNER: &str =
 
 impl Default for Banner {
     fn default() -> Self {
-        Banner { text: DEFAULT_BANNER.to_string(), sessions: 64, idle: Duration::from_secs(10) }
+        Banner {
+            text: DEFAULT_BANNER.to_string(),
+            sessions: 64,
+            per_source: DEFAULT_BANNER_PER_SOURCE,
+            idle: Duration::from_secs(10),
+        }
     }
 }
 

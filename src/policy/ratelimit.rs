@@ -47,6 +47,16 @@ pub struct RateLimiter {
     table: Box<[Entry]>,
 }
 
+/// The unit a subscriber is limited by: an IPv4 address, or an IPv6 /64 (a
+/// subscriber usually holds a whole /64 or more, and per-address limits would
+/// give it 2^64 of them).
+pub fn subscriber_key(addr: IpAddr) -> u128 {
+    match addr {
+        IpAddr::V4(a) => u128::from(u32::from(a)) | (1 << 127),
+        IpAddr::V6(a) => u128::from(a) & !0xffff_ffff_ffff_ffffu128,
+    }
+}
+
 impl RateLimiter {
     /// A limiter with an empty table of fixed size.
     pub fn new(limit: Limit) -> RateLimiter {
@@ -59,12 +69,7 @@ impl RateLimiter {
 
     /// Takes one token for `src` at `now`; false when its bucket is empty.
     pub fn allow(&mut self, src: IpAddr, now: Instant) -> bool {
-        let key = match src {
-            IpAddr::V4(a) => u128::from(u32::from(a)) | (1 << 127),
-            // One bucket per IPv6 /64: a subscriber usually holds a whole /64
-            // (or more), and per-address buckets would give it 2^64 bursts.
-            IpAddr::V6(a) => u128::from(a) & !0xffff_ffff_ffff_ffffu128,
-        };
+        let key = subscriber_key(src);
         let set = (self.hasher.hash_one(key) as usize) % SETS;
         let ways = &mut self.table[set * WAYS..(set + 1) * WAYS];
         let idx = match ways.iter().position(|e| e.used && e.key == key) {

@@ -69,6 +69,12 @@ reasons! {
         ReplyRateLimited => "reply_rate_limited",
         /// A new redirected connection while the flow table is full.
         ConntrackFull => "conntrack_full",
+        /// A new redirected connection from a subscriber that holds its share
+        /// of the flow table (`max_flows_per_source`).
+        ConntrackSourceFull => "conntrack_source_full",
+        /// A new banner session from a subscriber that holds its share of the
+        /// sessions (`banner_sessions_per_source`), where no RST may be sent.
+        BannerSourceFull => "banner_source_full",
         /// A redirected connection reusing a subscriber port that is redirected
         /// for another destination.
         RedirectCollision => "redirect_collision",

@@ -177,6 +177,47 @@ fn banner_action_hands_blocked_flows_to_the_responder() {
     assert_eq!(r.counters().terminated.get(), 2);
 }
 
+#[test]
+fn banner_sessions_per_subscriber_are_bounded() {
+    let mut r = router("action = \"banner\"\nbanner_sessions_per_source = 2");
+    let now = Instant::now();
+    let take = |r: &mut Router, src: [u8; 4], sport: u16| {
+        let syn = tcp(src, sport, MX4, 25, "syn", &[]);
+        let (v, out) = run(r, now, Direction::Outbound, &syn);
+        if v == Verdict::Terminate {
+            r.policy().runtime.responder().expect("banner responder").input(now, &syn);
+        }
+        (v, out)
+    };
+    for sport in [40000, 40001] {
+        assert_eq!(take(&mut r, DYN4, sport).0, Verdict::Terminate);
+    }
+    // The third session of the same subscriber is refused at once, with an RST.
+    let (v, rst) = take(&mut r, DYN4, 40002);
+    assert!(matches!(v, Verdict::Reply { kind: ReplyKind::TcpRst, .. }), "{v:?}");
+    let rst = TcpHeaderSlice::from_slice(&rst[20..]).unwrap();
+    assert!(rst.rst() && rst.destination_port() == 40002);
+    // A retransmitted SYN of a session it holds still reaches that session.
+    assert_eq!(take(&mut r, DYN4, 40000).0, Verdict::Terminate);
+    // Another subscriber is not affected.
+    assert_eq!(take(&mut r, [100, 64, 1, 11], 40000).0, Verdict::Terminate);
+    assert_eq!(r.policy().runtime.responder().unwrap().sessions_of(IpAddr::from(DYN4)), 2);
+}
+
+#[test]
+fn redirected_flows_per_subscriber_are_bounded() {
+    let mut r = router(&format!("{REDIRECT}\nmax_flows_per_source = 2"));
+    let now = Instant::now();
+    for sport in [40000, 40001] {
+        let syn = tcp(DYN4, sport, MX4, 25, "syn", &[]);
+        assert!(matches!(run(&mut r, now, Direction::Outbound, &syn).0, Verdict::Forward { .. }));
+    }
+    let third = tcp(DYN4, 40002, MX4, 25, "syn", &[]);
+    assert_eq!(run(&mut r, now, Direction::Outbound, &third).0, Verdict::Drop(DropReason::ConntrackSourceFull));
+    let other = tcp([100, 64, 1, 11], 40002, MX4, 25, "syn", &[]);
+    assert!(matches!(run(&mut r, now, Direction::Outbound, &other).0, Verdict::Forward { .. }));
+}
+
 const REDIRECT: &str = "action = \"redirect\"\nredirect_to = [\"198.51.100.25:25\", \"[2001:db8:25::25]:25\"]";
 
 #[test]
