@@ -24,11 +24,11 @@ pub fn sum(data: &[u8]) -> u16 {
 }
 
 #[inline]
-fn fold(mut acc: u32) -> u16 {
-    while acc > 0xffff {
-        acc = (acc & 0xffff) + (acc >> 16);
-    }
-    acc as u16
+fn fold(acc: u32) -> u16 {
+    // Two end-around carries fold any u32: after the first the value is at
+    // most 0x1fffe, after the second at most 0xffff.
+    let acc = (acc & 0xffff) + (acc >> 16);
+    ((acc & 0xffff) + (acc >> 16)) as u16
 }
 
 /// RFC 1624 eqn. 3: the checksum after one 16-bit word of the covered data

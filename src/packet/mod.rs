@@ -16,11 +16,13 @@ pub use view::{proto, tcp_flags, Fragment, IpVersion, PacketView, ParseError, Tr
 pub fn decrement_ttl(view: &PacketView, buf: &mut [u8]) {
     match view.version {
         IpVersion::V4 => {
-            let old = u16::from_be_bytes([buf[8], buf[9]]);
-            buf[8] = buf[8].wrapping_sub(1);
-            let new = u16::from_be_bytes([buf[8], buf[9]]);
-            let sum = u16::from_be_bytes([buf[10], buf[11]]);
-            buf[10..12].copy_from_slice(&checksum::adjust(sum, old, new).to_be_bytes());
+            // The view checked the 20-byte header, so the slice is there.
+            let Some(h) = buf.get_mut(8..12) else { return };
+            let old = u16::from_be_bytes([h[0], h[1]]);
+            h[0] = h[0].wrapping_sub(1);
+            let new = u16::from_be_bytes([h[0], h[1]]);
+            let sum = u16::from_be_bytes([h[2], h[3]]);
+            h[2..4].copy_from_slice(&checksum::adjust(sum, old, new).to_be_bytes());
         }
         IpVersion::V6 => buf[7] = buf[7].wrapping_sub(1),
     }

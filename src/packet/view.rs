@@ -6,7 +6,10 @@
 //! offsets, not references, so the caller may rewrite the buffer in place
 //! afterwards (TTL, checksums) without re-parsing.
 //!
-//! Field parsing uses etherparse's header slices; the chain walk is ours because
+//! A plain IPv4 header (no options, not a fragment) or IPv6 header followed
+//! directly by TCP, UDP or ICMP is read at fixed offsets; a test checks that
+//! this gives the full parse's view. Everything else takes the full parse.
+//! Field parsing there uses etherparse's header slices; the chain walk is ours because
 //! its stopping rules are a security decision: the walk stops at a non-first
 //! fragment (what follows its fragment header is payload, not headers) and gives
 //! up after [`MAX_EXT_HEADERS`] extension headers.
@@ -170,7 +173,80 @@ pub struct PacketView {
 
 impl PacketView {
     /// Parses `buf` as an IPv4 or IPv6 packet.
+    #[inline]
     pub fn parse(buf: &[u8]) -> Result<PacketView, ParseError> {
+        // Most packets are a plain IP header and TCP, UDP or ICMP right after
+        // it: read those at fixed offsets. Everything else (options, extension
+        // headers, fragments, anything short or malformed) takes the full
+        // walk, which also names what is wrong. Both give the same view for
+        // every packet the fast path takes (tested).
+        match Self::parse_fast(buf) {
+            Some(view) => Ok(view),
+            None => Self::parse_full(buf),
+        }
+    }
+
+    /// The fixed-offset parse: `None` hands the packet to [`Self::parse_full`].
+    #[inline]
+    fn parse_fast(buf: &[u8]) -> Option<PacketView> {
+        match *buf.first()? {
+            0x45 => {
+                let h: &[u8; 20] = buf.get(..20)?.try_into().ok()?;
+                let len = usize::from(u16::from_be_bytes([h[2], h[3]]));
+                let frag = u16::from_be_bytes([h[6], h[7]]);
+                // More-fragments or an offset: the full walk.
+                if len < 20 || len > buf.len() || frag & 0x3fff != 0 || checksum::sum(h) != 0xffff {
+                    return None;
+                }
+                let transport = fast_transport(&buf[20..len], h[9], proto::ICMP)?;
+                Some(PacketView {
+                    version: IpVersion::V4,
+                    src: IpAddr::V4(Ipv4Addr::new(h[12], h[13], h[14], h[15])),
+                    dst: IpAddr::V4(Ipv4Addr::new(h[16], h[17], h[18], h[19])),
+                    ttl: h[8],
+                    protocol: h[9],
+                    len,
+                    l4_offset: 20,
+                    fragment: Fragment::Whole,
+                    dont_fragment: frag & 0x4000 != 0,
+                    transport,
+                    source_routed: false,
+                })
+            }
+            b if b >> 4 == 6 => {
+                let h: &[u8; 40] = buf.get(..40)?.try_into().ok()?;
+                let payload = usize::from(u16::from_be_bytes([h[4], h[5]]));
+                let len = 40 + payload;
+                if payload == 0 || len > buf.len() {
+                    return None;
+                }
+                let transport = fast_transport(&buf[40..len], h[6], proto::ICMPV6)?;
+                let addr = |at: usize| {
+                    let mut a = [0u8; 16];
+                    a.copy_from_slice(&h[at..at + 16]);
+                    IpAddr::V6(Ipv6Addr::from(a))
+                };
+                Some(PacketView {
+                    version: IpVersion::V6,
+                    src: addr(8),
+                    dst: addr(24),
+                    ttl: h[7],
+                    protocol: h[6],
+                    len,
+                    l4_offset: 40,
+                    fragment: Fragment::Whole,
+                    dont_fragment: true,
+                    transport,
+                    source_routed: false,
+                })
+            }
+            _ => None,
+        }
+    }
+
+    /// The full parse: IPv4 options, AH, the IPv6 extension-header chain,
+    /// fragments, and a reason for every malformed packet.
+    pub fn parse_full(buf: &[u8]) -> Result<PacketView, ParseError> {
         match buf.first().map(|b| b >> 4) {
             None => Err(ParseError::Truncated),
             Some(4) => Self::parse_v4(buf),
@@ -332,6 +408,35 @@ impl PacketView {
     }
 }
 
+/// The transport header of an unfragmented packet at a fixed offset, for
+/// [`PacketView::parse_fast`]: complete TCP, UDP and ICMP headers only.
+#[inline]
+fn fast_transport(l4: &[u8], protocol: u8, icmp: u8) -> Option<Transport> {
+    if protocol == proto::TCP {
+        let t: &[u8; 20] = l4.get(..20)?.try_into().ok()?;
+        let header_len = (t[12] >> 4) * 4;
+        if header_len < 20 || usize::from(header_len) > l4.len() {
+            return None;
+        }
+        Some(Transport::Tcp {
+            src_port: u16::from_be_bytes([t[0], t[1]]),
+            dst_port: u16::from_be_bytes([t[2], t[3]]),
+            flags: t[13],
+            seq: u32::from_be_bytes([t[4], t[5], t[6], t[7]]),
+            ack: u32::from_be_bytes([t[8], t[9], t[10], t[11]]),
+            header_len,
+        })
+    } else if protocol == proto::UDP {
+        let u: &[u8; 8] = l4.get(..8)?.try_into().ok()?;
+        Some(Transport::Udp { src_port: u16::from_be_bytes([u[0], u[1]]), dst_port: u16::from_be_bytes([u[2], u[3]]) })
+    } else if protocol == icmp {
+        let i: &[u8; 4] = l4.get(..4)?.try_into().ok()?;
+        Some(Transport::Icmp { icmp_type: i[0], code: i[1] })
+    } else {
+        None
+    }
+}
+
 /// Whether IPv4 options carry a loose or strict source route (RFC 791 types
 /// 131 and 137). Malformed options make the header invalid.
 fn v4_source_routed(mut options: &[u8]) -> Result<bool, ParseError> {
@@ -392,5 +497,67 @@ fn read_transport(l4: &[u8], protocol: u8, fragment: Fragment) -> Result<Transpo
         proto::ICMP | proto::ICMPV6 if l4.len() >= 4 => Ok(Transport::Icmp { icmp_type: l4[0], code: l4[1] }),
         // Short UDP / ICMP: the policy does not depend on them; forward as is.
         _ => Ok(Transport::None),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use etherparse::PacketBuilder;
+
+    /// The fast path must give the full parse's view for every packet it takes,
+    /// and take the common ones.
+    #[test]
+    fn fast_parse_agrees_with_the_full_parse() {
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut rnd = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        let (a4, b4) = ([100, 64, 1, 10], [203, 0, 113, 25]);
+        let a6: [u8; 16] = "2001:db8:100:1::10".parse::<Ipv6Addr>().unwrap().octets();
+        let b6: [u8; 16] = "2001:db8:203::25".parse::<Ipv6Addr>().unwrap().octets();
+        let mut seeds: Vec<Vec<u8>> = Vec::new();
+        let mut add = |f: &dyn Fn(&mut Vec<u8>)| {
+            let mut v = Vec::new();
+            f(&mut v);
+            seeds.push(v);
+        };
+        add(&|v| PacketBuilder::ipv4(a4, b4, 64).tcp(40000, 25, 1, 1000).syn().write(v, &[]).unwrap());
+        add(&|v| PacketBuilder::ipv4(a4, b4, 64).tcp(40000, 587, 1, 1000).ack(7).write(v, &[1; 100]).unwrap());
+        add(&|v| {
+            let mut t = etherparse::TcpHeader::new(40000, 25, 1, 1000);
+            t.syn = true;
+            t.set_options(&[etherparse::TcpOptionElement::MaximumSegmentSize(1460)]).unwrap();
+            PacketBuilder::ipv4(a4, b4, 64).tcp_header(t).write(v, &[]).unwrap()
+        });
+        add(&|v| PacketBuilder::ipv4(a4, b4, 64).udp(5353, 53).write(v, &[2; 30]).unwrap());
+        add(&|v| PacketBuilder::ipv4(a4, b4, 64).icmpv4_echo_request(1, 2).write(v, &[3; 8]).unwrap());
+        add(&|v| PacketBuilder::ipv6(a6, b6, 64).tcp(40000, 25, 1, 1000).syn().write(v, &[]).unwrap());
+        add(&|v| PacketBuilder::ipv6(a6, b6, 64).udp(5353, 53).write(v, &[2; 30]).unwrap());
+        add(&|v| PacketBuilder::ipv6(a6, b6, 64).icmpv6_echo_request(1, 2).write(v, &[3; 8]).unwrap());
+        let mut taken = 0;
+        for (i, seed) in seeds.iter().enumerate() {
+            assert_eq!(PacketView::parse_fast(seed), PacketView::parse_full(seed).ok(), "seed {i}");
+            assert!(PacketView::parse_fast(seed).is_some(), "seed {i} takes the fast path");
+        }
+        for i in 0..300_000usize {
+            let mut p = seeds[i % seeds.len()].clone();
+            for _ in 0..(rnd() % 3) {
+                // Mostly the headers: that is where the two paths decide.
+                let at = (rnd() as usize) % p.len().min(64);
+                p[at] = rnd() as u8;
+            }
+            if rnd() % 8 == 0 {
+                p.truncate((rnd() as usize) % (p.len() + 1));
+            }
+            if let Some(fast) = PacketView::parse_fast(&p) {
+                assert_eq!(Ok(fast), PacketView::parse_full(&p), "packet {p:02x?}");
+                taken += 1;
+            }
+        }
+        assert!(taken > 10_000, "the mutated packets exercised the fast path ({taken})");
     }
 }
