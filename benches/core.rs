@@ -96,7 +96,7 @@ fn bench(c: &mut Criterion) {
                 let saved = [buf[7], buf[8], buf[10], buf[11]];
                 black_box(&mut buf);
                 [buf[7], buf[8], buf[10], buf[11]] = saved;
-                black_box(Verdict::Forward { len: buf.len() });
+                let _ = black_box(Verdict::Forward { len: buf.len() });
             })
         });
     }
