@@ -24,6 +24,8 @@
 #   -t, --time S   seconds per iperf3 test (default 5; --smoke: 1)
 #   --pings N      pings per latency test, 10 ms apart (default 300; --smoke: 50)
 #   --syn N        blocked-SYN probes per path, v4/v6 alternating (default 20)
+#   --busy-poll US op25b's dataplane.busy_poll_us (default 0: workers sleep at
+#                  once; polling mode trades a core per worker for latency)
 #   --bin PATH     op25b binary (default target/release/op25b)
 #   --keep DIR     copy the raw outputs (iperf3 JSON, ping, op25b log, config) to DIR
 # Exit status: 0 when every measurement and the blocked-SYN check succeeded, 1 if not,
@@ -50,7 +52,7 @@ usage() {
 }
 
 BUILD=1 JSON=0 SMOKE=0
-ROUNDS="" SECS="" PINGS="" RULES=100 SYN=20 KEEP=""
+ROUNDS="" SECS="" PINGS="" RULES=100 SYN=20 KEEP="" BUSY=0
 BIN="$LAB_REPO_DIR/target/release/op25b"
 HELPER="$LAB_SCRIPTS_DIR/bench_lib.py"
 num() { [[ "$2" =~ ^[0-9]+$ ]] || { err "$1 needs a whole number, got '$2'"; usage; }; }
@@ -59,7 +61,7 @@ while (($#)); do
         --smoke) SMOKE=1; shift ;;
         --json) JSON=1; shift ;;
         --no-build) BUILD=0; shift ;;
-        --rounds | --rules | -t | --time | --pings | --syn | --bin | --keep)
+        --rounds | --rules | -t | --time | --pings | --syn | --bin | --keep | --busy-poll)
             [[ $# -ge 2 ]] || usage
             case "$1" in
                 --rounds) num "$1" "$2"; ROUNDS=$2 ;;
@@ -67,6 +69,7 @@ while (($#)); do
                 -t | --time) num "$1" "$2"; SECS=$2 ;;
                 --pings) num "$1" "$2"; PINGS=$2 ;;
                 --syn) num "$1" "$2"; SYN=$2 ;;
+                --busy-poll) num "$1" "$2"; BUSY=$2 ;;
                 --bin) BIN=$(abspath "$2") ;;
                 --keep) KEEP=$(abspath "$2") ;;
             esac
@@ -294,6 +297,9 @@ relays = ["198.51.100.25/32", "2001:db8:25::25/128"]
 ports = [25]
 action = "reject"
 EOF
+    if ((BUSY > 0)); then
+        printf '\n[dataplane]\nbusy_poll_us = %d\n' "$BUSY"
+    fi
     gen_rules
 }
 
@@ -658,6 +664,7 @@ meta = {
     "seconds": $SECS,
     "pings": $PINGS,
     "extra_rules": $RULES,
+    "busy_poll_us": $BUSY,
     "cpus": $CPUS,
     "measure_s": $TOTAL_S,
     "op25b_counters": $(python3 -c 'import json, sys; print(json.dumps(sys.argv[1]))' "$COUNTERS"),

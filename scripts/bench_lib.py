@@ -227,7 +227,8 @@ def cmd_report(args):
     print("", file=t)
     print(
         f"op25b vs kernel forwarding: {rounds} round(s), {meta.get('seconds')} s per test, "
-        f"{meta.get('extra_rules')} extra rules, {meta.get('cpus')} CPUs; "
+        f"{meta.get('extra_rules')} extra rules, {meta.get('cpus')} CPUs, "
+        f"busy poll {meta.get('busy_poll_us', 0)} us; "
         "median (min-max) over rounds",
         file=t,
     )

@@ -120,6 +120,7 @@ struct DataplaneSection {
     offload: Option<bool>,
     workers: Option<Spanned<u16>>,
     queue_len: Option<Spanned<u32>>,
+    busy_poll_us: Option<Spanned<u32>>,
 }
 
 #[derive(Deserialize, Clone, Copy, PartialEq, Eq)]
@@ -157,6 +158,9 @@ pub struct DataplaneConfig {
     /// Worker threads per direction (TUN queues per device); `None` = from the
     /// number of cores.
     pub workers: Option<u16>,
+    /// How long a worker keeps polling its queue after the last packet before
+    /// it sleeps; zero sleeps at once.
+    pub busy_poll: std::time::Duration,
 }
 
 /// Default TUN transmit queue: room for bursts while a worker is descheduled
@@ -330,7 +334,15 @@ impl Config {
             Some(w) if (1..=64).contains(w.get_ref()) => Some(*w.get_ref()),
             Some(w) => return Err(cx.err(&w.span(), "dataplane.workers", "must be between 1 and 64")),
         };
-        let dataplane = DataplaneConfig { offload: file.dataplane.offload.unwrap_or(true), queue_len, workers };
+        let busy_poll = match &file.dataplane.busy_poll_us {
+            None => std::time::Duration::ZERO,
+            Some(b) if *b.get_ref() <= 1_000_000 => std::time::Duration::from_micros(u64::from(*b.get_ref())),
+            Some(b) => {
+                return Err(cx.err(&b.span(), "dataplane.busy_poll_us", "must be between 0 and 1000000 microseconds"))
+            }
+        };
+        let dataplane =
+            DataplaneConfig { offload: file.dataplane.offload.unwrap_or(true), queue_len, workers, busy_poll };
         Ok(Config { path: path.to_path_buf(), subscriber, upstream, policy, dataplane })
     }
 

@@ -242,3 +242,26 @@ fn action_keys_are_validated() {
         assert!(line > 1, "{key}: {msg}");
     }
 }
+
+#[test]
+fn dataplane_keys_are_validated() {
+    let dp = |body: &str| format!("{GOOD}\n[dataplane]\n{body}\n");
+    let d = parse(&dp("offload = false\nqueue_len = 64\nworkers = 2\nbusy_poll_us = 50")).unwrap().dataplane;
+    assert_eq!(
+        (d.offload, d.queue_len, d.workers, d.busy_poll),
+        (false, 64, Some(2), std::time::Duration::from_micros(50))
+    );
+    let d = parse(GOOD).unwrap().dataplane;
+    assert_eq!((d.offload, d.workers, d.busy_poll), (true, None, std::time::Duration::ZERO));
+    for (body, key) in [
+        ("queue_len = 8", "dataplane.queue_len"),
+        ("workers = 0", "dataplane.workers"),
+        ("busy_poll_us = 1000001", "dataplane.busy_poll_us"),
+        ("busy_poll = 5", "dataplane"),
+    ] {
+        let text = dp(body);
+        let (line, k, msg) = error(&text);
+        assert!(k.starts_with(key), "{body}: want {key}, got {k}: {msg}");
+        assert_eq!(line, line_of(&text, body.split(' ').next().unwrap()), "{body}: {msg}");
+    }
+}

@@ -85,7 +85,7 @@ impl Dataplane {
             for (dir, ingress, egress) in
                 [(Direction::Outbound, s.clone(), u.clone()), (Direction::Inbound, u.clone(), s.clone())]
             {
-                dp.spawn(i, dir, ingress, egress, policy.clone(), offload)?;
+                dp.spawn(i, dir, ingress, egress, policy.clone(), offload, config.dataplane.busy_poll)?;
             }
         }
         tracing::debug!(workers_per_direction = n, "data plane started");
@@ -100,6 +100,7 @@ impl Dataplane {
         egress: Arc<Queue>,
         policy: Arc<Policy>,
         offload: bool,
+        busy_poll: std::time::Duration,
     ) -> Result<(), DeviceError> {
         let reverse = match dir {
             Direction::Outbound => Direction::Inbound,
@@ -118,6 +119,7 @@ impl Dataplane {
             offset: if offload { VIRTIO_NET_HDR_LEN } else { 0 },
             io,
             peek: PEEK,
+            busy_poll,
         };
         let handle = std::thread::Builder::new()
             .name(format!("op25b-{}-{index}", dir.name()))

@@ -37,12 +37,6 @@ const DRAIN_MAX: usize = 256;
 /// round trip (see docs/PERFORMANCE.md).
 const PEEK_MAX: usize = 64;
 
-/// How long a worker keeps polling its queue (non-blocking reads) after the
-/// last packet before it sleeps. Zero: sleep at once. Spinning trades a core
-/// for the wake-up latency of the next packet; see docs/PERFORMANCE.md for
-/// what it bought here.
-pub(crate) const BUSY_POLL: Duration = Duration::ZERO;
-
 /// I/O counters of one worker.
 #[derive(Debug, Default)]
 pub struct IoCounters {
@@ -107,6 +101,11 @@ pub(crate) struct Worker {
     pub(crate) offset: usize,
     pub(crate) io: Arc<IoCounters>,
     pub(crate) peek: bool,
+    /// How long the worker keeps polling its queue (non-blocking) after the
+    /// last packet before it sleeps (`dataplane.busy_poll_us`). Zero: sleep at
+    /// once. Spinning trades a core for the wake-up latency of the next
+    /// packet; see docs/PERFORMANCE.md for what it buys.
+    pub(crate) busy_poll: Duration,
 }
 
 /// Buffers of one worker, allocated once.
@@ -150,13 +149,27 @@ impl Worker {
                     self.io.packets.fetch_add(k as u64, Ordering::Relaxed);
                 }
             }
+            // The banner responder's timers (retransmissions, idle sessions)
+            // run on the subscriber side's worker, also while traffic keeps
+            // it from sleeping.
+            let timer = if self.own.dir == Direction::Outbound {
+                self.own.router.policy().runtime.responder().and_then(|mut r| r.poll_at(b.now))
+            } else {
+                None
+            };
+            if timer.is_some_and(|at| at <= b.now) {
+                b.now = Instant::now();
+                let now = b.now;
+                respond(&self.own.router, off, &mut b.reply, ingress, &self.io, self.own.dir, |r| r.poll(now));
+                continue;
+            }
             if n == DRAIN_MAX {
                 // More may be waiting: drain again before sleeping.
                 b.now = Instant::now();
                 continue;
             }
-            if !BUSY_POLL.is_zero() {
-                let until = Instant::now() + BUSY_POLL;
+            if !self.busy_poll.is_zero() {
+                let until = Instant::now() + self.busy_poll;
                 loop {
                     if stop.is_trigger() {
                         break 'outer;
@@ -171,13 +184,6 @@ impl Worker {
                     std::hint::spin_loop();
                 }
             }
-            // The banner responder's timers (retransmissions, idle sessions)
-            // run on the subscriber side's worker.
-            let timer = if self.own.dir == Direction::Outbound {
-                self.own.router.policy().runtime.responder().and_then(|mut r| r.poll_at(b.now))
-            } else {
-                None
-            };
             let timeout = timer.map(|at| at.saturating_duration_since(Instant::now()));
             match ingress.dev.wait_readable_intr_timeout(stop, timeout) {
                 Ok(()) => b.now = Instant::now(),
