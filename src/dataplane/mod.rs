@@ -85,7 +85,7 @@ impl Dataplane {
             for (dir, ingress, egress) in
                 [(Direction::Outbound, s.clone(), u.clone()), (Direction::Inbound, u.clone(), s.clone())]
             {
-                dp.spawn(i, dir, ingress, egress, policy.clone(), offload, config.dataplane.busy_poll)?;
+                dp.spawn(i, dir, (ingress, egress), policy.clone(), offload, config.dataplane.busy_poll)?;
             }
         }
         tracing::debug!(workers_per_direction = n, "data plane started");
@@ -96,8 +96,7 @@ impl Dataplane {
         &mut self,
         index: usize,
         dir: Direction,
-        ingress: Arc<Queue>,
-        egress: Arc<Queue>,
+        (ingress, egress): (Arc<Queue>, Arc<Queue>),
         policy: Arc<Policy>,
         offload: bool,
         busy_poll: std::time::Duration,
