@@ -58,21 +58,9 @@ fn send_at(r: &mut Router, now: Instant, dir: Direction, pkt: &[u8]) -> (Verdict
 const SUB: [u8; 4] = [100, 64, 1, 10];
 const LABNET: [u8; 4] = [192, 0, 2, 23];
 
-const RULES: &str = r#"
-[sets]
-mail_ports = [25, 465, 587]
-lab_nets = ["192.0.2.0/24", "2001:db8:ff::/48"]
-
-[[rule]]
-name = "no-telnet"
-direction = "outbound"
-protocol = "tcp"
-src = ["100.64.0.0/10"]
-dst = ["@lab_nets"]
-dst_ports = [23, "6000-6010"]
-tcp_flags = "syn"
-action = "reject"
-
+const RULES: &str = concat!(
+    include_str!("fixtures/rules_head.toml"),
+    r#"
 [[rule]]
 name = "count-mail"
 protocol = "tcp"
@@ -95,7 +83,8 @@ action = "accept"
 name = "drop-udp"
 protocol = "udp"
 action = "drop"
-"#;
+"#
+);
 
 #[test]
 fn reject_answers_tcp_with_rst_and_udp_with_icmp_prohibited() {

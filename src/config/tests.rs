@@ -134,21 +134,9 @@ fn syntax_error_has_a_line() {
     assert!(line >= line_of(&text, "ports = [25"), "{line}");
 }
 
-const RULE: &str = r#"
-[sets]
-mail_ports = [25, 465, 587]
-lab_nets = ["192.0.2.0/24", "2001:db8:ff::/48"]
-
-[[rule]]
-name = "no-telnet"
-direction = "outbound"
-protocol = "tcp"
-src = ["100.64.0.0/10"]
-dst = ["@lab_nets"]
-dst_ports = [23, "6000-6010"]
-tcp_flags = "syn"
-action = "reject"
-
+const RULE: &str = concat!(
+    include_str!("../../tests/fixtures/rules_head.toml"),
+    r#"
 [[rule]]
 name = "limit"
 protocol = "tcp"
@@ -156,7 +144,8 @@ dst_ports = ["@mail_ports"]
 action = "rate-limit"
 rate = 5
 burst = 10
-"#;
+"#
+);
 
 fn with_rules(old: &str, new: &str) -> String {
     assert!(RULE.contains(old), "fixture lacks {old:?}");
