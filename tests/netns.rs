@@ -1,7 +1,8 @@
 //! End-to-end tests: real TCP connections and pings through an `op25b run`
 //! between two network namespaces the test creates (see `common::Lab`).
 //!
-//! One router instance per config (reject, drop, small upstream MTU), plus one
+//! One router instance per config (reject, drop, small upstream MTU, polling
+//! mode), plus one
 //! for the router's own behaviour (TTL, echo, anti-spoofing); each test has its
 //! own namespaces, so they run in parallel. Needs root, iproute2 and iputils-ping;
 //! without them the tests fail with a message saying what is missing.
@@ -229,4 +230,32 @@ fn mtu_too_big_and_path_mtu_discovery() {
     // Two from the pings, at least one per upload (the first full-size segment).
     assert!(c.get("reply_too_big") >= 4, "{}", c.line);
     assert_eq!(c.get("drop_too_big"), 0, "{}", c.line);
+}
+
+/// Polling mode (`dataplane.busy_poll_us`): the router blocks and forwards as
+/// usual, and once traffic stops its workers go back to sleep instead of
+/// spinning on.
+#[test]
+fn busy_poll_mode_forwards_then_sleeps_when_idle() {
+    let mut lab =
+        Lab::start(LabOptions { op25b_extra: "\n[dataplane]\nbusy_poll_us = 20000", ..LabOptions::default() });
+    let servers = Servers::start(&lab.up, &[SMTP, SUBMISSION]);
+    for (dynamic, mx) in [(DYN_V4, MX_V4), (DYN_V6, MX_V6)] {
+        assert_refused(&lab, &servers, sa(mx, SMTP));
+        assert_connects(&lab, &servers, None, sa(mx, SUBMISSION), dynamic);
+    }
+    let (ok, out) = lab.ping(&["-c", "20", "-i", "0.01", MX_V4]);
+    assert!(ok, "ping through the polling router: {out}");
+    drop(servers);
+    // The workers spin 20 ms after their last packet. Over two idle seconds
+    // they must have slept nearly all the time (a spinning worker would use
+    // about a core: two seconds of CPU time per worker).
+    std::thread::sleep(Duration::from_millis(200));
+    let before = lab.cpu_time();
+    std::thread::sleep(Duration::from_secs(2));
+    let idle = lab.cpu_time() - before;
+    assert!(idle < Duration::from_millis(500), "op25b used {idle:?} of CPU in 2 s without traffic");
+    let c = lab.stop();
+    assert_eq!(c.get("reply_tcp_rst"), 2, "{}", c.line);
+    assert!(c.get("forwarded_outbound") >= 20, "{}", c.line);
 }

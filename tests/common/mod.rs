@@ -354,6 +354,26 @@ action = "{action}"
         result
     }
 
+    /// CPU time (user + system) op25b has used so far, from /proc/PID/stat.
+    pub fn cpu_time(&self) -> Duration {
+        let pid = self.child.as_ref().expect("op25b is running").id();
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("op25b's /proc stat");
+        // Fields after the command name (which may hold spaces) start at ") ".
+        let rest = &stat[stat.rfind(") ").expect("stat format") + 2..];
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        // utime and stime are fields 14 and 15 of the whole line: 12 and 13 here.
+        let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+        // USER_HZ: 100 on Linux unless getconf says otherwise.
+        let hz = Command::new("getconf")
+            .arg("CLK_TCK")
+            .output()
+            .ok()
+            .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse::<u64>().ok())
+            .unwrap_or(100)
+            .max(1);
+        Duration::from_micros(ticks * 1_000_000 / hz)
+    }
+
     /// Sends SIGTERM, waits for op25b to exit cleanly and returns its final counters.
     pub fn stop(&mut self) -> Counters {
         let mut child = self.child.take().expect("op25b was already stopped");
