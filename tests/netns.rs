@@ -2,9 +2,8 @@
 //! between two network namespaces the test creates (see `common::Lab`).
 //!
 //! One router instance per config (reject, drop, small upstream MTU, polling
-//! mode), plus one
-//! for the router's own behaviour (TTL, echo, anti-spoofing); each test has its
-//! own namespaces, so they run in parallel. Needs root, iproute2 and iputils-ping;
+//! mode), plus one for the router's own behaviour (TTL, echo, anti-spoofing);
+//! each test has its own namespaces, so they run in parallel. Needs root, iproute2 and iputils-ping;
 //! without them the tests fail with a message saying what is missing.
 
 mod common;
