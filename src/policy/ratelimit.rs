@@ -2,7 +2,7 @@
 //! address or an IPv6 /64.
 //!
 //! Memory is bounded by construction: the table has [`SETS`] x [`WAYS`]
-//! entries, allocated once. A source hashes (SipHash with a per-process random
+//! entries, allocated once. A source hashes (aHash with a per-process random
 //! key, so nobody can aim at one set) to a set of four entries; a new source
 //! takes a free entry or evicts the least recently seen one. A flood of random
 //! sources therefore costs nothing extra in memory; its only effect is to evict
@@ -11,7 +11,7 @@
 //! evicting it takes more distinct sources in its set than the flood can send
 //! between two of its packets.
 
-use std::hash::{BuildHasher, RandomState};
+use ahash::RandomState;
 use std::net::IpAddr;
 use std::time::Instant;
 
