@@ -21,6 +21,7 @@ pub mod config;
 pub mod dataplane;
 pub mod packet;
 pub mod policy;
+pub mod reload;
 pub mod responder;
 pub mod router;
 

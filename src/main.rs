@@ -9,10 +9,11 @@ use std::time::Instant;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use op25b::dataplane::Dataplane;
+use op25b::reload::{self, ReloadError};
 use op25b::router::Counters;
 use op25b::tools::{self, replay, spec::PacketSpec};
 use op25b::{Config, Direction, Router, Verdict};
-use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 
 #[derive(Parser)]
 #[command(name = "op25b", version, about = "Userspace two-TUN router enforcing Outbound Port 25 Blocking")]
@@ -99,7 +100,7 @@ fn main() -> ExitCode {
         Command::Replay { input, forwarded, dropped, json, .. } => {
             run_replay(&config, &input, replay::ReplayOptions { forwarded, dropped }, json)
         }
-        Command::Run { .. } => run(&config).map(|()| ExitCode::SUCCESS),
+        Command::Run { .. } => run(config).map(|()| ExitCode::SUCCESS),
     };
     result.unwrap_or_else(|e| {
         eprintln!("op25b: error: {e:#}");
@@ -208,10 +209,11 @@ fn run_replay(
     Ok(ExitCode::SUCCESS)
 }
 
-fn run(config: &Config) -> anyhow::Result<()> {
+fn run(config: Config) -> anyhow::Result<()> {
     // Register before the devices exist so an early SIGTERM still cleans up.
-    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM]).context("installing signal handlers")?;
-    let dp = Dataplane::start(config)?;
+    let mut signals =
+        signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP]).context("installing signal handlers")?;
+    let dp = Dataplane::start(&config)?;
     let p = &config.policy;
     let ns = |n: &Option<String>| n.clone().unwrap_or_else(|| "<current>".into());
     tracing::info!(
@@ -228,7 +230,14 @@ fn run(config: &Config) -> anyhow::Result<()> {
         offload = dp.offload(),
         "op25b running"
     );
-    let signal = signals.forever().next().unwrap_or(SIGTERM);
+    let mut running = config;
+    let signal = loop {
+        match signals.forever().next() {
+            Some(SIGHUP) => running = reload(&dp, running),
+            Some(signal) => break signal,
+            None => break SIGTERM,
+        }
+    };
     tracing::info!(signal, "stopping");
     let (tx_errors, rx_errors, batches, packets) = dp.io_totals();
     let counters = dp.stop();
@@ -238,4 +247,34 @@ fn run(config: &Config) -> anyhow::Result<()> {
     summary.push(format!("batches={batches} packets_read={packets}"));
     tracing::info!("counters: {}", summary.join(" "));
     Ok(())
+}
+
+/// SIGHUP: reads the config file again and puts its policy in force; on any
+/// error logs one line (`file:line: key: message`) and keeps the running one.
+fn reload(dp: &Dataplane, running: Config) -> Config {
+    let prepared =
+        Config::load(&running.path).map_err(ReloadError::from).and_then(|new| reload::prepare(&running, new));
+    match prepared {
+        Ok(r) => {
+            // In force before the log line says so.
+            dp.set_policy(r.config.policy.clone());
+            let p = &r.config.policy;
+            tracing::info!(
+                file = %r.config.path.display(),
+                subscriber_prefixes = p.subscriber_prefixes.len(),
+                dynamic = p.op25b.dynamic.len(),
+                exempt_sources = p.op25b.exempt_sources.len(),
+                relays = p.op25b.relays.len(),
+                action = %p.op25b.action,
+                rules = p.rules.slots().len(),
+                kept_state = r.kept_state,
+                "config reloaded"
+            );
+            r.config
+        }
+        Err(e) => {
+            tracing::error!("config reload failed, the running config stays in force: {e}");
+            running
+        }
+    }
 }

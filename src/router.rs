@@ -114,6 +114,16 @@ impl Router {
         &self.policy
     }
 
+    /// The policy in force, shared.
+    pub fn policy_arc(&self) -> &Arc<Policy> {
+        &self.policy
+    }
+
+    /// Puts another policy in force (a config reload); the counters go on.
+    pub fn set_policy(&mut self, policy: Arc<Policy>) {
+        self.policy = policy;
+    }
+
     /// Handles one packet that arrived travelling in `dir`. `buf` holds exactly
     /// the bytes read from the device and may be rewritten in place; `reply`
     /// receives a reply packet: 1280 bytes hold every reply but an echo reply,

@@ -258,3 +258,46 @@ fn busy_poll_mode_forwards_then_sleeps_when_idle() {
     assert_eq!(c.get("reply_tcp_rst"), 2, "{}", c.line);
     assert!(c.get("forwarded_outbound") >= 20, "{}", c.line);
 }
+
+/// SIGHUP reloads the policy while the router keeps running: a newly blocked
+/// port takes effect at once; an invalid file or a device change is refused
+/// with one line naming the file (and line) and key, and the running policy
+/// stays in force.
+#[test]
+fn sighup_reloads_the_policy_and_refuses_bad_configs() {
+    let mut lab = Lab::start(LabOptions::default());
+    let servers = Servers::start(&lab.up, &[SMTP, SUBMISSION, SUBMISSIONS]);
+    assert_connects(&lab, &servers, None, sa(MX_V4, SUBMISSIONS), DYN_V4);
+    let original = std::fs::read_to_string(&lab.config).expect("the lab's config");
+    // 1. Block 587 too, as a rule experiment would.
+    let blocked = original.replacen("ports = [25]", "ports = [25, 587]", 1);
+    let line = lab.reload(&blocked);
+    assert!(line.contains("config reloaded"), "{line}");
+    assert_refused(&lab, &servers, sa(MX_V4, SUBMISSION));
+    assert_refused(&lab, &servers, sa(MX_V6, SUBMISSION));
+    // 2. An invalid file: one line with file, line and key; 587 stays blocked.
+    let bad = blocked.replacen("ports = [25, 587]", "ports = [25, 587, 70000]", 1);
+    let bad_line = bad.lines().position(|l| l.starts_with("ports = [25, 587, 70000]")).expect("ports line") + 1;
+    let line = lab.reload(&bad);
+    let want = format!("{}:{bad_line}: op25b.ports", lab.config.display());
+    assert!(line.contains("config reload failed") && line.contains(&want), "want {want:?} in: {line}");
+    assert_refused(&lab, &servers, sa(MX_V4, SUBMISSION));
+    // 3. A device setting needs a restart: refused, the policy stays.
+    let line = lab.reload(&blocked.replacen("mtu = 1500", "mtu = 1400", 1));
+    assert!(line.contains("config reload failed") && line.contains("subscriber.mtu"), "{line}");
+    assert!(line.contains("restart"), "{line}");
+    assert_refused(&lab, &servers, sa(MX_V4, SUBMISSION));
+    // 4. Back to the original: 587 connects again; 465 was never touched.
+    let line = lab.reload(&original);
+    assert!(line.contains("config reloaded"), "{line}");
+    assert_connects(&lab, &servers, None, sa(MX_V4, SUBMISSION), DYN_V4);
+    assert_connects(&lab, &servers, None, sa(MX_V6, SUBMISSIONS), DYN_V6);
+    drop(servers);
+    let c = lab.stop();
+    println!("{}", c.line);
+    // The four refused connects, each one SYN answered by one RST, and
+    // nothing else blocked.
+    assert_eq!(c.get("reply_tcp_rst"), 4, "{}", c.line);
+    assert_eq!(c.get("op25b_blocked"), 4, "{}", c.line);
+    assert_eq!(c.get("drop_op25b_blocked"), 0, "{}", c.line);
+}

@@ -35,6 +35,7 @@ use tun_rs::{InterruptEvent, SyncDevice, VIRTIO_NET_HDR_LEN};
 use crate::config::{Config, DataplaneConfig};
 use crate::policy::Policy;
 use crate::router::{Counters, Direction, Router};
+use arc_swap::ArcSwap;
 
 pub use device::DeviceError;
 pub use worker::IoCounters;
@@ -65,6 +66,8 @@ pub struct Dataplane {
     io: Vec<Arc<IoCounters>>,
     stop: Arc<InterruptEvent>,
     offload: bool,
+    /// The policy in force; the workers pick up a new one before their next batch.
+    policy: Arc<ArcSwap<Policy>>,
 }
 
 impl Dataplane {
@@ -77,8 +80,15 @@ impl Dataplane {
             what: "create interrupt event",
             source,
         })?);
-        let policy = Arc::new(config.policy.clone());
-        let mut dp = Dataplane { workers: Vec::new(), counters: Vec::new(), io: Vec::new(), stop, offload };
+        let policy = Arc::new(ArcSwap::from_pointee(config.policy.clone()));
+        let mut dp = Dataplane {
+            workers: Vec::new(),
+            counters: Vec::new(),
+            io: Vec::new(),
+            stop,
+            offload,
+            policy: policy.clone(),
+        };
         let sub: Vec<Arc<Queue>> = sub.into_iter().map(|d| Arc::new(Queue::new(d))).collect();
         let up: Vec<Arc<Queue>> = up.into_iter().map(|d| Arc::new(Queue::new(d))).collect();
         for (i, (s, u)) in sub.iter().zip(&up).enumerate() {
@@ -97,7 +107,7 @@ impl Dataplane {
         index: usize,
         dir: Direction,
         (ingress, egress): (Arc<Queue>, Arc<Queue>),
-        policy: Arc<Policy>,
+        policy: Arc<ArcSwap<Policy>>,
         offload: bool,
         busy_poll: std::time::Duration,
     ) -> Result<(), DeviceError> {
@@ -105,8 +115,9 @@ impl Dataplane {
             Direction::Outbound => Direction::Inbound,
             Direction::Inbound => Direction::Outbound,
         };
-        let own = Router::new(policy.clone());
-        let rev = Router::new(policy);
+        let current = policy.load_full();
+        let own = Router::new(current.clone());
+        let rev = Router::new(current);
         self.counters.push(own.counters().clone());
         self.counters.push(rev.counters().clone());
         let io = Arc::new(IoCounters::default());
@@ -119,6 +130,7 @@ impl Dataplane {
             io,
             peek: PEEK,
             busy_poll,
+            policy: arc_swap::Cache::new(policy),
         };
         let handle = std::thread::Builder::new()
             .name(format!("op25b-{}-{index}", dir.name()))
@@ -130,6 +142,12 @@ impl Dataplane {
             })?;
         self.workers.push(handle);
         Ok(())
+    }
+
+    /// Puts `policy` in force (a config reload). Each worker switches before
+    /// its next batch; a packet is judged wholly by one policy or the other.
+    pub fn set_policy(&self, policy: Policy) {
+        self.policy.store(Arc::new(policy));
     }
 
     /// Whether the devices use the virtio-net header (GSO/GRO offload).

@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 use tun_rs::{InterruptEvent, SyncDevice, VirtioNetHdr};
 
 use super::gro::UdpCoalescer;
+use crate::policy::Policy;
 use crate::router::{Direction, Router, RxInfo, Verdict};
 
 /// Room for any reply the router builds: ICMP errors stay within 1280 bytes,
@@ -106,6 +107,8 @@ pub(crate) struct Worker {
     /// once. Spinning trades a core for the wake-up latency of the next
     /// packet; see docs/PERFORMANCE.md for what it buys.
     pub(crate) busy_poll: Duration,
+    /// The policy in force, as the data plane holds it (reloads swap it).
+    pub(crate) policy: arc_swap::Cache<Arc<arc_swap::ArcSwap<Policy>>, Arc<Policy>>,
 }
 
 /// Buffers of one worker, allocated once.
@@ -131,6 +134,12 @@ impl Worker {
         let dir = self.own.dir.name();
         tracing::debug!(direction = dir, offload = off > 0, "worker started");
         'outer: loop {
+            let current = self.policy.load();
+            if !Arc::ptr_eq(current, self.own.router.policy_arc()) {
+                self.own.router.set_policy(current.clone());
+                self.reverse.router.set_policy(current.clone());
+                tracing::debug!(direction = dir, "worker switched to the reloaded policy");
+            }
             ingress.lock();
             let r = drain(&mut self.own, &self.io, off, &mut b, ingress, egress, DRAIN_MAX, stop);
             ingress.unlock();

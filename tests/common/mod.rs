@@ -317,6 +317,28 @@ action = "{action}"
         }
     }
 
+    /// Rewrites op25b's config file with `text`, sends SIGHUP and waits for
+    /// op25b to log the outcome; returns that log line ("config reloaded ..."
+    /// or "config reload failed ...").
+    pub fn reload(&self, text: &str) -> String {
+        let outcomes = |log: &str| log.lines().filter(|l| l.contains("config reload")).count();
+        let before = outcomes(&self.log_text());
+        std::fs::write(&self.config, text).unwrap_or_else(|e| panic!("writing {}: {e}", self.config.display()));
+        let pid = self.child.as_ref().expect("op25b is running").id();
+        kill(Pid::from_raw(pid as i32), Signal::SIGHUP).expect("SIGHUP to op25b");
+        let deadline = Instant::now() + PROCESS_WAIT;
+        loop {
+            let log = self.log_text();
+            if outcomes(&log) > before {
+                let line = log.lines().filter(|l| l.contains("config reload")).nth(before).unwrap_or_default();
+                println!("reload: {line}");
+                return line.to_string();
+            }
+            assert!(Instant::now() < deadline, "op25b logged nothing about the reload; its log:\n{log}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// op25b's stderr so far.
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
