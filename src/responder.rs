@@ -13,14 +13,21 @@
 //! smoltcp answers a SYN with an RST. A session that makes no progress for
 //! `idle` is aborted. The in and out queues hold at most [`QUEUE`] packets.
 //!
-//! No amplification: a SYN gets one SYN-ACK and nothing more until the client
-//! answers it. A session still in SYN-RECEIVED after [`SYN_RECEIVED_LIFETIME`]
-//! (less than smoltcp's first retransmission timeout, 1 s) listens again
-//! silently, without the RST an abort would send. So a SYN with a forged source
-//! brings its victim one SYN-ACK, never retransmissions or an RST, and holds a
-//! session for under a second. A real client whose SYN-ACK was lost retransmits
-//! its SYN and gets a fresh session. The banner itself goes only to a client
-//! that completed the handshake, which a forger off the path cannot.
+//! Bounded replies to a forged SYN: a session still in SYN-RECEIVED after
+//! [`SYN_RECEIVED_LIFETIME`] listens again silently, without the RST an abort
+//! would send. smoltcp retransmits a SYN-ACK after 1 s and again 2 s later, so
+//! the lifetime (2.5 s) lets exactly one retransmission out: a client whose
+//! ACK was lost gets a second chance instead of waiting for a greeting that
+//! never comes, and a SYN with a forged source brings its victim at most two
+//! SYN-ACKs (each about the size of a SYN), never an RST, for one reply token.
+//! The banner itself goes only to a client that completed the handshake, which
+//! a forger off the path cannot.
+//!
+//! [`Responder::input`] checks again, under the responder's own lock, what the
+//! router checked before it: a segment whose session has ended in between, a
+//! repeated SYN of a session in progress, and a SYN over the subscriber's share
+//! (another worker may have added a session) are dropped, so smoltcp never
+//! answers them with an RST outside the reply limit.
 
 use std::collections::VecDeque;
 use std::net::IpAddr;
@@ -38,7 +45,7 @@ use crate::policy::Op25b;
 /// Most packets waiting in either direction.
 pub const QUEUE: usize = 256;
 /// How long a session waits for the client's ACK of its SYN-ACK.
-pub const SYN_RECEIVED_LIFETIME: std::time::Duration = std::time::Duration::from_millis(800);
+pub const SYN_RECEIVED_LIFETIME: std::time::Duration = std::time::Duration::from_millis(2500);
 /// Receive and send buffer of each session: the banner line and a little input.
 const SOCKET_RX: usize = 512;
 const SOCKET_TX: usize = 1024;
@@ -121,6 +128,7 @@ pub struct Responder {
     stack: Option<Stack>,
     ports: Vec<u16>,
     sessions: usize,
+    per_source: usize,
     idle: std::time::Duration,
     banner: Vec<u8>,
     epoch: Option<Instant>,
@@ -142,6 +150,7 @@ impl Responder {
             stack: None,
             ports: op.ports.iter().collect(),
             sessions: op.banner.sessions,
+            per_source: op.banner.per_source,
             idle: op.banner.idle,
             banner,
             epoch: None,
@@ -185,32 +194,47 @@ impl Responder {
 
     /// A packet of a blocked flow, from the subscriber.
     pub fn input(&mut self, now: Instant, packet: &[u8]) {
-        if self.dev.rx.len() < QUEUE {
+        let t = self.smol_now(now);
+        self.ensure_stack(t);
+        self.expire(now);
+        let Ok(view) = PacketView::parse(packet) else { return };
+        let wanted = if view.is_tcp_syn() {
+            !self.owns(&view) && self.sessions_of(view.src) < self.per_source
+        } else {
+            self.owns(&view)
+        };
+        if wanted && self.dev.rx.len() < QUEUE {
             self.dev.rx.push_back(packet.to_vec());
         }
         self.poll(now);
     }
 
-    /// Runs the TCP state machines and timers; call at [`Responder::poll_at`].
-    pub fn poll(&mut self, now: Instant) {
-        let t = self.smol_now(now);
-        self.ensure_stack(t);
-        let Responder { dev, stack, banner, idle, .. } = self;
-        let Some(stack) = stack.as_mut() else { return };
-        // Before smoltcp's timers run: an unanswered SYN-ACK is never
-        // retransmitted, and the session listens again without an RST.
+    /// Sessions still in SYN-RECEIVED after [`SYN_RECEIVED_LIFETIME`] listen
+    /// again, silently: `listen` resets the socket and forgets the peer, so
+    /// nothing is sent. Runs before smoltcp's timers, so a late poll cannot let
+    /// a further retransmission out.
+    fn expire(&mut self, now: Instant) {
+        let Some(stack) = self.stack.as_mut() else { return };
         for slot in &mut stack.slots {
             let s = stack.sockets.get_mut::<tcp::Socket>(slot.handle);
             if s.state() == tcp::State::SynReceived
                 && now.saturating_duration_since(*slot.started.get_or_insert(now)) >= SYN_RECEIVED_LIFETIME
             {
-                // listen() resets the socket and forgets the peer, so nothing is sent.
                 s.abort();
                 let _ = s.listen(IpListenEndpoint { addr: None, port: slot.port });
                 slot.sent = false;
                 slot.started = None;
             }
         }
+    }
+
+    /// Runs the TCP state machines and timers; call at [`Responder::poll_at`].
+    pub fn poll(&mut self, now: Instant) {
+        let t = self.smol_now(now);
+        self.ensure_stack(t);
+        self.expire(now);
+        let Responder { dev, stack, banner, idle, .. } = self;
+        let Some(stack) = stack.as_mut() else { return };
         for _ in 0..4 {
             stack.iface.poll(t, dev, &mut stack.sockets);
             let mut changed = false;
@@ -235,6 +259,13 @@ impl Responder {
                     }
                     tcp::State::Closed => {
                         let _ = s.listen(IpListenEndpoint { addr: None, port: slot.port });
+                        slot.sent = false;
+                        slot.started = None;
+                    }
+                    // An RST in SYN-RECEIVED sends smoltcp's socket straight
+                    // back to LISTEN, past the Closed arm: forget the session
+                    // here too, or its lifetime would stay due for ever.
+                    tcp::State::Listen => {
                         slot.sent = false;
                         slot.started = None;
                     }
@@ -270,6 +301,7 @@ impl Responder {
             .iter()
             .filter_map(|s| {
                 let limit = match sockets.get::<tcp::Socket>(s.handle).state() {
+                    tcp::State::Listen | tcp::State::Closed => return None,
                     tcp::State::SynReceived => SYN_RECEIVED_LIFETIME,
                     _ => self.idle,
                 };
@@ -408,44 +440,113 @@ mod tests {
         assert!(r.poll_at(t0).is_some(), "retransmission or timeout timer");
     }
 
+    fn flags_of(p: &[u8]) -> u8 {
+        match PacketView::parse(p).unwrap().transport {
+            Transport::Tcp { flags, .. } => flags,
+            _ => panic!("not TCP"),
+        }
+    }
+
+    /// Runs the responder's own timers from `t` for `span`; what it sent.
+    fn run_timers(r: &mut Responder, t: &mut Instant, span: Duration) -> Vec<Vec<u8>> {
+        let end = *t + span;
+        let mut sent = Vec::new();
+        while let Some(at) = r.poll_at(*t) {
+            *t = at.max(*t + Duration::from_millis(1));
+            if *t > end {
+                break;
+            }
+            r.poll(*t);
+            sent.extend(drain(r));
+        }
+        sent
+    }
+
     #[test]
-    fn a_forged_syn_gets_one_syn_ack_and_nothing_after() {
+    fn a_forged_syn_gets_at_most_two_syn_acks_and_no_rst() {
         let mut r = responder(4);
         let t0 = Instant::now();
         r.input(t0, &segment(40000, 1000, None, true));
         assert_eq!(drain(&mut r).len(), 1, "one SYN-ACK");
         assert_eq!(r.active(), 1);
-        // Nobody answers the SYN-ACK. Follow the responder's own timers for a
-        // minute: no retransmission and no RST goes out, and the session
-        // listens again before smoltcp's first retransmission timeout.
+        // Nobody answers. Follow the responder's own timers for a minute: one
+        // retransmission (for a client whose ACK was lost), then the session
+        // listens again silently.
         let mut t = t0;
-        let mut sent = Vec::new();
-        for _ in 0..1000 {
-            let Some(at) = r.poll_at(t) else { break };
-            t = at.max(t + Duration::from_millis(1));
-            if t > t0 + Duration::from_secs(60) {
-                break;
-            }
-            r.poll(t);
-            sent.extend(drain(&mut r));
-        }
-        assert!(sent.is_empty(), "{} packets after the SYN-ACK", sent.len());
+        let sent = run_timers(&mut r, &mut t, Duration::from_secs(60));
+        let flags: Vec<u8> = sent.iter().map(|p| flags_of(p)).collect();
+        assert_eq!(flags, [tcp_flags::SYN | tcp_flags::ACK], "one retransmitted SYN-ACK, then nothing");
         assert_eq!(r.active(), 0, "the session was given up");
         assert!(r.poll_at(t).is_none(), "no timer left");
+        // The client's late ACK finds no session: dropped, not answered with an RST.
+        r.input(t, &segment(40000, 1001, Some(1), false));
+        assert!(drain(&mut r).is_empty());
         // The slot takes the next client.
         r.input(t, &segment(40001, 1, None, true));
         assert_eq!(drain(&mut r).len(), 1);
     }
 
     #[test]
+    fn a_syn_then_rst_frees_the_session_and_leaves_no_timer() {
+        let mut r = responder(1);
+        let t0 = Instant::now();
+        r.input(t0, &segment(40000, 1000, None, true));
+        assert_eq!(drain(&mut r).len(), 1);
+        let mut rst = Vec::new();
+        PacketBuilder::ipv4([100, 64, 1, 10], [203, 0, 113, 25], 64)
+            .tcp(40000, 25, 1001, 0)
+            .rst()
+            .write(&mut rst, &[])
+            .unwrap();
+        r.input(t0, &rst);
+        assert!(drain(&mut r).is_empty());
+        assert_eq!(r.active(), 0);
+        assert!(r.poll_at(t0 + Duration::from_secs(30)).is_none(), "no timer due for ever");
+        // The next client gets a plain SYN-ACK from the same slot, no RST.
+        let t = t0 + Duration::from_secs(30);
+        r.input(t, &segment(40001, 1, None, true));
+        let out = drain(&mut r);
+        assert_eq!(out.iter().map(|p| flags_of(p)).collect::<Vec<_>>(), [tcp_flags::SYN | tcp_flags::ACK]);
+    }
+
+    #[test]
+    fn a_repeated_syn_or_one_over_the_share_is_not_answered() {
+        let mut r = responder(4);
+        let t0 = Instant::now();
+        r.input(t0, &segment(40000, 1000, None, true));
+        assert_eq!(drain(&mut r).len(), 1);
+        // The same SYN again (another listening socket would take it).
+        r.input(t0, &segment(40000, 1000, None, true));
+        assert!(drain(&mut r).is_empty());
+        assert_eq!(r.active(), 1);
+        // The share of one subscriber is 4 (default, at most banner_sessions).
+        for port in 1..=3 {
+            r.input(t0, &segment(port, 1, None, true));
+        }
+        assert_eq!(drain(&mut r).len(), 3);
+        r.input(t0, &segment(4, 1, None, true));
+        assert!(drain(&mut r).is_empty(), "over the share: left to the router (an RST with a token)");
+        assert_eq!(r.sessions_of("100.64.1.10".parse().unwrap()), 4);
+    }
+
+    #[test]
     fn over_the_bound_a_syn_gets_rst_and_idle_sessions_time_out() {
         let mut r = responder(2);
         let t0 = Instant::now();
-        for port in 1..=2 {
-            r.input(t0, &segment(port, 1, None, true));
+        let from = |last: u8, port: u16| {
+            let mut v = Vec::new();
+            PacketBuilder::ipv4([100, 64, 1, last], [203, 0, 113, 25], 64)
+                .tcp(port, 25, 1, 64240)
+                .syn()
+                .write(&mut v, &[])
+                .unwrap();
+            v
+        };
+        for (last, port) in [(10, 1), (11, 2)] {
+            r.input(t0, &from(last, port));
         }
         assert_eq!(drain(&mut r).len(), 2);
-        r.input(t0, &segment(3, 1, None, true));
+        r.input(t0, &from(12, 3));
         let out = drain(&mut r);
         assert_eq!(out.len(), 1);
         assert!(

@@ -482,14 +482,17 @@ impl Router {
             let (owned, held) =
                 self.policy.runtime.responder().map_or((false, 0), |mut r| (r.owns(view), r.sessions_of(view.src)));
             if owned {
-                // A retransmitted SYN of a session in progress.
-                return Verdict::Terminate;
+                // A repeated SYN of a session in progress: smoltcp ignores a
+                // SYN past LISTEN, but another listening socket would take it
+                // and answer, outside the reply limit and the subscriber's share.
+                return Verdict::Drop(DropReason::Op25bBlocked);
             }
             if held >= self.policy.op25b.banner.per_source {
                 // Its share of the sessions is taken: refused like a SYN over
                 // the global bound, with an RST (a reply token).
+                self.counters.banner_source_full.add(1);
                 let rst = |o: &mut [u8]| reply::tcp_rst(view, o);
-                return self.answer(now, view, ReplyKind::TcpRst, rst, reply, DropReason::BannerSourceFull);
+                return self.answer(now, view, ReplyKind::TcpRst, rst, reply, DropReason::Op25bBlocked);
             }
             if !self.policy.runtime.allow_reply(view.src, now) {
                 return Verdict::Drop(DropReason::ReplyRateLimited);

@@ -72,9 +72,6 @@ reasons! {
         /// A new redirected connection from a subscriber that holds its share
         /// of the flow table (`max_flows_per_source`).
         ConntrackSourceFull => "conntrack_source_full",
-        /// A new banner session from a subscriber that holds its share of the
-        /// sessions (`banner_sessions_per_source`), where no RST may be sent.
-        BannerSourceFull => "banner_source_full",
         /// A redirected connection reusing a subscriber port that is redirected
         /// for another destination.
         RedirectCollision => "redirect_collision",
@@ -154,6 +151,10 @@ pub struct Counters {
     pub redirected: Counter,
     /// Packets handed to the banner responder.
     pub terminated: Counter,
+    /// Banner SYNs refused because their subscriber holds its share of the
+    /// sessions (`banner_sessions_per_source`); each is also counted by its
+    /// verdict (an RST reply, or a drop over the reply limit).
+    pub banner_source_full: Counter,
 }
 
 impl Default for Counters {
@@ -166,6 +167,7 @@ impl Default for Counters {
             op25b_blocked: Counter::default(),
             redirected: Counter::default(),
             terminated: Counter::default(),
+            banner_source_full: Counter::default(),
         }
     }
 }
@@ -196,6 +198,7 @@ impl Counters {
         out.push(("op25b_blocked".to_string(), sum(&|c| c.op25b_blocked.get())));
         out.push(("op25b_redirected".to_string(), sum(&|c| c.redirected.get())));
         out.push(("op25b_terminated".to_string(), sum(&|c| c.terminated.get())));
+        out.push(("op25b_banner_source_full".to_string(), sum(&|c| c.banner_source_full.get())));
         for k in ReplyKind::ALL {
             out.push((format!("reply_{}", k.name()), sum(&|c| c.replies(*k))));
         }

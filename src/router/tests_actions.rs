@@ -197,8 +197,10 @@ fn banner_sessions_per_subscriber_are_bounded() {
     assert!(matches!(v, Verdict::Reply { kind: ReplyKind::TcpRst, .. }), "{v:?}");
     let rst = TcpHeaderSlice::from_slice(&rst[20..]).unwrap();
     assert!(rst.rst() && rst.destination_port() == 40002);
-    // A retransmitted SYN of a session it holds still reaches that session.
-    assert_eq!(take(&mut r, DYN4, 40000).0, Verdict::Terminate);
+    assert_eq!(r.counters().banner_source_full.get(), 1);
+    // A repeated SYN of a session it holds is dropped (smoltcp ignores it, and
+    // another listening socket must not answer it).
+    assert_eq!(take(&mut r, DYN4, 40000).0, Verdict::Drop(DropReason::Op25bBlocked));
     // Another subscriber is not affected.
     assert_eq!(take(&mut r, [100, 64, 1, 11], 40000).0, Verdict::Terminate);
     assert_eq!(r.policy().runtime.responder().unwrap().sessions_of(IpAddr::from(DYN4)), 2);
