@@ -134,7 +134,14 @@ pub(super) fn limits(cx: &Ctx<'_>, o: &Op25bSection) -> Result<(Limit, usize, us
     let flows = positive(&o.max_flows, "max_flows", DEFAULT_MAX_FLOWS, 4_000_000)?;
     let per_source = match &o.max_flows_per_source {
         None => DEFAULT_MAX_FLOWS_PER_SOURCE.min(flows),
-        Some(_) => positive(&o.max_flows_per_source, "max_flows_per_source", 0, flows)?,
+        Some(x) if (1..=flows).contains(x.get_ref()) => *x.get_ref(),
+        Some(x) => {
+            return Err(cx.err(
+                &x.span(),
+                "op25b.max_flows_per_source",
+                format!("must be between 1 and max_flows ({flows})"),
+            ))
+        }
     };
     Ok((Limit { rate, burst }, flows as usize, per_source as usize))
 }
