@@ -256,7 +256,7 @@ fn reload(dp: &Dataplane, running: Config) -> Config {
         Config::load(&running.path).map_err(ReloadError::from).and_then(|new| reload::prepare(&running, new));
     match prepared {
         Ok(r) => {
-            // In force before the log line says so.
+            // Every batch a worker starts after the log line uses the new policy.
             dp.set_policy(r.config.policy.clone());
             let p = &r.config.policy;
             tracing::info!(
@@ -267,7 +267,9 @@ fn reload(dp: &Dataplane, running: Config) -> Config {
                 relays = p.op25b.relays.len(),
                 action = %p.op25b.action,
                 rules = p.rules.slots().len(),
-                kept_state = r.kept_state,
+                kept_reply_buckets = r.kept.reply_buckets,
+                kept_flows = r.kept.flows,
+                kept_sessions = r.kept.sessions,
                 "config reloaded"
             );
             r.config

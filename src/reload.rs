@@ -6,17 +6,22 @@
 //! (`tun`, `netns`, `mtu` of either side) and `[dataplane]`; a reload that
 //! changes them is refused, like an invalid file, and the running policy stays.
 //!
-//! State: the reply buckets, redirect flows and banner sessions belong to the
-//! settings they were built for (action, ports, banner and redirect settings,
-//! reply limit, flow bounds). When a reload leaves those unchanged, the new
-//! policy takes the running state over, so connections in progress go on;
-//! otherwise it starts afresh. The router's counters go on; per-rule counters
-//! start again with the new rules.
+//! State: each part of the running state carries over when the settings it
+//! was built for are unchanged, and starts afresh otherwise:
+//! - the reply buckets: the reply limit (`reply_rate`, `reply_burst`);
+//! - the redirect flows: the action stays `redirect` with the same targets and
+//!   flow bounds (`max_flows`, `max_flows_per_source`);
+//! - the banner sessions: the action stays `banner` with the same ports and
+//!   banner settings (text, session bounds, timeout).
+//!
+//! A part that starts afresh cuts what it held: connections in progress
+//! through a redirect or a banner session end. The router's counters go on;
+//! per-rule counters start again with the new rules.
 
 use std::sync::Arc;
 
 use crate::config::{Config, ConfigError};
-use crate::policy::Policy;
+use crate::policy::{Action, Policy, Runtime};
 
 /// Why a reload was refused. The running policy stays in force.
 #[derive(Debug, thiserror::Error)]
@@ -43,9 +48,19 @@ pub enum ReloadError {
 pub struct Reload {
     /// The new config, its policy ready to be put in force.
     pub config: Config,
-    /// True when the new policy took over the running state (reply buckets,
-    /// redirect flows, banner sessions).
-    pub kept_state: bool,
+    /// Which parts of the running state the new policy took over.
+    pub kept: Kept,
+}
+
+/// The parts of the running state a reload carried over.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Kept {
+    /// The reply rate limiter's buckets.
+    pub reply_buckets: bool,
+    /// The redirect flow table (meaningful with `action = "redirect"`).
+    pub flows: bool,
+    /// The banner responder and its sessions (with `action = "banner"`).
+    pub sessions: bool,
 }
 
 /// Checks `new` against the running config and prepares the policy to switch to.
@@ -76,24 +91,41 @@ pub fn prepare(running: &Config, mut new: Config) -> Result<Reload, ReloadError>
     if running.dataplane != new.dataplane {
         return Err(fixed("dataplane", format!("{:?}", running.dataplane), format!("{:?}", new.dataplane)));
     }
-    let kept_state = same_state_settings(&running.policy, &new.policy);
-    if kept_state {
-        new.policy.runtime = Arc::clone(&running.policy.runtime);
+    let (old, fresh) = (&running.policy, &new.policy);
+    let kept = Kept {
+        reply_buckets: old.reply_limit == fresh.reply_limit,
+        flows: same_flow_settings(old, fresh),
+        sessions: same_banner_settings(old, fresh),
+    };
+    let mut runtime: Runtime = (*fresh.runtime).clone();
+    if kept.reply_buckets {
+        runtime.replies = Arc::clone(&old.runtime.replies);
     }
-    Ok(Reload { config: new, kept_state })
+    if kept.flows {
+        runtime.conntrack = Arc::clone(&old.runtime.conntrack);
+    }
+    if kept.sessions {
+        runtime.responder.clone_from(&old.runtime.responder);
+    }
+    new.policy.runtime = Arc::new(runtime);
+    Ok(Reload { config: new, kept })
 }
 
-/// Whether two policies build the same runtime state.
-fn same_state_settings(a: &Policy, b: &Policy) -> bool {
+/// Whether the redirect flows of `a` stay valid under `b`.
+fn same_flow_settings(a: &Policy, b: &Policy) -> bool {
     let (x, y) = (&a.op25b, &b.op25b);
-    x.action == y.action
-        && x.ports == y.ports
-        && x.banner == y.banner
+    x.action == Action::Redirect
+        && y.action == Action::Redirect
         && x.redirect_v4 == y.redirect_v4
         && x.redirect_v6 == y.redirect_v6
-        && a.reply_limit == b.reply_limit
         && a.max_flows == b.max_flows
         && a.max_flows_per_source == b.max_flows_per_source
+}
+
+/// Whether the banner responder of `a` serves `b` as it is.
+fn same_banner_settings(a: &Policy, b: &Policy) -> bool {
+    let (x, y) = (&a.op25b, &b.op25b);
+    x.action == Action::Banner && y.action == Action::Banner && x.ports == y.ports && x.banner == y.banner
 }
 
 #[cfg(test)]
@@ -108,20 +140,48 @@ mod tests {
         Config::parse(Path::new("lab.toml"), &LAB.replacen(old, new, 1)).expect("config")
     }
 
+    /// The lab config with several replacements.
+    fn edited(edits: &[(&str, &str)]) -> Config {
+        let mut text = LAB.to_string();
+        for (old, new) in edits {
+            assert!(text.contains(old), "lab config lacks {old:?}");
+            text = text.replacen(old, new, 1);
+        }
+        Config::parse(Path::new("lab.toml"), &text).expect("config")
+    }
+
     #[test]
-    fn policy_changes_apply_and_keep_state_when_they_can() {
-        let running = Config::parse(Path::new("lab.toml"), LAB).unwrap();
-        // Other prefixes: the state goes on.
-        let r = prepare(&running, config("dynamic = [", "dynamic = [\"100.127.0.0/16\", ")).unwrap();
-        assert!(r.kept_state);
-        assert!(Arc::ptr_eq(&r.config.policy.runtime, &running.policy.runtime));
-        assert!(r.config.policy.op25b.dynamic.len() > running.policy.op25b.dynamic.len());
-        // Another port to block: the banner/redirect state no longer fits.
-        let r = prepare(&running, config("ports = [25]", "ports = [25, 2525]")).unwrap();
-        assert!(!r.kept_state);
-        assert!(!Arc::ptr_eq(&r.config.policy.runtime, &running.policy.runtime));
-        let r = prepare(&running, config("reply_rate = 10", "reply_rate = 11")).unwrap();
-        assert!(!r.kept_state);
+    fn each_part_of_the_state_carries_over_while_its_settings_hold() {
+        let redirect = ("action = \"reject\"", "action = \"redirect\"\nredirect_to = [\"198.51.100.25:25\"]");
+        let banner = ("action = \"reject\"", "action = \"banner\"");
+        let running = edited(&[redirect]);
+        let kept = |new: Config| {
+            let r = prepare(&running, new).expect("reload");
+            let (old, fresh) = (&running.policy.runtime, &r.config.policy.runtime);
+            // What `kept` says is what is shared.
+            assert_eq!(r.kept.reply_buckets, Arc::ptr_eq(&old.replies, &fresh.replies));
+            assert_eq!(r.kept.flows, Arc::ptr_eq(&old.conntrack, &fresh.conntrack));
+            r.kept
+        };
+        let all = Kept { reply_buckets: true, flows: true, sessions: false };
+        // Other prefixes or ports: everything goes on.
+        assert_eq!(kept(edited(&[redirect, ("dynamic = [", "dynamic = [\"100.127.0.0/16\", ")])), all);
+        assert_eq!(kept(edited(&[redirect, ("ports = [25]", "ports = [25, 2525]")])), all);
+        // Another reply limit: only the buckets start afresh.
+        let r = kept(edited(&[redirect, ("reply_rate = 10", "reply_rate = 11")]));
+        assert_eq!(r, Kept { reply_buckets: false, ..all });
+        // Another redirect target or action: the flows end.
+        let other = ("action = \"reject\"", "action = \"redirect\"\nredirect_to = [\"198.51.100.26:25\"]");
+        assert_eq!(kept(edited(&[other])), Kept { flows: false, ..all });
+        assert_eq!(kept(edited(&[banner])), Kept { flows: false, ..all });
+        // The banner responder carries over between the same banner settings only.
+        let running = edited(&[banner]);
+        let r = prepare(&running, edited(&[banner, ("block_inbound = false", "block_inbound = true")])).unwrap();
+        assert!(r.kept.sessions);
+        let (old, fresh) = (&running.policy.runtime.responder, &r.config.policy.runtime.responder);
+        assert!(Arc::ptr_eq(old.as_ref().unwrap(), fresh.as_ref().unwrap()));
+        let slower = ("action = \"reject\"", "action = \"banner\"\nbanner_timeout = 5");
+        assert!(!prepare(&running, edited(&[slower])).unwrap().kept.sessions);
     }
 
     #[test]

@@ -132,6 +132,9 @@ pub struct Responder {
     idle: std::time::Duration,
     banner: Vec<u8>,
     epoch: Option<Instant>,
+    /// When [`Responder::poll`] must run next, as of the last input, poll or
+    /// expiry (kept so that asking costs no scan of the sockets).
+    deadline: Option<Instant>,
 }
 
 impl std::fmt::Debug for Responder {
@@ -154,6 +157,7 @@ impl Responder {
             idle: op.banner.idle,
             banner,
             epoch: None,
+            deadline: None,
         }
     }
 
@@ -209,22 +213,36 @@ impl Responder {
         self.poll(now);
     }
 
-    /// Sessions still in SYN-RECEIVED after [`SYN_RECEIVED_LIFETIME`] listen
-    /// again, silently: `listen` resets the socket and forgets the peer, so
-    /// nothing is sent. Runs before smoltcp's timers, so a late poll cannot let
-    /// a further retransmission out.
-    fn expire(&mut self, now: Instant) {
+    /// How long a session may stay in SYN-RECEIVED: [`SYN_RECEIVED_LIFETIME`],
+    /// or less when `banner_timeout` is shorter (smoltcp's own timeout would
+    /// otherwise abort it first, with an RST).
+    fn syn_received_limit(&self) -> std::time::Duration {
+        SYN_RECEIVED_LIFETIME.min(self.idle)
+    }
+
+    /// Sessions still in SYN-RECEIVED after their limit listen again,
+    /// silently: `listen` resets the socket and forgets the peer, so nothing
+    /// is sent. Runs before smoltcp's timers, so a late poll cannot let a
+    /// further retransmission or an RST out. The router calls it before it
+    /// counts a subscriber's sessions.
+    pub fn expire(&mut self, now: Instant) {
+        let limit = self.syn_received_limit();
         let Some(stack) = self.stack.as_mut() else { return };
+        let mut changed = false;
         for slot in &mut stack.slots {
             let s = stack.sockets.get_mut::<tcp::Socket>(slot.handle);
             if s.state() == tcp::State::SynReceived
-                && now.saturating_duration_since(*slot.started.get_or_insert(now)) >= SYN_RECEIVED_LIFETIME
+                && now.saturating_duration_since(*slot.started.get_or_insert(now)) >= limit
             {
                 s.abort();
                 let _ = s.listen(IpListenEndpoint { addr: None, port: slot.port });
                 slot.sent = false;
                 slot.started = None;
+                changed = true;
             }
+        }
+        if changed {
+            self.deadline = self.compute_deadline(now);
         }
     }
 
@@ -276,6 +294,7 @@ impl Responder {
                 break;
             }
         }
+        self.deadline = self.compute_deadline(now);
     }
 
     /// The next packet for the subscriber, copied into `out`; its length.
@@ -287,8 +306,13 @@ impl Responder {
     }
 
     /// When [`Responder::poll`] must run next (retransmissions, timeouts).
-    pub fn poll_at(&mut self, now: Instant) -> Option<Instant> {
+    pub fn poll_at(&self) -> Option<Instant> {
+        self.deadline
+    }
+
+    fn compute_deadline(&mut self, now: Instant) -> Option<Instant> {
         let t = self.smol_now(now);
+        let syn_limit = self.syn_received_limit();
         let epoch = self.epoch?;
         let stack = self.stack.as_mut()?;
         let smol = stack
@@ -302,7 +326,7 @@ impl Responder {
             .filter_map(|s| {
                 let limit = match sockets.get::<tcp::Socket>(s.handle).state() {
                     tcp::State::Listen | tcp::State::Closed => return None,
-                    tcp::State::SynReceived => SYN_RECEIVED_LIFETIME,
+                    tcp::State::SynReceived => syn_limit,
                     _ => self.idle,
                 };
                 s.started.map(|t| t + limit)
@@ -437,7 +461,7 @@ mod tests {
         assert!(line.ends_with("\r\n"));
         assert!(out.iter().any(|p| matches!(PacketView::parse(p).unwrap().transport, Transport::Tcp { flags, .. } if flags & tcp_flags::FIN != 0)), "closes");
         assert_eq!(r.active(), 1);
-        assert!(r.poll_at(t0).is_some(), "retransmission or timeout timer");
+        assert!(r.poll_at().is_some(), "retransmission or timeout timer");
     }
 
     fn flags_of(p: &[u8]) -> u8 {
@@ -451,7 +475,7 @@ mod tests {
     fn run_timers(r: &mut Responder, t: &mut Instant, span: Duration) -> Vec<Vec<u8>> {
         let end = *t + span;
         let mut sent = Vec::new();
-        while let Some(at) = r.poll_at(*t) {
+        while let Some(at) = r.poll_at() {
             *t = at.max(*t + Duration::from_millis(1));
             if *t > end {
                 break;
@@ -477,13 +501,34 @@ mod tests {
         let flags: Vec<u8> = sent.iter().map(|p| flags_of(p)).collect();
         assert_eq!(flags, [tcp_flags::SYN | tcp_flags::ACK], "one retransmitted SYN-ACK, then nothing");
         assert_eq!(r.active(), 0, "the session was given up");
-        assert!(r.poll_at(t).is_none(), "no timer left");
+        assert!(r.poll_at().is_none(), "no timer left");
         // The client's late ACK finds no session: dropped, not answered with an RST.
         r.input(t, &segment(40000, 1001, Some(1), false));
         assert!(drain(&mut r).is_empty());
         // The slot takes the next client.
         r.input(t, &segment(40001, 1, None, true));
         assert_eq!(drain(&mut r).len(), 1);
+    }
+
+    #[test]
+    fn a_short_banner_timeout_sends_no_rst_to_a_forged_syn_either() {
+        for timeout in [1u64, 2, 3] {
+            let text = include_str!("../config/lab.toml").replacen(
+                "action = \"reject\"",
+                &format!("action = \"banner\"\nbanner_timeout = {timeout}"),
+                1,
+            );
+            let cfg = Config::parse(std::path::Path::new("t.toml"), &text).unwrap();
+            let mut r = Responder::new(&cfg.policy.op25b);
+            let mut t = Instant::now();
+            r.input(t, &segment(40000, 1000, None, true));
+            assert_eq!(drain(&mut r).len(), 1);
+            let flags: Vec<u8> =
+                run_timers(&mut r, &mut t, Duration::from_secs(60)).iter().map(|p| flags_of(p)).collect();
+            assert!(flags.len() <= 1, "timeout {timeout}: {flags:?}");
+            assert!(flags.iter().all(|f| *f == tcp_flags::SYN | tcp_flags::ACK), "timeout {timeout}: {flags:?}");
+            assert_eq!(r.active(), 0, "timeout {timeout}");
+        }
     }
 
     #[test]
@@ -501,7 +546,7 @@ mod tests {
         r.input(t0, &rst);
         assert!(drain(&mut r).is_empty());
         assert_eq!(r.active(), 0);
-        assert!(r.poll_at(t0 + Duration::from_secs(30)).is_none(), "no timer due for ever");
+        assert!(r.poll_at().is_none(), "no timer due for ever");
         // The next client gets a plain SYN-ACK from the same slot, no RST.
         let t = t0 + Duration::from_secs(30);
         r.input(t, &segment(40001, 1, None, true));

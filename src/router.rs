@@ -479,8 +479,11 @@ impl Router {
             return Verdict::Drop(DropReason::Op25bBlocked);
         }
         if view.is_tcp_syn() {
-            let (owned, held) =
-                self.policy.runtime.responder().map_or((false, 0), |mut r| (r.owns(view), r.sessions_of(view.src)));
+            let (owned, held) = self.policy.runtime.responder().map_or((false, 0), |mut r| {
+                // Sessions past their SYN-RECEIVED limit must not count.
+                r.expire(now);
+                (r.owns(view), r.sessions_of(view.src))
+            });
             if owned {
                 // A repeated SYN of a session in progress: smoltcp ignores a
                 // SYN past LISTEN, but another listening socket would take it
@@ -497,7 +500,10 @@ impl Router {
             if !self.policy.runtime.allow_reply(view.src, now) {
                 return Verdict::Drop(DropReason::ReplyRateLimited);
             }
-        } else if !self.policy.runtime.responder().is_some_and(|mut r| r.owns(view)) {
+        } else if !self.policy.runtime.responder().is_some_and(|mut r| {
+            r.expire(now);
+            r.owns(view)
+        }) {
             // Not part of a session: answering it (smoltcp would send an RST)
             // would be a reply outside the rate limit.
             return Verdict::Drop(DropReason::Op25bBlocked);

@@ -38,6 +38,10 @@ const DRAIN_MAX: usize = 256;
 /// round trip (see docs/PERFORMANCE.md).
 const PEEK_MAX: usize = 64;
 
+/// Longest sleep of an idle worker: it still looks at the policy (a reload)
+/// and the banner responder's timers at least this often.
+const MAX_SLEEP: Duration = Duration::from_secs(1);
+
 /// I/O counters of one worker.
 #[derive(Debug, Default)]
 pub struct IoCounters {
@@ -121,6 +125,17 @@ struct Bufs {
 }
 
 impl Worker {
+    /// Switches both routers to the data plane's current policy if a reload
+    /// replaced it (a pointer comparison when nothing changed).
+    fn sync_policy(&mut self) {
+        let current = self.policy.load();
+        if !Arc::ptr_eq(current, self.own.router.policy_arc()) {
+            self.own.router.set_policy(current.clone());
+            self.reverse.router.set_policy(current.clone());
+            tracing::debug!(direction = self.own.dir.name(), "worker switched to the reloaded policy");
+        }
+    }
+
     pub(crate) fn run(mut self, ingress: &Queue, egress: &Queue, stop: &InterruptEvent) {
         let off = self.offset;
         let mut b = Bufs {
@@ -134,12 +149,7 @@ impl Worker {
         let dir = self.own.dir.name();
         tracing::debug!(direction = dir, offload = off > 0, "worker started");
         'outer: loop {
-            let current = self.policy.load();
-            if !Arc::ptr_eq(current, self.own.router.policy_arc()) {
-                self.own.router.set_policy(current.clone());
-                self.reverse.router.set_policy(current.clone());
-                tracing::debug!(direction = dir, "worker switched to the reloaded policy");
-            }
+            self.sync_policy();
             ingress.lock();
             let r = drain(&mut self.own, &self.io, off, &mut b, ingress, egress, DRAIN_MAX, stop);
             ingress.unlock();
@@ -152,24 +162,25 @@ impl Worker {
                 self.io.packets.fetch_add(n as u64, Ordering::Relaxed);
             }
             if self.peek && egress.try_lock() {
+                // A reload during the drain: the queue's owner may have
+                // switched already, so the peek must not use the old policy.
+                self.sync_policy();
                 let r = drain(&mut self.reverse, &self.io, off, &mut b, egress, ingress, PEEK_MAX, stop);
                 egress.unlock();
                 if let Drained::Done(k) = r {
                     self.io.packets.fetch_add(k as u64, Ordering::Relaxed);
                 }
             }
-            // The banner responder's timers (retransmissions, idle sessions)
-            // run on the subscriber side's worker, also while traffic keeps
-            // it from sleeping.
-            let timer = if self.own.dir == Direction::Outbound {
-                self.own.router.policy().runtime.responder().and_then(|mut r| r.poll_at(b.now))
-            } else {
-                None
-            };
+            // The banner responder's timers (retransmissions, expiry) run in
+            // whichever worker finds them due, also while traffic keeps it
+            // from sleeping; what the responder sends goes to the subscriber.
+            let subscriber_side = if self.own.dir == Direction::Outbound { ingress } else { egress };
+            let timer = self.own.router.policy().runtime.responder().and_then(|r| r.poll_at());
             if timer.is_some_and(|at| at <= b.now) {
                 b.now = Instant::now();
                 let now = b.now;
-                respond(&self.own.router, off, &mut b.reply, ingress, &self.io, self.own.dir, |r| r.poll(now));
+                let dir = self.own.dir;
+                respond(&self.own.router, off, &mut b.reply, subscriber_side, &self.io, dir, |r| r.poll(now));
                 continue;
             }
             if n == DRAIN_MAX {
@@ -178,7 +189,7 @@ impl Worker {
                 continue;
             }
             if !self.busy_poll.is_zero() {
-                let until = Instant::now() + self.busy_poll;
+                let until = (Instant::now() + self.busy_poll).min(timer.unwrap_or(Instant::now() + self.busy_poll));
                 loop {
                     if stop.is_trigger() {
                         break 'outer;
@@ -193,15 +204,14 @@ impl Worker {
                     std::hint::spin_loop();
                 }
             }
-            let timeout = timer.map(|at| at.saturating_duration_since(Instant::now()));
-            match ingress.dev.wait_readable_intr_timeout(stop, timeout) {
+            // Never sleep longer than MAX_SLEEP: an idle worker still picks up
+            // a reloaded policy (and lets go of the old one) and runs timers.
+            let timeout = timer.map_or(MAX_SLEEP, |at| at.saturating_duration_since(Instant::now()).min(MAX_SLEEP));
+            match ingress.dev.wait_readable_intr_timeout(stop, Some(timeout)) {
                 Ok(()) => b.now = Instant::now(),
                 Err(_) if stop.is_trigger() => break,
-                Err(e) if e.kind() == io::ErrorKind::TimedOut => {
-                    b.now = Instant::now();
-                    let now = b.now;
-                    respond(&self.own.router, off, &mut b.reply, ingress, &self.io, self.own.dir, |r| r.poll(now));
-                }
+                // Back to the top: the policy check, then the due timers.
+                Err(e) if e.kind() == io::ErrorKind::TimedOut => b.now = Instant::now(),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => {
                     tracing::error!(direction = dir, error = %e, "cannot wait for the device; worker stops");

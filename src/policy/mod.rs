@@ -53,15 +53,17 @@ pub struct Policy {
 }
 
 /// Mutable state shared by the routers (workers) of one policy. Locked only on
-/// the rare paths: building a reply, and packets of redirected flows.
-#[derive(Debug)]
+/// the rare paths: building a reply, and packets of redirected flows. Each part
+/// is shared on its own, so a config reload can carry some parts over and
+/// start others afresh (see [`crate::reload`]).
+#[derive(Debug, Clone)]
 pub struct Runtime {
     /// Token buckets for router-originated packets, per destination address.
-    pub replies: Mutex<RateLimiter>,
+    pub replies: Arc<Mutex<RateLimiter>>,
     /// The redirect flow table.
-    pub conntrack: Mutex<Conntrack>,
+    pub conntrack: Arc<Mutex<Conntrack>>,
     /// The banner responder, when the action is `banner`.
-    pub responder: Option<Mutex<crate::responder::Responder>>,
+    pub responder: Option<Arc<Mutex<crate::responder::Responder>>>,
 }
 
 impl Runtime {
@@ -69,9 +71,9 @@ impl Runtime {
     pub fn new(op25b: &Op25b, reply_limit: Limit, max_flows: usize, max_flows_per_source: usize) -> Runtime {
         let banner = op25b.action == Action::Banner;
         Runtime {
-            replies: Mutex::new(RateLimiter::new(reply_limit)),
-            conntrack: Mutex::new(Conntrack::new(max_flows, max_flows_per_source)),
-            responder: banner.then(|| Mutex::new(crate::responder::Responder::new(op25b))),
+            replies: Arc::new(Mutex::new(RateLimiter::new(reply_limit))),
+            conntrack: Arc::new(Mutex::new(Conntrack::new(max_flows, max_flows_per_source))),
+            responder: banner.then(|| Arc::new(Mutex::new(crate::responder::Responder::new(op25b)))),
         }
     }
 
