@@ -106,6 +106,7 @@ pub fn prepare(running: &Config, mut new: Config) -> Result<Reload, ReloadError>
     }
     if kept.sessions {
         runtime.responder.clone_from(&old.runtime.responder);
+        runtime.responder_deadline.clone_from(&old.runtime.responder_deadline);
     }
     new.policy.runtime = Arc::new(runtime);
     Ok(Reload { config: new, kept })
@@ -180,6 +181,8 @@ mod tests {
         assert!(r.kept.sessions);
         let (old, fresh) = (&running.policy.runtime.responder, &r.config.policy.runtime.responder);
         assert!(Arc::ptr_eq(old.as_ref().unwrap(), fresh.as_ref().unwrap()));
+        let (old, fresh) = (&running.policy.runtime.responder_deadline, &r.config.policy.runtime.responder_deadline);
+        assert!(Arc::ptr_eq(old.as_ref().unwrap(), fresh.as_ref().unwrap()), "the deadline goes with its responder");
         let slower = ("action = \"reject\"", "action = \"banner\"\nbanner_timeout = 5");
         assert!(!prepare(&running, edited(&[slower])).unwrap().kept.sessions);
     }

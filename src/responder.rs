@@ -31,6 +31,8 @@
 
 use std::collections::VecDeque;
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Instant;
 
 use smoltcp::iface::{Config, Interface, SocketHandle, SocketSet};
@@ -133,8 +135,41 @@ pub struct Responder {
     banner: Vec<u8>,
     epoch: Option<Instant>,
     /// When [`Responder::poll`] must run next, as of the last input, poll or
-    /// expiry (kept so that asking costs no scan of the sockets).
+    /// expiry (kept so that asking costs no scan of the sockets), also
+    /// readable without the responder's lock (see [`Deadline`]).
     deadline: Option<Instant>,
+    shared_deadline: Arc<Deadline>,
+}
+
+/// The responder's next deadline, readable by every worker without taking
+/// the responder's lock: microseconds after a base instant, `u64::MAX` for none.
+#[derive(Debug)]
+pub struct Deadline {
+    base: Instant,
+    micros: AtomicU64,
+}
+
+impl Deadline {
+    fn new() -> Deadline {
+        Deadline { base: Instant::now(), micros: AtomicU64::new(u64::MAX) }
+    }
+
+    fn store(&self, at: Option<Instant>) {
+        // Rounded up: a timer never looks due before it is.
+        let v = at.map_or(u64::MAX, |at| {
+            let d = at.saturating_duration_since(self.base);
+            (d.as_micros() as u64).saturating_add(u64::from(d.subsec_nanos() % 1000 != 0)).min(u64::MAX - 1)
+        });
+        self.micros.store(v, Ordering::Relaxed);
+    }
+
+    /// The next deadline, if any.
+    pub fn load(&self) -> Option<Instant> {
+        match self.micros.load(Ordering::Relaxed) {
+            u64::MAX => None,
+            v => Some(self.base + std::time::Duration::from_micros(v)),
+        }
+    }
 }
 
 impl std::fmt::Debug for Responder {
@@ -158,6 +193,7 @@ impl Responder {
             banner,
             epoch: None,
             deadline: None,
+            shared_deadline: Arc::new(Deadline::new()),
         }
     }
 
@@ -217,7 +253,9 @@ impl Responder {
     /// or less when `banner_timeout` is shorter (smoltcp's own timeout would
     /// otherwise abort it first, with an RST).
     fn syn_received_limit(&self) -> std::time::Duration {
-        SYN_RECEIVED_LIFETIME.min(self.idle)
+        // A millisecond early: smoltcp counts whole microseconds from its
+        // epoch, so its timeout may fall just before `started + idle`.
+        SYN_RECEIVED_LIFETIME.min(self.idle.saturating_sub(std::time::Duration::from_millis(1)))
     }
 
     /// Sessions still in SYN-RECEIVED after their limit listen again,
@@ -242,8 +280,18 @@ impl Responder {
             }
         }
         if changed {
-            self.deadline = self.compute_deadline(now);
+            self.set_deadline(now);
         }
+    }
+
+    fn set_deadline(&mut self, now: Instant) {
+        self.deadline = self.compute_deadline(now);
+        self.shared_deadline.store(self.deadline);
+    }
+
+    /// The next deadline as the workers read it without the lock.
+    pub fn shared_deadline(&self) -> Arc<Deadline> {
+        Arc::clone(&self.shared_deadline)
     }
 
     /// Runs the TCP state machines and timers; call at [`Responder::poll_at`].
@@ -259,7 +307,7 @@ impl Responder {
             for slot in &mut stack.slots {
                 let s = stack.sockets.get_mut::<tcp::Socket>(slot.handle);
                 let live = !matches!(s.state(), tcp::State::Listen | tcp::State::Closed);
-                if live && now.saturating_duration_since(*slot.started.get_or_insert(now)) > *idle {
+                if live && now.saturating_duration_since(*slot.started.get_or_insert(now)) >= *idle {
                     s.abort();
                     changed = true;
                     continue;
@@ -294,7 +342,7 @@ impl Responder {
                 break;
             }
         }
-        self.deadline = self.compute_deadline(now);
+        self.set_deadline(now);
     }
 
     /// The next packet for the subscriber, copied into `out`; its length.
@@ -482,6 +530,13 @@ mod tests {
             }
             r.poll(*t);
             sent.extend(drain(r));
+            // What the workers read without the lock: the same deadline,
+            // rounded up to the microsecond.
+            let (exact, shared) = (r.poll_at(), r.shared_deadline().load());
+            assert_eq!(exact.is_some(), shared.is_some());
+            if let (Some(e), Some(s)) = (exact, shared) {
+                assert!(s >= e && s - e < Duration::from_micros(1), "{e:?} vs {s:?}");
+            }
         }
         sent
     }

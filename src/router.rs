@@ -500,10 +500,9 @@ impl Router {
             if !self.policy.runtime.allow_reply(view.src, now) {
                 return Verdict::Drop(DropReason::ReplyRateLimited);
             }
-        } else if !self.policy.runtime.responder().is_some_and(|mut r| {
-            r.expire(now);
-            r.owns(view)
-        }) {
+        } else if !self.policy.runtime.responder().is_some_and(|mut r| r.owns(view)) {
+            // (A session that expires between this check and the responder's
+            // input is caught there: `input` expires and checks again.)
             // Not part of a session: answering it (smoltcp would send an RST)
             // would be a reply outside the rate limit.
             return Verdict::Drop(DropReason::Op25bBlocked);

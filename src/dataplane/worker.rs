@@ -175,7 +175,7 @@ impl Worker {
             // whichever worker finds them due, also while traffic keeps it
             // from sleeping; what the responder sends goes to the subscriber.
             let subscriber_side = if self.own.dir == Direction::Outbound { ingress } else { egress };
-            let timer = self.own.router.policy().runtime.responder().and_then(|r| r.poll_at());
+            let timer = self.own.router.policy().runtime.responder_deadline.as_ref().and_then(|d| d.load());
             if timer.is_some_and(|at| at <= b.now) {
                 b.now = Instant::now();
                 let now = b.now;

@@ -64,16 +64,19 @@ pub struct Runtime {
     pub conntrack: Arc<Mutex<Conntrack>>,
     /// The banner responder, when the action is `banner`.
     pub responder: Option<Arc<Mutex<crate::responder::Responder>>>,
+    /// The responder's next deadline, readable without its lock.
+    pub responder_deadline: Option<Arc<crate::responder::Deadline>>,
 }
 
 impl Runtime {
     /// Fresh state for the given limits.
     pub fn new(op25b: &Op25b, reply_limit: Limit, max_flows: usize, max_flows_per_source: usize) -> Runtime {
-        let banner = op25b.action == Action::Banner;
+        let responder = (op25b.action == Action::Banner).then(|| crate::responder::Responder::new(op25b));
         Runtime {
             replies: Arc::new(Mutex::new(RateLimiter::new(reply_limit))),
             conntrack: Arc::new(Mutex::new(Conntrack::new(max_flows, max_flows_per_source))),
-            responder: banner.then(|| Arc::new(Mutex::new(crate::responder::Responder::new(op25b)))),
+            responder_deadline: responder.as_ref().map(|r| r.shared_deadline()),
+            responder: responder.map(|r| Arc::new(Mutex::new(r))),
         }
     }
 
