@@ -139,6 +139,7 @@ pub struct Responder {
     /// readable without the responder's lock (see [`Deadline`]).
     deadline: Option<Instant>,
     shared_deadline: Arc<Deadline>,
+    rsts_limited: u64,
 }
 
 /// The responder's next deadline, readable by every worker without taking
@@ -194,6 +195,7 @@ impl Responder {
             epoch: None,
             deadline: None,
             shared_deadline: Arc::new(Deadline::new()),
+            rsts_limited: 0,
         }
     }
 
@@ -223,6 +225,9 @@ impl Responder {
                         tcp::SocketBuffer::new(vec![0; SOCKET_TX]),
                     );
                     s.set_timeout(Some(SmolDuration::from_micros(self.idle.as_micros() as u64)));
+                    // ACK the client's FIN at once: the session then ends in
+                    // TIME-WAIT with nothing left to say (see `poll`).
+                    s.set_ack_delay(None);
                     // Cannot fail: the port is not 0 (config) and the socket is new.
                     let _ = s.listen(IpListenEndpoint { addr: None, port });
                     slots.push(Slot { handle: sockets.add(s), port, sent: false, started: None });
@@ -320,7 +325,12 @@ impl Responder {
                         changed = true;
                     }
                     tcp::State::TimeWait => {
+                        // Both FINs are sent and acknowledged: listen again
+                        // silently (an abort would send an RST for nothing).
                         s.abort();
+                        let _ = s.listen(IpListenEndpoint { addr: None, port: slot.port });
+                        slot.sent = false;
+                        slot.started = None;
                         changed = true;
                     }
                     tcp::State::Closed => {
@@ -347,10 +357,34 @@ impl Responder {
 
     /// The next packet for the subscriber, copied into `out`; its length.
     pub fn transmit(&mut self, out: &mut [u8]) -> Option<usize> {
-        let p = self.dev.tx.pop_front()?;
-        let n = p.len().min(out.len());
-        out[..n].copy_from_slice(&p[..n]);
-        Some(n)
+        self.transmit_limited(out, |_| true)
+    }
+
+    /// Like [`Responder::transmit`], but an RST (smoltcp's answer to a segment
+    /// it cannot place, or to a SYN when every session is busy) goes out only
+    /// when `allow_rst` grants its destination a reply token; others are
+    /// dropped and counted ([`Responder::rsts_limited`]). So nothing the
+    /// responder sends unasked escapes the reply limit.
+    pub fn transmit_limited(&mut self, out: &mut [u8], mut allow_rst: impl FnMut(IpAddr) -> bool) -> Option<usize> {
+        loop {
+            let p = self.dev.tx.pop_front()?;
+            if let Ok(view) = PacketView::parse(&p) {
+                if matches!(view.transport, Transport::Tcp { flags, .. } if flags & crate::packet::tcp_flags::RST != 0)
+                    && !allow_rst(view.dst)
+                {
+                    self.rsts_limited += 1;
+                    continue;
+                }
+            }
+            let n = p.len().min(out.len());
+            out[..n].copy_from_slice(&p[..n]);
+            return Some(n);
+        }
+    }
+
+    /// RSTs dropped by [`Responder::transmit_limited`] for want of a reply token.
+    pub fn rsts_limited(&self) -> u64 {
+        self.rsts_limited
     }
 
     /// When [`Responder::poll`] must run next (retransmissions, timeouts).
@@ -563,6 +597,66 @@ mod tests {
         // The slot takes the next client.
         r.input(t, &segment(40001, 1, None, true));
         assert_eq!(drain(&mut r).len(), 1);
+    }
+
+    #[test]
+    fn a_whole_session_closes_without_an_rst() {
+        let mut r = responder(4);
+        let t0 = Instant::now();
+        r.input(t0, &segment(40000, 1000, None, true));
+        let out = drain(&mut r);
+        let Transport::Tcp { seq: isn, .. } = PacketView::parse(&out[0]).unwrap().transport else { panic!() };
+        r.input(t0, &segment(40000, 1001, Some(isn.wrapping_add(1)), false));
+        let out = drain(&mut r);
+        let sent: usize = out
+            .iter()
+            .map(|p| {
+                let v = PacketView::parse(p).unwrap();
+                let Transport::Tcp { header_len, .. } = v.transport else { panic!() };
+                v.len - v.l4_offset - usize::from(header_len)
+            })
+            .sum();
+        assert!(out.iter().any(|p| flags_of(p) & tcp_flags::FIN != 0), "the banner, then FIN");
+        // The client acknowledges the banner and the FIN, and closes too.
+        let mut fin = Vec::new();
+        PacketBuilder::ipv4([100, 64, 1, 10], [203, 0, 113, 25], 64)
+            .tcp(40000, 25, 1001, 64240)
+            .ack(isn.wrapping_add(1 + sent as u32 + 1))
+            .fin()
+            .write(&mut fin, &[])
+            .unwrap();
+        r.input(t0, &fin);
+        let out = drain(&mut r);
+        let flags: Vec<u8> = out.iter().map(|p| flags_of(p)).collect();
+        assert_eq!(flags, [tcp_flags::ACK], "the client's FIN acknowledged, no RST");
+        assert_eq!(r.active(), 0, "the slot listens again");
+        assert!(r.poll_at().is_none());
+    }
+
+    #[test]
+    fn rsts_go_out_only_with_a_reply_token() {
+        let mut r = responder(1);
+        let t0 = Instant::now();
+        r.input(t0, &segment(40000, 1000, None, true));
+        assert_eq!(drain(&mut r).len(), 1);
+        // Every session busy: smoltcp answers another subscriber's SYN with an RST.
+        let mut syn = Vec::new();
+        PacketBuilder::ipv4([100, 64, 1, 11], [203, 0, 113, 25], 64)
+            .tcp(5, 25, 1, 64240)
+            .syn()
+            .write(&mut syn, &[])
+            .unwrap();
+        r.input(t0, &syn);
+        let mut buf = [0u8; 256];
+        let mut asked = Vec::new();
+        assert!(r
+            .transmit_limited(&mut buf, |to| {
+                asked.push(to);
+                false
+            })
+            .is_none());
+        assert_eq!(asked, ["100.64.1.11".parse::<IpAddr>().unwrap()]);
+        assert_eq!(r.rsts_limited(), 1);
     }
 
     #[test]

@@ -374,7 +374,9 @@ fn respond(
     };
     step(&mut r);
     reply[..off].fill(0);
-    while let Some(len) = r.transmit(&mut reply[off..]) {
+    let runtime = &router.policy().runtime;
+    let now = Instant::now();
+    while let Some(len) = r.transmit_limited(&mut reply[off..], |to| runtime.allow_reply(to, now)) {
         if let Err(e) = to.dev.send(&reply[..off + len]) {
             tx_error(io, dir, &e);
         }
