@@ -28,6 +28,7 @@ use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
+use super::ratelimit::subscriber_key;
 use crate::packet::{tcp_flags, PacketView, Transport};
 
 /// Idle timeout of a half-open flow (SYN sent, no ACK seen yet).
@@ -99,22 +100,12 @@ pub enum CtError {
 pub struct Conntrack {
     flows: HashMap<(IpAddr, u16), Flow>,
     max: usize,
-    /// Entries per subscriber (see [`source_key`]), expired ones included
+    /// Entries per subscriber (see [`subscriber_key`]), expired ones included
     /// until they are swept.
     per_source: HashMap<u64, u32>,
     max_per_source: u32,
     /// When the full table was last swept for expired flows (at most once a second).
     last_sweep: Option<Instant>,
-}
-
-/// The subscriber an address belongs to, in 64 bits: an IPv6 /64 prefix, or an
-/// IPv4 address under 0xffff_ffff as the top half. IPv6 sources starting with
-/// 0xff are multicast, never a subscriber's, so the two cannot meet.
-fn source_key(addr: IpAddr) -> u64 {
-    match addr {
-        IpAddr::V4(a) => 0xffff_ffff_0000_0000 | u64::from(u32::from(a)),
-        IpAddr::V6(a) => (u128::from(a) >> 64) as u64,
-    }
 }
 
 fn tcp_of(view: &PacketView) -> Option<(u16, u16, u8)> {
@@ -139,7 +130,7 @@ impl Conntrack {
 
     /// Entries (live, or expired and not yet swept) of the subscriber `src` belongs to.
     pub fn flows_of(&self, src: IpAddr) -> usize {
-        self.per_source.get(&source_key(src)).map_or(0, |n| *n as usize)
+        self.per_source.get(&subscriber_key(src)).map_or(0, |n| *n as usize)
     }
 
     /// Removes expired flows, at most once a second; true when it ran.
@@ -150,7 +141,7 @@ impl Conntrack {
             self.flows.retain(|(src, _), f| {
                 let keep = !f.expired(now);
                 if !keep {
-                    let k = source_key(*src);
+                    let k = subscriber_key(*src);
                     if let Some(n) = per_source.get_mut(&k) {
                         *n -= 1;
                         if *n == 0 {
@@ -234,7 +225,7 @@ impl Conntrack {
             }
         }
         if self.flows.insert(key, Flow { original, target, state: State::SynSent, last: now }).is_none() {
-            *self.per_source.entry(source_key(view.src)).or_insert(0) += 1;
+            *self.per_source.entry(subscriber_key(view.src)).or_insert(0) += 1;
         }
         Ok(target)
     }

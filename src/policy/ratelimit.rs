@@ -31,7 +31,7 @@ pub struct Limit {
 
 #[derive(Debug, Clone, Copy)]
 struct Entry {
-    key: u128,
+    key: u64,
     /// Saved credit in nanoseconds of refill; one token costs `cost_ns`.
     credit: u64,
     last: Instant,
@@ -49,11 +49,13 @@ pub struct RateLimiter {
 
 /// The unit a subscriber is limited by: an IPv4 address, or an IPv6 /64 (a
 /// subscriber usually holds a whole /64 or more, and per-address limits would
-/// give it 2^64 of them).
-pub fn subscriber_key(addr: IpAddr) -> u128 {
+/// give it 2^64 of them). In 64 bits: the /64 prefix, or the IPv4 address
+/// under 0xffff_ffff as the top half. IPv6 addresses starting with 0xff are
+/// multicast, which the router drops as a source, so the two never meet.
+pub fn subscriber_key(addr: IpAddr) -> u64 {
     match addr {
-        IpAddr::V4(a) => u128::from(u32::from(a)) | (1 << 127),
-        IpAddr::V6(a) => u128::from(a) & !0xffff_ffff_ffff_ffffu128,
+        IpAddr::V4(a) => 0xffff_ffff_0000_0000 | u64::from(u32::from(a)),
+        IpAddr::V6(a) => (u128::from(a) >> 64) as u64,
     }
 }
 
