@@ -221,14 +221,9 @@ fn run(config: Config) -> anyhow::Result<()> {
         subscriber_netns = %ns(&config.subscriber.netns),
         upstream = %config.upstream.tun,
         upstream_netns = %ns(&config.upstream.netns),
-        subscriber_prefixes = p.subscriber_prefixes.len(),
-        dynamic = p.op25b.dynamic.len(),
-        exempt_sources = p.op25b.exempt_sources.len(),
-        relays = p.op25b.relays.len(),
-        action = %p.op25b.action,
-        rules = p.rules.slots().len(),
         offload = dp.offload(),
-        "op25b running"
+        "op25b running: {}",
+        PolicySizes(p)
     );
     let mut running = config;
     let signal = loop {
@@ -258,19 +253,13 @@ fn reload(dp: &Dataplane, running: Config) -> Config {
         Ok(r) => {
             // Every batch a worker starts after the log line uses the new policy.
             dp.set_policy(r.config.policy.clone());
-            let p = &r.config.policy;
             tracing::info!(
                 file = %r.config.path.display(),
-                subscriber_prefixes = p.subscriber_prefixes.len(),
-                dynamic = p.op25b.dynamic.len(),
-                exempt_sources = p.op25b.exempt_sources.len(),
-                relays = p.op25b.relays.len(),
-                action = %p.op25b.action,
-                rules = p.rules.slots().len(),
                 kept_reply_buckets = r.kept.reply_buckets,
                 kept_flows = r.kept.flows,
                 kept_sessions = r.kept.sessions,
-                "config reloaded"
+                "config reloaded: {}",
+                PolicySizes(&r.config.policy)
             );
             r.config
         }
@@ -278,5 +267,24 @@ fn reload(dp: &Dataplane, running: Config) -> Config {
             tracing::error!("config reload failed, the running config stays in force: {e}");
             running
         }
+    }
+}
+
+/// The policy's sizes and action, as the start and reload log lines show them.
+struct PolicySizes<'a>(&'a op25b::policy::Policy);
+
+impl std::fmt::Display for PolicySizes<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let p = self.0;
+        write!(
+            f,
+            "subscriber_prefixes={} dynamic={} exempt_sources={} relays={} action={} rules={}",
+            p.subscriber_prefixes.len(),
+            p.op25b.dynamic.len(),
+            p.op25b.exempt_sources.len(),
+            p.op25b.relays.len(),
+            p.op25b.action,
+            p.rules.slots().len()
+        )
     }
 }

@@ -65,31 +65,21 @@ pub struct Kept {
 
 /// Checks `new` against the running config and prepares the policy to switch to.
 pub fn prepare(running: &Config, mut new: Config) -> Result<Reload, ReloadError> {
-    let fixed = |key: &'static str, was: String, now: String| ReloadError::Fixed {
-        file: new.path.display().to_string(),
-        key,
-        was,
-        now,
-    };
-    let opt = |n: &Option<String>| n.as_deref().map_or_else(|| "(none)".to_string(), |s| format!("{s:?}"));
-    for (name, was, now) in
-        [("subscriber", &running.subscriber, &new.subscriber), ("upstream", &running.upstream, &new.upstream)]
-    {
-        if was.tun != now.tun {
-            let key = if name == "subscriber" { "subscriber.tun" } else { "upstream.tun" };
-            return Err(fixed(key, format!("{:?}", was.tun), format!("{:?}", now.tun)));
-        }
-        if was.netns != now.netns {
-            let key = if name == "subscriber" { "subscriber.netns" } else { "upstream.netns" };
-            return Err(fixed(key, opt(&was.netns), opt(&now.netns)));
-        }
-        if was.mtu != now.mtu {
-            let key = if name == "subscriber" { "subscriber.mtu" } else { "upstream.mtu" };
-            return Err(fixed(key, was.mtu.to_string(), now.mtu.to_string()));
-        }
-    }
-    if running.dataplane != new.dataplane {
-        return Err(fixed("dataplane", format!("{:?}", running.dataplane), format!("{:?}", new.dataplane)));
+    let netns = |n: &Option<String>| n.as_deref().map_or_else(|| "(none)".to_string(), |s| format!("{s:?}"));
+    let (a, b) = (&running.subscriber, &new.subscriber);
+    let (c, d) = (&running.upstream, &new.upstream);
+    // The settings that only apply at start, as (key, running, in the file).
+    let fixed = [
+        ("subscriber.tun", format!("{:?}", a.tun), format!("{:?}", b.tun)),
+        ("subscriber.netns", netns(&a.netns), netns(&b.netns)),
+        ("subscriber.mtu", a.mtu.to_string(), b.mtu.to_string()),
+        ("upstream.tun", format!("{:?}", c.tun), format!("{:?}", d.tun)),
+        ("upstream.netns", netns(&c.netns), netns(&d.netns)),
+        ("upstream.mtu", c.mtu.to_string(), d.mtu.to_string()),
+        ("dataplane", format!("{:?}", running.dataplane), format!("{:?}", new.dataplane)),
+    ];
+    if let Some((key, was, now)) = fixed.into_iter().find(|(_, was, now)| was != now) {
+        return Err(ReloadError::Fixed { file: new.path.display().to_string(), key, was, now });
     }
     let (old, fresh) = (&running.policy, &new.policy);
     let kept = Kept {
