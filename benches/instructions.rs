@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use etherparse::PacketBuilder;
-use op25b::{Config, Direction, Router};
+use op25b::{Config, Direction, Router, RxInfo};
 
 fn tcp4(dport: u16, syn: bool, payload: usize) -> Vec<u8> {
     let b = PacketBuilder::ipv4([100, 64, 1, 10], [203, 0, 113, 25], 64).tcp(40000, dport, 1, 64240);
@@ -75,7 +75,7 @@ fn main() {
     let mut buf = pkt.clone();
     for _ in 0..n {
         let saved = [buf[7], buf[8], buf[10], buf[11]];
-        let v = r.handle(now, Direction::Outbound, black_box(&mut buf), &mut reply);
+        let v = r.handle(now, Direction::Outbound, black_box(&mut buf), &mut reply, RxInfo::default());
         [buf[7], buf[8], buf[10], buf[11]] = saved;
         let _ = black_box(v);
     }

@@ -15,7 +15,7 @@ use ipnet::IpNet;
 use serde::Deserialize;
 use toml::Spanned;
 
-use crate::policy::{Action, Banner, Op25b, Pipeline, Policy, PortSet, PrefixSet, Rule, Runtime};
+use crate::policy::{Action, Banner, Op25b, Pipeline, Policy, PortSet, PrefixSet, Rule};
 use std::sync::Arc;
 
 mod actions;
@@ -310,7 +310,6 @@ impl Config {
         let sets = rules::Sets::compile(&cx, &file.sets)?;
         let compiled = rules::compile(&cx, &sets, &file.rules)?;
         let pipeline = Pipeline::new(compiled.into_iter().map(|r| Box::new(r) as Box<dyn Rule>).collect());
-        let runtime = Arc::new(Runtime::new(&op25b, reply_limit, max_flows, max_flows_per_source));
         let policy = Policy {
             address_v4,
             address_v6,
@@ -322,7 +321,6 @@ impl Config {
             reply_limit,
             max_flows,
             max_flows_per_source,
-            runtime,
         };
         let queue_len = match &file.dataplane.queue_len {
             None => DEFAULT_QUEUE_LEN,
@@ -422,8 +420,8 @@ impl Config {
             let _ = writeln!(s, "rules               (none: everything else is forwarded)");
         } else {
             let _ = writeln!(s, "rules               (in order; first final verdict wins; default forward)");
-            for (i, slot) in p.rules.slots().iter().enumerate() {
-                let _ = writeln!(s, "  {:>3}. {}", i + 1, slot.rule.describe());
+            for (i, rule) in p.rules.rules().iter().enumerate() {
+                let _ = writeln!(s, "  {:>3}. {}", i + 1, rule.describe());
             }
         }
         s

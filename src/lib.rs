@@ -4,27 +4,42 @@
 //! The packet's path:
 //!
 //! ```text
-//! subscriber TUN -> dataplane worker -> Router::handle(now, Outbound, buf, reply) -> upstream TUN
-//!                                         | parse once (PacketView)     -> Drop(reason)
-//!                                         | martians, anti-spoofing     -> Drop(spoofed)
-//!                                         | addressed to the router     -> Reply(echo)
-//!                                         | TTL / hop limit expired     -> Reply(ICMP time exceeded)
-//!                                         | OP25B fast path             -> Reply(RST) / Drop
-//!                                         | egress MTU                  -> Reply(ICMP too big)
-//!                                         | forward: TTL-1, RFC 1624    -> Forward
+//! subscriber TUN -> dataplane worker -> Router::handle(now, Outbound, buf, reply, rx) -> upstream TUN
+//!                                         sanity  parse once (PacketView)       -> Drop(reason)
+//!                                                 martians, anti-spoofing       -> Drop(martian / spoofed)
+//!                                                 fragment overlap, source route -> Drop
+//!                                         local   addressed to the router       -> Reply(echo)
+//!                                                 TTL / hop limit expired       -> Reply(ICMP time exceeded)
+//!                                         op25b   fast path, then its action    -> Reply(RST / ICMP) / Drop /
+//!                                                                                  Terminate (banner) / NAT (redirect)
+//!                                                 inbound: IP25B, un-redirect   -> Drop / rewrite
+//!                                         rules   pipeline, first final verdict -> Drop / Reply / accept
+//!                                         forward egress MTU                    -> Reply(ICMP too big)
+//!                                                 TTL-1, RFC 1624               -> Forward
 //! ```
 //!
-//! The core ([`packet`], [`policy`], [`router`]) does no I/O, reads no clock and
-//! allocates nothing per packet; [`dataplane`] is the thin loop around it.
+//! The core ([`packet`], [`stats`], [`policy`], [`state`], [`router`]) does
+//! no I/O, reads no clock and allocates nothing per packet; [`dataplane`] is
+//! the thin loop around it. Layers point one way, each module importing only
+//! those before it: packet -> stats -> policy -> state -> router -> dataplane,
+//! with config, reload and tools above (docs/ARCHITECTURE.md).
+
+pub mod packet;
+pub mod stats;
+
+pub mod policy;
+pub mod state;
+
+pub mod router;
 
 pub mod config;
 pub mod dataplane;
-pub mod packet;
-pub mod policy;
 pub mod reload;
-pub mod responder;
-pub mod router;
+pub mod testing;
+pub mod tools;
 
 pub use config::{Config, ConfigError};
-pub use router::{Direction, DropReason, ReplyKind, Router, Verdict};
-pub mod tools;
+pub use packet::Direction;
+pub use router::{Router, RxInfo, Verdict};
+pub use state::State;
+pub use stats::{DropReason, ReplyKind, Stats};

@@ -10,10 +10,9 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use op25b::dataplane::Dataplane;
 use op25b::reload::{self, ReloadError};
-use op25b::router::Counters;
 use op25b::tools::{self, replay, spec::PacketSpec};
 use op25b::{Config, Direction, Router, Verdict};
-use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGUSR1};
 
 #[derive(Parser)]
 #[command(name = "op25b", version, about = "Userspace two-TUN router enforcing Outbound Port 25 Blocking")]
@@ -25,10 +24,16 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Create the TUN devices and route between them until SIGINT or SIGTERM.
+    ///
+    /// SIGHUP reloads the config; SIGUSR1 writes the counters to --stats.
     Run {
         /// The config file (TOML).
         #[arg(short, long)]
         config: PathBuf,
+        /// Write every counter here as one JSON object, on SIGUSR1 and when
+        /// op25b stops (written to a temporary file, then renamed).
+        #[arg(long, value_name = "FILE")]
+        stats: Option<PathBuf>,
     },
     /// Validate a config file and print the compiled policy; with --packet,
     /// show what the router would do with one packet, step by step.
@@ -82,7 +87,7 @@ fn main() -> ExitCode {
         .init();
     let cli = Cli::parse();
     let config_path = match &cli.command {
-        Command::Run { config } | Command::Check { config, .. } | Command::Replay { config, .. } => config,
+        Command::Run { config, .. } | Command::Check { config, .. } | Command::Replay { config, .. } => config,
     };
     let config = match Config::load(config_path) {
         Ok(c) => c,
@@ -100,7 +105,7 @@ fn main() -> ExitCode {
         Command::Replay { input, forwarded, dropped, json, .. } => {
             run_replay(&config, &input, replay::ReplayOptions { forwarded, dropped }, json)
         }
-        Command::Run { .. } => run(config).map(|()| ExitCode::SUCCESS),
+        Command::Run { stats, .. } => run(config, stats.as_deref()).map(|()| ExitCode::SUCCESS),
     };
     result.unwrap_or_else(|e| {
         eprintln!("op25b: error: {e:#}");
@@ -209,10 +214,10 @@ fn run_replay(
     Ok(ExitCode::SUCCESS)
 }
 
-fn run(config: Config) -> anyhow::Result<()> {
+fn run(config: Config, stats_file: Option<&std::path::Path>) -> anyhow::Result<()> {
     // Register before the devices exist so an early SIGTERM still cleans up.
-    let mut signals =
-        signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP]).context("installing signal handlers")?;
+    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP, SIGUSR1])
+        .context("installing signal handlers")?;
     let dp = Dataplane::start(&config)?;
     let p = &config.policy;
     let ns = |n: &Option<String>| n.clone().unwrap_or_else(|| "<current>".into());
@@ -229,35 +234,45 @@ fn run(config: Config) -> anyhow::Result<()> {
     let signal = loop {
         match signals.forever().next() {
             Some(SIGHUP) => running = reload(&dp, running),
+            Some(SIGUSR1) => write_stats(stats_file, &dp.stats()),
             Some(signal) => break signal,
             None => break SIGTERM,
         }
     };
     tracing::info!(signal, "stopping");
-    let (tx_errors, rx_errors, batches, packets) = dp.io_totals();
-    let counters = dp.stop();
-    let mut summary: Vec<String> = Counters::summary(&counters).into_iter().map(|(k, v)| format!("{k}={v}")).collect();
-    summary.push(format!("tx_errors={tx_errors}"));
-    summary.push(format!("rx_errors={rx_errors}"));
-    summary.push(format!("batches={batches} packets_read={packets}"));
-    tracing::info!("counters: {}", summary.join(" "));
+    let stats = dp.stop();
+    tracing::info!("counters: {}", stats.summary());
+    write_stats(stats_file, &stats);
     Ok(())
+}
+
+/// Writes the counters as JSON to `path` (if given): to a temporary file
+/// beside it, then renamed, so a reader never sees half a file.
+fn write_stats(path: Option<&std::path::Path>, stats: &op25b::Stats) {
+    let Some(path) = path else { return };
+    let tmp = path.with_extension("tmp");
+    let text = format!("{}\n", stats.to_json());
+    if let Err(e) = std::fs::write(&tmp, text).and_then(|()| std::fs::rename(&tmp, path)) {
+        tracing::error!(file = %path.display(), error = %e, "cannot write the counters");
+    }
 }
 
 /// SIGHUP: reads the config file again and puts its policy in force; on any
 /// error logs one line (`file:line: key: message`) and keeps the running one.
 fn reload(dp: &Dataplane, running: Config) -> Config {
+    let state = dp.state();
     let prepared =
-        Config::load(&running.path).map_err(ReloadError::from).and_then(|new| reload::prepare(&running, new));
+        Config::load(&running.path).map_err(ReloadError::from).and_then(|new| reload::prepare(&running, &state, new));
     match prepared {
         Ok(r) => {
             // Every batch a worker starts after the log line uses the new policy.
-            dp.set_policy(r.config.policy.clone());
+            dp.set_policy(r.config.policy.clone(), r.state);
             tracing::info!(
                 file = %r.config.path.display(),
                 kept_reply_buckets = r.kept.reply_buckets,
                 kept_flows = r.kept.flows,
                 kept_sessions = r.kept.sessions,
+                kept_rule_buckets = r.kept.rule_buckets,
                 "config reloaded: {}",
                 PolicySizes(&r.config.policy)
             );
@@ -284,7 +299,7 @@ impl std::fmt::Display for PolicySizes<'_> {
             p.op25b.exempt_sources.len(),
             p.op25b.relays.len(),
             p.op25b.action,
-            p.rules.slots().len()
+            p.rules.len()
         )
     }
 }

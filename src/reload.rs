@@ -7,21 +7,16 @@
 //! changes them is refused, like an invalid file, and the running policy stays.
 //!
 //! State: each part of the running state carries over when the settings it
-//! was built for are unchanged, and starts afresh otherwise:
-//! - the reply buckets: the reply limit (`reply_rate`, `reply_burst`);
-//! - the redirect flows: the action stays `redirect` with the same targets and
-//!   flow bounds (`max_flows`, `max_flows_per_source`);
-//! - the banner sessions: the action stays `banner` with the same ports and
-//!   banner settings (text, session bounds, timeout).
-//!
-//! A part that starts afresh cuts what it held: connections in progress
-//! through a redirect or a banner session end. The router's counters go on;
-//! per-rule counters start again with the new rules.
-
-use std::sync::Arc;
+//! was built for are unchanged, and starts afresh otherwise (see
+//! [`State::carry_over`]): the reply buckets, the redirect flows, the banner
+//! sessions, and the buckets of each rate-limit rule (by name and limit). A
+//! part that starts afresh cuts what it held: connections in progress through
+//! a redirect or a banner session end. The router's counters go on; per-rule
+//! counters carry over by rule name.
 
 use crate::config::{Config, ConfigError};
-use crate::policy::{Action, Policy, Runtime};
+pub use crate::state::Kept;
+use crate::state::State;
 
 /// Why a reload was refused. The running policy stays in force.
 #[derive(Debug, thiserror::Error)]
@@ -48,23 +43,15 @@ pub enum ReloadError {
 pub struct Reload {
     /// The new config, its policy ready to be put in force.
     pub config: Config,
-    /// Which parts of the running state the new policy took over.
+    /// The state to run it with: the running state's parts that carry over.
+    pub state: State,
+    /// Which parts of the running state carried over.
     pub kept: Kept,
 }
 
-/// The parts of the running state a reload carried over.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Kept {
-    /// The reply rate limiter's buckets.
-    pub reply_buckets: bool,
-    /// The redirect flow table (meaningful with `action = "redirect"`).
-    pub flows: bool,
-    /// The banner responder and its sessions (with `action = "banner"`).
-    pub sessions: bool,
-}
-
-/// Checks `new` against the running config and prepares the policy to switch to.
-pub fn prepare(running: &Config, mut new: Config) -> Result<Reload, ReloadError> {
+/// Checks `new` against the running config (whose state is `state`) and
+/// prepares the policy and state to switch to.
+pub fn prepare(running: &Config, state: &State, new: Config) -> Result<Reload, ReloadError> {
     let netns = |n: &Option<String>| n.as_deref().map_or_else(|| "(none)".to_string(), |s| format!("{s:?}"));
     let (a, b) = (&running.subscriber, &new.subscriber);
     let (c, d) = (&running.upstream, &new.upstream);
@@ -81,42 +68,8 @@ pub fn prepare(running: &Config, mut new: Config) -> Result<Reload, ReloadError>
     if let Some((key, was, now)) = fixed.into_iter().find(|(_, was, now)| was != now) {
         return Err(ReloadError::Fixed { file: new.path.display().to_string(), key, was, now });
     }
-    let (old, fresh) = (&running.policy, &new.policy);
-    let kept = Kept {
-        reply_buckets: old.reply_limit == fresh.reply_limit,
-        flows: same_flow_settings(old, fresh),
-        sessions: same_banner_settings(old, fresh),
-    };
-    let mut runtime: Runtime = (*fresh.runtime).clone();
-    if kept.reply_buckets {
-        runtime.replies = Arc::clone(&old.runtime.replies);
-    }
-    if kept.flows {
-        runtime.conntrack = Arc::clone(&old.runtime.conntrack);
-    }
-    if kept.sessions {
-        runtime.responder.clone_from(&old.runtime.responder);
-        runtime.responder_deadline.clone_from(&old.runtime.responder_deadline);
-    }
-    new.policy.runtime = Arc::new(runtime);
-    Ok(Reload { config: new, kept })
-}
-
-/// Whether the redirect flows of `a` stay valid under `b`.
-fn same_flow_settings(a: &Policy, b: &Policy) -> bool {
-    let (x, y) = (&a.op25b, &b.op25b);
-    x.action == Action::Redirect
-        && y.action == Action::Redirect
-        && x.redirect_v4 == y.redirect_v4
-        && x.redirect_v6 == y.redirect_v6
-        && a.max_flows == b.max_flows
-        && a.max_flows_per_source == b.max_flows_per_source
-}
-
-/// Whether the banner responder of `a` serves `b` as it is.
-fn same_banner_settings(a: &Policy, b: &Policy) -> bool {
-    let (x, y) = (&a.op25b, &b.op25b);
-    x.action == Action::Banner && y.action == Action::Banner && x.ports == y.ports && x.banner == y.banner
+    let (state, kept) = state.carry_over(&running.policy, &new.policy);
+    Ok(Reload { config: new, state, kept })
 }
 
 #[cfg(test)]

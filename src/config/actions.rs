@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use super::{ActionName, ConfigError, Ctx, Op25bSection};
-use crate::policy::ratelimit::Limit;
+use crate::policy::Limit;
 use crate::policy::Op25b;
 
 /// Default reply limit per address: like Linux's ICMP rate limit, a short

@@ -16,12 +16,19 @@ use crate::config::DeviceConfig;
 
 /// Why a device could not be set up.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum DeviceError {
     /// The namespace does not exist or cannot be joined.
     #[error("network namespace {name:?} (/run/netns/{name}): {source}")]
     Netns {
         /// Namespace name.
         name: String,
+        /// The cause.
+        source: io::Error,
+    },
+    /// A worker thread could not be started.
+    #[error("cannot start a worker thread: {source}")]
+    Spawn {
         /// The cause.
         source: io::Error,
     },

@@ -27,19 +27,20 @@ pub mod device;
 mod gro;
 mod worker;
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use tun_rs::{InterruptEvent, SyncDevice, VIRTIO_NET_HDR_LEN};
 
 use crate::config::{Config, DataplaneConfig};
+use crate::packet::Direction;
 use crate::policy::Policy;
-use crate::router::{Counters, Direction, Router};
+use crate::router::Router;
+use crate::state::State;
+use crate::stats::{Counters, Stats};
 use arc_swap::ArcSwap;
 
 pub use device::DeviceError;
-pub use worker::IoCounters;
-use worker::{Queue, Side, Worker};
+use worker::{IoCounters, Queue, Side, Worker};
 
 /// Whether a worker takes packets from the reverse direction's queue after
 /// its own drain (see the module docs).
@@ -59,6 +60,15 @@ pub fn workers_per_direction(configured: Option<u16>) -> usize {
     }
 }
 
+/// The policy in force and its state, swapped together on a reload.
+#[derive(Debug)]
+pub struct Active {
+    /// The tables.
+    pub policy: Arc<Policy>,
+    /// The runtime state the workers share under this policy.
+    pub state: Arc<State>,
+}
+
 /// A running data plane.
 pub struct Dataplane {
     workers: Vec<std::thread::JoinHandle<()>>,
@@ -66,8 +76,8 @@ pub struct Dataplane {
     io: Vec<Arc<IoCounters>>,
     stop: Arc<InterruptEvent>,
     offload: bool,
-    /// The policy in force; the workers pick up a new one before their next batch.
-    policy: Arc<ArcSwap<Policy>>,
+    /// What is in force; the workers pick up a new one before their next batch.
+    active: Arc<ArcSwap<Active>>,
 }
 
 impl Dataplane {
@@ -80,22 +90,18 @@ impl Dataplane {
             what: "create interrupt event",
             source,
         })?);
-        let policy = Arc::new(ArcSwap::from_pointee(config.policy.clone()));
-        let mut dp = Dataplane {
-            workers: Vec::new(),
-            counters: Vec::new(),
-            io: Vec::new(),
-            stop,
-            offload,
-            policy: policy.clone(),
-        };
+        let policy = Arc::new(config.policy.clone());
+        let state = Arc::new(State::new(&policy));
+        let active = Arc::new(ArcSwap::from_pointee(Active { policy, state }));
+        let mut dp =
+            Dataplane { workers: Vec::new(), counters: Vec::new(), io: Vec::new(), stop, offload, active };
         let sub: Vec<Arc<Queue>> = sub.into_iter().map(|d| Arc::new(Queue::new(d))).collect();
         let up: Vec<Arc<Queue>> = up.into_iter().map(|d| Arc::new(Queue::new(d))).collect();
         for (i, (s, u)) in sub.iter().zip(&up).enumerate() {
             for (dir, ingress, egress) in
                 [(Direction::Outbound, s.clone(), u.clone()), (Direction::Inbound, u.clone(), s.clone())]
             {
-                dp.spawn(i, dir, (ingress, egress), policy.clone(), offload, config.dataplane.busy_poll)?;
+                dp.spawn(i, dir, (ingress, egress), offload, config.dataplane.busy_poll)?;
             }
         }
         tracing::debug!(workers_per_direction = n, "data plane started");
@@ -107,17 +113,12 @@ impl Dataplane {
         index: usize,
         dir: Direction,
         (ingress, egress): (Arc<Queue>, Arc<Queue>),
-        policy: Arc<ArcSwap<Policy>>,
         offload: bool,
         busy_poll: std::time::Duration,
     ) -> Result<(), DeviceError> {
-        let reverse = match dir {
-            Direction::Outbound => Direction::Inbound,
-            Direction::Inbound => Direction::Outbound,
-        };
-        let current = policy.load_full();
-        let own = Router::new(current.clone());
-        let rev = Router::new(current);
+        let current = self.active.load_full();
+        let own = Router::with_state(current.policy.clone(), current.state.clone());
+        let rev = Router::with_state(current.policy.clone(), current.state.clone());
         self.counters.push(own.counters().clone());
         self.counters.push(rev.counters().clone());
         let io = Arc::new(IoCounters::default());
@@ -125,29 +126,31 @@ impl Dataplane {
         let stop = self.stop.clone();
         let worker = Worker {
             own: Side { dir, router: own },
-            reverse: Side { dir: reverse, router: rev },
+            reverse: Side { dir: dir.reverse(), router: rev },
             offset: if offload { VIRTIO_NET_HDR_LEN } else { 0 },
             io,
             peek: PEEK,
             busy_poll,
-            policy: arc_swap::Cache::new(policy),
+            active: arc_swap::Cache::new(Arc::clone(&self.active)),
         };
         let handle = std::thread::Builder::new()
             .name(format!("op25b-{}-{index}", dir.name()))
             .spawn(move || worker.run(&ingress, &egress, &stop))
-            .map_err(|source| DeviceError::Tun {
-                name: format!("worker {}", dir.name()),
-                what: "spawn thread",
-                source,
-            })?;
+            .map_err(|source| DeviceError::Spawn { source })?;
         self.workers.push(handle);
         Ok(())
     }
 
-    /// Puts `policy` in force (a config reload). Each worker switches before
-    /// its next batch; a packet is judged wholly by one policy or the other.
-    pub fn set_policy(&self, policy: Policy) {
-        self.policy.store(Arc::new(policy));
+    /// Puts `policy` in force with `state` (a config reload). Each worker
+    /// switches before its next batch; a packet is judged wholly by one
+    /// policy or the other.
+    pub fn set_policy(&self, policy: Policy, state: State) {
+        self.active.store(Arc::new(Active { policy: Arc::new(policy), state: Arc::new(state) }));
+    }
+
+    /// The state in force (a reload carries parts of it over).
+    pub fn state(&self) -> Arc<State> {
+        Arc::clone(&self.active.load().state)
     }
 
     /// Whether the devices use the virtio-net header (GSO/GRO offload).
@@ -155,28 +158,31 @@ impl Dataplane {
         self.offload
     }
 
-    /// The routers' counters, one per worker.
-    pub fn counters(&self) -> &[Arc<Counters>] {
-        &self.counters
+    /// A snapshot of every counter: the routers', the devices', the responder's.
+    pub fn stats(&self) -> Stats {
+        let mut s = Stats::default();
+        for c in &self.counters {
+            c.add_to(&mut s);
+        }
+        for io in &self.io {
+            io.add_to(&mut s.devices);
+        }
+        s.responder = self.active.load().state.responder_stats();
+        s
     }
 
-    /// Totals of the workers' I/O counters: (tx_errors, rx_errors, batches, packets).
-    pub fn io_totals(&self) -> (u64, u64, u64, u64) {
-        let sum = |f: fn(&IoCounters) -> &AtomicU64| self.io.iter().map(|c| f(c).load(Ordering::Relaxed)).sum();
-        (sum(|c| &c.tx_errors), sum(|c| &c.rx_errors), sum(|c| &c.batches), sum(|c| &c.packets))
-    }
-
-    /// Stops the workers and waits for them; the devices close with the last reference.
-    pub fn stop(self) -> Vec<Arc<Counters>> {
+    /// Stops the workers and waits for them; the devices close with the last
+    /// reference. The final figures.
+    pub fn stop(mut self) -> Stats {
         if let Err(e) = self.stop.trigger() {
             tracing::error!(error = %e, "cannot wake the workers");
         }
-        for w in self.workers {
+        for w in std::mem::take(&mut self.workers) {
             if w.join().is_err() {
                 tracing::error!("a worker panicked");
             }
         }
-        self.counters
+        self.stats()
     }
 }
 

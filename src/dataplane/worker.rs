@@ -1,23 +1,28 @@
 //! The worker loop: drain one TUN queue through a [`Router`], then peek at the
-//! reverse direction's queue, then sleep.
+//! reverse direction's queue, run the banner responder's due timers, then sleep.
 //!
 //! Invariants:
 //! - At most one thread drains a queue at a time (the queue's drain lock), so
 //!   the packets of a flow leave in the order they came, even though two
 //!   workers may read the same queue.
 //! - Nothing on the packet path allocates: the buffers, the reply buffer and
-//!   the UDP coalescer are made once per worker.
+//!   the UDP coalescer are made once per worker; the banner responder writes
+//!   into fixed slots and its output is copied into the reply buffer.
+//! - Every counter here has one writer, this worker ([`IoCounters`]).
 
 use std::io;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tun_rs::{InterruptEvent, SyncDevice, VirtioNetHdr};
 
 use super::gro::UdpCoalescer;
-use crate::policy::Policy;
-use crate::router::{Direction, Router, RxInfo, Verdict};
+use super::Active;
+use crate::packet::Direction;
+use crate::router::{Router, RxInfo, Verdict};
+use crate::state::State;
+use crate::stats::{Counter, DeviceStats};
 
 /// Room for any reply the router builds: ICMP errors stay within 1280 bytes,
 /// but an echo reply is as large as its request.
@@ -42,17 +47,43 @@ const PEEK_MAX: usize = 64;
 /// and the banner responder's timers at least this often.
 const MAX_SLEEP: Duration = Duration::from_secs(1);
 
-/// I/O counters of one worker.
+/// The I/O counters of one worker, per device (0 subscriber, 1 upstream).
 #[derive(Debug, Default)]
-pub struct IoCounters {
-    /// Writes that failed (link down, no buffer space, ...).
-    pub tx_errors: AtomicU64,
-    /// Reads that failed with an error other than "nothing to read".
-    pub rx_errors: AtomicU64,
-    /// Wake-ups that found packets.
-    pub batches: AtomicU64,
-    /// Packets read (a GSO super-packet counts once).
-    pub packets: AtomicU64,
+pub(crate) struct IoCounters {
+    rx_packets: [Counter; 2],
+    rx_bytes: [Counter; 2],
+    rx_errors: [Counter; 2],
+    tx_packets: [Counter; 2],
+    tx_errors: [Counter; 2],
+    batches: [Counter; 2],
+}
+
+impl IoCounters {
+    /// Adds this worker's counts to the devices' figures.
+    pub(crate) fn add_to(&self, devices: &mut [DeviceStats; 2]) {
+        for (i, d) in devices.iter_mut().enumerate() {
+            d.rx_packets += self.rx_packets[i].get();
+            d.rx_bytes += self.rx_bytes[i].get();
+            d.rx_errors += self.rx_errors[i].get();
+            d.tx_packets += self.tx_packets[i].get();
+            d.tx_errors += self.tx_errors[i].get();
+            d.batches += self.batches[i].get();
+        }
+    }
+
+    fn sent(&self, dev: usize, result: io::Result<usize>, dir: Direction) {
+        match result {
+            Ok(_) => self.tx_packets[dev].add(1),
+            Err(e) => {
+                // EIO while a link is down, ENOBUFS under pressure: a drop, not fatal.
+                self.tx_errors[dev].add(1);
+                let count = self.tx_errors[dev].get();
+                if count.is_power_of_two() {
+                    tracing::debug!(direction = dir.name(), error = %e, count, "write failed");
+                }
+            }
+        }
+    }
 }
 
 /// One TUN queue (file descriptor) and its drain lock.
@@ -111,8 +142,8 @@ pub(crate) struct Worker {
     /// once. Spinning trades a core for the wake-up latency of the next
     /// packet; see docs/PERFORMANCE.md for what it buys.
     pub(crate) busy_poll: Duration,
-    /// The policy in force, as the data plane holds it (reloads swap it).
-    pub(crate) policy: arc_swap::Cache<Arc<arc_swap::ArcSwap<Policy>>, Arc<Policy>>,
+    /// The policy and state in force, as the data plane holds them (reloads swap them).
+    pub(crate) active: arc_swap::Cache<Arc<arc_swap::ArcSwap<Active>>, Arc<Active>>,
 }
 
 /// Buffers of one worker, allocated once.
@@ -120,18 +151,31 @@ struct Bufs {
     buf: Vec<u8>,
     reply: Vec<u8>,
     gro: UdpCoalescer,
+}
+
+/// What a drain needs besides the side and the buffers.
+struct Io<'a> {
+    counters: &'a IoCounters,
+    off: usize,
+    stop: &'a InterruptEvent,
+    /// Consecutive failed reads.
     failures: u32,
-    now: Instant,
+}
+
+/// The device index (0 subscriber, 1 upstream) packets travelling in `dir` are read from.
+fn ingress_device(dir: Direction) -> usize {
+    dir.index()
 }
 
 impl Worker {
-    /// Switches both routers to the data plane's current policy if a reload
-    /// replaced it (a pointer comparison when nothing changed).
+    /// Switches both routers to the data plane's current policy and state if
+    /// a reload replaced them (a pointer comparison when nothing changed).
     fn sync_policy(&mut self) {
-        let current = self.policy.load();
-        if !Arc::ptr_eq(current, self.own.router.policy_arc()) {
-            self.own.router.set_policy(current.clone());
-            self.reverse.router.set_policy(current.clone());
+        let current = self.active.load();
+        if !Arc::ptr_eq(&current.policy, self.own.router.policy()) {
+            for side in [&mut self.own, &mut self.reverse] {
+                side.router.set_policy(current.policy.clone(), current.state.clone());
+            }
             tracing::debug!(direction = self.own.dir.name(), "worker switched to the reloaded policy");
         }
     }
@@ -143,49 +187,47 @@ impl Worker {
             // A zeroed virtio-net header stays in front of replies: no offload asked.
             reply: vec![0u8; off + REPLY_BUF],
             gro: UdpCoalescer::new(off),
-            failures: 0,
-            now: Instant::now(),
         };
+        let io_counters = Arc::clone(&self.io);
+        let mut io = Io { counters: &io_counters, off, stop, failures: 0 };
+        let mut now = Instant::now();
         let dir = self.own.dir.name();
+        // The subscriber side's queue of this worker: where banner output goes.
+        let subscriber_side = if self.own.dir == Direction::Outbound { ingress } else { egress };
         tracing::debug!(direction = dir, offload = off > 0, "worker started");
         'outer: loop {
             self.sync_policy();
             ingress.lock();
-            let r = drain(&mut self.own, &self.io, off, &mut b, ingress, egress, DRAIN_MAX, stop);
+            let r = drain(&mut self.own, &mut io, &mut b, &mut now, (ingress, egress), DRAIN_MAX);
             ingress.unlock();
             let n = match r {
                 Drained::Done(n) => n,
                 Drained::Stop => break,
             };
-            if n > 0 {
-                self.io.batches.fetch_add(1, Ordering::Relaxed);
-                self.io.packets.fetch_add(n as u64, Ordering::Relaxed);
-            }
             if self.peek && egress.try_lock() {
                 // A reload during the drain: the queue's owner may have
                 // switched already, so the peek must not use the old policy.
                 self.sync_policy();
-                let r = drain(&mut self.reverse, &self.io, off, &mut b, egress, ingress, PEEK_MAX, stop);
+                let r = drain(&mut self.reverse, &mut io, &mut b, &mut now, (egress, ingress), PEEK_MAX);
                 egress.unlock();
-                if let Drained::Done(k) = r {
-                    self.io.packets.fetch_add(k as u64, Ordering::Relaxed);
+                if let Drained::Stop = r {
+                    break;
                 }
             }
             // The banner responder's timers (retransmissions, expiry) run in
             // whichever worker finds them due, also while traffic keeps it
             // from sleeping; what the responder sends goes to the subscriber.
-            let subscriber_side = if self.own.dir == Direction::Outbound { ingress } else { egress };
-            let timer = self.own.router.policy().runtime.responder_deadline.as_ref().and_then(|d| d.load());
-            if timer.is_some_and(|at| at <= b.now) {
-                b.now = Instant::now();
-                let now = b.now;
-                let dir = self.own.dir;
-                respond(&self.own.router, off, &mut b.reply, subscriber_side, &self.io, dir, |r| r.poll(now));
+            let state = Arc::clone(self.own.router.state());
+            let timer = state.poll_timeout();
+            if timer.is_some_and(|at| at <= now) {
+                now = Instant::now();
+                state.handle_timeout(now);
+                transmit(&state, now, &mut b.reply, &io, subscriber_side, self.own.dir);
                 continue;
             }
             if n == DRAIN_MAX {
                 // More may be waiting: drain again before sleeping.
-                b.now = Instant::now();
+                now = Instant::now();
                 continue;
             }
             if !self.busy_poll.is_zero() {
@@ -195,7 +237,7 @@ impl Worker {
                         break 'outer;
                     }
                     if readable(&ingress.dev) {
-                        b.now = Instant::now();
+                        now = Instant::now();
                         continue 'outer;
                     }
                     if Instant::now() >= until {
@@ -208,10 +250,10 @@ impl Worker {
             // a reloaded policy (and lets go of the old one) and runs timers.
             let timeout = timer.map_or(MAX_SLEEP, |at| at.saturating_duration_since(Instant::now()).min(MAX_SLEEP));
             match ingress.dev.wait_readable_intr_timeout(stop, Some(timeout)) {
-                Ok(()) => b.now = Instant::now(),
+                Ok(()) => now = Instant::now(),
                 Err(_) if stop.is_trigger() => break,
                 // Back to the top: the policy check, then the due timers.
-                Err(e) if e.kind() == io::ErrorKind::TimedOut => b.now = Instant::now(),
+                Err(e) if e.kind() == io::ErrorKind::TimedOut => now = Instant::now(),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => {
                     tracing::error!(direction = dir, error = %e, "cannot wait for the device; worker stops");
@@ -237,18 +279,18 @@ thread_local! {
 
 /// Reads from `from` until it is empty or `max` packets were read, judges each
 /// with `side.router`, forwards to `to` and replies through `from`.
-#[allow(clippy::too_many_arguments)]
 fn drain(
     side: &mut Side,
-    io: &IoCounters,
-    off: usize,
+    io: &mut Io<'_>,
     b: &mut Bufs,
-    from: &Queue,
-    to: &Queue,
+    now: &mut Instant,
+    (from, to): (&Queue, &Queue),
     max: usize,
-    stop: &InterruptEvent,
 ) -> Drained {
     let dir = side.dir;
+    let off = io.off;
+    let (rx_dev, tx_dev) = (ingress_device(dir), ingress_device(dir.reverse()));
+    let c = io.counters;
     let mut n = 0;
     let result = loop {
         if n == max {
@@ -259,89 +301,87 @@ fn drain(
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => break Drained::Done(n),
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => {
-                b.failures += 1;
-                let count = io.rx_errors.fetch_add(1, Ordering::Relaxed) + 1;
+                io.failures += 1;
+                c.rx_errors[rx_dev].add(1);
+                let count = c.rx_errors[rx_dev].get();
                 if count.is_power_of_two() {
                     tracing::warn!(direction = dir.name(), error = %e, count, "read failed");
                 }
-                if b.failures >= MAX_READ_FAILURES || stop.is_trigger() {
+                if io.failures >= MAX_READ_FAILURES || io.stop.is_trigger() {
                     tracing::error!(direction = dir.name(), error = %e, "device keeps failing; worker stops");
                     break Drained::Stop;
                 }
                 continue;
             }
         };
-        b.failures = 0;
+        io.failures = 0;
         n += 1;
         // One clock read per 64 packets of a burst: the core only needs
         // time for rate limits, at millisecond grain.
         if n % 64 == 0 {
-            b.now = Instant::now();
+            *now = Instant::now();
         }
         if len <= off {
-            io.rx_errors.fetch_add(1, Ordering::Relaxed);
+            c.rx_errors[rx_dev].add(1);
             continue;
         }
+        c.rx_packets[rx_dev].add(1);
+        c.rx_bytes[rx_dev].add((len - off) as u64);
         let rx = if off > 0 { rx_info(&b.buf[..off]) } else { RxInfo::default() };
         let gso = rx.gso_size;
         let packet = &mut b.buf[off..len];
-        let verdict = side.router.handle_offloaded(b.now, dir, packet, &mut b.reply[off..], rx);
-        let sent = match verdict {
+        let verdict = side.router.handle(*now, dir, packet, &mut b.reply[off..], rx);
+        match verdict {
             Verdict::Forward { len } => {
                 if gso.is_none() && b.gro.enabled() {
                     // Small packets of one UDP flow leave as one GSO packet.
-                    match b.gro.push(&b.buf[..off + len]) {
-                        Ok(()) => continue,
-                        Err(()) => {
-                            flush(&mut b.gro, &to.dev, io, dir);
-                            match b.gro.push(&b.buf[..off + len]) {
-                                Ok(()) => continue,
-                                Err(()) => to.dev.send(&b.buf[..off + len]),
-                            }
-                        }
+                    if b.gro.push(&b.buf[..off + len]).is_ok() {
+                        continue;
+                    }
+                    flush(&mut b.gro, &to.dev, io.counters, tx_dev, dir);
+                    if b.gro.push(&b.buf[..off + len]).is_ok() {
+                        continue;
                     }
                 } else {
-                    flush(&mut b.gro, &to.dev, io, dir);
-                    // The virtio-net header goes out as it came in: the headers
-                    // it describes (offsets, segment size) did not move.
-                    to.dev.send(&b.buf[..off + len])
+                    flush(&mut b.gro, &to.dev, io.counters, tx_dev, dir);
                 }
+                // The virtio-net header goes out as it came in: the headers
+                // it describes (offsets, segment size) did not move.
+                c.sent(tx_dev, to.dev.send(&b.buf[..off + len]), dir);
             }
             Verdict::Reply { len, kind } => {
                 tracing::debug!(direction = dir.name(), reply = kind.name(), "reply");
-                from.dev.send(&b.reply[..off + len])
+                c.sent(rx_dev, from.dev.send(&b.reply[..off + len]), dir);
             }
             Verdict::Drop(reason) => {
                 tracing::trace!(direction = dir.name(), reason = reason.name(), "drop");
-                continue;
             }
             Verdict::Terminate => {
-                let now = b.now;
-                respond(&side.router, off, &mut b.reply, from, io, dir, |r| r.input(now, &b.buf[off..len]));
-                continue;
+                // The banner action is outbound only: `from` is the subscriber side.
+                transmit(side.router.state(), *now, &mut b.reply, io, from, dir);
             }
-        };
-        if let Err(e) = sent {
-            tx_error(io, dir, &e);
         }
     };
-    flush(&mut b.gro, &to.dev, io, dir);
+    if n > 0 {
+        c.batches[rx_dev].add(1);
+    }
+    flush(&mut b.gro, &to.dev, io.counters, tx_dev, dir);
     result
 }
 
-fn flush(gro: &mut UdpCoalescer, to: &SyncDevice, io: &IoCounters, dir: Direction) {
-    if let Some(bytes) = gro.take() {
-        if let Err(e) = to.send(bytes) {
-            tx_error(io, dir, &e);
-        }
+/// Sends what the banner responder has for the subscriber side (`to`), each
+/// packet with a zeroed virtio-net header in front.
+fn transmit(state: &State, now: Instant, reply: &mut [u8], io: &Io<'_>, to: &Queue, dir: Direction) {
+    let off = io.off;
+    reply[..off].fill(0);
+    while let Some(len) = state.poll_transmit(now, &mut reply[off..]) {
+        io.counters.sent(0, to.dev.send(&reply[..off + len]), dir);
     }
 }
 
-fn tx_error(io: &IoCounters, dir: Direction, e: &io::Error) {
-    // EIO while a link is down, ENOBUFS under pressure: a drop, not fatal.
-    let count = io.tx_errors.fetch_add(1, Ordering::Relaxed) + 1;
-    if count.is_power_of_two() {
-        tracing::debug!(direction = dir.name(), error = %e, count, "write failed");
+fn flush(gro: &mut UdpCoalescer, to: &SyncDevice, counters: &IoCounters, dev: usize, dir: Direction) {
+    if let Some(bytes) = gro.take() {
+        counters.sent(dev, to.send(bytes), dir);
     }
 }
 
@@ -354,31 +394,4 @@ fn rx_info(header: &[u8]) -> RxInfo {
     // gso_type: 0 none, 1 TCPv4, 3 UDP (UFO), 4 TCPv6, 5 UDP L4; 0x80 is the ECN bit.
     let gso_size = (h.gso_type & 0x7f != 0 && h.gso_size > 0).then_some(h.gso_size);
     RxInfo { gso_size, csum_partial: h.flags & super::gro::VIRTIO_NET_HDR_F_NEEDS_CSUM != 0 }
-}
-
-/// Runs `step` on the banner responder (if the policy has one) and sends what
-/// it has to send back to the subscriber side (`to`), each with a zeroed
-/// virtio-net header in front.
-#[allow(clippy::too_many_arguments)]
-fn respond(
-    router: &Router,
-    off: usize,
-    reply: &mut [u8],
-    to: &Queue,
-    io: &IoCounters,
-    dir: Direction,
-    step: impl FnOnce(&mut crate::responder::Responder),
-) {
-    let Some(mut r) = router.policy().runtime.responder() else {
-        return;
-    };
-    step(&mut r);
-    reply[..off].fill(0);
-    let runtime = &router.policy().runtime;
-    let now = Instant::now();
-    while let Some(len) = r.transmit_limited(&mut reply[off..], |to| runtime.allow_reply(to, now)) {
-        if let Err(e) = to.dev.send(&reply[..off + len]) {
-            tx_error(io, dir, &e);
-        }
-    }
 }

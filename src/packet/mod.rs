@@ -1,5 +1,6 @@
 //! Packets on the wire: the parsed view, in-place rewrites with incremental
-//! checksums, and the builders for the replies the router sends.
+//! checksums, and the builders for the replies the router sends. Also the
+//! shared vocabulary every layer above uses ([`Direction`]).
 
 pub mod checksum;
 pub mod nat;
@@ -8,6 +9,43 @@ pub mod view;
 
 pub use reply::IcmpError;
 pub use view::{proto, tcp_flags, Fragment, IpVersion, PacketView, ParseError, Transport};
+
+/// Which way a packet travels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Direction {
+    /// From the subscriber side to the upstream side.
+    Outbound,
+    /// From the upstream side to the subscriber side.
+    Inbound,
+}
+
+impl Direction {
+    /// Both directions, in counter order.
+    pub const ALL: [Direction; 2] = [Direction::Outbound, Direction::Inbound];
+
+    /// Index in per-direction arrays.
+    #[inline]
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
+    /// The other direction.
+    pub fn reverse(self) -> Direction {
+        match self {
+            Direction::Outbound => Direction::Inbound,
+            Direction::Inbound => Direction::Outbound,
+        }
+    }
+
+    /// Lower-case name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Direction::Outbound => "outbound",
+            Direction::Inbound => "inbound",
+        }
+    }
+}
 
 /// Decrements the TTL / hop limit of the packet `view` was parsed from, updating
 /// the IPv4 header checksum incrementally (RFC 1624). The caller has checked that

@@ -172,6 +172,32 @@ pub struct PacketView {
 }
 
 impl PacketView {
+    /// A view of nothing, for [`PacketView::parse_into`] to fill.
+    pub const EMPTY: PacketView = PacketView {
+        version: IpVersion::V4,
+        src: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+        dst: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+        ttl: 0,
+        protocol: 0,
+        len: 0,
+        l4_offset: 0,
+        fragment: Fragment::Whole,
+        dont_fragment: false,
+        transport: Transport::None,
+        source_routed: false,
+    };
+
+    /// Like [`PacketView::parse`], into a view the caller holds: the router
+    /// parses straight into its per-packet context, where moving the view
+    /// out of a `Result` would copy it once more.
+    #[inline]
+    pub fn parse_into(buf: &[u8], out: &mut PacketView) -> Result<(), ParseError> {
+        if Self::parse_fast(buf, out).is_none() {
+            *out = Self::parse_full(buf)?;
+        }
+        Ok(())
+    }
+
     /// Parses `buf` as an IPv4 or IPv6 packet.
     #[inline]
     pub fn parse(buf: &[u8]) -> Result<PacketView, ParseError> {
@@ -180,26 +206,26 @@ impl PacketView {
         // headers, fragments, anything short or malformed) takes the full
         // walk, which also names what is wrong. Both give the same view for
         // every packet the fast path takes (tested).
-        match Self::parse_fast(buf) {
-            Some(view) => Ok(view),
-            None => Self::parse_full(buf),
-        }
+        let mut view = PacketView::EMPTY;
+        Self::parse_into(buf, &mut view).map(|()| view)
     }
 
-    /// The fixed-offset parse: `None` hands the packet to [`Self::parse_full`].
+    /// The fixed-offset parse, written straight into `out` (a view built
+    /// elsewhere and moved would cost a copy); `None` hands the packet to
+    /// [`Self::parse_full`] and leaves `out` as it was.
     #[inline]
-    fn parse_fast(buf: &[u8]) -> Option<PacketView> {
+    fn parse_fast(buf: &[u8], out: &mut PacketView) -> Option<()> {
         match *buf.first()? {
             0x45 => {
                 let h: &[u8; 20] = buf.get(..20)?.try_into().ok()?;
                 let len = usize::from(u16::from_be_bytes([h[2], h[3]]));
                 let frag = u16::from_be_bytes([h[6], h[7]]);
                 // More-fragments or an offset: the full walk.
-                if len < 20 || len > buf.len() || frag & 0x3fff != 0 || checksum::sum(h) != 0xffff {
+                if len < 20 || len > buf.len() || frag & 0x3fff != 0 || !checksum::ipv4_header_ok(h) {
                     return None;
                 }
                 let transport = fast_transport(&buf[20..len], h[9], proto::ICMP)?;
-                Some(PacketView {
+                *out = PacketView {
                     version: IpVersion::V4,
                     src: IpAddr::V4(Ipv4Addr::new(h[12], h[13], h[14], h[15])),
                     dst: IpAddr::V4(Ipv4Addr::new(h[16], h[17], h[18], h[19])),
@@ -211,7 +237,8 @@ impl PacketView {
                     dont_fragment: frag & 0x4000 != 0,
                     transport,
                     source_routed: false,
-                })
+                };
+                Some(())
             }
             b if b >> 4 == 6 => {
                 let h: &[u8; 40] = buf.get(..40)?.try_into().ok()?;
@@ -226,7 +253,7 @@ impl PacketView {
                     a.copy_from_slice(&h[at..at + 16]);
                     IpAddr::V6(Ipv6Addr::from(a))
                 };
-                Some(PacketView {
+                *out = PacketView {
                     version: IpVersion::V6,
                     src: addr(8),
                     dst: addr(24),
@@ -238,7 +265,8 @@ impl PacketView {
                     dont_fragment: true,
                     transport,
                     source_routed: false,
-                })
+                };
+                Some(())
             }
             _ => None,
         }
@@ -563,8 +591,13 @@ mod tests {
                 seeds.push(p);
             }
         }
+        // The fast parse as a value (it writes into a caller's view).
+        let parse_fast = |p: &[u8]| {
+            let mut v = PacketView::EMPTY;
+            PacketView::parse_fast(p, &mut v).map(|()| v)
+        };
         for (i, seed) in seeds.iter().enumerate() {
-            let fast = PacketView::parse_fast(seed);
+            let fast = parse_fast(seed);
             assert!(i >= plain || fast.is_some(), "seed {i} takes the fast path");
             if let Some(fast) = fast {
                 assert_eq!(Ok(fast), PacketView::parse_full(seed), "seed {i}");
@@ -588,7 +621,7 @@ mod tests {
             if rnd() % 4 != 0 {
                 fix_v4(&mut p);
             }
-            match PacketView::parse_fast(&p) {
+            match parse_fast(&p) {
                 Some(fast) => {
                     assert_eq!(Ok(fast), PacketView::parse_full(&p), "packet {p:02x?}");
                     taken += 1;

@@ -11,129 +11,159 @@
 //! each candidate is what decides, so the index cannot make a rule match that
 //! would not.
 
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::net::IpAddr;
+use std::time::Instant;
 
 use super::rules::{ports_of, ConfigRule, Rule, RuleContext, RuleVerdict};
+use super::Limit;
 use crate::packet::PacketView;
-use std::net::IpAddr;
 
-/// One rule with its counters.
-pub struct Slot {
-    /// The rule.
-    pub rule: Box<dyn Rule>,
-    /// Packets that matched it.
-    pub packets: AtomicU64,
-    /// Bytes that matched it.
-    pub bytes: AtomicU64,
+/// What the pipeline needs from its caller while it evaluates: the counters
+/// of matched rules and the rate-limit buckets (runtime state the policy does
+/// not hold), and, for traces, each step.
+pub trait RuleHooks {
+    /// Whether steps are reported. A tracing evaluation walks every rule in
+    /// order (so the trace names the field each one failed on); otherwise the
+    /// index picks the candidates. Both reach the same verdict.
+    const TRACE: bool;
+
+    /// Rule `index` matched a packet of `bytes` bytes.
+    fn matched(&mut self, index: usize, bytes: usize);
+
+    /// Rate-limit rule `index` matched: take a token from the bucket of the
+    /// packet's source; false when it is empty.
+    fn allow(&mut self, index: usize, limit: Limit, packet: &PacketView, now: Instant) -> bool;
+
+    /// One step of the evaluation (only called when [`RuleHooks::TRACE`]).
+    fn step(&mut self, _index: usize, _rule: &dyn Rule, _step: RuleStep) {}
+}
+
+/// One rule's result in a trace.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RuleStep {
+    /// The rule does not match; the first field that failed, if it can tell.
+    NoMatch(Option<&'static str>),
+    /// The rule matched with this verdict.
+    Matched(RuleVerdict),
 }
 
 enum Stage {
     /// Config rules `first..first + classifier.len` indexed together.
-    Indexed { first: usize, classifier: Box<Classifier> },
+    Indexed { first: usize, last: usize, classifier: Box<Classifier> },
     /// An opaque rule, evaluated on its own.
     Opaque(usize),
 }
 
-/// What the pipeline decided, and which rule decided it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Outcome {
-    /// The final verdict (or `Continue` when no rule decided).
-    pub verdict: RuleVerdict,
-    /// Index of the deciding rule.
-    pub rule: Option<usize>,
-}
-
-/// The ordered rules, shared by all workers.
+/// The ordered rules, shared by all workers; immutable.
 #[derive(Default)]
 pub struct Pipeline {
-    slots: Vec<Slot>,
+    rules: Vec<Box<dyn Rule>>,
     stages: Vec<Stage>,
 }
 
 impl std::fmt::Debug for Pipeline {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_list().entries(self.slots.iter().map(|s| s.rule.describe())).finish()
+        f.debug_list().entries(self.rules.iter().map(|r| r.describe())).finish()
     }
 }
 
 impl Pipeline {
     /// A pipeline of `rules` in order.
     pub fn new(rules: Vec<Box<dyn Rule>>) -> Pipeline {
-        let slots: Vec<Slot> =
-            rules.into_iter().map(|rule| Slot { rule, packets: AtomicU64::new(0), bytes: AtomicU64::new(0) }).collect();
         let mut stages = Vec::new();
         let mut i = 0;
-        while i < slots.len() {
-            if slots[i].rule.as_config_rule().is_none() {
+        while i < rules.len() {
+            if rules[i].as_config_rule().is_none() {
                 stages.push(Stage::Opaque(i));
                 i += 1;
                 continue;
             }
             let first = i;
-            while i < slots.len() && slots[i].rule.as_config_rule().is_some() {
+            while i < rules.len() && rules[i].as_config_rule().is_some() {
                 i += 1;
             }
-            let run: Vec<&ConfigRule> = slots[first..i].iter().filter_map(|s| s.rule.as_config_rule()).collect();
-            stages.push(Stage::Indexed { first, classifier: Box::new(Classifier::new(&run)) });
+            let run: Vec<&ConfigRule> = rules[first..i].iter().filter_map(|r| r.as_config_rule()).collect();
+            stages.push(Stage::Indexed { first, last: i, classifier: Box::new(Classifier::new(&run)) });
         }
-        Pipeline { slots, stages }
+        Pipeline { rules, stages }
     }
 
-    /// Takes the rules back out (counters are dropped).
+    /// Takes the rules back out.
     pub fn into_rules(self) -> Vec<Box<dyn Rule>> {
-        self.slots.into_iter().map(|s| s.rule).collect()
+        self.rules
     }
 
-    /// The rules with their counters.
-    pub fn slots(&self) -> &[Slot] {
-        &self.slots
+    /// The rules, in order.
+    pub fn rules(&self) -> &[Box<dyn Rule>] {
+        &self.rules
+    }
+
+    /// Number of rules.
+    pub fn len(&self) -> usize {
+        self.rules.len()
     }
 
     /// True when there are no rules.
     pub fn is_empty(&self) -> bool {
-        self.slots.is_empty()
+        self.rules.is_empty()
     }
 
-    /// Runs the rules over a packet until one gives a final verdict.
+    /// Runs the rules over a packet until one gives a final verdict: that
+    /// verdict and the index of the deciding rule, or `None` (forward).
     #[inline]
-    pub fn evaluate(&self, p: &PacketView, cx: &RuleContext) -> Outcome {
+    pub fn evaluate<H: RuleHooks>(&self, p: &PacketView, cx: &RuleContext, hooks: &mut H) -> Option<(RuleVerdict, usize)> {
         for stage in &self.stages {
             let decided = match stage {
-                Stage::Opaque(i) => self.run(*i, p, cx),
-                Stage::Indexed { first, classifier } => classifier.candidates(p, cx, |i| self.run(first + i, p, cx)),
+                Stage::Opaque(i) => self.run(*i, p, cx, hooks),
+                Stage::Indexed { first, last, .. } if H::TRACE => {
+                    (*first..*last).find_map(|i| self.run(i, p, cx, hooks))
+                }
+                Stage::Indexed { first, classifier, .. } => {
+                    classifier.candidates(p, cx, |i| self.run(first + i, p, cx, hooks))
+                }
             };
-            if let Some((verdict, rule)) = decided {
-                return Outcome { verdict, rule: Some(rule) };
+            if decided.is_some() {
+                return decided;
             }
         }
-        Outcome { verdict: RuleVerdict::Continue, rule: None }
-    }
-
-    /// Runs every rule in order without the index (for traces and tests).
-    pub fn evaluate_linear(&self, p: &PacketView, cx: &RuleContext) -> Outcome {
-        for i in 0..self.slots.len() {
-            if let Some((verdict, rule)) = self.run(i, p, cx) {
-                return Outcome { verdict, rule: Some(rule) };
-            }
-        }
-        Outcome { verdict: RuleVerdict::Continue, rule: None }
+        None
     }
 
     #[inline]
-    fn run(&self, i: usize, p: &PacketView, cx: &RuleContext) -> Option<(RuleVerdict, usize)> {
-        let slot = &self.slots[i];
-        let v = slot.rule.evaluate(p, cx);
-        if v != RuleVerdict::NoMatch {
-            slot.packets.fetch_add(1, Ordering::Relaxed);
-            slot.bytes.fetch_add(p.len as u64, Ordering::Relaxed);
+    fn run<H: RuleHooks>(
+        &self,
+        i: usize,
+        p: &PacketView,
+        cx: &RuleContext,
+        hooks: &mut H,
+    ) -> Option<(RuleVerdict, usize)> {
+        let rule = &*self.rules[i];
+        let v = match rule.as_config_rule() {
+            Some(c) => match c.first_mismatch(p, cx.direction) {
+                Some(field) => {
+                    if H::TRACE {
+                        hooks.step(i, rule, RuleStep::NoMatch(Some(field)));
+                    }
+                    return None;
+                }
+                None => c.verdict(|limit| hooks.allow(i, limit, p, cx.now)),
+            },
+            None => rule.evaluate(p, cx),
+        };
+        if H::TRACE {
+            let step = match v {
+                RuleVerdict::NoMatch => RuleStep::NoMatch(rule.mismatch(p, cx)),
+                v => RuleStep::Matched(v),
+            };
+            hooks.step(i, rule, step);
         }
+        if v == RuleVerdict::NoMatch {
+            return None;
+        }
+        hooks.matched(i, p.len);
         v.is_final().then_some((v, i))
     }
 }
-
-/// Shared handle used by the router.
-pub type SharedPipeline = Arc<Pipeline>;
 
 /// A field's value space cut into intervals, each with a bitmap of rules.
 #[derive(Debug)]

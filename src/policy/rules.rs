@@ -2,22 +2,22 @@
 //! [`ConfigRule`], the rule type the config file's `[[rule]]` tables compile to.
 //!
 //! A rule sees the packet parsed once ([`PacketView`]) and a small
-//! [`RuleContext`] (direction, time, length), and answers with a
-//! [`RuleVerdict`]: no match, matched-and-continue, or a final verdict. Rules
-//! take `&self` because one pipeline serves every worker: a rule with state
-//! keeps it behind its own lock or atomics (see [`RateLimiter`]).
+//! [`RuleContext`] (direction, time), and answers with a [`RuleVerdict`]: no
+//! match, matched-and-continue, or a final verdict. Rules take `&self`
+//! because one pipeline serves every worker: a rule of your own with state
+//! keeps it behind its own lock or atomics. Config rules keep none: their
+//! rate-limit buckets live in the router's state and reach them through the
+//! pipeline's [`super::RuleHooks`].
 
 use std::fmt::{self, Write as _};
-use std::sync::Mutex;
 use std::time::Instant;
 
-use super::ratelimit::{Limit, RateLimiter};
-use super::{PortSet, PrefixSet};
-use crate::packet::{proto, tcp_flags, PacketView, Transport};
-use crate::router::Direction;
+use super::{Limit, PortSet, PrefixSet};
+use crate::packet::{proto, tcp_flags, Direction, PacketView, Transport};
 
 /// What a rule decided about a packet.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum RuleVerdict {
     /// The rule does not apply; go on with the next.
     NoMatch,
@@ -76,7 +76,8 @@ pub trait Rule: Send + Sync {
 }
 
 /// What a config rule does when it matches.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum RuleAction {
     /// Forward, skipping later rules.
     Accept,
@@ -175,16 +176,11 @@ pub struct ConfigRule {
     pub tcp_flags: Option<FlagMatch>,
     /// What to do on a match.
     pub action: RuleAction,
-    limiter: Option<Mutex<RateLimiter>>,
 }
 
 impl ConfigRule {
     /// A rule with every field "any" and the given action.
     pub fn new(name: impl Into<String>, action: RuleAction) -> ConfigRule {
-        let limiter = match action {
-            RuleAction::RateLimit(limit) => Some(Mutex::new(RateLimiter::new(limit))),
-            _ => None,
-        };
         ConfigRule {
             name: name.into(),
             direction: None,
@@ -195,7 +191,20 @@ impl ConfigRule {
             dst_ports: None,
             tcp_flags: None,
             action,
-            limiter,
+        }
+    }
+
+    /// The verdict of a packet that matched every field; `allow` takes a
+    /// token of a rate-limit rule's bucket for the packet's source.
+    #[inline]
+    pub fn verdict(&self, allow: impl FnOnce(Limit) -> bool) -> RuleVerdict {
+        match self.action {
+            RuleAction::Accept => RuleVerdict::Accept,
+            RuleAction::Drop => RuleVerdict::Drop,
+            RuleAction::Reject => RuleVerdict::Reject,
+            RuleAction::Count => RuleVerdict::Continue,
+            RuleAction::RateLimit(limit) if allow(limit) => RuleVerdict::Continue,
+            RuleAction::RateLimit(_) => RuleVerdict::Limited,
         }
     }
 
@@ -249,30 +258,14 @@ impl Rule for ConfigRule {
         &self.name
     }
 
+    /// On its own, outside a pipeline, a rate-limit rule has no buckets and
+    /// never limits; in the pipeline the router's state holds them.
     #[inline]
     fn evaluate(&self, p: &PacketView, cx: &RuleContext) -> RuleVerdict {
         if self.first_mismatch(p, cx.direction).is_some() {
             return RuleVerdict::NoMatch;
         }
-        match self.action {
-            RuleAction::Accept => RuleVerdict::Accept,
-            RuleAction::Drop => RuleVerdict::Drop,
-            RuleAction::Reject => RuleVerdict::Reject,
-            RuleAction::Count => RuleVerdict::Continue,
-            RuleAction::RateLimit(_) => {
-                let Some(limiter) = &self.limiter else {
-                    return RuleVerdict::Continue;
-                };
-                // A poisoned lock only means another worker panicked mid-update;
-                // the bucket table is still a valid table.
-                let mut l = limiter.lock().unwrap_or_else(|e| e.into_inner());
-                if l.allow(p.src, cx.now) {
-                    RuleVerdict::Continue
-                } else {
-                    RuleVerdict::Limited
-                }
-            }
-        }
+        self.verdict(|_| true)
     }
 
     fn mismatch(&self, p: &PacketView, cx: &RuleContext) -> Option<&'static str> {

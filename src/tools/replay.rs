@@ -12,14 +12,13 @@ use std::fs::File;
 use std::io::{BufReader, BufWriter};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use pcap_file::pcap::{PcapHeader, PcapPacket, PcapReader, PcapWriter};
 use pcap_file::DataLink;
 
 use crate::policy::PrefixSet;
-use crate::router::{Router, Verdict};
+use crate::router::{Router, RxInfo, Verdict};
 use crate::Direction;
 
 /// Why a replay could not start or finish.
@@ -192,7 +191,7 @@ pub fn replay(
         let now = start + ts.saturating_sub(base);
         let n = ip.len().min(buf.len());
         buf[..n].copy_from_slice(&ip[..n]);
-        let verdict = router.handle(now, dir, &mut buf[..n], &mut reply);
+        let verdict = router.handle(now, dir, &mut buf[..n], &mut reply, RxInfo::default());
         *report.verdicts.entry(super::verdict_name(verdict).to_string()).or_default() += 1;
         match verdict {
             Verdict::Forward { .. } => {
@@ -211,18 +210,10 @@ pub fn replay(
             }
         }
     }
-    report.op25b_blocked = router.counters().op25b_blocked.get();
-    report.rules = router
-        .policy()
-        .rules
-        .slots()
-        .iter()
-        .map(|s| RuleCount {
-            name: s.rule.name().to_string(),
-            packets: s.packets.load(Ordering::Relaxed),
-            bytes: s.bytes.load(Ordering::Relaxed),
-        })
-        .collect();
+    let stats = router.stats();
+    report.op25b_blocked = stats.op25b.blocked;
+    report.rules =
+        stats.rules.iter().map(|r| RuleCount { name: r.name.clone(), packets: r.packets, bytes: r.bytes }).collect();
     Ok(report)
 }
 

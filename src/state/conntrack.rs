@@ -28,7 +28,7 @@ use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
-use super::ratelimit::subscriber_key;
+use super::subscriber_key;
 use crate::packet::{tcp_flags, PacketView, Transport};
 
 /// Idle timeout of a half-open flow (SYN sent, no ACK seen yet).
@@ -83,15 +83,20 @@ impl Flow {
 }
 
 /// Why an outbound packet of a blocked flow cannot be redirected.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum CtError {
     /// Not a SYN and no flow: not part of a redirected connection.
+    #[error("not a SYN and no redirected flow")]
     NoFlow,
     /// The table is full of live flows.
+    #[error("the flow table is full")]
     Full,
     /// The same subscriber port already has a redirected flow to another destination.
+    #[error("the subscriber port is redirected for another destination")]
     Collision,
     /// The subscriber already holds its share of the table.
+    #[error("the subscriber holds its share of the flow table")]
     SourceFull,
 }
 

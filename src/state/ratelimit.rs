@@ -15,19 +15,13 @@ use ahash::RandomState;
 use std::net::IpAddr;
 use std::time::Instant;
 
+use super::subscriber_key;
+use crate::policy::Limit;
+
 /// Number of sets.
 pub const SETS: usize = 4096;
 /// Entries per set.
 pub const WAYS: usize = 4;
-
-/// A token-bucket limit: `rate` tokens per second, at most `burst` saved up.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Limit {
-    /// Tokens per second (> 0).
-    pub rate: u32,
-    /// Bucket size (>= 1).
-    pub burst: u32,
-}
 
 #[derive(Debug, Clone, Copy)]
 struct Entry {
@@ -45,18 +39,6 @@ pub struct RateLimiter {
     cap_ns: u64,
     hasher: RandomState,
     table: Box<[Entry]>,
-}
-
-/// The unit a subscriber is limited by: an IPv4 address, or an IPv6 /64 (a
-/// subscriber usually holds a whole /64 or more, and per-address limits would
-/// give it 2^64 of them). In 64 bits: the /64 prefix, or the IPv4 address
-/// under 0xffff_ffff as the top half. IPv6 addresses starting with 0xff are
-/// multicast, which the router drops as a source, so the two never meet.
-pub fn subscriber_key(addr: IpAddr) -> u64 {
-    match addr {
-        IpAddr::V4(a) => 0xffff_ffff_0000_0000 | u64::from(u32::from(a)),
-        IpAddr::V6(a) => (u128::from(a) >> 64) as u64,
-    }
 }
 
 impl RateLimiter {

@@ -1,0 +1,206 @@
+//! Runtime state: what changes while packets pass, apart from the immutable
+//! [`Policy`] tables. Owned by the data plane (one `State` per policy in
+//! force, shared by its workers) and handed to the router with every packet.
+//!
+//! - reply buckets: the per-destination limit on every packet the router
+//!   originates ([`ratelimit`]);
+//! - the redirect flow table ([`conntrack`]);
+//! - the banner responder's sessions ([`responder`]);
+//! - the buckets of config rate-limit rules.
+//!
+//! Each part sits behind its own lock, taken only on the paths that need it
+//! (a reply, a packet of a blocked flow, a rate-limit rule's match), and is
+//! shared through its own `Arc`, so a reload can carry some parts over and
+//! start others afresh ([`State::carry_over`]).
+
+pub mod conntrack;
+pub mod ratelimit;
+pub mod responder;
+
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Instant;
+
+use crate::policy::{Action, Limit, Policy, RuleAction};
+use crate::stats::ResponderStats;
+use conntrack::Conntrack;
+use ratelimit::RateLimiter;
+use responder::Responder;
+
+/// The unit a subscriber is limited by: an IPv4 address, or an IPv6 /64 (a
+/// subscriber usually holds a whole /64 or more, and per-address limits would
+/// give it 2^64 of them). In 64 bits: the /64 prefix, or the IPv4 address
+/// under 0xffff_ffff as the top half. IPv6 addresses starting with 0xff are
+/// multicast, which the router drops as a source, so the two never meet.
+pub fn subscriber_key(addr: IpAddr) -> u64 {
+    match addr {
+        IpAddr::V4(a) => 0xffff_ffff_0000_0000 | u64::from(u32::from(a)),
+        IpAddr::V6(a) => (u128::from(a) >> 64) as u64,
+    }
+}
+
+/// The buckets of one rate-limit rule.
+#[derive(Debug)]
+struct RuleBuckets {
+    name: String,
+    limit: Limit,
+    table: Mutex<RateLimiter>,
+}
+
+/// The runtime state of one policy.
+#[derive(Debug)]
+pub struct State {
+    replies: Arc<Mutex<RateLimiter>>,
+    flows: Arc<Mutex<Conntrack>>,
+    responder: Option<Arc<Responder>>,
+    /// By rule index; `None` for rules that are not config rate limits.
+    rule_buckets: Box<[Option<Arc<RuleBuckets>>]>,
+}
+
+/// The parts of the running state a reload carried over.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Kept {
+    /// The reply rate limiter's buckets (same `reply_rate` and `reply_burst`).
+    pub reply_buckets: bool,
+    /// The redirect flow table (still `redirect`, same targets and bounds).
+    pub flows: bool,
+    /// The banner responder and its sessions (still `banner`, same ports and settings).
+    pub sessions: bool,
+    /// Rate-limit rules whose buckets carried over (same name and limit).
+    pub rule_buckets: usize,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A poisoned lock only means a worker panicked mid-update; every table
+    // here is valid between any two of its operations.
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn rule_buckets(policy: &Policy) -> Box<[Option<Arc<RuleBuckets>>]> {
+    policy
+        .rules
+        .rules()
+        .iter()
+        .map(|r| match r.as_config_rule().map(|c| c.action) {
+            Some(RuleAction::RateLimit(limit)) => Some(Arc::new(RuleBuckets {
+                name: r.name().to_string(),
+                limit,
+                table: Mutex::new(RateLimiter::new(limit)),
+            })),
+            _ => None,
+        })
+        .collect()
+}
+
+impl State {
+    /// Fresh state for `policy`.
+    pub fn new(policy: &Policy) -> State {
+        let op = &policy.op25b;
+        State {
+            replies: Arc::new(Mutex::new(RateLimiter::new(policy.reply_limit))),
+            flows: Arc::new(Mutex::new(Conntrack::new(policy.max_flows, policy.max_flows_per_source))),
+            responder: (op.action == Action::Banner).then(|| Arc::new(Responder::new(&op.ports, &op.banner))),
+            rule_buckets: rule_buckets(policy),
+        }
+    }
+
+    /// The state for `new`, which replaces `old` (whose state this is): each
+    /// part carries over while the settings it was built for hold, and
+    /// starts afresh otherwise.
+    pub fn carry_over(&self, old: &Policy, new: &Policy) -> (State, Kept) {
+        let mut state = State::new(new);
+        let (x, y) = (&old.op25b, &new.op25b);
+        let kept_replies = old.reply_limit == new.reply_limit;
+        let kept_flows = x.action == Action::Redirect
+            && y.action == Action::Redirect
+            && x.redirect_v4 == y.redirect_v4
+            && x.redirect_v6 == y.redirect_v6
+            && old.max_flows == new.max_flows
+            && old.max_flows_per_source == new.max_flows_per_source;
+        let kept_sessions =
+            x.action == Action::Banner && y.action == Action::Banner && x.ports == y.ports && x.banner == y.banner;
+        if kept_replies {
+            state.replies = Arc::clone(&self.replies);
+        }
+        if kept_flows {
+            state.flows = Arc::clone(&self.flows);
+        }
+        if kept_sessions {
+            state.responder.clone_from(&self.responder);
+        }
+        let mut rules = 0;
+        for slot in state.rule_buckets.iter_mut().flatten() {
+            let same = self.rule_buckets.iter().flatten().find(|b| b.name == slot.name && b.limit == slot.limit);
+            if let Some(b) = same {
+                *slot = Arc::clone(b);
+                rules += 1;
+            }
+        }
+        let kept = Kept { reply_buckets: kept_replies, flows: kept_flows, sessions: kept_sessions, rule_buckets: rules };
+        (state, kept)
+    }
+
+    /// Takes a reply token for `to`; false when over the limit.
+    #[inline]
+    pub fn allow_reply(&self, to: IpAddr, now: Instant) -> bool {
+        lock(&self.replies).allow(to, now)
+    }
+
+    /// Takes a token of rate-limit rule `index` for `src`; true when the
+    /// rule has no buckets (not a config rate-limit rule).
+    pub(crate) fn allow_rule(&self, index: usize, src: IpAddr, now: Instant) -> bool {
+        match self.rule_buckets.get(index) {
+            Some(Some(b)) => lock(&b.table).allow(src, now),
+            _ => true,
+        }
+    }
+
+    /// The redirect flow table, locked.
+    pub(crate) fn flows(&self) -> MutexGuard<'_, Conntrack> {
+        lock(&self.flows)
+    }
+
+    /// The banner responder, with `action = "banner"`.
+    pub fn responder(&self) -> Option<&Responder> {
+        self.responder.as_deref()
+    }
+
+    /// The next packet the banner responder has for the subscriber side,
+    /// copied into `out`; RSTs only with a reply token for their destination.
+    pub fn poll_transmit(&self, now: Instant, out: &mut [u8]) -> Option<usize> {
+        self.responder.as_ref()?.poll_transmit(out, |to| self.allow_reply(to, now))
+    }
+
+    /// When [`State::handle_timeout`] must run next, if ever (no lock).
+    #[inline]
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.responder.as_ref().and_then(|r| r.poll_timeout())
+    }
+
+    /// Runs the banner sessions' timers due at `now`.
+    pub fn handle_timeout(&self, now: Instant) {
+        if let Some(r) = &self.responder {
+            r.handle_timeout(now);
+        }
+    }
+
+    /// The responder's figures.
+    pub fn responder_stats(&self) -> ResponderStats {
+        let mut s = ResponderStats::default();
+        if let Some(r) = &self.responder {
+            s.sessions = r.active() as u64;
+            s.rsts_limited = r.rsts_limited();
+        }
+        s
+    }
+
+    /// Whether two states share the part named (for reload tests).
+    #[cfg(test)]
+    pub(crate) fn shares(&self, other: &State) -> (bool, bool, bool) {
+        let responders = match (&self.responder, &other.responder) {
+            (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+            _ => false,
+        };
+        (Arc::ptr_eq(&self.replies, &other.replies), Arc::ptr_eq(&self.flows, &other.flows), responders)
+    }
+}

@@ -1,0 +1,464 @@
+//! One stats model: the counters the data plane writes and the [`Stats`]
+//! snapshot everyone reads (the shutdown log line, `op25b run --stats`,
+//! `replay`, tests, and later the metrics endpoint).
+//!
+//! Invariants: every counter has exactly one writer thread (a worker's router
+//! or its I/O loop), so an increment is a plain load and store, never a locked
+//! read-modify-write; readers sum the writers' counters into a [`Stats`] when
+//! asked. Every verdict bumps exactly one verdict counter of its direction, so
+//! `received = forwarded + dropped + replied + terminated` per direction once
+//! the writers are quiet.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use crate::packet::{Direction, ParseError};
+
+macro_rules! reasons {
+    ($(#[$m:meta])* pub enum $name:ident { $($(#[$vm:meta])* $v:ident => $s:literal,)* }) => {
+        $(#[$m])*
+        pub enum $name { $($(#[$vm])* $v,)* }
+        impl $name {
+            /// Every variant, in counter order.
+            pub const ALL: &'static [$name] = &[$($name::$v,)*];
+            /// Number of variants.
+            pub const COUNT: usize = $name::ALL.len();
+            /// Stable snake_case name, used for counters and logs.
+            pub fn name(self) -> &'static str {
+                match self { $($name::$v => $s,)* }
+            }
+        }
+    };
+}
+
+reasons! {
+    /// Why a packet was dropped. Each reason is one counter.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+    #[non_exhaustive]
+    pub enum DropReason {
+        /// Shorter than its headers.
+        Truncated => "truncated",
+        /// IP version neither 4 nor 6.
+        BadVersion => "bad_version",
+        /// IPv4 IHL or TCP data offset below 5.
+        BadHeaderLen => "bad_header_len",
+        /// Total / payload length beyond the buffer or below the header.
+        BadTotalLen => "bad_total_len",
+        /// Wrong IPv4 header checksum.
+        BadChecksum => "bad_checksum",
+        /// Malformed or too long IPv6 extension-header chain.
+        BadExtHeader => "bad_ext_header",
+        /// First fragment too short for the TCP header (RFC 1858, RFC 7112).
+        TinyFragment => "tiny_fragment",
+        /// Later fragment within the first 128 bytes, which could rewrite the
+        /// first fragment's transport header (RFC 1858).
+        FragmentOverlap => "fragment_overlap",
+        /// Source-routed packet (IPv4 LSRR/SSRR, IPv6 routing header with
+        /// segments left): its real destination is not the one judged.
+        SourceRouted => "source_routed",
+        /// Source not allowed on the side it arrived from (BCP 38).
+        Spoofed => "spoofed",
+        /// Source or destination that is never routed (loopback, multicast source,
+        /// link-local, unspecified, ...).
+        Martian => "martian",
+        /// TTL / hop limit expired where no ICMP error may be sent.
+        TtlExpired => "ttl_expired",
+        /// Larger than the egress MTU where no ICMP error may be sent, or IPv4
+        /// without DF (the router does not fragment).
+        TooBig => "too_big",
+        /// Blocked by OP25B and not answered.
+        Op25bBlocked => "op25b_blocked",
+        /// Addressed to the router itself and not an echo request.
+        Local => "local",
+        /// A new inbound connection to a blocked port of a dynamic address (IP25B).
+        Ip25bBlocked => "ip25b_blocked",
+        /// A reply (RST, ICMP, echo reply, banner session, redirect) over the
+        /// per-address reply limit.
+        ReplyRateLimited => "reply_rate_limited",
+        /// A new redirected connection while the flow table is full.
+        ConntrackFull => "conntrack_full",
+        /// A new redirected connection from a subscriber that holds its share
+        /// of the flow table (`max_flows_per_source`).
+        ConntrackSourceFull => "conntrack_source_full",
+        /// A redirected connection reusing a subscriber port that is redirected
+        /// for another destination.
+        RedirectCollision => "redirect_collision",
+        /// Dropped by a rule.
+        RuleDrop => "rule_drop",
+        /// Rejected by a rule where no reply may be sent.
+        RuleReject => "rule_reject",
+        /// Over a rule's rate limit.
+        RateLimited => "rate_limited",
+    }
+}
+
+reasons! {
+    /// The replies the router builds. Each kind is one counter.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+    #[non_exhaustive]
+    pub enum ReplyKind {
+        /// TCP RST for a blocked SYN.
+        TcpRst => "tcp_rst",
+        /// ICMP / ICMPv6 time exceeded.
+        TimeExceeded => "time_exceeded",
+        /// ICMP fragmentation needed / ICMPv6 packet too big.
+        TooBig => "too_big",
+        /// Echo reply from the router's own address.
+        EchoReply => "echo_reply",
+        /// ICMP / ICMPv6 administratively prohibited, for a rule's reject.
+        Prohibited => "prohibited",
+    }
+}
+
+impl From<ParseError> for DropReason {
+    fn from(e: ParseError) -> DropReason {
+        match e {
+            ParseError::Truncated => DropReason::Truncated,
+            ParseError::BadVersion => DropReason::BadVersion,
+            ParseError::BadHeaderLen => DropReason::BadHeaderLen,
+            ParseError::BadTotalLen => DropReason::BadTotalLen,
+            ParseError::BadChecksum => DropReason::BadChecksum,
+            ParseError::BadExtHeader => DropReason::BadExtHeader,
+            ParseError::TinyFragment => DropReason::TinyFragment,
+        }
+    }
+}
+
+/// A monotonically increasing counter with a single writer and any number of
+/// readers. The writer's increment is a plain load + store, not a locked
+/// read-modify-write, which keeps it off the fast path's cost.
+#[derive(Debug, Default)]
+pub struct Counter(AtomicU64);
+
+impl Counter {
+    /// Adds `n`; only the counter's one writer thread may call it.
+    #[inline]
+    pub(crate) fn add(&self, n: u64) {
+        self.0.store(self.0.load(Ordering::Relaxed).wrapping_add(n), Ordering::Relaxed);
+    }
+
+    /// The current value.
+    pub fn get(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// The verdict counters of one direction.
+#[derive(Debug)]
+pub(crate) struct DirCounters {
+    pub(crate) received: Counter,
+    pub(crate) forwarded: Counter,
+    pub(crate) forwarded_bytes: Counter,
+    pub(crate) dropped: [Counter; DropReason::COUNT],
+    pub(crate) replies: [Counter; ReplyKind::COUNT],
+    pub(crate) terminated: Counter,
+}
+
+impl Default for DirCounters {
+    fn default() -> Self {
+        DirCounters {
+            received: Counter::default(),
+            forwarded: Counter::default(),
+            forwarded_bytes: Counter::default(),
+            dropped: std::array::from_fn(|_| Counter::default()),
+            replies: Default::default(),
+            terminated: Counter::default(),
+        }
+    }
+}
+
+/// Per-rule packet and byte counters of one router, in the order of the
+/// rules of the policy it runs. Rebuilt (not resized) when the policy
+/// changes, carrying the counts of rules whose name stays.
+#[derive(Debug, Default)]
+pub(crate) struct RuleCounters {
+    pub(crate) names: Vec<Arc<str>>,
+    pub(crate) packets: Box<[Counter]>,
+    pub(crate) bytes: Box<[Counter]>,
+}
+
+impl RuleCounters {
+    /// Counters for rules named `names`, starting from the counts `old` has
+    /// under the same names.
+    pub(crate) fn carried(names: Vec<Arc<str>>, old: &RuleCounters) -> RuleCounters {
+        let value = |list: &[Counter], name: &str| {
+            old.names.iter().position(|n| &**n == name).map_or(0, |i| list[i].get())
+        };
+        let make = |list: &[Counter]| -> Box<[Counter]> {
+            names.iter().map(|n| Counter(AtomicU64::new(value(list, n)))).collect()
+        };
+        let (packets, bytes) = (make(&old.packets), make(&old.bytes));
+        RuleCounters { names, packets, bytes }
+    }
+
+    #[inline]
+    pub(crate) fn count(&self, rule: usize, bytes: usize) {
+        if let (Some(p), Some(b)) = (self.packets.get(rule), self.bytes.get(rule)) {
+            p.add(1);
+            b.add(bytes as u64);
+        }
+    }
+}
+
+/// The counters one router (one worker's direction) writes.
+#[derive(Debug, Default)]
+pub struct Counters {
+    pub(crate) dirs: [DirCounters; 2],
+    /// Packets the OP25B fast path blocked (answered, dropped, redirected or terminated).
+    pub(crate) op25b_blocked: Counter,
+    /// Packets of blocked flows rewritten towards the relay (redirect).
+    pub(crate) redirected: Counter,
+    /// Banner SYNs refused because their subscriber holds its share of the
+    /// sessions; each is also counted by its verdict.
+    pub(crate) banner_source_full: Counter,
+    /// The rule counters in force, for readers; the router writes through its
+    /// own handle to the same block.
+    pub(crate) rules: Mutex<Arc<RuleCounters>>,
+}
+
+impl Counters {
+    /// Adds this router's counts to `s`.
+    pub(crate) fn add_to(&self, s: &mut Stats) {
+        for d in Direction::ALL {
+            let (c, t) = (&self.dirs[d.index()], &mut s.directions[d.index()]);
+            t.received += c.received.get();
+            t.forwarded += c.forwarded.get();
+            t.forwarded_bytes += c.forwarded_bytes.get();
+            t.terminated += c.terminated.get();
+            for (t, c) in t.dropped.iter_mut().zip(&c.dropped) {
+                *t += c.get();
+            }
+            for (t, c) in t.replies.iter_mut().zip(&c.replies) {
+                *t += c.get();
+            }
+        }
+        s.op25b.blocked += self.op25b_blocked.get();
+        s.op25b.redirected += self.redirected.get();
+        s.op25b.banner_source_full += self.banner_source_full.get();
+        let rules = self.rules.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        for (i, name) in rules.names.iter().enumerate() {
+            let (packets, bytes) = (rules.packets[i].get(), rules.bytes[i].get());
+            match s.rules.iter_mut().find(|r| r.name == **name) {
+                Some(r) => {
+                    r.packets += packets;
+                    r.bytes += bytes;
+                }
+                None => s.rules.push(RuleStats { name: name.to_string(), packets, bytes }),
+            }
+        }
+    }
+}
+
+/// What happened in one direction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct DirStats {
+    /// Packets handed to the router.
+    pub received: u64,
+    /// Packets forwarded.
+    pub forwarded: u64,
+    /// Bytes forwarded.
+    pub forwarded_bytes: u64,
+    /// Drops by [`DropReason`] (index: `reason as usize`).
+    pub dropped: [u64; DropReason::COUNT],
+    /// Replies by [`ReplyKind`].
+    pub replies: [u64; ReplyKind::COUNT],
+    /// Packets handed to the banner responder.
+    pub terminated: u64,
+}
+
+impl Default for DirStats {
+    fn default() -> Self {
+        DirStats {
+            received: 0,
+            forwarded: 0,
+            forwarded_bytes: 0,
+            dropped: [0; DropReason::COUNT],
+            replies: [0; ReplyKind::COUNT],
+            terminated: 0,
+        }
+    }
+}
+
+impl DirStats {
+    /// Packets dropped, all reasons.
+    pub fn dropped_total(&self) -> u64 {
+        self.dropped.iter().sum()
+    }
+
+    /// Replies sent, all kinds.
+    pub fn replied_total(&self) -> u64 {
+        self.replies.iter().sum()
+    }
+
+    /// The sum over verdicts: equals `received` once the writers are quiet.
+    pub fn verdicts(&self) -> u64 {
+        self.forwarded + self.dropped_total() + self.replied_total() + self.terminated
+    }
+}
+
+/// OP25B's own figures.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Op25bStats {
+    /// Packets the fast path blocked, whatever the action did with them.
+    pub blocked: u64,
+    /// Packets of blocked flows sent to the relay (redirect).
+    pub redirected: u64,
+    /// Banner SYNs refused over the subscriber's share of sessions.
+    pub banner_source_full: u64,
+}
+
+/// One rule's counts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct RuleStats {
+    /// The rule's name.
+    pub name: String,
+    /// Packets that matched it.
+    pub packets: u64,
+    /// Bytes that matched it.
+    pub bytes: u64,
+}
+
+/// One TUN device, as the data plane saw it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct DeviceStats {
+    /// Packets read (a GSO super-packet counts once).
+    pub rx_packets: u64,
+    /// Bytes read.
+    pub rx_bytes: u64,
+    /// Reads that failed, or returned no packet.
+    pub rx_errors: u64,
+    /// Packets written.
+    pub tx_packets: u64,
+    /// Writes that failed (link down, no buffer space, ...).
+    pub tx_errors: u64,
+    /// Wake-ups that found packets on this device.
+    pub batches: u64,
+}
+
+/// The banner responder's figures.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ResponderStats {
+    /// Sessions between handshake and close, now.
+    pub sessions: u64,
+    /// RSTs the responder wanted to send over the reply limit (not sent).
+    pub rsts_limited: u64,
+}
+
+/// A snapshot of every counter: the routers' verdicts by direction, OP25B,
+/// per-rule counts, the devices and the banner responder.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Stats {
+    /// By [`Direction::index`].
+    pub directions: [DirStats; 2],
+    /// The fast path.
+    pub op25b: Op25bStats,
+    /// Config and code rules, in the order of the policy in force.
+    pub rules: Vec<RuleStats>,
+    /// The subscriber device (0) and the upstream device (1).
+    pub devices: [DeviceStats; 2],
+    /// The banner responder.
+    pub responder: ResponderStats,
+}
+
+impl Stats {
+    /// The figures of one direction.
+    pub fn dir(&self, d: Direction) -> &DirStats {
+        &self.directions[d.index()]
+    }
+
+    /// Packets forwarded in `d`.
+    pub fn forwarded(&self, d: Direction) -> u64 {
+        self.dir(d).forwarded
+    }
+
+    /// Drops for `reason`, both directions.
+    pub fn dropped(&self, reason: DropReason) -> u64 {
+        self.directions.iter().map(|d| d.dropped[reason as usize]).sum()
+    }
+
+    /// Replies of `kind`, both directions.
+    pub fn replies(&self, kind: ReplyKind) -> u64 {
+        self.directions.iter().map(|d| d.replies[kind as usize]).sum()
+    }
+
+    /// Packets handed to the banner responder, both directions.
+    pub fn terminated(&self) -> u64 {
+        self.directions.iter().map(|d| d.terminated).sum()
+    }
+
+    /// The counts of the rule named `name`.
+    pub fn rule(&self, name: &str) -> Option<&RuleStats> {
+        self.rules.iter().find(|r| r.name == name)
+    }
+
+    /// Every figure as (name, value) pairs, the names the log line and
+    /// `op25b run --stats` use (`forwarded_outbound`, `drop_spoofed`, ...).
+    pub fn pairs(&self) -> Vec<(String, u64)> {
+        let mut out = Vec::new();
+        for d in Direction::ALL {
+            out.push((format!("received_{}", d.name()), self.dir(d).received));
+        }
+        for d in Direction::ALL {
+            out.push((format!("forwarded_{}", d.name()), self.forwarded(d)));
+        }
+        out.push(("op25b_blocked".to_string(), self.op25b.blocked));
+        out.push(("op25b_redirected".to_string(), self.op25b.redirected));
+        out.push(("op25b_terminated".to_string(), self.terminated()));
+        out.push(("op25b_banner_source_full".to_string(), self.op25b.banner_source_full));
+        for k in ReplyKind::ALL {
+            out.push((format!("reply_{}", k.name()), self.replies(*k)));
+        }
+        for r in DropReason::ALL {
+            out.push((format!("drop_{}", r.name()), self.dropped(*r)));
+        }
+        out.push(("responder_rsts_limited".to_string(), self.responder.rsts_limited));
+        for (name, d) in ["subscriber", "upstream"].iter().zip(&self.devices) {
+            out.push((format!("{name}_rx_packets"), d.rx_packets));
+            out.push((format!("{name}_tx_packets"), d.tx_packets));
+            out.push((format!("{name}_rx_errors"), d.rx_errors));
+            out.push((format!("{name}_tx_errors"), d.tx_errors));
+        }
+        out
+    }
+
+    /// The non-zero figures as `name=value` words, for the log line.
+    pub fn summary(&self) -> String {
+        let words: Vec<String> =
+            self.pairs().into_iter().filter(|(_, v)| *v > 0).map(|(k, v)| format!("{k}={v}")).collect();
+        words.join(" ")
+    }
+
+    /// The whole snapshot as JSON: every figure by name, with per-direction
+    /// detail and the rules.
+    pub fn to_json(&self) -> serde_json::Value {
+        let by_dir = |d: &DirStats| {
+            let dropped: serde_json::Map<String, serde_json::Value> =
+                DropReason::ALL.iter().map(|r| (r.name().to_string(), d.dropped[*r as usize].into())).collect();
+            let replies: serde_json::Map<String, serde_json::Value> =
+                ReplyKind::ALL.iter().map(|k| (k.name().to_string(), d.replies[*k as usize].into())).collect();
+            serde_json::json!({
+                "received": d.received, "forwarded": d.forwarded, "forwarded_bytes": d.forwarded_bytes,
+                "dropped": dropped, "replies": replies, "terminated": d.terminated,
+            })
+        };
+        let rules: Vec<serde_json::Value> = self
+            .rules
+            .iter()
+            .map(|r| serde_json::json!({"name": r.name, "packets": r.packets, "bytes": r.bytes}))
+            .collect();
+        let counters: serde_json::Map<String, serde_json::Value> =
+            self.pairs().into_iter().map(|(k, v)| (k, v.into())).collect();
+        serde_json::json!({
+            "counters": counters,
+            "outbound": by_dir(self.dir(Direction::Outbound)),
+            "inbound": by_dir(self.dir(Direction::Inbound)),
+            "rules": rules,
+        })
+    }
+}
