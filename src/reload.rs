@@ -75,72 +75,74 @@ pub fn prepare(running: &Config, state: &State, new: Config) -> Result<Reload, R
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::path::Path;
+    use crate::testing::PolicyBuilder;
 
-    const LAB: &str = include_str!("../config/lab.toml");
-
-    fn config(old: &str, new: &str) -> Config {
-        assert!(LAB.contains(old), "lab config lacks {old:?}");
-        Config::parse(Path::new("lab.toml"), &LAB.replacen(old, new, 1)).expect("config")
+    fn lab() -> PolicyBuilder {
+        PolicyBuilder::lab().named("lab.toml")
     }
 
-    /// The lab config with several replacements.
-    fn edited(edits: &[(&str, &str)]) -> Config {
-        let mut text = LAB.to_string();
-        for (old, new) in edits {
-            assert!(text.contains(old), "lab config lacks {old:?}");
-            text = text.replacen(old, new, 1);
-        }
-        Config::parse(Path::new("lab.toml"), &text).expect("config")
+    fn redirect(to: &str) -> PolicyBuilder {
+        lab().action("redirect").op25b("redirect_to", format!("[{to:?}]"))
     }
 
     #[test]
     fn each_part_of_the_state_carries_over_while_its_settings_hold() {
-        let redirect = ("action = \"reject\"", "action = \"redirect\"\nredirect_to = [\"198.51.100.25:25\"]");
-        let banner = ("action = \"reject\"", "action = \"banner\"");
-        let running = edited(&[redirect]);
-        let kept = |new: Config| {
-            let r = prepare(&running, new).expect("reload");
-            let (old, fresh) = (&running.policy.runtime, &r.config.policy.runtime);
+        let running = redirect("198.51.100.25:25").config();
+        let state = State::new(&running.policy);
+        let kept = |new: PolicyBuilder| {
+            let r = prepare(&running, &state, new.config()).expect("reload");
             // What `kept` says is what is shared.
-            assert_eq!(r.kept.reply_buckets, Arc::ptr_eq(&old.replies, &fresh.replies));
-            assert_eq!(r.kept.flows, Arc::ptr_eq(&old.conntrack, &fresh.conntrack));
+            let (replies, flows, _) = state.shares(&r.state);
+            assert_eq!((r.kept.reply_buckets, r.kept.flows), (replies, flows));
             r.kept
         };
-        let all = Kept { reply_buckets: true, flows: true, sessions: false };
+        let all = Kept { reply_buckets: true, flows: true, sessions: false, rule_buckets: 0 };
+        let same = || redirect("198.51.100.25:25");
         // Other prefixes or ports: everything goes on.
-        assert_eq!(kept(edited(&[redirect, ("dynamic = [", "dynamic = [\"100.127.0.0/16\", ")])), all);
-        assert_eq!(kept(edited(&[redirect, ("ports = [25]", "ports = [25, 2525]")])), all);
+        let more = crate::testing::list(&["100.127.0.0/16", "100.64.0.0/10", "2001:db8:100::/48"]);
+        assert_eq!(kept(same().op25b("dynamic", more)), all);
+        assert_eq!(kept(same().op25b("ports", "[25, 2525]")), all);
         // Another reply limit: only the buckets start afresh.
-        let r = kept(edited(&[redirect, ("reply_rate = 10", "reply_rate = 11")]));
-        assert_eq!(r, Kept { reply_buckets: false, ..all });
+        assert_eq!(kept(same().op25b("reply_rate", 11)), Kept { reply_buckets: false, ..all });
         // Another redirect target or action: the flows end.
-        let other = ("action = \"reject\"", "action = \"redirect\"\nredirect_to = [\"198.51.100.26:25\"]");
-        assert_eq!(kept(edited(&[other])), Kept { flows: false, ..all });
-        assert_eq!(kept(edited(&[banner])), Kept { flows: false, ..all });
+        assert_eq!(kept(redirect("198.51.100.26:25")), Kept { flows: false, ..all });
+        assert_eq!(kept(lab().action("banner")), Kept { flows: false, ..all });
         // The banner responder carries over between the same banner settings only.
-        let running = edited(&[banner]);
-        let r = prepare(&running, edited(&[banner, ("block_inbound = false", "block_inbound = true")])).unwrap();
+        let running = lab().action("banner").config();
+        let state = State::new(&running.policy);
+        let r = prepare(&running, &state, lab().action("banner").op25b("block_inbound", true).config()).unwrap();
         assert!(r.kept.sessions);
-        let (old, fresh) = (&running.policy.runtime.responder, &r.config.policy.runtime.responder);
-        assert!(Arc::ptr_eq(old.as_ref().unwrap(), fresh.as_ref().unwrap()));
-        let (old, fresh) = (&running.policy.runtime.responder_deadline, &r.config.policy.runtime.responder_deadline);
-        assert!(Arc::ptr_eq(old.as_ref().unwrap(), fresh.as_ref().unwrap()), "the deadline goes with its responder");
-        let slower = ("action = \"reject\"", "action = \"banner\"\nbanner_timeout = 5");
-        assert!(!prepare(&running, edited(&[slower])).unwrap().kept.sessions);
+        assert!(state.shares(&r.state).2, "the responder (and its deadline) carried over");
+        let slower = lab().action("banner").op25b("banner_timeout", 5).config();
+        assert!(!prepare(&running, &state, slower).unwrap().kept.sessions);
+    }
+
+    #[test]
+    fn rate_limit_buckets_carry_over_by_rule_name_and_limit() {
+        let rule = |name: &str, rate: u32| {
+            format!(
+                "[[rule]]\nname = {name:?}\nprotocol = \"tcp\"\naction = \"rate-limit\"\nrate = {rate}\nburst = 1\n"
+            )
+        };
+        let running = lab().rules(&rule("a", 5)).rules(&rule("b", 5)).config();
+        let state = State::new(&running.policy);
+        let new = lab().rules(&rule("b", 5)).rules(&rule("a", 6)).rules(&rule("c", 5)).config();
+        let r = prepare(&running, &state, new).unwrap();
+        assert_eq!(r.kept.rule_buckets, 1, "only b: a has another limit, c is new");
     }
 
     #[test]
     fn device_and_dataplane_changes_are_refused() {
-        let running = Config::parse(Path::new("lab.toml"), LAB).unwrap();
+        let running = lab().config();
+        let state = State::new(&running.policy);
         let cases = [
-            (config("tun = \"op25b-sub\"", "tun = \"op25b-sub2\""), "subscriber.tun"),
-            (config("mtu = 1500", "mtu = 1400"), "subscriber.mtu"),
-            (config("netns = \"op25b-lab-inet\"", "netns = \"other\""), "upstream.netns"),
-            (config("reply_burst = 20", "reply_burst = 20\n\n[dataplane]\nworkers = 2"), "dataplane"),
+            (lab().subscriber("tun", "\"op25b-sub2\""), "subscriber.tun"),
+            (lab().subscriber("mtu", 1400), "subscriber.mtu"),
+            (lab().upstream("netns", "\"other\""), "upstream.netns"),
+            (lab().dataplane("workers", 2), "dataplane"),
         ];
         for (new, want) in cases {
-            match prepare(&running, new) {
+            match prepare(&running, &state, new.config()) {
                 Err(e @ ReloadError::Fixed { key, .. }) => {
                     assert_eq!(key, want);
                     let msg = e.to_string();

@@ -181,9 +181,8 @@ impl RuleCounters {
     /// Counters for rules named `names`, starting from the counts `old` has
     /// under the same names.
     pub(crate) fn carried(names: Vec<Arc<str>>, old: &RuleCounters) -> RuleCounters {
-        let value = |list: &[Counter], name: &str| {
-            old.names.iter().position(|n| &**n == name).map_or(0, |i| list[i].get())
-        };
+        let value =
+            |list: &[Counter], name: &str| old.names.iter().position(|n| &**n == name).map_or(0, |i| list[i].get());
         let make = |list: &[Counter]| -> Box<[Counter]> {
             names.iter().map(|n| Counter(AtomicU64::new(value(list, n)))).collect()
         };

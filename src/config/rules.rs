@@ -9,10 +9,10 @@ use toml::Spanned;
 
 use super::{ConfigError, Ctx};
 use crate::packet::proto;
-use crate::policy::Limit;
-use crate::policy::rules::{ConfigRule, FlagMatch, RuleAction};
-use crate::policy::{PortSet, PrefixSet};
 use crate::packet::Direction;
+use crate::policy::rules::{ConfigRule, FlagMatch, RuleAction};
+use crate::policy::Limit;
+use crate::policy::{PortSet, PrefixSet};
 
 /// A port-list or set item: a number, "LOW-HIGH", "@set", or a prefix.
 #[derive(Deserialize, Debug, Clone)]

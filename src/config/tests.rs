@@ -155,7 +155,7 @@ fn with_rules(old: &str, new: &str) -> String {
 #[test]
 fn rules_compile_in_file_order() {
     let c = parse(&format!("{GOOD}\n{RULE}")).expect("rules");
-    let names: Vec<&str> = c.policy.rules.slots().iter().map(|s| s.rule.name()).collect();
+    let names: Vec<&str> = c.policy.rules.rules().iter().map(|r| r.name()).collect();
     assert_eq!(names, ["no-telnet", "limit"]);
     let text = c.render();
     assert!(text.contains("no-telnet: outbound tcp src 100.64.0.0/10 dst 192.0.2.0/24,2001:db8:ff::/48 dport 23,6000-6010 flags syn -> reject"), "{text}");

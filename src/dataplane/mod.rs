@@ -93,8 +93,7 @@ impl Dataplane {
         let policy = Arc::new(config.policy.clone());
         let state = Arc::new(State::new(&policy));
         let active = Arc::new(ArcSwap::from_pointee(Active { policy, state }));
-        let mut dp =
-            Dataplane { workers: Vec::new(), counters: Vec::new(), io: Vec::new(), stop, offload, active };
+        let mut dp = Dataplane { workers: Vec::new(), counters: Vec::new(), io: Vec::new(), stop, offload, active };
         let sub: Vec<Arc<Queue>> = sub.into_iter().map(|d| Arc::new(Queue::new(d))).collect();
         let up: Vec<Arc<Queue>> = up.into_iter().map(|d| Arc::new(Queue::new(d))).collect();
         for (i, (s, u)) in sub.iter().zip(&up).enumerate() {

@@ -111,7 +111,12 @@ impl Pipeline {
     /// Runs the rules over a packet until one gives a final verdict: that
     /// verdict and the index of the deciding rule, or `None` (forward).
     #[inline]
-    pub fn evaluate<H: RuleHooks>(&self, p: &PacketView, cx: &RuleContext, hooks: &mut H) -> Option<(RuleVerdict, usize)> {
+    pub fn evaluate<H: RuleHooks>(
+        &self,
+        p: &PacketView,
+        cx: &RuleContext,
+        hooks: &mut H,
+    ) -> Option<(RuleVerdict, usize)> {
         for stage in &self.stages {
             let decided = match stage {
                 Stage::Opaque(i) => self.run(*i, p, cx, hooks),

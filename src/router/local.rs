@@ -19,7 +19,14 @@ impl Router {
             }
             let buf = &*p.buf;
             let echo = |out: &mut [u8]| reply::echo_reply(view, buf, out);
-            return ControlFlow::Break(self.answer(p.now, view, ReplyKind::EchoReply, echo, p.reply, DropReason::Local));
+            return ControlFlow::Break(self.answer(
+                p.now,
+                view,
+                ReplyKind::EchoReply,
+                echo,
+                p.reply,
+                DropReason::Local,
+            ));
         }
         let ttl = p.view.ttl;
         if ttl <= 1 {

@@ -91,4 +91,3 @@ fn is_martian(src: IpAddr, dst: IpAddr) -> bool {
         _ => true,
     }
 }
-

@@ -1,17 +1,13 @@
 //! Scenario tests of the router core over byte-array packets: every branch of
 //! the policy, both IP versions, fragments, malformed input, TTL and MTU.
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
-use std::sync::Arc;
-use std::time::Instant;
+use std::net::{IpAddr, Ipv4Addr};
 
 use etherparse::{PacketBuilder, TcpHeaderSlice};
 
 use super::*;
-use crate::config::Config;
 use crate::packet::{checksum, tcp_flags, IpVersion, Transport};
-
-const LAB: &str = include_str!("../../config/lab.toml");
+use crate::testing::{packets, PolicyBuilder};
 
 const DYN4: [u8; 4] = [100, 64, 1, 10];
 const STATIC4: [u8; 4] = [100, 64, 9, 10];
@@ -22,126 +18,31 @@ const STATIC6: &str = "2001:db8:100:9::10";
 const MX6: &str = "2001:db8:203::25";
 const RELAY6: &str = "2001:db8:25::25";
 
-fn v6(s: &str) -> [u8; 16] {
-    s.parse::<Ipv6Addr>().unwrap().octets()
-}
-
-/// Drives a router and keeps the last output, like a device would see it.
-struct TestRouter {
-    router: Router,
-    now: Instant,
-    reply: Vec<u8>,
-}
-
-impl TestRouter {
-    fn lab() -> TestRouter {
-        TestRouter::with_config(LAB)
-    }
-
-    fn with_config(text: &str) -> TestRouter {
-        let cfg = Config::parse(std::path::Path::new("test.toml"), text).expect("config");
-        TestRouter { router: Router::new(Arc::new(cfg.policy)), now: Instant::now(), reply: vec![0; 2048] }
-    }
-
-    fn with(old: &str, new: &str) -> TestRouter {
-        assert!(LAB.contains(old), "fixture lacks {old:?}");
-        TestRouter::with_config(&LAB.replacen(old, new, 1))
-    }
-
-    /// Feeds `pkt`; returns the verdict and the bytes that would leave.
-    fn send(&mut self, dir: Direction, pkt: &[u8]) -> (Verdict, Vec<u8>) {
-        let mut buf = pkt.to_vec();
-        let v = self.router.handle(self.now, dir, &mut buf, &mut self.reply);
-        let out = match v {
-            Verdict::Forward { len } => buf[..len].to_vec(),
-            Verdict::Reply { len, .. } => self.reply[..len].to_vec(),
-            Verdict::Drop(_) | Verdict::Terminate => Vec::new(),
-        };
-        (v, out)
-    }
-
-    fn out(&mut self, pkt: &[u8]) -> (Verdict, Vec<u8>) {
-        self.send(Direction::Outbound, pkt)
-    }
-
-    fn counters(&self) -> &Counters {
-        self.router.counters()
-    }
+fn v4(a: [u8; 4]) -> String {
+    Ipv4Addr::from(a).to_string()
 }
 
 fn tcp4(src: [u8; 4], dst: [u8; 4], dport: u16, syn: bool, ttl: u8) -> Vec<u8> {
-    let b = PacketBuilder::ipv4(src, dst, ttl).tcp(40000, dport, 1000, 64240);
-    let b = if syn { b.syn() } else { b.ack(5000) };
-    let mut v = Vec::new();
-    b.write(&mut v, &[]).unwrap();
-    v
+    tcp6(&v4(src), &v4(dst), dport, syn, ttl)
 }
 
+/// A SYN or an ACK (either family, despite the name) from port 40000.
 fn tcp6(src: &str, dst: &str, dport: u16, syn: bool, ttl: u8) -> Vec<u8> {
-    let b = PacketBuilder::ipv6(v6(src), v6(dst), ttl).tcp(40000, dport, 1000, 64240);
-    let b = if syn { b.syn() } else { b.ack(5000) };
-    let mut v = Vec::new();
-    b.write(&mut v, &[]).unwrap();
-    v
+    let b = packets::tcp(src, 40000, dst, dport).seq(1000).ttl(ttl);
+    if syn { b.syn() } else { b.ack(5000) }.build()
 }
 
 fn udp4(src: [u8; 4], dst: [u8; 4], dport: u16, payload: usize) -> Vec<u8> {
-    let mut v = Vec::new();
-    PacketBuilder::ipv4(src, dst, 64).udp(40000, dport).write(&mut v, &vec![0x55; payload]).unwrap();
-    v
+    udp6(&v4(src), &v4(dst), dport, payload)
 }
 
 fn udp6(src: &str, dst: &str, dport: u16, payload: usize) -> Vec<u8> {
-    let mut v = Vec::new();
-    PacketBuilder::ipv6(v6(src), v6(dst), 64).udp(40000, dport).write(&mut v, &vec![0x55; payload]).unwrap();
-    v
+    packets::udp(src, 40000, dst, dport, &vec![0x55; payload])
 }
 
-fn fix_v4_checksum(p: &mut [u8]) {
-    let ihl = usize::from(p[0] & 0xf) * 4;
-    p[10] = 0;
-    p[11] = 0;
-    let c = !checksum::sum(&p[..ihl]);
-    p[10..12].copy_from_slice(&c.to_be_bytes());
-}
-
-/// An IPv4 fragment of `whole`: payload bytes `[from, to)` at offset `from`.
-fn frag4(whole: &[u8], from: usize, to: usize, more: bool) -> Vec<u8> {
-    let mut p = whole[..20].to_vec();
-    p.extend_from_slice(&whole[20 + from..20 + to]);
-    let len = p.len() as u16;
-    p[2..4].copy_from_slice(&len.to_be_bytes());
-    let off = (from / 8) as u16 | if more { 0x2000 } else { 0 };
-    p[6..8].copy_from_slice(&off.to_be_bytes());
-    fix_v4_checksum(&mut p);
-    p
-}
-
-/// Inserts an 8-byte IPv6 extension header of `kind` right after the fixed header.
-fn ext6(pkt: &[u8], kind: u8, body: [u8; 6]) -> Vec<u8> {
-    let mut p = pkt[..40].to_vec();
-    let next = p[6];
-    p[6] = kind;
-    p.push(next);
-    p.push(0);
-    p.extend_from_slice(&body);
-    p.extend_from_slice(&pkt[40..]);
-    let plen = (p.len() - 40) as u16;
-    p[4..6].copy_from_slice(&plen.to_be_bytes());
-    p
-}
+use packets::{fix_ipv4_checksum as fix_v4_checksum, fragment4 as frag4, fragment6 as frag6, with_ext6 as ext6};
 
 const PADN: [u8; 6] = [1, 4, 0, 0, 0, 0];
-
-fn frag6(pkt: &[u8], offset8: u16, more: bool, keep: usize) -> Vec<u8> {
-    let word = (offset8 << 3) | u16::from(more);
-    let w = word.to_be_bytes();
-    let mut p = ext6(pkt, 44, [w[0], w[1], 0, 0, 0, 7]);
-    p.truncate(48 + keep);
-    let plen = (p.len() - 40) as u16;
-    p[4..6].copy_from_slice(&plen.to_be_bytes());
-    p
-}
 
 fn parse(p: &[u8]) -> PacketView {
     PacketView::parse(p).expect("router output parses")
@@ -197,7 +98,7 @@ fn assert_icmp(trigger: &[u8], reply: &[u8], from: IpAddr, icmp_type: u8, code: 
 
 #[test]
 fn forwards_and_decrements_ttl_with_valid_checksum() {
-    let mut t = TestRouter::lab();
+    let mut t = PolicyBuilder::lab().router();
     let p = tcp4(DYN4, MX4, 587, true, 64);
     let (v, out) = t.out(&p);
     assert_eq!(v, Verdict::Forward { len: p.len() });
@@ -209,36 +110,36 @@ fn forwards_and_decrements_ttl_with_valid_checksum() {
     let (v, out) = t.out(&p6);
     assert_eq!(v, Verdict::Forward { len: p6.len() });
     assert_eq!(out[7], 63);
-    assert_eq!(t.counters().forwarded(Direction::Outbound), 2);
+    assert_eq!(t.stats().forwarded(Direction::Outbound), 2);
 }
 
 #[test]
 fn submission_ports_other_ports_and_udp_pass() {
-    let mut t = TestRouter::lab();
+    let mut t = PolicyBuilder::lab().router();
     for port in [587, 465, 80, 2525, 24, 26] {
         assert!(matches!(t.out(&tcp4(DYN4, MX4, port, true, 64)).0, Verdict::Forward { .. }), "{port}");
         assert!(matches!(t.out(&tcp6(DYN6, MX6, port, true, 64)).0, Verdict::Forward { .. }), "{port}");
     }
     assert!(matches!(t.out(&udp4(DYN4, MX4, 25, 10)).0, Verdict::Forward { .. }));
     assert!(matches!(t.out(&udp6(DYN6, MX6, 25, 10)).0, Verdict::Forward { .. }));
-    assert_eq!(t.counters().op25b_blocked.get(), 0);
+    assert_eq!(t.stats().op25b.blocked, 0);
 }
 
 #[test]
 fn inbound_traffic_to_port_25_passes() {
-    let mut t = TestRouter::lab();
+    let mut t = PolicyBuilder::lab().router();
     let p = tcp4(MX4, DYN4, 25, true, 64);
     assert!(matches!(t.send(Direction::Inbound, &p).0, Verdict::Forward { .. }));
     let p = tcp6(MX6, DYN6, 25, true, 64);
     assert!(matches!(t.send(Direction::Inbound, &p).0, Verdict::Forward { .. }));
-    assert_eq!(t.counters().forwarded(Direction::Inbound), 2);
+    assert_eq!(t.stats().forwarded(Direction::Inbound), 2);
 }
 
 // ---- the OP25B fast path ------------------------------------------------------
 
 #[test]
 fn blocked_syn_gets_rst_v4_and_v6() {
-    let mut t = TestRouter::lab();
+    let mut t = PolicyBuilder::lab().router();
     let p = tcp4(DYN4, MX4, 25, true, 64);
     let (v, out) = t.out(&p);
     assert!(matches!(v, Verdict::Reply { kind: ReplyKind::TcpRst, .. }), "{v:?}");
@@ -247,32 +148,31 @@ fn blocked_syn_gets_rst_v4_and_v6() {
     let (v, out) = t.out(&p6);
     assert!(matches!(v, Verdict::Reply { kind: ReplyKind::TcpRst, .. }), "{v:?}");
     assert_rst_for(&p6, &out);
-    assert_eq!(t.counters().op25b_blocked.get(), 2);
-    assert_eq!(t.counters().replies(ReplyKind::TcpRst), 2);
+    assert_eq!(t.stats().op25b.blocked, 2);
+    assert_eq!(t.stats().replies(ReplyKind::TcpRst), 2);
 }
 
 #[test]
 fn blocked_non_syn_segments_are_dropped() {
-    let mut t = TestRouter::lab();
+    let mut t = PolicyBuilder::lab().router();
     assert_eq!(t.out(&tcp4(DYN4, MX4, 25, false, 64)).0, Verdict::Drop(DropReason::Op25bBlocked));
     assert_eq!(t.out(&tcp6(DYN6, MX6, 25, false, 64)).0, Verdict::Drop(DropReason::Op25bBlocked));
     // An RST to port 25 is dropped, never answered.
-    let mut rst = Vec::new();
-    PacketBuilder::ipv4(DYN4, MX4, 64).tcp(40000, 25, 1, 0).rst().write(&mut rst, &[]).unwrap();
+    let rst = packets::tcp(&v4(DYN4), 40000, &v4(MX4), 25).window(0).rst().build();
     assert_eq!(t.out(&rst).0, Verdict::Drop(DropReason::Op25bBlocked));
 }
 
 #[test]
 fn drop_action_is_silent() {
-    let mut t = TestRouter::with("action = \"reject\"", "action = \"drop\"");
+    let mut t = PolicyBuilder::lab().action("drop").router();
     assert_eq!(t.out(&tcp4(DYN4, MX4, 25, true, 64)).0, Verdict::Drop(DropReason::Op25bBlocked));
     assert_eq!(t.out(&tcp6(DYN6, MX6, 25, true, 64)).0, Verdict::Drop(DropReason::Op25bBlocked));
-    assert_eq!(t.counters().replies(ReplyKind::TcpRst), 0);
+    assert_eq!(t.stats().replies(ReplyKind::TcpRst), 0);
 }
 
 #[test]
 fn exempt_sources_and_relays_pass() {
-    let mut t = TestRouter::lab();
+    let mut t = PolicyBuilder::lab().router();
     for p in [
         tcp4(STATIC4, MX4, 25, true, 64),
         tcp4(DYN4, RELAY4, 25, true, 64),
@@ -287,21 +187,21 @@ fn exempt_sources_and_relays_pass() {
 
 #[test]
 fn sources_outside_the_dynamic_pools_pass() {
-    let mut t = TestRouter::with("dynamic = [\"100.64.0.0/10\"", "dynamic = [\"100.64.0.0/16\"");
+    let mut t = PolicyBuilder::lab().op25b("dynamic", r#"["100.64.0.0/16", "2001:db8:100::/48"]"#).router();
     assert!(matches!(t.out(&tcp4([100, 65, 0, 1], MX4, 25, true, 64)).0, Verdict::Forward { .. }));
     assert!(matches!(t.out(&tcp4([100, 64, 0, 9], MX4, 25, true, 64)).0, Verdict::Reply { .. }));
 }
 
 #[test]
 fn extra_blocked_ports() {
-    let mut t = TestRouter::with("ports = [25]", "ports = [25, 2525]");
+    let mut t = PolicyBuilder::lab().op25b("ports", "[25, 2525]").router();
     assert!(matches!(t.out(&tcp4(DYN4, MX4, 2525, true, 64)).0, Verdict::Reply { kind: ReplyKind::TcpRst, .. }));
     assert!(matches!(t.out(&tcp4(DYN4, MX4, 587, true, 64)).0, Verdict::Forward { .. }));
 }
 
 #[test]
 fn ipv6_extension_headers_do_not_hide_tcp() {
-    let mut t = TestRouter::lab();
+    let mut t = PolicyBuilder::lab().router();
     let base = tcp6(DYN6, MX6, 25, true, 64);
     let hbh = ext6(&base, 0, PADN);
     let dst = ext6(&base, 60, PADN);
@@ -316,7 +216,7 @@ fn ipv6_extension_headers_do_not_hide_tcp() {
 
 #[test]
 fn ipv6_chain_limits() {
-    let mut t = TestRouter::lab();
+    let mut t = PolicyBuilder::lab().router();
     let mut p = tcp6(DYN6, MX6, 25, true, 64);
     for _ in 0..MAX_EXT {
         p = ext6(&p, 60, PADN);
@@ -334,8 +234,7 @@ const MAX_EXT: usize = crate::packet::view::MAX_EXT_HEADERS;
 // ---- fragments ------------------------------------------------------------------
 
 fn syn_with_data4(dport: u16) -> Vec<u8> {
-    let mut v = Vec::new();
-    PacketBuilder::ipv4(DYN4, MX4, 64).tcp(40000, dport, 7, 1000).syn().write(&mut v, &[0xaa; 300]).unwrap();
+    let mut v = packets::tcp(&v4(DYN4), 40000, &v4(MX4), dport).seq(7).window(1000).syn().payload(&[0xaa; 300]).build();
     v[6] = 0; // clear DF so fragmenting is legal
     fix_v4_checksum(&mut v);
     v
@@ -343,7 +242,7 @@ fn syn_with_data4(dport: u16) -> Vec<u8> {
 
 #[test]
 fn ipv4_first_fragment_is_judged_on_its_tcp_header() {
-    let mut t = TestRouter::lab();
+    let mut t = PolicyBuilder::lab().router();
     let whole = syn_with_data4(25);
     let first = frag4(&whole, 0, 24, true);
     let (v, out) = t.out(&first);
@@ -355,19 +254,19 @@ fn ipv4_first_fragment_is_judged_on_its_tcp_header() {
 
 #[test]
 fn ipv4_tiny_and_overlapping_fragments_are_dropped() {
-    let mut t = TestRouter::lab();
+    let mut t = PolicyBuilder::lab().router();
     let whole = syn_with_data4(587);
     // 8 bytes of TCP header in the first fragment: ports readable, flags not.
     assert_eq!(t.out(&frag4(&whole, 0, 8, true)).0, Verdict::Drop(DropReason::TinyFragment));
     assert_eq!(t.out(&frag4(&whole, 0, 16, true)).0, Verdict::Drop(DropReason::TinyFragment));
     // Offset 1 (8 bytes) could overwrite the flags of the first fragment.
     assert_eq!(t.out(&frag4(&whole, 8, 40, true)).0, Verdict::Drop(DropReason::FragmentOverlap));
-    assert_eq!(t.counters().dropped(DropReason::TinyFragment), 2);
+    assert_eq!(t.stats().dropped(DropReason::TinyFragment), 2);
 }
 
 #[test]
 fn later_fragments_pass_without_their_first() {
-    let mut t = TestRouter::lab();
+    let mut t = PolicyBuilder::lab().router();
     let whole = syn_with_data4(25);
     let later = frag4(&whole, 128, 320, false);
     assert!(matches!(t.out(&later).0, Verdict::Forward { .. }));
@@ -377,7 +276,7 @@ fn later_fragments_pass_without_their_first() {
 
 #[test]
 fn later_fragments_near_the_start_are_dropped_whatever_the_protocol() {
-    let mut t = TestRouter::lab();
+    let mut t = PolicyBuilder::lab().router();
     let whole = syn_with_data4(25);
     for from in [8, 16, 64, 120] {
         assert_eq!(
@@ -398,7 +297,7 @@ fn later_fragments_near_the_start_are_dropped_whatever_the_protocol() {
 
 #[test]
 fn first_fragments_must_hold_udp_and_icmp_headers_too() {
-    let mut t = TestRouter::lab();
+    let mut t = PolicyBuilder::lab().router();
     let udp = udp6(DYN6, MX6, 53, 40);
     // Fragment header + 4 bytes of UDP header.
     assert_eq!(t.out(&frag6(&udp, 0, true, 4)).0, Verdict::Drop(DropReason::TinyFragment));
@@ -407,7 +306,7 @@ fn first_fragments_must_hold_udp_and_icmp_headers_too() {
 
 #[test]
 fn source_routed_packets_are_dropped() {
-    let mut t = TestRouter::lab();
+    let mut t = PolicyBuilder::lab().router();
     // IPv6 routing header (type 4, segment routing) with one segment left,
     // pretending to go to the relay.
     let base = tcp6(DYN6, RELAY6, 25, true, 64);
@@ -434,14 +333,14 @@ fn source_routed_packets_are_dropped() {
 
 #[test]
 fn subscribers_cannot_send_as_the_router() {
-    let mut t = TestRouter::lab();
+    let mut t = PolicyBuilder::lab().router();
     assert_eq!(t.out(&tcp4([100, 64, 0, 1], MX4, 587, true, 64)).0, Verdict::Drop(DropReason::Spoofed));
     assert_eq!(t.out(&tcp6("2001:db8:100::1", MX6, 587, true, 64)).0, Verdict::Drop(DropReason::Spoofed));
 }
 
 #[test]
 fn ipv6_fragments() {
-    let mut t = TestRouter::lab();
+    let mut t = PolicyBuilder::lab().router();
     let base = tcp6(DYN6, MX6, 25, true, 64);
     // First fragment holding the whole TCP header: judged and answered.
     let first = frag6(&base, 0, true, 20);
@@ -459,7 +358,7 @@ fn ipv6_fragments() {
 
 #[test]
 fn spoofed_sources_are_dropped_both_ways() {
-    let mut t = TestRouter::lab();
+    let mut t = PolicyBuilder::lab().router();
     // A subscriber borrowing an address outside its prefixes.
     assert_eq!(t.out(&tcp4([192, 0, 2, 66], MX4, 25, true, 64)).0, Verdict::Drop(DropReason::Spoofed));
     assert_eq!(t.out(&tcp4([192, 0, 2, 66], MX4, 587, true, 64)).0, Verdict::Drop(DropReason::Spoofed));
@@ -467,15 +366,12 @@ fn spoofed_sources_are_dropped_both_ways() {
     // The outside claiming a subscriber's address.
     let p = tcp4(STATIC4, DYN4, 80, true, 64);
     assert_eq!(t.send(Direction::Inbound, &p).0, Verdict::Drop(DropReason::Spoofed));
-    assert_eq!(t.counters().dropped(DropReason::Spoofed), 4);
+    assert_eq!(t.stats().dropped(DropReason::Spoofed), 4);
 }
 
 #[test]
 fn martians_are_dropped() {
-    let mut t = TestRouter::with(
-        "prefixes = [\"100.64.0.0/10\", \"2001:db8:100::/48\"]",
-        "prefixes = [\"0.0.0.0/0\", \"::/0\"]",
-    );
+    let mut t = PolicyBuilder::lab().subscriber("prefixes", r#"["0.0.0.0/0", "::/0"]"#).router();
     for p in [
         tcp4([127, 0, 0, 1], MX4, 80, true, 64),
         tcp4(DYN4, [127, 0, 0, 1], 80, true, 64),
@@ -497,7 +393,7 @@ fn martians_are_dropped() {
 
 #[test]
 fn ttl_expiry_answers_time_exceeded_from_the_router() {
-    let mut t = TestRouter::lab();
+    let mut t = PolicyBuilder::lab().router();
     let p = udp4(DYN4, MX4, 33434, 32);
     let mut p1 = p.clone();
     p1[8] = 1;
@@ -526,14 +422,14 @@ fn ttl_expiry_answers_time_exceeded_from_the_router() {
 #[test]
 fn blocked_syn_with_ttl_1_gets_time_exceeded_not_rst() {
     // TTL is checked before the policy: the packet never reaches the policy point.
-    let mut t = TestRouter::lab();
+    let mut t = PolicyBuilder::lab().router();
     let (v, _) = t.out(&tcp4(DYN4, MX4, 25, true, 1));
     assert!(matches!(v, Verdict::Reply { kind: ReplyKind::TimeExceeded, .. }));
 }
 
 #[test]
 fn no_icmp_error_about_icmp_errors_or_without_an_address() {
-    let mut t = TestRouter::lab();
+    let mut t = PolicyBuilder::lab().router();
     // An ICMP time-exceeded message with TTL 1.
     let mut err = Vec::new();
     PacketBuilder::ipv4(DYN4, MX4, 1)
@@ -542,7 +438,7 @@ fn no_icmp_error_about_icmp_errors_or_without_an_address() {
         .unwrap();
     assert_eq!(t.out(&err).0, Verdict::Drop(DropReason::TtlExpired));
     // No IPv6 router address configured: expiry is a counted drop.
-    let mut t = TestRouter::with("addresses = [\"100.64.0.1\", \"2001:db8:100::1\"]", "addresses = [\"100.64.0.1\"]");
+    let mut t = PolicyBuilder::lab().router_key("addresses", r#"["100.64.0.1"]"#).router();
     let mut p6 = udp6(DYN6, MX6, 33434, 8);
     p6[7] = 1;
     assert_eq!(t.out(&p6).0, Verdict::Drop(DropReason::TtlExpired));
@@ -550,7 +446,7 @@ fn no_icmp_error_about_icmp_errors_or_without_an_address() {
 
 #[test]
 fn mtu_exceeded() {
-    let mut t = TestRouter::with("netns = \"op25b-lab-inet\"\nmtu = 1500", "netns = \"op25b-lab-inet\"\nmtu = 1400");
+    let mut t = PolicyBuilder::lab().upstream("mtu", 1400).router();
     let mut big = udp4(DYN4, MX4, 9, 1450 - 28);
     assert_eq!(big.len(), 1450);
     let (v, out) = t.out(&big);
@@ -579,9 +475,8 @@ fn mtu_exceeded() {
 
 #[test]
 fn router_answers_ping_and_drops_other_local_traffic() {
-    let mut t = TestRouter::lab();
-    let mut p = Vec::new();
-    PacketBuilder::ipv4(DYN4, [100, 64, 0, 1], 64).icmpv4_echo_request(7, 9).write(&mut p, b"hello").unwrap();
+    let mut t = PolicyBuilder::lab().router();
+    let p = packets::echo_request(&v4(DYN4), "100.64.0.1", b"hello");
     let (v, out) = t.out(&p);
     assert!(matches!(v, Verdict::Reply { kind: ReplyKind::EchoReply, .. }));
     let r = parse(&out);
@@ -590,8 +485,7 @@ fn router_answers_ping_and_drops_other_local_traffic() {
     assert_eq!(checksum::sum(&out[r.l4_offset..]), 0xffff);
     assert_eq!(&out[r.l4_offset + 4..], &p[r.l4_offset + 4..], "same id, seq and data");
 
-    let mut p6 = Vec::new();
-    PacketBuilder::ipv6(v6(DYN6), v6("2001:db8:100::1"), 64).icmpv6_echo_request(7, 9).write(&mut p6, b"hi").unwrap();
+    let p6 = packets::echo_request(DYN6, "2001:db8:100::1", b"hi");
     let (v, out) = t.out(&p6);
     assert!(matches!(v, Verdict::Reply { kind: ReplyKind::EchoReply, .. }));
     assert_eq!(parse(&out).transport, Transport::Icmp { icmp_type: 129, code: 0 });
@@ -603,7 +497,7 @@ fn router_answers_ping_and_drops_other_local_traffic() {
 
 #[test]
 fn malformed_packets_are_dropped_by_reason() {
-    let mut t = TestRouter::lab();
+    let mut t = PolicyBuilder::lab().router();
     let good = tcp4(DYN4, MX4, 587, true, 64);
     let good6 = tcp6(DYN6, MX6, 587, true, 64);
     let mut cases: Vec<(Vec<u8>, DropReason)> = vec![
@@ -640,12 +534,12 @@ fn malformed_packets_are_dropped_by_reason() {
     for (p, want) in cases {
         assert_eq!(t.out(&p).0, Verdict::Drop(want), "{p:02x?}");
     }
-    assert_eq!(t.counters().dropped(DropReason::BadChecksum), 1);
+    assert_eq!(t.stats().dropped(DropReason::BadChecksum), 1);
 }
 
 #[test]
 fn trailing_bytes_beyond_total_length_are_not_forwarded() {
-    let mut t = TestRouter::lab();
+    let mut t = PolicyBuilder::lab().router();
     let mut p = tcp4(DYN4, MX4, 587, true, 64);
     let len = p.len();
     p.extend_from_slice(&[0xee; 6]);
@@ -654,7 +548,7 @@ fn trailing_bytes_beyond_total_length_are_not_forwarded() {
 
 #[test]
 fn no_panic_on_random_or_mutated_input() {
-    let mut t = TestRouter::lab();
+    let mut t = PolicyBuilder::lab().router();
     let mut x: u64 = 0x2545f4914f6cdd1d;
     let mut rnd = move || {
         x ^= x << 13;
@@ -688,7 +582,7 @@ fn no_panic_on_random_or_mutated_input() {
         let dir = if rnd() % 2 == 0 { Direction::Outbound } else { Direction::Inbound };
         let mut reply = [0u8; 1280];
         let mut buf = p.clone();
-        match t.router.handle(t.now, dir, &mut buf, &mut reply) {
+        match t.router.handle(t.now, dir, &mut buf, &mut reply, RxInfo::default()) {
             Verdict::Reply { len, .. } => {
                 assert!(len <= p.len().max(40) + 48, "reply {len} for a {}-byte trigger", p.len());
                 PacketView::parse(&reply[..len]).expect("replies parse");
@@ -698,33 +592,30 @@ fn no_panic_on_random_or_mutated_input() {
         }
         verdicts += 1;
     }
-    let c = t.counters();
+    let c = t.stats();
     let total: u64 = Direction::ALL.iter().map(|d| c.forwarded(*d)).sum::<u64>()
         + DropReason::ALL.iter().map(|r| c.dropped(*r)).sum::<u64>()
         + ReplyKind::ALL.iter().map(|k| c.replies(*k)).sum::<u64>()
-        + c.terminated.get();
+        + c.terminated();
     assert_eq!(total, verdicts as u64, "every verdict is counted exactly once");
 }
 
 #[test]
 fn gso_super_packets_are_judged_on_headers_and_checked_per_segment() {
-    let mut t = TestRouter::lab();
+    let mut t = PolicyBuilder::lab().router();
     // A 60,000-byte TCP super-packet to 587, cut into 1448-byte segments.
-    let mut big = Vec::new();
-    PacketBuilder::ipv4(DYN4, MX4, 64).tcp(40000, 587, 1, 1000).ack(1).write(&mut big, &vec![0; 60_000]).unwrap();
-    let mut buf = big.clone();
-    let v = t.router.handle_gso(t.now, Direction::Outbound, &mut buf, &mut t.reply, 1448);
+    let big = packets::tcp(&v4(DYN4), 40000, &v4(MX4), 587).window(1000).ack(1).payload(&[0; 60_000]).build();
+    let gso = RxInfo { gso_size: Some(1448), csum_partial: true };
+    let (v, out) = t.send_rx(Direction::Outbound, &big, gso);
     assert_eq!(v, Verdict::Forward { len: big.len() });
-    assert_eq!(buf[8], 63);
+    assert_eq!(out[8], 63);
     // Segments larger than the egress MTU get "too big" with the MTU.
-    let mut t = TestRouter::with("netns = \"op25b-lab-inet\"\nmtu = 1500", "netns = \"op25b-lab-inet\"\nmtu = 1400");
-    let mut buf = big.clone();
-    let v = t.router.handle_gso(t.now, Direction::Outbound, &mut buf, &mut t.reply, 1448);
+    let mut t = PolicyBuilder::lab().upstream("mtu", 1400).router();
+    let v = t.send_rx(Direction::Outbound, &big, gso).0;
     assert!(matches!(v, Verdict::Reply { kind: ReplyKind::TooBig, .. }), "{v:?}");
     // The same super-packet to port 25 is blocked like any segment of the flow.
-    let mut t = TestRouter::lab();
-    let mut to25 = Vec::new();
-    PacketBuilder::ipv4(DYN4, MX4, 64).tcp(40000, 25, 1, 1000).ack(1).write(&mut to25, &vec![0; 60_000]).unwrap();
-    let v = t.router.handle_gso(t.now, Direction::Outbound, &mut to25, &mut t.reply, 1448);
+    let mut t = PolicyBuilder::lab().router();
+    let to25 = packets::tcp(&v4(DYN4), 40000, &v4(MX4), 25).window(1000).ack(1).payload(&[0; 60_000]).build();
+    let v = t.send_rx(Direction::Outbound, &to25, gso).0;
     assert_eq!(v, Verdict::Drop(DropReason::Op25bBlocked));
 }

@@ -2,57 +2,53 @@
 //! the reply rate limit.
 
 use std::net::IpAddr;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use etherparse::{PacketBuilder, TcpHeaderSlice};
+use etherparse::TcpHeaderSlice;
 
 use super::*;
-use crate::config::Config;
 use crate::packet::{checksum, Transport};
+use crate::testing::{packets, PolicyBuilder};
 
-const LAB: &str = include_str!("../../config/lab.toml");
 const DYN4: [u8; 4] = [100, 64, 1, 10];
 const STATIC4: [u8; 4] = [100, 64, 9, 10];
 const MX4: [u8; 4] = [203, 0, 113, 25];
 const RELAY4: [u8; 4] = [198, 51, 100, 25];
 
-fn router(extra: &str) -> Router {
-    // The lab sets the defaults explicitly; tests set their own.
-    let base =
-        LAB.replace("block_inbound = false\n", "").replace("reply_rate = 10\n", "").replace("reply_burst = 20\n", "");
-    let text = base.replacen("action = \"reject\"", extra, 1);
-    let cfg = Config::parse(std::path::Path::new("t.toml"), &text).expect("config");
-    Router::new(Arc::new(cfg.policy))
+/// The lab policy without the keys it sets to their defaults: tests set their own.
+fn lab() -> PolicyBuilder {
+    PolicyBuilder::lab().defaults()
+}
+
+fn router(b: PolicyBuilder) -> Router {
+    Router::new(b.policy())
+}
+
+fn redirect() -> PolicyBuilder {
+    lab().action("redirect").op25b("redirect_to", r#"["198.51.100.25:25", "[2001:db8:25::25]:25"]"#)
 }
 
 fn tcp(src: [u8; 4], sport: u16, dst: [u8; 4], dport: u16, flags: &str, payload: &[u8]) -> Vec<u8> {
-    let b = PacketBuilder::ipv4(src, dst, 64).tcp(sport, dport, 100, 64240);
-    let b = match flags {
+    let (src, dst) = (std::net::Ipv4Addr::from(src).to_string(), std::net::Ipv4Addr::from(dst).to_string());
+    let b = packets::tcp(&src, sport, &dst, dport).seq(100).payload(payload);
+    match flags {
         "syn" => b.syn(),
         "synack" => b.syn().ack(101),
         "fin" => b.ack(1).fin(),
         _ => b.ack(1),
-    };
-    let mut v = Vec::new();
-    b.write(&mut v, payload).unwrap();
-    v
+    }
+    .build()
 }
 
 fn tcp6(src: &str, sport: u16, dst: &str, dport: u16, syn: bool) -> Vec<u8> {
-    let s: std::net::Ipv6Addr = src.parse().unwrap();
-    let d: std::net::Ipv6Addr = dst.parse().unwrap();
-    let b = PacketBuilder::ipv6(s.octets(), d.octets(), 64).tcp(sport, dport, 100, 64240);
-    let b = if syn { b.syn() } else { b.ack(1) };
-    let mut v = Vec::new();
-    b.write(&mut v, b"data").unwrap();
-    v
+    let b = packets::tcp(src, sport, dst, dport).seq(100).payload(b"data");
+    if syn { b.syn() } else { b.ack(1) }.build()
 }
 
 fn run(r: &mut Router, now: Instant, dir: Direction, pkt: &[u8]) -> (Verdict, Vec<u8>) {
     let mut buf = pkt.to_vec();
     let mut reply = vec![0u8; 2048];
-    let v = r.handle(now, dir, &mut buf, &mut reply);
+    let v = r.handle(now, dir, &mut buf, &mut reply, RxInfo::default());
     let out = match v {
         Verdict::Forward { len } => buf[..len].to_vec(),
         Verdict::Reply { len, .. } => reply[..len].to_vec(),
@@ -75,7 +71,7 @@ fn tcp_checksum_ok(p: &[u8]) -> bool {
 
 #[test]
 fn icmp_action_answers_syn_with_prohibited() {
-    let mut r = router("action = \"icmp\"");
+    let mut r = router(lab().action("icmp"));
     let now = Instant::now();
     let syn = tcp(DYN4, 40000, MX4, 25, "syn", &[]);
     let (v, out) = run(&mut r, now, Direction::Outbound, &syn);
@@ -96,7 +92,7 @@ fn icmp_action_answers_syn_with_prohibited() {
 
 #[test]
 fn reply_limit_bounds_answers_per_subscriber() {
-    let mut r = router("action = \"reject\"\nreply_rate = 5\nreply_burst = 10");
+    let mut r = router(lab().op25b("reply_rate", 5).op25b("reply_burst", 10));
     let t0 = Instant::now();
     let mut answered = 0;
     for port in 0..1000u16 {
@@ -122,8 +118,7 @@ fn reply_limit_bounds_answers_per_subscriber() {
     assert!(answered <= 10 + 5 * 10, "{answered}");
     assert!(answered >= 5 * 9, "{answered}");
     // TTL expiry and echo replies spend the same tokens.
-    let mut ping = Vec::new();
-    PacketBuilder::ipv4(DYN4, [100, 64, 0, 1], 64).icmpv4_echo_request(1, 1).write(&mut ping, &[]).unwrap();
+    let ping = packets::echo_request("100.64.1.10", "100.64.0.1", &[]);
     assert_eq!(
         run(&mut r, t0 + Duration::from_millis(9_999), Direction::Outbound, &ping).0,
         Verdict::Drop(DropReason::ReplyRateLimited)
@@ -132,7 +127,7 @@ fn reply_limit_bounds_answers_per_subscriber() {
 
 #[test]
 fn ip25b_blocks_new_inbound_connections_to_dynamic_addresses() {
-    let mut r = router("action = \"reject\"\nblock_inbound = true");
+    let mut r = router(lab().op25b("block_inbound", true));
     let now = Instant::now();
     let (v, _) = run(&mut r, now, Direction::Inbound, &tcp(MX4, 40000, DYN4, 25, "syn", &[]));
     assert_eq!(v, Verdict::Drop(DropReason::Ip25bBlocked));
@@ -151,7 +146,7 @@ fn ip25b_blocks_new_inbound_connections_to_dynamic_addresses() {
         Verdict::Forward { .. }
     ));
     // Off by default.
-    let mut r = router("action = \"reject\"");
+    let mut r = router(lab());
     assert!(matches!(
         run(&mut r, now, Direction::Inbound, &tcp(MX4, 40000, DYN4, 25, "syn", &[])).0,
         Verdict::Forward { .. }
@@ -160,7 +155,7 @@ fn ip25b_blocks_new_inbound_connections_to_dynamic_addresses() {
 
 #[test]
 fn banner_action_hands_blocked_flows_to_the_responder() {
-    let mut r = router("action = \"banner\"");
+    let mut r = router(lab().action("banner"));
     let now = Instant::now();
     let syn = tcp(DYN4, 40000, MX4, 25, "syn", &[]);
     assert_eq!(run(&mut r, now, Direction::Outbound, &syn).0, Verdict::Terminate);
@@ -168,26 +163,21 @@ fn banner_action_hands_blocked_flows_to_the_responder() {
     // would answer them with RSTs outside the reply limit).
     let stray = tcp(DYN4, 40001, MX4, 25, "ack", b"EHLO x");
     assert_eq!(run(&mut r, now, Direction::Outbound, &stray).0, Verdict::Drop(DropReason::Op25bBlocked));
-    // Once the responder took the SYN, the flow's other segments go to it.
-    r.policy().runtime.responder().expect("banner responder").input(now, &syn);
+    // The responder took the SYN: the flow's other segments go to it.
     let ack = tcp(DYN4, 40000, MX4, 25, "ack", b"EHLO x");
     assert_eq!(run(&mut r, now, Direction::Outbound, &ack).0, Verdict::Terminate);
     let other = tcp(DYN4, 40000, MX4, 587, "syn", &[]);
     assert!(matches!(run(&mut r, now, Direction::Outbound, &other).0, Verdict::Forward { .. }));
-    assert_eq!(r.counters().terminated.get(), 2);
+    assert_eq!(r.stats().terminated(), 2);
 }
 
 #[test]
 fn banner_sessions_per_subscriber_are_bounded() {
-    let mut r = router("action = \"banner\"\nbanner_sessions_per_source = 2");
+    let mut r = router(lab().action("banner").op25b("banner_sessions_per_source", 2));
     let now = Instant::now();
     let take = |r: &mut Router, src: [u8; 4], sport: u16| {
         let syn = tcp(src, sport, MX4, 25, "syn", &[]);
-        let (v, out) = run(r, now, Direction::Outbound, &syn);
-        if v == Verdict::Terminate {
-            r.policy().runtime.responder().expect("banner responder").input(now, &syn);
-        }
-        (v, out)
+        run(r, now, Direction::Outbound, &syn)
     };
     for sport in [40000, 40001] {
         assert_eq!(take(&mut r, DYN4, sport).0, Verdict::Terminate);
@@ -197,18 +187,18 @@ fn banner_sessions_per_subscriber_are_bounded() {
     assert!(matches!(v, Verdict::Reply { kind: ReplyKind::TcpRst, .. }), "{v:?}");
     let rst = TcpHeaderSlice::from_slice(&rst[20..]).unwrap();
     assert!(rst.rst() && rst.destination_port() == 40002);
-    assert_eq!(r.counters().banner_source_full.get(), 1);
+    assert_eq!(r.stats().op25b.banner_source_full, 1);
     // A repeated SYN of a session it holds is dropped (smoltcp ignores it, and
     // another listening socket must not answer it).
     assert_eq!(take(&mut r, DYN4, 40000).0, Verdict::Drop(DropReason::Op25bBlocked));
     // Another subscriber is not affected.
     assert_eq!(take(&mut r, [100, 64, 1, 11], 40000).0, Verdict::Terminate);
-    assert_eq!(r.policy().runtime.responder().unwrap().sessions_of(IpAddr::from(DYN4)), 2);
+    assert_eq!(r.state().responder().unwrap().sessions_of(IpAddr::from(DYN4)), 2);
 }
 
 #[test]
 fn redirected_flows_per_subscriber_are_bounded() {
-    let mut r = router(&format!("{REDIRECT}\nmax_flows_per_source = 2"));
+    let mut r = router(redirect().op25b("max_flows_per_source", 2));
     let now = Instant::now();
     for sport in [40000, 40001] {
         let syn = tcp(DYN4, sport, MX4, 25, "syn", &[]);
@@ -220,11 +210,9 @@ fn redirected_flows_per_subscriber_are_bounded() {
     assert!(matches!(run(&mut r, now, Direction::Outbound, &other).0, Verdict::Forward { .. }));
 }
 
-const REDIRECT: &str = "action = \"redirect\"\nredirect_to = [\"198.51.100.25:25\", \"[2001:db8:25::25]:25\"]";
-
 #[test]
 fn redirect_rewrites_both_ways_with_valid_checksums() {
-    let mut r = router(REDIRECT);
+    let mut r = router(redirect());
     let now = Instant::now();
     let syn = tcp(DYN4, 40000, MX4, 25, "syn", &[]);
     let (v, out) = run(&mut r, now, Direction::Outbound, &syn);
@@ -256,13 +244,12 @@ fn redirect_rewrites_both_ways_with_valid_checksums() {
     // The relay's own traffic that is no redirected flow passes unchanged.
     let (_, plain) = run(&mut r, now, Direction::Inbound, &tcp(RELAY4, 25, DYN4, 50000, "ack", &[]));
     assert_eq!(PacketView::parse(&plain).unwrap().src.to_string(), "198.51.100.25");
-    assert_eq!(r.counters().redirected.get(), 3);
+    assert_eq!(r.stats().op25b.redirected, 3);
 }
 
 #[test]
 fn redirect_ipv6_and_limits() {
-    let text = format!("{REDIRECT}\nmax_flows = 2");
-    let mut r = router(&text);
+    let mut r = router(redirect().op25b("max_flows", 2));
     let now = Instant::now();
     let (v, out) =
         run(&mut r, now, Direction::Outbound, &tcp6("2001:db8:100:1::10", 40000, "2001:db8:203::25", 25, true));
@@ -283,7 +270,7 @@ fn redirect_ipv6_and_limits() {
         Verdict::Drop(DropReason::ConntrackFull)
     );
     // The same port to another destination at once collides.
-    let mut r = router(REDIRECT);
+    let mut r = router(redirect());
     assert!(matches!(
         run(&mut r, now, Direction::Outbound, &tcp(DYN4, 7, MX4, 25, "syn", &[])).0,
         Verdict::Forward { .. }
@@ -296,7 +283,7 @@ fn redirect_ipv6_and_limits() {
 
 #[test]
 fn redirect_updates_partial_checksums_in_partial_form() {
-    let mut r = router(REDIRECT);
+    let mut r = router(redirect());
     let now = Instant::now();
     let mut syn = tcp(DYN4, 40000, MX4, 25, "syn", b"x");
     let v0 = PacketView::parse(&syn).unwrap();
@@ -314,7 +301,7 @@ fn redirect_updates_partial_checksums_in_partial_form() {
     let mut buf = syn.clone();
     let mut reply = vec![0u8; 2048];
     let rx = RxInfo { gso_size: None, csum_partial: true };
-    assert!(matches!(r.handle_offloaded(now, Direction::Outbound, &mut buf, &mut reply, rx), Verdict::Forward { .. }));
+    assert!(matches!(r.handle(now, Direction::Outbound, &mut buf, &mut reply, rx), Verdict::Forward { .. }));
     let field = u16::from_be_bytes([buf[v0.l4_offset + 16], buf[v0.l4_offset + 17]]);
     assert_eq!(field, pseudo(DYN4, RELAY4, l4_len));
 }

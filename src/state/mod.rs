@@ -136,7 +136,8 @@ impl State {
                 rules += 1;
             }
         }
-        let kept = Kept { reply_buckets: kept_replies, flows: kept_flows, sessions: kept_sessions, rule_buckets: rules };
+        let kept =
+            Kept { reply_buckets: kept_replies, flows: kept_flows, sessions: kept_sessions, rule_buckets: rules };
         (state, kept)
     }
 

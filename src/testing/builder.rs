@@ -192,7 +192,7 @@ mod tests {
     #[test]
     fn the_lab_builder_is_config_lab_toml() {
         let file = Config::parse(Path::new("lab.toml"), include_str!("../../config/lab.toml")).unwrap();
-        let built = PolicyBuilder::lab().config();
+        let built = PolicyBuilder::lab().named("lab.toml").config();
         assert_eq!(built.render(), file.render());
         assert_eq!(format!("{:?}", built.subscriber), format!("{:?}", file.subscriber));
         assert_eq!(format!("{:?}", built.upstream), format!("{:?}", file.upstream));

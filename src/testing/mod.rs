@@ -9,7 +9,7 @@ mod builder;
 mod harness;
 pub mod packets;
 
-pub use builder::PolicyBuilder;
+pub use builder::{list, PolicyBuilder};
 pub use harness::TestRouter;
 
 /// The lab's addresses (config/lab.toml), by role.

@@ -157,3 +157,52 @@ pub fn echo_request_ttl(src: &str, dst: &str, payload: &[u8], ttl: u8) -> Vec<u8
     .expect("echo test packet");
     v
 }
+
+/// Recomputes the IPv4 header checksum after a test changed header bytes.
+pub fn fix_ipv4_checksum(p: &mut [u8]) {
+    let ihl = usize::from(p[0] & 0xf) * 4;
+    p[10] = 0;
+    p[11] = 0;
+    let c = !crate::packet::checksum::sum(&p[..ihl]);
+    p[10..12].copy_from_slice(&c.to_be_bytes());
+}
+
+/// An IPv4 fragment of `whole` (a packet with a 20-byte header): payload
+/// bytes `[from, to)` at offset `from`, more fragments to come if `more`.
+pub fn fragment4(whole: &[u8], from: usize, to: usize, more: bool) -> Vec<u8> {
+    let mut p = whole[..20].to_vec();
+    p.extend_from_slice(&whole[20 + from..20 + to]);
+    let len = u16::try_from(p.len()).expect("fragment fits an IPv4 packet");
+    p[2..4].copy_from_slice(&len.to_be_bytes());
+    let off = u16::try_from(from / 8).expect("offset fits 13 bits") | if more { 0x2000 } else { 0 };
+    p[6..8].copy_from_slice(&off.to_be_bytes());
+    fix_ipv4_checksum(&mut p);
+    p
+}
+
+/// `pkt` (IPv6) with an 8-byte extension header of `kind` inserted right
+/// after the fixed header: next header, length 0, then `body`.
+pub fn with_ext6(pkt: &[u8], kind: u8, body: [u8; 6]) -> Vec<u8> {
+    let mut p = pkt[..40].to_vec();
+    let next = p[6];
+    p[6] = kind;
+    p.push(next);
+    p.push(0);
+    p.extend_from_slice(&body);
+    p.extend_from_slice(&pkt[40..]);
+    let plen = u16::try_from(p.len() - 40).expect("fits an IPv6 payload length");
+    p[4..6].copy_from_slice(&plen.to_be_bytes());
+    p
+}
+
+/// An IPv6 fragment of `pkt`: a fragment header at `offset8` (8-byte units),
+/// more to come if `more`, keeping `keep` bytes of what follows it.
+pub fn fragment6(pkt: &[u8], offset8: u16, more: bool, keep: usize) -> Vec<u8> {
+    let word = (offset8 << 3) | u16::from(more);
+    let w = word.to_be_bytes();
+    let mut p = with_ext6(pkt, 44, [w[0], w[1], 0, 0, 0, 7]);
+    p.truncate(48 + keep);
+    let plen = u16::try_from(p.len() - 40).expect("fits an IPv6 payload length");
+    p[4..6].copy_from_slice(&plen.to_be_bytes());
+    p
+}
