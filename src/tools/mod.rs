@@ -5,7 +5,7 @@ pub mod replay;
 pub mod spec;
 
 use crate::router::{ReplyKind, Verdict};
-use crate::Direction;
+use crate::packet::Direction;
 
 /// The verdict's name as the tools report it: `forward`, `drop` or `reply`.
 pub fn verdict_name(v: Verdict) -> &'static str {

@@ -19,7 +19,7 @@ use pcap_file::DataLink;
 
 use crate::policy::PrefixSet;
 use crate::router::{Router, RxInfo, Verdict};
-use crate::Direction;
+use crate::packet::Direction;
 
 /// Why a replay could not start or finish.
 #[derive(Debug, thiserror::Error)]
