@@ -30,6 +30,7 @@ pub const MIN_MTU: u16 = 1280;
 
 /// A config that cannot be used.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum ConfigError {
     /// The file could not be read.
     #[error("{file}: cannot read: {source}")]

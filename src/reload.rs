@@ -20,6 +20,7 @@ use crate::state::State;
 
 /// Why a reload was refused. The running policy stays in force.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum ReloadError {
     /// The new file is not a valid config.
     #[error(transparent)]

@@ -201,7 +201,7 @@ impl RuleCounters {
 
 /// The counters one router (one worker's direction) writes.
 #[derive(Debug, Default)]
-pub struct Counters {
+pub(crate) struct Counters {
     pub(crate) dirs: [DirCounters; 2],
     /// Packets the OP25B fast path blocked (answered, dropped, redirected or terminated).
     pub(crate) op25b_blocked: Counter,

@@ -23,7 +23,7 @@
 //! back to plain packets. Shutdown wakes the waiting workers through a tun-rs
 //! `InterruptEvent`.
 
-pub mod device;
+mod device;
 mod gro;
 mod worker;
 
@@ -62,11 +62,11 @@ pub fn workers_per_direction(configured: Option<u16>) -> usize {
 
 /// The policy in force and its state, swapped together on a reload.
 #[derive(Debug)]
-pub struct Active {
+pub(crate) struct Active {
     /// The tables.
-    pub policy: Arc<Policy>,
+    pub(crate) policy: Arc<Policy>,
     /// The runtime state the workers share under this policy.
-    pub state: Arc<State>,
+    pub(crate) state: Arc<State>,
 }
 
 /// A running data plane.
@@ -186,10 +186,9 @@ impl Dataplane {
 }
 
 /// Opens both devices, with offload when configured and the kernel allows it
-/// on both; otherwise both without (the two must agree on the header).
-type Queues = Vec<SyncDevice>;
-
-fn open_pair(config: &Config, n: usize) -> Result<(Queues, Queues, bool), DeviceError> {
+/// on both; otherwise both without (the two must agree on the header). Each
+/// device comes as its queues' file descriptors.
+fn open_pair(config: &Config, n: usize) -> Result<(Vec<SyncDevice>, Vec<SyncDevice>, bool), DeviceError> {
     let dp: &DataplaneConfig = &config.dataplane;
     if dp.offload {
         let pair = device::open(&config.subscriber, true, dp.queue_len, n)

@@ -3,8 +3,8 @@
 //! shared vocabulary every layer above uses ([`Direction`]).
 
 pub mod checksum;
-pub mod nat;
-pub mod reply;
+pub(crate) mod nat;
+pub(crate) mod reply;
 pub mod view;
 
 pub use reply::IcmpError;

@@ -56,6 +56,7 @@ pub mod tcp_flags {
 
 /// Why a packet could not be parsed. Each variant becomes a drop counter.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum ParseError {
     /// The buffer is shorter than the fixed IP header, or the TCP header of an
     /// unfragmented packet is cut short.

@@ -14,6 +14,7 @@ use crate::packet::{PacketView, Transport};
 
 /// What happens to a blocked connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Action {
     /// Answer the SYN with a TCP RST (connection refused at once); drop the rest.
     Reject,
@@ -41,6 +42,7 @@ impl fmt::Display for Action {
 
 /// The fast path's answer, with the reason when a packet passes (for traces).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Decision {
     /// Not TCP, or no TCP header to judge (a later fragment).
     PassNotTcp,

@@ -34,7 +34,8 @@ use crate::stats::{Counters, RuleCounters, Stats};
 
 pub use crate::packet::Direction;
 pub use crate::stats::{DropReason, ReplyKind};
-pub use trace::{describe_view, NoTrace, Trace, TraceStep, Tracer};
+pub use trace::{describe_view, Trace, TraceStep};
+pub(crate) use trace::{NoTrace, Tracer};
 
 mod forward;
 mod local;
@@ -119,8 +120,8 @@ impl Router {
         r
     }
 
-    /// The counters, shareable with a reader.
-    pub fn counters(&self) -> &Arc<Counters> {
+    /// The counters, shareable with a reader (the data plane sums them).
+    pub(crate) fn counters(&self) -> &Arc<Counters> {
         &self.counters
     }
 

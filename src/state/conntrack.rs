@@ -162,11 +162,13 @@ impl Conntrack {
     }
 
     /// Live and not yet swept flows.
+    #[cfg(test)]
     pub fn len(&self) -> usize {
         self.flows.len()
     }
 
     /// True when no flow is tracked.
+    #[cfg(test)]
     pub fn is_empty(&self) -> bool {
         self.flows.is_empty()
     }

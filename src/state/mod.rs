@@ -13,8 +13,8 @@
 //! shared through its own `Arc`, so a reload can carry some parts over and
 //! start others afresh ([`State::carry_over`]).
 
-pub mod conntrack;
-pub mod ratelimit;
+pub(crate) mod conntrack;
+pub(crate) mod ratelimit;
 pub mod responder;
 
 use std::net::IpAddr;

@@ -81,6 +81,7 @@ impl RateLimiter {
     }
 
     /// Sources currently tracked (at most `SETS * WAYS`).
+    #[cfg(test)]
     pub fn tracked(&self) -> usize {
         self.table.iter().filter(|e| e.used).count()
     }

@@ -23,6 +23,7 @@ use crate::packet::Direction;
 
 /// Why a replay could not start or finish.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum ReplayError {
     /// The input could not be opened or is not a pcap file.
     #[error("{path}: {why}")]
