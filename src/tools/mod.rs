@@ -4,8 +4,8 @@
 pub mod replay;
 pub mod spec;
 
-use crate::router::{ReplyKind, Verdict};
 use crate::packet::Direction;
+use crate::router::{ReplyKind, Verdict};
 
 /// The verdict's name as the tools report it: `forward`, `drop` or `reply`.
 pub fn verdict_name(v: Verdict) -> &'static str {

@@ -17,9 +17,9 @@ use std::time::{Duration, Instant};
 use pcap_file::pcap::{PcapHeader, PcapPacket, PcapReader, PcapWriter};
 use pcap_file::DataLink;
 
+use crate::packet::Direction;
 use crate::policy::PrefixSet;
 use crate::router::{Router, RxInfo, Verdict};
-use crate::packet::Direction;
 
 /// Why a replay could not start or finish.
 #[derive(Debug, thiserror::Error)]
