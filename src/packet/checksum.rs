@@ -7,17 +7,16 @@ pub fn sum(data: &[u8]) -> u16 {
     sum_with(data)
 }
 
-/// Whether a 20-byte IPv4 header's checksum is right (its sum is `0xffff`).
-/// Summed in native byte order: a ones'-complement sum of byte-swapped words
-/// is the byte-swapped sum (RFC 1071 2.(B)), and `0xffff` swapped is itself,
-/// so no swaps are needed. Five loads and adds instead of a loop.
+/// Whether a 20-byte IPv4 header's checksum is right (its ones'-complement
+/// sum is `0xffff`). Without folding: 2^16 = 1 modulo 0xffff, so the folded
+/// sum is 0xffff exactly when the plain sum of the words is a non-zero
+/// multiple of 0xffff, whatever the word size or byte order (RFC 1071 2.(B)):
+/// five native loads, four adds and a division by a constant.
 #[inline]
 pub fn ipv4_header_ok(h: &[u8; 20]) -> bool {
     let w = |i: usize| u64::from(u32::from_ne_bytes([h[i], h[i + 1], h[i + 2], h[i + 3]]));
     let acc = w(0) + w(4) + w(8) + w(12) + w(16);
-    let acc = (acc & 0xffff_ffff) + (acc >> 32);
-    let acc = (acc & 0xffff_ffff) + (acc >> 32);
-    fold(acc as u32) == 0xffff
+    acc != 0 && acc % 0xffff == 0
 }
 
 #[inline]
@@ -58,6 +57,16 @@ pub fn adjust(checksum: u16, old: u16, new: u16) -> u16 {
     !fold(acc)
 }
 
+/// [`adjust`] for the one change a forwarded IPv4 header gets: the TTL (the
+/// high byte of the word it shares with the protocol) goes down by one. Then
+/// `~m + m'` is `0xffff - 0x0100 = 0xfeff` whatever the word, so the old and
+/// new words need not be read.
+#[inline]
+pub fn ttl_decremented(checksum: u16) -> u16 {
+    let acc = u32::from(!checksum) + 0xfeff;
+    !((acc & 0xffff) + (acc >> 16)) as u16
+}
+
 /// RFC 1624 for a run of 16-bit words: the checksum after `old` (even length)
 /// became `new` (same length).
 pub fn adjust_bytes(checksum: u16, old: &[u8], new: &[u8]) -> u16 {
@@ -80,6 +89,20 @@ pub fn adjust_partial(field: u16, old: &[u8], new: &[u8]) -> u16 {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn ttl_decremented_is_the_general_adjustment() {
+        for checksum in (0..=0xffffu32).step_by(7).chain([0, 1, 0xfeff, 0xff00, 0xfffe, 0xffff]) {
+            for ttl in [2u16, 3, 64, 128, 255] {
+                for proto in [1u16, 6, 17, 58] {
+                    let old = (ttl << 8) | proto;
+                    let new = ((ttl - 1) << 8) | proto;
+                    let c = checksum as u16;
+                    assert_eq!(super::ttl_decremented(c), super::adjust(c, old, new), "{c:#x} ttl {ttl}");
+                }
+            }
+        }
+    }
+
     #[test]
     fn ipv4_header_ok_agrees_with_the_sum() {
         let mut seed = 0x2545_f491_u32;

@@ -56,11 +56,9 @@ pub fn decrement_ttl(view: &PacketView, buf: &mut [u8]) {
         IpVersion::V4 => {
             // The view checked the 20-byte header, so the slice is there.
             let Some(h) = buf.get_mut(8..12) else { return };
-            let old = u16::from_be_bytes([h[0], h[1]]);
             h[0] = h[0].wrapping_sub(1);
-            let new = u16::from_be_bytes([h[0], h[1]]);
             let sum = u16::from_be_bytes([h[2], h[3]]);
-            h[2..4].copy_from_slice(&checksum::adjust(sum, old, new).to_be_bytes());
+            h[2..4].copy_from_slice(&checksum::ttl_decremented(sum).to_be_bytes());
         }
         IpVersion::V6 => buf[7] = buf[7].wrapping_sub(1),
     }

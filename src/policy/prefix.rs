@@ -46,7 +46,7 @@ impl PrefixSet {
     }
 
     /// True if `addr` lies in one of the prefixes.
-    #[inline]
+    #[inline(always)]
     pub fn contains(&self, addr: IpAddr) -> bool {
         match addr {
             IpAddr::V4(a) => match &self.v4_index {

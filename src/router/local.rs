@@ -10,8 +10,7 @@ use crate::packet::{reply, IcmpError};
 impl Router {
     #[inline]
     pub(super) fn local<T: Tracer>(&self, p: &mut Packet<'_>, t: &mut T) -> ControlFlow<Verdict> {
-        let dst = p.view.dst;
-        if self.own_address(dst) == Some(dst) {
+        if self.is_own(p.view.dst) {
             t.note("local", || "addressed to the router".into());
             let view = &p.view;
             if !reply::echo_allowed(view) {

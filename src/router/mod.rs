@@ -225,6 +225,15 @@ impl Router {
         self.rules(p, t)
     }
 
+    /// Whether `addr` is one of the router's own addresses.
+    #[inline]
+    fn is_own(&self, addr: IpAddr) -> bool {
+        match addr {
+            IpAddr::V4(a) => self.policy.address_v4 == Some(a),
+            IpAddr::V6(a) => self.policy.address_v6 == Some(a),
+        }
+    }
+
     /// The router's address of the same family as `addr`.
     #[inline]
     fn own_address(&self, addr: IpAddr) -> Option<IpAddr> {
