@@ -3,78 +3,59 @@
 
 use std::hint::black_box;
 use std::net::{Ipv4Addr, Ipv6Addr};
-use std::path::Path;
-use std::sync::Arc;
 use std::time::Instant;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use etherparse::PacketBuilder;
-use op25b::{Config, Direction, Router, Verdict};
+use op25b::testing::lab::{DYN4, DYN6, MX4, MX6};
+use op25b::testing::packets::{tcp, udp};
+use op25b::testing::PolicyBuilder;
+use op25b::{Direction, Router, RxInfo, Verdict};
 
-const LAB: &str = include_str!("../config/lab.toml");
+/// A TOML array of strings.
+fn list(items: impl Iterator<Item = String>) -> String {
+    let quoted: Vec<String> = items.map(|s| format!("{s:?}")).collect();
+    format!("[{}]", quoted.join(", "))
+}
 
 /// The lab policy with `n` extra dynamic, exempt and relay prefixes of each
 /// family that the benched packets do not hit (so every lookup searches the
 /// whole table).
 fn router(n: usize) -> Router {
-    let v4 = |i: usize, base: u32| format!("\"{}/32\"", Ipv4Addr::from(base + 2 * i as u32));
-    let v6 = |i: usize, base: u128| format!("\"{}/128\"", Ipv6Addr::from(base + 2 * i as u128));
-    let extra = |f: &dyn Fn(usize) -> String| (1..n).map(f).collect::<Vec<_>>().join(", ");
-    let dyn4 = extra(&|i| v4(i, 0x0a00_0000));
-    let exempt4 = extra(&|i| v4(i, 0x0b00_0000));
-    let relay4 = extra(&|i| v4(i, 0x0c00_0000));
-    let dyn6 = extra(&|i| v6(i, 0x2001_0db8_0a00_0000_0000_0000_0000_0000));
-    let sep = |s: &str| {
-        if s.is_empty() {
-            String::new()
-        } else {
-            format!(", {s}")
-        }
-    };
-    let text = LAB
-        .replacen(
-            "dynamic = [\"100.64.0.0/10\", \"2001:db8:100::/48\"]",
-            &format!("dynamic = [\"100.64.0.0/10\", \"2001:db8:100::/48\"{}{}]", sep(&dyn4), sep(&dyn6)),
-            1,
+    let v4 = |base: u32| move |i: usize| format!("{}/32", Ipv4Addr::from(base + 2 * i as u32));
+    let v6 = |base: u128| move |i: usize| format!("{}/128", Ipv6Addr::from(base + 2 * i as u128));
+    let lab = |prefixes: &'static [&'static str]| prefixes.iter().map(|p| p.to_string());
+    let policy = PolicyBuilder::lab()
+        .named("bench.toml")
+        .op25b(
+            "dynamic",
+            list(
+                lab(&["100.64.0.0/10", "2001:db8:100::/48"])
+                    .chain((1..n).map(v4(0x0a00_0000)))
+                    .chain((1..n).map(v6(0x2001_0db8_0a00_0000_0000_0000_0000_0000))),
+            ),
         )
-        .replacen(
-            "exempt_sources = [\"100.64.9.0/24\"",
-            &format!("exempt_sources = [\"100.64.9.0/24\"{}", sep(&exempt4)),
-            1,
+        .op25b(
+            "exempt_sources",
+            list(lab(&["100.64.9.0/24", "2001:db8:100:9::/64"]).chain((1..n).map(v4(0x0b00_0000)))),
         )
-        .replacen("relays = [\"198.51.100.25/32\"", &format!("relays = [\"198.51.100.25/32\"{}", sep(&relay4)), 1);
-    let cfg = Config::parse(Path::new("bench.toml"), &text).expect("bench config");
-    assert!(cfg.policy.op25b.dynamic.len() >= n);
-    Router::new(Arc::new(cfg.policy))
+        .op25b("relays", list(lab(&["198.51.100.25/32", "2001:db8:25::25/128"]).chain((1..n).map(v4(0x0c00_0000)))))
+        .policy();
+    assert!(policy.op25b.dynamic.len() >= n);
+    Router::new(policy)
 }
 
+/// From the dynamic subscriber: an ACK with `payload` zero bytes, or a SYN.
 fn tcp4(dport: u16, syn: bool, payload: usize) -> Vec<u8> {
-    let b = PacketBuilder::ipv4([100, 64, 1, 10], [203, 0, 113, 25], 64).tcp(40000, dport, 1, 64240);
-    let b = if syn { b.syn() } else { b.ack(1) };
-    let mut v = Vec::new();
-    b.write(&mut v, &vec![0; payload]).unwrap();
-    v
+    let b = tcp(DYN4, 40000, MX4, dport).payload(&vec![0; payload]);
+    if syn { b.syn() } else { b.ack(1) }.build()
 }
 
 fn tcp6(dport: u16, payload: usize) -> Vec<u8> {
-    let src: Ipv6Addr = "2001:db8:100:1::10".parse().unwrap();
-    let dst: Ipv6Addr = "2001:db8:203::25".parse().unwrap();
-    let mut v = Vec::new();
-    PacketBuilder::ipv6(src.octets(), dst.octets(), 64)
-        .tcp(40000, dport, 1, 64240)
-        .ack(1)
-        .write(&mut v, &vec![0; payload])
-        .unwrap();
-    v
+    tcp(DYN6, 40000, MX6, dport).ack(1).payload(&vec![0; payload]).build()
 }
 
 fn udp4(payload: usize) -> Vec<u8> {
-    let mut v = Vec::new();
-    PacketBuilder::ipv4([100, 64, 1, 10], [203, 0, 113, 25], 64)
-        .udp(40000, 9)
-        .write(&mut v, &vec![0; payload])
-        .unwrap();
-    v
+    udp(DYN4, 40000, MX4, 9, &vec![0; payload])
 }
 
 fn bench(c: &mut Criterion) {
@@ -106,15 +87,17 @@ fn bench(c: &mut Criterion) {
         let mut reply = vec![0u8; 2048];
         for (name, pkt) in &cases {
             let mut buf = pkt.clone();
-            let expect_forward =
-                matches!(r.handle(now, Direction::Outbound, &mut buf.clone(), &mut reply), Verdict::Forward { .. });
+            let expect_forward = matches!(
+                r.handle(now, Direction::Outbound, &mut buf.clone(), &mut reply, RxInfo::default()),
+                Verdict::Forward { .. }
+            );
             assert_eq!(expect_forward, name.starts_with("forward"), "{name}");
             group.bench_with_input(BenchmarkId::new(*name, prefixes), &prefixes, |b, _| {
                 b.iter(|| {
                     // Forwarding rewrites TTL and checksum in place: restore
                     // those 4 bytes rather than copying the whole packet.
                     let saved = [buf[7], buf[8], buf[10], buf[11]];
-                    let v = r.handle(now, Direction::Outbound, black_box(&mut buf), &mut reply);
+                    let v = r.handle(now, Direction::Outbound, black_box(&mut buf), &mut reply, RxInfo::default());
                     [buf[7], buf[8], buf[10], buf[11]] = saved;
                     // std's black_box, not a return value: criterion 0.5 without
                     // `real_blackbox` reads what the closure returns byte by byte

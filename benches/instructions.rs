@@ -5,54 +5,36 @@
 //! divides by N.
 
 use std::hint::black_box;
-use std::net::Ipv6Addr;
-use std::path::Path;
-use std::sync::Arc;
 use std::time::Instant;
 
-use etherparse::PacketBuilder;
-use op25b::{Config, Direction, Router, RxInfo};
+use op25b::testing::lab::{DYN4, DYN6, MX4, MX6};
+use op25b::testing::packets::{tcp, udp};
+use op25b::testing::PolicyBuilder;
+use op25b::{Direction, Router, RxInfo};
 
+/// From the dynamic subscriber: an ACK with `payload` zero bytes, or a SYN.
 fn tcp4(dport: u16, syn: bool, payload: usize) -> Vec<u8> {
-    let b = PacketBuilder::ipv4([100, 64, 1, 10], [203, 0, 113, 25], 64).tcp(40000, dport, 1, 64240);
-    let b = if syn { b.syn() } else { b.ack(1) };
-    let mut v = Vec::new();
-    b.write(&mut v, &vec![0; payload]).expect("tcp4");
-    v
-}
-
-fn tcp6(dport: u16, payload: usize) -> Vec<u8> {
-    let src: Ipv6Addr = "2001:db8:100:1::10".parse().expect("v6");
-    let dst: Ipv6Addr = "2001:db8:203::25".parse().expect("v6");
-    let mut v = Vec::new();
-    PacketBuilder::ipv6(src.octets(), dst.octets(), 64)
-        .tcp(40000, dport, 1, 64240)
-        .ack(1)
-        .write(&mut v, &vec![0; payload])
-        .expect("tcp6");
-    v
-}
-
-fn udp4(payload: usize) -> Vec<u8> {
-    let mut v = Vec::new();
-    PacketBuilder::ipv4([100, 64, 1, 10], [203, 0, 113, 25], 64)
-        .udp(40000, 9)
-        .write(&mut v, &vec![0; payload])
-        .expect("udp4");
-    v
+    let b = tcp(DYN4, 40000, MX4, dport).payload(&vec![0; payload]);
+    if syn { b.syn() } else { b.ack(1) }.build()
 }
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
+    const USAGE: &str = "usage: instructions CASE N (CASE: forward_tcp4 forward_tcp6 forward_udp4 blocked_syn4 blocked_syn4_rst blocked_ack4)";
+    // `cargo bench` passes --bench, `cargo test --all-targets` nothing: only
+    // scripts/callgrind.sh runs a case, so there is nothing to do then.
+    if args.get(1).is_none_or(|a| a.starts_with("--")) {
+        eprintln!("{USAGE}");
+        return;
+    }
     let (Some(case), Some(n)) = (args.get(1), args.get(2).and_then(|n| n.parse::<u64>().ok())) else {
-        eprintln!("usage: instructions CASE N (CASE: forward_tcp4 forward_tcp6 forward_udp4 blocked_syn4 blocked_syn4_rst blocked_ack4)");
+        eprintln!("{USAGE}");
         std::process::exit(2);
     };
-    // Criterion passes --bench when run through `cargo bench`: nothing to do then.
     let pkt = match case.as_str() {
         "forward_tcp4" => tcp4(587, false, 1460),
-        "forward_tcp6" => tcp6(587, 1440),
-        "forward_udp4" => udp4(36),
+        "forward_tcp6" => tcp(DYN6, 40000, MX6, 587).ack(1).payload(&[0; 1440]).build(),
+        "forward_udp4" => udp(DYN4, 40000, MX4, 9, &[0; 36]),
         "blocked_syn4" | "blocked_syn4_rst" => tcp4(25, true, 0),
         "blocked_ack4" => tcp4(25, false, 0),
         other => {
@@ -62,14 +44,11 @@ fn main() {
     };
     // The lab config; blocked_syn4 soon runs over the reply limit (as a SYN
     // flood would), blocked_syn4_rst lifts it so every SYN builds its RST.
-    let mut text = include_str!("../config/lab.toml").to_string();
+    let mut policy = PolicyBuilder::lab();
     if case == "blocked_syn4_rst" {
-        text = text
-            .replace("reply_rate = 10", "reply_rate = 1000000")
-            .replace("reply_burst = 20", "reply_burst = 1000000");
+        policy = policy.unlimited_replies();
     }
-    let cfg = Config::parse(Path::new("lab.toml"), &text).expect("lab config");
-    let mut r = Router::new(Arc::new(cfg.policy));
+    let mut r = Router::new(policy.policy());
     let now = Instant::now();
     let mut reply = vec![0u8; 2048];
     let mut buf = pkt.clone();

@@ -4,40 +4,31 @@
 
 use std::hint::black_box;
 use std::net::Ipv4Addr;
-use std::path::Path;
-use std::sync::Arc;
 use std::time::Instant;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use etherparse::PacketBuilder;
-use op25b::{Config, Direction, Router, Verdict};
-
-const LAB: &str = include_str!("../config/lab.toml");
+use op25b::testing::lab::MX4;
+use op25b::testing::packets::tcp;
+use op25b::testing::PolicyBuilder;
+use op25b::{Direction, Router, RxInfo, Verdict};
 
 /// `n` rules that look at TCP but never match the benched packet (their
 /// destination ports differ), each with `prefixes` source prefixes.
 fn router(n: usize, prefixes: usize) -> Router {
-    let mut text = String::from(LAB);
     let srcs: Vec<String> =
         (0..prefixes).map(|i| format!("\"{}/32\"", Ipv4Addr::from(0x6440_0000u32 + 2 * i as u32))).collect();
-    text.push_str(&format!("\n[sets]\nsubs = [{}]\n", srcs.join(", ")));
+    let mut text = format!("[sets]\nsubs = [{}]\n", srcs.join(", "));
     for i in 0..n {
         text.push_str(&format!(
             "\n[[rule]]\nname = \"r{i}\"\ndirection = \"outbound\"\nprotocol = \"tcp\"\nsrc = [\"@subs\"]\ndst_ports = [{}]\naction = \"drop\"\n",
             10_000 + i
         ));
     }
-    let cfg = Config::parse(Path::new("bench.toml"), &text).expect("bench config");
-    Router::new(Arc::new(cfg.policy))
+    Router::new(PolicyBuilder::lab().named("bench.toml").rules(&text).policy())
 }
 
 fn bench(c: &mut Criterion) {
-    let mut pkt = Vec::new();
-    PacketBuilder::ipv4([100, 64, 0, 0], [203, 0, 113, 25], 64)
-        .tcp(40000, 587, 1, 64240)
-        .ack(1)
-        .write(&mut pkt, &[0u8; 1460])
-        .unwrap();
+    let pkt = tcp("100.64.0.0", 40000, MX4, 587).ack(1).payload(&[0u8; 1460]).build();
     let mut group = c.benchmark_group("rules");
     group.throughput(Throughput::Elements(1));
     let mut reply = vec![0u8; 2048];
@@ -45,12 +36,15 @@ fn bench(c: &mut Criterion) {
         let mut r = router(rules, prefixes);
         let now = Instant::now();
         let mut buf = pkt.clone();
-        assert!(matches!(r.handle(now, Direction::Outbound, &mut buf.clone(), &mut reply), Verdict::Forward { .. }));
+        assert!(matches!(
+            r.handle(now, Direction::Outbound, &mut buf.clone(), &mut reply, RxInfo::default()),
+            Verdict::Forward { .. }
+        ));
         let id = format!("{rules}rules_{prefixes}prefixes");
         group.bench_with_input(BenchmarkId::new("forward_tcp4_1500", id), &rules, |b, _| {
             b.iter(|| {
                 let saved = [buf[8], buf[10], buf[11]];
-                let v = r.handle(now, Direction::Outbound, black_box(&mut buf), &mut reply);
+                let v = r.handle(now, Direction::Outbound, black_box(&mut buf), &mut reply, RxInfo::default());
                 [buf[8], buf[10], buf[11]] = saved;
                 // std's black_box, not a return value (see benches/core.rs).
                 let _ = black_box(v);

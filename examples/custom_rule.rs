@@ -6,14 +6,15 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use etherparse::PacketBuilder;
 use op25b::packet::PacketView;
 use op25b::policy::{Rule, RuleContext, RuleVerdict};
-use op25b::{Config, Direction, Router, Verdict};
+use op25b::testing::lab::{DYN4, MX4};
+use op25b::testing::packets::syn;
+use op25b::testing::{PolicyBuilder, TestRouter};
+use op25b::{Direction, Verdict};
 
 /// At most `max` SYNs to port 587 per source in each `window`.
 pub struct SubmissionLimit {
@@ -77,38 +78,30 @@ impl Rule for SubmissionLimit {
     }
 }
 
-fn syn(src: [u8; 4], dport: u16) -> Vec<u8> {
-    let mut v = Vec::new();
-    PacketBuilder::ipv4(src, [203, 0, 113, 25], 64).tcp(40000, dport, 1, 1000).syn().write(&mut v, &[]).unwrap();
-    v
-}
-
 /// Builds the router and runs the scenario; returns how many SYNs from one
 /// subscriber passed in the first minute, and after it.
 pub fn scenario() -> (usize, usize) {
-    let text = include_str!("../config/lab.toml");
-    let mut config = Config::parse(Path::new("config/lab.toml"), text).expect("lab config");
+    let mut config = PolicyBuilder::lab().config();
     config
         .policy
         .push_rule(Box::new(SubmissionLimit::new(3, Duration::from_secs(60), 10_000)))
         .expect("unshared policy");
-    let mut router = Router::new(Arc::new(config.policy));
-    let mut reply = [0u8; 2048];
-    let t0 = Instant::now();
-    let mut send = |now: Instant, src: [u8; 4]| {
-        let mut p = syn(src, 587);
-        matches!(router.handle(now, Direction::Outbound, &mut p, &mut reply), Verdict::Forward { .. })
+    let mut router = TestRouter::new(Arc::new(config.policy));
+    let t0 = router.now;
+    let mut send = |now: Instant, src: &str| {
+        router.now = now;
+        matches!(router.out(&syn(src, MX4, 587)).0, Verdict::Forward { .. })
     };
-    let first = (0..10).filter(|i| send(t0 + Duration::from_secs(*i), [100, 64, 1, 10])).count();
+    let first = (0..10).filter(|i| send(t0 + Duration::from_secs(*i), DYN4)).count();
     // Another subscriber is not affected.
-    assert!(send(t0, [100, 64, 1, 11]));
-    let later = (0..10).filter(|i| send(t0 + Duration::from_secs(61 + i), [100, 64, 1, 10])).count();
+    assert!(send(t0, "100.64.1.11"));
+    let later = (0..10).filter(|i| send(t0 + Duration::from_secs(61 + i), DYN4)).count();
     (first, later)
 }
 
 pub fn main() {
     let (first, later) = scenario();
-    println!("port-587 SYNs from 100.64.1.10 forwarded in the first minute: {first} of 10");
+    println!("port-587 SYNs from {DYN4} forwarded in the first minute: {first} of 10");
     println!("in the next minute: {later} of 10");
     assert_eq!((first, later), (3, 3));
 }

@@ -42,8 +42,8 @@ const SMTP: u16 = 25;
 const SUBMISSION: u16 = 587;
 /// How long the SMTP server may take to bind its addresses.
 const SERVER_READY: Duration = Duration::from_secs(10);
-/// The redirect target config: the relay, one per IP family.
-const REDIRECT_TO: &str = r#"redirect_to = ["198.51.100.25:25", "[2001:db8:25::25]:25"]"#;
+/// `op25b.redirect_to`: the relay, one per IP family.
+const REDIRECT_TO: &str = r#"["198.51.100.25:25", "[2001:db8:25::25]:25"]"#;
 
 /// Fails the test unless the system Python can run aiosmtpd.
 fn preflight_python() {
@@ -173,12 +173,7 @@ impl Drop for SmtpServer {
 fn outside_servers(ns: &str) -> SmtpServer {
     SmtpServer::start(
         ns,
-        &[
-            ("mx", sa(MX_V4, SMTP)),
-            ("mx", sa(MX_V6, SMTP)),
-            ("relay", sa(RELAY_V4, SMTP)),
-            ("relay", sa(RELAY_V6, SMTP)),
-        ],
+        &[("mx", sa(MX4, SMTP)), ("mx", sa(MX6, SMTP)), ("relay", sa(RELAY4, SMTP)), ("relay", sa(RELAY6, SMTP))],
     )
 }
 
@@ -252,15 +247,14 @@ const BLOCKED_SYN: [&str; 2] =
 /// connection. The relay still takes a whole message from the dynamic address.
 #[test]
 fn icmp_action_fails_connect_at_once_with_admin_prohibited() {
-    let mut lab = start_lab(LabOptions { action: "icmp", ..LabOptions::default() });
+    let mut lab = start_lab(LabOptions::edit(|p| p.action("icmp")));
     for p in BLOCKED_SYN {
         check_cli(&lab, p, &["-> action icmp", "prohibited"], 1);
     }
     let servers = outside_servers(&lab.up);
-    for (dynamic, mx, relay, router, errname, icmp_type, icmp_code) in [
-        (DYN_V4, MX_V4, RELAY_V4, ROUTER_V4, "EHOSTUNREACH", 3, 13),
-        (DYN_V6, MX_V6, RELAY_V6, ROUTER_V6, "EACCES", 1, 1),
-    ] {
+    for (dynamic, mx, relay, router, errname, icmp_type, icmp_code) in
+        [(DYN4, MX4, RELAY4, ROUTER4, "EHOSTUNREACH", 3, 13), (DYN6, MX6, RELAY6, ROUTER6, "EACCES", 1, 1)]
+    {
         let mx = sa(mx, SMTP).to_string();
         let r = smtp_client(&lab.sub, &["--dest", &mx, "--timeout", CLIENT_TIMEOUT, "--watch-icmp", "--send"]);
         assert_failed_at_once(&r, errname, &format!("dynamic -> {mx} with action = icmp"));
@@ -283,12 +277,12 @@ fn icmp_action_fails_connect_at_once_with_admin_prohibited() {
     drop(servers);
 
     let c = lab.stop();
-    println!("{}", c.line);
+    println!("{c}");
     // One SYN per family: the ICMP error ends the attempt, no retransmission.
-    assert_eq!(c.get("op25b_blocked"), 2, "{}", c.line);
-    assert_eq!(c.get("reply_prohibited"), 2, "{}", c.line);
-    assert_eq!(c.get("reply_tcp_rst"), 0, "{}", c.line);
-    assert_eq!(c.get("drop_reply_rate_limited"), 0, "{}", c.line);
+    assert_eq!(c.get("op25b_blocked"), 2, "{c}");
+    assert_eq!(c.get("reply_prohibited"), 2, "{c}");
+    assert_eq!(c.get("reply_tcp_rst"), 0, "{c}");
+    assert_eq!(c.get("drop_reply_rate_limited"), 0, "{c}");
 }
 
 /// action = "redirect": a whole SMTP transaction to the outside MX lands at
@@ -298,12 +292,12 @@ fn icmp_action_fails_connect_at_once_with_admin_prohibited() {
 /// source still reaches the real MX.
 #[test]
 fn redirect_action_delivers_to_the_relay_transparently() {
-    let mut lab = start_lab(LabOptions { action: "redirect", op25b_extra: REDIRECT_TO, ..LabOptions::default() });
+    let mut lab = start_lab(LabOptions::edit(|p| p.action("redirect").op25b("redirect_to", REDIRECT_TO)));
     for p in BLOCKED_SYN {
         check_cli(&lab, p, &["-> action redirect", "redirect", "forward"], 0);
     }
     let servers = outside_servers(&lab.up);
-    for (dynamic, exempt, mx, relay) in [(DYN_V4, EXEMPT_V4, MX_V4, RELAY_V4), (DYN_V6, EXEMPT_V6, MX_V6, RELAY_V6)] {
+    for (dynamic, exempt, mx, relay) in [(DYN4, STATIC4, MX4, RELAY4), (DYN6, STATIC6, MX6, RELAY6)] {
         let mx_addr = sa(mx, SMTP);
         let tag = format!("redirect-{dynamic}");
         let r = smtp_client(
@@ -349,25 +343,24 @@ fn redirect_action_delivers_to_the_relay_transparently() {
     }
     for e in servers.connects("mx") {
         assert!(
-            peer_ip(&e) == Some(ip(EXEMPT_V4)) || peer_ip(&e) == Some(ip(EXEMPT_V6)),
+            peer_ip(&e) == Some(ip(STATIC4)) || peer_ip(&e) == Some(ip(STATIC6)),
             "only exempt sources may reach the outside MX: {e}"
         );
     }
     drop(servers);
 
     let c = lab.stop();
-    println!("{}", c.line);
-    assert!(c.get("op25b_redirected") > 0, "{}", c.line);
+    println!("{c}");
+    assert!(c.get("op25b_redirected") > 0, "{c}");
     assert_eq!(
         c.get("op25b_redirected"),
         c.get("op25b_blocked"),
-        "every blocked packet of a redirected flow is rewritten: {}",
-        c.line
+        "every blocked packet of a redirected flow is rewritten: {c}"
     );
-    assert_eq!(c.get("drop_op25b_blocked"), 0, "{}", c.line);
-    assert_eq!(c.get("drop_reply_rate_limited"), 0, "{}", c.line);
-    assert_eq!(c.get("drop_redirect_collision"), 0, "{}", c.line);
-    assert_eq!(c.get("drop_conntrack_full"), 0, "{}", c.line);
+    assert_eq!(c.get("drop_op25b_blocked"), 0, "{c}");
+    assert_eq!(c.get("drop_reply_rate_limited"), 0, "{c}");
+    assert_eq!(c.get("drop_redirect_collision"), 0, "{c}");
+    assert_eq!(c.get("drop_conntrack_full"), 0, "{c}");
 }
 
 /// action = "banner": op25b completes the handshake as the dialled server and
@@ -377,13 +370,13 @@ fn redirect_action_delivers_to_the_relay_transparently() {
 /// responder; until then the SYN is dropped and the client times out.
 #[test]
 fn banner_action_answers_554_as_the_dialled_server() {
-    let mut lab = start_lab(LabOptions { action: "banner", ..LabOptions::default() });
+    let mut lab = start_lab(LabOptions::edit(|p| p.action("banner")));
     for p in BLOCKED_SYN {
         check_cli(&lab, p, &["-> action banner", "terminate"], 1);
     }
     let servers = outside_servers(&lab.up);
     let mut failures = Vec::new();
-    for mx in [MX_V4, MX_V6] {
+    for mx in [MX4, MX6] {
         let mx_addr = sa(mx, SMTP);
         let r = smtp_client(&lab.sub, &["--dest", &mx_addr.to_string(), "--timeout", CLIENT_TIMEOUT, "--send"]);
         if r["connected"] != true {
@@ -402,9 +395,9 @@ fn banner_action_answers_554_as_the_dialled_server() {
     assert!(mx_seen.is_empty(), "the outside MX saw connections: {mx_seen:?}");
     drop(servers);
     let c = lab.stop();
-    println!("{}", c.line);
-    assert!(failures.is_empty(), "{}\n{}", failures.join("\n"), c.line);
-    assert!(c.get("op25b_terminated") > 0, "{}", c.line);
+    println!("{c}");
+    assert!(failures.is_empty(), "{}\n{}", failures.join("\n"), c);
+    assert!(c.get("op25b_terminated") > 0, "{c}");
     // Every blocked packet went to the responder, except a client segment
     // that arrives after its session ended (the responder leaves TIME-WAIT at
     // once): such a segment belongs to no session and the router drops it.
@@ -414,24 +407,23 @@ fn banner_action_answers_554_as_the_dialled_server() {
     assert_eq!(
         c.get("op25b_terminated") + c.get("drop_op25b_blocked"),
         c.get("op25b_blocked"),
-        "every blocked packet was terminated or dropped: {}",
-        c.line
+        "every blocked packet was terminated or dropped: {c}"
     );
-    assert!(c.get("drop_op25b_blocked") <= 2 * 2, "late segments only: {}", c.line);
-    assert_eq!(c.get("reply_tcp_rst"), 0, "{}", c.line);
-    assert_eq!(c.get("drop_reply_rate_limited"), 0, "{}", c.line);
+    assert!(c.get("drop_op25b_blocked") <= 2 * 2, "late segments only: {c}");
+    assert_eq!(c.get("reply_tcp_rst"), 0, "{c}");
+    assert_eq!(c.get("drop_reply_rate_limited"), 0, "{c}");
 }
 
 /// action = "drop" with the SMTP client: the connect to the outside MX hangs
 /// until the client's timeout, and the MX sees nothing.
 #[test]
 fn drop_action_makes_the_smtp_client_time_out() {
-    let mut lab = start_lab(LabOptions { action: "drop", ..LabOptions::default() });
+    let mut lab = start_lab(LabOptions::edit(|p| p.action("drop")));
     for p in BLOCKED_SYN {
         check_cli(&lab, p, &["-> action drop", "drop (op25b_blocked)"], 1);
     }
     let servers = outside_servers(&lab.up);
-    for mx in [MX_V4, MX_V6] {
+    for mx in [MX4, MX6] {
         let mx_addr = sa(mx, SMTP).to_string();
         let r = smtp_client(&lab.sub, &["--dest", &mx_addr, "--timeout", HANG_TIMEOUT]);
         assert_eq!(r["connected"], false, "dynamic -> {mx_addr}: {r}");
@@ -441,9 +433,9 @@ fn drop_action_makes_the_smtp_client_time_out() {
     assert!(mx_seen.is_empty(), "the outside MX saw connections: {mx_seen:?}");
     drop(servers);
     let c = lab.stop();
-    println!("{}", c.line);
-    assert!(c.get("op25b_blocked") >= 2, "{}", c.line);
-    assert_eq!(c.get("op25b_blocked"), c.get("drop_op25b_blocked"), "{}", c.line);
+    println!("{c}");
+    assert!(c.get("op25b_blocked") >= 2, "{c}");
+    assert_eq!(c.get("op25b_blocked"), c.get("drop_op25b_blocked"), "{c}");
 }
 
 /// block_inbound = true (IP25B): a new connection from outside to port 25 of a
@@ -451,7 +443,7 @@ fn drop_action_makes_the_smtp_client_time_out() {
 /// exempt address and port 587 of the dynamic address take whole messages.
 #[test]
 fn block_inbound_drops_new_connections_to_dynamic_port_25() {
-    let mut lab = start_lab(LabOptions { op25b_extra: "block_inbound = true", ..LabOptions::default() });
+    let mut lab = start_lab(LabOptions::edit(|p| p.op25b("block_inbound", true)));
     for (p, status, expect) in [
         ("tcp 203.0.113.25:40000 -> 100.64.1.10:25 syn", 1, "ip25b"),
         ("tcp [2001:db8:203::25]:40000 -> [2001:db8:100:1::10]:25 syn", 1, "ip25b"),
@@ -463,15 +455,15 @@ fn block_inbound_drops_new_connections_to_dynamic_port_25() {
     let servers = SmtpServer::start(
         &lab.sub,
         &[
-            ("dynamic", sa(DYN_V4, SMTP)),
-            ("dynamic", sa(DYN_V6, SMTP)),
-            ("exempt", sa(EXEMPT_V4, SMTP)),
-            ("exempt", sa(EXEMPT_V6, SMTP)),
-            ("dynamic-587", sa(DYN_V4, SUBMISSION)),
-            ("dynamic-587", sa(DYN_V6, SUBMISSION)),
+            ("dynamic", sa(DYN4, SMTP)),
+            ("dynamic", sa(DYN6, SMTP)),
+            ("exempt", sa(STATIC4, SMTP)),
+            ("exempt", sa(STATIC6, SMTP)),
+            ("dynamic-587", sa(DYN4, SUBMISSION)),
+            ("dynamic-587", sa(DYN6, SUBMISSION)),
         ],
     );
-    for (outside, dynamic, exempt) in [(MX_V4, DYN_V4, EXEMPT_V4), (MX_V6, DYN_V6, EXEMPT_V6)] {
+    for (outside, dynamic, exempt) in [(MX4, DYN4, STATIC4), (MX6, DYN6, STATIC6)] {
         let dst = sa(dynamic, SMTP).to_string();
         let r = smtp_client(&lab.up, &["--dest", &dst, "--source", outside, "--timeout", HANG_TIMEOUT]);
         assert_eq!(r["connected"], false, "outside -> {dst} must not connect: {r}");
@@ -502,10 +494,10 @@ fn block_inbound_drops_new_connections_to_dynamic_port_25() {
     assert!(seen.is_empty(), "port 25 of the dynamic address was reached: {seen:?}");
     drop(servers);
     let c = lab.stop();
-    println!("{}", c.line);
+    println!("{c}");
     // The SYN and its retransmission, per family.
-    assert!(c.get("drop_ip25b_blocked") >= 2, "{}", c.line);
-    assert_eq!(c.get("op25b_blocked"), 0, "{}", c.line);
+    assert!(c.get("drop_ip25b_blocked") >= 2, "{c}");
+    assert_eq!(c.get("op25b_blocked"), 0, "{c}");
 }
 
 /// reply_rate = 5, reply_burst = 10, action = "reject": first a real SMTP
@@ -520,7 +512,7 @@ fn reply_rate_limits_rsts_under_a_syn_flood() {
     const RATE: f64 = 5.0;
     const BURST: u64 = 10;
     const COUNT: u64 = 200;
-    let mut lab = start_lab(LabOptions { op25b_extra: "reply_rate = 5\nreply_burst = 10", ..LabOptions::default() });
+    let mut lab = start_lab(LabOptions::edit(|p| p.op25b("reply_rate", 5).op25b("reply_burst", 10)));
     for p in BLOCKED_SYN {
         check_cli(&lab, p, &["-> action reject", "tcp_rst"], 1);
     }
@@ -529,13 +521,13 @@ fn reply_rate_limits_rsts_under_a_syn_flood() {
     lab.sub_ip(&["addr", "add", &format!("{other_v4}/32"), "dev", "lo"]);
     lab.sub_ip(&["addr", "add", &format!("{other_v6}/128"), "dev", "lo", "nodad"]);
     let servers = outside_servers(&lab.up);
-    for (src, mx) in [(other_v4, MX_V4), (other_v6, MX_V6)] {
+    for (src, mx) in [(other_v4, MX4), (other_v6, MX6)] {
         let mx_addr = sa(mx, SMTP).to_string();
         let r = smtp_client(&lab.sub, &["--dest", &mx_addr, "--source", src, "--timeout", CLIENT_TIMEOUT, "--send"]);
         assert_failed_at_once(&r, "ECONNREFUSED", &format!("{src} -> {mx_addr} (reject)"));
     }
 
-    let floods: Vec<(String, Child)> = [(DYN_V4, MX_V4), (DYN_V6, MX_V6)]
+    let floods: Vec<(String, Child)> = [(DYN4, MX4), (DYN6, MX6)]
         .into_iter()
         .map(|(src, mx)| {
             let dest = sa(mx, SMTP).to_string();
@@ -590,10 +582,10 @@ fn reply_rate_limits_rsts_under_a_syn_flood() {
     drop(servers);
 
     let c = lab.stop();
-    println!("{}", c.line);
+    println!("{c}");
     // Plus the two refused SMTP connects from the other subscriber.
-    assert_eq!(c.get("reply_tcp_rst"), refused_total + 2, "{}", c.line);
-    assert_eq!(c.get("drop_reply_rate_limited"), unanswered_total, "{}", c.line);
-    assert!(c.get("drop_reply_rate_limited") > 0, "{}", c.line);
-    assert_eq!(c.get("op25b_blocked"), 2 * COUNT + 2, "{}", c.line);
+    assert_eq!(c.get("reply_tcp_rst"), refused_total + 2, "{c}");
+    assert_eq!(c.get("drop_reply_rate_limited"), unanswered_total, "{c}");
+    assert!(c.get("drop_reply_rate_limited") > 0, "{c}");
+    assert_eq!(c.get("op25b_blocked"), 2 * COUNT + 2, "{c}");
 }

@@ -1,19 +1,21 @@
 //! No allocation on the forwarding path: a counting global allocator around
-//! `Router::handle` / `Router::handle_gso` for forwarded, blocked (RST reply and
-//! silent drop), answered (echo, time exceeded) and malformed packets.
+//! `Router::handle` for forwarded (plain and GSO), blocked (RST reply and
+//! silent drop), answered (echo, time exceeded) and malformed packets, and
+//! around whole banner sessions (`Verdict::Terminate`, then what the
+//! responder sends through `State::poll_transmit`).
 //!
 //! Counting is per thread (a thread-local switch), so the test harness's own
 //! threads and other tests in this binary do not disturb it.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
-use std::net::Ipv6Addr;
-use std::path::Path;
-use std::sync::Arc;
 use std::time::Instant;
 
-use etherparse::PacketBuilder;
-use op25b::{Config, Direction, Router, Verdict};
+use op25b::packet::{checksum, tcp_flags, PacketView, Transport};
+use op25b::testing::lab::{DYN4, DYN6, MX4, MX6, ROUTER4};
+use op25b::testing::packets::{echo_request, tcp, udp};
+use op25b::testing::PolicyBuilder;
+use op25b::{Direction, Router, RxInfo, Verdict};
 
 struct Counting;
 
@@ -62,48 +64,37 @@ fn allocations(f: impl FnOnce()) -> u64 {
     ALLOCS.with(Cell::get)
 }
 
-fn router() -> Router {
+fn router(policy: PolicyBuilder) -> Router {
     // The same replies over and over at one instant: lift the reply limit so
     // every case keeps its verdict (the limiter's table is allocated up front).
-    let text = include_str!("../config/lab.toml")
-        .replace("reply_rate = 10", "reply_rate = 1000000")
-        .replace("reply_burst = 20", "reply_burst = 1000000");
-    let cfg = Config::parse(Path::new("config/lab.toml"), &text).expect("lab config");
-    Router::new(Arc::new(cfg.policy))
+    Router::new(policy.unlimited_replies().policy())
+}
+
+/// A TCP segment from port 40000: a SYN, or an ACK with `payload` zero bytes.
+fn tcp_out(src: &str, dst: &str, dport: u16, syn: bool, ttl: u8, payload: usize) -> Vec<u8> {
+    let b = tcp(src, 40000, dst, dport).ttl(ttl).payload(&vec![0; payload]);
+    if syn { b.syn() } else { b.ack(1) }.build()
 }
 
 fn tcp4(dport: u16, syn: bool, ttl: u8, payload: usize) -> Vec<u8> {
-    let b = PacketBuilder::ipv4([100, 64, 1, 10], [203, 0, 113, 25], ttl).tcp(40000, dport, 1, 64240);
-    let b = if syn { b.syn() } else { b.ack(1) };
-    let mut v = Vec::new();
-    b.write(&mut v, &vec![0; payload]).unwrap();
-    v
+    tcp_out(DYN4, MX4, dport, syn, ttl, payload)
 }
 
 fn tcp6(dport: u16, syn: bool, payload: usize) -> Vec<u8> {
-    let src: Ipv6Addr = "2001:db8:100:1::10".parse().unwrap();
-    let dst: Ipv6Addr = "2001:db8:203::25".parse().unwrap();
-    let b = PacketBuilder::ipv6(src.octets(), dst.octets(), 64).tcp(40000, dport, 1, 64240);
-    let b = if syn { b.syn() } else { b.ack(1) };
-    let mut v = Vec::new();
-    b.write(&mut v, &vec![0; payload]).unwrap();
-    v
+    tcp_out(DYN6, MX6, dport, syn, 64, payload)
 }
 
-fn udp4(src: [u8; 4], dst: [u8; 4], payload: usize) -> Vec<u8> {
-    let mut v = Vec::new();
-    PacketBuilder::ipv4(src, dst, 64).udp(40000, 5201).write(&mut v, &vec![0; payload]).unwrap();
-    v
-}
-
-fn echo4(dst: [u8; 4]) -> Vec<u8> {
-    let mut v = Vec::new();
-    PacketBuilder::ipv4([100, 64, 1, 10], dst, 64).icmpv4_echo_request(1, 1).write(&mut v, &[0; 56]).unwrap();
-    v
+fn udp4(src: &str, dst: &str, payload: usize) -> Vec<u8> {
+    udp(src, 40000, dst, 5201, &vec![0; payload])
 }
 
 /// Name, direction, packet, GSO segment size, expected verdict kind.
 type Case = (&'static str, Direction, Vec<u8>, Option<u16>, &'static str);
+
+/// What the device says of a GSO super-packet (segment size, partial checksum).
+fn gso(size: u16) -> RxInfo {
+    RxInfo { gso_size: Some(size), csum_partial: true }
+}
 
 fn cases() -> Vec<Case> {
     use Direction::{Inbound, Outbound};
@@ -112,15 +103,15 @@ fn cases() -> Vec<Case> {
     vec![
         ("forward tcp4 1500", Outbound, tcp4(587, false, 64, 1460), None, "forward"),
         ("forward tcp6 1500", Outbound, tcp6(443, false, 1440), None, "forward"),
-        ("forward udp4 64", Outbound, udp4([100, 64, 1, 10], [203, 0, 113, 25], 36), None, "forward"),
-        ("forward udp4 inbound", Inbound, udp4([203, 0, 113, 25], [100, 64, 1, 10], 36), None, "forward"),
+        ("forward udp4 64", Outbound, udp4(DYN4, MX4, 36), None, "forward"),
+        ("forward udp4 inbound", Inbound, udp4(MX4, DYN4, 36), None, "forward"),
         ("forward gso tcp4 64k", Outbound, tcp4(587, false, 64, 60_000), Some(1448), "forward"),
         ("blocked syn4 -> rst", Outbound, tcp4(25, true, 64, 0), None, "reply"),
         ("blocked syn6 -> rst", Outbound, tcp6(25, true, 0), None, "reply"),
         ("blocked ack4 -> drop", Outbound, tcp4(25, false, 64, 0), None, "drop"),
         ("ttl 1 -> time exceeded", Outbound, tcp4(587, false, 1, 100), None, "reply"),
-        ("echo to router -> reply", Outbound, echo4([100, 64, 0, 1]), None, "reply"),
-        ("spoofed source -> drop", Outbound, udp4([192, 0, 2, 1], [203, 0, 113, 25], 36), None, "drop"),
+        ("echo to router -> reply", Outbound, echo_request(DYN4, ROUTER4, &[0; 56]), None, "reply"),
+        ("spoofed source -> drop", Outbound, udp4("192.0.2.1", MX4, 36), None, "drop"),
         ("truncated -> drop", Outbound, truncated, None, "drop"),
     ]
 }
@@ -130,14 +121,13 @@ fn kind(v: Verdict) -> &'static str {
         Verdict::Forward { .. } => "forward",
         Verdict::Reply { .. } => "reply",
         Verdict::Drop(_) => "drop",
-        #[allow(unreachable_patterns)]
-        _ => "other",
+        Verdict::Terminate => "terminate",
     }
 }
 
 #[test]
 fn router_paths_do_not_allocate() {
-    let mut r = router();
+    let mut r = router(PolicyBuilder::lab());
     let now = Instant::now();
     let mut reply = vec![0u8; 2048];
     let cases = cases();
@@ -149,10 +139,8 @@ fn router_paths_do_not_allocate() {
             for (i, (name, dir, pkt, gso, want)) in cases.iter().enumerate() {
                 let buf = &mut bufs[i];
                 buf.copy_from_slice(pkt);
-                let v = match gso {
-                    Some(g) => r.handle_gso(now, *dir, buf, reply, *g),
-                    None => r.handle(now, *dir, buf, reply),
-                };
+                let rx = gso.map_or(RxInfo::default(), self::gso);
+                let v = r.handle(now, *dir, buf, reply, rx);
                 assert_eq!(kind(v), *want, "{name}: {v:?}");
             }
         }
@@ -161,6 +149,111 @@ fn router_paths_do_not_allocate() {
     run(&mut r, &mut bufs, &mut reply, 10);
     let n = allocations(|| run(&mut r, &mut bufs, &mut reply, 10_000));
     assert_eq!(n, 0, "allocations on the packet path over 10,000 rounds of {} packets", cases.len());
+}
+
+/// The client's side of banner sessions to MX:25, built before counting:
+/// a SYN, then an ACK and a FIN whose acknowledgement numbers are patched in
+/// place once the responder's are known.
+struct BannerClient {
+    syn: Vec<u8>,
+    ack: Vec<u8>,
+    fin: Vec<u8>,
+    buf: Vec<u8>,
+    reply: Vec<u8>,
+    out: Vec<u8>,
+}
+
+/// The client's initial sequence number.
+const CLIENT_ISN: u32 = 1000;
+
+/// Offsets in an IPv4 (no options) TCP segment: acknowledgement number, checksum.
+const ACK_AT: usize = 20 + 8;
+const CSUM_AT: usize = 20 + 16;
+
+/// Sets the acknowledgement number of an IPv4 TCP segment, checksum updated (RFC 1624).
+fn set_ack(pkt: &mut [u8], ack: u32) {
+    let new = ack.to_be_bytes();
+    let old = u16::from_be_bytes([pkt[CSUM_AT], pkt[CSUM_AT + 1]]);
+    let sum = checksum::adjust_bytes(old, &pkt[ACK_AT..ACK_AT + 4], &new);
+    pkt[ACK_AT..ACK_AT + 4].copy_from_slice(&new);
+    pkt[CSUM_AT..CSUM_AT + 2].copy_from_slice(&sum.to_be_bytes());
+}
+
+impl BannerClient {
+    fn new() -> BannerClient {
+        let seg = || tcp(DYN4, 40000, MX4, 25).seq(CLIENT_ISN + 1).ack(0);
+        BannerClient {
+            syn: tcp(DYN4, 40000, MX4, 25).seq(CLIENT_ISN).syn().build(),
+            ack: seg().build(),
+            fin: seg().fin().build(),
+            buf: vec![0; 2048],
+            reply: vec![0; 2048],
+            out: vec![0; 2048],
+        }
+    }
+
+    /// Hands `pkt` to the router; it must go to the banner responder.
+    fn send(&mut self, r: &mut Router, now: Instant, which: usize) {
+        let pkt = [&self.syn, &self.ack, &self.fin][which];
+        let buf = &mut self.buf[..pkt.len()];
+        buf.copy_from_slice(pkt);
+        let v = r.handle(now, Direction::Outbound, buf, &mut self.reply, RxInfo::default());
+        assert_eq!(v, Verdict::Terminate, "segment {which} of a banner session");
+    }
+
+    /// Takes everything the responder has to send: (packets, first sequence
+    /// number, payload bytes, FIN seen).
+    fn drain(&mut self, r: &Router, now: Instant) -> (usize, u32, usize, bool) {
+        let (mut n, mut first, mut bytes, mut fin) = (0, 0, 0, false);
+        while let Some(len) = r.state().poll_transmit(now, &mut self.out) {
+            let view = PacketView::parse(&self.out[..len]).expect("the responder's segment parses");
+            let Transport::Tcp { seq, flags, header_len, .. } = view.transport else {
+                panic!("the responder sent a non-TCP packet");
+            };
+            if n == 0 {
+                first = seq;
+            }
+            n += 1;
+            bytes += view.len - view.l4_offset - usize::from(header_len);
+            fin |= flags & tcp_flags::FIN != 0;
+            assert!(flags & tcp_flags::RST == 0, "the responder reset a session");
+        }
+        (n, first, bytes, fin)
+    }
+
+    /// One whole session: handshake, the banner and the responder's FIN,
+    /// the client's FIN and its acknowledgement.
+    fn session(&mut self, r: &mut Router, now: Instant) {
+        self.send(r, now, 0);
+        let (n, isn, _, _) = self.drain(r, now);
+        assert_eq!(n, 1, "a SYN-ACK");
+        set_ack(&mut self.ack, isn.wrapping_add(1));
+        self.send(r, now, 1);
+        let (n, _, sent, fin) = self.drain(r, now);
+        assert!(n >= 1 && sent > 0 && fin, "the banner line, then FIN");
+        set_ack(&mut self.fin, isn.wrapping_add(1 + sent as u32 + 1));
+        self.send(r, now, 2);
+        let (n, _, _, _) = self.drain(r, now);
+        assert_eq!(n, 1, "the client's FIN acknowledged");
+    }
+}
+
+#[test]
+fn banner_sessions_do_not_allocate() {
+    let mut r = router(PolicyBuilder::lab().action("banner"));
+    let now = Instant::now();
+    let mut client = BannerClient::new();
+    // Warm-up: the responder builds its sockets and send ring on first use.
+    client.session(&mut r, now);
+    let rounds = 1000;
+    let n = allocations(|| {
+        for _ in 0..rounds {
+            client.session(&mut r, now);
+        }
+    });
+    assert_eq!(n, 0, "allocations over {rounds} banner sessions (SYN, ACK, FIN and what the responder sent)");
+    assert_eq!(r.state().responder().expect("banner responder").active(), 0, "every session closed");
+    assert_eq!(r.stats().terminated(), 3 * (rounds + 1));
 }
 
 #[test]

@@ -1,18 +1,21 @@
-//! The command line: `op25b check` on the lab config and on broken copies of it,
-//! and `op25b run` failing cleanly (bad config, missing namespace) without
-//! creating anything.
+//! The command line: `op25b check` on the lab config and on broken variants
+//! of it, and `op25b run` failing cleanly (bad config, missing namespace)
+//! without creating anything.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use op25b::testing::PolicyBuilder;
+
 fn lab_toml() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("config/lab.toml")
 }
 
-fn lab_text() -> String {
-    std::fs::read_to_string(lab_toml()).expect("config/lab.toml is readable")
+/// A TOML string.
+fn quote(s: &str) -> String {
+    format!("{s:?}")
 }
 
 /// A temp file, removed on drop.
@@ -106,17 +109,15 @@ fn link_exists(name: &str) -> bool {
 
 /// A lab config whose devices and namespaces carry `tag`, so that nothing else
 /// could have created them.
-fn tagged_config(tag: char) -> (String, String, String) {
+fn tagged_config(tag: char) -> (PolicyBuilder, String, String) {
     // At most 4 + 7 + 1 = 12 bytes, within the 15-byte interface name limit.
     let sub_tun = format!("o25c{}{tag}", std::process::id());
     let sub_ns = format!("o25t-{}-{tag}-sub", std::process::id());
     let up_ns = format!("o25t-{}-{tag}-up", std::process::id());
-    let text = lab_text()
-        .replace("tun = \"op25b-sub\"", &format!("tun = \"{sub_tun}\""))
-        .replace("netns = \"op25b-lab-sub\"", &format!("netns = \"{sub_ns}\""))
-        .replace("netns = \"op25b-lab-inet\"", &format!("netns = \"{up_ns}\""));
+    let config = PolicyBuilder::lab().devices((&sub_tun, Some(&sub_ns)), ("op25b-up", Some(&up_ns)));
+    let text = config.toml();
     assert!(text.contains(&sub_ns) && text.contains(&up_ns) && text.contains(&sub_tun));
-    (text, sub_tun, sub_ns)
+    (config, sub_tun, sub_ns)
 }
 
 /// `check` accepts the shipped lab config and prints the compiled policy.
@@ -148,33 +149,37 @@ fn check_accepts_lab_config() {
 /// `check` on broken copies: exit 2, one stderr line naming file, line and key.
 #[test]
 fn check_rejects_broken_configs() {
-    let lab = lab_text();
+    let lab = PolicyBuilder::lab();
 
     // An unknown key.
-    let text = lab.replace("[upstream]\n", "[upstream]\ncolour = \"blue\"\n");
+    let text = lab.clone().upstream("colour", quote("blue")).toml();
     let f = TempConfig::new("unknown", &text);
     let out = op25b(&["check"], &f.0);
     let line = line_of(&text, "colour =");
     assert_config_error(&out, &f.0, line, "upstream.colour", "unknown field");
 
     // A prefix length beyond 32.
-    let text = lab.replace("dynamic = [\"100.64.0.0/10\"", "dynamic = [\"100.64.0.0/33\"");
-    assert_ne!(text, lab, "lab.toml's op25b.dynamic changed; update this test");
+    let text = lab.clone().op25b("dynamic", r#"["100.64.0.0/33", "2001:db8:100::/48"]"#).toml();
     let f = TempConfig::new("prefix33", &text);
     let out = op25b(&["check"], &f.0);
     let line = line_of(&text, "dynamic =");
     assert_config_error(&out, &f.0, line, "op25b.dynamic[0]", "100.64.0.0/33");
 
-    // A missing section: serde reports it at the top of the file.
-    let text: String =
-        lab.lines().filter(|l| *l != "[router]" && !l.starts_with("addresses =")).map(|l| format!("{l}\n")).collect();
+    // A missing section: serde reports it at the top of the file. (The
+    // builder always writes [router]; the test leaves it out.)
+    let text: String = lab
+        .toml()
+        .lines()
+        .filter(|l| *l != "[router]" && !l.starts_with("addresses ="))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    assert!(!text.contains("[router]") && text.contains("[subscriber]"), "{text}");
     let f = TempConfig::new("nosection", &text);
     let out = op25b(&["check"], &f.0);
     assert_config_error(&out, &f.0, 1, "(top level)", "missing field `router`");
 
     // An interface name longer than 15 bytes.
-    let text = lab.replace("tun = \"op25b-sub\"", "tun = \"op25b-sub-much-too-long\"");
-    assert_ne!(text, lab, "lab.toml's subscriber.tun changed; update this test");
+    let text = lab.subscriber("tun", quote("op25b-sub-much-too-long")).toml();
     let f = TempConfig::new("longtun", &text);
     let out = op25b(&["check"], &f.0);
     let line = line_of(&text, "tun = \"op25b-sub-much-too-long\"");
@@ -186,8 +191,8 @@ fn check_rejects_broken_configs() {
 #[test]
 fn run_with_bad_config_exits_2_and_creates_nothing() {
     require_ip();
-    let (text, sub_tun, sub_ns) = tagged_config('b');
-    let text = text.replace("relays = [\"198.51.100.25/32\"", "relays = [\"198.51.100.25/33\"");
+    let (config, sub_tun, sub_ns) = tagged_config('b');
+    let text = config.op25b("relays", r#"["198.51.100.25/33", "2001:db8:25::25/128"]"#).toml();
     let f = TempConfig::new("runbad", &text);
     let out = op25b(&["run"], &f.0);
     let line = line_of(&text, "relays =");
@@ -201,9 +206,9 @@ fn run_with_bad_config_exits_2_and_creates_nothing() {
 #[test]
 fn run_with_missing_netns_fails_clearly() {
     require_ip();
-    let (text, sub_tun, sub_ns) = tagged_config('m');
+    let (config, sub_tun, sub_ns) = tagged_config('m');
     assert!(!netns_exists(&sub_ns), "netns {sub_ns} should not exist yet");
-    let f = TempConfig::new("runmissing", &text);
+    let f = TempConfig::new("runmissing", &config.toml());
     let out = op25b(&["run"], &f.0);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "run with a missing netns must fail; stderr:\n{stderr}");

@@ -5,7 +5,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::Duration;
 
-use etherparse::PacketBuilder;
+use op25b::testing::lab::{DYN4, MX4, STATIC4};
+use op25b::testing::packets::syn;
+use op25b::testing::PolicyBuilder;
 use pcap_file::pcap::{PcapHeader, PcapPacket, PcapReader, PcapWriter};
 use pcap_file::DataLink;
 
@@ -61,7 +63,7 @@ protocol = "tcp"
 dst_ports = [80, 443]
 action = "count"
 "#;
-    std::fs::write(&path, format!("{}\n{rules}", std::fs::read_to_string(LAB).unwrap())).unwrap();
+    std::fs::write(&path, PolicyBuilder::lab().rules(rules).toml()).unwrap();
     path
 }
 
@@ -136,12 +138,6 @@ fn check_packet_json_and_usage_errors() {
     assert_eq!(o.status.code(), Some(2));
 }
 
-fn tcp(src: [u8; 4], dst: [u8; 4], dport: u16) -> Vec<u8> {
-    let mut v = Vec::new();
-    PacketBuilder::ipv4(src, dst, 64).tcp(40000, dport, 1, 1000).syn().write(&mut v, &[]).unwrap();
-    v
-}
-
 /// Writes a capture of `frames` with link type `link`.
 fn capture(path: &Path, link: DataLink, frames: &[Vec<u8>]) {
     let header = PcapHeader { datalink: link, ..PcapHeader::default() };
@@ -153,12 +149,12 @@ fn capture(path: &Path, link: DataLink, frames: &[Vec<u8>]) {
 
 fn sample() -> Vec<Vec<u8>> {
     vec![
-        tcp([100, 64, 1, 10], [203, 0, 113, 25], 25),  // blocked, RST
-        tcp([100, 64, 1, 10], [203, 0, 113, 25], 587), // forward
-        tcp([100, 64, 9, 10], [203, 0, 113, 25], 25),  // exempt, forward
-        tcp([203, 0, 113, 25], [100, 64, 1, 10], 25),  // inbound, forward
-        tcp([203, 0, 113, 25], [100, 64, 9, 10], 80),  // inbound, forward
-        vec![0x45, 0, 0, 99],                          // truncated
+        syn(DYN4, MX4, 25),    // blocked, RST
+        syn(DYN4, MX4, 587),   // forward
+        syn(STATIC4, MX4, 25), // exempt, forward
+        syn(MX4, DYN4, 25),    // inbound, forward
+        syn(MX4, STATIC4, 80), // inbound, forward
+        vec![0x45, 0, 0, 99],  // truncated
     ]
 }
 

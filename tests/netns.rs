@@ -63,7 +63,7 @@ fn op25b_reject_blocks_only_dynamic_to_outside_port_25() {
     let mut lab = Lab::start(LabOptions::default());
     let servers = Servers::start(&lab.up, &[SMTP, SUBMISSION, SUBMISSIONS]);
     let mut refused = 0;
-    for (dynamic, exempt, mx, relay) in [(DYN_V4, EXEMPT_V4, MX_V4, RELAY_V4), (DYN_V6, EXEMPT_V6, MX_V6, RELAY_V6)] {
+    for (dynamic, exempt, mx, relay) in [(DYN4, STATIC4, MX4, RELAY4), (DYN6, STATIC6, MX6, RELAY6)] {
         // 1. dynamic -> outside MX:25: refused, never seen by the server.
         assert_refused(&lab, &servers, sa(mx, SMTP));
         refused += 1;
@@ -84,22 +84,22 @@ fn op25b_reject_blocks_only_dynamic_to_outside_port_25() {
     // 10. counters: one blocked SYN and one RST per refused connect (a RST ends
     // the attempt, so there are no retransmissions to count).
     let c = lab.stop();
-    println!("{}", c.line);
-    assert_eq!(c.get("op25b_blocked"), refused, "{}", c.line);
-    assert_eq!(c.get("reply_tcp_rst"), refused, "{}", c.line);
-    assert_eq!(c.get("drop_op25b_blocked"), 0, "{}", c.line);
-    assert_eq!(c.get("drop_spoofed"), 0, "{}", c.line);
-    assert!(c.get("forwarded_outbound") > 0, "{}", c.line);
-    assert!(c.get("forwarded_inbound") > 0, "{}", c.line);
+    println!("{c}");
+    assert_eq!(c.get("op25b_blocked"), refused, "{c}");
+    assert_eq!(c.get("reply_tcp_rst"), refused, "{c}");
+    assert_eq!(c.get("drop_op25b_blocked"), 0, "{c}");
+    assert_eq!(c.get("drop_spoofed"), 0, "{c}");
+    assert!(c.get("forwarded_outbound") > 0, "{c}");
+    assert!(c.get("forwarded_inbound") > 0, "{c}");
 }
 
 /// OP25B with action = "drop": dynamic -> outside:25 hangs until the client's
 /// connect timeout (no RST), while 587 still connects.
 #[test]
 fn op25b_drop_action_makes_port_25_time_out() {
-    let mut lab = Lab::start(LabOptions { action: "drop", ..LabOptions::default() });
+    let mut lab = Lab::start(LabOptions::edit(|p| p.action("drop")));
     let servers = Servers::start(&lab.up, &[SMTP, SUBMISSION]);
-    for (dynamic, mx) in [(DYN_V4, MX_V4), (DYN_V6, MX_V6)] {
+    for (dynamic, mx) in [(DYN4, MX4), (DYN6, MX6)] {
         let dst = sa(mx, SMTP);
         match lab.connect(None, dst, HANG) {
             Ok(_) => panic!("dynamic -> {dst} connected; OP25B (drop) should have blocked it"),
@@ -114,11 +114,11 @@ fn op25b_drop_action_makes_port_25_time_out() {
     }
     drop(servers);
     let c = lab.stop();
-    println!("{}", c.line);
+    println!("{c}");
     // Each attempt is one SYN plus however many retransmissions fit in the timeout.
-    assert!(c.get("op25b_blocked") >= 2, "{}", c.line);
-    assert_eq!(c.get("op25b_blocked"), c.get("drop_op25b_blocked"), "{}", c.line);
-    assert_eq!(c.get("reply_tcp_rst"), 0, "{}", c.line);
+    assert!(c.get("op25b_blocked") >= 2, "{c}");
+    assert_eq!(c.get("op25b_blocked"), c.get("drop_op25b_blocked"), "{c}");
+    assert_eq!(c.get("reply_tcp_rst"), 0, "{c}");
 }
 
 /// The router's own behaviour: TTL / hop limit 1 gets ICMP time exceeded from the
@@ -130,24 +130,24 @@ fn router_ttl_echo_and_anti_spoofing() {
     let servers = Servers::start(&lab.up, &[SUBMISSION]);
 
     // 6. TTL.
-    let (_, out) = lab.ping(&["-c1", "-W2", "-t1", MX_V4]);
+    let (_, out) = lab.ping(&["-c1", "-W2", "-t1", MX4]);
     assert!(
-        out.contains(&format!("From {ROUTER_V4}")) && out.contains("Time to live exceeded"),
-        "IPv4 ping with TTL 1 should get time exceeded from {ROUTER_V4}:\n{out}"
+        out.contains(&format!("From {ROUTER4}")) && out.contains("Time to live exceeded"),
+        "IPv4 ping with TTL 1 should get time exceeded from {ROUTER4}:\n{out}"
     );
-    let (_, out) = lab.ping(&["-6", "-c1", "-W2", "-t1", MX_V6]);
+    let (_, out) = lab.ping(&["-6", "-c1", "-W2", "-t1", MX6]);
     assert!(
-        out.contains(&format!("From {ROUTER_V6}")) && out.contains("Time exceeded"),
-        "IPv6 ping with hop limit 1 should get time exceeded from {ROUTER_V6}:\n{out}"
+        out.contains(&format!("From {ROUTER6}")) && out.contains("Time exceeded"),
+        "IPv6 ping with hop limit 1 should get time exceeded from {ROUTER6}:\n{out}"
     );
-    for (family, dst) in [("-4", MX_V4), ("-6", MX_V6)] {
+    for (family, dst) in [("-4", MX4), ("-6", MX6)] {
         let (ok, out) = lab.ping(&[family, "-c1", "-W2", dst]);
         assert!(ok && out.contains(&format!("from {dst}")), "ping {dst} through the router:\n{out}");
         assert!(out.contains("ttl=63"), "the reply from {dst} should arrive with TTL 64 - 1 = 63:\n{out}");
     }
 
     // 9. the router answers ping on its own addresses.
-    for (family, router) in [("-4", ROUTER_V4), ("-6", ROUTER_V6)] {
+    for (family, router) in [("-4", ROUTER4), ("-6", ROUTER6)] {
         let (ok, out) = lab.ping(&[family, "-c1", "-W2", router]);
         assert!(ok && out.contains(&format!("bytes from {router}")), "ping the router at {router}:\n{out}");
     }
@@ -155,7 +155,7 @@ fn router_ttl_echo_and_anti_spoofing() {
     // 7. anti-spoofing: a source outside subscriber.prefixes never gets through.
     lab.sub_ip(&["addr", "add", "192.0.2.66/32", "dev", "lo"]);
     lab.sub_ip(&["addr", "add", "2001:db8:ff::66/128", "dev", "lo", "nodad"]);
-    for (spoofed, mx) in [("192.0.2.66", MX_V4), ("2001:db8:ff::66", MX_V6)] {
+    for (spoofed, mx) in [("192.0.2.66", MX4), ("2001:db8:ff::66", MX6)] {
         let dst = sa(mx, SUBMISSION);
         match lab.connect(Some(ip(spoofed)), dst, HANG) {
             Ok(_) => panic!("{spoofed} -> {dst} connected; the router must drop this source"),
@@ -171,11 +171,11 @@ fn router_ttl_echo_and_anti_spoofing() {
     drop(servers);
 
     let c = lab.stop();
-    println!("{}", c.line);
-    assert_eq!(c.get("reply_time_exceeded"), 2, "{}", c.line);
-    assert_eq!(c.get("reply_echo_reply"), 2, "{}", c.line);
-    assert!(c.get("drop_spoofed") >= 2, "{}", c.line);
-    assert_eq!(c.get("op25b_blocked"), 0, "{}", c.line);
+    println!("{c}");
+    assert_eq!(c.get("reply_time_exceeded"), 2, "{c}");
+    assert_eq!(c.get("reply_echo_reply"), 2, "{c}");
+    assert!(c.get("drop_spoofed") >= 2, "{c}");
+    assert_eq!(c.get("op25b_blocked"), 0, "{c}");
 }
 
 /// upstream.mtu = 1400 behind a 1500-byte subscriber side: oversized packets get
@@ -184,24 +184,25 @@ fn router_ttl_echo_and_anti_spoofing() {
 /// because path MTU discovery works through the router.
 #[test]
 fn mtu_too_big_and_path_mtu_discovery() {
-    let mut lab = Lab::start(LabOptions { upstream_mtu: 1400, upstream_advmss_1500: true, ..LabOptions::default() });
+    let mut lab =
+        Lab::start(LabOptions { upstream_advmss_1500: true, ..LabOptions::edit(|p| p.upstream("mtu", 1400)) });
     let servers = Servers::start(&lab.up, &[SUBMISSION]);
 
-    let (_, out) = lab.ping(&["-c1", "-W2", "-M", "do", "-s", "1450", MX_V4]);
+    let (_, out) = lab.ping(&["-c1", "-W2", "-M", "do", "-s", "1450", MX4]);
     assert!(
-        out.contains(&format!("From {ROUTER_V4}")) && out.contains("Frag needed and DF set (mtu = 1400)"),
+        out.contains(&format!("From {ROUTER4}")) && out.contains("Frag needed and DF set (mtu = 1400)"),
         "IPv4 ping of 1478 bytes with DF should get fragmentation needed (mtu 1400):\n{out}"
     );
-    let (_, out) = lab.ping(&["-6", "-c1", "-W2", "-s", "1450", MX_V6]);
+    let (_, out) = lab.ping(&["-6", "-c1", "-W2", "-s", "1450", MX6]);
     assert!(
-        out.contains(&format!("From {ROUTER_V6}")) && out.contains("Packet too big: mtu=1400"),
+        out.contains(&format!("From {ROUTER6}")) && out.contains("Packet too big: mtu=1400"),
         "IPv6 ping of 1498 bytes should get packet too big (mtu 1400):\n{out}"
     );
 
     // The upload goes to the relay addresses: the pings above left a 1400 path MTU
     // cached for the MX, and this transfer must discover it on its own.
     const BULK: usize = 100_000;
-    for (dynamic, dst) in [(DYN_V4, RELAY_V4), (DYN_V6, RELAY_V6)] {
+    for (dynamic, dst) in [(DYN4, RELAY4), (DYN6, RELAY6)] {
         let dst = sa(dst, SUBMISSION);
         let stream = lab.connect(None, dst, CONNECT).unwrap_or_else(|e| panic!("dynamic -> {dst}: {e}"));
         let reply = send_bulk(stream, BULK);
@@ -225,10 +226,10 @@ fn mtu_too_big_and_path_mtu_discovery() {
     drop(servers);
 
     let c = lab.stop();
-    println!("{}", c.line);
+    println!("{c}");
     // Two from the pings, at least one per upload (the first full-size segment).
-    assert!(c.get("reply_too_big") >= 4, "{}", c.line);
-    assert_eq!(c.get("drop_too_big"), 0, "{}", c.line);
+    assert!(c.get("reply_too_big") >= 4, "{c}");
+    assert_eq!(c.get("drop_too_big"), 0, "{c}");
 }
 
 /// Polling mode (`dataplane.busy_poll_us`): the router blocks and forwards as
@@ -236,14 +237,13 @@ fn mtu_too_big_and_path_mtu_discovery() {
 /// spinning on.
 #[test]
 fn busy_poll_mode_forwards_then_sleeps_when_idle() {
-    let mut lab =
-        Lab::start(LabOptions { op25b_extra: "\n[dataplane]\nbusy_poll_us = 20000", ..LabOptions::default() });
+    let mut lab = Lab::start(LabOptions::edit(|p| p.dataplane("busy_poll_us", 20000)));
     let servers = Servers::start(&lab.up, &[SMTP, SUBMISSION]);
-    for (dynamic, mx) in [(DYN_V4, MX_V4), (DYN_V6, MX_V6)] {
+    for (dynamic, mx) in [(DYN4, MX4), (DYN6, MX6)] {
         assert_refused(&lab, &servers, sa(mx, SMTP));
         assert_connects(&lab, &servers, None, sa(mx, SUBMISSION), dynamic);
     }
-    let (ok, out) = lab.ping(&["-c", "20", "-i", "0.01", MX_V4]);
+    let (ok, out) = lab.ping(&["-c", "20", "-i", "0.01", MX4]);
     assert!(ok, "ping through the polling router: {out}");
     drop(servers);
     // The workers spin 20 ms after their last packet. Over two idle seconds
@@ -255,8 +255,8 @@ fn busy_poll_mode_forwards_then_sleeps_when_idle() {
     let idle = lab.cpu_time() - before;
     assert!(idle < Duration::from_millis(500), "op25b used {idle:?} of CPU in 2 s without traffic");
     let c = lab.stop();
-    assert_eq!(c.get("reply_tcp_rst"), 2, "{}", c.line);
-    assert!(c.get("forwarded_outbound") >= 20, "{}", c.line);
+    assert_eq!(c.get("reply_tcp_rst"), 2, "{c}");
+    assert!(c.get("forwarded_outbound") >= 20, "{c}");
 }
 
 /// SIGHUP reloads the policy while the router keeps running: a newly blocked
@@ -267,37 +267,38 @@ fn busy_poll_mode_forwards_then_sleeps_when_idle() {
 fn sighup_reloads_the_policy_and_refuses_bad_configs() {
     let mut lab = Lab::start(LabOptions::default());
     let servers = Servers::start(&lab.up, &[SMTP, SUBMISSION, SUBMISSIONS]);
-    assert_connects(&lab, &servers, None, sa(MX_V4, SUBMISSIONS), DYN_V4);
-    let original = std::fs::read_to_string(&lab.config).expect("the lab's config");
+    assert_connects(&lab, &servers, None, sa(MX4, SUBMISSIONS), DYN4);
+    let original = lab.policy.toml();
+    assert_eq!(std::fs::read_to_string(&lab.config).expect("the lab's config"), original);
     // 1. Block 587 too, as a rule experiment would.
-    let blocked = original.replacen("ports = [25]", "ports = [25, 587]", 1);
-    let line = lab.reload(&blocked);
+    let blocked = lab.policy.clone().op25b("ports", "[25, 587]");
+    let line = lab.reload(&blocked.toml());
     assert!(line.contains("config reloaded"), "{line}");
-    assert_refused(&lab, &servers, sa(MX_V4, SUBMISSION));
-    assert_refused(&lab, &servers, sa(MX_V6, SUBMISSION));
+    assert_refused(&lab, &servers, sa(MX4, SUBMISSION));
+    assert_refused(&lab, &servers, sa(MX6, SUBMISSION));
     // 2. An invalid file: one line with file, line and key; 587 stays blocked.
-    let bad = blocked.replacen("ports = [25, 587]", "ports = [25, 587, 70000]", 1);
+    let bad = blocked.clone().op25b("ports", "[25, 587, 70000]").toml();
     let bad_line = bad.lines().position(|l| l.starts_with("ports = [25, 587, 70000]")).expect("ports line") + 1;
     let line = lab.reload(&bad);
     let want = format!("{}:{bad_line}: op25b.ports", lab.config.display());
     assert!(line.contains("config reload failed") && line.contains(&want), "want {want:?} in: {line}");
-    assert_refused(&lab, &servers, sa(MX_V4, SUBMISSION));
+    assert_refused(&lab, &servers, sa(MX4, SUBMISSION));
     // 3. A device setting needs a restart: refused, the policy stays.
-    let line = lab.reload(&blocked.replacen("mtu = 1500", "mtu = 1400", 1));
+    let line = lab.reload(&blocked.subscriber("mtu", 1400).toml());
     assert!(line.contains("config reload failed") && line.contains("subscriber.mtu"), "{line}");
     assert!(line.contains("restart"), "{line}");
-    assert_refused(&lab, &servers, sa(MX_V4, SUBMISSION));
+    assert_refused(&lab, &servers, sa(MX4, SUBMISSION));
     // 4. Back to the original: 587 connects again; 465 was never touched.
     let line = lab.reload(&original);
     assert!(line.contains("config reloaded"), "{line}");
-    assert_connects(&lab, &servers, None, sa(MX_V4, SUBMISSION), DYN_V4);
-    assert_connects(&lab, &servers, None, sa(MX_V6, SUBMISSIONS), DYN_V6);
+    assert_connects(&lab, &servers, None, sa(MX4, SUBMISSION), DYN4);
+    assert_connects(&lab, &servers, None, sa(MX6, SUBMISSIONS), DYN6);
     drop(servers);
     let c = lab.stop();
-    println!("{}", c.line);
+    println!("{c}");
     // The four refused connects, each one SYN answered by one RST, and
     // nothing else blocked.
-    assert_eq!(c.get("reply_tcp_rst"), 4, "{}", c.line);
-    assert_eq!(c.get("op25b_blocked"), 4, "{}", c.line);
-    assert_eq!(c.get("drop_op25b_blocked"), 0, "{}", c.line);
+    assert_eq!(c.get("reply_tcp_rst"), 4, "{c}");
+    assert_eq!(c.get("op25b_blocked"), 4, "{c}");
+    assert_eq!(c.get("drop_op25b_blocked"), 0, "{c}");
 }

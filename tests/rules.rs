@@ -1,62 +1,32 @@
 //! The rule pipeline through the public API: config rules and their actions,
-//! per-rule counters, and the index agreeing with a linear scan.
+//! per-rule counters, and the index agreeing with an evaluation in rule order.
 
-use std::path::Path;
-use std::sync::atomic::Ordering;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use etherparse::PacketBuilder;
-use op25b::packet::PacketView;
-use op25b::policy::{RuleContext, RuleVerdict};
-use op25b::{Config, Direction, DropReason, ReplyKind, Router, Verdict};
+use op25b::packet::{PacketView, Transport};
+use op25b::policy::{Limit, RuleContext, RuleHooks};
+use op25b::testing::lab::{DYN4, MX4};
+use op25b::testing::packets::{tcp as tcp_packet, udp as udp_packet};
+use op25b::testing::{PolicyBuilder, TestRouter};
+use op25b::{Direction, DropReason, ReplyKind, Verdict};
 
-const LAB: &str = include_str!("../config/lab.toml");
-
-fn router(rules: &str) -> Router {
-    let cfg = Config::parse(Path::new("rules.toml"), &format!("{LAB}\n{rules}")).expect("config");
-    Router::new(Arc::new(cfg.policy))
+fn router(rules: &str) -> TestRouter {
+    PolicyBuilder::lab().named("rules.toml").rules(rules).router()
 }
 
-fn tcp(src: [u8; 4], dst: [u8; 4], sport: u16, dport: u16, syn: bool) -> Vec<u8> {
-    let b = PacketBuilder::ipv4(src, dst, 64).tcp(sport, dport, 1, 1000);
-    let b = if syn { b.syn() } else { b.ack(1) };
-    let mut v = Vec::new();
-    b.write(&mut v, &[]).unwrap();
-    v
+/// A TCP SYN, or an ACK, from `src:sport` to `dst:dport`.
+fn tcp(src: &str, dst: &str, sport: u16, dport: u16, syn: bool) -> Vec<u8> {
+    let b = tcp_packet(src, sport, dst, dport);
+    if syn { b.syn() } else { b.ack(1) }.build()
 }
 
-fn udp(src: [u8; 4], dst: [u8; 4], dport: u16) -> Vec<u8> {
-    let mut v = Vec::new();
-    PacketBuilder::ipv4(src, dst, 64).udp(40000, dport).write(&mut v, &[1, 2, 3]).unwrap();
-    v
+/// A UDP datagram of 3 bytes from port 40000 (either IP version).
+fn udp(src: &str, dst: &str, dport: u16) -> Vec<u8> {
+    udp_packet(src, 40000, dst, dport, &[1, 2, 3])
 }
 
-fn udp6(src: &str, dst: &str, dport: u16) -> Vec<u8> {
-    let s: std::net::Ipv6Addr = src.parse().unwrap();
-    let d: std::net::Ipv6Addr = dst.parse().unwrap();
-    let mut v = Vec::new();
-    PacketBuilder::ipv6(s.octets(), d.octets(), 64).udp(40000, dport).write(&mut v, &[1, 2, 3]).unwrap();
-    v
-}
-
-fn send(r: &mut Router, dir: Direction, pkt: &[u8]) -> (Verdict, Vec<u8>) {
-    send_at(r, Instant::now(), dir, pkt)
-}
-
-fn send_at(r: &mut Router, now: Instant, dir: Direction, pkt: &[u8]) -> (Verdict, Vec<u8>) {
-    let mut buf = pkt.to_vec();
-    let mut reply = vec![0u8; 2048];
-    let v = r.handle(now, dir, &mut buf, &mut reply);
-    let out = match v {
-        Verdict::Reply { len, .. } => reply[..len].to_vec(),
-        _ => Vec::new(),
-    };
-    (v, out)
-}
-
-const SUB: [u8; 4] = [100, 64, 1, 10];
-const LABNET: [u8; 4] = [192, 0, 2, 23];
+const SUB: &str = DYN4;
+const LABNET: &str = "192.0.2.23";
 
 const RULES: &str = concat!(
     include_str!("fixtures/rules_head.toml"),
@@ -89,71 +59,51 @@ action = "drop"
 #[test]
 fn reject_answers_tcp_with_rst_and_udp_with_icmp_prohibited() {
     let mut r = router(RULES);
-    let (v, out) = send(&mut r, Direction::Outbound, &tcp(SUB, LABNET, 40000, 23, true));
+    let (v, out) = r.out(&tcp(SUB, LABNET, 40000, 23, true));
     assert!(matches!(v, Verdict::Reply { kind: ReplyKind::TcpRst, .. }), "{v:?}");
     let rst = PacketView::parse(&out).unwrap();
     assert_eq!(rst.src.to_string(), "192.0.2.23");
     // Port range.
-    let (v, _) = send(&mut r, Direction::Outbound, &tcp(SUB, LABNET, 40000, 6005, true));
+    let (v, _) = r.out(&tcp(SUB, LABNET, 40000, 6005, true));
     assert!(matches!(v, Verdict::Reply { kind: ReplyKind::TcpRst, .. }));
     // Not a SYN: the flags field fails, later rules see it; nothing final: forward.
-    assert!(matches!(
-        send(&mut r, Direction::Outbound, &tcp(SUB, LABNET, 40000, 23, false)).0,
-        Verdict::Forward { .. }
-    ));
+    assert!(matches!(r.out(&tcp(SUB, LABNET, 40000, 23, false)).0, Verdict::Forward { .. }));
     // UDP into the lab nets: ICMP administratively prohibited from the router.
-    let (v, out) = send(&mut r, Direction::Outbound, &udp(SUB, LABNET, 9));
+    let (v, out) = r.out(&udp(SUB, LABNET, 9));
     assert!(matches!(v, Verdict::Reply { kind: ReplyKind::Prohibited, .. }), "{v:?}");
     let icmp = PacketView::parse(&out).unwrap();
     assert_eq!(icmp.src.to_string(), "100.64.0.1");
-    assert_eq!(icmp.transport, op25b::packet::Transport::Icmp { icmp_type: 3, code: 13 });
-    let (v, out) = send(&mut r, Direction::Outbound, &udp6("2001:db8:100::10", "2001:db8:ff::1", 9));
+    assert_eq!(icmp.transport, Transport::Icmp { icmp_type: 3, code: 13 });
+    let (v, out) = r.out(&udp("2001:db8:100::10", "2001:db8:ff::1", 9));
     assert!(matches!(v, Verdict::Reply { kind: ReplyKind::Prohibited, .. }));
-    assert_eq!(PacketView::parse(&out).unwrap().transport, op25b::packet::Transport::Icmp { icmp_type: 1, code: 1 });
+    assert_eq!(PacketView::parse(&out).unwrap().transport, Transport::Icmp { icmp_type: 1, code: 1 });
 }
 
 #[test]
 fn accept_stops_the_pipeline_drop_drops_count_counts() {
     let mut r = router(RULES);
-    assert!(matches!(send(&mut r, Direction::Outbound, &udp(SUB, [203, 0, 113, 53], 53)).0, Verdict::Forward { .. }));
-    assert_eq!(
-        send(&mut r, Direction::Outbound, &udp(SUB, [203, 0, 113, 53], 54)).0,
-        Verdict::Drop(DropReason::RuleDrop)
-    );
+    assert!(matches!(r.out(&udp(SUB, "203.0.113.53", 53)).0, Verdict::Forward { .. }));
+    assert_eq!(r.out(&udp(SUB, "203.0.113.53", 54)).0, Verdict::Drop(DropReason::RuleDrop));
     for port in [465, 587] {
-        assert!(matches!(
-            send(&mut r, Direction::Outbound, &tcp(SUB, [203, 0, 113, 25], 40000, port, true)).0,
-            Verdict::Forward { .. }
-        ));
+        assert!(matches!(r.out(&tcp(SUB, MX4, 40000, port, true)).0, Verdict::Forward { .. }));
     }
     // Inbound traffic from port 25 does not match dst_ports; to port 25 it does.
-    assert!(matches!(
-        send(&mut r, Direction::Inbound, &tcp([203, 0, 113, 25], SUB, 40000, 25, true)).0,
-        Verdict::Forward { .. }
-    ));
-    let slots = r.policy().rules.slots();
-    let by_name = |n: &str| slots.iter().find(|s| s.rule.name() == n).unwrap();
-    assert_eq!(by_name("count-mail").packets.load(Ordering::Relaxed), 3);
-    assert_eq!(by_name("count-mail").bytes.load(Ordering::Relaxed), 3 * 40);
-    assert_eq!(by_name("allow-dns").packets.load(Ordering::Relaxed), 1);
-    assert_eq!(by_name("drop-udp").packets.load(Ordering::Relaxed), 1);
-    assert_eq!(r.counters().dropped(DropReason::RuleDrop), 1);
+    assert!(matches!(r.inb(&tcp(MX4, SUB, 40000, 25, true)).0, Verdict::Forward { .. }));
+    let stats = r.stats();
+    let rule = |n: &str| stats.rule(n).unwrap_or_else(|| panic!("no counters for rule {n}: {stats:?}"));
+    assert_eq!(rule("count-mail").packets, 3);
+    assert_eq!(rule("count-mail").bytes, 3 * 40);
+    assert_eq!(rule("allow-dns").packets, 1);
+    assert_eq!(rule("drop-udp").packets, 1);
+    assert_eq!(stats.dropped(DropReason::RuleDrop), 1);
 }
 
 #[test]
 fn op25b_fast_path_runs_before_the_rules() {
     let mut r = router(RULES);
-    let (v, _) = send(&mut r, Direction::Outbound, &tcp(SUB, [203, 0, 113, 25], 40000, 25, true));
+    let (v, _) = r.out(&tcp(SUB, MX4, 40000, 25, true));
     assert!(matches!(v, Verdict::Reply { kind: ReplyKind::TcpRst, .. }));
-    let count = r
-        .policy()
-        .rules
-        .slots()
-        .iter()
-        .find(|s| s.rule.name() == "count-mail")
-        .unwrap()
-        .packets
-        .load(Ordering::Relaxed);
+    let count = r.stats().rule("count-mail").expect("count-mail's counters").packets;
     assert_eq!(count, 0, "a blocked SYN never reaches the rules");
 }
 
@@ -172,31 +122,28 @@ rate = 2
 burst = 3
 "#,
     );
-    let t0 = Instant::now();
-    let syn = tcp(SUB, [203, 0, 113, 25], 40000, 587, true);
-    let passed =
-        (0..10).filter(|_| matches!(send_at(&mut r, t0, Direction::Outbound, &syn).0, Verdict::Forward { .. })).count();
+    let syn = tcp(SUB, MX4, 40000, 587, true);
+    let passed = (0..10).filter(|_| matches!(r.out(&syn).0, Verdict::Forward { .. })).count();
     assert_eq!(passed, 3, "burst");
-    assert_eq!(r.counters().dropped(DropReason::RateLimited), 7);
+    assert_eq!(r.stats().dropped(DropReason::RateLimited), 7);
     // Another subscriber has its own bucket.
-    let other = tcp([100, 64, 1, 11], [203, 0, 113, 25], 40000, 587, true);
-    assert!(matches!(send_at(&mut r, t0, Direction::Outbound, &other).0, Verdict::Forward { .. }));
+    let other = tcp("100.64.1.11", MX4, 40000, 587, true);
+    assert!(matches!(r.out(&other).0, Verdict::Forward { .. }));
     // Half a second later: one more token (rate 2/s).
-    let t1 = t0 + Duration::from_millis(500);
-    let passed =
-        (0..10).filter(|_| matches!(send_at(&mut r, t1, Direction::Outbound, &syn).0, Verdict::Forward { .. })).count();
+    r.advance(Duration::from_millis(500));
+    let passed = (0..10).filter(|_| matches!(r.out(&syn).0, Verdict::Forward { .. })).count();
     assert_eq!(passed, 1);
     // Non-SYN segments of established connections are not limited.
-    let ack = tcp(SUB, [203, 0, 113, 25], 40000, 587, false);
-    assert!(matches!(send_at(&mut r, t1, Direction::Outbound, &ack).0, Verdict::Forward { .. }));
+    let ack = tcp(SUB, MX4, 40000, 587, false);
+    assert!(matches!(r.out(&ack).0, Verdict::Forward { .. }));
 }
 
 #[test]
 fn traced_decision_names_the_rules_and_failing_fields() {
     let mut r = router(RULES);
-    let mut buf = udp(SUB, [203, 0, 113, 53], 54);
+    let mut buf = udp(SUB, "203.0.113.53", 54);
     let mut reply = vec![0u8; 2048];
-    let (v, trace) = r.handle_traced(Instant::now(), Direction::Outbound, &mut buf, &mut reply);
+    let (v, trace) = r.router.handle_traced(r.now, Direction::Outbound, &mut buf, &mut reply);
     assert_eq!(v, Verdict::Drop(DropReason::RuleDrop));
     let lines: Vec<String> = trace.steps.iter().map(|s| format!("{}: {}", s.stage, s.detail)).collect();
     let text = lines.join("\n");
@@ -208,8 +155,26 @@ fn traced_decision_names_the_rules_and_failing_fields() {
     assert!(text.contains("#5 drop-udp: match -> drop"), "{text}");
 }
 
-/// A deterministic generator of random rules and packets: the bit-vector index
-/// must pick the same deciding rule as a plain scan of the rules in order.
+/// Records which rules matched; every rate limit has a token.
+#[derive(Default)]
+struct Matched<const TRACE: bool>(Vec<usize>);
+
+impl<const T: bool> RuleHooks for Matched<T> {
+    const TRACE: bool = T;
+
+    fn matched(&mut self, index: usize, _bytes: usize) {
+        self.0.push(index);
+    }
+
+    fn allow(&mut self, _index: usize, _limit: Limit, _packet: &PacketView, _now: Instant) -> bool {
+        true
+    }
+}
+
+/// A deterministic generator of random rules and packets: the bit-vector
+/// index (the ordinary evaluation) must pick the same deciding rule, and count
+/// the same matched rules, as the tracing evaluation, which walks every rule
+/// in order without the index.
 #[test]
 fn index_agrees_with_linear_scan() {
     let mut x: u64 = 0x853c49e6748fea9b;
@@ -261,27 +226,32 @@ fn index_agrees_with_linear_scan() {
             let action = ["accept", "drop", "reject", "count"][rnd(4) as usize];
             text.push_str(&format!("action = \"{action}\"\n\n"));
         }
-        let cfg = Config::parse(Path::new("gen.toml"), &format!("{LAB}\n{text}")).expect("generated config");
-        let rules = cfg.policy.rules.clone();
+        let policy = PolicyBuilder::lab().named("gen.toml").rules(&text).policy();
+        let rules = &policy.rules;
+        assert_eq!(rules.len() as u64, nrules);
+        let now = Instant::now();
         for _ in 0..2000 {
-            let src = [100, 64, rnd(4) as u8, rnd(256) as u8];
-            let dst = [203, 0, 113, rnd(16) as u8];
+            let src = format!("100.64.{}.{}", rnd(4), rnd(256));
+            let dst = format!("203.0.113.{}", rnd(16));
             let sport = 40000 + rnd(3) as u16;
             let dport = 1 + rnd(40) as u16;
             let pkt = match rnd(3) {
-                0 => tcp(src, dst, sport, dport, rnd(2) == 0),
-                1 => udp(src, dst, dport),
-                _ => udp6("2001:db8:100::10", &format!("2001:db8:203::{:x}", rnd(4)), dport),
+                0 => tcp(&src, &dst, sport, dport, rnd(2) == 0),
+                1 => udp(&src, &dst, dport),
+                _ => udp("2001:db8:100::10", &format!("2001:db8:203::{:x}", rnd(4)), dport),
             };
             let view = PacketView::parse(&pkt).unwrap();
             let dir = if rnd(2) == 0 { Direction::Outbound } else { Direction::Inbound };
-            let cx = RuleContext { direction: dir, now: Instant::now() };
-            let fast = rules.evaluate(&view, &cx);
-            let slow = rules.evaluate_linear(&view, &cx);
+            let cx = RuleContext { direction: dir, now };
+            let (mut indexed, mut in_order) = (Matched::<false>::default(), Matched::<true>::default());
+            let fast = rules.evaluate(&view, &cx, &mut indexed);
+            let slow = rules.evaluate(&view, &cx, &mut in_order);
             assert_eq!(fast, slow, "round {round}, packet {view:?} {dir:?}\n{text}");
-            assert!(fast.verdict != RuleVerdict::NoMatch);
-            finals += usize::from(fast.verdict.is_final());
-            deciders.insert((round, fast.rule));
+            assert_eq!(indexed.0, in_order.0, "matched rules, round {round}, packet {view:?} {dir:?}\n{text}");
+            assert!(fast.is_none_or(|(v, _)| v.is_final()), "{fast:?}");
+            assert!(fast.is_none_or(|(_, i)| indexed.0.last() == Some(&i)), "the decider is the last match");
+            finals += usize::from(fast.is_some());
+            deciders.insert((round, fast.map(|(_, i)| i)));
             total += 1;
         }
     }

@@ -7,8 +7,12 @@
 //! addresses live only inside the test's own namespaces; every wait is bounded.
 //! Missing prerequisites (root, `ip`, `ping`, /dev/net/tun) are test failures
 //! with a message saying what is missing, never a silent skip.
+//!
+//! The lab's config comes from [`PolicyBuilder`] (the same lab as
+//! config/lab.toml, with typed edits); its counters come from the JSON op25b
+//! writes with `--stats` when it stops, never from its log.
 
-use std::collections::HashMap;
+use std::fmt;
 use std::fs::File;
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{IpAddr, Ipv6Addr, SocketAddr, TcpListener, TcpStream};
@@ -22,33 +26,15 @@ use std::time::{Duration, Instant};
 use nix::sched::{setns, CloneFlags};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
+pub use op25b::testing::lab::*;
+pub use op25b::testing::PolicyBuilder;
+use serde_json::Value;
 use socket2::{Domain, Protocol, Socket, Type};
 
 /// Subscriber-side TUN name; the same in every lab, as each lab has its own namespaces.
 pub const SUB_TUN: &str = "o25sub";
 /// Upstream-side TUN name.
 pub const UP_TUN: &str = "o25up";
-
-/// Router addresses (the source of its ICMP errors and echo replies).
-pub const ROUTER_V4: &str = "100.64.0.1";
-/// Router address, IPv6.
-pub const ROUTER_V6: &str = "2001:db8:100::1";
-/// A dynamic-pool subscriber (the default source of the subscriber namespace).
-pub const DYN_V4: &str = "100.64.1.10";
-/// Dynamic subscriber, IPv6.
-pub const DYN_V6: &str = "2001:db8:100:1::10";
-/// A subscriber inside `exempt_sources`.
-pub const EXEMPT_V4: &str = "100.64.9.10";
-/// Exempt subscriber, IPv6.
-pub const EXEMPT_V6: &str = "2001:db8:100:9::10";
-/// An outside mail server.
-pub const MX_V4: &str = "203.0.113.25";
-/// Outside mail server, IPv6.
-pub const MX_V6: &str = "2001:db8:203::25";
-/// The ISP's relay (in `relays`).
-pub const RELAY_V4: &str = "198.51.100.25";
-/// Relay, IPv6.
-pub const RELAY_V6: &str = "2001:db8:25::25";
 
 /// How long to wait for op25b to create its devices or to exit after SIGTERM.
 const PROCESS_WAIT: Duration = Duration::from_secs(5);
@@ -135,15 +121,13 @@ pub fn in_netns<T: Send>(ns: &str, f: impl FnOnce() -> T + Send) -> T {
 }
 
 /// How a lab's op25b is configured.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct LabOptions {
-    /// `op25b.action`: "reject", "drop", "icmp", "banner" or "redirect".
-    pub action: &'static str,
-    /// Extra lines appended to the `[op25b]` table, after `action`
-    /// (e.g. `redirect_to = [...]`, `block_inbound = true`, `reply_rate = 5`).
-    pub op25b_extra: &'static str,
-    /// `upstream.mtu`.
-    pub upstream_mtu: u16,
+    /// The config, before the lab names its devices and namespaces: by
+    /// default the lab's with the keys it sets to their defaults left out
+    /// (`block_inbound`, `reply_rate`, `reply_burst`), so a test states
+    /// what it relies on.
+    pub policy: PolicyBuilder,
     /// Let the upstream hosts advertise a 1500-byte path MSS whatever their
     /// device's MTU, as a server behind a wider link would: the subscriber then
     /// sends full-size segments and only path MTU discovery can shrink them.
@@ -152,22 +136,45 @@ pub struct LabOptions {
 
 impl Default for LabOptions {
     fn default() -> Self {
-        LabOptions { action: "reject", op25b_extra: "", upstream_mtu: 1500, upstream_advmss_1500: false }
+        LabOptions { policy: PolicyBuilder::lab().defaults(), upstream_advmss_1500: false }
     }
 }
 
-/// The final counters op25b logs when it stops.
+impl LabOptions {
+    /// The default lab with the config edited by `f`
+    /// (`LabOptions::edit(|p| p.action("drop"))`).
+    pub fn edit(f: impl FnOnce(PolicyBuilder) -> PolicyBuilder) -> LabOptions {
+        let d = LabOptions::default();
+        LabOptions { policy: f(d.policy), ..d }
+    }
+}
+
+/// The counters op25b wrote to its `--stats` file when it stopped.
 #[derive(Debug)]
 pub struct Counters {
-    values: HashMap<String, u64>,
-    /// The whole `counters: ...` line.
-    pub line: String,
+    /// The whole object: `counters` (every figure by name), `outbound`,
+    /// `inbound` (verdicts by direction) and `rules`.
+    pub json: Value,
 }
 
 impl Counters {
-    /// A counter's value; op25b omits zero counters, so absent means 0.
+    /// A counter by its flat name (`op25b_blocked`, `reply_tcp_rst`, ...).
+    /// op25b writes every name, zeros included, so a missing name is a
+    /// misspelt one and fails the test.
     pub fn get(&self, name: &str) -> u64 {
-        self.values.get(name).copied().unwrap_or(0)
+        self.json["counters"][name].as_u64().unwrap_or_else(|| panic!("op25b wrote no counter {name:?}: {self}"))
+    }
+}
+
+/// The non-zero counters as `name=value` words, for assertion messages.
+impl fmt::Display for Counters {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let Some(map) = self.json["counters"].as_object() else {
+            return write!(f, "{}", self.json);
+        };
+        let words: Vec<String> =
+            map.iter().filter(|(_, v)| v.as_u64() != Some(0)).map(|(k, v)| format!("{k}={v}")).collect();
+        write!(f, "counters: {}", words.join(" "))
     }
 }
 
@@ -182,8 +189,12 @@ pub struct Lab {
     child: Option<Child>,
     files: Vec<PathBuf>,
     log: PathBuf,
+    stats: PathBuf,
     /// The config file op25b runs with (for `op25b check --config`).
     pub config: PathBuf,
+    /// What `config` was written from: the test's policy with the lab's
+    /// devices and namespaces (edit it for [`Lab::reload`]).
+    pub policy: PolicyBuilder,
 }
 
 impl Lab {
@@ -192,42 +203,50 @@ impl Lab {
         preflight(true);
         let base = unique_base();
         let dir = std::env::temp_dir();
+        let (sub, up) = (format!("{base}-sub"), format!("{base}-up"));
+        let policy = opts.policy.devices((SUB_TUN, Some(sub.as_str())), (UP_TUN, Some(up.as_str())));
         let mut lab = Lab {
-            sub: format!("{base}-sub"),
-            up: format!("{base}-up"),
+            sub,
+            up,
             namespaces: Vec::new(),
             child: None,
             files: Vec::new(),
             log: dir.join(format!("{base}.log")),
+            stats: dir.join(format!("{base}-stats.json")),
             config: dir.join(format!("{base}.toml")),
+            policy,
         };
         for ns in [lab.sub.clone(), lab.up.clone()] {
             ip_cmd(&["netns", "add", &ns]);
             lab.namespaces.push(ns.clone());
             ip_cmd(&["-n", &ns, "link", "set", "lo", "up"]);
         }
-        for a in ["100.64.1.10/32", "100.64.9.10/32"] {
-            lab.sub_ip(&["addr", "add", a, "dev", "lo"]);
+        for a in [DYN4, STATIC4] {
+            lab.sub_ip(&["addr", "add", &format!("{a}/32"), "dev", "lo"]);
         }
-        for a in ["2001:db8:100:1::10/128", "2001:db8:100:9::10/128"] {
-            lab.sub_ip(&["addr", "add", a, "dev", "lo", "nodad"]);
+        for a in [DYN6, STATIC6] {
+            lab.sub_ip(&["addr", "add", &format!("{a}/128"), "dev", "lo", "nodad"]);
         }
-        for a in ["203.0.113.25/32", "198.51.100.25/32"] {
-            lab.up_ip(&["addr", "add", a, "dev", "lo"]);
+        for a in [MX4, RELAY4] {
+            lab.up_ip(&["addr", "add", &format!("{a}/32"), "dev", "lo"]);
         }
-        for a in ["2001:db8:203::25/128", "2001:db8:25::25/128"] {
-            lab.up_ip(&["addr", "add", a, "dev", "lo", "nodad"]);
+        for a in [MX6, RELAY6] {
+            lab.up_ip(&["addr", "add", &format!("{a}/128"), "dev", "lo", "nodad"]);
         }
 
         let config = lab.config.clone();
         lab.files.push(config.clone());
-        std::fs::write(&config, lab.config_text(&opts)).unwrap_or_else(|e| panic!("writing {}: {e}", config.display()));
+        std::fs::write(&config, lab.policy.toml()).unwrap_or_else(|e| panic!("writing {}: {e}", config.display()));
+        // op25b writes the stats beside their final name, then renames.
+        lab.files.extend([lab.stats.clone(), lab.stats.with_extension("tmp")]);
         lab.files.push(lab.log.clone());
         let log = File::create(&lab.log).unwrap_or_else(|e| panic!("creating {}: {e}", lab.log.display()));
         let child = Command::new(env!("CARGO_BIN_EXE_op25b"))
             .arg("run")
             .arg("--config")
             .arg(&config)
+            .arg("--stats")
+            .arg(&lab.stats)
             .env("RUST_LOG", "info")
             .env("NO_COLOR", "1")
             .stdin(Stdio::null())
@@ -239,46 +258,13 @@ impl Lab {
 
         lab.wait_link_up(&lab.sub.clone(), SUB_TUN);
         lab.wait_link_up(&lab.up.clone(), UP_TUN);
-        lab.sub_ip(&["route", "add", "default", "dev", SUB_TUN, "src", DYN_V4]);
-        lab.sub_ip(&["-6", "route", "add", "default", "dev", SUB_TUN, "src", DYN_V6]);
+        lab.sub_ip(&["route", "add", "default", "dev", SUB_TUN, "src", DYN4]);
+        lab.sub_ip(&["-6", "route", "add", "default", "dev", SUB_TUN, "src", DYN6]);
         let (mss4, mss6): (&[&str], &[&str]) =
             if opts.upstream_advmss_1500 { (&["advmss", "1460"], &["advmss", "1440"]) } else { (&[], &[]) };
         lab.up_ip(&[&["route", "add", "100.64.0.0/10", "dev", UP_TUN], mss4].concat());
         lab.up_ip(&[&["-6", "route", "add", "2001:db8:100::/48", "dev", UP_TUN], mss6].concat());
         lab
-    }
-
-    fn config_text(&self, opts: &LabOptions) -> String {
-        format!(
-            r#"# Written by the op25b netns tests; removed when the test ends.
-[router]
-addresses = ["{ROUTER_V4}", "{ROUTER_V6}"]
-
-[subscriber]
-tun = "{SUB_TUN}"
-netns = "{sub}"
-mtu = 1500
-prefixes = ["100.64.0.0/10", "2001:db8:100::/48"]
-
-[upstream]
-tun = "{UP_TUN}"
-netns = "{up}"
-mtu = {mtu}
-
-[op25b]
-dynamic = ["100.64.0.0/10", "2001:db8:100::/48"]
-exempt_sources = ["100.64.9.0/24", "2001:db8:100:9::/64"]
-relays = ["198.51.100.25/32", "2001:db8:25::25/128"]
-ports = [25]
-action = "{action}"
-{extra}
-"#,
-            sub = self.sub,
-            up = self.up,
-            mtu = opts.upstream_mtu,
-            action = opts.action,
-            extra = opts.op25b_extra,
-        )
     }
 
     /// `ip -n SUB ARGS`.
@@ -396,16 +382,22 @@ action = "{action}"
         Duration::from_micros(ticks * 1_000_000 / hz)
     }
 
-    /// Sends SIGTERM, waits for op25b to exit cleanly and returns its final counters.
+    /// Sends SIGTERM, waits for op25b to exit cleanly and returns the final
+    /// counters it wrote to its `--stats` file.
     pub fn stop(&mut self) -> Counters {
         let mut child = self.child.take().expect("op25b was already stopped");
         let status = terminate(&mut child);
-        let log = self.log_text();
         assert!(
             status.is_some_and(|s| s.success()),
-            "op25b did not exit cleanly after SIGTERM ({status:?}); its log:\n{log}"
+            "op25b did not exit cleanly after SIGTERM ({status:?}); its log:\n{}",
+            self.log_text()
         );
-        parse_counters(&log).unwrap_or_else(|| panic!("no `counters:` line in op25b's log:\n{log}"))
+        let text = std::fs::read_to_string(&self.stats).unwrap_or_else(|e| {
+            panic!("op25b wrote no stats to {} ({e}); its log:\n{}", self.stats.display(), self.log_text())
+        });
+        let json = serde_json::from_str(&text)
+            .unwrap_or_else(|e| panic!("op25b's stats in {} are not JSON ({e}):\n{text}", self.stats.display()));
+        Counters { json }
     }
 }
 
@@ -454,32 +446,6 @@ fn terminate(child: &mut Child) -> Option<std::process::ExitStatus> {
     let _ = child.kill(); // fails only if it exited meanwhile
     let _ = child.wait();
     None
-}
-
-/// Finds the final `counters: k=v ...` line (ANSI colours stripped).
-fn parse_counters(log: &str) -> Option<Counters> {
-    let line = log.lines().rev().find(|l| l.contains("counters:"))?;
-    let mut plain = String::with_capacity(line.len());
-    let mut chars = line.chars();
-    while let Some(c) = chars.next() {
-        if c == '\u{1b}' {
-            // Skip a CSI sequence: ESC [ ... final byte in @..~.
-            for c in chars.by_ref() {
-                if ('@'..='~').contains(&c) && c != '[' {
-                    break;
-                }
-            }
-        } else {
-            plain.push(c);
-        }
-    }
-    let (_, list) = plain.split_once("counters:")?;
-    let values = list
-        .split_whitespace()
-        .filter_map(|kv| kv.split_once('='))
-        .filter_map(|(k, v)| Some((k.to_string(), v.parse().ok()?)))
-        .collect();
-    Some(Counters { values, line: plain.trim().to_string() })
 }
 
 /// One connection a server accepted.
