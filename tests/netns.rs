@@ -302,3 +302,71 @@ fn sighup_reloads_the_policy_and_refuses_bad_configs() {
     assert_eq!(c.get("op25b_blocked"), 4, "{c}");
     assert_eq!(c.get("drop_op25b_blocked"), 0, "{c}");
 }
+
+/// Every packet op25b reads gets exactly one verdict: after real traffic of
+/// every kind (forwarded pings, TCP and UDP; the router's echo and time
+/// exceeded replies; spoofed and late banner segments dropped; a banner
+/// session terminated), per direction the stats JSON has
+/// `received = forwarded + dropped + replied + terminated`, and `received`
+/// is what the direction's device read.
+#[test]
+fn every_received_packet_has_exactly_one_verdict() {
+    let mut lab = Lab::start(LabOptions::edit(|p| p.action("banner")));
+    let servers = Servers::start(&lab.up, &[SUBMISSION]);
+    for (family, mx, router) in [("-4", MX4, ROUTER4), ("-6", MX6, ROUTER6)] {
+        let (ok, out) = lab.ping(&[family, "-c2", "-i0.2", "-W2", mx]);
+        assert!(ok, "ping {mx} through the router:\n{out}");
+        let (ok, out) = lab.ping(&[family, "-c1", "-W2", router]);
+        assert!(ok, "ping the router at {router}:\n{out}");
+        let (_, out) = lab.ping(&[family, "-c1", "-W2", "-t1", mx]);
+        assert!(out.contains(&format!("From {router}")), "ping {mx} with TTL 1:\n{out}");
+    }
+    for (dynamic, mx) in [(DYN4, MX4), (DYN6, MX6)] {
+        assert_connects(&lab, &servers, None, sa(mx, SUBMISSION), dynamic);
+        let stream =
+            lab.connect(None, sa(mx, SMTP), CONNECT).unwrap_or_else(|e| panic!("dynamic -> {mx}:25 (banner): {e}"));
+        let banner = read_banner(&stream);
+        assert!(banner.starts_with("554 "), "the banner responder's line from {mx}:25: {banner:?}");
+    }
+    // UDP to a closed port (the ICMP port unreachable comes back through the
+    // router), and from a source outside subscriber.prefixes (dropped).
+    lab.sub_ip(&["addr", "add", "192.0.2.66/32", "dev", "lo"]);
+    for (src, dst) in [(DYN4, MX4), (DYN6, MX6), ("192.0.2.66", MX4)] {
+        in_netns(&lab.sub, || {
+            let sock = std::net::UdpSocket::bind(sa(src, 0)).unwrap_or_else(|e| panic!("bind {src}: {e}"));
+            for _ in 0..3 {
+                sock.send_to(b"op25b test", sa(dst, 9)).unwrap_or_else(|e| panic!("{src} -> {dst}:9: {e}"));
+            }
+        });
+    }
+    // Let the last datagrams and ICMP errors pass before op25b stops.
+    std::thread::sleep(Duration::from_millis(300));
+    drop(servers);
+
+    let c = lab.stop();
+    println!("{c}");
+    for (dir, device) in [("outbound", "subscriber"), ("inbound", "upstream")] {
+        let d = c.dir(dir);
+        let n = |k: &str| d[k].as_u64().unwrap_or_else(|| panic!("{dir}.{k} is not a number: {d}"));
+        let sum = |k: &str| -> u64 {
+            let map = d[k].as_object().unwrap_or_else(|| panic!("{dir}.{k} is not an object: {d}"));
+            map.values().map(|v| v.as_u64().unwrap_or_else(|| panic!("{dir}.{k}: {v} is not a number"))).sum()
+        };
+        let received = n("received");
+        assert!(received > 0, "{dir}: nothing received: {d}");
+        let (forwarded, dropped, replied, terminated) =
+            (n("forwarded"), sum("dropped"), sum("replies"), n("terminated"));
+        assert_eq!(
+            received,
+            forwarded + dropped + replied + terminated,
+            "{dir}: received = forwarded {forwarded} + dropped {dropped} + replied {replied} + terminated {terminated}: {d}"
+        );
+        assert_eq!(received, c.get(&format!("{device}_rx_packets")), "{dir}: what the {device} device read: {c}");
+    }
+    // The traffic reached every kind of verdict.
+    assert!(c.get("forwarded_outbound") > 0 && c.get("forwarded_inbound") > 0, "{c}");
+    assert_eq!(c.get("reply_echo_reply"), 2, "{c}");
+    assert_eq!(c.get("reply_time_exceeded"), 2, "{c}");
+    assert_eq!(c.get("drop_spoofed"), 3, "{c}");
+    assert!(c.get("op25b_terminated") > 0, "{c}");
+}

@@ -164,6 +164,13 @@ impl Counters {
     pub fn get(&self, name: &str) -> u64 {
         self.json["counters"][name].as_u64().unwrap_or_else(|| panic!("op25b wrote no counter {name:?}: {self}"))
     }
+
+    /// The figures of one direction (`"outbound"` or `"inbound"`).
+    pub fn dir(&self, name: &str) -> &Value {
+        let d = &self.json[name];
+        assert!(d.is_object(), "op25b wrote no {name:?} object: {}", self.json);
+        d
+    }
 }
 
 /// The non-zero counters as `name=value` words, for assertion messages.
