@@ -184,6 +184,7 @@ impl Router {
     #[inline]
     fn count(&self, dir: Direction, verdict: Verdict) {
         let c = &self.counters.dirs[dir.index()];
+        c.received.add(1);
         match verdict {
             Verdict::Forward { len } => {
                 c.forwarded.add(1);

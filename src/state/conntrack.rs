@@ -167,12 +167,6 @@ impl Conntrack {
         self.flows.len()
     }
 
-    /// True when no flow is tracked.
-    #[cfg(test)]
-    pub fn is_empty(&self) -> bool {
-        self.flows.is_empty()
-    }
-
     /// True when a packet from the subscriber (`view`) starts a new flow: a SYN
     /// without a live entry.
     pub fn is_new(&self, view: &PacketView, now: Instant) -> bool {
