@@ -1,33 +1,27 @@
 #!/usr/bin/env python3
-"""Helpers for scripts/bench.sh (stdlib only): parse iperf3 and ping output, probe
-blocked SYNs, and turn the recorded figures into a table and one JSON line.
+"""The half of scripts/bench.py that builds and stops nothing (stdlib only): the test
+addresses, the configs the run writes, what the tools' output means, the blocked-SYN
+probe and the report. No process, namespace or cleanup here, so each piece can be read
+and tried on its own; the run itself (and its safety) is all in bench.py.
 
-Subcommands (each prints one line on stdout, diagnostics on stderr, exit 1 on failure):
-  tcp FILE                   iperf3 client --json: "received_bits/s retransmits"
-  udp FILE                   iperf3 server --json (UDP): "pps received lost seconds
-                             lost_pct", the packets received per second first
-  ping FILE [--min-replies N] ping -n output: "median_us p99_us replies"
-  synprobe --count N --port P --src4 A --dst4 B [--src6 A --dst6 B] [--timeout S]
-                             connect N times (alternating families when both are
-                             given), print "answered_v4 sent_v4 answered_v6 sent_v6
-                             median_ms max_ms": answered = refused (RST) within the
-                             timeout; the times are those of the refusals
-  report RECORDS --meta FILE [--json]
-                             the table on stdout; with --json on stderr, and the
-                             JSON object as the last (only) stdout line
-RECORDS is JSON lines {"path", "round", "metric", "value"}; meta is one JSON object.
+Run as `bench_lib.py synprobe COUNT PORT TIMEOUT SRC4 DST4 SRC6 DST6` inside the
+subscriber namespace, it is the probe (a socket belongs to the namespace of the
+process that opens it).
 """
 
-import argparse
-import errno
 import json
 import math
+import re
 import socket
 import statistics
 import sys
 import time
 
 PATHS = ("kernel", "op25b")
+# The subscriber and the server, on lo in their namespaces; iperf3's port.
+CLI4, CLI6 = "100.64.1.10", "2001:db8:100:1::10"
+SRV4, SRV6 = "203.0.113.25", "2001:db8:203::25"
+PORT = 5201
 
 # metric -> (label, scale for display, unit, ratio key in the JSON)
 FIGURES = [
@@ -48,9 +42,11 @@ INFO_FIGURES = [
 ]
 
 
-def fail(msg):
-    print(f"bench_lib: {msg}", file=sys.stderr)
-    sys.exit(1)
+# ------------------------------------------------------------------ output parsing
+
+
+class BadOutput(Exception):
+    """A tool's output holds no usable figure."""
 
 
 def load_json(path):
@@ -58,103 +54,227 @@ def load_json(path):
         with open(path, encoding="utf-8") as f:
             text = f.read()
     except OSError as e:
-        fail(f"{path}: {e}")
+        raise BadOutput(f"{path}: {e}") from None
     if not text.strip():
-        fail(f"{path}: empty (iperf3 produced no output)")
+        raise BadOutput(f"{path}: empty (iperf3 produced no output)")
     try:
-        return json.loads(text)
+        doc = json.loads(text)
     except json.JSONDecodeError as e:
-        fail(f"{path}: not JSON ({e}): {text[:200]!r}")
-
-
-def cmd_tcp(args):
-    doc = load_json(args.file)
+        raise BadOutput(f"{path}: not JSON ({e}): {text[:200]!r}") from None
     if doc.get("error"):
-        fail(f"{args.file}: iperf3: {doc['error']}")
+        raise BadOutput(f"{path}: iperf3: {doc['error']}")
+    return doc
+
+
+def parse_tcp(path):
+    """iperf3 client --json: (received bits/s, retransmits)."""
+    doc = load_json(path)
     try:
         bps = float(doc["end"]["sum_received"]["bits_per_second"])
     except (KeyError, TypeError, ValueError):
-        fail(f"{args.file}: no end.sum_received.bits_per_second")
+        raise BadOutput(f"{path}: no end.sum_received.bits_per_second") from None
     if bps <= 0:
-        fail(f"{args.file}: nothing received")
-    retrans = doc["end"].get("sum_sent", {}).get("retransmits", -1)
-    print(f"{bps:.0f} {retrans}")
+        raise BadOutput(f"{path}: nothing received")
+    return round(bps), doc["end"].get("sum_sent", {}).get("retransmits", -1)
 
 
-def cmd_udp(args):
-    # The server's own report: on the receiver iperf3 counts "packets" as the highest
-    # sequence number seen and "lost_packets" as the gaps, so received = the difference.
-    doc = load_json(args.file)
-    if doc.get("error"):
-        fail(f"{args.file}: iperf3: {doc['error']}")
+def parse_udp(path):
+    """iperf3 server --json (UDP): (packets received per second, lost %). On the receiver
+    iperf3 counts "packets" as the highest sequence number seen and "lost_packets" as the
+    gaps, so received = the difference."""
+    doc = load_json(path)
     try:
         s = doc["end"]["sum"]
         packets, lost, secs = int(s["packets"]), int(s["lost_packets"]), float(s["seconds"])
     except (KeyError, TypeError, ValueError):
-        fail(f"{args.file}: no end.sum.packets/lost_packets/seconds")
+        raise BadOutput(f"{path}: no end.sum.packets/lost_packets/seconds") from None
     received = packets - lost
     if received <= 0 or secs <= 0:
-        fail(f"{args.file}: nothing received (packets={packets} lost={lost} seconds={secs})")
-    print(f"{received / secs:.0f} {received} {lost} {secs:.3f} {100.0 * lost / max(packets, 1):.1f}")
+        raise BadOutput(f"{path}: nothing received (packets={packets} lost={lost} seconds={secs})")
+    return round(received / secs), round(100.0 * lost / max(packets, 1), 1)
 
 
 def percentile(sorted_vals, p):
     """Nearest-rank percentile of an already sorted list."""
-    k = max(0, math.ceil(p / 100.0 * len(sorted_vals)) - 1)
-    return sorted_vals[k]
+    return sorted_vals[max(0, math.ceil(p / 100.0 * len(sorted_vals)) - 1)]
 
 
-def cmd_ping(args):
+def parse_ping(path, min_replies):
+    """ping -n output: (median us, p99 us, replies)."""
     rtts = []
-    with open(args.file, encoding="utf-8", errors="replace") as f:
+    with open(path, encoding="utf-8", errors="replace") as f:
         for line in f:
             i = line.find(" time=")
             if i < 0 or "bytes from" not in line:
                 continue
-            tok = line[i + 6 :].split()[0]
             try:
-                rtts.append(float(tok) * 1000.0)  # ms -> us
-            except ValueError:
+                rtts.append(float(line[i + 6:].split()[0]) * 1000.0)  # ms -> us
+            except (ValueError, IndexError):
                 continue
-    if len(rtts) < args.min_replies:
-        fail(f"{args.file}: {len(rtts)} replies, expected at least {args.min_replies}")
+    if len(rtts) < min_replies:
+        raise BadOutput(f"{path}: {len(rtts)} replies, expected at least {min_replies}")
     rtts.sort()
-    print(f"{statistics.median(rtts):.1f} {percentile(rtts, 99):.1f} {len(rtts)}")
+    return round(statistics.median(rtts), 1), round(percentile(rtts, 99), 1), len(rtts)
 
 
-def cmd_synprobe(args):
-    targets = [(socket.AF_INET, args.src4, args.dst4)]
-    if args.src6 and args.dst6:
-        targets.append((socket.AF_INET6, args.src6, args.dst6))
+def nft_packets(chain):
+    """Packets counted by the rules of `nft list chain ...` output (the kernel's rejects)."""
+    total = 0
+    for line in chain.splitlines():
+        if "counter" in line:
+            tok = line.split()
+            total += sum(int(tok[i + 1]) for i in range(len(tok) - 1)
+                         if tok[i] == "packets" and tok[i + 1].isdigit())
+    return total
+
+
+def counters_line(log):
+    """op25b's last "counters: ..." log line, colour codes removed: the only part of its
+    log the benchmark reads (it shows it, and the JSON carries it as op25b_counters)."""
+    last = ""
+    for line in log.splitlines():
+        i = line.find("counters: ")
+        if i >= 0:
+            last = line[i:]
+    return re.sub(r"\x1b\[[0-9;]*m", "", last)
+
+
+# ------------------------------------------------------------------ blocked-SYN probe
+
+
+def synprobe_main(argv):
+    """`synprobe COUNT PORT TIMEOUT SRC4 DST4 SRC6 DST6`, run inside the subscriber
+    namespace: connect COUNT times, v4/v6 alternating; answered = refused (RST) within
+    the timeout. One JSON line on stdout, diagnostics on stderr."""
+    count, port, timeout = int(argv[0]), int(argv[1]), float(argv[2])
+    targets = [(socket.AF_INET, argv[3], argv[4]), (socket.AF_INET6, argv[5], argv[6])]
     answered = {socket.AF_INET: 0, socket.AF_INET6: 0}
     sent = {socket.AF_INET: 0, socket.AF_INET6: 0}
     times = []
-    for i in range(args.count):
+    for i in range(count):
         fam, src, dst = targets[i % len(targets)]
         s = socket.socket(fam, socket.SOCK_STREAM)
-        s.settimeout(args.timeout)
+        s.settimeout(timeout)
         sent[fam] += 1
         t0 = time.monotonic()
         try:
             s.bind((src, 0))
-            s.connect((dst, args.port))
-            print(f"synprobe: {dst}:{args.port} accepted (expected a refusal)", file=sys.stderr)
+            s.connect((dst, port))
+            print(f"synprobe: {dst}:{port} accepted (expected a refusal)", file=sys.stderr)
         except ConnectionRefusedError:
             answered[fam] += 1
             times.append((time.monotonic() - t0) * 1000.0)
         except socket.timeout:
-            print(f"synprobe: {dst}:{args.port} no answer in {args.timeout}s", file=sys.stderr)
+            print(f"synprobe: {dst}:{port} no answer in {timeout}s", file=sys.stderr)
         except OSError as e:
-            print(f"synprobe: {dst}:{args.port}: {errno.errorcode.get(e.errno, e)}", file=sys.stderr)
+            print(f"synprobe: {dst}:{port}: {e}", file=sys.stderr)
         finally:
             s.close()
-        time.sleep(args.interval)
-    med = statistics.median(times) if times else -1.0
-    worst = max(times) if times else -1.0
-    print(
-        f"{answered[socket.AF_INET]} {sent[socket.AF_INET]} "
-        f"{answered[socket.AF_INET6]} {sent[socket.AF_INET6]} {med:.2f} {worst:.2f}"
-    )
+        time.sleep(0.02)
+    print(json.dumps({
+        "answered_v4": answered[socket.AF_INET], "sent_v4": sent[socket.AF_INET],
+        "answered_v6": answered[socket.AF_INET6], "sent_v6": sent[socket.AF_INET6],
+        "median_ms": round(statistics.median(times), 2) if times else -1.0,
+        "max_ms": round(max(times), 2) if times else -1.0,
+    }))
+    return 0
+
+
+# ------------------------------------------------------------------ op25b config
+
+
+def gen_rules(n):
+    """The extra rules: varied names, directions, protocols, prefixes and ports, none
+    matching the benchmark traffic (100.64.1.10 <-> 203.0.113.25 TCP/UDP 5201, ICMP, and
+    the return traffic to ephemeral ports 32768-60999), so every packet walks them all."""
+    dsts = ["192.0.2.0/24", "198.51.100.128/25", "2001:db8:dead::/48", "192.0.2.77/32"]
+    out = []
+    for i in range(n):
+        direction = "inbound" if i % 3 == 2 else "outbound"
+        proto = "tcp" if i % 2 == 1 else "udp"
+        out.append(f'\n[[rule]]\nname = "bench-{i:02d}"\ndirection = "{direction}"\n'
+                   f'protocol = "{proto}"\ndst = ["{dsts[i % len(dsts)]}"]\n'
+                   f'dst_ports = [{6000 + i}]\naction = "drop"\n')
+    return "".join(out)
+
+
+def op25b_config(o, tun_sub, ns_sub, tun_up, ns_up):
+    """op25b's config for the run: the lab's policy on the run's devices, o.rules extra rules."""
+    text = f"""\
+# Generated by scripts/bench.py: config/lab.toml's addresses and policy, the
+# benchmark's own namespaces and devices, plus {o.rules} non-matching rules.
+[router]
+addresses = ["100.64.0.1", "2001:db8:100::1"]
+
+[subscriber]
+tun = "{tun_sub}"
+netns = "{ns_sub}"
+mtu = 1500
+prefixes = ["100.64.0.0/10", "2001:db8:100::/48"]
+
+[upstream]
+tun = "{tun_up}"
+netns = "{ns_up}"
+mtu = 1500
+
+[op25b]
+dynamic = ["100.64.0.0/10", "2001:db8:100::/48"]
+exempt_sources = ["100.64.9.0/24", "2001:db8:100:9::/64"]
+relays = ["198.51.100.25/32", "2001:db8:25::25/128"]
+ports = [25]
+action = "reject"
+"""
+    if o.busy > 0:
+        text += f"\n[dataplane]\nbusy_poll_us = {o.busy}\n"
+    return text + gen_rules(o.rules)
+
+
+def kernel_net(ksub, krtr, kup):
+    """The kernel path as (namespace, `ip -n NS` arguments), in order:
+    SUB ==veth== RTR (100.64.0.0/30, 2001:db8:100::/64) ==veth== UP (198.51.100.252/30,
+    2001:db8:ff::/64), and routes so RTR forwards between the client and the server."""
+    return [
+        (ksub, "link add sub0 type veth peer name rtr-sub netns " + krtr),
+        (kup, "link add up0 type veth peer name rtr-up netns " + krtr),
+        (ksub, f"addr add {CLI4}/32 dev lo"),
+        (ksub, f"addr add {CLI6}/128 dev lo nodad"),
+        (ksub, "addr add 100.64.0.2/30 dev sub0"),
+        (ksub, "addr add 2001:db8:100::2/64 dev sub0 nodad"),
+        (ksub, "link set sub0 up"),
+        (ksub, f"route add default via 100.64.0.1 src {CLI4}"),
+        (ksub, f"-6 route add default via 2001:db8:100::1 src {CLI6}"),
+        (krtr, "addr add 100.64.0.1/30 dev rtr-sub"),
+        (krtr, "addr add 2001:db8:100::1/64 dev rtr-sub nodad"),
+        (krtr, "addr add 198.51.100.253/30 dev rtr-up"),
+        (krtr, "addr add 2001:db8:ff::1/64 dev rtr-up nodad"),
+        (krtr, "link set rtr-sub up"),
+        (krtr, "link set rtr-up up"),
+        (krtr, "route add 100.64.0.0/10 via 100.64.0.2"),
+        (krtr, "-6 route add 2001:db8:100::/48 via 2001:db8:100::2"),
+        (krtr, "route add 203.0.113.0/24 via 198.51.100.254"),
+        (krtr, "-6 route add 2001:db8:203::/48 via 2001:db8:ff::2"),
+        (kup, f"addr add {SRV4}/32 dev lo"),
+        (kup, f"addr add {SRV6}/128 dev lo nodad"),
+        (kup, "addr add 198.51.100.254/30 dev up0"),
+        (kup, "addr add 2001:db8:ff::2/64 dev up0 nodad"),
+        (kup, "link set up0 up"),
+        (kup, "route add 100.64.0.0/10 via 198.51.100.253"),
+        (kup, "-6 route add 2001:db8:100::/48 via 2001:db8:ff::1"),
+    ]
+
+
+# The OP25B policy as a user would write it for a Linux router.
+NFT_RULES = """\
+table inet op25b {
+    chain forward {
+        type filter hook forward priority filter; policy accept;
+        tcp dport 25 ip saddr 100.64.0.0/10 ip saddr != 100.64.9.0/24 ip daddr != 198.51.100.25 counter reject with tcp reset
+        tcp dport 25 ip6 saddr 2001:db8:100::/48 ip6 saddr != 2001:db8:100:9::/64 ip6 daddr != 2001:db8:25::25 counter reject with tcp reset
+    }
+}
+"""
+
+# ------------------------------------------------------------------ report
 
 
 def fmt(v, scale):
@@ -168,21 +288,16 @@ def fmt(v, scale):
     return f"{x:.2f}"
 
 
-def cmd_report(args):
-    with open(args.meta, encoding="utf-8") as f:
-        meta = json.load(f)
+def report(records, meta, as_json):
+    """The table (on stdout, or stderr with --json) and, with --json, one JSON object as
+    the last stdout line: meta, ratios op25b/kernel, latency added, per-path figures."""
     values = {}  # (path, metric) -> [values in round order]
     extra = {}  # (path, metric) -> value, for non-per-round figures
-    with open(args.records, encoding="utf-8") as f:
-        for line in f:
-            line = line.strip()
-            if not line:
-                continue
-            r = json.loads(line)
-            if r.get("round") is None:
-                extra[(r["path"], r["metric"])] = r["value"]
-            else:
-                values.setdefault((r["path"], r["metric"]), []).append(r["value"])
+    for r in records:
+        if r["round"] is None:
+            extra[(r["path"], r["metric"])] = r["value"]
+        else:
+            values.setdefault((r["path"], r["metric"]), []).append(r["value"])
 
     out = dict(meta)
     per_path = {p: {} for p in PATHS}
@@ -202,18 +317,16 @@ def cmd_report(args):
     for metric, _label, _scale, _unit, rkey in FIGURES:
         k, o = medians.get(("kernel", metric)), medians.get(("op25b", metric))
         out[rkey] = round(o / k, 3) if k and o is not None else None
-    for key, metric in (("latency_added_us", "rtt_median_us"), ("latency_p99_added_us", "rtt_p99_us")):
+    for key, metric in (("latency_added_us", "rtt_median_us"),
+                        ("latency_p99_added_us", "rtt_p99_us")):
         k, o = medians.get(("kernel", metric)), medians.get(("op25b", metric))
         out[key] = round(o - k, 1) if k is not None and o is not None else None
-    for p in PATHS:
-        for (pp, metric), v in extra.items():
-            if pp == p:
-                per_path[p][metric] = v
+    for (p, metric), v in extra.items():
+        per_path[p][metric] = v
     out["kernel"] = per_path["kernel"]
     out["op25b"] = per_path["op25b"]
     # Headline figures at the top level too.
-    o = per_path["op25b"]
-    k = per_path["kernel"]
+    o, k = per_path["op25b"], per_path["kernel"]
     out["rss_mib"] = o.get("rss_mib")
     out["cpu_s"] = o.get("cpu_s")
     out["blocked_syn_answered"] = o.get("blocked_syn_answered")
@@ -221,102 +334,64 @@ def cmd_report(args):
     out["kernel_blocked_syn_answered"] = k.get("blocked_syn_answered")
     out["kernel_blocked_syn_sent"] = k.get("blocked_syn_sent")
 
-    # The table.
-    t = sys.stderr if args.json else sys.stdout
-    rounds = meta.get("rounds")
-    print("", file=t)
-    print(
-        f"op25b vs kernel forwarding: {rounds} round(s), {meta.get('seconds')} s per test, "
-        f"{meta.get('extra_rules')} extra rules, {meta.get('cpus')} CPUs, "
-        f"busy poll {meta.get('busy_poll_us', 0)} us; "
-        "median (min-max) over rounds",
-        file=t,
-    )
+    t = sys.stderr if as_json else sys.stdout
+
+    def line(text=""):
+        print(text, file=t)
+
+    def cell(p, metric, scale, missing):
+        vals = values.get((p, metric))
+        if not vals:
+            return missing
+        med, lo, hi = statistics.median(vals), min(vals), max(vals)
+        return f"{fmt(med, scale)} ({fmt(lo, scale)}-{fmt(hi, scale)})"
+
+    line()
+    line(f"op25b vs kernel forwarding: {meta.get('rounds')} round(s), "
+         f"{meta.get('seconds')} s per test, "
+         f"{meta.get('extra_rules')} extra rules, {meta.get('cpus')} CPUs, "
+         f"busy poll {meta.get('busy_poll_us', 0)} us; median (min-max) over rounds")
     hdr = f"{'figure':<26} {'kernel':>24} {'op25b':>24} {'op25b/kernel':>13}"
-    print(hdr, file=t)
-    print("-" * len(hdr), file=t)
+    line(hdr)
+    line("-" * len(hdr))
     for metric, label, scale, unit, rkey in FIGURES:
-        cells = []
-        for p in PATHS:
-            vals = values.get((p, metric), [])
-            if not vals:
-                cells.append("FAILED")
-                continue
-            med = statistics.median(vals)
-            cells.append(f"{fmt(med, scale)} ({fmt(min(vals), scale)}-{fmt(max(vals), scale)})")
+        cells = [cell(p, metric, scale, "FAILED") for p in PATHS]
         ratio = out.get(rkey)
         rtxt = f"{ratio:.3f}" if ratio is not None else "-"
-        print(f"{label + ' ' + unit:<26} {cells[0]:>24} {cells[1]:>24} {rtxt:>13}", file=t)
+        line(f"{label + ' ' + unit:<26} {cells[0]:>24} {cells[1]:>24} {rtxt:>13}")
     for metric, label, scale, unit in INFO_FIGURES:
-        cells = []
-        for p in PATHS:
-            vals = values.get((p, metric), [])
-            med = statistics.median(vals) if vals else None
-            cells.append(f"{fmt(med, scale)} ({fmt(min(vals), scale)}-{fmt(max(vals), scale)})" if vals else "-")
-        print(f"{(label + ' ' + unit).strip():<26} {cells[0]:>24} {cells[1]:>24} {'':>13}", file=t)
-    print("-" * len(hdr), file=t)
+        cells = [cell(p, metric, scale, "-") for p in PATHS]
+        line(f"{(label + ' ' + unit).strip():<26} {cells[0]:>24} {cells[1]:>24} {'':>13}")
+    line("-" * len(hdr))
     la, lp = out.get("latency_added_us"), out.get("latency_p99_added_us")
     if la is not None:
-        print(f"latency added by op25b: median {la:+.1f} us, p99 {lp:+.1f} us", file=t)
+        line(f"latency added by op25b: median {la:+.1f} us, p99 {lp:+.1f} us")
     for p in PATHS:
         d = per_path[p]
         if d.get("blocked_syn_sent") is not None:
-            print(
-                f"blocked SYNs to port 25 refused during load ({p}): "
-                f"{d.get('blocked_syn_answered')}/{d.get('blocked_syn_sent')} "
-                f"(v4 {d.get('blocked_syn_answered_v4')}/{d.get('blocked_syn_sent_v4')}, "
-                f"v6 {d.get('blocked_syn_answered_v6')}/{d.get('blocked_syn_sent_v6')}; "
-                f"median {d.get('blocked_syn_median_ms')} ms, max {d.get('blocked_syn_max_ms')} ms)",
-                file=t,
-            )
+            line(f"blocked SYNs to port 25 refused during load ({p}): "
+                 f"{d.get('blocked_syn_answered')}/{d.get('blocked_syn_sent')} "
+                 f"(v4 {d.get('blocked_syn_answered_v4')}/{d.get('blocked_syn_sent_v4')}, "
+                 f"v6 {d.get('blocked_syn_answered_v6')}/{d.get('blocked_syn_sent_v6')}; "
+                 f"median {d.get('blocked_syn_median_ms')} ms, "
+                 f"max {d.get('blocked_syn_max_ms')} ms)")
     if o.get("rss_mib") is not None:
-        print(
-            f"op25b process: peak RSS {o['rss_mib']} MiB, CPU {o.get('cpu_s')} s over "
-            f"{o.get('run_s')} s alive, {o.get('ctxt_switches')} context switches; CPU during its tests "
-            f"{o.get('cpu_busy_pct')} %, while idle (kernel tests) {o.get('cpu_idle_pct')} %",
-            file=t,
-        )
+        line(f"op25b process: peak RSS {o['rss_mib']} MiB, CPU {o.get('cpu_s')} s over "
+             f"{o.get('run_s')} s alive, {o.get('ctxt_switches')} context switches; "
+             "CPU during its tests "
+             f"{o.get('cpu_busy_pct')} %, while idle (kernel tests) {o.get('cpu_idle_pct')} %")
     if o.get("tun_sub_tx_dropped") is not None:
-        print(
-            f"op25b TUN queue drops (op25b too slow to read) over the run: "
-            f"outbound {o.get('tun_sub_tx_dropped')}, inbound {o.get('tun_up_tx_dropped')}; "
-            f"{meta.get('op25b_counters') or 'no counters line in its log'}",
-            file=t,
-        )
+        line(f"op25b TUN queue drops (op25b too slow to read) over the run: "
+             f"outbound {o.get('tun_sub_tx_dropped')}, inbound {o.get('tun_up_tx_dropped')}; "
+             f"{meta.get('op25b_counters') or 'no counters line in its log'}")
     if meta.get("failures"):
-        print(f"FAILURES: {'; '.join(meta['failures'])}", file=t)
-    if args.json:
-        print(json.dumps(out, sort_keys=True))
-
-
-def main():
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = ap.add_subparsers(dest="cmd", required=True)
-    p = sub.add_parser("tcp")
-    p.add_argument("file")
-    p = sub.add_parser("udp")
-    p.add_argument("file")
-    p = sub.add_parser("ping")
-    p.add_argument("file")
-    p.add_argument("--min-replies", type=int, default=1)
-    p = sub.add_parser("synprobe")
-    p.add_argument("--count", type=int, default=20)
-    p.add_argument("--port", type=int, default=25)
-    p.add_argument("--src4", required=True)
-    p.add_argument("--dst4", required=True)
-    p.add_argument("--src6")
-    p.add_argument("--dst6")
-    p.add_argument("--timeout", type=float, default=1.0)
-    p.add_argument("--interval", type=float, default=0.02)
-    p = sub.add_parser("report")
-    p.add_argument("records")
-    p.add_argument("--meta", required=True)
-    p.add_argument("--json", action="store_true")
-    args = ap.parse_args()
-    {"tcp": cmd_tcp, "udp": cmd_udp, "ping": cmd_ping, "synprobe": cmd_synprobe, "report": cmd_report}[
-        args.cmd
-    ](args)
+        line(f"FAILURES: {'; '.join(meta['failures'])}")
+    t.flush()
+    if as_json:
+        print(json.dumps(out, sort_keys=True), flush=True)
 
 
 if __name__ == "__main__":
-    main()
+    if sys.argv[1:2] != ["synprobe"]:
+        sys.exit("usage: bench_lib.py synprobe COUNT PORT TIMEOUT SRC4 DST4 SRC6 DST6")
+    sys.exit(synprobe_main(sys.argv[2:]))

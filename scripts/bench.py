@@ -1,0 +1,809 @@
+#!/usr/bin/env python3
+"""
+op25b benchmark: the same traffic, in one run, through kernel forwarding with the
+OP25B policy as an nftables rule (the peer a user would pick instead) and through
+op25b, alternating kernel, op25b, kernel, op25b, ... on namespaces made for the run.
+
+  kernel: SUB ==veth== RTR (ip_forward, nft: tcp dport 25 ... reject) ==veth== UP
+  op25b:  SUB ==TUN==> op25b (release binary, root namespace) ==TUN==> UP
+  SUB: 100.64.1.10, 2001:db8:100:1::10 (iperf3 client, ping, SYN probe)
+  UP:  203.0.113.25, 2001:db8:203::25 (an iperf3 server per test, port 5201)
+
+Figures per path (median and min-max over rounds, ratio op25b/kernel): TCP 1 stream
+and 4 streams (Gbit/s received), 64-byte UDP packets per second received by the
+server, ping RTT median and p99 (us). For op25b also peak RSS (VmHWM, MiB) and CPU
+time (utime+stime, s). During the first TCP 4-stream test of each path, SYNs to
+203.0.113.25:25 (and [2001:db8:203::25]:25) must all be refused by the router.
+
+Usage: scripts/bench.sh [options]
+  --smoke        end-to-end check in a few seconds (1 round, 1 s tests, 50 pings);
+                 judges that everything works, not speed
+  --json         the last stdout line is one JSON object; the table goes to stderr
+  --no-build     skip `cargo build --release`
+  --rounds N     rounds (default 3; --smoke: 1)
+  --rules N      extra [[rule]]s in op25b's config, none matching (default 100)
+  -t, --time S   seconds per iperf3 test (default 5; --smoke: 1)
+  --pings N      pings per latency test, 10 ms apart (default 300; --smoke: 50)
+  --syn N        blocked-SYN probes per path, v4/v6 alternating (default 20)
+  --busy-poll US op25b's dataplane.busy_poll_us (default 0: workers sleep at
+                 once; polling mode trades a core per worker for latency)
+  --bin PATH     op25b binary (default target/release/op25b)
+  --keep DIR     copy the raw outputs (iperf3 JSON, ping, op25b log, config) to DIR
+Exit status: 0 when every measurement and the blocked-SYN check succeeded, 1 if not,
+2 on usage errors. Needs root, iproute2, iperf3, nft (nftables), ping, python3
+(scripts/setup.sh --bench installs them). Namespaces are named o25b-bench-PID-* and
+removed on exit, also after failures; only processes this run started are stopped.
+"""
+# The benchmark is this program (python3, stdlib only) and bench_lib.py beside it (what
+# the tools' output means, config texts, the SYN probe, the report: no side effects);
+# scripts/bench.sh only execs it. This file is the run: namespaces, processes, cleanup.
+
+import glob
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from types import SimpleNamespace
+
+from bench_lib import (CLI4, CLI6, NFT_RULES, PATHS, PORT, SRV4, SRV6, BadOutput, counters_line,
+                       kernel_net, nft_packets, op25b_config, parse_ping, parse_tcp, parse_udp,
+                       report)
+
+SCRIPTS_DIR = os.path.dirname(os.path.abspath(__file__))
+REPO_DIR = os.path.dirname(SCRIPTS_DIR)
+
+# Tools run by name, with the package that has each.
+TOOLS = [("ip", "iproute2"), ("ss", "iproute2"), ("iperf3", "iperf3"), ("nft", "nftables"),
+         ("ping", "iputils-ping"), ("timeout", "coreutils")]
+
+# ------------------------------------------------------------------ messages
+
+_TTY = sys.stderr.isatty()
+
+
+def _say(colour, label, msg):
+    on, off = (f"\033[{colour}m", "\033[0m") if _TTY else ("", "")
+    print(f"{on}[bench]{label}{off} {msg}", file=sys.stderr, flush=True)
+
+
+def info(msg):
+    _say("1", "", msg)
+
+
+def warn(msg):
+    _say("33", " warning:", msg)
+
+
+def err(msg):
+    _say("31", " error:", msg)
+
+
+def show_file(*paths, tail=None):
+    """Echo tools' output to stderr, indented, when a step fails (tail: last lines only)."""
+    lines = []
+    for p in paths:
+        try:
+            with open(p, encoding="utf-8", errors="replace") as f:
+                lines += f.read().splitlines()
+        except OSError:
+            pass
+    for line in lines[-tail:] if tail else lines:
+        print(f"    {line}", file=sys.stderr)
+
+
+class Usage(Exception):
+    """Bad command line: exit 2 after the help."""
+
+
+class Die(Exception):
+    """A step the run cannot go on without failed: exit 1 (after cleanup)."""
+
+
+class Interrupted(BaseException):
+    """SIGINT/SIGTERM arrived; code is the shell-style exit status (130, 143)."""
+
+    def __init__(self, code):
+        super().__init__(code)
+        self.code = code
+
+
+# ------------------------------------------------------------------ signals
+
+# The handlers only note the signal. The run looks at the note at every wait (pause(),
+# at most 0.1 s apart, and after each short command), so no step is cut in half and
+# cleanup always runs to its end; a second signal during cleanup changes nothing.
+SIGNALLED = None
+CLOSING = False
+
+
+def _on_signal(signum, _frame):
+    global SIGNALLED
+    if SIGNALLED is None:
+        SIGNALLED = 128 + signum
+
+
+def checkpoint():
+    if SIGNALLED is not None and not CLOSING:
+        raise Interrupted(SIGNALLED)
+
+
+def pause(secs):
+    time.sleep(secs)
+    checkpoint()
+
+
+# ------------------------------------------------------------------ options
+
+
+def parse_args(argv):
+    """The command line as bench.sh always took it (hand-parsed: argparse's own help and
+    error formats, and its exit 0 on --help, are not this tool's interface)."""
+    o = SimpleNamespace(build=True, json=False, smoke=False, rounds=None, secs=None, pings=None,
+                        rules=100, syn=20, keep=None, busy=0,
+                        bin=os.path.join(REPO_DIR, "target/release/op25b"))
+    numeric = {"--rounds": "rounds", "--rules": "rules", "-t": "secs", "--time": "secs",
+               "--pings": "pings", "--syn": "syn", "--busy-poll": "busy"}
+    args = list(argv)
+    while args:
+        a = args.pop(0)
+        if a == "--smoke":
+            o.smoke = True
+        elif a == "--json":
+            o.json = True
+        elif a == "--no-build":
+            o.build = False
+        elif a in numeric or a in ("--bin", "--keep"):
+            if not args:
+                raise Usage(None)
+            v = args.pop(0)
+            if a == "--bin":
+                o.bin = os.path.abspath(v)
+            elif a == "--keep":
+                o.keep = os.path.abspath(v)
+            elif not re.fullmatch(r"[0-9]+", v):
+                raise Usage(f"{a} needs a whole number, got '{v}'")
+            else:
+                setattr(o, numeric[a], int(v))
+        elif a in ("-h", "--help"):
+            raise Usage(None)
+        else:
+            raise Usage(f"unknown argument: {a}")
+    defaults = (1, 1, 50) if o.smoke else (3, 5, 300)
+    o.rounds, o.secs, o.pings = (v if v is not None else d
+                                 for v, d in zip((o.rounds, o.secs, o.pings), defaults))
+    if not (o.rounds >= 1 and o.secs >= 1 and o.pings >= 1 and o.syn >= 1 and o.rules <= 10000):
+        raise Usage("--rounds, -t, --pings and --syn must be at least 1, --rules at most 10000")
+    return o
+
+
+# ------------------------------------------------------------------ processes
+
+
+def proc_fields(pid):
+    """/proc/PID/stat from field 3 (state) on; comm may hold spaces and parens."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="utf-8", errors="replace") as f:
+            stat = f.read()
+    except OSError:
+        return None
+    return stat[stat.rfind(") ") + 2:].split()
+
+
+def proc_starttime(pid):
+    """Field 22 (clock ticks since boot): with the pid it names one process for good."""
+    f = proc_fields(pid)
+    return f[19] if f and len(f) > 19 else None
+
+
+def proc_cmdline(pid):
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
+class Proc:
+    """A process this run started. A child of ours is ours until we reap it; op25b (the
+    child of its `timeout`) is known by pid and start time, since a reused pid has another."""
+
+    def __init__(self, pid, popen=None):
+        self.pid, self.popen = pid, popen
+        self.start = proc_starttime(pid) if popen is None else None
+
+    def alive(self):
+        if self.popen is not None:
+            return self.popen.poll() is None
+        f = proc_fields(self.pid)
+        return bool(f) and len(f) > 19 and f[19] == self.start and f[0] != "Z"
+
+    def wait(self, secs):
+        """Wait up to secs for it to end; True if it did."""
+        end = time.monotonic() + secs
+        while self.alive():
+            if time.monotonic() >= end:
+                return False
+            pause(0.05)
+        return True
+
+    def stop(self):
+        """SIGTERM (only if it is still the process we started), SIGKILL after 3 s; reap."""
+        if self.alive():
+            self.kill(signal.SIGTERM)
+            if not self.wait(3):
+                warn(f"pid {self.pid} ({proc_cmdline(self.pid)}) ignored SIGTERM for 3 s: SIGKILL")
+                if self.alive():
+                    self.kill(signal.SIGKILL)
+                self.wait(5)
+        if self.popen is not None and self.popen.returncode is None:
+            try:
+                self.popen.wait(5)
+            except subprocess.TimeoutExpired:
+                warn(f"pid {self.pid} still not gone after SIGKILL")
+
+    def kill(self, sig):
+        try:
+            os.kill(self.pid, sig)
+        except ProcessLookupError:  # op25b ended (and was reaped) just now
+            pass
+
+    def status(self):
+        """Exit status as a shell shows it (128 + signal when killed)."""
+        rc = self.popen.returncode
+        if rc is None:
+            return 124
+        return 128 - rc if rc < 0 else rc
+
+
+def sh(*argv, ok=False):
+    """A short command (ip, sysctl, nft): its output is returned; a failure ends the run
+    unless ok, since nothing measured on a half-built network means anything."""
+    r = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, text=True)
+    checkpoint()
+    if r.returncode != 0 and not ok:
+        raise Die(f"`{' '.join(argv)}` failed (exit {r.returncode}): {r.stderr.strip()}")
+    return r.stdout if r.returncode == 0 else None
+
+
+def nsx(ns, *argv, ok=False):
+    return sh("ip", "netns", "exec", ns, *argv, ok=ok)
+
+
+def in_ns(ns, secs, *argv):
+    """argv inside namespace ns under `timeout` (SIGKILL 2 s after SIGTERM): every tool
+    the run starts ends by itself, even if this program is killed hard."""
+    return ["ip", "netns", "exec", ns, "timeout", "-k", "2", str(secs), *argv]
+
+
+# ------------------------------------------------------------------ the run
+
+
+class Bench:
+    """One run: the namespaces and processes it made (removed by cleanup, whatever
+    happens), its records and failures."""
+
+    def __init__(self, o):
+        self.o = o
+        pid = os.getpid()
+        self.pfx = f"o25b-bench-{pid}"
+        self.ns = {k: f"{self.pfx}-{k}" for k in ("ksub", "krtr", "kup", "osub", "oup")}
+        self.sub = {"kernel": self.ns["ksub"], "op25b": self.ns["osub"]}
+        self.up = {"kernel": self.ns["kup"], "op25b": self.ns["oup"]}
+        # <= 12 characters (IFNAMSIZ is 16)
+        self.tun_sub, self.tun_up = f"o25bs{pid}", f"o25bu{pid}"
+        self.hz = os.sysconf("SC_CLK_TCK")
+        self.namespaces = []  # created by this run, deleted on exit
+        self.started = {}  # pid -> Proc, every background process this run started
+        self.op25b = self.op25b_timeout = None
+        self.work = None
+        self.failures = []
+        self.records = []  # {"path", "round", "metric", "value"}
+        self.cpu_ticks = {p: 0 for p in PATHS}  # op25b's CPU during each path's tests
+        self.wall = {p: 0.0 for p in PATHS}
+
+    # -------------------------------------------------------------- bookkeeping
+
+    def spawn(self, out, argv, env=None):
+        """Start argv in the background, stdout to out and stderr to out.err. Its own
+        process group, so a terminal's Ctrl-C reaches only us and we stop our processes by
+        pid; not its own session, which would give it its own scheduler autogroup and
+        change how the two cores are shared between iperf3, op25b and the kernel."""
+        with open(out, "wb") as fo, open(out + ".err", "wb") as fe:
+            p = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=fo, stderr=fe, env=env,
+                                 preexec_fn=os.setpgrp)  # no threads here: preexec_fn is safe
+        proc = Proc(p.pid, p)
+        self.started[p.pid] = proc
+        return proc
+
+    def stop(self, proc):
+        proc.stop()
+        self.started.pop(proc.pid, None)
+
+    def reap(self, proc, secs):
+        """Its exit status once it ends; 124 (and stopped) if it outlives secs."""
+        if not proc.wait(secs):
+            self.stop(proc)
+            return 124
+        self.stop(proc)  # reaps it
+        return proc.status()
+
+    def record(self, path, rnd, metric, value):
+        r = {"path": path, "round": rnd, "metric": metric, "value": value}
+        self.records.append(r)
+        with open(os.path.join(self.work, "records.jsonl"), "a", encoding="utf-8") as f:
+            f.write(json.dumps(r) + "\n")
+
+    def fail_measure(self, msg):
+        self.failures.append(msg)
+        err(msg)
+
+    def file(self, name):
+        return os.path.join(self.work, name)
+
+    # -------------------------------------------------------------- checks, build
+
+    def preflight(self):
+        o = self.o
+        if os.getuid() != 0:
+            raise Die("must run as root (network namespaces and TUN devices need CAP_NET_ADMIN)")
+        missing = [f"{c} (package: {p})" for c, p in TOOLS if shutil.which(c) is None]
+        if missing:
+            raise Die("missing required command(s); scripts/setup.sh --bench installs them:\n"
+                      + "\n".join(f"  - {m}" for m in missing))
+        # Namespaces of earlier runs that were killed hard (their pid is gone): say so only.
+        for line in (sh("ip", "netns", "list", ok=True) or "").splitlines():
+            ns = line.split(" ", 1)[0]
+            m = re.match(r"o25b-bench-([0-9]+)-", ns)
+            if m and not os.path.exists(f"/proc/{m.group(1)}"):
+                warn(f"stale namespace from an earlier run: {ns} (remove it: ip netns delete {ns})")
+        if o.build:
+            info("cargo build --release")
+            rc = subprocess.run(["timeout", "1800", "cargo", "build", "--release"],
+                                cwd=REPO_DIR).returncode
+            checkpoint()
+            if rc != 0:
+                raise Die("cargo build --release failed")
+        if not (os.path.isfile(o.bin) and os.access(o.bin, os.X_OK)):
+            raise Die(f"op25b binary not found or not executable: {o.bin} "
+                      "(build it: cargo build --release)")
+        self.work = tempfile.mkdtemp(prefix=f"{self.pfx}.", dir="/tmp")
+
+    def write_config(self):
+        o = self.o
+        self.config = self.file("op25b.toml")
+        with open(self.config, "w", encoding="utf-8") as f:
+            f.write(op25b_config(o, self.tun_sub, self.ns["osub"], self.tun_up, self.ns["oup"]))
+        out = self.file("check.out")
+        with open(out, "wb") as f:
+            rc = subprocess.run([o.bin, "check", "--config", self.config], stdin=subprocess.DEVNULL,
+                                stdout=f, stderr=subprocess.STDOUT).returncode
+        if rc != 0:
+            show_file(out)
+            with open(out, encoding="utf-8", errors="replace") as f:
+                mentions_rule = "rule" in f.read().lower()
+            if o.rules > 0 and mentions_rule:
+                raise Die(f"op25b check rejects the generated config ({o.rules} extra [[rule]]s): "
+                          "this op25b may not support [[rule]] yet; try --rules 0")
+            raise Die("op25b check rejects the generated config")
+
+    # -------------------------------------------------------------- namespaces
+
+    def ns_add(self, name, addr_gen_mode=0):
+        """A namespace with lo up and quiet IPv6 (no DAD, router solicitations or RA
+        processing; addr_gen_mode 1 = no link-local on new devices)."""
+        if os.path.exists(f"/run/netns/{name}"):
+            raise Die(f"netns {name} exists already (an earlier run's?): not touching it")
+        self.namespaces.append(name)  # before it exists: an interrupted add is removed too
+        sh("ip", "netns", "add", name)
+        sh("ip", "-n", name, "link", "set", "lo", "up")
+        v6 = "net.ipv6.conf"
+        nsx(name, "sysctl", "-q", "-w", f"{v6}.all.accept_dad=0", f"{v6}.default.accept_dad=0",
+            f"{v6}.all.accept_ra=0", f"{v6}.default.accept_ra=0",
+            f"{v6}.all.router_solicitations=0", f"{v6}.default.router_solicitations=0",
+            f"{v6}.default.addr_gen_mode={addr_gen_mode}")
+
+    def setup_kernel(self):
+        ksub, krtr, kup = self.ns["ksub"], self.ns["krtr"], self.ns["kup"]
+        info(f"kernel path: {ksub} | {krtr} | {kup} (veth, ip_forward, nftables)")
+        for ns in (ksub, krtr, kup):
+            self.ns_add(ns)
+        nsx(krtr, "sysctl", "-q", "-w", "net.ipv4.ip_forward=1",
+            "net.ipv6.conf.all.forwarding=1")
+        for ns, cmd in kernel_net(ksub, krtr, kup):
+            sh("ip", "-n", ns, *cmd.split())
+        nft = self.file("op25b.nft")
+        with open(nft, "w", encoding="utf-8") as f:
+            f.write(NFT_RULES)
+        nsx(krtr, "nft", "-f", nft)
+
+    def op25b_alive(self):
+        return self.op25b is not None and self.op25b.alive()
+
+    def check_op25b(self):
+        if not self.op25b_alive():
+            show_file(self.file("op25b.log.err"))
+            raise Die("op25b exited during the benchmark (log above)")
+
+    def wait_link_up(self, ns, dev):
+        """op25b sets its TUN devices administratively up itself: wait for the UP flag."""
+        for _ in range(50):
+            out = sh("ip", "-j", "-n", ns, "link", "show", "dev", dev, ok=True)
+            if out and "UP" in json.loads(out)[0].get("flags", []):
+                return True
+            if not self.op25b_alive():
+                err("op25b exited during start-up")
+                return False
+            pause(0.1)
+        err(f"timed out waiting for {dev} to come up in {ns}")
+        return False
+
+    def setup_op25b(self):
+        o, osub, oup = self.o, self.ns["osub"], self.ns["oup"]
+        info(f"op25b path: {osub} | op25b | {oup} ({o.rules} extra rules)")
+        self.ns_add(osub, 1)
+        self.ns_add(oup, 1)
+        sh("ip", "-n", osub, "addr", "add", f"{CLI4}/32", "dev", "lo")
+        sh("ip", "-n", osub, "addr", "add", f"{CLI6}/128", "dev", "lo", "nodad")
+        sh("ip", "-n", oup, "addr", "add", f"{SRV4}/32", "dev", "lo")
+        sh("ip", "-n", oup, "addr", "add", f"{SRV6}/128", "dev", "lo", "nodad")
+
+        # Bounded like everything else: a hard-killed run leaves op25b running no longer
+        # than the whole benchmark could take.
+        bound = 120 + o.rounds * 2 * (3 * (o.secs + 10) + o.pings // 100 + 10)
+        info(f"starting {o.bin} run --config {self.config}")
+        # NO_COLOR: tracing-subscriber writes ANSI colours even into a file otherwise.
+        env = dict(os.environ, NO_COLOR="1", RUST_LOG=os.environ.get("RUST_LOG") or "info")
+        argv = ["timeout", "-k", "5", str(bound), o.bin, "run", "--config", self.config]
+        self.op25b_timeout = self.spawn(self.file("op25b.log"), argv, env=env)
+        # op25b is the child of that timeout: find it, and remember its identity.
+        tpid = self.op25b_timeout.pid
+        for _ in range(50):
+            try:
+                with open(f"/proc/{tpid}/task/{tpid}/children", encoding="utf-8") as f:
+                    kids = f.read().split()
+            except OSError:
+                kids = []
+            if kids and " run --config " in proc_cmdline(kids[0]):
+                proc = Proc(int(kids[0]))
+                if proc.start is not None:
+                    self.op25b = self.started[proc.pid] = proc
+                break
+            if not self.op25b_timeout.alive():
+                break
+            pause(0.1)
+        if self.op25b is None:
+            show_file(self.file("op25b.log.err"))
+            raise Die("op25b did not start")
+        if not (self.wait_link_up(osub, self.tun_sub) and self.wait_link_up(oup, self.tun_up)):
+            show_file(self.file("op25b.log.err"))
+            raise Die("op25b did not bring its TUN devices up")
+        sh("ip", "-n", osub, "route", "add", "default", "dev", self.tun_sub, "src", CLI4)
+        sh("ip", "-n", osub, "-6", "route", "add", "default", "dev", self.tun_sub, "src", CLI6)
+        sh("ip", "-n", oup, "route", "add", "100.64.0.0/10", "dev", self.tun_up)
+        sh("ip", "-n", oup, "-6", "route", "add", "2001:db8:100::/48", "dev", self.tun_up)
+        self.run_t0 = time.monotonic()
+        self.cpu0 = self.op25b_ticks()
+
+    def stop_op25b(self):
+        if self.op25b is None:
+            return
+        self.stop(self.op25b)
+        if self.op25b_timeout is not None:
+            self.reap(self.op25b_timeout, 5)
+        self.op25b = self.op25b_timeout = None
+
+    def reach_check(self, path):
+        """Both families reach the server before anything is measured (also fills ARP/ND)."""
+        for fam, src, dst in (("4", CLI4, SRV4), ("6", CLI6, SRV6)):
+            out = self.file(f"{path}-reach{fam}")
+            argv = in_ns(self.sub[path], 10, "ping", f"-{fam}", "-n", "-q", "-c", "3", "-i", "0.2",
+                         "-W", "2", "-I", src, dst)
+            with open(out, "wb") as f:
+                rc = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=f,
+                                    stderr=subprocess.STDOUT).returncode
+            checkpoint()
+            if rc != 0:
+                show_file(out)
+                raise Die(f"{path} path: {dst} unreachable from {src}")
+
+    # -------------------------------------------------------------- op25b's figures
+
+    def op25b_ticks(self):
+        """utime + stime in clock ticks (fields 14 and 15 of /proc/PID/stat)."""
+        f = proc_fields(self.op25b.pid) if self.op25b else None
+        return int(f[11]) + int(f[12]) if f and len(f) > 12 else 0
+
+    def tun_stat(self, ns, dev, stat):
+        out = nsx(ns, "cat", f"/sys/class/net/{dev}/statistics/{stat}", ok=True)
+        try:
+            return int(out)
+        except (TypeError, ValueError):
+            return 0
+
+    def tun_drops(self):
+        """Packets the kernel dropped because op25b did not read them in time (TUN queue
+        full): tx_dropped of the subscriber TUN counts outbound packets, of the upstream
+        TUN inbound ones."""
+        return (self.tun_stat(self.ns["osub"], self.tun_sub, "tx_dropped")
+                + self.tun_stat(self.ns["oup"], self.tun_up, "tx_dropped"))
+
+    def cpu_mark(self):
+        self.t_mark, self.c_mark = time.monotonic(), self.op25b_ticks()
+
+    def cpu_account(self, path):
+        """op25b's CPU while it forwards (its own tests) and while it idles (the kernel's)."""
+        self.cpu_ticks[path] += self.op25b_ticks() - self.c_mark
+        self.wall[path] += time.monotonic() - self.t_mark
+
+    # -------------------------------------------------------------- measurements
+
+    def wait_listen(self, ns):
+        for _ in range(100):
+            if (nsx(ns, "ss", "-Hltn", f"sport = :{PORT}", ok=True) or "").strip():
+                return True
+            pause(0.05)
+        return False
+
+    def synprobe_start(self, path):
+        """Connects to port 25 from the subscriber, in the background."""
+        syn = self.o.syn
+        lib = os.path.join(SCRIPTS_DIR, "bench_lib.py")
+        return self.spawn(self.file(f"{path}-synprobe"),
+                          in_ns(self.sub[path], syn * 2 + 10, sys.executable, lib, "synprobe",
+                                str(syn), "25", "2", CLI4, SRV4, CLI6, SRV6))
+
+    def synprobe_finish(self, path, proc):
+        syn, out = self.o.syn, self.file(f"{path}-synprobe")
+        rc = self.reap(proc, syn * 2 + 15)
+        show_file(out + ".err")
+        if rc != 0:
+            self.fail_measure(f"{path}: blocked-SYN probe failed")
+            return
+        try:
+            with open(out, encoding="utf-8") as f:
+                r = json.loads(f.read())
+            a4, s4, a6, s6 = (int(r[k])
+                              for k in ("answered_v4", "sent_v4", "answered_v6", "sent_v6"))
+            med, worst = float(r["median_ms"]), float(r["max_ms"])
+        except (OSError, ValueError, KeyError, TypeError):
+            self.fail_measure(f"{path}: blocked-SYN probe printed no result")
+            return
+        for metric, v in (("answered", a4 + a6), ("sent", s4 + s6), ("answered_v4", a4),
+                          ("sent_v4", s4), ("answered_v6", a6), ("sent_v6", s6),
+                          ("median_ms", med), ("max_ms", worst)):
+            self.record(path, None, f"blocked_syn_{metric}", v)
+        if a4 + a6 != syn:
+            self.fail_measure(f"{path}: only {a4 + a6} of {syn} blocked SYNs to port 25 were "
+                              "refused within 2 s during load")
+
+    def iperf_test(self, path, rnd, kind, probe):
+        """kind is tcp (1 stream), tcp4 or udp; with probe, the blocked-SYN check runs
+        during it."""
+        secs, op = self.o.secs, path == "op25b"
+        if op:
+            self.check_op25b()
+        tag = f"{path}-r{rnd}-{kind}"
+        srv, cli = self.file(f"{tag}-server.json"), self.file(f"{tag}-client.json")
+        args = ["-c", SRV4, "-B", CLI4, "-p", str(PORT), "-t", str(secs), "--json"]
+        args += {"tcp": [], "tcp4": ["-P", "4"], "udp": ["-u", "-l", "64", "-b", "0"]}[kind]
+        server = self.spawn(srv, in_ns(self.up[path], secs + 30, "iperf3", "-s", "-1", "--json",
+                                       "-B", SRV4, "-p", str(PORT)))
+        if not self.wait_listen(self.up[path]):
+            self.stop(server)
+            self.fail_measure(f"{tag}: iperf3 server did not listen")
+            return
+        drops0 = self.tun_drops() if op else 0
+        self.cpu_mark()
+        client = self.spawn(cli, in_ns(self.sub[path], secs + 20, "iperf3", *args))
+        prober = None
+        if probe:
+            pause(1 if secs > 2 else 0.3)  # well into the load, short of its end
+            prober = self.synprobe_start(path)
+        rc = self.reap(client, secs + 30)
+        if prober:
+            self.synprobe_finish(path, prober)
+        self.cpu_account(path)
+        if op:
+            self.record(path, rnd, f"{kind}_tun_drops", self.tun_drops() - drops0)
+        # The one-off server exits after writing its report.
+        if rc == 0:
+            self.reap(server, 10)
+        else:
+            self.stop(server)
+        if op:
+            self.check_op25b()
+        if rc != 0:
+            show_file(cli, cli + ".err", tail=5)
+            self.fail_measure(f"{tag}: iperf3 client failed (exit {rc})")
+            return
+        try:
+            if kind == "udp":
+                pps, lost = parse_udp(srv)
+                self.record(path, rnd, "udp_pps", pps)
+                self.record(path, rnd, "udp_lost_pct", lost)
+                info(f"{path:<6} round {rnd}  {kind:<5} {pps / 1e3:10.1f} kpps received")
+            else:
+                bps, retrans = parse_tcp(cli)
+                self.record(path, rnd, f"{kind}_bps", bps)
+                self.record(path, rnd, f"{kind}_retransmits", retrans)
+                info(f"{path:<6} round {rnd}  {kind:<5} {bps / 1e9:10.2f} Gbit/s")
+        except BadOutput as e:
+            err(str(e))
+            self.fail_measure(f"{tag}: no usable {'UDP' if kind == 'udp' else 'TCP'} result")
+
+    def ping_test(self, path, rnd):
+        pings = self.o.pings
+        if path == "op25b":
+            self.check_op25b()
+        tag = f"{path}-r{rnd}-ping"
+        out = self.file(f"{tag}.txt")
+        self.cpu_mark()
+        proc = self.spawn(out, in_ns(self.sub[path], pings // 50 + 10, "ping", "-n", "-i", "0.01",
+                                     "-c", str(pings), "-W", "1", "-I", CLI4, SRV4))
+        rc = self.reap(proc, pings // 50 + 20)
+        self.cpu_account(path)
+        if path == "op25b":
+            self.check_op25b()
+        # At least 90 % answered; a lost ping or two is no failure of the measurement.
+        try:
+            med, p99, n = parse_ping(out, (pings * 9 + 9) // 10)
+        except BadOutput as e:
+            err(str(e))
+            self.fail_measure(f"{tag}: ping failed (exit {rc})")
+            return
+        self.record(path, rnd, "rtt_median_us", med)
+        self.record(path, rnd, "rtt_p99_us", p99)
+        info(f"{path:<6} round {rnd}  ping  median {med:7.1f} us  p99 {p99:7.1f} us  "
+             f"({n}/{pings} replies)")
+
+    def op25b_figures(self):
+        """op25b's own figures, read before it stops."""
+        self.check_op25b()
+        pid = self.op25b.pid
+        with open(f"/proc/{pid}/status", encoding="utf-8") as f:
+            rss_kb = next(int(line.split()[1]) for line in f if line.startswith("VmHWM:"))
+        # Rounded as shown (bench.sh printed them with printf): the JSON carries the same.
+        self.record("op25b", None, "rss_mib", round(rss_kb / 1024, 1))
+        self.record("op25b", None, "cpu_s", round((self.op25b_ticks() - self.cpu0) / self.hz, 2))
+        self.record("op25b", None, "run_s", round(time.monotonic() - self.run_t0, 1))
+        # Voluntary + involuntary, all threads: how often it slept and woke while forwarding.
+        switches = 0
+        for status in glob.glob(f"/proc/{pid}/task/*/status"):
+            try:
+                with open(status, encoding="utf-8") as f:
+                    switches += sum(int(line.split()[1]) for line in f if "ctxt_switches:" in line)
+            except OSError:
+                pass
+        self.record("op25b", None, "ctxt_switches", switches)
+        # op25b's CPU use as % of one core: while forwarding (op25b) and idle (kernel).
+        for path, metric in (("op25b", "cpu_busy_pct"), ("kernel", "cpu_idle_pct")):
+            w = self.wall[path]
+            pct = 100 * self.cpu_ticks[path] / self.hz / w if w > 0 else 0.0
+            self.record("op25b", None, metric, round(pct, 1))
+        for metric, ns, dev in (("tun_sub_tx_dropped", "osub", self.tun_sub),
+                                ("tun_up_tx_dropped", "oup", self.tun_up)):
+            self.record("op25b", None, metric, self.tun_stat(self.ns[ns], dev, "tx_dropped"))
+        chain = nsx(self.ns["krtr"], "nft", "list", "chain", "inet", "op25b", "forward", ok=True)
+        self.record("kernel", None, "nft_rejected_packets", nft_packets(chain or ""))
+
+    def main(self):
+        o = self.o
+        self.preflight()
+        self.write_config()
+        self.setup_kernel()
+        self.setup_op25b()
+        self.reach_check("kernel")
+        self.reach_check("op25b")
+
+        t_start = time.monotonic()
+        info(f"measuring: {o.rounds} round(s), {o.secs} s per iperf3 test, {o.pings} pings, "
+             "kernel and op25b alternating")
+        for rnd in range(1, o.rounds + 1):
+            for kind in ("tcp", "tcp4", "udp"):
+                for path in PATHS:
+                    self.iperf_test(path, rnd, kind, probe=kind == "tcp4" and rnd == 1)
+                    pause(0.2)
+            for path in PATHS:
+                self.ping_test(path, rnd)
+
+        self.op25b_figures()
+        info(f"stopping op25b (pid {self.op25b.pid})")
+        self.stop_op25b()
+        try:
+            with open(self.file("op25b.log.err"), encoding="utf-8", errors="replace") as f:
+                counters = counters_line(f.read())
+        except OSError:
+            counters = ""
+        if counters:
+            info(f"op25b {counters}")
+
+        total_s = round(time.monotonic() - t_start, 1)
+        meta = {"ok": not self.failures, "failures": self.failures, "smoke": o.smoke,
+                "rounds": o.rounds, "seconds": o.secs, "pings": o.pings, "extra_rules": o.rules,
+                "busy_poll_us": o.busy, "cpus": len(os.sched_getaffinity(0)),
+                "measure_s": total_s, "op25b_counters": counters}
+        with open(self.file("meta.json"), "w", encoding="utf-8") as f:
+            json.dump(meta, f)
+        report(self.records, meta, o.json)
+        if self.failures:
+            err(f"{len(self.failures)} measurement(s) failed")
+            return 1
+        info(f"done in {total_s} s")
+        return 0
+
+    # -------------------------------------------------------------- cleanup
+
+    def cleanup(self, rc):
+        """Stop what this run started (by pid), delete its namespaces, keep or drop its
+        files. Runs on every exit; signals are only noted meanwhile, so it finishes."""
+        global CLOSING
+        CLOSING = True
+        if rc != 0 and self.work:
+            info(f"exiting with status {rc}: stopping what this run started, "
+                 "removing its namespaces")
+        try:
+            self.stop_op25b()
+        except Exception as e:  # one stuck process must not keep the rest running
+            warn(f"while stopping op25b: {e}")
+        for proc in list(self.started.values()):
+            try:
+                self.stop(proc)
+            except Exception as e:
+                warn(f"while stopping pid {proc.pid}: {e}")
+        for ns in self.namespaces:
+            if not os.path.exists(f"/run/netns/{ns}"):
+                continue
+            pids = " ".join((sh("ip", "netns", "pids", ns, ok=True) or "").split())
+            # Not started by this run (or escaped its bookkeeping): left alone; the
+            # namespace lives on, unnamed, until they exit.
+            if pids:
+                warn(f"processes still inside {ns}, left alone: {pids}")
+            if sh("ip", "netns", "delete", ns, ok=True) is None:
+                warn(f"could not delete netns {ns}")
+        if self.work and os.path.isdir(self.work):
+            if self.o.keep:
+                try:
+                    shutil.copytree(self.work, self.o.keep, dirs_exist_ok=True)
+                    info(f"raw outputs kept in {self.o.keep}")
+                except OSError as e:
+                    warn(f"could not copy the raw outputs to {self.o.keep}: {e}")
+            shutil.rmtree(self.work, ignore_errors=True)
+
+
+# ------------------------------------------------------------------ main
+
+
+def main(argv):
+    try:
+        o = parse_args(argv)
+    except Usage as e:
+        if e.args[0]:
+            err(e.args[0])
+        print(__doc__.strip("\n"), file=sys.stderr)
+        return 2
+    # Decimal points in the tools' output, whatever the locale.
+    os.environ["LC_ALL"] = "C"
+    signal.signal(signal.SIGINT, _on_signal)
+    signal.signal(signal.SIGTERM, _on_signal)
+    bench = Bench(o)
+    rc = 1
+    try:
+        rc = bench.main()
+    except Die as e:
+        for line in str(e).splitlines():
+            err(line)
+        rc = 1
+    except Interrupted as e:
+        rc = e.code
+    finally:
+        bench.cleanup(SIGNALLED or rc)
+    return SIGNALLED or rc
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
