@@ -34,25 +34,28 @@ Exit status: 0 when every measurement and the blocked-SYN check succeeded, 1 if 
 (scripts/setup.sh --bench installs them). Namespaces are named o25b-bench-PID-* and
 removed on exit, also after failures; only processes this run started are stopped.
 """
-# The benchmark is this program (python3, stdlib only) and bench_lib.py beside it (what
-# the tools' output means, config texts, the SYN probe, the report: no side effects);
-# scripts/bench.sh only execs it. This file is the run: namespaces, processes, cleanup.
+# The benchmark is this program (python3, stdlib only) and two modules beside it:
+# bench_lib.py (the command line, what the tools' output means, config texts, the SYN
+# probe, the report: no side effects) and bench_proc.py (messages, signals, the processes
+# it starts, short commands). scripts/bench.sh only execs it. This file is the run:
+# namespaces, measurements, cleanup.
 
 import glob
 import json
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
 import time
-from types import SimpleNamespace
 
-from bench_lib import (CLI4, CLI6, NFT_RULES, PATHS, PORT, SRV4, SRV6, BadOutput, counters_line,
-                       kernel_net, nft_packets, op25b_config, parse_ping, parse_tcp, parse_udp,
-                       report)
+from bench_lib import (CLI4, CLI6, NFT_RULES, PATHS, PORT, SRV4, SRV6, BadOutput, Usage,
+                       counters_line, kernel_net, nft_packets, op25b_config, parse_args, parse_ping,
+                       parse_tcp, parse_udp, report)
+import bench_proc  # its SIGNALLED and CLOSING are read and set there, never copied here
+from bench_proc import (Die, Interrupted, Proc, catch_signals, checkpoint, err, in_ns, info,
+                        nsx, pause, proc_cmdline, proc_fields, sh, show_file, warn)
 
 SCRIPTS_DIR = os.path.dirname(os.path.abspath(__file__))
 REPO_DIR = os.path.dirname(SCRIPTS_DIR)
@@ -60,225 +63,6 @@ REPO_DIR = os.path.dirname(SCRIPTS_DIR)
 # Tools run by name, with the package that has each.
 TOOLS = [("ip", "iproute2"), ("ss", "iproute2"), ("iperf3", "iperf3"), ("nft", "nftables"),
          ("ping", "iputils-ping"), ("timeout", "coreutils")]
-
-# ------------------------------------------------------------------ messages
-
-_TTY = sys.stderr.isatty()
-
-
-def _say(colour, label, msg):
-    on, off = (f"\033[{colour}m", "\033[0m") if _TTY else ("", "")
-    print(f"{on}[bench]{label}{off} {msg}", file=sys.stderr, flush=True)
-
-
-def info(msg):
-    _say("1", "", msg)
-
-
-def warn(msg):
-    _say("33", " warning:", msg)
-
-
-def err(msg):
-    _say("31", " error:", msg)
-
-
-def show_file(*paths, tail=None):
-    """Echo tools' output to stderr, indented, when a step fails (tail: last lines only)."""
-    lines = []
-    for p in paths:
-        try:
-            with open(p, encoding="utf-8", errors="replace") as f:
-                lines += f.read().splitlines()
-        except OSError:
-            pass
-    for line in lines[-tail:] if tail else lines:
-        print(f"    {line}", file=sys.stderr)
-
-
-class Usage(Exception):
-    """Bad command line: exit 2 after the help."""
-
-
-class Die(Exception):
-    """A step the run cannot go on without failed: exit 1 (after cleanup)."""
-
-
-class Interrupted(BaseException):
-    """SIGINT/SIGTERM arrived; code is the shell-style exit status (130, 143)."""
-
-    def __init__(self, code):
-        super().__init__(code)
-        self.code = code
-
-
-# ------------------------------------------------------------------ signals
-
-# The handlers only note the signal. The run looks at the note at every wait (pause(),
-# at most 0.1 s apart, and after each short command), so no step is cut in half and
-# cleanup always runs to its end; a second signal during cleanup changes nothing.
-SIGNALLED = None
-CLOSING = False
-
-
-def _on_signal(signum, _frame):
-    global SIGNALLED
-    if SIGNALLED is None:
-        SIGNALLED = 128 + signum
-
-
-def checkpoint():
-    if SIGNALLED is not None and not CLOSING:
-        raise Interrupted(SIGNALLED)
-
-
-def pause(secs):
-    time.sleep(secs)
-    checkpoint()
-
-
-# ------------------------------------------------------------------ options
-
-
-def parse_args(argv):
-    """The command line as bench.sh always took it (hand-parsed: argparse's own help and
-    error formats, and its exit 0 on --help, are not this tool's interface)."""
-    o = SimpleNamespace(build=True, json=False, smoke=False, rounds=None, secs=None, pings=None,
-                        rules=100, syn=20, keep=None, busy=0,
-                        bin=os.path.join(REPO_DIR, "target/release/op25b"))
-    numeric = {"--rounds": "rounds", "--rules": "rules", "-t": "secs", "--time": "secs",
-               "--pings": "pings", "--syn": "syn", "--busy-poll": "busy"}
-    args = list(argv)
-    while args:
-        a = args.pop(0)
-        if a == "--smoke":
-            o.smoke = True
-        elif a == "--json":
-            o.json = True
-        elif a == "--no-build":
-            o.build = False
-        elif a in numeric or a in ("--bin", "--keep"):
-            if not args:
-                raise Usage(None)
-            v = args.pop(0)
-            if a == "--bin":
-                o.bin = os.path.abspath(v)
-            elif a == "--keep":
-                o.keep = os.path.abspath(v)
-            elif not re.fullmatch(r"[0-9]+", v):
-                raise Usage(f"{a} needs a whole number, got '{v}'")
-            else:
-                setattr(o, numeric[a], int(v))
-        elif a in ("-h", "--help"):
-            raise Usage(None)
-        else:
-            raise Usage(f"unknown argument: {a}")
-    defaults = (1, 1, 50) if o.smoke else (3, 5, 300)
-    o.rounds, o.secs, o.pings = (v if v is not None else d
-                                 for v, d in zip((o.rounds, o.secs, o.pings), defaults))
-    if not (o.rounds >= 1 and o.secs >= 1 and o.pings >= 1 and o.syn >= 1 and o.rules <= 10000):
-        raise Usage("--rounds, -t, --pings and --syn must be at least 1, --rules at most 10000")
-    return o
-
-
-# ------------------------------------------------------------------ processes
-
-
-def proc_fields(pid):
-    """/proc/PID/stat from field 3 (state) on; comm may hold spaces and parens."""
-    try:
-        with open(f"/proc/{pid}/stat", encoding="utf-8", errors="replace") as f:
-            stat = f.read()
-    except OSError:
-        return None
-    return stat[stat.rfind(") ") + 2:].split()
-
-
-def proc_starttime(pid):
-    """Field 22 (clock ticks since boot): with the pid it names one process for good."""
-    f = proc_fields(pid)
-    return f[19] if f and len(f) > 19 else None
-
-
-def proc_cmdline(pid):
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            return f.read().replace(b"\0", b" ").decode(errors="replace")
-    except OSError:
-        return ""
-
-
-class Proc:
-    """A process this run started. A child of ours is ours until we reap it; op25b (the
-    child of its `timeout`) is known by pid and start time, since a reused pid has another."""
-
-    def __init__(self, pid, popen=None):
-        self.pid, self.popen = pid, popen
-        self.start = proc_starttime(pid) if popen is None else None
-
-    def alive(self):
-        if self.popen is not None:
-            return self.popen.poll() is None
-        f = proc_fields(self.pid)
-        return bool(f) and len(f) > 19 and f[19] == self.start and f[0] != "Z"
-
-    def wait(self, secs):
-        """Wait up to secs for it to end; True if it did."""
-        end = time.monotonic() + secs
-        while self.alive():
-            if time.monotonic() >= end:
-                return False
-            pause(0.05)
-        return True
-
-    def stop(self):
-        """SIGTERM (only if it is still the process we started), SIGKILL after 3 s; reap."""
-        if self.alive():
-            self.kill(signal.SIGTERM)
-            if not self.wait(3):
-                warn(f"pid {self.pid} ({proc_cmdline(self.pid)}) ignored SIGTERM for 3 s: SIGKILL")
-                if self.alive():
-                    self.kill(signal.SIGKILL)
-                self.wait(5)
-        if self.popen is not None and self.popen.returncode is None:
-            try:
-                self.popen.wait(5)
-            except subprocess.TimeoutExpired:
-                warn(f"pid {self.pid} still not gone after SIGKILL")
-
-    def kill(self, sig):
-        try:
-            os.kill(self.pid, sig)
-        except ProcessLookupError:  # op25b ended (and was reaped) just now
-            pass
-
-    def status(self):
-        """Exit status as a shell shows it (128 + signal when killed)."""
-        rc = self.popen.returncode
-        if rc is None:
-            return 124
-        return 128 - rc if rc < 0 else rc
-
-
-def sh(*argv, ok=False):
-    """A short command (ip, sysctl, nft): its output is returned; a failure ends the run
-    unless ok, since nothing measured on a half-built network means anything."""
-    r = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, text=True)
-    checkpoint()
-    if r.returncode != 0 and not ok:
-        raise Die(f"`{' '.join(argv)}` failed (exit {r.returncode}): {r.stderr.strip()}")
-    return r.stdout if r.returncode == 0 else None
-
-
-def nsx(ns, *argv, ok=False):
-    return sh("ip", "netns", "exec", ns, *argv, ok=ok)
-
-
-def in_ns(ns, secs, *argv):
-    """argv inside namespace ns under `timeout` (SIGKILL 2 s after SIGTERM): every tool
-    the run starts ends by itself, even if this program is killed hard."""
-    return ["ip", "netns", "exec", ns, "timeout", "-k", "2", str(secs), *argv]
-
 
 # ------------------------------------------------------------------ the run
 
@@ -741,8 +525,7 @@ class Bench:
     def cleanup(self, rc):
         """Stop what this run started (by pid), delete its namespaces, keep or drop its
         files. Runs on every exit; signals are only noted meanwhile, so it finishes."""
-        global CLOSING
-        CLOSING = True
+        bench_proc.CLOSING = True
         if rc != 0 and self.work:
             info(f"exiting with status {rc}: stopping what this run started, "
                  "removing its namespaces")
@@ -780,7 +563,7 @@ class Bench:
 
 def main(argv):
     try:
-        o = parse_args(argv)
+        o = parse_args(argv, os.path.join(REPO_DIR, "target/release/op25b"))
     except Usage as e:
         if e.args[0]:
             err(e.args[0])
@@ -788,8 +571,7 @@ def main(argv):
         return 2
     # Decimal points in the tools' output, whatever the locale.
     os.environ["LC_ALL"] = "C"
-    signal.signal(signal.SIGINT, _on_signal)
-    signal.signal(signal.SIGTERM, _on_signal)
+    catch_signals()
     bench = Bench(o)
     rc = 1
     try:
@@ -801,8 +583,8 @@ def main(argv):
     except Interrupted as e:
         rc = e.code
     finally:
-        bench.cleanup(SIGNALLED or rc)
-    return SIGNALLED or rc
+        bench.cleanup(bench_proc.SIGNALLED or rc)
+    return bench_proc.SIGNALLED or rc
 
 
 if __name__ == "__main__":

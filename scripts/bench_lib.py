@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
-"""The half of scripts/bench.py that builds and stops nothing (stdlib only): the test
-addresses, the configs the run writes, what the tools' output means, the blocked-SYN
-probe and the report. No process, namespace or cleanup here, so each piece can be read
-and tried on its own; the run itself (and its safety) is all in bench.py.
+"""The part of scripts/bench.py that builds and stops nothing (stdlib only): the test
+addresses, the command line, the configs the run writes, what the tools' output means,
+the blocked-SYN probe and the report. No process, namespace or cleanup here, so each
+piece can be read and tried on its own; the run itself (and its safety) is in bench.py
+and bench_proc.py.
 
 Run as `bench_lib.py synprobe COUNT PORT TIMEOUT SRC4 DST4 SRC6 DST6` inside the
 subscriber namespace, it is the probe (a socket belongs to the namespace of the
@@ -11,11 +12,13 @@ process that opens it).
 
 import json
 import math
+import os
 import re
 import socket
 import statistics
 import sys
 import time
+from types import SimpleNamespace
 
 PATHS = ("kernel", "op25b")
 # The subscriber and the server, on lo in their namespaces; iperf3's port.
@@ -40,6 +43,53 @@ INFO_FIGURES = [
     ("tcp4_tun_drops", "TCP 4 TUN queue drops", 1.0, ""),
     ("udp_tun_drops", "UDP TUN queue drops", 1.0, ""),
 ]
+
+
+# ------------------------------------------------------------------ options
+
+
+class Usage(Exception):
+    """Bad command line: exit 2 after the help."""
+
+
+def parse_args(argv, default_bin):
+    """The command line as bench.sh always took it (hand-parsed: argparse's own help and
+    error formats, and its exit 0 on --help, are not this tool's interface)."""
+    o = SimpleNamespace(build=True, json=False, smoke=False, rounds=None, secs=None, pings=None,
+                        rules=100, syn=20, keep=None, busy=0, bin=default_bin)
+    numeric = {"--rounds": "rounds", "--rules": "rules", "-t": "secs", "--time": "secs",
+               "--pings": "pings", "--syn": "syn", "--busy-poll": "busy"}
+    args = list(argv)
+    while args:
+        a = args.pop(0)
+        if a == "--smoke":
+            o.smoke = True
+        elif a == "--json":
+            o.json = True
+        elif a == "--no-build":
+            o.build = False
+        elif a in numeric or a in ("--bin", "--keep"):
+            if not args:
+                raise Usage(None)
+            v = args.pop(0)
+            if a == "--bin":
+                o.bin = os.path.abspath(v)
+            elif a == "--keep":
+                o.keep = os.path.abspath(v)
+            elif not re.fullmatch(r"[0-9]+", v):
+                raise Usage(f"{a} needs a whole number, got '{v}'")
+            else:
+                setattr(o, numeric[a], int(v))
+        elif a in ("-h", "--help"):
+            raise Usage(None)
+        else:
+            raise Usage(f"unknown argument: {a}")
+    defaults = (1, 1, 50) if o.smoke else (3, 5, 300)
+    o.rounds, o.secs, o.pings = (v if v is not None else d
+                                 for v, d in zip((o.rounds, o.secs, o.pings), defaults))
+    if not (o.rounds >= 1 and o.secs >= 1 and o.pings >= 1 and o.syn >= 1 and o.rules <= 10000):
+        raise Usage("--rounds, -t, --pings and --syn must be at least 1, --rules at most 10000")
+    return o
 
 
 # ------------------------------------------------------------------ output parsing
