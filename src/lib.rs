@@ -21,8 +21,8 @@
 //! The core ([`packet`], [`stats`], [`policy`], [`state`], [`router`]) does
 //! no I/O, reads no clock and allocates nothing per packet; [`dataplane`] is
 //! the thin loop around it. Layers point one way, each module importing only
-//! those before it: packet -> stats -> policy -> state -> router -> dataplane,
-//! with config, reload and tools above (docs/ARCHITECTURE.md).
+//! those below it: packet, stats, policy, state, router, then config, then
+//! tools and reload, then dataplane, then testing (docs/ARCHITECTURE.md).
 
 pub mod packet;
 pub mod stats;

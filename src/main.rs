@@ -11,7 +11,7 @@ use clap::{Parser, Subcommand};
 use op25b::dataplane::Dataplane;
 use op25b::reload::{self, ReloadError};
 use op25b::tools::{self, replay, spec::PacketSpec};
-use op25b::{Config, Direction, Router, Verdict};
+use op25b::{Config, Direction, Router, State, Verdict};
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGUSR1};
 
 #[derive(Parser)]
@@ -135,19 +135,15 @@ fn check_packet(config: &Config, spec: &str, direction: Option<String>, json: bo
         None if in_prefixes => (Direction::Outbound, "source is in subscriber.prefixes"),
         None => (Direction::Inbound, "source is not in subscriber.prefixes"),
     };
-    let mut router = Router::new(Arc::new(config.policy.clone()));
+    let policy = Arc::new(config.policy.clone());
+    let mut router = Router::with_state(policy.clone(), Arc::new(State::offline(&policy)));
     let mut reply = vec![0u8; 2048];
     let (verdict, trace) = router.handle_traced(Instant::now(), dir, &mut bytes, &mut reply);
     let forwarded = matches!(verdict, Verdict::Forward { .. });
     if json {
         let steps: Vec<serde_json::Value> =
             trace.steps.iter().map(|s| serde_json::json!({"stage": s.stage, "detail": s.detail})).collect();
-        let reason = match verdict {
-            Verdict::Forward { .. } => None,
-            Verdict::Drop(r) => Some(r.name()),
-            Verdict::Reply { kind, .. } => Some(kind.name()),
-            Verdict::Terminate => Some("banner"),
-        };
+        let reason = tools::verdict_reason(verdict);
         let out = serde_json::json!({
             "packet": spec,
             "direction": dir.name(),
@@ -175,7 +171,8 @@ fn run_replay(
     opts: replay::ReplayOptions,
     json: bool,
 ) -> anyhow::Result<ExitCode> {
-    let mut router = Router::new(Arc::new(config.policy.clone()));
+    let policy = Arc::new(config.policy.clone());
+    let mut router = Router::with_state(policy.clone(), Arc::new(State::offline(&policy)));
     let report = match replay::replay(&mut router, &config.policy.subscriber_prefixes, input, &opts) {
         Ok(r) => r,
         Err(e) => {
@@ -250,7 +247,8 @@ fn run(config: Config, stats_file: Option<&std::path::Path>) -> anyhow::Result<(
 /// beside it, then renamed, so a reader never sees half a file.
 fn write_stats(path: Option<&std::path::Path>, stats: &op25b::Stats) {
     let Some(path) = path else { return };
-    let tmp = path.with_extension("tmp");
+    let name = path.file_name().map_or_else(|| "stats".into(), |n| n.to_string_lossy().into_owned());
+    let tmp = path.with_file_name(format!(".{name}.tmp"));
     let text = format!("{}\n", stats.to_json());
     if let Err(e) = std::fs::write(&tmp, text).and_then(|()| std::fs::rename(&tmp, path)) {
         tracing::error!(file = %path.display(), error = %e, "cannot write the counters");

@@ -5,7 +5,8 @@
 //! Invariants: every counter has exactly one writer thread (a worker's router
 //! or its I/O loop), so an increment is a plain load and store, never a locked
 //! read-modify-write; readers sum the writers' counters into a [`Stats`] when
-//! asked. Every verdict bumps exactly one verdict counter of its direction, so
+//! asked. (The banner responder's few counts live under its own lock: see
+//! [`ResponderStats`].) Every verdict bumps exactly one verdict counter of its direction, so
 //! `received = forwarded + dropped + replied + terminated` per direction once
 //! the writers are quiet.
 
@@ -128,7 +129,7 @@ impl From<ParseError> for DropReason {
 /// readers. The writer's increment is a plain load + store, not a locked
 /// read-modify-write, which keeps it off the fast path's cost.
 #[derive(Debug, Default)]
-pub struct Counter(AtomicU64);
+pub(crate) struct Counter(AtomicU64);
 
 impl Counter {
     /// Adds `n`; only the counter's one writer thread may call it.
@@ -338,7 +339,10 @@ pub struct DeviceStats {
     pub batches: u64,
 }
 
-/// The banner responder's figures.
+/// The banner responder's figures. The responder is shared by the workers:
+/// its counts are written under its lock by whichever worker holds it (the
+/// one exception to one writer per counter), and start again when a reload
+/// replaces the responder.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct ResponderStats {
@@ -346,6 +350,8 @@ pub struct ResponderStats {
     pub sessions: u64,
     /// RSTs the responder wanted to send over the reply limit (not sent).
     pub rsts_limited: u64,
+    /// Packets it built that did not fit its transmit ring (not sent).
+    pub ring_overflows: u64,
 }
 
 /// A snapshot of every counter: the routers' verdicts by direction, OP25B,
@@ -417,6 +423,7 @@ impl Stats {
             out.push((format!("drop_{}", r.name()), self.dropped(*r)));
         }
         out.push(("responder_rsts_limited".to_string(), self.responder.rsts_limited));
+        out.push(("responder_ring_overflows".to_string(), self.responder.ring_overflows));
         for (name, d) in ["subscriber", "upstream"].iter().zip(&self.devices) {
             out.push((format!("{name}_rx_packets"), d.rx_packets));
             out.push((format!("{name}_tx_packets"), d.tx_packets));

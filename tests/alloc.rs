@@ -117,12 +117,7 @@ fn cases() -> Vec<Case> {
 }
 
 fn kind(v: Verdict) -> &'static str {
-    match v {
-        Verdict::Forward { .. } => "forward",
-        Verdict::Reply { .. } => "reply",
-        Verdict::Drop(_) => "drop",
-        Verdict::Terminate => "terminate",
-    }
+    op25b::tools::verdict_name(v)
 }
 
 #[test]

@@ -38,14 +38,26 @@ fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
     }
 }
 
-/// The code of a file without comments and without its `#[cfg(test)]` part.
+/// The code of a file without comments and without its `#[cfg(test)]`
+/// items: a `mod x;` line, or a `{ ... }` block to its closing brace.
 fn code_of(text: &str) -> String {
     let mut out = String::new();
-    for line in text.lines() {
+    let mut lines = text.lines();
+    while let Some(line) = lines.next() {
         let t = line.trim_start();
         if t.starts_with("#[cfg(test)]") {
-            // Test modules come last in every file of this crate.
-            break;
+            let mut depth = 0i32;
+            for item in lines.by_ref() {
+                let i = item.trim_start();
+                if depth == 0 && i.starts_with("#[") {
+                    continue;
+                }
+                depth += item.matches('{').count() as i32 - item.matches('}').count() as i32;
+                if depth <= 0 && (i.ends_with(';') || i.ends_with('}')) {
+                    break;
+                }
+            }
+            continue;
         }
         if t.starts_with("//") {
             continue;

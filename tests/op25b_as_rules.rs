@@ -175,11 +175,9 @@ fn set_v4_frag(v: &mut [u8], word: u16) {
 fn run(r: &mut TestRouter, dir: Direction, pkt: &[u8]) -> (String, Vec<u8>) {
     let (v, out) = r.send(dir, pkt);
     let what = match v {
-        Verdict::Forward { .. } => "forward".into(),
         Verdict::Reply { kind, .. } => format!("reply {}", kind.name()),
         // Both forms drop for their own reason (op25b_blocked vs rule_drop).
-        Verdict::Drop(_) => "drop".into(),
-        Verdict::Terminate => "terminate".into(),
+        v => op25b::tools::verdict_name(v).to_string(),
     };
     (what, out)
 }

@@ -254,3 +254,14 @@ fn dataplane_keys_are_validated() {
         assert_eq!(line, line_of(&text, body.split(' ').next().unwrap()), "{body}: {msg}");
     }
 }
+
+#[test]
+fn push_rule_refuses_a_second_rule_of_the_same_name() {
+    use crate::policy::{ConfigRule, PushRuleError, RuleAction};
+    let text = crate::testing::PolicyBuilder::lab().rules("[[rule]]\nname = \"a\"\naction = \"count\"\n").toml();
+    let mut c = parse(&text).expect("config");
+    let dup = c.policy.push_rule(Box::new(ConfigRule::new("a", RuleAction::Count)));
+    assert!(matches!(dup, Err(PushRuleError::Duplicate(ref n)) if n == "a"), "{dup:?}");
+    assert!(c.policy.push_rule(Box::new(ConfigRule::new("b", RuleAction::Count))).is_ok());
+    assert_eq!(c.policy.rules.len(), 2);
+}

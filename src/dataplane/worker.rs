@@ -210,7 +210,9 @@ impl Worker {
                 self.sync_policy();
                 let r = drain(&mut self.reverse, &mut io, &mut b, &mut now, (egress, ingress), PEEK_MAX);
                 egress.unlock();
-                if let Drained::Stop = r {
+                // A failing reverse queue is its owner's to give up on: this
+                // worker stops only for its own queue or a shutdown.
+                if matches!(r, Drained::Stop) && stop.is_trigger() {
                     break;
                 }
             }

@@ -54,6 +54,7 @@ impl Direction {
 pub fn decrement_ttl(view: &PacketView, buf: &mut [u8]) {
     match view.version {
         IpVersion::V4 => {
+            debug_assert!(view.ttl > 1, "the router answers TTL 1 itself");
             // The view checked the 20-byte header, so the slice is there.
             let Some(h) = buf.get_mut(8..12) else { return };
             h[0] = h[0].wrapping_sub(1);

@@ -55,21 +55,31 @@ pub struct Policy {
     pub max_flows_per_source: usize,
 }
 
-/// The policy's rules are in use by a router and cannot change in place.
+/// Why a rule could not be added.
 #[derive(Debug, thiserror::Error)]
-#[error("the policy's rules are shared with a running router; add rules before building routers")]
-pub struct RulesShared;
+#[non_exhaustive]
+pub enum PushRuleError {
+    /// The policy's rules are in use by a router and cannot change in place.
+    #[error("the policy's rules are shared with a running router; add rules before building routers")]
+    Shared,
+    /// Another rule has the name: counters and rate-limit buckets are kept by name.
+    #[error("a rule named {0:?} is already in the policy")]
+    Duplicate(String),
+}
 
 impl Policy {
     /// Appends a rule after the config's rules (for Rust users with their own
     /// [`Rule`] types; see `examples/custom_rule.rs`).
-    pub fn push_rule(&mut self, rule: Box<dyn Rule>) -> Result<(), RulesShared> {
+    pub fn push_rule(&mut self, rule: Box<dyn Rule>) -> Result<(), PushRuleError> {
+        if self.rules.rules().iter().any(|r| r.name() == rule.name()) {
+            return Err(PushRuleError::Duplicate(rule.name().to_string()));
+        }
         let old = std::mem::take(&mut self.rules);
         let mut rules = match Arc::try_unwrap(old) {
             Ok(p) => p.into_rules(),
             Err(shared) => {
                 self.rules = shared;
-                return Err(RulesShared);
+                return Err(PushRuleError::Shared);
             }
         };
         rules.push(rule);

@@ -40,6 +40,7 @@ pub trait RuleHooks {
 
 /// One rule's result in a trace.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum RuleStep {
     /// The rule does not match; the first field that failed, if it can tell.
     NoMatch(Option<&'static str>),

@@ -59,6 +59,7 @@ pub struct RxInfo {
 /// What to do with a packet.
 #[must_use]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Verdict {
     /// Send `buf[..len]` (already rewritten) out of the other device.
     Forward {
@@ -101,14 +102,16 @@ pub struct Router {
 }
 
 impl Router {
-    /// A router enforcing `policy` with fresh state (tools, tests, examples;
-    /// the data plane shares one state among its workers: [`Router::with_state`]).
+    /// A router enforcing `policy` with fresh state (tests, examples; the
+    /// data plane shares one state among its workers and the offline tools
+    /// use [`State::offline`]: [`Router::with_state`]).
     pub fn new(policy: Arc<Policy>) -> Router {
         let state = Arc::new(State::new(&policy));
         Router::with_state(policy, state)
     }
 
-    /// A router enforcing `policy` with `state`, and fresh counters.
+    /// A router enforcing `policy` with `state` (built for that policy; if
+    /// not, fresh state is used), and fresh counters.
     pub fn with_state(policy: Arc<Policy>, state: Arc<State>) -> Router {
         let mut r = Router {
             state: Arc::clone(&state),
@@ -144,8 +147,16 @@ impl Router {
     }
 
     /// Puts another policy and its state in force (a config reload). The
-    /// counters go on; per-rule counters carry over by rule name.
+    /// counters go on; per-rule counters carry over by rule name. A state
+    /// built for another policy would apply one rule's buckets to another:
+    /// it is replaced by fresh state, with a warning.
     pub fn set_policy(&mut self, policy: Arc<Policy>, state: Arc<State>) {
+        let state = if state.fits(&policy) {
+            state
+        } else {
+            tracing::warn!("router given state built for another policy; using fresh state");
+            Arc::new(State::new(&policy))
+        };
         let names = policy.rules.rules().iter().map(|r| Arc::from(r.name())).collect();
         let rules = Arc::new(RuleCounters::carried(names, &self.rule_counters));
         *self.counters.rules.lock().unwrap_or_else(|e| e.into_inner()) = Arc::clone(&rules);

@@ -61,11 +61,21 @@ impl Router {
     /// The banner action: the responder takes the segment (a new session
     /// spends a reply token like an RST would) or it is answered or dropped here.
     fn banner(&self, p: &mut Packet<'_>) -> Verdict {
-        let Some(responder) = self.state.responder() else { return BLOCKED };
         if p.view.fragment != Fragment::Whole {
             return BLOCKED;
         }
         let now = p.now;
+        let Some(responder) = self.state.responder() else {
+            // Offline (`check`, `replay`): no responder to hand the SYN to;
+            // report what the data plane would do with it.
+            if !p.view.is_tcp_syn() {
+                return BLOCKED;
+            }
+            if !self.state.allow_reply(p.view.src, now) {
+                return Verdict::Drop(DropReason::ReplyRateLimited);
+            }
+            return Verdict::Terminate;
+        };
         match responder.segment(now, &p.view, &p.buf[..p.view.len], |to| self.state.allow_reply(to, now)) {
             Admission::Accepted => Verdict::Terminate,
             Admission::NotOwned => BLOCKED,
@@ -97,7 +107,7 @@ impl Router {
                 Err(CtError::Full) => return drop(DropReason::ConntrackFull),
                 Err(CtError::SourceFull) => return drop(DropReason::ConntrackSourceFull),
                 Err(CtError::Collision) => return drop(DropReason::RedirectCollision),
-                Err(_) => return drop(DropReason::Op25bBlocked),
+                Err(CtError::NoFlow) => return drop(DropReason::Op25bBlocked),
             }
         };
         if !nat::rewrite(p.buf, &p.view, End::Destination, to, p.rx.csum_partial) {

@@ -305,3 +305,35 @@ fn redirect_updates_partial_checksums_in_partial_form() {
     let field = u16::from_be_bytes([buf[v0.l4_offset + 16], buf[v0.l4_offset + 17]]);
     assert_eq!(field, pseudo(DYN4, RELAY4, l4_len));
 }
+
+#[test]
+fn offline_a_banner_syn_is_reported_as_terminate_and_the_rest_as_blocked() {
+    // check --packet and replay have no responder (nobody to send its answers to).
+    let policy = lab().action("banner").policy();
+    let mut r = Router::with_state(policy.clone(), std::sync::Arc::new(State::offline(&policy)));
+    let now = Instant::now();
+    let syn = tcp(DYN4, 40000, MX4, 25, "syn", &[]);
+    for _ in 0..3 {
+        assert_eq!(run(&mut r, now, Direction::Outbound, &syn).0, Verdict::Terminate, "no sessions to count");
+    }
+    let ack = tcp(DYN4, 40000, MX4, 25, "ack", b"EHLO x");
+    assert_eq!(run(&mut r, now, Direction::Outbound, &ack).0, Verdict::Drop(DropReason::Op25bBlocked));
+    let s = r.stats();
+    assert_eq!((s.terminated(), s.op25b.blocked, s.op25b.banner_source_full), (3, 4, 0));
+}
+
+#[test]
+fn a_state_built_for_another_policy_is_not_used() {
+    let rule = "[[rule]]\nname = \"limit\"\nprotocol = \"udp\"\naction = \"rate-limit\"\nrate = 1\nburst = 1\n";
+    let with_rule = lab().rules(rule).policy();
+    let other = lab().policy();
+    assert!(State::new(&with_rule).fits(&with_rule));
+    assert!(!State::new(&other).fits(&with_rule), "no buckets for the rate-limit rule");
+    assert!(!State::new(&with_rule).fits(&other));
+    // The router falls back to fresh state: the rule still limits.
+    let mut r = Router::with_state(with_rule, std::sync::Arc::new(State::new(&other)));
+    let now = Instant::now();
+    let udp = packets::udp("100.64.1.10", 40000, "203.0.113.25", 53, b"q");
+    assert!(matches!(run(&mut r, now, Direction::Outbound, &udp).0, Verdict::Forward { .. }));
+    assert_eq!(run(&mut r, now, Direction::Outbound, &udp).0, Verdict::Drop(DropReason::RateLimited));
+}

@@ -1,6 +1,7 @@
 //! Runtime state: what changes while packets pass, apart from the immutable
 //! [`Policy`] tables. Owned by the data plane (one `State` per policy in
-//! force, shared by its workers) and handed to the router with every packet.
+//! force, shared by its workers) and held by each worker's router next to
+//! the policy it belongs to.
 //!
 //! - reply buckets: the per-destination limit on every packet the router
 //!   originates ([`ratelimit`]);
@@ -32,7 +33,7 @@ use responder::Responder;
 /// give it 2^64 of them). In 64 bits: the /64 prefix, or the IPv4 address
 /// under 0xffff_ffff as the top half. IPv6 addresses starting with 0xff are
 /// multicast, which the router drops as a source, so the two never meet.
-pub fn subscriber_key(addr: IpAddr) -> u64 {
+pub(crate) fn subscriber_key(addr: IpAddr) -> u64 {
     match addr {
         IpAddr::V4(a) => 0xffff_ffff_0000_0000 | u64::from(u32::from(a)),
         IpAddr::V6(a) => (u128::from(a) >> 64) as u64,
@@ -104,6 +105,28 @@ impl State {
         }
     }
 
+    /// State for the offline tools (`check --packet`, `replay`): no banner
+    /// responder, as there is no device to send its answers to. A blocked
+    /// SYN is then reported as what the data plane does with it (handed to
+    /// the responder), and the flow's other segments as blocked.
+    pub fn offline(policy: &Policy) -> State {
+        State { responder: None, ..State::new(policy) }
+    }
+
+    /// Whether this state was built for `policy`'s rules (the rate-limit
+    /// buckets are found by rule position).
+    pub fn fits(&self, policy: &Policy) -> bool {
+        let rules = policy.rules.rules();
+        rules.len() == self.rule_buckets.len()
+            && rules.iter().zip(self.rule_buckets.iter()).all(|(r, b)| {
+                match (r.as_config_rule().map(|c| c.action), b) {
+                    (Some(RuleAction::RateLimit(limit)), Some(b)) => b.limit == limit && b.name == r.name(),
+                    (Some(RuleAction::RateLimit(_)), None) | (_, Some(_)) => false,
+                    _ => true,
+                }
+            })
+    }
+
     /// The state for `new`, which replaces `old` (whose state this is): each
     /// part carries over while the settings it was built for hold, and
     /// starts afresh otherwise.
@@ -143,7 +166,7 @@ impl State {
 
     /// Takes a reply token for `to`; false when over the limit.
     #[inline]
-    pub fn allow_reply(&self, to: IpAddr, now: Instant) -> bool {
+    pub(crate) fn allow_reply(&self, to: IpAddr, now: Instant) -> bool {
         lock(&self.replies).allow(to, now)
     }
 
@@ -191,6 +214,7 @@ impl State {
         if let Some(r) = &self.responder {
             s.sessions = r.active() as u64;
             s.rsts_limited = r.rsts_limited();
+            s.ring_overflows = r.ring_overflows();
         }
         s
     }

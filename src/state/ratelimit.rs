@@ -28,8 +28,8 @@ struct Entry {
     key: u64,
     /// Saved credit in nanoseconds of refill; one token costs `cost_ns`.
     credit: u64,
-    last: Instant,
-    used: bool,
+    /// When the bucket was last refilled; `None` for a free entry.
+    last: Option<Instant>,
 }
 
 /// Token buckets keyed by source address, bounded in memory.
@@ -46,8 +46,7 @@ impl RateLimiter {
     pub fn new(limit: Limit) -> RateLimiter {
         let cost_ns = 1_000_000_000 / u64::from(limit.rate.max(1));
         let cap_ns = cost_ns.saturating_mul(u64::from(limit.burst.max(1)));
-        // The placeholder time is never read: `used` is false.
-        let empty = Entry { key: 0, credit: 0, last: Instant::now(), used: false };
+        let empty = Entry { key: 0, credit: 0, last: None };
         RateLimiter { cost_ns, cap_ns, hasher: RandomState::new(), table: vec![empty; SETS * WAYS].into_boxed_slice() }
     }
 
@@ -56,22 +55,23 @@ impl RateLimiter {
         let key = subscriber_key(src);
         let set = (self.hasher.hash_one(key) as usize) % SETS;
         let ways = &mut self.table[set * WAYS..(set + 1) * WAYS];
-        let idx = match ways.iter().position(|e| e.used && e.key == key) {
+        let idx = match ways.iter().position(|e| e.last.is_some() && e.key == key) {
             Some(i) => i,
             None => {
                 let i = ways
                     .iter()
-                    .position(|e| !e.used)
+                    .position(|e| e.last.is_none())
                     .unwrap_or_else(|| (0..WAYS).min_by_key(|&i| ways[i].last).unwrap_or(0));
-                ways[i] = Entry { key, credit: self.cap_ns, last: now, used: true };
+                ways[i] = Entry { key, credit: self.cap_ns, last: Some(now) };
                 i
             }
         };
         let e = &mut ways[idx];
-        let elapsed = now.saturating_duration_since(e.last).as_nanos();
+        let last = e.last.unwrap_or(now);
+        let elapsed = now.saturating_duration_since(last).as_nanos();
         e.credit = (u128::from(e.credit) + elapsed).min(u128::from(self.cap_ns)) as u64;
         // Workers' clocks may interleave slightly out of order: never move back.
-        e.last = e.last.max(now);
+        e.last = Some(last.max(now));
         if e.credit >= self.cost_ns {
             e.credit -= self.cost_ns;
             true
@@ -83,7 +83,7 @@ impl RateLimiter {
     /// Sources currently tracked (at most `SETS * WAYS`).
     #[cfg(test)]
     pub fn tracked(&self) -> usize {
-        self.table.iter().filter(|e| e.used).count()
+        self.table.iter().filter(|e| e.last.is_some()).count()
     }
 }
 

@@ -17,6 +17,17 @@ pub fn verdict_name(v: Verdict) -> &'static str {
     }
 }
 
+/// Why a packet was not forwarded, by name: the drop reason, the reply kind,
+/// or `banner`; `None` when it was forwarded.
+pub fn verdict_reason(v: Verdict) -> Option<&'static str> {
+    match v {
+        Verdict::Forward { .. } => None,
+        Verdict::Drop(r) => Some(r.name()),
+        Verdict::Reply { kind, .. } => Some(kind.name()),
+        Verdict::Terminate => Some("banner"),
+    }
+}
+
 /// The verdict with its reason, e.g. `drop (spoofed)`, `reply (tcp_rst)`.
 pub fn verdict_detail(v: Verdict) -> String {
     match v {

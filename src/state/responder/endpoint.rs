@@ -76,6 +76,10 @@ impl Endpoint {
         self.deadline
     }
 
+    pub(super) fn ring_overflows(&self) -> u64 {
+        self.stack.as_ref().map_or(0, |s| s.tx.overflows)
+    }
+
     fn smol_now(&mut self, now: Instant) -> SmolInstant {
         let epoch = *self.epoch.get_or_insert(now);
         SmolInstant::from_micros(now.saturating_duration_since(epoch).as_micros() as i64)

@@ -6,10 +6,12 @@
 //! server it dialled; the outside server never sees the connection.
 //!
 //! Sans-I/O, in the style of quinn-proto's connection: the router hands a
-//! segment in once with [`Responder::segment`] (one lock, the router's parse,
-//! one admission check); the data plane takes what is to be sent with
-//! [`Responder::poll_transmit`], asks [`Responder::poll_timeout`] (an atomic,
-//! no lock) when the timers are due and runs them with
+//! segment in once with `Responder::segment` (the responder's one lock, the
+//! router's parse, one admission check; a new session also takes its reply
+//! token under that lock); the data plane takes what is to be sent with
+//! `poll_transmit` (through [`crate::state::State::poll_transmit`], which
+//! applies the reply limit), asks [`Responder::poll_timeout`] (an atomic, no
+//! lock) when the timers are due and runs them with
 //! [`Responder::handle_timeout`]. Time is always passed in. Nothing is
 //! allocated per segment: the segment is lent to smoltcp, and what it sends
 //! goes into a ring of fixed slots ([`link`]).
@@ -42,7 +44,7 @@ mod tests;
 
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
 use crate::packet::PacketView;
@@ -54,7 +56,7 @@ pub const SYN_RECEIVED_LIFETIME: Duration = Duration::from_millis(2500);
 
 /// What became of a segment handed to the responder.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Admission {
+pub(crate) enum Admission {
     /// Taken: a new session, or a segment of one in progress.
     Accepted,
     /// Not part of a session in progress, or a repeated SYN of one: dropped.
@@ -94,7 +96,7 @@ impl Responder {
     /// A segment of a blocked flow from the subscriber: `view` parsed from
     /// `packet`. A new session spends a reply token for its source
     /// (`allow_reply`), like an RST would.
-    pub fn segment(
+    pub(crate) fn segment(
         &self,
         now: Instant,
         view: &PacketView,
@@ -123,14 +125,14 @@ impl Responder {
         if admission == Admission::Accepted {
             e.input(now, packet);
         }
-        self.deadline.store(e.deadline());
+        self.deadline.store(e.deadline(), now);
         admission
     }
 
     /// The next packet for the subscriber side, copied into `out`; its
     /// length. An RST goes out only when `allow_reply` grants its
     /// destination a token; otherwise it is counted and skipped.
-    pub fn poll_transmit(&self, out: &mut [u8], mut allow_reply: impl FnMut(IpAddr) -> bool) -> Option<usize> {
+    pub(crate) fn poll_transmit(&self, out: &mut [u8], mut allow_reply: impl FnMut(IpAddr) -> bool) -> Option<usize> {
         let mut e = self.lock();
         e.transmit(out, &mut allow_reply)
     }
@@ -146,7 +148,7 @@ impl Responder {
     pub fn handle_timeout(&self, now: Instant) {
         let mut e = self.lock();
         e.poll(now);
-        self.deadline.store(e.deadline());
+        self.deadline.store(e.deadline(), now);
     }
 
     /// Sessions between handshake and close.
@@ -164,6 +166,11 @@ impl Responder {
         self.lock().rsts_limited
     }
 
+    /// Packets thrown away because the transmit ring was full.
+    pub fn ring_overflows(&self) -> u64 {
+        self.lock().ring_overflows()
+    }
+
     /// The exact next deadline, under the lock (tests compare it with
     /// [`Responder::poll_timeout`]).
     #[cfg(test)]
@@ -173,31 +180,34 @@ impl Responder {
 }
 
 /// The responder's next deadline, readable by every worker without taking
-/// the responder's lock: microseconds after a base instant, `u64::MAX` for none.
+/// the responder's lock: microseconds after a base instant, `u64::MAX` for
+/// none. The base is the first time the responder is given (it reads no
+/// clock), and no deadline lies before it.
 #[derive(Debug)]
 struct Deadline {
-    base: Instant,
+    base: OnceLock<Instant>,
     micros: AtomicU64,
 }
 
 impl Deadline {
     fn new() -> Deadline {
-        Deadline { base: Instant::now(), micros: AtomicU64::new(u64::MAX) }
+        Deadline { base: OnceLock::new(), micros: AtomicU64::new(u64::MAX) }
     }
 
-    fn store(&self, at: Option<Instant>) {
+    fn store(&self, at: Option<Instant>, now: Instant) {
+        let base = *self.base.get_or_init(|| now);
         // Rounded up: a timer never looks due before it is.
         let v = at.map_or(u64::MAX, |at| {
-            let d = at.saturating_duration_since(self.base);
+            let d = at.saturating_duration_since(base);
             (d.as_micros() as u64).saturating_add(u64::from(d.subsec_nanos() % 1000 != 0)).min(u64::MAX - 1)
         });
         self.micros.store(v, Ordering::Relaxed);
     }
 
     fn load(&self) -> Option<Instant> {
-        match self.micros.load(Ordering::Relaxed) {
-            u64::MAX => None,
-            v => Some(self.base + Duration::from_micros(v)),
+        match (self.micros.load(Ordering::Relaxed), self.base.get()) {
+            (u64::MAX, _) | (_, None) => None,
+            (v, Some(base)) => Some(*base + Duration::from_micros(v)),
         }
     }
 }
