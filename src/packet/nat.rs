@@ -76,62 +76,39 @@ pub fn rewrite(buf: &mut [u8], view: &PacketView, end: End, to: SocketAddr, csum
 mod tests {
     use super::*;
     use crate::packet::checksum::sum;
-    use etherparse::{PacketBuilder, TcpHeaderSlice};
-
-    fn tcp_ok(buf: &[u8]) -> bool {
-        let v = PacketView::parse(buf).expect("parses");
-        let tcp = TcpHeaderSlice::from_slice(&buf[v.l4_offset..]).unwrap();
-        let payload = &buf[v.l4_offset + tcp.slice().len()..v.len];
-        let want = match (v.src, v.dst) {
-            (IpAddr::V4(s), IpAddr::V4(d)) => tcp.calc_checksum_ipv4_raw(s.octets(), d.octets(), payload).unwrap(),
-            (IpAddr::V6(s), IpAddr::V6(d)) => tcp.calc_checksum_ipv6_raw(s.octets(), d.octets(), payload).unwrap(),
-            _ => unreachable!(),
-        };
-        tcp.checksum() == want
-    }
+    use crate::testing::packets::{tcp, tcp_checksum_ok, udp};
 
     #[test]
     fn destination_and_source_rewrites_keep_checksums_valid() {
-        let mut p = Vec::new();
-        PacketBuilder::ipv4([100, 64, 1, 10], [203, 0, 113, 25], 64)
-            .tcp(40000, 25, 1, 1000)
-            .syn()
-            .write(&mut p, b"EHLO")
-            .unwrap();
+        let mut p = tcp("100.64.1.10", 40000, "203.0.113.25", 25).window(1000).syn().payload(b"EHLO").build();
         let v = PacketView::parse(&p).unwrap();
         assert!(rewrite(&mut p, &v, End::Destination, "198.51.100.25:2525".parse().unwrap(), false));
         let v = PacketView::parse(&p).expect("IPv4 header checksum still valid");
         assert_eq!(v.dst.to_string(), "198.51.100.25");
         assert_eq!(v.tcp_dst_port(), Some(2525));
         assert_eq!(sum(&p[..20]), 0xffff);
-        assert!(tcp_ok(&p));
+        assert!(tcp_checksum_ok(&p));
 
-        let mut q = Vec::new();
-        PacketBuilder::ipv6(
-            "2001:db8:25::25".parse::<std::net::Ipv6Addr>().unwrap().octets(),
-            "2001:db8:100:1::10".parse::<std::net::Ipv6Addr>().unwrap().octets(),
-            64,
-        )
-        .tcp(25, 40000, 9, 1000)
-        .ack(2)
-        .write(&mut q, b"220 relay")
-        .unwrap();
+        let mut q = tcp("2001:db8:25::25", 25, "2001:db8:100:1::10", 40000)
+            .seq(9)
+            .window(1000)
+            .ack(2)
+            .payload(b"220 relay")
+            .build();
         let v = PacketView::parse(&q).unwrap();
         assert!(rewrite(&mut q, &v, End::Source, "[2001:db8:203::25]:25".parse().unwrap(), false));
         let v = PacketView::parse(&q).unwrap();
         assert_eq!(v.src.to_string(), "2001:db8:203::25");
-        assert!(tcp_ok(&q));
+        assert!(tcp_checksum_ok(&q));
     }
 
     #[test]
     fn refuses_what_it_cannot_rewrite() {
-        let mut p = Vec::new();
-        PacketBuilder::ipv4([100, 64, 1, 10], [203, 0, 113, 25], 64).udp(1, 25).write(&mut p, &[]).unwrap();
+        let mut p = udp("100.64.1.10", 1, "203.0.113.25", 25, &[]);
         let v = PacketView::parse(&p).unwrap();
         let before = p.clone();
         assert!(!rewrite(&mut p, &v, End::Destination, "198.51.100.25:25".parse().unwrap(), false));
-        let mut t = Vec::new();
-        PacketBuilder::ipv4([100, 64, 1, 10], [203, 0, 113, 25], 64).tcp(1, 25, 1, 1).syn().write(&mut t, &[]).unwrap();
+        let mut t = tcp("100.64.1.10", 1, "203.0.113.25", 25).window(1).syn().build();
         let tv = PacketView::parse(&t).unwrap();
         assert!(!rewrite(&mut t, &tv, End::Destination, "[2001:db8::1]:25".parse().unwrap(), false));
         assert_eq!(p, before);

@@ -8,7 +8,8 @@ use etherparse::TcpHeaderSlice;
 
 use super::*;
 use crate::packet::{checksum, Transport};
-use crate::testing::{packets, PolicyBuilder};
+use crate::testing::packets::{self, tcp_checksum_ok};
+use crate::testing::PolicyBuilder;
 
 const DYN4: [u8; 4] = [100, 64, 1, 10];
 const STATIC4: [u8; 4] = [100, 64, 9, 10];
@@ -55,18 +56,6 @@ fn run(r: &mut Router, now: Instant, dir: Direction, pkt: &[u8]) -> (Verdict, Ve
         _ => Vec::new(),
     };
     (v, out)
-}
-
-fn tcp_checksum_ok(p: &[u8]) -> bool {
-    let v = PacketView::parse(p).unwrap();
-    let tcp = TcpHeaderSlice::from_slice(&p[v.l4_offset..]).unwrap();
-    let data = &p[v.l4_offset + tcp.slice().len()..v.len];
-    let want = match (v.src, v.dst) {
-        (IpAddr::V4(s), IpAddr::V4(d)) => tcp.calc_checksum_ipv4_raw(s.octets(), d.octets(), data).unwrap(),
-        (IpAddr::V6(s), IpAddr::V6(d)) => tcp.calc_checksum_ipv6_raw(s.octets(), d.octets(), data).unwrap(),
-        _ => unreachable!(),
-    };
-    tcp.checksum() == want
 }
 
 #[test]

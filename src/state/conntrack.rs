@@ -247,18 +247,18 @@ impl Conntrack {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use etherparse::PacketBuilder;
+    use crate::testing::packets::tcp;
+    use std::net::Ipv4Addr;
 
     fn view(buf: &mut Vec<u8>, src: ([u8; 4], u16), dst: ([u8; 4], u16), flags: &str) -> PacketView {
-        buf.clear();
-        let b = PacketBuilder::ipv4(src.0, dst.0, 64).tcp(src.1, dst.1, 1, 1000);
-        let b = match flags {
+        let b = tcp(&Ipv4Addr::from(src.0).to_string(), src.1, &Ipv4Addr::from(dst.0).to_string(), dst.1).window(1000);
+        *buf = match flags {
             "syn" => b.syn(),
             "fin" => b.ack(1).fin(),
             "rst" => b.rst(),
             _ => b.ack(1),
-        };
-        b.write(buf, &[]).unwrap();
+        }
+        .build();
         PacketView::parse(buf).unwrap()
     }
 
@@ -310,8 +310,7 @@ mod tests {
         // With the relay's SYN-ACK it is established and lives on traffic.
         ct.outbound(&view(&mut b, (C, 2), (MX, 25), "syn"), relay, t0).unwrap();
         let synack = {
-            b.clear();
-            PacketBuilder::ipv4([198, 51, 100, 25], C, 64).tcp(25, 2, 1, 1000).syn().ack(1).write(&mut b, &[]).unwrap();
+            b = tcp("198.51.100.25", 25, &Ipv4Addr::from(C).to_string(), 2).window(1000).syn().ack(1).build();
             PacketView::parse(&b).unwrap()
         };
         assert!(ct.inbound(&synack, t0).is_some());

@@ -158,6 +158,19 @@ pub fn echo_request_ttl(src: &str, dst: &str, payload: &[u8], ttl: u8) -> Vec<u8
     v
 }
 
+/// Whether the TCP checksum of `p` (an IP packet) is right, computed anew.
+pub fn tcp_checksum_ok(p: &[u8]) -> bool {
+    let v = crate::packet::PacketView::parse(p).expect("a packet that parses");
+    let tcp = etherparse::TcpHeaderSlice::from_slice(&p[v.l4_offset..]).expect("a TCP header");
+    let data = &p[v.l4_offset + tcp.slice().len()..v.len];
+    let want = match (v.src, v.dst) {
+        (IpAddr::V4(s), IpAddr::V4(d)) => tcp.calc_checksum_ipv4_raw(s.octets(), d.octets(), data),
+        (IpAddr::V6(s), IpAddr::V6(d)) => tcp.calc_checksum_ipv6_raw(s.octets(), d.octets(), data),
+        _ => panic!("mixed IP versions"),
+    };
+    want.is_ok_and(|w| w == tcp.checksum())
+}
+
 /// Recomputes the IPv4 header checksum after a test changed header bytes.
 pub fn fix_ipv4_checksum(p: &mut [u8]) {
     let ihl = usize::from(p[0] & 0xf) * 4;
