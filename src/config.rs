@@ -64,6 +64,8 @@ struct FileConfig {
     #[serde(default)]
     dataplane: DataplaneSection,
     #[serde(default)]
+    control: ControlSection,
+    #[serde(default)]
     sets: std::collections::BTreeMap<String, Spanned<Vec<Spanned<rules::Item>>>>,
     #[serde(default, rename = "rule")]
     rules: Vec<Spanned<rules::RuleSection>>,
@@ -124,6 +126,13 @@ struct DataplaneSection {
     busy_poll_us: Option<Spanned<u32>>,
 }
 
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct ControlSection {
+    socket: Option<Spanned<String>>,
+    metrics: Option<Spanned<String>>,
+}
+
 #[derive(Deserialize, Clone, Copy, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 enum ActionName {
@@ -181,6 +190,17 @@ pub struct Config {
     pub policy: Policy,
     /// Data-plane tuning.
     pub dataplane: DataplaneConfig,
+    /// The control plane: what listens, where.
+    pub control: ControlConfig,
+}
+
+/// `[control]`: nothing listens unless set.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ControlConfig {
+    /// Unix socket for `op25b stats` (mode 0600).
+    pub socket: Option<PathBuf>,
+    /// HTTP address for /metrics and /healthz.
+    pub metrics: Option<std::net::SocketAddr>,
 }
 
 /// Turns spans into line numbers and builds errors.
@@ -342,7 +362,20 @@ impl Config {
         };
         let dataplane =
             DataplaneConfig { offload: file.dataplane.offload.unwrap_or(true), queue_len, workers, busy_poll };
-        Ok(Config { path: path.to_path_buf(), subscriber, upstream, policy, dataplane })
+        let control = ControlConfig {
+            socket: match &file.control.socket {
+                Some(s) if s.get_ref().is_empty() => return Err(cx.err(&s.span(), "control.socket", "needs a path")),
+                Some(s) => Some(PathBuf::from(s.get_ref())),
+                None => None,
+            },
+            metrics: match &file.control.metrics {
+                Some(m) => Some(m.get_ref().parse().map_err(|_| {
+                    cx.err(&m.span(), "control.metrics", format!("{:?} is not ADDRESS:PORT", m.get_ref()))
+                })?),
+                None => None,
+            },
+        };
+        Ok(Config { path: path.to_path_buf(), subscriber, upstream, policy, dataplane, control })
     }
 
     /// A readable rendering of the compiled config, for `op25b check`.

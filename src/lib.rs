@@ -33,6 +33,7 @@ pub mod state;
 pub mod router;
 
 pub mod config;
+pub mod control;
 pub mod dataplane;
 pub mod reload;
 pub mod testing;

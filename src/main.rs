@@ -8,6 +8,7 @@ use std::time::Instant;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use op25b::control::Control;
 use op25b::dataplane::Dataplane;
 use op25b::reload::{self, ReloadError};
 use op25b::tools::{self, replay, spec::PacketSpec};
@@ -57,6 +58,20 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Ask a running op25b for its counters now, over its control socket.
+    ///
+    /// Exit status: 0 with an answer, 2 when no op25b answers at the socket.
+    Stats {
+        /// The control socket (`[control] socket` of the running op25b).
+        #[arg(long, default_value = "/run/op25b/op25b.sock")]
+        socket: PathBuf,
+        /// Print the answer as one JSON object.
+        #[arg(long)]
+        json: bool,
+        /// Print every figure, zeros included.
+        #[arg(long)]
+        all: bool,
+    },
     /// Run a pcap capture through the same pipeline, with no devices.
     ///
     /// Exit status: 0 when the whole capture was read, 2 on a config error or
@@ -88,6 +103,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let config_path = match &cli.command {
         Command::Run { config, .. } | Command::Check { config, .. } | Command::Replay { config, .. } => config,
+        Command::Stats { socket, json, all } => return stats(socket, *json, *all),
     };
     let config = match Config::load(config_path) {
         Ok(c) => c,
@@ -106,6 +122,7 @@ fn main() -> ExitCode {
             run_replay(&config, &input, replay::ReplayOptions { forwarded, dropped }, json)
         }
         Command::Run { stats, .. } => run(config, stats.as_deref()).map(|()| ExitCode::SUCCESS),
+        Command::Stats { .. } => unreachable!("answered before a config is loaded"),
     };
     result.unwrap_or_else(|e| {
         eprintln!("op25b: error: {e:#}");
@@ -211,11 +228,36 @@ fn run_replay(
     Ok(ExitCode::SUCCESS)
 }
 
+/// `op25b stats`: one question to the control socket.
+fn stats(socket: &std::path::Path, json: bool, all: bool) -> ExitCode {
+    match op25b::control::client::ask(socket, "stats") {
+        Ok(v) if json => {
+            println!("{v}");
+            ExitCode::SUCCESS
+        }
+        Ok(v) => {
+            print!("{}", op25b::control::client::render(&v, all));
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("op25b: error: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
 fn run(config: Config, stats_file: Option<&std::path::Path>) -> anyhow::Result<()> {
     // Register before the devices exist so an early SIGTERM still cleans up.
     let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP, SIGUSR1])
         .context("installing signal handlers")?;
     let dp = Dataplane::start(&config)?;
+    let control = match Control::start(&config.control, &config.path, dp.stats_reader()) {
+        Ok(c) => c,
+        Err(e) => {
+            dp.stop();
+            return Err(e.into());
+        }
+    };
     let p = &config.policy;
     let ns = |n: &Option<String>| n.clone().unwrap_or_else(|| "<current>".into());
     tracing::info!(
@@ -230,13 +272,26 @@ fn run(config: Config, stats_file: Option<&std::path::Path>) -> anyhow::Result<(
     let mut running = config;
     let signal = loop {
         match signals.forever().next() {
-            Some(SIGHUP) => running = reload(&dp, running),
-            Some(SIGUSR1) => write_stats(stats_file, &dp.stats()),
+            Some(SIGHUP) => {
+                let (config, ok) = reload(&dp, running);
+                running = config;
+                if let Some(c) = &control {
+                    c.reloaded(ok);
+                }
+            }
+            Some(SIGUSR1) => {
+                let stats = dp.stats();
+                tracing::info!("counters: {}", stats.summary());
+                write_stats(stats_file, &stats);
+            }
             Some(signal) => break signal,
             None => break SIGTERM,
         }
     };
     tracing::info!(signal, "stopping");
+    if let Some(c) = control {
+        c.stop();
+    }
     let stats = dp.stop();
     tracing::info!("counters: {}", stats.summary());
     write_stats(stats_file, &stats);
@@ -257,7 +312,8 @@ fn write_stats(path: Option<&std::path::Path>, stats: &op25b::Stats) {
 
 /// SIGHUP: reads the config file again and puts its policy in force; on any
 /// error logs one line (`file:line: key: message`) and keeps the running one.
-fn reload(dp: &Dataplane, running: Config) -> Config {
+/// The config in force afterwards, and whether the reload was accepted.
+fn reload(dp: &Dataplane, running: Config) -> (Config, bool) {
     let state = dp.state();
     let prepared =
         Config::load(&running.path).map_err(ReloadError::from).and_then(|new| reload::prepare(&running, &state, new));
@@ -274,11 +330,11 @@ fn reload(dp: &Dataplane, running: Config) -> Config {
                 "config reloaded: {}",
                 PolicySizes(&r.config.policy)
             );
-            r.config
+            (r.config, true)
         }
         Err(e) => {
             tracing::error!("config reload failed, the running config stays in force: {e}");
-            running
+            (running, false)
         }
     }
 }

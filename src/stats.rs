@@ -200,12 +200,16 @@ impl RuleCounters {
     }
 }
 
+/// The OP25B actions by name, in the order of `policy::Action::index`.
+pub const BLOCK_ACTIONS: [&str; 5] = ["reject", "drop", "icmp", "banner", "redirect"];
+
 /// The counters one router (one worker's direction) writes.
 #[derive(Debug, Default)]
 pub(crate) struct Counters {
     pub(crate) dirs: [DirCounters; 2],
-    /// Packets the OP25B fast path blocked (answered, dropped, redirected or terminated).
-    pub(crate) op25b_blocked: Counter,
+    /// Packets the OP25B fast path blocked (answered, dropped, redirected or
+    /// terminated), by the action in force ([`BLOCK_ACTIONS`]).
+    pub(crate) op25b_blocked: [Counter; BLOCK_ACTIONS.len()],
     /// Packets of blocked flows rewritten towards the relay (redirect).
     pub(crate) redirected: Counter,
     /// Banner SYNs refused because their subscriber holds its share of the
@@ -232,7 +236,10 @@ impl Counters {
                 *t += c.get();
             }
         }
-        s.op25b.blocked += self.op25b_blocked.get();
+        for (t, c) in s.op25b.blocked_by_action.iter_mut().zip(&self.op25b_blocked) {
+            *t += c.get();
+            s.op25b.blocked += c.get();
+        }
         s.op25b.redirected += self.redirected.get();
         s.op25b.banner_source_full += self.banner_source_full.get();
         let rules = self.rules.lock().unwrap_or_else(|e| e.into_inner()).clone();
@@ -303,6 +310,8 @@ impl DirStats {
 pub struct Op25bStats {
     /// Packets the fast path blocked, whatever the action did with them.
     pub blocked: u64,
+    /// The same by the action in force when they were blocked ([`BLOCK_ACTIONS`]).
+    pub blocked_by_action: [u64; BLOCK_ACTIONS.len()],
     /// Packets of blocked flows sent to the relay (redirect).
     pub redirected: u64,
     /// Banner SYNs refused over the subscriber's share of sessions.
@@ -460,8 +469,23 @@ impl Stats {
             .collect();
         let counters: serde_json::Map<String, serde_json::Value> =
             self.pairs().into_iter().map(|(k, v)| (k, v.into())).collect();
+        let by_action: serde_json::Map<String, serde_json::Value> =
+            BLOCK_ACTIONS.iter().zip(self.op25b.blocked_by_action).map(|(a, n)| (a.to_string(), n.into())).collect();
+        let devices: serde_json::Map<String, serde_json::Value> = ["subscriber", "upstream"]
+            .iter()
+            .zip(&self.devices)
+            .map(|(name, d)| {
+                let v = serde_json::json!({
+                    "rx_packets": d.rx_packets, "rx_bytes": d.rx_bytes, "rx_errors": d.rx_errors,
+                    "tx_packets": d.tx_packets, "tx_errors": d.tx_errors, "batches": d.batches,
+                });
+                (name.to_string(), v)
+            })
+            .collect();
         serde_json::json!({
             "counters": counters,
+            "op25b_blocked_by_action": by_action,
+            "devices": devices,
             "outbound": by_dir(self.dir(Direction::Outbound)),
             "inbound": by_dir(self.dir(Direction::Inbound)),
             "rules": rules,

@@ -20,6 +20,7 @@ const LAYERS: &[&[&str]] = &[
     &["config"],
     &["tools", "reload"],
     &["dataplane"],
+    &["control"],
     &["testing"],
 ];
 

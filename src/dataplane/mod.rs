@@ -69,6 +69,30 @@ pub(crate) struct Active {
     pub(crate) state: Arc<State>,
 }
 
+/// A handle that reads the data plane's counters from any thread (the
+/// control plane's), while the data plane runs and after it stopped.
+#[derive(Clone)]
+pub struct StatsReader {
+    counters: Arc<Vec<Arc<Counters>>>,
+    io: Arc<Vec<Arc<IoCounters>>>,
+    active: Arc<ArcSwap<Active>>,
+}
+
+impl StatsReader {
+    /// A snapshot of every counter: the routers', the devices', the responder's.
+    pub fn stats(&self) -> Stats {
+        let mut s = Stats::default();
+        for c in self.counters.iter() {
+            c.add_to(&mut s);
+        }
+        for io in self.io.iter() {
+            io.add_to(&mut s.devices);
+        }
+        s.responder = self.active.load().state.responder_stats();
+        s
+    }
+}
+
 /// A running data plane.
 pub struct Dataplane {
     workers: Vec<std::thread::JoinHandle<()>>,
@@ -159,15 +183,16 @@ impl Dataplane {
 
     /// A snapshot of every counter: the routers', the devices', the responder's.
     pub fn stats(&self) -> Stats {
-        let mut s = Stats::default();
-        for c in &self.counters {
-            c.add_to(&mut s);
+        self.stats_reader().stats()
+    }
+
+    /// A handle for reading the counters from another thread.
+    pub fn stats_reader(&self) -> StatsReader {
+        StatsReader {
+            counters: Arc::new(self.counters.clone()),
+            io: Arc::new(self.io.clone()),
+            active: Arc::clone(&self.active),
         }
-        for io in &self.io {
-            io.add_to(&mut s.devices);
-        }
-        s.responder = self.active.load().state.responder_stats();
-        s
     }
 
     /// Stops the workers and waits for them; the devices close with the last

@@ -28,6 +28,20 @@ pub enum Action {
     Redirect,
 }
 
+impl Action {
+    /// Position in `stats::BLOCK_ACTIONS` (the per-action block counters).
+    #[inline]
+    pub fn index(self) -> usize {
+        match self {
+            Action::Reject => 0,
+            Action::Drop => 1,
+            Action::Icmp => 2,
+            Action::Banner => 3,
+            Action::Redirect => 4,
+        }
+    }
+}
+
 impl fmt::Display for Action {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
@@ -163,6 +177,18 @@ impl Op25b {
             Decision::PassRelay
         } else {
             Decision::Block
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn action_indexes_name_the_block_counters() {
+        for a in [Action::Reject, Action::Drop, Action::Icmp, Action::Banner, Action::Redirect] {
+            assert_eq!(crate::stats::BLOCK_ACTIONS[a.index()], a.to_string());
         }
     }
 }

@@ -28,7 +28,7 @@ impl Router {
         if decision != Decision::Block {
             return ControlFlow::Continue(());
         }
-        self.counters.op25b_blocked.add(1);
+        self.counters.op25b_blocked[op.action.index()].add(1);
         let syn = p.view.is_tcp_syn();
         ControlFlow::Break(match op.action {
             Action::Reject if syn => self.rst(p, DropReason::Op25bBlocked),

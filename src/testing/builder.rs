@@ -19,6 +19,7 @@ pub struct PolicyBuilder {
     upstream: Vec<(String, String)>,
     op25b: Vec<(String, String)>,
     dataplane: Vec<(String, String)>,
+    control: Vec<(String, String)>,
     tail: String,
 }
 
@@ -64,6 +65,7 @@ impl PolicyBuilder {
                 ("reply_burst", "20".into()),
             ]),
             dataplane: Vec::new(),
+            control: Vec::new(),
             tail: String::new(),
         }
     }
@@ -140,6 +142,12 @@ impl PolicyBuilder {
         self
     }
 
+    /// Sets `[control] key = value`.
+    pub fn control(mut self, key: &str, value: impl ToString) -> Self {
+        set(&mut self.control, key, value.to_string());
+        self
+    }
+
     /// Appends `[sets]` and `[[rule]]` tables (TOML text).
     pub fn rules(mut self, text: &str) -> Self {
         self.tail.push('\n');
@@ -164,6 +172,7 @@ impl PolicyBuilder {
         table("upstream", &self.upstream);
         table("op25b", &self.op25b);
         table("dataplane", &self.dataplane);
+        table("control", &self.control);
         out.push_str(&self.tail);
         out
     }
