@@ -123,6 +123,7 @@ fn metrics_and_stats_agree_after_traffic_and_rules_survive_a_reload() {
     // The text form: only the lines with something in them.
     let (code, plain, _) = op25b_stats(&["--socket", &sock]);
     assert_eq!(code, 0);
+    println!("op25b stats:\n{plain}");
     assert!(plain.contains("outbound reply tcp_rst") && plain.contains("rule count-587 packets"), "{plain}");
     assert!(!plain.contains("drop bad_checksum"), "zero lines are left out:\n{plain}");
 
