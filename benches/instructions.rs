@@ -7,7 +7,7 @@
 use std::hint::black_box;
 use std::time::Instant;
 
-use op25b::testing::lab::{DYN4, DYN6, MX4, MX6};
+use op25b::testing::lab::{DYN4, DYN6, MX4, MX6, RELAY4};
 use op25b::testing::packets::{tcp, udp};
 use op25b::testing::PolicyBuilder;
 use op25b::{Direction, Router, RxInfo};
@@ -18,9 +18,52 @@ fn tcp4(dport: u16, syn: bool, payload: usize) -> Vec<u8> {
     if syn { b.syn() } else { b.ack(1) }.build()
 }
 
+/// `redirect_to` of the redirect cases: the lab's relay.
+const REDIRECT_TO: &str = r#"["198.51.100.25:25", "[2001:db8:25::25]:25"]"#;
+
+/// The redirect cases: `redirect_data4`, one data segment of an established
+/// redirected flow (the forward path of a redirected connection), and
+/// `redirect_flood4`, a forged-source SYN (a new subscriber address each
+/// time) and the relay's SYN-ACK to it, past the table's bound: what a
+/// forger's flood costs. Per iteration.
+fn redirect_case(case: &str, n: u64) {
+    let mut r = Router::new(PolicyBuilder::lab().action("redirect").op25b("redirect_to", REDIRECT_TO).policy());
+    let now = Instant::now();
+    let mut reply = vec![0u8; 2048];
+    let mut run = |dir, pkt: &[u8], buf: &mut Vec<u8>| {
+        buf.clear();
+        buf.extend_from_slice(pkt);
+        let v = r.handle(now, dir, black_box(buf), &mut reply, RxInfo::default());
+        let _ = black_box(v);
+    };
+    let mut buf = Vec::with_capacity(2048);
+    if case == "redirect_data4" {
+        run(Direction::Outbound, &tcp(DYN4, 40000, MX4, 25).seq(7).syn().build(), &mut buf);
+        run(Direction::Inbound, &tcp(RELAY4, 25, DYN4, 40000).seq(1000).syn().ack(8).build(), &mut buf);
+        let data = tcp(DYN4, 40000, MX4, 25).seq(8).ack(1001).payload(&[0; 1460]).build();
+        for _ in 0..n {
+            run(Direction::Outbound, &data, &mut buf);
+        }
+        return;
+    }
+    // Up to 2^20 forged sources from 100.80.0.0 (inside 100.64.0.0/10), built beforehand.
+    let forged: Vec<(Vec<u8>, Vec<u8>)> = (0..n as u32)
+        .map(|i| {
+            let src = std::net::Ipv4Addr::from(0x6450_0000 + (i & 0x000f_ffff)).to_string();
+            let syn = tcp(&src, 40000, MX4, 25).seq(i).syn().build();
+            let synack = tcp(RELAY4, 25, &src, 40000).seq(!i).syn().ack(i.wrapping_add(1)).build();
+            (syn, synack)
+        })
+        .collect();
+    for (syn, synack) in &forged {
+        run(Direction::Outbound, syn, &mut buf);
+        run(Direction::Inbound, synack, &mut buf);
+    }
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
-    const USAGE: &str = "usage: instructions CASE N (CASE: forward_tcp4 forward_tcp6 forward_udp4 blocked_syn4 blocked_syn4_rst blocked_ack4)";
+    const USAGE: &str = "usage: instructions CASE N (CASE: forward_tcp4 forward_tcp6 forward_udp4 blocked_syn4 blocked_syn4_rst blocked_ack4 redirect_data4 redirect_flood4)";
     // `cargo bench` passes --bench, `cargo test --all-targets` nothing: only
     // scripts/callgrind.sh runs a case, so there is nothing to do then.
     if args.get(1).is_none_or(|a| a.starts_with("--")) {
@@ -31,6 +74,10 @@ fn main() {
         eprintln!("{USAGE}");
         std::process::exit(2);
     };
+    if case == "redirect_data4" || case == "redirect_flood4" {
+        redirect_case(case, n);
+        return;
+    }
     let pkt = match case.as_str() {
         "forward_tcp4" => tcp4(587, false, 1460),
         "forward_tcp6" => tcp(DYN6, 40000, MX6, 587).ack(1).payload(&[0; 1440]).build(),

@@ -15,7 +15,7 @@ tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 n=100000
 printf '%-17s %s\n' case instructions/packet
-for case in forward_tcp4 forward_tcp6 forward_udp4 blocked_syn4 blocked_syn4_rst blocked_ack4; do
+for case in forward_tcp4 forward_tcp6 forward_udp4 blocked_syn4 blocked_syn4_rst blocked_ack4 redirect_data4 redirect_flood4; do
     if ! valgrind --tool=callgrind --callgrind-out-file="$tmp/out" --toggle-collect='*Router::handle*' \
         "$bin" "$case" "$n" >/dev/null 2>"$tmp/err"; then
         cat "$tmp/err" >&2

@@ -215,6 +215,8 @@ pub(crate) struct Counters {
     /// Banner SYNs refused because their subscriber holds its share of the
     /// sessions; each is also counted by its verdict.
     pub(crate) banner_source_full: Counter,
+    /// Unassured redirect flows evicted for a new one (early drop).
+    pub(crate) redirect_evictions: Counter,
     /// The rule counters in force, for readers; the router writes through its
     /// own handle to the same block.
     pub(crate) rules: Mutex<Arc<RuleCounters>>,
@@ -242,6 +244,7 @@ impl Counters {
         }
         s.op25b.redirected += self.redirected.get();
         s.op25b.banner_source_full += self.banner_source_full.get();
+        s.op25b.redirect_evictions += self.redirect_evictions.get();
         let rules = self.rules.lock().unwrap_or_else(|e| e.into_inner()).clone();
         for (i, name) in rules.names.iter().enumerate() {
             let (packets, bytes) = (rules.packets[i].get(), rules.bytes[i].get());
@@ -316,6 +319,9 @@ pub struct Op25bStats {
     pub redirected: u64,
     /// Banner SYNs refused over the subscriber's share of sessions.
     pub banner_source_full: u64,
+    /// Unassured redirect flows (the subscriber has not acknowledged the
+    /// relay's SYN-ACK) evicted from the full flow table for a new SYN.
+    pub redirect_evictions: u64,
 }
 
 /// One rule's counts.
@@ -361,6 +367,9 @@ pub struct ResponderStats {
     pub rsts_limited: u64,
     /// Packets it built that did not fit its transmit ring (not sent).
     pub ring_overflows: u64,
+    /// Sessions still in SYN-RECEIVED (their client never acknowledged the
+    /// SYN-ACK) given up for a new SYN when every session of the port was busy.
+    pub syn_evictions: u64,
 }
 
 /// A snapshot of every counter: the routers' verdicts by direction, OP25B,
@@ -425,6 +434,7 @@ impl Stats {
         out.push(("op25b_redirected".to_string(), self.op25b.redirected));
         out.push(("op25b_terminated".to_string(), self.terminated()));
         out.push(("op25b_banner_source_full".to_string(), self.op25b.banner_source_full));
+        out.push(("op25b_redirect_evictions".to_string(), self.op25b.redirect_evictions));
         for k in ReplyKind::ALL {
             out.push((format!("reply_{}", k.name()), self.replies(*k)));
         }
@@ -433,6 +443,7 @@ impl Stats {
         }
         out.push(("responder_rsts_limited".to_string(), self.responder.rsts_limited));
         out.push(("responder_ring_overflows".to_string(), self.responder.ring_overflows));
+        out.push(("responder_syn_evictions".to_string(), self.responder.syn_evictions));
         for (name, d) in ["subscriber", "upstream"].iter().zip(&self.devices) {
             out.push((format!("{name}_rx_packets"), d.rx_packets));
             out.push((format!("{name}_tx_packets"), d.tx_packets));

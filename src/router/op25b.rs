@@ -103,7 +103,12 @@ impl Router {
                 return drop(DropReason::ReplyRateLimited);
             }
             match ct.outbound(&p.view, target, p.now) {
-                Ok(to) => to,
+                Ok(r) => {
+                    if r.evicted {
+                        self.counters.redirect_evictions.add(1);
+                    }
+                    r.to
+                }
                 Err(CtError::Full) => return drop(DropReason::ConntrackFull),
                 Err(CtError::SourceFull) => return drop(DropReason::ConntrackSourceFull),
                 Err(CtError::Collision) => return drop(DropReason::RedirectCollision),

@@ -15,6 +15,10 @@ const DYN4: [u8; 4] = [100, 64, 1, 10];
 const STATIC4: [u8; 4] = [100, 64, 9, 10];
 const MX4: [u8; 4] = [203, 0, 113, 25];
 const RELAY4: [u8; 4] = [198, 51, 100, 25];
+const DYN4_S: &str = "100.64.1.10";
+const DYN6_S: &str = "2001:db8:100:1::10";
+const MX4_S: &str = "203.0.113.25";
+const MX6_S: &str = "2001:db8:203::25";
 
 /// The lab policy without the keys it sets to their defaults: tests set their own.
 fn lab() -> PolicyBuilder {
@@ -249,11 +253,22 @@ fn redirect_ipv6_and_limits() {
     let (_, b) = run(&mut r, now, Direction::Inbound, &back);
     assert_eq!(PacketView::parse(&b).unwrap().src.to_string(), "2001:db8:203::25");
     assert!(tcp_checksum_ok(&b));
-    // Table bound: two flows in, the third new one is refused.
+    // Table bound: two flows in. The first is unassured (its subscriber
+    // never acknowledged a SYN-ACK): a third new one takes its place.
     assert!(matches!(
         run(&mut r, now, Direction::Outbound, &tcp(DYN4, 1, MX4, 25, "syn", &[])).0,
         Verdict::Forward { .. }
     ));
+    assert!(matches!(
+        run(&mut r, now, Direction::Outbound, &tcp(DYN4, 2, MX4, 25, "syn", &[])).0,
+        Verdict::Forward { .. }
+    ));
+    assert_eq!(r.stats().op25b.redirect_evictions, 1);
+    // Two assured flows fill it: a new one is refused.
+    let mut r = router(redirect().op25b("max_flows", 2));
+    for (src, mx) in [(DYN4_S, MX4_S), (DYN6_S, MX6_S)] {
+        assert!(Conn::open(&mut r, now, src, 40000, mx, 1000).is_some());
+    }
     assert_eq!(
         run(&mut r, now, Direction::Outbound, &tcp(DYN4, 2, MX4, 25, "syn", &[])).0,
         Verdict::Drop(DropReason::ConntrackFull)
@@ -325,4 +340,120 @@ fn a_state_built_for_another_policy_is_not_used() {
     let udp = packets::udp("100.64.1.10", 40000, "203.0.113.25", 53, b"q");
     assert!(matches!(run(&mut r, now, Direction::Outbound, &udp).0, Verdict::Forward { .. }));
     assert_eq!(run(&mut r, now, Direction::Outbound, &udp).0, Verdict::Drop(DropReason::RateLimited));
+}
+
+/// One redirected connection as its two ends see it: the subscriber at
+/// `src`:`sport` dialling `mx`:25, the relay of its family answering.
+struct Conn {
+    src: &'static str,
+    sport: u16,
+    mx: &'static str,
+    relay: &'static str,
+    /// The relay's ISN; the client's is 7.
+    isn: u32,
+    /// Bytes each side sent so far.
+    sent: (u32, u32),
+}
+
+impl Conn {
+    /// The whole handshake through the router: SYN (to the relay), the
+    /// relay's SYN-ACK (from the MX, as the client sees it), the client's
+    /// ACK of it. `None` if any step is not forwarded as it should be.
+    fn open(r: &mut Router, now: Instant, src: &'static str, sport: u16, mx: &'static str, isn: u32) -> Option<Conn> {
+        let relay = if mx.contains(':') { "2001:db8:25::25" } else { "198.51.100.25" };
+        let c = Conn { src, sport, mx, relay, isn, sent: (0, 0) };
+        let syn = packets::tcp(src, sport, mx, 25).seq(7).syn().build();
+        c.out(r, now, &syn)?;
+        let synack = packets::tcp(relay, 25, src, sport).seq(isn).ack(8).syn().build();
+        c.back(r, now, &synack)?;
+        let ack = packets::tcp(src, sport, mx, 25).seq(8).ack(isn.wrapping_add(1)).build();
+        c.out(r, now, &ack)?;
+        Some(c)
+    }
+
+    /// An outbound packet of the connection: forwarded to the relay, checksum valid.
+    fn out(&self, r: &mut Router, now: Instant, pkt: &[u8]) -> Option<()> {
+        let (v, out) = run(r, now, Direction::Outbound, pkt);
+        let ok = matches!(v, Verdict::Forward { .. })
+            && PacketView::parse(&out).ok()?.dst == self.relay.parse::<IpAddr>().ok()?
+            && tcp_checksum_ok(&out);
+        ok.then_some(())
+    }
+
+    /// An inbound packet from the relay: forwarded with the MX as its source.
+    fn back(&self, r: &mut Router, now: Instant, pkt: &[u8]) -> Option<()> {
+        let (v, out) = run(r, now, Direction::Inbound, pkt);
+        let ok = matches!(v, Verdict::Forward { .. })
+            && PacketView::parse(&out).ok()?.src == self.mx.parse::<IpAddr>().ok()?
+            && tcp_checksum_ok(&out);
+        ok.then_some(())
+    }
+
+    /// Data both ways: a line from the client, the relay's answer.
+    fn exchange(&mut self, r: &mut Router, now: Instant) -> Option<()> {
+        let line = b"NOOP\r\n";
+        let (c, s) = (8 + self.sent.0, self.isn.wrapping_add(1 + self.sent.1));
+        self.out(r, now, &packets::tcp(self.src, self.sport, self.mx, 25).seq(c).ack(s).payload(line).build())?;
+        self.sent.0 += line.len() as u32;
+        let answer = b"250 2.0.0 OK\r\n";
+        let c = 8 + self.sent.0;
+        self.back(r, now, &packets::tcp(self.relay, 25, self.src, self.sport).seq(s).ack(c).payload(answer).build())?;
+        self.sent.1 += answer.len() as u32;
+        Some(())
+    }
+}
+
+/// The forged-source flood of issue 12 at a small scale: one subscriber
+/// forges ten times `max_flows` different sources (IPv4 addresses and IPv6
+/// /64s inside the subscriber prefixes) sending SYNs to an outside port 25,
+/// and the relay answers every one with a SYN-ACK (as with SYN cookies).
+/// A connection established before the flood keeps working; new real
+/// connections, IPv4 and IPv6, complete during the flood and right after.
+#[test]
+fn a_forged_source_flood_cannot_fill_the_flow_table() {
+    const MAX: u32 = 64;
+    let mut r = router(redirect().op25b("max_flows", MAX));
+    let t0 = Instant::now();
+    let mut established = Conn::open(&mut r, t0, DYN4_S, 40000, MX4_S, 5000).expect("before the flood");
+    established.exchange(&mut r, t0).expect("data before the flood");
+    let mut during = Vec::new();
+    for i in 0..10 * MAX {
+        let now = t0 + Duration::from_millis(u64::from(i));
+        // A new forged source each time; the forger never sees the SYN-ACK.
+        let (src, mx, relay) = if i % 2 == 0 {
+            (std::net::Ipv4Addr::from(0x6450_0000 + i).to_string(), MX4_S, "198.51.100.25")
+        } else {
+            (format!("2001:db8:100:{:x}::1", 0x1000 + i), MX6_S, "2001:db8:25::25")
+        };
+        let syn = packets::tcp(&src, 40000, mx, 25).seq(i).syn().build();
+        assert!(matches!(run(&mut r, now, Direction::Outbound, &syn).0, Verdict::Forward { .. }), "forged SYN {i}");
+        let synack = packets::tcp(relay, 25, &src, 40000).seq(!i).ack(i + 1).syn().build();
+        assert!(matches!(run(&mut r, now, Direction::Inbound, &synack).0, Verdict::Forward { .. }));
+        if i % MAX == MAX / 2 {
+            let (src, mx) = if during.len() % 2 == 0 { (DYN4_S, MX4_S) } else { (DYN6_S, MX6_S) };
+            let c = Conn::open(&mut r, now, src, 41000 + i as u16, mx, 7 * i);
+            during.push(c.unwrap_or_else(|| panic!("a real connection from {src} during the flood (SYN {i})")));
+        }
+        if i % 100 == 0 {
+            established.exchange(&mut r, now).unwrap_or_else(|| panic!("the established flow at SYN {i}"));
+        }
+    }
+    // Right after the flood: new connections of both families, and every
+    // connection opened before or during it still carries data.
+    let after = t0 + Duration::from_millis(u64::from(10 * MAX));
+    for (src, mx) in [(DYN4_S, MX4_S), (DYN6_S, MX6_S)] {
+        let mut c = Conn::open(&mut r, after, src, 42000, mx, 99).unwrap_or_else(|| panic!("{src} right after"));
+        c.exchange(&mut r, after).expect("data right after");
+    }
+    established.exchange(&mut r, after).expect("the established flow after the flood");
+    for c in &mut during {
+        c.exchange(&mut r, after).unwrap_or_else(|| panic!("{}:{} opened during the flood", c.src, c.sport));
+    }
+    assert_eq!(during.len(), 10);
+    let s = r.stats();
+    assert_eq!(s.dropped(DropReason::ConntrackFull), 0, "{}", s.summary());
+    assert_eq!(s.dropped(DropReason::ReplyRateLimited), 0, "{}", s.summary());
+    // Every forged flow past the bound took the slot of an older forged one.
+    let live_real = 1 + during.len() as u64 + 2;
+    assert_eq!(s.op25b.redirect_evictions, u64::from(10 * MAX) + live_real - u64::from(MAX), "{}", s.summary());
 }

@@ -215,6 +215,7 @@ impl State {
             s.sessions = r.active() as u64;
             s.rsts_limited = r.rsts_limited();
             s.ring_overflows = r.ring_overflows();
+            s.syn_evictions = r.syn_evictions();
         }
         s
     }

@@ -134,6 +134,30 @@ mod tests {
         assert!(l.allow("2001:db8:100:2::1".parse().unwrap(), now), "another /64");
     }
 
+    /// A flood of forged sources evicts idle buckets only: a source seen
+    /// between every 50 of them keeps its (empty) bucket through 200,000,
+    /// so the flood cannot reset its limit. Eviction needs four new sources
+    /// in its set of four between two of its packets, which a keyed hash
+    /// leaves to chance (here about 1 in 10^9 per gap).
+    #[test]
+    fn a_flood_of_sources_does_not_reset_a_busy_sources_bucket() {
+        let mut l = RateLimiter::new(Limit { rate: 1, burst: 5 });
+        let t0 = Instant::now();
+        let busy: IpAddr = "100.64.1.10".parse().unwrap();
+        let mut allowed = 0;
+        for i in 0..200_000u32 {
+            // 200,000 sources in a fifth of a second: the busy bucket
+            // refills by a fifth of a token meanwhile.
+            let now = t0 + Duration::from_micros(u64::from(i));
+            if i % 50 == 0 {
+                allowed += u32::from(l.allow(busy, now));
+            }
+            l.allow(IpAddr::V4((0x6450_0000 + i).into()), now);
+        }
+        assert_eq!(allowed, 5, "the burst, once");
+        assert!(l.tracked() <= SETS * WAYS);
+    }
+
     #[test]
     fn memory_is_bounded_under_a_flood_of_sources() {
         let mut l = RateLimiter::new(Limit { rate: 1, burst: 1 });

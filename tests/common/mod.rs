@@ -389,6 +389,18 @@ impl Lab {
         Duration::from_micros(ticks * 1_000_000 / hz)
     }
 
+    /// op25b's resident memory (VmRSS) now, in KiB, from /proc/PID/status.
+    #[allow(dead_code)] // Not every test file that uses the harness reads it.
+    pub fn vm_rss_kib(&self) -> u64 {
+        let pid = self.child.as_ref().expect("op25b is running").id();
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("op25b's /proc status");
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("VmRSS in op25b's /proc status")
+    }
+
     /// Sends SIGTERM, waits for op25b to exit cleanly and returns the final
     /// counters it wrote to its `--stats` file.
     pub fn stop(&mut self) -> Counters {

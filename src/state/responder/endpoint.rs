@@ -49,6 +49,8 @@ pub(super) struct Endpoint {
     /// When `poll` must run next, as of the last input, poll or expiry.
     deadline: Option<Instant>,
     pub(super) rsts_limited: u64,
+    /// Sessions in SYN-RECEIVED given up for a new SYN (see [`Endpoint::make_room`]).
+    pub(super) syn_evictions: u64,
 }
 
 impl Endpoint {
@@ -65,6 +67,7 @@ impl Endpoint {
             epoch: None,
             deadline: None,
             rsts_limited: 0,
+            syn_evictions: 0,
         }
     }
 
@@ -153,6 +156,36 @@ impl Endpoint {
         if changed {
             self.deadline = self.compute_deadline(now);
         }
+    }
+
+    /// Before a new SYN to `port`: when no session of the port listens,
+    /// the oldest one still in SYN-RECEIVED listens again, silently, so the
+    /// SYN finds a socket (early drop, as for the redirect flow table). A
+    /// SYN with a forged source never gets past SYN-RECEIVED, so a flood of
+    /// them takes only each other's sessions; a session whose client
+    /// completed the handshake is never taken, and with every session past
+    /// the handshake smoltcp answers the SYN with an RST (a reply token).
+    pub(super) fn make_room(&mut self, port: u16) {
+        let Some(stack) = self.stack.as_mut() else { return };
+        let mut oldest: Option<(usize, Option<Instant>)> = None;
+        for (k, slot) in stack.sessions.iter().enumerate().filter(|(_, s)| s.port == port) {
+            match stack.sockets.get::<tcp::Socket>(slot.handle).state() {
+                tcp::State::Listen | tcp::State::Closed => return,
+                tcp::State::SynReceived if oldest.is_none_or(|(_, t)| slot.started < t) => {
+                    oldest = Some((k, slot.started));
+                }
+                _ => {}
+            }
+        }
+        let Some((k, _)) = oldest else { return };
+        let slot = &mut stack.sessions[k];
+        let s = stack.sockets.get_mut::<tcp::Socket>(slot.handle);
+        // As in `expire`: `listen` resets the socket, so the abort sends nothing.
+        s.abort();
+        let _ = s.listen(IpListenEndpoint { addr: None, port });
+        slot.sent = false;
+        slot.started = None;
+        self.syn_evictions += 1;
     }
 
     /// Hands one admitted segment to smoltcp and runs the sessions.

@@ -16,9 +16,13 @@
 //! allocated per segment: the segment is lent to smoltcp, and what it sends
 //! goes into a ring of fixed slots ([`link`]).
 //!
-//! Bounds: `sessions` sockets per blocked port, created once; when all are busy
-//! smoltcp answers a SYN with an RST. A session lives at most `idle` in all.
-//! At most [`link::QUEUE`] packets wait to be sent.
+//! Bounds: `sessions` sockets per blocked port, created once. When none of a
+//! port's sessions listens, a new SYN takes the oldest one still in
+//! SYN-RECEIVED (it listens again silently: early drop, see
+//! `Endpoint::make_room`); when all are past the handshake smoltcp answers
+//! the SYN with an RST. So SYNs with forged sources, which never complete
+//! the handshake, take only each other's sessions. A session lives at most
+//! `idle` in all. At most [`link::QUEUE`] packets wait to be sent.
 //!
 //! Bounded replies to a forged SYN: a session still in SYN-RECEIVED after
 //! [`SYN_RECEIVED_LIFETIME`] listens again silently, without the RST an abort
@@ -47,7 +51,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
-use crate::packet::PacketView;
+use crate::packet::{PacketView, Transport};
 use crate::policy::{Banner, PortSet};
 use endpoint::Endpoint;
 
@@ -123,6 +127,9 @@ impl Responder {
             Admission::NotOwned
         };
         if admission == Admission::Accepted {
+            if let (true, Transport::Tcp { dst_port, .. }) = (view.is_tcp_syn(), view.transport) {
+                e.make_room(dst_port);
+            }
             e.input(now, packet);
         }
         self.deadline.store(e.deadline(), now);
@@ -164,6 +171,12 @@ impl Responder {
     /// RSTs not sent for want of a reply token.
     pub fn rsts_limited(&self) -> u64 {
         self.lock().rsts_limited
+    }
+
+    /// Sessions in SYN-RECEIVED given up for a new SYN when every session
+    /// of its port was busy (early drop).
+    pub fn syn_evictions(&self) -> u64 {
+        self.lock().syn_evictions
     }
 
     /// Packets thrown away because the transmit ring was full.

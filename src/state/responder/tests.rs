@@ -145,13 +145,24 @@ fn a_whole_session_closes_without_an_rst() {
     assert!(r.poll_timeout().is_none());
 }
 
+/// The client at `sport` completes the handshake: its session is past
+/// SYN-RECEIVED (the banner and FIN are drained).
+fn handshake(r: &Responder, now: Instant, src: &str, sport: u16) {
+    let syn = tcp(src, sport, MX4, 25).seq(1000).syn().build();
+    assert_eq!(input(r, now, &syn), Admission::Accepted);
+    let out = drain(r);
+    let Transport::Tcp { seq: isn, .. } = PacketView::parse(&out[0]).unwrap().transport else { panic!() };
+    input(r, now, &tcp(src, sport, MX4, 25).seq(1001).ack(isn.wrapping_add(1)).build());
+    assert!(drain(r).iter().any(|p| !payload_of(p).is_empty()), "the banner");
+}
+
 #[test]
 fn rsts_go_out_only_with_a_reply_token() {
     let r = responder(1);
     let t0 = Instant::now();
-    input(&r, t0, &segment(40000, 1000, None, true));
-    assert_eq!(drain(&r).len(), 1);
-    // Every session busy: smoltcp answers another subscriber's SYN with an RST.
+    handshake(&r, t0, DYN4, 40000);
+    // Every session past the handshake: smoltcp answers another
+    // subscriber's SYN with an RST.
     let syn = tcp("100.64.1.11", 5, MX4, 25).syn().build();
     input(&r, t0, &syn);
     let mut buf = [0u8; 256];
@@ -234,15 +245,15 @@ fn over_the_bound_a_syn_gets_rst_and_idle_sessions_time_out() {
     let t0 = Instant::now();
     let from = |last: u8, port: u16| tcp(&format!("100.64.1.{last}"), port, MX4, 25).syn().build();
     for (last, port) in [(10, 1), (11, 2)] {
-        input(&r, t0, &from(last, port));
+        handshake(&r, t0, &format!("100.64.1.{last}"), port);
     }
-    assert_eq!(drain(&r).len(), 2);
     input(&r, t0, &from(12, 3));
     let out = drain(&r);
     assert_eq!(out.len(), 1);
     assert!(flags_of(&out[0]) & tcp_flags::RST != 0);
     assert_eq!(r.active(), 2);
-    // Nobody completes the handshake: the sessions give up and listen again.
+    assert_eq!(r.syn_evictions(), 0, "sessions past the handshake are never taken");
+    // Nobody closes: the sessions time out and listen again.
     let mut t = t0;
     for _ in 0..100 {
         t += Duration::from_secs(1);
@@ -253,4 +264,46 @@ fn over_the_bound_a_syn_gets_rst_and_idle_sessions_time_out() {
     input(&r, t, &segment(4, 1, None, true));
     let out = drain(&r);
     assert!(flags_of(&out[0]) & tcp_flags::SYN != 0);
+}
+
+/// A flood of SYNs from forged sources (a new subscriber each, so no share
+/// stops them), many times the sessions of the port: each takes the slot
+/// of the oldest half-open one and nobody gets an RST. A real client's
+/// session survives as long as fewer SYNs than sessions follow before its
+/// ACK, and once past the handshake no SYN takes it.
+#[test]
+fn forged_syns_take_only_half_open_sessions() {
+    const SESSIONS: u32 = 4;
+    let r = responder(SESSIONS);
+    let t0 = Instant::now();
+    let forged = |i: u32| tcp(&std::net::Ipv4Addr::from(0x6450_0000 + i).to_string(), 40000, MX4, 25).syn().build();
+    handshake(&r, t0, "100.64.1.11", 1);
+    for i in 0..40 {
+        let now = t0 + Duration::from_millis(u64::from(i));
+        assert_eq!(input(&r, now, &forged(i)), Admission::Accepted, "forged SYN {i}");
+        let flags: Vec<u8> = drain(&r).iter().map(|p| flags_of(p)).collect();
+        assert_eq!(flags, [tcp_flags::SYN | tcp_flags::ACK], "forged SYN {i}: a SYN-ACK, no RST");
+    }
+    assert_eq!(r.syn_evictions(), 40 - u64::from(SESSIONS - 1), "all but the free sessions evicted one");
+    // A real client in the middle of the flood: its SYN-ACK, then
+    // SESSIONS - 2 more forged SYNs, then its ACK gets the banner.
+    let now = t0 + Duration::from_millis(100);
+    input(&r, now, &segment(40000, 1000, None, true));
+    let out = drain(&r);
+    let Transport::Tcp { seq: isn, .. } = PacketView::parse(&out[0]).unwrap().transport else { panic!() };
+    for i in 100..100 + SESSIONS - 2 {
+        input(&r, now, &forged(i));
+    }
+    drain(&r);
+    input(&r, now, &segment(40000, 1001, Some(isn.wrapping_add(1)), false));
+    let line: Vec<u8> = drain(&r).iter().flat_map(|p| payload_of(p)).collect();
+    assert!(line.starts_with(b"554 "), "{:?}", String::from_utf8_lossy(&line));
+    // Two sessions are now past the handshake; the flood goes on in the other two.
+    for i in 200..240 {
+        input(&r, now, &forged(i));
+        drain(&r);
+    }
+    assert_eq!(r.sessions_of("100.64.1.11".parse().unwrap()), 1);
+    assert_eq!(r.sessions_of(DYN4.parse().unwrap()), 1);
+    assert_eq!(r.rsts_limited(), 0);
 }
