@@ -66,6 +66,10 @@ struct FileConfig {
     #[serde(default)]
     control: ControlSection,
     #[serde(default)]
+    events: EventsSection,
+    #[serde(default)]
+    capture: CaptureSection,
+    #[serde(default)]
     sets: std::collections::BTreeMap<String, Spanned<Vec<Spanned<rules::Item>>>>,
     #[serde(default, rename = "rule")]
     rules: Vec<Spanned<rules::RuleSection>>,
@@ -124,6 +128,21 @@ struct DataplaneSection {
     workers: Option<Spanned<u16>>,
     queue_len: Option<Spanned<u32>>,
     busy_poll_us: Option<Spanned<u32>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct CaptureSection {
+    dropped: Option<Spanned<String>>,
+    max_bytes: Option<Spanned<u64>>,
+    keep: Option<Spanned<u32>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct EventsSection {
+    path: Option<Spanned<String>>,
+    per_subscriber_per_minute: Option<Spanned<u32>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -192,6 +211,42 @@ pub struct Config {
     pub dataplane: DataplaneConfig,
     /// The control plane: what listens, where.
     pub control: ControlConfig,
+    /// Events of blocked connections and reloads.
+    pub events: EventsConfig,
+    /// The capture of packets not forwarded.
+    pub capture: CaptureConfig,
+}
+
+/// `[capture]`: nothing is captured unless `dropped` is set.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CaptureConfig {
+    /// The pcap file of the packets that were not forwarded.
+    pub dropped: Option<PathBuf>,
+    /// Size at which the file is rotated.
+    pub max_bytes: u64,
+    /// Files kept, the one being written included.
+    pub keep: usize,
+}
+
+impl Default for CaptureConfig {
+    fn default() -> Self {
+        CaptureConfig { dropped: None, max_bytes: 100 * 1024 * 1024, keep: 3 }
+    }
+}
+
+/// `[events]`: nothing is written unless `path` is set.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EventsConfig {
+    /// JSON lines go here; `-` is standard output.
+    pub path: Option<PathBuf>,
+    /// At most this many blocked events per subscriber a minute; the rest counted.
+    pub per_subscriber_per_minute: u32,
+}
+
+impl Default for EventsConfig {
+    fn default() -> Self {
+        EventsConfig { path: None, per_subscriber_per_minute: 10 }
+    }
 }
 
 /// `[control]`: nothing listens unless set.
@@ -375,7 +430,40 @@ impl Config {
                 None => None,
             },
         };
-        Ok(Config { path: path.to_path_buf(), subscriber, upstream, policy, dataplane, control })
+        let events = EventsConfig {
+            path: match &file.events.path {
+                Some(p) if p.get_ref().is_empty() => {
+                    return Err(cx.err(&p.span(), "events.path", "needs a path or \"-\""))
+                }
+                Some(p) => Some(PathBuf::from(p.get_ref())),
+                None => None,
+            },
+            per_subscriber_per_minute: match &file.events.per_subscriber_per_minute {
+                None => EventsConfig::default().per_subscriber_per_minute,
+                Some(n) if (1..=1_000_000).contains(n.get_ref()) => *n.get_ref(),
+                Some(n) => {
+                    return Err(cx.err(&n.span(), "events.per_subscriber_per_minute", "must be between 1 and 1000000"))
+                }
+            },
+        };
+        let capture = CaptureConfig {
+            dropped: match &file.capture.dropped {
+                Some(p) if p.get_ref().is_empty() => return Err(cx.err(&p.span(), "capture.dropped", "needs a path")),
+                Some(p) => Some(PathBuf::from(p.get_ref())),
+                None => None,
+            },
+            max_bytes: match &file.capture.max_bytes {
+                None => CaptureConfig::default().max_bytes,
+                Some(n) if *n.get_ref() >= 4096 => *n.get_ref(),
+                Some(n) => return Err(cx.err(&n.span(), "capture.max_bytes", "must be at least 4096")),
+            },
+            keep: match &file.capture.keep {
+                None => CaptureConfig::default().keep,
+                Some(n) if (1..=1000).contains(n.get_ref()) => *n.get_ref() as usize,
+                Some(n) => return Err(cx.err(&n.span(), "capture.keep", "must be between 1 and 1000")),
+            },
+        };
+        Ok(Config { path: path.to_path_buf(), subscriber, upstream, policy, dataplane, control, events, capture })
     }
 
     /// A readable rendering of the compiled config, for `op25b check`.

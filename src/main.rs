@@ -8,7 +8,10 @@ use std::time::Instant;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use op25b::control::capture::CaptureWriter;
+use op25b::control::events::EventsWriter;
 use op25b::control::Control;
+use op25b::dataplane::events::Event;
 use op25b::dataplane::Dataplane;
 use op25b::reload::{self, ReloadError};
 use op25b::tools::{self, replay, spec::PacketSpec};
@@ -18,8 +21,19 @@ use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGUSR1};
 #[derive(Parser)]
 #[command(name = "op25b", version, about = "Userspace two-TUN router enforcing Outbound Port 25 Blocking")]
 struct Cli {
+    /// How op25b's own log lines (standard error) are written.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text, global = true)]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum LogFormat {
+    /// One line a person reads.
+    Text,
+    /// One JSON object a line.
+    Json,
 }
 
 #[derive(Subcommand)]
@@ -95,12 +109,16 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none())
-        .init();
     let cli = Cli::parse();
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .with_writer(std::io::stderr);
+    match cli.log_format {
+        LogFormat::Json => logs.json().init(),
+        LogFormat::Text => {
+            logs.with_ansi(std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none()).init()
+        }
+    }
     let config_path = match &cli.command {
         Command::Run { config, .. } | Command::Check { config, .. } | Command::Replay { config, .. } => config,
         Command::Stats { socket, json, all } => return stats(socket, *json, *all),
@@ -250,7 +268,19 @@ fn run(config: Config, stats_file: Option<&std::path::Path>) -> anyhow::Result<(
     // Register before the devices exist so an early SIGTERM still cleans up.
     let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP, SIGUSR1])
         .context("installing signal handlers")?;
-    let dp = Dataplane::start(&config)?;
+    // Events: a bounded queue from the workers (and reloads) to the writer.
+    let (events_tx, events_rx) = std::sync::mpsc::sync_channel(op25b::dataplane::events::QUEUE);
+    let writer = EventsWriter::start(&config.events, events_rx)?;
+    let events = writer.as_ref().map(|_| events_tx);
+    // Capture: a fixed pool of buffers, only when asked for.
+    let (capture, capture_sink) = match config.capture.dropped {
+        Some(_) => {
+            let (sink, source) = op25b::dataplane::capture::pool();
+            (CaptureWriter::start(&config.capture, source)?, Some(sink))
+        }
+        None => (None, None),
+    };
+    let dp = Dataplane::start(&config, events.clone(), capture_sink)?;
     let control = match Control::start(&config.control, &config.path, dp.stats_reader()) {
         Ok(c) => c,
         Err(e) => {
@@ -273,10 +303,14 @@ fn run(config: Config, stats_file: Option<&std::path::Path>) -> anyhow::Result<(
     let signal = loop {
         match signals.forever().next() {
             Some(SIGHUP) => {
-                let (config, ok) = reload(&dp, running);
+                let (config, ok, detail) = reload(&dp, running);
                 running = config;
                 if let Some(c) = &control {
                     c.reloaded(ok);
+                }
+                if let Some(tx) = &events {
+                    // The writer may be behind; a reload event is worth a short wait.
+                    let _ = tx.send(Event::Reload { ok, detail });
                 }
             }
             Some(SIGUSR1) => {
@@ -293,6 +327,14 @@ fn run(config: Config, stats_file: Option<&std::path::Path>) -> anyhow::Result<(
         c.stop();
     }
     let stats = dp.stop();
+    // The workers are gone with their senders; ours goes now, and the writer ends.
+    drop(events);
+    if let Some(w) = writer {
+        w.join();
+    }
+    if let Some(c) = capture {
+        c.join();
+    }
     tracing::info!("counters: {}", stats.summary());
     write_stats(stats_file, &stats);
     Ok(())
@@ -312,8 +354,9 @@ fn write_stats(path: Option<&std::path::Path>, stats: &op25b::Stats) {
 
 /// SIGHUP: reads the config file again and puts its policy in force; on any
 /// error logs one line (`file:line: key: message`) and keeps the running one.
-/// The config in force afterwards, and whether the reload was accepted.
-fn reload(dp: &Dataplane, running: Config) -> (Config, bool) {
+/// The config in force afterwards, whether the reload was accepted, and the
+/// file or why it was refused.
+fn reload(dp: &Dataplane, running: Config) -> (Config, bool, String) {
     let state = dp.state();
     let prepared =
         Config::load(&running.path).map_err(ReloadError::from).and_then(|new| reload::prepare(&running, &state, new));
@@ -330,11 +373,12 @@ fn reload(dp: &Dataplane, running: Config) -> (Config, bool) {
                 "config reloaded: {}",
                 PolicySizes(&r.config.policy)
             );
-            (r.config, true)
+            let file = r.config.path.display().to_string();
+            (r.config, true, file)
         }
         Err(e) => {
             tracing::error!("config reload failed, the running config stays in force: {e}");
-            (running, false)
+            (running, false, e.to_string())
         }
     }
 }

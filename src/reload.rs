@@ -3,7 +3,7 @@
 //!
 //! What a reload changes: `[router]` addresses, `subscriber.prefixes`, all of
 //! `[op25b]`, `[sets]` and the `[[rule]]`s. What it cannot change: the devices
-//! (`tun`, `netns`, `mtu` of either side), `[dataplane]` and `[control]`; a reload that
+//! (`tun`, `netns`, `mtu` of either side), `[dataplane]`, `[control]`, `[events]` and `[capture]`; a reload that
 //! changes them is refused, like an invalid file, and the running policy stays.
 //!
 //! State: each part of the running state carries over when the settings it
@@ -66,6 +66,8 @@ pub fn prepare(running: &Config, state: &State, new: Config) -> Result<Reload, R
         ("upstream.mtu", c.mtu.to_string(), d.mtu.to_string()),
         ("dataplane", format!("{:?}", running.dataplane), format!("{:?}", new.dataplane)),
         ("control", format!("{:?}", running.control), format!("{:?}", new.control)),
+        ("events", format!("{:?}", running.events), format!("{:?}", new.events)),
+        ("capture", format!("{:?}", running.capture), format!("{:?}", new.capture)),
     ];
     if let Some((key, was, now)) = fixed.into_iter().find(|(_, was, now)| was != now) {
         return Err(ReloadError::Fixed { file: new.path.display().to_string(), key, was, now });

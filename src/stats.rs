@@ -387,6 +387,10 @@ pub struct Stats {
     pub devices: [DeviceStats; 2],
     /// The banner responder.
     pub responder: ResponderStats,
+    /// Events of blocked connections the full queue did not take.
+    pub events_dropped: u64,
+    /// Packets not forwarded that the capture could not take.
+    pub capture_dropped: u64,
 }
 
 impl Stats {
@@ -442,6 +446,8 @@ impl Stats {
             out.push((format!("drop_{}", r.name()), self.dropped(*r)));
         }
         out.push(("responder_rsts_limited".to_string(), self.responder.rsts_limited));
+        out.push(("events_dropped".to_string(), self.events_dropped));
+        out.push(("capture_dropped".to_string(), self.capture_dropped));
         out.push(("responder_ring_overflows".to_string(), self.responder.ring_overflows));
         out.push(("responder_syn_evictions".to_string(), self.responder.syn_evictions));
         for (name, d) in ["subscriber", "upstream"].iter().zip(&self.devices) {

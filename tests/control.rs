@@ -149,3 +149,138 @@ fn metrics_and_stats_agree_after_traffic_and_rules_survive_a_reload() {
     drop(lab);
     assert!(!socket.exists(), "op25b removes its socket when it stops");
 }
+
+/// Sends one SYN from the subscriber namespace to `dst` (a non-blocking
+/// connect that is given up at once).
+fn syn(lab: &Lab, dst: SocketAddr) {
+    in_netns(&lab.sub, || {
+        let domain = if dst.is_ipv4() { socket2::Domain::IPV4 } else { socket2::Domain::IPV6 };
+        let s = socket2::Socket::new(domain, socket2::Type::STREAM, Some(socket2::Protocol::TCP)).expect("socket");
+        s.set_nonblocking(true).expect("non-blocking");
+        // EINPROGRESS: the SYN is on its way.
+        let _ = s.connect(&dst.into());
+    });
+}
+
+fn event_lines(path: &std::path::Path) -> Vec<Value> {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    text.lines().map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}"))).collect()
+}
+
+#[test]
+fn one_event_per_blocked_syn_for_each_action_and_sampling_holds_under_a_flood() {
+    let expected =
+        [("reject", "tcp_rst"), ("drop", "none"), ("icmp", "icmp"), ("banner", "banner"), ("redirect", "redirect")];
+    for (action, reply) in expected {
+        let events = std::env::temp_dir().join(format!("{}-events.jsonl", unique_base()));
+        let path = events.to_str().expect("utf-8 path").to_string();
+        let lab = Lab::start(LabOptions::edit(|p| {
+            let p = p.action(action).events("path", format!("{path:?}"));
+            if action == "redirect" {
+                p.op25b("redirect_to", r#"["198.51.100.25:25", "[2001:db8:25::25]:25"]"#)
+            } else {
+                p
+            }
+        }));
+        for mx in [MX4, MX6] {
+            syn(&lab, sa(mx, 25));
+        }
+        std::thread::sleep(Duration::from_millis(300));
+        drop(lab);
+        let lines = event_lines(&events);
+        let _ = std::fs::remove_file(&events);
+        assert_eq!(lines.len(), 2, "{action}: one line per blocked SYN: {lines:?}");
+        for (v, (dynamic, mx)) in lines.iter().zip([(DYN4, MX4), (DYN6, MX6)]) {
+            assert_eq!(v["event"], "blocked", "{v}");
+            assert_eq!(
+                (v["action"].as_str(), v["reply"].as_str(), v["rule"].as_str()),
+                (Some(action), Some(reply), Some("op25b")),
+                "{v}"
+            );
+            assert_eq!(v["dst"].as_str(), Some(sa(mx, 25).to_string().as_str()), "{v}");
+            assert!(v["src"].as_str().is_some_and(|s| s.contains(dynamic)), "{v}");
+            let who = if dynamic.contains(':') { "2001:db8:100:1::/64" } else { DYN4 };
+            assert_eq!(v["subscriber"], who, "{v}");
+            assert!(v["ts"].as_str().is_some_and(|t| t.ends_with('Z') && t.contains('T')), "{v}");
+        }
+    }
+
+    // A flood of 1,000 blocked SYNs from one subscriber: at most 10 lines in its minute.
+    let events = std::env::temp_dir().join(format!("{}-flood.jsonl", unique_base()));
+    let path = events.to_str().expect("utf-8 path").to_string();
+    let mut lab =
+        Lab::start(LabOptions::edit(|p| p.events("path", format!("{path:?}")).events("per_subscriber_per_minute", 10)));
+    for _ in 0..1000 {
+        syn(&lab, sa(MX4, 25));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    // A reload is an event too.
+    let line = lab.reload(&lab.policy.clone().op25b("ports", "[25, 2525]").toml());
+    assert!(line.contains("config reloaded"), "{line}");
+    let c = lab.stop();
+    let lines = event_lines(&events);
+    let _ = std::fs::remove_file(&events);
+    let blocked: Vec<&Value> = lines.iter().filter(|v| v["event"] == "blocked").collect();
+    assert_eq!(blocked.len(), 10, "the sampling bound: {} lines", blocked.len());
+    assert!(blocked.iter().all(|v| v["subscriber"] == DYN4));
+    assert_eq!(c.get("op25b_blocked"), 1000, "{c}");
+    let reloads: Vec<&Value> = lines.iter().filter(|v| v["event"] == "reload").collect();
+    assert_eq!(reloads.len(), 1, "{lines:?}");
+    assert_eq!(reloads[0]["result"], "success");
+}
+
+#[test]
+fn the_dropped_capture_holds_what_was_not_forwarded_and_replays_to_the_same_verdicts() {
+    let pcap = std::env::temp_dir().join(format!("{}-dropped.pcap", unique_base()));
+    let path = pcap.to_str().expect("utf-8 path").to_string();
+    let mut lab = Lab::start(LabOptions::edit(|p| p.capture("dropped", format!("{path:?}"))));
+    let servers = Servers::start(&lab.up, &[587]);
+    for (dynamic, mx, router) in [(DYN4, MX4, ROUTER4), (DYN6, MX6, ROUTER6)] {
+        let e = lab.connect(None, sa(mx, 25), Duration::from_secs(3)).expect_err("port 25 is blocked");
+        assert_eq!(e.kind(), std::io::ErrorKind::ConnectionRefused, "{dynamic}");
+        let s = lab.connect(None, sa(mx, 587), Duration::from_secs(3)).expect("587 passes");
+        assert!(read_banner(&s).starts_with("220 "));
+        let family = if mx.contains(':') { "-6" } else { "-4" };
+        let (ok, out) = lab.ping(&[family, "-c2", "-i0.2", "-W2", router]);
+        assert!(ok, "{out}");
+        let _ = lab.ping(&[family, "-c1", "-W2", "-t1", mx]);
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    drop(servers);
+    let c = lab.stop();
+    let not_forwarded: u64 = ["outbound", "inbound"]
+        .iter()
+        .map(|d| {
+            let d = c.dir(d);
+            let sum = |k: &str| d[k].as_object().map_or(0, |m| m.values().filter_map(Value::as_u64).sum::<u64>());
+            sum("dropped") + sum("replies") + d["terminated"].as_u64().unwrap_or(0)
+        })
+        .sum();
+    assert!(not_forwarded >= 8, "blocked SYNs, echo requests, expired pings: {c}");
+    assert_eq!(c.get("capture_dropped"), 0, "{c}");
+
+    // Every packet that was not forwarded, as it arrived, and nothing else.
+    let out = Command::new("tcpdump").args(["-nn", "-r", &path]).output().expect("tcpdump runs");
+    let listing = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(out.status.success(), "tcpdump -r: {}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(listing.lines().count() as u64, not_forwarded, "{listing}");
+
+    // Replayed through the same config: the same verdicts, reason by reason.
+    let out = Command::new(env!("CARGO_BIN_EXE_op25b"))
+        .args(["replay", "--json", "--config"])
+        .arg(&lab.config)
+        .arg(&pcap)
+        .output()
+        .expect("op25b replay runs");
+    assert!(out.status.success(), "replay: {}", String::from_utf8_lossy(&out.stderr));
+    let r: Value = serde_json::from_slice(&out.stdout).expect("replay JSON");
+    assert_eq!(r["packets"].as_u64(), Some(not_forwarded), "{r}");
+    assert_eq!(r["verdicts"].get("forward"), None, "nothing in it is forwarded: {r}");
+    for (kind, n) in r["replies"].as_object().expect("replies") {
+        assert_eq!(n.as_u64(), Some(c.get(&format!("reply_{kind}"))), "reply {kind}: {r}\n{c}");
+    }
+    for (reason, n) in r["drops"].as_object().expect("drops") {
+        assert_eq!(n.as_u64(), Some(c.get(&format!("drop_{reason}"))), "drop {reason}: {r}\n{c}");
+    }
+    let _ = std::fs::remove_file(&pcap);
+}

@@ -102,6 +102,18 @@ impl Collector for Scrape {
         )?;
         counters(
             &mut e,
+            "op25b_redirect_evictions",
+            "Unassured redirect flows evicted (early drop) for a new SYN when the table was full.",
+            [(vec![], s.op25b.redirect_evictions)],
+        )?;
+        counters(
+            &mut e,
+            "op25b_banner_syn_evictions",
+            "Banner sessions still waiting for the client's ACK taken for a new SYN.",
+            [(vec![], s.responder.syn_evictions)],
+        )?;
+        counters(
+            &mut e,
             "op25b_banner_source_full",
             "Banner SYNs refused over the subscriber's share of sessions.",
             [(vec![], s.op25b.banner_source_full)],
@@ -145,6 +157,18 @@ impl Collector for Scrape {
             "op25b_banner_rsts_limited",
             "RSTs of the banner responder not sent for want of a reply token.",
             [(vec![], s.responder.rsts_limited)],
+        )?;
+        counters(
+            &mut e,
+            "op25b_events_dropped",
+            "Events of blocked connections the full queue did not take.",
+            [(vec![], s.events_dropped)],
+        )?;
+        counters(
+            &mut e,
+            "op25b_capture_dropped",
+            "Packets not forwarded that the capture could not take.",
+            [(vec![], s.capture_dropped)],
         )?;
         let i = &self.info;
         counters(

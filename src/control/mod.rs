@@ -7,7 +7,9 @@
 //! Both listeners are bound before the thread starts, so a bad address or a
 //! socket already in use is a start-up error, not a log line later.
 
+pub mod capture;
 pub mod client;
+pub mod events;
 mod metrics;
 
 use std::io;

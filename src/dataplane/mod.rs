@@ -23,7 +23,9 @@
 //! back to plain packets. Shutdown wakes the waiting workers through a tun-rs
 //! `InterruptEvent`.
 
+pub mod capture;
 mod device;
+pub mod events;
 mod gro;
 mod worker;
 
@@ -86,7 +88,7 @@ impl StatsReader {
             c.add_to(&mut s);
         }
         for io in self.io.iter() {
-            io.add_to(&mut s.devices);
+            io.add_to(&mut s.devices, (&mut s.events_dropped, &mut s.capture_dropped));
         }
         s.responder = self.active.load().state.responder_stats();
         s
@@ -105,8 +107,13 @@ pub struct Dataplane {
 }
 
 impl Dataplane {
-    /// Creates both devices and starts the workers.
-    pub fn start(config: &Config) -> Result<Dataplane, DeviceError> {
+    /// Creates both devices and starts the workers; with `events`, blocked
+    /// connection attempts are sent there, with `capture` the packets not forwarded.
+    pub fn start(
+        config: &Config,
+        events: Option<events::EventSender>,
+        capture: Option<capture::CaptureSink>,
+    ) -> Result<Dataplane, DeviceError> {
         let n = workers_per_direction(config.dataplane.workers);
         let (sub, up, offload) = open_pair(config, n)?;
         let stop = Arc::new(InterruptEvent::new().map_err(|source| DeviceError::Tun {
@@ -124,7 +131,8 @@ impl Dataplane {
             for (dir, ingress, egress) in
                 [(Direction::Outbound, s.clone(), u.clone()), (Direction::Inbound, u.clone(), s.clone())]
             {
-                dp.spawn(i, dir, (ingress, egress), offload, config.dataplane.busy_poll)?;
+                let sinks = (events.clone(), capture.clone());
+                dp.spawn(i, dir, (ingress, egress), offload, config.dataplane.busy_poll, sinks)?;
             }
         }
         tracing::debug!(workers_per_direction = n, "data plane started");
@@ -138,10 +146,13 @@ impl Dataplane {
         (ingress, egress): (Arc<Queue>, Arc<Queue>),
         offload: bool,
         busy_poll: std::time::Duration,
+        (events, capture): (Option<events::EventSender>, Option<capture::CaptureSink>),
     ) -> Result<(), DeviceError> {
         let current = self.active.load_full();
-        let own = Router::with_state(current.policy.clone(), current.state.clone());
-        let rev = Router::with_state(current.policy.clone(), current.state.clone());
+        let mut own = Router::with_state(current.policy.clone(), current.state.clone());
+        let mut rev = Router::with_state(current.policy.clone(), current.state.clone());
+        own.note_blocks(events.is_some());
+        rev.note_blocks(events.is_some());
         self.counters.push(own.counters().clone());
         self.counters.push(rev.counters().clone());
         let io = Arc::new(IoCounters::default());
@@ -155,6 +166,8 @@ impl Dataplane {
             peek: PEEK,
             busy_poll,
             active: arc_swap::Cache::new(Arc::clone(&self.active)),
+            events,
+            capture,
         };
         let handle = std::thread::Builder::new()
             .name(format!("op25b-{}-{index}", dir.name()))

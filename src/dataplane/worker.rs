@@ -13,10 +13,12 @@
 use std::io;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use tun_rs::{InterruptEvent, SyncDevice, VirtioNetHdr};
 
+use super::capture::CaptureSink;
+use super::events::{Event, EventSender};
 use super::gro::UdpCoalescer;
 use super::Active;
 use crate::packet::Direction;
@@ -56,11 +58,17 @@ pub(crate) struct IoCounters {
     tx_packets: [Counter; 2],
     tx_errors: [Counter; 2],
     batches: [Counter; 2],
+    /// Events the full queue did not take.
+    events_dropped: Counter,
+    /// Packets not forwarded that could not be captured (no free buffer).
+    capture_dropped: Counter,
 }
 
 impl IoCounters {
     /// Adds this worker's counts to the devices' figures.
-    pub(crate) fn add_to(&self, devices: &mut [DeviceStats; 2]) {
+    pub(crate) fn add_to(&self, devices: &mut [DeviceStats; 2], (events, capture): (&mut u64, &mut u64)) {
+        *events += self.events_dropped.get();
+        *capture += self.capture_dropped.get();
         for (i, d) in devices.iter_mut().enumerate() {
             d.rx_packets += self.rx_packets[i].get();
             d.rx_bytes += self.rx_bytes[i].get();
@@ -144,6 +152,10 @@ pub(crate) struct Worker {
     pub(crate) busy_poll: Duration,
     /// The policy and state in force, as the data plane holds them (reloads swap them).
     pub(crate) active: arc_swap::Cache<Arc<arc_swap::ArcSwap<Active>>, Arc<Active>>,
+    /// Where blocked connection attempts go, when events are on.
+    pub(crate) events: Option<EventSender>,
+    /// Where copies of the packets not forwarded go, when capture is on.
+    pub(crate) capture: Option<CaptureSink>,
 }
 
 /// Buffers of one worker, allocated once.
@@ -156,6 +168,8 @@ struct Bufs {
 /// What a drain needs besides the side and the buffers.
 struct Io<'a> {
     counters: &'a IoCounters,
+    events: Option<&'a EventSender>,
+    capture: Option<&'a CaptureSink>,
     off: usize,
     stop: &'a InterruptEvent,
     /// Consecutive failed reads.
@@ -189,7 +203,9 @@ impl Worker {
             gro: UdpCoalescer::new(off),
         };
         let io_counters = Arc::clone(&self.io);
-        let mut io = Io { counters: &io_counters, off, stop, failures: 0 };
+        let (events, capture) = (self.events.clone(), self.capture.clone());
+        let mut io =
+            Io { counters: &io_counters, events: events.as_ref(), capture: capture.as_ref(), off, stop, failures: 0 };
         let mut now = Instant::now();
         let dir = self.own.dir.name();
         // The subscriber side's queue of this worker: where banner output goes.
@@ -333,6 +349,20 @@ fn drain(
         let gso = rx.gso_size;
         let packet = &mut b.buf[off..len];
         let verdict = side.router.handle(*now, dir, packet, &mut b.reply[off..], rx);
+        if let Some(cap) = io.capture {
+            // Not forwarded: the packet is as it arrived (only forwarding rewrites).
+            if !matches!(verdict, Verdict::Forward { .. }) && !cap.offer(&b.buf[off..len], SystemTime::now()) {
+                c.capture_dropped.add(1);
+            }
+        }
+        if let Some(tx) = io.events {
+            if let Some(block) = side.router.take_block() {
+                let rule = block.rule.and_then(|i| side.router.rule_name(i));
+                if tx.try_send(Event::Blocked { block, rule }).is_err() {
+                    c.events_dropped.add(1);
+                }
+            }
+        }
         match verdict {
             Verdict::Forward { len } => {
                 if gso.is_none() && b.gro.enabled() {

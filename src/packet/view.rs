@@ -417,7 +417,17 @@ impl PacketView {
             if flags & (tcp_flags::SYN | tcp_flags::ACK) == tcp_flags::SYN)
     }
 
-    /// The TCP destination port, if this packet carries a TCP header.
+    /// The TCP source port, if this packet carries a TCP header.
+    #[inline]
+    pub fn tcp_src_port(&self) -> Option<u16> {
+        match self.transport {
+            Transport::Tcp { src_port, .. } => Some(src_port),
+            _ => None,
+        }
+    }
+
+    /// The TCP destination port, if the TCP header was read.
+    #[inline]
     pub fn tcp_dst_port(&self) -> Option<u16> {
         match self.transport {
             Transport::Tcp { dst_port, .. } => Some(dst_port),

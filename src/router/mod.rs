@@ -80,6 +80,24 @@ pub enum Verdict {
     Terminate,
 }
 
+/// A blocked connection attempt (a SYN that OP25B or a rule blocked), as
+/// the router saw it: what an event of it says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Block {
+    /// The subscriber's end.
+    pub src: std::net::SocketAddr,
+    /// The end it dialled.
+    pub dst: std::net::SocketAddr,
+    /// The OP25B action (reject, drop, icmp, banner, redirect) or the rule's
+    /// (drop, reject, rate-limit).
+    pub action: &'static str,
+    /// The rule that blocked it, by index in the policy; `None` for OP25B.
+    pub rule: Option<u16>,
+    /// What the subscriber got: tcp_rst, icmp, banner, redirect, or none.
+    pub reply: &'static str,
+}
+
 /// One packet on its way through the stages.
 struct Packet<'a> {
     now: Instant,
@@ -99,6 +117,10 @@ pub struct Router {
     counters: Arc<Counters>,
     /// The same block as `counters.rules`, without its lock.
     rule_counters: Arc<RuleCounters>,
+    /// The last blocked connection attempt, until the data plane takes it.
+    block: std::cell::Cell<Option<Block>>,
+    /// Whether blocked attempts are noted (events are on).
+    note_blocks: bool,
 }
 
 impl Router {
@@ -118,9 +140,58 @@ impl Router {
             policy: Arc::clone(&policy),
             counters: Arc::default(),
             rule_counters: Arc::default(),
+            block: std::cell::Cell::new(None),
+            note_blocks: false,
         };
         r.set_policy(policy, state);
         r
+    }
+
+    /// Notes blocked connection attempts for [`Router::take_block`] (off by
+    /// default: it costs a blocked SYN about 100 instructions).
+    pub fn note_blocks(&mut self, on: bool) {
+        self.note_blocks = on;
+    }
+
+    /// The connection attempt the last packets blocked, if any (taken once).
+    #[inline]
+    pub fn take_block(&self) -> Option<Block> {
+        self.block.take()
+    }
+
+    /// The name of rule `index` of the policy in force.
+    pub fn rule_name(&self, index: u16) -> Option<Arc<str>> {
+        self.rule_counters.names.get(usize::from(index)).cloned()
+    }
+
+    /// The two ends of a TCP packet, for [`Router::note_block`], when blocks are noted.
+    #[inline]
+    fn ends(&self, view: &PacketView) -> Option<(std::net::SocketAddr, std::net::SocketAddr)> {
+        if !self.note_blocks {
+            return None;
+        }
+        let (sport, dport) = (view.tcp_src_port()?, view.tcp_dst_port()?);
+        Some((std::net::SocketAddr::new(view.src, sport), std::net::SocketAddr::new(view.dst, dport)))
+    }
+
+    /// Notes a blocked SYN between `ends` for the data plane's events.
+    #[cold]
+    fn note_block(
+        &self,
+        ends: Option<(std::net::SocketAddr, std::net::SocketAddr)>,
+        action: &'static str,
+        rule: Option<usize>,
+        verdict: Verdict,
+    ) {
+        let Some((src, dst)) = ends else { return };
+        let reply = match verdict {
+            Verdict::Reply { kind: ReplyKind::TcpRst, .. } => "tcp_rst",
+            Verdict::Reply { kind: ReplyKind::Prohibited, .. } => "icmp",
+            Verdict::Terminate => "banner",
+            Verdict::Forward { .. } => "redirect",
+            _ => "none",
+        };
+        self.block.set(Some(Block { src, dst, action, rule: rule.and_then(|i| u16::try_from(i).ok()), reply }));
     }
 
     /// The counters, shareable with a reader (the data plane sums them).

@@ -13,6 +13,10 @@ use crate::state::responder::Admission;
 
 const BLOCKED: Verdict = Verdict::Drop(DropReason::Op25bBlocked);
 
+fn action_name(a: Action) -> &'static str {
+    crate::stats::BLOCK_ACTIONS[a.index()]
+}
+
 impl Router {
     #[inline]
     pub(super) fn op25b<T: Tracer>(&self, p: &mut Packet<'_>, t: &mut T) -> ControlFlow<Verdict> {
@@ -30,17 +34,28 @@ impl Router {
         }
         self.counters.op25b_blocked[op.action.index()].add(1);
         let syn = p.view.is_tcp_syn();
-        ControlFlow::Break(match op.action {
+        // The ends as dialled, before a redirect rewrites them.
+        let ends = if syn { self.ends(&p.view) } else { None };
+        let verdict = match op.action {
             Action::Reject if syn => self.rst(p, DropReason::Op25bBlocked),
             Action::Icmp if syn => self.icmp(p, IcmpError::Prohibited, ReplyKind::Prohibited, DropReason::Op25bBlocked),
             Action::Banner => self.banner(p),
-            Action::Redirect => {
-                self.redirect(p)?;
-                t.note("redirect", || format!("sent to {}:{}", p.view.dst, p.view.tcp_dst_port().unwrap_or(0)));
-                return ControlFlow::Continue(());
-            }
+            Action::Redirect => match self.redirect(p) {
+                ControlFlow::Continue(()) => {
+                    t.note("redirect", || format!("sent to {}:{}", p.view.dst, p.view.tcp_dst_port().unwrap_or(0)));
+                    if ends.is_some() {
+                        self.note_block(ends, "redirect", None, Verdict::Forward { len: p.view.len });
+                    }
+                    return ControlFlow::Continue(());
+                }
+                ControlFlow::Break(v) => v,
+            },
             _ => BLOCKED,
-        })
+        };
+        if ends.is_some() {
+            self.note_block(ends, action_name(op.action), None, verdict);
+        }
+        ControlFlow::Break(verdict)
     }
 
     /// Inbound: IP25B, and the relay's side of a redirected flow.

@@ -51,16 +51,22 @@ impl Router {
         }
         let cx = RuleContext { direction: p.dir, now: p.now };
         let mut hooks = Hooks { counters: &self.rule_counters, state: &self.state, tracer: &mut *t };
-        let Some((verdict, _)) = rules.evaluate(&p.view, &cx, &mut hooks) else {
+        let Some((verdict, rule)) = rules.evaluate(&p.view, &cx, &mut hooks) else {
             t.note("rules", || "no final verdict: default forward".into());
             return ControlFlow::Continue(());
         };
-        ControlFlow::Break(match verdict {
-            RuleVerdict::Drop => Verdict::Drop(DropReason::RuleDrop),
-            RuleVerdict::Limited => Verdict::Drop(DropReason::RateLimited),
-            RuleVerdict::Reject => self.reject(p),
+        let (v, action) = match verdict {
+            RuleVerdict::Drop => (Verdict::Drop(DropReason::RuleDrop), "drop"),
+            RuleVerdict::Limited => (Verdict::Drop(DropReason::RateLimited), "rate-limit"),
+            RuleVerdict::Reject => (self.reject(p), "reject"),
             _ => return ControlFlow::Continue(()),
-        })
+        };
+        if p.view.is_tcp_syn() {
+            if let ends @ Some(_) = self.ends(&p.view) {
+                self.note_block(ends, action, Some(rule), v);
+            }
+        }
+        ControlFlow::Break(v)
     }
 
     /// A rule's reject: an RST for TCP, ICMP administratively prohibited otherwise.

@@ -20,6 +20,8 @@ pub struct PolicyBuilder {
     op25b: Vec<(String, String)>,
     dataplane: Vec<(String, String)>,
     control: Vec<(String, String)>,
+    events: Vec<(String, String)>,
+    capture: Vec<(String, String)>,
     tail: String,
 }
 
@@ -66,6 +68,8 @@ impl PolicyBuilder {
             ]),
             dataplane: Vec::new(),
             control: Vec::new(),
+            events: Vec::new(),
+            capture: Vec::new(),
             tail: String::new(),
         }
     }
@@ -148,6 +152,18 @@ impl PolicyBuilder {
         self
     }
 
+    /// Sets `[events] key = value`.
+    pub fn events(mut self, key: &str, value: impl ToString) -> Self {
+        set(&mut self.events, key, value.to_string());
+        self
+    }
+
+    /// Sets `[capture] key = value`.
+    pub fn capture(mut self, key: &str, value: impl ToString) -> Self {
+        set(&mut self.capture, key, value.to_string());
+        self
+    }
+
     /// Appends `[sets]` and `[[rule]]` tables (TOML text).
     pub fn rules(mut self, text: &str) -> Self {
         self.tail.push('\n');
@@ -173,6 +189,8 @@ impl PolicyBuilder {
         table("op25b", &self.op25b);
         table("dataplane", &self.dataplane);
         table("control", &self.control);
+        table("events", &self.events);
+        table("capture", &self.capture);
         out.push_str(&self.tail);
         out
     }
