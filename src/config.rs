@@ -20,6 +20,10 @@ use std::sync::Arc;
 
 mod actions;
 mod rules;
+mod services;
+
+pub use services::{CaptureConfig, ControlConfig, EventsConfig};
+use services::{CaptureSection, ControlSection, EventsSection};
 
 /// The Linux limit on interface names (IFNAMSIZ - 1).
 pub const MAX_IFNAME: usize = 15;
@@ -130,28 +134,6 @@ struct DataplaneSection {
     busy_poll_us: Option<Spanned<u32>>,
 }
 
-#[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-struct CaptureSection {
-    dropped: Option<Spanned<String>>,
-    max_bytes: Option<Spanned<u64>>,
-    keep: Option<Spanned<u32>>,
-}
-
-#[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-struct EventsSection {
-    path: Option<Spanned<String>>,
-    per_subscriber_per_minute: Option<Spanned<u32>>,
-}
-
-#[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-struct ControlSection {
-    socket: Option<Spanned<String>>,
-    metrics: Option<Spanned<String>>,
-}
-
 #[derive(Deserialize, Clone, Copy, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 enum ActionName {
@@ -215,47 +197,6 @@ pub struct Config {
     pub events: EventsConfig,
     /// The capture of packets not forwarded.
     pub capture: CaptureConfig,
-}
-
-/// `[capture]`: nothing is captured unless `dropped` is set.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CaptureConfig {
-    /// The pcap file of the packets that were not forwarded.
-    pub dropped: Option<PathBuf>,
-    /// Size at which the file is rotated.
-    pub max_bytes: u64,
-    /// Files kept, the one being written included.
-    pub keep: usize,
-}
-
-impl Default for CaptureConfig {
-    fn default() -> Self {
-        CaptureConfig { dropped: None, max_bytes: 100 * 1024 * 1024, keep: 3 }
-    }
-}
-
-/// `[events]`: nothing is written unless `path` is set.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct EventsConfig {
-    /// JSON lines go here; `-` is standard output.
-    pub path: Option<PathBuf>,
-    /// At most this many blocked events per subscriber a minute; the rest counted.
-    pub per_subscriber_per_minute: u32,
-}
-
-impl Default for EventsConfig {
-    fn default() -> Self {
-        EventsConfig { path: None, per_subscriber_per_minute: 10 }
-    }
-}
-
-/// `[control]`: nothing listens unless set.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct ControlConfig {
-    /// Unix socket for `op25b stats` (mode 0600).
-    pub socket: Option<PathBuf>,
-    /// HTTP address for /metrics and /healthz.
-    pub metrics: Option<std::net::SocketAddr>,
 }
 
 /// Turns spans into line numbers and builds errors.
@@ -417,52 +358,7 @@ impl Config {
         };
         let dataplane =
             DataplaneConfig { offload: file.dataplane.offload.unwrap_or(true), queue_len, workers, busy_poll };
-        let control = ControlConfig {
-            socket: match &file.control.socket {
-                Some(s) if s.get_ref().is_empty() => return Err(cx.err(&s.span(), "control.socket", "needs a path")),
-                Some(s) => Some(PathBuf::from(s.get_ref())),
-                None => None,
-            },
-            metrics: match &file.control.metrics {
-                Some(m) => Some(m.get_ref().parse().map_err(|_| {
-                    cx.err(&m.span(), "control.metrics", format!("{:?} is not ADDRESS:PORT", m.get_ref()))
-                })?),
-                None => None,
-            },
-        };
-        let events = EventsConfig {
-            path: match &file.events.path {
-                Some(p) if p.get_ref().is_empty() => {
-                    return Err(cx.err(&p.span(), "events.path", "needs a path or \"-\""))
-                }
-                Some(p) => Some(PathBuf::from(p.get_ref())),
-                None => None,
-            },
-            per_subscriber_per_minute: match &file.events.per_subscriber_per_minute {
-                None => EventsConfig::default().per_subscriber_per_minute,
-                Some(n) if (1..=1_000_000).contains(n.get_ref()) => *n.get_ref(),
-                Some(n) => {
-                    return Err(cx.err(&n.span(), "events.per_subscriber_per_minute", "must be between 1 and 1000000"))
-                }
-            },
-        };
-        let capture = CaptureConfig {
-            dropped: match &file.capture.dropped {
-                Some(p) if p.get_ref().is_empty() => return Err(cx.err(&p.span(), "capture.dropped", "needs a path")),
-                Some(p) => Some(PathBuf::from(p.get_ref())),
-                None => None,
-            },
-            max_bytes: match &file.capture.max_bytes {
-                None => CaptureConfig::default().max_bytes,
-                Some(n) if *n.get_ref() >= 4096 => *n.get_ref(),
-                Some(n) => return Err(cx.err(&n.span(), "capture.max_bytes", "must be at least 4096")),
-            },
-            keep: match &file.capture.keep {
-                None => CaptureConfig::default().keep,
-                Some(n) if (1..=1000).contains(n.get_ref()) => *n.get_ref() as usize,
-                Some(n) => return Err(cx.err(&n.span(), "capture.keep", "must be between 1 and 1000")),
-            },
-        };
+        let (control, events, capture) = services::parse(&cx, &file.control, &file.events, &file.capture)?;
         Ok(Config { path: path.to_path_buf(), subscriber, upstream, policy, dataplane, control, events, capture })
     }
 
