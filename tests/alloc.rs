@@ -251,6 +251,47 @@ fn banner_sessions_do_not_allocate() {
     assert_eq!(r.stats().terminated(), 3 * (rounds + 1));
 }
 
+/// What the data plane does with a blocked SYN when events and capture are
+/// on: the router notes it, the worker sends the event into the bounded
+/// queue and copies the packet into a capture buffer. None of it allocates.
+#[test]
+fn events_and_capture_hand_offs_do_not_allocate() {
+    use op25b::dataplane::capture;
+    use op25b::dataplane::events::Event;
+    let mut r = router(
+        PolicyBuilder::lab()
+            .rules("[[rule]]\nname = \"no-2525\"\nprotocol = \"tcp\"\ndst_ports = [2525]\naction = \"drop\"\n"),
+    );
+    r.note_blocks(true);
+    let (tx, rx) = std::sync::mpsc::sync_channel(16);
+    let (sink, source) = capture::pool();
+    let syn25 = tcp4(25, true, 64, 0);
+    let syn2525 = tcp4(2525, true, 64, 0);
+    let mut reply = vec![0u8; 2048];
+    let now = Instant::now();
+    let at = std::time::SystemTime::now();
+    let rounds = 1000;
+    let n = allocations(|| {
+        for _ in 0..rounds {
+            for pkt in [&syn25, &syn2525] {
+                let mut buf = [0u8; 64];
+                let buf = &mut buf[..pkt.len()];
+                buf.copy_from_slice(pkt);
+                let _ = r.handle(now, Direction::Outbound, buf, &mut reply, RxInfo::default());
+                let block = r.take_block().expect("a blocked SYN is noted");
+                let rule = block.rule.and_then(|i| r.rule_name(i));
+                tx.try_send(Event::Blocked { block, rule }).expect("room in the queue");
+                assert!(sink.offer(pkt, at), "a free capture buffer");
+                // What the writers do on their threads, to keep room.
+                let _ = rx.try_recv();
+                let c = source.filled.try_recv().expect("captured");
+                source.free.try_send(c.buf).expect("buffer back");
+            }
+        }
+    });
+    assert_eq!(n, 0, "allocations over {rounds} rounds of noted, sent and captured blocked SYNs");
+}
+
 #[test]
 fn the_counter_sees_allocations() {
     // Guards the test above against a switch that counts nothing.

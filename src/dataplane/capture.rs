@@ -1,11 +1,12 @@
 //! What the data plane hands the capture writer: copies of the packets it did
-//! not forward, in buffers from a fixed pool, through bounded queues. A
-//! worker never waits and never allocates: with no free buffer or a full
-//! queue the packet is counted (`capture_dropped`) and not captured.
+//! not forward, in buffers from a fixed pool, through bounded queues
+//! (crossbeam's array channels: shared by the workers without a lock). A
+//! worker never waits, never locks and never allocates: with no free buffer
+//! or a full queue the packet is counted (`capture_dropped`) and not captured.
 
-use std::sync::mpsc::{Receiver, SyncSender};
-use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
+
+use crossbeam_channel::{Receiver, Sender};
 
 /// Buffers in the pool: the packets that can wait for the writer at once.
 pub const POOL: usize = 512;
@@ -29,8 +30,8 @@ pub struct Captured {
 /// The workers' end: where to take free buffers and send filled ones.
 #[derive(Debug, Clone)]
 pub struct CaptureSink {
-    free: Arc<Mutex<Receiver<Box<[u8]>>>>,
-    filled: SyncSender<Captured>,
+    free: Receiver<Box<[u8]>>,
+    filled: Sender<Captured>,
 }
 
 /// The writer's end: filled buffers arrive, used ones go back.
@@ -39,34 +40,25 @@ pub struct CaptureSource {
     /// Filled buffers, in the order the workers sent them.
     pub filled: Receiver<Captured>,
     /// Where a written buffer goes back to.
-    pub free: SyncSender<Box<[u8]>>,
+    pub free: Sender<Box<[u8]>>,
 }
 
 /// A pool of [`POOL`] buffers and the two queues around it (allocated here, once).
 pub fn pool() -> (CaptureSink, CaptureSource) {
-    let (free_tx, free_rx) = std::sync::mpsc::sync_channel(POOL);
+    let (free_tx, free_rx) = crossbeam_channel::bounded(POOL);
     for _ in 0..POOL {
         // Cannot fail: the queue holds exactly POOL buffers.
         let _ = free_tx.try_send(vec![0u8; SNAPLEN].into_boxed_slice());
     }
-    let (filled_tx, filled_rx) = std::sync::mpsc::sync_channel(POOL);
-    (
-        CaptureSink { free: Arc::new(Mutex::new(free_rx)), filled: filled_tx },
-        CaptureSource { filled: filled_rx, free: free_tx },
-    )
+    let (filled_tx, filled_rx) = crossbeam_channel::bounded(POOL);
+    (CaptureSink { free: free_rx, filled: filled_tx }, CaptureSource { filled: filled_rx, free: free_tx })
 }
 
 impl CaptureSink {
     /// Copies `packet` into a free buffer and hands it over; false when no
     /// buffer was free or the queue was full (the packet is not captured).
-    pub(crate) fn offer(&self, packet: &[u8], at: SystemTime) -> bool {
-        // The free list's lock is only ever tried: a worker that finds it
-        // taken by another counts the packet rather than wait.
-        let buf = match self.free.try_lock() {
-            Ok(free) => free.try_recv().ok(),
-            Err(_) => None,
-        };
-        let Some(mut buf) = buf else { return false };
+    pub fn offer(&self, packet: &[u8], at: SystemTime) -> bool {
+        let Ok(mut buf) = self.free.try_recv() else { return false };
         let len = packet.len().min(buf.len());
         buf[..len].copy_from_slice(&packet[..len]);
         self.filled.try_send(Captured { buf, len, orig_len: packet.len(), at }).is_ok()
