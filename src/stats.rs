@@ -348,6 +348,8 @@ pub struct DeviceStats {
     pub rx_errors: u64,
     /// Packets written.
     pub tx_packets: u64,
+    /// Bytes written (with the virtio-net header when offload is on).
+    pub tx_bytes: u64,
     /// Writes that failed (link down, no buffer space, ...).
     pub tx_errors: u64,
     /// Wake-ups that found packets on this device.
@@ -494,7 +496,8 @@ impl Stats {
             .map(|(name, d)| {
                 let v = serde_json::json!({
                     "rx_packets": d.rx_packets, "rx_bytes": d.rx_bytes, "rx_errors": d.rx_errors,
-                    "tx_packets": d.tx_packets, "tx_errors": d.tx_errors, "batches": d.batches,
+                    "tx_packets": d.tx_packets, "tx_bytes": d.tx_bytes, "tx_errors": d.tx_errors,
+                    "batches": d.batches,
                 });
                 (name.to_string(), v)
             })

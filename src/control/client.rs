@@ -54,10 +54,13 @@ pub fn render(v: &serde_json::Value, all: bool) -> String {
     let num = |v: &serde_json::Value| v.as_u64().unwrap_or(0);
     let secs = v["uptime_seconds"].as_f64().unwrap_or(0.0);
     let _ = writeln!(out, "op25b {}   up {}", v["version"].as_str().unwrap_or("?"), human(secs));
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64());
+    let loaded = (now - v["config_loaded_unix"].as_f64().unwrap_or(now)).max(0.0);
     let _ = writeln!(
         out,
-        "config     {}   reloads {} ok, {} failed",
+        "config     {} (loaded {} ago)   reloads {} ok, {} failed",
         v["config"].as_str().unwrap_or("?"),
+        human(loaded),
         num(&v["reloads"]["success"]),
         num(&v["reloads"]["failure"])
     );
@@ -95,7 +98,7 @@ pub fn render(v: &serde_json::Value, all: bool) -> String {
     }
     if let Some(m) = s["devices"].as_object() {
         for (dev, d) in m {
-            for k in ["rx_packets", "rx_bytes", "rx_errors", "tx_packets", "tx_errors"] {
+            for k in ["rx_packets", "rx_bytes", "rx_errors", "tx_packets", "tx_bytes", "tx_errors"] {
                 line(format!("device {dev} {k}"), num(&d[k]));
             }
         }

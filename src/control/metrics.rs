@@ -132,7 +132,7 @@ impl Collector for Scrape {
         )?;
         let devices = ["subscriber", "upstream"];
         type Field = fn(&crate::stats::DeviceStats) -> u64;
-        let device_figures: [(&str, &str, Field); 5] = [
+        let device_figures: [(&str, &str, Field); 6] = [
             ("op25b_device_rx_packets", "Packets read from each TUN device (a GSO super-packet once).", |d| {
                 d.rx_packets
             }),
@@ -141,6 +141,7 @@ impl Collector for Scrape {
             ("op25b_device_tx_writes", "Writes to each TUN device (a coalesced UDP GSO packet once).", |d| {
                 d.tx_packets
             }),
+            ("op25b_device_tx_bytes", "Bytes written to each TUN device.", |d| d.tx_bytes),
             ("op25b_device_tx_errors", "Failed writes to each TUN device.", |d| d.tx_errors),
         ];
         for (name, help, f) in device_figures {

@@ -56,6 +56,7 @@ pub(crate) struct IoCounters {
     rx_bytes: [Counter; 2],
     rx_errors: [Counter; 2],
     tx_packets: [Counter; 2],
+    tx_bytes: [Counter; 2],
     tx_errors: [Counter; 2],
     batches: [Counter; 2],
     /// Events the full queue did not take.
@@ -74,6 +75,7 @@ impl IoCounters {
             d.rx_bytes += self.rx_bytes[i].get();
             d.rx_errors += self.rx_errors[i].get();
             d.tx_packets += self.tx_packets[i].get();
+            d.tx_bytes += self.tx_bytes[i].get();
             d.tx_errors += self.tx_errors[i].get();
             d.batches += self.batches[i].get();
         }
@@ -81,7 +83,10 @@ impl IoCounters {
 
     fn sent(&self, dev: usize, result: io::Result<usize>, dir: Direction) {
         match result {
-            Ok(_) => self.tx_packets[dev].add(1),
+            Ok(n) => {
+                self.tx_packets[dev].add(1);
+                self.tx_bytes[dev].add(n as u64);
+            }
             Err(e) => {
                 // EIO while a link is down, ENOBUFS under pressure: a drop, not fatal.
                 self.tx_errors[dev].add(1);
