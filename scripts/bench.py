@@ -27,6 +27,12 @@ Usage: scripts/bench.sh [options]
   --syn N        blocked-SYN probes per path, v4/v6 alternating (default 20)
   --busy-poll US op25b's dataplane.busy_poll_us (default 0: workers sleep at
                  once; polling mode trades a core per worker for latency)
+  --flood PPS    during each TCP 1-stream test (both paths), PPS blocked SYNs a second
+                 from forged sources in 100.64.200.0/24 to 203.0.113.25:25 (raw
+                 socket in the subscriber namespace); reports the rate reached
+  --events       op25b writes [events] and [capture] (dropped.pcap) into its work
+                 directory; reports lines and records written, events_dropped and
+                 capture_dropped
   --bin PATH     op25b binary (default target/release/op25b)
   --keep DIR     copy the raw outputs (iperf3 JSON, ping, op25b log, config) to DIR
 Exit status: 0 when every measurement and the blocked-SYN check succeeded, 1 if not,
@@ -36,9 +42,10 @@ removed on exit, also after failures; only processes this run started are stoppe
 """
 # The benchmark is this program (python3, stdlib only) and two modules beside it:
 # bench_lib.py (the command line, what the tools' output means, config texts, the SYN
-# probe, the report: no side effects) and bench_proc.py (messages, signals, the processes
-# it starts, short commands). scripts/bench.sh only execs it. This file is the run:
-# namespaces, measurements, cleanup.
+# probe itself, the report: no side effects), bench_proc.py (messages, signals, the
+# processes it starts, short commands) and bench_syn.py (blocked SYNs during the load:
+# the probe, the --flood generator, what --events wrote). scripts/bench.sh only execs
+# it. This file is the run: namespaces, measurements, cleanup.
 
 import glob
 import json
@@ -53,6 +60,8 @@ import time
 from bench_lib import (CLI4, CLI6, NFT_RULES, PATHS, PORT, SRV4, SRV6, BadOutput, Usage,
                        counters_line, kernel_net, nft_packets, op25b_config, parse_args, parse_ping,
                        parse_tcp, parse_udp, report)
+from bench_syn import (flood_finish, flood_start, synprobe_finish, synprobe_start,
+                       visibility_figures)
 import bench_proc  # its SIGNALLED and CLOSING are read and set there, never copied here
 from bench_proc import (Die, Interrupted, Proc, catch_signals, checkpoint, err, in_ns, info,
                         nsx, pause, proc_cmdline, proc_fields, sh, show_file, warn)
@@ -161,7 +170,8 @@ class Bench:
         o = self.o
         self.config = self.file("op25b.toml")
         with open(self.config, "w", encoding="utf-8") as f:
-            f.write(op25b_config(o, self.tun_sub, self.ns["osub"], self.tun_up, self.ns["oup"]))
+            f.write(op25b_config(o, self.tun_sub, self.ns["osub"], self.tun_up, self.ns["oup"],
+                                 self.work))
         out = self.file("check.out")
         with open(out, "wb") as f:
             rc = subprocess.run([o.bin, "check", "--config", self.config], stdin=subprocess.DEVNULL,
@@ -333,38 +343,6 @@ class Bench:
             pause(0.05)
         return False
 
-    def synprobe_start(self, path):
-        """Connects to port 25 from the subscriber, in the background."""
-        syn = self.o.syn
-        lib = os.path.join(SCRIPTS_DIR, "bench_lib.py")
-        return self.spawn(self.file(f"{path}-synprobe"),
-                          in_ns(self.sub[path], syn * 2 + 10, sys.executable, lib, "synprobe",
-                                str(syn), "25", "2", CLI4, SRV4, CLI6, SRV6))
-
-    def synprobe_finish(self, path, proc):
-        syn, out = self.o.syn, self.file(f"{path}-synprobe")
-        rc = self.reap(proc, syn * 2 + 15)
-        show_file(out + ".err")
-        if rc != 0:
-            self.fail_measure(f"{path}: blocked-SYN probe failed")
-            return
-        try:
-            with open(out, encoding="utf-8") as f:
-                r = json.loads(f.read())
-            a4, s4, a6, s6 = (int(r[k])
-                              for k in ("answered_v4", "sent_v4", "answered_v6", "sent_v6"))
-            med, worst = float(r["median_ms"]), float(r["max_ms"])
-        except (OSError, ValueError, KeyError, TypeError):
-            self.fail_measure(f"{path}: blocked-SYN probe printed no result")
-            return
-        for metric, v in (("answered", a4 + a6), ("sent", s4 + s6), ("answered_v4", a4),
-                          ("sent_v4", s4), ("answered_v6", a6), ("sent_v6", s6),
-                          ("median_ms", med), ("max_ms", worst)):
-            self.record(path, None, f"blocked_syn_{metric}", v)
-        if a4 + a6 != syn:
-            self.fail_measure(f"{path}: only {a4 + a6} of {syn} blocked SYNs to port 25 were "
-                              "refused within 2 s during load")
-
     def iperf_test(self, path, rnd, kind, probe):
         """kind is tcp (1 stream), tcp4 or udp; with probe, the blocked-SYN check runs
         during it."""
@@ -384,13 +362,16 @@ class Bench:
         drops0 = self.tun_drops() if op else 0
         self.cpu_mark()
         client = self.spawn(cli, in_ns(self.sub[path], secs + 20, "iperf3", *args))
+        flood = flood_start(self, path, tag) if kind == "tcp" and self.o.flood else None
         prober = None
         if probe:
             pause(1 if secs > 2 else 0.3)  # well into the load, short of its end
-            prober = self.synprobe_start(path)
+            prober = synprobe_start(self, path)
         rc = self.reap(client, secs + 30)
         if prober:
-            self.synprobe_finish(path, prober)
+            synprobe_finish(self, path, prober)
+        if flood:
+            flood_finish(self, path, rnd, tag, flood)
         self.cpu_account(path)
         if op:
             self.record(path, rnd, f"{kind}_tun_drops", self.tun_drops() - drops0)
@@ -505,12 +486,15 @@ class Bench:
             counters = ""
         if counters:
             info(f"op25b {counters}")
+        if o.flood or o.events:
+            visibility_figures(self, counters)
 
         total_s = round(time.monotonic() - t_start, 1)
         meta = {"ok": not self.failures, "failures": self.failures, "smoke": o.smoke,
                 "rounds": o.rounds, "seconds": o.secs, "pings": o.pings, "extra_rules": o.rules,
-                "busy_poll_us": o.busy, "cpus": len(os.sched_getaffinity(0)),
-                "measure_s": total_s, "op25b_counters": counters}
+                "busy_poll_us": o.busy, "flood_pps": o.flood, "events": o.events,
+                "cpus": len(os.sched_getaffinity(0)), "measure_s": total_s,
+                "op25b_counters": counters}
         with open(self.file("meta.json"), "w", encoding="utf-8") as f:
             json.dump(meta, f)
         report(self.records, meta, o.json)
