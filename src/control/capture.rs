@@ -151,8 +151,15 @@ fn write_loop(source: CaptureSource, file: File, path: &Path, max: u64, keep: us
         if let Err(e) = out.flush() {
             fail(&e);
         }
+        // Let the next burst gather: a worker's send wakes this thread only
+        // while it waits in `recv`, so under load one wake-up serves a
+        // batch instead of one per packet (the pool holds what arrives meanwhile).
+        std::thread::sleep(BATCH);
     }
 }
+
+/// How long the writer lets packets gather after a batch.
+const BATCH: std::time::Duration = std::time::Duration::from_millis(5);
 
 /// After a failure: hand every buffer back, so the workers go on (counting
 /// what they cannot capture) until the data plane stops.

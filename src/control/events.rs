@@ -172,9 +172,14 @@ fn write_loop(rx: Receiver<Event>, mut out: impl Write, mut sampler: Sampler, pa
             }
         }
         let _ = out.flush();
+        // Let the next burst gather (see the capture writer): one wake-up a batch.
+        std::thread::sleep(BATCH);
     }
     let _ = out.flush();
 }
+
+/// How long the writer lets events gather after a batch.
+const BATCH: Duration = Duration::from_millis(5);
 
 #[cfg(test)]
 mod tests {
