@@ -208,8 +208,8 @@ fn one_event_per_blocked_syn_for_each_action_and_sampling_holds_under_a_flood() 
     // A flood of 1,000 blocked SYNs from one subscriber: at most 10 lines in its minute.
     let events = std::env::temp_dir().join(format!("{}-flood.jsonl", unique_base()));
     let path = events.to_str().expect("utf-8 path").to_string();
-    let mut lab =
-        Lab::start(LabOptions::edit(|p| p.events("path", format!("{path:?}")).events("per_subscriber_per_minute", 10)));
+    let opts = LabOptions::edit(|p| p.events("path", format!("{path:?}")).events("per_subscriber_per_minute", 10));
+    let mut lab = Lab::start(LabOptions { log_json: true, ..opts });
     for _ in 0..1000 {
         syn(&lab, sa(MX4, 25));
     }
@@ -218,6 +218,13 @@ fn one_event_per_blocked_syn_for_each_action_and_sampling_holds_under_a_flood() 
     let line = lab.reload(&lab.policy.clone().op25b("ports", "[25, 2525]").toml());
     assert!(line.contains("config reloaded"), "{line}");
     let c = lab.stop();
+    // --log-format json: op25b's own log lines are JSON objects too.
+    let log = lab.log_text();
+    assert!(log.lines().count() >= 3, "{log}");
+    for l in log.lines().filter(|l| !l.trim().is_empty()) {
+        let v: Value = serde_json::from_str(l).unwrap_or_else(|e| panic!("a log line that is not JSON ({e}): {l}"));
+        assert!(v["level"].is_string() && v["fields"].is_object(), "{l}");
+    }
     let lines = event_lines(&events);
     let _ = std::fs::remove_file(&events);
     let blocked: Vec<&Value> = lines.iter().filter(|v| v["event"] == "blocked").collect();

@@ -132,11 +132,13 @@ pub struct LabOptions {
     /// device's MTU, as a server behind a wider link would: the subscriber then
     /// sends full-size segments and only path MTU discovery can shrink them.
     pub upstream_advmss_1500: bool,
+    /// Run op25b with `--log-format json`.
+    pub log_json: bool,
 }
 
 impl Default for LabOptions {
     fn default() -> Self {
-        LabOptions { policy: PolicyBuilder::lab().defaults(), upstream_advmss_1500: false }
+        LabOptions { policy: PolicyBuilder::lab().defaults(), upstream_advmss_1500: false, log_json: false }
     }
 }
 
@@ -245,10 +247,13 @@ impl Lab {
         lab.files.push(config.clone());
         std::fs::write(&config, lab.policy.toml()).unwrap_or_else(|e| panic!("writing {}: {e}", config.display()));
         // op25b writes the stats beside their final name, then renames.
-        lab.files.extend([lab.stats.clone(), lab.stats.with_extension("tmp")]);
+        let tmp_name = format!(".{}.tmp", lab.stats.file_name().map(|n| n.to_string_lossy()).unwrap_or_default());
+        lab.files.extend([lab.stats.clone(), lab.stats.with_file_name(tmp_name)]);
         lab.files.push(lab.log.clone());
         let log = File::create(&lab.log).unwrap_or_else(|e| panic!("creating {}: {e}", lab.log.display()));
+        let log_format = if opts.log_json { "json" } else { "text" };
         let child = Command::new(env!("CARGO_BIN_EXE_op25b"))
+            .args(["--log-format", log_format])
             .arg("run")
             .arg("--config")
             .arg(&config)
