@@ -8,8 +8,6 @@ use std::time::Instant;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use op25b::control::capture::CaptureWriter;
-use op25b::control::events::EventsWriter;
 use op25b::control::Control;
 use op25b::dataplane::events::Event;
 use op25b::dataplane::Dataplane;
@@ -270,13 +268,13 @@ fn run(config: Config, stats_file: Option<&std::path::Path>) -> anyhow::Result<(
         .context("installing signal handlers")?;
     // Events: a bounded queue from the workers (and reloads) to the writer.
     let (events_tx, events_rx) = std::sync::mpsc::sync_channel(op25b::dataplane::events::QUEUE);
-    let writer = EventsWriter::start(&config.events, events_rx)?;
+    let writer = op25b::control::events::start(&config.events, events_rx)?;
     let events = writer.as_ref().map(|_| events_tx);
     // Capture: a fixed pool of buffers, only when asked for.
     let (capture, capture_sink) = match config.capture.dropped {
         Some(_) => {
             let (sink, source) = op25b::dataplane::capture::pool();
-            (CaptureWriter::start(&config.capture, source)?, Some(sink))
+            (op25b::control::capture::start(&config.capture, source)?, Some(sink))
         }
         None => (None, None),
     };

@@ -13,13 +13,9 @@ use std::rc::Rc;
 use pcap_file::pcap::{PcapHeader, PcapPacket, PcapWriter};
 use pcap_file::DataLink;
 
+use super::writer::{create_dir_of, WriterThread};
 use crate::config::CaptureConfig;
 use crate::dataplane::capture::{CaptureSource, SNAPLEN};
-
-/// The running writer.
-pub struct CaptureWriter {
-    thread: Option<std::thread::JoinHandle<()>>,
-}
 
 /// Why the writer could not start.
 #[derive(Debug, thiserror::Error)]
@@ -44,9 +40,7 @@ impl Write for Out {
 }
 
 fn create(path: &Path) -> io::Result<File> {
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir)?;
-    }
+    create_dir_of(path)?;
     File::create(path)
 }
 
@@ -80,28 +74,17 @@ fn rotate(path: &Path, keep: usize) -> io::Result<()> {
     std::fs::rename(path, numbered(path, 1))
 }
 
-impl CaptureWriter {
-    /// Creates the file of `cfg` and starts writing what arrives from the
-    /// data plane, until it stops. `None` without `[capture] dropped`.
-    pub fn start(cfg: &CaptureConfig, source: CaptureSource) -> Result<Option<CaptureWriter>, CaptureError> {
-        let Some(path) = cfg.dropped.clone() else { return Ok(None) };
-        let file = create(&path).map_err(|source| CaptureError { path: path.clone(), source })?;
-        let (max, keep) = (cfg.max_bytes, cfg.keep);
-        let thread = std::thread::Builder::new()
-            .name("op25b-capture".into())
-            .spawn(move || write_loop(source, file, &path, max, keep))
-            .map_err(|source| CaptureError { path: PathBuf::from("(thread)"), source })?;
-        Ok(Some(CaptureWriter { thread: Some(thread) }))
-    }
-
-    /// Waits for the writer: the data plane must have stopped first.
-    pub fn join(mut self) {
-        if let Some(t) = self.thread.take() {
-            if t.join().is_err() {
-                tracing::error!("the capture writer panicked");
-            }
-        }
-    }
+/// Creates the file of `cfg` and starts writing what arrives from the data
+/// plane, until it stops (join the thread after it). `None` without
+/// `[capture] dropped`.
+pub fn start(cfg: &CaptureConfig, source: CaptureSource) -> Result<Option<WriterThread>, CaptureError> {
+    let Some(path) = cfg.dropped.clone() else { return Ok(None) };
+    let err = |source| CaptureError { path: path.clone(), source };
+    let file = create(&path).map_err(err)?;
+    let (max, keep) = (cfg.max_bytes, cfg.keep);
+    let p = path.clone();
+    let thread = WriterThread::spawn("op25b-capture", move || write_loop(source, file, &p, max, keep)).map_err(err)?;
+    Ok(Some(thread))
 }
 
 fn write_loop(source: CaptureSource, file: File, path: &Path, max: u64, keep: usize) {
@@ -193,7 +176,7 @@ mod tests {
         let path = dir.join("dropped.pcap");
         let cfg = CaptureConfig { dropped: Some(path.clone()), max_bytes: 4096, keep: 3 };
         let (sink, source) = pool();
-        let writer = CaptureWriter::start(&cfg, source).expect("starts").expect("configured");
+        let writer = start(&cfg, source).expect("starts").expect("configured");
         let packet = crate::testing::packets::syn("100.64.1.10", "203.0.113.25", 25);
         let mut offered = 0;
         for _ in 0..400 {

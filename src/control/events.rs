@@ -17,18 +17,15 @@ use std::path::PathBuf;
 use std::sync::mpsc::Receiver;
 use std::time::{Duration, Instant, SystemTime};
 
+use super::writer::{create_dir_of, WriterThread};
 use crate::config::EventsConfig;
 use crate::dataplane::events::Event;
+use crate::state::subscriber_key;
 
 /// Most subscribers the sampling table tracks at once.
 pub const MAX_SUBSCRIBERS: usize = 65_536;
 
 const MINUTE: Duration = Duration::from_secs(60);
-
-/// The running writer.
-pub struct EventsWriter {
-    thread: Option<std::thread::JoinHandle<()>>,
-}
 
 /// Why the writer could not start.
 #[derive(Debug, thiserror::Error)]
@@ -74,14 +71,12 @@ impl Sampler {
     }
 }
 
-/// The subscriber an address belongs to: the address, or its /64.
+/// The subscriber an address belongs to, as the limits count it
+/// ([`subscriber_key`]): the IPv4 address, or the IPv6 /64.
 fn subscriber(addr: IpAddr) -> String {
     match addr {
         IpAddr::V4(a) => a.to_string(),
-        IpAddr::V6(a) => {
-            let net = u128::from(a) & !((1u128 << 64) - 1);
-            format!("{}/64", std::net::Ipv6Addr::from(net))
-        }
+        IpAddr::V6(_) => format!("{}/64", std::net::Ipv6Addr::from(u128::from(subscriber_key(addr)) << 64)),
     }
 }
 
@@ -118,36 +113,24 @@ pub(crate) fn line(event: &Event, sampler: &mut Sampler, now: Instant, at: Syste
     Some(v.to_string())
 }
 
-impl EventsWriter {
-    /// Opens the output of `cfg` (appending) and starts writing what
-    /// arrives on `rx`, until every sender is gone. `None` without a path.
-    pub fn start(cfg: &EventsConfig, rx: Receiver<Event>) -> Result<Option<EventsWriter>, EventsError> {
-        let Some(path) = cfg.path.clone() else { return Ok(None) };
-        let out: Box<dyn Write + Send> = if path.as_os_str() == "-" {
-            Box::new(io::stdout())
-        } else {
-            let err = |source| EventsError { path: path.clone(), source };
-            if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-                std::fs::create_dir_all(dir).map_err(err)?;
-            }
-            Box::new(std::fs::OpenOptions::new().create(true).append(true).open(&path).map_err(err)?)
-        };
-        let limit = cfg.per_subscriber_per_minute;
-        let thread = std::thread::Builder::new()
-            .name("op25b-events".into())
-            .spawn(move || write_loop(rx, io::BufWriter::new(out), Sampler::new(limit), path))
-            .map_err(|source| EventsError { path: PathBuf::from("(thread)"), source })?;
-        Ok(Some(EventsWriter { thread: Some(thread) }))
-    }
-
-    /// Waits for the writer to finish: every sender must be gone first.
-    pub fn join(mut self) {
-        if let Some(t) = self.thread.take() {
-            if t.join().is_err() {
-                tracing::error!("the events writer panicked");
-            }
-        }
-    }
+/// Opens the output of `cfg` (appending) and starts writing what arrives on
+/// `rx`, until every sender is gone (join the thread after that). `None`
+/// without a path.
+pub fn start(cfg: &EventsConfig, rx: Receiver<Event>) -> Result<Option<WriterThread>, EventsError> {
+    let Some(path) = cfg.path.clone() else { return Ok(None) };
+    let out: Box<dyn Write + Send> = if path.as_os_str() == "-" {
+        Box::new(io::stdout())
+    } else {
+        let err = |source| EventsError { path: path.clone(), source };
+        create_dir_of(&path).map_err(err)?;
+        Box::new(std::fs::OpenOptions::new().create(true).append(true).open(&path).map_err(err)?)
+    };
+    let limit = cfg.per_subscriber_per_minute;
+    let p = path.clone();
+    let thread =
+        WriterThread::spawn("op25b-events", move || write_loop(rx, io::BufWriter::new(out), Sampler::new(limit), p))
+            .map_err(|source| EventsError { path, source })?;
+    Ok(Some(thread))
 }
 
 fn write_loop(rx: Receiver<Event>, mut out: impl Write, mut sampler: Sampler, path: PathBuf) {

@@ -11,6 +11,9 @@ pub mod capture;
 pub mod client;
 pub mod events;
 mod metrics;
+mod writer;
+
+pub use writer::WriterThread;
 
 use std::io;
 use std::path::{Path, PathBuf};
