@@ -18,6 +18,7 @@ use toml::Spanned;
 use crate::policy::{Action, Banner, Op25b, Pipeline, Policy, PortSet, PrefixSet, Rule};
 use std::sync::Arc;
 
+mod abuse;
 mod actions;
 mod rules;
 mod services;
@@ -73,6 +74,7 @@ struct FileConfig {
     events: EventsSection,
     #[serde(default)]
     capture: CaptureSection,
+    abuse: Option<abuse::AbuseSection>,
     #[serde(default)]
     sets: std::collections::BTreeMap<String, Spanned<Vec<Spanned<rules::Item>>>>,
     #[serde(default, rename = "rule")]
@@ -142,6 +144,7 @@ enum ActionName {
     Icmp,
     Banner,
     Redirect,
+    Monitor,
 }
 
 fn default_action() -> Spanned<ActionName> {
@@ -197,6 +200,8 @@ pub struct Config {
     pub events: EventsConfig,
     /// The capture of packets not forwarded.
     pub capture: CaptureConfig,
+    /// Abuse handling (`[abuse]`), when configured.
+    pub abuse: Option<crate::state::abuse::AbuseSettings>,
 }
 
 /// Turns spans into line numbers and builds errors.
@@ -315,6 +320,7 @@ impl Config {
                 ActionName::Icmp => Action::Icmp,
                 ActionName::Banner => Action::Banner,
                 ActionName::Redirect => Action::Redirect,
+                ActionName::Monitor => Action::Monitor,
             },
             block_inbound: o.block_inbound.unwrap_or(false),
             redirect_v4: None,
@@ -327,6 +333,7 @@ impl Config {
         let sets = rules::Sets::compile(&cx, &file.sets)?;
         let compiled = rules::compile(&cx, &sets, &file.rules)?;
         let pipeline = Pipeline::new(compiled.into_iter().map(|r| Box::new(r) as Box<dyn Rule>).collect());
+        let (abuse, quarantine_allow) = abuse::parse(&cx, file.abuse.as_ref())?;
         let policy = Policy {
             address_v4,
             address_v6,
@@ -338,6 +345,7 @@ impl Config {
             reply_limit,
             max_flows,
             max_flows_per_source,
+            quarantine_allow,
         };
         let queue_len = match &file.dataplane.queue_len {
             None => DEFAULT_QUEUE_LEN,
@@ -359,7 +367,17 @@ impl Config {
         let dataplane =
             DataplaneConfig { offload: file.dataplane.offload.unwrap_or(true), queue_len, workers, busy_poll };
         let (control, events, capture) = services::parse(&cx, &file.control, &file.events, &file.capture)?;
-        Ok(Config { path: path.to_path_buf(), subscriber, upstream, policy, dataplane, control, events, capture })
+        Ok(Config {
+            path: path.to_path_buf(),
+            subscriber,
+            upstream,
+            policy,
+            dataplane,
+            control,
+            events,
+            capture,
+            abuse,
+        })
     }
 
     /// A readable rendering of the compiled config, for `op25b check`.
@@ -418,6 +436,8 @@ impl Config {
                     p.max_flows,
                     p.max_flows_per_source
                 ),
+                Action::Monitor =>
+                    "nothing blocked: would-be blocks forwarded, counted, tracked and reported".to_string(),
             }
         );
         let _ = writeln!(
@@ -434,6 +454,33 @@ impl Config {
             "  reply limit       {}/s, burst {} per address (RSTs, ICMP errors, echo replies, banner sessions, new redirects)",
             p.reply_limit.rate, p.reply_limit.burst
         );
+        match &self.abuse {
+            None => {
+                let _ = writeln!(s, "abuse               (off: no [abuse] section)");
+            }
+            Some(a) => {
+                let t = &a.thresholds;
+                let _ = writeln!(s, "abuse");
+                let _ = writeln!(
+                    s,
+                    "  suspect after     {} blocked attempts or {} destinations in {} (fixed window per subscriber)",
+                    t.attempts,
+                    t.destinations,
+                    humantime::format_duration(t.window)
+                );
+                let _ = writeln!(
+                    s,
+                    "  on suspect        {}",
+                    match a.on_suspect {
+                        crate::state::abuse::OnSuspect::Event => "event".to_string(),
+                        crate::state::abuse::OnSuspect::Quarantine =>
+                            format!("event and quarantine for {}", humantime::format_duration(a.quarantine_for)),
+                    }
+                );
+                let _ = writeln!(s, "  quarantine allows {}", p.quarantine_allow.written.join(", "));
+                let _ = writeln!(s, "  tracked           {} subscribers at most", a.track);
+            }
+        }
         if p.rules.is_empty() {
             let _ = writeln!(s, "rules               (none: everything else is forwarded)");
         } else {

@@ -10,7 +10,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use op25b::control::Control;
 use op25b::dataplane::events::Event;
-use op25b::dataplane::Dataplane;
+use op25b::dataplane::{Dataplane, Sinks};
 use op25b::reload::{self, ReloadError};
 use op25b::tools::{self, replay, spec::PacketSpec};
 use op25b::{Config, Direction, Router, State, Verdict};
@@ -84,6 +84,50 @@ enum Command {
         #[arg(long)]
         all: bool,
     },
+    /// Show the subscribers OP25B blocks most, from a running op25b.
+    ///
+    /// Needs [abuse] in its config. Exit status: 0 with an answer, 2 when no
+    /// op25b answers at the socket.
+    Top {
+        /// The control socket (`[control] socket` of the running op25b).
+        #[arg(long, default_value = "/run/op25b/op25b.sock")]
+        socket: PathBuf,
+        /// Print the rows as one JSON array, heaviest first.
+        #[arg(long)]
+        json: bool,
+        /// How many subscribers.
+        #[arg(short, default_value_t = 20)]
+        n: usize,
+        /// Heaviest by blocked attempts or by distinct destinations, in the window.
+        #[arg(long, value_enum, default_value_t = op25b::control::client::TopBy::Attempts)]
+        by: op25b::control::client::TopBy,
+        /// Refresh every second until interrupted.
+        #[arg(long, conflicts_with = "json")]
+        watch: bool,
+    },
+    /// Put a subscriber in quarantine now (only its walled garden stays reachable).
+    ///
+    /// Exit status: 0 done, 1 refused, 2 when no op25b answers.
+    Quarantine {
+        /// An IPv4 address, or an IPv6 address or /64.
+        subscriber: String,
+        /// How long, e.g. 15m (default: abuse.quarantine_for).
+        #[arg(long = "for", value_name = "DURATION", value_parser = humantime::parse_duration)]
+        duration: Option<std::time::Duration>,
+        /// The control socket.
+        #[arg(long, default_value = "/run/op25b/op25b.sock")]
+        socket: PathBuf,
+    },
+    /// End a subscriber's quarantine now.
+    ///
+    /// Exit status: 0 done, 1 not in quarantine, 2 when no op25b answers.
+    Release {
+        /// An IPv4 address, or an IPv6 address or /64.
+        subscriber: String,
+        /// The control socket.
+        #[arg(long, default_value = "/run/op25b/op25b.sock")]
+        socket: PathBuf,
+    },
     /// Run a pcap capture through the same pipeline, with no devices.
     ///
     /// Exit status: 0 when the whole capture was read, 2 on a config error or
@@ -120,6 +164,13 @@ fn main() -> ExitCode {
     let config_path = match &cli.command {
         Command::Run { config, .. } | Command::Check { config, .. } | Command::Replay { config, .. } => config,
         Command::Stats { socket, json, all } => return stats(socket, *json, *all),
+        Command::Top { socket, json, n, by, watch } => {
+            return op25b::control::client::top(socket, *n, *by, *json, *watch)
+        }
+        Command::Quarantine { subscriber, duration, socket } => {
+            return op25b::control::client::quarantine(socket, subscriber, *duration)
+        }
+        Command::Release { subscriber, socket } => return op25b::control::client::release(socket, subscriber),
     };
     let config = match Config::load(config_path) {
         Ok(c) => c,
@@ -138,7 +189,9 @@ fn main() -> ExitCode {
             run_replay(&config, &input, replay::ReplayOptions { forwarded, dropped }, json)
         }
         Command::Run { stats, .. } => run(config, stats.as_deref()).map(|()| ExitCode::SUCCESS),
-        Command::Stats { .. } => unreachable!("answered before a config is loaded"),
+        Command::Stats { .. } | Command::Top { .. } | Command::Quarantine { .. } | Command::Release { .. } => {
+            unreachable!("answered before a config is loaded")
+        }
     };
     result.unwrap_or_else(|e| {
         eprintln!("op25b: error: {e:#}");
@@ -278,8 +331,20 @@ fn run(config: Config, stats_file: Option<&std::path::Path>) -> anyhow::Result<(
         }
         None => (None, None),
     };
-    let dp = Dataplane::start(&config, events.clone(), capture_sink)?;
-    let control = match Control::start(&config.control, &config.path, dp.stats_reader()) {
+    // Abuse handling: a bounded queue of blocked attempts from the workers.
+    let (attempts_tx, attempts_rx) = std::sync::mpsc::sync_channel(op25b::dataplane::events::ATTEMPT_QUEUE);
+    let sinks =
+        Sinks { events: events.clone(), capture: capture_sink, abuse: config.abuse.as_ref().map(|_| attempts_tx) };
+    let dp = Dataplane::start(&config, sinks)?;
+    let abuse = match dp.abuse().map(|a| op25b::control::abuse::start(Arc::clone(a), attempts_rx, events.clone())) {
+        Some(Err(e)) => {
+            dp.stop();
+            return Err(anyhow::Error::new(e).context("starting abuse handling"));
+        }
+        Some(Ok(t)) => Some(t),
+        None => None,
+    };
+    let control = match Control::start(&config.control, &config.path, dp.stats_reader(), events.clone()) {
         Ok(c) => c,
         Err(e) => {
             dp.stop();
@@ -325,7 +390,11 @@ fn run(config: Config, stats_file: Option<&std::path::Path>) -> anyhow::Result<(
         c.stop();
     }
     let stats = dp.stop();
-    // The workers are gone with their senders; ours goes now, and the writer ends.
+    // The workers are gone with their senders: abuse handling ends, then ours
+    // goes, and the writer ends.
+    if let Some(t) = abuse {
+        t.join();
+    }
     drop(events);
     if let Some(w) = writer {
         w.join();
@@ -362,6 +431,9 @@ fn reload(dp: &Dataplane, running: Config) -> (Config, bool, String) {
         Ok(r) => {
             // Every batch a worker starts after the log line uses the new policy.
             dp.set_policy(r.config.policy.clone(), r.state);
+            if let (Some(a), Some(settings)) = (dp.abuse(), &r.config.abuse) {
+                a.reconfigure(settings.clone());
+            }
             tracing::info!(
                 file = %r.config.path.display(),
                 kept_reply_buckets = r.kept.reply_buckets,

@@ -3,8 +3,10 @@
 //!
 //! What a reload changes: `[router]` addresses, `subscriber.prefixes`, all of
 //! `[op25b]`, `[sets]` and the `[[rule]]`s. What it cannot change: the devices
-//! (`tun`, `netns`, `mtu` of either side), `[dataplane]`, `[control]`, `[events]` and `[capture]`; a reload that
+//! (`tun`, `netns`, `mtu` of either side), `[dataplane]`, `[control]`, `[events]` and `[capture]`, and whether
+//! `[abuse]` is there and its `track` (its other keys may change); a reload that
 //! changes them is refused, like an invalid file, and the running policy stays.
+//! Quarantines carry over every reload.
 //!
 //! State: each part of the running state carries over when the settings it
 //! was built for are unchanged, and starts afresh otherwise (see
@@ -39,6 +41,12 @@ pub enum ReloadError {
     },
 }
 
+/// What of `[abuse]` only applies at start: whether it is there, and the
+/// size of the table.
+fn abuse_fixed(c: &Config) -> String {
+    c.abuse.as_ref().map_or_else(|| "(none)".to_string(), |a| format!("[abuse] with track = {}", a.track))
+}
+
 /// What a reload will do.
 #[derive(Debug)]
 pub struct Reload {
@@ -68,6 +76,7 @@ pub fn prepare(running: &Config, state: &State, new: Config) -> Result<Reload, R
         ("control", format!("{:?}", running.control), format!("{:?}", new.control)),
         ("events", format!("{:?}", running.events), format!("{:?}", new.events)),
         ("capture", format!("{:?}", running.capture), format!("{:?}", new.capture)),
+        ("abuse", abuse_fixed(running), abuse_fixed(&new)),
     ];
     if let Some((key, was, now)) = fixed.into_iter().find(|(_, was, now)| was != now) {
         return Err(ReloadError::Fixed { file: new.path.display().to_string(), key, was, now });

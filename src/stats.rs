@@ -90,6 +90,9 @@ reasons! {
         RuleReject => "rule_reject",
         /// Over a rule's rate limit.
         RateLimited => "rate_limited",
+        /// From a subscriber in quarantine, to a destination outside its
+        /// walled garden (`abuse.quarantine_allow`); TCP is answered with an RST.
+        Quarantined => "quarantined",
     }
 }
 
@@ -217,6 +220,10 @@ pub(crate) struct Counters {
     pub(crate) banner_source_full: Counter,
     /// Unassured redirect flows evicted for a new one (early drop).
     pub(crate) redirect_evictions: Counter,
+    /// Packets the fast path would have blocked, forwarded (`monitor`).
+    pub(crate) monitored: Counter,
+    /// Packets of subscribers in quarantine refused (answered or dropped).
+    pub(crate) quarantined: Counter,
     /// The rule counters in force, for readers; the router writes through its
     /// own handle to the same block.
     pub(crate) rules: Mutex<Arc<RuleCounters>>,
@@ -245,6 +252,8 @@ impl Counters {
         s.op25b.redirected += self.redirected.get();
         s.op25b.banner_source_full += self.banner_source_full.get();
         s.op25b.redirect_evictions += self.redirect_evictions.get();
+        s.op25b.monitored += self.monitored.get();
+        s.abuse.refused += self.quarantined.get();
         let rules = self.rules.lock().unwrap_or_else(|e| e.into_inner()).clone();
         for (i, name) in rules.names.iter().enumerate() {
             let (packets, bytes) = (rules.packets[i].get(), rules.bytes[i].get());
@@ -322,6 +331,28 @@ pub struct Op25bStats {
     /// Unassured redirect flows (the subscriber has not acknowledged the
     /// relay's SYN-ACK) evicted from the full flow table for a new SYN.
     pub redirect_evictions: u64,
+    /// Packets the fast path would have blocked, forwarded by `action =
+    /// "monitor"` (not in `blocked`).
+    pub monitored: u64,
+}
+
+/// Abuse handling's figures (`[abuse]`): gauges of the tracker and the
+/// quarantine, and what the queue to the tracker could not take.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct AbuseStats {
+    /// Subscribers in the heavy-hitters table now.
+    pub tracked: u64,
+    /// Subscribers that crossed a threshold less than a window ago.
+    pub suspected: u64,
+    /// Subscribers in quarantine now.
+    pub quarantined: u64,
+    /// Packets of subscribers in quarantine refused outside their walled
+    /// garden: TCP answered with an RST (also counted as a `tcp_rst` reply,
+    /// or as a `reply_rate_limited` drop), the rest dropped as `quarantined`.
+    pub refused: u64,
+    /// Blocked attempts the full queue to the tracker did not take.
+    pub attempts_dropped: u64,
 }
 
 /// One rule's counts.
@@ -393,6 +424,8 @@ pub struct Stats {
     pub events_dropped: u64,
     /// Packets not forwarded that the capture could not take.
     pub capture_dropped: u64,
+    /// Abuse handling, when `[abuse]` is on.
+    pub abuse: AbuseStats,
 }
 
 impl Stats {
@@ -441,6 +474,7 @@ impl Stats {
         out.push(("op25b_terminated".to_string(), self.terminated()));
         out.push(("op25b_banner_source_full".to_string(), self.op25b.banner_source_full));
         out.push(("op25b_redirect_evictions".to_string(), self.op25b.redirect_evictions));
+        out.push(("op25b_monitored".to_string(), self.op25b.monitored));
         for k in ReplyKind::ALL {
             out.push((format!("reply_{}", k.name()), self.replies(*k)));
         }
@@ -450,6 +484,11 @@ impl Stats {
         out.push(("responder_rsts_limited".to_string(), self.responder.rsts_limited));
         out.push(("events_dropped".to_string(), self.events_dropped));
         out.push(("capture_dropped".to_string(), self.capture_dropped));
+        out.push(("abuse_tracked".to_string(), self.abuse.tracked));
+        out.push(("abuse_suspected".to_string(), self.abuse.suspected));
+        out.push(("abuse_quarantined".to_string(), self.abuse.quarantined));
+        out.push(("abuse_refused".to_string(), self.abuse.refused));
+        out.push(("abuse_attempts_dropped".to_string(), self.abuse.attempts_dropped));
         out.push(("responder_ring_overflows".to_string(), self.responder.ring_overflows));
         out.push(("responder_syn_evictions".to_string(), self.responder.syn_evictions));
         for (name, d) in ["subscriber", "upstream"].iter().zip(&self.devices) {

@@ -89,6 +89,10 @@ pub fn render(v: &serde_json::Value, all: bool) -> String {
         }
     }
     line("op25b redirected".into(), num(&s["counters"]["op25b_redirected"]));
+    line("op25b monitored (would block)".into(), num(&s["counters"]["op25b_monitored"]));
+    for k in ["tracked", "suspected", "quarantined", "refused", "attempts_dropped"] {
+        line(format!("abuse {k}"), num(&s["counters"][format!("abuse_{k}").as_str()]));
+    }
     if let Some(rules) = s["rules"].as_array() {
         for r in rules {
             let name = r["name"].as_str().unwrap_or("?");
@@ -112,5 +116,148 @@ fn human(secs: f64) -> String {
         0..=119 => format!("{s} s"),
         120..=7199 => format!("{} min", s / 60),
         _ => format!("{} h {} min", s / 3600, s / 60 % 60),
+    }
+}
+
+/// What `op25b top` sorts by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum TopBy {
+    /// Blocked attempts in the window.
+    Attempts,
+    /// Distinct destinations in the window.
+    Destinations,
+}
+
+fn exit_for(e: &ClientError) -> std::process::ExitCode {
+    match e {
+        ClientError::Connect { .. } => std::process::ExitCode::from(2),
+        _ => std::process::ExitCode::FAILURE,
+    }
+}
+
+/// `op25b top`: asks once (or every second with `watch`) and prints.
+pub fn top(socket: &Path, n: usize, by: TopBy, json: bool, watch: bool) -> std::process::ExitCode {
+    use std::io::IsTerminal;
+    let by = match by {
+        TopBy::Attempts => "attempts",
+        TopBy::Destinations => "destinations",
+    };
+    let tty = std::io::stdout().is_terminal();
+    loop {
+        let answer = match ask(socket, &format!("top {n} {by}")) {
+            Ok(v) => v,
+            Err(e) => {
+                eprintln!("op25b: error: {e}");
+                return exit_for(&e);
+            }
+        };
+        let text =
+            if json { format!("{}\n", answer["top"]) } else { render_top(&answer, std::time::SystemTime::now()) };
+        let mut out = std::io::stdout().lock();
+        if watch && tty {
+            // Home and clear, like top(1).
+            let _ = write!(out, "\x1b[H\x1b[2J");
+        }
+        if out.write_all(text.as_bytes()).and_then(|()| out.flush()).is_err() {
+            // The reader went away (a closed pipe): nothing more to say.
+            return std::process::ExitCode::SUCCESS;
+        }
+        drop(out);
+        if !watch {
+            return std::process::ExitCode::SUCCESS;
+        }
+        if !tty {
+            println!();
+        }
+        std::thread::sleep(Duration::from_secs(1));
+    }
+}
+
+fn ago(unix: f64, now: f64) -> String {
+    let s = (now - unix).max(0.0);
+    if s < 1.0 {
+        "now".into()
+    } else {
+        format!("{} ago", human(s))
+    }
+}
+
+/// The answer to `top` as the table a person reads.
+pub fn render_top(v: &serde_json::Value, now: std::time::SystemTime) -> String {
+    use std::fmt::Write as _;
+    let now = now.duration_since(std::time::UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64());
+    let num = |v: &serde_json::Value| v.as_u64().unwrap_or(0);
+    let rows = v["top"].as_array().cloned().unwrap_or_default();
+    let quarantined = v["quarantined"].as_array().cloned().unwrap_or_default();
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "op25b top: {} tracked, {} suspected, {} in quarantine; window {} s, suspect at {} attempts or {} destinations",
+        num(&v["tracked"]),
+        num(&v["suspected"]),
+        quarantined.len(),
+        v["window_seconds"].as_f64().unwrap_or(0.0),
+        num(&v["threshold"]),
+        num(&v["destinations_threshold"]),
+    );
+    let _ = writeln!(
+        out,
+        "{:<24} {:<11} {:>8} {:>6} {:>10} {:>9}  {:<14} {:<14}",
+        "SUBSCRIBER", "STATE", "ATTEMPTS", "DESTS", "TOTAL", "ALL DESTS", "FIRST SEEN", "LAST SEEN"
+    );
+    if rows.is_empty() {
+        let _ = writeln!(out, "(no blocked attempts yet)");
+    }
+    for r in &rows {
+        let _ = writeln!(
+            out,
+            "{:<24} {:<11} {:>8} {:>6} {:>10} {:>9}  {:<14} {:<14}",
+            r["subscriber"].as_str().unwrap_or("?"),
+            r["state"].as_str().unwrap_or("?"),
+            num(&r["attempts"]),
+            num(&r["destinations"]),
+            num(&r["total"]),
+            num(&r["total_destinations"]),
+            ago(r["first_seen"].as_f64().unwrap_or(now), now),
+            ago(r["last_seen"].as_f64().unwrap_or(now), now),
+        );
+    }
+    for q in &quarantined {
+        let left = (q["until"].as_f64().unwrap_or(now) - now).max(0.0);
+        let _ = writeln!(out, "in quarantine: {} for {} more", q["subscriber"].as_str().unwrap_or("?"), human(left));
+    }
+    out
+}
+
+/// `op25b quarantine SUBSCRIBER [--for DURATION]`.
+pub fn quarantine(socket: &Path, subscriber: &str, duration: Option<Duration>) -> std::process::ExitCode {
+    let command = match duration {
+        Some(d) => format!("quarantine {} {}", subscriber.trim(), d.as_secs_f64()),
+        None => format!("quarantine {}", subscriber.trim()),
+    };
+    match ask(socket, &command) {
+        Ok(v) => {
+            let secs = v["seconds"].as_f64().unwrap_or(0.0);
+            println!("{} in quarantine for {}", v["quarantined"].as_str().unwrap_or(subscriber), human(secs));
+            std::process::ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("op25b: error: {e}");
+            exit_for(&e)
+        }
+    }
+}
+
+/// `op25b release SUBSCRIBER`.
+pub fn release(socket: &Path, subscriber: &str) -> std::process::ExitCode {
+    match ask(socket, &format!("release {}", subscriber.trim())) {
+        Ok(v) => {
+            println!("{} released from quarantine", v["released"].as_str().unwrap_or(subscriber));
+            std::process::ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("op25b: error: {e}");
+            exit_for(&e)
+        }
     }
 }

@@ -103,6 +103,11 @@ pub(crate) fn line(event: &Event, sampler: &mut Sampler, now: Instant, at: Syste
             }
             v
         }
+        Event::Abuse(e) => {
+            let mut v = super::abuse::event_json(e);
+            v["ts"] = ts.into();
+            v
+        }
         Event::Reload { ok, detail } => serde_json::json!({
             "ts": ts,
             "event": "reload",

@@ -171,6 +171,43 @@ impl Collector for Scrape {
             "Packets not forwarded that the capture could not take.",
             [(vec![], s.capture_dropped)],
         )?;
+        counters(
+            &mut e,
+            "op25b_monitored",
+            "Packets OP25B would have blocked, forwarded by action monitor.",
+            [(vec![], s.op25b.monitored)],
+        )?;
+        let a = &s.abuse;
+        gauges(
+            &mut e,
+            "op25b_abuse_tracked_subscribers",
+            "Subscribers in the abuse table (heavy hitters of blocked attempts).",
+            [(vec![], a.tracked as f64)],
+        )?;
+        gauges(
+            &mut e,
+            "op25b_abuse_suspected_subscribers",
+            "Subscribers that crossed an abuse threshold less than a window ago.",
+            [(vec![], a.suspected as f64)],
+        )?;
+        gauges(
+            &mut e,
+            "op25b_abuse_quarantined_subscribers",
+            "Subscribers in quarantine.",
+            [(vec![], a.quarantined as f64)],
+        )?;
+        counters(
+            &mut e,
+            "op25b_abuse_refused_packets",
+            "Packets of subscribers in quarantine refused outside their walled garden.",
+            [(vec![], a.refused)],
+        )?;
+        counters(
+            &mut e,
+            "op25b_abuse_attempts_dropped",
+            "Blocked attempts the full queue to abuse handling did not take.",
+            [(vec![], a.attempts_dropped)],
+        )?;
         let i = &self.info;
         counters(
             &mut e,

@@ -7,6 +7,7 @@
 //! Both listeners are bound before the thread starts, so a bad address or a
 //! socket already in use is a start-up error, not a log line later.
 
+pub mod abuse;
 pub mod capture;
 pub mod client;
 pub mod events;
@@ -23,7 +24,9 @@ use std::time::SystemTime;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 
 use crate::config::ControlConfig;
+use crate::dataplane::events::EventSender;
 use crate::dataplane::StatsReader;
+use crate::state::abuse::{parse_subscriber, subscriber_name, AbuseEvent};
 
 /// Why the control plane could not start.
 #[derive(Debug, thiserror::Error)]
@@ -94,6 +97,8 @@ impl Info {
 struct Shared {
     stats: StatsReader,
     info: Arc<Mutex<Info>>,
+    /// Where `quarantine` and `release` report what they did.
+    events: Option<EventSender>,
 }
 
 impl Shared {
@@ -115,6 +120,57 @@ impl Shared {
             "reloads": {"success": info.reloads_ok, "failure": info.reloads_failed},
             "stats": stats.to_json(),
         })
+    }
+
+    /// One request: `stats`, `top N attempts|destinations`, `release
+    /// SUBSCRIBER`, `quarantine SUBSCRIBER [SECONDS]`.
+    fn command(&self, line: &str) -> serde_json::Value {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        let err = |m: String| serde_json::json!({ "error": m });
+        let abuse = self.stats.abuse();
+        match (words.as_slice(), abuse) {
+            (["stats"], _) => self.stats_json(),
+            (["top" | "release" | "quarantine", ..], None) => {
+                err("abuse handling is off: the running config has no [abuse] section".into())
+            }
+            (["top", n, by], Some(a)) => match (n.parse::<usize>(), *by) {
+                (Ok(n), "attempts" | "destinations") => abuse::top_json(a, n, *by == "destinations"),
+                _ => err(format!("usage: top N attempts|destinations, not {line:?}")),
+            },
+            (["release", who], Some(a)) => match parse_subscriber(who) {
+                None => err(format!("{who:?} is not a subscriber (an IPv4 address, or an IPv6 address or /64)")),
+                Some(key) => match a.release(key) {
+                    Some(e) => {
+                        abuse::report(e, self.events.as_ref());
+                        serde_json::json!({"released": subscriber_name(key)})
+                    }
+                    None => err(format!("{} is not in quarantine", subscriber_name(key))),
+                },
+            },
+            (["quarantine", who, rest @ ..], Some(a)) if rest.len() <= 1 => {
+                let duration = match rest.first().map(|s| s.parse::<f64>()) {
+                    None => None,
+                    Some(Ok(s)) if s > 0.0 && s <= 30.0 * 86_400.0 => Some(std::time::Duration::from_secs_f64(s)),
+                    Some(_) => return err(format!("usage: quarantine SUBSCRIBER [SECONDS], not {line:?}")),
+                };
+                let Some(key) = parse_subscriber(who) else {
+                    return err(format!("{who:?} is not a subscriber (an IPv4 address, or an IPv6 address or /64)"));
+                };
+                let e = a.quarantine(key, std::time::Instant::now(), duration);
+                let answer = match &e {
+                    AbuseEvent::QuarantineStarted { duration, .. } => serde_json::json!({
+                        "quarantined": subscriber_name(key),
+                        "seconds": duration.as_secs_f64(),
+                    }),
+                    _ => err(format!("{} not quarantined: the quarantine set is full", subscriber_name(key))),
+                };
+                abuse::report(e, self.events.as_ref());
+                answer
+            }
+            _ => err(format!(
+                "unknown command {line:?}; try \"stats\", \"top N attempts|destinations\", \"release SUBSCRIBER\" or \"quarantine SUBSCRIBER [SECONDS]\""
+            )),
+        }
     }
 
     fn metrics(&self) -> String {
@@ -154,7 +210,13 @@ fn bind_socket(path: &Path) -> Result<std::os::unix::net::UnixListener, ControlE
 impl Control {
     /// Starts the control plane for `cfg`, reading counters through `stats`;
     /// `None` when `[control]` asks for nothing.
-    pub fn start(cfg: &ControlConfig, config: &Path, stats: StatsReader) -> Result<Option<Control>, ControlError> {
+    /// `events` gets the events of `op25b quarantine` and `op25b release`.
+    pub fn start(
+        cfg: &ControlConfig,
+        config: &Path,
+        stats: StatsReader,
+        events: Option<EventSender>,
+    ) -> Result<Option<Control>, ControlError> {
         if cfg.socket.is_none() && cfg.metrics.is_none() {
             return Ok(None);
         }
@@ -175,7 +237,7 @@ impl Control {
             reloads_ok: 0,
             reloads_failed: 0,
         }));
-        let shared = Shared { stats, info: Arc::clone(&info) };
+        let shared = Shared { stats, info: Arc::clone(&info), events };
         let shutdown = Arc::new(tokio::sync::Notify::new());
         let stop = Arc::clone(&shutdown);
         let runtime = tokio::runtime::Builder::new_current_thread().enable_io().build().map_err(ControlError::Start)?;
@@ -272,10 +334,7 @@ async fn answer(stream: tokio::net::UnixStream, shared: Shared) {
     // A request is one short line; more is not read.
     let mut lines = BufReader::new(read.take(256));
     let reply = match lines.read_line(&mut line).await {
-        Ok(_) => match line.trim() {
-            "stats" => shared.stats_json(),
-            other => serde_json::json!({"error": format!("unknown command {other:?}; try \"stats\"")}),
-        },
+        Ok(_) => shared.command(line.trim()),
         Err(e) => serde_json::json!({"error": e.to_string()}),
     };
     let _ = write.write_all(format!("{reply}\n").as_bytes()).await; // the client may be gone

@@ -5,6 +5,7 @@
 use std::sync::Arc;
 
 use crate::router::Block;
+use crate::state::abuse::{AbuseEvent, Attempt};
 
 /// One event.
 #[derive(Debug, Clone)]
@@ -17,6 +18,8 @@ pub enum Event {
         /// The rule's name, when a rule blocked it.
         rule: Option<Arc<str>>,
     },
+    /// Abuse handling: a subscriber suspected, a quarantine started or ended.
+    Abuse(AbuseEvent),
     /// A config reload, accepted or refused.
     Reload {
         /// Accepted.
@@ -31,3 +34,10 @@ pub type EventSender = std::sync::mpsc::SyncSender<Event>;
 
 /// Events the queue holds before workers start counting them as dropped.
 pub const QUEUE: usize = 4096;
+
+/// The sending end of the queue of blocked attempts to abuse handling.
+pub type AttemptSender = std::sync::mpsc::SyncSender<Attempt>;
+
+/// Attempts the queue to abuse handling holds before workers count them as
+/// dropped (`abuse_attempts_dropped`).
+pub const ATTEMPT_QUEUE: usize = 16_384;

@@ -37,6 +37,7 @@ use crate::config::{Config, DataplaneConfig};
 use crate::packet::Direction;
 use crate::policy::Policy;
 use crate::router::Router;
+use crate::state::abuse::Abuse;
 use crate::state::State;
 use crate::stats::{Counters, Stats};
 use arc_swap::ArcSwap;
@@ -78,6 +79,7 @@ pub struct StatsReader {
     counters: Arc<Vec<Arc<Counters>>>,
     io: Arc<Vec<Arc<IoCounters>>>,
     active: Arc<ArcSwap<Active>>,
+    abuse: Option<Arc<Abuse>>,
 }
 
 impl StatsReader {
@@ -88,10 +90,19 @@ impl StatsReader {
             c.add_to(&mut s);
         }
         for io in self.io.iter() {
-            io.add_to(&mut s.devices, (&mut s.events_dropped, &mut s.capture_dropped));
+            io.add_to(&mut s);
         }
         s.responder = self.active.load().state.responder_stats();
+        if let Some(a) = &self.abuse {
+            let (tracked, suspected, quarantined) = a.gauges(std::time::Instant::now());
+            (s.abuse.tracked, s.abuse.suspected, s.abuse.quarantined) = (tracked, suspected, quarantined);
+        }
         s
+    }
+
+    /// Abuse handling, when `[abuse]` is on.
+    pub fn abuse(&self) -> Option<&Arc<Abuse>> {
+        self.abuse.as_ref()
     }
 }
 
@@ -104,16 +115,29 @@ pub struct Dataplane {
     offload: bool,
     /// What is in force; the workers pick up a new one before their next batch.
     active: Arc<ArcSwap<Active>>,
+    /// Abuse handling, with `[abuse]`.
+    abuse: Option<Arc<Abuse>>,
+}
+
+/// Where the workers send what they saw besides forwarding: events of
+/// blocked connections, copies of the packets not forwarded, and blocked
+/// attempts for abuse handling. All optional.
+#[derive(Default, Clone)]
+pub struct Sinks {
+    /// Events (`[events]`).
+    pub events: Option<events::EventSender>,
+    /// The capture (`[capture]`).
+    pub capture: Option<capture::CaptureSink>,
+    /// Blocked attempts (`[abuse]`).
+    pub abuse: Option<events::AttemptSender>,
 }
 
 impl Dataplane {
-    /// Creates both devices and starts the workers; with `events`, blocked
-    /// connection attempts are sent there, with `capture` the packets not forwarded.
-    pub fn start(
-        config: &Config,
-        events: Option<events::EventSender>,
-        capture: Option<capture::CaptureSink>,
-    ) -> Result<Dataplane, DeviceError> {
+    /// Creates both devices and starts the workers, which send to `sinks`.
+    /// With `[abuse]` in `config`, abuse handling starts with the state's
+    /// quarantine set ([`Dataplane::abuse`]; the attempts arrive through
+    /// `sinks.abuse` wherever its receiver is).
+    pub fn start(config: &Config, sinks: Sinks) -> Result<Dataplane, DeviceError> {
         let n = workers_per_direction(config.dataplane.workers);
         let (sub, up, offload) = open_pair(config, n)?;
         let stop = Arc::new(InterruptEvent::new().map_err(|source| DeviceError::Tun {
@@ -123,16 +147,17 @@ impl Dataplane {
         })?);
         let policy = Arc::new(config.policy.clone());
         let state = Arc::new(State::new(&policy));
+        let abuse = config.abuse.clone().map(|a| Arc::new(Abuse::new(a, Arc::clone(state.quarantine()))));
         let active = Arc::new(ArcSwap::from_pointee(Active { policy, state }));
-        let mut dp = Dataplane { workers: Vec::new(), counters: Vec::new(), io: Vec::new(), stop, offload, active };
+        let mut dp =
+            Dataplane { workers: Vec::new(), counters: Vec::new(), io: Vec::new(), stop, offload, active, abuse };
         let sub: Vec<Arc<Queue>> = sub.into_iter().map(|d| Arc::new(Queue::new(d))).collect();
         let up: Vec<Arc<Queue>> = up.into_iter().map(|d| Arc::new(Queue::new(d))).collect();
         for (i, (s, u)) in sub.iter().zip(&up).enumerate() {
             for (dir, ingress, egress) in
                 [(Direction::Outbound, s.clone(), u.clone()), (Direction::Inbound, u.clone(), s.clone())]
             {
-                let sinks = (events.clone(), capture.clone());
-                dp.spawn(i, dir, (ingress, egress), offload, config.dataplane.busy_poll, sinks)?;
+                dp.spawn(i, dir, (ingress, egress), offload, config.dataplane.busy_poll, sinks.clone())?;
             }
         }
         tracing::debug!(workers_per_direction = n, "data plane started");
@@ -146,13 +171,14 @@ impl Dataplane {
         (ingress, egress): (Arc<Queue>, Arc<Queue>),
         offload: bool,
         busy_poll: std::time::Duration,
-        (events, capture): (Option<events::EventSender>, Option<capture::CaptureSink>),
+        sinks: Sinks,
     ) -> Result<(), DeviceError> {
         let current = self.active.load_full();
         let mut own = Router::with_state(current.policy.clone(), current.state.clone());
         let mut rev = Router::with_state(current.policy.clone(), current.state.clone());
-        own.note_blocks(events.is_some());
-        rev.note_blocks(events.is_some());
+        let note = sinks.events.is_some() || sinks.abuse.is_some();
+        own.note_blocks(note);
+        rev.note_blocks(note);
         self.counters.push(own.counters().clone());
         self.counters.push(rev.counters().clone());
         let io = Arc::new(IoCounters::default());
@@ -166,8 +192,9 @@ impl Dataplane {
             peek: PEEK,
             busy_poll,
             active: arc_swap::Cache::new(Arc::clone(&self.active)),
-            events,
-            capture,
+            events: sinks.events,
+            capture: sinks.capture,
+            abuse: sinks.abuse,
         };
         let handle = std::thread::Builder::new()
             .name(format!("op25b-{}-{index}", dir.name()))
@@ -189,6 +216,11 @@ impl Dataplane {
         Arc::clone(&self.active.load().state)
     }
 
+    /// Abuse handling, when `[abuse]` is on.
+    pub fn abuse(&self) -> Option<&Arc<Abuse>> {
+        self.abuse.as_ref()
+    }
+
     /// Whether the devices use the virtio-net header (GSO/GRO offload).
     pub fn offload(&self) -> bool {
         self.offload
@@ -205,6 +237,7 @@ impl Dataplane {
             counters: Arc::new(self.counters.clone()),
             io: Arc::new(self.io.clone()),
             active: Arc::clone(&self.active),
+            abuse: self.abuse.clone(),
         }
     }
 

@@ -18,13 +18,14 @@ use std::time::{Duration, Instant, SystemTime};
 use tun_rs::{InterruptEvent, SyncDevice, VirtioNetHdr};
 
 use super::capture::CaptureSink;
-use super::events::{Event, EventSender};
+use super::events::{AttemptSender, Event, EventSender};
 use super::gro::UdpCoalescer;
 use super::Active;
 use crate::packet::Direction;
 use crate::router::{Router, RxInfo, Verdict};
+use crate::state::abuse::Attempt;
 use crate::state::State;
-use crate::stats::{Counter, DeviceStats};
+use crate::stats::{Counter, Stats};
 
 /// Room for any reply the router builds: ICMP errors stay within 1280 bytes,
 /// but an echo reply is as large as its request.
@@ -63,14 +64,17 @@ pub(crate) struct IoCounters {
     events_dropped: Counter,
     /// Packets not forwarded that could not be captured (no free buffer).
     capture_dropped: Counter,
+    /// Blocked attempts the full queue to abuse handling did not take.
+    attempts_dropped: Counter,
 }
 
 impl IoCounters {
     /// Adds this worker's counts to the devices' figures.
-    pub(crate) fn add_to(&self, devices: &mut [DeviceStats; 2], (events, capture): (&mut u64, &mut u64)) {
-        *events += self.events_dropped.get();
-        *capture += self.capture_dropped.get();
-        for (i, d) in devices.iter_mut().enumerate() {
+    pub(crate) fn add_to(&self, s: &mut Stats) {
+        s.events_dropped += self.events_dropped.get();
+        s.capture_dropped += self.capture_dropped.get();
+        s.abuse.attempts_dropped += self.attempts_dropped.get();
+        for (i, d) in s.devices.iter_mut().enumerate() {
             d.rx_packets += self.rx_packets[i].get();
             d.rx_bytes += self.rx_bytes[i].get();
             d.rx_errors += self.rx_errors[i].get();
@@ -161,6 +165,8 @@ pub(crate) struct Worker {
     pub(crate) events: Option<EventSender>,
     /// Where copies of the packets not forwarded go, when capture is on.
     pub(crate) capture: Option<CaptureSink>,
+    /// Where blocked attempts go, when abuse handling is on.
+    pub(crate) abuse: Option<AttemptSender>,
 }
 
 /// Buffers of one worker, allocated once.
@@ -175,6 +181,7 @@ struct Io<'a> {
     counters: &'a IoCounters,
     events: Option<&'a EventSender>,
     capture: Option<&'a CaptureSink>,
+    abuse: Option<&'a AttemptSender>,
     off: usize,
     stop: &'a InterruptEvent,
     /// Consecutive failed reads.
@@ -208,9 +215,16 @@ impl Worker {
             gro: UdpCoalescer::new(off),
         };
         let io_counters = Arc::clone(&self.io);
-        let (events, capture) = (self.events.clone(), self.capture.clone());
-        let mut io =
-            Io { counters: &io_counters, events: events.as_ref(), capture: capture.as_ref(), off, stop, failures: 0 };
+        let (events, capture, abuse) = (self.events.clone(), self.capture.clone(), self.abuse.clone());
+        let mut io = Io {
+            counters: &io_counters,
+            events: events.as_ref(),
+            capture: capture.as_ref(),
+            abuse: abuse.as_ref(),
+            off,
+            stop,
+            failures: 0,
+        };
         let mut now = Instant::now();
         let dir = self.own.dir.name();
         // The subscriber side's queue of this worker: where banner output goes.
@@ -360,8 +374,16 @@ fn drain(
                 c.capture_dropped.add(1);
             }
         }
-        if let Some(tx) = io.events {
-            if let Some(block) = side.router.take_block() {
+        if let Some(block) = side.router.take_block() {
+            if let (Some(tx), None) = (io.abuse, block.rule) {
+                // OP25B's blocks (and monitor's would-be blocks) feed abuse handling.
+                let attempt =
+                    Attempt { at: *now, src: block.src.ip(), dst: block.dst.ip(), monitor: block.action == "monitor" };
+                if tx.try_send(attempt).is_err() {
+                    c.attempts_dropped.add(1);
+                }
+            }
+            if let Some(tx) = io.events {
                 let rule = block.rule.and_then(|i| side.router.rule_name(i));
                 if tx.try_send(Event::Blocked { block, rule }).is_err() {
                     c.events_dropped.add(1);

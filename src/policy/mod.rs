@@ -7,6 +7,7 @@ pub mod op25b;
 pub mod pipeline;
 pub mod ports;
 pub mod prefix;
+pub mod quarantine;
 pub mod rules;
 
 use std::net::{Ipv4Addr, Ipv6Addr};
@@ -16,6 +17,7 @@ pub use op25b::{Action, Banner, Decision, Op25b};
 pub use pipeline::{Pipeline, RuleHooks, RuleStep};
 pub use ports::PortSet;
 pub use prefix::PrefixSet;
+pub use quarantine::QuarantineAllow;
 pub use rules::{ConfigRule, Rule, RuleAction, RuleContext, RuleVerdict};
 
 use crate::packet::Direction;
@@ -53,6 +55,8 @@ pub struct Policy {
     pub max_flows: usize,
     /// Most redirected flows of one subscriber (an IPv4 address or an IPv6 /64).
     pub max_flows_per_source: usize,
+    /// What a subscriber in quarantine may still reach (`abuse.quarantine_allow`).
+    pub quarantine_allow: QuarantineAllow,
 }
 
 /// Why a rule could not be added.

@@ -26,10 +26,16 @@ pub enum Action {
     Banner,
     /// Send the connection to the ISP relay (destination NAT).
     Redirect,
+    /// Block nothing: forward the connection, and count, track and report
+    /// it as one the policy would block (measure before enforcing).
+    Monitor,
 }
 
 impl Action {
     /// Position in `stats::BLOCK_ACTIONS` (the per-action block counters).
+    /// `monitor` blocks nothing and has no block counter: its would-be
+    /// blocks are counted apart (`Op25bStats::monitored`); its index is one
+    /// past the blocking actions'.
     #[inline]
     pub fn index(self) -> usize {
         match self {
@@ -38,19 +44,26 @@ impl Action {
             Action::Icmp => 2,
             Action::Banner => 3,
             Action::Redirect => 4,
+            Action::Monitor => 5,
+        }
+    }
+
+    /// The action's name in the config, events and metrics.
+    pub fn name(self) -> &'static str {
+        match self {
+            Action::Reject => "reject",
+            Action::Drop => "drop",
+            Action::Icmp => "icmp",
+            Action::Banner => "banner",
+            Action::Redirect => "redirect",
+            Action::Monitor => "monitor",
         }
     }
 }
 
 impl fmt::Display for Action {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Action::Reject => "reject",
-            Action::Drop => "drop",
-            Action::Icmp => "icmp",
-            Action::Banner => "banner",
-            Action::Redirect => "redirect",
-        })
+        f.write_str(self.name())
     }
 }
 

@@ -11,8 +11,10 @@
 //! ```text
 //! sanity   parse, martians, anti-spoofing (BCP 38), fragments, source routing
 //! local    addressed to the router (echo), TTL / hop limit expired
+//! quarantine  outbound from a subscriber in quarantine: only its walled
+//!          garden passes (one atomic load while nobody is in quarantine)
 //! op25b    outbound: the fast path and its action (reject, drop, icmp,
-//!          banner, redirect); inbound: IP25B and the reverse of a redirect
+//!          banner, redirect, monitor); inbound: IP25B and the reverse of a redirect
 //! rules    the rule pipeline, first final verdict wins
 //! forward  egress MTU, TTL - 1 (RFC 1624)
 //! ```
@@ -40,6 +42,7 @@ pub(crate) use trace::{NoTrace, Tracer};
 mod forward;
 mod local;
 mod op25b;
+mod quarantine;
 mod rules;
 mod sanity;
 mod trace;
@@ -96,6 +99,17 @@ pub struct Block {
     pub rule: Option<u16>,
     /// What the subscriber got: tcp_rst, icmp, banner, redirect, or none.
     pub reply: &'static str,
+}
+
+/// What a blocked SYN's verdict gave the subscriber, as events name it.
+fn reply_name(verdict: Verdict) -> &'static str {
+    match verdict {
+        Verdict::Reply { kind: ReplyKind::TcpRst, .. } => "tcp_rst",
+        Verdict::Reply { kind: ReplyKind::Prohibited, .. } => "icmp",
+        Verdict::Terminate => "banner",
+        Verdict::Forward { .. } => "redirect",
+        _ => "none",
+    }
 }
 
 /// One packet on its way through the stages.
@@ -174,23 +188,17 @@ impl Router {
         Some((std::net::SocketAddr::new(view.src, sport), std::net::SocketAddr::new(view.dst, dport)))
     }
 
-    /// Notes a blocked SYN between `ends` for the data plane's events.
+    /// Notes a blocked SYN between `ends` for the data plane's events;
+    /// `reply` is what the subscriber got ([`reply_name`]).
     #[cold]
     fn note_block(
         &self,
         ends: Option<(std::net::SocketAddr, std::net::SocketAddr)>,
         action: &'static str,
         rule: Option<usize>,
-        verdict: Verdict,
+        reply: &'static str,
     ) {
         let Some((src, dst)) = ends else { return };
-        let reply = match verdict {
-            Verdict::Reply { kind: ReplyKind::TcpRst, .. } => "tcp_rst",
-            Verdict::Reply { kind: ReplyKind::Prohibited, .. } => "icmp",
-            Verdict::Terminate => "banner",
-            Verdict::Forward { .. } => "redirect",
-            _ => "none",
-        };
         self.block.set(Some(Block { src, dst, action, rule: rule.and_then(|i| u16::try_from(i).ok()), reply }));
     }
 
@@ -304,6 +312,7 @@ impl Router {
     fn stages<T: Tracer>(&mut self, p: &mut Packet<'_>, t: &mut T) -> ControlFlow<Verdict> {
         self.sanity(p, t)?;
         self.local(p, t)?;
+        self.quarantine(p, t)?;
         self.op25b(p, t)?;
         self.rules(p, t)
     }

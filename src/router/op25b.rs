@@ -13,10 +13,6 @@ use crate::state::responder::Admission;
 
 const BLOCKED: Verdict = Verdict::Drop(DropReason::Op25bBlocked);
 
-fn action_name(a: Action) -> &'static str {
-    crate::stats::BLOCK_ACTIONS[a.index()]
-}
-
 impl Router {
     #[inline]
     pub(super) fn op25b<T: Tracer>(&self, p: &mut Packet<'_>, t: &mut T) -> ControlFlow<Verdict> {
@@ -26,11 +22,17 @@ impl Router {
         }
         let decision = op.judge(&p.view);
         t.note("op25b", || match decision {
+            Decision::Block if op.action == Action::Monitor => {
+                format!("{} -> action monitor: would be blocked, forwarded", decision.describe())
+            }
             Decision::Block => format!("{} -> action {}", decision.describe(), op.action),
             _ => decision.describe().to_string(),
         });
         if decision != Decision::Block {
             return ControlFlow::Continue(());
+        }
+        if op.action == Action::Monitor {
+            return self.monitor(p);
         }
         self.counters.op25b_blocked[op.action.index()].add(1);
         let syn = p.view.is_tcp_syn();
@@ -44,7 +46,7 @@ impl Router {
                 ControlFlow::Continue(()) => {
                     t.note("redirect", || format!("sent to {}:{}", p.view.dst, p.view.tcp_dst_port().unwrap_or(0)));
                     if ends.is_some() {
-                        self.note_block(ends, "redirect", None, Verdict::Forward { len: p.view.len });
+                        self.note_block(ends, "redirect", None, "redirect");
                     }
                     return ControlFlow::Continue(());
                 }
@@ -53,9 +55,23 @@ impl Router {
             _ => BLOCKED,
         };
         if ends.is_some() {
-            self.note_block(ends, action_name(op.action), None, verdict);
+            self.note_block(ends, op.action.name(), None, super::reply_name(verdict));
         }
         ControlFlow::Break(verdict)
+    }
+
+    /// `monitor`: the packet goes on as if OP25B were off; it is counted, and
+    /// a SYN is noted as a would-be block (events, abuse tracking).
+    #[inline]
+    fn monitor(&self, p: &Packet<'_>) -> ControlFlow<Verdict> {
+        self.counters.monitored.add(1);
+        if p.view.is_tcp_syn() {
+            let ends = self.ends(&p.view);
+            if ends.is_some() {
+                self.note_block(ends, "monitor", None, "none");
+            }
+        }
+        ControlFlow::Continue(())
     }
 
     /// Inbound: IP25B, and the relay's side of a redirected flow.

@@ -63,7 +63,7 @@ impl Router {
         };
         if p.view.is_tcp_syn() {
             if let ends @ Some(_) = self.ends(&p.view) {
-                self.note_block(ends, action, Some(rule), v);
+                self.note_block(ends, action, Some(rule), super::reply_name(v));
             }
         }
         ControlFlow::Break(v)

@@ -7,13 +7,15 @@
 //!   originates ([`ratelimit`]);
 //! - the redirect flow table ([`conntrack`]);
 //! - the banner responder's sessions ([`responder`]);
-//! - the buckets of config rate-limit rules.
+//! - the buckets of config rate-limit rules;
+//! - the subscribers in quarantine ([`abuse`]), which every reload keeps.
 //!
 //! Each part sits behind its own lock, taken only on the paths that need it
 //! (a reply, a packet of a blocked flow, a rate-limit rule's match), and is
 //! shared through its own `Arc`, so a reload can carry some parts over and
 //! start others afresh ([`State::carry_over`]).
 
+pub mod abuse;
 pub(crate) mod conntrack;
 pub(crate) mod ratelimit;
 pub mod responder;
@@ -24,6 +26,7 @@ use std::time::Instant;
 
 use crate::policy::{Action, Limit, Policy, RuleAction};
 use crate::stats::ResponderStats;
+use abuse::Quarantine;
 use conntrack::Conntrack;
 use ratelimit::RateLimiter;
 use responder::Responder;
@@ -39,6 +42,9 @@ pub(crate) fn subscriber_key(addr: IpAddr) -> u64 {
         IpAddr::V6(a) => (u128::from(a) >> 64) as u64,
     }
 }
+
+/// Most subscribers in quarantine at once.
+pub const MAX_QUARANTINED: usize = 65_536;
 
 /// The buckets of one rate-limit rule.
 #[derive(Debug)]
@@ -56,6 +62,8 @@ pub struct State {
     responder: Option<Arc<Responder>>,
     /// By rule index; `None` for rules that are not config rate limits.
     rule_buckets: Box<[Option<Arc<RuleBuckets>>]>,
+    /// Subscribers in quarantine (`[abuse]`): always carried over a reload.
+    quarantine: Arc<Quarantine>,
 }
 
 /// The parts of the running state a reload carried over.
@@ -102,6 +110,7 @@ impl State {
             flows: Arc::new(Mutex::new(Conntrack::new(policy.max_flows, policy.max_flows_per_source))),
             responder: (op.action == Action::Banner).then(|| Arc::new(Responder::new(&op.ports, &op.banner))),
             rule_buckets: rule_buckets(policy),
+            quarantine: Arc::new(Quarantine::new(MAX_QUARANTINED)),
         }
     }
 
@@ -132,6 +141,8 @@ impl State {
     /// starts afresh otherwise.
     pub fn carry_over(&self, old: &Policy, new: &Policy) -> (State, Kept) {
         let mut state = State::new(new);
+        // Quarantines outlive any policy: they end by time or by `op25b release`.
+        state.quarantine = Arc::clone(&self.quarantine);
         let (x, y) = (&old.op25b, &new.op25b);
         let kept_replies = old.reply_limit == new.reply_limit;
         let kept_flows = x.action == Action::Redirect
@@ -182,6 +193,11 @@ impl State {
     /// The redirect flow table, locked.
     pub(crate) fn flows(&self) -> MutexGuard<'_, Conntrack> {
         lock(&self.flows)
+    }
+
+    /// The subscribers in quarantine.
+    pub fn quarantine(&self) -> &Arc<Quarantine> {
+        &self.quarantine
     }
 
     /// The banner responder, with `action = "banner"`.

@@ -1,0 +1,476 @@
+//! Abuse handling's state: who OP25B keeps blocking ([`Tracker`], a
+//! heavy-hitters table the control plane's abuse thread owns) and who is in
+//! quarantine ([`Quarantine`], read by the router on every outbound packet
+//! while anyone is).
+//!
+//! The packet path never touches the tracker: a worker hands each blocked
+//! attempt to the abuse thread through a bounded queue, without waiting.
+//! The quarantine set is read without a lock: one atomic load while nobody
+//! is quarantined, and a lock-free snapshot (`ArcSwap`) otherwise; the rare
+//! writers (the abuse thread, `op25b quarantine` and `op25b release`)
+//! publish a new snapshot.
+
+mod tracker;
+
+pub use tracker::{Entry, Suspicion, Thresholds, Tracker, EXACT_DESTINATIONS, SAMPLES};
+
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+
+use super::subscriber_key;
+
+/// What crossing a threshold does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnSuspect {
+    /// Write an event (and a log line).
+    Event,
+    /// Write the event and quarantine the subscriber.
+    Quarantine,
+}
+
+/// `[abuse]`, validated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AbuseSettings {
+    /// The window and the thresholds.
+    pub thresholds: Thresholds,
+    /// What crossing a threshold does.
+    pub on_suspect: OnSuspect,
+    /// How long a quarantine lasts unless released.
+    pub quarantine_for: Duration,
+    /// Subscribers the tracker holds.
+    pub track: usize,
+}
+
+/// Default `abuse.track`.
+pub const DEFAULT_TRACK: usize = 4096;
+
+impl Default for AbuseSettings {
+    fn default() -> Self {
+        AbuseSettings {
+            thresholds: Thresholds { window: Duration::from_secs(60), attempts: 30, destinations: 10 },
+            on_suspect: OnSuspect::Event,
+            quarantine_for: Duration::from_secs(15 * 60),
+            track: DEFAULT_TRACK,
+        }
+    }
+}
+
+/// A subscriber key as people write it: the IPv4 address, or the IPv6 /64.
+pub fn subscriber_name(key: u64) -> String {
+    if key >> 32 == 0xffff_ffff {
+        Ipv4Addr::from(key as u32).to_string()
+    } else {
+        format!("{}/64", Ipv6Addr::from(u128::from(key) << 64))
+    }
+}
+
+/// The subscriber key of `text`: an IPv4 address, an IPv6 address (its /64),
+/// or an IPv6 prefix of length 64 or more (its /64).
+pub fn parse_subscriber(text: &str) -> Option<u64> {
+    let text = text.trim();
+    if let Ok(a) = text.parse::<IpAddr>() {
+        return Some(subscriber_key(a));
+    }
+    match text.parse::<ipnet::IpNet>() {
+        Ok(ipnet::IpNet::V6(n)) if n.prefix_len() >= 64 => Some(subscriber_key(IpAddr::V6(n.addr()))),
+        Ok(ipnet::IpNet::V4(n)) if n.prefix_len() == 32 => Some(subscriber_key(IpAddr::V4(n.addr()))),
+        _ => None,
+    }
+}
+
+/// Why a quarantine was not started.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QuarantineRefused {
+    /// The set holds its most entries.
+    Full,
+}
+
+/// The subscribers in quarantine, each until a deadline. Bounded: at most
+/// `capacity` at once (a forger that gets many addresses suspected cannot
+/// grow it without end).
+#[derive(Debug)]
+pub struct Quarantine {
+    /// Entries in `set`: the packet path's test while nobody is quarantined.
+    count: AtomicUsize,
+    set: ArcSwap<HashMap<u64, Instant>>,
+    /// Serialises writers (a copy of the set is published per change).
+    write: Mutex<()>,
+    capacity: usize,
+}
+
+impl Default for Quarantine {
+    fn default() -> Self {
+        Quarantine::new(DEFAULT_TRACK)
+    }
+}
+
+impl Quarantine {
+    /// An empty set of at most `capacity` subscribers.
+    pub fn new(capacity: usize) -> Quarantine {
+        Quarantine {
+            count: AtomicUsize::new(0),
+            set: ArcSwap::from_pointee(HashMap::new()),
+            write: Mutex::new(()),
+            capacity: capacity.max(1),
+        }
+    }
+
+    /// Whether `addr`'s subscriber is in quarantine at `now` (the packet
+    /// path: one atomic load while nobody is).
+    #[inline]
+    pub fn holds(&self, addr: IpAddr, now: Instant) -> bool {
+        if self.count.load(Ordering::Relaxed) == 0 {
+            return false;
+        }
+        self.holds_slow(addr, now)
+    }
+
+    #[cold]
+    fn holds_slow(&self, addr: IpAddr, now: Instant) -> bool {
+        self.set.load().get(&subscriber_key(addr)).is_some_and(|until| now < *until)
+    }
+
+    /// Subscribers in quarantine (some may have expired and await [`Quarantine::expire`]).
+    pub fn len(&self) -> usize {
+        self.count.load(Ordering::Relaxed)
+    }
+
+    /// Whether nobody is in quarantine.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// When `key`'s quarantine ends, if it is in one.
+    pub fn until(&self, key: u64) -> Option<Instant> {
+        self.set.load().get(&key).copied()
+    }
+
+    /// Every subscriber in quarantine with its deadline.
+    pub fn list(&self) -> Vec<(u64, Instant)> {
+        let mut v: Vec<(u64, Instant)> = self.set.load().iter().map(|(k, u)| (*k, *u)).collect();
+        v.sort_unstable_by_key(|(_, u)| *u);
+        v
+    }
+
+    fn change<R>(&self, f: impl FnOnce(&mut HashMap<u64, Instant>) -> R) -> R {
+        let _w = self.write.lock().unwrap_or_else(|e| e.into_inner());
+        let mut next = HashMap::clone(&self.set.load());
+        let r = f(&mut next);
+        let n = next.len();
+        self.set.store(Arc::new(next));
+        self.count.store(n, Ordering::Relaxed);
+        r
+    }
+
+    /// Puts `key` in quarantine until `until` (a subscriber already in one
+    /// gets the later deadline). True when it was not in quarantine before.
+    pub fn start(&self, key: u64, until: Instant) -> Result<bool, QuarantineRefused> {
+        self.change(|set| {
+            if let Some(u) = set.get_mut(&key) {
+                *u = (*u).max(until);
+                return Ok(false);
+            }
+            if set.len() >= self.capacity {
+                return Err(QuarantineRefused::Full);
+            }
+            set.insert(key, until);
+            Ok(true)
+        })
+    }
+
+    /// Ends `key`'s quarantine now; true when it was in one.
+    pub fn release(&self, key: u64) -> bool {
+        if self.until(key).is_none() {
+            return false;
+        }
+        self.change(|set| set.remove(&key).is_some())
+    }
+
+    /// Removes the quarantines that ended by `now` and returns their keys.
+    pub fn expire(&self, now: Instant) -> Vec<u64> {
+        if !self.set.load().values().any(|u| *u <= now) {
+            return Vec::new();
+        }
+        self.change(|set| {
+            let ended: Vec<u64> = set.iter().filter(|(_, u)| **u <= now).map(|(k, _)| *k).collect();
+            for k in &ended {
+                set.remove(k);
+            }
+            ended
+        })
+    }
+}
+
+/// Why a quarantine started.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QuarantineCause {
+    /// The subscriber crossed a threshold (`on_suspect = "quarantine"`).
+    Threshold,
+    /// `op25b quarantine`.
+    Manual,
+}
+
+/// Why a quarantine ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QuarantineEnd {
+    /// Its time was up.
+    Expired,
+    /// `op25b release`.
+    Released,
+}
+
+/// What abuse handling reports (as events and log lines).
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub enum AbuseEvent {
+    /// A subscriber crossed a threshold (once per window).
+    Suspected {
+        /// The subscriber key.
+        key: u64,
+        /// Blocked attempts in the window so far.
+        attempts: u32,
+        /// Distinct destinations in the window so far.
+        destinations: u32,
+        /// The window.
+        window: Duration,
+        /// A few destinations it tried.
+        samples: Vec<IpAddr>,
+        /// The attempts were would-be blocks of `action = "monitor"`.
+        monitor: bool,
+    },
+    /// A quarantine started.
+    QuarantineStarted {
+        /// The subscriber key.
+        key: u64,
+        /// How long it lasts unless released.
+        duration: Duration,
+        /// Why.
+        cause: QuarantineCause,
+    },
+    /// A quarantine ended.
+    QuarantineEnded {
+        /// The subscriber key.
+        key: u64,
+        /// Why.
+        end: QuarantineEnd,
+    },
+    /// A quarantine could not start: the set is full.
+    QuarantineRefused {
+        /// The subscriber key.
+        key: u64,
+    },
+}
+
+/// A blocked connection attempt, as a worker hands it to abuse handling.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Attempt {
+    /// When (the worker's clock).
+    pub at: Instant,
+    /// The subscriber's address.
+    pub src: IpAddr,
+    /// The destination it tried.
+    pub dst: IpAddr,
+    /// A would-be block of `action = "monitor"` (never starts a quarantine).
+    pub monitor: bool,
+}
+
+/// A subscriber's standing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Standing {
+    /// Under the thresholds.
+    Normal,
+    /// Crossed a threshold less than a window ago.
+    Suspected,
+    /// In quarantine.
+    Quarantined,
+}
+
+impl Standing {
+    /// The name `op25b top` shows.
+    pub fn name(self) -> &'static str {
+        match self {
+            Standing::Normal => "normal",
+            Standing::Suspected => "suspected",
+            Standing::Quarantined => "quarantined",
+        }
+    }
+}
+
+/// One row of `op25b top`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TopEntry {
+    /// The table's entry.
+    pub entry: Entry,
+    /// Its standing now.
+    pub standing: Standing,
+    /// When its quarantine ends, if in one.
+    pub quarantine_until: Option<Instant>,
+}
+
+/// Abuse handling of a running op25b: the settings, the tracker (behind a
+/// lock only the abuse thread and the control plane take) and the
+/// quarantine set the routers read.
+#[derive(Debug)]
+pub struct Abuse {
+    settings: Mutex<AbuseSettings>,
+    tracker: Mutex<Tracker>,
+    quarantine: Arc<Quarantine>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Abuse {
+    /// Abuse handling with `settings`, quarantining into `quarantine` (the
+    /// routers' state's set).
+    pub fn new(settings: AbuseSettings, quarantine: Arc<Quarantine>) -> Abuse {
+        let tracker = Tracker::new(settings.track);
+        Abuse { settings: Mutex::new(settings), tracker: Mutex::new(tracker), quarantine }
+    }
+
+    /// The settings in force.
+    pub fn settings(&self) -> AbuseSettings {
+        lock(&self.settings).clone()
+    }
+
+    /// Puts new settings in force (a reload); the table keeps its size.
+    pub fn reconfigure(&self, mut settings: AbuseSettings) {
+        let mut s = lock(&self.settings);
+        settings.track = s.track;
+        *s = settings;
+    }
+
+    /// The quarantine set.
+    pub fn quarantine_set(&self) -> &Arc<Quarantine> {
+        &self.quarantine
+    }
+
+    /// Records blocked attempts; what they caused goes to `out`.
+    pub fn record(&self, attempts: impl IntoIterator<Item = Attempt>, out: &mut Vec<AbuseEvent>) {
+        let settings = self.settings();
+        let mut tracker = lock(&self.tracker);
+        for a in attempts {
+            let key = super::subscriber_key(a.src);
+            let Some(s) = tracker.record(a.at, key, a.dst, &settings.thresholds) else { continue };
+            out.push(AbuseEvent::Suspected {
+                key,
+                attempts: s.attempts,
+                destinations: s.destinations,
+                window: settings.thresholds.window,
+                samples: s.samples,
+                monitor: a.monitor,
+            });
+            if settings.on_suspect == OnSuspect::Quarantine && !a.monitor {
+                out.push(self.start(key, a.at, settings.quarantine_for, QuarantineCause::Threshold));
+            }
+        }
+    }
+
+    fn start(&self, key: u64, now: Instant, duration: Duration, cause: QuarantineCause) -> AbuseEvent {
+        match self.quarantine.start(key, now + duration) {
+            Ok(_) => AbuseEvent::QuarantineStarted { key, duration, cause },
+            Err(QuarantineRefused::Full) => AbuseEvent::QuarantineRefused { key },
+        }
+    }
+
+    /// `op25b quarantine`: quarantines `key` from `now` for `duration`
+    /// (the configured time when `None`).
+    pub fn quarantine(&self, key: u64, now: Instant, duration: Option<Duration>) -> AbuseEvent {
+        let duration = duration.unwrap_or_else(|| self.settings().quarantine_for);
+        self.start(key, now, duration, QuarantineCause::Manual)
+    }
+
+    /// `op25b release`: ends `key`'s quarantine; the event, if it was in one.
+    pub fn release(&self, key: u64) -> Option<AbuseEvent> {
+        self.quarantine.release(key).then_some(AbuseEvent::QuarantineEnded { key, end: QuarantineEnd::Released })
+    }
+
+    /// Ends the quarantines that are over at `now`.
+    pub fn expire(&self, now: Instant, out: &mut Vec<AbuseEvent>) {
+        for key in self.quarantine.expire(now) {
+            out.push(AbuseEvent::QuarantineEnded { key, end: QuarantineEnd::Expired });
+        }
+    }
+
+    fn standing(&self, e: &Entry, now: Instant, window: Duration) -> (Standing, Option<Instant>) {
+        match self.quarantine.until(e.key).filter(|u| now < *u) {
+            Some(u) => (Standing::Quarantined, Some(u)),
+            None if e.suspected_at.is_some_and(|at| now < at + window) => (Standing::Suspected, None),
+            None => (Standing::Normal, None),
+        }
+    }
+
+    /// The `n` heaviest subscribers now (quarantined subscribers that are
+    /// not in the table are in [`Quarantine::list`]).
+    pub fn top(&self, n: usize, now: Instant, by_destinations: bool) -> Vec<TopEntry> {
+        let window = self.settings().thresholds.window;
+        let tracker = lock(&self.tracker);
+        tracker
+            .top(n, now, window, by_destinations)
+            .into_iter()
+            .map(|entry| {
+                let (standing, quarantine_until) = self.standing(&entry, now, window);
+                TopEntry { entry, standing, quarantine_until }
+            })
+            .collect()
+    }
+
+    /// The gauges: tracked, suspected, quarantined.
+    pub fn gauges(&self, now: Instant) -> (u64, u64, u64) {
+        let window = self.settings().thresholds.window;
+        let t = lock(&self.tracker);
+        (t.len() as u64, t.suspected(now, window) as u64, self.quarantine.len() as u64)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn subscriber_names_round_trip() {
+        for text in ["100.64.1.10", "2001:db8:1:2::/64"] {
+            let key = parse_subscriber(text).expect(text);
+            assert_eq!(subscriber_name(key), text);
+        }
+        assert_eq!(parse_subscriber("2001:db8:1:2::99"), parse_subscriber("2001:db8:1:2::/64"));
+        assert_eq!(parse_subscriber("2001:db8:1:2:3::/80"), parse_subscriber("2001:db8:1:2::/64"));
+        assert_eq!(parse_subscriber("100.64.1.10/32"), parse_subscriber("100.64.1.10"));
+        for bad in ["", "100.64.1.0/24", "2001:db8::/48", "nobody"] {
+            assert_eq!(parse_subscriber(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn quarantine_holds_until_its_deadline_or_release() {
+        let q = Quarantine::new(2);
+        let t0 = Instant::now();
+        let a: IpAddr = "100.64.1.10".parse().unwrap();
+        let b: IpAddr = "2001:db8:1:2::7".parse().unwrap();
+        assert!(!q.holds(a, t0));
+        assert_eq!(q.start(subscriber_key(a), t0 + Duration::from_secs(10)), Ok(true));
+        assert!(q.holds(a, t0));
+        assert!(q.holds(a, t0 + Duration::from_millis(9_999)));
+        assert!(!q.holds(a, t0 + Duration::from_secs(10)), "ends exactly at its deadline");
+        assert!(!q.holds(b, t0));
+        // The whole /64 is one subscriber.
+        assert_eq!(q.start(subscriber_key(b), t0 + Duration::from_secs(5)), Ok(true));
+        assert!(q.holds("2001:db8:1:2::99".parse().unwrap(), t0));
+        assert_eq!(q.start(parse_subscriber("100.64.9.9").unwrap(), t0), Err(QuarantineRefused::Full));
+        // A second start keeps the later deadline.
+        assert_eq!(q.start(subscriber_key(b), t0 + Duration::from_secs(1)), Ok(false));
+        assert_eq!(q.until(subscriber_key(b)), Some(t0 + Duration::from_secs(5)));
+        assert_eq!(q.expire(t0 + Duration::from_secs(5)), vec![subscriber_key(b)]);
+        assert_eq!(q.len(), 1);
+        assert!(q.release(subscriber_key(a)));
+        assert!(!q.release(subscriber_key(a)));
+        assert!(q.is_empty());
+        assert!(!q.holds(a, t0));
+    }
+}
