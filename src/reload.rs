@@ -166,4 +166,29 @@ mod tests {
             }
         }
     }
+
+    #[test]
+    fn abuse_settings_reload_but_its_presence_and_size_need_a_restart() {
+        let running = lab().abuse("threshold", 30).config();
+        let state = State::new(&running.policy);
+        let key = crate::state::abuse::parse_subscriber("100.64.1.10").unwrap();
+        let until = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        state.quarantine().start(key, until).unwrap();
+        // Thresholds and the garden change; the quarantine carries over whatever else changes.
+        let r = prepare(
+            &running,
+            &state,
+            lab().action("drop").abuse("threshold", 5).abuse("quarantine_allow", "[]").config(),
+        )
+        .expect("reload");
+        assert_eq!(r.config.abuse.as_ref().unwrap().thresholds.attempts, 5);
+        assert!(std::sync::Arc::ptr_eq(state.quarantine(), r.state.quarantine()));
+        assert_eq!(r.state.quarantine().until(key), Some(until));
+        for new in [lab(), lab().abuse("track", 100)] {
+            match prepare(&running, &state, new.config()) {
+                Err(ReloadError::Fixed { key, .. }) => assert_eq!(key, "abuse"),
+                other => panic!("expected a refusal, got {other:?}"),
+            }
+        }
+    }
 }

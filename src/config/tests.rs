@@ -265,3 +265,40 @@ fn push_rule_refuses_a_second_rule_of_the_same_name() {
     assert!(c.policy.push_rule(Box::new(ConfigRule::new("b", RuleAction::Count))).is_ok());
     assert_eq!(c.policy.rules.len(), 2);
 }
+
+#[test]
+fn abuse_section_defaults_and_errors_name_the_key() {
+    let c = parse(GOOD).unwrap();
+    assert!(c.abuse.is_none());
+    assert_eq!(c.policy.quarantine_allow, crate::policy::QuarantineAllow::default());
+    let c = parse(&format!("{GOOD}\n[abuse]\n")).unwrap();
+    assert_eq!(c.abuse, Some(crate::state::abuse::AbuseSettings::default()));
+    assert!(c.render().contains("suspect after     30 blocked attempts or 10 destinations in 1m"), "{}", c.render());
+    let text = format!(
+        "{GOOD}\n[abuse]\nwindow = \"10s\"\nthreshold = 3\non_suspect = \"quarantine\"\nquarantine_for = \"2m\"\nquarantine_allow = [\"udp/53\", \"tcp/1000-1002\", \"@relays\", \"192.0.2.0/24\"]\n"
+    );
+    let c = parse(&text).unwrap();
+    let a = c.abuse.unwrap();
+    assert_eq!((a.thresholds.window.as_secs(), a.thresholds.attempts), (10, 3));
+    assert_eq!(a.on_suspect, crate::state::abuse::OnSuspect::Quarantine);
+    assert_eq!(a.quarantine_for.as_secs(), 120);
+    let g = &c.policy.quarantine_allow;
+    assert!(g.udp.contains(53) && !g.tcp.contains(53) && g.tcp.contains(1001) && !g.tcp.contains(1003));
+    assert!(g.relays && !g.icmp && g.destinations.contains("192.0.2.7".parse().unwrap()));
+    for (bad, key, says) in [
+        ("window = \"soon\"", "abuse.window", "is not a duration"),
+        ("window = \"0s\"", "abuse.window", "must be between"),
+        ("threshold = 0", "abuse.threshold", "at least 1"),
+        ("on_suspect = \"ban\"", "abuse.on_suspect", "\"event\" or \"quarantine\""),
+        ("quarantine_allow = [\"udp/53\", \"sctp/9\"]", "abuse.quarantine_allow[1]", "is not tcp/PORT"),
+        ("quarantine_allow = [\"tcp/9-1\"]", "abuse.quarantine_allow[0]", "FIRST-LAST"),
+        ("track = 1", "abuse.track", "between 16"),
+        ("tracks = 1", "abuse", "unknown field"),
+    ] {
+        let text = format!("{GOOD}\n[abuse]\n{bad}\n");
+        let (line, k, message) = error(&text);
+        assert_eq!(line, text.lines().count(), "{bad}: the line of the value");
+        assert!(k.starts_with(key), "{bad}: key {k}");
+        assert!(message.contains(says), "{bad}: {message}");
+    }
+}

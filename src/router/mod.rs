@@ -379,3 +379,6 @@ mod tests;
 
 #[cfg(test)]
 mod tests_actions;
+
+#[cfg(test)]
+mod tests_abuse;

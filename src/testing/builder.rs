@@ -22,6 +22,7 @@ pub struct PolicyBuilder {
     control: Vec<(String, String)>,
     events: Vec<(String, String)>,
     capture: Vec<(String, String)>,
+    abuse: Vec<(String, String)>,
     tail: String,
 }
 
@@ -70,6 +71,7 @@ impl PolicyBuilder {
             control: Vec::new(),
             events: Vec::new(),
             capture: Vec::new(),
+            abuse: Vec::new(),
             tail: String::new(),
         }
     }
@@ -164,6 +166,12 @@ impl PolicyBuilder {
         self
     }
 
+    /// Sets `[abuse] key = value` (the section is there once a key is set).
+    pub fn abuse(mut self, key: &str, value: impl ToString) -> Self {
+        set(&mut self.abuse, key, value.to_string());
+        self
+    }
+
     /// Appends `[sets]` and `[[rule]]` tables (TOML text).
     pub fn rules(mut self, text: &str) -> Self {
         self.tail.push('\n');
@@ -191,6 +199,7 @@ impl PolicyBuilder {
         table("control", &self.control);
         table("events", &self.events);
         table("capture", &self.capture);
+        table("abuse", &self.abuse);
         out.push_str(&self.tail);
         out
     }

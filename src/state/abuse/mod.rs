@@ -473,4 +473,63 @@ mod tests {
         assert!(q.is_empty());
         assert!(!q.holds(a, t0));
     }
+
+    fn attempts(src: &str, n: u32, at: Instant, monitor: bool) -> Vec<Attempt> {
+        (0..n)
+            .map(|i| Attempt {
+                at,
+                src: src.parse().unwrap(),
+                dst: IpAddr::V4(Ipv4Addr::new(203, 0, 113, (i % 200) as u8)),
+                monitor,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn crossing_a_threshold_reports_once_and_quarantines_when_asked() {
+        let mut settings = AbuseSettings::default();
+        settings.thresholds.attempts = 5;
+        settings.thresholds.destinations = 1000;
+        settings.on_suspect = OnSuspect::Quarantine;
+        settings.quarantine_for = Duration::from_secs(30);
+        let q = Arc::new(Quarantine::new(16));
+        let abuse = Abuse::new(settings, Arc::clone(&q));
+        let t0 = Instant::now();
+        let mut out = Vec::new();
+        abuse.record(attempts("100.64.1.10", 4, t0, false), &mut out);
+        assert!(out.is_empty());
+        abuse.record(attempts("100.64.1.10", 10, t0, false), &mut out);
+        let key = parse_subscriber("100.64.1.10").unwrap();
+        assert!(
+            matches!(out[0], AbuseEvent::Suspected { key: k, attempts: 5, monitor: false, .. } if k == key),
+            "{out:?}"
+        );
+        assert_eq!(
+            out[1],
+            AbuseEvent::QuarantineStarted { key, duration: Duration::from_secs(30), cause: QuarantineCause::Threshold }
+        );
+        assert_eq!(out.len(), 2, "once per window");
+        assert!(q.holds("100.64.1.10".parse().unwrap(), t0));
+        let top = abuse.top(10, t0, false);
+        assert_eq!((top[0].standing, top[0].entry.attempts), (Standing::Quarantined, 14));
+        // Would-be blocks of monitor are reported but quarantine nobody.
+        out.clear();
+        abuse.record(attempts("100.64.1.11", 5, t0, true), &mut out);
+        assert!(matches!(out.as_slice(), [AbuseEvent::Suspected { monitor: true, .. }]), "{out:?}");
+        assert_eq!(abuse.top(10, t0, false)[1].standing, Standing::Suspected);
+        assert_eq!(abuse.gauges(t0), (2, 2, 1));
+        // The quarantine ends at its time, once.
+        out.clear();
+        abuse.expire(t0 + Duration::from_secs(29), &mut out);
+        assert!(out.is_empty());
+        abuse.expire(t0 + Duration::from_secs(30), &mut out);
+        assert_eq!(out, vec![AbuseEvent::QuarantineEnded { key, end: QuarantineEnd::Expired }]);
+        // By hand: quarantine, release.
+        assert!(matches!(
+            abuse.quarantine(key, t0, None),
+            AbuseEvent::QuarantineStarted { cause: QuarantineCause::Manual, .. }
+        ));
+        assert_eq!(abuse.release(key), Some(AbuseEvent::QuarantineEnded { key, end: QuarantineEnd::Released }));
+        assert_eq!(abuse.release(key), None);
+    }
 }
