@@ -11,10 +11,11 @@
 //! ```text
 //! sanity   parse, martians, anti-spoofing (BCP 38), fragments, source routing
 //! local    addressed to the router (echo), TTL / hop limit expired
-//! quarantine  outbound from a subscriber in quarantine: only its walled
-//!          garden passes (one atomic load while nobody is in quarantine)
 //! op25b    outbound: the fast path and its action (reject, drop, icmp,
 //!          banner, redirect, monitor); inbound: IP25B and the reverse of a redirect
+//! quarantine  outbound from a subscriber in quarantine: only its walled
+//!          garden passes (one atomic load while nobody is in quarantine);
+//!          after OP25B, so its port-25 attempts are still OP25B's and counted
 //! rules    the rule pipeline, first final verdict wins
 //! forward  egress MTU, TTL - 1 (RFC 1624)
 //! ```
@@ -312,8 +313,8 @@ impl Router {
     fn stages<T: Tracer>(&mut self, p: &mut Packet<'_>, t: &mut T) -> ControlFlow<Verdict> {
         self.sanity(p, t)?;
         self.local(p, t)?;
-        self.quarantine(p, t)?;
         self.op25b(p, t)?;
+        self.quarantine(p, t)?;
         self.rules(p, t)
     }
 

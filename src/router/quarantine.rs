@@ -1,4 +1,5 @@
-//! Stage 3, quarantine: outbound packets of a subscriber in quarantine
+//! Stage 4, quarantine (after OP25B, whose blocks of a quarantined
+//! subscriber stay OP25B's, counted and tracked): outbound packets of a subscriber in quarantine
 //! (`[abuse]`) pass only to its walled garden (`abuse.quarantine_allow`);
 //! TCP elsewhere is answered with an RST (a reply token, like any RST),
 //! the rest dropped. While nobody is in quarantine the stage costs one

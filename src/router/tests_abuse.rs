@@ -49,16 +49,17 @@ fn a_quarantined_subscriber_reaches_only_its_walled_garden() {
         let (v, _) = t.out(&pkt);
         assert_eq!(kind(v), "forward", "{what}: {v:?}");
     }
-    // Port 25 outside is not in the garden: refused before OP25B sees it.
+    // Port 25 outside stays OP25B's (its answer, its counters, its tracking).
     let (v, _) = t.out(&syn(DYN4, MX4, 25));
     assert!(is_rst(v), "{v:?}");
+    assert_eq!(t.router.stats().op25b.blocked, 1);
     // Another subscriber is untouched, and so are inbound packets to the quarantined one.
     let (v, _) = t.out(&syn(OTHER4, WEB4, 80));
     assert_eq!(kind(v), "forward");
     let (v, _) = t.inb(&udp(WEB4, 443, DYN4, 40000, b"x"));
     assert_eq!(kind(v), "forward");
     let s = t.router.stats();
-    assert_eq!(s.abuse.refused, 4, "RST to 80, UDP, ICMP, port 25");
+    assert_eq!(s.abuse.refused, 3, "RST to 80, UDP, ICMP");
     assert_eq!(s.dropped(DropReason::Quarantined), 2);
     // The quarantine ends at its deadline.
     t.advance(Duration::from_secs(60));
