@@ -280,6 +280,9 @@ fn run_replay(
             println!("    reply {k:<17} {n}");
         }
         println!("  op25b blocked {}", report.op25b_blocked);
+        if config.policy.op25b.action == op25b::policy::Action::Monitor {
+            println!("  op25b monitored (would be blocked, forwarded) {}", report.op25b_monitored);
+        }
         if !report.rules.is_empty() {
             println!("  rules (packets / bytes matched):");
             for r in &report.rules {

@@ -300,3 +300,67 @@ fn the_counter_sees_allocations() {
     });
     assert!(n >= 1);
 }
+
+/// Monitor's would-be blocks (noted for the data plane) and a quarantined
+/// subscriber's packets (RST outside the walled garden, forwarded inside,
+/// dropped UDP) do not allocate.
+#[test]
+fn monitor_and_quarantine_paths_do_not_allocate() {
+    let now = Instant::now();
+    let mut reply = vec![0u8; 2048];
+    let mut monitor = router(PolicyBuilder::lab().action("monitor"));
+    monitor.note_blocks(true);
+    let mut quarantined = router(PolicyBuilder::lab().abuse("threshold", 30));
+    let key = op25b::state::abuse::parse_subscriber(DYN4).unwrap();
+    quarantined.state().quarantine().start(key, now + std::time::Duration::from_secs(3600)).unwrap();
+    let packets = [
+        (tcp4(25, true, 64, 0), "forward", true),
+        (tcp4(80, true, 64, 0), "reply", false),
+        (tcp4(587, true, 64, 0), "forward", false),
+        (udp4(DYN4, MX4, 36), "drop", false),
+    ];
+    let mut buf = vec![0u8; 2048];
+    let mut run = |rounds: usize| {
+        for _ in 0..rounds {
+            for (pkt, want, on_monitor) in &packets {
+                let r = if *on_monitor { &mut monitor } else { &mut quarantined };
+                let b = &mut buf[..pkt.len()];
+                b.copy_from_slice(pkt);
+                let v = r.handle(now, Direction::Outbound, b, &mut reply, RxInfo::default());
+                assert_eq!(kind(v), *want, "{v:?}");
+                let _ = r.take_block();
+            }
+        }
+    };
+    run(10);
+    let n = allocations(|| run(10_000));
+    assert_eq!(n, 0, "allocations over 10,000 rounds");
+}
+
+/// The abuse table allocates once: 100,000 attempts from random sources
+/// into a full table of 4,096 allocate nothing.
+#[test]
+fn the_abuse_table_does_not_allocate_once_made() {
+    use op25b::state::abuse::{Thresholds, Tracker};
+    let t = Thresholds { window: std::time::Duration::from_secs(60), attempts: u32::MAX, destinations: u32::MAX };
+    let mut tracker = Tracker::new(4096);
+    let now = Instant::now();
+    let mut x: u32 = 0x1234_5678;
+    let mut next = || {
+        x ^= x << 13;
+        x ^= x >> 17;
+        x ^= x << 5;
+        x
+    };
+    let mut attempts = |tracker: &mut Tracker, n: usize| {
+        for _ in 0..n {
+            let (src, dst) = (next(), next());
+            let key = 0xffff_ffff_0000_0000 | u64::from(src);
+            assert!(tracker.record(now, key, std::net::IpAddr::V4(dst.into()), &t).is_none());
+        }
+    };
+    attempts(&mut tracker, 10_000);
+    assert_eq!(tracker.len(), 4096);
+    let n = allocations(|| attempts(&mut tracker, 100_000));
+    assert_eq!(n, 0, "allocations of the abuse table over 100,000 attempts");
+}

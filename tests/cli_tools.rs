@@ -254,3 +254,25 @@ fn replay_truncated_capture_reports_then_fails() {
     assert_eq!(o.status.code(), Some(2));
     assert!(text(&o).contains("not a pcap file"), "{}", text(&o));
 }
+
+#[test]
+fn check_and_replay_show_what_monitor_would_block() {
+    let t = Tmp::new("monitor");
+    let config = t.file("monitor.toml");
+    std::fs::write(&config, PolicyBuilder::lab().action("monitor").toml()).unwrap();
+    let cfg = config.to_str().unwrap();
+    let o = op25b(&["check", "--config", cfg, "--packet", "tcp 100.64.1.10:40000 -> 203.0.113.25:25 syn"]);
+    assert_eq!(o.status.code(), Some(0), "forwarded: {}", text(&o));
+    let out = text(&o);
+    assert!(out.contains("-> action monitor: would be blocked, forwarded"), "{out}");
+    assert!(out.contains("verdict    forward"), "{out}");
+    let input = t.file("raw.pcap");
+    capture(&input, DataLink::RAW, &sample());
+    let o = op25b(&["replay", "--config", cfg, input.to_str().unwrap(), "--json"]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("JSON");
+    assert_eq!((v["op25b_blocked"].as_u64(), v["op25b_monitored"].as_u64()), (Some(0), Some(1)), "{v}");
+    assert_eq!(v["verdicts"]["forward"], 5, "the would-be block is forwarded: {v}");
+    let o = op25b(&["replay", "--config", cfg, input.to_str().unwrap()]);
+    assert!(text(&o).contains("op25b monitored (would be blocked, forwarded) 1"), "{}", text(&o));
+}

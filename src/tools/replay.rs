@@ -78,6 +78,8 @@ pub struct ReplayReport {
     pub replies: BTreeMap<String, u64>,
     /// Packets the OP25B fast path blocked.
     pub op25b_blocked: u64,
+    /// Packets it would have blocked, forwarded by `action = "monitor"`.
+    pub op25b_monitored: u64,
     /// Per-rule counters, in rule order.
     pub rules: Vec<RuleCount>,
     /// Where reading stopped early, if it did.
@@ -213,6 +215,7 @@ pub fn replay(
     }
     let stats = router.stats();
     report.op25b_blocked = stats.op25b.blocked;
+    report.op25b_monitored = stats.op25b.monitored;
     report.rules =
         stats.rules.iter().map(|r| RuleCount { name: r.name.clone(), packets: r.packets, bytes: r.bytes }).collect();
     Ok(report)
