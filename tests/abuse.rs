@@ -195,6 +195,7 @@ fn a_zombie_is_reported_once_quarantined_and_released() {
     // The text screen names both subscribers.
     let (code, out, err) = op25b(&["top"], &files.socket);
     assert_eq!(code, 0, "{err}");
+    println!("op25b top:\n{out}");
     assert!(out.starts_with("op25b top: 2 tracked"), "{out}");
     assert!(out.contains(DYN4) && out.contains(OTHER4), "{out}");
 
@@ -208,6 +209,9 @@ fn a_zombie_is_reported_once_quarantined_and_released() {
     assert!(counters["abuse_refused"].as_u64().is_some_and(|n| n >= 2), "{counters}");
     drop(lab);
     let events = files.events();
+    for e in &events {
+        println!("event: {e}");
+    }
     assert_eq!(subscriber_events(&events, "abuse_suspected", DYN4).len(), 1, "one report per window: {events:#?}");
     assert!(subscriber_events(&events, "abuse_suspected", OTHER4).is_empty());
     let ends: Vec<&str> =
