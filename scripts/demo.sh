@@ -1,15 +1,15 @@
 #!/usr/bin/env bash
 # op25b demo: build, bring the namespace lab up (scripts/lab.sh), make real
-# connections from the subscriber namespace and compare each outcome with what OP25B
-# should do; show op25b's log (final counters) after it stops. Exits non-zero if any
-# case differs from its expectation.
+# connections and send mail from the subscriber namespace and compare each outcome
+# with what OP25B should do; show op25b's log (final counters) after it stops. Exits
+# non-zero if any case differs from its expectation.
 #
 # Usage: scripts/demo.sh [--no-build] [--bin PATH] [--config PATH]
 #   --no-build     do not run `cargo build --release` (use an existing binary)
 #   --bin PATH     op25b binary (default target/release/op25b)
 #   --config PATH  op25b config (default config/lab.toml)
-# Needs root, iproute2, python3, and traceroute (or ping from iputils-ping). Installs
-# nothing itself.
+# Needs root, iproute2, python3, python3-aiosmtpd and traceroute (or ping from
+# iputils-ping). Installs nothing itself: scripts/setup.sh installs them.
 set -euo pipefail
 
 # shellcheck source=scripts/lib.sh
@@ -45,8 +45,6 @@ LAB="$LAB_SCRIPTS_DIR/lab.sh"
 # ------------------------------------------------------------------ checks
 
 require_root
-# Installs the lab's packages on a fresh machine (does nothing when present).
-"$LAB_SCRIPTS_DIR/setup.sh"
 needed=(ip python3)
 ((BUILD == 0)) || needed+=(cargo)
 mapfile -t missing < <(missing_cmds "${needed[@]}")
@@ -66,8 +64,12 @@ PY=$(command -v python3)
 # ------------------------------------------------------------------ build
 
 if ((BUILD)); then
-    info "building: cargo build --release"
-    (cd "$LAB_REPO_DIR" && cargo build --release)
+    # Quiet: one line instead of a Compiling line per crate; errors and warnings
+    # still show.
+    info "building op25b (release)…"
+    build_start=$SECONDS
+    (cd "$LAB_REPO_DIR" && cargo build --release --quiet)
+    info "built in $((SECONDS - build_start)) s"
 fi
 [[ -x "$BIN" ]] || die "op25b binary not found: $BIN (run without --no-build, or pass --bin)"
 
@@ -221,8 +223,51 @@ connect_case 10 "static $LAB_STATIC6 -> MX:25" "$LAB_STATIC6" "$LAB_MX6" 25 conn
 trace_case 11 4 "$LAB_MX4" "$LAB_ROUTER4"
 trace_case 12 6 "$LAB_MX6" "$LAB_ROUTER6"
 
-# The outside servers' view: exactly the 8 connections that should pass, and not one
-# from a dynamic address to port 25 of the MX (a refused case must die at op25b).
+# mail_case NUM LABEL DST PORT EXPECTED: one message through smtplib from the dynamic
+# address; EXPECTED is a server name (mx, relay: the message must be in its mail log)
+# or "refused".
+mail_case() {
+    local num=$1 label=$2 dst=$3 port=$4 expect=$5 subject json result reply error ms
+    local seen v detail
+    subject="demo case $num"
+    json=$(ip netns exec "$LAB_NS_SUB" "$PY" "$LAB_LABNET" send --src "$LAB_DYN4" \
+        --timeout "$CONNECT_TIMEOUT" --subject "$subject" "$dst" "$port") || json=""
+    IFS=$'\t' read -r result ms reply error < <("$PY" -c '
+import json, sys
+try:
+    j = json.loads(sys.argv[1])
+except ValueError:
+    j = {}
+print("\t".join([j.get("result") or "?", "%.1f" % (j.get("ms") or 0.0), j.get("reply") or "-",
+                 j.get("error") or "-"]))
+' "$json")
+    seen=$result
+    if [[ "$expect" == refused ]]; then
+        if [[ "$result" == refused ]]; then v=OK; detail="$error"; else v=FAIL; detail="$reply$error"; fi
+        expect="refused"
+    else
+        local where=""
+        if [[ "$result" == accepted ]]; then
+            where=$(cd "$LAB_STATE_DIR" && grep -lF "Subject: $subject\\r\\n" mail-*.jsonl 2>/dev/null |
+                sed 's/^mail-//; s/\.jsonl$//' | tr '\n' ' ')
+            where=${where% }
+            seen="at ${where:-nowhere}"
+        fi
+        if [[ "$seen" == "at $expect" ]]; then v=OK; else v=FAIL; fi
+        detail="$reply"
+        [[ "$result" == accepted ]] || detail="$error"
+        expect="at $expect"
+    fi
+    tally "$v"
+    row "$num" "$label" "$expect" "$seen" "$ms" "$v" "$detail"
+}
+mail_case 13 "mail dynamic $LAB_DYN4 -> MX:587" "$LAB_MX4" 587 mx
+mail_case 14 "mail dynamic $LAB_DYN4 -> relay:25" "$LAB_RELAY4" 25 relay
+mail_case 15 "mail dynamic $LAB_DYN4 -> MX:25" "$LAB_MX4" 25 refused
+
+# The outside servers' view: exactly the 10 connections that should pass (8 connects,
+# 2 messages), and not one from a dynamic address to port 25 of the MX (a refused case
+# must die at op25b).
 server_check() {
     local out v
     out=$("$PY" - "$LAB_STATE_DIR/serve.jsonl" "$LAB_DYN4" "$LAB_DYN6" "$LAB_MX4" "$LAB_MX6" <<'EOF'
@@ -240,9 +285,9 @@ EOF
     )
     local n leaked
     IFS=$'\t' read -r n leaked <<<"$out"
-    if [[ "$n" == 8 && "$leaked" == 0 ]]; then v=OK; else v=FAIL; fi
+    if [[ "$n" == 10 && "$leaked" == 0 ]]; then v=OK; else v=FAIL; fi
     tally "$v"
-    row S "outside servers' connection log" "8 conns" "$n conns" "" "$v" \
+    row S "outside servers' connection log" "10 conns" "$n conns" "" "$v" \
         "$leaked from a dynamic source to MX:25"
 }
 server_check

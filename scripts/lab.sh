@@ -8,15 +8,26 @@
 #       2001:db8:100:9::10                                    2001:db8:25::25
 #   default dev op25b-sub  <=== TUN ===> op25b <=== TUN ===>  op25b-up: 100.64.0.0/10,
 #                                                             2001:db8:100::/48
-#                                                             labnet.py serve 25 587 465
+#                                                             SMTP servers on 25 587 465
+#                                                             (labnet.py serve, aiosmtpd)
 #
-# Usage: scripts/lab.sh up|down|status [--bin PATH] [--config PATH] [--save-log FILE]
+# Usage: scripts/lab.sh up|down|status|mail [--bin PATH] [--config PATH] [--save-log FILE]
+#        scripts/lab.sh capture FILE [--seconds N | --traffic]
 #   up      build the lab and start op25b (idempotent: a healthy lab is left alone,
 #           a partial one is torn down and rebuilt)
 #   down    stop the processes this script started, delete the namespaces, remove
 #           state (safe when nothing or only part of the lab exists);
 #           --save-log FILE keeps a copy of op25b's log (with its final counters)
 #   status  show namespaces, devices, addresses, routes, processes, op25b's log tail
+#   mail    show the messages the outside SMTP servers accepted: the MX (203.0.113.25,
+#           2001:db8:203::25) and the ISP relay (198.51.100.25, 2001:db8:25::25); each
+#           logs to mail-mx.jsonl / mail-relay.jsonl in the state dir
+#   capture record with tcpdump, on op25b-sub inside op25b-lab-sub, both directions:
+#           every packet the subscribers send before op25b judges it, and what op25b
+#           sends them (answers, forwarded replies). A file to give `op25b replay`.
+#           --seconds N: for N seconds (default 10) while you make traffic;
+#           --traffic: for the lab's own five connections (dynamic to MX:25 over IPv4
+#           and IPv6, dynamic to MX:587 and relay:25, static to MX:25), then stop
 # Environment: OP25B_LAB_STATE (state dir, default /run/op25b-lab), RUST_LOG (default
 # info), OP25B_LAB_WAIT (seconds to wait for the TUN devices, default 5).
 #
@@ -39,8 +50,19 @@ shift
 BIN="$LAB_REPO_DIR/target/release/op25b"
 CONFIG="$LAB_REPO_DIR/config/lab.toml"
 SAVE_LOG=""
+CAPTURE_FILE=""
+CAPTURE_SECONDS=10
+CAPTURE_TRAFFIC=0
+if [[ "$CMD" == capture ]]; then
+    [[ $# -ge 1 && "$1" != -* ]] || usage
+    CAPTURE_FILE=$(abspath "$1")
+    shift
+fi
 while (($#)); do
     case "$1" in
+        --seconds) [[ $# -ge 2 && "$2" =~ ^[0-9]+$ && "$2" -ge 1 && "$2" -le 3600 ]] || usage
+            CAPTURE_SECONDS=$2; shift 2 ;;
+        --traffic) CAPTURE_TRAFFIC=1; shift ;;
         --bin) [[ $# -ge 2 ]] || usage; BIN=$(abspath "$2"); shift 2 ;;
         --bin=*) BIN=$(abspath "${1#*=}"); shift ;;
         --config) [[ $# -ge 2 ]] || usage; CONFIG=$(abspath "$2"); shift 2 ;;
@@ -58,6 +80,7 @@ OP25B_LOG="$STATE/op25b.log"
 SERVE_PID="$STATE/serve.pid"
 SERVE_OUT="$STATE/serve.out"
 SERVE_LOG="$STATE/serve.jsonl"
+MAIL_SERVERS=(mx relay)
 WAIT_S="${OP25B_LAB_WAIT:-5}"
 
 # ------------------------------------------------------------------ down
@@ -82,6 +105,8 @@ lab_down() {
     done
     if [[ -d "$STATE" ]]; then
         rm -f "$OP25B_PID" "$OP25B_LOG" "$SERVE_PID" "$SERVE_OUT" "$SERVE_LOG"
+        local m
+        for m in "${MAIL_SERVERS[@]}"; do rm -f "$STATE/mail-$m.jsonl"; done
         rmdir "$STATE" 2>/dev/null || warn "state dir $STATE not empty, left in place"
     fi
 }
@@ -200,7 +225,8 @@ lab_up() {
     chmod 700 "$STATE"
 
     local python
-    python=$(command -v python3)
+    python=$(smtp_python) ||
+        die "the lab's SMTP servers need aiosmtpd (python3-aiosmtpd) under /usr/bin/python3: run scripts/setup.sh"
 
     info "creating netns $LAB_NS_SUB (subscribers)"
     ip netns add "$LAB_NS_SUB"
@@ -218,11 +244,13 @@ lab_up() {
     ip -n "$LAB_NS_INET" addr add "$LAB_MX6/128" dev lo nodad
     ip -n "$LAB_NS_INET" addr add "$LAB_RELAY6/128" dev lo nodad
 
-    info "starting labnet.py serve (ports ${LAB_PORTS[*]}) in $LAB_NS_INET"
+    info "starting the SMTP servers (labnet.py serve, ports ${LAB_PORTS[*]}) in $LAB_NS_INET"
     local port_args=() p
     for p in "${LAB_PORTS[@]}"; do port_args+=(--port "$p"); done
+    for p in "$LAB_MX4" "$LAB_MX6"; do port_args+=(--name "$p=mx"); done
+    for p in "$LAB_RELAY4" "$LAB_RELAY6"; do port_args+=(--name "$p=relay"); done
     ip netns exec "$LAB_NS_INET" "$python" "$LAB_LABNET" serve "${port_args[@]}" \
-        --log "$SERVE_LOG" </dev/null >"$SERVE_OUT" 2>&1 &
+        --log "$SERVE_LOG" --mail-dir "$STATE" </dev/null >"$SERVE_OUT" 2>&1 &
     record_pid "$SERVE_PID" "$!"
     wait_for "labnet.py serve to listen" serve_ready
 
@@ -251,10 +279,101 @@ lab_up() {
     info "try: ip netns exec $LAB_NS_SUB $LAB_LABNET connect --src $LAB_DYN4 $LAB_MX4 25"
 }
 
+# smtp_python: an interpreter with aiosmtpd (the system one, where Debian puts it).
+smtp_python() {
+    local py
+    for py in /usr/bin/python3 "$(command -v python3 || true)"; do
+        [[ -n "$py" && -x "$py" ]] || continue
+        "$py" -c 'import aiosmtpd' 2>/dev/null && { printf '%s\n' "$py"; return 0; }
+    done
+    return 1
+}
+
+# ------------------------------------------------------------------ mail
+
+lab_mail() {
+    require_cmds python3
+    local -a files=()
+    local m
+    for m in "${MAIL_SERVERS[@]}"; do files+=("$m=$STATE/mail-$m.jsonl"); done
+    python3 - "${files[@]}" <<'PY'
+import json, sys
+addrs = {"mx": "203.0.113.25, 2001:db8:203::25", "relay": "198.51.100.25, 2001:db8:25::25"}
+for arg in sys.argv[1:]:
+    name, _, path = arg.partition("=")
+    try:
+        with open(path, encoding="utf-8") as f:
+            msgs = [json.loads(line) for line in f if line.strip()]
+    except FileNotFoundError:
+        msgs = []
+    print("%s (%s): %d message%s" % (name, addrs.get(name, "?"), len(msgs), "" if len(msgs) == 1 else "s"))
+    for m in msgs:
+        subject = next((l[8:].strip() for l in m["data"].splitlines() if l.lower().startswith("subject:")), "")
+        local = ("[%s]" if ":" in m["local"] else "%s") % m["local"]
+        print("  to %s:%d from %s  <%s> -> %s  %s" % (local, m["local_port"], m["peer"], m["mail_from"],
+              ", ".join("<%s>" % r for r in m["rcpt_tos"]), json.dumps(subject)))
+PY
+}
+
+# ------------------------------------------------------------------ capture
+
+CAPTURE_PID=""
+on_capture_exit() {
+    local rc=$?
+    trap - EXIT INT TERM
+    if [[ -n "$CAPTURE_PID" ]] && kill -0 "$CAPTURE_PID" 2>/dev/null; then
+        kill -INT "$CAPTURE_PID" 2>/dev/null || true
+        wait "$CAPTURE_PID" 2>/dev/null || true
+    fi
+    rm -f "$CAPTURE_ERR"
+    exit "$rc"
+}
+
+lab_capture() {
+    require_cmds tcpdump python3
+    lab_healthy || die "the lab is not up: scripts/lab.sh up"
+    CAPTURE_ERR=$(mktemp)
+    trap on_capture_exit EXIT
+    trap 'exit 130' INT
+    trap 'exit 143' TERM
+    # -U: each packet written as it comes; -s 0: whole packets; raw IP (a TUN).
+    ip netns exec "$LAB_NS_SUB" tcpdump -n -U -s 0 -i "$LAB_TUN_SUB" -w "$CAPTURE_FILE" \
+        2>"$CAPTURE_ERR" &
+    CAPTURE_PID=$!
+    local i
+    for ((i = 0; i < 50; i++)); do
+        grep -q "listening on" "$CAPTURE_ERR" && break
+        kill -0 "$CAPTURE_PID" 2>/dev/null || { cat "$CAPTURE_ERR" >&2; die "tcpdump failed"; }
+        sleep 0.1
+    done
+    grep -q "listening on" "$CAPTURE_ERR" || die "tcpdump did not start within 5 s"
+    if ((CAPTURE_TRAFFIC)); then
+        info "capturing on $LAB_TUN_SUB in $LAB_NS_SUB (both directions) while the lab's five connections run"
+        local c src dst port
+        for c in "$LAB_DYN4 $LAB_MX4 25" "$LAB_DYN4 $LAB_MX4 587" "$LAB_DYN4 $LAB_RELAY4 25" \
+            "$LAB_STATIC4 $LAB_MX4 25" "$LAB_DYN6 $LAB_MX6 25"; do
+            read -r src dst port <<<"$c"
+            ip netns exec "$LAB_NS_SUB" python3 "$LAB_LABNET" connect --src "$src" --timeout 2 \
+                "$dst" "$port" >/dev/null
+        done
+        sleep 0.3  # the last FIN exchange
+    else
+        info "capturing on $LAB_TUN_SUB in $LAB_NS_SUB (both directions) for ${CAPTURE_SECONDS}s: make traffic now"
+        sleep "$CAPTURE_SECONDS"
+    fi
+    kill -INT "$CAPTURE_PID"
+    wait "$CAPTURE_PID" 2>/dev/null || true
+    CAPTURE_PID=""
+    info "$(grep -m1 'packets captured' "$CAPTURE_ERR" || echo "tcpdump stopped"): $CAPTURE_FILE"
+    info "try: op25b replay --config config/lab.toml $CAPTURE_FILE"
+}
+
 case "$CMD" in
     up) require_root; lab_up ;;
     down) require_root; lab_down; info "lab is down" ;;
     status) require_root; lab_status ;;
+    mail) require_root; lab_mail ;;
+    capture) require_root; lab_capture ;;
     -h | --help | help) usage ;;
     *) err "unknown command: $CMD"; usage ;;
 esac

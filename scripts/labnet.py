@@ -1,12 +1,20 @@
 #!/usr/bin/env python3
-"""Tiny TCP tools for the op25b namespace lab (python3 >= 3.9, stdlib only).
+"""Tiny TCP and SMTP tools for the op25b namespace lab (python3 >= 3.9).
 
-serve    listen on the given TCP ports on [::] (dual stack, IPV6_V6ONLY=0); to each
-         accepted connection send one line "220 <local-ip>:<local-port> lab ESMTP\\r\\n",
-         read until the peer closes or 2 s pass, close. With --log, append one JSON line
-         per accepted connection: {"local", "local_port", "peer", "peer_port"}.
-         Once every port is bound it prints {"listening": [ports...]} on stdout.
-         Exits 0 on SIGTERM or SIGINT.
+serve    a real SMTP server (aiosmtpd, Debian package python3-aiosmtpd) on the given
+         TCP ports on [::] (dual stack, IPV6_V6ONLY=0). Its greeting names the address
+         and port the client reached: "220 <local-ip>:<local-port> lab ESMTP". It
+         accepts every message; with --mail-dir DIR each one is appended as a JSON
+         line to DIR/mail-NAME.jsonl, NAME being the --name given to the local address
+         the client reached (IP=NAME, repeatable; "other" if none): {"time", "server",
+         "local", "local_port", "peer", "peer_port", "helo", "mail_from", "rcpt_tos",
+         "data"}. With --log, append one JSON line per accepted connection: {"local",
+         "local_port", "peer", "peer_port", "server"}. Once every port is bound it
+         prints {"listening": [ports...]} on stdout. Exits 0 on SIGTERM or SIGINT.
+
+send     send one message with smtplib from --src to DST PORT; print ONE JSON line:
+         {"result": "accepted"|"rejected"|"refused"|"timeout"|"error", "reply": str|null,
+          "error": str|null, "ms": float, "src", "dst", "port", "subject"}
 
 connect  bind --src, connect to DST PORT with a timeout and print ONE JSON line:
          {"result": "connected"|"refused"|"timeout"|"unreachable"|"error",
@@ -15,8 +23,9 @@ connect  bind --src, connect to DST PORT with a timeout and print ONE JSON line:
          "ms" is the time connect() took (the banner read is not included).
          Exits 0 whenever that line was printed; 2 on usage errors.
 
-Both are used by scripts/demo.sh and by the Rust integration tests: the JSON keys
-above are an interface, keep them stable (adding keys is fine, renaming is not).
+Both are used by scripts/lab.sh and scripts/demo.sh: the JSON keys above are an
+interface, keep them stable (adding keys is fine, renaming is not). connect needs
+only the standard library.
 """
 
 import argparse
@@ -24,15 +33,14 @@ import errno as errno_mod
 import ipaddress
 import json
 import os
-import selectors
+import re
 import signal
 import socket
 import sys
-import threading
 import time
 
-# How long a served connection stays open waiting for the peer to close.
-SERVE_HOLD_S = 2.0
+# A served connection that says nothing for this long is closed.
+SERVE_IDLE_S = 30
 # connect(): errno values that mean "the network said no route / not allowed".
 # ICMP host/net unreachable and (IPv4) admin prohibited arrive as EHOSTUNREACH or
 # ENETUNREACH; ICMPv6 "administratively prohibited" arrives as EACCES on Linux.
@@ -58,53 +66,98 @@ def plain_ip(addr):
 
 # ---------------------------------------------------------------- serve
 
+def serve_names(pairs):
+    """["203.0.113.25=mx", ...] -> {"203.0.113.25": "mx", ...}."""
+    names = {}
+    for pair in pairs:
+        ip, sep, name = pair.partition("=")
+        if not sep or not name or not re.fullmatch(r"[a-z0-9_-]+", name):
+            raise SystemExit("labnet.py serve: --name wants IP=NAME (NAME of a-z0-9_-): %r" % pair)
+        names[str(ipaddress.ip_address(ip))] = name
+    return names
+
+
 class Server:
-    def __init__(self, ports, log_path):
+    """aiosmtpd on [::] (dual stack) on every port; the server a connection reaches is
+    named by its local address (--name IP=NAME), so one process plays the MX and the
+    relay. Received messages go to MAILDIR/mail-NAME.jsonl, one JSON line each."""
+
+    def __init__(self, ports, log_path, mail_dir, names):
         self.ports = ports
-        self.log_lock = threading.Lock()
+        self.names = names
+        self.mail_dir = mail_dir
         self.log_file = open(log_path, "a", encoding="utf-8") if log_path else None
-        self.stop = threading.Event()
+
+    def name_of(self, local_ip):
+        return self.names.get(local_ip, "other")
 
     def log(self, record):
-        if self.log_file is None:
-            return
-        line = json.dumps(record, sort_keys=False)
-        with self.log_lock:
-            self.log_file.write(line + "\n")
+        if self.log_file is not None:
+            self.log_file.write(json.dumps(record) + "\n")
             self.log_file.flush()
 
-    def handle(self, conn):
-        try:
-            local = conn.getsockname()
-            peer = conn.getpeername()
-            local_ip, local_port = plain_ip(local[0]), local[1]
-            self.log({
-                "local": local_ip,
-                "local_port": local_port,
-                "peer": plain_ip(peer[0]),
-                "peer_port": peer[1],
-            })
-            conn.sendall(("220 %s:%d lab ESMTP\r\n" % (local_ip, local_port)).encode())
-            deadline = time.monotonic() + SERVE_HOLD_S
-            while not self.stop.is_set():
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    break
-                conn.settimeout(min(left, 0.5))
-                try:
-                    data = conn.recv(4096)
-                except socket.timeout:
-                    continue
-                if not data:
-                    break
-        except OSError:
-            pass  # peer reset or vanished: nothing to report to anyone
-        finally:
-            conn.close()
+    def deliver(self, name, record):
+        if self.mail_dir is None:
+            return
+        path = os.path.join(self.mail_dir, "mail-%s.jsonl" % name)
+        with open(path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")
 
-    def run(self):
-        sel = selectors.DefaultSelector()
-        listeners = []
+    def protocol(self):
+        from aiosmtpd.smtp import SMTP
+
+        server = self
+
+        class Handler:
+            async def handle_DATA(self, smtp, session, envelope):
+                local_ip, local_port = smtp.lab_local
+                server.deliver(server.name_of(local_ip), {
+                    "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                    "server": server.name_of(local_ip),
+                    "local": local_ip,
+                    "local_port": local_port,
+                    "peer": plain_ip(session.peer[0]),
+                    "peer_port": session.peer[1],
+                    "helo": session.host_name,
+                    "mail_from": envelope.mail_from,
+                    "rcpt_tos": list(envelope.rcpt_tos),
+                    "data": envelope.content.decode("utf-8", "replace"),
+                })
+                return "250 OK message accepted by the lab's %s" % server.name_of(local_ip)
+
+        class LabSMTP(SMTP):
+            def __init__(self):
+                super().__init__(Handler(), ident="lab ESMTP", timeout=SERVE_IDLE_S)
+                self.lab_local = ("?", 0)
+
+            def connection_made(self, transport):
+                local = transport.get_extra_info("sockname")
+                peer = transport.get_extra_info("peername")
+                local_ip = plain_ip(local[0])
+                self.lab_local = (local_ip, local[1])
+                # The greeting names the address and port the client reached:
+                # "220 203.0.113.25:587 lab ESMTP" (scripts/demo.sh checks it).
+                self.hostname = "%s:%d" % (local_ip, local[1])
+                server.log({
+                    "local": local_ip,
+                    "local_port": local[1],
+                    "peer": plain_ip(peer[0]),
+                    "peer_port": peer[1],
+                    "server": server.name_of(local_ip),
+                })
+                super().connection_made(transport)
+
+        return LabSMTP
+
+    async def main(self):
+        import asyncio
+
+        loop = asyncio.get_running_loop()
+        stop = asyncio.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        factory = self.protocol()
+        servers = []
         for port in self.ports:
             s = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
             s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -112,39 +165,30 @@ class Server:
             s.bind(("::", port))
             s.listen(128)
             s.setblocking(False)
-            sel.register(s, selectors.EVENT_READ)
-            listeners.append(s)
+            servers.append(await loop.create_server(factory, sock=s))
         print(json.dumps({"listening": self.ports}), flush=True)
-
-        def on_signal(_signum, _frame):
-            self.stop.set()
-
-        signal.signal(signal.SIGTERM, on_signal)
-        signal.signal(signal.SIGINT, on_signal)
-
-        while not self.stop.is_set():
-            for key, _ in sel.select(timeout=0.2):
-                try:
-                    conn, _addr = key.fileobj.accept()
-                except (BlockingIOError, InterruptedError, ConnectionAbortedError):
-                    continue
-                conn.setblocking(True)
-                threading.Thread(target=self.handle, args=(conn,), daemon=True).start()
-        for s in listeners:
-            sel.unregister(s)
-            s.close()
-        sel.close()
+        await stop.wait()
+        for srv in servers:
+            srv.close()
         if self.log_file is not None:
             self.log_file.close()
         return 0
 
 
 def cmd_serve(args):
+    import asyncio
+
+    try:
+        import aiosmtpd  # noqa: F401  (checked here for a clear message)
+    except ImportError:
+        print("labnet.py serve: needs aiosmtpd (Debian package python3-aiosmtpd, "
+              "scripts/setup.sh installs it) for %s" % sys.executable, file=sys.stderr)
+        return 1
     ports = []
     for p in args.port:
         if p not in ports:
             ports.append(p)
-    return Server(ports, args.log).run()
+    return asyncio.run(Server(ports, args.log, args.mail_dir, serve_names(args.name)).main())
 
 
 # ---------------------------------------------------------------- connect
@@ -225,6 +269,37 @@ def cmd_connect(args):
     return 0
 
 
+# ---------------------------------------------------------------- send
+
+def cmd_send(args):
+    """One message through smtplib; prints ONE JSON line."""
+    import smtplib
+
+    out = {"result": "error", "reply": None, "error": None, "ms": 0.0,
+           "src": args.src, "dst": args.dst, "port": args.port, "subject": args.subject}
+    msg = "From: <%s>\r\nTo: <%s>\r\nSubject: %s\r\n\r\nsent through the op25b lab\r\n" % (
+        args.mail_from, args.rcpt_to, args.subject)
+    start = time.monotonic()
+    try:
+        source = (args.src, 0) if args.src else None
+        with smtplib.SMTP(args.dst, args.port, timeout=args.timeout, source_address=source) as smtp:
+            smtp.ehlo("subscriber.lab")
+            smtp.mail(args.mail_from)
+            smtp.rcpt(args.rcpt_to)
+            code, reply = smtp.data(msg.encode())
+            out["reply"] = "%d %s" % (code, reply.decode("utf-8", "replace"))
+            out["result"] = "accepted" if code == 250 else "rejected"
+    except ConnectionRefusedError as e:
+        out["result"], out["error"] = "refused", str(e)
+    except (socket.timeout, TimeoutError) as e:
+        out["result"], out["error"] = "timeout", str(e) or "timed out"
+    except (OSError, smtplib.SMTPException) as e:
+        out["error"] = "%s: %s" % (type(e).__name__, e)
+    out["ms"] = round((time.monotonic() - start) * 1000.0, 3)
+    print(json.dumps(out), flush=True)
+    return 0
+
+
 # ---------------------------------------------------------------- CLI
 
 def ip_arg(text):
@@ -256,13 +331,16 @@ def positive_float(text):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="labnet.py", description=__doc__.split("\n\n")[0])
-    sub = parser.add_subparsers(dest="cmd", metavar="{serve,connect}")
+    sub = parser.add_subparsers(dest="cmd", metavar="{serve,connect,send}")
     sub.required = True
 
-    p = sub.add_parser("serve", help="listen on TCP ports (dual stack), send a banner")
+    p = sub.add_parser("serve", help="SMTP servers on TCP ports (dual stack), logging mail")
     p.add_argument("--port", type=port_arg, action="append", required=True,
                    help="TCP port to listen on (repeat for more)")
     p.add_argument("--log", metavar="FILE", help="append one JSON line per connection")
+    p.add_argument("--mail-dir", metavar="DIR", help="append each message to DIR/mail-NAME.jsonl")
+    p.add_argument("--name", metavar="IP=NAME", action="append", default=[],
+                   help="name of the server at local address IP (repeatable)")
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("connect", help="one TCP connect, print one JSON line")
@@ -275,8 +353,18 @@ def main(argv=None):
     p.add_argument("port", type=port_arg, metavar="PORT")
     p.set_defaults(func=cmd_connect)
 
+    p = sub.add_parser("send", help="send one message with smtplib, print one JSON line")
+    p.add_argument("--src", type=ip_arg, help="source address to bind")
+    p.add_argument("--timeout", type=positive_float, default=3.0, help="seconds (default 3)")
+    p.add_argument("--subject", default="lab message")
+    p.add_argument("--mail-from", default="alice@subscriber.example")
+    p.add_argument("--rcpt-to", default="bob@outside.example")
+    p.add_argument("dst", type=ip_arg, metavar="DST")
+    p.add_argument("port", type=port_arg, metavar="PORT")
+    p.set_defaults(func=cmd_send)
+
     args = parser.parse_args(argv)
-    if args.cmd == "connect" and args.src is not None:
+    if args.cmd in ("connect", "send") and args.src is not None:
         if ipaddress.ip_address(args.src).version != ipaddress.ip_address(args.dst).version:
             parser.error("--src and DST must be the same IP version")
     return args.func(args)

@@ -1,20 +1,33 @@
 #!/usr/bin/env bash
 # Installs the system packages the lab, the tests and the benchmark need
 # (Debian/Ubuntu, as root). Idempotent: does nothing when all are present.
-#   scripts/setup.sh          # lab + tests
+#   scripts/setup.sh          # lab + tests: iproute2 iputils-ping traceroute python3
+#                             #   tcpdump python3-aiosmtpd
 #   scripts/setup.sh --bench  # also iperf3 and nftables for scripts/bench.sh
+# When another apt or dpkg holds the package lock (unattended-upgrades on a fresh
+# machine, say), it waits for it, up to OP25B_APT_LOCK_WAIT seconds (default 600),
+# and says which process it waits for.
 set -euo pipefail
 
 need=(ip:iproute2 ping:iputils-ping traceroute:traceroute python3:python3 tcpdump:tcpdump)
-need+=(aiosmtpd:python3-aiosmtpd) # tests/actions.rs: SMTP servers under /usr/bin/python3
+# The lab's SMTP servers and tests/actions.rs run aiosmtpd under /usr/bin/python3.
+need+=(aiosmtpd:python3-aiosmtpd)
 if [[ "${1:-}" == "--bench" ]]; then
     need+=(iperf3:iperf3 nft:nftables)
 fi
 
+have() {
+    if [[ "$1" == aiosmtpd ]]; then
+        [[ -x /usr/bin/python3 ]] && /usr/bin/python3 -c 'import aiosmtpd' 2>/dev/null
+    else
+        command -v "$1" >/dev/null 2>&1
+    fi
+}
+
 missing=()
 for pair in "${need[@]}"; do
     cmd=${pair%%:*} pkg=${pair#*:}
-    command -v "$cmd" >/dev/null 2>&1 || missing+=("$pkg")
+    have "$cmd" || missing+=("$pkg")
 done
 if ((${#missing[@]} == 0)); then
     exit 0
@@ -27,7 +40,36 @@ if ! command -v apt-get >/dev/null 2>&1; then
     echo "setup: missing packages ${missing[*]} and no apt-get to install them" >&2
     exit 1
 fi
+
+LOCK_WAIT=${OP25B_APT_LOCK_WAIT:-600}
+# lock_holders: "PID (COMMAND)" of every process holding one of dpkg's or apt's locks.
+lock_holders() {
+    local f pids=() p
+    for f in /var/lib/dpkg/lock-frontend /var/lib/dpkg/lock /var/lib/apt/lists/lock \
+        /var/cache/apt/archives/lock; do
+        [[ -e "$f" ]] || continue
+        if command -v fuser >/dev/null 2>&1; then
+            # shellcheck disable=SC2207  # pids are plain numbers
+            pids+=($(fuser "$f" 2>/dev/null || true))
+        fi
+    done
+    for p in $(printf '%s\n' "${pids[@]}" | sort -un); do
+        printf '%s (%s) ' "$p" "$(tr '\0' ' ' <"/proc/$p/cmdline" 2>/dev/null | cut -c1-60)"
+    done
+}
+# say_if_locked: one line naming what apt will wait for, if the lock is taken.
+say_if_locked() {
+    local who
+    who=$(lock_holders)
+    if [[ -n "$who" ]]; then
+        echo "setup: another package manager holds the dpkg lock: ${who% }; waiting up to ${LOCK_WAIT}s for it" >&2
+    fi
+}
+
 echo "setup: installing ${missing[*]}" >&2
 export DEBIAN_FRONTEND=noninteractive
-apt-get update -qq
-apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+apt_opts=(-o "DPkg::Lock::Timeout=$LOCK_WAIT")
+say_if_locked
+apt-get "${apt_opts[@]}" update -qq
+say_if_locked
+apt-get "${apt_opts[@]}" install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
