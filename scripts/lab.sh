@@ -11,10 +11,14 @@
 #                                                             SMTP servers on 25 587 465
 #                                                             (labnet.py serve, aiosmtpd)
 #
-# Usage: scripts/lab.sh up|down|status|mail [--bin PATH] [--config PATH] [--save-log FILE]
+# Usage: scripts/lab.sh up|down|status|mail|reload [--bin PATH] [--config PATH] [--save-log FILE]
 #        scripts/lab.sh capture FILE [--seconds N | --traffic]
 #   up      build the lab and start op25b (idempotent: a healthy lab is left alone,
-#           a partial one is torn down and rebuilt)
+#           a partial one is torn down and rebuilt). op25b runs the state dir's copy
+#           of the config (op25b.toml) with, unless the config has its own [control],
+#           a control socket op25b.sock there: op25b stats --socket /run/op25b-lab/op25b.sock
+#   reload  copy the config (--config, default config/lab.toml) again, send op25b
+#           SIGHUP and print the log line that says what op25b made of it
 #   down    stop the processes this script started, delete the namespaces, remove
 #           state (safe when nothing or only part of the lab exists);
 #           --save-log FILE keeps a copy of op25b's log (with its final counters)
@@ -77,6 +81,7 @@ done
 STATE="$LAB_STATE_DIR"
 OP25B_PID="$STATE/op25b.pid"
 OP25B_LOG="$STATE/op25b.log"
+RUN_CONFIG="$STATE/op25b.toml"
 SERVE_PID="$STATE/serve.pid"
 SERVE_OUT="$STATE/serve.out"
 SERVE_LOG="$STATE/serve.jsonl"
@@ -104,7 +109,7 @@ lab_down() {
         ip netns delete "$ns"
     done
     if [[ -d "$STATE" ]]; then
-        rm -f "$OP25B_PID" "$OP25B_LOG" "$SERVE_PID" "$SERVE_OUT" "$SERVE_LOG"
+        rm -f "$OP25B_PID" "$OP25B_LOG" "$SERVE_PID" "$SERVE_OUT" "$SERVE_LOG" "$RUN_CONFIG"
         local m
         for m in "${MAIL_SERVERS[@]}"; do rm -f "$STATE/mail-$m.jsonl"; done
         rmdir "$STATE" 2>/dev/null || warn "state dir $STATE not empty, left in place"
@@ -254,9 +259,10 @@ lab_up() {
     record_pid "$SERVE_PID" "$!"
     wait_for "labnet.py serve to listen" serve_ready
 
-    info "starting op25b: $BIN run --config $CONFIG (log: $OP25B_LOG)"
+    write_run_config
+    info "starting op25b: $BIN run --config $RUN_CONFIG (log: $OP25B_LOG)"
     # NO_COLOR: tracing-subscriber writes ANSI colours even into a file otherwise.
-    NO_COLOR=1 RUST_LOG="${RUST_LOG:-info}" "$BIN" run --config "$CONFIG" </dev/null >"$OP25B_LOG" 2>&1 &
+    NO_COLOR=1 RUST_LOG="${RUST_LOG:-info}" "$BIN" run --config "$RUN_CONFIG" </dev/null >"$OP25B_LOG" 2>&1 &
     record_pid "$OP25B_PID" "$!"
 
     wait_for "TUN $LAB_TUN_SUB up in netns $LAB_NS_SUB" link_is_up "$LAB_NS_SUB" "$LAB_TUN_SUB"
@@ -277,6 +283,40 @@ lab_up() {
     trap - EXIT INT TERM
     info "lab is up: op25b pid $(recorded_pid "$OP25B_PID" op25b), state in $STATE"
     info "try: ip netns exec $LAB_NS_SUB $LAB_LABNET connect --src $LAB_DYN4 $LAB_MX4 25"
+}
+
+# write_run_config: $CONFIG copied to $RUN_CONFIG (same line numbers), with a control
+# socket in the state dir appended unless the config has a [control] section.
+write_run_config() {
+    local tmp="$RUN_CONFIG.tmp"
+    cp "$CONFIG" "$tmp"
+    if ! grep -q '^[[:space:]]*\[control\]' "$CONFIG"; then
+        printf '\n# Added by scripts/lab.sh: op25b stats --socket %s\n[control]\nsocket = "%s"\n' \
+            "$STATE/op25b.sock" "$STATE/op25b.sock" >>"$tmp"
+    fi
+    mv -f "$tmp" "$RUN_CONFIG"
+}
+
+# ------------------------------------------------------------------ reload
+
+lab_reload() {
+    local pid before i line
+    [[ -r "$CONFIG" ]] || die "config not readable: $CONFIG"
+    pid=$(recorded_pid "$OP25B_PID" op25b) || die "op25b is not running: scripts/lab.sh up"
+    before=$(grep -c 'config reload' "$OP25B_LOG" || true)
+    write_run_config
+    kill -HUP "$pid"
+    for ((i = 0; i < 50; i++)); do
+        if (($(grep -c 'config reload' "$OP25B_LOG" || true) > before)); then
+            line=$(grep 'config reload' "$OP25B_LOG" | tail -n 1)
+            # Without the timestamp: "INFO op25b: config reloaded: ..."
+            printf '%s\n' "${line#* }" | sed 's/^ *//'
+            grep -q 'config reloaded' <<<"$line"
+            return
+        fi
+        sleep 0.1
+    done
+    die "op25b (pid $pid) logged nothing about the reload within 5 s"
 }
 
 # smtp_python: an interpreter with aiosmtpd (the system one, where Debian puts it).
@@ -336,8 +376,9 @@ lab_capture() {
     trap on_capture_exit EXIT
     trap 'exit 130' INT
     trap 'exit 143' TERM
-    # -U: each packet written as it comes; -s 0: whole packets; raw IP (a TUN).
-    ip netns exec "$LAB_NS_SUB" tcpdump -n -U -s 0 -i "$LAB_TUN_SUB" -w "$CAPTURE_FILE" \
+    # --immediate-mode: each packet handed over as it comes (else the last block of
+    # the ring can be lost at SIGINT); -U: written at once; -s 0: whole packets.
+    ip netns exec "$LAB_NS_SUB" tcpdump -n --immediate-mode -U -s 0 -i "$LAB_TUN_SUB" -w "$CAPTURE_FILE" \
         2>"$CAPTURE_ERR" &
     CAPTURE_PID=$!
     local i
@@ -373,6 +414,7 @@ case "$CMD" in
     down) require_root; lab_down; info "lab is down" ;;
     status) require_root; lab_status ;;
     mail) require_root; lab_mail ;;
+    reload) require_root; lab_reload ;;
     capture) require_root; lab_capture ;;
     -h | --help | help) usage ;;
     *) err "unknown command: $CMD"; usage ;;

@@ -179,7 +179,7 @@ def cmd_serve(args):
     import asyncio
 
     try:
-        import aiosmtpd  # noqa: F401  (checked here for a clear message)
+        import aiosmtpd.smtp  # noqa: F401  (checked here for a clear message)
     except ImportError:
         print("labnet.py serve: needs aiosmtpd (Debian package python3-aiosmtpd, "
               "scripts/setup.sh installs it) for %s" % sys.executable, file=sys.stderr)

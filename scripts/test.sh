@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The whole test suite, from a fresh clone, as root: installs what the tests
 # need, checks formatting and lints, runs unit, CLI and network-namespace tests,
-# then the README's lab demo end to end and a smoke run of scripts/bench.sh.
+# then every command sample of README.md (scripts/readme_test.py: the lab demo end to
+# end, the lab's mail, capture and reload, op25b check and replay) and a smoke run
+# of scripts/bench.sh.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -17,9 +19,9 @@ log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 cargo test --locked --all-targets 2>&1 | tee "$log"
 passed=$(grep -Eo '^test result: ok\. [0-9]+ passed' "$log" | awk '{s += $4} END {print s + 0}')
-echo "== lab demo"
-cargo build --release --locked
-scripts/demo.sh --no-build
+echo "== README samples (the lab demo included)"
+cargo build --release --locked --quiet
+python3 scripts/readme_test.py
 echo "== benchmark smoke run (checks it works; judges no speed)"
 scripts/bench.sh --smoke --no-build
 # One closing line for the whole run (cargo's last summary is an example's, with 0 tests).
