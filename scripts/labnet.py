@@ -177,10 +177,9 @@ class Server:
 
 def cmd_serve(args):
     import asyncio
+    import importlib.util
 
-    try:
-        import aiosmtpd.smtp  # noqa: F401  (checked here for a clear message)
-    except ImportError:
+    if importlib.util.find_spec("aiosmtpd") is None:
         print("labnet.py serve: needs aiosmtpd (Debian package python3-aiosmtpd, "
               "scripts/setup.sh installs it) for %s" % sys.executable, file=sys.stderr)
         return 1

@@ -76,7 +76,7 @@ missing_cmds() {
 # die_missing LINE...: fail listing every missing command (nothing to do if none).
 die_missing() {
     (($#)) || return 0
-    err "missing required command(s); this script installs nothing itself:"
+    err "missing required command(s); this script installs nothing itself (scripts/setup.sh does, as root):"
     local m
     for m in "$@"; do err "  - $m"; done
     exit 1

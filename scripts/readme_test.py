@@ -58,6 +58,8 @@ NOT_RUN = [
     ("src/packet/", "the source tree"),
 ]
 CONFIG_FENCES = {"toml", "yaml"}
+# Files the samples write outside the repository, removed when the test ends.
+CLEANUP = ["/tmp/lab.pcap", "/tmp/fwd.pcap", "/tmp/dropped.pcap"]
 
 # Seconds a command may take; the demo builds (a no-op after cargo build --release).
 TIMEOUT_DEFAULT = 60
@@ -313,6 +315,9 @@ def main():
                   "<n> = a number, … = any text):")
             print("\n".join("      " + l for l in render(ops).split("\n")))
     finally:
+        for path in CLEANUP:
+            if os.path.exists(path):
+                os.remove(path)
         if lab_exists() and os.path.exists(os.path.join(REPO, "scripts", "lab.sh")):
             subprocess.run([os.path.join(REPO, "scripts", "lab.sh"), "down"], cwd=REPO,
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
