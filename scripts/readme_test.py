@@ -210,6 +210,33 @@ def render(ops):
     return "\n".join(out)
 
 
+def self_test():
+    """The matcher on known cases, so that a lenient matcher cannot pass the README."""
+    cases = [
+        (["a 1", "b"], ["a 1", "b"], True),
+        (["up <n> s"], ["up 12.5 s"], True),
+        (["up <n> s"], ["up twelve s"], False),
+        (["pid <n>"], ["pid 12 and more"], False),
+        (["x … y"], ["x anything at all y"], True),
+        (["…", "end"], ["end"], True),
+        (["…", "end"], ["1", "2", "3", "end"], True),
+        (["…"], [], True),
+        (["a", "…"], [], False),
+        (["col1   col2"], ["col1 col2   "], True),
+        (["a", "b", "c"], ["a", "c"], False),
+        (["a", "c"], ["a", "b", "c"], False),
+        (["a", "b"], ["a", "b", "extra"], False),
+    ]
+    for expected, actual, ok in cases:
+        unmatched, _ = align(expected, actual)
+        if (unmatched == 0) != ok:
+            raise SystemExit(f"readme_test.py: self-test: {expected!r} vs {actual!r}: "
+                             f"{'no match' if ok else 'a match'}, which is wrong")
+    _, ops = align(["a", "old", "z", "…"], ["a", "new", "z", "q"])
+    if ops[1:3] != [("-", "old"), ("+", "new")]:
+        raise SystemExit(f"readme_test.py: self-test: a changed line shows as {ops!r}")
+
+
 # ------------------------------------------------------------------ running
 
 def lab_exists():
@@ -247,6 +274,7 @@ def main():
     ap.add_argument("--only", type=int, metavar="LINE")
     ap.add_argument("readme", nargs="?", default=os.path.join(REPO, "README.md"))
     args = ap.parse_args()
+    self_test()
 
     global NAME
     NAME = os.path.relpath(args.readme)
