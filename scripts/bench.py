@@ -33,6 +33,8 @@ Usage: scripts/bench.sh [options]
   --events       op25b writes [events] and [capture] (dropped.pcap) into its work
                  directory; reports lines and records written, events_dropped and
                  capture_dropped
+  --abuse        op25b tracks blocked attempts ([abuse], thresholds no run reaches):
+                 what abuse handling costs while nobody is over a threshold
   --bin PATH     op25b binary (default target/release/op25b)
   --keep DIR     copy the raw outputs (iperf3 JSON, ping, op25b log, config) to DIR
 Exit status: 0 when every measurement and the blocked-SYN check succeeded, 1 if not,
@@ -492,7 +494,7 @@ class Bench:
         total_s = round(time.monotonic() - t_start, 1)
         meta = {"ok": not self.failures, "failures": self.failures, "smoke": o.smoke,
                 "rounds": o.rounds, "seconds": o.secs, "pings": o.pings, "extra_rules": o.rules,
-                "busy_poll_us": o.busy, "flood_pps": o.flood, "events": o.events,
+                "busy_poll_us": o.busy, "flood_pps": o.flood, "events": o.events, "abuse": o.abuse,
                 "cpus": len(os.sched_getaffinity(0)), "measure_s": total_s,
                 "op25b_counters": counters}
         with open(self.file("meta.json"), "w", encoding="utf-8") as f:

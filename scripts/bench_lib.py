@@ -57,7 +57,7 @@ def parse_args(argv, default_bin):
     """The command line as bench.sh always took it (hand-parsed: argparse's own help and
     error formats, and its exit 0 on --help, are not this tool's interface)."""
     o = SimpleNamespace(build=True, json=False, smoke=False, rounds=None, secs=None, pings=None,
-                        rules=100, syn=20, keep=None, busy=0, flood=0, events=False,
+                        rules=100, syn=20, keep=None, busy=0, flood=0, events=False, abuse=False,
                         bin=default_bin)
     numeric = {"--rounds": "rounds", "--rules": "rules", "-t": "secs", "--time": "secs",
                "--pings": "pings", "--syn": "syn", "--busy-poll": "busy", "--flood": "flood"}
@@ -72,6 +72,8 @@ def parse_args(argv, default_bin):
             o.build = False
         elif a == "--events":
             o.events = True
+        elif a == "--abuse":
+            o.abuse = True
         elif a in numeric or a in ("--bin", "--keep"):
             if not args:
                 raise Usage(None)
@@ -284,6 +286,9 @@ action = "reject"
     if o.events:
         text += (f'\n[events]\npath = "{work}/events.jsonl"\n'
                  f'\n[capture]\ndropped = "{work}/dropped.pcap"\n')
+    if o.abuse:
+        # Thresholds no benchmark traffic reaches: what tracking alone costs.
+        text += "\n[abuse]\nthreshold = 1000000000\ndestinations_threshold = 1000000000\n"
     return text + gen_rules(o.rules)
 
 
