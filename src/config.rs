@@ -20,6 +20,7 @@ use std::sync::Arc;
 
 mod abuse;
 mod actions;
+mod json;
 mod rules;
 mod services;
 

@@ -16,8 +16,19 @@ use op25b::tools::{self, replay, spec::PacketSpec};
 use op25b::{Config, Direction, Router, State, Verdict};
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGUSR1};
 
+/// `op25b --version`: the crate version and, when built from git, the commit.
+static VERSION: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| match env!("OP25B_GIT_COMMIT") {
+    "" => env!("CARGO_PKG_VERSION").to_string(),
+    commit => format!("{} (git {commit})", env!("CARGO_PKG_VERSION")),
+});
+
 #[derive(Parser)]
-#[command(name = "op25b", version, about = "Userspace two-TUN router enforcing Outbound Port 25 Blocking")]
+#[command(
+    name = "op25b",
+    version = VERSION.as_str(),
+    about = "Userspace two-TUN router enforcing Outbound Port 25 Blocking",
+    disable_help_subcommand = true
+)]
 struct Cli {
     /// How op25b's own log lines (standard error) are written.
     #[arg(long, value_enum, default_value_t = LogFormat::Text, global = true)]
@@ -32,6 +43,26 @@ enum LogFormat {
     Text,
     /// One JSON object a line.
     Json,
+}
+
+/// `check --direction`.
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum DirectionArg {
+    /// From the subscriber side to the upstream side.
+    #[value(alias = "out")]
+    Outbound,
+    /// From the upstream side to the subscriber side.
+    #[value(alias = "in")]
+    Inbound,
+}
+
+impl From<DirectionArg> for Direction {
+    fn from(d: DirectionArg) -> Direction {
+        match d {
+            DirectionArg::Outbound => Direction::Outbound,
+            DirectionArg::Inbound => Direction::Inbound,
+        }
+    }
 }
 
 #[derive(Subcommand)]
@@ -51,22 +82,23 @@ enum Command {
     /// Validate a config file and print the compiled policy; with --packet,
     /// show what the router would do with one packet, step by step.
     ///
-    /// Exit status with --packet: 0 forwarded, 1 dropped / rejected / answered,
-    /// 2 usage or config error.
+    /// Exit status: 0 config valid (with --packet: forwarded), 1 with --packet:
+    /// dropped / rejected / answered, 2 usage or config error.
     Check {
         /// The config file (TOML).
         #[arg(short, long)]
         config: PathBuf,
         /// A packet, e.g. "tcp 100.64.1.10:40000 -> 203.0.113.25:25 syn"
         /// (IPv6 as [2001:db8:100::10]:40000; tcp, udp, icmp; flags syn, ack,
-        /// rst, fin; ttl=N; len=N).
+        /// rst, fin, psh; ttl=N; len=N).
         #[arg(short, long)]
         packet: Option<String>,
-        /// outbound or inbound (default: outbound when the source is in
-        /// subscriber.prefixes).
-        #[arg(long, requires = "packet")]
-        direction: Option<String>,
-        /// Print one JSON object instead of text.
+        /// Which way the packet travels (default: outbound when the source is
+        /// in subscriber.prefixes, else inbound).
+        #[arg(long, value_enum, requires = "packet")]
+        direction: Option<DirectionArg>,
+        /// Print one JSON object instead of text: the compiled policy, or with
+        /// --packet the verdict and its trace.
         #[arg(long)]
         json: bool,
     },
@@ -148,6 +180,40 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Print this help, or the help of the given command.
+    Help {
+        /// The command, e.g. check.
+        command: Option<String>,
+    },
+}
+
+/// Writes to standard output; when the reader has gone (`op25b check | head`),
+/// exits quietly with status 0 instead of panicking.
+macro_rules! out {
+    ($($arg:tt)*) => { output(&format_args!($($arg)*)) };
+}
+
+/// `out!` with a newline.
+macro_rules! outln {
+    ($($arg:tt)*) => { output(&format_args!("{}\n", format_args!($($arg)*))) };
+}
+
+fn output(text: &std::fmt::Arguments<'_>) {
+    use std::io::Write as _;
+    let mut stdout = std::io::stdout().lock();
+    if let Err(e) = stdout.write_fmt(*text).and_then(|()| stdout.flush()) {
+        quit_on_write_error(&e);
+    }
+}
+
+/// The end of a command whose standard output cannot be written: quietly
+/// when the reader has gone, else with one line.
+fn quit_on_write_error(e: &std::io::Error) -> ! {
+    if e.kind() == std::io::ErrorKind::BrokenPipe {
+        std::process::exit(0);
+    }
+    eprintln!("op25b: error: standard output: {e}");
+    std::process::exit(1);
 }
 
 fn main() -> ExitCode {
@@ -171,6 +237,7 @@ fn main() -> ExitCode {
             return op25b::control::client::quarantine(socket, subscriber, *duration)
         }
         Command::Release { subscriber, socket } => return op25b::control::client::release(socket, subscriber),
+        Command::Help { command } => return help(command.as_deref()),
     };
     let config = match Config::load(config_path) {
         Ok(c) => c,
@@ -180,8 +247,12 @@ fn main() -> ExitCode {
         }
     };
     let result = match cli.command {
-        Command::Check { packet: None, .. } => {
-            print!("{}", config.render());
+        Command::Check { packet: None, json: false, .. } => {
+            out!("{}", config.render());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Check { packet: None, json: true, .. } => {
+            outln!("{}", config.to_json());
             Ok(ExitCode::SUCCESS)
         }
         Command::Check { packet: Some(spec), direction, json, .. } => check_packet(&config, &spec, direction, json),
@@ -189,9 +260,11 @@ fn main() -> ExitCode {
             run_replay(&config, &input, replay::ReplayOptions { forwarded, dropped }, json)
         }
         Command::Run { stats, .. } => run(config, stats.as_deref()).map(|()| ExitCode::SUCCESS),
-        Command::Stats { .. } | Command::Top { .. } | Command::Quarantine { .. } | Command::Release { .. } => {
-            unreachable!("answered before a config is loaded")
-        }
+        Command::Stats { .. }
+        | Command::Top { .. }
+        | Command::Quarantine { .. }
+        | Command::Release { .. }
+        | Command::Help { .. } => unreachable!("answered before a config is loaded"),
     };
     result.unwrap_or_else(|e| {
         eprintln!("op25b: error: {e:#}");
@@ -199,7 +272,25 @@ fn main() -> ExitCode {
     })
 }
 
-fn check_packet(config: &Config, spec: &str, direction: Option<String>, json: bool) -> anyhow::Result<ExitCode> {
+/// `op25b help [COMMAND]`: the long help of op25b or of one command.
+fn help(command: Option<&str>) -> ExitCode {
+    use clap::CommandFactory;
+    let mut cli = Cli::command();
+    let text = match command {
+        None => cli.render_long_help(),
+        Some(name) => match cli.find_subcommand_mut(name) {
+            Some(sub) => sub.render_long_help(),
+            None => {
+                eprintln!("op25b: error: no command {name:?} (try `op25b help`)");
+                return ExitCode::from(2);
+            }
+        },
+    };
+    out!("{text}");
+    ExitCode::SUCCESS
+}
+
+fn check_packet(config: &Config, spec: &str, direction: Option<DirectionArg>, json: bool) -> anyhow::Result<ExitCode> {
     let usage = |msg: String| {
         eprintln!("op25b: error: {msg}");
         Ok(ExitCode::from(2))
@@ -213,11 +304,8 @@ fn check_packet(config: &Config, spec: &str, direction: Option<String>, json: bo
         Err(e) => return usage(e.to_string()),
     };
     let in_prefixes = config.policy.subscriber_prefixes.contains(parsed.src);
-    let (dir, why) = match direction.as_deref() {
-        Some(d) => match tools::parse_direction(d) {
-            Some(dir) => (dir, "given with --direction"),
-            None => return usage(format!("--direction {d:?}: outbound or inbound")),
-        },
+    let (dir, why) = match direction {
+        Some(d) => (d.into(), "given with --direction"),
         None if in_prefixes => (Direction::Outbound, "source is in subscriber.prefixes"),
         None => (Direction::Inbound, "source is not in subscriber.prefixes"),
     };
@@ -239,14 +327,14 @@ fn check_packet(config: &Config, spec: &str, direction: Option<String>, json: bo
             "forwarded": forwarded,
             "trace": steps,
         });
-        println!("{out}");
+        outln!("{out}");
     } else {
-        println!("packet     {spec}");
-        println!("direction  {} ({why})", dir.name());
+        outln!("packet     {spec}");
+        outln!("direction  {} ({why})", dir.name());
         for s in &trace.steps {
-            println!("  {:<14} {}", s.stage, s.detail);
+            outln!("  {:<14} {}", s.stage, s.detail);
         }
-        println!("verdict    {}", tools::verdict_detail(verdict));
+        outln!("verdict    {}", tools::verdict_detail(verdict));
     }
     Ok(if forwarded { ExitCode::SUCCESS } else { ExitCode::from(1) })
 }
@@ -304,11 +392,11 @@ fn run_replay(
 fn stats(socket: &std::path::Path, json: bool, all: bool) -> ExitCode {
     match op25b::control::client::ask(socket, "stats") {
         Ok(v) if json => {
-            println!("{v}");
+            outln!("{v}");
             ExitCode::SUCCESS
         }
         Ok(v) => {
-            print!("{}", op25b::control::client::render(&v, all));
+            out!("{}", op25b::control::client::render(&v, all));
             ExitCode::SUCCESS
         }
         Err(e) => {

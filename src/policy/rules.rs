@@ -144,7 +144,8 @@ impl FlagMatch {
         }
     }
 
-    fn name(self) -> &'static str {
+    /// The config's spelling: `syn`, `syn-ack`, `ack`, `rst`, `fin`.
+    pub fn name(self) -> &'static str {
         match self {
             FlagMatch::Syn => "syn",
             FlagMatch::SynAck => "syn-ack",

@@ -4,7 +4,6 @@
 pub mod replay;
 pub mod spec;
 
-use crate::packet::Direction;
 use crate::router::{ReplyKind, Verdict};
 
 /// The verdict's name as the tools report it: `forward`, `drop` or `reply`.
@@ -45,14 +44,5 @@ fn reply_meaning(kind: ReplyKind) -> &'static str {
         ReplyKind::TooBig => "ICMP fragmentation needed / packet too big",
         ReplyKind::EchoReply => "echo reply from the router",
         ReplyKind::Prohibited => "ICMP administratively prohibited",
-    }
-}
-
-/// Parses `outbound` / `inbound`.
-pub fn parse_direction(s: &str) -> Option<Direction> {
-    match s {
-        "outbound" | "out" => Some(Direction::Outbound),
-        "inbound" | "in" => Some(Direction::Inbound),
-        _ => None,
     }
 }

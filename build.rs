@@ -1,0 +1,57 @@
+//! Puts the git commit of the source tree into `op25b --version`.
+//!
+//! `OP25B_GIT_COMMIT` is the short commit hash when the crate is built from a
+//! git checkout (the checkout's own top level, not some enclosing repository),
+//! or from a crate package, whose `.cargo_vcs_info.json` records the commit;
+//! otherwise it is empty and the version is the crate version alone.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn git(dir: &Path, args: &[&str]) -> Option<String> {
+    let out = Command::new("git").arg("-C").arg(dir).args(args).output().ok()?;
+    if !out.status.success() {
+        return None;
+    }
+    let s = String::from_utf8(out.stdout).ok()?;
+    let s = s.trim();
+    (!s.is_empty()).then(|| s.to_string())
+}
+
+fn from_git(dir: &Path) -> Option<String> {
+    let top = PathBuf::from(git(dir, &["rev-parse", "--show-toplevel"])?);
+    if top.canonicalize().ok()? != dir.canonicalize().ok()? {
+        return None;
+    }
+    // Rebuild when the checked-out commit moves: HEAD itself (another branch),
+    // the branch's ref (a new commit), or packed refs (after `git gc`).
+    let mut watch = vec!["HEAD".to_string(), "packed-refs".to_string()];
+    if let Some(r) = git(dir, &["symbolic-ref", "-q", "HEAD"]) {
+        watch.push(r);
+    }
+    for w in watch {
+        if let Some(p) = git(dir, &["rev-parse", "--path-format=absolute", "--git-path", &w]) {
+            println!("cargo:rerun-if-changed={p}");
+        }
+    }
+    git(dir, &["rev-parse", "--short=12", "HEAD"])
+}
+
+/// A packaged crate (`cargo package`, crates.io) records the commit it was made from.
+fn from_package(dir: &Path) -> Option<String> {
+    let path = dir.join(".cargo_vcs_info.json");
+    println!("cargo:rerun-if-changed={}", path.display());
+    let text = std::fs::read_to_string(path).ok()?;
+    let at = text.find("\"sha1\"")?;
+    let rest = &text[at + 6..];
+    let start = rest.find('"')? + 1;
+    let sha: String = rest[start..].chars().take_while(|c| c.is_ascii_hexdigit()).collect();
+    (sha.len() >= 12).then(|| sha[..12].to_string())
+}
+
+fn main() {
+    println!("cargo:rerun-if-changed=build.rs");
+    let dir = PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
+    let commit = from_git(&dir).or_else(|| from_package(&dir)).unwrap_or_default();
+    println!("cargo:rustc-env=OP25B_GIT_COMMIT={commit}");
+}
