@@ -39,12 +39,12 @@ pub const MIN_MTU: u16 = 1280;
 #[non_exhaustive]
 pub enum ConfigError {
     /// The file could not be read.
-    #[error("{file}: cannot read: {source}")]
+    #[error("{file}: cannot read: {cause}")]
     Read {
         /// The file.
         file: PathBuf,
-        /// The I/O error.
-        source: std::io::Error,
+        /// The I/O error (in the message, not a `source()`: a chain prints it once).
+        cause: std::io::Error,
     },
     /// A syntax error, an unknown or missing key, or a value that is not allowed.
     #[error("{file}:{line}: {key}: {message}")]
@@ -231,7 +231,7 @@ impl Config {
     /// Reads and validates a config file.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let text =
-            std::fs::read_to_string(path).map_err(|source| ConfigError::Read { file: path.to_path_buf(), source })?;
+            std::fs::read_to_string(path).map_err(|cause| ConfigError::Read { file: path.to_path_buf(), cause })?;
         Config::parse(path, &text)
     }
 

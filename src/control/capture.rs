@@ -19,10 +19,10 @@ use crate::dataplane::capture::{CaptureSource, SNAPLEN};
 
 /// Why the writer could not start.
 #[derive(Debug, thiserror::Error)]
-#[error("capture.dropped {path}: {source}")]
+#[error("capture.dropped {path}: {cause}")]
 pub struct CaptureError {
     path: PathBuf,
-    source: io::Error,
+    cause: io::Error,
 }
 
 /// The file under the pcap writer, shared with the loop so that it can
@@ -79,7 +79,7 @@ fn rotate(path: &Path, keep: usize) -> io::Result<()> {
 /// `[capture] dropped`.
 pub fn start(cfg: &CaptureConfig, source: CaptureSource) -> Result<Option<WriterThread>, CaptureError> {
     let Some(path) = cfg.dropped.clone() else { return Ok(None) };
-    let err = |source| CaptureError { path: path.clone(), source };
+    let err = |cause| CaptureError { path: path.clone(), cause };
     let file = create(&path).map_err(err)?;
     let (max, keep) = (cfg.max_bytes, cfg.keep);
     let p = path.clone();

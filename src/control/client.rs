@@ -11,12 +11,12 @@ use std::time::Duration;
 #[non_exhaustive]
 pub enum ClientError {
     /// Nobody answers at the socket.
-    #[error("no op25b answers at {path}: {source} (is `op25b run` running with [control] socket = {path:?}?)")]
+    #[error("no op25b answers at {path}: {cause} (is `op25b run` running with [control] socket = {path:?}?)")]
     Connect {
         /// The socket.
         path: String,
-        /// The cause.
-        source: std::io::Error,
+        /// The cause (in the message, not a `source()`: a chain prints it once).
+        cause: std::io::Error,
     },
     /// The answer was cut or is not what op25b sends.
     #[error("bad answer from {path}: {why}")]
@@ -32,7 +32,7 @@ pub enum ClientError {
 pub fn ask(socket: &Path, command: &str) -> Result<serde_json::Value, ClientError> {
     let path = socket.display().to_string();
     let io = |why: std::io::Error| ClientError::Answer { path: path.clone(), why: why.to_string() };
-    let mut s = UnixStream::connect(socket).map_err(|source| ClientError::Connect { path: path.clone(), source })?;
+    let mut s = UnixStream::connect(socket).map_err(|cause| ClientError::Connect { path: path.clone(), cause })?;
     s.set_read_timeout(Some(Duration::from_secs(5))).map_err(io)?;
     s.write_all(format!("{command}\n").as_bytes()).map_err(io)?;
     let mut line = String::new();

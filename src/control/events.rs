@@ -29,10 +29,10 @@ const MINUTE: Duration = Duration::from_secs(60);
 
 /// Why the writer could not start.
 #[derive(Debug, thiserror::Error)]
-#[error("events.path {path}: {source}")]
+#[error("events.path {path}: {cause}")]
 pub struct EventsError {
     path: PathBuf,
-    source: io::Error,
+    cause: io::Error,
 }
 
 /// Per-subscriber sampling state.
@@ -126,7 +126,7 @@ pub fn start(cfg: &EventsConfig, rx: Receiver<Event>) -> Result<Option<WriterThr
     let out: Box<dyn Write + Send> = if path.as_os_str() == "-" {
         Box::new(io::stdout())
     } else {
-        let err = |source| EventsError { path: path.clone(), source };
+        let err = |cause| EventsError { path: path.clone(), cause };
         create_dir_of(&path).map_err(err)?;
         Box::new(std::fs::OpenOptions::new().create(true).append(true).open(&path).map_err(err)?)
     };
@@ -134,7 +134,7 @@ pub fn start(cfg: &EventsConfig, rx: Receiver<Event>) -> Result<Option<WriterThr
     let p = path.clone();
     let thread =
         WriterThread::spawn("op25b-events", move || write_loop(rx, io::BufWriter::new(out), Sampler::new(limit), p))
-            .map_err(|source| EventsError { path, source })?;
+            .map_err(|cause| EventsError { path, cause })?;
     Ok(Some(thread))
 }
 

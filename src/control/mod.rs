@@ -33,23 +33,23 @@ use crate::state::abuse::{parse_subscriber, subscriber_name, AbuseEvent};
 #[non_exhaustive]
 pub enum ControlError {
     /// The Unix socket could not be made.
-    #[error("control.socket {path}: {source}")]
+    #[error("control.socket {path}: {cause}")]
     Socket {
         /// The socket's path.
         path: PathBuf,
-        /// The cause.
-        source: io::Error,
+        /// The cause (in the message, not a `source()`: a chain prints it once).
+        cause: io::Error,
     },
     /// Another op25b answers on the socket.
     #[error("control.socket {0}: another op25b is listening there")]
     InUse(PathBuf),
     /// The metrics address could not be bound.
-    #[error("control.metrics {addr}: {source}")]
+    #[error("control.metrics {addr}: {cause}")]
     Metrics {
         /// The address.
         addr: std::net::SocketAddr,
-        /// The cause.
-        source: io::Error,
+        /// The cause (in the message, not a `source()`: a chain prints it once).
+        cause: io::Error,
     },
     /// The control thread or its runtime could not start.
     #[error("cannot start the control plane: {0}")]
@@ -191,7 +191,7 @@ pub struct Control {
 /// answers on it) is replaced; a live one is an error.
 fn bind_socket(path: &Path) -> Result<std::os::unix::net::UnixListener, ControlError> {
     use std::os::unix::fs::PermissionsExt;
-    let err = |source| ControlError::Socket { path: path.to_path_buf(), source };
+    let err = |cause| ControlError::Socket { path: path.to_path_buf(), cause };
     if path.exists() {
         if std::os::unix::net::UnixStream::connect(path).is_ok() {
             return Err(ControlError::InUse(path.to_path_buf()));
@@ -223,8 +223,8 @@ impl Control {
         let socket = cfg.socket.as_deref().map(bind_socket).transpose()?;
         let metrics = match cfg.metrics {
             Some(addr) => {
-                let l = std::net::TcpListener::bind(addr).map_err(|source| ControlError::Metrics { addr, source })?;
-                l.set_nonblocking(true).map_err(|source| ControlError::Metrics { addr, source })?;
+                let l = std::net::TcpListener::bind(addr).map_err(|cause| ControlError::Metrics { addr, cause })?;
+                l.set_nonblocking(true).map_err(|cause| ControlError::Metrics { addr, cause })?;
                 Some(l)
             }
             None => None,

@@ -19,28 +19,28 @@ use crate::config::DeviceConfig;
 #[non_exhaustive]
 pub enum DeviceError {
     /// The namespace does not exist or cannot be joined.
-    #[error("network namespace {name:?} (/run/netns/{name}): {source}")]
+    #[error("network namespace {name:?} (/run/netns/{name}): {cause}")]
     Netns {
         /// Namespace name.
         name: String,
-        /// The cause.
-        source: io::Error,
+        /// The cause (in the message, not a `source()`: a chain prints it once).
+        cause: io::Error,
     },
     /// A worker thread could not be started.
-    #[error("cannot start a worker thread: {source}")]
+    #[error("cannot start a worker thread: {cause}")]
     Spawn {
-        /// The cause.
-        source: io::Error,
+        /// The cause (in the message, not a `source()`: a chain prints it once).
+        cause: io::Error,
     },
     /// Creating or configuring the TUN device failed.
-    #[error("TUN device {name:?}: {what}: {source}")]
+    #[error("TUN device {name:?}: {what}: {cause}")]
     Tun {
         /// Interface name.
         name: String,
         /// The step that failed.
         what: &'static str,
-        /// The cause.
-        source: io::Error,
+        /// The cause (in the message, not a `source()`: a chain prints it once).
+        cause: io::Error,
     },
 }
 
@@ -54,12 +54,12 @@ pub fn open(cfg: &DeviceConfig, offload: bool, queue_len: u32, queues: usize) ->
         None => create(cfg, offload, queue_len, queues),
         Some(ns) => {
             let path = format!("/run/netns/{ns}");
-            let file = File::open(&path).map_err(|source| DeviceError::Netns { name: ns.clone(), source })?;
+            let file = File::open(&path).map_err(|cause| DeviceError::Netns { name: ns.clone(), cause })?;
             std::thread::scope(|s| {
                 s.spawn(|| {
                     // Only this thread moves; the process stays where it was started.
                     setns(&file, CloneFlags::CLONE_NEWNET)
-                        .map_err(|e| DeviceError::Netns { name: ns.clone(), source: e.into() })?;
+                        .map_err(|e| DeviceError::Netns { name: ns.clone(), cause: e.into() })?;
                     // The extra queues too: `try_clone` reattaches by name
                     // in the calling thread's namespace.
                     create(cfg, offload, queue_len, queues)
@@ -69,7 +69,7 @@ pub fn open(cfg: &DeviceConfig, offload: bool, queue_len: u32, queues: usize) ->
                     Err(DeviceError::Tun {
                         name: cfg.tun.clone(),
                         what: "setup thread panicked",
-                        source: io::Error::other("panic"),
+                        cause: io::Error::other("panic"),
                     })
                 })
             })
@@ -78,7 +78,7 @@ pub fn open(cfg: &DeviceConfig, offload: bool, queue_len: u32, queues: usize) ->
 }
 
 fn create(cfg: &DeviceConfig, offload: bool, queue_len: u32, queues: usize) -> Result<Vec<SyncDevice>, DeviceError> {
-    let err = |what| move |source| DeviceError::Tun { name: cfg.tun.clone(), what, source };
+    let err = |what| move |cause| DeviceError::Tun { name: cfg.tun.clone(), what, cause };
     let dev = DeviceBuilder::new()
         .name(&cfg.tun)
         .mtu(cfg.mtu)

@@ -140,10 +140,10 @@ impl Dataplane {
     pub fn start(config: &Config, sinks: Sinks) -> Result<Dataplane, DeviceError> {
         let n = workers_per_direction(config.dataplane.workers);
         let (sub, up, offload) = open_pair(config, n)?;
-        let stop = Arc::new(InterruptEvent::new().map_err(|source| DeviceError::Tun {
+        let stop = Arc::new(InterruptEvent::new().map_err(|cause| DeviceError::Tun {
             name: config.subscriber.tun.clone(),
             what: "create interrupt event",
-            source,
+            cause,
         })?);
         let policy = Arc::new(config.policy.clone());
         let state = Arc::new(State::new(&policy));
@@ -199,7 +199,7 @@ impl Dataplane {
         let handle = std::thread::Builder::new()
             .name(format!("op25b-{}-{index}", dir.name()))
             .spawn(move || worker.run(&ingress, &egress, &stop))
-            .map_err(|source| DeviceError::Spawn { source })?;
+            .map_err(|cause| DeviceError::Spawn { cause })?;
         self.workers.push(handle);
         Ok(())
     }
