@@ -160,7 +160,7 @@ enum Command {
         #[arg(long, default_value = "/run/op25b/op25b.sock")]
         socket: PathBuf,
     },
-    /// Run a pcap capture through the same pipeline, with no devices.
+    /// Run a capture through the same pipeline, with no devices.
     ///
     /// Exit status: 0 when the whole capture was read, 2 on a config error or
     /// a corrupt or truncated capture (after reporting what was read).
@@ -168,7 +168,8 @@ enum Command {
         /// The config file (TOML).
         #[arg(short, long)]
         config: PathBuf,
-        /// The capture (pcap; raw IP, Ethernet or Linux cooked).
+        /// The capture: pcap or pcapng; raw IP, Ethernet or Linux cooked;
+        /// `-` reads standard input.
         input: PathBuf,
         /// Write the forwarded packets here (pcap).
         #[arg(long)]
@@ -177,8 +178,13 @@ enum Command {
         #[arg(long)]
         dropped: Option<PathBuf>,
         /// Print one JSON object instead of text.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "jsonl")]
         json: bool,
+        /// Print one JSON object a line for each record, instead of the summary:
+        /// record, time, direction, src, dst, protocol, src_port, dst_port,
+        /// len, verdict, reason.
+        #[arg(long)]
+        jsonl: bool,
     },
     /// Print this help, or the help of the given command.
     Help {
@@ -256,8 +262,13 @@ fn main() -> ExitCode {
             Ok(ExitCode::SUCCESS)
         }
         Command::Check { packet: Some(spec), direction, json, .. } => check_packet(&config, &spec, direction, json),
-        Command::Replay { input, forwarded, dropped, json, .. } => {
-            run_replay(&config, &input, replay::ReplayOptions { forwarded, dropped }, json)
+        Command::Replay { input, forwarded, dropped, json, jsonl, .. } => {
+            let format = match (json, jsonl) {
+                (true, _) => ReplayOutput::Json,
+                (_, true) => ReplayOutput::Lines,
+                _ => ReplayOutput::Text,
+            };
+            run_replay(&config, &input, replay::ReplayOptions { forwarded, dropped }, format)
         }
         Command::Run { stats, .. } => run(config, stats.as_deref()).map(|()| ExitCode::SUCCESS),
         Command::Stats { .. }
@@ -339,42 +350,70 @@ fn check_packet(config: &Config, spec: &str, direction: Option<DirectionArg>, js
     Ok(if forwarded { ExitCode::SUCCESS } else { ExitCode::from(1) })
 }
 
+/// What `replay` prints.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum ReplayOutput {
+    Text,
+    Json,
+    Lines,
+}
+
 fn run_replay(
     config: &Config,
     input: &std::path::Path,
     opts: replay::ReplayOptions,
-    json: bool,
+    format: ReplayOutput,
 ) -> anyhow::Result<ExitCode> {
+    use std::io::Write as _;
     let policy = Arc::new(config.policy.clone());
     let mut router = Router::with_state(policy.clone(), Arc::new(State::offline(&policy)));
-    let report = match replay::replay(&mut router, &config.policy.subscriber_prefixes, input, &opts) {
+    let mut lines = std::io::BufWriter::new(std::io::stdout().lock());
+    let mut each = |line: &replay::PacketLine| {
+        if format == ReplayOutput::Lines {
+            let written = serde_json::to_writer(&mut lines, line)
+                .map_err(std::io::Error::from)
+                .and_then(|()| lines.write_all(b"\n"));
+            if let Err(e) = written {
+                quit_on_write_error(&e);
+            }
+        }
+    };
+    let result = replay::replay(&mut router, &config.policy.subscriber_prefixes, input, &opts, &mut each);
+    if let Err(e) = lines.flush() {
+        quit_on_write_error(&e);
+    }
+    drop(lines);
+    let report = match result {
         Ok(r) => r,
         Err(e) => {
             eprintln!("op25b: error: {e}");
             return Ok(ExitCode::from(2));
         }
     };
-    if json {
-        println!("{}", serde_json::to_string(&report)?);
-    } else {
-        println!("{}: {} packets read, {} without an IP packet", input.display(), report.packets, report.skipped);
-        for (v, n) in &report.verdicts {
-            println!("  {v:<10} {n}");
-        }
-        for (r, n) in &report.drops {
-            println!("    drop {r:<18} {n}");
-        }
-        for (k, n) in &report.replies {
-            println!("    reply {k:<17} {n}");
-        }
-        println!("  op25b blocked {}", report.op25b_blocked);
-        if config.policy.op25b.action == op25b::policy::Action::Monitor {
-            println!("  op25b monitored (would be blocked, forwarded) {}", report.op25b_monitored);
-        }
-        if !report.rules.is_empty() {
-            println!("  rules (packets / bytes matched):");
-            for r in &report.rules {
-                println!("    {:<24} {:>8} {:>10}", r.name, r.packets, r.bytes);
+    match format {
+        ReplayOutput::Lines => {}
+        ReplayOutput::Json => outln!("{}", serde_json::to_string(&report)?),
+        ReplayOutput::Text => {
+            let name = if input == std::path::Path::new("-") { "<stdin>".into() } else { input.display().to_string() };
+            outln!("{name}: {} packets read, {} without an IP packet", report.packets, report.skipped);
+            for (v, n) in &report.verdicts {
+                outln!("  {v:<10} {n}");
+            }
+            for (r, n) in &report.drops {
+                outln!("    drop {r:<18} {n}");
+            }
+            for (k, n) in &report.replies {
+                outln!("    reply {k:<17} {n}");
+            }
+            outln!("  op25b blocked {}", report.op25b_blocked);
+            if config.policy.op25b.action == op25b::policy::Action::Monitor {
+                outln!("  op25b monitored (would be blocked, forwarded) {}", report.op25b_monitored);
+            }
+            if !report.rules.is_empty() {
+                outln!("  rules (packets / bytes matched):");
+                for r in &report.rules {
+                    outln!("    {:<24} {:>8} {:>10}", r.name, r.packets, r.bytes);
+                }
             }
         }
     }

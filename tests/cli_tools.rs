@@ -2,13 +2,18 @@
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::borrow::Cow;
+use std::io::Write as _;
+use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
 use op25b::testing::lab::{DYN4, MX4, STATIC4};
 use op25b::testing::packets::syn;
 use op25b::testing::PolicyBuilder;
 use pcap_file::pcap::{PcapHeader, PcapPacket, PcapReader, PcapWriter};
+use pcap_file::pcapng::blocks::enhanced_packet::EnhancedPacketBlock;
+use pcap_file::pcapng::blocks::interface_description::{InterfaceDescriptionBlock, InterfaceDescriptionOption};
+use pcap_file::pcapng::PcapNgWriter;
 use pcap_file::DataLink;
 
 const BIN: &str = env!("CARGO_BIN_EXE_op25b");
@@ -252,7 +257,153 @@ fn replay_truncated_capture_reports_then_fails() {
     std::fs::write(&input, b"not a capture at all").unwrap();
     let o = op25b(&["replay", "--config", LAB, input.to_str().unwrap()]);
     assert_eq!(o.status.code(), Some(2));
-    assert!(text(&o).contains("not a pcap file"), "{}", text(&o));
+    assert!(text(&o).contains("not a pcap or pcapng file"), "{}", text(&o));
+}
+
+/// A pcapng capture as Wireshark writes it: one interface of link type `link`
+/// with timestamps in microseconds (no if_tsresol option: the default), or in
+/// nanoseconds (if_tsresol = 9). Record i is at 1,700,000,000 s + i * 1,001 us.
+fn capture_ng(link: DataLink, nanos: bool, frames: &[Vec<u8>]) -> Vec<u8> {
+    let mut w = PcapNgWriter::new(Vec::new()).unwrap();
+    let options = if nanos { vec![InterfaceDescriptionOption::IfTsResol(9)] } else { vec![] };
+    w.write_pcapng_block(InterfaceDescriptionBlock { linktype: link, snaplen: 0, options }).unwrap();
+    for (i, f) in frames.iter().enumerate() {
+        let us = 1_700_000_000_000_000u64 + i as u64 * 1_001;
+        // The block holds raw ticks in the interface's unit; pcap-file writes
+        // the Duration's nanoseconds as the ticks.
+        let ticks = if nanos { us * 1_000 } else { us };
+        let epb = EnhancedPacketBlock {
+            interface_id: 0,
+            timestamp: Duration::from_nanos(ticks),
+            original_len: f.len() as u32,
+            data: Cow::Borrowed(f),
+            options: vec![],
+        };
+        w.write_pcapng_block(epb).unwrap();
+    }
+    w.into_inner()
+}
+
+fn ethernet(frames: Vec<Vec<u8>>) -> Vec<Vec<u8>> {
+    frames
+        .into_iter()
+        .map(|ip| {
+            let ethertype = if ip.first().is_some_and(|b| b >> 4 == 6) { [0x86, 0xdd] } else { [0x08, 0x00] };
+            let mut f = vec![2, 0, 0, 0, 0, 1, 2, 0, 0, 0, 0, 2, ethertype[0], ethertype[1]];
+            f.extend_from_slice(&ip);
+            f
+        })
+        .collect()
+}
+
+/// Runs op25b with `stdin` as its standard input.
+fn op25b_stdin(args: &[&str], stdin: &[u8]) -> Output {
+    let mut child = Command::new(BIN)
+        .args(args)
+        .env("NO_COLOR", "1")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run op25b");
+    let mut input = child.stdin.take().unwrap();
+    let data = stdin.to_vec();
+    // Written from a thread: op25b may print before it has read everything.
+    let feeder = std::thread::spawn(move || {
+        let _ = input.write_all(&data); // op25b may stop reading early (a bad capture)
+    });
+    let out = child.wait_with_output().expect("op25b output");
+    feeder.join().unwrap();
+    out
+}
+
+/// Wireshark's format, both link types (raw IP and Ethernet), both timestamp
+/// units: the same verdicts as the pcap of the same packets.
+#[test]
+fn replay_pcapng_raw_and_ethernet() {
+    let t = Tmp::new("pcapng");
+    for (link, frames) in [(DataLink::RAW, sample()), (DataLink::ETHERNET, ethernet(sample()))] {
+        for nanos in [false, true] {
+            let input = t.file("in.pcapng");
+            std::fs::write(&input, capture_ng(link, nanos, &frames)).unwrap();
+            let fwd = t.file("fwd.pcap");
+            let o = op25b(&[
+                "replay",
+                "--config",
+                LAB,
+                input.to_str().unwrap(),
+                "--forwarded",
+                fwd.to_str().unwrap(),
+                "--json",
+            ]);
+            assert_eq!(o.status.code(), Some(0), "{link:?}: {}", text(&o));
+            let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("JSON");
+            assert_eq!(v["packets"], 6, "{link:?} {v}");
+            assert_eq!(v["verdicts"]["forward"], 4, "{link:?} {v}");
+            assert_eq!(v["replies"]["tcp_rst"], 1, "{link:?} {v}");
+            assert_eq!(v["drops"]["truncated"], 1, "{link:?} {v}");
+            // The forwarded records, as a pcap tcpdump reads, at the capture's times.
+            let mut r = PcapReader::new(File::open(&fwd).unwrap()).unwrap();
+            assert_eq!(r.header().datalink, link);
+            let first = r.next_packet().unwrap().unwrap();
+            assert_eq!(first.timestamp, Duration::from_micros(1_700_000_000_001_001), "{link:?} nanos={nanos}");
+            assert_eq!(read_back(&fwd), 4);
+        }
+    }
+}
+
+/// `-` reads standard input, pcap or pcapng.
+#[test]
+fn replay_reads_standard_input() {
+    let t = Tmp::new("stdin");
+    let pcap = t.file("raw.pcap");
+    capture(&pcap, DataLink::RAW, &sample());
+    for (what, bytes) in
+        [("pcap", std::fs::read(&pcap).unwrap()), ("pcapng", capture_ng(DataLink::ETHERNET, false, &ethernet(sample())))]
+    {
+        let o = op25b_stdin(&["replay", "--config", LAB, "-"], &bytes);
+        let out = text(&o);
+        assert_eq!(o.status.code(), Some(0), "{what}: {out}");
+        assert!(out.contains("<stdin>: 6 packets read, 0 without an IP packet"), "{what}: {out}");
+        assert!(out.contains("reply tcp_rst           1"), "{what}: {out}");
+    }
+    let o = op25b_stdin(&["replay", "--config", LAB, "-"], b"not a capture at all");
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(text(&o).contains("-: not a pcap or pcapng file"), "{}", text(&o));
+}
+
+/// `--jsonl`: one object a record, in order, with the documented fields.
+#[test]
+fn replay_jsonl_one_line_per_record() {
+    let mut frames = ethernet(sample());
+    let mut arp = vec![0xff; 12];
+    arp.extend_from_slice(&[0x08, 0x06]);
+    arp.extend_from_slice(&[0; 28]);
+    frames.push(arp);
+    let o = op25b_stdin(&["replay", "--config", LAB, "-", "--jsonl"], &capture_ng(DataLink::ETHERNET, false, &frames));
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let lines: Vec<serde_json::Value> = String::from_utf8(o.stdout.clone())
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l}: {e}")))
+        .collect();
+    assert_eq!(lines.len(), 7, "{}", text(&o));
+    for (i, l) in lines.iter().enumerate() {
+        assert_eq!(l["record"], i as u64 + 1, "{l}");
+        let want = 1_700_000_000.0 + i as f64 * 0.001_001;
+        assert!((l["time"].as_f64().unwrap() - want).abs() < 1e-5, "{l}");
+    }
+    let l = &lines[0];
+    assert_eq!(
+        (&l["direction"], &l["src"], &l["dst"], &l["protocol"], &l["dst_port"], &l["len"]),
+        (&"outbound".into(), &DYN4.to_string().into(), &MX4.to_string().into(), &"tcp".into(), &25.into(), &40.into()),
+        "{l}"
+    );
+    assert_eq!((&l["verdict"], &l["reason"]), (&"reply".into(), &"tcp_rst".into()), "{l}");
+    assert_eq!((&lines[1]["verdict"], &lines[1]["reason"]), (&"forward".into(), &serde_json::Value::Null));
+    assert_eq!(lines[3]["direction"], "inbound");
+    assert_eq!((&lines[5]["verdict"], &lines[5]["reason"]), (&"drop".into(), &"truncated".into()));
+    assert_eq!((&lines[6]["verdict"], &lines[6]["direction"]), (&"skipped".into(), &serde_json::Value::Null));
 }
 
 #[test]

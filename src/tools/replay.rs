@@ -1,23 +1,32 @@
 //! `op25b replay`: runs a capture through the router with no devices.
 //!
-//! Link types: raw IP (101, and 228 / 229), Ethernet (1, with 802.1Q / 802.1ad
-//! tags), Linux cooked capture (113, 276, what `tcpdump -i any` writes).
-//! Frames that carry no IP packet (ARP, ...) are counted as skipped. The
-//! packet's direction comes from the subscriber prefixes (a source inside them
-//! is outbound), and its time from the capture, so rate limits see the
-//! capture's pace. `--forwarded` / `--dropped` get the records as captured.
+//! Formats: pcap (tcpdump's, microsecond or nanosecond) and pcapng
+//! (Wireshark's default), told apart by their first bytes, from a file or
+//! standard input. Link types: raw IP (101, and 228 / 229), Ethernet (1, with
+//! 802.1Q / 802.1ad tags), Linux cooked capture (113, 276, what `tcpdump -i
+//! any` writes). Frames that carry no IP packet (ARP, ...) are counted as
+//! skipped. The packet's direction comes from the subscriber prefixes (a
+//! source inside them is outbound), and its time from the capture, so rate
+//! limits see the capture's pace. `--forwarded` / `--dropped` get the records
+//! as captured, as pcap files.
+//!
+//! [`Capture`] is the reader on its own (any byte stream in, records out,
+//! never a panic on bad input); [`replay_from`] runs one through a router.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::fs::File;
-use std::io::{BufReader, BufWriter};
+use std::io::{BufRead, BufReader, BufWriter, Read};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use pcap_file::pcap::{PcapHeader, PcapPacket, PcapReader, PcapWriter};
-use pcap_file::DataLink;
+use pcap_file::pcapng::blocks::interface_description::InterfaceDescriptionOption;
+use pcap_file::pcapng::{Block, PcapNgReader};
+use pcap_file::{DataLink, TsResolution};
 
-use crate::packet::Direction;
+use crate::packet::{Direction, PacketView, Transport};
 use crate::policy::PrefixSet;
 use crate::router::{Router, RxInfo, Verdict};
 
@@ -25,7 +34,7 @@ use crate::router::{Router, RxInfo, Verdict};
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ReplayError {
-    /// The input could not be opened or is not a pcap file.
+    /// The input could not be opened or is not a pcap or pcapng capture.
     #[error("{path}: {why}")]
     Input {
         /// The file.
@@ -121,55 +130,282 @@ fn source_of(ip: &[u8]) -> Option<IpAddr> {
     }
 }
 
+/// The link types replay understands.
+const SUPPORTED: [DataLink; 6] =
+    [DataLink::RAW, DataLink::IPV4, DataLink::IPV6, DataLink::ETHERNET, DataLink::LINUX_SLL, DataLink::LINUX_SLL2];
+
+fn check_link(link: DataLink) -> Result<(), String> {
+    if SUPPORTED.contains(&link) {
+        Ok(())
+    } else {
+        Err(format!("link type {link:?} is not supported (raw IP 101/228/229, Ethernet 1, Linux cooked 113/276)"))
+    }
+}
+
+/// The first bytes of a pcapng file (its Section Header Block type).
+const PCAPNG_MAGIC: [u8; 4] = [0x0a, 0x0d, 0x0d, 0x0a];
+
+/// One record of a capture.
+#[derive(Debug, Clone)]
+pub struct Record<'a> {
+    /// The link type of the interface it was captured on.
+    pub link: DataLink,
+    /// Capture time (since the Unix epoch, as the capture says).
+    pub timestamp: Duration,
+    /// The length of the packet on the wire.
+    pub orig_len: u32,
+    /// The bytes captured, from the link-layer header on.
+    pub data: Cow<'a, [u8]>,
+}
+
+/// One pcapng interface: its link type and timestamp unit.
+#[derive(Debug, Clone, Copy)]
+struct Interface {
+    link: DataLink,
+    /// `if_tsresol`: bit 7 clear, 10^-n s; set, 2^-n s. Default 6 (microseconds).
+    tsresol: u8,
+}
+
+impl Interface {
+    /// pcap-file hands over the raw timestamp as if it counted nanoseconds.
+    fn time(self, raw: Duration) -> Duration {
+        let ticks = raw.as_nanos();
+        let n = u32::from(self.tsresol & 0x7f);
+        let nanos = if self.tsresol & 0x80 == 0 {
+            match n.checked_sub(9) {
+                None => ticks.saturating_mul(10u128.pow(9 - n)),
+                Some(d) => ticks / 10u128.checked_pow(d).unwrap_or(u128::MAX),
+            }
+        } else if n < 64 {
+            ticks.saturating_mul(1_000_000_000) >> n
+        } else {
+            0
+        };
+        Duration::from_nanos(u64::try_from(nanos).unwrap_or(u64::MAX))
+    }
+}
+
+enum Inner<R: Read> {
+    Pcap { reader: PcapReader<R>, link: DataLink },
+    /// `data`: the current packet, copied out of the reader's buffer.
+    PcapNg { reader: PcapNgReader<R>, interfaces: Vec<Interface>, data: Vec<u8> },
+}
+
+/// A pcap or pcapng capture being read: the reader to fuzz. Errors are
+/// strings that say what is wrong; nothing in the input makes it panic.
+pub struct Capture<R: Read> {
+    inner: Inner<R>,
+}
+
+impl<R: Read> Capture<R> {
+    /// Reads the file header (pcap) or the first section header (pcapng),
+    /// telling the two apart by their first bytes.
+    pub fn open(mut input: BufReader<R>) -> Result<Capture<BufReader<R>>, String> {
+        let magic = input.fill_buf().map_err(|e| e.to_string())?;
+        if magic.starts_with(&PCAPNG_MAGIC) {
+            let reader = PcapNgReader::new(input).map_err(|e| format!("not a pcapng file: {e}"))?;
+            return Ok(Capture { inner: Inner::PcapNg { reader, interfaces: Vec::new(), data: Vec::new() } });
+        }
+        let reader = PcapReader::new(input).map_err(|e| format!("not a pcap or pcapng file: {e}"))?;
+        let link = reader.header().datalink;
+        check_link(link)?;
+        Ok(Capture { inner: Inner::Pcap { reader, link } })
+    }
+}
+
+impl<R: Read> Capture<R> {
+    /// "pcap" or "pcapng".
+    pub fn format(&self) -> &'static str {
+        match self.inner {
+            Inner::Pcap { .. } => "pcap",
+            Inner::PcapNg { .. } => "pcapng",
+        }
+    }
+
+    /// The next packet record; `None` at the end, `Some(Err(why))` when the
+    /// capture is corrupt or cut there (reading should stop).
+    pub fn next_record(&mut self) -> Option<Result<Record<'_>, String>> {
+        match &mut self.inner {
+            Inner::Pcap { reader, link } => {
+                let link = *link;
+                Some(
+                    reader
+                        .next_packet()?
+                        .map(|p| Record { link, timestamp: p.timestamp, orig_len: p.orig_len, data: p.data })
+                        .map_err(|e| e.to_string()),
+                )
+            }
+            Inner::PcapNg { reader, interfaces, data: copy } => loop {
+                let block = match reader.next_block()? {
+                    Ok(b) => b,
+                    Err(e) => return Some(Err(e.to_string())),
+                };
+                let (id, raw, orig_len, data) = match block {
+                    Block::SectionHeader(_) => {
+                        interfaces.clear();
+                        continue;
+                    }
+                    Block::InterfaceDescription(idb) => {
+                        if let Err(e) = check_link(idb.linktype) {
+                            return Some(Err(format!("interface {}: {e}", interfaces.len())));
+                        }
+                        let tsresol = idb
+                            .options
+                            .iter()
+                            .find_map(|o| match o {
+                                InterfaceDescriptionOption::IfTsResol(r) => Some(*r),
+                                _ => None,
+                            })
+                            .unwrap_or(6);
+                        interfaces.push(Interface { link: idb.linktype, tsresol });
+                        continue;
+                    }
+                    Block::EnhancedPacket(p) => (p.interface_id, p.timestamp, p.original_len, p.data),
+                    // A Simple Packet Block: interface 0, no timestamp.
+                    Block::SimplePacket(p) => (0, Duration::ZERO, p.original_len, p.data),
+                    Block::Packet(p) => (u32::from(p.interface_id), Duration::from_nanos(p.timestamp), p.original_len, p.data),
+                    _ => continue,
+                };
+                let Some(iface) = interfaces.get(id as usize).copied() else {
+                    return Some(Err(format!("a packet of interface {id}, which was not described")));
+                };
+                copy.clear();
+                copy.extend_from_slice(&data);
+                drop(data);
+                let record = Record { link: iface.link, timestamp: iface.time(raw), orig_len, data: Cow::Borrowed(copy) };
+                return Some(Ok(record));
+            },
+        }
+    }
+}
+
+/// A `--forwarded` / `--dropped` file: pcap, nanosecond timestamps, the link
+/// type of the first record written.
 struct Out {
     path: PathBuf,
-    writer: PcapWriter<BufWriter<File>>,
+    writer: Option<(DataLink, PcapWriter<BufWriter<File>>)>,
+    file: Option<File>,
 }
 
 impl Out {
-    fn open(path: &Path, header: PcapHeader) -> Result<Out, ReplayError> {
-        let err = |why: String| ReplayError::Output { path: path.to_path_buf(), why };
-        let file = File::create(path).map_err(|e| err(e.to_string()))?;
-        let writer = PcapWriter::with_header(BufWriter::new(file), header).map_err(|e| err(e.to_string()))?;
-        Ok(Out { path: path.to_path_buf(), writer })
+    fn open(path: &Path) -> Result<Out, ReplayError> {
+        let file = File::create(path).map_err(|e| ReplayError::Output { path: path.to_path_buf(), why: e.to_string() })?;
+        Ok(Out { path: path.to_path_buf(), writer: None, file: Some(file) })
     }
 
-    fn write(&mut self, p: &PcapPacket<'_>) -> Result<(), ReplayError> {
-        self.writer
-            .write_packet(p)
+    fn err(&self, why: String) -> ReplayError {
+        ReplayError::Output { path: self.path.clone(), why }
+    }
+
+    fn start(&mut self, link: DataLink) -> Result<(), ReplayError> {
+        if self.writer.is_some() {
+            return Ok(());
+        }
+        let Some(file) = self.file.take() else { return Ok(()) };
+        let header = PcapHeader { datalink: link, ts_resolution: TsResolution::NanoSecond, ..PcapHeader::default() };
+        let w = PcapWriter::with_header(BufWriter::new(file), header).map_err(|e| self.err(e.to_string()))?;
+        self.writer = Some((link, w));
+        Ok(())
+    }
+
+    fn write(&mut self, r: &Record<'_>) -> Result<(), ReplayError> {
+        self.start(r.link)?;
+        let Some((link, w)) = &mut self.writer else { return Ok(()) };
+        if *link != r.link {
+            let why = format!("link types {link:?} and {:?} cannot share one pcap file", r.link);
+            return Err(ReplayError::Output { path: self.path.clone(), why });
+        }
+        w.write_packet(&PcapPacket::new(r.timestamp, r.orig_len, &r.data))
             .map(|_| ())
             .map_err(|e| ReplayError::Output { path: self.path.clone(), why: e.to_string() })
     }
+
+    /// Writes what is buffered; an output that got no record is still a
+    /// valid (empty) capture.
+    fn finish(mut self) -> Result<(), ReplayError> {
+        self.start(DataLink::RAW)?;
+        if let Some((_, w)) = self.writer.take() {
+            use std::io::Write as _;
+            w.into_writer().flush().map_err(|e| self.err(e.to_string()))?;
+        }
+        Ok(())
+    }
 }
 
-/// Runs every record of `input` through `router`.
+/// One packet's result, for `replay --jsonl`.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct PacketLine {
+    /// 1-based record number in the capture.
+    pub record: u64,
+    /// Capture time, seconds since the Unix epoch.
+    pub time: f64,
+    /// `outbound` or `inbound`; `null` for a record without an IP packet.
+    pub direction: Option<&'static str>,
+    /// Source and destination address, when the IP header could be read.
+    pub src: Option<IpAddr>,
+    /// Destination address.
+    pub dst: Option<IpAddr>,
+    /// `tcp`, `udp`, `icmp`, `icmpv6` or `proto N`.
+    pub protocol: Option<String>,
+    /// TCP / UDP ports.
+    pub src_port: Option<u16>,
+    /// Destination port.
+    pub dst_port: Option<u16>,
+    /// IP packet length in bytes.
+    pub len: usize,
+    /// `forward`, `drop`, `reply`, `terminate`, or `skipped` (no IP packet).
+    pub verdict: &'static str,
+    /// The drop reason or reply kind; `null` when forwarded.
+    pub reason: Option<&'static str>,
+}
+
+/// Runs every record of the file `input` (`-`: standard input) through
+/// `router`, calling `each` with every record's result in order.
 pub fn replay(
     router: &mut Router,
     subscriber_prefixes: &PrefixSet,
     input: &Path,
     opts: &ReplayOptions,
+    each: &mut dyn FnMut(&PacketLine),
 ) -> Result<ReplayReport, ReplayError> {
     let in_err = |why: String| ReplayError::Input { path: input.to_path_buf(), why };
-    let file = File::open(input).map_err(|e| in_err(e.to_string()))?;
-    let mut reader = PcapReader::new(BufReader::new(file)).map_err(|e| in_err(format!("not a pcap file: {e}")))?;
-    let header = reader.header();
-    let link = header.datalink;
-    let supported =
-        [DataLink::RAW, DataLink::IPV4, DataLink::IPV6, DataLink::ETHERNET, DataLink::LINUX_SLL, DataLink::LINUX_SLL2];
-    if !supported.contains(&link) {
-        return Err(in_err(format!(
-            "link type {link:?} is not supported (raw IP 101/228/229, Ethernet 1, Linux cooked 113/276)"
-        )));
+    if input == Path::new("-") {
+        return replay_from(router, subscriber_prefixes, std::io::stdin().lock(), opts, each)
+            .map_err(|e| e.with_input(input));
     }
-    let mut forwarded = opts.forwarded.as_deref().map(|p| Out::open(p, header)).transpose()?;
-    let mut dropped = opts.dropped.as_deref().map(|p| Out::open(p, header)).transpose()?;
+    let file = File::open(input).map_err(|e| in_err(e.to_string()))?;
+    replay_from(router, subscriber_prefixes, file, opts, each).map_err(|e| e.with_input(input))
+}
+
+impl ReplayError {
+    fn with_input(self, path: &Path) -> ReplayError {
+        match self {
+            ReplayError::Input { why, .. } => ReplayError::Input { path: path.to_path_buf(), why },
+            other => other,
+        }
+    }
+}
+
+/// Runs every record read from `input` through `router`, calling `each` with
+/// every record's result in order.
+pub fn replay_from<R: Read>(
+    router: &mut Router,
+    subscriber_prefixes: &PrefixSet,
+    input: R,
+    opts: &ReplayOptions,
+    each: &mut dyn FnMut(&PacketLine),
+) -> Result<ReplayReport, ReplayError> {
+    let in_err = |why: String| ReplayError::Input { path: PathBuf::from("-"), why };
+    let mut capture = Capture::open(BufReader::with_capacity(1 << 16, input)).map_err(in_err)?;
+    let mut forwarded = opts.forwarded.as_deref().map(Out::open).transpose()?;
+    let mut dropped = opts.dropped.as_deref().map(Out::open).transpose()?;
 
     let mut report = ReplayReport::default();
     let start = Instant::now();
     let mut first_ts: Option<Duration> = None;
     let mut buf = vec![0u8; 65_536];
     let mut reply = vec![0u8; 2048];
-    while let Some(next) = reader.next_packet() {
+    while let Some(next) = capture.next_record() {
         let record = report.packets + 1;
         let packet = match next {
             Ok(p) => p,
@@ -180,8 +416,23 @@ pub fn replay(
         };
         report.packets += 1;
         let frame = &packet.data[..];
-        let Some(off) = ip_offset(link, frame).filter(|o| *o < frame.len()) else {
+        let ts = packet.timestamp;
+        let mut line = PacketLine {
+            record,
+            time: ts.as_secs_f64(),
+            direction: None,
+            src: None,
+            dst: None,
+            protocol: None,
+            src_port: None,
+            dst_port: None,
+            len: 0,
+            verdict: "skipped",
+            reason: None,
+        };
+        let Some(off) = ip_offset(packet.link, frame).filter(|o| *o < frame.len()) else {
             report.skipped += 1;
+            each(&line);
             continue;
         };
         let ip = &frame[off..];
@@ -189,13 +440,25 @@ pub fn replay(
             Some(src) if !subscriber_prefixes.contains(src) => Direction::Inbound,
             _ => Direction::Outbound,
         };
-        let ts = packet.timestamp;
         let base = *first_ts.get_or_insert(ts);
         let now = start + ts.saturating_sub(base);
         let n = ip.len().min(buf.len());
         buf[..n].copy_from_slice(&ip[..n]);
+        if let Ok(v) = PacketView::parse(&buf[..n]) {
+            line.src = Some(v.src);
+            line.dst = Some(v.dst);
+            line.protocol = Some(crate::policy::rules::protocol_name(v.protocol));
+            if let Transport::Tcp { src_port, dst_port, .. } | Transport::Udp { src_port, dst_port } = v.transport {
+                (line.src_port, line.dst_port) = (Some(src_port), Some(dst_port));
+            }
+        }
         let verdict = router.handle(now, dir, &mut buf[..n], &mut reply, RxInfo::default());
-        *report.verdicts.entry(super::verdict_name(verdict).to_string()).or_default() += 1;
+        line.direction = Some(dir.name());
+        line.len = n;
+        line.verdict = super::verdict_name(verdict);
+        line.reason = super::verdict_reason(verdict);
+        each(&line);
+        *report.verdicts.entry(line.verdict.to_string()).or_default() += 1;
         match verdict {
             Verdict::Forward { .. } => {
                 if let Some(o) = &mut forwarded {
@@ -212,6 +475,9 @@ pub fn replay(
                 o.write(&packet)?;
             }
         }
+    }
+    for o in [forwarded, dropped].into_iter().flatten() {
+        o.finish()?;
     }
     let stats = router.stats();
     report.op25b_blocked = stats.op25b.blocked;
