@@ -21,9 +21,11 @@ use std::sync::Arc;
 mod abuse;
 mod actions;
 mod json;
+mod report;
 mod rules;
 mod services;
 
+pub use report::Excerpt;
 pub use services::{CaptureConfig, ControlConfig, EventsConfig};
 use services::{CaptureSection, ControlSection, EventsSection};
 
@@ -57,7 +59,23 @@ pub enum ConfigError {
         key: String,
         /// What is wrong.
         message: String,
+        /// The offending line, with the bad value marked (see [`ConfigError::render`]).
+        excerpt: Option<Excerpt>,
     },
+}
+
+impl ConfigError {
+    /// The error for a person: `error: FILE:LINE: KEY: MESSAGE` (the
+    /// one-line form), then the offending line with a caret under the bad
+    /// value. `color`: ANSI colours, for a terminal.
+    pub fn render(&self, color: bool) -> String {
+        match self {
+            ConfigError::Invalid { line, excerpt, .. } => {
+                report::render(&self.to_string(), *line, excerpt.as_ref(), color)
+            }
+            ConfigError::Read { .. } => report::render(&self.to_string(), 0, None, color),
+        }
+    }
 }
 
 #[derive(Deserialize)]
@@ -223,6 +241,7 @@ impl Ctx<'_> {
             line: self.line(span),
             key: key.into(),
             message: message.into(),
+            excerpt: report::excerpt(self.text, span),
         }
     }
 }
@@ -500,10 +519,44 @@ impl fmt::Display for Config {
     }
 }
 
+/// The sections every config has.
+const REQUIRED_SECTIONS: [&str; 4] = ["router", "subscriber", "upstream", "op25b"];
+
 fn toml_error(cx: &Ctx<'_>, e: toml::de::Error, key: String) -> ConfigError {
     let span = e.span().unwrap_or(0..0);
-    let key = if key.is_empty() || key == "." { "(top level)".to_string() } else { key };
-    cx.err(&span, key, e.message().trim().replace('\n', " "))
+    let mut message = e.message().trim().replace('\n', " ");
+    if !key.is_empty() && key != "." {
+        return cx.err(&span, key, message);
+    }
+    // Top level: a missing section (serde names only the first: name all), or
+    // a syntax error, which comes with a position but no key.
+    if message.starts_with("missing field") {
+        if let Ok(table) = cx.text.parse::<toml::Table>() {
+            let missing: Vec<String> =
+                REQUIRED_SECTIONS.iter().filter(|s| !table.contains_key(**s)).map(|s| format!("[{s}]")).collect();
+            if !missing.is_empty() {
+                let what = if missing.len() == 1 { "section" } else { "sections" };
+                let mut e = cx.err(&(0..0), "(top level)", format!("missing {what} {}", missing.join(", ")));
+                if let ConfigError::Invalid { excerpt, .. } = &mut e {
+                    // Nothing in the file to point at.
+                    *excerpt = None;
+                }
+                return e;
+            }
+        }
+        return cx.err(&span, "(top level)", message);
+    }
+    let duplicate = message == "duplicate key";
+    let (key, first) = report::locate(cx.text, span.start, duplicate);
+    if duplicate {
+        let table = report::excerpt(cx.text, &span).is_some_and(|e| e.text.trim_start().starts_with('['));
+        let what = if table { format!("table [{key}]") } else { format!("key {key}") };
+        message = match first {
+            Some(l) => format!("duplicate {what}: already defined on line {l}"),
+            None => format!("duplicate {what}"),
+        };
+    }
+    cx.err(&span, key, message)
 }
 
 fn device(

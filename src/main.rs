@@ -248,7 +248,8 @@ fn main() -> ExitCode {
     let config = match Config::load(config_path) {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("op25b: error: {e}");
+            let color = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
+            eprintln!("op25b: {}", e.render(color));
             return ExitCode::from(2);
         }
     };

@@ -302,3 +302,74 @@ fn abuse_section_defaults_and_errors_name_the_key() {
         assert!(message.contains(says), "{bad}: {message}");
     }
 }
+
+/// The error and its rendering without colours.
+fn rendered(text: &str) -> (usize, String, String, String) {
+    let e = parse(text).err().expect("config accepted");
+    let plain = e.render(false);
+    match e {
+        ConfigError::Invalid { line, key, message, .. } => (line, key, message, plain),
+        e => panic!("unexpected error kind: {e}"),
+    }
+}
+
+#[test]
+fn syntax_error_in_a_table_names_the_table_and_key() {
+    let text = with("ports = [25]", "ports = [25");
+    let (line, key, msg, plain) = rendered(&text);
+    assert_eq!(key, "op25b.ports", "{msg}");
+    assert!(line >= line_of(&text, "ports = [25"), "{line}");
+    assert!(plain.starts_with(&format!("error: t.toml:{line}: op25b.ports: ")), "{plain}");
+    // A stray character after a value, in a rule: the rule by index and name.
+    let text = with_rules("action = \"reject\"", "action = \"reject\" x");
+    let (line, key, _, plain) = rendered(&text);
+    assert_eq!(key, "rule[0] \"no-telnet\".action");
+    assert_eq!(line, text.lines().position(|l| l.ends_with("\"reject\" x")).unwrap() + 1);
+    assert!(plain.ends_with("^"), "{plain}");
+}
+
+#[test]
+fn duplicate_key_and_table_are_named() {
+    let text = with("ports = [25]", "ports = [25]\nports = [587]");
+    let (line, key, msg, _) = rendered(&text);
+    assert_eq!((line, key.as_str()), (line_of(&text, "ports = [587]"), "op25b.ports"));
+    assert_eq!(msg, format!("duplicate key op25b.ports: already defined on line {}", line_of(&text, "ports = [25]")));
+    let text = format!("{GOOD}\n[upstream]\ntun = \"x\"\n");
+    let (line, key, msg, _) = rendered(&text);
+    assert_eq!(key, "upstream");
+    assert_eq!(line, text.lines().count() - 1);
+    assert!(msg.starts_with("duplicate table [upstream]: already defined on line "), "{msg}");
+}
+
+#[test]
+fn every_missing_section_is_reported_at_once() {
+    for empty in ["", "\n", "# nothing yet\n"] {
+        let (line, key, msg, plain) = rendered(empty);
+        assert_eq!((line, key.as_str()), (1, "(top level)"));
+        assert_eq!(msg, "missing sections [router], [subscriber], [upstream], [op25b]");
+        assert_eq!(plain.lines().count(), 1, "nothing to point at: {plain}");
+    }
+    let start = GOOD.find("[op25b]").unwrap();
+    let (_, _, msg, _) = rendered(&GOOD[..start]);
+    assert_eq!(msg, "missing section [op25b]");
+}
+
+#[test]
+fn bad_value_is_shown_with_a_caret() {
+    let text = with("dynamic = [\"100.64.0.0/10\"", "dynamic = [\"100.64.0.0/33\"");
+    let (line, _, _, plain) = rendered(&text);
+    let source = text.lines().nth(line - 1).unwrap();
+    let col = source.find("\"100.64.0.0/33\"").unwrap();
+    let width = line.to_string().len();
+    let lines: Vec<&str> = plain.lines().collect();
+    assert_eq!(lines.len(), 4, "{plain}");
+    assert!(lines[0].starts_with(&format!("error: t.toml:{line}: op25b.dynamic[0]: ")), "{plain}");
+    assert_eq!(lines[2], format!("{line} | {source}"));
+    // The caret sits under the quoted value, as wide as it.
+    assert_eq!(lines[3], format!("{} | {}{}", " ".repeat(width), " ".repeat(col), "^".repeat(15)), "{plain}");
+    assert!(!plain.contains('\x1b'), "no colours unless asked");
+    let e = parse(&text).err().unwrap();
+    assert!(e.render(true).contains("\x1b["), "colours when asked");
+    // The one-line form (logs, a refused reload) is unchanged.
+    assert_eq!(e.to_string().lines().count(), 1);
+}
