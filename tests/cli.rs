@@ -346,7 +346,10 @@ fn check_json_prints_the_compiled_policy() {
     assert_eq!(v["op25b"]["reply_limit"]["rate"], 10);
     let r = &v["rules"];
     assert_eq!(r.as_array().unwrap().len(), 2);
-    assert_eq!((&r[0]["index"], &r[0]["name"], &r[0]["direction"]), (&1.into(), &"no-telnet".into(), &"outbound".into()));
+    assert_eq!(
+        (&r[0]["index"], &r[0]["name"], &r[0]["direction"]),
+        (&1.into(), &"no-telnet".into(), &"outbound".into())
+    );
     assert_eq!(r[0]["dst_ports"], serde_json::json!([[23, 23], [6000, 6010]]));
     assert_eq!(r[0]["src"], serde_json::Value::Null);
     assert_eq!((&r[1]["action"], &r[1]["rate"], &r[1]["burst"]), (&"rate-limit".into(), &5.into(), &10.into()));
@@ -410,12 +413,7 @@ fn error_causes_are_printed_once() {
     let m = missing.to_str().unwrap();
     let lab = lab_toml();
     let lab = lab.to_str().unwrap();
-    for args in [
-        &["check", "-c", m][..],
-        &["run", "-c", m],
-        &["replay", "-c", lab, m],
-        &["stats", "--socket", m],
-    ] {
+    for args in [&["check", "-c", m][..], &["run", "-c", m], &["replay", "-c", lab, m], &["stats", "--socket", m]] {
         let o = op25b_args(args);
         let stderr = String::from_utf8_lossy(&o.stderr);
         assert_eq!(o.status.code(), Some(2), "{args:?}: {stderr}");

@@ -1,9 +1,9 @@
 //! `op25b check --packet` and `op25b replay`, run as a user runs them.
 
-use std::fs::File;
-use std::path::{Path, PathBuf};
 use std::borrow::Cow;
+use std::fs::File;
 use std::io::Write as _;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
@@ -358,9 +358,10 @@ fn replay_reads_standard_input() {
     let t = Tmp::new("stdin");
     let pcap = t.file("raw.pcap");
     capture(&pcap, DataLink::RAW, &sample());
-    for (what, bytes) in
-        [("pcap", std::fs::read(&pcap).unwrap()), ("pcapng", capture_ng(DataLink::ETHERNET, false, &ethernet(sample())))]
-    {
+    for (what, bytes) in [
+        ("pcap", std::fs::read(&pcap).unwrap()),
+        ("pcapng", capture_ng(DataLink::ETHERNET, false, &ethernet(sample()))),
+    ] {
         let o = op25b_stdin(&["replay", "--config", LAB, "-"], &bytes);
         let out = text(&o);
         assert_eq!(o.status.code(), Some(0), "{what}: {out}");

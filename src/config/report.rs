@@ -42,7 +42,8 @@ pub(super) fn render(title: &str, line: usize, excerpt: Option<&Excerpt>, color:
     let renderer = if color { Renderer::styled() } else { Renderer::plain() };
     let mut message = Level::Error.title(title);
     if let Some(e) = excerpt {
-        message = message.snippet(Snippet::source(&e.text).line_start(line).annotation(Level::Error.span(e.span.clone())));
+        message =
+            message.snippet(Snippet::source(&e.text).line_start(line).annotation(Level::Error.span(e.span.clone())));
     }
     let out = renderer.render(message).to_string();
     // The renderer closes the excerpt with an empty margin line (`  |`); drop it.
@@ -163,7 +164,8 @@ mod tests {
 
     #[test]
     fn locates_tables_and_keys() {
-        let text = "a = 1\n[router]\naddresses = [\"x\"]\n[[rule]]\nname = \"r\"\naction = bad\n[[rule]]\nname = \"s\"\n";
+        let text =
+            "a = 1\n[router]\naddresses = [\"x\"]\n[[rule]]\nname = \"r\"\naction = bad\n[[rule]]\nname = \"s\"\n";
         assert_eq!(locate(text, 2, false).0, "a");
         assert_eq!(locate(text, text.find("\"x\"").unwrap(), false).0, "router.addresses");
         assert_eq!(locate(text, text.find("bad").unwrap(), false).0, "rule[0] \"r\".action");

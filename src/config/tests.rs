@@ -305,7 +305,7 @@ fn abuse_section_defaults_and_errors_name_the_key() {
 
 /// The error and its rendering without colours.
 fn rendered(text: &str) -> (usize, String, String, String) {
-    let e = parse(text).err().expect("config accepted");
+    let e = parse(text).expect_err("config accepted");
     let plain = e.render(false);
     match e {
         ConfigError::Invalid { line, key, message, .. } => (line, key, message, plain),
@@ -368,7 +368,7 @@ fn bad_value_is_shown_with_a_caret() {
     // The caret sits under the quoted value, as wide as it.
     assert_eq!(lines[3], format!("{} | {}{}", " ".repeat(width), " ".repeat(col), "^".repeat(15)), "{plain}");
     assert!(!plain.contains('\x1b'), "no colours unless asked");
-    let e = parse(&text).err().unwrap();
+    let e = parse(&text).unwrap_err();
     assert!(e.render(true).contains("\x1b["), "colours when asked");
     // The one-line form (logs, a refused reload) is unchanged.
     assert_eq!(e.to_string().lines().count(), 1);

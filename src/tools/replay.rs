@@ -186,9 +186,16 @@ impl Interface {
 }
 
 enum Inner<R: Read> {
-    Pcap { reader: PcapReader<R>, link: DataLink },
+    Pcap {
+        reader: PcapReader<R>,
+        link: DataLink,
+    },
     /// `data`: the current packet, copied out of the reader's buffer.
-    PcapNg { reader: PcapNgReader<R>, interfaces: Vec<Interface>, data: Vec<u8> },
+    PcapNg {
+        reader: PcapNgReader<R>,
+        interfaces: Vec<Interface>,
+        data: Vec<u8>,
+    },
 }
 
 /// A pcap or pcapng capture being read: the reader to fuzz. Errors are
@@ -263,7 +270,9 @@ impl<R: Read> Capture<R> {
                     Block::EnhancedPacket(p) => (p.interface_id, p.timestamp, p.original_len, p.data),
                     // A Simple Packet Block: interface 0, no timestamp.
                     Block::SimplePacket(p) => (0, Duration::ZERO, p.original_len, p.data),
-                    Block::Packet(p) => (u32::from(p.interface_id), Duration::from_nanos(p.timestamp), p.original_len, p.data),
+                    Block::Packet(p) => {
+                        (u32::from(p.interface_id), Duration::from_nanos(p.timestamp), p.original_len, p.data)
+                    }
                     _ => continue,
                 };
                 let Some(iface) = interfaces.get(id as usize).copied() else {
@@ -272,7 +281,8 @@ impl<R: Read> Capture<R> {
                 copy.clear();
                 copy.extend_from_slice(&data);
                 drop(data);
-                let record = Record { link: iface.link, timestamp: iface.time(raw), orig_len, data: Cow::Borrowed(copy) };
+                let record =
+                    Record { link: iface.link, timestamp: iface.time(raw), orig_len, data: Cow::Borrowed(copy) };
                 return Some(Ok(record));
             },
         }
@@ -289,7 +299,8 @@ struct Out {
 
 impl Out {
     fn open(path: &Path) -> Result<Out, ReplayError> {
-        let file = File::create(path).map_err(|e| ReplayError::Output { path: path.to_path_buf(), why: e.to_string() })?;
+        let file =
+            File::create(path).map_err(|e| ReplayError::Output { path: path.to_path_buf(), why: e.to_string() })?;
         Ok(Out { path: path.to_path_buf(), writer: None, file: Some(file) })
     }
 
