@@ -254,6 +254,15 @@ fn replay_truncated_capture_reports_then_fails() {
     assert!(t.contains("2 packets read"), "{t}");
     assert!(t.contains("record 3"), "{t}");
 
+    // The same in pcapng: cut inside the third packet block.
+    let ng = capture_ng(DataLink::RAW, false, &sample());
+    let third = ng.windows(4).enumerate().filter(|(_, w)| *w == [6, 0, 0, 0]).nth(2).map(|(i, _)| i).unwrap();
+    std::fs::write(&input, &ng[..third + 20]).unwrap();
+    let o = op25b(&["replay", "--config", LAB, input.to_str().unwrap()]);
+    let t = text(&o);
+    assert_eq!(o.status.code(), Some(2), "{t}");
+    assert!(t.contains("2 packets read") && t.contains("record 3"), "{t}");
+
     std::fs::write(&input, b"not a capture at all").unwrap();
     let o = op25b(&["replay", "--config", LAB, input.to_str().unwrap()]);
     assert_eq!(o.status.code(), Some(2));
