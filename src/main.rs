@@ -288,6 +288,8 @@ fn main() -> ExitCode {
 fn help(command: Option<&str>) -> ExitCode {
     use clap::CommandFactory;
     let mut cli = Cli::command();
+    // Built, so that a command's usage line reads `op25b check ...`.
+    cli.build();
     let text = match command {
         None => cli.render_long_help(),
         Some(name) => match cli.find_subcommand_mut(name) {

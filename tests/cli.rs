@@ -298,6 +298,8 @@ fn help_version_and_direction() {
     let o = op25b_args(&["help", "check"]);
     let help = String::from_utf8_lossy(&o.stdout);
     assert!(help.contains("rst, fin, psh"), "check --help lists psh:\n{help}");
+    assert!(help.contains("Usage: op25b check [OPTIONS] --config <CONFIG>"), "{help}");
+    assert_eq!(help, String::from_utf8_lossy(&op25b_args(&["check", "--help"]).stdout));
     assert!(help.contains("- outbound") && help.contains("- inbound"), "--direction lists its values:\n{help}");
     assert_eq!(op25b_args(&["help", "nope"]).status.code(), Some(2));
 
