@@ -135,6 +135,13 @@ fn exit_for(e: &ClientError) -> std::process::ExitCode {
     }
 }
 
+/// Writes `text` to standard output; false when it cannot be written (the
+/// reader went away: `op25b ... | head`), which is no reason to panic.
+fn say(text: &str) -> bool {
+    let mut out = std::io::stdout().lock();
+    out.write_all(text.as_bytes()).and_then(|()| out.flush()).is_ok()
+}
+
 /// `op25b top`: asks once (or every second with `watch`) and prints.
 pub fn top(socket: &Path, n: usize, by: TopBy, json: bool, watch: bool) -> std::process::ExitCode {
     use std::io::IsTerminal;
@@ -166,8 +173,8 @@ pub fn top(socket: &Path, n: usize, by: TopBy, json: bool, watch: bool) -> std::
         if !watch {
             return std::process::ExitCode::SUCCESS;
         }
-        if !tty {
-            println!();
+        if !tty && !say("\n") {
+            return std::process::ExitCode::SUCCESS;
         }
         std::thread::sleep(Duration::from_secs(1));
     }
@@ -238,7 +245,7 @@ pub fn quarantine(socket: &Path, subscriber: &str, duration: Option<Duration>) -
     match ask(socket, &command) {
         Ok(v) => {
             let secs = v["seconds"].as_f64().unwrap_or(0.0);
-            println!("{} in quarantine for {}", v["quarantined"].as_str().unwrap_or(subscriber), human(secs));
+            say(&format!("{} in quarantine for {}\n", v["quarantined"].as_str().unwrap_or(subscriber), human(secs)));
             std::process::ExitCode::SUCCESS
         }
         Err(e) => {
@@ -252,7 +259,7 @@ pub fn quarantine(socket: &Path, subscriber: &str, duration: Option<Duration>) -
 pub fn release(socket: &Path, subscriber: &str) -> std::process::ExitCode {
     match ask(socket, &format!("release {}", subscriber.trim())) {
         Ok(v) => {
-            println!("{} released from quarantine", v["released"].as_str().unwrap_or(subscriber));
+            say(&format!("{} released from quarantine\n", v["released"].as_str().unwrap_or(subscriber)));
             std::process::ExitCode::SUCCESS
         }
         Err(e) => {
