@@ -25,14 +25,20 @@ fn from_git(dir: &Path) -> Option<String> {
     }
     // Rebuild when the checked-out commit moves: HEAD itself (another branch),
     // the branch's ref (a new commit), or packed refs (after `git gc`).
-    let mut watch = vec!["HEAD".to_string(), "packed-refs".to_string()];
-    if let Some(r) = git(dir, &["symbolic-ref", "-q", "HEAD"]) {
-        watch.push(r);
-    }
-    for w in watch {
-        if let Some(p) = git(dir, &["rev-parse", "--path-format=absolute", "--git-path", &w]) {
-            println!("cargo:rerun-if-changed={p}");
+    let path = |name: &str| git(dir, &["rev-parse", "--path-format=absolute", "--git-path", name]).map(PathBuf::from);
+    // Cargo reruns the script on every build for a path that does not exist:
+    // only existing paths are watched, and a branch that lives only in
+    // packed-refs through its directory, where the next commit creates it.
+    let mut watch: Vec<PathBuf> =
+        ["HEAD", "packed-refs"].iter().filter_map(|n| path(n)).filter(|p| p.exists()).collect();
+    if let Some(branch) = git(dir, &["symbolic-ref", "-q", "HEAD"]).and_then(|r| path(&r)) {
+        match branch.exists() {
+            true => watch.push(branch),
+            false => watch.extend(branch.parent().filter(|d| d.exists()).map(Path::to_path_buf)),
         }
+    }
+    for p in watch {
+        println!("cargo:rerun-if-changed={}", p.display());
     }
     git(dir, &["rev-parse", "--short=12", "HEAD"])
 }
@@ -40,8 +46,8 @@ fn from_git(dir: &Path) -> Option<String> {
 /// A packaged crate (`cargo package`, crates.io) records the commit it was made from.
 fn from_package(dir: &Path) -> Option<String> {
     let path = dir.join(".cargo_vcs_info.json");
+    let text = std::fs::read_to_string(&path).ok()?;
     println!("cargo:rerun-if-changed={}", path.display());
-    let text = std::fs::read_to_string(path).ok()?;
     let at = text.find("\"sha1\"")?;
     let rest = &text[at + 6..];
     let start = rest.find('"')? + 1;
