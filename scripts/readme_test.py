@@ -55,11 +55,12 @@ NOT_RUN = [
     (" netns op25b-lab-sub", "a diagram of the lab"),
     ("read from a TUN", "a diagram of the pipeline"),
     ('{"action":"reject"', "lines of an events file (timestamps, ports); tests/control.rs checks them"),
+    ('{"action":"blocked","attempts"', "lines of an events file (timestamps); tests/abuse.rs checks them"),
     ("src/packet/", "the source tree"),
 ]
 CONFIG_FENCES = {"toml", "yaml"}
 # Files the samples write outside the repository, removed when the test ends.
-CLEANUP = ["/tmp/lab.pcap", "/tmp/fwd.pcap", "/tmp/dropped.pcap"]
+CLEANUP = ["/tmp/lab.pcap", "/tmp/fwd.pcap", "/tmp/dropped.pcap", "/tmp/lab-abuse.toml"]
 
 # Seconds a command may take; the demo builds (a no-op after cargo build --release).
 TIMEOUT_DEFAULT = 60

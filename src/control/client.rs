@@ -209,8 +209,8 @@ pub fn render_top(v: &serde_json::Value, now: std::time::SystemTime) -> String {
     );
     let _ = writeln!(
         out,
-        "{:<24} {:<11} {:>8} {:>6} {:>10} {:>9}  {:<14} {:<14}",
-        "SUBSCRIBER", "STATE", "ATTEMPTS", "DESTS", "TOTAL", "ALL DESTS", "FIRST SEEN", "LAST SEEN"
+        "{:<24} {:<11} {:>8} {:>6} {:>10} {:>9}  {:<14} LAST SEEN",
+        "SUBSCRIBER", "STATE", "ATTEMPTS", "DESTS", "TOTAL", "ALL DESTS", "FIRST SEEN"
     );
     if rows.is_empty() {
         let _ = writeln!(out, "(no blocked attempts yet)");
@@ -218,7 +218,7 @@ pub fn render_top(v: &serde_json::Value, now: std::time::SystemTime) -> String {
     for r in &rows {
         let _ = writeln!(
             out,
-            "{:<24} {:<11} {:>8} {:>6} {:>10} {:>9}  {:<14} {:<14}",
+            "{:<24} {:<11} {:>8} {:>6} {:>10} {:>9}  {:<14} {}",
             r["subscriber"].as_str().unwrap_or("?"),
             r["state"].as_str().unwrap_or("?"),
             num(&r["attempts"]),
