@@ -1,4 +1,4 @@
-//! Stage 6, forward: the egress MTU (per segment of a GSO super-packet),
+//! Stage 5, forward: the egress MTU (per segment of a GSO super-packet),
 //! then TTL - 1 with the IPv4 checksum updated incrementally (RFC 1624).
 
 use super::{DropReason, Packet, ReplyKind, Router, Tracer, Verdict};

@@ -13,9 +13,9 @@
 //! local    addressed to the router (echo), TTL / hop limit expired
 //! op25b    outbound: the fast path and its action (reject, drop, icmp,
 //!          banner, redirect, monitor); inbound: IP25B and the reverse of a redirect
-//! quarantine  outbound from a subscriber in quarantine: only its walled
-//!          garden passes (one atomic load while nobody is in quarantine);
-//!          after OP25B, so its port-25 attempts are still OP25B's and counted
+//!          then the quarantine: outbound from a subscriber in quarantine,
+//!          only its walled garden passes (one atomic load while nobody is in
+//!          quarantine); after OP25B, so its port-25 attempts stay OP25B's
 //! rules    the rule pipeline, first final verdict wins
 //! forward  egress MTU, TTL - 1 (RFC 1624)
 //! ```
@@ -129,6 +129,8 @@ struct Packet<'a> {
 pub struct Router {
     policy: Arc<Policy>,
     state: Arc<State>,
+    /// The state's quarantine set, one pointer closer (every outbound packet looks).
+    quarantine: Arc<crate::state::abuse::Quarantine>,
     counters: Arc<Counters>,
     /// The same block as `counters.rules`, without its lock.
     rule_counters: Arc<RuleCounters>,
@@ -151,6 +153,7 @@ impl Router {
     /// not, fresh state is used), and fresh counters.
     pub fn with_state(policy: Arc<Policy>, state: Arc<State>) -> Router {
         let mut r = Router {
+            quarantine: Arc::clone(state.quarantine()),
             state: Arc::clone(&state),
             policy: Arc::clone(&policy),
             counters: Arc::default(),
@@ -242,6 +245,7 @@ impl Router {
         *self.counters.rules.lock().unwrap_or_else(|e| e.into_inner()) = Arc::clone(&rules);
         self.rule_counters = rules;
         self.policy = policy;
+        self.quarantine = Arc::clone(state.quarantine());
         self.state = state;
     }
 
@@ -314,7 +318,6 @@ impl Router {
         self.sanity(p, t)?;
         self.local(p, t)?;
         self.op25b(p, t)?;
-        self.quarantine(p, t)?;
         self.rules(p, t)
     }
 

@@ -29,10 +29,11 @@ impl Router {
             _ => decision.describe().to_string(),
         });
         if decision != Decision::Block {
-            return ControlFlow::Continue(());
+            return self.quarantine(p, t);
         }
         if op.action == Action::Monitor {
-            return self.monitor(p);
+            self.monitor(p);
+            return self.quarantine(p, t);
         }
         self.counters.op25b_blocked[op.action.index()].add(1);
         let syn = p.view.is_tcp_syn();
@@ -63,7 +64,7 @@ impl Router {
     /// `monitor`: the packet goes on as if OP25B were off; it is counted, and
     /// a SYN is noted as a would-be block (events, abuse tracking).
     #[inline]
-    fn monitor(&self, p: &Packet<'_>) -> ControlFlow<Verdict> {
+    fn monitor(&self, p: &Packet<'_>) {
         self.counters.monitored.add(1);
         if p.view.is_tcp_syn() {
             let ends = self.ends(&p.view);
@@ -71,7 +72,6 @@ impl Router {
                 self.note_block(ends, "monitor", None, "none");
             }
         }
-        ControlFlow::Continue(())
     }
 
     /// Inbound: IP25B, and the relay's side of a redirected flow.

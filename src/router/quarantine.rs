@@ -1,5 +1,6 @@
-//! Stage 4, quarantine (after OP25B, whose blocks of a quarantined
-//! subscriber stay OP25B's, counted and tracked): outbound packets of a subscriber in quarantine
+//! The end of stage 3 for outbound packets OP25B let through, quarantine
+//! (after OP25B, whose blocks of a quarantined subscriber stay OP25B's,
+//! counted and tracked): outbound packets of a subscriber in quarantine
 //! (`[abuse]`) pass only to its walled garden (`abuse.quarantine_allow`);
 //! TCP elsewhere is answered with an RST (a reply token, like any RST),
 //! the rest dropped. While nobody is in quarantine the stage costs one
@@ -8,12 +9,13 @@
 use std::ops::ControlFlow;
 
 use super::{DropReason, Packet, Router, Tracer, Verdict};
-use crate::packet::{Direction, Transport};
+use crate::packet::Transport;
 
 impl Router {
+    /// An outbound packet OP25B let through.
     #[inline]
     pub(super) fn quarantine<T: Tracer>(&self, p: &mut Packet<'_>, t: &mut T) -> ControlFlow<Verdict> {
-        if p.dir == Direction::Inbound || !self.state.quarantine().holds(p.view.src, p.now) {
+        if !self.quarantine.holds(p.view.src, p.now) {
             return ControlFlow::Continue(());
         }
         self.quarantined(p, t)

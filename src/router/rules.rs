@@ -1,4 +1,4 @@
-//! Stage 5, rules: the pipeline after the fast path; the first final verdict
+//! Stage 4, rules: the pipeline after the fast path; the first final verdict
 //! wins. The router lends the pipeline its per-rule counters, the rate-limit
 //! buckets of its state and, when tracing, the tracer ([`RuleHooks`]).
 
