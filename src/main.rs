@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::Context;
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use op25b::control::Control;
 use op25b::dataplane::events::Event;
 use op25b::dataplane::{Dataplane, Sinks};
@@ -29,6 +29,13 @@ static VERSION: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| match 
     about = "Userspace two-TUN router enforcing Outbound Port 25 Blocking",
     disable_help_subcommand = true
 )]
+#[command(after_long_help = "\
+Signals (op25b run): SIGHUP reloads the config, SIGUSR1 writes the counters to --stats, SIGINT and SIGTERM stop.
+
+Exit status: 0 success; 2 a usage or config error, or a capability op25b run needs and lacks \
+(a service manager should not restart it: the unit says RestartPreventExitStatus=2); 1 any other failure.
+
+Files: /etc/op25b/op25b.toml, the packaged config; /run/op25b/op25b.sock, the usual control socket.")]
 struct Cli {
     /// How op25b's own log lines (standard error) are written.
     #[arg(long, value_enum, default_value_t = LogFormat::Text, global = true)]
@@ -191,6 +198,21 @@ enum Command {
         /// The command, e.g. check.
         command: Option<String>,
     },
+    /// Print a shell completion script to standard output.
+    ///
+    /// bash: `op25b completions bash > /etc/bash_completion.d/op25b`;
+    /// zsh: into a directory of $fpath as `_op25b`; fish: into
+    /// ~/.config/fish/completions/op25b.fish.
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff) to standard output: op25b(1), or with a
+    /// subcommand's name that subcommand's page (op25b-run(1), ...).
+    Man {
+        /// A subcommand whose page to print instead of op25b(1).
+        subcommand: Option<String>,
+    },
 }
 
 /// Writes to standard output; when the reader has gone (`op25b check | head`),
@@ -244,6 +266,13 @@ fn main() -> ExitCode {
         }
         Command::Release { subscriber, socket } => return op25b::control::client::release(socket, subscriber),
         Command::Help { command } => return help(command.as_deref()),
+        Command::Completions { shell } => {
+            let mut script = Vec::new();
+            clap_complete::generate(*shell, &mut Cli::command(), "op25b", &mut script);
+            out!("{}", String::from_utf8_lossy(&script));
+            return ExitCode::SUCCESS;
+        }
+        Command::Man { subcommand } => return man(subcommand.as_deref()),
     };
     let config = match Config::load(config_path) {
         Ok(c) => c,
@@ -276,7 +305,9 @@ fn main() -> ExitCode {
         | Command::Top { .. }
         | Command::Quarantine { .. }
         | Command::Release { .. }
-        | Command::Help { .. } => unreachable!("answered before a config is loaded"),
+        | Command::Help { .. }
+        | Command::Completions { .. }
+        | Command::Man { .. } => unreachable!("answered before a config is loaded"),
     };
     result.unwrap_or_else(|e| {
         eprintln!("op25b: error: {e:#}");
@@ -428,6 +459,32 @@ fn run_replay(
         return Ok(ExitCode::from(2));
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `op25b man [SUBCOMMAND]`: the roff page of op25b or of one subcommand
+/// (named `op25b-NAME`, as git names its pages), to standard output.
+fn man(subcommand: Option<&str>) -> ExitCode {
+    let cli = Cli::command();
+    let page = match subcommand {
+        None => cli,
+        Some(name) => {
+            let visible: Vec<&clap::Command> = cli.get_subcommands().collect();
+            let Some(sub) = visible.iter().find(|c| c.get_name() == name) else {
+                let names: Vec<&str> = visible.iter().map(|c| c.get_name()).collect();
+                eprintln!("op25b: error: man {name:?}: no such subcommand (one of {})", names.join(", "));
+                return ExitCode::from(2);
+            };
+            let version = cli.get_version().unwrap_or_default().to_string();
+            (*sub).clone().name(format!("op25b-{name}")).version(version)
+        }
+    };
+    let mut out = Vec::new();
+    if let Err(e) = clap_mangen::Man::new(page).render(&mut out) {
+        eprintln!("op25b: error: rendering the man page: {e}");
+        return ExitCode::FAILURE;
+    }
+    out!("{}", String::from_utf8_lossy(&out));
+    ExitCode::SUCCESS
 }
 
 /// `op25b stats`: one question to the control socket.
