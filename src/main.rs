@@ -311,7 +311,17 @@ fn main() -> ExitCode {
     };
     result.unwrap_or_else(|e| {
         eprintln!("op25b: error: {e:#}");
-        ExitCode::FAILURE
+        // A missing capability is the deployment's error, like a bad config:
+        // restarting cannot fix it (the unit's RestartPreventExitStatus=2).
+        let privileges = matches!(
+            e.downcast_ref::<op25b::dataplane::DeviceError>(),
+            Some(op25b::dataplane::DeviceError::Capability { .. } | op25b::dataplane::DeviceError::TunAccess { .. })
+        );
+        if privileges {
+            ExitCode::from(2)
+        } else {
+            ExitCode::FAILURE
+        }
     })
 }
 
@@ -506,6 +516,8 @@ fn stats(socket: &std::path::Path, json: bool, all: bool) -> ExitCode {
 }
 
 fn run(config: Config, stats_file: Option<&std::path::Path>) -> anyhow::Result<()> {
+    // Before anything is created: a missing capability is one line, exit 2.
+    op25b::dataplane::privileges::check(&config)?;
     // Register before the devices exist so an early SIGTERM still cleans up.
     let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP, SIGUSR1])
         .context("installing signal handlers")?;

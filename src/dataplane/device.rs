@@ -12,6 +12,7 @@ use std::io;
 use nix::sched::{setns, CloneFlags};
 use tun_rs::{DeviceBuilder, SyncDevice};
 
+use super::privileges;
 use crate::config::DeviceConfig;
 
 /// Why a device could not be set up.
@@ -31,6 +32,30 @@ pub enum DeviceError {
     Spawn {
         /// The cause (in the message, not a `source()`: a chain prints it once).
         cause: io::Error,
+    },
+    /// The process lacks a capability a device step needs.
+    #[error(
+        "op25b run needs {capability} {why}; it runs as uid {euid} without it: grant it \
+         (AmbientCapabilities={capability} in the unit, setpriv --ambient-caps) or run as root"
+    )]
+    Capability {
+        /// The capability's name, `CAP_...`.
+        capability: &'static str,
+        /// What it is needed for.
+        why: String,
+        /// The effective user.
+        euid: u32,
+    },
+    /// `/dev/net/tun` cannot be opened by this user.
+    #[error(
+        "/dev/net/tun: {detail}: uid {euid} cannot open it; make it mode 0666 as distributions do \
+         (chmod 0666 /dev/net/tun), or grant CAP_DAC_OVERRIDE"
+    )]
+    TunAccess {
+        /// The error, mode and owner.
+        detail: String,
+        /// The effective user.
+        euid: u32,
     },
     /// Creating or configuring the TUN device failed.
     #[error("TUN device {name:?}: {what}: {cause}")]
@@ -58,8 +83,12 @@ pub fn open(cfg: &DeviceConfig, offload: bool, queue_len: u32, queues: usize) ->
             std::thread::scope(|s| {
                 s.spawn(|| {
                     // Only this thread moves; the process stays where it was started.
-                    setns(&file, CloneFlags::CLONE_NEWNET)
-                        .map_err(|e| DeviceError::Netns { name: ns.clone(), cause: e.into() })?;
+                    setns(&file, CloneFlags::CLONE_NEWNET).map_err(|e| {
+                        let cause = io::Error::from(e);
+                        let why = format!("to enter the network namespace {ns:?}");
+                        privileges::capability_error(&cause, "CAP_SYS_ADMIN", why)
+                            .unwrap_or(DeviceError::Netns { name: ns.clone(), cause })
+                    })?;
                     // The extra queues too: `try_clone` reattaches by name
                     // in the calling thread's namespace.
                     create(cfg, offload, queue_len, queues)
@@ -88,7 +117,10 @@ fn create(cfg: &DeviceConfig, offload: bool, queue_len: u32, queues: usize) -> R
         .tx_queue_len(queue_len)
         .enable(false)
         .build_sync()
-        .map_err(err("create"))?;
+        .map_err(|cause| {
+            privileges::capability_error(&cause, "CAP_NET_ADMIN", "to create the TUN devices".into())
+                .unwrap_or_else(|| err("create")(cause))
+        })?;
     // Without this the kernel gives the device an IPv6 link-local address and
     // sends router solicitations through it, which the router would have to
     // count as spoofed. /proc/sys/net follows the calling thread's namespace.

@@ -27,6 +27,7 @@ pub mod capture;
 mod device;
 pub mod events;
 mod gro;
+pub mod privileges;
 mod worker;
 
 use std::sync::Arc;
@@ -267,7 +268,9 @@ fn open_pair(config: &Config, n: usize) -> Result<(Vec<SyncDevice>, Vec<SyncDevi
         match pair {
             Ok((s, u)) if s.iter().chain(&u).all(|d| d.tcp_gso()) => return Ok((s, u, true)),
             Ok(_) => tracing::warn!("the kernel did not enable TUN offload; using plain packets"),
-            Err(e @ DeviceError::Netns { .. }) => return Err(e),
+            Err(e @ (DeviceError::Netns { .. } | DeviceError::Capability { .. } | DeviceError::TunAccess { .. })) => {
+                return Err(e)
+            }
             Err(e) => tracing::warn!(error = %e, "TUN offload unavailable; using plain packets"),
         }
     }
