@@ -553,6 +553,20 @@ fn run(config: Config, stats_file: Option<&std::path::Path>) -> anyhow::Result<(
             return Err(e.into());
         }
     };
+    // Both devices are up and the workers run: tell the service manager.
+    let notifier = match op25b::control::notify::Notifier::start(dp.stats_reader()) {
+        Ok(n) => n,
+        Err(e) => {
+            if let Some(c) = control {
+                c.stop();
+            }
+            dp.stop();
+            return Err(anyhow::Error::new(e).context("starting the notify thread"));
+        }
+    };
+    if let Some(n) = &notifier {
+        n.ready();
+    }
     let p = &config.policy;
     let ns = |n: &Option<String>| n.clone().unwrap_or_else(|| "<current>".into());
     tracing::info!(
@@ -568,7 +582,13 @@ fn run(config: Config, stats_file: Option<&std::path::Path>) -> anyhow::Result<(
     let signal = loop {
         match signals.forever().next() {
             Some(SIGHUP) => {
+                if let Some(n) = &notifier {
+                    n.reloading();
+                }
                 let (config, ok, detail) = reload(&dp, running);
+                if let Some(n) = &notifier {
+                    n.reloaded(if ok { Ok(()) } else { Err(detail.clone()) });
+                }
                 running = config;
                 if let Some(c) = &control {
                     c.reloaded(ok);
@@ -588,6 +608,9 @@ fn run(config: Config, stats_file: Option<&std::path::Path>) -> anyhow::Result<(
         }
     };
     tracing::info!(signal, "stopping");
+    if let Some(n) = notifier {
+        n.stopping();
+    }
     if let Some(c) = control {
         c.stop();
     }

@@ -12,6 +12,7 @@ pub mod capture;
 pub mod client;
 pub mod events;
 mod metrics;
+pub mod notify;
 mod writer;
 
 pub use writer::WriterThread;

@@ -31,6 +31,7 @@ pub mod privileges;
 mod worker;
 
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use tun_rs::{InterruptEvent, SyncDevice, VIRTIO_NET_HDR_LEN};
 
@@ -44,7 +45,7 @@ use crate::stats::{Counters, Stats};
 use arc_swap::ArcSwap;
 
 pub use device::DeviceError;
-use worker::{IoCounters, Queue, Side, Worker};
+use worker::{Heartbeat, IoCounters, Queue, Side, Worker};
 
 /// Whether a worker takes packets from the reverse direction's queue after
 /// its own drain (see the module docs).
@@ -81,6 +82,18 @@ pub struct StatsReader {
     io: Arc<Vec<Arc<IoCounters>>>,
     active: Arc<ArcSwap<Active>>,
     abuse: Option<Arc<Abuse>>,
+    heartbeats: Arc<Vec<Arc<Heartbeat>>>,
+    /// A worker silent for longer is stalled.
+    stall_after: Duration,
+}
+
+/// A worker that has not run its loop for longer than it ever sleeps.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stalled {
+    /// The worker's thread name (`op25b-outbound-0`, ...).
+    pub worker: String,
+    /// How long since it last showed life.
+    pub silent: Duration,
 }
 
 impl StatsReader {
@@ -105,7 +118,30 @@ impl StatsReader {
     pub fn abuse(&self) -> Option<&Arc<Abuse>> {
         self.abuse.as_ref()
     }
+
+    /// The first worker that has not passed the top of its loop for longer
+    /// than a worker ever sleeps or polls (plus a grace period), or `None`
+    /// when all are alive. A worker that stopped (its device failed) or
+    /// hangs counts as stalled.
+    pub fn stalled(&self) -> Option<Stalled> {
+        self.stalled_at(Instant::now())
+    }
+
+    fn stalled_at(&self, now: Instant) -> Option<Stalled> {
+        first_stalled(&self.heartbeats, now, self.stall_after)
+    }
 }
+
+fn first_stalled(heartbeats: &[Arc<Heartbeat>], now: Instant, stall_after: Duration) -> Option<Stalled> {
+    heartbeats.iter().find_map(|h| {
+        let silent = h.age(now);
+        (silent > stall_after).then(|| Stalled { worker: h.name.clone(), silent })
+    })
+}
+
+/// Extra time a worker gets beyond its longest sleep before it counts as
+/// stalled: a drain of a full batch, a slow write, a busy machine.
+const STALL_GRACE: Duration = Duration::from_secs(2);
 
 /// A running data plane.
 pub struct Dataplane {
@@ -118,6 +154,10 @@ pub struct Dataplane {
     active: Arc<ArcSwap<Active>>,
     /// Abuse handling, with `[abuse]`.
     abuse: Option<Arc<Abuse>>,
+    heartbeats: Vec<Arc<Heartbeat>>,
+    /// When the data plane started: the heartbeats' zero.
+    epoch: Instant,
+    stall_after: Duration,
 }
 
 /// Where the workers send what they saw besides forwarding: events of
@@ -150,8 +190,18 @@ impl Dataplane {
         let state = Arc::new(State::new(&policy));
         let abuse = config.abuse.clone().map(|a| Arc::new(Abuse::new(a, Arc::clone(state.quarantine()))));
         let active = Arc::new(ArcSwap::from_pointee(Active { policy, state }));
-        let mut dp =
-            Dataplane { workers: Vec::new(), counters: Vec::new(), io: Vec::new(), stop, offload, active, abuse };
+        let mut dp = Dataplane {
+            workers: Vec::new(),
+            counters: Vec::new(),
+            io: Vec::new(),
+            stop,
+            offload,
+            active,
+            heartbeats: Vec::new(),
+            epoch: Instant::now(),
+            abuse,
+            stall_after: worker::MAX_SLEEP + config.dataplane.busy_poll + STALL_GRACE,
+        };
         let sub: Vec<Arc<Queue>> = sub.into_iter().map(|d| Arc::new(Queue::new(d))).collect();
         let up: Vec<Arc<Queue>> = up.into_iter().map(|d| Arc::new(Queue::new(d))).collect();
         for (i, (s, u)) in sub.iter().zip(&up).enumerate() {
@@ -185,6 +235,9 @@ impl Dataplane {
         let io = Arc::new(IoCounters::default());
         self.io.push(io.clone());
         let stop = self.stop.clone();
+        let name = format!("op25b-{}-{index}", dir.name());
+        let heartbeat = Arc::new(Heartbeat::new(name.clone(), self.epoch));
+        self.heartbeats.push(heartbeat.clone());
         let worker = Worker {
             own: Side { dir, router: own },
             reverse: Side { dir: dir.reverse(), router: rev },
@@ -196,9 +249,10 @@ impl Dataplane {
             events: sinks.events,
             capture: sinks.capture,
             abuse: sinks.abuse,
+            heartbeat,
         };
         let handle = std::thread::Builder::new()
-            .name(format!("op25b-{}-{index}", dir.name()))
+            .name(name)
             .spawn(move || worker.run(&ingress, &egress, &stop))
             .map_err(|cause| DeviceError::Spawn { cause })?;
         self.workers.push(handle);
@@ -239,6 +293,8 @@ impl Dataplane {
             io: Arc::new(self.io.clone()),
             active: Arc::clone(&self.active),
             abuse: self.abuse.clone(),
+            heartbeats: Arc::new(self.heartbeats.clone()),
+            stall_after: self.stall_after,
         }
     }
 
@@ -277,4 +333,28 @@ fn open_pair(config: &Config, n: usize) -> Result<(Vec<SyncDevice>, Vec<SyncDevi
     let s = device::open(&config.subscriber, false, dp.queue_len, n)?;
     let u = device::open(&config.upstream, false, dp.queue_len, n)?;
     Ok((s, u, false))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_worker_silent_longer_than_it_sleeps_is_stalled() {
+        let epoch = Instant::now();
+        let out = Arc::new(Heartbeat::new("op25b-outbound-0".into(), epoch));
+        let inb = Arc::new(Heartbeat::new("op25b-inbound-0".into(), epoch));
+        let beats = [out.clone(), inb.clone()];
+        let limit = Duration::from_secs(3);
+        // Both looped at 10 s; seen at 12 s all is well, at 14 s both are stalled.
+        out.beat(epoch + Duration::from_secs(10));
+        inb.beat(epoch + Duration::from_secs(10));
+        assert_eq!(first_stalled(&beats, epoch + Duration::from_secs(12), limit), None);
+        // The inbound worker keeps looping, the outbound one hangs.
+        inb.beat(epoch + Duration::from_secs(14));
+        let stalled = first_stalled(&beats, epoch + Duration::from_secs(14), limit);
+        assert_eq!(stalled, Some(Stalled { worker: "op25b-outbound-0".into(), silent: Duration::from_secs(4) }));
+        out.beat(epoch + Duration::from_secs(14));
+        assert_eq!(first_stalled(&beats, epoch + Duration::from_secs(14), limit), None);
+    }
 }

@@ -48,7 +48,37 @@ const PEEK_MAX: usize = 64;
 
 /// Longest sleep of an idle worker: it still looks at the policy (a reload)
 /// and the banner responder's timers at least this often.
-const MAX_SLEEP: Duration = Duration::from_secs(1);
+pub(crate) const MAX_SLEEP: Duration = Duration::from_secs(1);
+
+/// A worker's sign of life: when it last passed the top of its loop, in
+/// milliseconds since the data plane started. One writer (the worker); read
+/// by the service manager's watchdog (`control::notify`), so that a wedged
+/// worker stops the watchdog pings.
+#[derive(Debug)]
+pub(crate) struct Heartbeat {
+    /// The worker's thread name.
+    pub(crate) name: String,
+    epoch: Instant,
+    last_ms: std::sync::atomic::AtomicU64,
+}
+
+impl Heartbeat {
+    pub(crate) fn new(name: String, epoch: Instant) -> Heartbeat {
+        Heartbeat { name, epoch, last_ms: std::sync::atomic::AtomicU64::new(0) }
+    }
+
+    /// The worker is alive at `now`.
+    pub(crate) fn beat(&self, now: Instant) {
+        let ms = u64::try_from(now.saturating_duration_since(self.epoch).as_millis()).unwrap_or(u64::MAX);
+        self.last_ms.store(ms, Ordering::Relaxed);
+    }
+
+    /// How long ago, seen at `now`, the worker last showed life.
+    pub(crate) fn age(&self, now: Instant) -> Duration {
+        let last = self.epoch + Duration::from_millis(self.last_ms.load(Ordering::Relaxed));
+        now.saturating_duration_since(last)
+    }
+}
 
 /// The I/O counters of one worker, per device (0 subscriber, 1 upstream).
 #[derive(Debug, Default)]
@@ -167,6 +197,8 @@ pub(crate) struct Worker {
     pub(crate) capture: Option<CaptureSink>,
     /// Where blocked attempts go, when abuse handling is on.
     pub(crate) abuse: Option<AttemptSender>,
+    /// Set at the top of every loop: a worker that stops looping stops it.
+    pub(crate) heartbeat: Arc<Heartbeat>,
 }
 
 /// Buffers of one worker, allocated once.
@@ -231,6 +263,8 @@ impl Worker {
         let subscriber_side = if self.own.dir == Direction::Outbound { ingress } else { egress };
         tracing::debug!(direction = dir, offload = off > 0, "worker started");
         'outer: loop {
+            // Once a batch or a wake-up (at most MAX_SLEEP + busy_poll apart).
+            self.heartbeat.beat(now);
             self.sync_policy();
             ingress.lock();
             let r = drain(&mut self.own, &mut io, &mut b, &mut now, (ingress, egress), DRAIN_MAX);
