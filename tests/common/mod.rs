@@ -134,11 +134,23 @@ pub struct LabOptions {
     pub upstream_advmss_1500: bool,
     /// Run op25b with `--log-format json`.
     pub log_json: bool,
+    /// Extra environment of the op25b process (`NOTIFY_SOCKET`, ...).
+    pub env: Vec<(String, String)>,
+    /// A command that runs op25b: its words come before op25b's path and
+    /// arguments (`setpriv --reuid=65534 ...`). Each must `exec` the next, so
+    /// that the child's PID is op25b's (signals go there).
+    pub wrapper: Vec<String>,
 }
 
 impl Default for LabOptions {
     fn default() -> Self {
-        LabOptions { policy: PolicyBuilder::lab().defaults(), upstream_advmss_1500: false, log_json: false }
+        LabOptions {
+            policy: PolicyBuilder::lab().defaults(),
+            upstream_advmss_1500: false,
+            log_json: false,
+            env: Vec::new(),
+            wrapper: Vec::new(),
+        }
     }
 }
 
@@ -252,7 +264,16 @@ impl Lab {
         lab.files.push(lab.log.clone());
         let log = File::create(&lab.log).unwrap_or_else(|e| panic!("creating {}: {e}", lab.log.display()));
         let log_format = if opts.log_json { "json" } else { "text" };
-        let child = Command::new(env!("CARGO_BIN_EXE_op25b"))
+        let bin = env!("CARGO_BIN_EXE_op25b");
+        let mut cmd = match opts.wrapper.split_first() {
+            Some((first, rest)) => {
+                let mut c = Command::new(first);
+                c.args(rest).arg(bin);
+                c
+            }
+            None => Command::new(bin),
+        };
+        let child = cmd
             .args(["--log-format", log_format])
             .arg("run")
             .arg("--config")
@@ -261,6 +282,7 @@ impl Lab {
             .arg(&lab.stats)
             .env("RUST_LOG", "info")
             .env("NO_COLOR", "1")
+            .envs(opts.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)
@@ -335,6 +357,12 @@ impl Lab {
             assert!(Instant::now() < deadline, "op25b logged nothing about the reload; its log:\n{log}");
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// op25b's process id.
+    #[allow(dead_code)] // Not every test file that uses the harness signals it.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("op25b is running").id()
     }
 
     /// op25b's stderr so far.
