@@ -2,8 +2,10 @@
 # Installs the system packages the lab, the tests and the benchmark need
 # (Debian/Ubuntu, as root). Idempotent: does nothing when all are present.
 #   scripts/setup.sh          # lab + tests: iproute2 iputils-ping traceroute python3
-#                             #   tcpdump python3-aiosmtpd
+#                             #   tcpdump python3-aiosmtpd systemd util-linux
 #   scripts/setup.sh --bench  # also iperf3 and nftables for scripts/bench.sh
+#   scripts/setup.sh --package  # also cargo-deb, man-db and dpkg-dev for scripts/package_test.sh
+# (flags combine)
 # When another apt or dpkg holds the package lock (unattended-upgrades on a fresh
 # machine, say), it waits for it, up to OP25B_APT_LOCK_WAIT seconds (default 600),
 # and says which process it waits for.
@@ -12,8 +14,26 @@ set -euo pipefail
 need=(ip:iproute2 ping:iputils-ping traceroute:traceroute python3:python3 tcpdump:tcpdump)
 # The lab's SMTP servers and tests/actions.rs run aiosmtpd under /usr/bin/python3.
 need+=(aiosmtpd:python3-aiosmtpd)
-if [[ "${1:-}" == "--bench" ]]; then
+# tests/service.rs: systemd-analyze verify, op25b as nobody under setpriv/unshare.
+need+=(systemd-analyze:systemd setpriv:util-linux unshare:util-linux)
+bench=0 package=0
+for arg in "$@"; do
+    case $arg in
+        --bench) bench=1 ;;
+        --package) package=1 ;;
+        *) echo "setup: unknown option $arg (--bench, --package)" >&2; exit 2 ;;
+    esac
+done
+if ((bench)); then
     need+=(iperf3:iperf3 nft:nftables)
+fi
+if ((package)); then
+    # scripts/package_test.sh: man pages through man, Depends from dpkg-shlibdeps.
+    need+=(man:man-db dpkg-shlibdeps:dpkg-dev)
+    if ! cargo deb --version >/dev/null 2>&1; then
+        echo "setup: installing cargo-deb (cargo install cargo-deb --locked)" >&2
+        cargo install cargo-deb --locked --quiet
+    fi
 fi
 
 have() {

@@ -2,13 +2,13 @@
 # The whole test suite, from a fresh clone, as root: installs what the tests
 # need, checks formatting and lints, runs unit, CLI and network-namespace tests,
 # then every command sample of README.md (scripts/readme_test.py: the lab demo end to
-# end, the lab's mail, capture and reload, op25b check and replay) and a smoke run
-# of scripts/bench.sh.
+# end, the lab's mail, capture and reload, op25b check and replay), the Debian
+# package's install test (scripts/package_test.sh) and a smoke run of scripts/bench.sh.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 [[ $(id -u) -eq 0 ]] || { echo "test.sh: run as root: the tests build network namespaces and TUN devices" >&2; exit 1; }
-scripts/setup.sh --bench
+scripts/setup.sh --bench --package
 
 echo "== cargo fmt --check"
 cargo fmt --check
@@ -22,6 +22,8 @@ passed=$(grep -Eo '^test result: ok\. [0-9]+ passed' "$log" | awk '{s += $4} END
 echo "== README samples (the lab demo included)"
 cargo build --release --locked --quiet
 python3 scripts/readme_test.py
+echo "== Debian package: build, dpkg -i, check what it installed, dpkg --purge"
+scripts/package_test.sh --no-build
 echo "== benchmark smoke run (checks it works; judges no speed)"
 scripts/bench.sh --smoke --no-build
 # One closing line for the whole run (cargo's last summary is an example's, with 0 tests).

@@ -472,3 +472,31 @@ fn net_admin_alone_is_enough_without_netns() {
     assert!(status.success(), "op25b exited {status}:\n{}", read_log());
     assert!(!read_log().contains("cannot disable IPv6"), "{}", read_log());
 }
+
+// ------------------------------------------------------ the packaged config
+
+/// /etc/op25b/op25b.toml as the package installs it validates, and so does
+/// every optional setting it shows commented out (uncommented).
+#[test]
+fn the_packaged_config_and_its_commented_options_validate() {
+    let text = std::fs::read_to_string(repo("packaging/op25b.toml")).expect("packaging/op25b.toml");
+    let optional = ["[events]", "[capture]", "path = ", "dropped = ", "metrics = "];
+    let uncommented: String = text
+        .lines()
+        .map(|l| match l.strip_prefix("# ") {
+            Some(rest) if optional.iter().any(|o| rest.starts_with(o)) => rest,
+            _ => l,
+        })
+        .map(|l| format!("{l}\n"))
+        .collect();
+    assert_eq!(uncommented.lines().filter(|l| optional.iter().any(|o| l.starts_with(o))).count(), optional.len());
+    let dir = TempDir::new("conf");
+    for (name, body) in [("packaged.toml", text.as_str()), ("uncommented.toml", uncommented.as_str())] {
+        let path = dir.0.join(name);
+        std::fs::write(&path, body).expect("writing the config");
+        let out = run(env!("CARGO_BIN_EXE_op25b"), &["check", "--config", &path.display().to_string()]);
+        assert!(out.status.success(), "op25b check on the {name}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    // Devices in the host's namespace: the unit's CAP_NET_ADMIN is enough.
+    assert!(!text.lines().any(|l| l.trim_start().starts_with("netns")), "the packaged config sets a netns");
+}

@@ -1,0 +1,76 @@
+#!/usr/bin/env bash
+# Builds the Debian package (scripts/package.sh), installs it on this machine
+# with dpkg -i, checks what it installed (the binary, `op25b check` on the
+# packaged /etc/op25b/op25b.toml, the conffile, the man pages through man, the
+# completions, the unit through systemd-analyze verify, the licences), and
+# purges it again, also when a check fails. As root; run by scripts/test.sh.
+#   scripts/package_test.sh              # release build, package, test
+#   scripts/package_test.sh --no-build   # use the release binary already built
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+[[ $(id -u) -eq 0 ]] || { echo "package_test.sh: run as root (dpkg -i)" >&2; exit 1; }
+if [[ $(dpkg-query -W -f='${Status}' op25b 2>/dev/null || true) == *" installed" ]]; then
+    echo "package_test.sh: a package op25b is already installed here; remove it first (dpkg --purge op25b)" >&2
+    exit 1
+fi
+
+deb=$(scripts/package.sh "$@" | tail -n 1)
+[[ -f $deb ]] || { echo "package_test.sh: package.sh made no package ($deb)" >&2; exit 1; }
+
+passed=0 failed=0
+check() { # check DESCRIPTION COMMAND...: runs COMMAND, counts and reports the outcome
+    local what=$1
+    shift
+    local out
+    if out=$("$@" 2>&1); then
+        passed=$((passed + 1))
+        echo "  ok    $what"
+    else
+        failed=$((failed + 1))
+        echo "  FAIL  $what"
+        sed 's/^/        /' <<<"$out"
+    fi
+}
+installed=0
+cleanup() {
+    if ((installed)); then
+        dpkg --purge op25b >/dev/null || echo "package_test.sh: dpkg --purge op25b failed" >&2
+    fi
+}
+trap cleanup EXIT
+
+echo "== dpkg -i $deb"
+dpkg -i "$deb"
+installed=1
+
+unit=/usr/lib/systemd/system/op25b.service
+check "op25b is on PATH at /usr/bin/op25b" bash -c '[[ $(command -v op25b) == /usr/bin/op25b ]]'
+check "op25b --version" bash -c '/usr/bin/op25b --version | grep -q "^op25b "'
+check "op25b check on the packaged config" /usr/bin/op25b check --config /etc/op25b/op25b.toml
+check "the config's commented options validate too" bash -c \
+    'sed "s/^# \(\[events\]\|\[capture\]\|path = \|dropped = \|metrics = \)/\1/" /etc/op25b/op25b.toml >"$0" &&
+     grep -q "^\[events\]" "$0" && /usr/bin/op25b check --config "$0" >/dev/null; rc=$?; rm -f "$0"; exit $rc' \
+    "$(mktemp)"
+check "/etc/op25b/op25b.toml is a conffile" bash -c 'dpkg-query -W -f="\${Conffiles}" op25b | grep -q "/etc/op25b/op25b.toml "'
+check "man op25b lists the subcommands" bash -c 'MANPAGER=cat MANWIDTH=80 man op25b 2>/dev/null | grep -q "op25b-run(1)"'
+check "man op25b-run shows --config" bash -c 'MANPAGER=cat man op25b-run 2>/dev/null | grep -q -- "--config"'
+check "man -l renders every page" bash -c 'for p in /usr/share/man/man1/op25b*.1.gz; do man -l "$p" >/dev/null 2>&1 || exit 1; done'
+check "bash completion loads and completes" bash --norc -c \
+    'source /usr/share/bash-completion/completions/op25b && COMP_WORDS=(op25b ""); COMP_CWORD=1; _op25b op25b "" op25b;
+     [[ " ${COMPREPLY[*]} " == *" run "* ]]'
+check "zsh and fish completions installed" test -s /usr/share/zsh/vendor-completions/_op25b -a -s /usr/share/fish/vendor_completions.d/op25b.fish
+check "the unit is installed" test -f "$unit"
+check "systemd-analyze verify on the installed unit (man pages included)" bash -c \
+    'out=$(systemd-analyze verify "$0" 2>&1) && [[ -z $out ]] || { echo "$out"; exit 1; }' "$unit"
+check "the package did not enable or start the unit" bash -c '! test -e /etc/systemd/system/multi-user.target.wants/op25b.service'
+check "both licence texts and the copyright file" \
+    test -s /usr/share/doc/op25b/LICENSE-MIT -a -s /usr/share/doc/op25b/LICENSE-APACHE -a -s /usr/share/doc/op25b/copyright
+
+echo "== dpkg --purge op25b"
+dpkg --purge op25b >/dev/null
+installed=0
+check "purge removed the binary, the config and the unit" bash -c '! test -e /usr/bin/op25b -o -e /etc/op25b -o -e "$0"' "$unit"
+
+echo "package: $passed passed, $failed failed"
+((failed == 0))
