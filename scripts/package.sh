@@ -24,7 +24,10 @@ rm -rf "$out"
 mkdir -p "$out/man" "$out/completions"
 
 "$bin" man >"$out/man/op25b.1"
-for sub in run check stats replay completions man; do
+# One page per subcommand, as `op25b --help` lists them (help aside).
+subs=$("$bin" --help | awk '/^Commands:/ {on = 1; next} on && /^$/ {exit} on && $1 != "help" {print $1}')
+[[ -n $subs ]] || { echo "package.sh: no subcommands in op25b --help" >&2; exit 1; }
+for sub in $subs; do
     "$bin" man "$sub" >"$out/man/op25b-$sub.1"
 done
 gzip -9n "$out"/man/*.1
