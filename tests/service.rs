@@ -500,3 +500,34 @@ fn the_packaged_config_and_its_commented_options_validate() {
     // Devices in the host's namespace: the unit's CAP_NET_ADMIN is enough.
     assert!(!text.lines().any(|l| l.trim_start().starts_with("netns")), "the packaged config sets a netns");
 }
+
+/// The watchdog follows the data plane, not a timer: when a device is deleted
+/// under op25b, its workers stop (the device keeps failing) and the pings stop
+/// with them, so systemd would restart op25b.
+#[test]
+fn a_stopped_worker_stops_the_watchdog_pings() {
+    let dir = TempDir::new("wd");
+    let mut notify = NotifySocket::bind(&dir.0);
+    let env = vec![
+        ("NOTIFY_SOCKET".to_string(), notify.path.display().to_string()),
+        ("WATCHDOG_USEC".to_string(), "1000000".to_string()),
+    ];
+    let lab = Lab::start(LabOptions { env, ..LabOptions::default() });
+    notify.wait_for("READY=1", |m| has(m, "READY=1"));
+    notify.wait_for("WATCHDOG=1", |m| has(m, "WATCHDOG=1"));
+    lab.sub_ip(&["link", "delete", SUB_TUN]);
+    // op25b says so in its log once the stalled worker is past its grace.
+    let deadline = Instant::now() + NOTIFY_WAIT;
+    while !lab.log_text().contains("no more watchdog pings") {
+        assert!(Instant::now() < deadline, "op25b never noticed the stopped worker; its log:\n{}", lab.log_text());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Whatever was sent before that line, nothing after: three ping periods of silence.
+    notify.drain();
+    let before = notify.seen.len();
+    std::thread::sleep(Duration::from_millis(1500));
+    notify.drain();
+    let after: Vec<&String> = notify.seen[before..].iter().filter(|m| has(m, "WATCHDOG=1")).collect();
+    assert!(after.is_empty(), "WATCHDOG=1 after a worker stopped: {after:?}\n{}", lab.log_text());
+    println!("{}", lab.log_text());
+}
