@@ -242,6 +242,13 @@ fn without_notify_socket_nothing_is_sent_and_op25b_runs() {
     // The same lab without NOTIFY_SOCKET (every other netns test runs so
     // too): op25b must not need a service manager.
     let mut lab = Lab::start(LabOptions::default());
+    let threads: Vec<String> = std::fs::read_dir(format!("/proc/{}/task", lab.pid()))
+        .expect("op25b's threads")
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+        .map(|c| c.trim().to_string())
+        .collect();
+    assert!(threads.iter().any(|t| t.starts_with("op25b-outbound")), "no worker among {threads:?}");
+    assert!(!threads.iter().any(|t| t == "op25b-notify"), "a notify thread without NOTIFY_SOCKET: {threads:?}");
     assert!(!lab.log_text().contains("notify"), "{}", lab.log_text());
     lab.stop();
 }
