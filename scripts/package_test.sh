@@ -45,7 +45,7 @@ dpkg -i "$deb"
 installed=1
 
 unit=/usr/lib/systemd/system/op25b.service
-check "op25b is on PATH at /usr/bin/op25b" bash -c '[[ $(command -v op25b) == /usr/bin/op25b ]]'
+check "the package installed /usr/bin/op25b" bash -c 'test -x /usr/bin/op25b && dpkg -L op25b | grep -qx /usr/bin/op25b'
 check "op25b --version" bash -c '/usr/bin/op25b --version | grep -q "^op25b "'
 check "op25b check on the packaged config" /usr/bin/op25b check --config /etc/op25b/op25b.toml
 check "the config's commented options validate too" bash -c \
