@@ -255,7 +255,7 @@ fn without_notify_socket_nothing_is_sent_and_op25b_runs() {
 
 // ------------------------------------------------- unprivileged operation
 
-/// The words that run the next command as nobody holding `caps`
+/// The words that run the next command as nobody holding only `caps`
 /// (`"+net_admin,+sys_admin"`, or empty for none), with `/dev/net/tun`
 /// replaced, in a private mount namespace, by a node of mode `tun_mode`
 /// when given (0666 as distributions make it, 0600 as some containers do);
@@ -272,20 +272,29 @@ exec "$@""#;
         w.push(scratch.display().to_string());
         w.push(format!("{mode:o}"));
     }
-    w.extend(["setpriv", "--reuid", NOBODY, "--regid", NOBODY, "--clear-groups"].map(String::from));
-    if !caps.is_empty() {
+    // As the unit has it: no supplementary groups, no new privileges, and a
+    // bounding set of only these capabilities.
+    w.extend(["setpriv", "--reuid", NOBODY, "--regid", NOBODY, "--clear-groups", "--no-new-privs"].map(String::from));
+    if caps.is_empty() {
+        w.push("--bounding-set=-all".into());
+    } else {
+        w.push(format!("--bounding-set=-all,{caps}"));
         w.push(format!("--inh-caps={caps}"));
         w.push(format!("--ambient-caps={caps}"));
     }
     w
 }
 
-/// The effective uid and capability set of a running process.
+/// The effective uid and capability set of a running process; asserts that
+/// its bounding set is the same and that it cannot gain privileges.
 fn creds(pid: u32) -> (String, u64) {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("op25b's /proc status");
     let field = |n: &str| status.lines().find_map(|l| l.strip_prefix(n)).map(str::trim).unwrap_or_default().to_string();
     let uid = field("Uid:").split_whitespace().nth(1).unwrap_or_default().to_string();
-    (uid, u64::from_str_radix(&field("CapEff:"), 16).expect("CapEff"))
+    let eff = u64::from_str_radix(&field("CapEff:"), 16).expect("CapEff");
+    assert_eq!(u64::from_str_radix(&field("CapBnd:"), 16).ok(), Some(eff), "bounding set != effective set:\n{status}");
+    assert_eq!(field("NoNewPrivs:"), "1", "op25b could gain privileges:\n{status}");
+    (uid, eff)
 }
 
 const CAP_DAC_OVERRIDE: u64 = 1 << 1;
