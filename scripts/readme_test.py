@@ -57,6 +57,10 @@ NOT_RUN = [
     ('{"action":"reject"', "lines of an events file (timestamps, ports); tests/control.rs checks them"),
     ('{"action":"blocked","attempts"', "lines of an events file (timestamps); tests/abuse.rs checks them"),
     ("src/packet/", "the source tree"),
+    ("cargo install cargo-deb", "builds and installs the Debian package; scripts/package_test.sh does, and checks "
+     "what it installed"),
+    ("op25b check --config /etc/op25b/op25b.toml", "needs the installed package and a running systemd"),
+    ('Status: "forwarded', "systemctl status lines; tests/service.rs reads these messages from a notify socket"),
 ]
 CONFIG_FENCES = {"toml", "yaml"}
 # Files the samples write outside the repository, removed when the test ends.
