@@ -355,6 +355,16 @@ fn check_json_prints_the_compiled_policy() {
     assert_eq!(r[0]["dst_ports"], serde_json::json!([[23, 23], [6000, 6010]]));
     assert_eq!(r[0]["src"], serde_json::Value::Null);
     assert_eq!((&r[1]["action"], &r[1]["rate"], &r[1]["burst"]), (&"rate-limit".into(), &5.into(), &10.into()));
+    assert_eq!(v["abuse"], serde_json::Value::Null, "no [abuse]");
+    let f = TempConfig::new("json-abuse", &PolicyBuilder::lab().action("monitor").abuse("threshold", 7).toml());
+    let out = op25b(&["check", "--json"], &f.0);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON object");
+    assert_eq!(v["op25b"]["action"], "monitor");
+    assert_eq!((v["abuse"]["threshold"].as_u64(), v["abuse"]["on_suspect"].as_str()), (Some(7), Some("event")));
+    assert_eq!(
+        v["abuse"]["quarantine_allow"],
+        serde_json::json!(["udp/53", "tcp/53", "tcp/587", "tcp/465", "@relays"])
+    );
 }
 
 /// A reader that goes away (`op25b check | head`) ends op25b quietly.

@@ -9,9 +9,12 @@
 //!   "subscriber": { "tun", "netns": NAME|null, "mtu", "prefixes": [PREFIX...] },
 //!   "upstream": { "tun", "netns": NAME|null, "mtu" },
 //!   "op25b": { "ports": [PORT...], "dynamic", "exempt_sources", "relays": [PREFIX...],
-//!              "action": "reject"|"drop"|"icmp"|"banner"|"redirect", "block_inbound",
+//!              "action": "reject"|"drop"|"icmp"|"banner"|"redirect"|"monitor", "block_inbound",
 //!              "redirect_to": [ADDR:PORT...], "banner": { "text", "sessions", "per_source", "idle_s" },
 //!              "reply_limit": { "rate", "burst" }, "max_flows", "max_flows_per_source" },
+//!   "abuse": null | { "window_s", "threshold", "destinations_threshold",
+//!              "on_suspect": "event"|"quarantine", "quarantine_for_s",
+//!              "quarantine_allow": [ENTRY...], "track" },
 //!   "rules": [ { "index": 1.., "name", "direction": "outbound"|"inbound"|null,
 //!                "protocol": "tcp"|"udp"|"icmp"|"icmpv6"|"proto N"|null,
 //!                "src", "dst": [PREFIX...]|null, "src_ports", "dst_ports": [[FIRST, LAST]...]|null,
@@ -126,6 +129,18 @@ impl Config {
                 "max_flows": p.max_flows,
                 "max_flows_per_source": p.max_flows_per_source,
             },
+            "abuse": self.abuse.as_ref().map(|a| json!({
+                "window_s": a.thresholds.window.as_secs_f64(),
+                "threshold": a.thresholds.attempts,
+                "destinations_threshold": a.thresholds.destinations,
+                "on_suspect": match a.on_suspect {
+                    crate::state::abuse::OnSuspect::Event => "event",
+                    crate::state::abuse::OnSuspect::Quarantine => "quarantine",
+                },
+                "quarantine_for_s": a.quarantine_for.as_secs_f64(),
+                "quarantine_allow": p.quarantine_allow.written,
+                "track": a.track,
+            })),
             "rules": rules,
         })
     }
