@@ -108,6 +108,41 @@ fn bench(c: &mut Criterion) {
         }
     }
     group.finish();
+    abuse_handoff(c);
+}
+
+/// A blocked SYN as a worker handles it with `[abuse]` on: the router notes
+/// the block, the worker takes it and queues the attempt for the abuse
+/// thread (here a thread that drains the queue), against the same SYN with
+/// nothing noted.
+fn abuse_handoff(c: &mut Criterion) {
+    use op25b::state::abuse::Attempt;
+    let mut group = c.benchmark_group("abuse");
+    group.throughput(Throughput::Elements(1));
+    let pkt = tcp4(25, true, 0);
+    let now = Instant::now();
+    let mut reply = vec![0u8; 2048];
+    for noted in [false, true] {
+        let mut r = Router::new(PolicyBuilder::lab().unlimited_replies().policy());
+        r.note_blocks(noted);
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Attempt>(op25b::dataplane::events::ATTEMPT_QUEUE);
+        let drain = std::thread::spawn(move || while rx.recv().is_ok() {});
+        let mut buf = pkt.clone();
+        let name = if noted { "blocked_syn4_rst_to_abuse_queue" } else { "blocked_syn4_rst_not_noted" };
+        group.bench_function(name, |b| {
+            b.iter(|| {
+                let v = r.handle(now, Direction::Outbound, black_box(&mut buf), &mut reply, RxInfo::default());
+                if let Some(block) = r.take_block() {
+                    let a = Attempt { at: now, src: block.src.ip(), dst: block.dst.ip(), monitor: false };
+                    let _ = black_box(tx.try_send(a));
+                }
+                let _ = black_box(v);
+            })
+        });
+        drop(tx);
+        let _ = drain.join();
+    }
+    group.finish();
 }
 
 criterion_group!(benches, bench);
