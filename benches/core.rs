@@ -116,7 +116,8 @@ fn bench(c: &mut Criterion) {
 /// thread (here a thread that drains the queue), against the same SYN with
 /// nothing noted.
 fn abuse_handoff(c: &mut Criterion) {
-    use op25b::state::abuse::Attempt;
+    use op25b::state::abuse::{Abuse, AbuseSettings, Attempt, Quarantine};
+    use std::sync::Arc;
     let mut group = c.benchmark_group("abuse");
     group.throughput(Throughput::Elements(1));
     let pkt = tcp4(25, true, 0);
@@ -126,7 +127,13 @@ fn abuse_handoff(c: &mut Criterion) {
         let mut r = Router::new(PolicyBuilder::lab().unlimited_replies().policy());
         r.note_blocks(noted);
         let (tx, rx) = std::sync::mpsc::sync_channel::<Attempt>(op25b::dataplane::events::ATTEMPT_QUEUE);
-        let drain = std::thread::spawn(move || while rx.recv().is_ok() {});
+        // The real abuse thread, thresholds out of reach: what it does with
+        // the attempts is what the data plane's run does.
+        let mut settings = AbuseSettings::default();
+        settings.thresholds.attempts = u32::MAX;
+        settings.thresholds.destinations = u32::MAX;
+        let abuse = Arc::new(Abuse::new(settings, Arc::new(Quarantine::default())));
+        let drain = op25b::control::abuse::start(abuse, rx, None).expect("abuse thread");
         let mut buf = pkt.clone();
         let name = if noted { "blocked_syn4_rst_to_abuse_queue" } else { "blocked_syn4_rst_not_noted" };
         group.bench_function(name, |b| {
@@ -140,7 +147,7 @@ fn abuse_handoff(c: &mut Criterion) {
             })
         });
         drop(tx);
-        let _ = drain.join();
+        drain.join();
     }
     group.finish();
 }
