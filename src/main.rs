@@ -8,9 +8,10 @@ use std::time::Instant;
 
 use anyhow::Context;
 use clap::{CommandFactory, Parser, Subcommand};
-use op25b::control::Control;
+use op25b::control::{Control, Failures};
 use op25b::dataplane::events::Event;
 use op25b::dataplane::{Dataplane, Sinks};
+use op25b::stats::{OutputFile, WriteErrors};
 use op25b::reload::{self, ReloadError};
 use op25b::tools::{self, replay, spec::PacketSpec};
 use op25b::{Config, Direction, Router, State, Verdict};
@@ -300,7 +301,7 @@ fn main() -> ExitCode {
             };
             run_replay(&config, &input, replay::ReplayOptions { forwarded, dropped }, format)
         }
-        Command::Run { stats, .. } => run(config, stats.as_deref()).map(|()| ExitCode::SUCCESS),
+        Command::Run { stats, .. } => run(config, stats.as_deref()),
         Command::Stats { .. }
         | Command::Top { .. }
         | Command::Quarantine { .. }
@@ -515,29 +516,40 @@ fn stats(socket: &std::path::Path, json: bool, all: bool) -> ExitCode {
     }
 }
 
-fn run(config: Config, stats_file: Option<&std::path::Path>) -> anyhow::Result<()> {
+/// `op25b run`: forwards until SIGINT or SIGTERM (exit 0) or until a device
+/// is lost (one log line naming it, exit 1, so a supervisor restarts op25b).
+fn run(config: Config, stats_file: Option<&std::path::Path>) -> anyhow::Result<ExitCode> {
     // Before anything is created: a missing capability is one line, exit 2.
     op25b::dataplane::privileges::check(&config)?;
     // Register before the devices exist so an early SIGTERM still cleans up.
     let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP, SIGUSR1])
         .context("installing signal handlers")?;
+    let write_errors = Arc::new(WriteErrors::default());
     // Events: a bounded queue from the workers (and reloads) to the writer.
     let (events_tx, events_rx) = std::sync::mpsc::sync_channel(op25b::dataplane::events::QUEUE);
-    let writer = op25b::control::events::start(&config.events, events_rx)?;
+    let writer = op25b::control::events::start(&config.events, events_rx, Arc::clone(&write_errors))?;
     let events = writer.as_ref().map(|_| events_tx);
     // Capture: a fixed pool of buffers, only when asked for.
     let (capture, capture_sink) = match config.capture.dropped {
         Some(_) => {
             let (sink, source) = op25b::dataplane::capture::pool();
-            (op25b::control::capture::start(&config.capture, source)?, Some(sink))
+            (op25b::control::capture::start(&config.capture, source, Arc::clone(&write_errors))?, Some(sink))
         }
         None => (None, None),
     };
     // Abuse handling: a bounded queue of blocked attempts from the workers.
     let (attempts_tx, attempts_rx) = std::sync::mpsc::sync_channel(op25b::dataplane::events::ATTEMPT_QUEUE);
-    let sinks =
-        Sinks { events: events.clone(), capture: capture_sink, abuse: config.abuse.as_ref().map(|_| attempts_tx) };
+    // A lost device ends the wait for signals below.
+    let handle = signals.handle();
+    let sinks = Sinks {
+        events: events.clone(),
+        capture: capture_sink,
+        abuse: config.abuse.as_ref().map(|_| attempts_tx),
+        write_errors: Arc::clone(&write_errors),
+        on_fault: Some(Arc::new(move || handle.close())),
+    };
     let dp = Dataplane::start(&config, sinks)?;
+    let mut stats_out = stats_file.map(|p| (p, Failures::new(OutputFile::Stats, p.to_path_buf(), write_errors)));
     let abuse = match dp.abuse().map(|a| op25b::control::abuse::start(Arc::clone(a), attempts_rx, events.clone())) {
         Some(Err(e)) => {
             dp.stop();
@@ -601,13 +613,19 @@ fn run(config: Config, stats_file: Option<&std::path::Path>) -> anyhow::Result<(
             Some(SIGUSR1) => {
                 let stats = dp.stats();
                 tracing::info!("counters: {}", stats.summary());
-                write_stats(stats_file, &stats);
+                write_stats(stats_out.as_mut(), &stats);
             }
-            Some(signal) => break signal,
-            None => break SIGTERM,
+            Some(signal) => break Some(signal),
+            None => break None,
         }
     };
-    tracing::info!(signal, "stopping");
+    let fault = dp.fault();
+    match (&fault, signal) {
+        // The one line a lost device gets.
+        (Some(f), _) => tracing::error!("{f}; op25b stops"),
+        (None, Some(signal)) => tracing::info!(signal, "stopping"),
+        (None, None) => tracing::info!("stopping: the signal handlers are gone"),
+    }
     if let Some(n) = notifier {
         n.stopping();
     }
@@ -628,19 +646,21 @@ fn run(config: Config, stats_file: Option<&std::path::Path>) -> anyhow::Result<(
         c.join();
     }
     tracing::info!("counters: {}", stats.summary());
-    write_stats(stats_file, &stats);
-    Ok(())
+    write_stats(stats_out.as_mut(), &stats);
+    Ok(if fault.is_some() { ExitCode::FAILURE } else { ExitCode::SUCCESS })
 }
 
 /// Writes the counters as JSON to `path` (if given): to a temporary file
-/// beside it, then renamed, so a reader never sees half a file.
-fn write_stats(path: Option<&std::path::Path>, stats: &op25b::Stats) {
-    let Some(path) = path else { return };
+/// beside it, then renamed, so a reader never sees half a file. A failure is
+/// counted (and logged the first time); a half-written temporary file is removed.
+fn write_stats(out: Option<&mut (&std::path::Path, Failures)>, stats: &op25b::Stats) {
+    let Some((path, failures)) = out else { return };
     let name = path.file_name().map_or_else(|| "stats".into(), |n| n.to_string_lossy().into_owned());
     let tmp = path.with_file_name(format!(".{name}.tmp"));
     let text = format!("{}\n", stats.to_json());
     if let Err(e) = std::fs::write(&tmp, text).and_then(|()| std::fs::rename(&tmp, path)) {
-        tracing::error!(file = %path.display(), error = %e, "cannot write the counters");
+        failures.failed(&e);
+        let _ = std::fs::remove_file(&tmp); // may not exist
     }
 }
 

@@ -147,6 +147,55 @@ impl Counter {
     }
 }
 
+/// The files op25b writes besides its log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum OutputFile {
+    /// `[events] path`.
+    Events,
+    /// `[capture] dropped` and its rotated files.
+    Capture,
+    /// `op25b run --stats FILE`.
+    Stats,
+}
+
+impl OutputFile {
+    /// Every output, in counter order.
+    pub const ALL: [OutputFile; 3] = [OutputFile::Events, OutputFile::Capture, OutputFile::Stats];
+
+    /// Stable name (counters, metrics labels).
+    pub fn name(self) -> &'static str {
+        match self {
+            OutputFile::Events => "events",
+            OutputFile::Capture => "capture",
+            OutputFile::Stats => "stats",
+        }
+    }
+}
+
+/// Failed writes of op25b's own files (a full disk, a file that cannot be
+/// written). Each output has one writer thread, the only one that counts it.
+#[derive(Debug, Default)]
+pub struct WriteErrors([Counter; 3]);
+
+impl WriteErrors {
+    /// Counts `n` failed writes of `output`; only that output's writer calls it.
+    pub fn add(&self, output: OutputFile, n: u64) {
+        self.0[output as usize].add(n);
+    }
+
+    /// The count of `output`.
+    pub fn get(&self, output: OutputFile) -> u64 {
+        self.0[output as usize].get()
+    }
+
+    pub(crate) fn add_to(&self, s: &mut Stats) {
+        for (t, c) in s.write_errors.iter_mut().zip(&self.0) {
+            *t += c.get();
+        }
+    }
+}
+
 /// The verdict counters of one direction.
 #[derive(Debug)]
 pub(crate) struct DirCounters {
@@ -426,6 +475,8 @@ pub struct Stats {
     pub capture_dropped: u64,
     /// Abuse handling, when `[abuse]` is on.
     pub abuse: AbuseStats,
+    /// Failed writes of op25b's own files, by [`OutputFile`] (index: `output as usize`).
+    pub write_errors: [u64; 3],
 }
 
 impl Stats {
@@ -489,6 +540,9 @@ impl Stats {
         out.push(("abuse_quarantined".to_string(), self.abuse.quarantined));
         out.push(("abuse_refused".to_string(), self.abuse.refused));
         out.push(("abuse_attempts_dropped".to_string(), self.abuse.attempts_dropped));
+        for f in OutputFile::ALL {
+            out.push((format!("{}_write_errors", f.name()), self.write_errors[f as usize]));
+        }
         out.push(("responder_ring_overflows".to_string(), self.responder.ring_overflows));
         out.push(("responder_syn_evictions".to_string(), self.responder.syn_evictions));
         for (name, d) in ["subscriber", "upstream"].iter().zip(&self.devices) {

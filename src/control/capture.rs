@@ -9,13 +9,15 @@ use std::fs::File;
 use std::io::{self, BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
+use std::sync::Arc;
 
 use pcap_file::pcap::{PcapHeader, PcapPacket, PcapWriter};
 use pcap_file::DataLink;
 
-use super::writer::{create_dir_of, WriterThread};
+use super::writer::{create_dir_of, Failures, WriterThread};
 use crate::config::CaptureConfig;
 use crate::dataplane::capture::{CaptureSource, SNAPLEN};
+use crate::stats::{OutputFile, WriteErrors};
 
 /// Why the writer could not start.
 #[derive(Debug, thiserror::Error)]
@@ -75,32 +77,31 @@ fn rotate(path: &Path, keep: usize) -> io::Result<()> {
 }
 
 /// Creates the file of `cfg` and starts writing what arrives from the data
-/// plane, until it stops (join the thread after it). `None` without
-/// `[capture] dropped`.
-pub fn start(cfg: &CaptureConfig, source: CaptureSource) -> Result<Option<WriterThread>, CaptureError> {
+/// plane, until it stops (join the thread after it); failed writes are
+/// counted in `errors`. `None` without `[capture] dropped`.
+pub fn start(
+    cfg: &CaptureConfig,
+    source: CaptureSource,
+    errors: Arc<WriteErrors>,
+) -> Result<Option<WriterThread>, CaptureError> {
     let Some(path) = cfg.dropped.clone() else { return Ok(None) };
     let err = |cause| CaptureError { path: path.clone(), cause };
     let file = create(&path).map_err(err)?;
     let (max, keep) = (cfg.max_bytes, cfg.keep);
     let p = path.clone();
-    let thread = WriterThread::spawn("op25b-capture", move || write_loop(source, file, &p, max, keep)).map_err(err)?;
+    let failures = Failures::new(OutputFile::Capture, path.clone(), errors);
+    let thread =
+        WriterThread::spawn("op25b-capture", move || write_loop(source, file, &p, (max, keep), failures)).map_err(err)?;
     Ok(Some(thread))
 }
 
-fn write_loop(source: CaptureSource, file: File, path: &Path, max: u64, keep: usize) {
-    let mut failed = false;
-    let mut fail = |e: &dyn std::fmt::Display| {
-        // Logged once; forwarding goes on, the packets are lost.
-        if !failed {
-            tracing::error!(file = %path.display(), error = %e, "cannot write the capture");
-            failed = true;
-        }
-    };
+fn write_loop(source: CaptureSource, file: File, path: &Path, (max, keep): (u64, usize), mut failures: Failures) {
+    // Forwarding goes on whatever fails here; the packets are lost, counted.
     let (mut writer, mut out) = match pcap(file) {
         Ok(w) => w,
         Err(e) => {
-            fail(&e);
-            return drain(source);
+            failures.failed(&e);
+            return drain(source, failures);
         }
     };
     // The pcap header is 24 bytes, each record 16 plus the data.
@@ -115,25 +116,21 @@ fn write_loop(source: CaptureSource, file: File, path: &Path, max: u64, keep: us
                 match rotate(path, keep).and_then(|()| create(path)).and_then(pcap) {
                     Ok((w, o)) => (writer, out) = (w, o),
                     Err(e) => {
-                        fail(&e);
+                        failures.failed(&e);
                         let _ = source.free.try_send(c.buf);
-                        return drain(source);
+                        return drain(source, failures);
                     }
                 }
                 written = 24;
             }
             let ts = c.at.duration_since(std::time::SystemTime::UNIX_EPOCH).unwrap_or_default();
             let orig_len = u32::try_from(c.orig_len).unwrap_or(u32::MAX);
-            if let Err(e) = writer.write_packet(&PcapPacket::new(ts, orig_len, &c.buf[..c.len])) {
-                fail(&e);
-            }
+            failures.check(writer.write_packet(&PcapPacket::new(ts, orig_len, &c.buf[..c.len])));
             written += record;
             let _ = source.free.try_send(c.buf);
         }
         // The queue ran empty: what was written is readable now.
-        if let Err(e) = out.flush() {
-            fail(&e);
-        }
+        failures.check(out.flush());
         // Let the next burst gather: a worker's send wakes this thread only
         // while it waits in `recv`, so under load one wake-up serves a
         // batch instead of one per packet (the pool holds what arrives meanwhile).
@@ -144,10 +141,11 @@ fn write_loop(source: CaptureSource, file: File, path: &Path, max: u64, keep: us
 /// How long the writer lets packets gather after a batch.
 const BATCH: std::time::Duration = std::time::Duration::from_millis(5);
 
-/// After a failure: hand every buffer back, so the workers go on (counting
-/// what they cannot capture) until the data plane stops.
-fn drain(source: CaptureSource) {
+/// After the file could not be made: hand every buffer back, so the workers
+/// go on until the data plane stops; each packet not written is a failed write.
+fn drain(source: CaptureSource, mut failures: Failures) {
     while let Ok(c) = source.filled.recv() {
+        failures.failed(&"no capture file");
         let _ = source.free.try_send(c.buf);
     }
 }
@@ -176,7 +174,7 @@ mod tests {
         let path = dir.join("dropped.pcap");
         let cfg = CaptureConfig { dropped: Some(path.clone()), max_bytes: 4096, keep: 3 };
         let (sink, source) = pool();
-        let writer = start(&cfg, source).expect("starts").expect("configured");
+        let writer = start(&cfg, source, Arc::default()).expect("starts").expect("configured");
         let packet = crate::testing::packets::syn("100.64.1.10", "203.0.113.25", 25);
         let mut offered = 0;
         for _ in 0..400 {

@@ -15,12 +15,14 @@ use std::io::{self, Write};
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::mpsc::Receiver;
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use super::writer::{create_dir_of, WriterThread};
+use super::writer::{create_dir_of, Failures, WriterThread};
 use crate::config::EventsConfig;
 use crate::dataplane::events::Event;
 use crate::state::subscriber_key;
+use crate::stats::{OutputFile, WriteErrors};
 
 /// Most subscribers the sampling table tracks at once.
 pub const MAX_SUBSCRIBERS: usize = 65_536;
@@ -119,9 +121,13 @@ pub(crate) fn line(event: &Event, sampler: &mut Sampler, now: Instant, at: Syste
 }
 
 /// Opens the output of `cfg` (appending) and starts writing what arrives on
-/// `rx`, until every sender is gone (join the thread after that). `None`
-/// without a path.
-pub fn start(cfg: &EventsConfig, rx: Receiver<Event>) -> Result<Option<WriterThread>, EventsError> {
+/// `rx`, until every sender is gone (join the thread after that); failed
+/// writes are counted in `errors`. `None` without a path.
+pub fn start(
+    cfg: &EventsConfig,
+    rx: Receiver<Event>,
+    errors: Arc<WriteErrors>,
+) -> Result<Option<WriterThread>, EventsError> {
     let Some(path) = cfg.path.clone() else { return Ok(None) };
     let out: Box<dyn Write + Send> = if path.as_os_str() == "-" {
         Box::new(io::stdout())
@@ -132,38 +138,29 @@ pub fn start(cfg: &EventsConfig, rx: Receiver<Event>) -> Result<Option<WriterThr
     };
     let limit = cfg.per_subscriber_per_minute;
     let p = path.clone();
+    let failures = Failures::new(OutputFile::Events, p, errors);
     let thread =
-        WriterThread::spawn("op25b-events", move || write_loop(rx, io::BufWriter::new(out), Sampler::new(limit), p))
+        WriterThread::spawn("op25b-events", move || write_loop(rx, io::BufWriter::new(out), Sampler::new(limit), failures))
             .map_err(|cause| EventsError { path, cause })?;
     Ok(Some(thread))
 }
 
-fn write_loop(rx: Receiver<Event>, mut out: impl Write, mut sampler: Sampler, path: PathBuf) {
-    let mut failed = false;
-    let mut write = |text: &str, out: &mut dyn Write| {
-        if let Err(e) = writeln!(out, "{text}") {
-            // Logged once; the events are lost, forwarding goes on.
-            if !failed {
-                tracing::error!(file = %path.display(), error = %e, "cannot write events");
-                failed = true;
-            }
-        }
-    };
+fn write_loop(rx: Receiver<Event>, mut out: impl Write, mut sampler: Sampler, mut failures: Failures) {
     while let Ok(event) = rx.recv() {
         if let Some(text) = line(&event, &mut sampler, Instant::now(), SystemTime::now()) {
-            write(&text, &mut out);
+            failures.check(writeln!(out, "{text}"));
         }
         // Write out what arrived in one go, then flush once.
         while let Ok(event) = rx.try_recv() {
             if let Some(text) = line(&event, &mut sampler, Instant::now(), SystemTime::now()) {
-                write(&text, &mut out);
+                failures.check(writeln!(out, "{text}"));
             }
         }
-        let _ = out.flush();
+        failures.check(out.flush());
         // Let the next burst gather (see the capture writer): one wake-up a batch.
         std::thread::sleep(BATCH);
     }
-    let _ = out.flush();
+    failures.check(out.flush());
 }
 
 /// How long the writer lets events gather after a batch.

@@ -9,7 +9,7 @@ use prometheus_client::registry::Registry;
 
 use super::InfoSnapshot;
 use crate::packet::Direction;
-use crate::stats::{Stats, BLOCK_ACTIONS};
+use crate::stats::{OutputFile, Stats, BLOCK_ACTIONS};
 use crate::{DropReason, ReplyKind};
 
 /// One scrape's figures.
@@ -207,6 +207,12 @@ impl Collector for Scrape {
             "op25b_abuse_attempts_dropped",
             "Blocked attempts the full queue to abuse handling did not take.",
             [(vec![], a.attempts_dropped)],
+        )?;
+        counters(
+            &mut e,
+            "op25b_write_errors",
+            "Failed writes of op25b's own files (full disk, unwritable file), by file.",
+            OutputFile::ALL.iter().map(|f| (vec![("file", f.name())], s.write_errors[*f as usize])),
         )?;
         let i = &self.info;
         counters(

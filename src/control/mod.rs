@@ -15,7 +15,7 @@ mod metrics;
 pub mod notify;
 mod writer;
 
-pub use writer::WriterThread;
+pub use writer::{Failures, WriterThread};
 
 use std::io;
 use std::path::{Path, PathBuf};

@@ -1,8 +1,12 @@
 //! What the events and capture writers share: a named thread that ends when
 //! the data plane's senders are gone, and the files they create.
 
+use std::fmt::Display;
 use std::io;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use crate::stats::{OutputFile, WriteErrors};
 
 /// A writer's thread.
 pub struct WriterThread {
@@ -30,5 +34,45 @@ pub(crate) fn create_dir_of(path: &Path) -> io::Result<()> {
     match path.parent().filter(|d| !d.as_os_str().is_empty()) {
         Some(dir) => std::fs::create_dir_all(dir),
         None => Ok(()),
+    }
+}
+
+/// The failed writes of one output: each is counted ([`WriteErrors`]); the
+/// first is logged, the rest only counted, so a full disk costs one log line
+/// and forwarding goes on.
+pub struct Failures {
+    output: OutputFile,
+    path: PathBuf,
+    errors: Arc<WriteErrors>,
+    logged: bool,
+}
+
+impl Failures {
+    /// The failures of `output`, written to `path`, counted in `errors`
+    /// (the output's one writer thread counts them).
+    pub fn new(output: OutputFile, path: PathBuf, errors: Arc<WriteErrors>) -> Failures {
+        Failures { output, path, errors, logged: false }
+    }
+
+    /// Counts (and the first time logs) a failed write.
+    pub fn failed(&mut self, e: &dyn Display) {
+        self.errors.add(self.output, 1);
+        if !self.logged {
+            self.logged = true;
+            tracing::error!(
+                file = %self.path.display(),
+                error = %e,
+                "cannot write the {} file; further failed writes are only counted ({}_write_errors), forwarding goes on",
+                self.output.name(),
+                self.output.name(),
+            );
+        }
+    }
+
+    /// Counts the write if it failed.
+    pub fn check<T, E: Display>(&mut self, result: Result<T, E>) {
+        if let Err(e) = result {
+            self.failed(&e);
+        }
     }
 }

@@ -8,11 +8,13 @@
 
 use std::fs::File;
 use std::io;
+use std::os::unix::fs::MetadataExt;
 
 use nix::sched::{setns, CloneFlags};
 use tun_rs::{DeviceBuilder, SyncDevice};
 
 use super::privileges;
+use super::fault::NsId;
 use crate::config::DeviceConfig;
 
 /// Why a device could not be set up.
@@ -73,13 +75,22 @@ pub enum DeviceError {
 /// the virtio-net header when `offload` is asked, a transmit queue of
 /// `queue_len` packets (the kernel's queue towards op25b), and `queues` queues
 /// (a multiqueue device when more than one; the kernel spreads flows over
-/// them by hash). Returns one file descriptor per queue.
-pub fn open(cfg: &DeviceConfig, offload: bool, queue_len: u32, queues: usize) -> Result<Vec<SyncDevice>, DeviceError> {
+/// them by hash). Returns one file descriptor per queue, and which namespace
+/// the device was made in when the config names one.
+pub fn open(
+    cfg: &DeviceConfig,
+    offload: bool,
+    queue_len: u32,
+    queues: usize,
+) -> Result<(Vec<SyncDevice>, Option<NsId>), DeviceError> {
     match &cfg.netns {
-        None => create(cfg, offload, queue_len, queues),
+        None => Ok((create(cfg, offload, queue_len, queues)?, None)),
         Some(ns) => {
             let path = format!("/run/netns/{ns}");
-            let file = File::open(&path).map_err(|cause| DeviceError::Netns { name: ns.clone(), cause })?;
+            let err = |cause| DeviceError::Netns { name: ns.clone(), cause };
+            let file = File::open(&path).map_err(err)?;
+            let meta = file.metadata().map_err(err)?;
+            let id = (meta.dev(), meta.ino());
             std::thread::scope(|s| {
                 s.spawn(|| {
                     // Only this thread moves; the process stays where it was started.
@@ -91,7 +102,7 @@ pub fn open(cfg: &DeviceConfig, offload: bool, queue_len: u32, queues: usize) ->
                     })?;
                     // The extra queues too: `try_clone` reattaches by name
                     // in the calling thread's namespace.
-                    create(cfg, offload, queue_len, queues)
+                    create(cfg, offload, queue_len, queues).map(|q| (q, Some(id)))
                 })
                 .join()
                 .unwrap_or_else(|_| {

@@ -26,6 +26,7 @@
 pub mod capture;
 mod device;
 pub mod events;
+mod fault;
 mod gro;
 pub mod privileges;
 mod worker;
@@ -41,11 +42,13 @@ use crate::policy::Policy;
 use crate::router::Router;
 use crate::state::abuse::Abuse;
 use crate::state::State;
-use crate::stats::{Counters, Stats};
+use crate::stats::{Counters, Stats, WriteErrors};
 use arc_swap::ArcSwap;
 
 pub use device::DeviceError;
 use worker::{Heartbeat, IoCounters, Queue, Side, Worker};
+pub use fault::DeviceFault;
+use fault::{Faults, NetnsWatch};
 
 /// Whether a worker takes packets from the reverse direction's queue after
 /// its own drain (see the module docs).
@@ -83,6 +86,7 @@ pub struct StatsReader {
     active: Arc<ArcSwap<Active>>,
     abuse: Option<Arc<Abuse>>,
     heartbeats: Arc<Vec<Arc<Heartbeat>>>,
+    write_errors: Arc<WriteErrors>,
     /// A worker silent for longer is stalled.
     stall_after: Duration,
 }
@@ -111,6 +115,7 @@ impl StatsReader {
             let (tracked, suspected, quarantined) = a.gauges(std::time::Instant::now());
             (s.abuse.tracked, s.abuse.suspected, s.abuse.quarantined) = (tracked, suspected, quarantined);
         }
+        self.write_errors.add_to(&mut s);
         s
     }
 
@@ -158,11 +163,15 @@ pub struct Dataplane {
     /// When the data plane started: the heartbeats' zero.
     epoch: Instant,
     stall_after: Duration,
+    write_errors: Arc<WriteErrors>,
+    faults: Arc<Faults>,
+    watch: NetnsWatch,
 }
 
 /// Where the workers send what they saw besides forwarding: events of
 /// blocked connections, copies of the packets not forwarded, and blocked
-/// attempts for abuse handling. All optional.
+/// attempts for abuse handling (all optional); and what op25b's own files
+/// and a lost device are reported to.
 #[derive(Default, Clone)]
 pub struct Sinks {
     /// Events (`[events]`).
@@ -171,6 +180,12 @@ pub struct Sinks {
     pub capture: Option<capture::CaptureSink>,
     /// Blocked attempts (`[abuse]`).
     pub abuse: Option<events::AttemptSender>,
+    /// The write errors of op25b's own files (their writers count them), read
+    /// into every snapshot.
+    pub write_errors: Arc<WriteErrors>,
+    /// Called once, from the thread that finds it, when a device is lost
+    /// (see [`Dataplane::fault`]): op25b's cue to stop.
+    pub on_fault: Option<Arc<dyn Fn() + Send + Sync>>,
 }
 
 impl Dataplane {
@@ -180,7 +195,7 @@ impl Dataplane {
     /// `sinks.abuse` wherever its receiver is).
     pub fn start(config: &Config, sinks: Sinks) -> Result<Dataplane, DeviceError> {
         let n = workers_per_direction(config.dataplane.workers);
-        let (sub, up, offload) = open_pair(config, n)?;
+        let ((sub, sub_ns), (up, up_ns), offload) = open_pair(config, n)?;
         let stop = Arc::new(InterruptEvent::new().map_err(|cause| DeviceError::Tun {
             name: config.subscriber.tun.clone(),
             what: "create interrupt event",
@@ -190,6 +205,14 @@ impl Dataplane {
         let state = Arc::new(State::new(&policy));
         let abuse = config.abuse.clone().map(|a| Arc::new(Abuse::new(a, Arc::clone(state.quarantine()))));
         let active = Arc::new(ArcSwap::from_pointee(Active { policy, state }));
+        let devices = [&config.subscriber, &config.upstream];
+        let faults = Arc::new(Faults::new(devices.map(|d| (d.tun.clone(), d.netns.clone())), sinks.on_fault.clone()));
+        let watched: Vec<_> = [sub_ns, up_ns]
+            .into_iter()
+            .enumerate()
+            .filter_map(|(i, id)| Some((i, devices[i].netns.clone()?, id?)))
+            .collect();
+        let watch = NetnsWatch::start(watched, Arc::clone(&faults)).map_err(|cause| DeviceError::Spawn { cause })?;
         let mut dp = Dataplane {
             workers: Vec::new(),
             counters: Vec::new(),
@@ -200,6 +223,9 @@ impl Dataplane {
             heartbeats: Vec::new(),
             epoch: Instant::now(),
             abuse,
+            write_errors: Arc::clone(&sinks.write_errors),
+            faults,
+            watch,
             stall_after: worker::MAX_SLEEP + config.dataplane.busy_poll + STALL_GRACE,
         };
         let sub: Vec<Arc<Queue>> = sub.into_iter().map(|d| Arc::new(Queue::new(d))).collect();
@@ -250,6 +276,7 @@ impl Dataplane {
             capture: sinks.capture,
             abuse: sinks.abuse,
             heartbeat,
+            faults: Arc::clone(&self.faults),
         };
         let handle = std::thread::Builder::new()
             .name(name)
@@ -295,12 +322,20 @@ impl Dataplane {
             abuse: self.abuse.clone(),
             heartbeats: Arc::new(self.heartbeats.clone()),
             stall_after: self.stall_after,
+            write_errors: Arc::clone(&self.write_errors),
         }
+    }
+
+    /// The first device lost while running (deleted, or its namespace gone
+    /// from its name), if any.
+    pub fn fault(&self) -> Option<DeviceFault> {
+        self.faults.first()
     }
 
     /// Stops the workers and waits for them; the devices close with the last
     /// reference. The final figures.
     pub fn stop(mut self) -> Stats {
+        self.watch.stop();
         if let Err(e) = self.stop.trigger() {
             tracing::error!(error = %e, "cannot wake the workers");
         }
@@ -313,16 +348,19 @@ impl Dataplane {
     }
 }
 
+/// A device's queues and the namespace it was made in.
+type Opened = (Vec<SyncDevice>, Option<fault::NsId>);
+
 /// Opens both devices, with offload when configured and the kernel allows it
 /// on both; otherwise both without (the two must agree on the header). Each
-/// device comes as its queues' file descriptors.
-fn open_pair(config: &Config, n: usize) -> Result<(Vec<SyncDevice>, Vec<SyncDevice>, bool), DeviceError> {
+/// device comes as its queues' file descriptors and the namespace it was made in.
+fn open_pair(config: &Config, n: usize) -> Result<(Opened, Opened, bool), DeviceError> {
     let dp: &DataplaneConfig = &config.dataplane;
     if dp.offload {
         let pair = device::open(&config.subscriber, true, dp.queue_len, n)
             .and_then(|s| Ok((s, device::open(&config.upstream, true, dp.queue_len, n)?)));
         match pair {
-            Ok((s, u)) if s.iter().chain(&u).all(|d| d.tcp_gso()) => return Ok((s, u, true)),
+            Ok((s, u)) if s.0.iter().chain(&u.0).all(|d| d.tcp_gso()) => return Ok((s, u, true)),
             Ok(_) => tracing::warn!("the kernel did not enable TUN offload; using plain packets"),
             Err(e @ (DeviceError::Netns { .. } | DeviceError::Capability { .. } | DeviceError::TunAccess { .. })) => {
                 return Err(e)

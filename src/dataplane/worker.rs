@@ -19,6 +19,7 @@ use tun_rs::{InterruptEvent, SyncDevice, VirtioNetHdr};
 
 use super::capture::CaptureSink;
 use super::events::{AttemptSender, Event, EventSender};
+use super::fault::{is_lost, Faults};
 use super::gro::UdpCoalescer;
 use super::Active;
 use crate::packet::Direction;
@@ -32,8 +33,12 @@ use crate::stats::{Counter, Stats};
 const REPLY_BUF: usize = 65_536;
 
 /// Consecutive failed reads after which a worker gives up (a device that
-/// fails this often is gone).
+/// fails this often is gone). A deleted device is known at once (EBADFD).
 const MAX_READ_FAILURES: u32 = 1000;
+
+/// Consecutive waits that end in an error on the device (POLLERR without
+/// data) after which the device counts as lost, should its reads not say so.
+const MAX_WAIT_ERRORS: u32 = 3;
 
 /// Packets one drain reads before it lets go of the queue (so a peeking
 /// worker, or the owner, gets its turn and the clock is read again).
@@ -115,22 +120,6 @@ impl IoCounters {
         }
     }
 
-    fn sent(&self, dev: usize, result: io::Result<usize>, dir: Direction) {
-        match result {
-            Ok(n) => {
-                self.tx_packets[dev].add(1);
-                self.tx_bytes[dev].add(n as u64);
-            }
-            Err(e) => {
-                // EIO while a link is down, ENOBUFS under pressure: a drop, not fatal.
-                self.tx_errors[dev].add(1);
-                let count = self.tx_errors[dev].get();
-                if count.is_power_of_two() {
-                    tracing::debug!(direction = dir.name(), error = %e, count, "write failed");
-                }
-            }
-        }
-    }
 }
 
 /// One TUN queue (file descriptor) and its drain lock.
@@ -199,6 +188,8 @@ pub(crate) struct Worker {
     pub(crate) abuse: Option<AttemptSender>,
     /// Set at the top of every loop: a worker that stops looping stops it.
     pub(crate) heartbeat: Arc<Heartbeat>,
+    /// Where a lost device is reported.
+    pub(crate) faults: Arc<Faults>,
 }
 
 /// Buffers of one worker, allocated once.
@@ -216,8 +207,35 @@ struct Io<'a> {
     abuse: Option<&'a AttemptSender>,
     off: usize,
     stop: &'a InterruptEvent,
+    faults: &'a Faults,
     /// Consecutive failed reads.
     failures: u32,
+}
+
+impl Io<'_> {
+    /// Counts a write to device `dev`; a write that finds the device gone
+    /// reports it.
+    fn sent(&self, dev: usize, result: io::Result<usize>, dir: Direction) {
+        let c = self.counters;
+        match result {
+            Ok(n) => {
+                c.tx_packets[dev].add(1);
+                c.tx_bytes[dev].add(n as u64);
+            }
+            Err(e) => {
+                // EIO while a link is down, ENOBUFS under pressure: a drop, not fatal.
+                c.tx_errors[dev].add(1);
+                if is_lost(&e) {
+                    self.faults.lost(dev, &e);
+                    return;
+                }
+                let count = c.tx_errors[dev].get();
+                if count.is_power_of_two() {
+                    tracing::debug!(direction = dir.name(), error = %e, count, "write failed");
+                }
+            }
+        }
+    }
 }
 
 /// The device index (0 subscriber, 1 upstream) packets travelling in `dir` are read from.
@@ -248,6 +266,7 @@ impl Worker {
         };
         let io_counters = Arc::clone(&self.io);
         let (events, capture, abuse) = (self.events.clone(), self.capture.clone(), self.abuse.clone());
+        let faults = Arc::clone(&self.faults);
         let mut io = Io {
             counters: &io_counters,
             events: events.as_ref(),
@@ -255,8 +274,10 @@ impl Worker {
             abuse: abuse.as_ref(),
             off,
             stop,
+            faults: &faults,
             failures: 0,
         };
+        let mut wait_errors = 0;
         let mut now = Instant::now();
         let dir = self.own.dir.name();
         // The subscriber side's queue of this worker: where banner output goes.
@@ -265,6 +286,10 @@ impl Worker {
         'outer: loop {
             // Once a batch or a wake-up (at most MAX_SLEEP + busy_poll apart).
             self.heartbeat.beat(now);
+            // A lost device: op25b is stopping; nothing more to read or write.
+            if faults.any() {
+                break;
+            }
             self.sync_policy();
             ingress.lock();
             let r = drain(&mut self.own, &mut io, &mut b, &mut now, (ingress, egress), DRAIN_MAX);
@@ -281,7 +306,7 @@ impl Worker {
                 egress.unlock();
                 // A failing reverse queue is its owner's to give up on: this
                 // worker stops only for its own queue or a shutdown.
-                if matches!(r, Drained::Stop) && stop.is_trigger() {
+                if matches!(r, Drained::Stop) && (stop.is_trigger() || faults.any()) {
                     break;
                 }
             }
@@ -321,14 +346,23 @@ impl Worker {
             // a reloaded policy (and lets go of the old one) and runs timers.
             let timeout = timer.map_or(MAX_SLEEP, |at| at.saturating_duration_since(Instant::now()).min(MAX_SLEEP));
             match ingress.dev.wait_readable_intr_timeout(stop, Some(timeout)) {
-                Ok(()) => now = Instant::now(),
+                Ok(()) => {
+                    now = Instant::now();
+                    wait_errors = 0;
+                }
                 Err(_) if stop.is_trigger() => break,
                 // Back to the top: the policy check, then the due timers.
                 Err(e) if e.kind() == io::ErrorKind::TimedOut => now = Instant::now(),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => {
-                    tracing::error!(direction = dir, error = %e, "cannot wait for the device; worker stops");
-                    break;
+                    // POLLERR ("fd error" from tun-rs): a deleted device. The
+                    // drain at the top reads EBADFD and reports it; should the
+                    // reads not fail, a few such waits in a row count as the loss.
+                    wait_errors += 1;
+                    if wait_errors >= MAX_WAIT_ERRORS {
+                        faults.lost(ingress_device(self.own.dir), &format!("waiting for a packet: {e}"));
+                        break;
+                    }
                 }
             }
         }
@@ -374,12 +408,19 @@ fn drain(
             Err(e) => {
                 io.failures += 1;
                 c.rx_errors[rx_dev].add(1);
+                if is_lost(&e) {
+                    io.faults.lost(rx_dev, &e);
+                    break Drained::Stop;
+                }
                 let count = c.rx_errors[rx_dev].get();
                 if count.is_power_of_two() {
                     tracing::warn!(direction = dir.name(), error = %e, count, "read failed");
                 }
-                if io.failures >= MAX_READ_FAILURES || io.stop.is_trigger() {
-                    tracing::error!(direction = dir.name(), error = %e, "device keeps failing; worker stops");
+                if io.failures >= MAX_READ_FAILURES {
+                    io.faults.lost(rx_dev, &format!("{} reads in a row failed, the last: {e}", io.failures));
+                    break Drained::Stop;
+                }
+                if io.stop.is_trigger() {
                     break Drained::Stop;
                 }
                 continue;
@@ -431,20 +472,20 @@ fn drain(
                     if b.gro.push(&b.buf[..off + len]).is_ok() {
                         continue;
                     }
-                    flush(&mut b.gro, &to.dev, io.counters, tx_dev, dir);
+                    flush(&mut b.gro, &to.dev, io, tx_dev, dir);
                     if b.gro.push(&b.buf[..off + len]).is_ok() {
                         continue;
                     }
                 } else {
-                    flush(&mut b.gro, &to.dev, io.counters, tx_dev, dir);
+                    flush(&mut b.gro, &to.dev, io, tx_dev, dir);
                 }
                 // The virtio-net header goes out as it came in: the headers
                 // it describes (offsets, segment size) did not move.
-                c.sent(tx_dev, to.dev.send(&b.buf[..off + len]), dir);
+                io.sent(tx_dev, to.dev.send(&b.buf[..off + len]), dir);
             }
             Verdict::Reply { len, kind } => {
                 tracing::debug!(direction = dir.name(), reply = kind.name(), "reply");
-                c.sent(rx_dev, from.dev.send(&b.reply[..off + len]), dir);
+                io.sent(rx_dev, from.dev.send(&b.reply[..off + len]), dir);
             }
             Verdict::Drop(reason) => {
                 tracing::trace!(direction = dir.name(), reason = reason.name(), "drop");
@@ -458,7 +499,7 @@ fn drain(
     if n > 0 {
         c.batches[rx_dev].add(1);
     }
-    flush(&mut b.gro, &to.dev, io.counters, tx_dev, dir);
+    flush(&mut b.gro, &to.dev, io, tx_dev, dir);
     result
 }
 
@@ -468,13 +509,13 @@ fn transmit(state: &State, now: Instant, reply: &mut [u8], io: &Io<'_>, to: &Que
     let off = io.off;
     reply[..off].fill(0);
     while let Some(len) = state.poll_transmit(now, &mut reply[off..]) {
-        io.counters.sent(0, to.dev.send(&reply[..off + len]), dir);
+        io.sent(0, to.dev.send(&reply[..off + len]), dir);
     }
 }
 
-fn flush(gro: &mut UdpCoalescer, to: &SyncDevice, counters: &IoCounters, dev: usize, dir: Direction) {
+fn flush(gro: &mut UdpCoalescer, to: &SyncDevice, io: &Io<'_>, dev: usize, dir: Direction) {
     if let Some(bytes) = gro.take() {
-        counters.sent(dev, to.send(bytes), dir);
+        io.sent(dev, to.send(bytes), dir);
     }
 }
 
