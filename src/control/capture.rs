@@ -90,8 +90,8 @@ pub fn start(
     let (max, keep) = (cfg.max_bytes, cfg.keep);
     let p = path.clone();
     let failures = Failures::new(OutputFile::Capture, path.clone(), errors);
-    let thread =
-        WriterThread::spawn("op25b-capture", move || write_loop(source, file, &p, (max, keep), failures)).map_err(err)?;
+    let thread = WriterThread::spawn("op25b-capture", move || write_loop(source, file, &p, (max, keep), failures))
+        .map_err(err)?;
     Ok(Some(thread))
 }
 

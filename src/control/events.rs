@@ -139,9 +139,10 @@ pub fn start(
     let limit = cfg.per_subscriber_per_minute;
     let p = path.clone();
     let failures = Failures::new(OutputFile::Events, p, errors);
-    let thread =
-        WriterThread::spawn("op25b-events", move || write_loop(rx, io::BufWriter::new(out), Sampler::new(limit), failures))
-            .map_err(|cause| EventsError { path, cause })?;
+    let thread = WriterThread::spawn("op25b-events", move || {
+        write_loop(rx, io::BufWriter::new(out), Sampler::new(limit), failures)
+    })
+    .map_err(|cause| EventsError { path, cause })?;
     Ok(Some(thread))
 }
 

@@ -181,9 +181,6 @@ mod tests {
         assert_eq!(told.load(Ordering::Relaxed), 1);
         let first = f.first().unwrap();
         assert_eq!((first.side, first.device.as_str()), ("subscriber", "o25sub"));
-        assert_eq!(
-            first.to_string(),
-            format!("subscriber device o25sub (netns lab-sub) is gone: {ebadfd}"),
-        );
+        assert_eq!(first.to_string(), format!("subscriber device o25sub (netns lab-sub) is gone: {ebadfd}"),);
     }
 }

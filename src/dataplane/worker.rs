@@ -119,7 +119,6 @@ impl IoCounters {
             d.batches += self.batches[i].get();
         }
     }
-
 }
 
 /// One TUN queue (file descriptor) and its drain lock.

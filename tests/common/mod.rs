@@ -24,7 +24,8 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use nix::sched::{setns, CloneFlags};
-use nix::sys::signal::{kill, Signal};
+use nix::sys::signal::kill;
+pub use nix::sys::signal::Signal;
 use nix::unistd::Pid;
 pub use op25b::testing::lab::*;
 pub use op25b::testing::PolicyBuilder;
@@ -140,6 +141,9 @@ pub struct LabOptions {
     /// arguments (`setpriv --reuid=65534 ...`). Each must `exec` the next, so
     /// that the child's PID is op25b's (signals go there).
     pub wrapper: Vec<String>,
+    /// op25b's `--stats` file instead of the lab's own (then [`Lab::stop`]
+    /// cannot read it: use [`Lab::stop_status`]).
+    pub stats_file: Option<PathBuf>,
 }
 
 impl Default for LabOptions {
@@ -150,6 +154,7 @@ impl Default for LabOptions {
             log_json: false,
             env: Vec::new(),
             wrapper: Vec::new(),
+            stats_file: None,
         }
     }
 }
@@ -264,6 +269,7 @@ impl Lab {
         lab.files.push(lab.log.clone());
         let log = File::create(&lab.log).unwrap_or_else(|e| panic!("creating {}: {e}", lab.log.display()));
         let log_format = if opts.log_json { "json" } else { "text" };
+        let stats_arg = opts.stats_file.clone().unwrap_or_else(|| lab.stats.clone());
         let bin = env!("CARGO_BIN_EXE_op25b");
         let mut cmd = match opts.wrapper.split_first() {
             Some((first, rest)) => {
@@ -279,7 +285,7 @@ impl Lab {
             .arg("--config")
             .arg(&config)
             .arg("--stats")
-            .arg(&lab.stats)
+            .arg(&stats_arg)
             .env("RUST_LOG", "info")
             .env("NO_COLOR", "1")
             .envs(opts.env.iter().map(|(k, v)| (k, v)))
@@ -432,6 +438,53 @@ impl Lab {
             .find_map(|l| l.strip_prefix("VmRSS:"))
             .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
             .expect("VmRSS in op25b's /proc status")
+    }
+
+    /// op25b's process id.
+    #[allow(dead_code)] // Not every test file that uses the harness needs it.
+    pub fn pid(&self) -> Pid {
+        let child = self.child.as_ref().expect("op25b is running");
+        Pid::from_raw(i32::try_from(child.id()).expect("pids fit in i32"))
+    }
+
+    /// Sends `signal` to op25b.
+    #[allow(dead_code)]
+    pub fn signal(&self, signal: Signal) {
+        kill(self.pid(), signal).unwrap_or_else(|e| panic!("{signal} to op25b: {e}"));
+    }
+
+    /// Waits up to `within` for op25b to exit by itself: its exit status and
+    /// how long the wait took, or `None` if it is still running.
+    #[allow(dead_code)]
+    pub fn wait_exit(&mut self, within: Duration) -> Option<(std::process::ExitStatus, Duration)> {
+        let t0 = Instant::now();
+        loop {
+            let child = self.child.as_mut().expect("op25b was already stopped");
+            if let Some(status) = child.try_wait().unwrap_or_else(|e| panic!("waiting for op25b: {e}")) {
+                self.child = None;
+                return Some((status, t0.elapsed()));
+            }
+            if t0.elapsed() >= within {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Deletes namespace `ns` of this lab now (`ip netns delete`), so the
+    /// lab does not delete it again.
+    #[allow(dead_code)]
+    pub fn delete_netns(&mut self, ns: &str) {
+        ip_cmd(&["netns", "delete", ns]);
+        self.namespaces.retain(|n| n != ns);
+    }
+
+    /// Sends SIGTERM and returns op25b's exit status (None: it had to be killed),
+    /// reading no counters.
+    #[allow(dead_code)]
+    pub fn stop_status(&mut self) -> Option<std::process::ExitStatus> {
+        let mut child = self.child.take().expect("op25b was already stopped");
+        terminate(&mut child)
     }
 
     /// Sends SIGTERM, waits for op25b to exit cleanly and returns the final
