@@ -15,11 +15,13 @@ import time
 # ------------------------------------------------------------------ messages
 
 _TTY = sys.stderr.isatty()
+# The tag in front of every message: scripts/soak.py sets it to "soak".
+TAG = "bench"
 
 
 def _say(colour, label, msg):
     on, off = (f"\033[{colour}m", "\033[0m") if _TTY else ("", "")
-    print(f"{on}[bench]{label}{off} {msg}", file=sys.stderr, flush=True)
+    print(f"{on}[{TAG}]{label}{off} {msg}", file=sys.stderr, flush=True)
 
 
 def info(msg):

@@ -3,7 +3,8 @@
 # need, checks formatting and lints, runs unit, CLI and network-namespace tests,
 # then every command sample of README.md (scripts/readme_test.py: the lab demo end to
 # end, the lab's mail, capture and reload, op25b check and replay), the Debian
-# package's install test (scripts/package_test.sh) and a smoke run of scripts/bench.sh.
+# package's install test (scripts/package_test.sh), a smoke run of scripts/bench.sh
+# and a 20-second run of scripts/soak.sh.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -26,5 +27,7 @@ echo "== Debian package: build, dpkg -i, check what it installed, dpkg --purge"
 scripts/package_test.sh --no-build
 echo "== benchmark smoke run (checks it works; judges no speed)"
 scripts/bench.sh --smoke --no-build
+echo "== soak smoke run (20 s of load and reloads every 200 ms)"
+scripts/soak.sh --seconds 20 --no-build
 # One closing line for the whole run (cargo's last summary is an example's, with 0 tests).
 echo "tests: $passed passed, 0 failed"

@@ -1,0 +1,570 @@
+#!/usr/bin/env python3
+"""
+op25b soak: load and reloads together for a bounded time, on namespaces made for the run.
+
+  SUB (100.64.1.10, 2001:db8:100:1::10) ==TUN==> op25b ==TUN==> UP (203.0.113.25, 2001:db8:203::25)
+
+During the whole run:
+  - iperf3 load in both directions, at fixed rates: TCP IPv4 upload, TCP IPv6 download,
+    UDP IPv4 upload and UDP IPv6 download (512-byte datagrams);
+  - a trickle of blocked SYNs to 203.0.113.25:25 from forged subscriber sources
+    (scripts/bench_syn.py flood), each answered with an RST by op25b;
+  - a SIGHUP every 200 ms, the config file replaced (atomically) before each, in the
+    cycle valid B, invalid, valid A, valid B, invalid, ... (A is the start config).
+At the end it checks, and prints:
+  - op25b is alive;
+  - every reload was accepted or refused as expected: after each SIGHUP the control
+    socket's reload counters (`op25b stats --json`) moved in the expected column, and
+    the totals are exact;
+  - per direction received = forwarded + dropped + replied + terminated, exactly (the
+    `--stats` file op25b writes when it stops);
+  - no TCP connection of the load was reset (every iperf3 ended well);
+  - op25b's RSS, sampled through the run (the curve is printed), grew by at most
+    max(1 MiB, 5 %) after the warm-up (the first 10 %, at least 5 s);
+  - no WARN or ERROR line in op25b's log but the expected refusals, one per invalid reload.
+
+Usage: scripts/soak.sh [--minutes N | --seconds N] [--no-build] [--bin PATH] [--keep DIR]
+  --minutes N   how long the load runs (default 10)
+  --seconds N   the same in seconds (CI: 20)
+  --no-build    skip `cargo build --release`
+  --bin PATH    op25b binary (default target/release/op25b)
+  --keep DIR    copy the raw outputs (iperf3 JSON, op25b log, configs, stats) to DIR
+Exit status: 0 when every check passed, 1 if one failed, 2 on usage errors. Needs root,
+iproute2, iperf3, python3 (scripts/setup.sh --bench). Namespaces are named
+o25b-soak-PID-*, removed on every exit; only processes this run started are stopped.
+"""
+# The process plumbing (messages, signals, the processes it starts) is bench_proc.py's,
+# the SYN generator bench_syn.py's; this file is the soak itself.
+
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+
+import bench_proc  # SIGNALLED, CLOSING and TAG are read and set there
+from bench_proc import (Die, Interrupted, Proc, catch_signals, checkpoint, err, in_ns, info,
+                        nsx, pause, proc_cmdline, sh, show_file, warn)
+
+SCRIPTS_DIR = os.path.dirname(os.path.abspath(__file__))
+REPO_DIR = os.path.dirname(SCRIPTS_DIR)
+CLI4, CLI6 = "100.64.1.10", "2001:db8:100:1::10"
+SRV4, SRV6 = "203.0.113.25", "2001:db8:203::25"
+TOOLS = [("ip", "iproute2"), ("iperf3", "iperf3"), ("timeout", "coreutils")]
+
+# The load: (name, family, protocol, reverse, rate, port).
+LOAD = [
+    ("tcp4-up", "4", "tcp", False, "200M", 5201),
+    ("tcp6-down", "6", "tcp", True, "200M", 5202),
+    ("udp4-up", "4", "udp", False, "20M", 5203),
+    ("udp6-down", "6", "udp", True, "20M", 5204),
+]
+SYN_PPS = 50  # blocked SYNs a second
+RELOAD_EVERY = 0.2
+# The reload cycle after the start config A: True = valid (accepted).
+CYCLE = [("B", True), ("invalid", False), ("A", True)]
+RSS_SLACK_KIB = 1024
+RSS_SLACK_PCT = 5
+
+
+def usage(msg=None):
+    if msg:
+        err(msg)
+    print(__doc__.strip("\n"), file=sys.stderr)
+    return 2
+
+
+def parse_args(argv):
+    o = {"secs": 600, "build": True, "bin": os.path.join(REPO_DIR, "target/release/op25b"),
+         "keep": None}
+    args = list(argv)
+    while args:
+        a = args.pop(0)
+        if a == "--no-build":
+            o["build"] = False
+        elif a in ("--minutes", "--seconds", "--bin", "--keep"):
+            if not args:
+                raise ValueError(f"{a} needs a value")
+            v = args.pop(0)
+            if a in ("--minutes", "--seconds"):
+                if not re.fullmatch(r"[0-9]+", v) or int(v) < 1:
+                    raise ValueError(f"{a} needs a whole number of at least 1, got '{v}'")
+                o["secs"] = int(v) * (60 if a == "--minutes" else 1)
+            else:
+                o[a[2:]] = os.path.abspath(v)
+        elif a in ("-h", "--help"):
+            raise ValueError(None)
+        else:
+            raise ValueError(f"unknown argument: {a}")
+    if o["secs"] < 10:
+        raise ValueError("the run needs at least 10 seconds")
+    return o
+
+
+def config(name, tun_sub, ns_sub, tun_up, ns_up, work):
+    """The start config A, the other valid one B (another reply limit, so the reply
+    buckets start afresh, and a counting rule), or an invalid one (a port out of range)."""
+    port, rate, rule = "25", 10, ""
+    if name == "B":
+        rate = 20
+        rule = ('\n[[rule]]\nname = "count-udp"\nprotocol = "udp"\naction = "count"\n')
+    elif name == "invalid":
+        port = "25, 70000"
+    return f"""\
+# Generated by scripts/soak.py (config {name}).
+[router]
+addresses = ["100.64.0.1", "2001:db8:100::1"]
+
+[subscriber]
+tun = "{tun_sub}"
+netns = "{ns_sub}"
+prefixes = ["100.64.0.0/10", "2001:db8:100::/48"]
+
+[upstream]
+tun = "{tun_up}"
+netns = "{ns_up}"
+
+[op25b]
+dynamic = ["100.64.0.0/10", "2001:db8:100::/48"]
+exempt_sources = ["100.64.9.0/24", "2001:db8:100:9::/64"]
+relays = ["198.51.100.25/32", "2001:db8:25::25/128"]
+ports = [{port}]
+action = "reject"
+reply_rate = {rate}
+
+[control]
+socket = "{work}/op25b.sock"
+{rule}"""
+
+
+def ask_stats(path):
+    """One `stats` question on the control socket: the JSON answer."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(5)
+        s.connect(path)
+        s.sendall(b"stats\n")
+        data = b""
+        while not data.endswith(b"\n"):
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+    return json.loads(data)
+
+
+def rss_kib(pid):
+    try:
+        with open(f"/proc/{pid}/status", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return None
+
+
+class Soak:
+    def __init__(self, o):
+        self.o = o
+        pid = os.getpid()
+        self.pfx = f"o25b-soak-{pid}"
+        self.ns_sub, self.ns_up = f"{self.pfx}-sub", f"{self.pfx}-up"
+        self.tun_sub, self.tun_up = f"o25ks{pid}", f"o25ku{pid}"
+        self.namespaces = []
+        self.started = {}
+        self.op25b = self.op25b_timeout = None
+        self.work = None
+        self.failures = []
+
+    # -------------------------------------------------------------- bookkeeping
+
+    def file(self, name):
+        return os.path.join(self.work, name)
+
+    def spawn(self, out, argv, env=None):
+        """In the background, its own process group (see bench.py's spawn)."""
+        with open(out, "wb") as fo, open(out + ".err", "wb") as fe:
+            p = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=fo, stderr=fe, env=env,
+                                 preexec_fn=os.setpgrp)
+        proc = Proc(p.pid, p)
+        self.started[p.pid] = proc
+        return proc
+
+    def stop(self, proc):
+        proc.stop()
+        self.started.pop(proc.pid, None)
+
+    def check(self, ok, msg):
+        if ok:
+            info(f"ok: {msg}")
+        else:
+            self.failures.append(msg)
+            err(f"FAILED: {msg}")
+
+    # -------------------------------------------------------------- set-up
+
+    def preflight(self):
+        if os.getuid() != 0:
+            raise Die("must run as root (network namespaces and TUN devices need CAP_NET_ADMIN)")
+        missing = [f"{c} (package: {p})" for c, p in TOOLS if shutil.which(c) is None]
+        if missing:
+            raise Die("missing required command(s); scripts/setup.sh --bench installs them:\n"
+                      + "\n".join(f"  - {m}" for m in missing))
+        if self.o["build"]:
+            info("cargo build --release")
+            rc = subprocess.run(["timeout", "1800", "cargo", "build", "--release"],
+                                cwd=REPO_DIR).returncode
+            checkpoint()
+            if rc != 0:
+                raise Die("cargo build --release failed")
+        if not (os.path.isfile(self.o["bin"]) and os.access(self.o["bin"], os.X_OK)):
+            raise Die(f"op25b binary not found: {self.o['bin']} (cargo build --release)")
+        self.work = tempfile.mkdtemp(prefix=f"{self.pfx}.", dir="/tmp")
+        for name in ("A", "B", "invalid"):
+            with open(self.file(f"{name}.toml"), "w", encoding="utf-8") as f:
+                f.write(config(name, self.tun_sub, self.ns_sub, self.tun_up, self.ns_up,
+                               self.work))
+        self.config = self.file("op25b.toml")
+        shutil.copy(self.file("A.toml"), self.config)
+
+    def ns_add(self, name):
+        if os.path.exists(f"/run/netns/{name}"):
+            raise Die(f"netns {name} exists already: not touching it")
+        self.namespaces.append(name)
+        sh("ip", "netns", "add", name)
+        sh("ip", "-n", name, "link", "set", "lo", "up")
+        v6 = "net.ipv6.conf"
+        nsx(name, "sysctl", "-q", "-w", f"{v6}.all.accept_dad=0", f"{v6}.default.accept_dad=0",
+            f"{v6}.all.accept_ra=0", f"{v6}.default.accept_ra=0",
+            f"{v6}.default.addr_gen_mode=1")
+
+    def wait_link_up(self, ns, dev):
+        for _ in range(50):
+            out = sh("ip", "-j", "-n", ns, "link", "show", "dev", dev, ok=True)
+            if out and "UP" in json.loads(out)[0].get("flags", []):
+                return True
+            if not self.op25b_alive():
+                return False
+            pause(0.1)
+        return False
+
+    def op25b_alive(self):
+        return self.op25b is not None and self.op25b.alive()
+
+    def setup(self):
+        secs = self.o["secs"]
+        info(f"namespaces {self.ns_sub} | op25b | {self.ns_up}")
+        self.ns_add(self.ns_sub)
+        self.ns_add(self.ns_up)
+        sh("ip", "-n", self.ns_sub, "addr", "add", f"{CLI4}/32", "dev", "lo")
+        sh("ip", "-n", self.ns_sub, "addr", "add", f"{CLI6}/128", "dev", "lo", "nodad")
+        sh("ip", "-n", self.ns_up, "addr", "add", f"{SRV4}/32", "dev", "lo")
+        sh("ip", "-n", self.ns_up, "addr", "add", f"{SRV6}/128", "dev", "lo", "nodad")
+        env = dict(os.environ, NO_COLOR="1", RUST_LOG="info")
+        # Bounded: a hard-killed soak leaves op25b running no longer than the run could take.
+        argv = ["timeout", "-k", "5", str(secs + 120), self.o["bin"], "run", "--config",
+                self.config, "--stats", self.file("stats.json")]
+        self.op25b_timeout = self.spawn(self.file("op25b.log"), argv, env=env)
+        tpid = self.op25b_timeout.pid
+        for _ in range(50):
+            try:
+                with open(f"/proc/{tpid}/task/{tpid}/children", encoding="utf-8") as f:
+                    kids = f.read().split()
+            except OSError:
+                kids = []
+            if kids and " run --config " in proc_cmdline(kids[0]):
+                proc = Proc(int(kids[0]))
+                if proc.start is not None:
+                    self.op25b = self.started[proc.pid] = proc
+                break
+            if not self.op25b_timeout.alive():
+                break
+            pause(0.1)
+        if self.op25b is None or not (self.wait_link_up(self.ns_sub, self.tun_sub)
+                                      and self.wait_link_up(self.ns_up, self.tun_up)):
+            show_file(self.file("op25b.log.err"))
+            raise Die("op25b did not start and bring its devices up")
+        sh("ip", "-n", self.ns_sub, "route", "add", "default", "dev", self.tun_sub, "src", CLI4)
+        sh("ip", "-n", self.ns_sub, "-6", "route", "add", "default", "dev", self.tun_sub,
+           "src", CLI6)
+        sh("ip", "-n", self.ns_up, "route", "add", "100.64.0.0/10", "dev", self.tun_up)
+        sh("ip", "-n", self.ns_up, "-6", "route", "add", "2001:db8:100::/48", "dev",
+           self.tun_up)
+        for fam, dst in (("4", SRV4), ("6", SRV6)):
+            if nsx(self.ns_sub, "ping", f"-{fam}", "-c", "2", "-i", "0.2", "-W", "2", dst,
+                   ok=True) is None:
+                raise Die(f"no ping through op25b to {dst}")
+        for _ in range(50):
+            if os.path.exists(self.file("op25b.sock")):
+                break
+            pause(0.1)
+
+    # -------------------------------------------------------------- the run
+
+    def start_load(self):
+        secs = self.o["secs"]
+        self.load = {}
+        for name, fam, proto, rev, rate, port in LOAD:
+            srv = self.spawn(self.file(f"{name}-server.json"),
+                             in_ns(self.ns_up, secs + 60, "iperf3", "-s", "-1", "-p", str(port),
+                                   "--json"))
+            self.load[name] = {"server": srv}
+        pause(0.5)
+        for name, fam, proto, rev, rate, port in LOAD:
+            dst = SRV4 if fam == "4" else SRV6
+            argv = ["iperf3", "-c", dst, "-p", str(port), "-t", str(secs), "-b", rate, "--json"]
+            if proto == "udp":
+                argv += ["-u", "-l", "512"]
+            if rev:
+                argv.append("-R")
+            self.load[name]["client"] = self.spawn(self.file(f"{name}.json"),
+                                                   in_ns(self.ns_sub, secs + 30, *argv))
+        self.flood = self.spawn(self.file("syn-flood.json"),
+                                in_ns(self.ns_sub, secs + 10, sys.executable,
+                                      os.path.join(SCRIPTS_DIR, "bench_syn.py"), "flood",
+                                      str(SYN_PPS), str(secs), SRV4, "25"))
+
+    def run(self):
+        secs = self.o["secs"]
+        warmup = max(5.0, secs * 0.1)
+        sample_every = max(1.0, secs / 60)
+        info(f"soaking for {secs} s: {len(LOAD)} iperf3 flows, {SYN_PPS} blocked SYNs/s, "
+             f"SIGHUP every {int(RELOAD_EVERY * 1000)} ms")
+        self.start_load()
+        t0 = time.monotonic()
+        sock = self.file("op25b.sock")
+        self.rss = []  # (seconds, KiB)
+        sent = {"ok": 0, "failed": 0}
+        wrong = []
+        k = 0
+        next_sample = 0.0
+        while True:
+            now = time.monotonic() - t0
+            if now >= secs:
+                break
+            if not self.op25b_alive():
+                raise Die(f"op25b exited {now:.1f} s into the soak")
+            if now >= next_sample:
+                self.rss.append((round(now, 1), rss_kib(self.op25b.pid)))
+                next_sample += sample_every
+            # The previous reload's outcome, then the next one.
+            if k > 0:
+                r = self.reloads(sock)
+                if r != (sent["ok"], sent["failed"]):
+                    wrong.append(f"after reload {k} ({CYCLE[(k - 1) % len(CYCLE)][0]}): "
+                                 f"counters ok={r[0]} failed={r[1]}, expected "
+                                 f"ok={sent['ok']} failed={sent['failed']}")
+                    sent["ok"], sent["failed"] = r  # count on from what op25b says
+            name, valid = CYCLE[k % len(CYCLE)]
+            tmp = self.config + ".new"
+            shutil.copy(self.file(f"{name}.toml"), tmp)
+            os.rename(tmp, self.config)
+            self.op25b.kill(signal.SIGHUP)
+            sent["ok" if valid else "failed"] += 1
+            k += 1
+            pause(RELOAD_EVERY)
+        pause(RELOAD_EVERY)
+        r = self.reloads(sock)
+        if r != (sent["ok"], sent["failed"]):
+            wrong.append(f"after the last reload: ok={r[0]} failed={r[1]}, expected "
+                         f"ok={sent['ok']} failed={sent['failed']}")
+        self.rss.append((round(time.monotonic() - t0, 1), rss_kib(self.op25b.pid)))
+        self.sent_reloads = (sum(1 for i in range(k) if CYCLE[i % len(CYCLE)][1]),
+                             sum(1 for i in range(k) if not CYCLE[i % len(CYCLE)][1]))
+        self.reload_counters = r
+        self.check(self.op25b_alive(), "op25b is alive at the end")
+        ok, failed = self.sent_reloads
+        for w in wrong[:10]:
+            err(w)
+        self.check(not wrong and r == (ok, failed),
+                   f"{k} reloads: {r[0]} accepted (expected {ok}), {r[1]} refused "
+                   f"(expected {failed}), each as expected after its SIGHUP"
+                   + (f"; {len(wrong)} mismatches" if wrong else ""))
+        self.warmup = warmup
+
+    def reloads(self, sock):
+        try:
+            v = ask_stats(sock)["reloads"]
+            return (v["success"], v["failure"])
+        except (OSError, ValueError, KeyError) as e:
+            raise Die(f"the control socket did not answer: {e}") from None
+
+    def finish_load(self):
+        rates = []
+        for name, fam, proto, rev, rate, port in LOAD:
+            client = self.load[name]["client"]
+            if not client.wait(60):
+                self.stop(client)
+            rc = client.status()
+            self.stop(client)
+            self.stop(self.load[name]["server"])
+            try:
+                with open(self.file(f"{name}.json"), encoding="utf-8") as f:
+                    doc = json.load(f)
+            except (OSError, ValueError):
+                doc = {}
+            error = doc.get("error")
+            end = doc.get("end", {})
+            if proto == "tcp":
+                bps = end.get("sum_received", {}).get("bits_per_second", 0)
+                retr = end.get("sum_sent", {}).get("retransmits", 0)
+                detail = f"{bps / 1e6:.0f} Mbit/s received, {retr} retransmits"
+                self.check(rc == 0 and not error and bps > 0,
+                           f"{name}: TCP ran to the end without a reset ({detail})"
+                           + (f"; exit {rc}, error: {error}" if rc or error else ""))
+            else:
+                s = end.get("sum", {})
+                bps, lost, pkts = (s.get("bits_per_second", 0), s.get("lost_packets", 0),
+                                   s.get("packets", 0))
+                detail = f"{bps / 1e6:.0f} Mbit/s, {pkts} datagrams, {lost} lost"
+                self.check(rc == 0 and not error and pkts > 0,
+                           f"{name}: UDP ran to the end ({detail})"
+                           + (f"; exit {rc}, error: {error}" if rc or error else ""))
+            rates.append((name, detail))
+        self.flood.wait(15)
+        self.stop(self.flood)
+        try:
+            with open(self.file("syn-flood.json"), encoding="utf-8") as f:
+                self.syns = json.load(f)
+        except (OSError, ValueError):
+            self.syns = {}
+            show_file(self.file("syn-flood.json.err"))
+        return rates
+
+    def stop_op25b(self):
+        if self.op25b is None:
+            return
+        self.stop(self.op25b)
+        if self.op25b_timeout is not None:
+            self.op25b_timeout.wait(5)
+            self.stop(self.op25b_timeout)
+        self.op25b = self.op25b_timeout = None
+
+    def final_checks(self):
+        try:
+            with open(self.file("stats.json"), encoding="utf-8") as f:
+                st = json.load(f)
+        except (OSError, ValueError) as e:
+            self.check(False, f"op25b wrote its counters when it stopped ({e})")
+            return
+        for d in ("outbound", "inbound"):
+            v = st[d]
+            dropped, replied = sum(v["dropped"].values()), sum(v["replies"].values())
+            total = v["forwarded"] + dropped + replied + v["terminated"]
+            self.check(v["received"] == total,
+                       f"{d}: received {v['received']} = forwarded {v['forwarded']} + dropped "
+                       f"{dropped} + replied {replied} + terminated {v['terminated']}")
+        c = st["counters"]
+        syns = self.syns.get("sent", 0)
+        self.check(syns > 0 and c["op25b_blocked"] >= syns,
+                   f"blocked SYNs: {syns} sent, op25b_blocked {c['op25b_blocked']}, "
+                   f"reply_tcp_rst {c['reply_tcp_rst']}, drop_reply_rate_limited "
+                   f"{c['drop_reply_rate_limited']}")
+        with open(self.file("op25b.log.err"), encoding="utf-8", errors="replace") as f:
+            log = f.read().splitlines()
+        alarms = [l for l in log if " WARN " in l or " ERROR " in l]
+        refusals = [l for l in alarms if "config reload failed" in l]
+        others = [l for l in alarms if "config reload failed" not in l]
+        for line in others[:10]:
+            err(f"  {line}")
+        self.check(not others and len(refusals) == self.sent_reloads[1],
+                   f"op25b's log: {len(refusals)} refusals (expected {self.sent_reloads[1]}), "
+                   f"{len(others)} other WARN/ERROR lines")
+        # RSS after the warm-up.
+        samples = [(t, r) for t, r in self.rss if r is not None]
+        print("RSS over the run (s, MiB):", file=sys.stderr)
+        print("  " + "  ".join(f"{t:g}:{r / 1024:.1f}" for t, r in samples), file=sys.stderr)
+        after = [r for t, r in samples if t >= self.warmup]
+        if len(after) >= 2:
+            base, peak = after[0], max(after)
+            slack = max(RSS_SLACK_KIB, base * RSS_SLACK_PCT // 100)
+            self.check(peak - base <= slack,
+                       f"RSS flat after the {self.warmup:g} s warm-up: {base / 1024:.1f} MiB "
+                       f"then at most {peak / 1024:.1f} MiB (allowed +{slack / 1024:.1f} MiB); "
+                       f"at the end {samples[-1][1] / 1024:.1f} MiB")
+        else:
+            self.check(False, "too few RSS samples after the warm-up")
+        self.stats = st
+
+    def main(self):
+        t_start = time.monotonic()
+        self.preflight()
+        self.setup()
+        self.run()
+        rates = self.finish_load()
+        info("stopping op25b")
+        self.stop_op25b()
+        self.final_checks()
+        ok, failed = self.reload_counters
+        summary = {
+            "ok": not self.failures, "failures": self.failures, "seconds": self.o["secs"],
+            "reloads_ok": ok, "reloads_failed": failed,
+            "load": dict(rates), "syns_sent": self.syns.get("sent", 0),
+            "rss_kib": self.rss, "wall_s": round(time.monotonic() - t_start, 1),
+        }
+        with open(self.file("summary.json"), "w", encoding="utf-8") as f:
+            json.dump(summary, f)
+        print(json.dumps(summary))
+        if self.failures:
+            err(f"{len(self.failures)} check(s) failed")
+            return 1
+        info(f"soak passed in {summary['wall_s']} s")
+        return 0
+
+    def cleanup(self, rc):
+        bench_proc.CLOSING = True
+        try:
+            self.stop_op25b()
+        except Exception as e:  # one stuck process must not keep the rest running
+            warn(f"while stopping op25b: {e}")
+        for proc in list(self.started.values()):
+            try:
+                self.stop(proc)
+            except Exception as e:
+                warn(f"while stopping pid {proc.pid}: {e}")
+        for ns in self.namespaces:
+            if os.path.exists(f"/run/netns/{ns}") and sh("ip", "netns", "delete", ns,
+                                                         ok=True) is None:
+                warn(f"could not delete netns {ns}")
+        if self.work and os.path.isdir(self.work):
+            if rc != 0:
+                show_file(self.file("op25b.log.err"), tail=20)
+            if self.o["keep"]:
+                try:
+                    shutil.copytree(self.work, self.o["keep"], dirs_exist_ok=True)
+                    info(f"raw outputs kept in {self.o['keep']}")
+                except OSError as e:
+                    warn(f"could not copy the raw outputs to {self.o['keep']}: {e}")
+            shutil.rmtree(self.work, ignore_errors=True)
+
+
+def main(argv):
+    bench_proc.TAG = "soak"
+    try:
+        o = parse_args(argv)
+    except ValueError as e:
+        return usage(e.args[0])
+    os.environ["LC_ALL"] = "C"
+    catch_signals()
+    soak = Soak(o)
+    rc = 1
+    try:
+        rc = soak.main()
+    except Die as e:
+        for line in str(e).splitlines():
+            err(line)
+        rc = 1
+    except Interrupted as e:
+        rc = e.code
+    finally:
+        soak.cleanup(bench_proc.SIGNALLED or rc)
+    return bench_proc.SIGNALLED or rc
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
