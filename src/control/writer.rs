@@ -76,3 +76,36 @@ impl Failures {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A file system that is always full.
+    struct Full;
+
+    impl io::Write for Full {
+        fn write(&mut self, _: &[u8]) -> io::Result<usize> {
+            Err(io::Error::from_raw_os_error(28))
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Err(io::Error::from_raw_os_error(28))
+        }
+    }
+
+    #[test]
+    fn every_failed_write_is_counted_under_its_file() {
+        use io::Write;
+        let errors = Arc::new(WriteErrors::default());
+        let mut f = Failures::new(OutputFile::Events, "events.jsonl".into(), Arc::clone(&errors));
+        let mut out = io::BufWriter::with_capacity(64, Full);
+        for _ in 0..10 {
+            f.check(writeln!(out, "{}", "x".repeat(100)));
+        }
+        f.check(out.flush());
+        assert_eq!(errors.get(OutputFile::Events), 11);
+        assert_eq!((errors.get(OutputFile::Capture), errors.get(OutputFile::Stats)), (0, 0));
+        f.check(Ok::<(), io::Error>(()));
+        assert_eq!(errors.get(OutputFile::Events), 11);
+    }
+}
