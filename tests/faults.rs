@@ -290,3 +290,17 @@ fn a_full_disk_is_counted_and_logged_once_and_forwarding_goes_on() {
     drop(lab);
     let _ = std::fs::remove_dir(&dir);
 }
+
+#[test]
+fn a_namespace_deleted_and_made_again_under_the_same_name_stops_op25b_with_one_line() {
+    lost(
+        "ip netns delete + add subscriber namespace",
+        |lab| {
+            // The new namespace under the old name is the lab's to remove again.
+            ip_cmd(&["netns", "delete", &lab.sub]);
+            ip_cmd(&["netns", "add", &lab.sub]);
+        },
+        SUB_TUN,
+        "now names another network namespace",
+    );
+}
