@@ -159,14 +159,19 @@ def ask_stats(path):
 
 
 def rss_kib(pid):
+    """(VmRSS, RssAnon, RssFile) in KiB from /proc/PID/status, or None."""
+    fields = {}
     try:
         with open(f"/proc/{pid}/status", encoding="utf-8") as f:
             for line in f:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1])
-    except OSError:
-        pass
-    return None
+                key, _, rest = line.partition(":")
+                if key in ("VmRSS", "RssAnon", "RssFile"):
+                    fields[key] = int(rest.split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+    if len(fields) < 3:
+        return None
+    return fields["VmRSS"], fields["RssAnon"], fields["RssFile"]
 
 
 class Soak:
@@ -339,7 +344,7 @@ class Soak:
         self.start_load()
         t0 = time.monotonic()
         sock = self.file("op25b.sock")
-        self.rss = []  # (seconds, KiB)
+        self.rss = []  # (seconds, (VmRSS, RssAnon, RssFile) KiB)
         sent = {"ok": 0, "failed": 0}
         wrong = []
         k = 0
@@ -488,16 +493,18 @@ class Soak:
                    f"{len(others)} other WARN/ERROR lines")
         # RSS after the warm-up.
         samples = [(t, r) for t, r in self.rss if r is not None]
-        print("RSS over the run (s, MiB):", file=sys.stderr)
-        print("  " + "  ".join(f"{t:g}:{r / 1024:.1f}" for t, r in samples), file=sys.stderr)
-        after = [r for t, r in samples if t >= self.warmup]
+        print("RSS over the run (s: VmRSS KiB = anonymous + file):", file=sys.stderr)
+        for i in range(0, len(samples), 6):
+            print("  " + "  ".join(f"{t:g}: {r[0]} = {r[1]} + {r[2]}"
+                                   for t, r in samples[i:i + 6]), file=sys.stderr)
+        after = [r[0] for t, r in samples if t >= self.warmup]
         if len(after) >= 2:
             base, peak = after[0], max(after)
             slack = max(RSS_SLACK_KIB, base * RSS_SLACK_PCT // 100)
             self.check(peak - base <= slack,
-                       f"RSS flat after the {self.warmup:g} s warm-up: {base / 1024:.1f} MiB "
-                       f"then at most {peak / 1024:.1f} MiB (allowed +{slack / 1024:.1f} MiB); "
-                       f"at the end {samples[-1][1] / 1024:.1f} MiB")
+                       f"RSS flat after the {self.warmup:g} s warm-up: {base} KiB then at most "
+                       f"{peak} KiB (+{peak - base} KiB, allowed +{slack} KiB); at the end "
+                       f"{samples[-1][1][0]} KiB")
         else:
             self.check(False, "too few RSS samples after the warm-up")
         self.stats = st
