@@ -304,7 +304,8 @@ impl Worker {
                 let r = drain(&mut self.reverse, &mut io, &mut b, &mut now, (egress, ingress), PEEK_MAX);
                 egress.unlock();
                 // A failing reverse queue is its owner's to give up on: this
-                // worker stops only for its own queue or a shutdown.
+                // worker stops only for its own queue, a shutdown or a lost
+                // device (whichever worker found it).
                 if matches!(r, Drained::Stop) && (stop.is_trigger() || faults.any()) {
                     break;
                 }
