@@ -258,6 +258,16 @@ fn a_full_disk_is_counted_and_logged_once_and_forwarding_goes_on() {
             && counter(w, "capture_write_errors") > counter(&v, "capture_write_errors")
     });
     println!("after more SYNs: {}", w["stats"]["counters"]);
+    // `op25b stats` shows them to a person too.
+    let out = Command::new(env!("CARGO_BIN_EXE_op25b"))
+        .args(["stats", "--socket"])
+        .arg(&socket)
+        .output()
+        .expect("op25b stats runs");
+    let text = String::from_utf8_lossy(&out.stdout);
+    for f in ["events", "capture", "stats"] {
+        assert!(text.contains(&format!("{f} file write errors")), "op25b stats shows the {f} write errors:\n{text}");
+    }
     assert_eq!(counter(&w, "capture_dropped"), 0, "the capture pool keeps up: {}", w["stats"]["counters"]);
     let log = lab.log_text();
     let alarms = alarms(&log);
