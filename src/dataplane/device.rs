@@ -13,8 +13,8 @@ use std::os::unix::fs::MetadataExt;
 use nix::sched::{setns, CloneFlags};
 use tun_rs::{DeviceBuilder, SyncDevice};
 
-use super::privileges;
 use super::fault::NsId;
+use super::privileges;
 use crate::config::DeviceConfig;
 
 /// Why a device could not be set up.

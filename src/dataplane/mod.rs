@@ -46,9 +46,9 @@ use crate::stats::{Counters, Stats, WriteErrors};
 use arc_swap::ArcSwap;
 
 pub use device::DeviceError;
-use worker::{Heartbeat, IoCounters, Queue, Side, Worker};
 pub use fault::DeviceFault;
 use fault::{Faults, NetnsWatch};
+use worker::{Heartbeat, IoCounters, Queue, Side, Worker};
 
 /// Whether a worker takes packets from the reverse direction's queue after
 /// its own drain (see the module docs).

@@ -440,17 +440,11 @@ impl Lab {
             .expect("VmRSS in op25b's /proc status")
     }
 
-    /// op25b's process id.
-    #[allow(dead_code)] // Not every test file that uses the harness needs it.
-    pub fn pid(&self) -> Pid {
-        let child = self.child.as_ref().expect("op25b is running");
-        Pid::from_raw(i32::try_from(child.id()).expect("pids fit in i32"))
-    }
-
     /// Sends `signal` to op25b.
     #[allow(dead_code)]
     pub fn signal(&self, signal: Signal) {
-        kill(self.pid(), signal).unwrap_or_else(|e| panic!("{signal} to op25b: {e}"));
+        let pid = Pid::from_raw(i32::try_from(self.pid()).expect("pids fit in i32"));
+        kill(pid, signal).unwrap_or_else(|e| panic!("{signal} to op25b: {e}"));
     }
 
     /// Waits up to `within` for op25b to exit by itself: its exit status and
