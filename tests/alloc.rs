@@ -22,13 +22,15 @@ struct Counting;
 thread_local! {
     static COUNTING: Cell<bool> = const { Cell::new(false) };
     static ALLOCS: Cell<u64> = const { Cell::new(0) };
+    static BYTES: Cell<u64> = const { Cell::new(0) };
 }
 
-fn note() {
+fn note(bytes: usize) {
     // try_with: the allocator also runs while thread-locals are torn down.
     let on = COUNTING.try_with(Cell::get).unwrap_or(false);
     if on {
         let _ = ALLOCS.try_with(|a| a.set(a.get() + 1));
+        let _ = BYTES.try_with(|b| b.set(b.get() + bytes as u64));
     }
 }
 
@@ -36,15 +38,15 @@ fn note() {
 // bookkeeping touches only const-initialised thread-locals (no allocation).
 unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        note();
+        note(layout.size());
         unsafe { System.alloc(layout) }
     }
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        note();
+        note(layout.size());
         unsafe { System.alloc_zeroed(layout) }
     }
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        note();
+        note(new_size);
         unsafe { System.realloc(ptr, layout, new_size) }
     }
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
@@ -58,6 +60,7 @@ static GLOBAL: Counting = Counting;
 /// Allocations made by `f` on this thread.
 fn allocations(f: impl FnOnce()) -> u64 {
     ALLOCS.with(|a| a.set(0));
+    BYTES.with(|b| b.set(0));
     COUNTING.with(|c| c.set(true));
     f();
     COUNTING.with(|c| c.set(false));
@@ -343,7 +346,12 @@ fn monitor_and_quarantine_paths_do_not_allocate() {
 fn the_abuse_table_does_not_allocate_once_made() {
     use op25b::state::abuse::{Thresholds, Tracker};
     let t = Thresholds { window: std::time::Duration::from_secs(60), attempts: u32::MAX, destinations: u32::MAX };
+    BYTES.with(|b| b.set(0));
     let mut tracker = Tracker::new(4096);
+    let made = allocations(|| tracker = Tracker::new(4096));
+    let bytes = BYTES.with(Cell::get);
+    println!("Tracker::new(4096): {made} allocations, {bytes} bytes");
+    assert!(bytes < 4 << 20, "the table of 4,096 subscribers takes {bytes} bytes");
     let now = Instant::now();
     let mut x: u32 = 0x1234_5678;
     let mut next = || {
