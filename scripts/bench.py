@@ -65,7 +65,7 @@ from bench_lib import (CLI4, CLI6, NFT_RULES, PATHS, PORT, SRV4, SRV6, BadOutput
 from bench_syn import (flood_finish, flood_start, synprobe_finish, synprobe_start,
                        visibility_figures)
 import bench_proc  # its SIGNALLED and CLOSING are read and set there, never copied here
-from bench_proc import (Die, Interrupted, Proc, catch_signals, checkpoint, err, in_ns, info,
+from bench_proc import (Die, Proc, catch_signals, checkpoint, err, in_ns, info,
                         nsx, pause, proc_cmdline, proc_fields, sh, show_file, warn)
 
 SCRIPTS_DIR = os.path.dirname(os.path.abspath(__file__))
@@ -558,19 +558,7 @@ def main(argv):
     # Decimal points in the tools' output, whatever the locale.
     os.environ["LC_ALL"] = "C"
     catch_signals()
-    bench = Bench(o)
-    rc = 1
-    try:
-        rc = bench.main()
-    except Die as e:
-        for line in str(e).splitlines():
-            err(line)
-        rc = 1
-    except Interrupted as e:
-        rc = e.code
-    finally:
-        bench.cleanup(bench_proc.SIGNALLED or rc)
-    return bench_proc.SIGNALLED or rc
+    return bench_proc.run_to_end(Bench(o))
 
 
 if __name__ == "__main__":

@@ -91,6 +91,23 @@ def catch_signals():
     signal.signal(signal.SIGTERM, _on_signal)
 
 
+def run_to_end(runner):
+    """runner.main() with SIGINT and SIGTERM caught, then runner.cleanup(status)
+    whatever happened; the exit status (a signal's, if one came)."""
+    rc = 1
+    try:
+        rc = runner.main()
+    except Die as e:
+        for line in str(e).splitlines():
+            err(line)
+        rc = 1
+    except Interrupted as e:
+        rc = e.code
+    finally:
+        runner.cleanup(SIGNALLED or rc)
+    return SIGNALLED or rc
+
+
 # ------------------------------------------------------------------ processes
 
 

@@ -49,7 +49,7 @@ import tempfile
 import time
 
 import bench_proc  # SIGNALLED, CLOSING and TAG are read and set there
-from bench_proc import (Die, Interrupted, Proc, catch_signals, checkpoint, err, in_ns, info,
+from bench_proc import (Die, Proc, catch_signals, checkpoint, err, in_ns, info,
                         nsx, pause, proc_cmdline, sh, show_file, warn)
 
 SCRIPTS_DIR = os.path.dirname(os.path.abspath(__file__))
@@ -569,19 +569,7 @@ def main(argv):
         return usage(e.args[0])
     os.environ["LC_ALL"] = "C"
     catch_signals()
-    soak = Soak(o)
-    rc = 1
-    try:
-        rc = soak.main()
-    except Die as e:
-        for line in str(e).splitlines():
-            err(line)
-        rc = 1
-    except Interrupted as e:
-        rc = e.code
-    finally:
-        soak.cleanup(bench_proc.SIGNALLED or rc)
-    return bench_proc.SIGNALLED or rc
+    return bench_proc.run_to_end(Soak(o))
 
 
 if __name__ == "__main__":
