@@ -1,0 +1,3 @@
+#![no_main]
+//! See op25b_fuzz::replay.
+libfuzzer_sys::fuzz_target!(|data: &[u8]| op25b_fuzz::replay(data));
