@@ -9,7 +9,7 @@
 //!
 //! Protocols tcp, udp, icmp (an echo request; ICMPv6 for IPv6 addresses);
 //! TCP flags syn, ack, rst, fin, psh (comma or space separated); `ttl=N` sets
-//! the TTL / hop limit (default 64) and `len=N` pads the payload to N bytes.
+//! the TTL / hop limit (default 64) and `len=N` pads the packet to N bytes (at most 65535).
 
 use std::net::{IpAddr, SocketAddr};
 
@@ -87,7 +87,10 @@ impl PacketSpec {
             if let Some(v) = w.strip_prefix("ttl=") {
                 ttl = v.parse().map_err(|_| err(format!("bad ttl {v:?} (0 to 255)")))?;
             } else if let Some(v) = w.strip_prefix("len=") {
-                len = Some(v.parse().map_err(|_| err(format!("bad len {v:?}")))?);
+                // An IP packet's length field has 16 bits; a larger pad would
+                // only be refused after allocating it.
+                let n = v.parse::<u16>().map_err(|_| err(format!("bad len {v:?} (at most 65535)")))?;
+                len = Some(usize::from(n));
             } else if protocol == "tcp" && ["syn", "ack", "rst", "fin", "psh"].contains(w) {
                 flags.push(w.to_string());
             } else {
@@ -172,6 +175,9 @@ mod tests {
             "tcp 100.64.1.10:1 -> 203.0.113.25:99999",
             "udp 100.64.1.10:1 -> 203.0.113.25:25 syn",
             "icmp 100.64.1.10 -> 203.0.113.25 ttl=300",
+            // Found by fuzzing: a pad of a trillion bytes was allocated before being refused.
+            "icmpv6 2001:db8:100::10 -> 2001:db8:203::25 len=1111111111401",
+            "udp 100.64.1.10:1 -> 203.0.113.25:25 len=65536",
         ] {
             assert!(PacketSpec::parse(bad).is_err(), "{bad:?}");
         }
