@@ -2,7 +2,7 @@
 # Installs the system packages the lab, the tests and the benchmark need
 # (Debian/Ubuntu, as root). Idempotent: does nothing when all are present.
 #   scripts/setup.sh          # lab + tests: iproute2 iputils-ping traceroute python3
-#                             #   tcpdump python3-aiosmtpd systemd util-linux
+#                             #   tcpdump python3-aiosmtpd systemd util-linux g++ (libFuzzer)
 #   scripts/setup.sh --bench  # also iperf3 and nftables for scripts/bench.sh
 #   scripts/setup.sh --package  # also cargo-deb, man-db and dpkg-dev for scripts/package_test.sh
 # (flags combine)
@@ -14,17 +14,7 @@ set -euo pipefail
 need=(ip:iproute2 ping:iputils-ping traceroute:traceroute python3:python3 tcpdump:tcpdump)
 # The lab's SMTP servers and tests/actions.rs run aiosmtpd under /usr/bin/python3.
 need+=(aiosmtpd:python3-aiosmtpd)
-# tests/service.rs: systemd-analyze verify, op25b as nobody under setpriv/unshare.
-need+=(systemd-analyze:systemd setpriv:util-linux unshare:util-linux)
-bench=0 package=0
-for arg in "$@"; do
-    case $arg in
-        --bench) bench=1 ;;
-        --package) package=1 ;;
-        *) echo "setup: unknown option $arg (--bench, --package)" >&2; exit 2 ;;
-    esac
-done
-if ((bench)); then
+#                             #   tcpdump python3-aiosmtpd systemd util-linux g++ (libFuzzer)
     need+=(iperf3:iperf3 nft:nftables)
 fi
 if ((package)); then

@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # The whole test suite, from a fresh clone, as root: installs what the tests
 # need, checks formatting and lints, runs unit, CLI and network-namespace tests,
-# then every command sample of README.md (scripts/readme_test.py: the lab demo end to
-# end, the lab's mail, capture and reload, op25b check and replay), the Debian
-# package's install test (scripts/package_test.sh), a smoke run of scripts/bench.sh
-# and a 20-second run of scripts/soak.sh.
+# a 20-second smoke run of each fuzz target, then every command sample of README.md
+# (scripts/readme_test.py: the lab demo end to end, the lab's mail, capture and
+# reload, op25b check and replay), the Debian package's install test
+# (scripts/package_test.sh), a smoke run of scripts/bench.sh and a 20-second run
+# of scripts/soak.sh.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -20,6 +21,8 @@ log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 cargo test --locked --all-targets 2>&1 | tee "$log"
 passed=$(grep -Eo '^test result: ok\. [0-9]+ passed' "$log" | awk '{s += $4} END {print s + 0}')
+echo "== fuzz smoke (each target 20 s from its seeds, so they keep building and running)"
+scripts/fuzz.sh --smoke
 echo "== README samples (the lab demo included)"
 cargo build --release --locked --quiet
 python3 scripts/readme_test.py

@@ -9,7 +9,10 @@ mod fuzz;
 
 use std::path::Path;
 
-const TARGETS: &[(&str, fn(&[u8]))] = &[
+/// A target's body.
+type Body = fn(&[u8]);
+
+const TARGETS: &[(&str, Body)] = &[
     ("router_raw", fuzz::router_raw),
     ("router_structured", fuzz::router_structured),
     ("config", fuzz::config),
@@ -44,5 +47,9 @@ fn every_saved_crash_input_passes() {
 #[test]
 fn every_seed_passes() {
     let n = run_all("seeds");
-    assert!(n >= TARGETS.len(), "seeds missing: {n} files for {} targets (examples/fuzz_seeds.rs writes them)", TARGETS.len());
+    assert!(
+        n >= TARGETS.len(),
+        "seeds missing: {n} files for {} targets (examples/fuzz_seeds.rs writes them)",
+        TARGETS.len()
+    );
 }

@@ -100,32 +100,29 @@ action = "count"
 /// with the rules above, and the lab's as it is.
 pub fn builders() -> Vec<PolicyBuilder> {
     let base = || PolicyBuilder::lab().op25b("reply_rate", 1).op25b("reply_burst", 2).rules(RULES);
-        let banner = |b: PolicyBuilder| {
-            b.action("banner")
-                .op25b("banner_sessions", 4)
-                .op25b("banner_sessions_per_source", 2)
-                .op25b("banner_timeout", 1)
-        };
-        let redirect = |b: PolicyBuilder, port: u16, flows: u32| {
-            b.action("redirect")
-                .op25b("redirect_to", format!(r#"["198.51.100.25:{port}", "[2001:db8:25::25]:{port}"]"#))
-                .op25b("max_flows", flows)
-                .op25b("max_flows_per_source", 2)
-        };
-        let inbound = |b: PolicyBuilder| b.op25b("block_inbound", true).op25b("ports", "[25, 465, 587]");
-        vec![
-            base().action("reject"),
-            base().action("drop"),
-            base().action("icmp"),
-            banner(base()),
-            redirect(base(), 25, 8),
-            inbound(base().action("reject")).upstream("mtu", 1280),
-            inbound(base().action("drop")),
-            inbound(base().action("icmp")).subscriber("mtu", 1280),
-            banner(inbound(base())),
-            redirect(inbound(base()), 2525, 64),
-            PolicyBuilder::lab(),
-        ]
+    let banner = |b: PolicyBuilder| {
+        b.action("banner").op25b("banner_sessions", 4).op25b("banner_sessions_per_source", 2).op25b("banner_timeout", 1)
+    };
+    let redirect = |b: PolicyBuilder, port: u16, flows: u32| {
+        b.action("redirect")
+            .op25b("redirect_to", format!(r#"["198.51.100.25:{port}", "[2001:db8:25::25]:{port}"]"#))
+            .op25b("max_flows", flows)
+            .op25b("max_flows_per_source", 2)
+    };
+    let inbound = |b: PolicyBuilder| b.op25b("block_inbound", true).op25b("ports", "[25, 465, 587]");
+    vec![
+        base().action("reject"),
+        base().action("drop"),
+        base().action("icmp"),
+        banner(base()),
+        redirect(base(), 25, 8),
+        inbound(base().action("reject")).upstream("mtu", 1280),
+        inbound(base().action("drop")),
+        inbound(base().action("icmp")).subscriber("mtu", 1280),
+        banner(inbound(base())),
+        redirect(inbound(base()), 2525, 64),
+        PolicyBuilder::lab(),
+    ]
 }
 
 /// The policies, built once per process (building parses TOML).
@@ -339,7 +336,8 @@ impl<'a> Script<'a> {
             let mut rx = RxInfo { csum_partial: ctl & 0x20 != 0, gso_size: None };
             if ctl & 0x40 != 0 {
                 let g = take(2, &mut rest);
-                rx.gso_size = Some(u16::from_le_bytes([g.first().copied().unwrap_or(0), g.get(1).copied().unwrap_or(0)]));
+                rx.gso_size =
+                    Some(u16::from_le_bytes([g.first().copied().unwrap_or(0), g.get(1).copied().unwrap_or(0)]));
             }
             d.advance(STEPS[usize::from(ctl >> 1 & 7)]);
             if len == 0 {

@@ -366,6 +366,8 @@ pub struct Frag {
     pub len: u16,
     /// More fragments.
     pub more: bool,
+    /// `offset` as it is (13 bits), not folded into the datagram's length.
+    pub anywhere: bool,
 }
 
 /// A change after building: `bytes[at] ^= xor`.
@@ -473,7 +475,7 @@ fn upper_bytes(src: IpAddr, dst: IpAddr, l4: &L4, payload: &[u8]) -> (u8, Vec<u8
             h.extend_from_slice(&((8 + payload.len()) as u16).to_be_bytes());
             h.extend_from_slice(&[0, 0]);
             h.extend_from_slice(payload);
-            if !(*no_checksum && !v6) {
+            if v6 || !*no_checksum {
                 let c = match csum(&[&pseudo(src, dst, 17, h.len()), &h]) {
                     0 => 0xffff,
                     c => c,
@@ -486,8 +488,7 @@ fn upper_bytes(src: IpAddr, dst: IpAddr, l4: &L4, payload: &[u8]) -> (u8, Vec<u8
             let mut h = vec![*icmp_type, *code, 0, 0];
             h.extend_from_slice(rest);
             h.extend_from_slice(payload);
-            let (proto, c) =
-                if v6 { (58, csum(&[&pseudo(src, dst, 58, h.len()), &h])) } else { (1, csum(&[&h])) };
+            let (proto, c) = if v6 { (58, csum(&[&pseudo(src, dst, 58, h.len()), &h])) } else { (1, csum(&[&h])) };
             h[2..4].copy_from_slice(&c.to_be_bytes());
             (proto, h)
         }
@@ -539,7 +540,8 @@ fn ext_bytes(e: &Ext, next: u8) -> (u8, Vec<u8>) {
 fn ip_bytes(ip: &Ip, proto: u8, upper: &[u8], frag: Option<&Frag>) -> Vec<u8> {
     let (body, offset, more) = match frag {
         Some(f) => {
-            let offset = f.offset & 0x1fff;
+            // Mostly inside the datagram, so the fragment carries bytes.
+            let offset = if f.anywhere { f.offset & 0x1fff } else { f.offset % (upper.len() / 8 + 1) as u16 };
             let start = usize::from(offset) * 8;
             let from = start.min(upper.len());
             let to = (start + usize::from(f.len)).min(upper.len());
@@ -664,10 +666,9 @@ impl Packet {
         let payload: Vec<u8> = match &self.payload {
             Payload::Bytes(b) => b.clone(),
             Payload::Zeros(n) => vec![0; usize::from(*n).min(9000)],
-            Payload::Quote { back, cut } => d
-                .recent(*back)
-                .map(|l| l.bytes[..l.bytes.len().min(usize::from(*cut))].to_vec())
-                .unwrap_or_default(),
+            Payload::Quote { back, cut } => {
+                d.recent(*back).map(|l| l.bytes[..l.bytes.len().min(usize::from(*cut))].to_vec()).unwrap_or_default()
+            }
         };
         let (proto, upper) = upper_bytes(ip.src, ip.dst, &l4, &payload);
         let mut p = ip_bytes(&ip, proto, &upper, self.fragment.as_ref());
