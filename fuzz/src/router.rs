@@ -253,6 +253,11 @@ impl Driver {
         (n > 0).then(|| &self.left[n - 1 - usize::from(back) % n])
     }
 
+    /// Each worker's counters (the State's, the responder's, are in both).
+    pub fn stats(&self) -> Vec<op25b::Stats> {
+        self.workers.iter().map(Router::stats).collect()
+    }
+
     /// Checks the counters: per direction and worker, every packet received
     /// has exactly one verdict.
     pub fn finish(&self) {
@@ -318,7 +323,12 @@ impl<'a> Script<'a> {
 
     /// Plays the script.
     pub fn run(self) {
-        let Some((&head, mut rest)) = self.data.split_first() else { return };
+        let _ = self.play();
+    }
+
+    /// Plays the script; the driver afterwards (`None` for an empty input).
+    pub fn play(self) -> Option<Driver> {
+        let (&head, mut rest) = self.data.split_first()?;
         let mut d = Driver::new(head & 0x0f, head & 0x10 != 0);
         let take = |n: usize, rest: &mut &'a [u8]| -> &'a [u8] {
             let (a, b) = rest.split_at(n.min(rest.len()));
@@ -352,5 +362,6 @@ impl<'a> Script<'a> {
             let _ = d.send(worker, dir, pkt, rx);
         }
         d.finish();
+        Some(d)
     }
 }

@@ -722,7 +722,12 @@ fn icmp_error(pkt: &[u8], icmp_type: u8, code: u8) -> Option<Vec<u8>> {
 
 /// Plays the input.
 pub fn run(data: &[u8]) {
-    let Ok(input) = Input::arbitrary_take_rest(Unstructured::new(data)) else { return };
+    let _ = play(data);
+}
+
+/// Plays the input; the driver afterwards (`None` if the bytes decode to no input).
+pub fn play(data: &[u8]) -> Option<Driver> {
+    let input = Input::arbitrary_take_rest(Unstructured::new(data)).ok()?;
     let mut d = Driver::new(input.policy, input.small_reply);
     for step in input.steps.iter().take(64) {
         match step {
@@ -750,4 +755,5 @@ pub fn run(data: &[u8]) {
         }
     }
     d.finish();
+    Some(d)
 }
