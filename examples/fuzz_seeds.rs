@@ -122,12 +122,32 @@ fn main() {
         }
     }
 
-    // Inputs of `arbitrary` have no writer: varied bytes, which decode into
-    // varied packet sequences, from a fixed xorshift generator.
+    // Inputs of `arbitrary` have no writer: bytes from a fixed xorshift
+    // generator, kept when they move a counter of the deeper stages (blocked,
+    // answered by the banner responder, redirected, ...) that fewer than four
+    // kept inputs moved yet, and the first eight whatever they do.
     let dir = root.join("router_structured");
+    let wanted = [
+        "op25b_terminated",
+        "op25b_redirected",
+        "drop_op25b_blocked",
+        "drop_ip25b_blocked",
+        "reply_tcp_rst",
+        "reply_prohibited",
+        "reply_too_big",
+        "reply_time_exceeded",
+        "reply_echo_reply",
+        "drop_fragment_overlap",
+        "drop_rule_drop",
+        "drop_rate_limited",
+        "forwarded_outbound",
+        "forwarded_inbound",
+    ];
+    let mut hits = vec![0; wanted.len()];
     let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
-    for i in 0..32 {
-        let bytes: Vec<u8> = (0..512)
+    let mut kept = 0;
+    for _ in 0..20_000 {
+        let bytes: Vec<u8> = (0..384)
             .map(|_| {
                 x ^= x << 13;
                 x ^= x >> 7;
@@ -135,8 +155,21 @@ fn main() {
                 x as u8
             })
             .collect();
-        write(&dir, &format!("xorshift-{i:02}"), &bytes);
-        count += 1;
+        let Some(driver) = fuzz::structured::play(&bytes) else { continue };
+        let moved: Vec<String> =
+            driver.stats().iter().flat_map(|s| s.pairs()).filter(|(_, n)| *n > 0).map(|(k, _)| k).collect();
+        let mut keep = kept < 8;
+        for (i, w) in wanted.iter().enumerate() {
+            if hits[i] < 4 && moved.iter().any(|m| m == w) {
+                hits[i] += 1;
+                keep = true;
+            }
+        }
+        if keep {
+            write(&dir, &format!("xorshift-{kept:02}"), &bytes);
+            kept += 1;
+            count += 1;
+        }
     }
 
     let dir = root.join("config");

@@ -49,6 +49,17 @@ pub enum Step {
     },
     /// Time passes.
     Wait(Wait),
+    /// A conversation: up to `rounds` times, the receiver of the newest
+    /// packet that left answers it (SYN with SYN-ACK, SYN-ACK with ACK, then
+    /// `data` once, then FIN if `fin`), the responder's timers running between.
+    Converse {
+        /// At most this many answers.
+        rounds: u8,
+        /// What the answering side says once (an SMTP command, say).
+        data: Vec<u8>,
+        /// End with a FIN.
+        fin: bool,
+    },
 }
 
 /// How long.
@@ -745,6 +756,31 @@ pub fn play(data: &[u8]) -> Option<Driver> {
                 };
                 if let Some(b) = bytes {
                     let _ = d.send(0, left.answer, &b, RxInfo::default());
+                }
+            }
+            Step::Converse { rounds, data, fin } => {
+                let mut said = false;
+                for _ in 0..(*rounds).min(8) {
+                    let Some(left) = d.recent(0).cloned() else { break };
+                    let theirs = match PacketView::parse(&left.bytes).map(|v| v.transport) {
+                        Ok(Transport::Tcp { flags, .. }) => flags,
+                        _ => break,
+                    };
+                    let (flags, payload): (Flags, &[u8]) = if theirs & 0x04 != 0 {
+                        break;
+                    } else if theirs & 0x02 != 0 {
+                        (Flags::Auto, b"")
+                    } else if !said {
+                        said = true;
+                        (Flags::PshAck, data)
+                    } else if *fin {
+                        (Flags::FinAck, b"")
+                    } else {
+                        (Flags::Ack, b"")
+                    };
+                    let Some(b) = answer(&left.bytes, flags, payload) else { break };
+                    let _ = d.send(0, left.answer, &b, RxInfo::default());
+                    d.advance(Duration::from_millis(1));
                 }
             }
             Step::Wait(w) => d.advance(match w {
