@@ -2,16 +2,18 @@
 //! (or the directory given): the test packets of `op25b::testing::packets`
 //! as packet sequences under every fuzzing policy, the fuzzing configs and the
 //! lab's, the `check --packet` forms, and captures of the test packets in every
-//! link type replay reads. `scripts/fuzz.sh` runs it before fuzzing.
+//! link type replay reads, as pcap and pcapng. The seeds are checked in; run it
+//! again after changing the fuzzing policies or the input formats:
 //!
 //! ```text
-//! cargo run --example fuzz_seeds [-- DIR]
+//! cargo run --release --example fuzz_seeds [-- DIR]
 //! ```
 
 #[path = "../fuzz/src/lib.rs"]
 #[allow(dead_code)]
 mod fuzz;
 
+use std::borrow::Cow;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -19,6 +21,9 @@ use fuzz::router::{builders, sample_packets, Record, Script};
 use op25b::testing::lab::*;
 use op25b::testing::packets::{self, fragment4, fragment6, with_ext6};
 use pcap_file::pcap::{PcapHeader, PcapPacket, PcapWriter};
+use pcap_file::pcapng::blocks::enhanced_packet::EnhancedPacketBlock;
+use pcap_file::pcapng::blocks::interface_description::{InterfaceDescriptionBlock, InterfaceDescriptionOption};
+use pcap_file::pcapng::PcapNgWriter;
 use pcap_file::DataLink;
 
 fn write(dir: &Path, name: &str, data: &[u8]) {
@@ -97,6 +102,25 @@ fn scenarios() -> Vec<(&'static str, Vec<Record>)> {
             ],
         ),
     ]
+}
+
+/// A pcapng file of `frames` with link type `link`, in microseconds or
+/// (`nanos`, if_tsresol = 9) nanoseconds.
+fn pcapng(link: DataLink, nanos: bool, frames: &[Vec<u8>]) -> Vec<u8> {
+    let mut w = PcapNgWriter::new(Vec::new()).expect("a section header");
+    let options = if nanos { vec![InterfaceDescriptionOption::IfTsResol(9)] } else { vec![] };
+    w.write_pcapng_block(InterfaceDescriptionBlock { linktype: link, snaplen: 0, options }).expect("an interface");
+    for (i, f) in frames.iter().enumerate() {
+        let epb = EnhancedPacketBlock {
+            interface_id: 0,
+            timestamp: Duration::from_micros(i as u64 * 300_000),
+            original_len: f.len() as u32,
+            data: Cow::Borrowed(f),
+            options: vec![],
+        };
+        w.write_pcapng_block(epb).expect("a packet block");
+    }
+    w.into_inner()
 }
 
 /// A pcap file of `frames` with link type `link`.
@@ -228,6 +252,9 @@ fn main() {
             write(&dir, "raw-cut.pcap", &bytes[..bytes.len() - 7]);
             count += 1;
         }
+        let ng = pcapng(link, name.starts_with("eth"), &frames);
+        write(&dir, &name.replace(".pcap", ".pcapng"), &ng);
+        count += 1;
     }
     println!("{count} seeds in {}", root.display());
 }

@@ -52,6 +52,7 @@ NOT_RUN = [
     ("scripts/setup.sh --bench", "installs Debian packages; scripts/test.sh runs it before this test"),
     ("cargo install --path .", "installs into ~/.cargo/bin; the test puts target/release on PATH instead"),
     ("scripts/test.sh", "the test suite itself, which runs this test"),
+    ("scripts/fuzz.sh", "fuzzing runs for minutes per target; scripts/test.sh runs fuzz.sh --smoke"),
     (" netns op25b-lab-sub", "a diagram of the lab"),
     ("read from a TUN", "a diagram of the pipeline"),
     ('{"action":"reject"', "lines of an events file (timestamps, ports); tests/control.rs checks them"),

@@ -51,7 +51,7 @@ pub fn config(data: &[u8]) {
         }
         Err(e) => {
             let shown = e.to_string();
-            let ConfigError::Invalid { file, line, key, message } = &e else {
+            let ConfigError::Invalid { file, line, key, message, excerpt } = &e else {
                 panic!("parsing text gave a non-parse error: {shown}");
             };
             let lines = text.bytes().filter(|b| *b == b'\n').count() + 1;
@@ -60,6 +60,19 @@ pub fn config(data: &[u8]) {
             assert!(!key.is_empty() && !message.is_empty(), "{shown}");
             assert!(shown.starts_with(&format!("fuzz.toml:{line}: ")), "{shown}");
             assert!(!shown.contains('\n'), "an error is one line: {shown:?}");
+            if let Some(x) = excerpt {
+                // The excerpt is the error's line of the text, the span inside it.
+                let of_line = text.split('\n').nth(line - 1).map(|l| l.trim_end_matches('\r'));
+                assert_eq!(of_line, Some(x.text.as_str()), "{shown}");
+                assert!(x.span.start <= x.span.end && x.span.end <= x.text.len(), "{shown}: {x:?}");
+                assert!(x.text.is_char_boundary(x.span.start) && x.text.is_char_boundary(x.span.end), "{x:?}");
+            }
+            // The form a person sees: the one line first, whatever the excerpt holds.
+            for color in [false, true] {
+                let _ = e.render(color);
+            }
+            let plain = e.render(false);
+            assert_eq!(plain.lines().next(), Some(format!("error: {shown}").as_str()), "{plain}");
         }
     }
 }
@@ -85,26 +98,24 @@ pub fn spec(data: &[u8]) {
     assert!(!trace.steps.is_empty(), "{text:?}: an empty trace");
 }
 
-/// `replay`: arbitrary bytes as a capture file through `op25b replay`'s
-/// reading entry point, [`op25b::tools::replay::replay`], which takes a path:
-/// the bytes go to a file first. Whatever formats replay reads (pcap today)
-/// this target covers; add seeds of a new format to `fuzz/seeds/replay`.
+/// `replay`: arbitrary bytes as a capture (pcap or pcapng, told apart by
+/// their first bytes) through `op25b replay`'s reading entry point,
+/// [`op25b::tools::replay::replay_from`]: every record is judged or skipped,
+/// and the per-record lines agree with the report.
 pub fn replay(data: &[u8]) {
-    thread_local! {
-        static FILE: std::path::PathBuf = {
-            let dir = std::env::temp_dir().join(format!("op25b-fuzz-replay-{}", std::process::id()));
-            std::fs::create_dir_all(&dir).expect("a temporary directory");
-            dir.join(format!("{:?}.pcap", std::thread::current().id()).replace(['(', ')'], ""))
-        };
+    let mut r = router::router(0);
+    let prefixes = r.policy().subscriber_prefixes.clone();
+    let opts = op25b::tools::replay::ReplayOptions::default();
+    let mut lines = 0u64;
+    let mut skipped = 0u64;
+    let mut each = |line: &op25b::tools::replay::PacketLine| {
+        lines += 1;
+        assert_eq!(line.record, lines, "records in order");
+        skipped += u64::from(line.verdict == "skipped");
+    };
+    if let Ok(report) = op25b::tools::replay::replay_from(&mut r, &prefixes, data, &opts, &mut each) {
+        let judged: u64 = report.verdicts.values().sum();
+        assert_eq!(report.packets, judged + report.skipped, "{report:?}");
+        assert_eq!((report.packets, report.skipped), (lines, skipped), "{report:?}");
     }
-    FILE.with(|file| {
-        std::fs::write(file, data).expect("writing the capture");
-        let mut r = router::router(data.first().copied().unwrap_or(0));
-        let prefixes = r.policy().subscriber_prefixes.clone();
-        let opts = op25b::tools::replay::ReplayOptions::default();
-        if let Ok(report) = op25b::tools::replay::replay(&mut r, &prefixes, file, &opts) {
-            let judged: u64 = report.verdicts.values().sum();
-            assert_eq!(report.packets, judged + report.skipped, "{report:?}");
-        }
-    });
 }

@@ -23,6 +23,7 @@ use std::time::{Duration, Instant};
 
 use op25b::packet::{Direction, PacketView};
 use op25b::policy::Policy;
+use op25b::state::abuse::{Abuse, AbuseEvent, AbuseSettings, Attempt};
 use op25b::testing::{packets, PolicyBuilder};
 use op25b::{Router, RxInfo, Verdict};
 
@@ -110,6 +111,16 @@ pub fn builders() -> Vec<PolicyBuilder> {
             .op25b("max_flows_per_source", 2)
     };
     let inbound = |b: PolicyBuilder| b.op25b("block_inbound", true).op25b("ports", "[25, 465, 587]");
+    // Suspected after two blocked attempts (or destinations) in a minute,
+    // quarantined for a minute, in a table of 16 subscribers.
+    let abuse = |b: PolicyBuilder| {
+        b.abuse("window", "\"60s\"")
+            .abuse("threshold", 2)
+            .abuse("destinations_threshold", 2)
+            .abuse("on_suspect", "\"quarantine\"")
+            .abuse("quarantine_for", "\"1m\"")
+            .abuse("track", 16)
+    };
     vec![
         base().action("reject"),
         base().action("drop"),
@@ -122,19 +133,35 @@ pub fn builders() -> Vec<PolicyBuilder> {
         banner(inbound(base())),
         redirect(inbound(base()), 2525, 64),
         PolicyBuilder::lab(),
+        base().action("monitor"),
+        abuse(base().action("reject")),
+        abuse(inbound(base().action("monitor"))),
     ]
 }
 
-/// The policies, built once per process (building parses TOML).
-pub fn policies() -> &'static [Arc<Policy>] {
-    static POLICIES: OnceLock<Vec<Arc<Policy>>> = OnceLock::new();
-    POLICIES.get_or_init(|| builders().iter().map(|b| b.policy()).collect())
+/// The policies and their `[abuse]` settings, built once per process
+/// (building parses TOML).
+pub fn policies() -> &'static [(Arc<Policy>, Option<AbuseSettings>)] {
+    static POLICIES: OnceLock<Vec<(Arc<Policy>, Option<AbuseSettings>)>> = OnceLock::new();
+    POLICIES.get_or_init(|| {
+        builders()
+            .iter()
+            .map(|b| {
+                let c = b.config();
+                (Arc::new(c.policy), c.abuse)
+            })
+            .collect()
+    })
+}
+
+fn pick(selector: u8) -> &'static (Arc<Policy>, Option<AbuseSettings>) {
+    let all = policies();
+    &all[usize::from(selector) % all.len()]
 }
 
 /// A router over policy `selector` (modulo the count) with fresh state.
 pub fn router(selector: u8) -> Router {
-    let all = policies();
-    Router::new(all[usize::from(selector) % all.len()].clone())
+    Router::new(pick(selector).0.clone())
 }
 
 /// A few ordinary packets of the lab: seeds, and what a fuzzed config is tried on.
@@ -171,6 +198,10 @@ pub struct Driver {
     out: Vec<u8>,
     /// The last packets that left (forwarded, replies, responder output), oldest first.
     pub left: Vec<Left>,
+    /// Abuse handling fed with OP25B's blocks, as the data plane feeds it,
+    /// quarantining into the routers' state (policies with `[abuse]`).
+    abuse: Option<Abuse>,
+    events: Vec<AbuseEvent>,
 }
 
 /// Packets kept in [`Driver::left`].
@@ -180,9 +211,15 @@ impl Driver {
     /// Policy `selector` (modulo the count); a reply buffer of 1280 bytes
     /// (the least the router is documented to need) if `small_reply`.
     pub fn new(selector: u8, small_reply: bool) -> Driver {
-        let first = router(selector);
-        let second = Router::with_state(first.policy().clone(), first.state().clone());
+        let (policy, settings) = pick(selector);
+        let mut first = Router::new(policy.clone());
+        let mut second = Router::with_state(policy.clone(), first.state().clone());
+        let abuse = settings.clone().map(|s| Abuse::new(s, first.state().quarantine().clone()));
+        first.note_blocks(abuse.is_some());
+        second.note_blocks(abuse.is_some());
         Driver {
+            abuse,
+            events: Vec::new(),
             workers: [first, second],
             now: Instant::now(),
             reply: vec![0; if small_reply { 1280 } else { 65_536 }],
@@ -205,6 +242,10 @@ impl Driver {
     }
 
     fn timers(&mut self) {
+        if let Some(a) = &self.abuse {
+            a.expire(self.now, &mut self.events);
+            self.events.clear();
+        }
         let state = self.workers[0].state().clone();
         if state.poll_timeout().is_some_and(|at| at <= self.now) {
             state.handle_timeout(self.now);
@@ -227,6 +268,18 @@ impl Driver {
     pub fn send(&mut self, worker: usize, dir: Direction, pkt: &[u8], rx: RxInfo) -> Verdict {
         let mut buf = pkt.to_vec();
         let v = self.workers[worker % 2].handle(self.now, dir, &mut buf, &mut self.reply, rx);
+        if let Some(block) = self.workers[worker % 2].take_block() {
+            if let (Some(a), None) = (&self.abuse, block.rule) {
+                let attempt = Attempt {
+                    at: self.now,
+                    src: block.src.ip(),
+                    dst: block.dst.ip(),
+                    monitor: block.action == "monitor",
+                };
+                a.record([attempt], &mut self.events);
+                self.events.clear();
+            }
+        }
         match v {
             Verdict::Forward { len } => {
                 assert!(len <= buf.len(), "forward of {len} bytes from a {}-byte packet", buf.len());
