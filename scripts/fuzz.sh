@@ -44,6 +44,11 @@ status=0
 for t in "${targets[@]}"; do
     [[ " ${all[*]} " == *" $t "* ]] || { echo "fuzz.sh: no target $t (${all[*]})" >&2; exit 2; }
     corpus=fuzz/corpus/$t
+    if ((smoke)); then
+        # From the seeds alone, leaving nothing behind.
+        corpus=$(mktemp -d)
+        trap 'rm -rf "$corpus"' EXIT
+    fi
     mkdir -p "$corpus" "fuzz/artifacts/$t"
     # One process, in the foreground (libFuzzer's -jobs would fork and log to fuzz-N.log).
     args=(-max_total_time="$seconds" -print_final_stats=1 -rss_limit_mb=2048)
@@ -60,6 +65,7 @@ for t in "${targets[@]}"; do
     # The last status line and the final stats: executions, coverage, corpus.
     grep -E '^#[0-9]+' "$log" | tail -n 1 || true
     grep -E '^stat::(number_of_executed_units|average_exec_per_sec|peak_rss_mb|new_units_added)' "$log" || true
-    echo "corpus: $(find "$corpus" -type f | wc -l) files, $(du -sk "$corpus" | cut -f1) KiB"
+    echo "corpus: $(find "$corpus" -type f | wc -l) files, $(du -sk --apparent-size "$corpus" | cut -f1) KiB"
+    ((smoke)) && rm -rf "$corpus"
 done
 exit "$status"
