@@ -36,12 +36,38 @@ pub(super) fn excerpt(text: &str, span: &Range<usize>) -> Option<Excerpt> {
     Some(Excerpt { text: line.to_string(), span: from..to })
 }
 
+/// Bytes of a line shown around the bad value.
+const WIDE: usize = 100;
+
+/// The part of a long line around the span, tabs shown as spaces, so the
+/// renderer never trims it: annotate-snippets 0.11 overflows trimming a line
+/// wider than its terminal width whose span lies in the leading whitespace
+/// (found by fuzzing, tests/fuzz_regressions.rs).
+fn narrow(e: &Excerpt) -> Excerpt {
+    let text = e.text.replace('\t', " ");
+    if text.len() <= WIDE {
+        return Excerpt { text, span: e.span.clone() };
+    }
+    let mut from = e.span.start.saturating_sub(WIDE / 2);
+    while !text.is_char_boundary(from) {
+        from -= 1;
+    }
+    let mut to = (from + WIDE).min(text.len());
+    while !text.is_char_boundary(to) {
+        to -= 1;
+    }
+    let start = e.span.start.clamp(from, to);
+    let end = e.span.end.clamp(start, to);
+    Excerpt { text: text[from..to].to_string(), span: start - from..end - from }
+}
+
 /// The error as text: `error: TITLE`, then the excerpt with its caret.
 /// Colours (`color`) only for a terminal.
 pub(super) fn render(title: &str, line: usize, excerpt: Option<&Excerpt>, color: bool) -> String {
     let renderer = if color { Renderer::styled() } else { Renderer::plain() };
     let mut message = Level::Error.title(title);
-    if let Some(e) = excerpt {
+    let shown = excerpt.map(narrow);
+    if let Some(e) = &shown {
         message =
             message.snippet(Snippet::source(&e.text).line_start(line).annotation(Level::Error.span(e.span.clone())));
     }
