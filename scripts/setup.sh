@@ -14,7 +14,19 @@ set -euo pipefail
 need=(ip:iproute2 ping:iputils-ping traceroute:traceroute python3:python3 tcpdump:tcpdump)
 # The lab's SMTP servers and tests/actions.rs run aiosmtpd under /usr/bin/python3.
 need+=(aiosmtpd:python3-aiosmtpd)
-#                             #   tcpdump python3-aiosmtpd systemd util-linux g++ (libFuzzer)
+# tests/service.rs: systemd-analyze verify, op25b as nobody under setpriv/unshare.
+need+=(systemd-analyze:systemd setpriv:util-linux unshare:util-linux)
+# scripts/fuzz.sh: libfuzzer-sys compiles libFuzzer with the C++ compiler.
+need+=(c++:g++)
+bench=0 package=0
+for arg in "$@"; do
+    case $arg in
+        --bench) bench=1 ;;
+        --package) package=1 ;;
+        *) echo "setup: unknown option $arg (--bench, --package)" >&2; exit 2 ;;
+    esac
+done
+if ((bench)); then
     need+=(iperf3:iperf3 nft:nftables)
 fi
 if ((package)); then
