@@ -3,6 +3,7 @@
 # (Debian/Ubuntu, as root). Idempotent: does nothing when all are present.
 #   scripts/setup.sh          # lab + tests: iproute2 iputils-ping traceroute python3
 #                             #   tcpdump python3-aiosmtpd systemd util-linux g++ (libFuzzer)
+#                             #   clang lld (the example program rules, rules/examples/build.sh)
 #   scripts/setup.sh --bench  # also iperf3 and nftables for scripts/bench.sh
 #   scripts/setup.sh --package  # also cargo-deb, man-db and dpkg-dev for scripts/package_test.sh
 # (flags combine)
@@ -18,6 +19,8 @@ need+=(aiosmtpd:python3-aiosmtpd)
 need+=(systemd-analyze:systemd setpriv:util-linux unshare:util-linux)
 # scripts/fuzz.sh: libfuzzer-sys compiles libFuzzer with the C++ compiler.
 need+=(c++:g++)
+# The example program rules are C built for wasm32 by the tests (rules/examples/build.sh).
+need+=(clang:clang wasm-ld:lld)
 bench=0 package=0
 for arg in "$@"; do
     case $arg in

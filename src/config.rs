@@ -15,7 +15,7 @@ use ipnet::IpNet;
 use serde::Deserialize;
 use toml::Spanned;
 
-use crate::policy::{Action, Banner, Op25b, Pipeline, Policy, PortSet, PrefixSet, Rule};
+use crate::policy::{Action, Banner, Op25b, Pipeline, Policy, PortSet, PrefixSet};
 use std::sync::Arc;
 
 mod abuse;
@@ -352,7 +352,7 @@ impl Config {
         let (reply_limit, max_flows, max_flows_per_source) = actions::limits(&cx, o)?;
         let sets = rules::Sets::compile(&cx, &file.sets)?;
         let compiled = rules::compile(&cx, &sets, &file.rules)?;
-        let pipeline = Pipeline::new(compiled.into_iter().map(|r| Box::new(r) as Box<dyn Rule>).collect());
+        let pipeline = Pipeline::new(compiled);
         let (abuse, quarantine_allow) = abuse::parse(&cx, file.abuse.as_ref())?;
         let policy = Policy {
             address_v4,

@@ -457,7 +457,11 @@ fn run_replay(
             if !report.rules.is_empty() {
                 outln!("  rules (packets / bytes matched):");
                 for r in &report.rules {
-                    outln!("    {:<24} {:>8} {:>10}", r.name, r.packets, r.bytes);
+                    if r.errors == 0 {
+                        outln!("    {:<24} {:>8} {:>10}", r.name, r.packets, r.bytes);
+                    } else {
+                        outln!("    {:<24} {:>8} {:>10}  program errors {}", r.name, r.packets, r.bytes, r.errors);
+                    }
                 }
             }
         }
@@ -685,6 +689,7 @@ fn reload(dp: &Dataplane, running: Config) -> (Config, bool, String) {
                 kept_flows = r.kept.flows,
                 kept_sessions = r.kept.sessions,
                 kept_rule_buckets = r.kept.rule_buckets,
+                kept_programs = r.kept.programs,
                 "config reloaded: {}",
                 PolicySizes(&r.config.policy)
             );

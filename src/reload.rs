@@ -109,7 +109,7 @@ mod tests {
             assert_eq!((r.kept.reply_buckets, r.kept.flows), (replies, flows));
             r.kept
         };
-        let all = Kept { reply_buckets: true, flows: true, sessions: false, rule_buckets: 0 };
+        let all = Kept { reply_buckets: true, flows: true, sessions: false, rule_buckets: 0, programs: 0 };
         let same = || redirect("198.51.100.25:25");
         // Other prefixes or ports: everything goes on.
         let more = crate::testing::list(&["100.127.0.0/16", "100.64.0.0/10", "2001:db8:100::/48"]);

@@ -228,6 +228,8 @@ pub(crate) struct RuleCounters {
     pub(crate) names: Vec<Arc<str>>,
     pub(crate) packets: Box<[Counter]>,
     pub(crate) bytes: Box<[Counter]>,
+    /// Program faults (budget, trap), per rule.
+    pub(crate) errors: Box<[Counter]>,
 }
 
 impl RuleCounters {
@@ -239,8 +241,15 @@ impl RuleCounters {
         let make = |list: &[Counter]| -> Box<[Counter]> {
             names.iter().map(|n| Counter(AtomicU64::new(value(list, n)))).collect()
         };
-        let (packets, bytes) = (make(&old.packets), make(&old.bytes));
-        RuleCounters { names, packets, bytes }
+        let (packets, bytes, errors) = (make(&old.packets), make(&old.bytes), make(&old.errors));
+        RuleCounters { names, packets, bytes, errors }
+    }
+
+    /// Rule `rule`'s program faulted.
+    pub(crate) fn error(&self, rule: usize) {
+        if let Some(e) = self.errors.get(rule) {
+            e.add(1);
+        }
     }
 
     #[inline]
@@ -306,12 +315,14 @@ impl Counters {
         let rules = self.rules.lock().unwrap_or_else(|e| e.into_inner()).clone();
         for (i, name) in rules.names.iter().enumerate() {
             let (packets, bytes) = (rules.packets[i].get(), rules.bytes[i].get());
+            let errors = rules.errors.get(i).map_or(0, Counter::get);
             match s.rules.iter_mut().find(|r| r.name == **name) {
                 Some(r) => {
                     r.packets += packets;
                     r.bytes += bytes;
+                    r.errors += errors;
                 }
-                None => s.rules.push(RuleStats { name: name.to_string(), packets, bytes }),
+                None => s.rules.push(RuleStats { name: name.to_string(), packets, bytes, errors }),
             }
         }
     }
@@ -414,6 +425,9 @@ pub struct RuleStats {
     pub packets: u64,
     /// Bytes that matched it.
     pub bytes: u64,
+    /// Faults of its program (instruction budget exceeded, trap); 0 for
+    /// rules without one.
+    pub errors: u64,
 }
 
 /// One TUN device, as the data plane saw it.

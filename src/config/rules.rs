@@ -10,8 +10,10 @@ use toml::Spanned;
 use super::{ConfigError, Ctx};
 use crate::packet::proto;
 use crate::packet::Direction;
+use crate::policy::program::{DEFAULT_MAP_SIZE, MAX_MAP_SIZE};
 use crate::policy::rules::{ConfigRule, FlagMatch, RuleAction};
 use crate::policy::Limit;
+use crate::policy::{OnError, Program, ProgramRule, Rule};
 use crate::policy::{PortSet, PrefixSet};
 
 /// A port-list or set item: a number, "LOW-HIGH", "@set", or a prefix.
@@ -33,9 +35,15 @@ pub(super) struct RuleSection {
     src_ports: Option<Vec<Spanned<Item>>>,
     dst_ports: Option<Vec<Spanned<Item>>>,
     tcp_flags: Option<Spanned<String>>,
-    action: Spanned<String>,
+    action: Option<Spanned<String>>,
     rate: Option<Spanned<u32>>,
     burst: Option<Spanned<u32>>,
+    /// A WebAssembly program that decides (path relative to the config file).
+    program: Option<Spanned<String>>,
+    /// What a program rule answers when its program faults.
+    on_error: Option<Spanned<String>>,
+    /// Entries of a program rule's map.
+    map_size: Option<Spanned<u32>>,
 }
 
 /// A named set, once its type is known.
@@ -143,9 +151,13 @@ fn port_item(
 }
 
 /// Compiles the `[[rule]]` tables in file order.
-pub(super) fn compile(cx: &Ctx<'_>, sets: &Sets, raw: &[Spanned<RuleSection>]) -> Result<Vec<ConfigRule>, ConfigError> {
+pub(super) fn compile(
+    cx: &Ctx<'_>,
+    sets: &Sets,
+    raw: &[Spanned<RuleSection>],
+) -> Result<Vec<Box<dyn Rule>>, ConfigError> {
     let mut names = HashSet::new();
-    let mut out = Vec::with_capacity(raw.len());
+    let mut out: Vec<Box<dyn Rule>> = Vec::with_capacity(raw.len());
     for (i, r) in raw.iter().enumerate() {
         let span = r.span();
         let r = r.get_ref();
@@ -158,7 +170,32 @@ pub(super) fn compile(cx: &Ctx<'_>, sets: &Sets, raw: &[Spanned<RuleSection>]) -
         if !names.insert(name.clone()) {
             return Err(cx.err(&r.name.span(), key("name"), format!("a rule named {name:?} exists already")));
         }
-        let action = match r.action.get_ref().as_str() {
+        let program = match (&r.program, &r.action) {
+            (Some(p), Some(a)) => {
+                let _ = p;
+                return Err(cx.err(
+                    &a.span(),
+                    key("action"),
+                    "a rule with a `program` takes its verdict from the program: remove `action`",
+                ));
+            }
+            (Some(p), None) => Some(p),
+            (None, Some(_)) => None,
+            (None, None) => return Err(cx.err(&span, key("action"), "a rule needs an `action` or a `program`")),
+        };
+        if program.is_none() {
+            if let Some(x) = r
+                .on_error
+                .as_ref()
+                .map(|x| (x.span(), "on_error"))
+                .or(r.map_size.as_ref().map(|x| (x.span(), "map_size")))
+            {
+                return Err(cx.err(&x.0, key(x.1), format!("{} belongs to a rule with a `program`", x.1)));
+            }
+        }
+        let action_text = r.action.as_ref().map_or("count", |a| a.get_ref().as_str());
+        let action_span = r.action.as_ref().map_or(span.clone(), |a| a.span());
+        let action = match action_text {
             "accept" => RuleAction::Accept,
             "drop" => RuleAction::Drop,
             "reject" => RuleAction::Reject,
@@ -166,7 +203,7 @@ pub(super) fn compile(cx: &Ctx<'_>, sets: &Sets, raw: &[Spanned<RuleSection>]) -
             "rate-limit" => {
                 let (Some(rate), Some(burst)) = (&r.rate, &r.burst) else {
                     return Err(cx.err(
-                        &r.action.span(),
+                        &action_span,
                         key("action"),
                         "rate-limit needs `rate` (per second) and `burst`",
                     ));
@@ -179,7 +216,7 @@ pub(super) fn compile(cx: &Ctx<'_>, sets: &Sets, raw: &[Spanned<RuleSection>]) -
             }
             other => {
                 return Err(cx.err(
-                    &r.action.span(),
+                    &action_span,
                     key("action"),
                     format!("unknown action {other:?} (accept, drop, reject, count, rate-limit)"),
                 ))
@@ -272,9 +309,45 @@ pub(super) fn compile(cx: &Ctx<'_>, sets: &Sets, raw: &[Spanned<RuleSection>]) -
                 return Err(cx.err(&s, key("protocol"), "tcp_flags needs protocol = \"tcp\""));
             }
         }
-        out.push(rule);
+        match program {
+            None => out.push(Box::new(rule)),
+            Some(file) => out.push(Box::new(program_rule(cx, &key, r, rule, file)?)),
+        }
     }
     Ok(out)
+}
+
+/// Loads a rule's program (path relative to the config file) and checks it.
+fn program_rule(
+    cx: &Ctx<'_>,
+    key: &dyn Fn(&str) -> String,
+    r: &RuleSection,
+    matcher: ConfigRule,
+    file: &Spanned<String>,
+) -> Result<ProgramRule, ConfigError> {
+    let on_error = match &r.on_error {
+        None => OnError::Continue,
+        Some(o) => OnError::parse(o.get_ref()).ok_or_else(|| {
+            cx.err(
+                &o.span(),
+                key("on_error"),
+                format!("unknown on_error {:?} (continue, accept, drop, reject)", o.get_ref()),
+            )
+        })?,
+    };
+    let map_size = match &r.map_size {
+        None => DEFAULT_MAP_SIZE,
+        Some(m) if (1..=MAX_MAP_SIZE).contains(&(*m.get_ref() as usize)) => *m.get_ref() as usize,
+        Some(m) => {
+            return Err(cx.err(&m.span(), key("map_size"), format!("must be between 1 and {MAX_MAP_SIZE} entries")))
+        }
+    };
+    let name = file.get_ref();
+    let path = cx.file.parent().unwrap_or(std::path::Path::new("")).join(name);
+    let fail = |why: String| cx.err(&file.span(), key("program"), format!("{}: {why}", path.display()));
+    let bytes = std::fs::read(&path).map_err(|e| fail(format!("cannot read it: {e}")))?;
+    let program = Program::load(&bytes, map_size).map_err(|e| fail(e.to_string()))?;
+    Ok(ProgramRule { matcher, file: name.clone(), program: std::sync::Arc::new(program), on_error })
 }
 
 /// For an error inside `rule[N]`, the rule's name from the raw text, so the

@@ -130,6 +130,12 @@ impl Collector for Scrape {
             "Bytes that matched each rule.",
             s.rules.iter().map(|r| (vec![("rule", r.name.as_str())], r.bytes)),
         )?;
+        counters(
+            &mut e,
+            "op25b_rule_errors",
+            "Faults of each program rule's program (budget exceeded, trap): each answered its on_error verdict.",
+            s.rules.iter().map(|r| (vec![("rule", r.name.as_str())], r.errors)),
+        )?;
         let devices = ["subscriber", "upstream"];
         type Field = fn(&crate::stats::DeviceStats) -> u64;
         let device_figures: [(&str, &str, Field); 6] = [

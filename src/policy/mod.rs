@@ -7,6 +7,8 @@ pub mod op25b;
 pub mod pipeline;
 pub mod ports;
 pub mod prefix;
+pub mod program;
+pub mod program_instance;
 pub mod quarantine;
 pub mod rules;
 
@@ -17,6 +19,8 @@ pub use op25b::{Action, Banner, Decision, Op25b};
 pub use pipeline::{Pipeline, RuleHooks, RuleStep};
 pub use ports::PortSet;
 pub use prefix::PrefixSet;
+pub use program::{OnError, Program, ProgramError, ProgramRule};
+pub use program_instance::{Fault, Instance};
 pub use quarantine::QuarantineAllow;
 pub use rules::{ConfigRule, Rule, RuleAction, RuleContext, RuleVerdict};
 

@@ -14,6 +14,7 @@
 use std::net::IpAddr;
 use std::time::Instant;
 
+use super::program::ProgramRule;
 use super::rules::{ports_of, ConfigRule, Rule, RuleContext, RuleVerdict};
 use super::Limit;
 use crate::packet::PacketView;
@@ -33,6 +34,12 @@ pub trait RuleHooks {
     /// Rate-limit rule `index` matched: take a token from the bucket of the
     /// packet's source; false when it is empty.
     fn allow(&mut self, index: usize, limit: Limit, packet: &PacketView, now: Instant) -> bool;
+
+    /// Program rule `index` matched its fields: run its program. Without an
+    /// instance to run, its `on_error` verdict.
+    fn program(&mut self, _index: usize, rule: &ProgramRule, _packet: &PacketView, _cx: &RuleContext) -> RuleVerdict {
+        rule.on_error.verdict()
+    }
 
     /// One step of the evaluation (only called when [`RuleHooks::TRACE`]).
     fn step(&mut self, _index: usize, _rule: &dyn Rule, _step: RuleStep) {}
@@ -154,7 +161,18 @@ impl Pipeline {
                 }
                 None => c.verdict(|limit| hooks.allow(i, limit, p, cx.now)),
             },
-            None => rule.evaluate(p, cx),
+            None => match rule.as_program_rule() {
+                Some(pr) => match pr.matcher.first_mismatch(p, cx.direction) {
+                    Some(field) => {
+                        if H::TRACE {
+                            hooks.step(i, rule, RuleStep::NoMatch(Some(field)));
+                        }
+                        return None;
+                    }
+                    None => hooks.program(i, pr, p, cx),
+                },
+                None => rule.evaluate(p, cx),
+            },
         };
         if H::TRACE {
             let step = match v {

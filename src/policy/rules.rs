@@ -73,6 +73,11 @@ pub trait Rule: Send + Sync {
     fn as_config_rule(&self) -> Option<&ConfigRule> {
         None
     }
+
+    /// The program rule, for rules whose decision a loaded program makes.
+    fn as_program_rule(&self) -> Option<&super::program::ProgramRule> {
+        None
+    }
 }
 
 /// What a config rule does when it matches.

@@ -8,13 +8,17 @@ use std::time::Instant;
 
 use super::trace::verdict_text;
 use super::{DropReason, Packet, ReplyKind, Router, Tracer, Verdict};
+use crate::packet::Direction;
 use crate::packet::{proto, reply, IcmpError, PacketView};
-use crate::policy::{Limit, Rule, RuleContext, RuleHooks, RuleStep, RuleVerdict};
+use crate::policy::{Limit, ProgramRule, Rule, RuleContext, RuleHooks, RuleStep, RuleVerdict};
+use crate::state::subscriber_key;
 use crate::state::State;
 use crate::stats::RuleCounters;
 
 /// The pipeline's hooks during one packet.
 struct Hooks<'a, T> {
+    /// The packet's bytes, for program rules.
+    bytes: &'a [u8],
     counters: &'a RuleCounters,
     state: &'a State,
     tracer: &'a mut T,
@@ -31,6 +35,32 @@ impl<T: Tracer> RuleHooks for Hooks<'_, T> {
     fn allow(&mut self, index: usize, _limit: Limit, packet: &PacketView, now: Instant) -> bool {
         let src: IpAddr = packet.src;
         self.state.allow_rule(index, src, now)
+    }
+
+    fn program(&mut self, index: usize, rule: &ProgramRule, packet: &PacketView, cx: &RuleContext) -> RuleVerdict {
+        let (direction, inside) = match cx.direction {
+            Direction::Outbound => (0, packet.src),
+            Direction::Inbound => (1, packet.dst),
+        };
+        let run = self.state.run_program(index, self.bytes, direction, subscriber_key(inside), cx.now);
+        match run {
+            Some(Ok(v)) => {
+                self.tracer.note("program", || format!("{}: returned {}", rule.file, verdict_text(v)));
+                v
+            }
+            fault => {
+                self.counters.error(index);
+                let v = rule.on_error.verdict();
+                self.tracer.note("program", || {
+                    let why = match fault {
+                        Some(Err(f)) => f.to_string(),
+                        _ => "not instantiated".to_string(),
+                    };
+                    format!("{}: {why}; on_error -> {}", rule.file, verdict_text(v))
+                });
+                v
+            }
+        }
     }
 
     fn step(&mut self, index: usize, rule: &dyn Rule, step: RuleStep) {
@@ -50,7 +80,8 @@ impl Router {
             return ControlFlow::Continue(());
         }
         let cx = RuleContext { direction: p.dir, now: p.now };
-        let mut hooks = Hooks { counters: &self.rule_counters, state: &self.state, tracer: &mut *t };
+        let bytes = &p.buf[..p.view.len.min(p.buf.len())];
+        let mut hooks = Hooks { bytes, counters: &self.rule_counters, state: &self.state, tracer: &mut *t };
         let Some((verdict, rule)) = rules.evaluate(&p.view, &cx, &mut hooks) else {
             t.note("rules", || "no final verdict: default forward".into());
             return ControlFlow::Continue(());

@@ -24,7 +24,7 @@ use std::net::IpAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
-use crate::policy::{Action, Limit, Policy, RuleAction};
+use crate::policy::{Action, Fault, Instance, Limit, Policy, RuleAction, RuleVerdict};
 use crate::stats::ResponderStats;
 use abuse::Quarantine;
 use conntrack::Conntrack;
@@ -64,6 +64,17 @@ pub struct State {
     rule_buckets: Box<[Option<Arc<RuleBuckets>>]>,
     /// Subscribers in quarantine (`[abuse]`): always carried over a reload.
     quarantine: Arc<Quarantine>,
+    /// By rule index; `None` for rules that are not program rules.
+    programs: Box<[Option<Arc<ProgramSlot>>]>,
+}
+
+/// The live instance of one program rule (its memory and map).
+#[derive(Debug)]
+struct ProgramSlot {
+    name: String,
+    digest: u64,
+    /// `None` when it could not be instantiated: every call is then a fault.
+    instance: Option<Mutex<Instance>>,
 }
 
 /// The parts of the running state a reload carried over.
@@ -77,6 +88,9 @@ pub struct Kept {
     pub sessions: bool,
     /// Rate-limit rules whose buckets carried over (same name and limit).
     pub rule_buckets: usize,
+    /// Program rules whose instance (memory and map) carried over (same
+    /// name, same program and map size).
+    pub programs: usize,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -101,6 +115,19 @@ fn rule_buckets(policy: &Policy) -> Box<[Option<Arc<RuleBuckets>>]> {
         .collect()
 }
 
+fn programs(policy: &Policy) -> Box<[Option<Arc<ProgramSlot>>]> {
+    policy
+        .rules
+        .rules()
+        .iter()
+        .map(|r| {
+            let p = r.as_program_rule()?;
+            let instance = Instance::new(&p.program).ok().map(Mutex::new);
+            Some(Arc::new(ProgramSlot { name: r.name().to_string(), digest: p.program.digest, instance }))
+        })
+        .collect()
+}
+
 impl State {
     /// Fresh state for `policy`.
     pub fn new(policy: &Policy) -> State {
@@ -111,6 +138,7 @@ impl State {
             responder: (op.action == Action::Banner).then(|| Arc::new(Responder::new(&op.ports, &op.banner))),
             rule_buckets: rule_buckets(policy),
             quarantine: Arc::new(Quarantine::new(MAX_QUARANTINED)),
+            programs: programs(policy),
         }
     }
 
@@ -127,6 +155,12 @@ impl State {
     pub fn fits(&self, policy: &Policy) -> bool {
         let rules = policy.rules.rules();
         rules.len() == self.rule_buckets.len()
+            && rules.len() == self.programs.len()
+            && rules.iter().zip(self.programs.iter()).all(|(r, s)| match (r.as_program_rule(), s) {
+                (Some(p), Some(s)) => s.name == r.name() && s.digest == p.program.digest,
+                (None, None) => true,
+                _ => false,
+            })
             && rules.iter().zip(self.rule_buckets.iter()).all(|(r, b)| {
                 match (r.as_config_rule().map(|c| c.action), b) {
                     (Some(RuleAction::RateLimit(limit)), Some(b)) => b.limit == limit && b.name == r.name(),
@@ -170,9 +204,43 @@ impl State {
                 rules += 1;
             }
         }
-        let kept =
-            Kept { reply_buckets: kept_replies, flows: kept_flows, sessions: kept_sessions, rule_buckets: rules };
+        let mut programs = 0;
+        for slot in state.programs.iter_mut().flatten() {
+            let same = self.programs.iter().flatten().find(|s| s.name == slot.name && s.digest == slot.digest);
+            if let Some(s) = same {
+                *slot = Arc::clone(s);
+                programs += 1;
+            }
+        }
+        let kept = Kept {
+            reply_buckets: kept_replies,
+            flows: kept_flows,
+            sessions: kept_sessions,
+            rule_buckets: rules,
+            programs,
+        };
         (state, kept)
+    }
+
+    /// Runs program rule `index` on `packet`; `None` when the rule has no
+    /// instance (not a program rule, or one that could not be instantiated).
+    pub(crate) fn run_program(
+        &self,
+        index: usize,
+        packet: &[u8],
+        direction: i32,
+        subscriber: u64,
+        now: Instant,
+    ) -> Option<Result<RuleVerdict, Fault>> {
+        let slot = self.programs.get(index)?.as_ref()?;
+        let Some(instance) = &slot.instance else { return Some(Err(Fault::Trap)) };
+        Some(lock(instance).run(packet, direction, subscriber, now))
+    }
+
+    /// Entries in the map of program rule `index` (for tests and traces).
+    pub fn program_map_len(&self, index: usize) -> Option<usize> {
+        let slot = self.programs.get(index)?.as_ref()?;
+        Some(lock(slot.instance.as_ref()?).map_len())
     }
 
     /// Takes a reply token for `to`; false when over the limit.

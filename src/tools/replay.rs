@@ -70,6 +70,13 @@ pub struct RuleCount {
     pub packets: u64,
     /// Bytes that matched.
     pub bytes: u64,
+    /// Faults of the rule's program (left out when none).
+    #[serde(skip_serializing_if = "is_zero")]
+    pub errors: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// What a replay saw.
@@ -493,8 +500,11 @@ pub fn replay_from<R: Read>(
     let stats = router.stats();
     report.op25b_blocked = stats.op25b.blocked;
     report.op25b_monitored = stats.op25b.monitored;
-    report.rules =
-        stats.rules.iter().map(|r| RuleCount { name: r.name.clone(), packets: r.packets, bytes: r.bytes }).collect();
+    report.rules = stats
+        .rules
+        .iter()
+        .map(|r| RuleCount { name: r.name.clone(), packets: r.packets, bytes: r.bytes, errors: r.errors })
+        .collect();
     Ok(report)
 }
 
