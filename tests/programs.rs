@@ -1,0 +1,244 @@
+//! Program rules (`[[rule]] program = "FILE.wasm"`): the example programs of
+//! rules/examples built from their C source (rules/examples/build.sh, which
+//! needs clang and wasm-ld: scripts/setup.sh installs them), run through the
+//! router; faults answered with `on_error` and counted; programs refused at
+//! load; the map carried over a reload of the same program.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use op25b::config::Config;
+use op25b::state::State;
+use op25b::testing::lab::DYN4;
+use op25b::testing::packets::tcp;
+use op25b::testing::{PolicyBuilder, TestRouter};
+use op25b::{DropReason, ReplyKind, Verdict};
+
+const MX: &str = "203.0.113.25";
+const SUB2: &str = "100.64.1.11";
+
+fn out_dir() -> PathBuf {
+    Path::new(env!("CARGO_TARGET_TMPDIR")).join("programs")
+}
+
+/// The example programs, built once per test process from their source.
+fn examples() -> &'static Path {
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    BUILT.get_or_init(|| {
+        let out = out_dir().join(format!("examples-{}", std::process::id()));
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("rules/examples/build.sh");
+        let run = Command::new("bash").arg(&script).arg(&out).output().expect("run rules/examples/build.sh");
+        assert!(
+            run.status.success(),
+            "rules/examples/build.sh failed (clang and lld installed? scripts/setup.sh): {}{}",
+            String::from_utf8_lossy(&run.stdout),
+            String::from_utf8_lossy(&run.stderr)
+        );
+        out
+    })
+}
+
+fn example(name: &str) -> String {
+    examples().join(format!("{name}.wasm")).display().to_string()
+}
+
+/// Builds a program from C text with the flags of rules/examples/build.sh.
+fn compile(name: &str, source: &str, extra: &[&str]) -> String {
+    let dir = out_dir().join(format!("own-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let src = dir.join(format!("{name}.c"));
+    std::fs::write(&src, source).unwrap();
+    let out = dir.join(format!("{name}.wasm"));
+    let include = Path::new(env!("CARGO_MANIFEST_DIR")).join("rules/examples");
+    let run = Command::new("clang")
+        .args(["--target=wasm32", "-O1", "-nostdlib", "-ffreestanding", "-Wl,--no-entry"])
+        .args(extra)
+        .arg("-I")
+        .arg(&include)
+        .arg("-o")
+        .arg(&out)
+        .arg(&src)
+        .output()
+        .expect("run clang (scripts/setup.sh installs it)");
+    assert!(run.status.success(), "clang {name}: {}", String::from_utf8_lossy(&run.stderr));
+    out.display().to_string()
+}
+
+fn builder(rules: &str) -> PolicyBuilder {
+    PolicyBuilder::lab().named("programs.toml").rules(rules)
+}
+
+fn syn(src: &str, sport: u16, dport: u16) -> Vec<u8> {
+    tcp(src, sport, MX, dport).syn().build()
+}
+
+const SUBMISSION: &str = r#"
+[[rule]]
+name = "submission"
+protocol = "tcp"
+dst_ports = [587]
+tcp_flags = "syn"
+program = "PATH"
+map_size = 64
+"#;
+
+#[test]
+fn a_port_based_program_rejects_counts_and_lets_go_on() {
+    let rules = format!("[[rule]]\nname = \"ports\"\nprotocol = \"tcp\"\nprogram = {:?}\n", example("port_block"));
+    let mut r = builder(&rules).router();
+    let (v, _) = r.out(&syn(DYN4, 40000, 2525));
+    assert!(matches!(v, Verdict::Reply { kind: ReplyKind::TcpRst, .. }), "2525 is on the program's list: {v:?}");
+    assert!(matches!(r.out(&syn(DYN4, 40001, 587)).0, Verdict::Forward { .. }), "587 is counted, not decided");
+    let ack = tcp(DYN4, 40001, MX, 587).ack(1).build();
+    assert!(matches!(r.out(&ack).0, Verdict::Forward { .. }));
+    let s = r.stats();
+    let rule = s.rule("ports").unwrap();
+    assert_eq!(rule.packets, 2, "the rejected SYN and the counted one; the ACK is no match");
+    assert_eq!(rule.errors, 0);
+}
+
+#[test]
+fn a_program_keeps_per_subscriber_state_in_its_map() {
+    let mut r = builder(&SUBMISSION.replace("PATH", &example("submission_limit"))).router();
+    for i in 0..3 {
+        assert!(matches!(r.out(&syn(DYN4, 40000 + i, 587)).0, Verdict::Forward { .. }), "SYN {i}");
+    }
+    assert!(
+        matches!(r.out(&syn(DYN4, 40003, 587)).0, Verdict::Reply { kind: ReplyKind::TcpRst, .. }),
+        "the 4th in a minute"
+    );
+    assert!(matches!(r.out(&syn(SUB2, 40000, 587)).0, Verdict::Forward { .. }), "another subscriber has its own count");
+    assert!(matches!(r.out(&syn(DYN4, 40004, 465)).0, Verdict::Forward { .. }), "the fields let only 587 through");
+    r.advance(Duration::from_secs(61));
+    assert!(matches!(r.out(&syn(DYN4, 40005, 587)).0, Verdict::Forward { .. }), "a new minute");
+    let s = r.stats();
+    assert_eq!(s.rule("submission").unwrap().packets, 6);
+}
+
+#[test]
+fn the_map_survives_a_reload_of_the_same_program_and_not_of_another() {
+    let text = SUBMISSION.replace("PATH", &example("submission_limit"));
+    let old = builder(&text).policy();
+    let state = Arc::new(State::new(&old));
+    let mut r = TestRouter::with_state(Arc::clone(&old), Arc::clone(&state));
+    for i in 0..3 {
+        assert!(matches!(r.out(&syn(DYN4, 40000 + i, 587)).0, Verdict::Forward { .. }));
+    }
+    assert_eq!(state.program_map_len(0), Some(1));
+
+    // The same program under the same name: its map carries over, the 4th SYN is refused.
+    let same = builder(&text).rules("[[rule]]\nname = \"other\"\naction = \"count\"\n").policy();
+    let (carried, kept) = state.carry_over(&old, &same);
+    assert_eq!(kept.programs, 1);
+    let mut r = TestRouter::with_state(same, Arc::new(carried));
+    assert!(matches!(r.out(&syn(DYN4, 40003, 587)).0, Verdict::Reply { kind: ReplyKind::TcpRst, .. }));
+
+    // Another map size is another program: it starts afresh.
+    let other = builder(&text.replace("map_size = 64", "map_size = 65")).policy();
+    let (fresh, kept) = state.carry_over(&old, &other);
+    assert_eq!(kept.programs, 0);
+    assert_eq!(fresh.program_map_len(0), Some(0));
+    let mut r = TestRouter::with_state(other, Arc::new(fresh));
+    assert!(matches!(r.out(&syn(DYN4, 40004, 587)).0, Verdict::Forward { .. }));
+}
+
+const LOOP: &str = r#"#include "op25b.h"
+OP25B_RULE { volatile u32 n = 0; for (;;) n++; return 0; }
+"#;
+const TRAP: &str = r#"#include "op25b.h"
+OP25B_RULE { return *(volatile const u8 *)0xfffffff0u; }
+"#;
+const BAD_VERDICT: &str = r#"#include "op25b.h"
+OP25B_RULE { return 7; }
+"#;
+const HEAP: &[&str] = &["-Wl,--export=__heap_base"];
+
+fn faulty(name: &str, source: &str, on_error: Option<&str>) -> TestRouter {
+    let path = compile(name, source, HEAP);
+    let mut rules = format!("[[rule]]\nname = \"faulty\"\nprotocol = \"tcp\"\nprogram = {path:?}\n");
+    if let Some(v) = on_error {
+        rules.push_str(&format!("on_error = {v:?}\n"));
+    }
+    builder(&rules).router()
+}
+
+#[test]
+fn a_program_over_its_budget_or_trapping_answers_on_error_and_is_counted() {
+    for (name, source) in [("loop", LOOP), ("trap", TRAP), ("verdict", BAD_VERDICT)] {
+        let mut r = faulty(name, source, None);
+        assert!(matches!(r.out(&syn(DYN4, 40000, 587)).0, Verdict::Forward { .. }), "{name}: on_error continue");
+        assert!(matches!(r.out(&syn(DYN4, 40001, 587)).0, Verdict::Forward { .. }), "{name}: still running");
+        let s = r.stats();
+        assert_eq!(s.rule("faulty").unwrap().errors, 2, "{name}");
+        assert_eq!(s.rule("faulty").unwrap().packets, 0, "{name}: continue is no match");
+
+        let mut r = faulty(name, source, Some("drop"));
+        assert_eq!(r.out(&syn(DYN4, 40000, 587)).0, Verdict::Drop(DropReason::RuleDrop), "{name}: on_error drop");
+        assert_eq!(r.stats().rule("faulty").unwrap().errors, 1);
+    }
+}
+
+fn refused(rules: &str) -> String {
+    let text = builder(rules).toml();
+    let e = Config::parse(Path::new("programs.toml"), &text).expect_err("a bad program is refused");
+    e.to_string().lines().next().unwrap_or_default().to_string()
+}
+
+#[test]
+fn a_bad_program_is_refused_with_one_line_naming_the_file_and_why() {
+    let dir = out_dir().join(format!("bad-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let rule = |p: &str| format!("[[rule]]\nname = \"x\"\nprogram = {p:?}\n");
+
+    let junk = dir.join("junk.wasm");
+    std::fs::write(&junk, b"not wasm").unwrap();
+    let line = refused(&rule(&junk.display().to_string()));
+    assert!(line.contains("junk.wasm: not a valid WebAssembly module"), "{line}");
+    assert!(line.contains("rule[0] \"x\".program"), "{line}");
+
+    let big = dir.join("big.wasm");
+    std::fs::write(&big, vec![0u8; (1 << 20) + 1]).unwrap();
+    let line = refused(&rule(&big.display().to_string()));
+    assert!(line.contains("big.wasm: the program is 1048577 bytes, more than the 1048576 allowed"), "{line}");
+
+    let line = refused(&rule(&dir.join("absent.wasm").display().to_string()));
+    assert!(line.contains("absent.wasm: cannot read it"), "{line}");
+
+    let no_heap = compile("no_heap", BAD_VERDICT, &[]);
+    let line = refused(&rule(&no_heap));
+    assert!(line.contains("does not export the global `__heap_base`"), "{line}");
+
+    let other_import = compile(
+        "import",
+        "extern int getpid(void);\n__attribute__((export_name(\"rule\"))) int rule(const char *p, unsigned n, \
+         unsigned d, unsigned long long s, long long t) { return getpid(); }\n",
+        &["-Wl,--export=__heap_base", "-Wl,--allow-undefined"],
+    );
+    let line = refused(&rule(&other_import));
+    assert!(line.contains("imports env.getpid, which op25b does not offer"), "{line}");
+
+    let wrong_type = compile(
+        "wrong_type",
+        "__attribute__((export_name(\"rule\"))) int rule(int x) { return x; }\n",
+        &["-Wl,--export=__heap_base"],
+    );
+    let line = refused(&rule(&wrong_type));
+    assert!(line.contains("exports `rule` with the wrong type"), "{line}");
+
+    let both = format!("{}action = \"drop\"\n", rule(&example("port_block")));
+    let line = refused(&both);
+    assert!(line.contains("takes its verdict from the program: remove `action`"), "{line}");
+}
+
+#[test]
+fn a_program_path_is_relative_to_the_config_file() {
+    let dir = out_dir().join(format!("rel-{}", std::process::id()));
+    std::fs::create_dir_all(dir.join("rules")).unwrap();
+    std::fs::copy(examples().join("port_block.wasm"), dir.join("rules/limit.wasm")).unwrap();
+    let text = builder("[[rule]]\nname = \"ports\"\nprogram = \"rules/limit.wasm\"\n").toml();
+    let config = Config::parse(&dir.join("op25b.toml"), &text).unwrap();
+    let mut r = TestRouter::new(Arc::new(config.policy));
+    assert!(matches!(r.out(&syn(DYN4, 40000, 2525)).0, Verdict::Reply { kind: ReplyKind::TcpRst, .. }));
+}
