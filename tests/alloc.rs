@@ -372,3 +372,50 @@ fn the_abuse_table_does_not_allocate_once_made() {
     let n = allocations(|| attempts(&mut tracker, 100_000));
     assert_eq!(n, 0, "allocations of the abuse table over 100,000 attempts");
 }
+
+/// The example programs of rules/examples, built from source once.
+fn example_program(name: &str) -> String {
+    static BUILT: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+    let dir = BUILT.get_or_init(|| {
+        let out =
+            std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("alloc-programs-{}", std::process::id()));
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/rules/examples/build.sh");
+        let run = std::process::Command::new("bash").arg(script).arg(&out).output().expect("run build.sh");
+        assert!(run.status.success(), "rules/examples/build.sh (scripts/setup.sh installs clang, lld): {run:?}");
+        out
+    });
+    dir.join(format!("{name}.wasm")).display().to_string()
+}
+
+/// Program rules: the packet copied in, the call, the map (made with room
+/// for all its entries) read and written, for many subscribers.
+#[test]
+fn program_rules_do_not_allocate() {
+    let rules = format!(
+        "[[rule]]\nname = \"ports\"\nprotocol = \"tcp\"\nprogram = {:?}\n\n[[rule]]\nname = \"limit\"\nprotocol = \"tcp\"\ndst_ports = [587]\nprogram = {:?}\nmap_size = 4096\n",
+        example_program("port_block"),
+        example_program("submission_limit")
+    );
+    let mut r = router(PolicyBuilder::lab().rules(&rules));
+    let now = Instant::now();
+    let mut reply = vec![0u8; 2048];
+    let mut buf = vec![0u8; 2048];
+    let packets: Vec<(Vec<u8>, &str)> = (0..2000)
+        .flat_map(|i| {
+            let s = format!("100.64.{}.{}", 1 + i / 250, 1 + i % 250);
+            [(587, "forward"), (2525, "reply"), (80, "forward")]
+                .map(|(port, want)| (tcp_out(&s, MX4, port, true, 64, 0), want))
+        })
+        .collect();
+    let mut run = |from: usize, to: usize| {
+        for (pkt, want) in &packets[from * 3..to * 3] {
+            let b = &mut buf[..pkt.len()];
+            b.copy_from_slice(pkt);
+            let v = r.handle(now, Direction::Outbound, b, &mut reply, RxInfo::default());
+            assert_eq!(kind(v), *want, "{v:?}");
+        }
+    };
+    run(0, 10);
+    let n = allocations(|| run(10, 2000));
+    assert_eq!(n, 0, "allocations over 1,990 subscribers");
+}
