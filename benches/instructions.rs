@@ -61,9 +61,36 @@ fn redirect_case(case: &str, n: u64) {
     }
 }
 
+/// A program rule on new connections (`tcp_flags = "syn"`, port_block.wasm
+/// of rules/examples): `program_unseen4` is an ACK the rule's fields keep
+/// from the program (what every other packet pays for the feature),
+/// `program_seen4` a SYN to 587 the program runs on (it counts it).
+fn program_case(case: &str, n: u64) {
+    let Some(dir) = std::env::var_os("OP25B_PROGRAMS") else {
+        eprintln!("{case}: set OP25B_PROGRAMS to the directory rules/examples/build.sh built into");
+        std::process::exit(2);
+    };
+    let path = std::path::Path::new(&dir).join("port_block.wasm");
+    let rule = format!(
+        "[[rule]]\nname = \"new\"\nprotocol = \"tcp\"\ntcp_flags = \"syn\"\nprogram = {:?}\n",
+        path.display().to_string()
+    );
+    let mut r = Router::new(PolicyBuilder::lab().rules(&rule).unlimited_replies().policy());
+    let pkt = if case == "program_seen4" { tcp4(587, true, 0) } else { tcp4(587, false, 1460) };
+    let now = Instant::now();
+    let mut reply = vec![0u8; 2048];
+    let mut buf = Vec::with_capacity(2048);
+    for _ in 0..n {
+        buf.clear();
+        buf.extend_from_slice(&pkt);
+        let v = r.handle(now, Direction::Outbound, black_box(&mut buf), &mut reply, RxInfo::default());
+        let _ = black_box(v);
+    }
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
-    const USAGE: &str = "usage: instructions CASE N (CASE: forward_tcp4 forward_tcp6 forward_udp4 blocked_syn4 blocked_syn4_rst blocked_ack4 redirect_data4 redirect_flood4)";
+    const USAGE: &str = "usage: instructions CASE N (CASE: forward_tcp4 forward_tcp6 forward_udp4 blocked_syn4 blocked_syn4_rst blocked_ack4 redirect_data4 redirect_flood4 program_unseen4 program_seen4; the program cases read rules/examples' port_block.wasm from $OP25B_PROGRAMS)";
     // `cargo bench` passes --bench, `cargo test --all-targets` nothing: only
     // scripts/callgrind.sh runs a case, so there is nothing to do then.
     if args.get(1).is_none_or(|a| a.starts_with("--")) {
@@ -76,6 +103,10 @@ fn main() {
     };
     if case == "redirect_data4" || case == "redirect_flood4" {
         redirect_case(case, n);
+        return;
+    }
+    if case == "program_unseen4" || case == "program_seen4" {
+        program_case(case, n);
         return;
     }
     let pkt = match case.as_str() {

@@ -14,8 +14,13 @@ bin=$(find target/release/deps -maxdepth 1 -type f -executable -name 'instructio
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 n=100000
+# The program cases use the example programs, built from source (clang, lld).
+rules/examples/build.sh "$tmp/programs" >/dev/null
+export OP25B_PROGRAMS="$tmp/programs"
+cases=(forward_tcp4 forward_tcp6 forward_udp4 blocked_syn4 blocked_syn4_rst blocked_ack4 redirect_data4 redirect_flood4
+    program_unseen4 program_seen4)
 printf '%-17s %s\n' case instructions/packet
-for case in forward_tcp4 forward_tcp6 forward_udp4 blocked_syn4 blocked_syn4_rst blocked_ack4 redirect_data4 redirect_flood4; do
+for case in "${cases[@]}"; do
     if ! valgrind --tool=callgrind --callgrind-out-file="$tmp/out" --toggle-collect='*Router::handle*' \
         "$bin" "$case" "$n" >/dev/null 2>"$tmp/err"; then
         cat "$tmp/err" >&2

@@ -242,3 +242,101 @@ fn a_program_path_is_relative_to_the_config_file() {
     let mut r = TestRouter::new(Arc::new(config.policy));
     assert!(matches!(r.out(&syn(DYN4, 40000, 2525)).0, Verdict::Reply { kind: ReplyKind::TcpRst, .. }));
 }
+
+const BIN: &str = env!("CARGO_BIN_EXE_op25b");
+
+fn op25b(args: &[&str]) -> std::process::Output {
+    Command::new(BIN).args(args).env("NO_COLOR", "1").output().expect("run op25b")
+}
+
+fn text(o: &std::process::Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+}
+
+/// A config in its own directory, the programs in rules/ beside it.
+fn config_dir(test: &str, rules: &str) -> PathBuf {
+    let dir = out_dir().join(format!("cli-{test}-{}", std::process::id()));
+    std::fs::create_dir_all(dir.join("rules")).unwrap();
+    for p in ["port_block", "submission_limit"] {
+        std::fs::copy(examples().join(format!("{p}.wasm")), dir.join(format!("rules/{p}.wasm"))).unwrap();
+    }
+    let path = dir.join("op25b.toml");
+    std::fs::write(&path, builder(rules).toml()).unwrap();
+    path
+}
+
+const CLI_RULES: &str = r#"
+[[rule]]
+name = "ports"
+protocol = "tcp"
+program = "rules/port_block.wasm"
+
+[[rule]]
+name = "submission"
+protocol = "tcp"
+dst_ports = [587]
+tcp_flags = "syn"
+program = "rules/submission_limit.wasm"
+"#;
+
+#[test]
+fn check_packet_runs_the_programs_and_traces_their_verdicts() {
+    let cfg = config_dir("check", CLI_RULES);
+    let cfg = cfg.to_str().unwrap();
+    let o = op25b(&["check", "--config", cfg]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    assert!(
+        text(&o).contains("1. ports: tcp -> program rules/port_block.wasm (map 65536, on_error continue)"),
+        "{}",
+        text(&o)
+    );
+
+    let o = op25b(&["check", "--config", cfg, "--packet", "tcp 100.64.1.10:40000 -> 203.0.113.25:2525 syn"]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    let t = text(&o);
+    assert!(t.contains("program        rules/port_block.wasm: returned match -> reject"), "{t}");
+    assert!(t.contains("rule           #1 ports: match -> reject"), "{t}");
+    assert!(t.contains("verdict    reply (tcp_rst"), "{t}");
+
+    let o = op25b(&["check", "--config", cfg, "--packet", "tcp 100.64.1.10:40000 -> 203.0.113.25:587 syn"]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let t = text(&o);
+    assert!(t.contains("program        rules/submission_limit.wasm: returned match, continue"), "{t}");
+}
+
+#[test]
+fn check_refuses_a_bad_program_with_exit_2() {
+    let cfg = config_dir("bad", CLI_RULES);
+    std::fs::write(cfg.parent().unwrap().join("rules/port_block.wasm"), b"\0asm junk").unwrap();
+    let o = op25b(&["check", "--config", cfg.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    let first = String::from_utf8_lossy(&o.stderr).lines().next().unwrap_or_default().to_string();
+    assert!(
+        first.contains("rule[0] \"ports\".program: ")
+            && first.contains("rules/port_block.wasm: not a valid WebAssembly module"),
+        "{first}"
+    );
+}
+
+#[test]
+fn replay_runs_the_programs_with_their_state() {
+    use pcap_file::pcap::{PcapHeader, PcapPacket, PcapWriter};
+    let cfg = config_dir("replay", CLI_RULES);
+    let input = cfg.parent().unwrap().join("in.pcap");
+    let header = PcapHeader { datalink: pcap_file::DataLink::RAW, ..PcapHeader::default() };
+    let mut w = PcapWriter::with_header(std::fs::File::create(&input).unwrap(), header).unwrap();
+    // Five new submissions from one subscriber within a second: the limit is 3 a minute.
+    let frames: Vec<Vec<u8>> = (0..5).map(|i| syn(DYN4, 40000 + i, 587)).collect();
+    for (i, f) in frames.iter().enumerate() {
+        w.write_packet(&PcapPacket::new(Duration::from_millis(i as u64 * 100), f.len() as u32, f)).unwrap();
+    }
+    drop(w);
+    let o = op25b(&["replay", "--config", cfg.to_str().unwrap(), input.to_str().unwrap(), "--json"]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("JSON");
+    assert_eq!(v["verdicts"]["forward"], 3, "{v}");
+    assert_eq!(v["verdicts"]["reply"], 2, "{v}");
+    let rules = v["rules"].as_array().unwrap();
+    let sub = rules.iter().find(|r| r["name"] == "submission").unwrap();
+    assert_eq!(sub["packets"], 5, "{v}");
+}
