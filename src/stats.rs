@@ -591,7 +591,7 @@ impl Stats {
         let rules: Vec<serde_json::Value> = self
             .rules
             .iter()
-            .map(|r| serde_json::json!({"name": r.name, "packets": r.packets, "bytes": r.bytes}))
+            .map(|r| serde_json::json!({"name": r.name, "packets": r.packets, "bytes": r.bytes, "errors": r.errors}))
             .collect();
         let counters: serde_json::Map<String, serde_json::Value> =
             self.pairs().into_iter().map(|(k, v)| (k, v.into())).collect();

@@ -1,0 +1,77 @@
+//! Program rules in the running router between namespaces: real TCP clients
+//! meet the per-subscriber limit of rules/examples/submission_limit.c (3 new
+//! connections to 587 a minute), the limit's map survives a SIGHUP reload of
+//! the same program, and a reload with a broken program is refused while the
+//! running policy (and its program) stays in force.
+
+#[allow(dead_code)]
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use common::*;
+
+/// The example programs, built from source into a directory of this process.
+fn examples() -> PathBuf {
+    let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("programs-netns-{}", std::process::id()));
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("rules/examples/build.sh");
+    let run = Command::new("bash").arg(&script).arg(&out).output().expect("run rules/examples/build.sh");
+    assert!(
+        run.status.success(),
+        "rules/examples/build.sh failed (scripts/setup.sh installs clang and lld): {}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    out
+}
+
+fn rule(program: &Path) -> String {
+    format!(
+        "[[rule]]\nname = \"submission\"\nprotocol = \"tcp\"\ndst_ports = [587]\ntcp_flags = \"syn\"\nprogram = {:?}\n",
+        program.display().to_string()
+    )
+}
+
+#[test]
+fn a_program_limits_real_connections_and_keeps_its_map_over_a_reload() {
+    let dir = examples();
+    let program = dir.join("submission_limit.wasm");
+    let lab = Lab::start(LabOptions::edit(|p| p.rules(&rule(&program))));
+    let mut lab = lab;
+    let servers = Servers::start(&lab.up, &[587]);
+    let connect = |lab: &Lab| lab.connect(None, sa(MX4, 587), Duration::from_secs(3));
+    for i in 0..3 {
+        let s = connect(&lab).unwrap_or_else(|e| panic!("connection {i} within the limit: {e}"));
+        assert!(read_banner(&s).starts_with("220 "));
+    }
+    let e = connect(&lab).expect_err("the 4th connection in a minute is refused");
+    assert_eq!(e.kind(), std::io::ErrorKind::ConnectionRefused);
+
+    // The same program, another rule beside it: the map carries over.
+    let text = lab
+        .policy
+        .clone()
+        .rules("[[rule]]\nname = \"count-web\"\nprotocol = \"tcp\"\ndst_ports = [80]\naction = \"count\"\n")
+        .toml();
+    let line = lab.reload(&text);
+    assert!(line.contains("config reloaded") && line.contains("kept_programs=1"), "{line}");
+    let e = connect(&lab).expect_err("still over the limit after the reload");
+    assert_eq!(e.kind(), std::io::ErrorKind::ConnectionRefused);
+
+    // A broken program: the reload is refused, naming the file; the running policy stays.
+    let broken = dir.join("broken.wasm");
+    std::fs::write(&broken, b"\0asm\x01\0\0\0junk").unwrap();
+    let line = lab.reload(&lab.policy.clone().rules(&rule(&broken).replace("submission", "broken")).toml());
+    assert!(line.contains("config reload failed") && line.contains("broken.wasm"), "{line}");
+    let e = connect(&lab).expect_err("the running program still refuses");
+    assert_eq!(e.kind(), std::io::ErrorKind::ConnectionRefused);
+
+    drop(servers);
+    let c = lab.stop();
+    let rules = c.json["rules"].as_array().expect("rules in the stats");
+    let sub = rules.iter().find(|r| r["name"] == "submission").expect("the program rule's counters");
+    assert!(sub["packets"].as_u64().unwrap_or(0) >= 6, "3 accepted and 3 refused SYNs (retransmits may add): {c}");
+    assert_eq!(sub["errors"].as_u64(), Some(0), "{c}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
