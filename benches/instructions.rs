@@ -64,17 +64,21 @@ fn redirect_case(case: &str, n: u64) {
 /// A program rule on new connections (`tcp_flags = "syn"`, port_block.wasm
 /// of rules/examples): `program_unseen4` is an ACK the rule's fields keep
 /// from the program (what every other packet pays for the feature),
-/// `program_seen4` a SYN to 587 the program runs on (it counts it).
+/// `program_seen4` a SYN to 587 the program runs on (it counts it);
+/// `count_rule_unseen4` the same ACK past a config rule with the same fields
+/// and `action = "count"`, for comparison.
 fn program_case(case: &str, n: u64) {
     let Some(dir) = std::env::var_os("OP25B_PROGRAMS") else {
         eprintln!("{case}: set OP25B_PROGRAMS to the directory rules/examples/build.sh built into");
         std::process::exit(2);
     };
     let path = std::path::Path::new(&dir).join("port_block.wasm");
-    let rule = format!(
-        "[[rule]]\nname = \"new\"\nprotocol = \"tcp\"\ntcp_flags = \"syn\"\nprogram = {:?}\n",
-        path.display().to_string()
-    );
+    let fields = "[[rule]]\nname = \"new\"\nprotocol = \"tcp\"\ntcp_flags = \"syn\"\n";
+    let rule = if case == "count_rule_unseen4" {
+        format!("{fields}action = \"count\"\n")
+    } else {
+        format!("{fields}program = {:?}\n", path.display().to_string())
+    };
     let mut r = Router::new(PolicyBuilder::lab().rules(&rule).unlimited_replies().policy());
     let pkt = if case == "program_seen4" { tcp4(587, true, 0) } else { tcp4(587, false, 1460) };
     let now = Instant::now();
@@ -90,7 +94,7 @@ fn program_case(case: &str, n: u64) {
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
-    const USAGE: &str = "usage: instructions CASE N (CASE: forward_tcp4 forward_tcp6 forward_udp4 blocked_syn4 blocked_syn4_rst blocked_ack4 redirect_data4 redirect_flood4 program_unseen4 program_seen4; the program cases read rules/examples' port_block.wasm from $OP25B_PROGRAMS)";
+    const USAGE: &str = "usage: instructions CASE N (CASE: forward_tcp4 forward_tcp6 forward_udp4 blocked_syn4 blocked_syn4_rst blocked_ack4 redirect_data4 redirect_flood4 program_unseen4 program_seen4 count_rule_unseen4; the program cases read rules/examples' port_block.wasm from $OP25B_PROGRAMS)";
     // `cargo bench` passes --bench, `cargo test --all-targets` nothing: only
     // scripts/callgrind.sh runs a case, so there is nothing to do then.
     if args.get(1).is_none_or(|a| a.starts_with("--")) {
@@ -105,7 +109,7 @@ fn main() {
         redirect_case(case, n);
         return;
     }
-    if case == "program_unseen4" || case == "program_seen4" {
+    if case == "program_unseen4" || case == "program_seen4" || case == "count_rule_unseen4" {
         program_case(case, n);
         return;
     }

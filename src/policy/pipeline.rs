@@ -80,17 +80,19 @@ impl Pipeline {
     pub fn new(rules: Vec<Box<dyn Rule>>) -> Pipeline {
         let mut stages = Vec::new();
         let mut i = 0;
+        // Program rules are indexed by their matching fields like config
+        // rules: a packet those fields exclude never reaches the program.
         while i < rules.len() {
-            if rules[i].as_config_rule().is_none() {
+            if fields(&*rules[i]).is_none() {
                 stages.push(Stage::Opaque(i));
                 i += 1;
                 continue;
             }
             let first = i;
-            while i < rules.len() && rules[i].as_config_rule().is_some() {
+            while i < rules.len() && fields(&*rules[i]).is_some() {
                 i += 1;
             }
-            let run: Vec<&ConfigRule> = rules[first..i].iter().filter_map(|r| r.as_config_rule()).collect();
+            let run: Vec<&ConfigRule> = rules[first..i].iter().filter_map(|r| fields(&**r)).collect();
             stages.push(Stage::Indexed { first, last: i, classifier: Box::new(Classifier::new(&run)) });
         }
         Pipeline { rules, stages }
@@ -187,6 +189,11 @@ impl Pipeline {
         hooks.matched(i, p.len);
         v.is_final().then_some((v, i))
     }
+}
+
+/// The fields the index can use: a config rule's, or a program rule's matcher.
+fn fields(r: &dyn Rule) -> Option<&ConfigRule> {
+    r.as_config_rule().or(r.as_program_rule().map(|p| &p.matcher))
 }
 
 /// A field's value space cut into intervals, each with a bitmap of rules.
