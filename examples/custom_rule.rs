@@ -24,11 +24,26 @@ pub struct SubmissionLimit {
     /// windows are swept; if none expired, new sources are refused (fail closed).
     seen: Mutex<HashMap<IpAddr, (Instant, u32)>>,
     capacity: usize,
+    /// What a connection over the limit gets (drop unless [`SubmissionLimit::rejecting`]).
+    over: RuleVerdict,
 }
 
 impl SubmissionLimit {
     pub fn new(max: u32, window: Duration, capacity: usize) -> Self {
-        SubmissionLimit { max, window, seen: Mutex::new(HashMap::with_capacity(capacity)), capacity }
+        SubmissionLimit {
+            max,
+            window,
+            seen: Mutex::new(HashMap::with_capacity(capacity)),
+            capacity,
+            over: RuleVerdict::Drop,
+        }
+    }
+
+    /// Answers connections over the limit with an RST (the client sees
+    /// "connection refused" at once) instead of dropping them.
+    pub fn rejecting(mut self) -> Self {
+        self.over = RuleVerdict::Reject;
+        self
     }
 }
 
@@ -46,7 +61,7 @@ impl Rule for SubmissionLimit {
             let window = self.window;
             seen.retain(|_, (start, _)| cx.now.saturating_duration_since(*start) < window);
             if seen.len() >= self.capacity {
-                return RuleVerdict::Drop;
+                return self.over;
             }
         }
         let entry = seen.entry(p.src).or_insert((cx.now, 0));
@@ -55,7 +70,7 @@ impl Rule for SubmissionLimit {
         }
         entry.1 += 1;
         if entry.1 > self.max {
-            RuleVerdict::Drop
+            self.over
         } else {
             RuleVerdict::Continue
         }

@@ -34,6 +34,7 @@ pub mod router;
 
 pub mod config;
 pub mod control;
+pub mod daemon;
 pub mod dataplane;
 pub mod reload;
 pub mod testing;

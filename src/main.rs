@@ -6,16 +6,9 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Instant;
 
-use anyhow::Context;
 use clap::{CommandFactory, Parser, Subcommand};
-use op25b::control::{Control, Failures};
-use op25b::dataplane::events::Event;
-use op25b::dataplane::{Dataplane, Sinks};
-use op25b::reload::{self, ReloadError};
-use op25b::stats::{OutputFile, WriteErrors};
 use op25b::tools::{self, replay, spec::PacketSpec};
 use op25b::{Config, Direction, Router, State, Verdict};
-use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGUSR1};
 
 /// `op25b --version`: the crate version and, when built from git, the commit.
 static VERSION: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| match env!("OP25B_GIT_COMMIT") {
@@ -301,7 +294,18 @@ fn main() -> ExitCode {
             };
             run_replay(&config, &input, replay::ReplayOptions { forwarded, dropped }, format)
         }
-        Command::Run { stats, .. } => run(config, stats.as_deref()),
+        Command::Run { stats, .. } => {
+            // One path with the library: what `op25b::daemon::Daemon` runs is `op25b run`.
+            let daemon = op25b::daemon::Daemon::new(config);
+            let daemon = match stats {
+                Some(path) => daemon.stats_file(path),
+                None => daemon,
+            };
+            daemon.run().map_err(anyhow::Error::from).map(|stopped| match stopped {
+                op25b::daemon::Stopped::DeviceLost(_) => ExitCode::FAILURE,
+                _ => ExitCode::SUCCESS,
+            })
+        }
         Command::Stats { .. }
         | Command::Top { .. }
         | Command::Quarantine { .. }
@@ -314,10 +318,7 @@ fn main() -> ExitCode {
         eprintln!("op25b: error: {e:#}");
         // A missing capability is the deployment's error, like a bad config:
         // restarting cannot fix it (the unit's RestartPreventExitStatus=2).
-        let privileges = matches!(
-            e.downcast_ref::<op25b::dataplane::DeviceError>(),
-            Some(op25b::dataplane::DeviceError::Capability { .. } | op25b::dataplane::DeviceError::TunAccess { .. })
-        );
+        let privileges = e.downcast_ref::<op25b::daemon::RunError>().is_some_and(|e| e.is_deployment_error());
         if privileges {
             ExitCode::from(2)
         } else {
@@ -517,207 +518,5 @@ fn stats(socket: &std::path::Path, json: bool, all: bool) -> ExitCode {
             eprintln!("op25b: error: {e}");
             ExitCode::from(2)
         }
-    }
-}
-
-/// `op25b run`: forwards until SIGINT or SIGTERM (exit 0) or until a device
-/// is lost (one log line naming it, exit 1, so a supervisor restarts op25b).
-fn run(config: Config, stats_file: Option<&std::path::Path>) -> anyhow::Result<ExitCode> {
-    // Before anything is created: a missing capability is one line, exit 2.
-    op25b::dataplane::privileges::check(&config)?;
-    // Register before the devices exist so an early SIGTERM still cleans up.
-    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP, SIGUSR1])
-        .context("installing signal handlers")?;
-    let write_errors = Arc::new(WriteErrors::default());
-    // Events: a bounded queue from the workers (and reloads) to the writer.
-    let (events_tx, events_rx) = std::sync::mpsc::sync_channel(op25b::dataplane::events::QUEUE);
-    let writer = op25b::control::events::start(&config.events, events_rx, Arc::clone(&write_errors))?;
-    let events = writer.as_ref().map(|_| events_tx);
-    // Capture: a fixed pool of buffers, only when asked for.
-    let (capture, capture_sink) = match config.capture.dropped {
-        Some(_) => {
-            let (sink, source) = op25b::dataplane::capture::pool();
-            (op25b::control::capture::start(&config.capture, source, Arc::clone(&write_errors))?, Some(sink))
-        }
-        None => (None, None),
-    };
-    // Abuse handling: a bounded queue of blocked attempts from the workers.
-    let (attempts_tx, attempts_rx) = std::sync::mpsc::sync_channel(op25b::dataplane::events::ATTEMPT_QUEUE);
-    // A lost device ends the wait for signals below.
-    let handle = signals.handle();
-    let sinks = Sinks {
-        events: events.clone(),
-        capture: capture_sink,
-        abuse: config.abuse.as_ref().map(|_| attempts_tx),
-        write_errors: Arc::clone(&write_errors),
-        on_fault: Some(Arc::new(move || handle.close())),
-    };
-    let dp = Dataplane::start(&config, sinks)?;
-    let mut stats_out = stats_file.map(|p| (p, Failures::new(OutputFile::Stats, p.to_path_buf(), write_errors)));
-    let abuse = match dp.abuse().map(|a| op25b::control::abuse::start(Arc::clone(a), attempts_rx, events.clone())) {
-        Some(Err(e)) => {
-            dp.stop();
-            return Err(anyhow::Error::new(e).context("starting abuse handling"));
-        }
-        Some(Ok(t)) => Some(t),
-        None => None,
-    };
-    let control = match Control::start(&config.control, &config.path, dp.stats_reader(), events.clone()) {
-        Ok(c) => c,
-        Err(e) => {
-            dp.stop();
-            return Err(e.into());
-        }
-    };
-    // Both devices are up and the workers run: tell the service manager.
-    let notifier = match op25b::control::notify::Notifier::start(dp.stats_reader()) {
-        Ok(n) => n,
-        Err(e) => {
-            if let Some(c) = control {
-                c.stop();
-            }
-            dp.stop();
-            return Err(anyhow::Error::new(e).context("starting the notify thread"));
-        }
-    };
-    if let Some(n) = &notifier {
-        n.ready();
-    }
-    let p = &config.policy;
-    let ns = |n: &Option<String>| n.clone().unwrap_or_else(|| "<current>".into());
-    tracing::info!(
-        subscriber = %config.subscriber.tun,
-        subscriber_netns = %ns(&config.subscriber.netns),
-        upstream = %config.upstream.tun,
-        upstream_netns = %ns(&config.upstream.netns),
-        offload = dp.offload(),
-        "op25b running: {}",
-        PolicySizes(p)
-    );
-    let mut running = config;
-    let signal = loop {
-        match signals.forever().next() {
-            Some(SIGHUP) => {
-                if let Some(n) = &notifier {
-                    n.reloading();
-                }
-                let (config, ok, detail) = reload(&dp, running);
-                if let Some(n) = &notifier {
-                    n.reloaded(if ok { Ok(()) } else { Err(detail.clone()) });
-                }
-                running = config;
-                if let Some(c) = &control {
-                    c.reloaded(ok);
-                }
-                if let Some(tx) = &events {
-                    // The writer may be behind; a reload event is worth a short wait.
-                    let _ = tx.send(Event::Reload { ok, detail });
-                }
-            }
-            Some(SIGUSR1) => {
-                let stats = dp.stats();
-                tracing::info!("counters: {}", stats.summary());
-                write_stats(stats_out.as_mut(), &stats);
-            }
-            Some(signal) => break Some(signal),
-            None => break None,
-        }
-    };
-    let fault = dp.fault();
-    match (&fault, signal) {
-        // The one line a lost device gets.
-        (Some(f), _) => tracing::error!("{f}; op25b stops"),
-        (None, Some(signal)) => tracing::info!(signal, "stopping"),
-        (None, None) => tracing::info!("stopping: the signal handlers are gone"),
-    }
-    if let Some(n) = notifier {
-        n.stopping();
-    }
-    if let Some(c) = control {
-        c.stop();
-    }
-    let stats = dp.stop();
-    // The workers are gone with their senders: abuse handling ends, then ours
-    // goes, and the writer ends.
-    if let Some(t) = abuse {
-        t.join();
-    }
-    drop(events);
-    if let Some(w) = writer {
-        w.join();
-    }
-    if let Some(c) = capture {
-        c.join();
-    }
-    tracing::info!("counters: {}", stats.summary());
-    write_stats(stats_out.as_mut(), &stats);
-    Ok(if fault.is_some() { ExitCode::FAILURE } else { ExitCode::SUCCESS })
-}
-
-/// Writes the counters as JSON to `path` (if given): to a temporary file
-/// beside it, then renamed, so a reader never sees half a file. A failure is
-/// counted (and logged the first time); a half-written temporary file is removed.
-fn write_stats(out: Option<&mut (&std::path::Path, Failures)>, stats: &op25b::Stats) {
-    let Some((path, failures)) = out else { return };
-    let name = path.file_name().map_or_else(|| "stats".into(), |n| n.to_string_lossy().into_owned());
-    let tmp = path.with_file_name(format!(".{name}.tmp"));
-    let text = format!("{}\n", stats.to_json());
-    if let Err(e) = std::fs::write(&tmp, text).and_then(|()| std::fs::rename(&tmp, path)) {
-        failures.failed(&e);
-        let _ = std::fs::remove_file(&tmp); // may not exist
-    }
-}
-
-/// SIGHUP: reads the config file again and puts its policy in force; on any
-/// error logs one line (`file:line: key: message`) and keeps the running one.
-/// The config in force afterwards, whether the reload was accepted, and the
-/// file or why it was refused.
-fn reload(dp: &Dataplane, running: Config) -> (Config, bool, String) {
-    let state = dp.state();
-    let prepared =
-        Config::load(&running.path).map_err(ReloadError::from).and_then(|new| reload::prepare(&running, &state, new));
-    match prepared {
-        Ok(r) => {
-            // Every batch a worker starts after the log line uses the new policy.
-            dp.set_policy(r.config.policy.clone(), r.state);
-            if let (Some(a), Some(settings)) = (dp.abuse(), &r.config.abuse) {
-                a.reconfigure(settings.clone());
-            }
-            tracing::info!(
-                file = %r.config.path.display(),
-                kept_reply_buckets = r.kept.reply_buckets,
-                kept_flows = r.kept.flows,
-                kept_sessions = r.kept.sessions,
-                kept_rule_buckets = r.kept.rule_buckets,
-                kept_programs = r.kept.programs,
-                "config reloaded: {}",
-                PolicySizes(&r.config.policy)
-            );
-            let file = r.config.path.display().to_string();
-            (r.config, true, file)
-        }
-        Err(e) => {
-            tracing::error!("config reload failed, the running config stays in force: {e}");
-            (running, false, e.to_string())
-        }
-    }
-}
-
-/// The policy's sizes and action, as the start and reload log lines show them.
-struct PolicySizes<'a>(&'a op25b::policy::Policy);
-
-impl std::fmt::Display for PolicySizes<'_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let p = self.0;
-        write!(
-            f,
-            "subscriber_prefixes={} dynamic={} exempt_sources={} relays={} action={} rules={}",
-            p.subscriber_prefixes.len(),
-            p.op25b.dynamic.len(),
-            p.op25b.exempt_sources.len(),
-            p.op25b.relays.len(),
-            p.op25b.action,
-            p.rules.len()
-        )
     }
 }

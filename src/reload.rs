@@ -27,6 +27,15 @@ pub enum ReloadError {
     /// The new file is not a valid config.
     #[error(transparent)]
     Invalid(#[from] ConfigError),
+    /// The rules given in code do not fit the new file (a plugin
+    /// placeholder without its rule, or a name taken twice).
+    #[error("{file}: {message}")]
+    Rules {
+        /// The file.
+        file: String,
+        /// What does not fit.
+        message: String,
+    },
     /// The new file changes a setting that only applies at start.
     #[error("{file}: {key}: changed from {was} to {now}, which needs a restart of op25b")]
     Fixed {

@@ -21,6 +21,7 @@ const LAYERS: &[&[&str]] = &[
     &["tools", "reload"],
     &["dataplane"],
     &["control"],
+    &["daemon"],
     &["testing"],
 ];
 

@@ -13,7 +13,7 @@ use crate::packet::Direction;
 use crate::policy::program::{DEFAULT_MAP_SIZE, MAX_MAP_SIZE};
 use crate::policy::rules::{ConfigRule, FlagMatch, RuleAction};
 use crate::policy::Limit;
-use crate::policy::{OnError, Program, ProgramRule, Rule};
+use crate::policy::{OnError, PluginSlot, Program, ProgramRule, Rule};
 use crate::policy::{PortSet, PrefixSet};
 
 /// A port-list or set item: a number, "LOW-HIGH", "@set", or a prefix.
@@ -44,6 +44,8 @@ pub(super) struct RuleSection {
     on_error: Option<Spanned<String>>,
     /// Entries of a program rule's map.
     map_size: Option<Spanned<u32>>,
+    /// A placeholder for a rule given in code, by that rule's name.
+    plugin: Option<Spanned<String>>,
 }
 
 /// A named set, once its type is known.
@@ -170,6 +172,36 @@ pub(super) fn compile(
         if !names.insert(name.clone()) {
             return Err(cx.err(&r.name.span(), key("name"), format!("a rule named {name:?} exists already")));
         }
+        if let Some(plugin) = &r.plugin {
+            let others = [
+                ("action", r.action.is_some()),
+                ("program", r.program.is_some()),
+                ("direction", r.direction.is_some()),
+                ("protocol", r.protocol.is_some()),
+                ("src", r.src.is_some()),
+                ("dst", r.dst.is_some()),
+                ("src_ports", r.src_ports.is_some()),
+                ("dst_ports", r.dst_ports.is_some()),
+                ("tcp_flags", r.tcp_flags.is_some()),
+                ("rate", r.rate.is_some()),
+                ("burst", r.burst.is_some()),
+                ("on_error", r.on_error.is_some()),
+                ("map_size", r.map_size.is_some()),
+            ];
+            if let Some((k, _)) = others.iter().find(|(_, given)| *given) {
+                return Err(cx.err(
+                    &plugin.span(),
+                    key(k),
+                    "a plugin placeholder takes only `name` and `plugin`: the rule given in code decides",
+                ));
+            }
+            let p = plugin.get_ref().trim();
+            if p.is_empty() {
+                return Err(cx.err(&plugin.span(), key("plugin"), "a plugin needs the name of the rule given in code"));
+            }
+            out.push(Box::new(PluginSlot { name, plugin: p.to_string() }));
+            continue;
+        }
         let program = match (&r.program, &r.action) {
             (Some(p), Some(a)) => {
                 let _ = p;
@@ -181,7 +213,9 @@ pub(super) fn compile(
             }
             (Some(p), None) => Some(p),
             (None, Some(_)) => None,
-            (None, None) => return Err(cx.err(&span, key("action"), "a rule needs an `action` or a `program`")),
+            (None, None) => {
+                return Err(cx.err(&span, key("action"), "a rule needs an `action`, a `program` or a `plugin`"))
+            }
         };
         if program.is_none() {
             if let Some(x) = r

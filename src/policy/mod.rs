@@ -22,7 +22,7 @@ pub use prefix::PrefixSet;
 pub use program::{OnError, Program, ProgramError, ProgramRule};
 pub use program_instance::{Fault, Instance};
 pub use quarantine::QuarantineAllow;
-pub use rules::{ConfigRule, Rule, RuleAction, RuleContext, RuleVerdict};
+pub use rules::{ConfigRule, PluginSlot, Rule, RuleAction, RuleContext, RuleVerdict};
 
 use crate::packet::Direction;
 

@@ -74,6 +74,12 @@ pub trait Rule: Send + Sync {
         None
     }
 
+    /// For a config placeholder (`plugin = "NAME"`): the name of the rule
+    /// given in code that takes its place.
+    fn plugin(&self) -> Option<&str> {
+        None
+    }
+
     /// The program rule, for rules whose decision a loaded program makes.
     fn as_program_rule(&self) -> Option<&super::program::ProgramRule> {
         None
@@ -340,4 +346,38 @@ pub fn ranges_text(ps: &PortSet) -> String {
         out.push(if start == end { start.to_string() } else { format!("{start}-{end}") });
     }
     out.join(",")
+}
+
+/// A config placeholder, `[[rule]] name = "x" plugin = "x"`: where a rule
+/// given in code ([`crate::policy::Policy`] through the library's entry point)
+/// sits among the config's rules. Without one in its place (`op25b check`,
+/// `replay`), it matches nothing.
+#[derive(Debug)]
+pub struct PluginSlot {
+    /// The rule's name in the config.
+    pub name: String,
+    /// The name of the rule given in code.
+    pub plugin: String,
+}
+
+impl Rule for PluginSlot {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn evaluate(&self, _p: &PacketView, _cx: &RuleContext) -> RuleVerdict {
+        RuleVerdict::NoMatch
+    }
+
+    fn mismatch(&self, _p: &PacketView, _cx: &RuleContext) -> Option<&'static str> {
+        Some("plugin not given here")
+    }
+
+    fn describe(&self) -> String {
+        format!("{}: plugin {:?} (a rule given in code; matches nothing without it)", self.name, self.plugin)
+    }
+
+    fn plugin(&self) -> Option<&str> {
+        Some(&self.plugin)
+    }
 }

@@ -144,6 +144,9 @@ pub struct LabOptions {
     /// op25b's `--stats` file instead of the lab's own (then [`Lab::stop`]
     /// cannot read it: use [`Lab::stop_status`]).
     pub stats_file: Option<PathBuf>,
+    /// Another binary that takes op25b's `run` arguments (a router built on
+    /// `op25b::daemon`, such as examples/custom_router.rs); op25b by default.
+    pub binary: Option<PathBuf>,
 }
 
 impl Default for LabOptions {
@@ -155,6 +158,7 @@ impl Default for LabOptions {
             env: Vec::new(),
             wrapper: Vec::new(),
             stats_file: None,
+            binary: None,
         }
     }
 }
@@ -270,7 +274,8 @@ impl Lab {
         let log = File::create(&lab.log).unwrap_or_else(|e| panic!("creating {}: {e}", lab.log.display()));
         let log_format = if opts.log_json { "json" } else { "text" };
         let stats_arg = opts.stats_file.clone().unwrap_or_else(|| lab.stats.clone());
-        let bin = env!("CARGO_BIN_EXE_op25b");
+        let bin = opts.binary.clone().unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_op25b")));
+        let bin = bin.as_path();
         let mut cmd = match opts.wrapper.split_first() {
             Some((first, rest)) => {
                 let mut c = Command::new(first);

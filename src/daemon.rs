@@ -1,0 +1,415 @@
+//! The whole router as a library: [`Daemon`] runs exactly what `op25b run`
+//! runs (the devices and workers, signals, reload on SIGHUP, the control
+//! plane, events, capture, abuse handling, the service manager's notify),
+//! with rules given in code besides the config's. `op25b run` is
+//! `Daemon::new(config).run()`.
+//!
+//! A rule given in code sits first, last, or in the place of a config
+//! placeholder (`[[rule]] name = "x" plugin = "x"`). It is the same object in
+//! every policy: a reload re-attaches it to the new one, so whatever state
+//! it keeps (behind its own lock or atomics) carries over, and its counters
+//! carry over by name like a config rule's. See examples/custom_router.rs.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGUSR1};
+
+use crate::config::{Config, ConfigError};
+use crate::control::{self, Control, ControlError, Failures};
+use crate::dataplane::events::Event;
+use crate::dataplane::{self, Dataplane, DeviceError, Sinks};
+use crate::packet::PacketView;
+use crate::policy::{ConfigRule, Pipeline, Policy, ProgramRule, Rule, RuleContext, RuleVerdict};
+use crate::reload::{self, ReloadError};
+use crate::stats::{OutputFile, WriteErrors};
+
+/// Where a rule given in code sits in the pipeline.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Place {
+    /// Before the config's rules.
+    First,
+    /// After the config's rules.
+    Last,
+    /// In the place of the config's `[[rule]]` with `plugin = NAME`.
+    Plugin(String),
+}
+
+/// How a router that ran stopped.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Stopped {
+    /// SIGINT or SIGTERM (`op25b run` exits 0).
+    Signal,
+    /// A device was lost (deleted, or its namespace gone); the one log line
+    /// that names it was written (`op25b run` exits 1 so a supervisor restarts it).
+    DeviceLost(String),
+}
+
+/// Why the router could not start (or stopped with an error).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RunError {
+    /// A device, or the privileges to make one.
+    #[error(transparent)]
+    Device(#[from] DeviceError),
+    /// The events file.
+    #[error(transparent)]
+    Events(#[from] control::events::EventsError),
+    /// The capture file.
+    #[error(transparent)]
+    Capture(#[from] control::capture::CaptureError),
+    /// The control socket or the metrics listener.
+    #[error(transparent)]
+    Control(#[from] ControlError),
+    /// The signal handlers.
+    #[error("installing signal handlers: {0}")]
+    Signals(std::io::Error),
+    /// The abuse handling thread.
+    #[error("starting abuse handling: {0}")]
+    Abuse(std::io::Error),
+    /// The service manager's notify thread.
+    #[error("starting the notify thread: {0}")]
+    Notify(std::io::Error),
+    /// The rules given in code do not fit the config.
+    #[error("{file}: {message}")]
+    Rules {
+        /// The config file.
+        file: String,
+        /// What does not fit.
+        message: String,
+    },
+}
+
+impl RunError {
+    /// Whether restarting cannot help: a missing capability, a TUN device
+    /// op25b may not open, rules given in code that do not fit the config
+    /// (`op25b run` exits 2 for these, like for a bad config).
+    pub fn is_deployment_error(&self) -> bool {
+        matches!(
+            self,
+            RunError::Device(DeviceError::Capability { .. } | DeviceError::TunAccess { .. }) | RunError::Rules { .. }
+        )
+    }
+}
+
+/// A rule given in code, shared by every policy the router runs.
+struct CodeRule(Arc<dyn Rule>);
+
+impl Rule for CodeRule {
+    fn name(&self) -> &str {
+        self.0.name()
+    }
+    #[inline]
+    fn evaluate(&self, packet: &PacketView, cx: &RuleContext) -> RuleVerdict {
+        self.0.evaluate(packet, cx)
+    }
+    fn mismatch(&self, packet: &PacketView, cx: &RuleContext) -> Option<&'static str> {
+        self.0.mismatch(packet, cx)
+    }
+    fn describe(&self) -> String {
+        format!("{} (given in code)", self.0.describe())
+    }
+    fn as_config_rule(&self) -> Option<&ConfigRule> {
+        self.0.as_config_rule()
+    }
+    fn as_program_rule(&self) -> Option<&ProgramRule> {
+        self.0.as_program_rule()
+    }
+}
+
+/// Puts the rules given in code into `policy` (just compiled, not yet shared).
+pub fn attach(policy: &mut Policy, rules: &[(Place, Arc<dyn Rule>)]) -> Result<(), String> {
+    let pipeline = std::mem::take(&mut policy.rules);
+    let config_rules = match Arc::try_unwrap(pipeline) {
+        Ok(p) => p.into_rules(),
+        Err(shared) => {
+            policy.rules = shared;
+            return Err("the policy is already in use; attach rules before starting".into());
+        }
+    };
+    let code = |place: &Place| -> Vec<Box<dyn Rule>> {
+        rules
+            .iter()
+            .filter(|(p, _)| p == place)
+            .map(|(_, r)| Box::new(CodeRule(Arc::clone(r))) as Box<dyn Rule>)
+            .collect()
+    };
+    let mut out = code(&Place::First);
+    for rule in config_rules {
+        match rule.plugin() {
+            Some(plugin) => {
+                let given = code(&Place::Plugin(plugin.to_string()));
+                if given.is_empty() {
+                    return Err(format!("rule {:?}: plugin {plugin:?} is not given in code", rule.name()));
+                }
+                out.extend(given);
+            }
+            None => out.push(rule),
+        }
+    }
+    for (place, rule) in rules {
+        if let Place::Plugin(name) = place {
+            if !out.iter().any(|r| r.name() == rule.name()) {
+                return Err(format!(
+                    "rule {:?} given in code for plugin {name:?}: no [[rule]] has plugin = {name:?}",
+                    rule.name()
+                ));
+            }
+        }
+    }
+    out.extend(code(&Place::Last));
+    let mut names = std::collections::HashSet::new();
+    if let Some(dup) = out.iter().find(|r| !names.insert(r.name().to_string())) {
+        return Err(format!("two rules are named {:?} (counters and state are kept by name)", dup.name()));
+    }
+    policy.rules = Arc::new(Pipeline::new(out));
+    Ok(())
+}
+
+/// The router: a config, rules given in code, and where to write the
+/// counters when it stops.
+pub struct Daemon {
+    config: Config,
+    rules: Vec<(Place, Arc<dyn Rule>)>,
+    stats_file: Option<PathBuf>,
+}
+
+impl Daemon {
+    /// Reads and validates the config file.
+    pub fn load(path: &Path) -> Result<Daemon, ConfigError> {
+        Ok(Daemon::new(Config::load(path)?))
+    }
+
+    /// A router for a config already loaded.
+    pub fn new(config: Config) -> Daemon {
+        Daemon { config, rules: Vec::new(), stats_file: None }
+    }
+
+    /// Adds a rule given in code at `place`.
+    pub fn rule(mut self, place: Place, rule: impl Rule + 'static) -> Daemon {
+        self.rules.push((place, Arc::new(rule)));
+        self
+    }
+
+    /// Writes the counters as JSON to `path` on SIGUSR1 and when stopping.
+    pub fn stats_file(mut self, path: impl Into<PathBuf>) -> Daemon {
+        self.stats_file = Some(path.into());
+        self
+    }
+
+    /// Runs the router until SIGINT or SIGTERM, or until a device is lost
+    /// (SIGHUP reloads the config file, SIGUSR1 logs and writes the counters).
+    pub fn run(self) -> Result<Stopped, RunError> {
+        let Daemon { mut config, rules, stats_file } = self;
+        let file = config.path.display().to_string();
+        attach(&mut config.policy, &rules).map_err(|message| RunError::Rules { file, message })?;
+        run(config, &rules, stats_file.as_deref())
+    }
+}
+
+fn run(config: Config, rules: &[(Place, Arc<dyn Rule>)], stats_file: Option<&Path>) -> Result<Stopped, RunError> {
+    // Before anything is created: a missing capability is one line, exit 2.
+    dataplane::privileges::check(&config)?;
+    // Register before the devices exist so an early SIGTERM still cleans up.
+    let mut signals =
+        signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP, SIGUSR1]).map_err(RunError::Signals)?;
+    let write_errors = Arc::new(WriteErrors::default());
+    // Events: a bounded queue from the workers (and reloads) to the writer.
+    let (events_tx, events_rx) = std::sync::mpsc::sync_channel(dataplane::events::QUEUE);
+    let writer = control::events::start(&config.events, events_rx, Arc::clone(&write_errors))?;
+    let events = writer.as_ref().map(|_| events_tx);
+    // Capture: a fixed pool of buffers, only when asked for.
+    let (capture, capture_sink) = match config.capture.dropped {
+        Some(_) => {
+            let (sink, source) = dataplane::capture::pool();
+            (control::capture::start(&config.capture, source, Arc::clone(&write_errors))?, Some(sink))
+        }
+        None => (None, None),
+    };
+    // Abuse handling: a bounded queue of blocked attempts from the workers.
+    let (attempts_tx, attempts_rx) = std::sync::mpsc::sync_channel(dataplane::events::ATTEMPT_QUEUE);
+    // A lost device ends the wait for signals below.
+    let handle = signals.handle();
+    let sinks = Sinks {
+        events: events.clone(),
+        capture: capture_sink,
+        abuse: config.abuse.as_ref().map(|_| attempts_tx),
+        write_errors: Arc::clone(&write_errors),
+        on_fault: Some(Arc::new(move || handle.close())),
+    };
+    let dp = Dataplane::start(&config, sinks)?;
+    let mut stats_out = stats_file.map(|p| (p, Failures::new(OutputFile::Stats, p.to_path_buf(), write_errors)));
+    let abuse = match dp.abuse().map(|a| control::abuse::start(Arc::clone(a), attempts_rx, events.clone())) {
+        Some(Err(e)) => {
+            dp.stop();
+            return Err(RunError::Abuse(e));
+        }
+        Some(Ok(t)) => Some(t),
+        None => None,
+    };
+    let control = match Control::start(&config.control, &config.path, dp.stats_reader(), events.clone()) {
+        Ok(c) => c,
+        Err(e) => {
+            dp.stop();
+            return Err(e.into());
+        }
+    };
+    // Both devices are up and the workers run: tell the service manager.
+    let notifier = match control::notify::Notifier::start(dp.stats_reader()) {
+        Ok(n) => n,
+        Err(e) => {
+            if let Some(c) = control {
+                c.stop();
+            }
+            dp.stop();
+            return Err(RunError::Notify(e));
+        }
+    };
+    if let Some(n) = &notifier {
+        n.ready();
+    }
+    let p = &config.policy;
+    let ns = |n: &Option<String>| n.clone().unwrap_or_else(|| "<current>".into());
+    tracing::info!(target: "op25b",
+        subscriber = %config.subscriber.tun,
+        subscriber_netns = %ns(&config.subscriber.netns),
+        upstream = %config.upstream.tun,
+        upstream_netns = %ns(&config.upstream.netns),
+        offload = dp.offload(),
+        "op25b running: {}",
+        PolicySizes(p)
+    );
+    let mut running = config;
+    let signal = loop {
+        match signals.forever().next() {
+            Some(SIGHUP) => {
+                if let Some(n) = &notifier {
+                    n.reloading();
+                }
+                let (config, ok, detail) = reload(&dp, running, rules);
+                if let Some(n) = &notifier {
+                    n.reloaded(if ok { Ok(()) } else { Err(detail.clone()) });
+                }
+                running = config;
+                if let Some(c) = &control {
+                    c.reloaded(ok);
+                }
+                if let Some(tx) = &events {
+                    // The writer may be behind; a reload event is worth a short wait.
+                    let _ = tx.send(Event::Reload { ok, detail });
+                }
+            }
+            Some(SIGUSR1) => {
+                let stats = dp.stats();
+                tracing::info!(target: "op25b", "counters: {}", stats.summary());
+                write_stats(stats_out.as_mut(), &stats);
+            }
+            Some(signal) => break Some(signal),
+            None => break None,
+        }
+    };
+    let fault = dp.fault();
+    match (&fault, signal) {
+        // The one line a lost device gets.
+        (Some(f), _) => tracing::error!(target: "op25b", "{f}; op25b stops"),
+        (None, Some(signal)) => tracing::info!(target: "op25b", signal, "stopping"),
+        (None, None) => tracing::info!(target: "op25b", "stopping: the signal handlers are gone"),
+    }
+    if let Some(n) = notifier {
+        n.stopping();
+    }
+    if let Some(c) = control {
+        c.stop();
+    }
+    let stats = dp.stop();
+    // The workers are gone with their senders: abuse handling ends, then ours
+    // goes, and the writer ends.
+    if let Some(t) = abuse {
+        t.join();
+    }
+    drop(events);
+    if let Some(w) = writer {
+        w.join();
+    }
+    if let Some(c) = capture {
+        c.join();
+    }
+    tracing::info!(target: "op25b", "counters: {}", stats.summary());
+    write_stats(stats_out.as_mut(), &stats);
+    Ok(match fault {
+        Some(f) => Stopped::DeviceLost(f.to_string()),
+        None => Stopped::Signal,
+    })
+}
+
+/// Writes the counters as JSON to `path` (if given): to a temporary file
+/// beside it, then renamed, so a reader never sees half a file. A failure is
+/// counted (and logged the first time); a half-written temporary file is removed.
+fn write_stats(out: Option<&mut (&Path, Failures)>, stats: &crate::Stats) {
+    let Some((path, failures)) = out else { return };
+    let name = path.file_name().map_or_else(|| "stats".into(), |n| n.to_string_lossy().into_owned());
+    let tmp = path.with_file_name(format!(".{name}.tmp"));
+    let text = format!("{}\n", stats.to_json());
+    if let Err(e) = std::fs::write(&tmp, text).and_then(|()| std::fs::rename(&tmp, path)) {
+        failures.failed(&e);
+        let _ = std::fs::remove_file(&tmp); // may not exist
+    }
+}
+
+/// SIGHUP: reads the config file again and puts its policy in force; on any
+/// error logs one line (`file:line: key: message`) and keeps the running one.
+/// The config in force afterwards, whether the reload was accepted, and the
+/// file or why it was refused.
+fn reload(dp: &Dataplane, running: Config, rules: &[(Place, Arc<dyn Rule>)]) -> (Config, bool, String) {
+    let state = dp.state();
+    let prepared = Config::load(&running.path).map_err(ReloadError::from).and_then(|mut new| {
+        let file = new.path.display().to_string();
+        attach(&mut new.policy, rules).map_err(|message| ReloadError::Rules { file, message })?;
+        reload::prepare(&running, &state, new)
+    });
+    match prepared {
+        Ok(r) => {
+            // Every batch a worker starts after the log line uses the new policy.
+            dp.set_policy(r.config.policy.clone(), r.state);
+            if let (Some(a), Some(settings)) = (dp.abuse(), &r.config.abuse) {
+                a.reconfigure(settings.clone());
+            }
+            tracing::info!(target: "op25b",
+                file = %r.config.path.display(),
+                kept_reply_buckets = r.kept.reply_buckets,
+                kept_flows = r.kept.flows,
+                kept_sessions = r.kept.sessions,
+                kept_rule_buckets = r.kept.rule_buckets,
+                kept_programs = r.kept.programs,
+                "config reloaded: {}",
+                PolicySizes(&r.config.policy)
+            );
+            let file = r.config.path.display().to_string();
+            (r.config, true, file)
+        }
+        Err(e) => {
+            tracing::error!(target: "op25b", "config reload failed, the running config stays in force: {e}");
+            (running, false, e.to_string())
+        }
+    }
+}
+
+/// The policy's sizes and action, as the start and reload log lines show them.
+struct PolicySizes<'a>(&'a Policy);
+
+impl std::fmt::Display for PolicySizes<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let p = self.0;
+        write!(
+            f,
+            "subscriber_prefixes={} dynamic={} exempt_sources={} relays={} action={} rules={}",
+            p.subscriber_prefixes.len(),
+            p.op25b.dynamic.len(),
+            p.op25b.exempt_sources.len(),
+            p.op25b.relays.len(),
+            p.op25b.action,
+            p.rules.len()
+        )
+    }
+}
