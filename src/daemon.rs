@@ -413,3 +413,62 @@ impl std::fmt::Display for PolicySizes<'_> {
         )
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::PolicyBuilder;
+
+    struct Named(&'static str);
+
+    impl Rule for Named {
+        fn name(&self) -> &str {
+            self.0
+        }
+        fn evaluate(&self, _p: &PacketView, _cx: &RuleContext) -> RuleVerdict {
+            RuleVerdict::NoMatch
+        }
+    }
+
+    const CONFIG_RULES: &str = "[[rule]]\nname = \"a\"\naction = \"count\"\n\n[[rule]]\nname = \"slot\"\nplugin = \"p\"\n\n[[rule]]\nname = \"b\"\naction = \"count\"\n";
+
+    fn names(rules: &[(Place, Arc<dyn Rule>)]) -> Result<Vec<String>, String> {
+        let mut policy = PolicyBuilder::lab().rules(CONFIG_RULES).config().policy;
+        attach(&mut policy, rules)?;
+        Ok(policy.rules.rules().iter().map(|r| r.name().to_string()).collect())
+    }
+
+    fn given(place: Place, name: &'static str) -> (Place, Arc<dyn Rule>) {
+        (place, Arc::new(Named(name)))
+    }
+
+    #[test]
+    fn code_rules_sit_first_last_and_in_their_placeholder() {
+        let rules = [given(Place::Last, "z"), given(Place::Plugin("p".into()), "p"), given(Place::First, "f")];
+        assert_eq!(names(&rules).unwrap(), ["f", "a", "p", "b", "z"]);
+    }
+
+    #[test]
+    fn a_placeholder_without_its_rule_and_a_rule_without_its_placeholder_are_refused() {
+        let e = names(&[given(Place::Last, "z")]).unwrap_err();
+        assert_eq!(e, "rule \"slot\": plugin \"p\" is not given in code");
+        let e = names(&[given(Place::Plugin("p".into()), "p"), given(Place::Plugin("q".into()), "q")]).unwrap_err();
+        assert!(e.contains("no [[rule]] has plugin = \"q\""), "{e}");
+        let e = names(&[given(Place::Plugin("p".into()), "p"), given(Place::Last, "a")]).unwrap_err();
+        assert!(e.contains("two rules are named \"a\""), "{e}");
+    }
+
+    #[test]
+    fn the_same_rule_object_goes_into_every_policy() {
+        let rule: Arc<dyn Rule> = Arc::new(Named("p"));
+        let rules = [(Place::Plugin("p".into()), Arc::clone(&rule))];
+        let (mut one, mut two) = (
+            PolicyBuilder::lab().rules(CONFIG_RULES).config().policy,
+            PolicyBuilder::lab().rules(CONFIG_RULES).config().policy,
+        );
+        attach(&mut one, &rules).unwrap();
+        attach(&mut two, &rules).unwrap();
+        assert_eq!(Arc::strong_count(&rule), 4, "the test's, the list's and one per policy");
+        assert!(one.rules.rules()[1].describe().ends_with("(given in code)"));
+    }
+}

@@ -66,3 +66,21 @@ fn the_example_router_limits_submissions_and_keeps_its_rule_over_a_reload() {
     let counted = rules.iter().find(|r| r["name"] == "count-587").expect("the config rule's counters");
     assert!(counted["packets"].as_u64().unwrap_or(0) >= 6, "{c}");
 }
+
+#[test]
+fn op25b_run_refuses_a_plugin_placeholder_no_code_gives() {
+    let dir = std::env::temp_dir().join(format!("op25b-plugin-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let cfg = dir.join("op25b.toml");
+    let rules = "[[rule]]\nname = \"submission\"\nplugin = \"submission-per-minute\"\n";
+    std::fs::write(&cfg, PolicyBuilder::lab().rules(rules).toml()).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_op25b")).args(["run", "--config"]).arg(&cfg).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr).to_string();
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("rule \"submission\": plugin \"submission-per-minute\" is not given in code"), "{err}");
+    // check shows the placeholder.
+    let out = Command::new(env!("CARGO_BIN_EXE_op25b")).args(["check", "--config"]).arg(&cfg).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(text.contains("submission: plugin \"submission-per-minute\" (a rule given in code"), "{text}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
