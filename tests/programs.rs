@@ -291,6 +291,14 @@ fn check_packet_runs_the_programs_and_traces_their_verdicts() {
         text(&o)
     );
 
+    let o = op25b(&["check", "--config", cfg, "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("JSON");
+    let sub = &v["rules"][1];
+    assert_eq!(sub["program"], "rules/submission_limit.wasm", "{v}");
+    assert_eq!(sub["dst_ports"], serde_json::json!([[587, 587]]), "{v}");
+    assert_eq!(sub["on_error"], "continue", "{v}");
+    assert!(sub.get("action").is_none(), "{v}");
+
     let o = op25b(&["check", "--config", cfg, "--packet", "tcp 100.64.1.10:40000 -> 203.0.113.25:2525 syn"]);
     assert_eq!(o.status.code(), Some(1), "{}", text(&o));
     let t = text(&o);

@@ -20,7 +20,9 @@
 //!                "src", "dst": [PREFIX...]|null, "src_ports", "dst_ports": [[FIRST, LAST]...]|null,
 //!                "tcp_flags": "syn"|"syn-ack"|"ack"|"rst"|"fin"|null,
 //!                "action": "accept"|"drop"|"reject"|"count"|"rate-limit",
-//!                "rate", "burst" (rate-limit only), "description" } ... ] }
+//!                "rate", "burst" (rate-limit only), "description" }
+//!              | { the same fields without "action", and "program": FILE, "map_size",
+//!                "on_error": "continue"|"accept"|"drop"|"reject" } (a program rule) ... ] }
 //! ```
 //!
 //! `null` means "any" in a rule and "none" elsewhere. Rules are in evaluation
@@ -71,7 +73,8 @@ impl Config {
             .iter()
             .enumerate()
             .map(|(i, r)| {
-                let Some(c) = r.as_config_rule() else {
+                let program = r.as_program_rule();
+                let Some(c) = r.as_config_rule().or(program.map(|p| &p.matcher)) else {
                     return json!({"index": i + 1, "name": r.name(), "description": r.describe()});
                 };
                 let mut v = json!({
@@ -97,7 +100,14 @@ impl Config {
                         "rate-limit"
                     }
                 };
-                v["action"] = json!(action);
+                match program {
+                    Some(p) => {
+                        v["program"] = json!(p.file);
+                        v["map_size"] = json!(p.program.map_size);
+                        v["on_error"] = json!(p.on_error.name());
+                    }
+                    None => v["action"] = json!(action),
+                }
                 v
             })
             .collect();

@@ -225,7 +225,8 @@ impl OnError {
         }
     }
 
-    fn name(self) -> &'static str {
+    /// The config's spelling.
+    pub fn name(self) -> &'static str {
         match self {
             OnError::Continue => "continue",
             OnError::Accept => "accept",
