@@ -2,7 +2,9 @@
 //! meet the per-subscriber limit of rules/examples/submission_limit.c (3 new
 //! connections to 587 a minute), the limit's map survives a SIGHUP reload of
 //! the same program, and a reload with a broken program is refused while the
-//! running policy (and its program) stays in force.
+//! running policy (and its program) stays in force; a program over its
+//! instruction budget gives its rule the on_error verdict, is counted, and
+//! the router goes on.
 
 #[allow(dead_code)]
 mod common;
@@ -33,12 +35,36 @@ fn rule(program: &Path) -> String {
     )
 }
 
+/// A program that never returns (it loops until its fuel runs out).
+fn looping(dir: &Path) -> PathBuf {
+    let src = dir.join("looping.c");
+    std::fs::write(&src, "#include \"op25b.h\"\nOP25B_RULE { volatile u32 n = 0; for (;;) n++; return 0; }\n").unwrap();
+    let out = dir.join("looping.wasm");
+    let include = Path::new(env!("CARGO_MANIFEST_DIR")).join("rules/examples");
+    let run = Command::new("clang")
+        .args(["--target=wasm32", "-O1", "-nostdlib", "-Wl,--no-entry", "-Wl,--export=__heap_base", "-I"])
+        .arg(&include)
+        .arg("-o")
+        .arg(&out)
+        .arg(&src)
+        .output()
+        .expect("run clang (scripts/setup.sh installs it)");
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    out
+}
+
 #[test]
 fn a_program_limits_real_connections_and_keeps_its_map_over_a_reload() {
     let dir = examples();
     let program = dir.join("submission_limit.wasm");
-    let lab = Lab::start(LabOptions::edit(|p| p.rules(&rule(&program))));
-    let mut lab = lab;
+    // A program over its budget on port 2525: its rule answers on_error (reject), the router goes on.
+    let stuck = format!(
+        "[[rule]]\nname = \"stuck\"\nprotocol = \"tcp\"\ndst_ports = [2525]\nprogram = {:?}\non_error = \"reject\"\n",
+        looping(&dir).display().to_string()
+    );
+    let mut lab = Lab::start(LabOptions::edit(|p| p.rules(&stuck).rules(&rule(&program))));
+    let e = lab.connect(None, sa(MX4, 2525), Duration::from_secs(3)).expect_err("on_error reject");
+    assert_eq!(e.kind(), std::io::ErrorKind::ConnectionRefused);
     let servers = Servers::start(&lab.up, &[587]);
     let connect = |lab: &Lab| lab.connect(None, sa(MX4, 587), Duration::from_secs(3));
     for i in 0..3 {
@@ -55,7 +81,7 @@ fn a_program_limits_real_connections_and_keeps_its_map_over_a_reload() {
         .rules("[[rule]]\nname = \"count-web\"\nprotocol = \"tcp\"\ndst_ports = [80]\naction = \"count\"\n")
         .toml();
     let line = lab.reload(&text);
-    assert!(line.contains("config reloaded") && line.contains("kept_programs=1"), "{line}");
+    assert!(line.contains("config reloaded") && line.contains("kept_programs=2"), "{line}");
     let e = connect(&lab).expect_err("still over the limit after the reload");
     assert_eq!(e.kind(), std::io::ErrorKind::ConnectionRefused);
 
@@ -73,5 +99,7 @@ fn a_program_limits_real_connections_and_keeps_its_map_over_a_reload() {
     let sub = rules.iter().find(|r| r["name"] == "submission").expect("the program rule's counters");
     assert!(sub["packets"].as_u64().unwrap_or(0) >= 6, "3 accepted and 3 refused SYNs (retransmits may add): {c}");
     assert_eq!(sub["errors"].as_u64(), Some(0), "{c}");
+    let stuck = rules.iter().find(|r| r["name"] == "stuck").expect("the stuck rule's counters");
+    assert!(stuck["errors"].as_u64().unwrap_or(0) >= 1, "the fault is counted: {c}");
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -101,6 +101,10 @@ pub fn render(v: &serde_json::Value, all: bool) -> String {
             let name = r["name"].as_str().unwrap_or("?");
             line(format!("rule {name} packets"), num(&r["packets"]));
             line(format!("rule {name} bytes"), num(&r["bytes"]));
+            // Only program rules have errors: the line is left out at 0 even with `all`.
+            if num(&r["errors"]) > 0 {
+                line(format!("rule {name} program errors"), num(&r["errors"]));
+            }
         }
     }
     if let Some(m) = s["devices"].as_object() {
