@@ -203,8 +203,7 @@ pub(super) fn compile(
             continue;
         }
         let program = match (&r.program, &r.action) {
-            (Some(p), Some(a)) => {
-                let _ = p;
+            (Some(_), Some(a)) => {
                 return Err(cx.err(
                     &a.span(),
                     key("action"),
