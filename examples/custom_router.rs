@@ -20,7 +20,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use custom_rule::SubmissionLimit;
-use op25b::daemon::{Daemon, Place};
+use op25b::daemon::{Daemon, Place, Stopped};
 use op25b::policy::Rule;
 
 fn main() -> ExitCode {
@@ -65,7 +65,9 @@ fn main() -> ExitCode {
         None => daemon,
     };
     match daemon.run() {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(Stopped::Signal) => ExitCode::SUCCESS,
+        // A lost device: one log line named it; exit 1 so a supervisor restarts.
+        Ok(_) => ExitCode::FAILURE,
         Err(e) => {
             eprintln!("custom_router: error: {e}");
             ExitCode::from(if e.is_deployment_error() { 2 } else { 1 })
