@@ -139,7 +139,12 @@ impl NotifySocket {
                         return msg;
                     }
                 }
-                Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {}
+                // A signal to the test process (EINTR) is no answer either: read again.
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut | io::ErrorKind::Interrupted
+                    ) => {}
                 Err(e) => panic!("reading {}: {e}", self.path.display()),
             }
             assert!(Instant::now() < deadline, "no {what} within {NOTIFY_WAIT:?}; messages so far: {:?}", self.seen);
