@@ -65,8 +65,8 @@ from bench_lib import (CLI4, CLI6, NFT_RULES, PATHS, PORT, SRV4, SRV6, BadOutput
 from bench_syn import (flood_finish, flood_start, synprobe_finish, synprobe_start,
                        visibility_figures)
 import bench_proc  # its SIGNALLED and CLOSING are read and set there, never copied here
-from bench_proc import (Die, Proc, catch_signals, checkpoint, err, in_ns, info,
-                        nsx, pause, proc_cmdline, proc_fields, sh, show_file, warn)
+from bench_proc import (Die, Proc, catch_signals, child_of, checkpoint, err, in_ns, info,
+                        nsx, pause, proc_fields, sh, show_file, warn)
 
 SCRIPTS_DIR = os.path.dirname(os.path.abspath(__file__))
 REPO_DIR = os.path.dirname(SCRIPTS_DIR)
@@ -257,21 +257,9 @@ class Bench:
         argv = ["timeout", "-k", "5", str(bound), o.bin, "run", "--config", self.config]
         self.op25b_timeout = self.spawn(self.file("op25b.log"), argv, env=env)
         # op25b is the child of that timeout: find it, and remember its identity.
-        tpid = self.op25b_timeout.pid
-        for _ in range(50):
-            try:
-                with open(f"/proc/{tpid}/task/{tpid}/children", encoding="utf-8") as f:
-                    kids = f.read().split()
-            except OSError:
-                kids = []
-            if kids and " run --config " in proc_cmdline(kids[0]):
-                proc = Proc(int(kids[0]))
-                if proc.start is not None:
-                    self.op25b = self.started[proc.pid] = proc
-                break
-            if not self.op25b_timeout.alive():
-                break
-            pause(0.1)
+        proc = child_of(self.op25b_timeout, " run --config ")
+        if proc is not None:
+            self.op25b = self.started[proc.pid] = proc
         if self.op25b is None:
             show_file(self.file("op25b.log.err"))
             raise Die("op25b did not start")

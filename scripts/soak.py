@@ -49,8 +49,8 @@ import tempfile
 import time
 
 import bench_proc  # SIGNALLED, CLOSING and TAG are read and set there
-from bench_proc import (Die, Proc, catch_signals, checkpoint, err, in_ns, info,
-                        nsx, pause, proc_cmdline, sh, show_file, warn)
+from bench_proc import (Die, Proc, catch_signals, child_of, checkpoint, err, in_ns, info,
+                        nsx, pause, sh, show_file, warn)
 
 SCRIPTS_DIR = os.path.dirname(os.path.abspath(__file__))
 REPO_DIR = os.path.dirname(SCRIPTS_DIR)
@@ -276,21 +276,9 @@ class Soak:
         argv = ["timeout", "-k", "5", str(secs + 120), self.o["bin"], "run", "--config",
                 self.config, "--stats", self.file("stats.json")]
         self.op25b_timeout = self.spawn(self.file("op25b.log"), argv, env=env)
-        tpid = self.op25b_timeout.pid
-        for _ in range(50):
-            try:
-                with open(f"/proc/{tpid}/task/{tpid}/children", encoding="utf-8") as f:
-                    kids = f.read().split()
-            except OSError:
-                kids = []
-            if kids and " run --config " in proc_cmdline(kids[0]):
-                proc = Proc(int(kids[0]))
-                if proc.start is not None:
-                    self.op25b = self.started[proc.pid] = proc
-                break
-            if not self.op25b_timeout.alive():
-                break
-            pause(0.1)
+        proc = child_of(self.op25b_timeout, " run --config ")
+        if proc is not None:
+            self.op25b = self.started[proc.pid] = proc
         if self.op25b is None or not (self.wait_link_up(self.ns_sub, self.tun_sub)
                                       and self.wait_link_up(self.ns_up, self.tun_up)):
             show_file(self.file("op25b.log.err"))
