@@ -36,9 +36,11 @@ Exit status 0 when every sample matches, 1 otherwise (a diff per sample that dif
 import argparse
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -328,6 +330,10 @@ def main():
     env = dict(os.environ)
     env["PATH"] = os.path.join(REPO, "target", "release") + os.pathsep + env.get("PATH", "")
     env["NO_COLOR"] = "1"
+    # What the samples make with mktemp (the demo keeps op25b's log for its
+    # reader) goes into a directory of this run's own, removed at the end.
+    tmpdir = tempfile.mkdtemp(prefix="op25b-readme-")
+    env["TMPDIR"] = tmpdir
     env.pop("RUST_LOG", None)
     if not os.access(os.path.join(REPO, "target", "release", "op25b"), os.X_OK):
         print("readme_test.py: target/release/op25b missing: cargo build --release first",
@@ -352,6 +358,7 @@ def main():
         for path in CLEANUP:
             if os.path.exists(path):
                 os.remove(path)
+        shutil.rmtree(tmpdir, ignore_errors=True)
         if lab_exists() and os.path.exists(os.path.join(REPO, "scripts", "lab.sh")):
             subprocess.run([os.path.join(REPO, "scripts", "lab.sh"), "down"], cwd=REPO,
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
