@@ -11,6 +11,9 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 [[ $(id -u) -eq 0 ]] || { echo "test.sh: run as root: the tests build network namespaces and TUN devices" >&2; exit 1; }
 scripts/setup.sh --bench --package
+# A run must leave the checkout as it found it (fuzz/Cargo.lock in sync, no
+# file left behind): what `git status` shows now is compared at the end.
+status_before=$(git status --porcelain 2>/dev/null || echo "not a git checkout")
 
 echo "== cargo fmt --check"
 cargo fmt --check
@@ -32,5 +35,12 @@ echo "== benchmark smoke run (checks it works; judges no speed)"
 scripts/bench.sh --smoke --no-build
 echo "== soak smoke run (20 s of load and reloads every 200 ms)"
 scripts/soak.sh --seconds 20 --no-build
+echo "== the checkout is as the run found it (git status)"
+status_after=$(git status --porcelain 2>/dev/null || echo "not a git checkout")
+if [[ "$status_after" != "$status_before" ]]; then
+    echo "test.sh: the run changed the checkout; git status before:" >&2
+    printf '%s\n' "${status_before:-(clean)}" "after:" "${status_after:-(clean)}" >&2
+    exit 1
+fi
 # One closing line for the whole run (cargo's last summary is an example's, with 0 tests).
 echo "tests: $passed passed, 0 failed"
