@@ -4,6 +4,10 @@
 //! git checkout (the checkout's own top level, not some enclosing repository),
 //! or from a crate package, whose `.cargo_vcs_info.json` records the commit;
 //! otherwise it is empty and the version is the crate version alone.
+//!
+//! `OP25B_GIT_REVISION` is the full revision for the metrics' `op25b_build_info`,
+//! or `unknown`. Set in the build's environment (a build from an exported tree
+//! that knows its commit), it overrides both.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -40,7 +44,7 @@ fn from_git(dir: &Path) -> Option<String> {
     for p in watch {
         println!("cargo:rerun-if-changed={}", p.display());
     }
-    git(dir, &["rev-parse", "--short=12", "HEAD"])
+    git(dir, &["rev-parse", "HEAD"])
 }
 
 /// A packaged crate (`cargo package`, crates.io) records the commit it was made from.
@@ -52,12 +56,20 @@ fn from_package(dir: &Path) -> Option<String> {
     let rest = &text[at + 6..];
     let start = rest.find('"')? + 1;
     let sha: String = rest[start..].chars().take_while(|c| c.is_ascii_hexdigit()).collect();
-    (sha.len() >= 12).then(|| sha[..12].to_string())
+    (sha.len() >= 12).then_some(sha)
 }
 
 fn main() {
     println!("cargo:rerun-if-changed=build.rs");
     let dir = PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
-    let commit = from_git(&dir).or_else(|| from_package(&dir)).unwrap_or_default();
+    println!("cargo:rerun-if-env-changed=OP25B_GIT_REVISION");
+    let revision = std::env::var("OP25B_GIT_REVISION")
+        .ok()
+        .map(|r| r.trim().to_string())
+        .filter(|r| !r.is_empty() && r.chars().all(|c| c.is_ascii_alphanumeric() || "-_.+".contains(c)))
+        .or_else(|| from_git(&dir))
+        .or_else(|| from_package(&dir));
+    let commit: String = revision.as_deref().unwrap_or_default().chars().take(12).collect();
     println!("cargo:rustc-env=OP25B_GIT_COMMIT={commit}");
+    println!("cargo:rustc-env=OP25B_GIT_REVISION={}", revision.as_deref().unwrap_or("unknown"));
 }

@@ -1,38 +1,99 @@
-//! `/metrics`: the [`Stats`] snapshot in the Prometheus / OpenMetrics text
-//! format, encoded by prometheus-client from a collector made at scrape time.
-//! Nothing here touches the packet path: the counters are read, not added.
+//! `/metrics`: the [`Stats`] snapshot, the process's own figures and the
+//! build, encoded by prometheus-client from a collector made at scrape time,
+//! in the format the scraper asks for ([`Format::negotiate`]): the classic
+//! Prometheus text (version 0.0.4) by default, OpenMetrics 1.0 when the
+//! `Accept` header prefers it. Nothing here touches the packet path: the
+//! counters are read, not added.
+//!
+//! Names follow Prometheus practice: every counter ends in `_total` and says
+//! what it counts (packets, bytes, flows, events, ...), values are in base
+//! units, and no label names a subscriber.
 
 use prometheus_client::collector::Collector;
-use prometheus_client::encoding::{DescriptorEncoder, NoLabelSet};
+use prometheus_client::encoding::{DescriptorEncoder, EncodeCounterValue, NoLabelSet};
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 
+use super::process::ProcessFigures;
 use super::InfoSnapshot;
 use crate::packet::Direction;
 use crate::stats::{OutputFile, Stats, BLOCK_ACTIONS};
 use crate::{DropReason, ReplyKind};
 
-/// One scrape's figures.
-#[derive(Debug)]
-struct Scrape {
-    stats: Stats,
-    info: InfoSnapshot,
+/// The git revision op25b was built from (build.rs), or `unknown`.
+pub(crate) const REVISION: &str = env!("OP25B_GIT_REVISION");
+
+/// The device label's values, by device index.
+const DEVICES: [&str; 2] = ["subscriber", "upstream"];
+
+/// The text format of an answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Format {
+    /// The Prometheus text format, version 0.0.4.
+    Classic,
+    /// OpenMetrics text, version 1.0.0.
+    OpenMetrics,
+}
+
+impl Format {
+    /// The `Content-Type` of an answer in this format.
+    pub(crate) fn content_type(self) -> &'static str {
+        match self {
+            Format::Classic => prometheus_client::encoding::prometheus_text::CONTENT_TYPE,
+            Format::OpenMetrics => "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        }
+    }
+
+    /// The format an `Accept` header prefers: OpenMetrics when it is listed
+    /// (any version this encoder speaks: 1.0.0, 0.0.1 or none) with a
+    /// quality above that of the classic text (`text/plain`, `text/*`,
+    /// `*/*`); the classic text otherwise, also with no header or one that
+    /// names neither. Between equal qualities the first listed wins, as
+    /// Prometheus lists its preference first.
+    pub(crate) fn negotiate(accept: Option<&str>) -> Format {
+        let mut best: Option<(f32, Format)> = None;
+        for range in accept.unwrap_or_default().split(',') {
+            let Ok(mime) = range.trim().parse::<mime::Mime>() else { continue };
+            let param = |name: &str| mime.get_param(name).map(|v| v.as_str().to_string());
+            let q = param("q").and_then(|q| q.parse::<f32>().ok()).unwrap_or(1.0);
+            let version = param("version");
+            let format = match (mime.type_().as_str(), mime.subtype().as_str()) {
+                ("application", "openmetrics-text")
+                    if matches!(version.as_deref(), None | Some("1.0.0") | Some("0.0.1")) =>
+                {
+                    Format::OpenMetrics
+                }
+                ("text", "plain") if matches!(version.as_deref(), None | Some("0.0.4")) => Format::Classic,
+                ("text", "*") | ("*", "*") => Format::Classic,
+                _ => continue,
+            };
+            if q > 0.0 && best.is_none_or(|(b, _)| q > b) {
+                best = Some((q, format));
+            }
+        }
+        best.map_or(Format::Classic, |(_, f)| f)
+    }
 }
 
 type Labels<'a> = Vec<(&'static str, &'a str)>;
 
-/// Writes one counter family: a value per label set.
-fn counters<'a>(
+/// Writes one counter family (`name` without `_total`: the encoder adds it).
+fn counters<'a, V: EncodeCounterValue>(
     e: &mut DescriptorEncoder<'_>,
     name: &str,
     help: &str,
-    rows: impl IntoIterator<Item = (Labels<'a>, u64)>,
+    rows: impl IntoIterator<Item = (Labels<'a>, V)>,
 ) -> Result<(), std::fmt::Error> {
     let mut m = e.encode_descriptor(name, help, None, MetricType::Counter)?;
     for (labels, v) in rows {
-        m.encode_family(&labels)?.encode_counter::<NoLabelSet, _, u64>(&v, None)?;
+        m.encode_family(&labels)?.encode_counter::<NoLabelSet, V, u64>(&v, None)?;
     }
     Ok(())
+}
+
+/// Writes one counter family of a single unlabelled value.
+fn counter(e: &mut DescriptorEncoder<'_>, name: &str, help: &str, v: u64) -> Result<(), std::fmt::Error> {
+    counters(e, name, help, [(vec![], v)])
 }
 
 /// Writes one gauge family.
@@ -49,208 +110,238 @@ fn gauges<'a>(
     Ok(())
 }
 
-impl Collector for Scrape {
-    fn encode(&self, mut e: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        let s = &self.stats;
-        let dirs = Direction::ALL;
-        counters(
-            &mut e,
-            "op25b_received_packets",
-            "Packets handed to the router, by direction.",
-            dirs.iter().map(|d| (vec![("direction", d.name())], s.dir(*d).received)),
-        )?;
-        let verdicts = dirs.iter().flat_map(|d| {
-            let x = s.dir(*d);
-            [
-                ("forward", x.forwarded),
-                ("drop", x.dropped_total()),
-                ("reply", x.replied_total()),
-                ("terminate", x.terminated),
-            ]
-            .map(|(v, n)| (vec![("direction", d.name()), ("verdict", v)], n))
-        });
-        counters(&mut e, "op25b_packets", "Packets by direction and verdict; they add up to received.", verdicts)?;
-        counters(
-            &mut e,
-            "op25b_forwarded_bytes",
-            "Bytes forwarded, by direction.",
-            dirs.iter().map(|d| (vec![("direction", d.name())], s.dir(*d).forwarded_bytes)),
-        )?;
-        let drops = dirs.iter().flat_map(|d| {
-            DropReason::ALL
-                .iter()
-                .map(move |r| (vec![("direction", d.name()), ("reason", r.name())], s.dir(*d).dropped[*r as usize]))
-        });
-        counters(&mut e, "op25b_drops", "Packets dropped, by direction and reason.", drops)?;
-        let replies = dirs.iter().flat_map(|d| {
-            ReplyKind::ALL
-                .iter()
-                .map(move |k| (vec![("direction", d.name()), ("kind", k.name())], s.dir(*d).replies[*k as usize]))
-        });
-        counters(&mut e, "op25b_replies", "Replies the router built, by direction and kind.", replies)?;
-        counters(
-            &mut e,
-            "op25b_blocked",
-            "Packets the OP25B fast path blocked, by the action in force.",
-            BLOCK_ACTIONS.iter().zip(s.op25b.blocked_by_action).map(|(a, n)| (vec![("action", *a)], n)),
-        )?;
-        counters(
-            &mut e,
-            "op25b_redirected_packets",
-            "Packets of blocked flows sent to the relay.",
-            [(vec![], s.op25b.redirected)],
-        )?;
-        counters(
-            &mut e,
-            "op25b_redirect_evictions",
-            "Unassured redirect flows evicted (early drop) for a new SYN when the table was full.",
-            [(vec![], s.op25b.redirect_evictions)],
-        )?;
-        counters(
-            &mut e,
-            "op25b_banner_syn_evictions",
-            "Banner sessions still waiting for the client's ACK taken for a new SYN.",
-            [(vec![], s.responder.syn_evictions)],
-        )?;
-        counters(
-            &mut e,
-            "op25b_banner_source_full",
-            "Banner SYNs refused over the subscriber's share of sessions.",
-            [(vec![], s.op25b.banner_source_full)],
-        )?;
-        counters(
-            &mut e,
-            "op25b_rule_packets",
-            "Packets that matched each rule (kept over reloads by rule name).",
-            s.rules.iter().map(|r| (vec![("rule", r.name.as_str())], r.packets)),
-        )?;
-        counters(
-            &mut e,
-            "op25b_rule_bytes",
-            "Bytes that matched each rule.",
-            s.rules.iter().map(|r| (vec![("rule", r.name.as_str())], r.bytes)),
-        )?;
-        counters(
-            &mut e,
+/// Writes one gauge family of a single unlabelled value.
+fn gauge(e: &mut DescriptorEncoder<'_>, name: &str, help: &str, v: f64) -> Result<(), std::fmt::Error> {
+    gauges(e, name, help, [(vec![], v)])
+}
+
+/// Packets by direction and verdict, drops and replies.
+fn traffic(e: &mut DescriptorEncoder<'_>, s: &Stats) -> Result<(), std::fmt::Error> {
+    let dirs = Direction::ALL;
+    counters(
+        e,
+        "op25b_received_packets",
+        "Packets handed to the router, by direction.",
+        dirs.iter().map(|d| (vec![("direction", d.name())], s.dir(*d).received)),
+    )?;
+    let verdicts = dirs.iter().flat_map(|d| {
+        let x = s.dir(*d);
+        [
+            ("forward", x.forwarded),
+            ("drop", x.dropped_total()),
+            ("reply", x.replied_total()),
+            ("terminate", x.terminated),
+        ]
+        .map(|(v, n)| (vec![("direction", d.name()), ("verdict", v)], n))
+    });
+    counters(e, "op25b_packets", "Packets by direction and verdict; they add up to received.", verdicts)?;
+    counters(
+        e,
+        "op25b_forwarded_bytes",
+        "Bytes forwarded, by direction.",
+        dirs.iter().map(|d| (vec![("direction", d.name())], s.dir(*d).forwarded_bytes)),
+    )?;
+    let drops = dirs.iter().flat_map(|d| {
+        DropReason::ALL
+            .iter()
+            .map(move |r| (vec![("direction", d.name()), ("reason", r.name())], s.dir(*d).dropped[*r as usize]))
+    });
+    counters(e, "op25b_dropped_packets", "Packets dropped, by direction and reason.", drops)?;
+    let replies = dirs.iter().flat_map(|d| {
+        ReplyKind::ALL
+            .iter()
+            .map(move |k| (vec![("direction", d.name()), ("kind", k.name())], s.dir(*d).replies[*k as usize]))
+    });
+    counters(e, "op25b_reply_packets", "Reply packets the router built, by direction and kind.", replies)
+}
+
+/// The OP25B fast path, its actions and the banner responder.
+fn op25b(e: &mut DescriptorEncoder<'_>, s: &Stats) -> Result<(), std::fmt::Error> {
+    counters(
+        e,
+        "op25b_blocked_packets",
+        "Packets the OP25B fast path blocked, by the action in force.",
+        BLOCK_ACTIONS.iter().zip(s.op25b.blocked_by_action).map(|(a, n)| (vec![("action", *a)], n)),
+    )?;
+    counter(
+        e,
+        "op25b_monitored_packets",
+        "Packets OP25B would have blocked, forwarded by action monitor.",
+        s.op25b.monitored,
+    )?;
+    counter(e, "op25b_redirected_packets", "Packets of blocked flows sent to the relay.", s.op25b.redirected)?;
+    counter(
+        e,
+        "op25b_redirect_evicted_flows",
+        "Unassured redirect flows evicted (early drop) for a new SYN when the table was full.",
+        s.op25b.redirect_evictions,
+    )?;
+    gauge(e, "op25b_banner_sessions", "Banner sessions in progress.", s.responder.sessions as f64)?;
+    counter(
+        e,
+        "op25b_banner_evicted_sessions",
+        "Banner sessions still waiting for the client's ACK taken for a new SYN.",
+        s.responder.syn_evictions,
+    )?;
+    counter(
+        e,
+        "op25b_banner_refused_packets",
+        "Banner SYNs refused over the subscriber's share of sessions.",
+        s.op25b.banner_source_full,
+    )?;
+    counter(
+        e,
+        "op25b_banner_limited_rst_packets",
+        "RSTs of the banner responder not sent for want of a reply token.",
+        s.responder.rsts_limited,
+    )
+}
+
+/// Rules and devices.
+fn rules_and_devices(e: &mut DescriptorEncoder<'_>, s: &Stats) -> Result<(), std::fmt::Error> {
+    let rules: [(&str, &str, fn(&crate::stats::RuleStats) -> u64); 3] = [
+        ("op25b_rule_packets", "Packets that matched each rule (kept over reloads by rule name).", |r| r.packets),
+        ("op25b_rule_bytes", "Bytes that matched each rule.", |r| r.bytes),
+        (
             "op25b_rule_errors",
             "Faults of each program rule's program (budget exceeded, trap): each answered its on_error verdict.",
-            s.rules.iter().map(|r| (vec![("rule", r.name.as_str())], r.errors)),
-        )?;
-        let devices = ["subscriber", "upstream"];
-        type Field = fn(&crate::stats::DeviceStats) -> u64;
-        let device_figures: [(&str, &str, Field); 6] = [
-            ("op25b_device_rx_packets", "Packets read from each TUN device (a GSO super-packet once).", |d| {
-                d.rx_packets
-            }),
-            ("op25b_device_rx_bytes", "Bytes read from each TUN device.", |d| d.rx_bytes),
-            ("op25b_device_rx_errors", "Failed reads on each TUN device.", |d| d.rx_errors),
-            ("op25b_device_tx_writes", "Writes to each TUN device (a coalesced UDP GSO packet once).", |d| {
-                d.tx_packets
-            }),
-            ("op25b_device_tx_bytes", "Bytes written to each TUN device.", |d| d.tx_bytes),
-            ("op25b_device_tx_errors", "Failed writes to each TUN device.", |d| d.tx_errors),
-        ];
-        for (name, help, f) in device_figures {
-            counters(&mut e, name, help, devices.iter().zip(&s.devices).map(|(n, d)| (vec![("device", *n)], f(d))))?;
-        }
-        gauges(
-            &mut e,
-            "op25b_banner_sessions",
-            "Banner sessions in progress.",
-            [(vec![], s.responder.sessions as f64)],
-        )?;
-        counters(
-            &mut e,
-            "op25b_banner_rsts_limited",
-            "RSTs of the banner responder not sent for want of a reply token.",
-            [(vec![], s.responder.rsts_limited)],
-        )?;
-        counters(
-            &mut e,
-            "op25b_events_dropped",
-            "Events of blocked connections the full queue did not take.",
-            [(vec![], s.events_dropped)],
-        )?;
-        counters(
-            &mut e,
-            "op25b_capture_dropped",
-            "Packets not forwarded that the capture could not take.",
-            [(vec![], s.capture_dropped)],
-        )?;
-        counters(
-            &mut e,
-            "op25b_monitored",
-            "Packets OP25B would have blocked, forwarded by action monitor.",
-            [(vec![], s.op25b.monitored)],
-        )?;
-        let a = &s.abuse;
-        gauges(
-            &mut e,
-            "op25b_abuse_tracked_subscribers",
-            "Subscribers in the abuse table (heavy hitters of blocked attempts).",
-            [(vec![], a.tracked as f64)],
-        )?;
-        gauges(
-            &mut e,
-            "op25b_abuse_suspected_subscribers",
-            "Subscribers that crossed an abuse threshold less than a window ago.",
-            [(vec![], a.suspected as f64)],
-        )?;
-        gauges(
-            &mut e,
-            "op25b_abuse_quarantined_subscribers",
-            "Subscribers in quarantine.",
-            [(vec![], a.quarantined as f64)],
-        )?;
-        counters(
-            &mut e,
-            "op25b_abuse_refused_packets",
-            "Packets of subscribers in quarantine refused outside their walled garden.",
-            [(vec![], a.refused)],
-        )?;
-        counters(
-            &mut e,
-            "op25b_abuse_attempts_dropped",
-            "Blocked attempts the full queue to abuse handling did not take.",
-            [(vec![], a.attempts_dropped)],
-        )?;
-        counters(
-            &mut e,
-            "op25b_write_errors",
-            "Failed writes of op25b's own files (full disk, unwritable file), by file.",
-            OutputFile::ALL.iter().map(|f| (vec![("file", f.name())], s.write_errors[*f as usize])),
-        )?;
-        let i = &self.info;
-        counters(
-            &mut e,
-            "op25b_config_reloads",
-            "Config reloads, by result.",
-            [(vec![("result", "success")], i.reloads_ok), (vec![("result", "failure")], i.reloads_failed)],
-        )?;
-        gauges(
-            &mut e,
-            "op25b_config_last_reload_success_timestamp_seconds",
-            "When the config in force was loaded (start or reload), Unix time.",
-            [(vec![], i.loaded_unix)],
-        )?;
-        gauges(&mut e, "op25b_start_time_seconds", "When op25b started, Unix time.", [(vec![], i.started_unix)])?;
-        gauges(
-            &mut e,
-            "op25b_build_info",
-            "The version op25b was built from (value 1).",
-            [(vec![("version", env!("CARGO_PKG_VERSION"))], 1.0)],
-        )?;
-        Ok(())
+            |r| r.errors,
+        ),
+    ];
+    for (name, help, f) in rules {
+        counters(e, name, help, s.rules.iter().map(|r| (vec![("rule", r.name.as_str())], f(r))))?;
+    }
+    type Field = fn(&crate::stats::DeviceStats) -> u64;
+    let figures: [(&str, &str, Field); 6] = [
+        ("op25b_device_rx_packets", "Packets read from each TUN device (a GSO super-packet once).", |d| d.rx_packets),
+        ("op25b_device_rx_bytes", "Bytes read from each TUN device.", |d| d.rx_bytes),
+        ("op25b_device_rx_errors", "Failed reads on each TUN device.", |d| d.rx_errors),
+        ("op25b_device_tx_packets", "Packets written to each TUN device (a coalesced UDP GSO packet once).", |d| {
+            d.tx_packets
+        }),
+        ("op25b_device_tx_bytes", "Bytes written to each TUN device.", |d| d.tx_bytes),
+        ("op25b_device_tx_errors", "Failed writes to each TUN device.", |d| d.tx_errors),
+    ];
+    for (name, help, f) in figures {
+        counters(e, name, help, DEVICES.iter().zip(&s.devices).map(|(n, d)| (vec![("device", *n)], f(d))))?;
+    }
+    Ok(())
+}
+
+/// What op25b's own threads could not take or write, and abuse handling.
+fn sinks_and_abuse(e: &mut DescriptorEncoder<'_>, s: &Stats) -> Result<(), std::fmt::Error> {
+    counter(
+        e,
+        "op25b_dropped_events",
+        "Events of blocked connections the full queue to the events writer did not take.",
+        s.events_dropped,
+    )?;
+    counter(
+        e,
+        "op25b_capture_dropped_packets",
+        "Packets not forwarded that the capture could not take.",
+        s.capture_dropped,
+    )?;
+    counters(
+        e,
+        "op25b_write_errors",
+        "Failed writes of op25b's own files (full disk, unwritable file), by file.",
+        OutputFile::ALL.iter().map(|f| (vec![("file", f.name())], s.write_errors[*f as usize])),
+    )?;
+    let a = &s.abuse;
+    gauge(
+        e,
+        "op25b_abuse_tracked_subscribers",
+        "Subscribers in the abuse table (heavy hitters of blocked attempts).",
+        a.tracked as f64,
+    )?;
+    gauge(
+        e,
+        "op25b_abuse_suspected_subscribers",
+        "Subscribers that crossed an abuse threshold less than a window ago.",
+        a.suspected as f64,
+    )?;
+    gauge(e, "op25b_abuse_quarantined_subscribers", "Subscribers in quarantine.", a.quarantined as f64)?;
+    counter(
+        e,
+        "op25b_abuse_refused_packets",
+        "Packets of subscribers in quarantine refused outside their walled garden.",
+        a.refused,
+    )?;
+    counter(
+        e,
+        "op25b_abuse_dropped_attempts",
+        "Blocked attempts the full queue to abuse handling did not take.",
+        a.attempts_dropped,
+    )
+}
+
+/// Reloads, the build, and the standard `process_*` figures.
+fn service(e: &mut DescriptorEncoder<'_>, i: &InfoSnapshot, p: Option<&ProcessFigures>) -> Result<(), std::fmt::Error> {
+    counters(
+        e,
+        "op25b_config_reloads",
+        "Config reloads, by result.",
+        [(vec![("result", "success")], i.reloads_ok), (vec![("result", "failure")], i.reloads_failed)],
+    )?;
+    gauge(
+        e,
+        "op25b_config_last_reload_success_timestamp_seconds",
+        "When the config in force was loaded (start or reload), Unix time.",
+        i.loaded_unix,
+    )?;
+    gauges(
+        e,
+        "op25b_build_info",
+        "The version and git revision op25b was built from (value 1).",
+        [(vec![("version", env!("CARGO_PKG_VERSION")), ("revision", REVISION)], 1.0)],
+    )?;
+    let Some(p) = p else { return Ok(()) };
+    counters(e, "process_cpu_seconds", "Total user and system CPU time spent in seconds.", [(vec![], p.cpu_seconds)])?;
+    gauge(e, "process_resident_memory_bytes", "Resident memory size in bytes.", p.resident_bytes as f64)?;
+    gauge(e, "process_virtual_memory_bytes", "Virtual memory size in bytes.", p.virtual_bytes as f64)?;
+    gauge(e, "process_open_fds", "Number of open file descriptors.", p.open_fds as f64)?;
+    if let Some(max) = p.max_fds {
+        gauge(e, "process_max_fds", "Maximum number of open file descriptors.", max as f64)?;
+    }
+    gauge(e, "process_threads", "Number of OS threads in the process.", p.threads as f64)?;
+    gauge(
+        e,
+        "process_start_time_seconds",
+        "Start time of the process since unix epoch in seconds.",
+        p.start_time_seconds,
+    )
+}
+
+impl Collector for Scrape {
+    fn encode(&self, mut e: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        traffic(&mut e, &self.stats)?;
+        op25b(&mut e, &self.stats)?;
+        rules_and_devices(&mut e, &self.stats)?;
+        sinks_and_abuse(&mut e, &self.stats)?;
+        service(&mut e, &self.info, self.process.as_ref())
     }
 }
 
-/// The OpenMetrics text of `stats` and `info`.
-pub(crate) fn render(stats: Stats, info: InfoSnapshot) -> String {
+/// One scrape's figures.
+#[derive(Debug)]
+struct Scrape {
+    stats: Stats,
+    info: InfoSnapshot,
+    /// `None` when /proc could not be read (the rest is still answered).
+    process: Option<ProcessFigures>,
+}
+
+/// The metrics text of `stats`, `info` and `process` in `format`.
+pub(crate) fn render(stats: Stats, info: InfoSnapshot, process: Option<ProcessFigures>, format: Format) -> String {
     let mut registry = Registry::default();
-    registry.register_collector(Box::new(Scrape { stats, info }));
+    registry.register_collector(Box::new(Scrape { stats, info, process }));
     let mut out = String::new();
     // Writing into a String cannot fail.
-    let _ = prometheus_client::encoding::text::encode(&mut out, &registry);
+    let _ = match format {
+        Format::Classic => prometheus_client::encoding::prometheus_text::encode(&mut out, &registry),
+        Format::OpenMetrics => prometheus_client::encoding::text::encode(&mut out, &registry),
+    };
     out
 }
 
@@ -264,24 +355,93 @@ mod tests {
         text.lines().find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
     }
 
-    #[test]
-    fn the_snapshot_as_prometheus_text() {
+    fn scrape(format: Format) -> String {
         let mut t = PolicyBuilder::lab().router();
         for _ in 0..3 {
             let _ = t.out(&syn("100.64.1.10", "203.0.113.25", 25));
         }
         let _ = t.out(&syn("100.64.1.10", "203.0.113.25", 587));
-        let info = InfoSnapshot { reloads_ok: 2, reloads_failed: 1, loaded_unix: 1_800_000_000.0, started_unix: 1.0 };
-        let text = render(t.stats(), info);
-        let v = |s: &str| value(&text, s).unwrap_or_else(|| panic!("{s} missing in\n{text}"));
-        assert_eq!(v(r#"op25b_received_packets_total{direction="outbound"}"#), 4.0);
-        assert_eq!(v(r#"op25b_packets_total{direction="outbound",verdict="reply"}"#), 3.0);
-        assert_eq!(v(r#"op25b_packets_total{direction="outbound",verdict="forward"}"#), 1.0);
-        assert_eq!(v(r#"op25b_replies_total{direction="outbound",kind="tcp_rst"}"#), 3.0);
-        assert_eq!(v(r#"op25b_blocked_total{action="reject"}"#), 3.0);
-        assert_eq!(v(r#"op25b_config_reloads_total{result="failure"}"#), 1.0);
-        assert_eq!(v("op25b_config_last_reload_success_timestamp_seconds"), 1_800_000_000.0);
-        assert!(text.contains("# TYPE op25b_drops counter"), "{text}");
-        assert!(text.trim_end().ends_with("# EOF"));
+        let info = InfoSnapshot { reloads_ok: 2, reloads_failed: 1, loaded_unix: 1_800_000_000.0 };
+        let process = ProcessFigures {
+            cpu_seconds: 1.5,
+            resident_bytes: 4096,
+            virtual_bytes: 8192,
+            open_fds: 9,
+            max_fds: Some(1024),
+            threads: 5,
+            start_time_seconds: 1_700_000_000.0,
+        };
+        render(t.stats(), info, Some(process), format)
+    }
+
+    #[test]
+    fn the_snapshot_in_both_formats() {
+        for format in [Format::Classic, Format::OpenMetrics] {
+            let text = scrape(format);
+            let v = |s: &str| value(&text, s).unwrap_or_else(|| panic!("{s} missing in\n{text}"));
+            assert_eq!(v(r#"op25b_received_packets_total{direction="outbound"}"#), 4.0);
+            assert_eq!(v(r#"op25b_packets_total{direction="outbound",verdict="reply"}"#), 3.0);
+            assert_eq!(v(r#"op25b_packets_total{direction="outbound",verdict="forward"}"#), 1.0);
+            assert_eq!(v(r#"op25b_reply_packets_total{direction="outbound",kind="tcp_rst"}"#), 3.0);
+            assert_eq!(v(r#"op25b_blocked_packets_total{action="reject"}"#), 3.0);
+            assert_eq!(v(r#"op25b_config_reloads_total{result="failure"}"#), 1.0);
+            assert_eq!(v("op25b_config_last_reload_success_timestamp_seconds"), 1_800_000_000.0);
+            assert_eq!(v("process_cpu_seconds_total"), 1.5);
+            assert_eq!(v("process_max_fds"), 1024.0);
+            let info = format!("op25b_build_info{{version=\"{}\",revision=\"{REVISION}\"}}", env!("CARGO_PKG_VERSION"));
+            assert_eq!(v(&info), 1.0);
+        }
+        // Classic: the counter's family is named with `_total`, no EOF.
+        let classic = scrape(Format::Classic);
+        assert!(classic.contains("# HELP op25b_dropped_packets_total Packets dropped"), "{classic}");
+        assert!(classic.contains("# TYPE op25b_dropped_packets_total counter"), "{classic}");
+        assert!(!classic.contains("# EOF"));
+        // OpenMetrics: the family without it, samples with it, then EOF.
+        let om = scrape(Format::OpenMetrics);
+        assert!(om.contains("# TYPE op25b_dropped_packets counter"), "{om}");
+        assert!(om.trim_end().ends_with("# EOF"));
+    }
+
+    #[test]
+    fn no_family_is_left_without_help_or_type() {
+        let text = scrape(Format::Classic);
+        let names = |prefix: &str| -> Vec<String> {
+            text.lines().filter_map(|l| l.strip_prefix(prefix)?.split(' ').next().map(str::to_string)).collect()
+        };
+        let (help, types) = (names("# HELP "), names("# TYPE "));
+        assert_eq!(help, types);
+        for l in text.lines().filter(|l| !l.starts_with('#')) {
+            let name = l.split(['{', ' ']).next().unwrap_or_default();
+            assert!(types.iter().any(|t| t == name), "{name} has no TYPE line");
+        }
+        assert!(help.iter().all(|n| !n.contains("subscriber=")));
+    }
+
+    #[test]
+    fn the_format_follows_the_accept_header() {
+        use Format::*;
+        let cases = [
+            (None, Classic),
+            (Some(""), Classic),
+            (Some("text/plain; version=0.0.4"), Classic),
+            (Some("text/plain;version=0.0.4;q=0.5,*/*;q=0.1"), Classic),
+            (Some("application/openmetrics-text"), OpenMetrics),
+            (Some("application/openmetrics-text; version=1.0.0; charset=utf-8"), OpenMetrics),
+            // What Prometheus 2.x sends by default.
+            (
+                Some("application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1"),
+                OpenMetrics,
+            ),
+            (Some("text/plain;version=0.0.4,application/openmetrics-text;version=1.0.0;q=0.9"), Classic),
+            (Some("text/plain;q=0.2,application/openmetrics-text;q=0.8"), OpenMetrics),
+            // A version this encoder does not speak, or a refusal, is not chosen.
+            (Some("application/openmetrics-text; version=2.0.0"), Classic),
+            (Some("application/openmetrics-text;q=0"), Classic),
+            (Some("application/json"), Classic),
+            (Some("garbage,,;;=="), Classic),
+        ];
+        for (accept, want) in cases {
+            assert_eq!(Format::negotiate(accept), want, "{accept:?}");
+        }
     }
 }

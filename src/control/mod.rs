@@ -13,6 +13,7 @@ pub mod client;
 pub mod events;
 mod metrics;
 pub mod notify;
+mod process;
 mod writer;
 
 pub use writer::{Failures, WriterThread};
@@ -74,8 +75,6 @@ pub(crate) struct InfoSnapshot {
     pub(crate) reloads_failed: u64,
     /// When the config in force was loaded, Unix seconds.
     pub(crate) loaded_unix: f64,
-    /// When op25b started, Unix seconds.
-    pub(crate) started_unix: f64,
 }
 
 fn unix(t: SystemTime) -> f64 {
@@ -88,7 +87,6 @@ impl Info {
             reloads_ok: self.reloads_ok,
             reloads_failed: self.reloads_failed,
             loaded_unix: unix(self.loaded),
-            started_unix: unix(self.started),
         }
     }
 }
@@ -174,9 +172,11 @@ impl Shared {
         }
     }
 
-    fn metrics(&self) -> String {
+    fn metrics(&self, format: metrics::Format) -> String {
         let info = self.info().snapshot();
-        metrics::render(self.stats.stats(), info)
+        let process =
+            process::read().inspect_err(|e| tracing::debug!(error = %e, "metrics: cannot read /proc/self")).ok();
+        metrics::render(self.stats.stats(), info, process, format)
     }
 }
 
@@ -292,10 +292,10 @@ async fn serve(
         }
     };
     let http = tcp.map(|listener| {
-        let s = shared.clone();
+        let (s, stats) = (shared.clone(), shared.stats.clone());
         let app = axum::Router::new()
-            .route("/metrics", axum::routing::get(move || metrics_page(s.clone())))
-            .route("/healthz", axum::routing::get(|| async { "ok\n" }));
+            .route("/metrics", axum::routing::get(move |headers| metrics_page(s.clone(), headers)))
+            .route("/healthz", axum::routing::get(move || healthz(stats.clone())));
         tokio::spawn(async move {
             if let Err(e) = axum::serve(listener, app).await {
                 tracing::error!(error = %e, "control plane: metrics server stopped");
@@ -309,9 +309,21 @@ async fn serve(
     }
 }
 
-async fn metrics_page(shared: Shared) -> impl axum::response::IntoResponse {
-    let body = shared.metrics();
-    ([(axum::http::header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], body)
+/// `/metrics` in the format the `Accept` header prefers.
+async fn metrics_page(shared: Shared, headers: axum::http::HeaderMap) -> impl axum::response::IntoResponse {
+    use axum::http::header::{ACCEPT, CONTENT_TYPE};
+    let accept = headers.get(ACCEPT).and_then(|v| v.to_str().ok());
+    let format = metrics::Format::negotiate(accept);
+    ([(CONTENT_TYPE, format.content_type())], shared.metrics(format))
+}
+
+/// `/healthz`: 200 `ok` while the data plane is alive as the watchdog sees
+/// it (both devices present, every worker looping), else 503 and why.
+async fn healthz(stats: StatsReader) -> (axum::http::StatusCode, String) {
+    match stats.health() {
+        Ok(()) => (axum::http::StatusCode::OK, "ok\n".into()),
+        Err(why) => (axum::http::StatusCode::SERVICE_UNAVAILABLE, format!("unhealthy: {why}\n")),
+    }
 }
 
 async fn socket_loop(listener: tokio::net::UnixListener, shared: Shared) {

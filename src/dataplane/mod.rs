@@ -89,6 +89,7 @@ pub struct StatsReader {
     write_errors: Arc<WriteErrors>,
     /// A worker silent for longer is stalled.
     stall_after: Duration,
+    faults: Arc<Faults>,
 }
 
 /// A worker that has not run its loop for longer than it ever sleeps.
@@ -134,6 +135,19 @@ impl StatsReader {
 
     fn stalled_at(&self, now: Instant) -> Option<Stalled> {
         first_stalled(&self.heartbeats, now, self.stall_after)
+    }
+
+    /// The data plane's liveness as the watchdog sees it: `Ok` while both
+    /// devices are present and every worker loops; otherwise why not (the
+    /// first lost device, else the first stalled worker).
+    pub fn health(&self) -> Result<(), String> {
+        if let Some(f) = self.faults.first() {
+            return Err(f.to_string());
+        }
+        match self.stalled() {
+            Some(s) => Err(format!("worker {} has not looped for {:.1} s", s.worker, s.silent.as_secs_f64())),
+            None => Ok(()),
+        }
     }
 }
 
@@ -323,6 +337,7 @@ impl Dataplane {
             heartbeats: Arc::new(self.heartbeats.clone()),
             stall_after: self.stall_after,
             write_errors: Arc::clone(&self.write_errors),
+            faults: Arc::clone(&self.faults),
         }
     }
 
