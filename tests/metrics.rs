@@ -125,8 +125,11 @@ fn both_formats_as_asked_and_promtool_finds_nothing_in_the_classic_text() {
         let problems = findings(&out);
         assert!(out.status.success() && problems.is_empty(), "{accept:?}: promtool check metrics: {problems:#?}");
         assert_eq!(value(&a.body, r#"op25b_blocked_packets_total{action="reject"}"#), Some(1.0), "{}", a.body);
-        assert_eq!(value(&a.body, r#"op25b_reply_packets_total{direction="outbound",kind="echo_reply"}"#), Some(1.0));
-        for name in ["process_cpu_seconds_total", "process_resident_memory_bytes", "process_open_fds"] {
+        assert_eq!(value(&a.body, r#"op25b_reply_packets_total{direction="outbound",kind="tcp_rst"}"#), Some(1.0));
+        let forwarded = value(&a.body, r#"op25b_packets_total{direction="outbound",verdict="forward"}"#);
+        assert!(forwarded.is_some_and(|n| n >= 1.0), "the echo request: {forwarded:?}");
+        assert!(value(&a.body, "process_cpu_seconds_total").is_some_and(|v| v >= 0.0), "{}", a.body);
+        for name in ["process_resident_memory_bytes", "process_virtual_memory_bytes", "process_open_fds"] {
             assert!(value(&a.body, name).is_some_and(|v| v > 0.0), "{name} in\n{}", a.body);
         }
         assert!(value(&a.body, "process_max_fds").is_some_and(|v| v >= 1.0), "{}", a.body);
