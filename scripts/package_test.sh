@@ -66,6 +66,10 @@ check "systemd-analyze verify on the installed unit (man pages included)" bash -
 check "the package did not enable or start the unit" bash -c '! test -e /etc/systemd/system/multi-user.target.wants/op25b.service'
 check "both licence texts and the copyright file" \
     test -s /usr/share/doc/op25b/LICENSE-MIT -a -s /usr/share/doc/op25b/LICENSE-APACHE -a -s /usr/share/doc/op25b/copyright
+check "the installed alert rules pass promtool check rules and their unit tests" bash -c \
+    'cd /usr/share/doc/op25b/prometheus && promtool check rules op25b.rules.yml >/dev/null && promtool test rules op25b.rules.test.yml >/dev/null'
+check "the Grafana dashboard is installed and is JSON" \
+    python3 -c 'import json, sys; d = json.load(open(sys.argv[1])); sys.exit(d.get("uid") != "op25b")' /usr/share/doc/op25b/grafana/op25b.json
 
 echo "== dpkg --purge op25b"
 dpkg --purge op25b >/dev/null

@@ -4,6 +4,7 @@
 #   scripts/setup.sh          # lab + tests: iproute2 iputils-ping traceroute python3
 #                             #   tcpdump python3-aiosmtpd systemd util-linux g++ (libFuzzer)
 #                             #   clang lld (the example program rules, rules/examples/build.sh)
+#                             #   prometheus (promtool: tests/metrics.rs lints /metrics and the rules)
 #   scripts/setup.sh --bench  # also iperf3 and nftables for scripts/bench.sh
 #   scripts/setup.sh --package  # also cargo-deb, man-db and dpkg-dev for scripts/package_test.sh
 # (flags combine)
@@ -21,6 +22,8 @@ need+=(systemd-analyze:systemd setpriv:util-linux unshare:util-linux)
 need+=(c++:g++)
 # The example program rules are C built for wasm32 by the tests (rules/examples/build.sh).
 need+=(clang:clang wasm-ld:lld)
+# tests/metrics.rs: promtool check metrics / check rules / test rules.
+need+=(promtool:prometheus)
 bench=0 package=0
 for arg in "$@"; do
     case $arg in
@@ -98,3 +101,8 @@ say_if_locked
 apt-get "${apt_opts[@]}" update -qq
 say_if_locked
 apt-get "${apt_opts[@]}" install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+# Only promtool is wanted: where systemd runs, the package's own server (which
+# it enables and starts on :9090) is stopped and disabled again.
+if [[ " ${missing[*]} " == *" prometheus "* && -d /run/systemd/system ]]; then
+    systemctl disable --now prometheus.service >/dev/null 2>&1 || true
+fi

@@ -112,9 +112,9 @@ fn metrics_and_stats_agree_after_traffic_and_rules_survive_a_reload() {
         assert_eq!(verdicts, received, "{dir}: received = the sum over verdicts\n{text}");
         assert_eq!(series("forward"), d["forwarded"].as_u64().expect("forwarded"), "{dir}");
     }
-    assert_eq!(metric(&text, "op25b_blocked_total{action=\"reject\"}"), 2);
+    assert_eq!(metric(&text, "op25b_blocked_packets_total{action=\"reject\"}"), 2);
     assert_eq!(s["op25b_blocked_by_action"]["reject"], 2);
-    assert_eq!(metric(&text, "op25b_replies_total{direction=\"outbound\",kind=\"tcp_rst\"}"), 2);
+    assert_eq!(metric(&text, "op25b_reply_packets_total{direction=\"outbound\",kind=\"tcp_rst\"}"), 2);
     let rule_packets = metric(&text, "op25b_rule_packets_total{rule=\"count-587\"}");
     assert!(rule_packets >= 6, "two handshakes and their data to 587 matched the rule: {rule_packets}\n{text}");
     assert_eq!(s["rules"][0]["packets"].as_u64(), Some(rule_packets), "{s}");

@@ -75,7 +75,9 @@ fn promtool(args: &[&str], stdin: &str) -> Output {
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .unwrap_or_else(|e| panic!("cannot run promtool ({e}): install Debian's prometheus package (scripts/setup.sh)"));
+        .unwrap_or_else(|e| {
+            panic!("cannot run promtool ({e}): install Debian's prometheus package (scripts/setup.sh)")
+        });
     let mut input = child.stdin.take().expect("promtool's stdin");
     input.write_all(stdin.as_bytes()).expect("write to promtool");
     drop(input);
@@ -152,10 +154,10 @@ fn both_formats_as_asked_and_promtool_finds_nothing_in_the_classic_text() {
     let out = promtool(&["check", "metrics"], &a.body);
     let counters: BTreeSet<&str> =
         a.body.lines().filter_map(|l| l.strip_prefix("# TYPE ")?.strip_suffix(" counter")).collect();
-    let helped: BTreeSet<&str> =
-        a.body.lines().filter_map(|l| l.strip_prefix("# HELP ")?.split(' ').next()).collect();
+    let helped: BTreeSet<&str> = a.body.lines().filter_map(|l| l.strip_prefix("# HELP ")?.split(' ').next()).collect();
     for line in findings(&out) {
-        let family = line.strip_suffix("_total no help text").unwrap_or_else(|| panic!("promtool on OpenMetrics: {line}"));
+        let family =
+            line.strip_suffix("_total no help text").unwrap_or_else(|| panic!("promtool on OpenMetrics: {line}"));
         assert!(counters.contains(family) && helped.contains(family), "{line}");
     }
     drop(lab);
@@ -173,11 +175,9 @@ fn healthz_answers_ok_from_a_running_op25b() {
 fn the_shipped_rules_pass_promtool_check_and_their_unit_tests() {
     let rules = repo("packaging/prometheus/op25b.rules.yml");
     let tests = repo("packaging/prometheus/op25b.rules.test.yml");
-    let out = Command::new("promtool")
-        .args(["check", "rules"])
-        .arg(&rules)
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run promtool ({e}): install Debian's prometheus package (scripts/setup.sh)"));
+    let out = Command::new("promtool").args(["check", "rules"]).arg(&rules).output().unwrap_or_else(|e| {
+        panic!("cannot run promtool ({e}): install Debian's prometheus package (scripts/setup.sh)")
+    });
     let text = findings(&out).join("\n");
     assert!(out.status.success(), "promtool check rules:\n{text}");
     assert!(text.contains("SUCCESS") && !text.contains("WARNING"), "{text}");

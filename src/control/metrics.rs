@@ -199,7 +199,8 @@ fn op25b(e: &mut DescriptorEncoder<'_>, s: &Stats) -> Result<(), std::fmt::Error
 
 /// Rules and devices.
 fn rules_and_devices(e: &mut DescriptorEncoder<'_>, s: &Stats) -> Result<(), std::fmt::Error> {
-    let rules: [(&str, &str, fn(&crate::stats::RuleStats) -> u64); 3] = [
+    type RuleField = fn(&crate::stats::RuleStats) -> u64;
+    let rules: [(&str, &str, RuleField); 3] = [
         ("op25b_rule_packets", "Packets that matched each rule (kept over reloads by rule name).", |r| r.packets),
         ("op25b_rule_bytes", "Bytes that matched each rule.", |r| r.bytes),
         (
