@@ -415,7 +415,30 @@ mod tests {
             let name = l.split(['{', ' ']).next().unwrap_or_default();
             assert!(types.iter().any(|t| t == name), "{name} has no TYPE line");
         }
-        assert!(help.iter().all(|n| !n.contains("subscriber=")));
+        // No label names a subscriber or an address (`op25b top` does that).
+        for l in text.lines().filter(|l| !l.starts_with('#')) {
+            let labels = l.split_once('{').and_then(|(_, r)| r.split_once('}')).map_or("", |(inner, _)| inner);
+            for pair in labels.split(',').filter(|p| !p.is_empty()) {
+                let key = pair.split('=').next().unwrap_or_default();
+                assert!(
+                    [
+                        "direction",
+                        "verdict",
+                        "reason",
+                        "kind",
+                        "action",
+                        "rule",
+                        "device",
+                        "file",
+                        "result",
+                        "version",
+                        "revision"
+                    ]
+                    .contains(&key),
+                    "label {key} in {l}"
+                );
+            }
+        }
     }
 
     #[test]
