@@ -301,6 +301,7 @@ fn the_rules_and_the_dashboard_name_only_metrics_op25b_exports() {
         "op25b_dropped_packets_total",
         "op25b_device_rx_packets_total",
         "op25b_device_tx_errors_total",
+        "op25b_device_queue_dropped_packets_total",
         "op25b_config_reloads_total",
         "op25b_abuse_quarantined_subscribers",
     ] {
@@ -317,4 +318,40 @@ fn metric_names_are_read_outside_strings() {
     );
     let want: BTreeSet<String> = ["op25b_dropped_packets_total", "process_open_fds"].map(String::from).into();
     assert_eq!(names, want);
+}
+
+/// `tx_dropped` of `dev` in `ns`, as `ip -s` shows it.
+fn kernel_tx_dropped(ns: &str, dev: &str) -> u64 {
+    let out = Command::new("ip").args(["-n", ns, "-s", "-j", "link", "show", "dev", dev]).output().expect("ip runs");
+    assert!(out.status.success(), "ip -s link: {}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("ip -j is JSON");
+    v[0]["stats64"]["tx"]["dropped"].as_u64().unwrap_or_else(|| panic!("no tx dropped in {v}"))
+}
+
+/// Packets the kernel drops at a TUN device's queue while op25b does not
+/// read (here: stopped with SIGSTOP during a burst) are op25b's
+/// `op25b_device_queue_dropped_packets_total`, the device's own `tx_dropped`.
+#[test]
+fn tun_queue_drops_are_the_devices_tx_dropped() {
+    let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("address");
+    let lab = Lab::start(LabOptions::edit(|p| p.control("metrics", format!("\"{addr}\"")).dataplane("queue_len", 16)));
+    let series =
+        |text: &str, dev: &str| value(text, &format!("op25b_device_queue_dropped_packets_total{{device=\"{dev}\"}}"));
+    let before = get(addr, "/metrics", None).body;
+    assert_eq!((series(&before, "subscriber"), series(&before, "upstream")), (Some(0.0), Some(0.0)), "{before}");
+
+    const BURST: usize = 200;
+    lab.signal(Signal::SIGSTOP);
+    let sent = in_netns(&lab.sub, || {
+        let s = std::net::UdpSocket::bind((ip(DYN4), 0)).expect("a UDP socket");
+        (0..BURST).filter(|_| s.send_to(b"burst", sa(MX4, 9)).is_ok()).count()
+    });
+    lab.signal(Signal::SIGCONT);
+    let kernel = kernel_tx_dropped(&lab.sub, SUB_TUN);
+    let after = get(addr, "/metrics", None).body;
+    println!("{sent} UDP packets sent while op25b was stopped; queue of 16; the kernel dropped {kernel}");
+    assert!(sent == BURST && kernel >= (BURST - 16) as u64, "{sent} sent, {kernel} dropped");
+    assert_eq!(series(&after, "subscriber"), Some(kernel as f64), "{after}");
+    assert_eq!(series(&after, "upstream"), Some(kernel_tx_dropped(&lab.up, UP_TUN) as f64));
+    drop(lab);
 }

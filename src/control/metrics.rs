@@ -319,6 +319,12 @@ impl Collector for Scrape {
         traffic(&mut e, &self.stats)?;
         op25b(&mut e, &self.stats)?;
         rules_and_devices(&mut e, &self.stats)?;
+        counters(
+            &mut e,
+            "op25b_device_queue_dropped_packets",
+            "Packets the kernel dropped at each TUN device's queue towards op25b (op25b too slow to read): the device's tx_dropped.",
+            DEVICES.iter().zip(self.queue_drops).filter_map(|(n, d)| Some((vec![("device", *n)], d?))),
+        )?;
         sinks_and_abuse(&mut e, &self.stats)?;
         service(&mut e, &self.info, self.process.as_ref())
     }
@@ -326,17 +332,21 @@ impl Collector for Scrape {
 
 /// One scrape's figures.
 #[derive(Debug)]
-struct Scrape {
-    stats: Stats,
-    info: InfoSnapshot,
+pub(crate) struct Scrape {
+    /// The counters.
+    pub(crate) stats: Stats,
+    /// Reloads and the config's age.
+    pub(crate) info: InfoSnapshot,
     /// `None` when /proc could not be read (the rest is still answered).
-    process: Option<ProcessFigures>,
+    pub(crate) process: Option<ProcessFigures>,
+    /// The kernel's queue drops of each device, where readable.
+    pub(crate) queue_drops: [Option<u64>; 2],
 }
 
-/// The metrics text of `stats`, `info` and `process` in `format`.
-pub(crate) fn render(stats: Stats, info: InfoSnapshot, process: Option<ProcessFigures>, format: Format) -> String {
+/// The metrics text of `scrape` in `format`.
+pub(crate) fn render(scrape: Scrape, format: Format) -> String {
     let mut registry = Registry::default();
-    registry.register_collector(Box::new(Scrape { stats, info, process }));
+    registry.register_collector(Box::new(scrape));
     let mut out = String::new();
     // Writing into a String cannot fail.
     let _ = match format {
@@ -372,7 +382,7 @@ mod tests {
             threads: 5,
             start_time_seconds: 1_700_000_000.0,
         };
-        render(t.stats(), info, Some(process), format)
+        render(Scrape { stats: t.stats(), info, process: Some(process), queue_drops: [Some(7), None] }, format)
     }
 
     #[test]
@@ -389,6 +399,8 @@ mod tests {
             assert_eq!(v("op25b_config_last_reload_success_timestamp_seconds"), 1_800_000_000.0);
             assert_eq!(v("process_cpu_seconds_total"), 1.5);
             assert_eq!(v("process_max_fds"), 1024.0);
+            assert_eq!(v(r#"op25b_device_queue_dropped_packets_total{device="subscriber"}"#), 7.0);
+            assert!(!text.contains(r#"op25b_device_queue_dropped_packets_total{device="upstream"}"#));
             let info = format!("op25b_build_info{{version=\"{}\",revision=\"{REVISION}\"}}", env!("CARGO_PKG_VERSION"));
             assert_eq!(v(&info), 1.0);
         }

@@ -176,7 +176,8 @@ impl Shared {
         let info = self.info().snapshot();
         let process =
             process::read().inspect_err(|e| tracing::debug!(error = %e, "metrics: cannot read /proc/self")).ok();
-        metrics::render(self.stats.stats(), info, process, format)
+        let queue_drops = self.stats.queue_drops();
+        metrics::render(metrics::Scrape { stats: self.stats.stats(), info, process, queue_drops }, format)
     }
 }
 

@@ -14,6 +14,7 @@ use nix::sched::{setns, CloneFlags};
 use tun_rs::{DeviceBuilder, SyncDevice};
 
 use super::fault::NsId;
+use super::netdev::NetDev;
 use super::privileges;
 use crate::config::DeviceConfig;
 
@@ -75,16 +76,10 @@ pub enum DeviceError {
 /// the virtio-net header when `offload` is asked, a transmit queue of
 /// `queue_len` packets (the kernel's queue towards op25b), and `queues` queues
 /// (a multiqueue device when more than one; the kernel spreads flows over
-/// them by hash). Returns one file descriptor per queue, and which namespace
-/// the device was made in when the config names one.
-pub fn open(
-    cfg: &DeviceConfig,
-    offload: bool,
-    queue_len: u32,
-    queues: usize,
-) -> Result<(Vec<SyncDevice>, Option<NsId>), DeviceError> {
+/// them by hash).
+pub(crate) fn open(cfg: &DeviceConfig, offload: bool, queue_len: u32, queues: usize) -> Result<Opened, DeviceError> {
     match &cfg.netns {
-        None => Ok((create(cfg, offload, queue_len, queues)?, None)),
+        None => Ok(Opened { netns: None, ..create(cfg, offload, queue_len, queues)? }),
         Some(ns) => {
             let path = format!("/run/netns/{ns}");
             let err = |cause| DeviceError::Netns { name: ns.clone(), cause };
@@ -102,7 +97,7 @@ pub fn open(
                     })?;
                     // The extra queues too: `try_clone` reattaches by name
                     // in the calling thread's namespace.
-                    create(cfg, offload, queue_len, queues).map(|q| (q, Some(id)))
+                    create(cfg, offload, queue_len, queues).map(|o| Opened { netns: Some(id), ..o })
                 })
                 .join()
                 .unwrap_or_else(|_| {
@@ -117,7 +112,18 @@ pub fn open(
     }
 }
 
-fn create(cfg: &DeviceConfig, offload: bool, queue_len: u32, queues: usize) -> Result<Vec<SyncDevice>, DeviceError> {
+/// A device as [`open`] made it.
+pub(crate) struct Opened {
+    /// One file descriptor per queue.
+    pub(crate) queues: Vec<SyncDevice>,
+    /// The namespace it was made in, when the config names one.
+    pub(crate) netns: Option<NsId>,
+    /// The kernel's figures of the device (`None` if /proc could not be opened).
+    pub(crate) kernel: Option<NetDev>,
+}
+
+/// Creates the device in the calling thread's namespace.
+fn create(cfg: &DeviceConfig, offload: bool, queue_len: u32, queues: usize) -> Result<Opened, DeviceError> {
     let err = |what| move |cause| DeviceError::Tun { name: cfg.tun.clone(), what, cause };
     let dev = DeviceBuilder::new()
         .name(&cfg.tun)
@@ -148,5 +154,9 @@ fn create(cfg: &DeviceConfig, offload: bool, queue_len: u32, queues: usize) -> R
         all.push(q);
     }
     all.insert(0, dev);
-    Ok(all)
+    // Opened here, so that it shows the device's namespace.
+    let kernel = NetDev::open_here(&cfg.tun)
+        .inspect_err(|e| tracing::warn!(device = %cfg.tun, error = %e, "cannot open /proc/net/dev: no queue drops"))
+        .ok();
+    Ok(Opened { queues: all, netns: None, kernel })
 }

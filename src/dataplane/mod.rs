@@ -28,13 +28,14 @@ mod device;
 pub mod events;
 mod fault;
 mod gro;
+mod netdev;
 pub mod privileges;
 mod worker;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tun_rs::{InterruptEvent, SyncDevice, VIRTIO_NET_HDR_LEN};
+use tun_rs::{InterruptEvent, VIRTIO_NET_HDR_LEN};
 
 use crate::config::{Config, DataplaneConfig};
 use crate::packet::Direction;
@@ -46,8 +47,10 @@ use crate::stats::{Counters, Stats, WriteErrors};
 use arc_swap::ArcSwap;
 
 pub use device::DeviceError;
+use device::Opened;
 pub use fault::DeviceFault;
 use fault::{Faults, NetnsWatch};
+use netdev::NetDev;
 use worker::{Heartbeat, IoCounters, Queue, Side, Worker};
 
 /// Whether a worker takes packets from the reverse direction's queue after
@@ -90,6 +93,8 @@ pub struct StatsReader {
     /// A worker silent for longer is stalled.
     stall_after: Duration,
     faults: Arc<Faults>,
+    /// The kernel's figures of each device (0 subscriber, 1 upstream).
+    kernel: Arc<[Option<NetDev>; 2]>,
 }
 
 /// A worker that has not run its loop for longer than it ever sleeps.
@@ -137,6 +142,17 @@ impl StatsReader {
         first_stalled(&self.heartbeats, now, self.stall_after)
     }
 
+    /// Packets the kernel dropped at each device's queue towards op25b (op25b
+    /// too slow to read), by device index (0 subscriber, 1 upstream): the
+    /// devices' own `tx_dropped`, read now from /proc. `None` for a device
+    /// whose figures cannot be read (gone, or /proc not there).
+    pub fn queue_drops(&self) -> [Option<u64>; 2] {
+        [0, 1].map(|i| {
+            let dev = self.kernel[i].as_ref()?;
+            dev.queue_dropped().inspect_err(|e| tracing::debug!(error = %e, "no queue drops")).ok()
+        })
+    }
+
     /// The data plane's liveness as the watchdog sees it: `Ok` while both
     /// devices are present and every worker loops; otherwise why not (the
     /// first lost device, else the first stalled worker).
@@ -180,6 +196,7 @@ pub struct Dataplane {
     write_errors: Arc<WriteErrors>,
     faults: Arc<Faults>,
     watch: NetnsWatch,
+    kernel: Arc<[Option<NetDev>; 2]>,
 }
 
 /// Where the workers send what they saw besides forwarding: events of
@@ -209,7 +226,10 @@ impl Dataplane {
     /// `sinks.abuse` wherever its receiver is).
     pub fn start(config: &Config, sinks: Sinks) -> Result<Dataplane, DeviceError> {
         let n = workers_per_direction(config.dataplane.workers);
-        let ((sub, sub_ns), (up, up_ns), offload) = open_pair(config, n)?;
+        let (sub, up, offload) = open_pair(config, n)?;
+        let (sub_ns, up_ns) = (sub.netns, up.netns);
+        let kernel = Arc::new([sub.kernel, up.kernel]);
+        let (sub, up) = (sub.queues, up.queues);
         let stop = Arc::new(InterruptEvent::new().map_err(|cause| DeviceError::Tun {
             name: config.subscriber.tun.clone(),
             what: "create interrupt event",
@@ -240,6 +260,7 @@ impl Dataplane {
             write_errors: Arc::clone(&sinks.write_errors),
             faults,
             watch,
+            kernel,
             stall_after: worker::MAX_SLEEP + config.dataplane.busy_poll + STALL_GRACE,
         };
         let sub: Vec<Arc<Queue>> = sub.into_iter().map(|d| Arc::new(Queue::new(d))).collect();
@@ -338,6 +359,7 @@ impl Dataplane {
             stall_after: self.stall_after,
             write_errors: Arc::clone(&self.write_errors),
             faults: Arc::clone(&self.faults),
+            kernel: Arc::clone(&self.kernel),
         }
     }
 
@@ -363,9 +385,6 @@ impl Dataplane {
     }
 }
 
-/// A device's queues and the namespace it was made in.
-type Opened = (Vec<SyncDevice>, Option<fault::NsId>);
-
 /// Opens both devices, with offload when configured and the kernel allows it
 /// on both; otherwise both without (the two must agree on the header). Each
 /// device comes as its queues' file descriptors and the namespace it was made in.
@@ -375,7 +394,7 @@ fn open_pair(config: &Config, n: usize) -> Result<(Opened, Opened, bool), Device
         let pair = device::open(&config.subscriber, true, dp.queue_len, n)
             .and_then(|s| Ok((s, device::open(&config.upstream, true, dp.queue_len, n)?)));
         match pair {
-            Ok((s, u)) if s.0.iter().chain(&u.0).all(|d| d.tcp_gso()) => return Ok((s, u, true)),
+            Ok((s, u)) if s.queues.iter().chain(&u.queues).all(|d| d.tcp_gso()) => return Ok((s, u, true)),
             Ok(_) => tracing::warn!("the kernel did not enable TUN offload; using plain packets"),
             Err(e @ (DeviceError::Netns { .. } | DeviceError::Capability { .. } | DeviceError::TunAccess { .. })) => {
                 return Err(e)
