@@ -4,7 +4,8 @@
 #   scripts/setup.sh          # lab + tests: iproute2 iputils-ping traceroute python3
 #                             #   tcpdump python3-aiosmtpd systemd util-linux g++ (libFuzzer)
 #                             #   clang lld (the example program rules, rules/examples/build.sh)
-#                             #   prometheus (promtool: tests/metrics.rs lints /metrics and the rules)
+#                             #   prometheus python3-prometheus-client (tests/metrics.rs: promtool
+#                             #   lints /metrics and the rules; a strict OpenMetrics parser)
 #   scripts/setup.sh --bench  # also iperf3 and nftables for scripts/bench.sh
 #   scripts/setup.sh --package  # also cargo-deb, man-db and dpkg-dev for scripts/package_test.sh
 # (flags combine)
@@ -22,8 +23,9 @@ need+=(systemd-analyze:systemd setpriv:util-linux unshare:util-linux)
 need+=(c++:g++)
 # The example program rules are C built for wasm32 by the tests (rules/examples/build.sh).
 need+=(clang:clang wasm-ld:lld)
-# tests/metrics.rs: promtool check metrics / check rules / test rules.
-need+=(promtool:prometheus)
+# tests/metrics.rs: promtool check metrics / check rules / test rules, and
+# the OpenMetrics answer through the Python client's strict parser.
+need+=(promtool:prometheus prometheus_client:python3-prometheus-client)
 bench=0 package=0
 for arg in "$@"; do
     case $arg in
@@ -45,11 +47,10 @@ if ((package)); then
 fi
 
 have() {
-    if [[ "$1" == aiosmtpd ]]; then
-        [[ -x /usr/bin/python3 ]] && /usr/bin/python3 -c 'import aiosmtpd' 2>/dev/null
-    else
-        command -v "$1" >/dev/null 2>&1
-    fi
+    case $1 in
+        aiosmtpd | prometheus_client) [[ -x /usr/bin/python3 ]] && /usr/bin/python3 -c "import $1" 2>/dev/null ;;
+        *) command -v "$1" >/dev/null 2>&1 ;;
+    esac
 }
 
 missing=()
