@@ -398,16 +398,18 @@ fn closed_stdout_is_not_a_panic() {
         (&["--version"], 0),
     ];
     for (args, code) in cases {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_op25b"))
+        // The read end is closed before op25b starts, so every write gets
+        // EPIPE (closing it after the spawn raced with a quick op25b).
+        let (read_end, write_end) = nix::unistd::pipe().expect("pipe");
+        drop(read_end);
+        let child = Command::new(env!("CARGO_BIN_EXE_op25b"))
             .args(*args)
             .env("NO_COLOR", "1")
             .stdin(Stdio::null())
-            .stdout(Stdio::piped())
+            .stdout(Stdio::from(write_end))
             .stderr(Stdio::piped())
             .spawn()
             .expect("cannot start op25b");
-        // Close the read end before op25b writes: every write gets EPIPE.
-        drop(child.stdout.take());
         let out = child.wait_with_output().expect("op25b");
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(*code), "{args:?}: {}; stderr:\n{stderr}", out.status);
