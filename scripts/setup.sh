@@ -2,7 +2,7 @@
 # Installs the system packages the lab, the tests and the benchmark need
 # (Debian/Ubuntu, as root). Idempotent: does nothing when all are present.
 #   scripts/setup.sh          # lab + tests: iproute2 iputils-ping traceroute python3
-#                             #   tcpdump python3-aiosmtpd systemd util-linux g++ (libFuzzer)
+#                             #   tcpdump python3-aiosmtpd systemd util-linux g++ (libFuzzer) curl
 #                             #   clang lld (the example program rules, rules/examples/build.sh)
 #   scripts/setup.sh --bench  # also iperf3 and nftables for scripts/bench.sh
 #   scripts/setup.sh --package  # also cargo-deb, man-db and dpkg-dev for scripts/package_test.sh
@@ -21,6 +21,8 @@ need+=(systemd-analyze:systemd setpriv:util-linux unshare:util-linux)
 need+=(c++:g++)
 # The example program rules are C built for wasm32 by the tests (rules/examples/build.sh).
 need+=(clang:clang wasm-ld:lld)
+# tests/control_api.rs: the control socket's API as an operator calls it.
+need+=(curl:curl)
 bench=0 package=0
 for arg in "$@"; do
     case $arg in

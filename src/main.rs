@@ -24,6 +24,8 @@ static VERSION: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| match 
 #[command(
     name = "op25b",
     version = VERSION.as_str(),
+    // Every command's -V prints the version, as each man page says it does.
+    propagate_version = true,
     about = "Userspace two-TUN router enforcing Outbound Port 25 Blocking",
     disable_help_subcommand = true
 )]
