@@ -212,8 +212,7 @@ fn run(config: Config, rules: &[(Place, Arc<dyn Rule>)], stats_file: Option<&Pat
     // Before anything is created: a missing capability is one line, exit 2.
     dataplane::privileges::check(&config)?;
     // Register before the devices exist so an early SIGTERM still cleans up.
-    let mut signals =
-        signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP, SIGUSR1]).map_err(RunError::Signals)?;
+    let signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP, SIGUSR1]).map_err(RunError::Signals)?;
     let write_errors = Arc::new(WriteErrors::default());
     // Events: a bounded queue from the workers (and reloads) to the writer,
     // which writes the file and feeds the control socket's followers.
@@ -252,7 +251,8 @@ fn run(config: Config, rules: &[(Place, Arc<dyn Rule>)], stats_file: Option<&Pat
     };
     // Reloads asked for on the control socket, run here like SIGHUP's.
     let (reload_tx, reload_rx) = crossbeam_channel::unbounded::<ReloadRequest>();
-    let hooks = Hooks { events: events.clone(), reloads: Some(reload_tx), stream };
+    // (reload_tx stays here too: the loop below never sees the channel closed.)
+    let hooks = Hooks { events: events.clone(), reloads: Some(reload_tx.clone()), stream };
     let control = match Control::start(&config.control, &config.path, dp.stats_reader(), hooks) {
         Ok(c) => c,
         Err(e) => {
@@ -285,57 +285,18 @@ fn run(config: Config, rules: &[(Place, Arc<dyn Rule>)], stats_file: Option<&Pat
         "op25b running: {}",
         PolicySizes(p)
     );
-    // The signals arrive through a thread of their own, so that one loop
-    // here takes them and the socket's reloads in turn.
-    let (signal_tx, signal_rx) = crossbeam_channel::bounded::<Option<i32>>(1);
-    let signal_handle = signals.handle();
-    let forward = std::thread::Builder::new()
-        .name("op25b-signals".into())
-        .spawn(move || {
-            for s in signals.forever() {
-                if signal_tx.send(Some(s)).is_err() {
-                    return;
-                }
-            }
-            // Closed: a lost device, or op25b stops.
-            let _ = signal_tx.send(None);
-        })
-        .map_err(RunError::Signals);
-    let forward = match forward {
-        Ok(f) => f,
+    let reloader =
+        Reloader { dp: &dp, rules, notifier: notifier.as_ref(), control: control.as_ref(), events: events.as_ref() };
+    let signal = match serve(signals, &reload_rx, &reloader, config, stats_out.as_mut()) {
+        Ok(s) => s,
         Err(e) => {
             if let Some(c) = control {
                 c.stop();
             }
             dp.stop();
-            return Err(e);
+            return Err(RunError::Signals(e));
         }
     };
-    let mut running = config;
-    let reloader = Reloader { dp: &dp, rules, notifier: notifier.as_ref(), control: control.as_ref(), events: events.as_ref() };
-    let signal = loop {
-        crossbeam_channel::select! {
-            recv(signal_rx) -> s => match s.ok().flatten() {
-                Some(SIGHUP) => running = reloader.reload(running).0,
-                Some(SIGUSR1) => {
-                    let stats = dp.stats();
-                    tracing::info!(target: "op25b", "counters: {}", stats.summary());
-                    write_stats(stats_out.as_mut(), &stats);
-                }
-                Some(signal) => break Some(signal),
-                None => break None,
-            },
-            recv(reload_rx) -> r => if let Ok(request) = r {
-                let (config, outcome) = reloader.reload(running);
-                running = config;
-                request.answer(outcome);
-            },
-        }
-    };
-    signal_handle.close();
-    if forward.join().is_err() {
-        tracing::error!("the signal thread panicked");
-    }
     let fault = dp.fault();
     match (&fault, signal) {
         // The one line a lost device gets.
@@ -368,6 +329,56 @@ fn run(config: Config, rules: &[(Place, Arc<dyn Rule>)], stats_file: Option<&Pat
         Some(f) => Stopped::DeviceLost(f.to_string()),
         None => Stopped::Signal,
     })
+}
+
+/// Takes the signals (through a thread of their own) and the control
+/// socket's reload requests in turn, until a signal stops op25b (returned)
+/// or the handlers are closed (`None`: a lost device).
+fn serve(
+    mut signals: signal_hook::iterator::Signals,
+    reloads: &crossbeam_channel::Receiver<ReloadRequest>,
+    reloader: &Reloader<'_>,
+    mut running: Config,
+    mut stats_out: Option<&mut (&Path, Failures)>,
+) -> std::io::Result<Option<i32>> {
+    let (signal_tx, signal_rx) = crossbeam_channel::bounded::<Option<i32>>(1);
+    let handle = signals.handle();
+    let forward = std::thread::Builder::new().name("op25b-signals".into()).spawn(move || {
+        for s in signals.forever() {
+            if signal_tx.send(Some(s)).is_err() {
+                return;
+            }
+        }
+        // Closed: a lost device, or op25b stops.
+        let _ = signal_tx.send(None);
+    })?;
+    let signal = loop {
+        crossbeam_channel::select! {
+            recv(signal_rx) -> s => match s.ok().flatten() {
+                Some(SIGHUP) => running = reloader.reload(running).0,
+                Some(SIGUSR1) => {
+                    let stats = reloader.dp.stats();
+                    tracing::info!(target: "op25b", "counters: {}", stats.summary());
+                    write_stats(stats_out.as_deref_mut(), &stats);
+                }
+                Some(signal) => break Some(signal),
+                None => break None,
+            },
+            recv(reloads) -> r => if let Ok(request) = r {
+                let (config, outcome) = reloader.reload(running);
+                running = config;
+                request.answer(outcome);
+            },
+        }
+    };
+    // The signal thread ends: its iterator closes, and a send of a signal
+    // that came meanwhile fails once nobody receives.
+    handle.close();
+    drop(signal_rx);
+    if forward.join().is_err() {
+        tracing::error!("the signal thread panicked");
+    }
+    Ok(signal)
 }
 
 /// Writes the counters as JSON to `path` (if given): to a temporary file

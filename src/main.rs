@@ -7,8 +7,8 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use clap::{CommandFactory, Parser, Subcommand};
-use op25b::tools::{self, replay, spec::PacketSpec};
 use op25b::control::client::DEFAULT_SOCKET;
+use op25b::tools::{self, replay, spec::PacketSpec};
 use op25b::{Config, Direction, Router, State, Verdict};
 
 /// The config `run`, `check` and `replay` read unless told: where the package puts it.

@@ -330,7 +330,8 @@ fn help_version_and_direction() {
         assert!(out.starts_with(&format!("op25b-{cmd} {}", env!("CARGO_PKG_VERSION"))), "{cmd} -V: {out}");
     }
     // Usage errors exit 2, whichever command.
-    for args in [&["release"][..], &["quarantine", "100.64.1.10", "--for", "soon"], &["top", "-n", "x"], &["run", "--nope"]]
+    for args in
+        [&["release"][..], &["quarantine", "100.64.1.10", "--for", "soon"], &["top", "-n", "x"], &["run", "--nope"]]
     {
         assert_eq!(op25b_args(args).status.code(), Some(2), "{args:?}");
     }

@@ -57,11 +57,8 @@ fn wait_socket(socket: &Path) {
 
 /// `op25b ARGS` with `OP25B_SOCKET` set (no --socket): (exit code, stdout, stderr).
 fn op25b(args: &[&str], socket: &Path) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_op25b"))
-        .args(args)
-        .env("OP25B_SOCKET", socket)
-        .output()
-        .expect("op25b runs");
+    let out =
+        Command::new(env!("CARGO_BIN_EXE_op25b")).args(args).env("OP25B_SOCKET", socket).output().expect("op25b runs");
     let text = |b: &[u8]| String::from_utf8_lossy(b).to_string();
     (out.status.code().unwrap_or(-1), text(&out.stdout), text(&out.stderr))
 }
@@ -140,7 +137,8 @@ fn every_endpoint_over_curl_and_the_cli_as_its_client() {
     assert!(serde_json::from_str::<Value>(&out).is_ok_and(|v| v["stats"].is_object()), "{out}");
 
     // quarantine: a subscriber, then one outside subscriber.prefixes, then not an address.
-    let (status, v) = curl(&socket, "POST", "/v1/quarantine", Some(&format!("{{\"subscriber\":\"{DYN4}\",\"seconds\":600}}")));
+    let (status, v) =
+        curl(&socket, "POST", "/v1/quarantine", Some(&format!("{{\"subscriber\":\"{DYN4}\",\"seconds\":600}}")));
     assert_eq!((status, v["quarantined"].as_str(), v["seconds"].as_f64()), (200, Some(DYN4), Some(600.0)), "{v}");
     let (status, v) = curl(&socket, "POST", "/v1/quarantine", Some("{\"subscriber\":\"8.8.8.8\"}"));
     assert_eq!(status, 409, "{v}");

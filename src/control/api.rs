@@ -44,7 +44,12 @@ pub(super) fn router(shared: Shared) -> axum::Router {
         .route("/v1/release", post(release))
         .route("/v1/reload", post(reload))
         .route("/v1/events", get(events))
-        .fallback(|| async { error(StatusCode::NOT_FOUND, "no such endpoint; see /v1/stats, /v1/top, /v1/quarantine, /v1/release, /v1/reload, /v1/events") })
+        .fallback(|| async {
+            error(
+                StatusCode::NOT_FOUND,
+                "no such endpoint; see /v1/stats, /v1/top, /v1/quarantine, /v1/release, /v1/reload, /v1/events",
+            )
+        })
         .method_not_allowed_fallback(|| async { error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed here") })
         .with_state(shared)
 }
@@ -61,8 +66,27 @@ fn error(status: StatusCode, message: impl std::fmt::Display) -> Response {
     answer(status, &json!({ "error": message.to_string() }))
 }
 
-fn abuse_off() -> Response {
-    error(StatusCode::CONFLICT, "abuse handling is off: the running config has no [abuse] section")
+/// An error answer: its status and its one line.
+struct ApiError(StatusCode, String);
+
+impl ApiError {
+    fn bad(message: impl std::fmt::Display) -> ApiError {
+        ApiError(StatusCode::BAD_REQUEST, message.to_string())
+    }
+
+    fn refused(message: impl std::fmt::Display) -> ApiError {
+        ApiError(StatusCode::CONFLICT, message.to_string())
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        error(self.0, self.1)
+    }
+}
+
+fn abuse_off() -> ApiError {
+    ApiError::refused("abuse handling is off: the running config has no [abuse] section")
 }
 
 async fn stats(State(shared): State<Shared>) -> Response {
@@ -87,36 +111,28 @@ fn top_params(query: Option<&str>) -> Result<(usize, bool), String> {
     Ok((n, by_destinations))
 }
 
-async fn top(State(shared): State<Shared>, RawQuery(query): RawQuery) -> Response {
-    let (n, by_destinations) = match top_params(query.as_deref()) {
-        Ok(p) => p,
-        Err(e) => return error(StatusCode::BAD_REQUEST, e),
-    };
-    match shared.stats.abuse() {
-        Some(a) => ok(&abuse::top_json(a, n, by_destinations)),
-        None => abuse_off(),
-    }
+async fn top(State(shared): State<Shared>, RawQuery(query): RawQuery) -> Result<Response, ApiError> {
+    let (n, by_destinations) = top_params(query.as_deref()).map_err(ApiError::bad)?;
+    let a = shared.stats.abuse().ok_or_else(abuse_off)?;
+    Ok(ok(&abuse::top_json(a, n, by_destinations)))
 }
 
 /// The JSON object of a request body.
-fn body_object(body: &[u8]) -> Result<serde_json::Map<String, Value>, Response> {
+fn body_object(body: &[u8]) -> Result<serde_json::Map<String, Value>, ApiError> {
     match serde_json::from_slice::<Value>(body) {
         Ok(Value::Object(m)) => Ok(m),
-        Ok(_) => Err(error(StatusCode::BAD_REQUEST, "the body must be a JSON object")),
-        Err(e) => Err(error(StatusCode::BAD_REQUEST, format!("the body is not JSON: {e}"))),
+        Ok(_) => Err(ApiError::bad("the body must be a JSON object")),
+        Err(e) => Err(ApiError::bad(format!("the body is not JSON: {e}"))),
     }
 }
 
 /// The `subscriber` of a request body, as its key.
-fn subscriber(body: &serde_json::Map<String, Value>) -> Result<u64, Response> {
+fn subscriber(body: &serde_json::Map<String, Value>) -> Result<u64, ApiError> {
     let Some(text) = body.get("subscriber").and_then(Value::as_str) else {
-        return Err(error(StatusCode::BAD_REQUEST, "the body needs \"subscriber\": an address"));
+        return Err(ApiError::bad("the body needs \"subscriber\": an address"));
     };
     parse_subscriber(text).ok_or_else(|| {
-        error(
-            StatusCode::BAD_REQUEST,
-            format!("{text:?} is not a subscriber (an IPv4 address, or an IPv6 address or /64)"),
-        )
+        ApiError::bad(format!("{text:?} is not a subscriber (an IPv4 address, or an IPv6 address or /64)"))
     })
 }
 
@@ -129,56 +145,45 @@ fn key_addr(key: u64) -> IpAddr {
     }
 }
 
-async fn quarantine(State(shared): State<Shared>, body: Bytes) -> Response {
-    let body = match body_object(&body) {
-        Ok(b) => b,
-        Err(r) => return r,
-    };
-    let key = match subscriber(&body) {
-        Ok(k) => k,
-        Err(r) => return r,
-    };
+async fn quarantine(State(shared): State<Shared>, body: Bytes) -> Result<Response, ApiError> {
+    let body = body_object(&body)?;
+    let key = subscriber(&body)?;
     let duration = match body.get("seconds") {
         None | Some(Value::Null) => None,
         Some(v) => match v.as_f64() {
             Some(s) if s > 0.0 && s <= MAX_QUARANTINE => Some(Duration::from_secs_f64(s)),
-            _ => return error(StatusCode::BAD_REQUEST, format!("seconds: {v} is not from 0 to {MAX_QUARANTINE}")),
+            _ => return Err(ApiError::bad(format!("seconds: {v} is not from 0 to {MAX_QUARANTINE}"))),
         },
     };
-    let Some(a) = shared.stats.abuse() else { return abuse_off() };
+    let a = shared.stats.abuse().ok_or_else(abuse_off)?;
     let policy = shared.stats.policy();
     let prefixes = &policy.subscriber_prefixes;
     if !prefixes.contains(key_addr(key)) {
         let nets: Vec<String> = prefixes.nets().iter().map(ToString::to_string).collect();
-        return error(
-            StatusCode::CONFLICT,
-            format!("{} is not a subscriber here: not in subscriber.prefixes ({})", subscriber_name(key), nets.join(", ")),
-        );
+        return Err(ApiError::refused(format!(
+            "{} is not a subscriber here: not in subscriber.prefixes ({})",
+            subscriber_name(key),
+            nets.join(", ")
+        )));
     }
     let e = a.quarantine(key, Instant::now(), duration);
     let response = match &e {
         AbuseEvent::QuarantineStarted { duration, .. } => {
-            ok(&json!({"quarantined": subscriber_name(key), "seconds": duration.as_secs_f64()}))
+            Ok(ok(&json!({"quarantined": subscriber_name(key), "seconds": duration.as_secs_f64()})))
         }
-        _ => error(StatusCode::CONFLICT, format!("{} not quarantined: the quarantine set is full", subscriber_name(key))),
+        _ => Err(ApiError::refused(format!("{} not quarantined: the quarantine set is full", subscriber_name(key)))),
     };
     abuse::report(e, shared.events.as_ref());
     response
 }
 
-async fn release(State(shared): State<Shared>, body: Bytes) -> Response {
-    let key = match body_object(&body).and_then(|b| subscriber(&b)) {
-        Ok(k) => k,
-        Err(r) => return r,
-    };
-    let Some(a) = shared.stats.abuse() else { return abuse_off() };
-    match a.release(key) {
-        Some(e) => {
-            abuse::report(e, shared.events.as_ref());
-            ok(&json!({"released": subscriber_name(key)}))
-        }
-        None => error(StatusCode::CONFLICT, format!("{} is not in quarantine", subscriber_name(key))),
-    }
+async fn release(State(shared): State<Shared>, body: Bytes) -> Result<Response, ApiError> {
+    let key = subscriber(&body_object(&body)?)?;
+    let a = shared.stats.abuse().ok_or_else(abuse_off)?;
+    let e =
+        a.release(key).ok_or_else(|| ApiError::refused(format!("{} is not in quarantine", subscriber_name(key))))?;
+    abuse::report(e, shared.events.as_ref());
+    Ok(ok(&json!({"released": subscriber_name(key)})))
 }
 
 /// Hands the request to the thread that reloads on SIGHUP too (one at a

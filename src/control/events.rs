@@ -148,10 +148,9 @@ pub fn start(
     };
     let limit = cfg.per_subscriber_per_minute;
     let name = cfg.path.clone().unwrap_or_else(|| "the events stream".into());
-    let thread = WriterThread::spawn("op25b-events", move || {
-        write_loop(rx, Output { file, stream }, Sampler::new(limit))
-    })
-    .map_err(|cause| EventsError { path: name, cause })?;
+    let thread =
+        WriterThread::spawn("op25b-events", move || write_loop(rx, Output { file, stream }, Sampler::new(limit)))
+            .map_err(|cause| EventsError { path: name, cause })?;
     Ok(Some(thread))
 }
 

@@ -275,7 +275,9 @@ pub fn release(socket: &Path, subscriber_text: &str) -> ExitCode {
 /// What a reload kept, as the words `op25b reload` prints.
 fn kept_words(kept: &serde_json::Value) -> String {
     let mut words = Vec::new();
-    for (key, what) in [("reply_buckets", "reply buckets"), ("flows", "redirect flows"), ("sessions", "banner sessions")] {
+    for (key, what) in
+        [("reply_buckets", "reply buckets"), ("flows", "redirect flows"), ("sessions", "banner sessions")]
+    {
         if kept[key].as_bool() == Some(true) {
             words.push(what.to_string());
         }
