@@ -71,9 +71,21 @@ struct Follower {
 }
 
 impl Follower {
-    fn start(mut cmd: Command) -> Follower {
-        let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::null()).spawn().expect("the follower starts");
-        let out = child.stdout.take().expect("its stdout");
+    fn start(cmd: Command) -> Follower {
+        let mut f = Follower::paused(cmd);
+        f.resume();
+        f
+    }
+
+    /// Started, but nobody reads its standard output (a pipe) until
+    /// [`Follower::resume`]: once the pipe is full, it stops reading too.
+    fn paused(mut cmd: Command) -> Follower {
+        let child = cmd.stdout(Stdio::piped()).stderr(Stdio::null()).spawn().expect("the follower starts");
+        Follower { child, lines: mpsc::channel().1 }
+    }
+
+    fn resume(&mut self) {
+        let out = self.child.stdout.take().expect("its stdout, read once");
         let (tx, lines) = mpsc::channel();
         std::thread::spawn(move || {
             for line in BufReader::new(out).lines().map_while(Result::ok) {
@@ -82,7 +94,7 @@ impl Follower {
                 }
             }
         });
-        Follower { child, lines }
+        self.lines = lines;
     }
 
     /// The first line (as JSON) that `pred` accepts, within [`WAIT`].
@@ -119,11 +131,38 @@ fn followers(socket: &Path) -> u64 {
     v["events_stream"]["followers"].as_u64().unwrap_or_else(|| panic!("no events_stream.followers: {v}"))
 }
 
+/// The HTTP status of `curl -X METHOD URL` (over TCP).
+fn curl_status(method: &str, url: &str) -> u16 {
+    let out = Command::new("curl")
+        .args(["-s", "--max-time", "10", "-o", "/dev/null", "-w", "%{http_code}", "-X", method, url])
+        .output()
+        .expect("curl runs");
+    String::from_utf8_lossy(&out.stdout).trim().parse().unwrap_or(0)
+}
+
 #[test]
 fn every_endpoint_over_curl_and_the_cli_as_its_client() {
     let socket = socket_path("api");
-    let lab = Lab::start(LabOptions::edit(|p| with_socket(p, &socket).abuse("threshold", 1000)));
+    let metrics = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("a free port");
+    let lab = Lab::start(LabOptions::edit(|p| {
+        with_socket(p, &socket).control("metrics", format!("\"{metrics}\"")).abuse("threshold", 1000)
+    }));
     wait_socket(&socket);
+    // The metrics listener only reads: none of the socket's API is there.
+    let deadline = Instant::now() + WAIT;
+    while curl_status("GET", &format!("http://{metrics}/healthz")) != 200 {
+        assert!(Instant::now() < deadline, "nothing answers on {metrics}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    for (method, path) in
+        [("POST", "/v1/reload"), ("POST", "/v1/quarantine"), ("GET", "/v1/stats"), ("GET", "/v1/events")]
+    {
+        assert_eq!(
+            curl_status(method, &format!("http://{metrics}{path}")),
+            404,
+            "{method} {path} on the metrics listener"
+        );
+    }
     let mode = std::fs::metadata(&socket).map(|m| std::os::unix::fs::PermissionsExt::mode(&m.permissions()));
     assert_eq!(mode.expect("the socket exists") & 0o777, 0o600, "socket mode");
 
@@ -271,6 +310,70 @@ fn events_follow_receives_a_blocked_syn_live_without_an_events_file() {
         std::thread::sleep(Duration::from_millis(50));
     };
     assert_eq!(status.code(), Some(1), "{status}");
+}
+
+#[test]
+fn a_follower_that_stops_reading_is_told_what_it_missed_and_the_file_loses_nothing() {
+    const ATTEMPTS: usize = 4000;
+    let socket = socket_path("lag");
+    let file = std::env::temp_dir().join(format!("{}-lag.jsonl", unique_base()));
+    struct Remove(PathBuf);
+    impl Drop for Remove {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_file(&self.0); // may not exist
+        }
+    }
+    let _remove = Remove(file.clone());
+    let lab = Lab::start(LabOptions::edit(|p| {
+        // Every SYN refused at once: none waits for a retransmission.
+        with_socket(p, &socket)
+            .unlimited_replies()
+            .events("path", format!("{:?}", file.to_str().expect("utf-8 path")))
+            .events("per_subscriber_per_minute", 1_000_000)
+    }));
+    wait_socket(&socket);
+    // Its standard output is a pipe nobody reads: it fills, then the
+    // follower stops reading the socket, whose buffers fill in turn.
+    let mut cli = Command::new(env!("CARGO_BIN_EXE_op25b"));
+    cli.args(["events", "--follow"]).env("OP25B_SOCKET", &socket);
+    let mut slow = Follower::paused(cli);
+    let deadline = Instant::now() + WAIT;
+    while followers(&socket) < 1 {
+        assert!(Instant::now() < deadline, "the follower never subscribed");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let refused = in_netns(&lab.sub, || {
+        (0..ATTEMPTS)
+            .filter(|_| {
+                let e = std::net::TcpStream::connect(sa(MX4, 25)).expect_err("port 25 is blocked");
+                e.kind() == std::io::ErrorKind::ConnectionRefused
+            })
+            .count()
+    });
+    assert_eq!(refused, ATTEMPTS, "every attempt refused at once");
+    // The file has every one (the events queue holds more than the attempts).
+    let blocked_lines = || {
+        let text = std::fs::read_to_string(&file).unwrap_or_default();
+        text.lines().filter(|l| l.contains("\"event\":\"blocked\"")).count()
+    };
+    let deadline = Instant::now() + WAIT;
+    while blocked_lines() < ATTEMPTS {
+        assert!(Instant::now() < deadline, "the file has {} of {ATTEMPTS} blocked events", blocked_lines());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // Reading again, the follower learns what it missed.
+    slow.resume();
+    let lagged = slow.wait("lagged", |e| e["event"] == "lagged");
+    println!("the slow follower: {lagged}");
+    let missed = lagged["missed"].as_u64().expect("missed");
+    assert!(missed > 0 && missed < ATTEMPTS as u64, "{lagged}");
+    let (_, v) = curl(&socket, "GET", "/v1/stats", None);
+    assert!(v["events_stream"]["missed"].as_u64().is_some_and(|n| n >= missed), "counted: {v}");
+    assert_eq!(v["stats"]["counters"]["events_dropped"], 0, "{v}");
+    assert_eq!(blocked_lines(), ATTEMPTS, "the file lost nothing");
+    // And the lines after the gap are the newest attempts.
+    let after = slow.wait("blocked", |e| e["event"] == "blocked");
+    assert_eq!(after["subscriber"], DYN4, "{after}");
 }
 
 /// The unit's ExecReload command, as words, with op25b's path replaced by
