@@ -1,6 +1,8 @@
 //! The events writer: JSON lines of blocked connection attempts and config
 //! reloads, on a thread of its own, fed through the bounded queue the data
-//! plane sends into without waiting ([`crate::dataplane::events`]).
+//! plane sends into without waiting ([`crate::dataplane::events`]). Each
+//! line goes to the `[events]` file and to the control socket's followers
+//! ([`super::stream`], published without waiting).
 //!
 //! Sampling: at most `per_subscriber_per_minute` blocked events of one
 //! subscriber (an IPv4 address or an IPv6 /64) in each minute from its first;
