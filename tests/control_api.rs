@@ -410,7 +410,23 @@ fn the_units_exec_reload_fails_when_op25b_refuses_the_config() {
     let (code, out, err) = run();
     assert_eq!(code, 0, "accepted: {out}{err}");
     assert!(out.starts_with(&format!("reload accepted: {}", lab.config.display())), "{out}");
+    // Reloads asked for at once run one after the other, each answered.
+    let at_once: Vec<std::process::Child> = (0..4)
+        .map(|_| {
+            Command::new(&words[0])
+                .args(&words[1..])
+                .env("OP25B_SOCKET", &socket)
+                .stdout(Stdio::null())
+                .spawn()
+                .expect("runs")
+        })
+        .collect();
+    for child in at_once {
+        let out = child.wait_with_output().expect("it ends");
+        assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    }
     let (_, v) = curl(&socket, "GET", "/v1/stats", None);
+    assert_eq!(v["reloads"]["success"], 5, "{v}");
     let loaded = v["config_loaded_unix"].as_f64().expect("config_loaded_unix");
 
     std::fs::write(&lab.config, lab.policy.clone().subscriber("tun", "\"other0\"").toml()).expect("writing");
@@ -424,7 +440,7 @@ fn the_units_exec_reload_fails_when_op25b_refuses_the_config() {
     let (code, _, err) = run();
     assert_eq!(code, 1, "an invalid file is refused: {err}");
     let (_, v) = curl(&socket, "GET", "/v1/stats", None);
-    assert_eq!((v["reloads"]["success"].as_u64(), v["reloads"]["failure"].as_u64()), (Some(1), Some(2)), "{v}");
+    assert_eq!((v["reloads"]["success"].as_u64(), v["reloads"]["failure"].as_u64()), (Some(5), Some(2)), "{v}");
     // The accepted config is still the one in force.
     assert_eq!(v["config_loaded_unix"].as_f64(), Some(loaded), "{v}");
 
