@@ -2,7 +2,7 @@
 # Installs the system packages the lab, the tests and the benchmark need
 # (Debian/Ubuntu, as root). Idempotent: does nothing when all are present.
 #   scripts/setup.sh          # lab + tests: iproute2 iputils-ping traceroute python3
-#                             #   tcpdump python3-aiosmtpd systemd util-linux g++ (libFuzzer)
+#                             #   tcpdump python3-aiosmtpd systemd util-linux g++ (libFuzzer) curl
 #                             #   clang lld (the example program rules, rules/examples/build.sh)
 #                             #   prometheus python3-prometheus-client (tests/metrics.rs: promtool
 #                             #   lints /metrics and the rules; a strict OpenMetrics parser)
@@ -26,6 +26,8 @@ need+=(clang:clang wasm-ld:lld)
 # tests/metrics.rs: promtool check metrics / check rules / test rules, and
 # the OpenMetrics answer through the Python client's strict parser.
 need+=(promtool:prometheus prometheus_client:python3-prometheus-client)
+# tests/control_api.rs: the control socket's API as an operator calls it.
+need+=(curl:curl)
 bench=0 package=0
 for arg in "$@"; do
     case $arg in

@@ -144,18 +144,21 @@ socket = "{work}/op25b.sock"
 
 
 def ask_stats(path):
-    """One `stats` question on the control socket: the JSON answer."""
+    """`GET /v1/stats` on the control socket (HTTP/1.1): the JSON answer."""
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
         s.settimeout(5)
         s.connect(path)
-        s.sendall(b"stats\n")
+        s.sendall(b"GET /v1/stats HTTP/1.1\r\nHost: op25b\r\nConnection: close\r\n\r\n")
         data = b""
-        while not data.endswith(b"\n"):
+        while True:
             chunk = s.recv(65536)
             if not chunk:
                 break
             data += chunk
-    return json.loads(data)
+    head, _, body = data.partition(b"\r\n\r\n")
+    if not head.startswith(b"HTTP/1.1 200"):
+        raise ValueError(f"GET /v1/stats: {head.splitlines()[0] if head else b'no answer'}")
+    return json.loads(body)
 
 
 def rss_kib(pid):

@@ -16,7 +16,7 @@ use std::sync::Arc;
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGUSR1};
 
 use crate::config::{Config, ConfigError};
-use crate::control::{self, Control, ControlError, Failures};
+use crate::control::{self, Control, ControlError, Failures, Hooks, ReloadOutcome, ReloadRequest};
 use crate::dataplane::events::Event;
 use crate::dataplane::{self, Dataplane, DeviceError, Sinks};
 use crate::packet::PacketView;
@@ -212,12 +212,13 @@ fn run(config: Config, rules: &[(Place, Arc<dyn Rule>)], stats_file: Option<&Pat
     // Before anything is created: a missing capability is one line, exit 2.
     dataplane::privileges::check(&config)?;
     // Register before the devices exist so an early SIGTERM still cleans up.
-    let mut signals =
-        signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP, SIGUSR1]).map_err(RunError::Signals)?;
+    let signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP, SIGUSR1]).map_err(RunError::Signals)?;
     let write_errors = Arc::new(WriteErrors::default());
-    // Events: a bounded queue from the workers (and reloads) to the writer.
+    // Events: a bounded queue from the workers (and reloads) to the writer,
+    // which writes the file and feeds the control socket's followers.
     let (events_tx, events_rx) = std::sync::mpsc::sync_channel(dataplane::events::QUEUE);
-    let writer = control::events::start(&config.events, events_rx, Arc::clone(&write_errors))?;
+    let stream = config.control.socket.as_ref().map(|_| control::stream::EventStream::new());
+    let writer = control::events::start(&config.events, events_rx, Arc::clone(&write_errors), stream.clone())?;
     let events = writer.as_ref().map(|_| events_tx);
     // Capture: a fixed pool of buffers, only when asked for.
     let (capture, capture_sink) = match config.capture.dropped {
@@ -248,7 +249,11 @@ fn run(config: Config, rules: &[(Place, Arc<dyn Rule>)], stats_file: Option<&Pat
         Some(Ok(t)) => Some(t),
         None => None,
     };
-    let control = match Control::start(&config.control, &config.path, dp.stats_reader(), events.clone()) {
+    // Reloads asked for on the control socket, run here like SIGHUP's.
+    let (reload_tx, reload_rx) = crossbeam_channel::unbounded::<ReloadRequest>();
+    // (reload_tx stays here too: the loop below never sees the channel closed.)
+    let hooks = Hooks { events: events.clone(), reloads: Some(reload_tx.clone()), stream };
+    let control = match Control::start(&config.control, &config.path, dp.stats_reader(), hooks) {
         Ok(c) => c,
         Err(e) => {
             dp.stop();
@@ -280,33 +285,16 @@ fn run(config: Config, rules: &[(Place, Arc<dyn Rule>)], stats_file: Option<&Pat
         "op25b running: {}",
         PolicySizes(p)
     );
-    let mut running = config;
-    let signal = loop {
-        match signals.forever().next() {
-            Some(SIGHUP) => {
-                if let Some(n) = &notifier {
-                    n.reloading();
-                }
-                let (config, ok, detail) = reload(&dp, running, rules);
-                if let Some(n) = &notifier {
-                    n.reloaded(if ok { Ok(()) } else { Err(detail.clone()) });
-                }
-                running = config;
-                if let Some(c) = &control {
-                    c.reloaded(ok);
-                }
-                if let Some(tx) = &events {
-                    // The writer may be behind; a reload event is worth a short wait.
-                    let _ = tx.send(Event::Reload { ok, detail });
-                }
+    let reloader =
+        Reloader { dp: &dp, rules, notifier: notifier.as_ref(), control: control.as_ref(), events: events.as_ref() };
+    let signal = match serve(signals, &reload_rx, &reloader, config, stats_out.as_mut()) {
+        Ok(s) => s,
+        Err(e) => {
+            if let Some(c) = control {
+                c.stop();
             }
-            Some(SIGUSR1) => {
-                let stats = dp.stats();
-                tracing::info!(target: "op25b", "counters: {}", stats.summary());
-                write_stats(stats_out.as_mut(), &stats);
-            }
-            Some(signal) => break Some(signal),
-            None => break None,
+            dp.stop();
+            return Err(RunError::Signals(e));
         }
     };
     let fault = dp.fault();
@@ -343,6 +331,56 @@ fn run(config: Config, rules: &[(Place, Arc<dyn Rule>)], stats_file: Option<&Pat
     })
 }
 
+/// Takes the signals (through a thread of their own) and the control
+/// socket's reload requests in turn, until a signal stops op25b (returned)
+/// or the handlers are closed (`None`: a lost device).
+fn serve(
+    mut signals: signal_hook::iterator::Signals,
+    reloads: &crossbeam_channel::Receiver<ReloadRequest>,
+    reloader: &Reloader<'_>,
+    mut running: Config,
+    mut stats_out: Option<&mut (&Path, Failures)>,
+) -> std::io::Result<Option<i32>> {
+    let (signal_tx, signal_rx) = crossbeam_channel::bounded::<Option<i32>>(1);
+    let handle = signals.handle();
+    let forward = std::thread::Builder::new().name("op25b-signals".into()).spawn(move || {
+        for s in signals.forever() {
+            if signal_tx.send(Some(s)).is_err() {
+                return;
+            }
+        }
+        // Closed: a lost device, or op25b stops.
+        let _ = signal_tx.send(None);
+    })?;
+    let signal = loop {
+        crossbeam_channel::select! {
+            recv(signal_rx) -> s => match s.ok().flatten() {
+                Some(SIGHUP) => running = reloader.reload(running).0,
+                Some(SIGUSR1) => {
+                    let stats = reloader.dp.stats();
+                    tracing::info!(target: "op25b", "counters: {}", stats.summary());
+                    write_stats(stats_out.as_deref_mut(), &stats);
+                }
+                Some(signal) => break Some(signal),
+                None => break None,
+            },
+            recv(reloads) -> r => if let Ok(request) = r {
+                let (config, outcome) = reloader.reload(running);
+                running = config;
+                request.answer(outcome);
+            },
+        }
+    };
+    // The signal thread ends: its iterator closes, and a send of a signal
+    // that came meanwhile fails once nobody receives.
+    handle.close();
+    drop(signal_rx);
+    if forward.join().is_err() {
+        tracing::error!("the signal thread panicked");
+    }
+    Ok(signal)
+}
+
 /// Writes the counters as JSON to `path` (if given): to a temporary file
 /// beside it, then renamed, so a reader never sees half a file. A failure is
 /// counted (and logged the first time); a half-written temporary file is removed.
@@ -357,11 +395,48 @@ fn write_stats(out: Option<&mut (&Path, Failures)>, stats: &crate::Stats) {
     }
 }
 
-/// SIGHUP: reads the config file again and puts its policy in force; on any
-/// error logs one line (`file:line: key: message`) and keeps the running one.
-/// The config in force afterwards, whether the reload was accepted, and the
-/// file or why it was refused.
-fn reload(dp: &Dataplane, running: Config, rules: &[(Place, Arc<dyn Rule>)]) -> (Config, bool, String) {
+/// What a reload reaches: the data plane, the rules given in code, and
+/// those told about the outcome (the service manager, the control plane's
+/// figures, the events).
+struct Reloader<'a> {
+    dp: &'a Dataplane,
+    rules: &'a [(Place, Arc<dyn Rule>)],
+    notifier: Option<&'a control::notify::Notifier>,
+    control: Option<&'a Control>,
+    events: Option<&'a dataplane::events::EventSender>,
+}
+
+impl Reloader<'_> {
+    /// One reload, on SIGHUP or asked for on the control socket (they run
+    /// one at a time, on the daemon's thread): the config in force
+    /// afterwards and the outcome, which everyone concerned is told.
+    fn reload(&self, running: Config) -> (Config, ReloadOutcome) {
+        if let Some(n) = self.notifier {
+            n.reloading();
+        }
+        let (config, outcome) = reload(self.dp, running, self.rules);
+        let (ok, detail) = match &outcome {
+            ReloadOutcome::Accepted { file, .. } => (true, file.clone()),
+            ReloadOutcome::Refused { reason } => (false, reason.clone()),
+        };
+        if let Some(n) = self.notifier {
+            n.reloaded(if ok { Ok(()) } else { Err(detail.clone()) });
+        }
+        if let Some(c) = self.control {
+            c.reloaded(ok);
+        }
+        if let Some(tx) = self.events {
+            // The writer may be behind; a reload event is worth a short wait.
+            let _ = tx.send(Event::Reload { ok, detail });
+        }
+        (config, outcome)
+    }
+}
+
+/// Reads the config file again and puts its policy in force; on any error
+/// logs one line (`file:line: key: message`) and keeps the running one.
+/// The config in force afterwards and the outcome.
+fn reload(dp: &Dataplane, running: Config, rules: &[(Place, Arc<dyn Rule>)]) -> (Config, ReloadOutcome) {
     let state = dp.state();
     let prepared = Config::load(&running.path).map_err(ReloadError::from).and_then(|mut new| {
         let file = new.path.display().to_string();
@@ -386,11 +461,11 @@ fn reload(dp: &Dataplane, running: Config, rules: &[(Place, Arc<dyn Rule>)]) -> 
                 PolicySizes(&r.config.policy)
             );
             let file = r.config.path.display().to_string();
-            (r.config, true, file)
+            (r.config, ReloadOutcome::Accepted { file, kept: r.kept })
         }
         Err(e) => {
             tracing::error!(target: "op25b", "config reload failed, the running config stays in force: {e}");
-            (running, false, e.to_string())
+            (running, ReloadOutcome::Refused { reason: e.to_string() })
         }
     }
 }

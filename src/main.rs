@@ -7,8 +7,12 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use clap::{CommandFactory, Parser, Subcommand};
+use op25b::control::client::DEFAULT_SOCKET;
 use op25b::tools::{self, replay, spec::PacketSpec};
 use op25b::{Config, Direction, Router, State, Verdict};
+
+/// The config `run`, `check` and `replay` read unless told: where the package puts it.
+const DEFAULT_CONFIG: &str = "/etc/op25b/op25b.toml";
 
 /// `op25b --version`: the crate version and, when built from git, the commit.
 static VERSION: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| match env!("OP25B_GIT_COMMIT") {
@@ -20,6 +24,8 @@ static VERSION: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| match 
 #[command(
     name = "op25b",
     version = VERSION.as_str(),
+    // Every command's -V prints the version, as each man page says it does.
+    propagate_version = true,
     about = "Userspace two-TUN router enforcing Outbound Port 25 Blocking",
     disable_help_subcommand = true
 )]
@@ -29,7 +35,10 @@ Signals (op25b run): SIGHUP reloads the config, SIGUSR1 writes the counters to -
 Exit status: 0 success; 2 a usage or config error, or a capability op25b run needs and lacks \
 (a service manager should not restart it: the unit says RestartPreventExitStatus=2); 1 any other failure.
 
-Files: /etc/op25b/op25b.toml, the packaged config; /run/op25b/op25b.sock, the usual control socket.")]
+Files: /etc/op25b/op25b.toml, the packaged config (--config of run, check and replay by default); \
+/run/op25b/op25b.sock, the unit's control socket (--socket of the commands that ask a running op25b by default).
+
+Environment: OP25B_SOCKET, the control socket of stats, top, quarantine, release, reload and events (--socket wins).")]
 struct Cli {
     /// How op25b's own log lines (standard error) are written.
     #[arg(long, value_enum, default_value_t = LogFormat::Text, global = true)]
@@ -73,7 +82,7 @@ enum Command {
     /// SIGHUP reloads the config; SIGUSR1 writes the counters to --stats.
     Run {
         /// The config file (TOML).
-        #[arg(short, long)]
+        #[arg(short, long, default_value = DEFAULT_CONFIG)]
         config: PathBuf,
         /// Write every counter here as one JSON object, on SIGUSR1 and when
         /// op25b stops (written to a temporary file, then renamed).
@@ -87,7 +96,7 @@ enum Command {
     /// dropped / rejected / answered, 2 usage or config error.
     Check {
         /// The config file (TOML).
-        #[arg(short, long)]
+        #[arg(short, long, default_value = DEFAULT_CONFIG)]
         config: PathBuf,
         /// A packet, e.g. "tcp 100.64.1.10:40000 -> 203.0.113.25:25 syn"
         /// (IPv6 as [2001:db8:100::10]:40000; tcp, udp, icmp; flags syn, ack,
@@ -105,10 +114,11 @@ enum Command {
     },
     /// Ask a running op25b for its counters now, over its control socket.
     ///
-    /// Exit status: 0 with an answer, 2 when no op25b answers at the socket.
+    /// Exit status: 0 with an answer, 1 on a bad answer, 2 when no op25b
+    /// answers at the socket.
     Stats {
         /// The control socket (`[control] socket` of the running op25b).
-        #[arg(long, default_value = "/run/op25b/op25b.sock")]
+        #[arg(long, env = "OP25B_SOCKET", default_value = DEFAULT_SOCKET)]
         socket: PathBuf,
         /// Print the answer as one JSON object.
         #[arg(long)]
@@ -123,9 +133,10 @@ enum Command {
     /// op25b answers at the socket.
     Top {
         /// The control socket (`[control] socket` of the running op25b).
-        #[arg(long, default_value = "/run/op25b/op25b.sock")]
+        #[arg(long, env = "OP25B_SOCKET", default_value = DEFAULT_SOCKET)]
         socket: PathBuf,
-        /// Print the rows as one JSON array, heaviest first.
+        /// Print the answer as one JSON object: the rows ("top", heaviest
+        /// first), who is in quarantine ("quarantined") and the thresholds.
         #[arg(long)]
         json: bool,
         /// How many subscribers.
@@ -140,25 +151,56 @@ enum Command {
     },
     /// Put a subscriber in quarantine now (only its walled garden stays reachable).
     ///
-    /// Exit status: 0 done, 1 refused, 2 when no op25b answers.
+    /// Exit status: 0 done; 1 refused (an address outside
+    /// subscriber.prefixes, abuse handling off, the quarantine set full); 2 a
+    /// usage error (not an address), or when no op25b answers.
     Quarantine {
         /// An IPv4 address, or an IPv6 address or /64.
         subscriber: String,
         /// How long, e.g. 15m (default: abuse.quarantine_for).
         #[arg(long = "for", value_name = "DURATION", value_parser = humantime::parse_duration)]
         duration: Option<std::time::Duration>,
-        /// The control socket.
-        #[arg(long, default_value = "/run/op25b/op25b.sock")]
+        /// The control socket (`[control] socket` of the running op25b).
+        #[arg(long, env = "OP25B_SOCKET", default_value = DEFAULT_SOCKET)]
         socket: PathBuf,
     },
     /// End a subscriber's quarantine now.
     ///
-    /// Exit status: 0 done, 1 not in quarantine, 2 when no op25b answers.
+    /// Exit status: 0 done, 1 not in quarantine, 2 a usage error (not an
+    /// address), or when no op25b answers.
     Release {
         /// An IPv4 address, or an IPv6 address or /64.
         subscriber: String,
-        /// The control socket.
-        #[arg(long, default_value = "/run/op25b/op25b.sock")]
+        /// The control socket (`[control] socket` of the running op25b).
+        #[arg(long, env = "OP25B_SOCKET", default_value = DEFAULT_SOCKET)]
+        socket: PathBuf,
+    },
+    /// Ask the running op25b to reload its config file, and print the outcome.
+    ///
+    /// The same reload as SIGHUP: accepted (and what of the running state was
+    /// kept) or refused (the running config stays in force, and why in one
+    /// line). The unit's ExecReload, so that a refused config makes
+    /// `systemctl reload op25b` fail. Exit status: 0 accepted, 1 refused or no
+    /// answer.
+    Reload {
+        /// The control socket (`[control] socket` of the running op25b).
+        #[arg(long, env = "OP25B_SOCKET", default_value = DEFAULT_SOCKET)]
+        socket: PathBuf,
+    },
+    /// Follow the running op25b's events, as JSON lines, as they happen.
+    ///
+    /// Blocked connection attempts (sampled per subscriber as in the events
+    /// file), abuse handling's and reloads' events, with or without an
+    /// [events] file; a line {"event":"lagged","missed":N} says N were lost
+    /// because this reader fell behind. Exit status: 1 when op25b stops, 2
+    /// without --follow or when no op25b answers.
+    Events {
+        /// Follow until interrupted (op25b keeps no history of events: for
+        /// the past, read the [events] file).
+        #[arg(short, long)]
+        follow: bool,
+        /// The control socket (`[control] socket` of the running op25b).
+        #[arg(long, env = "OP25B_SOCKET", default_value = DEFAULT_SOCKET)]
         socket: PathBuf,
     },
     /// Run a capture through the same pipeline, with no devices.
@@ -167,7 +209,7 @@ enum Command {
     /// a corrupt or truncated capture (after reporting what was read).
     Replay {
         /// The config file (TOML).
-        #[arg(short, long)]
+        #[arg(short, long, default_value = DEFAULT_CONFIG)]
         config: PathBuf,
         /// The capture: pcap or pcapng; raw IP, Ethernet or Linux cooked;
         /// `-` reads standard input.
@@ -251,7 +293,13 @@ fn main() -> ExitCode {
     }
     let config_path = match &cli.command {
         Command::Run { config, .. } | Command::Check { config, .. } | Command::Replay { config, .. } => config,
-        Command::Stats { socket, json, all } => return stats(socket, *json, *all),
+        Command::Stats { socket, json, all } => return op25b::control::client::stats(socket, *json, *all),
+        Command::Reload { socket } => return op25b::control::client::reload(socket),
+        Command::Events { follow: true, socket } => return op25b::control::client::events(socket),
+        Command::Events { follow: false, .. } => {
+            eprintln!("op25b: error: op25b events needs --follow (op25b keeps no history of events: read the [events] file for the past)");
+            return ExitCode::from(2);
+        }
         Command::Top { socket, json, n, by, watch } => {
             return op25b::control::client::top(socket, *n, *by, *json, *watch)
         }
@@ -307,6 +355,8 @@ fn main() -> ExitCode {
             })
         }
         Command::Stats { .. }
+        | Command::Reload { .. }
+        | Command::Events { .. }
         | Command::Top { .. }
         | Command::Quarantine { .. }
         | Command::Release { .. }
@@ -501,22 +551,4 @@ fn man(subcommand: Option<&str>) -> ExitCode {
     }
     out!("{}", String::from_utf8_lossy(&out));
     ExitCode::SUCCESS
-}
-
-/// `op25b stats`: one question to the control socket.
-fn stats(socket: &std::path::Path, json: bool, all: bool) -> ExitCode {
-    match op25b::control::client::ask(socket, "stats") {
-        Ok(v) if json => {
-            outln!("{v}");
-            ExitCode::SUCCESS
-        }
-        Ok(v) => {
-            out!("{}", op25b::control::client::render(&v, all));
-            ExitCode::SUCCESS
-        }
-        Err(e) => {
-            eprintln!("op25b: error: {e}");
-            ExitCode::from(2)
-        }
-    }
 }

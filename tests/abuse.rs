@@ -71,11 +71,12 @@ fn op25b(args: &[&str], socket: &Path) -> (i32, String, String) {
     (out.status.code().unwrap_or(-1), text(&out.stdout), text(&out.stderr))
 }
 
+/// The rows of `op25b top --json` (the object's `top`), heaviest first.
 fn top_json(socket: &Path) -> Vec<Value> {
     let (code, out, err) = op25b(&["top", "--json"], socket);
     assert_eq!(code, 0, "op25b top --json: {out}{err}");
     let v: Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
-    v.as_array().unwrap_or_else(|| panic!("an array: {out}")).clone()
+    v["top"].as_array().unwrap_or_else(|| panic!("an array of rows: {out}")).clone()
 }
 
 /// Whether a TCP connection from `src` to `dst` is established (false when refused).

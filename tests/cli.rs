@@ -298,7 +298,8 @@ fn help_version_and_direction() {
     let o = op25b_args(&["help", "check"]);
     let help = String::from_utf8_lossy(&o.stdout);
     assert!(help.contains("rst, fin, psh"), "check --help lists psh:\n{help}");
-    assert!(help.contains("Usage: op25b check [OPTIONS] --config <CONFIG>"), "{help}");
+    assert!(help.contains("Usage: op25b check [OPTIONS]"), "{help}");
+    assert!(help.contains("[default: /etc/op25b/op25b.toml]"), "--config defaults to the packaged file:\n{help}");
     assert_eq!(help, String::from_utf8_lossy(&op25b_args(&["check", "--help"]).stdout));
     assert!(help.contains("- outbound") && help.contains("- inbound"), "--direction lists its values:\n{help}");
     assert_eq!(op25b_args(&["help", "nope"]).status.code(), Some(2));
@@ -317,6 +318,22 @@ fn help_version_and_direction() {
         assert!(v.contains(&format!("(git {commit})")), "{v} lacks {commit}");
     } else {
         assert_eq!(v.trim(), format!("op25b {}", env!("CARGO_PKG_VERSION")), "not a git checkout");
+    }
+
+    // Every command's -V does what its man page says.
+    for cmd in ["run", "check", "replay", "stats", "reload", "events"] {
+        let page = String::from_utf8_lossy(&op25b_args(&["man", cmd]).stdout).to_string();
+        assert!(page.contains("\\fB\\-V\\fR, \\fB\\-\\-version\\fR"), "op25b-{cmd}(1) lists -V:\n{page}");
+        let o = op25b_args(&[cmd, "-V"]);
+        let out = String::from_utf8_lossy(&o.stdout);
+        assert_eq!(o.status.code(), Some(0), "{cmd} -V: {}", String::from_utf8_lossy(&o.stderr));
+        assert!(out.starts_with(&format!("op25b-{cmd} {}", env!("CARGO_PKG_VERSION"))), "{cmd} -V: {out}");
+    }
+    // Usage errors exit 2, whichever command.
+    for args in
+        [&["release"][..], &["quarantine", "100.64.1.10", "--for", "soon"], &["top", "-n", "x"], &["run", "--nope"]]
+    {
+        assert_eq!(op25b_args(args).status.code(), Some(2), "{args:?}");
     }
 
     let lab = lab_toml();

@@ -76,7 +76,7 @@ fn the_unit_passes_systemd_analyze_verify() {
     for want in [
         "Type=notify",
         "ExecStart=/usr/bin/op25b run --config /etc/op25b/op25b.toml",
-        "ExecReload=/bin/kill -HUP $MAINPID",
+        "ExecReload=/usr/bin/op25b reload",
         "Restart=on-failure",
         "RestartPreventExitStatus=2",
         "DynamicUser=yes",

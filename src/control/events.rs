@@ -1,6 +1,8 @@
 //! The events writer: JSON lines of blocked connection attempts and config
 //! reloads, on a thread of its own, fed through the bounded queue the data
-//! plane sends into without waiting ([`crate::dataplane::events`]).
+//! plane sends into without waiting ([`crate::dataplane::events`]). Each
+//! line goes to the `[events]` file and to the control socket's followers
+//! ([`super::stream`], published without waiting).
 //!
 //! Sampling: at most `per_subscriber_per_minute` blocked events of one
 //! subscriber (an IPv4 address or an IPv6 /64) in each minute from its first;
@@ -18,6 +20,7 @@ use std::sync::mpsc::Receiver;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
+use super::stream::EventStream;
 use super::writer::{create_dir_of, Failures, WriterThread};
 use crate::config::EventsConfig;
 use crate::dataplane::events::Event;
@@ -121,47 +124,78 @@ pub(crate) fn line(event: &Event, sampler: &mut Sampler, now: Instant, at: Syste
 }
 
 /// Opens the output of `cfg` (appending) and starts writing what arrives on
-/// `rx`, until every sender is gone (join the thread after that); failed
-/// writes are counted in `errors`. `None` without a path.
+/// `rx`, and publishing it to `stream` (the control socket's followers),
+/// until every sender is gone (join the thread after that); failed writes
+/// are counted in `errors`. `None` with neither a path nor a stream.
 pub fn start(
     cfg: &EventsConfig,
     rx: Receiver<Event>,
     errors: Arc<WriteErrors>,
+    stream: Option<EventStream>,
 ) -> Result<Option<WriterThread>, EventsError> {
-    let Some(path) = cfg.path.clone() else { return Ok(None) };
-    let out: Box<dyn Write + Send> = if path.as_os_str() == "-" {
-        Box::new(io::stdout())
-    } else {
-        let err = |cause| EventsError { path: path.clone(), cause };
-        create_dir_of(&path).map_err(err)?;
-        Box::new(std::fs::OpenOptions::new().create(true).append(true).open(&path).map_err(err)?)
+    let file = match cfg.path.clone() {
+        Some(path) => {
+            let out: Box<dyn Write + Send> = if path.as_os_str() == "-" {
+                Box::new(io::stdout())
+            } else {
+                let err = |cause| EventsError { path: path.clone(), cause };
+                create_dir_of(&path).map_err(err)?;
+                Box::new(std::fs::OpenOptions::new().create(true).append(true).open(&path).map_err(err)?)
+            };
+            let failures = Failures::new(OutputFile::Events, path.clone(), errors);
+            Some((io::BufWriter::new(out), failures))
+        }
+        None if stream.is_some() => None,
+        None => return Ok(None),
     };
     let limit = cfg.per_subscriber_per_minute;
-    let p = path.clone();
-    let failures = Failures::new(OutputFile::Events, p, errors);
-    let thread = WriterThread::spawn("op25b-events", move || {
-        write_loop(rx, io::BufWriter::new(out), Sampler::new(limit), failures)
-    })
-    .map_err(|cause| EventsError { path, cause })?;
+    let name = cfg.path.clone().unwrap_or_else(|| "the events stream".into());
+    let thread =
+        WriterThread::spawn("op25b-events", move || write_loop(rx, Output { file, stream }, Sampler::new(limit)))
+            .map_err(|cause| EventsError { path: name, cause })?;
     Ok(Some(thread))
 }
 
-fn write_loop(rx: Receiver<Event>, mut out: impl Write, mut sampler: Sampler, mut failures: Failures) {
-    while let Ok(event) = rx.recv() {
-        if let Some(text) = line(&event, &mut sampler, Instant::now(), SystemTime::now()) {
+/// Where the lines go: the file, the followers of the control socket.
+struct Output {
+    file: Option<(io::BufWriter<Box<dyn Write + Send>>, Failures)>,
+    stream: Option<EventStream>,
+}
+
+impl Output {
+    fn put(&mut self, event: &Event, sampler: &mut Sampler) {
+        let followed = self.stream.as_ref().is_some_and(EventStream::followed);
+        if self.file.is_none() && !followed {
+            return;
+        }
+        let Some(text) = line(event, sampler, Instant::now(), SystemTime::now()) else { return };
+        if let Some((out, failures)) = &mut self.file {
             failures.check(writeln!(out, "{text}"));
         }
+        if let Some(s) = &self.stream {
+            s.publish(&text);
+        }
+    }
+
+    fn flush(&mut self) {
+        if let Some((out, failures)) = &mut self.file {
+            failures.check(out.flush());
+        }
+    }
+}
+
+fn write_loop(rx: Receiver<Event>, mut out: Output, mut sampler: Sampler) {
+    while let Ok(event) = rx.recv() {
+        out.put(&event, &mut sampler);
         // Write out what arrived in one go, then flush once.
         while let Ok(event) = rx.try_recv() {
-            if let Some(text) = line(&event, &mut sampler, Instant::now(), SystemTime::now()) {
-                failures.check(writeln!(out, "{text}"));
-            }
+            out.put(&event, &mut sampler);
         }
-        failures.check(out.flush());
+        out.flush();
         // Let the next burst gather (see the capture writer): one wake-up a batch.
         std::thread::sleep(BATCH);
     }
-    failures.check(out.flush());
+    out.flush();
 }
 
 /// How long the writer lets events gather after a batch.

@@ -1,19 +1,23 @@
 //! The control plane: a thread of its own with a current-thread tokio
 //! runtime, beside the data plane and never in its way. It serves the Unix
-//! socket (`op25b stats`) and HTTP (`/metrics`, `/healthz`), reading the
-//! counters through a [`StatsReader`]; the data plane hands it nothing and
-//! never waits on it.
+//! socket's HTTP/JSON API ([`api`]: stats, top, quarantine, release, reload,
+//! the events stream), the only place that changes a running op25b, and the
+//! read-only HTTP listener (`/metrics`, `/healthz`), reading the counters
+//! through a [`StatsReader`]; the data plane hands it nothing and never
+//! waits on it.
 //!
 //! Both listeners are bound before the thread starts, so a bad address or a
 //! socket already in use is a start-up error, not a log line later.
 
 pub mod abuse;
+mod api;
 pub mod capture;
 pub mod client;
 pub mod events;
 mod metrics;
 pub mod notify;
 mod process;
+pub mod stream;
 mod writer;
 
 pub use writer::{Failures, WriterThread};
@@ -23,12 +27,61 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-
 use crate::config::ControlConfig;
 use crate::dataplane::events::EventSender;
 use crate::dataplane::StatsReader;
-use crate::state::abuse::{parse_subscriber, subscriber_name, AbuseEvent};
+use crate::state::Kept;
+use stream::EventStream;
+
+/// A reload asked for on the control socket (`POST /v1/reload`): whoever
+/// reloads on SIGHUP runs the same reload and answers with its outcome.
+#[derive(Debug)]
+pub struct ReloadRequest {
+    reply: tokio::sync::oneshot::Sender<ReloadOutcome>,
+}
+
+impl ReloadRequest {
+    fn new() -> (ReloadRequest, tokio::sync::oneshot::Receiver<ReloadOutcome>) {
+        let (reply, rx) = tokio::sync::oneshot::channel();
+        (ReloadRequest { reply }, rx)
+    }
+
+    /// Tells the caller how the reload went.
+    pub fn answer(self, outcome: ReloadOutcome) {
+        // The caller may have gone (its connection closed): nothing to tell.
+        let _ = self.reply.send(outcome);
+    }
+}
+
+/// How a reload went.
+#[derive(Debug, Clone)]
+pub enum ReloadOutcome {
+    /// The new config is in force.
+    Accepted {
+        /// The file.
+        file: String,
+        /// Which parts of the running state carried over.
+        kept: Kept,
+    },
+    /// The running config stays in force.
+    Refused {
+        /// Why, in one line (`file:line: key: message`).
+        reason: String,
+    },
+}
+
+/// What the control socket reaches besides the counters: the events queue
+/// (what `quarantine` and `release` did), the daemon's reloads, the events
+/// stream.
+#[derive(Default, Clone)]
+pub struct Hooks {
+    /// Where `quarantine` and `release` report what they did.
+    pub events: Option<EventSender>,
+    /// Where `POST /v1/reload` sends its request.
+    pub reloads: Option<crossbeam_channel::Sender<ReloadRequest>>,
+    /// What `GET /v1/events` follows.
+    pub stream: Option<EventStream>,
+}
 
 /// Why the control plane could not start.
 #[derive(Debug, thiserror::Error)]
@@ -98,6 +151,8 @@ struct Shared {
     info: Arc<Mutex<Info>>,
     /// Where `quarantine` and `release` report what they did.
     events: Option<EventSender>,
+    reloads: Option<crossbeam_channel::Sender<ReloadRequest>>,
+    stream: Option<EventStream>,
 }
 
 impl Shared {
@@ -106,70 +161,23 @@ impl Shared {
         self.info.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// The answer to `stats` on the socket: one JSON object.
+    /// The answer to `GET /v1/stats`: one JSON object.
     fn stats_json(&self) -> serde_json::Value {
         let stats = self.stats.stats();
         let info = self.info();
         let now = SystemTime::now();
-        serde_json::json!({
+        let mut v = serde_json::json!({
             "version": env!("CARGO_PKG_VERSION"),
             "uptime_seconds": now.duration_since(info.started).map_or(0.0, |d| d.as_secs_f64()),
             "config": info.config.display().to_string(),
             "config_loaded_unix": unix(info.loaded),
             "reloads": {"success": info.reloads_ok, "failure": info.reloads_failed},
             "stats": stats.to_json(),
-        })
-    }
-
-    /// One request: `stats`, `top N attempts|destinations`, `release
-    /// SUBSCRIBER`, `quarantine SUBSCRIBER [SECONDS]`.
-    fn command(&self, line: &str) -> serde_json::Value {
-        let words: Vec<&str> = line.split_whitespace().collect();
-        let err = |m: String| serde_json::json!({ "error": m });
-        let abuse = self.stats.abuse();
-        match (words.as_slice(), abuse) {
-            (["stats"], _) => self.stats_json(),
-            (["top" | "release" | "quarantine", ..], None) => {
-                err("abuse handling is off: the running config has no [abuse] section".into())
-            }
-            (["top", n, by], Some(a)) => match (n.parse::<usize>(), *by) {
-                (Ok(n), "attempts" | "destinations") => abuse::top_json(a, n, *by == "destinations"),
-                _ => err(format!("usage: top N attempts|destinations, not {line:?}")),
-            },
-            (["release", who], Some(a)) => match parse_subscriber(who) {
-                None => err(format!("{who:?} is not a subscriber (an IPv4 address, or an IPv6 address or /64)")),
-                Some(key) => match a.release(key) {
-                    Some(e) => {
-                        abuse::report(e, self.events.as_ref());
-                        serde_json::json!({"released": subscriber_name(key)})
-                    }
-                    None => err(format!("{} is not in quarantine", subscriber_name(key))),
-                },
-            },
-            (["quarantine", who, rest @ ..], Some(a)) if rest.len() <= 1 => {
-                let duration = match rest.first().map(|s| s.parse::<f64>()) {
-                    None => None,
-                    Some(Ok(s)) if s > 0.0 && s <= 30.0 * 86_400.0 => Some(std::time::Duration::from_secs_f64(s)),
-                    Some(_) => return err(format!("usage: quarantine SUBSCRIBER [SECONDS], not {line:?}")),
-                };
-                let Some(key) = parse_subscriber(who) else {
-                    return err(format!("{who:?} is not a subscriber (an IPv4 address, or an IPv6 address or /64)"));
-                };
-                let e = a.quarantine(key, std::time::Instant::now(), duration);
-                let answer = match &e {
-                    AbuseEvent::QuarantineStarted { duration, .. } => serde_json::json!({
-                        "quarantined": subscriber_name(key),
-                        "seconds": duration.as_secs_f64(),
-                    }),
-                    _ => err(format!("{} not quarantined: the quarantine set is full", subscriber_name(key))),
-                };
-                abuse::report(e, self.events.as_ref());
-                answer
-            }
-            _ => err(format!(
-                "unknown command {line:?}; try \"stats\", \"top N attempts|destinations\", \"release SUBSCRIBER\" or \"quarantine SUBSCRIBER [SECONDS]\""
-            )),
+        });
+        if let Some(s) = &self.stream {
+            v["events_stream"] = serde_json::json!({"followers": s.followers(), "missed": s.missed()});
         }
+        v
     }
 
     fn metrics(&self, format: metrics::Format) -> String {
@@ -211,13 +219,13 @@ fn bind_socket(path: &Path) -> Result<std::os::unix::net::UnixListener, ControlE
 
 impl Control {
     /// Starts the control plane for `cfg`, reading counters through `stats`;
-    /// `None` when `[control]` asks for nothing.
-    /// `events` gets the events of `op25b quarantine` and `op25b release`.
+    /// `None` when `[control]` asks for nothing. `hooks` are what the
+    /// socket's requests reach.
     pub fn start(
         cfg: &ControlConfig,
         config: &Path,
         stats: StatsReader,
-        events: Option<EventSender>,
+        hooks: Hooks,
     ) -> Result<Option<Control>, ControlError> {
         if cfg.socket.is_none() && cfg.metrics.is_none() {
             return Ok(None);
@@ -239,7 +247,8 @@ impl Control {
             reloads_ok: 0,
             reloads_failed: 0,
         }));
-        let shared = Shared { stats, info: Arc::clone(&info), events };
+        let Hooks { events, reloads, stream } = hooks;
+        let shared = Shared { stats, info: Arc::clone(&info), events, reloads, stream };
         let shutdown = Arc::new(tokio::sync::Notify::new());
         let stop = Arc::clone(&shutdown);
         let runtime = tokio::runtime::Builder::new_current_thread().enable_io().build().map_err(ControlError::Start)?;
@@ -303,7 +312,14 @@ async fn serve(
             }
         })
     });
-    let sock = unix.map(|listener| tokio::spawn(socket_loop(listener, shared.clone())));
+    let sock = unix.map(|listener| {
+        let app = api::router(shared.clone());
+        tokio::spawn(async move {
+            if let Err(e) = axum::serve(listener, app).await {
+                tracing::error!(error = %e, "control plane: the control socket's server stopped");
+            }
+        })
+    });
     stop.notified().await;
     for task in [http, sock].into_iter().flatten() {
         task.abort();
@@ -325,31 +341,4 @@ async fn healthz(stats: StatsReader) -> (axum::http::StatusCode, String) {
         Ok(()) => (axum::http::StatusCode::OK, "ok\n".into()),
         Err(why) => (axum::http::StatusCode::SERVICE_UNAVAILABLE, format!("unhealthy: {why}\n")),
     }
-}
-
-async fn socket_loop(listener: tokio::net::UnixListener, shared: Shared) {
-    loop {
-        match listener.accept().await {
-            Ok((stream, _)) => {
-                tokio::spawn(answer(stream, shared.clone()));
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "control socket: accept failed");
-                tokio::task::yield_now().await;
-            }
-        }
-    }
-}
-
-/// One request line, one JSON answer line.
-async fn answer(stream: tokio::net::UnixStream, shared: Shared) {
-    let (read, mut write) = stream.into_split();
-    let mut line = String::new();
-    // A request is one short line; more is not read.
-    let mut lines = BufReader::new(read.take(256));
-    let reply = match lines.read_line(&mut line).await {
-        Ok(_) => shared.command(line.trim()),
-        Err(e) => serde_json::json!({"error": e.to_string()}),
-    };
-    let _ = write.write_all(format!("{reply}\n").as_bytes()).await; // the client may be gone
 }

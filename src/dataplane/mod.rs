@@ -130,6 +130,11 @@ impl StatsReader {
         self.abuse.as_ref()
     }
 
+    /// The policy in force.
+    pub fn policy(&self) -> Arc<Policy> {
+        Arc::clone(&self.active.load().policy)
+    }
+
     /// The first worker that has not passed the top of its loop for longer
     /// than a worker ever sleeps or polls (plus a grace period), or `None`
     /// when all are alive. A worker that stopped (its device failed) or

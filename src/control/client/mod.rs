@@ -1,48 +1,43 @@
-//! `op25b stats`: asks a running op25b over its control socket and prints
-//! the answer, as text a person reads or as the JSON it came as.
+//! The CLI's commands that ask a running op25b over its control socket
+//! (`op25b stats`, `top`, `quarantine`, `release`, `reload`, `events`), and
+//! the text they print. Exit status: 0 done, 1 failed or refused, 2 a usage
+//! error (op25b says 400) or no op25b at the socket.
 
-use std::io::{BufRead, BufReader, Write};
-use std::os::unix::net::UnixStream;
+mod http;
+
+use std::io::Write;
 use std::path::Path;
+use std::process::ExitCode;
 use std::time::Duration;
 
-/// Why no answer came.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum ClientError {
-    /// Nobody answers at the socket.
-    #[error("no op25b answers at {path}: {cause} (is `op25b run` running with [control] socket = {path:?}?)")]
-    Connect {
-        /// The socket.
-        path: String,
-        /// The cause (in the message, not a `source()`: a chain prints it once).
-        cause: std::io::Error,
-    },
-    /// The answer was cut or is not what op25b sends.
-    #[error("bad answer from {path}: {why}")]
-    Answer {
-        /// The socket.
-        path: String,
-        /// What is wrong.
-        why: String,
-    },
+pub use http::{follow, request, ClientError};
+
+use crate::state::abuse::parse_subscriber;
+
+/// The socket the unit's op25b listens on (`[control] socket` of the packaged config).
+pub const DEFAULT_SOCKET: &str = "/run/op25b/op25b.sock";
+
+/// `GET /v1/stats`.
+pub fn ask_stats(socket: &Path) -> Result<serde_json::Value, ClientError> {
+    request(socket, "GET", "/v1/stats", None)
 }
 
-/// Sends `command` and returns the JSON answer.
-pub fn ask(socket: &Path, command: &str) -> Result<serde_json::Value, ClientError> {
-    let path = socket.display().to_string();
-    let io = |why: std::io::Error| ClientError::Answer { path: path.clone(), why: why.to_string() };
-    let mut s = UnixStream::connect(socket).map_err(|cause| ClientError::Connect { path: path.clone(), cause })?;
-    s.set_read_timeout(Some(Duration::from_secs(5))).map_err(io)?;
-    s.write_all(format!("{command}\n").as_bytes()).map_err(io)?;
-    let mut line = String::new();
-    BufReader::new(s).read_line(&mut line).map_err(io)?;
-    let v: serde_json::Value =
-        serde_json::from_str(&line).map_err(|e| ClientError::Answer { path: path.clone(), why: e.to_string() })?;
-    if let Some(e) = v.get("error").and_then(|e| e.as_str()) {
-        return Err(ClientError::Answer { path, why: e.to_string() });
+/// Reports `e` in one line and gives its exit status.
+fn failed(e: &ClientError) -> ExitCode {
+    eprintln!("op25b: error: {e}");
+    e.exit_code()
+}
+
+/// `op25b stats`: the counters as text, or as the JSON they came as.
+pub fn stats(socket: &Path, json: bool, all: bool) -> ExitCode {
+    match ask_stats(socket) {
+        Ok(v) => {
+            let text = if json { format!("{v}\n") } else { render(&v, all) };
+            say(&text);
+            ExitCode::SUCCESS
+        }
+        Err(e) => failed(&e),
     }
-    Ok(v)
 }
 
 /// The answer to `stats` as text: the router's figures, then per direction
@@ -135,13 +130,6 @@ pub enum TopBy {
     Destinations,
 }
 
-fn exit_for(e: &ClientError) -> std::process::ExitCode {
-    match e {
-        ClientError::Connect { .. } => std::process::ExitCode::from(2),
-        _ => std::process::ExitCode::FAILURE,
-    }
-}
-
 /// Writes `text` to standard output; false when it cannot be written (the
 /// reader went away: `op25b ... | head`), which is no reason to panic.
 fn say(text: &str) -> bool {
@@ -150,7 +138,7 @@ fn say(text: &str) -> bool {
 }
 
 /// `op25b top`: asks once (or every second with `watch`) and prints.
-pub fn top(socket: &Path, n: usize, by: TopBy, json: bool, watch: bool) -> std::process::ExitCode {
+pub fn top(socket: &Path, n: usize, by: TopBy, json: bool, watch: bool) -> ExitCode {
     use std::io::IsTerminal;
     let by = match by {
         TopBy::Attempts => "attempts",
@@ -158,15 +146,12 @@ pub fn top(socket: &Path, n: usize, by: TopBy, json: bool, watch: bool) -> std::
     };
     let tty = std::io::stdout().is_terminal();
     loop {
-        let answer = match ask(socket, &format!("top {n} {by}")) {
+        let answer = match request(socket, "GET", &format!("/v1/top?n={n}&by={by}"), None) {
             Ok(v) => v,
-            Err(e) => {
-                eprintln!("op25b: error: {e}");
-                return exit_for(&e);
-            }
+            Err(e) => return failed(&e),
         };
-        let text =
-            if json { format!("{}\n", answer["top"]) } else { render_top(&answer, std::time::SystemTime::now()) };
+        // The JSON is the socket's answer whole: the rows and who is in quarantine.
+        let text = if json { format!("{answer}\n") } else { render_top(&answer, std::time::SystemTime::now()) };
         let mut out = std::io::stdout().lock();
         if watch && tty {
             // Home and clear, like top(1).
@@ -174,14 +159,14 @@ pub fn top(socket: &Path, n: usize, by: TopBy, json: bool, watch: bool) -> std::
         }
         if out.write_all(text.as_bytes()).and_then(|()| out.flush()).is_err() {
             // The reader went away (a closed pipe): nothing more to say.
-            return std::process::ExitCode::SUCCESS;
+            return ExitCode::SUCCESS;
         }
         drop(out);
         if !watch {
-            return std::process::ExitCode::SUCCESS;
+            return ExitCode::SUCCESS;
         }
         if !tty && !say("\n") {
-            return std::process::ExitCode::SUCCESS;
+            return ExitCode::SUCCESS;
         }
         std::thread::sleep(Duration::from_secs(1));
     }
@@ -243,35 +228,114 @@ pub fn render_top(v: &serde_json::Value, now: std::time::SystemTime) -> String {
     out
 }
 
-/// `op25b quarantine SUBSCRIBER [--for DURATION]`.
-pub fn quarantine(socket: &Path, subscriber: &str, duration: Option<Duration>) -> std::process::ExitCode {
-    let command = match duration {
-        Some(d) => format!("quarantine {} {}", subscriber.trim(), d.as_secs_f64()),
-        None => format!("quarantine {}", subscriber.trim()),
-    };
-    match ask(socket, &command) {
-        Ok(v) => {
-            let secs = v["seconds"].as_f64().unwrap_or(0.0);
-            say(&format!("{} in quarantine for {}\n", v["quarantined"].as_str().unwrap_or(subscriber), human(secs)));
-            std::process::ExitCode::SUCCESS
-        }
-        Err(e) => {
-            eprintln!("op25b: error: {e}");
-            exit_for(&e)
+/// A subscriber as the user gave it, checked before anything is asked.
+fn subscriber(text: &str) -> Result<&str, ExitCode> {
+    let text = text.trim();
+    match parse_subscriber(text) {
+        Some(_) => Ok(text),
+        None => {
+            eprintln!("op25b: error: {text:?} is not a subscriber (an IPv4 address, or an IPv6 address or /64)");
+            Err(ExitCode::from(2))
         }
     }
 }
 
-/// `op25b release SUBSCRIBER`.
-pub fn release(socket: &Path, subscriber: &str) -> std::process::ExitCode {
-    match ask(socket, &format!("release {}", subscriber.trim())) {
+/// `op25b quarantine SUBSCRIBER [--for DURATION]`.
+pub fn quarantine(socket: &Path, subscriber_text: &str, duration: Option<Duration>) -> ExitCode {
+    let who = match subscriber(subscriber_text) {
+        Ok(w) => w,
+        Err(code) => return code,
+    };
+    let body = serde_json::json!({"subscriber": who, "seconds": duration.map(|d| d.as_secs_f64())});
+    match request(socket, "POST", "/v1/quarantine", Some(&body)) {
         Ok(v) => {
-            say(&format!("{} released from quarantine\n", v["released"].as_str().unwrap_or(subscriber)));
-            std::process::ExitCode::SUCCESS
+            let secs = v["seconds"].as_f64().unwrap_or(0.0);
+            say(&format!("{} in quarantine for {}\n", v["quarantined"].as_str().unwrap_or(who), human(secs)));
+            ExitCode::SUCCESS
+        }
+        Err(e) => failed(&e),
+    }
+}
+
+/// `op25b release SUBSCRIBER`.
+pub fn release(socket: &Path, subscriber_text: &str) -> ExitCode {
+    let who = match subscriber(subscriber_text) {
+        Ok(w) => w,
+        Err(code) => return code,
+    };
+    match request(socket, "POST", "/v1/release", Some(&serde_json::json!({"subscriber": who}))) {
+        Ok(v) => {
+            say(&format!("{} released from quarantine\n", v["released"].as_str().unwrap_or(who)));
+            ExitCode::SUCCESS
+        }
+        Err(e) => failed(&e),
+    }
+}
+
+/// What a reload kept, as the words `op25b reload` prints.
+fn kept_words(kept: &serde_json::Value) -> String {
+    let mut words = Vec::new();
+    for (key, what) in
+        [("reply_buckets", "reply buckets"), ("flows", "redirect flows"), ("sessions", "banner sessions")]
+    {
+        if kept[key].as_bool() == Some(true) {
+            words.push(what.to_string());
+        }
+    }
+    for (key, what) in [("rule_buckets", "rate-limit rule buckets"), ("programs", "program rule instances")] {
+        let n = kept[key].as_u64().unwrap_or(0);
+        if n > 0 {
+            words.push(format!("{n} {what}"));
+        }
+    }
+    if words.is_empty() {
+        "nothing of the running state".into()
+    } else {
+        words.join(", ")
+    }
+}
+
+/// `op25b reload`: asks the running op25b to reload its config file and
+/// prints the outcome; 0 accepted, 1 refused (the running config stays).
+pub fn reload(socket: &Path) -> ExitCode {
+    match request(socket, "POST", "/v1/reload", None) {
+        Ok(v) => {
+            say(&format!(
+                "reload accepted: {} (kept: {})\n",
+                v["file"].as_str().unwrap_or("?"),
+                kept_words(&v["kept"])
+            ));
+            ExitCode::SUCCESS
+        }
+        Err(ClientError::Refused { body, message, .. }) if body["result"] == "refused" => {
+            eprintln!("op25b: reload refused, the running config stays in force: {message}");
+            ExitCode::FAILURE
         }
         Err(e) => {
             eprintln!("op25b: error: {e}");
-            exit_for(&e)
+            // Whatever went wrong, the reload did not happen: a reload's caller
+            // (systemctl reload) needs a failure, never a usage status.
+            ExitCode::FAILURE
         }
+    }
+}
+
+/// `op25b events --follow`: the events, one JSON object a line, as they happen.
+pub fn events(socket: &Path) -> ExitCode {
+    let out = std::io::stdout();
+    let mut reader_gone = false;
+    let result = follow(socket, "/v1/events", |line| {
+        let mut o = out.lock();
+        // A reader gone (a closed pipe) ends the following, quietly.
+        reader_gone = writeln!(o, "{line}").and_then(|()| o.flush()).is_err();
+        !reader_gone
+    });
+    match result {
+        Ok(()) if reader_gone => ExitCode::SUCCESS,
+        Ok(()) => {
+            eprintln!("op25b: error: the events stream ended: op25b stopped");
+            ExitCode::FAILURE
+        }
+        Err(e) => failed(&e),
     }
 }
