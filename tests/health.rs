@@ -16,7 +16,7 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use common::*;
-use op25b::control::Control;
+use op25b::control::{Control, Hooks};
 use op25b::daemon::{attach, Place};
 use op25b::dataplane::{Dataplane, Sinks};
 use op25b::packet::PacketView;
@@ -111,7 +111,7 @@ fn healthz_is_503_while_a_worker_is_stalled_or_a_device_is_gone() {
     let stall: Arc<dyn Rule> = Arc::new(Stall { shut: Arc::clone(&shut) });
     attach(&mut config.policy, &[(Place::First, stall)]).expect("the rule attaches");
     let dp = Dataplane::start(&config, Sinks::default()).unwrap_or_else(|e| panic!("the data plane starts: {e}"));
-    let control = Control::start(&config.control, &path, dp.stats_reader(), None)
+    let control = Control::start(&config.control, &path, dp.stats_reader(), Hooks::default())
         .unwrap_or_else(|e| panic!("the control plane starts: {e}"))
         .expect("[control] has a metrics address");
     let open_gate = || {
