@@ -239,8 +239,10 @@ fn run(config: Config, rules: &[(Place, Arc<dyn Rule>)], stats_file: Option<&Pat
         on_fault: Some(Arc::new(move || handle.close())),
     };
     let dp = Dataplane::start(&config, sinks)?;
-    let mut stats_out = stats_file.map(|p| (p, Failures::new(OutputFile::Stats, p.to_path_buf(), write_errors)));
-    let abuse = match dp.abuse().map(|a| control::abuse::start(Arc::clone(a), attempts_rx, events.clone())) {
+    let mut stats_out =
+        stats_file.map(|p| (p, Failures::new(OutputFile::Stats, p.to_path_buf(), Arc::clone(&write_errors))));
+    let abuse = dp.abuse().map(|a| control::abuse::start(Arc::clone(a), attempts_rx, events.clone(), write_errors));
+    let abuse = match abuse {
         Some(Err(e)) => {
             dp.stop();
             return Err(RunError::Abuse(e));
@@ -280,26 +282,19 @@ fn run(config: Config, rules: &[(Place, Arc<dyn Rule>)], stats_file: Option<&Pat
         "op25b running: {}",
         PolicySizes(p)
     );
+    let outputs = Outputs { events: writer, capture };
+    let reloader = Reloader {
+        dp: &dp,
+        rules,
+        outputs: &outputs,
+        notifier: notifier.as_ref(),
+        control: control.as_ref(),
+        events: events.as_ref(),
+    };
     let mut running = config;
     let signal = loop {
         match signals.forever().next() {
-            Some(SIGHUP) => {
-                if let Some(n) = &notifier {
-                    n.reloading();
-                }
-                let (config, ok, detail) = reload(&dp, running, rules);
-                if let Some(n) = &notifier {
-                    n.reloaded(if ok { Ok(()) } else { Err(detail.clone()) });
-                }
-                running = config;
-                if let Some(c) = &control {
-                    c.reloaded(ok);
-                }
-                if let Some(tx) = &events {
-                    // The writer may be behind; a reload event is worth a short wait.
-                    let _ = tx.send(Event::Reload { ok, detail });
-                }
-            }
+            Some(SIGHUP) => running = reloader.reload(running),
             Some(SIGUSR1) => {
                 let stats = dp.stats();
                 tracing::info!(target: "op25b", "counters: {}", stats.summary());
@@ -316,6 +311,7 @@ fn run(config: Config, rules: &[(Place, Arc<dyn Rule>)], stats_file: Option<&Pat
         (None, Some(signal)) => tracing::info!(target: "op25b", signal, "stopping"),
         (None, None) => tracing::info!(target: "op25b", "stopping: the signal handlers are gone"),
     }
+    let Outputs { events: writer, capture } = outputs;
     if let Some(n) = notifier {
         n.stopping();
     }
@@ -357,24 +353,108 @@ fn write_stats(out: Option<&mut (&Path, Failures)>, stats: &crate::Stats) {
     }
 }
 
-/// SIGHUP: reads the config file again and puts its policy in force; on any
-/// error logs one line (`file:line: key: message`) and keeps the running one.
-/// The config in force afterwards, whether the reload was accepted, and the
-/// file or why it was refused.
-fn reload(dp: &Dataplane, running: Config, rules: &[(Place, Arc<dyn Rule>)]) -> (Config, bool, String) {
+/// The files op25b writes besides its log, reopened on every reload.
+struct Outputs {
+    events: Option<control::events::EventsWriter>,
+    capture: Option<control::capture::CaptureWriter>,
+}
+
+/// The files of a config, opened again.
+struct Reopened {
+    events: Option<control::events::EventsOutput>,
+    capture: Option<control::capture::CaptureOutput>,
+}
+
+impl Outputs {
+    /// Opens the files of `config` again (its paths may be new); those that
+    /// op25b writes, that is: turning one on or off takes a restart.
+    fn open(&self, config: &Config) -> Result<Reopened, String> {
+        let events = match self.events {
+            Some(_) => control::events::EventsOutput::open(&config.events).map_err(|e| e.to_string())?,
+            None => None,
+        };
+        let capture = match self.capture {
+            Some(_) => control::capture::CaptureOutput::reopen(&config.capture).map_err(|e| e.to_string())?,
+            None => None,
+        };
+        Ok(Reopened { events, capture })
+    }
+
+    /// The writers write to `files` from now on (each has flushed its old
+    /// file when this returns).
+    fn switch(&self, files: Reopened) {
+        if let (Some(w), Some(f)) = (&self.events, files.events) {
+            w.switch(f);
+        }
+        if let (Some(w), Some(f)) = (&self.capture, files.capture) {
+            w.switch(f);
+        }
+    }
+}
+
+/// What a reload touches besides the config: the one reload path, whoever
+/// asks for it.
+struct Reloader<'a> {
+    dp: &'a Dataplane,
+    rules: &'a [(Place, Arc<dyn Rule>)],
+    outputs: &'a Outputs,
+    notifier: Option<&'a control::notify::Notifier>,
+    control: Option<&'a Control>,
+    events: Option<&'a dataplane::events::EventSender>,
+}
+
+impl Reloader<'_> {
+    /// A reload (SIGHUP): reads the config file again and puts it in force,
+    /// or refuses it and keeps `running`; reopens the events and capture
+    /// files either way (so a log rotation's reload works even while the
+    /// file is being edited); tells the service manager, the control plane
+    /// and the events. Returns the config in force.
+    fn reload(&self, running: Config) -> Config {
+        if let Some(n) = self.notifier {
+            n.reloading();
+        }
+        let (config, ok, detail) = reload(self.dp, running, self.rules, self.outputs);
+        if let Some(n) = self.notifier {
+            n.reloaded(if ok { Ok(()) } else { Err(detail.clone()) });
+        }
+        if let Some(c) = self.control {
+            c.reloaded(ok);
+        }
+        if let Some(tx) = self.events {
+            // The writer may be behind; a reload event is worth a short wait.
+            let _ = tx.send(Event::Reload { ok, detail });
+        }
+        config
+    }
+}
+
+/// Reads the config file again and puts its policy in force, its files
+/// opened; on any error logs one line (`file:line: key: message`) and keeps
+/// the running one, its files opened again. The config in force afterwards,
+/// whether the reload was accepted, and the file or why it was refused.
+fn reload(
+    dp: &Dataplane,
+    running: Config,
+    rules: &[(Place, Arc<dyn Rule>)],
+    outputs: &Outputs,
+) -> (Config, bool, String) {
     let state = dp.state();
-    let prepared = Config::load(&running.path).map_err(ReloadError::from).and_then(|mut new| {
-        let file = new.path.display().to_string();
-        attach(&mut new.policy, rules).map_err(|message| ReloadError::Rules { file, message })?;
-        reload::prepare(&running, &state, new)
-    });
+    let prepared = Config::load(&running.path)
+        .map_err(|e| ReloadError::from(e).to_string())
+        .and_then(|mut new| {
+            let file = new.path.display().to_string();
+            attach(&mut new.policy, rules).map_err(|message| ReloadError::Rules { file, message }.to_string())?;
+            reload::prepare(&running, &state, new).map_err(|e| e.to_string())
+        })
+        .and_then(|r| Ok((outputs.open(&r.config)?, r)));
     match prepared {
-        Ok(r) => {
+        Ok((files, r)) => {
             // Every batch a worker starts after the log line uses the new policy.
             dp.set_policy(r.config.policy.clone(), r.state);
             if let (Some(a), Some(settings)) = (dp.abuse(), &r.config.abuse) {
                 a.reconfigure(settings.clone());
             }
+            outputs.switch(files);
             tracing::info!(target: "op25b",
                 file = %r.config.path.display(),
                 kept_reply_buckets = r.kept.reply_buckets,
@@ -390,7 +470,11 @@ fn reload(dp: &Dataplane, running: Config, rules: &[(Place, Arc<dyn Rule>)]) -> 
         }
         Err(e) => {
             tracing::error!(target: "op25b", "config reload failed, the running config stays in force: {e}");
-            (running, false, e.to_string())
+            match outputs.open(&running) {
+                Ok(files) => outputs.switch(files),
+                Err(e) => tracing::error!(target: "op25b", "cannot reopen a file; writing on to the one open: {e}"),
+            }
+            (running, false, e)
         }
     }
 }

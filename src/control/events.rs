@@ -14,11 +14,11 @@ use std::collections::HashMap;
 use std::io::{self, Write};
 use std::net::IpAddr;
 use std::path::PathBuf;
-use std::sync::mpsc::Receiver;
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use super::writer::{create_dir_of, Failures, WriterThread};
+use super::writer::{create_dir_of, Failures, WriterThread, SWITCH_WAIT};
 use crate::config::EventsConfig;
 use crate::dataplane::events::Event;
 use crate::state::subscriber_key;
@@ -120,6 +120,63 @@ pub(crate) fn line(event: &Event, sampler: &mut Sampler, now: Instant, at: Syste
     Some(v.to_string())
 }
 
+/// An events output, open: the file (appending) or standard output, and
+/// the sampling limit to write it with.
+pub struct EventsOutput {
+    out: Box<dyn Write + Send>,
+    path: PathBuf,
+    limit: u32,
+}
+
+impl EventsOutput {
+    /// Opens the output of `cfg` (appending; its directory is created);
+    /// `None` without a path.
+    pub fn open(cfg: &EventsConfig) -> Result<Option<EventsOutput>, EventsError> {
+        let Some(path) = cfg.path.clone() else { return Ok(None) };
+        let out: Box<dyn Write + Send> = if path.as_os_str() == "-" {
+            Box::new(io::stdout())
+        } else {
+            let err = |cause| EventsError { path: path.clone(), cause };
+            create_dir_of(&path).map_err(err)?;
+            Box::new(std::fs::OpenOptions::new().create(true).append(true).open(&path).map_err(err)?)
+        };
+        Ok(Some(EventsOutput { out, path, limit: cfg.per_subscriber_per_minute }))
+    }
+}
+
+/// A new output for the writer, and where it says it took it.
+type Switch = (EventsOutput, std::sync::mpsc::SyncSender<()>);
+
+/// The running events writer.
+pub struct EventsWriter {
+    thread: WriterThread,
+    switch: std::sync::mpsc::Sender<Switch>,
+}
+
+impl EventsWriter {
+    /// Makes the writer write to `output` from its next batch on (a reload
+    /// or a log rotation: `output` is the file opened again, or another
+    /// path, or another limit). Waits (up to [`SWITCH_WAIT`]) until the
+    /// writer has flushed the old file and taken the new one, so that no
+    /// line goes to the old file after this returns.
+    pub fn switch(&self, output: EventsOutput) {
+        let (done_tx, done_rx) = std::sync::mpsc::sync_channel(1);
+        let path = output.path.clone();
+        if self.switch.send((output, done_tx)).is_err() {
+            return; // the writer has ended: op25b is stopping
+        }
+        if done_rx.recv_timeout(SWITCH_WAIT).is_err() {
+            tracing::warn!(file = %path.display(), "the events writer is busy; it takes the reopened file after its current write");
+        }
+    }
+
+    /// Waits for the writer to finish: every sender must be gone first.
+    pub fn join(self) {
+        drop(self.switch);
+        self.thread.join();
+    }
+}
+
 /// Opens the output of `cfg` (appending) and starts writing what arrives on
 /// `rx`, until every sender is gone (join the thread after that); failed
 /// writes are counted in `errors`. `None` without a path.
@@ -127,27 +184,40 @@ pub fn start(
     cfg: &EventsConfig,
     rx: Receiver<Event>,
     errors: Arc<WriteErrors>,
-) -> Result<Option<WriterThread>, EventsError> {
-    let Some(path) = cfg.path.clone() else { return Ok(None) };
-    let out: Box<dyn Write + Send> = if path.as_os_str() == "-" {
-        Box::new(io::stdout())
-    } else {
-        let err = |cause| EventsError { path: path.clone(), cause };
-        create_dir_of(&path).map_err(err)?;
-        Box::new(std::fs::OpenOptions::new().create(true).append(true).open(&path).map_err(err)?)
-    };
-    let limit = cfg.per_subscriber_per_minute;
-    let p = path.clone();
-    let failures = Failures::new(OutputFile::Events, p, errors);
-    let thread = WriterThread::spawn("op25b-events", move || {
-        write_loop(rx, io::BufWriter::new(out), Sampler::new(limit), failures)
-    })
-    .map_err(|cause| EventsError { path, cause })?;
-    Ok(Some(thread))
+) -> Result<Option<EventsWriter>, EventsError> {
+    let Some(output) = EventsOutput::open(cfg)? else { return Ok(None) };
+    let path = output.path.clone();
+    let failures = Failures::new(OutputFile::Events, path.clone(), errors);
+    let (switch, switches) = std::sync::mpsc::channel();
+    let thread = WriterThread::spawn("op25b-events", move || write_loop(rx, &switches, output, failures))
+        .map_err(|cause| EventsError { path, cause })?;
+    Ok(Some(EventsWriter { thread, switch }))
 }
 
-fn write_loop(rx: Receiver<Event>, mut out: impl Write, mut sampler: Sampler, mut failures: Failures) {
-    while let Ok(event) = rx.recv() {
+fn write_loop(
+    rx: Receiver<Event>,
+    switches: &std::sync::mpsc::Receiver<Switch>,
+    output: EventsOutput,
+    mut failures: Failures,
+) {
+    let mut out = io::BufWriter::new(output.out);
+    let mut sampler = Sampler::new(output.limit);
+    loop {
+        let first = match rx.recv_timeout(TICK) {
+            Ok(event) => Some(event),
+            Err(RecvTimeoutError::Timeout) => None,
+            Err(RecvTimeoutError::Disconnected) => break,
+        };
+        // A reopen takes effect between two batches: what was written goes
+        // out to the old file first, whole lines only.
+        while let Ok((next, done)) = switches.try_recv() {
+            failures.check(out.flush());
+            out = io::BufWriter::new(next.out);
+            sampler.limit = next.limit;
+            failures.reopened(next.path);
+            let _ = done.try_send(()); // the reload may have stopped waiting
+        }
+        let Some(event) = first else { continue };
         if let Some(text) = line(&event, &mut sampler, Instant::now(), SystemTime::now()) {
             failures.check(writeln!(out, "{text}"));
         }
@@ -163,6 +233,9 @@ fn write_loop(rx: Receiver<Event>, mut out: impl Write, mut sampler: Sampler, mu
     }
     failures.check(out.flush());
 }
+
+/// How often an idle writer looks for a reopened file.
+const TICK: Duration = Duration::from_millis(100);
 
 /// How long the writer lets events gather after a batch.
 const BATCH: Duration = Duration::from_millis(5);

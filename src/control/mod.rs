@@ -8,6 +8,7 @@
 //! socket already in use is a start-up error, not a log line later.
 
 pub mod abuse;
+pub mod abuse_state;
 pub mod capture;
 pub mod client;
 pub mod events;
