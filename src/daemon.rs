@@ -237,6 +237,11 @@ fn run(config: Config, rules: &[(Place, Arc<dyn Rule>)], stats_file: Option<&Pat
         abuse: config.abuse.as_ref().map(|_| attempts_tx),
         write_errors: Arc::clone(&write_errors),
         on_fault: Some(Arc::new(move || handle.close())),
+        restore_abuse: Some(Arc::new(|a: &crate::state::abuse::Abuse| {
+            if let Some(path) = a.settings().state_file {
+                control::abuse_state::load(&path, a);
+            }
+        })),
     };
     let dp = Dataplane::start(&config, sinks)?;
     let mut stats_out =

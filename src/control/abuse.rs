@@ -26,18 +26,16 @@ const GATHER: Duration = Duration::from_millis(5);
 /// Most attempts recorded under one lock.
 const BATCH: usize = 1024;
 
-/// Restores the saved state (`[abuse] state_file`, if set), then starts the
-/// thread; it ends when every sender of `rx` is gone (join it after), and
-/// saves the state a last time. Failed saves are counted in `errors`.
+/// Starts the thread; it ends when every sender of `rx` is gone (join it
+/// after), and saves the state (`[abuse] state_file`, if set; restored with
+/// [`super::abuse_state::load`] before the workers start) a last time.
+/// Failed saves are counted in `errors`.
 pub fn start(
     abuse: Arc<Abuse>,
     rx: Receiver<Attempt>,
     events: Option<EventSender>,
     errors: Arc<WriteErrors>,
 ) -> std::io::Result<WriterThread> {
-    if let Some(path) = abuse.settings().state_file {
-        super::abuse_state::load(&path, &abuse);
-    }
     let file = StateFile::new(errors);
     WriterThread::spawn("op25b-abuse", move || run(&abuse, &rx, events.as_ref(), file))
 }
