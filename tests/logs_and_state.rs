@@ -98,6 +98,25 @@ fn pcap_records(path: &Path) -> usize {
     n
 }
 
+/// The shipped /etc/logrotate.d/op25b for one events file, its postrotate
+/// sending SIGHUP to `pid` (what `systemctl reload op25b` comes to).
+fn logrotate_conf(events: &Path, pid: u32) -> String {
+    let shipped = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/packaging/op25b.logrotate"))
+        .expect("packaging/op25b.logrotate");
+    let (pattern, reload) = ("/var/log/op25b/*.jsonl", "systemctl reload op25b >/dev/null 2>&1 || true");
+    assert!(shipped.contains(pattern) && shipped.contains(reload), "{shipped}");
+    shipped.replace(pattern, events.to_str().expect("utf-8 path")).replace(reload, &format!("kill -HUP {pid}"))
+}
+
+/// Waits (bounded) until op25b has logged `n` reload outcomes.
+fn wait_reloads(lab: &Lab, n: usize) {
+    let deadline = Instant::now() + WAIT;
+    while lab.log_text().lines().filter(|l| l.contains("config reloaded")).count() < n {
+        assert!(Instant::now() < deadline, "no reload logged; the log:\n{}", lab.log_text());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 #[test]
 fn rotating_the_events_file_under_a_stream_of_blocked_syns_loses_and_repeats_no_line() {
     let dir = Dir::new();
@@ -109,14 +128,17 @@ fn rotating_the_events_file_under_a_stream_of_blocked_syns_loses_and_repeats_no_
             .control("socket", q(&socket))
             .unlimited_replies()
     }));
-    let (rotated, rotated_pcap) = (dir.join("events.jsonl.1"), dir.join("dropped.pcap.rotated"));
+    let (moved, rotated, moved_pcap) =
+        (dir.join("events.jsonl.moved"), dir.join("events.jsonl.1"), dir.join("dropped.pcap.moved"));
+    let conf = dir.join("logrotate.conf");
+    std::fs::write(&conf, logrotate_conf(&events, lab.pid())).expect("logrotate.conf");
     // A steady stream of blocked SYNs, each from its own source port, for a
-    // bounded time; the files are rotated in the middle of it.
+    // bounded time; the files are rotated twice in the middle of it.
     let first_port = 20_000u16;
     let sent = std::thread::scope(|s| {
         let stream = s.spawn(|| {
             in_netns(&lab.sub, || {
-                let end = Instant::now() + Duration::from_secs(4);
+                let end = Instant::now() + Duration::from_secs(5);
                 let mut port = first_port;
                 while Instant::now() < end && port < first_port + 30_000 {
                     assert!(!attempt(DYN4, port, sa(MX4, 25)), "port 25 from a dynamic address is refused");
@@ -128,11 +150,23 @@ fn rotating_the_events_file_under_a_stream_of_blocked_syns_loses_and_repeats_no_
             })
         });
         std::thread::sleep(Duration::from_millis(1500));
-        // As logrotate does: rename, then `systemctl reload op25b`.
-        std::fs::rename(&events, &rotated).expect("mv events.jsonl events.jsonl.1");
-        std::fs::rename(&capture, &rotated_pcap).expect("mv dropped.pcap");
+        // By hand, as logrotate does: rename, then reload (SIGHUP).
+        std::fs::rename(&events, &moved).expect("mv events.jsonl");
+        std::fs::rename(&capture, &moved_pcap).expect("mv dropped.pcap");
         let line = lab.reload(&lab.policy.toml());
         assert!(line.contains("config reloaded"), "{line}");
+        std::thread::sleep(Duration::from_millis(1500));
+        // logrotate itself, with the shipped file.
+        let out = Command::new("logrotate")
+            .args(["--force", "--verbose", "--state"])
+            .arg(dir.join("logrotate.state"))
+            .arg(&conf)
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run logrotate (install it: scripts/setup.sh): {e}"));
+        let text = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "logrotate failed: {text}");
+        assert!(text.contains("running postrotate script"), "{text}");
+        wait_reloads(&lab, 2);
         stream.join().expect("the stream of SYNs")
     });
     println!("blocked SYNs sent: {sent}");
@@ -140,33 +174,36 @@ fn rotating_the_events_file_under_a_stream_of_blocked_syns_loses_and_repeats_no_
     let c = lab.stop();
     assert_eq!(c.get("events_dropped"), 0, "the queue kept up, so every attempt has its line: {c}");
     assert_eq!(c.get("events_write_errors"), 0, "{c}");
-    let (old, new) = (json_lines(&rotated), json_lines(&events));
+    let files = [json_lines(&moved), json_lines(&rotated), json_lines(&events)];
     let blocked = |lines: &[Value]| -> Vec<String> {
         lines.iter().filter(|e| e["event"] == "blocked").map(|e| e["src"].as_str().unwrap_or("?").to_string()).collect()
     };
-    let (before, after) = (blocked(&old), blocked(&new));
-    println!("lines before the rotation: {}, after: {}", before.len(), after.len());
-    assert!(!before.is_empty() && !after.is_empty(), "the rotation came in the middle of the stream");
-    assert!(new.iter().any(|e| e["event"] == "reload"), "the reload's own event is in the new file");
-    assert!(old.iter().all(|e| e["event"] != "reload"), "and not in the old one");
-    let mut all: Vec<String> = before.iter().chain(&after).cloned().collect();
+    let counts: Vec<usize> = files.iter().map(|f| blocked(f).len()).collect();
+    println!("blocked lines in the moved, the rotated and the current file: {counts:?}");
+    assert!(counts.iter().all(|n| *n > 0), "each rotation came in the middle of the stream: {counts:?}");
+    let reloads: Vec<usize> = files.iter().map(|f| f.iter().filter(|e| e["event"] == "reload").count()).collect();
+    assert_eq!(reloads, [0, 1, 1], "each reload's own event opens the file after it");
+    let mut all: Vec<String> = files.iter().flat_map(|f| blocked(f)).collect();
     let total = all.len();
     all.sort();
     all.dedup();
     assert_eq!(all.len(), total, "no attempt has two lines");
-    let want: Vec<String> = (0..sent).map(|i| format!("{DYN4}:{}", first_port + i)).collect();
-    let mut want_sorted = want.clone();
-    want_sorted.sort();
-    assert_eq!(all, want_sorted, "every attempt has exactly one line, in one of the two files");
-    // Time order holds across the two files.
-    let last_old = old.iter().filter_map(|e| e["ts"].as_str()).max().expect("timestamps");
-    let first_new = new.iter().filter_map(|e| e["ts"].as_str()).min().expect("timestamps");
-    assert!(last_old <= first_new, "{last_old} then {first_new}");
-    // The capture was reopened too: both files whole, both with records.
-    let (a, b) = (pcap_records(&rotated_pcap), pcap_records(&capture));
+    let mut want: Vec<String> = (0..sent).map(|i| format!("{DYN4}:{}", first_port + i)).collect();
+    want.sort();
+    assert_eq!(all, want, "every attempt has exactly one line, in one of the files");
+    // Time order holds across the files.
+    for pair in files.windows(2) {
+        let last = pair[0].iter().filter_map(|e| e["ts"].as_str()).max().expect("timestamps");
+        let first = pair[1].iter().filter_map(|e| e["ts"].as_str()).min().expect("timestamps");
+        assert!(last <= first, "{last} then {first}");
+    }
+    // The capture was reopened too: both files whole, both with records,
+    // and each blocked SYN in one of them.
+    let (a, b) = (pcap_records(&moved_pcap), pcap_records(&capture));
     println!("capture records before the rotation: {a}, after: {b}");
     assert!(a > 0 && b > 0, "the capture went on in a new file");
-    assert!(a + b >= total, "each blocked SYN captured once: {a} + {b} for {total}");
+    assert_eq!(c.get("capture_dropped"), 0, "{c}");
+    assert_eq!(a + b, total, "each blocked SYN captured once, in one of the two files");
 }
 
 #[test]
