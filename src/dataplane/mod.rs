@@ -168,6 +168,9 @@ pub struct Dataplane {
     watch: NetnsWatch,
 }
 
+/// Puts a saved abuse state back ([`Sinks::restore_abuse`]).
+pub type RestoreAbuse = Arc<dyn Fn(&Abuse) + Send + Sync>;
+
 /// Where the workers send what they saw besides forwarding: events of
 /// blocked connections, copies of the packets not forwarded, and blocked
 /// attempts for abuse handling (all optional); and what op25b's own files
@@ -188,7 +191,7 @@ pub struct Sinks {
     pub on_fault: Option<Arc<dyn Fn() + Send + Sync>>,
     /// Called once with abuse handling (`[abuse]`) before the workers
     /// start: a saved state restored here is in force for the first packet.
-    pub restore_abuse: Option<Arc<dyn Fn(&Abuse) + Send + Sync>>,
+    pub restore_abuse: Option<RestoreAbuse>,
 }
 
 impl Dataplane {

@@ -94,7 +94,7 @@ impl Tracker {
         let mut t = Tracker::with_seeds(capacity, saved.hash_keys);
         let mut entries = saved.entries;
         let offered = entries.len();
-        entries.sort_by(|a, b| b.total.cmp(&a.total));
+        entries.sort_by_key(|e| std::cmp::Reverse(e.total));
         for e in entries {
             if t.slots.len() >= t.capacity {
                 break;
