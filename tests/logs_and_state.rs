@@ -251,8 +251,21 @@ fn events_and_capture_paths_change_on_reload_and_refusals_name_the_key() {
         .unlimited_replies()
         .capture("dropped", q(&capture2))
         .devices((SUB_TUN, Some(lab.sub.as_str())), (UP_TUN, Some(lab.up.as_str())));
+    // The file is rotated first: a refused reload reopens it all the same.
+    let moved_away = dir.join("b/events.jsonl.1");
+    std::fs::rename(&events2, &moved_away).expect("mv events.jsonl");
     let line = lab.reload(&off.toml());
     assert!(line.contains("config reload failed"), "{line}");
+    let deadline = Instant::now() + WAIT;
+    while std::fs::metadata(&events2).map_or(0, |m| m.len()) == 0 {
+        assert!(Instant::now() < deadline, "no reopened events file");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let reopened = json_lines(&events2);
+    assert!(
+        matches!(reopened.as_slice(), [e] if e["event"] == "reload" && e["result"] == "failure"),
+        "the refused reload's event opens the reopened file: {reopened:#?}"
+    );
     assert!(
         line.contains(&format!("events.path: changed from {} to (none), which needs a restart of op25b", q(&events2))),
         "{line}"
