@@ -243,7 +243,8 @@ fn events_and_capture_paths_change_on_reload_and_refusals_name_the_key() {
         1,
         "the old file keeps its line"
     );
-    assert!(pcap_records(&capture2) >= 5 && pcap_records(&capture) >= 1);
+    let captured = pcap_records(&capture2);
+    assert!(captured >= 5 && pcap_records(&capture) >= 1);
 
     // Turning the events off, or moving the control socket: refused, in words.
     let off = PolicyBuilder::lab()
@@ -266,6 +267,7 @@ fn events_and_capture_paths_change_on_reload_and_refusals_name_the_key() {
         matches!(reopened.as_slice(), [e] if e["event"] == "reload" && e["result"] == "failure"),
         "the refused reload's event opens the reopened file: {reopened:#?}"
     );
+    assert_eq!(pcap_records(&capture2), captured, "the capture reopened where it was, nothing lost");
     assert!(
         line.contains(&format!("events.path: changed from {} to (none), which needs a restart of op25b", q(&events2))),
         "{line}"
