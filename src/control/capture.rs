@@ -240,13 +240,9 @@ fn write_loop(
     mut failures: Failures,
 ) {
     // Forwarding goes on whatever fails here; the packets are lost, counted.
-    let mut current = match Current::new(output) {
-        Ok(c) => c,
-        Err(e) => {
-            failures.failed(&e);
-            return drain(source, failures);
-        }
-    };
+    // Without a file (it could not be made) every packet is a failed write
+    // until a reload opens one again.
+    let mut current = Current::new(output).map_err(|e| failures.failed(&e)).ok();
     let mut switches = switches;
     loop {
         let first = crossbeam_channel::select! {
@@ -258,18 +254,11 @@ fn write_loop(
                 match s {
                     Ok((next, done)) => {
                         // What was written goes out to the old file first.
-                        failures.check(current.out.flush());
-                        let path = next.path.clone();
-                        match Current::new(next) {
-                            Ok(c) => current = c,
-                            Err(e) => {
-                                failures.reopened(path);
-                                failures.failed(&e);
-                                let _ = done.try_send(());
-                                return drain(source, failures);
-                            }
+                        if let Some(c) = &mut current {
+                            failures.check(c.out.flush());
                         }
-                        failures.reopened(path);
+                        failures.reopened(next.path.clone());
+                        current = Current::new(next).map_err(|e| failures.failed(&e)).ok();
                         let _ = done.try_send(()); // the reload may have stopped waiting
                     }
                     // No more reopens: op25b is stopping.
@@ -281,19 +270,26 @@ fn write_loop(
         let mut next = Some(first);
         while let Some(c) = next.take().or_else(|| source.filled.try_recv().ok()) {
             let record = 16 + c.len as u64;
-            if let Err(e) = current.make_room(record) {
-                failures.failed(&e);
-                let _ = source.free.try_send(c.buf);
-                return drain(source, failures);
+            if let Some(cur) = &mut current {
+                if let Err(e) = cur.make_room(record) {
+                    failures.failed(&e);
+                    current = None;
+                }
+            } else {
+                failures.failed(&"no capture file");
             }
-            let ts = c.at.duration_since(std::time::SystemTime::UNIX_EPOCH).unwrap_or_default();
-            let orig_len = u32::try_from(c.orig_len).unwrap_or(u32::MAX);
-            failures.check(current.writer.write_packet(&PcapPacket::new(ts, orig_len, &c.buf[..c.len])));
-            current.written += record;
+            if let Some(cur) = &mut current {
+                let ts = c.at.duration_since(std::time::SystemTime::UNIX_EPOCH).unwrap_or_default();
+                let orig_len = u32::try_from(c.orig_len).unwrap_or(u32::MAX);
+                failures.check(cur.writer.write_packet(&PcapPacket::new(ts, orig_len, &c.buf[..c.len])));
+                cur.written += record;
+            }
             let _ = source.free.try_send(c.buf);
         }
         // The queue ran empty: what was written is readable now.
-        failures.check(current.out.flush());
+        if let Some(cur) = &mut current {
+            failures.check(cur.out.flush());
+        }
         // Let the next burst gather: a worker's send wakes this thread only
         // while it waits in `recv`, so under load one wake-up serves a
         // batch instead of one per packet (the pool holds what arrives meanwhile).
@@ -303,15 +299,6 @@ fn write_loop(
 
 /// How long the writer lets packets gather after a batch.
 const BATCH: std::time::Duration = std::time::Duration::from_millis(5);
-
-/// After the file could not be made: hand every buffer back, so the workers
-/// go on until the data plane stops; each packet not written is a failed write.
-fn drain(source: CaptureSource, mut failures: Failures) {
-    while let Ok(c) = source.filled.recv() {
-        failures.failed(&"no capture file");
-        let _ = source.free.try_send(c.buf);
-    }
-}
 
 #[cfg(test)]
 mod tests {
@@ -358,6 +345,52 @@ mod tests {
         // Each record is 16 + 40 bytes: 72 fit in 4096 after the 24-byte header.
         assert_eq!(records(&numbered(&path, 1)), 72);
         assert!(records(&path) > 0 && offered == 400);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_reopen_appends_to_its_own_file_and_starts_a_new_one_after_a_rename() {
+        let dir = std::env::temp_dir().join(format!("op25b-capture-reopen-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let path = dir.join("dropped.pcap");
+        let cfg = CaptureConfig { dropped: Some(path.clone()), max_bytes: 1 << 20, keep: 3 };
+        let (sink, source) = pool();
+        let writer = start(&cfg, source, Arc::default()).expect("starts").expect("configured");
+        let packet = crate::testing::packets::syn("100.64.1.10", "203.0.113.25", 25);
+        let offer = |n: usize| {
+            for _ in 0..n {
+                while !sink.offer(&packet, std::time::SystemTime::now()) {
+                    std::thread::sleep(std::time::Duration::from_millis(1));
+                }
+            }
+        };
+        let reopen = || writer.switch(CaptureOutput::reopen(&cfg).expect("reopens").expect("configured"));
+        // Waits (bounded) until the file holds `n` records of the SYN's 40 bytes.
+        let holds = |n: u64| {
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+            while std::fs::metadata(&path).map_or(0, |m| m.len()) != HEADER + n * (16 + 40) {
+                assert!(std::time::Instant::now() < deadline, "{n} records never written");
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+        };
+        offer(10);
+        holds(10);
+        reopen();
+        offer(5);
+        holds(15);
+        // As logrotate does: rename, then reopen.
+        let rotated = dir.join("dropped.pcap.old");
+        std::fs::rename(&path, &rotated).unwrap();
+        reopen();
+        offer(7);
+        drop(sink);
+        writer.join();
+        assert_eq!(records(&rotated), 15, "a reopen of its own file appends to it");
+        assert_eq!(records(&path), 7, "after a rename, a new file");
+        // Anything else at the path is replaced by a new file.
+        std::fs::write(&path, b"not a capture").unwrap();
+        let out = CaptureOutput::reopen(&cfg).unwrap().unwrap();
+        assert_eq!(out.written, 0);
         let _ = std::fs::remove_dir_all(&dir);
     }
 }
