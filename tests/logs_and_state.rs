@@ -336,6 +336,31 @@ fn a_quarantine_survives_a_restart_and_one_that_ended_meanwhile_does_not() {
 }
 
 #[test]
+fn a_quarantine_survives_a_crash_once_saved() {
+    let dir = Dir::new();
+    let state = dir.join("abuse.state");
+    let (mut lab, socket) = abuse_lab(&dir, &state, LabOptions::default());
+    let _servers = Servers::start(&lab.up, &[80]);
+    let (code, out, err) = op25b(&["quarantine", DYN4, "--for", "10m"], &socket);
+    assert_eq!(code, 0, "{out}{err}");
+    // Saved within a second of the change, without a stop.
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let saved = std::fs::read_to_string(&state).ok().and_then(|t| serde_json::from_str::<Value>(&t).ok());
+        if saved.as_ref().is_some_and(|s| s["quarantines"][0]["subscriber"] == DYN4) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the quarantine was never saved: {saved:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    lab.signal(Signal::SIGKILL);
+    let (status, _) = lab.wait_exit(WAIT).expect("op25b killed");
+    println!("op25b: {status}");
+    lab.relaunch();
+    assert!(!reaches_from(&lab, DYN4, 0, sa(MX4, 80)), "still in quarantine after the crash");
+}
+
+#[test]
 fn a_damaged_state_file_is_moved_aside_with_one_warning_and_op25b_starts_empty() {
     let dir = Dir::new();
     let state = dir.join("abuse.state");

@@ -341,6 +341,14 @@ impl Lab {
             self.log_text()
         );
         std::thread::sleep(down);
+        self.relaunch();
+    }
+
+    /// Starts op25b again after it exited (see [`Lab::wait_exit`]), with the
+    /// same config file and options; its log goes on in the same file.
+    #[allow(dead_code)]
+    pub fn relaunch(&mut self) {
+        assert!(self.child.is_none(), "op25b is still running");
         let opts = self.opts.clone();
         self.launch(&opts, true);
     }
