@@ -1,11 +1,13 @@
 //! The files a running op25b writes, between namespaces with real TCP:
-//! the events file rotated as logrotate does (`mv`, then a reload) under a
-//! steady stream of blocked SYNs loses no line and duplicates none;
-//! `[events]` and `[capture]` paths change on reload while turning one off
-//! or moving the control socket is refused in words; the abuse state file
-//! keeps a quarantine across a restart (a quarantine that ended while op25b
-//! was down stays ended), a damaged one is moved aside with one warning, and
-//! a full disk under it is counted while op25b runs on.
+//! the events file rotated under a steady stream of blocked SYNs, by hand
+//! (`mv`, then a reload) and by logrotate with the packaged file, loses no
+//! line and duplicates none, and the capture rotates with it; `[events]` and
+//! `[capture]` paths and limits change on reload, and a refused reload still
+//! reopens them, while turning one off or moving the control socket is
+//! refused in words; the abuse state file keeps a quarantine across a
+//! restart and a SIGKILL (a quarantine that ended while op25b was down stays
+//! ended, a release is kept too), a damaged one is moved aside with one
+//! warning, and a full disk under it is counted while op25b runs on.
 
 #[allow(dead_code)]
 mod common;
