@@ -16,6 +16,7 @@ use std::io::{self, Write};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -134,30 +135,40 @@ fn rotating_the_events_file_under_a_stream_of_blocked_syns_loses_and_repeats_no_
         (dir.join("events.jsonl.moved"), dir.join("events.jsonl.1"), dir.join("dropped.pcap.moved"));
     let conf = dir.join("logrotate.conf");
     std::fs::write(&conf, logrotate_conf(&events, lab.pid())).expect("logrotate.conf");
-    // A steady stream of blocked SYNs, each from its own source port, for a
-    // bounded time; the files are rotated twice in the middle of it.
+    // A steady stream of blocked SYNs, each from its own source port, until
+    // the files were rotated twice (bounded in time); each rotation waits
+    // for attempts before and after it.
     let first_port = 20_000u16;
+    let (made, stop) = (AtomicU32::new(0), AtomicBool::new(false));
+    let more = |n: u32| {
+        let (from, deadline) = (made.load(Ordering::Relaxed), Instant::now() + WAIT);
+        while made.load(Ordering::Relaxed) < from + n {
+            assert!(Instant::now() < deadline, "the stream of SYNs stalled");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    };
     let sent = std::thread::scope(|s| {
         let stream = s.spawn(|| {
             in_netns(&lab.sub, || {
-                let end = Instant::now() + Duration::from_secs(5);
+                let end = Instant::now() + Duration::from_secs(60);
                 let mut port = first_port;
-                while Instant::now() < end && port < first_port + 30_000 {
+                while !stop.load(Ordering::Relaxed) && Instant::now() < end && port < first_port + 40_000 {
                     assert!(!attempt(DYN4, port, sa(MX4, 25)), "port 25 from a dynamic address is refused");
                     port += 1;
+                    made.fetch_add(1, Ordering::Relaxed);
                     // Steady, not a flood: the events queue must never be full.
                     std::thread::sleep(Duration::from_micros(500));
                 }
                 port - first_port
             })
         });
-        std::thread::sleep(Duration::from_millis(1500));
+        more(500);
         // By hand, as logrotate does: rename, then reload (SIGHUP).
         std::fs::rename(&events, &moved).expect("mv events.jsonl");
         std::fs::rename(&capture, &moved_pcap).expect("mv dropped.pcap");
         let line = lab.reload(&lab.policy.toml());
         assert!(line.contains("config reloaded"), "{line}");
-        std::thread::sleep(Duration::from_millis(1500));
+        more(500);
         // logrotate itself, with the shipped file.
         let out = Command::new("logrotate")
             .args(["--force", "--verbose", "--state"])
@@ -169,6 +180,8 @@ fn rotating_the_events_file_under_a_stream_of_blocked_syns_loses_and_repeats_no_
         assert!(out.status.success(), "logrotate failed: {text}");
         assert!(text.contains("running postrotate script"), "{text}");
         wait_reloads(&lab, 2);
+        more(500);
+        stop.store(true, Ordering::Relaxed);
         stream.join().expect("the stream of SYNs")
     });
     println!("blocked SYNs sent: {sent}");
