@@ -58,8 +58,14 @@ pub enum ReloadError {
 
 /// What of `[abuse]` only applies at start: whether it is there, and the
 /// size of the table.
-fn abuse_fixed(c: &Config) -> String {
-    c.abuse.as_ref().map_or_else(|| "(none)".to_string(), |a| format!("[abuse] with track = {}", a.track))
+fn abuse_fixed(running: &Config, new: &Config) -> (&'static str, String, String) {
+    match (&running.abuse, &new.abuse) {
+        (Some(a), Some(b)) => ("abuse.track", a.track.to_string(), b.track.to_string()),
+        (a, b) => {
+            let there = |x: &Option<_>| if x.is_some() { "[abuse]" } else { "(none)" }.to_string();
+            ("abuse", there(a), there(b))
+        }
+    }
 }
 
 /// An optional path as a person reads it.
@@ -101,7 +107,7 @@ fn fixed(running: &Config, new: &Config) -> Vec<(&'static str, String, String)> 
         ),
         ("control.socket", path(running.control.socket.as_deref()), path(new.control.socket.as_deref())),
         ("control.metrics", metrics(running.control.metrics), metrics(new.control.metrics)),
-        ("abuse", abuse_fixed(running), abuse_fixed(new)),
+        abuse_fixed(running, new),
     ];
     // Turning the events or the capture on or off; the path itself may change.
     if on_off(events) != on_off(new_events) {
@@ -262,9 +268,9 @@ mod tests {
         assert_eq!(r.config.abuse.as_ref().unwrap().thresholds.attempts, 5);
         assert!(std::sync::Arc::ptr_eq(state.quarantine(), r.state.quarantine()));
         assert_eq!(r.state.quarantine().until(key), Some(until));
-        for new in [lab(), lab().abuse("track", 100)] {
+        for (new, want) in [(lab(), "abuse"), (lab().abuse("track", 100), "abuse.track")] {
             match prepare(&running, &state, new.config()) {
-                Err(ReloadError::Fixed { key, .. }) => assert_eq!(key, "abuse"),
+                Err(ReloadError::Fixed { key, .. }) => assert_eq!(key, want),
                 other => panic!("expected a refusal, got {other:?}"),
             }
         }
