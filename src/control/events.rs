@@ -298,6 +298,46 @@ mod tests {
     }
 
     #[test]
+    fn a_switch_after_a_rename_puts_every_line_in_exactly_one_file() {
+        let dir = std::env::temp_dir().join(format!("op25b-events-switch-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let path = dir.join("events.jsonl");
+        let cfg = EventsConfig { path: Some(path.clone()), per_subscriber_per_minute: 1_000_000 };
+        let (tx, rx) = std::sync::mpsc::sync_channel(crate::dataplane::events::QUEUE);
+        let writer = start(&cfg, rx, Arc::default()).expect("starts").expect("configured");
+        let rotated = dir.join("events.jsonl.1");
+        let sender = std::thread::spawn(move || {
+            for port in 1000..3000u16 {
+                tx.send(blocked(&format!("100.64.1.10:{port}"))).expect("the writer runs");
+                // A steady stream, so that the switch falls in the middle of it.
+                std::thread::sleep(Duration::from_micros(200));
+            }
+        });
+        // Rotate while the sender is busy, as logrotate does: rename, reopen.
+        while std::fs::metadata(&path).map_or(0, |m| m.len()) == 0 {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        std::fs::rename(&path, &rotated).unwrap();
+        writer.switch(EventsOutput::open(&cfg).unwrap().unwrap());
+        sender.join().unwrap();
+        writer.join();
+        let srcs = |p: &std::path::Path| -> Vec<String> {
+            let text = std::fs::read_to_string(p).unwrap();
+            assert!(text.is_empty() || text.ends_with('\n'), "whole lines only");
+            text.lines().map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["src"].to_string()).collect()
+        };
+        let (old, new) = (srcs(&rotated), srcs(&path));
+        assert!(!old.is_empty(), "lines before the switch stay in the renamed file");
+        assert!(!new.is_empty(), "lines after it go to the new file");
+        let mut all: Vec<String> = old.into_iter().chain(new).collect();
+        assert_eq!(all.len(), 2000);
+        all.sort();
+        all.dedup();
+        assert_eq!(all.len(), 2000, "each event once");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
     fn a_flood_of_sources_keeps_the_table_bounded() {
         let mut s = Sampler::new(1);
         let t = Instant::now();
