@@ -166,7 +166,7 @@ pub struct CaptureWriter {
 
 impl CaptureWriter {
     /// Makes the writer write to `output` from its next packet on (a reload
-    /// or a log rotation). Waits (up to [`SWITCH_WAIT`]) until the writer
+    /// or a log rotation). Waits (up to two seconds) until the writer
     /// has flushed the old file and taken the new one.
     pub fn switch(&self, output: CaptureOutput) {
         let (done_tx, done_rx) = crossbeam_channel::bounded(1);

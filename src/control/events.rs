@@ -156,7 +156,7 @@ pub struct EventsWriter {
 impl EventsWriter {
     /// Makes the writer write to `output` from its next batch on (a reload
     /// or a log rotation: `output` is the file opened again, or another
-    /// path, or another limit). Waits (up to [`SWITCH_WAIT`]) until the
+    /// path, or another limit). Waits (up to two seconds) until the
     /// writer has flushed the old file and taken the new one, so that no
     /// line goes to the old file after this returns.
     pub fn switch(&self, output: EventsOutput) {
