@@ -48,14 +48,26 @@ enum LoadError {
     Parse(serde_json::Error),
     #[error("it is of version {0}; this op25b reads version {STATE_VERSION}")]
     Version(u64),
+    #[error("it is {0} bytes, more than a state file of the largest table ({MAX_BYTES})")]
+    TooBig(u64),
 }
 
+/// The largest file read: a full table of the largest size (`track` =
+/// 1,048,576, about 1 KB of JSON each) and room to spare.
+const MAX_BYTES: u64 = 2 << 30;
+
 fn read(path: &Path) -> Result<Option<SavedAbuse>, LoadError> {
-    let text = match std::fs::read(path) {
-        Ok(t) => t,
+    let mut file = match File::open(path) {
+        Ok(f) => f,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(LoadError::Read(e)),
     };
+    let len = file.metadata().map_err(LoadError::Read)?.len();
+    if len > MAX_BYTES {
+        return Err(LoadError::TooBig(len));
+    }
+    let mut text = Vec::with_capacity(len as usize);
+    io::Read::read_to_end(&mut io::Read::take(&mut file, MAX_BYTES + 1), &mut text).map_err(LoadError::Read)?;
     // The version first, so that a newer file says so rather than failing to parse.
     let value: serde_json::Value = serde_json::from_slice(&text).map_err(LoadError::Parse)?;
     match value.get("version").and_then(serde_json::Value::as_u64) {
