@@ -385,14 +385,16 @@ impl Outputs {
         Ok(Reopened { events, capture })
     }
 
-    /// The writers write to `files` from now on (each has flushed its old
-    /// file when this returns).
-    fn switch(&self, files: Reopened) {
-        if let (Some(w), Some(f)) = (&self.events, files.events) {
-            w.switch(f);
-        }
+    /// The writers write to `files` from now on: the capture's has flushed
+    /// its old file when this returns; the events writer takes its new file
+    /// before its next event (wait for it with the switch returned).
+    fn switch(&self, files: Reopened) -> Option<control::events::PendingSwitch> {
         if let (Some(w), Some(f)) = (&self.capture, files.capture) {
             w.switch(f);
+        }
+        match (&self.events, files.events) {
+            (Some(w), Some(f)) => w.request(f),
+            _ => None,
         }
     }
 }
@@ -418,7 +420,7 @@ impl Reloader<'_> {
         if let Some(n) = self.notifier {
             n.reloading();
         }
-        let (config, ok, detail) = reload(self.dp, running, self.rules, self.outputs);
+        let (config, ok, detail, events_file) = reload(self.dp, running, self.rules, self.outputs);
         if let Some(n) = self.notifier {
             n.reloaded(if ok { Ok(()) } else { Err(detail.clone()) });
         }
@@ -427,7 +429,12 @@ impl Reloader<'_> {
         }
         if let Some(tx) = self.events {
             // The writer may be behind; a reload event is worth a short wait.
+            // It also wakes the writer to take its reopened file first.
             let _ = tx.send(Event::Reload { ok, detail });
+        }
+        // Nothing goes to the old events file once the reload is over.
+        if let Some(p) = events_file {
+            p.wait();
         }
         config
     }
@@ -436,13 +443,14 @@ impl Reloader<'_> {
 /// Reads the config file again and puts its policy in force, its files
 /// opened; on any error logs one line (`file:line: key: message`) and keeps
 /// the running one, its files opened again. The config in force afterwards,
-/// whether the reload was accepted, and the file or why it was refused.
+/// whether the reload was accepted, the file or why it was refused, and the
+/// events file's switch to wait for.
 fn reload(
     dp: &Dataplane,
     running: Config,
     rules: &[(Place, Arc<dyn Rule>)],
     outputs: &Outputs,
-) -> (Config, bool, String) {
+) -> (Config, bool, String, Option<control::events::PendingSwitch>) {
     let state = dp.state();
     let prepared = Config::load(&running.path)
         .map_err(|e| ReloadError::from(e).to_string())
@@ -459,7 +467,7 @@ fn reload(
             if let (Some(a), Some(settings)) = (dp.abuse(), &r.config.abuse) {
                 a.reconfigure(settings.clone());
             }
-            outputs.switch(files);
+            let events_file = outputs.switch(files);
             tracing::info!(target: "op25b",
                 file = %r.config.path.display(),
                 kept_reply_buckets = r.kept.reply_buckets,
@@ -471,15 +479,18 @@ fn reload(
                 PolicySizes(&r.config.policy)
             );
             let file = r.config.path.display().to_string();
-            (r.config, true, file)
+            (r.config, true, file, events_file)
         }
         Err(e) => {
             tracing::error!(target: "op25b", "config reload failed, the running config stays in force: {e}");
-            match outputs.open(&running) {
+            let events_file = match outputs.open(&running) {
                 Ok(files) => outputs.switch(files),
-                Err(e) => tracing::error!(target: "op25b", "cannot reopen a file; writing on to the one open: {e}"),
-            }
-            (running, false, e)
+                Err(e) => {
+                    tracing::error!(target: "op25b", "cannot reopen a file; writing on to the one open: {e}");
+                    None
+                }
+            };
+            (running, false, e, events_file)
         }
     }
 }

@@ -153,20 +153,40 @@ pub struct EventsWriter {
     switch: std::sync::mpsc::Sender<Switch>,
 }
 
-impl EventsWriter {
-    /// Makes the writer write to `output` from its next batch on (a reload
-    /// or a log rotation: `output` is the file opened again, or another
-    /// path, or another limit). Waits (up to two seconds) until the
-    /// writer has flushed the old file and taken the new one, so that no
-    /// line goes to the old file after this returns.
-    pub fn switch(&self, output: EventsOutput) {
-        let (done_tx, done_rx) = std::sync::mpsc::sync_channel(1);
-        let path = output.path.clone();
-        if self.switch.send((output, done_tx)).is_err() {
-            return; // the writer has ended: op25b is stopping
+/// A new output handed to the writer ([`EventsWriter::request`]).
+pub struct PendingSwitch {
+    done: std::sync::mpsc::Receiver<()>,
+    path: PathBuf,
+}
+
+impl PendingSwitch {
+    /// Waits (up to two seconds) until the writer has flushed the old file
+    /// and taken the new one, so that no line goes to the old file after
+    /// this returns.
+    pub fn wait(self) {
+        if self.done.recv_timeout(SWITCH_WAIT).is_err() {
+            tracing::warn!(file = %self.path.display(), "the events writer is busy; it takes the reopened file after its current write");
         }
-        if done_rx.recv_timeout(SWITCH_WAIT).is_err() {
-            tracing::warn!(file = %path.display(), "the events writer is busy; it takes the reopened file after its current write");
+    }
+}
+
+impl EventsWriter {
+    /// Hands `output` to the writer (a reload or a log rotation: the file
+    /// opened again, or another path, or another limit); it takes it before
+    /// it writes its next event (a reload sends one: its own line goes to
+    /// the new file), or within a tenth of a second when idle. `None` when
+    /// the writer has ended (op25b is stopping).
+    pub fn request(&self, output: EventsOutput) -> Option<PendingSwitch> {
+        let (done_tx, done) = std::sync::mpsc::sync_channel(1);
+        let path = output.path.clone();
+        self.switch.send((output, done_tx)).ok()?;
+        Some(PendingSwitch { done, path })
+    }
+
+    /// [`EventsWriter::request`], then [`PendingSwitch::wait`].
+    pub fn switch(&self, output: EventsOutput) {
+        if let Some(p) = self.request(output) {
+            p.wait();
         }
     }
 
