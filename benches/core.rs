@@ -133,7 +133,7 @@ fn abuse_handoff(c: &mut Criterion) {
         settings.thresholds.attempts = u32::MAX;
         settings.thresholds.destinations = u32::MAX;
         let abuse = Arc::new(Abuse::new(settings, Arc::new(Quarantine::default())));
-        let drain = op25b::control::abuse::start(abuse, rx, None).expect("abuse thread");
+        let drain = op25b::control::abuse::start(abuse, rx, None, Default::default()).expect("abuse thread");
         let mut buf = pkt.clone();
         let name = if noted { "blocked_syn4_rst_to_abuse_queue" } else { "blocked_syn4_rst_not_noted" };
         group.bench_function(name, |b| {

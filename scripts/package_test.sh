@@ -49,10 +49,15 @@ check "the package installed /usr/bin/op25b" bash -c 'test -x /usr/bin/op25b && 
 check "op25b --version" bash -c '/usr/bin/op25b --version | grep -q "^op25b "'
 check "op25b check on the packaged config" /usr/bin/op25b check --config /etc/op25b/op25b.toml
 check "the config's commented options validate too" bash -c \
-    'sed "s/^# \(\[events\]\|\[capture\]\|path = \|dropped = \|metrics = \)/\1/" /etc/op25b/op25b.toml >"$0" &&
+    'sed "s/^# \(\[events\]\|\[capture\]\|\[abuse\]\|path = \|dropped = \|metrics = \|state_file = \)/\1/" /etc/op25b/op25b.toml >"$0" &&
      grep -q "^\[events\]" "$0" && /usr/bin/op25b check --config "$0" >/dev/null; rc=$?; rm -f "$0"; exit $rc' \
     "$(mktemp)"
 check "/etc/op25b/op25b.toml is a conffile" bash -c 'dpkg-query -W -f="\${Conffiles}" op25b | grep -q "/etc/op25b/op25b.toml "'
+check "/etc/logrotate.d/op25b is a conffile" bash -c 'dpkg-query -W -f="\${Conffiles}" op25b | grep -q "/etc/logrotate.d/op25b "'
+check "logrotate reads /etc/logrotate.d/op25b (postrotate reloads op25b)" bash -c \
+    'out=$(logrotate --debug --state "$0" /etc/logrotate.d/op25b 2>&1); rc=$?; rm -f "$0";
+     ((rc == 0)) && ! grep -qi "^error" <<<"$out" && grep -q "systemctl reload op25b" /etc/logrotate.d/op25b || { echo "$out"; exit 1; }' \
+    "$(mktemp)"
 check "man op25b lists the subcommands" bash -c 'MANPAGER=cat MANWIDTH=80 man op25b 2>/dev/null | grep -q "op25b-run(1)"'
 check "man op25b-run shows --config" bash -c 'MANPAGER=cat man op25b-run 2>/dev/null | grep -q -- "--config"'
 check "man -l renders every page" bash -c 'for p in /usr/share/man/man1/op25b*.1.gz; do man -l "$p" >/dev/null 2>&1 || exit 1; done'
@@ -74,7 +79,8 @@ check "the Grafana dashboard is installed and is JSON" \
 echo "== dpkg --purge op25b"
 dpkg --purge op25b >/dev/null
 installed=0
-check "purge removed the binary, the config and the unit" bash -c '! test -e /usr/bin/op25b -o -e /etc/op25b -o -e "$0"' "$unit"
+check "purge removed the binary, the config, the logrotate file and the unit" bash -c \
+    '! test -e /usr/bin/op25b -o -e /etc/op25b -o -e /etc/logrotate.d/op25b -o -e "$0"' "$unit"
 
 echo "package: $passed passed, $failed failed"
 ((failed == 0))

@@ -2,7 +2,7 @@
 # Installs the system packages the lab, the tests and the benchmark need
 # (Debian/Ubuntu, as root). Idempotent: does nothing when all are present.
 #   scripts/setup.sh          # lab + tests: iproute2 iputils-ping traceroute python3
-#                             #   tcpdump python3-aiosmtpd systemd util-linux g++ (libFuzzer) curl
+#                             #   tcpdump python3-aiosmtpd systemd util-linux logrotate g++ (libFuzzer) curl
 #                             #   clang lld (the example program rules, rules/examples/build.sh)
 #                             #   prometheus python3-prometheus-client (tests/metrics.rs: promtool
 #                             #   lints /metrics and the rules; a strict OpenMetrics parser)
@@ -19,6 +19,8 @@ need=(ip:iproute2 ping:iputils-ping traceroute:traceroute python3:python3 tcpdum
 need+=(aiosmtpd:python3-aiosmtpd)
 # tests/service.rs: systemd-analyze verify, op25b as nobody under setpriv/unshare.
 need+=(systemd-analyze:systemd setpriv:util-linux unshare:util-linux)
+# tests/logs_and_state.rs rotates the events file with the packaged logrotate file.
+need+=(logrotate:logrotate)
 # scripts/fuzz.sh: libfuzzer-sys compiles libFuzzer with the C++ compiler.
 need+=(c++:g++)
 # The example program rules are C built for wasm32 by the tests (rules/examples/build.sh).

@@ -499,6 +499,13 @@ impl Config {
                 );
                 let _ = writeln!(s, "  quarantine allows {}", p.quarantine_allow.written.join(", "));
                 let _ = writeln!(s, "  tracked           {} subscribers at most", a.track);
+                if let Some(f) = &a.state_file {
+                    let _ = writeln!(
+                        s,
+                        "  state file        {} (quarantines and the table kept across restarts)",
+                        f.display()
+                    );
+                }
             }
         }
         if p.rules.is_empty() {

@@ -238,10 +238,17 @@ fn run(config: Config, rules: &[(Place, Arc<dyn Rule>)], stats_file: Option<&Pat
         abuse: config.abuse.as_ref().map(|_| attempts_tx),
         write_errors: Arc::clone(&write_errors),
         on_fault: Some(Arc::new(move || handle.close())),
+        restore_abuse: Some(Arc::new(|a: &crate::state::abuse::Abuse| {
+            if let Some(path) = a.settings().state_file {
+                control::abuse_state::load(&path, a);
+            }
+        })),
     };
     let dp = Dataplane::start(&config, sinks)?;
-    let mut stats_out = stats_file.map(|p| (p, Failures::new(OutputFile::Stats, p.to_path_buf(), write_errors)));
-    let abuse = match dp.abuse().map(|a| control::abuse::start(Arc::clone(a), attempts_rx, events.clone())) {
+    let mut stats_out =
+        stats_file.map(|p| (p, Failures::new(OutputFile::Stats, p.to_path_buf(), Arc::clone(&write_errors))));
+    let abuse = dp.abuse().map(|a| control::abuse::start(Arc::clone(a), attempts_rx, events.clone(), write_errors));
+    let abuse = match abuse {
         Some(Err(e)) => {
             dp.stop();
             return Err(RunError::Abuse(e));
@@ -285,8 +292,15 @@ fn run(config: Config, rules: &[(Place, Arc<dyn Rule>)], stats_file: Option<&Pat
         "op25b running: {}",
         PolicySizes(p)
     );
-    let reloader =
-        Reloader { dp: &dp, rules, notifier: notifier.as_ref(), control: control.as_ref(), events: events.as_ref() };
+    let outputs = Outputs { events: writer, capture };
+    let reloader = Reloader {
+        dp: &dp,
+        rules,
+        outputs: &outputs,
+        notifier: notifier.as_ref(),
+        control: control.as_ref(),
+        events: events.as_ref(),
+    };
     let signal = match serve(signals, &reload_rx, &reloader, config, stats_out.as_mut()) {
         Ok(s) => s,
         Err(e) => {
@@ -304,6 +318,7 @@ fn run(config: Config, rules: &[(Place, Arc<dyn Rule>)], stats_file: Option<&Pat
         (None, Some(signal)) => tracing::info!(target: "op25b", signal, "stopping"),
         (None, None) => tracing::info!(target: "op25b", "stopping: the signal handlers are gone"),
     }
+    let Outputs { events: writer, capture } = outputs;
     if let Some(n) = notifier {
         n.stopping();
     }
@@ -395,12 +410,53 @@ fn write_stats(out: Option<&mut (&Path, Failures)>, stats: &crate::Stats) {
     }
 }
 
-/// What a reload reaches: the data plane, the rules given in code, and
-/// those told about the outcome (the service manager, the control plane's
-/// figures, the events).
+/// The files op25b writes besides its log, reopened on every reload.
+struct Outputs {
+    events: Option<control::events::EventsWriter>,
+    capture: Option<control::capture::CaptureWriter>,
+}
+
+/// The files of a config, opened again.
+struct Reopened {
+    events: Option<control::events::EventsOutput>,
+    capture: Option<control::capture::CaptureOutput>,
+}
+
+impl Outputs {
+    /// Opens the files of `config` again (its paths may be new); those that
+    /// op25b writes, that is: turning one on or off takes a restart.
+    fn open(&self, config: &Config) -> Result<Reopened, String> {
+        let events = match self.events {
+            Some(_) => control::events::EventsOutput::open(&config.events).map_err(|e| e.to_string())?,
+            None => None,
+        };
+        let capture = match self.capture {
+            Some(_) => control::capture::CaptureOutput::reopen(&config.capture).map_err(|e| e.to_string())?,
+            None => None,
+        };
+        Ok(Reopened { events, capture })
+    }
+
+    /// The writers write to `files` from now on: the capture's has flushed
+    /// its old file when this returns; the events writer takes its new file
+    /// before its next event (wait for it with the switch returned).
+    fn switch(&self, files: Reopened) -> Option<control::events::PendingSwitch> {
+        if let (Some(w), Some(f)) = (&self.capture, files.capture) {
+            w.switch(f);
+        }
+        match (&self.events, files.events) {
+            (Some(w), Some(f)) => w.request(f),
+            _ => None,
+        }
+    }
+}
+
+/// What a reload touches besides the config: the one reload path, whoever
+/// asks for it.
 struct Reloader<'a> {
     dp: &'a Dataplane,
     rules: &'a [(Place, Arc<dyn Rule>)],
+    outputs: &'a Outputs,
     notifier: Option<&'a control::notify::Notifier>,
     control: Option<&'a Control>,
     events: Option<&'a dataplane::events::EventSender>,
@@ -408,13 +464,17 @@ struct Reloader<'a> {
 
 impl Reloader<'_> {
     /// One reload, on SIGHUP or asked for on the control socket (they run
-    /// one at a time, on the daemon's thread): the config in force
-    /// afterwards and the outcome, which everyone concerned is told.
+    /// one at a time, on the daemon's thread): reads the config file again
+    /// and puts it in force, or refuses it and keeps `running`; reopens the
+    /// events and capture files either way (so a log rotation's reload works
+    /// even while the file is being edited); tells the service manager, the
+    /// control plane and the events. The config in force afterwards and the
+    /// outcome.
     fn reload(&self, running: Config) -> (Config, ReloadOutcome) {
         if let Some(n) = self.notifier {
             n.reloading();
         }
-        let (config, outcome) = reload(self.dp, running, self.rules);
+        let (config, outcome, events_file) = reload(self.dp, running, self.rules, self.outputs);
         let (ok, detail) = match &outcome {
             ReloadOutcome::Accepted { file, .. } => (true, file.clone()),
             ReloadOutcome::Refused { reason } => (false, reason.clone()),
@@ -427,29 +487,44 @@ impl Reloader<'_> {
         }
         if let Some(tx) = self.events {
             // The writer may be behind; a reload event is worth a short wait.
+            // It also wakes the writer to take its reopened file first.
             let _ = tx.send(Event::Reload { ok, detail });
+        }
+        // Nothing goes to the old events file once the reload is over.
+        if let Some(p) = events_file {
+            p.wait();
         }
         (config, outcome)
     }
 }
 
-/// Reads the config file again and puts its policy in force; on any error
-/// logs one line (`file:line: key: message`) and keeps the running one.
-/// The config in force afterwards and the outcome.
-fn reload(dp: &Dataplane, running: Config, rules: &[(Place, Arc<dyn Rule>)]) -> (Config, ReloadOutcome) {
+/// Reads the config file again and puts its policy in force, its files
+/// opened; on any error logs one line (`file:line: key: message`) and keeps
+/// the running one, its files opened again. The config in force afterwards,
+/// the outcome, and the events file's switch to wait for.
+fn reload(
+    dp: &Dataplane,
+    running: Config,
+    rules: &[(Place, Arc<dyn Rule>)],
+    outputs: &Outputs,
+) -> (Config, ReloadOutcome, Option<control::events::PendingSwitch>) {
     let state = dp.state();
-    let prepared = Config::load(&running.path).map_err(ReloadError::from).and_then(|mut new| {
-        let file = new.path.display().to_string();
-        attach(&mut new.policy, rules).map_err(|message| ReloadError::Rules { file, message })?;
-        reload::prepare(&running, &state, new)
-    });
+    let prepared = Config::load(&running.path)
+        .map_err(|e| ReloadError::from(e).to_string())
+        .and_then(|mut new| {
+            let file = new.path.display().to_string();
+            attach(&mut new.policy, rules).map_err(|message| ReloadError::Rules { file, message }.to_string())?;
+            reload::prepare(&running, &state, new).map_err(|e| e.to_string())
+        })
+        .and_then(|r| Ok((outputs.open(&r.config)?, r)));
     match prepared {
-        Ok(r) => {
+        Ok((files, r)) => {
             // Every batch a worker starts after the log line uses the new policy.
             dp.set_policy(r.config.policy.clone(), r.state);
             if let (Some(a), Some(settings)) = (dp.abuse(), &r.config.abuse) {
                 a.reconfigure(settings.clone());
             }
+            let events_file = outputs.switch(files);
             tracing::info!(target: "op25b",
                 file = %r.config.path.display(),
                 kept_reply_buckets = r.kept.reply_buckets,
@@ -461,11 +536,18 @@ fn reload(dp: &Dataplane, running: Config, rules: &[(Place, Arc<dyn Rule>)]) -> 
                 PolicySizes(&r.config.policy)
             );
             let file = r.config.path.display().to_string();
-            (r.config, ReloadOutcome::Accepted { file, kept: r.kept })
+            (r.config, ReloadOutcome::Accepted { file, kept: r.kept }, events_file)
         }
         Err(e) => {
             tracing::error!(target: "op25b", "config reload failed, the running config stays in force: {e}");
-            (running, ReloadOutcome::Refused { reason: e.to_string() })
+            let events_file = match outputs.open(&running) {
+                Ok(files) => outputs.switch(files),
+                Err(e) => {
+                    tracing::error!(target: "op25b", "cannot reopen a file; writing on to the one open: {e}");
+                    None
+                }
+            };
+            (running, ReloadOutcome::Refused { reason: e }, events_file)
         }
     }
 }

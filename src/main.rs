@@ -79,7 +79,9 @@ impl From<DirectionArg> for Direction {
 enum Command {
     /// Create the TUN devices and route between them until SIGINT or SIGTERM.
     ///
-    /// SIGHUP reloads the config; SIGUSR1 writes the counters to --stats.
+    /// SIGHUP reloads the config and reopens the events and capture files
+    /// (log rotation: rename them, then reload); SIGUSR1 writes the counters
+    /// to --stats.
     Run {
         /// The config file (TOML).
         #[arg(short, long, default_value = DEFAULT_CONFIG)]

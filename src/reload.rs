@@ -3,10 +3,14 @@
 //!
 //! What a reload changes: `[router]` addresses, `subscriber.prefixes`, all of
 //! `[op25b]`, `[sets]` and the `[[rule]]`s. What it cannot change: the devices
-//! (`tun`, `netns`, `mtu` of either side), `[dataplane]`, `[control]`, `[events]` and `[capture]`, and whether
-//! `[abuse]` is there and its `track` (its other keys may change); a reload that
-//! changes them is refused, like an invalid file, and the running policy stays.
-//! Quarantines carry over every reload.
+//! (`tun`, `netns`, `mtu` of either side), `[dataplane]`, `[control]`, whether
+//! there is an events file (`events.path`) or a capture (`capture.dropped`),
+//! and whether `[abuse]` is there and its `track` (its other keys may
+//! change); a reload that changes them is refused, like an invalid file, and
+//! the running policy stays; the refusal names the key and both values.
+//! `[events]` and `[capture]` otherwise change on reload: a new path or
+//! limit takes effect as the daemon reopens the files, which it does on every
+//! reload (so `logrotate` works). Quarantines carry over every reload.
 //!
 //! State: each part of the running state carries over when the settings it
 //! was built for are unchanged, and starts afresh otherwise (see
@@ -15,6 +19,8 @@
 //! part that starts afresh cuts what it held: connections in progress through
 //! a redirect or a banner session end. The router's counters go on; per-rule
 //! counters carry over by rule name.
+
+use std::path::Path;
 
 use crate::config::{Config, ConfigError};
 pub use crate::state::Kept;
@@ -52,8 +58,65 @@ pub enum ReloadError {
 
 /// What of `[abuse]` only applies at start: whether it is there, and the
 /// size of the table.
-fn abuse_fixed(c: &Config) -> String {
-    c.abuse.as_ref().map_or_else(|| "(none)".to_string(), |a| format!("[abuse] with track = {}", a.track))
+fn abuse_fixed(running: &Config, new: &Config) -> (&'static str, String, String) {
+    match (&running.abuse, &new.abuse) {
+        (Some(a), Some(b)) => ("abuse.track", a.track.to_string(), b.track.to_string()),
+        (a, b) => {
+            let there = |x: &Option<_>| if x.is_some() { "[abuse]" } else { "(none)" }.to_string();
+            ("abuse", there(a), there(b))
+        }
+    }
+}
+
+/// An optional path as a person reads it.
+fn path(p: Option<&Path>) -> String {
+    p.map_or_else(|| "(none)".to_string(), |p| format!("{:?}", p.display().to_string()))
+}
+
+/// Whether an optional output is there: turning one on or off needs a
+/// restart (the data plane's queue to its writer is made at start), while
+/// its path and limits change on reload.
+fn on_off(p: Option<&Path>) -> String {
+    p.map_or_else(|| "(none)".to_string(), |_| "a file".to_string())
+}
+
+/// The settings that only apply at start, as (key, running, in the file).
+fn fixed(running: &Config, new: &Config) -> Vec<(&'static str, String, String)> {
+    let netns = |n: &Option<String>| n.as_deref().map_or_else(|| "(none)".to_string(), |s| format!("{s:?}"));
+    let (a, b) = (&running.subscriber, &new.subscriber);
+    let (c, d) = (&running.upstream, &new.upstream);
+    let (p, q) = (&running.dataplane, &new.dataplane);
+    let workers = |w: Option<u16>| w.map_or_else(|| "(from the cores)".to_string(), |w| w.to_string());
+    let metrics = |m: Option<std::net::SocketAddr>| m.map_or_else(|| "(none)".to_string(), |m| m.to_string());
+    let (events, new_events) = (running.events.path.as_deref(), new.events.path.as_deref());
+    let (capture, new_capture) = (running.capture.dropped.as_deref(), new.capture.dropped.as_deref());
+    let mut v = vec![
+        ("subscriber.tun", format!("{:?}", a.tun), format!("{:?}", b.tun)),
+        ("subscriber.netns", netns(&a.netns), netns(&b.netns)),
+        ("subscriber.mtu", a.mtu.to_string(), b.mtu.to_string()),
+        ("upstream.tun", format!("{:?}", c.tun), format!("{:?}", d.tun)),
+        ("upstream.netns", netns(&c.netns), netns(&d.netns)),
+        ("upstream.mtu", c.mtu.to_string(), d.mtu.to_string()),
+        ("dataplane.offload", p.offload.to_string(), q.offload.to_string()),
+        ("dataplane.queue_len", p.queue_len.to_string(), q.queue_len.to_string()),
+        ("dataplane.workers", workers(p.workers), workers(q.workers)),
+        (
+            "dataplane.busy_poll",
+            humantime::format_duration(p.busy_poll).to_string(),
+            humantime::format_duration(q.busy_poll).to_string(),
+        ),
+        ("control.socket", path(running.control.socket.as_deref()), path(new.control.socket.as_deref())),
+        ("control.metrics", metrics(running.control.metrics), metrics(new.control.metrics)),
+        abuse_fixed(running, new),
+    ];
+    // Turning the events or the capture on or off; the path itself may change.
+    if on_off(events) != on_off(new_events) {
+        v.push(("events.path", path(events), path(new_events)));
+    }
+    if on_off(capture) != on_off(new_capture) {
+        v.push(("capture.dropped", path(capture), path(new_capture)));
+    }
+    v
 }
 
 /// What a reload will do.
@@ -70,24 +133,7 @@ pub struct Reload {
 /// Checks `new` against the running config (whose state is `state`) and
 /// prepares the policy and state to switch to.
 pub fn prepare(running: &Config, state: &State, new: Config) -> Result<Reload, ReloadError> {
-    let netns = |n: &Option<String>| n.as_deref().map_or_else(|| "(none)".to_string(), |s| format!("{s:?}"));
-    let (a, b) = (&running.subscriber, &new.subscriber);
-    let (c, d) = (&running.upstream, &new.upstream);
-    // The settings that only apply at start, as (key, running, in the file).
-    let fixed = [
-        ("subscriber.tun", format!("{:?}", a.tun), format!("{:?}", b.tun)),
-        ("subscriber.netns", netns(&a.netns), netns(&b.netns)),
-        ("subscriber.mtu", a.mtu.to_string(), b.mtu.to_string()),
-        ("upstream.tun", format!("{:?}", c.tun), format!("{:?}", d.tun)),
-        ("upstream.netns", netns(&c.netns), netns(&d.netns)),
-        ("upstream.mtu", c.mtu.to_string(), d.mtu.to_string()),
-        ("dataplane", format!("{:?}", running.dataplane), format!("{:?}", new.dataplane)),
-        ("control", format!("{:?}", running.control), format!("{:?}", new.control)),
-        ("events", format!("{:?}", running.events), format!("{:?}", new.events)),
-        ("capture", format!("{:?}", running.capture), format!("{:?}", new.capture)),
-        ("abuse", abuse_fixed(running), abuse_fixed(&new)),
-    ];
-    if let Some((key, was, now)) = fixed.into_iter().find(|(_, was, now)| was != now) {
+    if let Some((key, was, now)) = fixed(running, &new).into_iter().find(|(_, was, now)| was != now) {
         return Err(ReloadError::Fixed { file: new.path.display().to_string(), key, was, now });
     }
     let (state, kept) = state.carry_over(&running.policy, &new.policy);
@@ -161,7 +207,10 @@ mod tests {
             (lab().subscriber("tun", "\"op25b-sub2\""), "subscriber.tun"),
             (lab().subscriber("mtu", 1400), "subscriber.mtu"),
             (lab().upstream("netns", "\"other\""), "upstream.netns"),
-            (lab().dataplane("workers", 2), "dataplane"),
+            (lab().dataplane("workers", 2), "dataplane.workers"),
+            (lab().control("socket", "\"/run/op25b/other.sock\""), "control.socket"),
+            (lab().events("path", "\"/var/log/op25b/events.jsonl\""), "events.path"),
+            (lab().capture("dropped", "\"/var/lib/op25b/dropped.pcap\""), "capture.dropped"),
         ];
         for (new, want) in cases {
             match prepare(&running, &state, new.config()) {
@@ -170,9 +219,35 @@ mod tests {
                     let msg = e.to_string();
                     assert!(msg.starts_with(&format!("lab.toml: {want}: changed from ")), "{msg}");
                     assert!(msg.contains("restart"), "{msg}");
+                    assert!(!msg.contains("Config {") && !msg.contains("Some("), "no Rust debug output: {msg}");
                 }
                 other => panic!("{want}: expected a refusal, got {other:?}"),
             }
+        }
+    }
+
+    #[test]
+    fn events_and_capture_paths_and_limits_change_on_reload() {
+        let files = |p: PolicyBuilder, events: &str, pcap: &str| {
+            p.events("path", format!("{events:?}")).capture("dropped", format!("{pcap:?}"))
+        };
+        let running = files(lab(), "/a/events.jsonl", "/a/dropped.pcap").config();
+        let state = State::new(&running.policy);
+        let new = files(lab(), "/b/events.jsonl", "/b/dropped.pcap")
+            .events("per_subscriber_per_minute", 3)
+            .capture("max_bytes", 8192)
+            .capture("keep", 5)
+            .config();
+        let r = prepare(&running, &state, new).expect("reload");
+        assert_eq!(r.config.events.per_subscriber_per_minute, 3);
+        assert_eq!(r.config.capture.keep, 5);
+        // Turning one off is refused, in words.
+        match prepare(&running, &state, lab().capture("dropped", "\"/a/dropped.pcap\"").config()) {
+            Err(e @ ReloadError::Fixed { key: "events.path", .. }) => assert_eq!(
+                e.to_string(),
+                "lab.toml: events.path: changed from \"/a/events.jsonl\" to (none), which needs a restart of op25b"
+            ),
+            other => panic!("expected a refusal, got {other:?}"),
         }
     }
 
@@ -193,9 +268,9 @@ mod tests {
         assert_eq!(r.config.abuse.as_ref().unwrap().thresholds.attempts, 5);
         assert!(std::sync::Arc::ptr_eq(state.quarantine(), r.state.quarantine()));
         assert_eq!(r.state.quarantine().until(key), Some(until));
-        for new in [lab(), lab().abuse("track", 100)] {
+        for (new, want) in [(lab(), "abuse"), (lab().abuse("track", 100), "abuse.track")] {
             match prepare(&running, &state, new.config()) {
-                Err(ReloadError::Fixed { key, .. }) => assert_eq!(key, "abuse"),
+                Err(ReloadError::Fixed { key, .. }) => assert_eq!(key, want),
                 other => panic!("expected a refusal, got {other:?}"),
             }
         }

@@ -157,11 +157,16 @@ pub enum OutputFile {
     Capture,
     /// `op25b run --stats FILE`.
     Stats,
+    /// `[abuse] state_file`: the quarantines and the tracked subscribers.
+    AbuseState,
 }
 
 impl OutputFile {
     /// Every output, in counter order.
-    pub const ALL: [OutputFile; 3] = [OutputFile::Events, OutputFile::Capture, OutputFile::Stats];
+    pub const ALL: [OutputFile; OutputFile::COUNT] =
+        [OutputFile::Events, OutputFile::Capture, OutputFile::Stats, OutputFile::AbuseState];
+    /// How many there are.
+    pub const COUNT: usize = 4;
 
     /// Stable name (counters, metrics labels).
     pub fn name(self) -> &'static str {
@@ -169,6 +174,7 @@ impl OutputFile {
             OutputFile::Events => "events",
             OutputFile::Capture => "capture",
             OutputFile::Stats => "stats",
+            OutputFile::AbuseState => "abuse_state",
         }
     }
 }
@@ -176,7 +182,7 @@ impl OutputFile {
 /// Failed writes of op25b's own files (a full disk, a file that cannot be
 /// written). Each output has one writer thread, the only one that counts it.
 #[derive(Debug, Default)]
-pub struct WriteErrors([Counter; 3]);
+pub struct WriteErrors([Counter; OutputFile::COUNT]);
 
 impl WriteErrors {
     /// Counts `n` failed writes of `output`; only that output's writer calls it.
@@ -490,7 +496,7 @@ pub struct Stats {
     /// Abuse handling, when `[abuse]` is on.
     pub abuse: AbuseStats,
     /// Failed writes of op25b's own files, by [`OutputFile`] (index: `output as usize`).
-    pub write_errors: [u64; 3],
+    pub write_errors: [u64; OutputFile::COUNT],
 }
 
 impl Stats {

@@ -3,6 +3,8 @@
 //! Optional: without it nothing is tracked (and `op25b top` says so). A
 //! reload may change every key but `track`, and may not add or remove the
 //! section (both need a restart: the tracker is sized and started once).
+//! `state_file` keeps the quarantines and the table across restarts; it is
+//! read at start only (a reload changes where the next save goes).
 
 use std::time::Duration;
 
@@ -23,6 +25,7 @@ pub(super) struct AbuseSection {
     quarantine_for: Option<Spanned<String>>,
     quarantine_allow: Option<Vec<Spanned<String>>>,
     track: Option<Spanned<u32>>,
+    state_file: Option<Spanned<String>>,
 }
 
 fn duration(
@@ -147,11 +150,19 @@ pub(super) fn parse(
             }
         }
     };
+    let state_file = match &a.state_file {
+        Some(p) if p.get_ref().trim().is_empty() => {
+            return Err(cx.err(&p.span(), "abuse.state_file", "needs a path (leave the key out to save nothing)"))
+        }
+        Some(p) => Some(std::path::PathBuf::from(p.get_ref())),
+        None => None,
+    };
     let settings = AbuseSettings {
         thresholds: Thresholds { window, attempts: threshold, destinations },
         on_suspect,
         quarantine_for,
         track,
+        state_file,
     };
     Ok((Some(settings), allow))
 }

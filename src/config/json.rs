@@ -14,7 +14,7 @@
 //!              "reply_limit": { "rate", "burst" }, "max_flows", "max_flows_per_source" },
 //!   "abuse": null | { "window_s", "threshold", "destinations_threshold",
 //!              "on_suspect": "event"|"quarantine", "quarantine_for_s",
-//!              "quarantine_allow": [ENTRY...], "track" },
+//!              "quarantine_allow": [ENTRY...], "track", "state_file": PATH|null },
 //!   "rules": [ { "index": 1.., "name", "direction": "outbound"|"inbound"|null,
 //!                "protocol": "tcp"|"udp"|"icmp"|"icmpv6"|"proto N"|null,
 //!                "src", "dst": [PREFIX...]|null, "src_ports", "dst_ports": [[FIRST, LAST]...]|null,
@@ -150,6 +150,7 @@ impl Config {
                 "quarantine_for_s": a.quarantine_for.as_secs_f64(),
                 "quarantine_allow": p.quarantine_allow.written,
                 "track": a.track,
+                "state_file": a.state_file.as_ref().map(|f| f.display().to_string()),
             })),
             "rules": rules,
         })

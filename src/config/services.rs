@@ -1,7 +1,9 @@
 //! The service keys: `[control]` (what listens), `[events]` (the JSON lines
 //! of blocked connections) and `[capture]` (the pcap of what was not
 //! forwarded). All optional: without them nothing listens and nothing is
-//! written. All start-only: a reload that changes them is refused.
+//! written. `[control]` is start-only (a reload that changes it is refused);
+//! `[events]` and `[capture]` change on reload, but for being turned on or
+//! off (see [`crate::reload`]).
 
 use std::path::PathBuf;
 

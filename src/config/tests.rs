@@ -282,9 +282,16 @@ fn abuse_section_defaults_and_errors_name_the_key() {
     assert_eq!((a.thresholds.window.as_secs(), a.thresholds.attempts), (10, 3));
     assert_eq!(a.on_suspect, crate::state::abuse::OnSuspect::Quarantine);
     assert_eq!(a.quarantine_for.as_secs(), 120);
+    assert_eq!(a.state_file, None, "nothing saved unless asked");
     let g = &c.policy.quarantine_allow;
     assert!(g.udp.contains(53) && !g.tcp.contains(53) && g.tcp.contains(1001) && !g.tcp.contains(1003));
     assert!(g.relays && !g.icmp && g.destinations.contains("192.0.2.7".parse().unwrap()));
+    let saved = parse(&format!("{GOOD}\n[abuse]\nstate_file = \"/var/lib/op25b/abuse.state\"\n")).unwrap();
+    assert_eq!(
+        saved.abuse.as_ref().and_then(|a| a.state_file.as_deref()),
+        Some(std::path::Path::new("/var/lib/op25b/abuse.state"))
+    );
+    assert!(saved.render().contains("state file        /var/lib/op25b/abuse.state"), "{}", saved.render());
     for (bad, key, says) in [
         ("window = \"soon\"", "abuse.window", "is not a duration"),
         ("window = \"0s\"", "abuse.window", "must be between"),
@@ -294,6 +301,7 @@ fn abuse_section_defaults_and_errors_name_the_key() {
         ("quarantine_allow = [\"tcp/9-1\"]", "abuse.quarantine_allow[0]", "FIRST-LAST"),
         ("track = 1", "abuse.track", "between 16"),
         ("tracks = 1", "abuse", "unknown field"),
+        ("state_file = \"\"", "abuse.state_file", "needs a path"),
     ] {
         let text = format!("{GOOD}\n[abuse]\n{bad}\n");
         let (line, k, message) = error(&text);

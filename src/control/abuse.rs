@@ -10,9 +10,11 @@ use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
+use super::abuse_state::StateFile;
 use super::writer::WriterThread;
 use crate::dataplane::events::{Event, EventSender};
 use crate::state::abuse::{subscriber_name, Abuse, AbuseEvent, Attempt, QuarantineCause, QuarantineEnd, TopEntry};
+use crate::stats::WriteErrors;
 
 /// How often the thread looks for quarantines that are over, at the latest.
 const TICK: Duration = Duration::from_millis(200);
@@ -24,12 +26,21 @@ const GATHER: Duration = Duration::from_millis(5);
 /// Most attempts recorded under one lock.
 const BATCH: usize = 1024;
 
-/// Starts the thread; it ends when every sender of `rx` is gone (join it after).
-pub fn start(abuse: Arc<Abuse>, rx: Receiver<Attempt>, events: Option<EventSender>) -> std::io::Result<WriterThread> {
-    WriterThread::spawn("op25b-abuse", move || run(&abuse, &rx, events.as_ref()))
+/// Starts the thread; it ends when every sender of `rx` is gone (join it
+/// after), and saves the state (`[abuse] state_file`, if set; restored with
+/// [`super::abuse_state::load`] before the workers start) a last time.
+/// Failed saves are counted in `errors`.
+pub fn start(
+    abuse: Arc<Abuse>,
+    rx: Receiver<Attempt>,
+    events: Option<EventSender>,
+    errors: Arc<WriteErrors>,
+) -> std::io::Result<WriterThread> {
+    let file = StateFile::new(errors);
+    WriterThread::spawn("op25b-abuse", move || run(&abuse, &rx, events.as_ref(), file))
 }
 
-fn run(abuse: &Abuse, rx: &Receiver<Attempt>, events: Option<&EventSender>) {
+fn run(abuse: &Abuse, rx: &Receiver<Attempt>, events: Option<&EventSender>, mut file: StateFile) {
     let mut batch = Vec::with_capacity(BATCH);
     let mut out = Vec::new();
     loop {
@@ -51,6 +62,7 @@ fn run(abuse: &Abuse, rx: &Receiver<Attempt>, events: Option<&EventSender>) {
         for e in out.drain(..) {
             report(e, events);
         }
+        file.tick(abuse, false);
         if busy {
             // Let the next attempts gather (as the events writer does): a
             // worker's send to a waiting thread costs a wake-up, one to a
@@ -62,6 +74,7 @@ fn run(abuse: &Abuse, rx: &Receiver<Attempt>, events: Option<&EventSender>) {
     for e in out.drain(..) {
         report(e, events);
     }
+    file.tick(abuse, true);
 }
 
 /// Logs `e` and hands it to the events writer, if there is one.

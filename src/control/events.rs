@@ -16,12 +16,12 @@ use std::collections::HashMap;
 use std::io::{self, Write};
 use std::net::IpAddr;
 use std::path::PathBuf;
-use std::sync::mpsc::Receiver;
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use super::stream::EventStream;
-use super::writer::{create_dir_of, Failures, WriterThread};
+use super::writer::{create_dir_of, Failures, WriterThread, SWITCH_WAIT};
 use crate::config::EventsConfig;
 use crate::dataplane::events::Event;
 use crate::state::subscriber_key;
@@ -123,6 +123,83 @@ pub(crate) fn line(event: &Event, sampler: &mut Sampler, now: Instant, at: Syste
     Some(v.to_string())
 }
 
+/// An events output, open: the file (appending) or standard output, and
+/// the sampling limit to write it with.
+pub struct EventsOutput {
+    out: Box<dyn Write + Send>,
+    path: PathBuf,
+    limit: u32,
+}
+
+impl EventsOutput {
+    /// Opens the output of `cfg` (appending; its directory is created);
+    /// `None` without a path.
+    pub fn open(cfg: &EventsConfig) -> Result<Option<EventsOutput>, EventsError> {
+        let Some(path) = cfg.path.clone() else { return Ok(None) };
+        let out: Box<dyn Write + Send> = if path.as_os_str() == "-" {
+            Box::new(io::stdout())
+        } else {
+            let err = |cause| EventsError { path: path.clone(), cause };
+            create_dir_of(&path).map_err(err)?;
+            Box::new(std::fs::OpenOptions::new().create(true).append(true).open(&path).map_err(err)?)
+        };
+        Ok(Some(EventsOutput { out, path, limit: cfg.per_subscriber_per_minute }))
+    }
+}
+
+/// A new output for the writer, and where it says it took it.
+type Switch = (EventsOutput, std::sync::mpsc::SyncSender<()>);
+
+/// The running events writer.
+pub struct EventsWriter {
+    thread: WriterThread,
+    switch: std::sync::mpsc::Sender<Switch>,
+}
+
+/// A new output handed to the writer ([`EventsWriter::request`]).
+pub struct PendingSwitch {
+    done: std::sync::mpsc::Receiver<()>,
+    path: PathBuf,
+}
+
+impl PendingSwitch {
+    /// Waits (up to two seconds) until the writer has flushed the old file
+    /// and taken the new one, so that no line goes to the old file after
+    /// this returns.
+    pub fn wait(self) {
+        if self.done.recv_timeout(SWITCH_WAIT).is_err() {
+            tracing::warn!(file = %self.path.display(), "the events writer is busy; it takes the reopened file after its current write");
+        }
+    }
+}
+
+impl EventsWriter {
+    /// Hands `output` to the writer (a reload or a log rotation: the file
+    /// opened again, or another path, or another limit); it takes it before
+    /// it writes its next event (a reload sends one: its own line goes to
+    /// the new file), or within a tenth of a second when idle. `None` when
+    /// the writer has ended (op25b is stopping).
+    pub fn request(&self, output: EventsOutput) -> Option<PendingSwitch> {
+        let (done_tx, done) = std::sync::mpsc::sync_channel(1);
+        let path = output.path.clone();
+        self.switch.send((output, done_tx)).ok()?;
+        Some(PendingSwitch { done, path })
+    }
+
+    /// [`EventsWriter::request`], then [`PendingSwitch::wait`].
+    pub fn switch(&self, output: EventsOutput) {
+        if let Some(p) = self.request(output) {
+            p.wait();
+        }
+    }
+
+    /// Waits for the writer to finish: every sender must be gone first.
+    pub fn join(self) {
+        drop(self.switch);
+        self.thread.join();
+    }
+}
+
 /// Opens the output of `cfg` (appending) and starts writing what arrives on
 /// `rx`, and publishing it to `stream` (the control socket's followers),
 /// until every sender is gone (join the thread after that); failed writes
@@ -132,34 +209,28 @@ pub fn start(
     rx: Receiver<Event>,
     errors: Arc<WriteErrors>,
     stream: Option<EventStream>,
-) -> Result<Option<WriterThread>, EventsError> {
-    let file = match cfg.path.clone() {
-        Some(path) => {
-            let out: Box<dyn Write + Send> = if path.as_os_str() == "-" {
-                Box::new(io::stdout())
-            } else {
-                let err = |cause| EventsError { path: path.clone(), cause };
-                create_dir_of(&path).map_err(err)?;
-                Box::new(std::fs::OpenOptions::new().create(true).append(true).open(&path).map_err(err)?)
-            };
-            let failures = Failures::new(OutputFile::Events, path.clone(), errors);
-            Some((io::BufWriter::new(out), failures))
-        }
-        None if stream.is_some() => None,
-        None => return Ok(None),
-    };
+) -> Result<Option<EventsWriter>, EventsError> {
+    let output = EventsOutput::open(cfg)?;
+    if output.is_none() && stream.is_none() {
+        return Ok(None);
+    }
     let limit = cfg.per_subscriber_per_minute;
     let name = cfg.path.clone().unwrap_or_else(|| "the events stream".into());
-    let thread =
-        WriterThread::spawn("op25b-events", move || write_loop(rx, Output { file, stream }, Sampler::new(limit)))
-            .map_err(|cause| EventsError { path: name, cause })?;
-    Ok(Some(thread))
+    let file =
+        output.map(|o| (io::BufWriter::new(o.out), Failures::new(OutputFile::Events, o.path, Arc::clone(&errors))));
+    let (switch, switches) = std::sync::mpsc::channel();
+    let out = Output { file, stream, errors };
+    let thread = WriterThread::spawn("op25b-events", move || write_loop(rx, &switches, out, Sampler::new(limit)))
+        .map_err(|cause| EventsError { path: name, cause })?;
+    Ok(Some(EventsWriter { thread, switch }))
 }
 
 /// Where the lines go: the file, the followers of the control socket.
 struct Output {
     file: Option<(io::BufWriter<Box<dyn Write + Send>>, Failures)>,
     stream: Option<EventStream>,
+    /// Where a file taken at a reopen counts its failed writes.
+    errors: Arc<WriteErrors>,
 }
 
 impl Output {
@@ -182,10 +253,43 @@ impl Output {
             failures.check(out.flush());
         }
     }
+
+    /// The file written from now on (a reload or a log rotation): what was
+    /// written goes out to the old file first, whole lines only.
+    fn switch(&mut self, next: EventsOutput) {
+        self.flush();
+        let out = io::BufWriter::new(next.out);
+        match &mut self.file {
+            Some((old, failures)) => {
+                *old = out;
+                failures.reopened(next.path);
+            }
+            None => {
+                self.file = Some((out, Failures::new(OutputFile::Events, next.path, Arc::clone(&self.errors))));
+            }
+        }
+    }
 }
 
-fn write_loop(rx: Receiver<Event>, mut out: Output, mut sampler: Sampler) {
-    while let Ok(event) = rx.recv() {
+fn write_loop(
+    rx: Receiver<Event>,
+    switches: &std::sync::mpsc::Receiver<Switch>,
+    mut out: Output,
+    mut sampler: Sampler,
+) {
+    loop {
+        let first = match rx.recv_timeout(TICK) {
+            Ok(event) => Some(event),
+            Err(RecvTimeoutError::Timeout) => None,
+            Err(RecvTimeoutError::Disconnected) => break,
+        };
+        // A reopen takes effect between two batches.
+        while let Ok((next, done)) = switches.try_recv() {
+            sampler.limit = next.limit;
+            out.switch(next);
+            let _ = done.try_send(()); // the reload may have stopped waiting
+        }
+        let Some(event) = first else { continue };
         out.put(&event, &mut sampler);
         // Write out what arrived in one go, then flush once.
         while let Ok(event) = rx.try_recv() {
@@ -197,6 +301,9 @@ fn write_loop(rx: Receiver<Event>, mut out: Output, mut sampler: Sampler) {
     }
     out.flush();
 }
+
+/// How often an idle writer looks for a reopened file.
+const TICK: Duration = Duration::from_millis(100);
 
 /// How long the writer lets events gather after a batch.
 const BATCH: Duration = Duration::from_millis(5);
@@ -256,6 +363,46 @@ mod tests {
         let v: serde_json::Value =
             serde_json::from_str(&line(&blocked("100.64.1.10:5"), &mut s, t1, SystemTime::now()).unwrap()).unwrap();
         assert_eq!(v["suppressed"], 990);
+    }
+
+    #[test]
+    fn a_switch_after_a_rename_puts_every_line_in_exactly_one_file() {
+        let dir = std::env::temp_dir().join(format!("op25b-events-switch-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let path = dir.join("events.jsonl");
+        let cfg = EventsConfig { path: Some(path.clone()), per_subscriber_per_minute: 1_000_000 };
+        let (tx, rx) = std::sync::mpsc::sync_channel(crate::dataplane::events::QUEUE);
+        let writer = start(&cfg, rx, Arc::default(), None).expect("starts").expect("configured");
+        let rotated = dir.join("events.jsonl.1");
+        let sender = std::thread::spawn(move || {
+            for port in 1000..3000u16 {
+                tx.send(blocked(&format!("100.64.1.10:{port}"))).expect("the writer runs");
+                // A steady stream, so that the switch falls in the middle of it.
+                std::thread::sleep(Duration::from_micros(200));
+            }
+        });
+        // Rotate while the sender is busy, as logrotate does: rename, reopen.
+        while std::fs::metadata(&path).map_or(0, |m| m.len()) == 0 {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        std::fs::rename(&path, &rotated).unwrap();
+        writer.switch(EventsOutput::open(&cfg).unwrap().unwrap());
+        sender.join().unwrap();
+        writer.join();
+        let srcs = |p: &std::path::Path| -> Vec<String> {
+            let text = std::fs::read_to_string(p).unwrap();
+            assert!(text.is_empty() || text.ends_with('\n'), "whole lines only");
+            text.lines().map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["src"].to_string()).collect()
+        };
+        let (old, new) = (srcs(&rotated), srcs(&path));
+        assert!(!old.is_empty(), "lines before the switch stay in the renamed file");
+        assert!(!new.is_empty(), "lines after it go to the new file");
+        let mut all: Vec<String> = old.into_iter().chain(new).collect();
+        assert_eq!(all.len(), 2000);
+        all.sort();
+        all.dedup();
+        assert_eq!(all.len(), 2000, "each event once");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

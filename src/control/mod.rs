@@ -10,6 +10,7 @@
 //! socket already in use is a start-up error, not a log line later.
 
 pub mod abuse;
+pub mod abuse_state;
 mod api;
 pub mod capture;
 pub mod client;

@@ -29,6 +29,11 @@ impl WriterThread {
     }
 }
 
+/// How long a reload waits for a writer to take its new file: the writer
+/// takes it between two batches, so only a writer stuck on a write waits
+/// this long (the reload then goes on; the writer takes the file later).
+pub(crate) const SWITCH_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// Creates the directory `path` goes in, if it names one.
 pub(crate) fn create_dir_of(path: &Path) -> io::Result<()> {
     match path.parent().filter(|d| !d.as_os_str().is_empty()) {
@@ -52,6 +57,13 @@ impl Failures {
     /// (the output's one writer thread counts them).
     pub fn new(output: OutputFile, path: PathBuf, errors: Arc<WriteErrors>) -> Failures {
         Failures { output, path, errors, logged: false }
+    }
+
+    /// The output is written to `path` from now on (a reopen): its first
+    /// failed write is logged again.
+    pub fn reopened(&mut self, path: PathBuf) {
+        self.path = path;
+        self.logged = false;
     }
 
     /// Counts (and the first time logs) a failed write.

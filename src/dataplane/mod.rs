@@ -204,6 +204,9 @@ pub struct Dataplane {
     kernel: Arc<[Option<NetDev>; 2]>,
 }
 
+/// Puts a saved abuse state back ([`Sinks::restore_abuse`]).
+pub type RestoreAbuse = Arc<dyn Fn(&Abuse) + Send + Sync>;
+
 /// Where the workers send what they saw besides forwarding: events of
 /// blocked connections, copies of the packets not forwarded, and blocked
 /// attempts for abuse handling (all optional); and what op25b's own files
@@ -222,6 +225,9 @@ pub struct Sinks {
     /// Called once, from the thread that finds it, when a device is lost
     /// (see [`Dataplane::fault`]): op25b's cue to stop.
     pub on_fault: Option<Arc<dyn Fn() + Send + Sync>>,
+    /// Called once with abuse handling (`[abuse]`) before the workers
+    /// start: a saved state restored here is in force for the first packet.
+    pub restore_abuse: Option<RestoreAbuse>,
 }
 
 impl Dataplane {
@@ -243,6 +249,9 @@ impl Dataplane {
         let policy = Arc::new(config.policy.clone());
         let state = Arc::new(State::new(&policy));
         let abuse = config.abuse.clone().map(|a| Arc::new(Abuse::new(a, Arc::clone(state.quarantine()))));
+        if let (Some(a), Some(restore)) = (&abuse, &sinks.restore_abuse) {
+            restore(a);
+        }
         let active = Arc::new(ArcSwap::from_pointee(Active { policy, state }));
         let devices = [&config.subscriber, &config.upstream];
         let faults = Arc::new(Faults::new(devices.map(|d| (d.tun.clone(), d.netns.clone())), sinks.on_fault.clone()));

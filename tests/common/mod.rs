@@ -225,6 +225,8 @@ pub struct Lab {
     /// What `config` was written from: the test's policy with the lab's
     /// devices and namespaces (edit it for [`Lab::reload`]).
     pub policy: PolicyBuilder,
+    /// How op25b is started (again, by [`Lab::restart`]).
+    opts: LabOptions,
 }
 
 impl Lab {
@@ -234,7 +236,7 @@ impl Lab {
         let base = unique_base();
         let dir = std::env::temp_dir();
         let (sub, up) = (format!("{base}-sub"), format!("{base}-up"));
-        let policy = opts.policy.devices((SUB_TUN, Some(sub.as_str())), (UP_TUN, Some(up.as_str())));
+        let policy = opts.policy.clone().devices((SUB_TUN, Some(sub.as_str())), (UP_TUN, Some(up.as_str())));
         let mut lab = Lab {
             sub,
             up,
@@ -245,6 +247,7 @@ impl Lab {
             stats: dir.join(format!("{base}-stats.json")),
             config: dir.join(format!("{base}.toml")),
             policy,
+            opts: LabOptions::default(),
         };
         for ns in [lab.sub.clone(), lab.up.clone()] {
             ip_cmd(&["netns", "add", &ns]);
@@ -271,9 +274,23 @@ impl Lab {
         let tmp_name = format!(".{}.tmp", lab.stats.file_name().map(|n| n.to_string_lossy()).unwrap_or_default());
         lab.files.extend([lab.stats.clone(), lab.stats.with_file_name(tmp_name)]);
         lab.files.push(lab.log.clone());
-        let log = File::create(&lab.log).unwrap_or_else(|e| panic!("creating {}: {e}", lab.log.display()));
+        lab.launch(&opts, false);
+        lab.opts = opts;
+        lab
+    }
+
+    /// Starts op25b with `opts` (appending to its log when `append`), waits
+    /// for its devices and routes through them.
+    fn launch(&mut self, opts: &LabOptions, append: bool) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(append)
+            .write(true)
+            .truncate(!append)
+            .open(&self.log)
+            .unwrap_or_else(|e| panic!("opening {}: {e}", self.log.display()));
         let log_format = if opts.log_json { "json" } else { "text" };
-        let stats_arg = opts.stats_file.clone().unwrap_or_else(|| lab.stats.clone());
+        let stats_arg = opts.stats_file.clone().unwrap_or_else(|| self.stats.clone());
         let bin = opts.binary.clone().unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_op25b")));
         let bin = bin.as_path();
         let mut cmd = match opts.wrapper.split_first() {
@@ -288,7 +305,7 @@ impl Lab {
             .args(["--log-format", log_format])
             .arg("run")
             .arg("--config")
-            .arg(&config)
+            .arg(&self.config)
             .arg("--stats")
             .arg(&stats_arg)
             .env("RUST_LOG", "info")
@@ -299,17 +316,41 @@ impl Lab {
             .stderr(log)
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start op25b: {e}"));
-        lab.child = Some(child);
+        self.child = Some(child);
 
-        lab.wait_link_up(&lab.sub.clone(), SUB_TUN);
-        lab.wait_link_up(&lab.up.clone(), UP_TUN);
-        lab.sub_ip(&["route", "add", "default", "dev", SUB_TUN, "src", DYN4]);
-        lab.sub_ip(&["-6", "route", "add", "default", "dev", SUB_TUN, "src", DYN6]);
+        self.wait_link_up(&self.sub.clone(), SUB_TUN);
+        self.wait_link_up(&self.up.clone(), UP_TUN);
+        self.sub_ip(&["route", "add", "default", "dev", SUB_TUN, "src", DYN4]);
+        self.sub_ip(&["-6", "route", "add", "default", "dev", SUB_TUN, "src", DYN6]);
         let (mss4, mss6): (&[&str], &[&str]) =
             if opts.upstream_advmss_1500 { (&["advmss", "1460"], &["advmss", "1440"]) } else { (&[], &[]) };
-        lab.up_ip(&[&["route", "add", "100.64.0.0/10", "dev", UP_TUN], mss4].concat());
-        lab.up_ip(&[&["-6", "route", "add", "2001:db8:100::/48", "dev", UP_TUN], mss6].concat());
-        lab
+        self.up_ip(&[&["route", "add", "100.64.0.0/10", "dev", UP_TUN], mss4].concat());
+        self.up_ip(&[&["-6", "route", "add", "2001:db8:100::/48", "dev", UP_TUN], mss6].concat());
+    }
+
+    /// Stops op25b (SIGTERM; it must exit cleanly) and, `down` later, starts
+    /// it again with the same config file and options, as `systemctl
+    /// restart` would; its log goes on in the same file.
+    #[allow(dead_code)] // Not every test file that uses the harness restarts it.
+    pub fn restart(&mut self, down: Duration) {
+        let mut child = self.child.take().expect("op25b is running");
+        let status = terminate(&mut child);
+        assert!(
+            status.is_some_and(|s| s.success()),
+            "op25b did not exit cleanly after SIGTERM ({status:?}); its log:\n{}",
+            self.log_text()
+        );
+        std::thread::sleep(down);
+        self.relaunch();
+    }
+
+    /// Starts op25b again after it exited (see [`Lab::wait_exit`]), with the
+    /// same config file and options; its log goes on in the same file.
+    #[allow(dead_code)]
+    pub fn relaunch(&mut self) {
+        assert!(self.child.is_none(), "op25b is still running");
+        let opts = self.opts.clone();
+        self.launch(&opts, true);
     }
 
     /// `ip -n SUB ARGS`.

@@ -88,7 +88,7 @@ pub fn render(v: &serde_json::Value, all: bool) -> String {
     for k in ["tracked", "suspected", "quarantined", "refused", "attempts_dropped"] {
         line(format!("abuse {k}"), num(&s["counters"][format!("abuse_{k}").as_str()]));
     }
-    for f in ["events", "capture", "stats"] {
+    for f in ["events", "capture", "stats", "abuse_state"] {
         line(format!("{f} file write errors"), num(&s["counters"][format!("{f}_write_errors").as_str()]));
     }
     if let Some(rules) = s["rules"].as_array() {

@@ -10,13 +10,18 @@
 //! writers (the abuse thread, `op25b quarantine` and `op25b release`)
 //! publish a new snapshot.
 
+mod persist;
 mod tracker;
 
-pub use tracker::{Entry, Suspicion, Thresholds, Tracker, EXACT_DESTINATIONS, SAMPLES};
+pub use persist::{Restored, SavedAbuse, SavedQuarantine, STATE_VERSION};
+pub use tracker::{
+    Clocks, Entry, SavedEntry, SavedTracker, Suspicion, Thresholds, Tracker, EXACT_DESTINATIONS, SAMPLES,
+};
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -44,6 +49,8 @@ pub struct AbuseSettings {
     pub quarantine_for: Duration,
     /// Subscribers the tracker holds.
     pub track: usize,
+    /// Where the quarantines and the table are saved across restarts.
+    pub state_file: Option<PathBuf>,
 }
 
 /// Default `abuse.track`.
@@ -56,6 +63,7 @@ impl Default for AbuseSettings {
             on_suspect: OnSuspect::Event,
             quarantine_for: Duration::from_secs(15 * 60),
             track: DEFAULT_TRACK,
+            state_file: None,
         }
     }
 }
@@ -320,6 +328,8 @@ pub struct Abuse {
     settings: Mutex<AbuseSettings>,
     tracker: Mutex<Tracker>,
     quarantine: Arc<Quarantine>,
+    /// Something worth saving changed since [`Abuse::take_changed`].
+    changed: AtomicBool,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -331,7 +341,12 @@ impl Abuse {
     /// routers' state's set).
     pub fn new(settings: AbuseSettings, quarantine: Arc<Quarantine>) -> Abuse {
         let tracker = Tracker::new(settings.track);
-        Abuse { settings: Mutex::new(settings), tracker: Mutex::new(tracker), quarantine }
+        Abuse {
+            settings: Mutex::new(settings),
+            tracker: Mutex::new(tracker),
+            quarantine,
+            changed: AtomicBool::new(false),
+        }
     }
 
     /// The settings in force.
@@ -356,6 +371,7 @@ impl Abuse {
         let settings = self.settings();
         let mut tracker = lock(&self.tracker);
         for a in attempts {
+            self.changed.store(true, Ordering::Relaxed);
             let key = super::subscriber_key(a.src);
             let Some(s) = tracker.record(a.at, key, a.dst, &settings.thresholds) else { continue };
             out.push(AbuseEvent::Suspected {
@@ -374,7 +390,10 @@ impl Abuse {
 
     fn start(&self, key: u64, now: Instant, duration: Duration, cause: QuarantineCause) -> AbuseEvent {
         match self.quarantine.start(key, now + duration) {
-            Ok(_) => AbuseEvent::QuarantineStarted { key, duration, cause },
+            Ok(_) => {
+                self.changed.store(true, Ordering::Relaxed);
+                AbuseEvent::QuarantineStarted { key, duration, cause }
+            }
             Err(QuarantineRefused::Full) => AbuseEvent::QuarantineRefused { key },
         }
     }
@@ -388,12 +407,22 @@ impl Abuse {
 
     /// `op25b release`: ends `key`'s quarantine; the event, if it was in one.
     pub fn release(&self, key: u64) -> Option<AbuseEvent> {
-        self.quarantine.release(key).then_some(AbuseEvent::QuarantineEnded { key, end: QuarantineEnd::Released })
+        let released = self.quarantine.release(key);
+        if released {
+            self.changed.store(true, Ordering::Relaxed);
+        }
+        released.then_some(AbuseEvent::QuarantineEnded { key, end: QuarantineEnd::Released })
+    }
+
+    /// Whether something worth saving changed since the last call.
+    pub fn take_changed(&self) -> bool {
+        self.changed.swap(false, Ordering::Relaxed)
     }
 
     /// Ends the quarantines that are over at `now`.
     pub fn expire(&self, now: Instant, out: &mut Vec<AbuseEvent>) {
         for key in self.quarantine.expire(now) {
+            self.changed.store(true, Ordering::Relaxed);
             out.push(AbuseEvent::QuarantineEnded { key, end: QuarantineEnd::Expired });
         }
     }

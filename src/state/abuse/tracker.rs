@@ -198,6 +198,9 @@ pub struct Tracker {
     /// Slot number -> position in `heap`.
     pos: Vec<u32>,
     hasher: ahash::RandomState,
+    /// The keys of `hasher`: saved with the table, so that the destination
+    /// hashes it holds stay valid in the next run.
+    seeds: [u64; 4],
     /// Attempts seen, all subscribers.
     seen: u64,
     /// Entries taken over from another subscriber.
@@ -207,6 +210,11 @@ pub struct Tracker {
 impl Tracker {
     /// A table of `capacity` subscribers (at least 1), allocated now.
     pub fn new(capacity: usize) -> Tracker {
+        Tracker::with_seeds(capacity, random_seeds())
+    }
+
+    /// A table whose destination hashes are keyed with `seeds`.
+    fn with_seeds(capacity: usize, seeds: [u64; 4]) -> Tracker {
         let capacity = capacity.max(1);
         Tracker {
             capacity,
@@ -217,7 +225,8 @@ impl Tracker {
             index: HashMap::with_capacity_and_hasher(2 * capacity, ahash::RandomState::new()),
             heap: Vec::with_capacity(capacity),
             pos: Vec::with_capacity(capacity),
-            hasher: ahash::RandomState::new(),
+            hasher: ahash::RandomState::with_seeds(seeds[0], seeds[1], seeds[2], seeds[3]),
+            seeds,
             seen: 0,
             replaced: 0,
         }
@@ -383,6 +392,17 @@ impl Tracker {
         self.slots.iter().filter(|s| s.suspected_at.is_some_and(|at| now < at + window)).count()
     }
 }
+
+/// Keys no one outside the process can guess (std's per-process random
+/// SipHash keys, spent on four counters).
+fn random_seeds() -> [u64; 4] {
+    use std::hash::BuildHasher;
+    let s = std::collections::hash_map::RandomState::new();
+    std::array::from_fn(|i| s.hash_one(i))
+}
+
+mod saved;
+pub use saved::{Clocks, SavedEntry, SavedTracker};
 
 #[cfg(test)]
 mod tests;
