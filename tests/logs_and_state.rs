@@ -333,6 +333,7 @@ fn a_quarantine_survives_a_restart_and_one_that_ended_meanwhile_does_not() {
     let (code, out, err) = op25b(&["top", "--json"], &socket);
     assert_eq!(code, 0, "{err}");
     let top: Value = serde_json::from_str(&out).expect("top JSON");
+    let top = &top["top"];
     assert_eq!((top[0]["subscriber"].as_str(), top[0]["total"].as_u64()), (Some(DYN4), Some(3)), "{top}");
     assert_eq!(top[0]["state"], "quarantined", "{top}");
 
