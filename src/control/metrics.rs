@@ -96,6 +96,12 @@ impl Collector for Scrape {
         )?;
         counters(
             &mut e,
+            "op25b_blocked_connections",
+            "Connection attempts the OP25B fast path blocked (a SYN and its retransmissions once), by the action in force.",
+            BLOCK_ACTIONS.iter().zip(s.op25b.blocked_connections_by_action).map(|(a, n)| (vec![("action", *a)], n)),
+        )?;
+        counters(
+            &mut e,
             "op25b_redirected_packets",
             "Packets of blocked flows sent to the relay.",
             [(vec![], s.op25b.redirected)],
@@ -182,6 +188,12 @@ impl Collector for Scrape {
             "op25b_monitored",
             "Packets OP25B would have blocked, forwarded by action monitor.",
             [(vec![], s.op25b.monitored)],
+        )?;
+        counters(
+            &mut e,
+            "op25b_monitored_connections",
+            "Connection attempts OP25B would have blocked (a SYN and its retransmissions once), forwarded by action monitor.",
+            [(vec![], s.op25b.monitored_connections)],
         )?;
         let a = &s.abuse;
         gauges(
