@@ -39,10 +39,7 @@ impl Router {
         let syn = p.view.is_tcp_syn();
         // A connection attempt is its first SYN: retransmissions are answered
         // alike but neither counted as connections nor noted again.
-        let first = syn && self.first_attempt(p, t);
-        if first {
-            self.counters.op25b_blocked_connections[op.action.index()].add(1);
-        }
+        let first = syn && self.blocked_syn(p, t);
         // The ends as dialled, before a redirect rewrites them.
         let ends = if first { self.ends(&p.view) } else { None };
         let verdict = match op.action {
@@ -67,10 +64,21 @@ impl Router {
         ControlFlow::Break(verdict)
     }
 
+    /// A blocked SYN: true (and counted) when it starts a connection attempt.
+    /// Out of line: the forwarding path that shares `op25b` pays nothing for it.
+    #[inline(never)]
+    fn blocked_syn<T: Tracer>(&self, p: &Packet<'_>, t: &mut T) -> bool {
+        let first = self.first_attempt(p, t);
+        if first {
+            self.counters.op25b_blocked_connections[self.policy.op25b.action.index()].add(1);
+        }
+        first
+    }
+
     /// `monitor`: the packet goes on as if OP25B were off; it is counted, and
     /// a SYN that starts a connection attempt is counted as one and noted as
     /// a would-be block (events, abuse tracking).
-    #[inline]
+    #[inline(never)]
     fn monitor<T: Tracer>(&self, p: &Packet<'_>, t: &mut T) {
         self.counters.monitored.add(1);
         if p.view.is_tcp_syn() && self.first_attempt(p, t) {

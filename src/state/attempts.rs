@@ -1,8 +1,9 @@
 //! Connection attempts: which blocked SYNs are retransmissions of one
 //! already seen. A client whose SYN goes unanswered (`action = "drop"`, a
-//! reply over the reply limit) sends it again with the same 4-tuple, on
-//! Linux 1, 2, 4, 8, 16 and 32 s apart (`tcp_syn_retries` = 6): six more
-//! packets, one connection attempt. Events, abuse tracking and the
+//! reply over the reply limit) sends it again with the same 4-tuple, six
+//! times by default (`tcp_syn_retries`): Linux since 6.5 after 1, 2, 3, 4, 5
+//! and 7 s (`tcp_syn_linear_timeouts` = 4), before that after 1, 3, 7, 15,
+//! 31 and 63 s. Seven packets, one connection attempt. Events, abuse tracking and the
 //! `*_connections` counters count attempts; the packet counters go on
 //! counting packets.
 //!
@@ -31,12 +32,13 @@ use ahash::RandomState;
 pub const SLOTS: usize = 65_536;
 
 /// How long after an attempt's first SYN a SYN of the same 4-tuple is one
-/// of its retransmissions. Linux's default schedule sends the last of six
-/// retransmissions 63 s after the first SYN; its retransmission timer may
-/// fire up to an eighth late (timer-wheel granularity), which 75 s covers.
-/// macOS (1, 1, 1, 1, 1, 2, 4, 8, 16 s: 35 s) and Windows (3, 6 s) end
-/// within it too. A new `connect()` takes a new source port, and so counts
-/// anew at once; one reusing the port counts anew after the window.
+/// of its retransmissions. The slowest default schedule, Linux's before 6.5,
+/// sends the last of six retransmissions 63 s after the first SYN; its
+/// retransmission timer may fire up to an eighth late (timer-wheel
+/// granularity), which 75 s covers. Linux since 6.5 (7 s), macOS (35 s) and
+/// Windows (9 s) end well within it. A new `connect()` takes a new source
+/// port, and so counts anew at once; one reusing the port counts anew after
+/// the window.
 pub const RETRY_WINDOW: Duration = Duration::from_secs(75);
 
 const WINDOW_MS: i64 = RETRY_WINDOW.as_millis() as i64;
@@ -72,7 +74,7 @@ impl Attempts {
     /// that started less than [`RETRY_WINDOW`] before.
     #[inline]
     pub fn first(&self, src: IpAddr, sport: u16, dst: IpAddr, dport: u16, now: Instant) -> bool {
-        let h = self.hasher.hash_one((src, dst, sport, dport));
+        let h = self.hasher.hash_one((wide(src), wide(dst), u32::from(sport) << 16 | u32::from(dport)));
         let slot = &self.slots[h as usize & (SLOTS - 1)];
         // The tag comes from bits the index does not use; never 0 (an empty slot).
         let tag = (h >> 32) | 1;
@@ -100,6 +102,16 @@ impl Attempts {
     /// The table's size in slots.
     pub fn capacity(&self) -> usize {
         self.slots.len()
+    }
+}
+
+/// An address as 128 bits (IPv4 as IPv4-mapped IPv6): three words to hash
+/// for a tuple rather than an enum and two byte arrays each.
+#[inline]
+fn wide(addr: IpAddr) -> u128 {
+    match addr {
+        IpAddr::V4(a) => u128::from(a.to_ipv6_mapped()),
+        IpAddr::V6(a) => u128::from(a),
     }
 }
 
