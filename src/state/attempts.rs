@@ -12,7 +12,7 @@
 //! the forwarding path never touches it, and nothing allocates. A 4-tuple
 //! hashes (aHash, keyed per process so nobody can aim at a slot) to one
 //! slot, which holds a 31-bit tag of the hash and when the attempt started
-//! (milliseconds, wrapping). No lock: workers load and store the word; two
+//! (whole seconds, wrapping after 136 years). No lock: workers load and store the word; two
 //! workers racing on one tuple at the same instant at worst count it twice.
 //!
 //! Bounded by construction: a flood of forged tuples only overwrites
@@ -41,14 +41,14 @@ pub const SLOTS: usize = 65_536;
 /// the window.
 pub const RETRY_WINDOW: Duration = Duration::from_secs(75);
 
-const WINDOW_MS: i64 = RETRY_WINDOW.as_millis() as i64;
+const WINDOW_SECS: i64 = RETRY_WINDOW.as_secs() as i64;
 
 /// Recently seen blocked connection attempts, by 4-tuple.
 #[derive(Debug)]
 pub struct Attempts {
     hasher: RandomState,
     /// The clock's origin, the first `now` the table is given (no clock
-    /// reads here): slot times are milliseconds since then.
+    /// reads here): slot times are whole seconds since then.
     epoch: OnceLock<Instant>,
     slots: Box<[AtomicU64]>,
 }
@@ -72,7 +72,7 @@ impl Attempts {
     /// Notes a SYN from `src:sport` to `dst:dport` at `now`: true when it
     /// starts a connection attempt, false when it is a retransmission of one
     /// that started less than [`RETRY_WINDOW`] before.
-    #[inline]
+    #[inline(always)]
     pub fn first(&self, src: IpAddr, sport: u16, dst: IpAddr, dport: u16, now: Instant) -> bool {
         let h = self.hasher.hash_one((wide(src), wide(dst), u32::from(sport) << 16 | u32::from(dport)));
         let slot = &self.slots[h as usize & (SLOTS - 1)];
@@ -80,17 +80,18 @@ impl Attempts {
         let tag = (h >> 32) | 1;
         // A worker's `now` a little before the first one counts as the first.
         let since = now.saturating_duration_since(*self.epoch.get_or_init(|| now));
-        let ms = (since.as_secs().wrapping_mul(1000) + u64::from(since.subsec_millis())) as u32;
+        let secs = since.as_secs() as u32;
         let old = slot.load(Ordering::Relaxed);
         if old >> 32 == tag {
             // Workers' clocks may interleave slightly out of order: the
-            // distance either way, in wrapping milliseconds.
-            let age = i64::from(ms.wrapping_sub(old as u32) as i32);
-            if age.abs() < WINDOW_MS {
+            // distance either way, in wrapping seconds (so the window is
+            // RETRY_WINDOW give or take a second).
+            let age = i64::from(secs.wrapping_sub(old as u32) as i32);
+            if age.abs() < WINDOW_SECS {
                 return false;
             }
         }
-        slot.store(tag << 32 | u64::from(ms), Ordering::Relaxed);
+        slot.store(tag << 32 | u64::from(secs), Ordering::Relaxed);
         true
     }
 
