@@ -93,21 +93,14 @@ impl Router {
             _ => return ControlFlow::Continue(()),
         };
         if p.view.is_tcp_syn() {
-            self.note_rule_block(p, t, action, rule, v);
-        }
-        ControlFlow::Break(v)
-    }
-
-    /// Notes a SYN a rule blocked, when blocks are noted, unless it is a
-    /// retransmission of one already noted. Out of line: the rules' hot path
-    /// pays nothing for it.
-    #[cold]
-    fn note_rule_block<T: Tracer>(&self, p: &Packet<'_>, t: &mut T, action: &'static str, rule: usize, v: Verdict) {
-        if let ends @ Some(_) = self.ends(&p.view) {
-            if self.first_attempt(p, t) {
-                self.note_block(ends, action, Some(rule), super::reply_name(v));
+            // Only when blocks are noted: a retransmitted SYN is not noted again.
+            if let ends @ Some(_) = self.ends(&p.view) {
+                if self.first_attempt(p, t) {
+                    self.note_block(ends, action, Some(rule), super::reply_name(v));
+                }
             }
         }
+        ControlFlow::Break(v)
     }
 
     /// A rule's reject: an RST for TCP, ICMP administratively prohibited otherwise.
