@@ -89,6 +89,9 @@ fn the_man_page_made_from_the_readme_carries_every_key() {
     // No line of prose may start with a dot or a quote (roff would take it as a request).
     for line in page.lines().filter(|l| l.starts_with('.') || l.starts_with('\'')) {
         let request = line.split_whitespace().next().unwrap_or_default();
-        assert!([".TH", ".SH", ".SS", ".PP", ".TP", ".nf", ".fi", ".RS", ".RE"].contains(&request), "stray request {line:?}");
+        assert!(
+            [".TH", ".SH", ".SS", ".PP", ".TP", ".nf", ".fi", ".RS", ".RE"].contains(&request),
+            "stray request {line:?}"
+        );
     }
 }

@@ -84,7 +84,8 @@ pub fn render(v: &serde_json::Value, all: bool) -> String {
         line(format!("{dir} terminated (banner)"), num(&d["terminated"]));
     }
     // Packets, then connection attempts (a SYN and its retransmissions once).
-    for (what, key) in [("packets", "op25b_blocked_by_action"), ("connections", "op25b_blocked_connections_by_action")] {
+    for (what, key) in [("packets", "op25b_blocked_by_action"), ("connections", "op25b_blocked_connections_by_action")]
+    {
         if let Some(m) = s[key].as_object() {
             for (k, n) in m {
                 line(format!("op25b blocked {what} ({k})"), num(n));
