@@ -293,6 +293,9 @@ mod tests {
         assert_eq!(v(r#"op25b_blocked_total{action="reject"}"#), 3.0);
         assert_eq!(v(r#"op25b_config_reloads_total{result="failure"}"#), 1.0);
         assert_eq!(v("op25b_config_last_reload_success_timestamp_seconds"), 1_800_000_000.0);
+        // The three SYNs to port 25 share one 4-tuple: one connection attempt.
+        assert_eq!(v(r#"op25b_blocked_connections_total{action="reject"}"#), 1.0);
+        assert_eq!(v("op25b_monitored_connections_total"), 0.0);
         assert!(text.contains("# TYPE op25b_drops counter"), "{text}");
         assert!(text.trim_end().ends_with("# EOF"));
     }
