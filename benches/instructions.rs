@@ -94,7 +94,7 @@ fn program_case(case: &str, n: u64) {
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
-    const USAGE: &str = "usage: instructions CASE N (CASE: forward_tcp4 forward_tcp6 forward_udp4 blocked_syn4 blocked_syn4_rst blocked_ack4 redirect_data4 redirect_flood4 program_unseen4 program_seen4 count_rule_unseen4; the program cases read rules/examples' port_block.wasm from $OP25B_PROGRAMS)";
+    const USAGE: &str = "usage: instructions CASE N (CASE: forward_tcp4 forward_tcp6 forward_udp4 blocked_syn4 blocked_syn4_new blocked_syn4_rst blocked_ack4 redirect_data4 redirect_flood4 program_unseen4 program_seen4 count_rule_unseen4; the program cases read rules/examples' port_block.wasm from $OP25B_PROGRAMS)";
     // `cargo bench` passes --bench, `cargo test --all-targets` nothing: only
     // scripts/callgrind.sh runs a case, so there is nothing to do then.
     if args.get(1).is_none_or(|a| a.starts_with("--")) {
@@ -117,7 +117,7 @@ fn main() {
         "forward_tcp4" => tcp4(587, false, 1460),
         "forward_tcp6" => tcp(DYN6, 40000, MX6, 587).ack(1).payload(&[0; 1440]).build(),
         "forward_udp4" => udp(DYN4, 40000, MX4, 9, &[0; 36]),
-        "blocked_syn4" | "blocked_syn4_rst" => tcp4(25, true, 0),
+        "blocked_syn4" | "blocked_syn4_new" | "blocked_syn4_rst" => tcp4(25, true, 0),
         "blocked_ack4" => tcp4(25, false, 0),
         other => {
             eprintln!("unknown case {other}");
@@ -126,6 +126,9 @@ fn main() {
     };
     // The lab config; blocked_syn4 soon runs over the reply limit (as a SYN
     // flood would), blocked_syn4_rst lifts it so every SYN builds its RST.
+    // blocked_syn4 sends one SYN again and again (a retransmission after the
+    // first); blocked_syn4_new gives each SYN a new source port (a new
+    // connection attempt each, as a flood of new connections would).
     let mut policy = PolicyBuilder::lab();
     if case == "blocked_syn4_rst" {
         policy = policy.unlimited_replies();
@@ -134,9 +137,17 @@ fn main() {
     let now = Instant::now();
     let mut reply = vec![0u8; 2048];
     let mut buf = pkt.clone();
-    for _ in 0..n {
+    let new_ports = case == "blocked_syn4_new";
+    for i in 0..n {
+        if new_ports {
+            // The TCP source port (after the 20-byte IPv4 header); the
+            // router does not check the TCP checksum on this path. Past
+            // 60,000 ports the clock moves beyond the retry window.
+            buf[20..22].copy_from_slice(&(1024 + (i % 60_000) as u16).to_be_bytes());
+        }
+        let at = if new_ports { now + std::time::Duration::from_secs(76 * (i / 60_000)) } else { now };
         let saved = [buf[7], buf[8], buf[10], buf[11]];
-        let v = r.handle(now, Direction::Outbound, black_box(&mut buf), &mut reply, RxInfo::default());
+        let v = r.handle(at, Direction::Outbound, black_box(&mut buf), &mut reply, RxInfo::default());
         [buf[7], buf[8], buf[10], buf[11]] = saved;
         let _ = black_box(v);
     }

@@ -17,7 +17,7 @@ n=100000
 # The program cases use the example programs, built from source (clang, lld).
 rules/examples/build.sh "$tmp/programs" >/dev/null
 export OP25B_PROGRAMS="$tmp/programs"
-cases=(forward_tcp4 forward_tcp6 forward_udp4 blocked_syn4 blocked_syn4_rst blocked_ack4 redirect_data4 redirect_flood4
+cases=(forward_tcp4 forward_tcp6 forward_udp4 blocked_syn4 blocked_syn4_new blocked_syn4_rst blocked_ack4 redirect_data4 redirect_flood4
     program_unseen4 count_rule_unseen4 program_seen4)
 printf '%-17s %s\n' case instructions/packet
 for case in "${cases[@]}"; do

@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
-# Builds the Debian package (scripts/package.sh), installs it on this machine
-# with dpkg -i, checks what it installed (the binary, `op25b check` on the
-# packaged /etc/op25b/op25b.toml, the conffile, the man pages through man, the
-# completions, the unit through systemd-analyze verify, the licences), and
-# purges it again, also when a check fails. As root; run by scripts/test.sh.
+# Builds the Debian package (scripts/package.sh), runs lintian on it (any error
+# or warning fails; overrides only in packaging/lintian-overrides, each with its
+# reason), installs it on this machine with dpkg -i, checks what it installed
+# (the binary, `op25b check` on the packaged /etc/op25b/op25b.toml and on the
+# examples, the conffile, the man pages through man, the completions, the unit
+# through systemd-analyze verify, the licences, the changelog), and purges it
+# again, also when a check fails. As root; run by scripts/test.sh.
 #   scripts/package_test.sh              # release build, package, test
 #   scripts/package_test.sh --no-build   # use the release binary already built
 set -euo pipefail
@@ -40,6 +42,13 @@ cleanup() {
 }
 trap cleanup EXIT
 
+echo "== lintian $deb"
+command -v lintian >/dev/null || { echo "package_test.sh: lintian is missing (scripts/setup.sh --package)" >&2; exit 1; }
+check "lintian: no error, no warning" bash -c \
+    'out=$(lintian --fail-on error,warning --display-level ">=warning" "$0" 2>&1) || { echo "$out"; exit 1; }; [[ -z $out ]] || echo "$out"' "$deb"
+check "the changelog's version is the package's" bash -c \
+    '[[ $(dpkg-parsechangelog -l packaging/changelog -S Version) == $(dpkg-deb -f "$0" Version) ]]' "$deb"
+
 echo "== dpkg -i $deb"
 dpkg -i "$deb"
 installed=1
@@ -60,7 +69,14 @@ check "logrotate reads /etc/logrotate.d/op25b (postrotate reloads op25b)" bash -
     "$(mktemp)"
 check "man op25b lists the subcommands" bash -c 'MANPAGER=cat MANWIDTH=80 man op25b 2>/dev/null | grep -q "op25b-run(1)"'
 check "man op25b-run shows --config" bash -c 'MANPAGER=cat man op25b-run 2>/dev/null | grep -q -- "--config"'
-check "man -l renders every page" bash -c 'for p in /usr/share/man/man1/op25b*.1.gz; do man -l "$p" >/dev/null 2>&1 || exit 1; done'
+check "man -l renders every page" bash -c 'for p in /usr/share/man/man1/op25b*.1.gz /usr/share/man/man5/op25b*.5.gz; do man -l "$p" >/dev/null 2>&1 || exit 1; done'
+check "man op25b.toml lists the keys and RUST_LOG" bash -c \
+    'page=$(MANPAGER=cat MANWIDTH=200 man 5 op25b.toml 2>/dev/null) && for k in op25b.action abuse.quarantine_for rule.program RUST_LOG; do grep -q "$k" <<<"$page" || { echo "no $k"; exit 1; }; done'
+check "the examples: configs that validate, rule programs and build.sh" bash -c \
+    'd=/usr/share/doc/op25b/examples; /usr/bin/op25b check --config $d/lab.toml >/dev/null &&
+     cat $d/lab.toml $d/abuse-section.toml >"$0" && /usr/bin/op25b check --config "$0" >/dev/null; rc=$?; rm -f "$0";
+     ((rc == 0)) && test -s $d/rules/op25b.h -a -s $d/rules/port_block.c -a -s $d/rules/submission_limit.c -a -x $d/rules/build.sh' \
+    "$(mktemp)"
 check "bash completion loads and completes" bash --norc -c \
     'source /usr/share/bash-completion/completions/op25b && COMP_WORDS=(op25b ""); COMP_CWORD=1; _op25b op25b "" op25b;
      [[ " ${COMPREPLY[*]} " == *" run "* ]]'
@@ -75,6 +91,7 @@ check "the installed alert rules pass promtool check rules and their unit tests"
     'cd /usr/share/doc/op25b/prometheus && promtool check rules op25b.rules.yml >/dev/null && promtool test rules op25b.rules.test.yml >/dev/null'
 check "the Grafana dashboard is installed and is JSON" \
     python3 -c 'import json, sys; d = json.load(open(sys.argv[1])); sys.exit(d.get("uid") != "op25b")' /usr/share/doc/op25b/grafana/op25b.json
+check "the Debian changelog" bash -c 'zcat /usr/share/doc/op25b/changelog.Debian.gz | head -n 1 | grep -q "^op25b ("'
 
 echo "== dpkg --purge op25b"
 dpkg --purge op25b >/dev/null

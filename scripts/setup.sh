@@ -7,7 +7,7 @@
 #                             #   prometheus python3-prometheus-client (tests/metrics.rs: promtool
 #                             #   lints /metrics and the rules; a strict OpenMetrics parser)
 #   scripts/setup.sh --bench  # also iperf3 and nftables for scripts/bench.sh
-#   scripts/setup.sh --package  # also cargo-deb, man-db and dpkg-dev for scripts/package_test.sh
+#   scripts/setup.sh --package  # also cargo-deb, man-db, dpkg-dev and lintian for scripts/package_test.sh
 # (flags combine)
 # When another apt or dpkg holds the package lock (unattended-upgrades on a fresh
 # machine, say), it waits for it, up to OP25B_APT_LOCK_WAIT seconds (default 600),
@@ -42,8 +42,9 @@ if ((bench)); then
     need+=(iperf3:iperf3 nft:nftables)
 fi
 if ((package)); then
-    # scripts/package_test.sh: man pages through man, Depends from dpkg-shlibdeps.
-    need+=(man:man-db dpkg-shlibdeps:dpkg-dev)
+    # scripts/package_test.sh: man pages through man, Depends from
+    # dpkg-shlibdeps, lintian on the .deb.
+    need+=(man:man-db dpkg-shlibdeps:dpkg-dev lintian:lintian)
     if ! cargo deb --version >/dev/null 2>&1; then
         echo "setup: installing cargo-deb (cargo install cargo-deb --locked)" >&2
         cargo install cargo-deb --locked --quiet

@@ -9,7 +9,7 @@ use std::time::Instant;
 use clap::{CommandFactory, Parser, Subcommand};
 use op25b::control::client::DEFAULT_SOCKET;
 use op25b::tools::{self, replay, spec::PacketSpec};
-use op25b::{Config, Direction, Router, State, Verdict};
+use op25b::{Config, Direction, Router, Verdict};
 
 /// The config `run`, `check` and `replay` read unless told: where the package puts it.
 const DEFAULT_CONFIG: &str = "/etc/op25b/op25b.toml";
@@ -109,6 +109,11 @@ enum Command {
         /// in subscriber.prefixes, else inbound).
         #[arg(long, value_enum, requires = "packet")]
         direction: Option<DirectionArg>,
+        /// Judge the packet as if these subscribers were in quarantine
+        /// (IPv4 addresses, IPv6 addresses or /64s, comma-separated).
+        #[arg(long, value_name = "ADDR,...", value_delimiter = ',', requires = "packet",
+              value_parser = tools::quarantined_subscriber)]
+        quarantined: Vec<u64>,
         /// Print one JSON object instead of text: the compiled policy, or with
         /// --packet the verdict and its trace.
         #[arg(long)]
@@ -222,6 +227,11 @@ enum Command {
         /// Write the packets that were not forwarded here (pcap).
         #[arg(long)]
         dropped: Option<PathBuf>,
+        /// Judge as if these subscribers were in quarantine for the whole
+        /// capture (IPv4 addresses, IPv6 addresses or /64s, comma-separated):
+        /// a capture does not say who op25b had in quarantine.
+        #[arg(long, value_name = "ADDR,...", value_delimiter = ',', value_parser = tools::quarantined_subscriber)]
+        quarantined: Vec<u64>,
         /// Print one JSON object instead of text.
         #[arg(long, conflicts_with = "jsonl")]
         json: bool,
@@ -335,14 +345,16 @@ fn main() -> ExitCode {
             outln!("{}", config.to_json());
             Ok(ExitCode::SUCCESS)
         }
-        Command::Check { packet: Some(spec), direction, json, .. } => check_packet(&config, &spec, direction, json),
-        Command::Replay { input, forwarded, dropped, json, jsonl, .. } => {
+        Command::Check { packet: Some(spec), direction, json, quarantined, .. } => {
+            check_packet(&config, &spec, direction, &quarantined, json)
+        }
+        Command::Replay { input, forwarded, dropped, json, jsonl, quarantined, .. } => {
             let format = match (json, jsonl) {
                 (true, _) => ReplayOutput::Json,
                 (_, true) => ReplayOutput::Lines,
                 _ => ReplayOutput::Text,
             };
-            run_replay(&config, &input, replay::ReplayOptions { forwarded, dropped }, format)
+            run_replay(&config, &input, replay::ReplayOptions { forwarded, dropped }, &quarantined, format)
         }
         Command::Run { stats, .. } => {
             // One path with the library: what `op25b::daemon::Daemon` runs is `op25b run`.
@@ -399,7 +411,13 @@ fn help(command: Option<&str>) -> ExitCode {
     ExitCode::SUCCESS
 }
 
-fn check_packet(config: &Config, spec: &str, direction: Option<DirectionArg>, json: bool) -> anyhow::Result<ExitCode> {
+fn check_packet(
+    config: &Config,
+    spec: &str,
+    direction: Option<DirectionArg>,
+    quarantined: &[u64],
+    json: bool,
+) -> anyhow::Result<ExitCode> {
     let usage = |msg: String| {
         eprintln!("op25b: error: {msg}");
         Ok(ExitCode::from(2))
@@ -419,7 +437,11 @@ fn check_packet(config: &Config, spec: &str, direction: Option<DirectionArg>, js
         None => (Direction::Inbound, "source is not in subscriber.prefixes"),
     };
     let policy = Arc::new(config.policy.clone());
-    let mut router = Router::with_state(policy.clone(), Arc::new(State::offline(&policy)));
+    let state = match tools::offline_state(&policy, quarantined) {
+        Ok(s) => s,
+        Err(e) => return usage(e),
+    };
+    let mut router = Router::with_state(policy.clone(), Arc::new(state));
     let mut reply = vec![0u8; 2048];
     let (verdict, trace) = router.handle_traced(Instant::now(), dir, &mut bytes, &mut reply);
     let forwarded = matches!(verdict, Verdict::Forward { .. });
@@ -460,11 +482,19 @@ fn run_replay(
     config: &Config,
     input: &std::path::Path,
     opts: replay::ReplayOptions,
+    quarantined: &[u64],
     format: ReplayOutput,
 ) -> anyhow::Result<ExitCode> {
     use std::io::Write as _;
     let policy = Arc::new(config.policy.clone());
-    let mut router = Router::with_state(policy.clone(), Arc::new(State::offline(&policy)));
+    let state = match tools::offline_state(&policy, quarantined) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("op25b: error: {e}");
+            return Ok(ExitCode::from(2));
+        }
+    };
+    let mut router = Router::with_state(policy.clone(), Arc::new(state));
     let mut lines = std::io::BufWriter::new(std::io::stdout().lock());
     let mut each = |line: &replay::PacketLine| {
         if format == ReplayOutput::Lines {

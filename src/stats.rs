@@ -277,6 +277,9 @@ pub(crate) struct Counters {
     /// Packets the OP25B fast path blocked (answered, dropped, redirected or
     /// terminated), by the action in force ([`BLOCK_ACTIONS`]).
     pub(crate) op25b_blocked: [Counter; BLOCK_ACTIONS.len()],
+    /// Connection attempts the fast path blocked: blocked SYNs but for
+    /// retransmissions of one already counted (`state::attempts`), by action.
+    pub(crate) op25b_blocked_connections: [Counter; BLOCK_ACTIONS.len()],
     /// Packets of blocked flows rewritten towards the relay (redirect).
     pub(crate) redirected: Counter,
     /// Banner SYNs refused because their subscriber holds its share of the
@@ -286,6 +289,8 @@ pub(crate) struct Counters {
     pub(crate) redirect_evictions: Counter,
     /// Packets the fast path would have blocked, forwarded (`monitor`).
     pub(crate) monitored: Counter,
+    /// Connection attempts (SYNs but for retransmissions) among them.
+    pub(crate) monitored_connections: Counter,
     /// Packets of subscribers in quarantine refused (answered or dropped).
     pub(crate) quarantined: Counter,
     /// The rule counters in force, for readers; the router writes through its
@@ -313,6 +318,11 @@ impl Counters {
             *t += c.get();
             s.op25b.blocked += c.get();
         }
+        for (t, c) in s.op25b.blocked_connections_by_action.iter_mut().zip(&self.op25b_blocked_connections) {
+            *t += c.get();
+            s.op25b.blocked_connections += c.get();
+        }
+        s.op25b.monitored_connections += self.monitored_connections.get();
         s.op25b.redirected += self.redirected.get();
         s.op25b.banner_source_full += self.banner_source_full.get();
         s.op25b.redirect_evictions += self.redirect_evictions.get();
@@ -390,6 +400,11 @@ pub struct Op25bStats {
     pub blocked: u64,
     /// The same by the action in force when they were blocked ([`BLOCK_ACTIONS`]).
     pub blocked_by_action: [u64; BLOCK_ACTIONS.len()],
+    /// Connection attempts the fast path blocked: SYNs, a retransmitted SYN
+    /// (same 4-tuple within `state::attempts::RETRY_WINDOW`) counted once.
+    pub blocked_connections: u64,
+    /// The same by action.
+    pub blocked_connections_by_action: [u64; BLOCK_ACTIONS.len()],
     /// Packets of blocked flows sent to the relay (redirect).
     pub redirected: u64,
     /// Banner SYNs refused over the subscriber's share of sessions.
@@ -400,6 +415,8 @@ pub struct Op25bStats {
     /// Packets the fast path would have blocked, forwarded by `action =
     /// "monitor"` (not in `blocked`).
     pub monitored: u64,
+    /// Connection attempts among them (SYNs, retransmissions counted once).
+    pub monitored_connections: u64,
 }
 
 /// Abuse handling's figures (`[abuse]`): gauges of the tracker and the
@@ -541,11 +558,13 @@ impl Stats {
             out.push((format!("forwarded_{}", d.name()), self.forwarded(d)));
         }
         out.push(("op25b_blocked".to_string(), self.op25b.blocked));
+        out.push(("op25b_blocked_connections".to_string(), self.op25b.blocked_connections));
         out.push(("op25b_redirected".to_string(), self.op25b.redirected));
         out.push(("op25b_terminated".to_string(), self.terminated()));
         out.push(("op25b_banner_source_full".to_string(), self.op25b.banner_source_full));
         out.push(("op25b_redirect_evictions".to_string(), self.op25b.redirect_evictions));
         out.push(("op25b_monitored".to_string(), self.op25b.monitored));
+        out.push(("op25b_monitored_connections".to_string(), self.op25b.monitored_connections));
         for k in ReplyKind::ALL {
             out.push((format!("reply_{}", k.name()), self.replies(*k)));
         }
@@ -603,6 +622,11 @@ impl Stats {
             self.pairs().into_iter().map(|(k, v)| (k, v.into())).collect();
         let by_action: serde_json::Map<String, serde_json::Value> =
             BLOCK_ACTIONS.iter().zip(self.op25b.blocked_by_action).map(|(a, n)| (a.to_string(), n.into())).collect();
+        let connections_by_action: serde_json::Map<String, serde_json::Value> = BLOCK_ACTIONS
+            .iter()
+            .zip(self.op25b.blocked_connections_by_action)
+            .map(|(a, n)| (a.to_string(), n.into()))
+            .collect();
         let devices: serde_json::Map<String, serde_json::Value> = ["subscriber", "upstream"]
             .iter()
             .zip(&self.devices)
@@ -618,6 +642,7 @@ impl Stats {
         serde_json::json!({
             "counters": counters,
             "op25b_blocked_by_action": by_action,
+            "op25b_blocked_connections_by_action": connections_by_action,
             "devices": devices,
             "outbound": by_dir(self.dir(Direction::Outbound)),
             "inbound": by_dir(self.dir(Direction::Inbound)),

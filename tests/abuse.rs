@@ -251,3 +251,64 @@ fn monitor_lets_port_25_through_and_reports_who_would_be_blocked() {
     assert_eq!(c.get("op25b_blocked"), 0);
     assert!(files.events().iter().all(|e| e["event"] != "quarantine_start"));
 }
+
+/// TcpExtTCPSynRetrans of the calling thread's network namespace: SYNs its
+/// clients sent again.
+fn syn_retransmits() -> u64 {
+    let text = std::fs::read_to_string("/proc/thread-self/net/netstat").expect("/proc/thread-self/net/netstat");
+    let mut lines = text.lines().filter(|l| l.starts_with("TcpExt:"));
+    let (names, values) = (lines.next().unwrap_or_default(), lines.next().unwrap_or_default());
+    let at = names.split_whitespace().position(|n| n == "TCPSynRetrans").expect("TCPSynRetrans in netstat");
+    values.split_whitespace().nth(at).and_then(|v| v.parse().ok()).expect("a TCPSynRetrans value")
+}
+
+#[test]
+fn a_retransmitted_syn_is_one_attempt_and_every_syn_one_packet() {
+    let files = Files::new();
+    let lab = Lab::start(LabOptions::edit(|p| files.edit(p).action("drop").abuse("threshold", 100)));
+    let before = in_netns(&lab.sub, syn_retransmits);
+    // One connect(): nothing answers, so the kernel sends its SYN again
+    // (1 s, then 2 s later) until the connect timeout.
+    let err = lab.connect(Some(ip(DYN4)), sa(MX4, 25), Duration::from_millis(4500)).expect_err("dropped");
+    assert_eq!(err.kind(), io::ErrorKind::TimedOut, "{err}");
+    let retransmits = in_netns(&lab.sub, syn_retransmits) - before;
+    assert!(retransmits >= 1, "the client retransmitted its SYN (else this test shows nothing)");
+    let syns = 1 + retransmits;
+    println!("one connect(), {syns} SYNs");
+
+    // Abuse handling counted one attempt (once the workers' queue is drained).
+    let deadline = Instant::now() + WAIT;
+    let stats = loop {
+        let (code, out, err) = op25b(&["stats", "--json"], &files.socket);
+        assert_eq!(code, 0, "{err}");
+        let v: Value = serde_json::from_str(&out).expect("stats JSON");
+        if v["stats"]["counters"]["op25b_blocked"].as_u64() == Some(syns) || Instant::now() > deadline {
+            break v;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let counters = &stats["stats"]["counters"];
+    assert_eq!(counters["op25b_blocked"], syns, "every SYN is a blocked packet: {counters}");
+    assert_eq!(counters["drop_op25b_blocked"], syns, "{counters}");
+    assert_eq!(counters["op25b_blocked_connections"], 1, "one connection attempt: {counters}");
+    assert_eq!(stats["stats"]["op25b_blocked_connections_by_action"]["drop"], 1, "{stats}");
+    let deadline = Instant::now() + WAIT;
+    let top = loop {
+        let top = top_json(&files.socket);
+        if !top.is_empty() || Instant::now() > deadline {
+            break top;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!((top[0]["subscriber"].as_str(), top[0]["attempts"].as_u64()), (Some(DYN4), Some(1)), "{top:?}");
+    files.wait_event("blocked", |e| e["event"] == "blocked");
+
+    let mut lab = lab;
+    let c = lab.stop();
+    assert_eq!(c.get("op25b_blocked"), syns, "{c}");
+    assert_eq!(c.get("op25b_blocked_connections"), 1, "{c}");
+    let events = files.events();
+    let blocked: Vec<&Value> = events.iter().filter(|e| e["event"] == "blocked").collect();
+    assert_eq!(blocked.len(), 1, "one event for one connect(): {events:#?}");
+    assert_eq!((blocked[0]["action"].as_str(), blocked[0]["reply"].as_str()), (Some("drop"), Some("none")));
+}

@@ -275,11 +275,14 @@ fn events_and_capture_hand_offs_do_not_allocate() {
     let at = std::time::SystemTime::now();
     let rounds = 1000;
     let n = allocations(|| {
-        for _ in 0..rounds {
+        for round in 0..rounds {
             for pkt in [&syn25, &syn2525] {
                 let mut buf = [0u8; 64];
                 let buf = &mut buf[..pkt.len()];
                 buf.copy_from_slice(pkt);
+                // A new source port each round: a new connection attempt (a
+                // retransmitted SYN is not noted again).
+                buf[20..22].copy_from_slice(&(1024 + round as u16).to_be_bytes());
                 let _ = r.handle(now, Direction::Outbound, buf, &mut reply, RxInfo::default());
                 let block = r.take_block().expect("a blocked SYN is noted");
                 let rule = block.rule.and_then(|i| r.rule_name(i));

@@ -437,3 +437,38 @@ fn check_and_replay_show_what_monitor_would_block() {
     let o = op25b(&["replay", "--config", cfg, input.to_str().unwrap()]);
     assert!(text(&o).contains("op25b monitored (would be blocked, forwarded) 1"), "{}", text(&o));
 }
+
+#[test]
+fn replay_and_check_judge_the_subscribers_named_quarantined() {
+    let capture = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/lab-capture.pcap");
+    let verdicts = |extra: &[&str]| -> Vec<(String, String)> {
+        let mut args = vec!["replay", "--config", LAB, capture, "--jsonl"];
+        args.extend_from_slice(extra);
+        let o = op25b(&args);
+        assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+        String::from_utf8_lossy(&o.stdout)
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap_or_else(|e| panic!("{l}: {e}")))
+            .filter(|l| l["src"] == STATIC4 && l["direction"] == "outbound")
+            .map(|l| (l["verdict"].as_str().unwrap_or("?").to_string(), l["reason"].to_string()))
+            .collect()
+    };
+    // The static customer's port-25 connection in the lab capture: exempt
+    // from OP25B, so forwarded; in quarantine, outside its walled garden.
+    let free = verdicts(&[]);
+    assert!(!free.is_empty() && free.iter().all(|(v, _)| v == "forward"), "{free:?}");
+    let held = verdicts(&["--quarantined", &format!("{STATIC4},2001:db8:100:9::/64")]);
+    assert_eq!(held.len(), free.len());
+    assert_eq!(held[0], ("reply".to_string(), "\"tcp_rst\"".to_string()), "the refused SYN: {held:?}");
+    assert!(held.iter().all(|(v, _)| v != "forward"), "{held:?}");
+
+    let packet = format!("tcp {STATIC4}:40000 -> 203.0.113.80:443 syn");
+    let o = op25b(&["check", "--config", LAB, "--packet", &packet, "--quarantined", STATIC4]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(text(&o).contains("quarantine     refused (TCP RST)"), "{}", text(&o));
+    let o = op25b(&["check", "--config", LAB, "--packet", &packet, "--quarantined", "100.64.1.99"]);
+    assert_eq!(o.status.code(), Some(0), "another subscriber in quarantine: {}", text(&o));
+    let o = op25b(&["replay", "--config", LAB, capture, "--quarantined", "not-an-address"]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(text(&o).contains("\"not-an-address\" is not a subscriber"), "{}", text(&o));
+}

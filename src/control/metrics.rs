@@ -163,11 +163,23 @@ fn op25b(e: &mut DescriptorEncoder<'_>, s: &Stats) -> Result<(), std::fmt::Error
         "Packets the OP25B fast path blocked, by the action in force.",
         BLOCK_ACTIONS.iter().zip(s.op25b.blocked_by_action).map(|(a, n)| (vec![("action", *a)], n)),
     )?;
+    counters(
+        e,
+        "op25b_blocked_connections",
+        "Connection attempts the OP25B fast path blocked (a SYN and its retransmissions once), by the action in force.",
+        BLOCK_ACTIONS.iter().zip(s.op25b.blocked_connections_by_action).map(|(a, n)| (vec![("action", *a)], n)),
+    )?;
     counter(
         e,
         "op25b_monitored_packets",
         "Packets OP25B would have blocked, forwarded by action monitor.",
         s.op25b.monitored,
+    )?;
+    counter(
+        e,
+        "op25b_monitored_connections",
+        "Connection attempts OP25B would have blocked (a SYN and its retransmissions once), forwarded by action monitor.",
+        s.op25b.monitored_connections,
     )?;
     counter(e, "op25b_redirected_packets", "Packets of blocked flows sent to the relay.", s.op25b.redirected)?;
     counter(
@@ -395,6 +407,9 @@ mod tests {
             assert_eq!(v(r#"op25b_packets_total{direction="outbound",verdict="forward"}"#), 1.0);
             assert_eq!(v(r#"op25b_reply_packets_total{direction="outbound",kind="tcp_rst"}"#), 3.0);
             assert_eq!(v(r#"op25b_blocked_packets_total{action="reject"}"#), 3.0);
+            // The three SYNs to port 25 share one 4-tuple: one connection attempt.
+            assert_eq!(v(r#"op25b_blocked_connections_total{action="reject"}"#), 1.0);
+            assert_eq!(v("op25b_monitored_connections_total"), 0.0);
             assert_eq!(v(r#"op25b_config_reloads_total{result="failure"}"#), 1.0);
             assert_eq!(v("op25b_config_last_reload_success_timestamp_seconds"), 1_800_000_000.0);
             assert_eq!(v("process_cpu_seconds_total"), 1.5);

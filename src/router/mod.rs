@@ -192,6 +192,23 @@ impl Router {
         Some((std::net::SocketAddr::new(view.src, sport), std::net::SocketAddr::new(view.dst, dport)))
     }
 
+    /// Whether `p`, a blocked (or would-be blocked) SYN, starts a connection
+    /// attempt rather than retransmitting one (the state's table of attempts,
+    /// consulted only here: never on the forwarding path).
+    #[inline]
+    fn first_attempt<T: Tracer>(&self, p: &Packet<'_>, t: &mut T) -> bool {
+        let first = self.state.first_attempt(&p.view, p.now);
+        if !first {
+            t.note("attempt", || {
+                format!(
+                    "a retransmission of a SYN seen less than {} s ago: the same connection attempt, not counted again",
+                    crate::state::attempts::RETRY_WINDOW.as_secs()
+                )
+            });
+        }
+        first
+    }
+
     /// Notes a blocked SYN between `ends` for the data plane's events;
     /// `reply` is what the subscriber got ([`reply_name`]).
     #[cold]
@@ -386,3 +403,6 @@ mod tests_actions;
 
 #[cfg(test)]
 mod tests_abuse;
+
+#[cfg(test)]
+mod tests_attempts;

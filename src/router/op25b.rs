@@ -32,13 +32,16 @@ impl Router {
             return self.quarantine(p, t);
         }
         if op.action == Action::Monitor {
-            self.monitor(p);
+            self.monitor(p, t);
             return self.quarantine(p, t);
         }
         self.counters.op25b_blocked[op.action.index()].add(1);
         let syn = p.view.is_tcp_syn();
+        // A connection attempt is its first SYN: retransmissions are answered
+        // alike but neither counted as connections nor noted again.
+        let first = syn && self.blocked_syn(p, t);
         // The ends as dialled, before a redirect rewrites them.
-        let ends = if syn { self.ends(&p.view) } else { None };
+        let ends = if first { self.ends(&p.view) } else { None };
         let verdict = match op.action {
             Action::Reject if syn => self.rst(p, DropReason::Op25bBlocked),
             Action::Icmp if syn => self.icmp(p, IcmpError::Prohibited, ReplyKind::Prohibited, DropReason::Op25bBlocked),
@@ -61,12 +64,25 @@ impl Router {
         ControlFlow::Break(verdict)
     }
 
+    /// A blocked SYN: true (and counted) when it starts a connection attempt.
+    /// Out of line: the forwarding path that shares `op25b` pays nothing for it.
+    #[inline(never)]
+    fn blocked_syn<T: Tracer>(&self, p: &Packet<'_>, t: &mut T) -> bool {
+        let first = self.first_attempt(p, t);
+        if first {
+            self.counters.op25b_blocked_connections[self.policy.op25b.action.index()].add(1);
+        }
+        first
+    }
+
     /// `monitor`: the packet goes on as if OP25B were off; it is counted, and
-    /// a SYN is noted as a would-be block (events, abuse tracking).
-    #[inline]
-    fn monitor(&self, p: &Packet<'_>) {
+    /// a SYN that starts a connection attempt is counted as one and noted as
+    /// a would-be block (events, abuse tracking).
+    #[inline(never)]
+    fn monitor<T: Tracer>(&self, p: &Packet<'_>, t: &mut T) {
         self.counters.monitored.add(1);
-        if p.view.is_tcp_syn() {
+        if p.view.is_tcp_syn() && self.first_attempt(p, t) {
+            self.counters.monitored_connections.add(1);
             let ends = self.ends(&p.view);
             if ends.is_some() {
                 self.note_block(ends, "monitor", None, "none");

@@ -93,8 +93,11 @@ impl Router {
             _ => return ControlFlow::Continue(()),
         };
         if p.view.is_tcp_syn() {
+            // Only when blocks are noted: a retransmitted SYN is not noted again.
             if let ends @ Some(_) = self.ends(&p.view) {
-                self.note_block(ends, action, Some(rule), super::reply_name(v));
+                if self.first_attempt(p, t) {
+                    self.note_block(ends, action, Some(rule), super::reply_name(v));
+                }
             }
         }
         ControlFlow::Break(v)

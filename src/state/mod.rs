@@ -8,7 +8,9 @@
 //! - the redirect flow table ([`conntrack`]);
 //! - the banner responder's sessions ([`responder`]);
 //! - the buckets of config rate-limit rules;
-//! - the subscribers in quarantine ([`abuse`]), which every reload keeps.
+//! - the subscribers in quarantine ([`abuse`]), which every reload keeps;
+//! - the blocked connection attempts seen lately ([`attempts`]), so that a
+//!   retransmitted SYN is one attempt; every reload keeps them too.
 //!
 //! Each part sits behind its own lock, taken only on the paths that need it
 //! (a reply, a packet of a blocked flow, a rate-limit rule's match), and is
@@ -16,6 +18,7 @@
 //! start others afresh ([`State::carry_over`]).
 
 pub mod abuse;
+pub mod attempts;
 pub(crate) mod conntrack;
 pub(crate) mod ratelimit;
 pub mod responder;
@@ -27,6 +30,7 @@ use std::time::Instant;
 use crate::policy::{Action, Fault, Instance, Limit, Policy, RuleAction, RuleVerdict};
 use crate::stats::ResponderStats;
 use abuse::Quarantine;
+use attempts::Attempts;
 use conntrack::Conntrack;
 use ratelimit::RateLimiter;
 use responder::Responder;
@@ -66,6 +70,8 @@ pub struct State {
     quarantine: Arc<Quarantine>,
     /// By rule index; `None` for rules that are not program rules.
     programs: Box<[Option<Arc<ProgramSlot>>]>,
+    /// Blocked connection attempts seen lately: always carried over a reload.
+    attempts: Arc<Attempts>,
 }
 
 /// The live instance of one program rule (its memory and map).
@@ -139,6 +145,7 @@ impl State {
             rule_buckets: rule_buckets(policy),
             quarantine: Arc::new(Quarantine::new(MAX_QUARANTINED)),
             programs: programs(policy),
+            attempts: Arc::new(Attempts::new()),
         }
     }
 
@@ -177,6 +184,8 @@ impl State {
         let mut state = State::new(new);
         // Quarantines outlive any policy: they end by time or by `op25b release`.
         state.quarantine = Arc::clone(&self.quarantine);
+        // A SYN retransmitted across a reload is still the same attempt.
+        state.attempts = Arc::clone(&self.attempts);
         let (x, y) = (&old.op25b, &new.op25b);
         let kept_replies = old.reply_limit == new.reply_limit;
         let kept_flows = x.action == Action::Redirect
@@ -266,6 +275,22 @@ impl State {
     /// The subscribers in quarantine.
     pub fn quarantine(&self) -> &Arc<Quarantine> {
         &self.quarantine
+    }
+
+    /// Notes a blocked (or, with `monitor`, would-be blocked) SYN: true when
+    /// it starts a connection attempt, false when it retransmits one
+    /// ([`attempts::RETRY_WINDOW`]).
+    #[inline]
+    pub(crate) fn first_attempt(&self, view: &crate::packet::PacketView, now: Instant) -> bool {
+        match (view.tcp_src_port(), view.tcp_dst_port()) {
+            (Some(sport), Some(dport)) => self.attempts.first(view.src, sport, view.dst, dport, now),
+            _ => true,
+        }
+    }
+
+    /// The blocked connection attempts seen lately.
+    pub fn attempts(&self) -> &Attempts {
+        &self.attempts
     }
 
     /// The banner responder, with `action = "banner"`.

@@ -94,8 +94,12 @@ pub struct ReplayReport {
     pub replies: BTreeMap<String, u64>,
     /// Packets the OP25B fast path blocked.
     pub op25b_blocked: u64,
+    /// Connection attempts among them (a SYN and its retransmissions once).
+    pub op25b_blocked_connections: u64,
     /// Packets it would have blocked, forwarded by `action = "monitor"`.
     pub op25b_monitored: u64,
+    /// Connection attempts among those.
+    pub op25b_monitored_connections: u64,
     /// Per-rule counters, in rule order.
     pub rules: Vec<RuleCount>,
     /// Where reading stopped early, if it did.
@@ -499,7 +503,9 @@ pub fn replay_from<R: Read>(
     }
     let stats = router.stats();
     report.op25b_blocked = stats.op25b.blocked;
+    report.op25b_blocked_connections = stats.op25b.blocked_connections;
     report.op25b_monitored = stats.op25b.monitored;
+    report.op25b_monitored_connections = stats.op25b.monitored_connections;
     report.rules = stats
         .rules
         .iter()

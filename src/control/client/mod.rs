@@ -78,13 +78,18 @@ pub fn render(v: &serde_json::Value, all: bool) -> String {
         }
         line(format!("{dir} terminated (banner)"), num(&d["terminated"]));
     }
-    if let Some(m) = s["op25b_blocked_by_action"].as_object() {
-        for (k, n) in m {
-            line(format!("op25b blocked ({k})"), num(n));
+    // Packets, then connection attempts (a SYN and its retransmissions once).
+    for (what, key) in [("packets", "op25b_blocked_by_action"), ("connections", "op25b_blocked_connections_by_action")]
+    {
+        if let Some(m) = s[key].as_object() {
+            for (k, n) in m {
+                line(format!("op25b blocked {what} ({k})"), num(n));
+            }
         }
     }
     line("op25b redirected".into(), num(&s["counters"]["op25b_redirected"]));
-    line("op25b monitored (would block)".into(), num(&s["counters"]["op25b_monitored"]));
+    line("op25b monitored packets (would block)".into(), num(&s["counters"]["op25b_monitored"]));
+    line("op25b monitored connections".into(), num(&s["counters"]["op25b_monitored_connections"]));
     for k in ["tracked", "suspected", "quarantined", "refused", "attempts_dropped"] {
         line(format!("abuse {k}"), num(&s["counters"][format!("abuse_{k}").as_str()]));
     }
