@@ -5,12 +5,17 @@
 //! and 7 s (`tcp_syn_linear_timeouts` = 4), before that after 1, 3, 7, 15,
 //! 31 and 63 s. Seven packets, one connection attempt. Events, abuse tracking and the
 //! `*_connections` counters count attempts; the packet counters go on
-//! counting packets.
+//! counting packets. A retransmission carries its SYN's sequence number;
+//! a new `connect()` that happens to reuse the source port (the kernel may
+//! hand it out again at once after a refused attempt: no TIME_WAIT) starts
+//! from a new one, so the sequence number is part of what identifies an
+//! attempt.
 //!
 //! The table is fixed-size ([`SLOTS`] atomic words, allocated once) and
 //! consulted only on the blocked path (and `monitor`'s would-be blocks):
 //! the forwarding path never touches it, and nothing allocates. A 4-tuple
-//! hashes (aHash, keyed per process so nobody can aim at a slot) to one
+//! and its SYN's sequence number hash (aHash, keyed per process so nobody
+//! can aim at a slot) to one
 //! slot, which holds a 31-bit tag of the hash and when the attempt started
 //! (whole seconds, wrapping after 136 years). No lock: workers load and store the word; two
 //! workers racing on one tuple at the same instant at worst count it twice.
@@ -69,12 +74,13 @@ impl Attempts {
         }
     }
 
-    /// Notes a SYN from `src:sport` to `dst:dport` at `now`: true when it
-    /// starts a connection attempt, false when it is a retransmission of one
-    /// that started less than [`RETRY_WINDOW`] before.
+    /// Notes a SYN from `src` to `dst` with sequence number `seq` at `now`:
+    /// true when it starts a connection attempt, false when it is a
+    /// retransmission of one that started less than [`RETRY_WINDOW`] before.
     #[inline(always)]
-    pub fn first(&self, src: IpAddr, sport: u16, dst: IpAddr, dport: u16, now: Instant) -> bool {
-        let h = self.hasher.hash_one((wide(src), wide(dst), u32::from(sport) << 16 | u32::from(dport)));
+    pub fn first(&self, (src, sport): (IpAddr, u16), (dst, dport): (IpAddr, u16), seq: u32, now: Instant) -> bool {
+        let ports_seq = u64::from(sport) << 48 | u64::from(dport) << 32 | u64::from(seq);
+        let h = self.hasher.hash_one((wide(src), wide(dst), ports_seq));
         let slot = &self.slots[h as usize & (SLOTS - 1)];
         // The tag comes from bits the index does not use; never 0 (an empty slot).
         let tag = (h >> 32) | 1;
@@ -122,29 +128,42 @@ mod tests {
 
     const A: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(100, 64, 1, 10));
     const MX: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(203, 0, 113, 25));
+    const SEQ: u32 = 0x1234_5678;
 
     #[test]
     fn retransmissions_within_the_window_are_one_attempt() {
         let t0 = Instant::now();
         let a = Attempts::new();
-        assert!(a.first(A, 40000, MX, 25, t0));
+        assert!(a.first((A, 40000), (MX, 25), SEQ, t0));
         for s in [1, 3, 7, 15, 31, 63, 74] {
-            assert!(!a.first(A, 40000, MX, 25, t0 + Duration::from_secs(s)), "retransmission at {s} s");
+            assert!(!a.first((A, 40000), (MX, 25), SEQ, t0 + Duration::from_secs(s)), "retransmission at {s} s");
         }
-        assert!(a.first(A, 40000, MX, 25, t0 + RETRY_WINDOW), "the window is over");
-        assert!(!a.first(A, 40000, MX, 25, t0 + RETRY_WINDOW + Duration::from_secs(1)));
+        assert!(a.first((A, 40000), (MX, 25), SEQ, t0 + RETRY_WINDOW), "the window is over");
+        assert!(!a.first((A, 40000), (MX, 25), SEQ, t0 + RETRY_WINDOW + Duration::from_secs(1)));
     }
 
     #[test]
     fn another_port_or_destination_is_another_attempt() {
         let t0 = Instant::now();
         let a = Attempts::new();
-        assert!(a.first(A, 40000, MX, 25, t0));
-        assert!(a.first(A, 40001, MX, 25, t0));
-        assert!(a.first(A, 40000, MX, 587, t0));
+        assert!(a.first((A, 40000), (MX, 25), SEQ, t0));
+        assert!(a.first((A, 40001), (MX, 25), SEQ, t0));
+        assert!(a.first((A, 40000), (MX, 587), SEQ, t0));
         let other: IpAddr = "203.0.113.26".parse().unwrap_or(MX);
-        assert!(a.first(A, 40000, other, 25, t0));
-        assert!(!a.first(A, 40001, MX, 25, t0));
+        assert!(a.first((A, 40000), (other, 25), SEQ, t0));
+        assert!(!a.first((A, 40001), (MX, 25), SEQ, t0));
+    }
+
+    #[test]
+    fn a_new_connect_on_the_same_port_is_another_attempt() {
+        let t0 = Instant::now();
+        let a = Attempts::new();
+        assert!(a.first((A, 40000), (MX, 25), SEQ, t0));
+        // Refused at once, the kernel may give the next connect() the same
+        // port: its SYN starts from another sequence number.
+        let t1 = t0 + Duration::from_millis(2);
+        assert!(a.first((A, 40000), (MX, 25), SEQ ^ 0x8000_0001, t1));
+        assert!(!a.first((A, 40000), (MX, 25), SEQ ^ 0x8000_0001, t1 + Duration::from_secs(1)));
     }
 
     #[test]
@@ -152,8 +171,8 @@ mod tests {
         let t0 = Instant::now();
         let a = Attempts::new();
         let later = t0 + Duration::from_secs(10);
-        assert!(a.first(A, 40000, MX, 25, later));
-        assert!(!a.first(A, 40000, MX, 25, later - Duration::from_millis(3)));
+        assert!(a.first((A, 40000), (MX, 25), SEQ, later));
+        assert!(!a.first((A, 40000), (MX, 25), SEQ, later - Duration::from_millis(3)));
     }
 
     #[test]
@@ -163,7 +182,7 @@ mod tests {
         let mut new = 0;
         for i in 0..4 * SLOTS as u32 {
             let src = IpAddr::V4(std::net::Ipv4Addr::from(0x6440_0000 | (i >> 16)));
-            if a.first(src, i as u16, MX, 25, t0) {
+            if a.first((src, i as u16), (MX, 25), SEQ, t0) {
                 new += 1;
             }
         }

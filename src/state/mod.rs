@@ -282,8 +282,10 @@ impl State {
     /// ([`attempts::RETRY_WINDOW`]).
     #[inline]
     pub(crate) fn first_attempt(&self, view: &crate::packet::PacketView, now: Instant) -> bool {
-        match (view.tcp_src_port(), view.tcp_dst_port()) {
-            (Some(sport), Some(dport)) => self.attempts.first(view.src, sport, view.dst, dport, now),
+        match view.transport {
+            crate::packet::Transport::Tcp { src_port, dst_port, seq, .. } => {
+                self.attempts.first((view.src, src_port), (view.dst, dst_port), seq, now)
+            }
             _ => true,
         }
     }
