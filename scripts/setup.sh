@@ -5,7 +5,7 @@
 #                             #   tcpdump python3-aiosmtpd systemd util-linux g++ (libFuzzer)
 #                             #   clang lld (the example program rules, rules/examples/build.sh)
 #   scripts/setup.sh --bench  # also iperf3 and nftables for scripts/bench.sh
-#   scripts/setup.sh --package  # also cargo-deb, man-db and dpkg-dev for scripts/package_test.sh
+#   scripts/setup.sh --package  # also cargo-deb, man-db, dpkg-dev, swaks for scripts/package_test.sh
 # (flags combine)
 # When another apt or dpkg holds the package lock (unattended-upgrades on a fresh
 # machine, say), it waits for it, up to OP25B_APT_LOCK_WAIT seconds (default 600),
@@ -35,6 +35,8 @@ fi
 if ((package)); then
     # scripts/package_test.sh: man pages through man, Depends from dpkg-shlibdeps.
     need+=(man:man-db dpkg-shlibdeps:dpkg-dev)
+    # The packaged CI example (examples/ci/mail-through-op25b.sh) sends with swaks, over IPv6 too.
+    need+=(swaks:swaks inet6:libio-socket-inet6-perl)
     if ! cargo deb --version >/dev/null 2>&1; then
         echo "setup: installing cargo-deb (cargo install cargo-deb --locked)" >&2
         cargo install cargo-deb --locked --quiet
@@ -44,6 +46,8 @@ fi
 have() {
     if [[ "$1" == aiosmtpd ]]; then
         [[ -x /usr/bin/python3 ]] && /usr/bin/python3 -c 'import aiosmtpd' 2>/dev/null
+    elif [[ "$1" == inet6 ]]; then
+        perl -MIO::Socket::INET6 -e 1 2>/dev/null
     else
         command -v "$1" >/dev/null 2>&1
     fi
