@@ -122,12 +122,12 @@ fn smtp(src: IpAddr, dst: SocketAddr, subject: &str) -> std::io::Result<String> 
 fn a_lab_with_servers_delivers_what_op25b_lets_through() {
     let lab = TestLab::up(&["--servers"]);
     let names = &lab.names;
-    let dyn4 = IpAddr::V4(def::DYN4);
+    let dyn4 = def::ip(def::DYN4);
     let cases = [
-        (dyn4, SocketAddr::new(IpAddr::V4(def::MX4), 587), "mx:587"),
-        (dyn4, SocketAddr::new(IpAddr::V4(def::RELAY4), 25), "relay:25"),
-        (IpAddr::V6(def::DYN6), SocketAddr::new(IpAddr::V6(def::MX6), 465), "mx6:465"),
-        (IpAddr::V4(def::STATIC4), SocketAddr::new(IpAddr::V4(def::MX4), 25), "static mx:25"),
+        (dyn4, SocketAddr::new(def::ip(def::MX4), 587), "mx:587"),
+        (dyn4, SocketAddr::new(def::ip(def::RELAY4), 25), "relay:25"),
+        (def::ip(def::DYN6), SocketAddr::new(def::ip(def::MX6), 465), "mx6:465"),
+        (def::ip(def::STATIC4), SocketAddr::new(def::ip(def::MX4), 25), "static mx:25"),
     ];
     for (src, dst, subject) in cases {
         match send(names, src, dst, subject) {
@@ -135,7 +135,7 @@ fn a_lab_with_servers_delivers_what_op25b_lets_through() {
             Err(e) => panic!("{subject}: {e}"),
         }
     }
-    let blocked = send(names, dyn4, SocketAddr::new(IpAddr::V4(def::MX4), 25), "blocked");
+    let blocked = send(names, dyn4, SocketAddr::new(def::ip(def::MX4), 25), "blocked");
     assert!(
         blocked.as_ref().is_err_and(|e| e.kind() == std::io::ErrorKind::ConnectionRefused),
         "dynamic to MX:25: {blocked:?}"

@@ -4,7 +4,7 @@
 //! soak and the demo all read it from here; config/lab.toml is
 //! [`config_toml`] of the default lab (a test keeps them equal).
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::net::{IpAddr, Ipv4Addr};
 use std::path::PathBuf;
 
 use serde::Serialize;
@@ -19,37 +19,48 @@ pub const TUN_SUB: &str = "op25b-sub";
 pub const TUN_UP: &str = "op25b-up";
 
 /// The router's own IPv4 address (source of its ICMP errors).
-pub const ROUTER4: Ipv4Addr = Ipv4Addr::new(100, 64, 0, 1);
+pub const ROUTER4: &str = "100.64.0.1";
 /// The router's own IPv6 address.
-pub const ROUTER6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0x100, 0, 0, 0, 0, 1);
+pub const ROUTER6: &str = "2001:db8:100::1";
 /// A subscriber in the dynamic pool.
-pub const DYN4: Ipv4Addr = Ipv4Addr::new(100, 64, 1, 10);
+pub const DYN4: &str = "100.64.1.10";
 /// A subscriber in the dynamic pool, IPv6.
-pub const DYN6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0x100, 1, 0, 0, 0, 0x10);
+pub const DYN6: &str = "2001:db8:100:1::10";
 /// A static (exempt) subscriber.
-pub const STATIC4: Ipv4Addr = Ipv4Addr::new(100, 64, 9, 10);
+pub const STATIC4: &str = "100.64.9.10";
 /// A static (exempt) subscriber, IPv6.
-pub const STATIC6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0x100, 9, 0, 0, 0, 0x10);
+pub const STATIC6: &str = "2001:db8:100:9::10";
 /// The outside mail server (MX).
-pub const MX4: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 25);
+pub const MX4: &str = "203.0.113.25";
 /// The outside mail server, IPv6.
-pub const MX6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0x203, 0, 0, 0, 0, 0x25);
+pub const MX6: &str = "2001:db8:203::25";
 /// The ISP's relay.
-pub const RELAY4: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 25);
+pub const RELAY4: &str = "198.51.100.25";
 /// The ISP's relay, IPv6.
-pub const RELAY6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0x25, 0, 0, 0, 0, 0x25);
+pub const RELAY6: &str = "2001:db8:25::25";
 
-/// The subscribers' prefixes (anti-spoofing, the dynamic pool, the outside's route back).
-pub const SUB_NET4: (Ipv4Addr, u8) = (Ipv4Addr::new(100, 64, 0, 0), 10);
+/// The subscribers' prefix (anti-spoofing, the dynamic pool, the outside's route back).
+pub const SUB_NET4: &str = "100.64.0.0/10";
 /// The subscribers' IPv6 prefix.
-pub const SUB_NET6: (Ipv6Addr, u8) = (Ipv6Addr::new(0x2001, 0xdb8, 0x100, 0, 0, 0, 0, 0), 48);
+pub const SUB_NET6: &str = "2001:db8:100::/48";
 /// The static customers' prefix (exempt from OP25B).
-pub const STATIC_NET4: (Ipv4Addr, u8) = (Ipv4Addr::new(100, 64, 9, 0), 24);
+pub const STATIC_NET4: &str = "100.64.9.0/24";
 /// The static customers' IPv6 prefix.
-pub const STATIC_NET6: (Ipv6Addr, u8) = (Ipv6Addr::new(0x2001, 0xdb8, 0x100, 9, 0, 0, 0, 0), 64);
+pub const STATIC_NET6: &str = "2001:db8:100:9::/64";
 
 /// The TCP ports the outside SMTP servers listen on.
 pub const SMTP_PORTS: [u16; 3] = [25, 587, 465];
+
+/// An address of the definition, parsed. Every constant above parses (a test
+/// checks each), so the fallback is never taken.
+pub fn ip(s: &str) -> IpAddr {
+    s.parse().unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED))
+}
+
+/// A prefix of the definition as (address, length); see [`ip`].
+pub fn net(s: &str) -> (IpAddr, u8) {
+    s.parse::<ipnet::IpNet>().map_or((IpAddr::V4(Ipv4Addr::UNSPECIFIED), 32), |n| (n.addr(), n.prefix_len()))
+}
 
 /// An outside server of the lab: its name (the file its mail goes to) and addresses.
 #[derive(Debug, Clone, Copy, Serialize)]
@@ -57,22 +68,22 @@ pub struct Server {
     /// `mx` or `relay`.
     pub name: &'static str,
     /// Its IPv4 address.
-    pub v4: Ipv4Addr,
+    pub v4: &'static str,
     /// Its IPv6 address.
-    pub v6: Ipv6Addr,
+    pub v6: &'static str,
 }
 
 /// The outside servers: the MX and the ISP's relay.
 pub const SERVERS: [Server; 2] = [Server { name: "mx", v4: MX4, v6: MX6 }, Server { name: "relay", v4: RELAY4, v6: RELAY6 }];
 
 /// The addresses on `lo` of the subscriber namespace.
-pub const SUB_ADDRS: [IpAddr; 4] = [IpAddr::V4(DYN4), IpAddr::V4(STATIC4), IpAddr::V6(DYN6), IpAddr::V6(STATIC6)];
+pub const SUB_ADDRS: [&str; 4] = [DYN4, STATIC4, DYN6, STATIC6];
 /// The addresses on `lo` of the outside namespace.
-pub const INET_ADDRS: [IpAddr; 4] = [IpAddr::V4(MX4), IpAddr::V4(RELAY4), IpAddr::V6(MX6), IpAddr::V6(RELAY6)];
+pub const INET_ADDRS: [&str; 4] = [MX4, RELAY4, MX6, RELAY6];
 
 /// The name of the server at a local address of the outside namespace.
 pub fn server_at(addr: IpAddr) -> Option<&'static str> {
-    SERVERS.iter().find(|s| IpAddr::V4(s.v4) == addr || IpAddr::V6(s.v6) == addr).map(|s| s.name)
+    SERVERS.iter().find(|s| ip(s.v4) == addr || ip(s.v6) == addr).map(|s| s.name)
 }
 
 /// One lab's names: a lab is its name; its namespaces and state directory follow.
@@ -128,10 +139,8 @@ fn list(items: &[String]) -> String {
 /// The lab's config: config/lab.toml for the default lab, with the lab's
 /// namespaces for another. Its keys, values and comments in one place.
 pub fn config_toml(names: &Names) -> String {
-    let net4 = format!("{}/{}", SUB_NET4.0, SUB_NET4.1);
-    let net6 = format!("{}/{}", SUB_NET6.0, SUB_NET6.1);
-    let prefixes = list(&[net4.clone(), net6.clone()]);
-    let exempt = list(&[format!("{}/{}", STATIC_NET4.0, STATIC_NET4.1), format!("{}/{}", STATIC_NET6.0, STATIC_NET6.1)]);
+    let prefixes = list(&[SUB_NET4.into(), SUB_NET6.into()]);
+    let exempt = list(&[STATIC_NET4.into(), STATIC_NET6.into()]);
     let relays = list(&[format!("{RELAY4}/32"), format!("{RELAY6}/128")]);
     let routers = list(&[ROUTER4.to_string(), ROUTER6.to_string()]);
     let (sub_tun, sub_ns, up_tun, inet_ns) = (&names.sub_tun, &names.sub_ns, &names.up_tun, &names.inet_ns);
@@ -201,19 +210,21 @@ pub struct Definition {
     /// The state directory.
     pub state_dir: PathBuf,
     /// The router's addresses.
-    pub router: [IpAddr; 2],
+    pub router: [&'static str; 2],
     /// Addresses by role.
-    pub dyn4: Ipv4Addr,
+    pub dyn4: &'static str,
     /// Dynamic IPv6 subscriber.
-    pub dyn6: Ipv6Addr,
+    pub dyn6: &'static str,
     /// Static IPv4 subscriber.
-    pub static4: Ipv4Addr,
+    pub static4: &'static str,
     /// Static IPv6 subscriber.
-    pub static6: Ipv6Addr,
+    pub static6: &'static str,
     /// The outside servers.
     pub servers: [Server; 2],
     /// The subscribers' prefixes.
-    pub sub_nets: [String; 2],
+    pub sub_nets: [&'static str; 2],
+    /// The static customers' prefixes.
+    pub static_nets: [&'static str; 2],
     /// The SMTP servers' ports.
     pub smtp_ports: [u16; 3],
 }
@@ -224,13 +235,14 @@ impl Definition {
         Definition {
             state_dir: names.state_dir(),
             names: names.clone(),
-            router: [IpAddr::V4(ROUTER4), IpAddr::V6(ROUTER6)],
+            router: [ROUTER4, ROUTER6],
             dyn4: DYN4,
             dyn6: DYN6,
             static4: STATIC4,
             static6: STATIC6,
             servers: SERVERS,
-            sub_nets: [format!("{}/{}", SUB_NET4.0, SUB_NET4.1), format!("{}/{}", SUB_NET6.0, SUB_NET6.1)],
+            sub_nets: [SUB_NET4, SUB_NET6],
+            static_nets: [STATIC_NET4, STATIC_NET6],
             smtp_ports: SMTP_PORTS,
         }
     }
@@ -256,9 +268,20 @@ mod tests {
     }
 
     #[test]
+    fn every_address_and_prefix_parses() {
+        for a in [ROUTER4, ROUTER6, DYN4, DYN6, STATIC4, STATIC6, MX4, MX6, RELAY4, RELAY6] {
+            assert_eq!(a.parse::<IpAddr>().map(|p| p.to_string()).as_deref(), Ok(a));
+        }
+        for n in [SUB_NET4, SUB_NET6, STATIC_NET4, STATIC_NET6] {
+            assert_eq!(n.parse::<ipnet::IpNet>().map(|p| p.trunc().to_string()).as_deref(), Ok(n));
+        }
+        assert_eq!(net(SUB_NET6).1, 48);
+    }
+
+    #[test]
     fn servers_are_found_by_address() {
-        assert_eq!(server_at(IpAddr::V6(RELAY6)), Some("relay"));
-        assert_eq!(server_at(IpAddr::V4(MX4)), Some("mx"));
-        assert_eq!(server_at(IpAddr::V4(DYN4)), None);
+        assert_eq!(server_at(ip(RELAY6)), Some("relay"));
+        assert_eq!(server_at(ip(MX4)), Some("mx"));
+        assert_eq!(server_at(ip(DYN4)), None);
     }
 }

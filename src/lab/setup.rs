@@ -5,7 +5,7 @@
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
-use super::def::{Names, DYN4, DYN6, INET_ADDRS, SUB_ADDRS, SUB_NET4, SUB_NET6};
+use super::def::{ip, net as prefix, Names, DYN4, DYN6, INET_ADDRS, SUB_ADDRS, SUB_NET4, SUB_NET6};
 use super::net::{self, Route};
 use super::{netns, LabError};
 
@@ -14,9 +14,9 @@ use super::{netns, LabError};
 pub fn create_namespaces(names: &Names) -> Result<(), LabError> {
     let made = (|| {
         netns::create(&names.sub_ns)?;
-        net::loopback(&names.sub_ns, &SUB_ADDRS)?;
+        net::loopback(&names.sub_ns, &SUB_ADDRS.map(ip))?;
         netns::create(&names.inet_ns)?;
-        net::loopback(&names.inet_ns, &INET_ADDRS)
+        net::loopback(&names.inet_ns, &INET_ADDRS.map(ip))
     })();
     if made.is_err() {
         let _ = delete_namespaces(names);
@@ -63,8 +63,8 @@ pub fn add_routes(names: &Names, advmss_1500: bool) -> Result<(), LabError> {
     net::routes(
         &names.sub_ns,
         &[
-            Route { dst: any4, dev: sub, src: Some(IpAddr::V4(DYN4)), advmss: None },
-            Route { dst: any6, dev: sub, src: Some(IpAddr::V6(DYN6)), advmss: None },
+            Route { dst: any4, dev: sub, src: Some(ip(DYN4)), advmss: None },
+            Route { dst: any6, dev: sub, src: Some(ip(DYN6)), advmss: None },
         ],
     )?;
     let up = &names.up_tun;
@@ -72,8 +72,8 @@ pub fn add_routes(names: &Names, advmss_1500: bool) -> Result<(), LabError> {
     net::routes(
         &names.inet_ns,
         &[
-            Route { dst: (IpAddr::V4(SUB_NET4.0), SUB_NET4.1), dev: up, src: None, advmss: mss4 },
-            Route { dst: (IpAddr::V6(SUB_NET6.0), SUB_NET6.1), dev: up, src: None, advmss: mss6 },
+            Route { dst: prefix(SUB_NET4), dev: up, src: None, advmss: mss4 },
+            Route { dst: prefix(SUB_NET6), dev: up, src: None, advmss: mss6 },
         ],
     )
 }

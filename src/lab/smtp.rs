@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 
-use super::def::{server_at, SERVERS, SMTP_PORTS};
+use super::def::{ip, server_at, SERVERS, SMTP_PORTS};
 use super::LabError;
 
 const MAX_LINE: usize = 4096;
@@ -122,9 +122,9 @@ pub fn serve(dir: &Path, ready: impl FnOnce()) -> Result<(), LabError> {
     rt.block_on(async {
         let mut listeners = Vec::new();
         for s in SERVERS {
-            for ip in [IpAddr::V4(s.v4), IpAddr::V6(s.v6)] {
+            for addr in [ip(s.v4), ip(s.v6)] {
                 for port in SMTP_PORTS {
-                    let addr = SocketAddr::new(ip, port);
+                    let addr = SocketAddr::new(addr, port);
                     let l = TcpListener::bind(addr).await.map_err(|e| LabError::Smtp(format!("binding {addr}: {e}")))?;
                     listeners.push(l);
                 }
