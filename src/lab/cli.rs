@@ -51,6 +51,10 @@ pub enum LabCommand {
         /// arguments); this op25b by default.
         #[arg(long, value_name = "PATH")]
         bin: Option<PathBuf>,
+        /// Passed to `op25b run --stats FILE`: op25b writes its counters
+        /// there when it stops (`down`) and on SIGUSR1.
+        #[arg(long, value_name = "FILE")]
+        stats: Option<PathBuf>,
     },
     /// Stop what the lab started and remove its namespaces and state (nothing
     /// to do when it is not up; also after a crash).
@@ -114,8 +118,8 @@ pub enum LabCommand {
 /// Runs `op25b lab ...`; the exit status.
 pub fn main(cmd: LabCommand) -> Result<u8, LabError> {
     match cmd {
-        LabCommand::Up { lab, servers, config, bin } => {
-            run::up(&lab.names()?, &run::UpOptions { servers, config, bin }).map(|()| 0)
+        LabCommand::Up { lab, servers, config, bin, stats } => {
+            run::up(&lab.names()?, &run::UpOptions { servers, config, bin, stats }).map(|()| 0)
         }
         LabCommand::Down { lab, save_log } => run::down(&lab.names()?, save_log.as_deref()).map(|()| 0),
         LabCommand::Status { lab, json } => run::status(&lab.names()?, json),

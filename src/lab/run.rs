@@ -30,6 +30,8 @@ pub struct UpOptions {
     pub config: Option<PathBuf>,
     /// The router binary instead of this op25b.
     pub bin: Option<PathBuf>,
+    /// `op25b run --stats FILE`.
+    pub stats: Option<PathBuf>,
 }
 
 fn say(text: impl std::fmt::Display) {
@@ -168,6 +170,9 @@ fn start(names: &Names, st: &mut LabState, opts: &UpOptions) -> Result<(), LabEr
     let log = open_log(&dir.join("op25b.log"))?;
     let mut cmd = Command::new(&bin);
     cmd.arg("run").arg("--config").arg(&st.config).env("NO_COLOR", "1");
+    if let Some(stats) = &opts.stats {
+        cmd.arg("--stats").arg(stats);
+    }
     if std::env::var_os("RUST_LOG").is_none() {
         cmd.env("RUST_LOG", "info");
     }
