@@ -53,10 +53,8 @@ import glob
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
-import tempfile
 import time
 
 from bench_lib import (NFT_RULES, PATHS, PORT, BadOutput, Usage, counters_line, kernel_net,
@@ -65,9 +63,9 @@ from bench_lib import (NFT_RULES, PATHS, PORT, BadOutput, Usage, counters_line, 
 from bench_syn import (flood_finish, flood_start, synprobe_finish, synprobe_start,
                        visibility_figures)
 import bench_proc  # its SIGNALLED and CLOSING are read and set there, never copied here
-from bench_proc import (Die, Proc, catch_signals, checkpoint, err, in_ns, info, nsx, pause,
+from bench_proc import (Die, catch_signals, checkpoint, err, in_ns, info, nsx, pause,
                         proc_fields, sh, show_file, warn)
-from lablib import Lab
+from lablib import Run
 
 SCRIPTS_DIR = os.path.dirname(os.path.abspath(__file__))
 REPO_DIR = os.path.dirname(SCRIPTS_DIR)
@@ -79,43 +77,22 @@ TOOLS = [("ip", "iproute2"), ("ss", "iproute2"), ("iperf3", "iperf3"), ("nft", "
 # ------------------------------------------------------------------ the run
 
 
-class Bench:
+class Bench(Run):
     """One run: the namespaces and processes it made (removed by cleanup, whatever
     happens), its records and failures."""
 
     def __init__(self, o):
+        super().__init__(f"o25b-bench-{os.getpid()}")
         self.o = o
-        pid = os.getpid()
-        self.pfx = f"o25b-bench-{pid}"
         self.ns = {k: f"{self.pfx}-{k}" for k in ("ksub", "krtr", "kup")}
         self.lab = None  # the op25b path: an op25b lab of the run's own name (preflight)
         self.hz = os.sysconf("SC_CLK_TCK")
-        self.namespaces = []  # created by this run, deleted on exit
-        self.started = {}  # pid -> Proc, every background process this run started
-        self.op25b = None
-        self.work = None
-        self.failures = []
+        self.namespaces = []  # the kernel path's, created by this run, deleted on exit
         self.records = []  # {"path", "round", "metric", "value"}
         self.cpu_ticks = {p: 0 for p in PATHS}  # op25b's CPU during each path's tests
         self.wall = {p: 0.0 for p in PATHS}
 
     # -------------------------------------------------------------- bookkeeping
-
-    def spawn(self, out, argv, env=None):
-        """Start argv in the background, stdout to out and stderr to out.err. Its own
-        process group, so a terminal's Ctrl-C reaches only us and we stop our processes by
-        pid; not its own session, which would give it its own scheduler autogroup and
-        change how the two cores are shared between iperf3, op25b and the kernel."""
-        with open(out, "wb") as fo, open(out + ".err", "wb") as fe:
-            p = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=fo, stderr=fe, env=env,
-                                 preexec_fn=os.setpgrp)  # no threads here: preexec_fn is safe
-        proc = Proc(p.pid, p)
-        self.started[p.pid] = proc
-        return proc
-
-    def stop(self, proc):
-        proc.stop()
-        self.started.pop(proc.pid, None)
 
     def reap(self, proc, secs):
         """Its exit status once it ends; 124 (and stopped) if it outlives secs."""
@@ -135,37 +112,17 @@ class Bench:
         self.failures.append(msg)
         err(msg)
 
-    def file(self, name):
-        return os.path.join(self.work, name)
-
     # -------------------------------------------------------------- checks, build
 
     def preflight(self):
         o = self.o
-        if os.getuid() != 0:
-            raise Die("must run as root (network namespaces and TUN devices need CAP_NET_ADMIN)")
-        missing = [f"{c} (package: {p})" for c, p in TOOLS if shutil.which(c) is None]
-        if missing:
-            raise Die("missing required command(s); scripts/setup.sh --bench installs them:\n"
-                      + "\n".join(f"  - {m}" for m in missing))
         # Namespaces of earlier runs that were killed hard (their pid is gone): say so only.
         for line in (sh("ip", "netns", "list", ok=True) or "").splitlines():
             ns = line.split(" ", 1)[0]
-            m = re.match(r"o25b-bench-([0-9]+)-", ns)
+            m = re.match(r"o25b?-?bench-([0-9]+)-", ns)
             if m and not os.path.exists(f"/proc/{m.group(1)}"):
                 warn(f"stale namespace from an earlier run: {ns} (remove it: ip netns delete {ns})")
-        if o.build:
-            info("cargo build --release")
-            rc = subprocess.run(["timeout", "1800", "cargo", "build", "--release"],
-                                cwd=REPO_DIR).returncode
-            checkpoint()
-            if rc != 0:
-                raise Die("cargo build --release failed")
-        if not (os.path.isfile(o.bin) and os.access(o.bin, os.X_OK)):
-            raise Die(f"op25b binary not found or not executable: {o.bin} "
-                      "(build it: cargo build --release)")
-        self.work = tempfile.mkdtemp(prefix=f"{self.pfx}.", dir="/tmp")
-        self.lab = Lab(o.bin, f"o25bench-{os.getpid()}")
+        self.prepare(TOOLS, o.build, o.bin, f"o25bench-{os.getpid()}")
         self.ns["osub"], self.ns["oup"] = self.lab.sub_ns, self.lab.up_ns
         self.sub = {"kernel": self.ns["ksub"], "op25b": self.ns["osub"]}
         self.up = {"kernel": self.ns["kup"], "op25b": self.ns["oup"]}
@@ -234,12 +191,6 @@ class Bench:
         self.op25b = self.lab.proc
         self.run_t0 = time.monotonic()
         self.cpu0 = self.op25b_ticks()
-
-    def stop_op25b(self):
-        """`op25b lab down`: op25b logs its counters; its log is kept in the run's files."""
-        if self.lab is not None:
-            self.lab.down(save_log=self.file("op25b.log"))
-        self.op25b = None
 
     def reach_check(self, path):
         """Both families reach the server before anything is measured (also fills ARP/ND)."""
@@ -459,21 +410,14 @@ class Bench:
     # -------------------------------------------------------------- cleanup
 
     def cleanup(self, rc):
-        """Stop what this run started (by pid), delete its namespaces, keep or drop its
-        files. Runs on every exit; signals are only noted meanwhile, so it finishes."""
-        bench_proc.CLOSING = True
+        """Stop what this run started (by pid), take its lab down, delete the kernel
+        path's namespaces, keep or drop its files. Runs on every exit."""
         if rc != 0 and self.work:
             info(f"exiting with status {rc}: stopping what this run started, "
                  "removing its namespaces")
-        for proc in list(self.started.values()):
-            try:
-                self.stop(proc)
-            except Exception as e:  # one stuck process must not keep the rest running
-                warn(f"while stopping pid {proc.pid}: {e}")
-        try:
-            self.stop_op25b()
-        except Exception as e:
-            warn(f"while stopping op25b: {e}")
+        self.close(self.o.keep, also=self.delete_namespaces)
+
+    def delete_namespaces(self):
         for ns in self.namespaces:
             if not os.path.exists(f"/run/netns/{ns}"):
                 continue
@@ -484,15 +428,6 @@ class Bench:
                 warn(f"processes still inside {ns}, left alone: {pids}")
             if sh("ip", "netns", "delete", ns, ok=True) is None:
                 warn(f"could not delete netns {ns}")
-        if self.work and os.path.isdir(self.work):
-            if self.o.keep:
-                try:
-                    shutil.copytree(self.work, self.o.keep, dirs_exist_ok=True)
-                    info(f"raw outputs kept in {self.o.keep}")
-                except OSError as e:
-                    warn(f"could not copy the raw outputs to {self.o.keep}: {e}")
-            shutil.rmtree(self.work, ignore_errors=True)
-
 
 # ------------------------------------------------------------------ main
 

@@ -4,9 +4,12 @@ name made and removed by `op25b lab`, whose definition (names, addresses) comes 
 
 import json
 import os
+import shutil
 import subprocess
+import tempfile
 
-from bench_proc import Die, Proc, show_file
+import bench_proc  # its CLOSING is set there, never copied here
+from bench_proc import Die, Proc, checkpoint, info, show_file, warn
 
 
 def definition(op25b, name):
@@ -81,3 +84,82 @@ class Lab:
             argv += ["--save-log", save_log]
         subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
         self.is_up, self.proc = False, None
+
+
+class Run:
+    """What the benchmark and the soak share: a work directory, the processes they
+    start (stopped by pid at the end, whatever happens), the build, their lab."""
+
+    def __init__(self, pfx):
+        self.pfx, self.work, self.lab, self.op25b = pfx, None, None, None
+        self.started = {}  # pid -> Proc, every background process this run started
+        self.failures = []
+
+    def file(self, name):
+        return os.path.join(self.work, name)
+
+    def spawn(self, out, argv, env=None):
+        """Start argv in the background, stdout to out and stderr to out.err. Its own
+        process group, so a terminal's Ctrl-C reaches only us and we stop our processes by
+        pid; not its own session, which would give it its own scheduler autogroup and
+        change how the two cores are shared between iperf3, op25b and the kernel."""
+        with open(out, "wb") as fo, open(out + ".err", "wb") as fe:
+            p = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=fo, stderr=fe, env=env,
+                                 preexec_fn=os.setpgrp)  # no threads here: preexec_fn is safe
+        proc = Proc(p.pid, p)
+        self.started[p.pid] = proc
+        return proc
+
+    def stop(self, proc):
+        proc.stop()
+        self.started.pop(proc.pid, None)
+
+    def prepare(self, tools, build, binary, lab_name):
+        """Root, the tools, the build, the binary; then the work directory and the lab."""
+        if os.getuid() != 0:
+            raise Die("must run as root (network namespaces and TUN devices need CAP_NET_ADMIN)")
+        missing = [f"{c} (package: {p})" for c, p in tools if shutil.which(c) is None]
+        if missing:
+            raise Die("missing required command(s); scripts/setup.sh --bench installs them:\n"
+                      + "\n".join(f"  - {m}" for m in missing))
+        if build:
+            info("cargo build --release")
+            rc = subprocess.run(["timeout", "1800", "cargo", "build", "--release"],
+                                cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__)))).returncode
+            checkpoint()
+            if rc != 0:
+                raise Die("cargo build --release failed")
+        if not (os.path.isfile(binary) and os.access(binary, os.X_OK)):
+            raise Die(f"op25b binary not found or not executable: {binary} (cargo build --release)")
+        self.work = tempfile.mkdtemp(prefix=f"{self.pfx}.", dir="/tmp")
+        self.lab = Lab(binary, lab_name)
+
+    def stop_op25b(self):
+        """`op25b lab down`: op25b writes its counters; its log stays in the run's files."""
+        if self.lab is not None and self.work:
+            self.lab.down(save_log=self.file("op25b.log"))
+        self.op25b = None
+
+    def close(self, keep, also=None):
+        """Stops what the run started, takes the lab down, calls also(), keeps (copied
+        to keep) or drops the run's files. Signals are only noted meanwhile."""
+        bench_proc.CLOSING = True
+        for proc in list(self.started.values()):
+            try:
+                self.stop(proc)
+            except Exception as e:  # one stuck process must not keep the rest running
+                warn(f"while stopping pid {proc.pid}: {e}")
+        try:
+            self.stop_op25b()
+        except Exception as e:
+            warn(f"while stopping op25b: {e}")
+        if also:
+            also()
+        if self.work and os.path.isdir(self.work):
+            if keep:
+                try:
+                    shutil.copytree(self.work, keep, dirs_exist_ok=True)
+                    info(f"raw outputs kept in {keep}")
+                except OSError as e:
+                    warn(f"could not copy the raw outputs to {keep}: {e}")
+            shutil.rmtree(self.work, ignore_errors=True)

@@ -46,12 +46,11 @@ import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 
 import bench_proc  # SIGNALLED, CLOSING and TAG are read and set there
-from bench_proc import Die, Proc, catch_signals, checkpoint, err, info, pause, show_file, warn
-from lablib import Lab
+from bench_proc import Die, catch_signals, err, info, pause, show_file
+from lablib import Run
 
 SCRIPTS_DIR = os.path.dirname(os.path.abspath(__file__))
 REPO_DIR = os.path.dirname(SCRIPTS_DIR)
@@ -150,33 +149,12 @@ def rss_kib(pid):
     return fields["VmRSS"], fields["RssAnon"], fields["RssFile"]
 
 
-class Soak:
+class Soak(Run):
     def __init__(self, o):
+        super().__init__(f"o25soak-{os.getpid()}")
         self.o = o
-        self.pfx = f"o25soak-{os.getpid()}"
-        self.lab = None
-        self.started = {}
-        self.op25b = None
-        self.work = None
-        self.failures = []
 
     # -------------------------------------------------------------- bookkeeping
-
-    def file(self, name):
-        return os.path.join(self.work, name)
-
-    def spawn(self, out, argv, env=None):
-        """In the background, its own process group (see bench.py's spawn)."""
-        with open(out, "wb") as fo, open(out + ".err", "wb") as fe:
-            p = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=fo, stderr=fe, env=env,
-                                 preexec_fn=os.setpgrp)
-        proc = Proc(p.pid, p)
-        self.started[p.pid] = proc
-        return proc
-
-    def stop(self, proc):
-        proc.stop()
-        self.started.pop(proc.pid, None)
 
     def check(self, ok, msg):
         if ok:
@@ -188,23 +166,7 @@ class Soak:
     # -------------------------------------------------------------- set-up
 
     def preflight(self):
-        if os.getuid() != 0:
-            raise Die("must run as root (network namespaces and TUN devices need CAP_NET_ADMIN)")
-        missing = [f"{c} (package: {p})" for c, p in TOOLS if shutil.which(c) is None]
-        if missing:
-            raise Die("missing required command(s); scripts/setup.sh --bench installs them:\n"
-                      + "\n".join(f"  - {m}" for m in missing))
-        if self.o["build"]:
-            info("cargo build --release")
-            rc = subprocess.run(["timeout", "1800", "cargo", "build", "--release"],
-                                cwd=REPO_DIR).returncode
-            checkpoint()
-            if rc != 0:
-                raise Die("cargo build --release failed")
-        if not (os.path.isfile(self.o["bin"]) and os.access(self.o["bin"], os.X_OK)):
-            raise Die(f"op25b binary not found: {self.o['bin']} (cargo build --release)")
-        self.work = tempfile.mkdtemp(prefix=f"{self.pfx}.", dir="/tmp")
-        self.lab = Lab(self.o["bin"], self.pfx)
+        self.prepare(TOOLS, self.o["build"], self.o["bin"], self.pfx)
         for name in ("A", "B", "invalid"):
             with open(self.file(f"{name}.toml"), "w", encoding="utf-8") as f:
                 f.write(config(self.lab, name, self.work))
@@ -234,9 +196,13 @@ class Soak:
         secs = self.o["secs"]
         self.load = {}
         for name, fam, proto, rev, rate, port in LOAD:
+            # Bound to the address the client asks for: the outside has more than one
+            # (the MX, the relay), and an unbound UDP server answers from whichever the
+            # kernel picks.
+            dst = self.lab.srv4 if fam == "4" else self.lab.srv6
             srv = self.spawn(self.file(f"{name}-server.json"),
-                             self.lab.exec(secs + 60, "iperf3", "-s", "-1", "-p", str(port), "--json",
-                                           outside=True))
+                             self.lab.exec(secs + 60, "iperf3", "-s", "-1", "-B", dst, "-p", str(port),
+                                           "--json", outside=True))
             self.load[name] = {"server": srv}
         pause(0.5)
         for name, fam, proto, rev, rate, port in LOAD:
@@ -370,12 +336,6 @@ class Soak:
             show_file(self.file("syn-flood.json.err"))
         return rates
 
-    def stop_op25b(self):
-        """`op25b lab down`: op25b writes its counters, the lab goes, its log stays."""
-        if self.lab is not None:
-            self.lab.down(save_log=self.file("op25b.log"))
-        self.op25b = None
-
     def final_checks(self):
         try:
             with open(self.file("stats.json"), encoding="utf-8") as f:
@@ -450,27 +410,9 @@ class Soak:
         return 0
 
     def cleanup(self, rc):
-        bench_proc.CLOSING = True
-        for proc in list(self.started.values()):
-            try:
-                self.stop(proc)
-            except Exception as e:  # one stuck process must not keep the rest running
-                warn(f"while stopping pid {proc.pid}: {e}")
-        try:
-            self.stop_op25b()
-        except Exception as e:
-            warn(f"while stopping op25b: {e}")
-        if self.work and os.path.isdir(self.work):
-            if rc != 0:
-                show_file(self.file("op25b.log"), tail=20)
-            if self.o["keep"]:
-                try:
-                    shutil.copytree(self.work, self.o["keep"], dirs_exist_ok=True)
-                    info(f"raw outputs kept in {self.o['keep']}")
-                except OSError as e:
-                    warn(f"could not copy the raw outputs to {self.o['keep']}: {e}")
-            shutil.rmtree(self.work, ignore_errors=True)
-
+        if rc != 0 and self.work:
+            show_file(self.lab.log() if self.lab and self.lab.is_up else self.file("op25b.log"), tail=20)
+        self.close(self.o["keep"])
 
 def main(argv):
     bench_proc.TAG = "soak"
