@@ -74,7 +74,8 @@ pub struct Server {
 }
 
 /// The outside servers: the MX and the ISP's relay.
-pub const SERVERS: [Server; 2] = [Server { name: "mx", v4: MX4, v6: MX6 }, Server { name: "relay", v4: RELAY4, v6: RELAY6 }];
+pub const SERVERS: [Server; 2] =
+    [Server { name: "mx", v4: MX4, v6: MX6 }, Server { name: "relay", v4: RELAY4, v6: RELAY6 }];
 
 /// The addresses on `lo` of the subscriber namespace.
 pub const SUB_ADDRS: [&str; 4] = [DYN4, STATIC4, DYN6, STATIC6];

@@ -39,8 +39,17 @@ fn say(text: impl std::fmt::Display) {
 }
 
 fn files(dir: &Path) -> [PathBuf; 8] {
-    ["lab.json", "op25b.toml", "op25b.log", "op25b.sock", "servers.log", "servers.ready", "connections.jsonl", "lab.json.tmp"]
-        .map(|f| dir.join(f))
+    [
+        "lab.json",
+        "op25b.toml",
+        "op25b.log",
+        "op25b.sock",
+        "servers.log",
+        "servers.ready",
+        "connections.jsonl",
+        "lab.json.tmp",
+    ]
+    .map(|f| dir.join(f))
 }
 
 fn this_exe() -> Result<PathBuf, LabError> {
@@ -73,7 +82,8 @@ fn run_config(names: &Names, source: Option<&Path>, socket: &Path) -> Result<(St
                 }
             }
             let text = std::fs::read_to_string(path).map_err(|e| LabError::io(path, e))?;
-            let names = Names { sub_tun: cfg.subscriber.tun.clone(), up_tun: cfg.upstream.tun.clone(), ..names.clone() };
+            let names =
+                Names { sub_tun: cfg.subscriber.tun.clone(), up_tun: cfg.upstream.tun.clone(), ..names.clone() };
             (text, names)
         }
     };
@@ -111,7 +121,8 @@ pub fn up(names: &Names, opts: &UpOptions) -> Result<(), LabError> {
         }
     };
     st.names = names.clone();
-    st.source_config = opts.config.clone();
+    // Absolute, so `reload` finds it from any directory.
+    st.source_config = opts.config.as_ref().map(|c| std::fs::canonicalize(c).unwrap_or_else(|_| c.clone()));
     st.socket = text.contains(&format!("socket = \"{}\"", socket.display())).then_some(socket);
     std::fs::write(&st.config, &text).map_err(|e| LabError::io(&st.config, e))?;
     let started = start(&names, &mut st, opts);
@@ -166,7 +177,12 @@ fn start(names: &Names, st: &mut LabState, opts: &UpOptions) -> Result<(), LabEr
         Some(b) => b.clone(),
         None => this_exe()?,
     };
-    say(format!("starting op25b: {} run --config {} (log: {})", bin.display(), st.config.display(), dir.join("op25b.log").display()));
+    say(format!(
+        "starting op25b: {} run --config {} (log: {})",
+        bin.display(),
+        st.config.display(),
+        dir.join("op25b.log").display()
+    ));
     let log = open_log(&dir.join("op25b.log"))?;
     let mut cmd = Command::new(&bin);
     cmd.arg("run").arg("--config").arg(&st.config).env("NO_COLOR", "1");
@@ -287,7 +303,8 @@ pub fn down(names: &Names, save_log: Option<&Path>) -> Result<(), LabError> {
         netns::delete(ns)?;
     }
     if dir.exists() {
-        for f in files(&dir).iter().chain(SERVERS.iter().map(|s| smtp::mail_file(&dir, s.name)).collect::<Vec<_>>().iter())
+        for f in
+            files(&dir).iter().chain(SERVERS.iter().map(|s| smtp::mail_file(&dir, s.name)).collect::<Vec<_>>().iter())
         {
             let _ = std::fs::remove_file(f);
         }
@@ -425,10 +442,15 @@ pub fn reload(names: &Names, config: Option<&Path>) -> Result<u8, LabError> {
     std::fs::write(&st.config, text).map_err(|e| LabError::io(&st.config, e))?;
     kill(Pid::from_raw(op25b.pid as i32), Signal::SIGHUP).map_err(|e| LabError::Process(format!("SIGHUP: {e}")))?;
     let mut line = None;
-    wait(Duration::from_secs(5), "op25b to log the reload", || {
-        line = outcomes().get(before).cloned();
-        line.is_some()
-    }, || gone(Some(op25b), "op25b"))?;
+    wait(
+        Duration::from_secs(5),
+        "op25b to log the reload",
+        || {
+            line = outcomes().get(before).cloned();
+            line.is_some()
+        },
+        || gone(Some(op25b), "op25b"),
+    )?;
     let line = line.unwrap_or_default();
     // Without the timestamp: "INFO op25b: config reloaded: ...".
     let shown = line.split_once(' ').map_or(line.as_str(), |(_, rest)| rest).trim_start();

@@ -32,11 +32,7 @@ pub fn delete_namespaces(names: &Names) -> Result<(), LabError> {
 
 /// Waits up to `within` until both TUN devices are up in their namespaces.
 /// `gone` is asked between looks: `Some(why)` (op25b exited) ends the wait.
-pub fn wait_devices(
-    names: &Names,
-    within: Duration,
-    mut gone: impl FnMut() -> Option<String>,
-) -> Result<(), LabError> {
+pub fn wait_devices(names: &Names, within: Duration, mut gone: impl FnMut() -> Option<String>) -> Result<(), LabError> {
     let deadline = Instant::now() + within;
     for (ns, dev) in [(&names.sub_ns, &names.sub_tun), (&names.inet_ns, &names.up_tun)] {
         while !net::link_up(ns, dev)? {

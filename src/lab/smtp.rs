@@ -102,11 +102,8 @@ fn append(path: &Path, value: &impl Serialize) {
         Ok(l) => l + "\n",
         Err(e) => return tracing::warn!("lab smtp: {e}"),
     };
-    let written = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(path)
-        .and_then(|mut f| f.write_all(line.as_bytes()));
+    let written =
+        std::fs::OpenOptions::new().create(true).append(true).open(path).and_then(|mut f| f.write_all(line.as_bytes()));
     if let Err(e) = written {
         tracing::warn!("lab smtp: writing {}: {e}", path.display());
     }
@@ -125,7 +122,8 @@ pub fn serve(dir: &Path, ready: impl FnOnce()) -> Result<(), LabError> {
             for addr in [ip(s.v4), ip(s.v6)] {
                 for port in SMTP_PORTS {
                     let addr = SocketAddr::new(addr, port);
-                    let l = TcpListener::bind(addr).await.map_err(|e| LabError::Smtp(format!("binding {addr}: {e}")))?;
+                    let l =
+                        TcpListener::bind(addr).await.map_err(|e| LabError::Smtp(format!("binding {addr}: {e}")))?;
                     listeners.push(l);
                 }
             }

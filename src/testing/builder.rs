@@ -59,11 +59,7 @@ impl PolicyBuilder {
                 ("mtu", "1500".into()),
                 ("prefixes", list(&[SUB_NET4, SUB_NET6])),
             ]),
-            upstream: pairs(&[
-                ("tun", quote(&names.up_tun)),
-                ("netns", quote(&names.inet_ns)),
-                ("mtu", "1500".into()),
-            ]),
+            upstream: pairs(&[("tun", quote(&names.up_tun)), ("netns", quote(&names.inet_ns)), ("mtu", "1500".into())]),
             op25b: pairs(&[
                 ("dynamic", list(&[SUB_NET4, SUB_NET6])),
                 ("exempt_sources", list(&[STATIC_NET4, STATIC_NET6])),
