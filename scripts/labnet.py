@@ -33,30 +33,18 @@ import subprocess
 import sys
 import time
 
-# connect(): errno values that mean "the network said no route / not allowed".
-# ICMP host/net unreachable and (IPv4) admin prohibited arrive as EHOSTUNREACH or
-# ENETUNREACH; ICMPv6 "administratively prohibited" arrives as EACCES on Linux.
 # The demo: a refused connection counts as "fast" under this many milliseconds (an RST
 # from op25b takes about a millisecond here, a silent drop the full timeout).
 FAST_MS = 500
+# connect(): errno values that mean "the network said no route / not allowed".
+# ICMP host/net unreachable and (IPv4) admin prohibited arrive as EHOSTUNREACH or
+# ENETUNREACH; ICMPv6 "administratively prohibited" arrives as EACCES on Linux.
 UNREACHABLE_ERRNOS = {
     errno_mod.EHOSTUNREACH,
     errno_mod.ENETUNREACH,
     errno_mod.EHOSTDOWN,
     errno_mod.EACCES,
 }
-
-
-def plain_ip(addr):
-    """'::ffff:203.0.113.25' -> '203.0.113.25'; strips a '%scope' suffix."""
-    addr = addr.split("%", 1)[0]
-    try:
-        ip = ipaddress.ip_address(addr)
-    except ValueError:
-        return addr
-    if ip.version == 6 and ip.ipv4_mapped is not None:
-        return str(ip.ipv4_mapped)
-    return str(ip)
 
 
 # ---------------------------------------------------------------- connect

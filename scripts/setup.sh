@@ -13,7 +13,7 @@
 set -euo pipefail
 
 need=(ip:iproute2 ping:iputils-ping traceroute:traceroute python3:python3 tcpdump:tcpdump)
-# The lab's SMTP servers and tests/actions.rs run aiosmtpd under /usr/bin/python3.
+# tests/actions.rs runs aiosmtpd under /usr/bin/python3 (the lab's servers are op25b's own).
 need+=(aiosmtpd:python3-aiosmtpd)
 # tests/service.rs: systemd-analyze verify, op25b as nobody under setpriv/unshare.
 need+=(systemd-analyze:systemd setpriv:util-linux unshare:util-linux)

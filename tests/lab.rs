@@ -222,9 +222,11 @@ fn a_config_of_the_users_own_must_name_the_labs_namespaces() {
     std::fs::create_dir_all(&dir).expect("temp dir");
     let file = dir.join("mine.toml");
     std::fs::write(&file, def::config_toml(&Names::new("elsewhere").expect("name"))).expect("config");
-    let out = op25b(&["lab", "up", "--name", "o25lab-cfg", "--config", file.to_str().expect("utf-8")]);
+    let name = format!("o25cfg-{}", std::process::id());
+    let out = op25b(&["lab", "up", "--name", &name, "--config", file.to_str().expect("utf-8")]);
     std::fs::remove_dir_all(&dir).ok();
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
-    assert!(text(&out).contains("subscriber.netns: the lab o25lab-cfg needs \"o25lab-cfg-sub\""), "{}", text(&out));
-    assert!(!netns::exists("o25lab-cfg-sub") && !PathBuf::from("/run/o25lab-cfg").exists());
+    let expected = format!("subscriber.netns: the lab {name} needs \"{name}-sub\"");
+    assert!(text(&out).contains(&expected), "{}", text(&out));
+    assert!(!netns::exists(&format!("{name}-sub")) && !PathBuf::from(format!("/run/{name}")).exists());
 }
