@@ -9,14 +9,29 @@ use super::def::{ip, net as prefix, Names, DYN4, DYN6, INET_ADDRS, SUB_ADDRS, SU
 use super::net::{self, Route};
 use super::{netns, LabError};
 
-/// Creates the lab's namespaces with lo up and the lab's addresses on it. On
-/// failure, removes the namespaces it made.
+/// IPv6 kept quiet in the lab's namespaces: no duplicate address detection, no
+/// router solicitations or advertisements on the devices op25b adds.
+const QUIET_V6: [(&str, &str); 6] = [
+    ("net.ipv6.conf.all.accept_dad", "0"),
+    ("net.ipv6.conf.default.accept_dad", "0"),
+    ("net.ipv6.conf.all.accept_ra", "0"),
+    ("net.ipv6.conf.default.accept_ra", "0"),
+    ("net.ipv6.conf.all.router_solicitations", "0"),
+    ("net.ipv6.conf.default.router_solicitations", "0"),
+];
+
+/// Creates the lab's namespaces with lo up and the lab's addresses on it, IPv6
+/// quiet ([`QUIET_V6`]). On failure, removes the namespaces it made.
 pub fn create_namespaces(names: &Names) -> Result<(), LabError> {
     let made = (|| {
-        netns::create(&names.sub_ns)?;
-        net::loopback(&names.sub_ns, &SUB_ADDRS.map(ip))?;
-        netns::create(&names.inet_ns)?;
-        net::loopback(&names.inet_ns, &INET_ADDRS.map(ip))
+        for (ns, addrs) in [(&names.sub_ns, SUB_ADDRS), (&names.inet_ns, INET_ADDRS)] {
+            netns::create(ns)?;
+            for (key, value) in QUIET_V6 {
+                net::sysctl(ns, key, value)?;
+            }
+            net::loopback(ns, &addrs.map(ip))?;
+        }
+        Ok(())
     })();
     if made.is_err() {
         let _ = delete_namespaces(names);
