@@ -230,3 +230,17 @@ fn a_config_of_the_users_own_must_name_the_labs_namespaces() {
     assert!(text(&out).contains(&expected), "{}", text(&out));
     assert!(!netns::exists(&format!("{name}-sub")) && !PathBuf::from(format!("/run/{name}")).exists());
 }
+
+#[test]
+fn up_without_root_is_a_usage_error_and_makes_nothing() {
+    let name = format!("o25nr-{}", std::process::id());
+    let out = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", env!("CARGO_BIN_EXE_op25b"), "lab", "up"])
+        .args(["--name", &name])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run setpriv (util-linux): {e}"));
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(text(&out).contains("must run as root"), "{}", text(&out));
+    assert!(!netns::exists(&format!("{name}-sub")) && !PathBuf::from(format!("/run/{name}")).exists());
+}

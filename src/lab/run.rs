@@ -96,8 +96,19 @@ fn run_config(names: &Names, source: Option<&Path>, socket: &Path) -> Result<(St
     Ok((text, names))
 }
 
+/// A usage error unless this process runs as root: namespaces, their mounts
+/// and TUN devices need CAP_SYS_ADMIN and CAP_NET_ADMIN.
+fn need_root(what: &str) -> Result<(), LabError> {
+    if nix::unistd::geteuid().is_root() {
+        Ok(())
+    } else {
+        Err(LabError::Usage(format!("op25b lab {what} must run as root (network namespaces and TUN devices)")))
+    }
+}
+
 /// `op25b lab up`.
 pub fn up(names: &Names, opts: &UpOptions) -> Result<(), LabError> {
+    need_root("up")?;
     match LabState::load(names) {
         Ok(Some(s)) if healthy(&s) && (s.servers.is_some() || !opts.servers) => {
             say(format!("lab {} already up (op25b pid {}); nothing to do", names.name, s.op25b.map_or(0, |p| p.pid)));
@@ -265,6 +276,7 @@ fn spawn_in(cmd: &mut Command, ns: &str, log: File) -> Result<u32, LabError> {
 
 /// `op25b lab down`.
 pub fn down(names: &Names, save_log: Option<&Path>) -> Result<(), LabError> {
+    need_root("down")?;
     let dir = names.state_dir();
     let st = match LabState::load(names) {
         Ok(s) => s,
@@ -375,6 +387,7 @@ pub fn status(names: &Names, json: bool) -> Result<u8, LabError> {
 
 /// `op25b lab exec`: replaces this process with the command, in the namespace.
 pub fn exec(names: &Names, outside: bool, command: &[OsString]) -> Result<u8, LabError> {
+    need_root("exec")?;
     let ns = if outside { &names.inet_ns } else { &names.sub_ns };
     if !netns::exists(ns) {
         return Err(LabError::Usage(format!("the lab {} is not up (no namespace {ns}): op25b lab up", names.name)));
