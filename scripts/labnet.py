@@ -1,25 +1,12 @@
 #!/usr/bin/env python3
-"""TCP and SMTP clients for the op25b namespace lab, and the demo's cases (python3 >= 3.9).
-Run inside the lab's subscriber namespace: `op25b lab exec -- python3 scripts/labnet.py ...`.
+"""The op25b lab's clients for the demo and captures (python3 >= 3.9), run inside the
+lab's subscriber namespace: `op25b lab exec -- python3 scripts/labnet.py traffic|demo`.
 The lab's addresses come from its definition, `op25b lab status --json`.
 
-send     send one message with smtplib from --src to DST PORT; print ONE JSON line:
-         {"result": "accepted"|"rejected"|"refused"|"timeout"|"error", "reply": str|null,
-          "error": str|null, "ms": float, "src", "dst", "port", "subject"}
-
-connect  bind --src, connect to DST PORT with a timeout and print ONE JSON line:
-         {"result": "connected"|"refused"|"timeout"|"unreachable"|"error",
-          "errno": int|null, "error": str|null, "ms": float, "banner": str|null,
-          "src": str, "dst": str, "port": int}
-         "ms" is the time connect() took (the banner read is not included).
-
 traffic  the lab's five connections (dynamic to MX:25 over IPv4 and IPv6, to MX:587
-         and to the relay on 25, static to MX:25), for a capture.
-
+         and to the relay on 25, static to MX:25), one JSON line each (scripts/capture.sh).
 demo     the demo's cases (scripts/demo.sh): connections, traceroute, mail, checked
          against what OP25B should do, as a table; exit 1 if any differs.
-
-Exit status 0 whenever the line(s) were printed; 2 on usage errors.
 """
 
 import argparse
@@ -51,97 +38,64 @@ UNREACHABLE_ERRNOS = {
 
 def read_banner(sock, timeout):
     """First line the server sends (without CR LF), or None if nothing came in time."""
-    deadline = time.monotonic() + timeout
-    buf = b""
-    while b"\n" not in buf and len(buf) < 1024:
-        left = deadline - time.monotonic()
-        if left <= 0:
-            break
-        sock.settimeout(left)
+    deadline, buf = time.monotonic() + timeout, b""
+    while b"\n" not in buf and len(buf) < 1024 and time.monotonic() < deadline:
+        sock.settimeout(max(deadline - time.monotonic(), 0.001))
         try:
             data = sock.recv(1024)
-        except (socket.timeout, OSError):
+        except OSError:
             break
         if not data:
             break
         buf += data
-    if not buf:
-        return None
-    return buf.split(b"\n", 1)[0].rstrip(b"\r").decode("utf-8", "replace")
+    return buf.split(b"\n", 1)[0].rstrip(b"\r").decode("utf-8", "replace") if buf else None
 
 
-def cmd_connect(args):
-    out = {
-        "result": "error",
-        "errno": None,
-        "error": None,
-        "ms": 0.0,
-        "banner": None,
-        "src": args.src,
-        "dst": args.dst,
-        "port": args.port,
-    }
-    family = socket.AF_INET6 if ipaddress.ip_address(args.dst).version == 6 else socket.AF_INET
-    sock = None
+def connect(src, dst, port, timeout=3.0):
+    """Binds src, connects to dst:port: {"result": "connected"|"refused"|"timeout"|
+    "unreachable"|"error", "errno", "error", "ms" (the connect() alone), "banner"}."""
+    out = {"result": "error", "errno": None, "error": None, "ms": 0.0, "banner": None}
+    family = socket.AF_INET6 if ipaddress.ip_address(dst).version == 6 else socket.AF_INET
     start = time.monotonic()
     try:
-        sock = socket.socket(family, socket.SOCK_STREAM)
-        if args.src:
-            sock.bind((args.src, 0))
-        sock.settimeout(args.timeout)
-        start = time.monotonic()
-        try:
-            sock.connect((args.dst, args.port))
-            out["ms"] = (time.monotonic() - start) * 1000.0
-            out["result"] = "connected"
-            out["banner"] = read_banner(sock, args.banner_timeout)
-        except socket.timeout:
-            out["ms"] = (time.monotonic() - start) * 1000.0
-            out["result"] = "timeout"
-            out["errno"] = errno_mod.ETIMEDOUT
-            out["error"] = os.strerror(errno_mod.ETIMEDOUT)
-        except OSError as e:
-            out["ms"] = (time.monotonic() - start) * 1000.0
-            out["errno"] = e.errno
-            out["error"] = e.strerror or str(e)
-            if e.errno == errno_mod.ECONNREFUSED:
-                out["result"] = "refused"
-            elif e.errno == errno_mod.ETIMEDOUT:
-                out["result"] = "timeout"
-            elif e.errno in UNREACHABLE_ERRNOS:
-                out["result"] = "unreachable"
-            else:
-                out["result"] = "error"
+        with socket.socket(family, socket.SOCK_STREAM) as sock:
+            sock.bind((src, 0))
+            sock.settimeout(timeout)
+            start = time.monotonic()
+            try:
+                sock.connect((dst, port))
+                out["ms"] = (time.monotonic() - start) * 1000.0
+                out["result"], out["banner"] = "connected", read_banner(sock, 1.0)
+            except socket.timeout:
+                out.update(result="timeout", errno=errno_mod.ETIMEDOUT,
+                           error=os.strerror(errno_mod.ETIMEDOUT))
+            except OSError as e:
+                out.update(errno=e.errno, error=e.strerror or str(e), result=(
+                    "refused" if e.errno == errno_mod.ECONNREFUSED else
+                    "timeout" if e.errno == errno_mod.ETIMEDOUT else
+                    "unreachable" if e.errno in UNREACHABLE_ERRNOS else "error"))
     except OSError as e:  # socket() or bind() failed: not a network verdict
+        out.update(errno=e.errno, error=e.strerror or str(e))
+    if not out["ms"]:
         out["ms"] = (time.monotonic() - start) * 1000.0
-        out["errno"] = e.errno
-        out["error"] = e.strerror or str(e)
-        out["result"] = "error"
-    finally:
-        if sock is not None:
-            sock.close()
     out["ms"] = round(out["ms"], 3)
-    print(json.dumps(out), flush=True)
-    return 0
+    return out
 
 
-# ---------------------------------------------------------------- send
-
-def cmd_send(args):
-    """One message through smtplib; prints ONE JSON line."""
+def send(src, dst, port, subject, timeout=3.0):
+    """One message through smtplib: {"result": "accepted"|"rejected"|"refused"|"timeout"|
+    "error", "reply", "error", "ms"}."""
     import smtplib
 
-    out = {"result": "error", "reply": None, "error": None, "ms": 0.0,
-           "src": args.src, "dst": args.dst, "port": args.port, "subject": args.subject}
-    msg = "From: <%s>\r\nTo: <%s>\r\nSubject: %s\r\n\r\nsent through the op25b lab\r\n" % (
-        args.mail_from, args.rcpt_to, args.subject)
+    out = {"result": "error", "reply": None, "error": None, "ms": 0.0}
+    frm, to = "alice@subscriber.example", "bob@outside.example"
+    msg = "From: <%s>\r\nTo: <%s>\r\nSubject: %s\r\n\r\nsent through the op25b lab\r\n" % (frm, to, subject)
     start = time.monotonic()
     try:
-        source = (args.src, 0) if args.src else None
-        with smtplib.SMTP(args.dst, args.port, timeout=args.timeout, source_address=source) as smtp:
+        with smtplib.SMTP(dst, port, timeout=timeout, source_address=(src, 0)) as smtp:
             smtp.ehlo("subscriber.lab")
-            smtp.mail(args.mail_from)
-            smtp.rcpt(args.rcpt_to)
+            smtp.mail(frm)
+            smtp.rcpt(to)
             code, reply = smtp.data(msg.encode())
             out["reply"] = "%d %s" % (code, reply.decode("utf-8", "replace"))
             out["result"] = "accepted" if code == 250 else "rejected"
@@ -152,37 +106,7 @@ def cmd_send(args):
     except (OSError, smtplib.SMTPException) as e:
         out["error"] = "%s: %s" % (type(e).__name__, e)
     out["ms"] = round((time.monotonic() - start) * 1000.0, 3)
-    print(json.dumps(out), flush=True)
-    return 0
-
-
-# ---------------------------------------------------------------- CLI
-
-def ip_arg(text):
-    try:
-        return str(ipaddress.ip_address(text))
-    except ValueError:
-        raise argparse.ArgumentTypeError("not an IP address: %r" % text)
-
-
-def port_arg(text):
-    try:
-        port = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError("not a port number: %r" % text)
-    if not 1 <= port <= 65535:
-        raise argparse.ArgumentTypeError("port out of range: %d" % port)
-    return port
-
-
-def positive_float(text):
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError("not a number: %r" % text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError("must be > 0: %r" % text)
-    return value
+    return out
 
 
 # ---------------------------------------------------------------- demo
@@ -194,27 +118,13 @@ def definition(lab):
     return json.loads(out.stdout)
 
 
-def connect_json(src, dst, port, timeout=3.0):
-    return json.loads(run_capture(cmd_connect, argparse.Namespace(
-        src=src, dst=dst, port=port, timeout=timeout, banner_timeout=1.0)))
-
-
-def run_capture(func, args):
-    import contextlib
-    import io
-    buf = io.StringIO()
-    with contextlib.redirect_stdout(buf):
-        func(args)
-    return buf.getvalue()
-
-
 def cmd_traffic(args):
     d = definition(args.lab)
     mx, relay = d["definition"]["servers"]
     dyn4, dyn6, static4 = d["definition"]["dyn4"], d["definition"]["dyn6"], d["definition"]["static4"]
     for src, dst, port in [(dyn4, mx["v4"], 25), (dyn4, mx["v4"], 587), (dyn4, relay["v4"], 25),
                            (static4, mx["v4"], 25), (dyn6, mx["v6"], 25)]:
-        print(json.dumps(connect_json(src, dst, port, 2.0)), flush=True)
+        print(json.dumps(dict(connect(src, dst, port, 2.0), src=src, dst=dst, port=port)), flush=True)
     return 0
 
 
@@ -261,7 +171,7 @@ def cmd_demo(args):
         for server, port, expect in (cases if kind == "dynamic" else [(mx, 25, "connected")]):
             n += 1
             dst = server[fam]
-            j = connect_json(src, dst, port)
+            j = connect(src, dst, port)
             name = "MX" if server is mx else "relay"
             label, ms = "%s %s -> %s:%d" % (kind, src, name, port), "%.1f" % j["ms"]
             if expect == "refused":
@@ -283,9 +193,7 @@ def cmd_demo(args):
     for server, port, expect in [(mx, 587, "mx"), (relay, 25, "relay"), (mx, 25, "refused")]:
         n += 1
         subject = "demo case %d" % n
-        j = json.loads(run_capture(cmd_send, argparse.Namespace(
-            src=dfn["dyn4"], dst=server["v4"], port=port, timeout=3.0, subject=subject,
-            mail_from="alice@subscriber.example", rcpt_to="bob@outside.example")))
+        j = send(dfn["dyn4"], server["v4"], port, subject)
         label = "mail dynamic %s -> %s:%d" % (dfn["dyn4"], "MX" if server is mx else "relay", port)
         if expect == "refused":
             row(n, label, "refused", j["result"], "%.1f" % j["ms"], "OK" if j["result"] == "refused" else "FAIL",
@@ -323,38 +231,13 @@ def read_jsonl(path):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="labnet.py", description=__doc__.split("\n\n")[0])
-    sub = parser.add_subparsers(dest="cmd", metavar="{connect,send,traffic,demo}")
+    sub = parser.add_subparsers(dest="cmd", metavar="{traffic,demo}")
     sub.required = True
-
-    p = sub.add_parser("connect", help="one TCP connect, print one JSON line")
-    p.add_argument("--src", type=ip_arg, help="source address to bind")
-    p.add_argument("--timeout", type=positive_float, default=3.0,
-                   help="connect timeout in seconds (default 3)")
-    p.add_argument("--banner-timeout", type=positive_float, default=1.0,
-                   help="how long to wait for the banner line (default 1)")
-    p.add_argument("dst", type=ip_arg, metavar="DST")
-    p.add_argument("port", type=port_arg, metavar="PORT")
-    p.set_defaults(func=cmd_connect)
-
-    p = sub.add_parser("send", help="send one message with smtplib, print one JSON line")
-    p.add_argument("--src", type=ip_arg, help="source address to bind")
-    p.add_argument("--timeout", type=positive_float, default=3.0, help="seconds (default 3)")
-    p.add_argument("--subject", default="lab message")
-    p.add_argument("--mail-from", default="alice@subscriber.example")
-    p.add_argument("--rcpt-to", default="bob@outside.example")
-    p.add_argument("dst", type=ip_arg, metavar="DST")
-    p.add_argument("port", type=port_arg, metavar="PORT")
-    p.set_defaults(func=cmd_send)
-
     for name, func in [("traffic", cmd_traffic), ("demo", cmd_demo)]:
-        p = sub.add_parser(name, help=func.__doc__)
+        p = sub.add_parser(name)
         p.add_argument("--lab", default="op25b-lab", help="the lab's name (op25b lab --name)")
-        p.set_defaults(func=func, src=None)
-
+        p.set_defaults(func=func)
     args = parser.parse_args(argv)
-    if args.cmd in ("connect", "send") and args.src is not None:
-        if ipaddress.ip_address(args.src).version != ipaddress.ip_address(args.dst).version:
-            parser.error("--src and DST must be the same IP version")
     return args.func(args)
 
 
