@@ -398,14 +398,8 @@ class Bench(Run):
                 "busy_poll_us": o.busy, "flood_pps": o.flood, "events": o.events, "abuse": o.abuse,
                 "cpus": len(os.sched_getaffinity(0)), "measure_s": total_s,
                 "op25b_counters": counters}
-        with open(self.file("meta.json"), "w", encoding="utf-8") as f:
-            json.dump(meta, f)
         report(self.records, meta, o.json)
-        if self.failures:
-            err(f"{len(self.failures)} measurement(s) failed")
-            return 1
-        info(f"done in {total_s} s")
-        return 0
+        return self.finish("meta.json", meta, "measurement(s)", f"done in {total_s} s")
 
     # -------------------------------------------------------------- cleanup
 

@@ -9,7 +9,7 @@ import subprocess
 import tempfile
 
 import bench_proc  # its CLOSING is set there, never copied here
-from bench_proc import Die, Proc, checkpoint, info, show_file, warn
+from bench_proc import Die, Proc, checkpoint, err, info, show_file, warn
 
 
 def definition(op25b, name):
@@ -133,6 +133,17 @@ class Run:
             raise Die(f"op25b binary not found or not executable: {binary} (cargo build --release)")
         self.work = tempfile.mkdtemp(prefix=f"{self.pfx}.", dir="/tmp")
         self.lab = Lab(binary, lab_name)
+
+    def finish(self, name, doc, what, done):
+        """Writes doc (JSON) to the run's file name; the exit status: 1 saying how many
+        of what failed, else 0 saying done."""
+        with open(self.file(name), "w", encoding="utf-8") as f:
+            json.dump(doc, f)
+        if self.failures:
+            err(f"{len(self.failures)} {what} failed")
+            return 1
+        info(done)
+        return 0
 
     def stop_op25b(self):
         """`op25b lab down`: op25b writes its counters; its log stays in the run's files."""

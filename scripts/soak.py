@@ -400,19 +400,14 @@ class Soak(Run):
             "load": dict(rates), "syns_sent": self.syns.get("sent", 0),
             "rss_kib": self.rss, "wall_s": round(time.monotonic() - t_start, 1),
         }
-        with open(self.file("summary.json"), "w", encoding="utf-8") as f:
-            json.dump(summary, f)
         print(json.dumps(summary))
-        if self.failures:
-            err(f"{len(self.failures)} check(s) failed")
-            return 1
-        info(f"soak passed in {summary['wall_s']} s")
-        return 0
+        return self.finish("summary.json", summary, "check(s)", f"soak passed in {summary['wall_s']} s")
 
     def cleanup(self, rc):
         if rc != 0 and self.work:
             show_file(self.lab.log() if self.lab and self.lab.is_up else self.file("op25b.log"), tail=20)
         self.close(self.o["keep"])
+
 
 def main(argv):
     bench_proc.TAG = "soak"
