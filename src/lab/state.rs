@@ -126,8 +126,9 @@ impl LabState {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(LabError::io(&path, e)),
         };
-        let state: LabState = serde_json::from_str(&text)
-            .map_err(|e| LabError::State(format!("{}: {e} (`op25b lab down --force` removes it)", path.display())))?;
+        let state: LabState = serde_json::from_str(&text).map_err(|e| {
+            LabError::State(format!("{}: {e} (`op25b lab down` removes the lab by its names)", path.display()))
+        })?;
         if state.version != VERSION || state.names.name != names.name {
             return Err(LabError::State(format!("{}: another layout or lab than this op25b knows", path.display())));
         }
