@@ -53,20 +53,19 @@ import glob
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
-import tempfile
 import time
 
-from bench_lib import (CLI4, CLI6, NFT_RULES, PATHS, PORT, SRV4, SRV6, BadOutput, Usage,
-                       counters_line, kernel_net, nft_packets, op25b_config, parse_args, parse_ping,
-                       parse_tcp, parse_udp, report)
+from bench_lib import (NFT_RULES, PATHS, PORT, BadOutput, Usage, counters_line, kernel_net,
+                       nft_packets, op25b_extra, parse_args, parse_ping, parse_tcp, parse_udp,
+                       report)
 from bench_syn import (flood_finish, flood_start, synprobe_finish, synprobe_start,
                        visibility_figures)
 import bench_proc  # its SIGNALLED and CLOSING are read and set there, never copied here
-from bench_proc import (Die, Proc, catch_signals, child_of, checkpoint, err, in_ns, info,
-                        nsx, pause, proc_fields, sh, show_file, warn)
+from bench_proc import (Die, catch_signals, checkpoint, err, in_ns, info, nsx, pause,
+                        proc_fields, sh, show_file, warn)
+from lablib import Run
 
 SCRIPTS_DIR = os.path.dirname(os.path.abspath(__file__))
 REPO_DIR = os.path.dirname(SCRIPTS_DIR)
@@ -78,46 +77,22 @@ TOOLS = [("ip", "iproute2"), ("ss", "iproute2"), ("iperf3", "iperf3"), ("nft", "
 # ------------------------------------------------------------------ the run
 
 
-class Bench:
+class Bench(Run):
     """One run: the namespaces and processes it made (removed by cleanup, whatever
     happens), its records and failures."""
 
     def __init__(self, o):
+        super().__init__(f"o25b-bench-{os.getpid()}")
         self.o = o
-        pid = os.getpid()
-        self.pfx = f"o25b-bench-{pid}"
-        self.ns = {k: f"{self.pfx}-{k}" for k in ("ksub", "krtr", "kup", "osub", "oup")}
-        self.sub = {"kernel": self.ns["ksub"], "op25b": self.ns["osub"]}
-        self.up = {"kernel": self.ns["kup"], "op25b": self.ns["oup"]}
-        # <= 12 characters (IFNAMSIZ is 16)
-        self.tun_sub, self.tun_up = f"o25bs{pid}", f"o25bu{pid}"
+        self.ns = {k: f"{self.pfx}-{k}" for k in ("ksub", "krtr", "kup")}
+        self.lab = None  # the op25b path: an op25b lab of the run's own name (preflight)
         self.hz = os.sysconf("SC_CLK_TCK")
-        self.namespaces = []  # created by this run, deleted on exit
-        self.started = {}  # pid -> Proc, every background process this run started
-        self.op25b = self.op25b_timeout = None
-        self.work = None
-        self.failures = []
+        self.namespaces = []  # the kernel path's, created by this run, deleted on exit
         self.records = []  # {"path", "round", "metric", "value"}
         self.cpu_ticks = {p: 0 for p in PATHS}  # op25b's CPU during each path's tests
         self.wall = {p: 0.0 for p in PATHS}
 
     # -------------------------------------------------------------- bookkeeping
-
-    def spawn(self, out, argv, env=None):
-        """Start argv in the background, stdout to out and stderr to out.err. Its own
-        process group, so a terminal's Ctrl-C reaches only us and we stop our processes by
-        pid; not its own session, which would give it its own scheduler autogroup and
-        change how the two cores are shared between iperf3, op25b and the kernel."""
-        with open(out, "wb") as fo, open(out + ".err", "wb") as fe:
-            p = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=fo, stderr=fe, env=env,
-                                 preexec_fn=os.setpgrp)  # no threads here: preexec_fn is safe
-        proc = Proc(p.pid, p)
-        self.started[p.pid] = proc
-        return proc
-
-    def stop(self, proc):
-        proc.stop()
-        self.started.pop(proc.pid, None)
 
     def reap(self, proc, secs):
         """Its exit status once it ends; 124 (and stopped) if it outlives secs."""
@@ -137,43 +112,27 @@ class Bench:
         self.failures.append(msg)
         err(msg)
 
-    def file(self, name):
-        return os.path.join(self.work, name)
-
     # -------------------------------------------------------------- checks, build
 
     def preflight(self):
         o = self.o
-        if os.getuid() != 0:
-            raise Die("must run as root (network namespaces and TUN devices need CAP_NET_ADMIN)")
-        missing = [f"{c} (package: {p})" for c, p in TOOLS if shutil.which(c) is None]
-        if missing:
-            raise Die("missing required command(s); scripts/setup.sh --bench installs them:\n"
-                      + "\n".join(f"  - {m}" for m in missing))
         # Namespaces of earlier runs that were killed hard (their pid is gone): say so only.
         for line in (sh("ip", "netns", "list", ok=True) or "").splitlines():
             ns = line.split(" ", 1)[0]
-            m = re.match(r"o25b-bench-([0-9]+)-", ns)
+            m = re.match(r"o25b?-?bench-([0-9]+)-", ns)
             if m and not os.path.exists(f"/proc/{m.group(1)}"):
                 warn(f"stale namespace from an earlier run: {ns} (remove it: ip netns delete {ns})")
-        if o.build:
-            info("cargo build --release")
-            rc = subprocess.run(["timeout", "1800", "cargo", "build", "--release"],
-                                cwd=REPO_DIR).returncode
-            checkpoint()
-            if rc != 0:
-                raise Die("cargo build --release failed")
-        if not (os.path.isfile(o.bin) and os.access(o.bin, os.X_OK)):
-            raise Die(f"op25b binary not found or not executable: {o.bin} "
-                      "(build it: cargo build --release)")
-        self.work = tempfile.mkdtemp(prefix=f"{self.pfx}.", dir="/tmp")
+        self.prepare(TOOLS, o.build, o.bin, f"o25bench-{os.getpid()}")
+        self.ns["osub"], self.ns["oup"] = self.lab.sub_ns, self.lab.up_ns
+        self.sub = {"kernel": self.ns["ksub"], "op25b": self.ns["osub"]}
+        self.up = {"kernel": self.ns["kup"], "op25b": self.ns["oup"]}
+        self.tun_sub, self.tun_up = self.lab.sub_tun, self.lab.up_tun
 
     def write_config(self):
         o = self.o
         self.config = self.file("op25b.toml")
         with open(self.config, "w", encoding="utf-8") as f:
-            f.write(op25b_config(o, self.tun_sub, self.ns["osub"], self.tun_up, self.ns["oup"],
-                                 self.work))
+            f.write(self.lab.config(op25b_extra(o, self.work)))
         out = self.file("check.out")
         with open(out, "wb") as f:
             rc = subprocess.run([o.bin, "check", "--config", self.config], stdin=subprocess.DEVNULL,
@@ -210,7 +169,7 @@ class Bench:
             self.ns_add(ns)
         nsx(krtr, "sysctl", "-q", "-w", "net.ipv4.ip_forward=1",
             "net.ipv6.conf.all.forwarding=1")
-        for ns, cmd in kernel_net(ksub, krtr, kup):
+        for ns, cmd in kernel_net(ksub, krtr, kup, self.lab):
             sh("ip", "-n", ns, *cmd.split())
         nft = self.file("op25b.nft")
         with open(nft, "w", encoding="utf-8") as f:
@@ -222,68 +181,21 @@ class Bench:
 
     def check_op25b(self):
         if not self.op25b_alive():
-            show_file(self.file("op25b.log.err"))
+            show_file(self.lab.log())
             raise Die("op25b exited during the benchmark (log above)")
 
-    def wait_link_up(self, ns, dev):
-        """op25b sets its TUN devices administratively up itself: wait for the UP flag."""
-        for _ in range(50):
-            out = sh("ip", "-j", "-n", ns, "link", "show", "dev", dev, ok=True)
-            if out and "UP" in json.loads(out)[0].get("flags", []):
-                return True
-            if not self.op25b_alive():
-                err("op25b exited during start-up")
-                return False
-            pause(0.1)
-        err(f"timed out waiting for {dev} to come up in {ns}")
-        return False
-
     def setup_op25b(self):
-        o, osub, oup = self.o, self.ns["osub"], self.ns["oup"]
-        info(f"op25b path: {osub} | op25b | {oup} ({o.rules} extra rules)")
-        self.ns_add(osub, 1)
-        self.ns_add(oup, 1)
-        sh("ip", "-n", osub, "addr", "add", f"{CLI4}/32", "dev", "lo")
-        sh("ip", "-n", osub, "addr", "add", f"{CLI6}/128", "dev", "lo", "nodad")
-        sh("ip", "-n", oup, "addr", "add", f"{SRV4}/32", "dev", "lo")
-        sh("ip", "-n", oup, "addr", "add", f"{SRV6}/128", "dev", "lo", "nodad")
-
-        # Bounded like everything else: a hard-killed run leaves op25b running no longer
-        # than the whole benchmark could take.
-        bound = 120 + o.rounds * 2 * (3 * (o.secs + 10) + o.pings // 100 + 10)
-        info(f"starting {o.bin} run --config {self.config}")
-        # NO_COLOR: tracing-subscriber writes ANSI colours even into a file otherwise.
-        env = dict(os.environ, NO_COLOR="1", RUST_LOG=os.environ.get("RUST_LOG") or "info")
-        argv = ["timeout", "-k", "5", str(bound), o.bin, "run", "--config", self.config]
-        self.op25b_timeout = self.spawn(self.file("op25b.log"), argv, env=env)
-        # op25b is the child of that timeout: find it, and remember its identity.
-        proc = child_of(self.op25b_timeout, " run --config ")
-        if proc is not None:
-            self.op25b = self.started[proc.pid] = proc
-        if self.op25b is None:
-            show_file(self.file("op25b.log.err"))
-            raise Die("op25b did not start")
-        if not (self.wait_link_up(osub, self.tun_sub) and self.wait_link_up(oup, self.tun_up)):
-            show_file(self.file("op25b.log.err"))
-            raise Die("op25b did not bring its TUN devices up")
-        sh("ip", "-n", osub, "route", "add", "default", "dev", self.tun_sub, "src", CLI4)
-        sh("ip", "-n", osub, "-6", "route", "add", "default", "dev", self.tun_sub, "src", CLI6)
-        sh("ip", "-n", oup, "route", "add", "100.64.0.0/10", "dev", self.tun_up)
-        sh("ip", "-n", oup, "-6", "route", "add", "2001:db8:100::/48", "dev", self.tun_up)
+        o = self.o
+        info(f"op25b path: op25b lab up --name {self.lab.name} ({o.rules} extra rules)")
+        self.lab.up(self.config, self.file("lab-up.out"))
+        self.op25b = self.lab.proc
         self.run_t0 = time.monotonic()
         self.cpu0 = self.op25b_ticks()
 
-    def stop_op25b(self):
-        if self.op25b is None:
-            return
-        self.stop(self.op25b)
-        if self.op25b_timeout is not None:
-            self.reap(self.op25b_timeout, 5)
-        self.op25b = self.op25b_timeout = None
-
     def reach_check(self, path):
         """Both families reach the server before anything is measured (also fills ARP/ND)."""
-        for fam, src, dst in (("4", CLI4, SRV4), ("6", CLI6, SRV6)):
+        lab = self.lab
+        for fam, src, dst in (("4", lab.cli4, lab.srv4), ("6", lab.cli6, lab.srv6)):
             out = self.file(f"{path}-reach{fam}")
             argv = in_ns(self.sub[path], 10, "ping", f"-{fam}", "-n", "-q", "-c", "3", "-i", "0.2",
                          "-W", "2", "-I", src, dst)
@@ -341,10 +253,10 @@ class Bench:
             self.check_op25b()
         tag = f"{path}-r{rnd}-{kind}"
         srv, cli = self.file(f"{tag}-server.json"), self.file(f"{tag}-client.json")
-        args = ["-c", SRV4, "-B", CLI4, "-p", str(PORT), "-t", str(secs), "--json"]
+        args = ["-c", self.lab.srv4, "-B", self.lab.cli4, "-p", str(PORT), "-t", str(secs), "--json"]
         args += {"tcp": [], "tcp4": ["-P", "4"], "udp": ["-u", "-l", "64", "-b", "0"]}[kind]
         server = self.spawn(srv, in_ns(self.up[path], secs + 30, "iperf3", "-s", "-1", "--json",
-                                       "-B", SRV4, "-p", str(PORT)))
+                                       "-B", self.lab.srv4, "-p", str(PORT)))
         if not self.wait_listen(self.up[path]):
             self.stop(server)
             self.fail_measure(f"{tag}: iperf3 server did not listen")
@@ -399,7 +311,8 @@ class Bench:
         out = self.file(f"{tag}.txt")
         self.cpu_mark()
         proc = self.spawn(out, in_ns(self.sub[path], pings // 50 + 10, "ping", "-n", "-i", "0.01",
-                                     "-c", str(pings), "-W", "1", "-I", CLI4, SRV4))
+                                     "-c", str(pings), "-W", "1", "-I", self.lab.cli4,
+                                     self.lab.srv4))
         rc = self.reap(proc, pings // 50 + 20)
         self.cpu_account(path)
         if path == "op25b":
@@ -470,7 +383,7 @@ class Bench:
         info(f"stopping op25b (pid {self.op25b.pid})")
         self.stop_op25b()
         try:
-            with open(self.file("op25b.log.err"), encoding="utf-8", errors="replace") as f:
+            with open(self.file("op25b.log"), encoding="utf-8", errors="replace") as f:
                 counters = counters_line(f.read())
         except OSError:
             counters = ""
@@ -485,33 +398,20 @@ class Bench:
                 "busy_poll_us": o.busy, "flood_pps": o.flood, "events": o.events, "abuse": o.abuse,
                 "cpus": len(os.sched_getaffinity(0)), "measure_s": total_s,
                 "op25b_counters": counters}
-        with open(self.file("meta.json"), "w", encoding="utf-8") as f:
-            json.dump(meta, f)
         report(self.records, meta, o.json)
-        if self.failures:
-            err(f"{len(self.failures)} measurement(s) failed")
-            return 1
-        info(f"done in {total_s} s")
-        return 0
+        return self.finish("meta.json", meta, "measurement(s)", f"done in {total_s} s")
 
     # -------------------------------------------------------------- cleanup
 
     def cleanup(self, rc):
-        """Stop what this run started (by pid), delete its namespaces, keep or drop its
-        files. Runs on every exit; signals are only noted meanwhile, so it finishes."""
-        bench_proc.CLOSING = True
+        """Stop what this run started (by pid), take its lab down, delete the kernel
+        path's namespaces, keep or drop its files. Runs on every exit."""
         if rc != 0 and self.work:
             info(f"exiting with status {rc}: stopping what this run started, "
                  "removing its namespaces")
-        try:
-            self.stop_op25b()
-        except Exception as e:  # one stuck process must not keep the rest running
-            warn(f"while stopping op25b: {e}")
-        for proc in list(self.started.values()):
-            try:
-                self.stop(proc)
-            except Exception as e:
-                warn(f"while stopping pid {proc.pid}: {e}")
+        self.close(self.o.keep, also=self.delete_namespaces)
+
+    def delete_namespaces(self):
         for ns in self.namespaces:
             if not os.path.exists(f"/run/netns/{ns}"):
                 continue
@@ -522,15 +422,6 @@ class Bench:
                 warn(f"processes still inside {ns}, left alone: {pids}")
             if sh("ip", "netns", "delete", ns, ok=True) is None:
                 warn(f"could not delete netns {ns}")
-        if self.work and os.path.isdir(self.work):
-            if self.o.keep:
-                try:
-                    shutil.copytree(self.work, self.o.keep, dirs_exist_ok=True)
-                    info(f"raw outputs kept in {self.o.keep}")
-                except OSError as e:
-                    warn(f"could not copy the raw outputs to {self.o.keep}: {e}")
-            shutil.rmtree(self.work, ignore_errors=True)
-
 
 # ------------------------------------------------------------------ main
 

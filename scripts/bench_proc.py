@@ -187,25 +187,6 @@ class Proc:
         return 128 - rc if rc < 0 else rc
 
 
-def child_of(parent, marker, tries=50):
-    """The child of `parent` (a Proc, e.g. a `timeout` wrapper) whose command line
-    holds `marker`, once it has started (up to tries x 0.1 s); None if it never
-    shows or the parent ends first."""
-    for _ in range(tries):
-        try:
-            with open(f"/proc/{parent.pid}/task/{parent.pid}/children", encoding="utf-8") as f:
-                kids = f.read().split()
-        except OSError:
-            kids = []
-        if kids and marker in proc_cmdline(kids[0]):
-            proc = Proc(int(kids[0]))
-            return proc if proc.start is not None else None
-        if not parent.alive():
-            return None
-        pause(0.1)
-    return None
-
-
 def sh(*argv, ok=False):
     """A short command (ip, sysctl, nft): its output is returned; a failure ends the run
     unless ok, since nothing measured on a half-built network means anything."""

@@ -25,7 +25,6 @@ import struct
 import sys
 import time
 
-from bench_lib import CLI4, CLI6, SRV4, SRV6
 from bench_proc import in_ns, show_file
 
 FORGED_NET = "100.64.200.0/24"  # inside 100.64.0.0/10, apart from the client 100.64.1.10
@@ -102,7 +101,8 @@ def synprobe_start(bench, path):
     lib = os.path.join(os.path.dirname(os.path.abspath(__file__)), "bench_lib.py")
     return bench.spawn(bench.file(f"{path}-synprobe"),
                        in_ns(bench.sub[path], syn * 2 + 10, sys.executable, lib, "synprobe",
-                             str(syn), "25", "2", CLI4, SRV4, CLI6, SRV6))
+                             str(syn), "25", "2", bench.lab.cli4, bench.lab.srv4, bench.lab.cli6,
+                             bench.lab.srv6))
 
 
 def synprobe_finish(bench, path, proc):
@@ -135,7 +135,7 @@ def flood_start(bench, path, tag):
     return bench.spawn(bench.file(f"{tag}-flood.json"),
                        in_ns(bench.sub[path], o.secs + 5, sys.executable,
                              os.path.abspath(__file__), "flood", str(o.flood), str(o.secs),
-                             SRV4, "25"))
+                             bench.lab.srv4, "25"))
 
 
 def flood_finish(bench, path, rnd, tag, proc):

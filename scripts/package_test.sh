@@ -4,7 +4,8 @@
 # reason), installs it on this machine with dpkg -i, checks what it installed
 # (the binary, `op25b check` on the packaged /etc/op25b/op25b.toml and on the
 # examples, the conffile, the man pages through man, the completions, the unit
-# through systemd-analyze verify, the licences, the changelog), and purges it
+# through systemd-analyze verify, the CI example examples/ci/mail-through-op25b.sh
+# run against the installed op25b, the licences, the changelog), and purges it
 # again, also when a check fails. As root; run by scripts/test.sh.
 #   scripts/package_test.sh              # release build, package, test
 #   scripts/package_test.sh --no-build   # use the release binary already built
@@ -85,6 +86,11 @@ check "the unit is installed" test -f "$unit"
 check "systemd-analyze verify on the installed unit (man pages included)" bash -c \
     'out=$(systemd-analyze verify "$0" 2>&1) && [[ -z $out ]] || { echo "$out"; exit 1; }' "$unit"
 check "the package did not enable or start the unit" bash -c '! test -e /etc/systemd/system/multi-user.target.wants/op25b.service'
+example=/usr/share/doc/op25b/examples/ci/mail-through-op25b.sh
+check "the CI example runs against the installed op25b (op25b lab up --servers, swaks, lab down)" \
+    env OP25B=/usr/bin/op25b LAB="o25pkg-$$" "$example"
+check "the CI example left no namespace or state behind" \
+    bash -c '! test -e "/run/netns/o25pkg-$0-sub" -o -e "/run/netns/o25pkg-$0-inet" -o -e "/run/o25pkg-$0"' "$$"
 check "both licence texts and the copyright file" \
     test -s /usr/share/doc/op25b/LICENSE-MIT -a -s /usr/share/doc/op25b/LICENSE-APACHE -a -s /usr/share/doc/op25b/copyright
 check "the installed alert rules pass promtool check rules and their unit tests" bash -c \

@@ -4,7 +4,7 @@
 Format (README.md, "How the README is tested" says the same for its readers):
 
   ```console
-  # scripts/lab.sh up            <- "# " a command run as root, "$ " one that needs none
+  # op25b lab up                <- "# " a command run as root, "$ " one that needs none
                                     (the command starts right after that one space)
   [lab] creating netns ...       <- the output expected, stdout and stderr together
   $ op25b check ... \\            <- a trailing backslash continues a command;
@@ -19,7 +19,7 @@ space. The exit status is not compared (a blocked packet makes `op25b check` exi
 Every console block runs, in README order, from the repository's top directory, with
 target/release first on PATH (as after `cargo install --path .`), NO_COLOR=1, and a
 time limit per command. Commands that use the lab run inside the lab the README's own
-`scripts/lab.sh up` creates; whatever happens, the test takes the lab down at the end
+`op25b lab up` creates; whatever happens, the test takes the lab down at the end
 if it brought it up (and refuses to start if a lab is already up: it is not ours).
 
 Every other fenced block of the README must be a config file (toml, yaml) or be listed
@@ -44,14 +44,13 @@ import tempfile
 import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-LAB_STATE = os.environ.get("OP25B_LAB_STATE", "/run/op25b-lab")
+LAB_STATE = "/run/op25b-lab"
 LAB_NETNS = ("op25b-lab-sub", "op25b-lab-inet")
 
 # Blocks deliberately not run: (text the block's first line starts with, why).
 NOT_RUN = [
     ("scripts/setup.sh --bench && scripts/bench.sh",
      "a full benchmark takes minutes; scripts/test.sh runs bench.sh --smoke"),
-    ("scripts/setup.sh --bench", "installs Debian packages; scripts/test.sh runs it before this test"),
     ("cargo install --path .", "installs into ~/.cargo/bin; the test puts target/release on PATH instead"),
     ("scripts/test.sh", "the test suite itself, which runs this test"),
     ("scripts/fuzz.sh", "fuzzing runs for minutes per target; scripts/test.sh runs fuzz.sh --smoke"),
@@ -324,7 +323,7 @@ def main():
         return 1
     if lab_exists():
         print(f"readme_test.py: a lab is already up ({LAB_STATE} or /run/netns/op25b-lab-*): "
-              "the README's samples need their own; scripts/lab.sh down first", file=sys.stderr)
+              "the README's samples need their own; op25b lab down first", file=sys.stderr)
         return 1
 
     env = dict(os.environ)
@@ -359,8 +358,8 @@ def main():
             if os.path.exists(path):
                 os.remove(path)
         shutil.rmtree(tmpdir, ignore_errors=True)
-        if lab_exists() and os.path.exists(os.path.join(REPO, "scripts", "lab.sh")):
-            subprocess.run([os.path.join(REPO, "scripts", "lab.sh"), "down"], cwd=REPO,
+        if lab_exists():
+            subprocess.run([os.path.join(REPO, "target", "release", "op25b"), "lab", "down"], cwd=REPO,
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     print(f"README samples: {len(samples) - failed} of {len(samples)} match "
           f"({time.monotonic() - t0:.0f} s)")

@@ -7,7 +7,7 @@
 #                             #   prometheus python3-prometheus-client (tests/metrics.rs: promtool
 #                             #   lints /metrics and the rules; a strict OpenMetrics parser)
 #   scripts/setup.sh --bench  # also iperf3 and nftables for scripts/bench.sh
-#   scripts/setup.sh --package  # also cargo-deb, man-db, dpkg-dev and lintian for scripts/package_test.sh
+#   scripts/setup.sh --package  # also cargo-deb, man-db, dpkg-dev, lintian, swaks for scripts/package_test.sh
 # (flags combine)
 # When another apt or dpkg holds the package lock (unattended-upgrades on a fresh
 # machine, say), it waits for it, up to OP25B_APT_LOCK_WAIT seconds (default 600),
@@ -15,7 +15,7 @@
 set -euo pipefail
 
 need=(ip:iproute2 ping:iputils-ping traceroute:traceroute python3:python3 tcpdump:tcpdump)
-# The lab's SMTP servers and tests/actions.rs run aiosmtpd under /usr/bin/python3.
+# tests/actions.rs runs aiosmtpd under /usr/bin/python3 (the lab's servers are op25b's own).
 need+=(aiosmtpd:python3-aiosmtpd)
 # tests/service.rs: systemd-analyze verify, op25b as nobody under setpriv/unshare.
 need+=(systemd-analyze:systemd setpriv:util-linux unshare:util-linux)
@@ -45,6 +45,8 @@ if ((package)); then
     # scripts/package_test.sh: man pages through man, Depends from
     # dpkg-shlibdeps, lintian on the .deb.
     need+=(man:man-db dpkg-shlibdeps:dpkg-dev lintian:lintian)
+    # The packaged CI example (examples/ci/mail-through-op25b.sh) sends with swaks, over IPv6 too.
+    need+=(swaks:swaks inet6:libio-socket-inet6-perl)
     if ! cargo deb --version >/dev/null 2>&1; then
         echo "setup: installing cargo-deb (cargo install cargo-deb --locked)" >&2
         cargo install cargo-deb --locked --quiet
@@ -54,6 +56,7 @@ fi
 have() {
     case $1 in
         aiosmtpd | prometheus_client) [[ -x /usr/bin/python3 ]] && /usr/bin/python3 -c "import $1" 2>/dev/null ;;
+        inet6) perl -MIO::Socket::INET6 -e 1 2>/dev/null ;;
         *) command -v "$1" >/dev/null 2>&1 ;;
     esac
 }

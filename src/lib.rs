@@ -36,6 +36,7 @@ pub mod config;
 pub mod control;
 pub mod daemon;
 pub mod dataplane;
+pub mod lab;
 pub mod reload;
 pub mod testing;
 pub mod tools;

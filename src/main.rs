@@ -241,6 +241,12 @@ enum Command {
         #[arg(long)]
         jsonl: bool,
     },
+    /// The namespace lab: op25b between a subscriber and an outside
+    /// namespace, with SMTP servers outside (`op25b lab up --servers`).
+    Lab {
+        #[command(subcommand)]
+        command: op25b::lab::cli::LabCommand,
+    },
     /// Print this help, or the help of the given command.
     Help {
         /// The command, e.g. check.
@@ -320,6 +326,7 @@ fn main() -> ExitCode {
         }
         Command::Release { subscriber, socket } => return op25b::control::client::release(socket, subscriber),
         Command::Help { command } => return help(command.as_deref()),
+        Command::Lab { command } => return lab(command.clone()),
         Command::Completions { shell } => {
             let mut script = Vec::new();
             clap_complete::generate(*shell, &mut Cli::command(), "op25b", &mut script);
@@ -375,6 +382,7 @@ fn main() -> ExitCode {
         | Command::Quarantine { .. }
         | Command::Release { .. }
         | Command::Help { .. }
+        | Command::Lab { .. }
         | Command::Completions { .. }
         | Command::Man { .. } => unreachable!("answered before a config is loaded"),
     };
@@ -389,6 +397,17 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     })
+}
+
+/// `op25b lab ...`: its errors as one line, exit 2 for usage and config, else 1.
+fn lab(command: op25b::lab::cli::LabCommand) -> ExitCode {
+    match op25b::lab::cli::main(command) {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            eprintln!("op25b: error: {e}");
+            ExitCode::from(e.exit_code())
+        }
+    }
 }
 
 /// `op25b help [COMMAND]`: the long help of op25b or of one command.

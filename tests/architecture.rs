@@ -21,7 +21,8 @@ const LAYERS: &[&[&str]] = &[
     &["tools", "reload"],
     &["dataplane"],
     &["control"],
-    &["daemon"],
+    // The lab is a tool beside the daemon: nothing below imports it.
+    &["daemon", "lab"],
     &["testing"],
 ];
 

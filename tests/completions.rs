@@ -5,7 +5,7 @@
 use std::process::{Command, Output, Stdio};
 
 /// The subcommands a user sees.
-const SUBCOMMANDS: &[&str] = &["run", "check", "stats", "replay", "completions", "man"];
+const SUBCOMMANDS: &[&str] = &["run", "check", "stats", "replay", "lab", "completions", "man"];
 
 fn op25b(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_op25b"))

@@ -44,23 +44,26 @@ fn set(table: &mut Vec<(String, String)>, key: &str, value: String) {
 }
 
 impl PolicyBuilder {
-    /// The lab config (config/lab.toml), as the namespace lab runs it.
+    /// The lab config (config/lab.toml), as the namespace lab runs it: built
+    /// from the lab's definition ([`crate::lab::def`]).
     pub fn lab() -> PolicyBuilder {
+        use crate::lab::def::*;
+        let names = Names::default_lab();
         let pairs = |l: &[(&str, String)]| l.iter().map(|(k, v)| (k.to_string(), v.clone())).collect();
         PolicyBuilder {
             name: "test.toml".to_string(),
-            router: pairs(&[("addresses", list(&["100.64.0.1", "2001:db8:100::1"]))]),
+            router: pairs(&[("addresses", list(&[ROUTER4, ROUTER6]))]),
             subscriber: pairs(&[
-                ("tun", quote("op25b-sub")),
-                ("netns", quote("op25b-lab-sub")),
+                ("tun", quote(&names.sub_tun)),
+                ("netns", quote(&names.sub_ns)),
                 ("mtu", "1500".into()),
-                ("prefixes", list(&["100.64.0.0/10", "2001:db8:100::/48"])),
+                ("prefixes", list(&[SUB_NET4, SUB_NET6])),
             ]),
-            upstream: pairs(&[("tun", quote("op25b-up")), ("netns", quote("op25b-lab-inet")), ("mtu", "1500".into())]),
+            upstream: pairs(&[("tun", quote(&names.up_tun)), ("netns", quote(&names.inet_ns)), ("mtu", "1500".into())]),
             op25b: pairs(&[
-                ("dynamic", list(&["100.64.0.0/10", "2001:db8:100::/48"])),
-                ("exempt_sources", list(&["100.64.9.0/24", "2001:db8:100:9::/64"])),
-                ("relays", list(&["198.51.100.25/32", "2001:db8:25::25/128"])),
+                ("dynamic", list(&[SUB_NET4, SUB_NET6])),
+                ("exempt_sources", list(&[STATIC_NET4, STATIC_NET6])),
+                ("relays", list(&[&format!("{RELAY4}/32"), &format!("{RELAY6}/128")])),
                 ("ports", "[25]".into()),
                 ("action", quote("reject")),
                 ("block_inbound", "false".into()),

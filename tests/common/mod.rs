@@ -1,5 +1,6 @@
-//! Shared harness of the namespace tests: a [`Lab`] (two network namespaces
-//! with the test topology, one `op25b run` child between them), TCP [`Servers`]
+//! Shared harness of the namespace tests: a [`Lab`] (the lab of `op25b lab`,
+//! made by its own set-up, `op25b::lab::setup`, under a name of the test's,
+//! with one `op25b run` child between its namespaces), TCP [`Servers`]
 //! in the upstream namespace, and TCP clients in the subscriber namespace.
 //!
 //! Invariants: every namespace, config file and process a test creates is owned
@@ -27,6 +28,7 @@ use nix::sched::{setns, CloneFlags};
 use nix::sys::signal::kill;
 pub use nix::sys::signal::Signal;
 use nix::unistd::Pid;
+use op25b::lab::{setup, Names};
 pub use op25b::testing::lab::*;
 pub use op25b::testing::PolicyBuilder;
 use serde_json::Value;
@@ -227,6 +229,8 @@ pub struct Lab {
     pub policy: PolicyBuilder,
     /// How op25b is started (again, by [`Lab::restart`]).
     opts: LabOptions,
+    /// The lab's names (namespaces, devices) for its set-up.
+    names: Names,
 }
 
 impl Lab {
@@ -235,7 +239,14 @@ impl Lab {
         preflight(true);
         let base = unique_base();
         let dir = std::env::temp_dir();
-        let (sub, up) = (format!("{base}-sub"), format!("{base}-up"));
+        // The lab's own definition and set-up (`op25b lab`), under a name of
+        // the test's and with the harness's device names.
+        let names = Names {
+            sub_tun: SUB_TUN.to_string(),
+            up_tun: UP_TUN.to_string(),
+            ..Names::new(&base).unwrap_or_else(|| panic!("{base:?} is no lab name"))
+        };
+        let (sub, up) = (names.sub_ns.clone(), names.inet_ns.clone());
         let policy = opts.policy.clone().devices((SUB_TUN, Some(sub.as_str())), (UP_TUN, Some(up.as_str())));
         let mut lab = Lab {
             sub,
@@ -248,24 +259,10 @@ impl Lab {
             config: dir.join(format!("{base}.toml")),
             policy,
             opts: LabOptions::default(),
+            names: names.clone(),
         };
-        for ns in [lab.sub.clone(), lab.up.clone()] {
-            ip_cmd(&["netns", "add", &ns]);
-            lab.namespaces.push(ns.clone());
-            ip_cmd(&["-n", &ns, "link", "set", "lo", "up"]);
-        }
-        for a in [DYN4, STATIC4] {
-            lab.sub_ip(&["addr", "add", &format!("{a}/32"), "dev", "lo"]);
-        }
-        for a in [DYN6, STATIC6] {
-            lab.sub_ip(&["addr", "add", &format!("{a}/128"), "dev", "lo", "nodad"]);
-        }
-        for a in [MX4, RELAY4] {
-            lab.up_ip(&["addr", "add", &format!("{a}/32"), "dev", "lo"]);
-        }
-        for a in [MX6, RELAY6] {
-            lab.up_ip(&["addr", "add", &format!("{a}/128"), "dev", "lo", "nodad"]);
-        }
+        lab.namespaces = vec![lab.sub.clone(), lab.up.clone()];
+        setup::create_namespaces(&names).unwrap_or_else(|e| panic!("creating the lab's namespaces: {e}"));
 
         let config = lab.config.clone();
         lab.files.push(config.clone());
@@ -318,14 +315,15 @@ impl Lab {
             .unwrap_or_else(|e| panic!("cannot start op25b: {e}"));
         self.child = Some(child);
 
-        self.wait_link_up(&self.sub.clone(), SUB_TUN);
-        self.wait_link_up(&self.up.clone(), UP_TUN);
-        self.sub_ip(&["route", "add", "default", "dev", SUB_TUN, "src", DYN4]);
-        self.sub_ip(&["-6", "route", "add", "default", "dev", SUB_TUN, "src", DYN6]);
-        let (mss4, mss6): (&[&str], &[&str]) =
-            if opts.upstream_advmss_1500 { (&["advmss", "1460"], &["advmss", "1440"]) } else { (&[], &[]) };
-        self.up_ip(&[&["route", "add", "100.64.0.0/10", "dev", UP_TUN], mss4].concat());
-        self.up_ip(&[&["-6", "route", "add", "2001:db8:100::/48", "dev", UP_TUN], mss6].concat());
+        let names = self.names.clone();
+        let waited = setup::wait_devices(&names, PROCESS_WAIT, || {
+            let status = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten());
+            status.map(|s| format!("op25b exited ({s})"))
+        });
+        if let Err(e) = waited {
+            panic!("{e}; op25b's log:\n{}", self.log_text());
+        }
+        setup::add_routes(&names, opts.upstream_advmss_1500).unwrap_or_else(|e| panic!("the lab's routes: {e}"));
     }
 
     /// Stops op25b (SIGTERM; it must exit cleanly) and, `down` later, starts
@@ -359,34 +357,9 @@ impl Lab {
     }
 
     /// `ip -n UP ARGS`.
+    #[allow(dead_code)] // Not every test file that uses the harness changes the outside.
     pub fn up_ip(&self, args: &[&str]) {
         ip_cmd(&[&["-n", self.up.as_str()], args].concat());
-    }
-
-    /// Waits until op25b has created `dev` in `ns` and set it up.
-    fn wait_link_up(&mut self, ns: &str, dev: &str) {
-        let deadline = Instant::now() + PROCESS_WAIT;
-        loop {
-            let out = output("ip", &["-n", ns, "-o", "link", "show", "dev", dev]);
-            let text = String::from_utf8_lossy(&out.stdout);
-            let flags = text
-                .split_once('<')
-                .and_then(|(_, rest)| rest.split_once('>'))
-                .map(|(f, _)| f.split(',').any(|f| f == "UP"))
-                .unwrap_or(false);
-            if out.status.success() && flags {
-                return;
-            }
-            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
-                panic!("op25b exited ({status}) before {dev} appeared in {ns}; its log:\n{}", self.log_text());
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{dev} did not come up in netns {ns} within {PROCESS_WAIT:?}; op25b's log:\n{}",
-                self.log_text()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
     }
 
     /// Rewrites op25b's config file with `text`, sends SIGHUP and waits for
@@ -511,11 +484,10 @@ impl Lab {
         }
     }
 
-    /// Deletes namespace `ns` of this lab now (`ip netns delete`), so the
-    /// lab does not delete it again.
+    /// Deletes namespace `ns` of this lab now, so the lab does not delete it again.
     #[allow(dead_code)]
     pub fn delete_netns(&mut self, ns: &str) {
-        ip_cmd(&["netns", "delete", ns]);
+        op25b::lab::netns::delete(ns).unwrap_or_else(|e| panic!("deleting namespace {ns}: {e}"));
         self.namespaces.retain(|n| n != ns);
     }
 
@@ -555,9 +527,8 @@ impl Drop for Lab {
             eprintln!("--- op25b log ({}) ---\n{}", self.log.display(), self.log_text());
         }
         for ns in self.namespaces.drain(..).rev() {
-            let out = output("ip", &["netns", "delete", &ns]);
-            if !out.status.success() {
-                eprintln!("cleanup: `ip netns delete {ns}` failed: {}", String::from_utf8_lossy(&out.stderr).trim());
+            if let Err(e) = op25b::lab::netns::delete(&ns) {
+                eprintln!("cleanup: deleting namespace {ns}: {e}");
             }
         }
         for f in &self.files {
