@@ -100,6 +100,16 @@ pub(crate) fn line(event: &Event, sampler: &mut Sampler, now: Instant, at: Syste
                 "rule": rule.as_deref().unwrap_or("op25b"),
                 "reply": block.reply,
             });
+            if let Some(tunnel) = &block.tunnel {
+                // The subscriber sent the tunnel: its source has no port;
+                // `dst` is the inner destination it dialled.
+                v["src"] = block.src.ip().to_string().into();
+                v["tunnel"] = tunnel.kind.name().into();
+                v["tunnel_depth"] = tunnel.depth.into();
+                v["outer_dst"] = tunnel.outer_dst.to_string().into();
+                v["inner_src"] = tunnel.inner_src.to_string().into();
+                v["inner_dst"] = block.dst.to_string().into();
+            }
             if suppressed > 0 {
                 v["suppressed"] = suppressed.into();
             }
@@ -179,6 +189,7 @@ mod tests {
             action: "reject",
             rule: None,
             reply: "tcp_rst",
+            tunnel: None,
         };
         Event::Blocked { block, rule: None }
     }
