@@ -8,8 +8,8 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use super::{ConfigError, Ctx};
-use crate::packet::{proto, TunnelKind};
 use crate::packet::Direction;
+use crate::packet::{proto, TunnelKind};
 use crate::policy::program::{DEFAULT_MAP_SIZE, MAX_MAP_SIZE};
 use crate::policy::rules::{ConfigRule, FlagMatch, RuleAction, TunnelMatch};
 use crate::policy::Limit;

@@ -410,3 +410,6 @@ mod tests_actions;
 
 #[cfg(test)]
 mod tests_abuse;
+
+#[cfg(test)]
+mod tests_tunnels;
