@@ -102,13 +102,14 @@ fn body(kind: TunnelKind, inner: &[u8], o: &Options) -> Vec<u8> {
     b
 }
 
-/// `inner` wrapped in `kind` from `src` to `dst`. The kinds of IP in IP take
+/// `inner` wrapped in `kind` from `src` to `dst`, the outer TTL / hop limit `ttl`. The kinds of IP in IP take
 /// their name from the versions (`ipip`, `6in4`, `4in6`, `6in6`): the inner
 /// packet must be of the version they name and the outer addresses of theirs.
 pub fn encapsulate(
     kind: TunnelKind,
     src: IpAddr,
     dst: IpAddr,
+    ttl: u8,
     inner: &[u8],
     o: &Options,
 ) -> Result<Vec<u8>, EncapError> {
@@ -124,7 +125,7 @@ pub fn encapsulate(
     if outer6.is_some_and(|v6| v6 != src.is_ipv6()) || want6.is_some_and(|v6| v6 != inner6) {
         return Err(EncapError::Addresses(format!("{kind} needs other IP versions (outer or inner)")));
     }
-    let step = outer(src, dst, 64)?;
+    let step = outer(src, dst, ttl)?;
     let body = body(kind, inner, o);
     let mut out = Vec::with_capacity(body.len() + 48);
     let built = match kind {

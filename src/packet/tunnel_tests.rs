@@ -11,7 +11,7 @@ fn inner_of(pkt: &[u8]) -> (TunnelKind, Result<Option<PacketView>, TunnelError>)
 }
 
 fn wrap(kind: TunnelKind, src: &str, dst: &str, inner: &[u8], o: Options) -> Vec<u8> {
-    encapsulate(kind, src.parse().unwrap(), dst.parse().unwrap(), inner, &o).unwrap()
+    encapsulate(kind, src.parse().unwrap(), dst.parse().unwrap(), 64, inner, &o).unwrap()
 }
 
 #[test]

@@ -21,7 +21,7 @@ fn wrap(kind: TunnelKind, src: &str, dst: &str, inner: &[u8]) -> Vec<u8> {
 }
 
 fn wrap_with(kind: TunnelKind, src: &str, dst: &str, inner: &[u8], o: Options) -> Vec<u8> {
-    encapsulate(kind, src.parse().unwrap(), dst.parse().unwrap(), inner, &o).unwrap()
+    encapsulate(kind, src.parse().unwrap(), dst.parse().unwrap(), 64, inner, &o).unwrap()
 }
 
 /// For each kind, an outer pair of addresses and the inner family it carries.
