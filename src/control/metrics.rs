@@ -183,6 +183,7 @@ impl Collector for Scrape {
             "Packets OP25B would have blocked, forwarded by action monitor.",
             [(vec![], s.op25b.monitored)],
         )?;
+        tunnel_metrics(&mut e, &s)?;
         let a = &s.abuse;
         gauges(
             &mut e,
@@ -244,6 +245,20 @@ impl Collector for Scrape {
     }
 }
 
+/// Tunnels by their outermost kind: seen, and blocked (a blocked packet
+/// inside, or `tunnels = "block"`).
+fn tunnel_metrics(e: &mut DescriptorEncoder<'_>, s: &Stats) -> Result<(), std::fmt::Error> {
+    use crate::packet::TunnelKind;
+    let rows = |v: [u64; TunnelKind::COUNT]| TunnelKind::ALL.map(|k| (vec![("kind", k.name())], v[k.index()]));
+    counters(e, "op25b_tunnel_packets", "Tunnel packets seen, by their outermost kind.", rows(s.tunnels.packets))?;
+    counters(
+        e,
+        "op25b_tunnel_blocked_packets",
+        "Tunnel packets blocked (OP25B or IP25B inside, or tunnels = block), by their outermost kind.",
+        rows(s.tunnels.blocked),
+    )
+}
+
 /// The OpenMetrics text of `stats` and `info`.
 pub(crate) fn render(stats: Stats, info: InfoSnapshot) -> String {
     let mut registry = Registry::default();
@@ -271,12 +286,23 @@ mod tests {
             let _ = t.out(&syn("100.64.1.10", "203.0.113.25", 25));
         }
         let _ = t.out(&syn("100.64.1.10", "203.0.113.25", 587));
+        let gre = |port| {
+            let inner = syn("10.0.0.1", "203.0.113.25", port);
+            let (src, dst) = ("100.64.1.10".parse().unwrap(), "198.51.100.1".parse().unwrap());
+            crate::packet::encap::encapsulate(crate::packet::TunnelKind::Gre, src, dst, 64, &inner, &Default::default())
+                .unwrap()
+        };
+        let _ = t.out(&gre(25));
+        let _ = t.out(&gre(587));
         let info = InfoSnapshot { reloads_ok: 2, reloads_failed: 1, loaded_unix: 1_800_000_000.0, started_unix: 1.0 };
         let text = render(t.stats(), info);
         let v = |s: &str| value(&text, s).unwrap_or_else(|| panic!("{s} missing in\n{text}"));
-        assert_eq!(v(r#"op25b_received_packets_total{direction="outbound"}"#), 4.0);
+        assert_eq!(v(r#"op25b_received_packets_total{direction="outbound"}"#), 6.0);
+        assert_eq!(v(r#"op25b_tunnel_packets_total{kind="gre"}"#), 2.0);
+        assert_eq!(v(r#"op25b_tunnel_blocked_packets_total{kind="gre"}"#), 1.0);
+        assert_eq!(v(r#"op25b_tunnel_packets_total{kind="vxlan"}"#), 0.0);
         assert_eq!(v(r#"op25b_packets_total{direction="outbound",verdict="reply"}"#), 3.0);
-        assert_eq!(v(r#"op25b_packets_total{direction="outbound",verdict="forward"}"#), 1.0);
+        assert_eq!(v(r#"op25b_packets_total{direction="outbound",verdict="forward"}"#), 2.0);
         assert_eq!(v(r#"op25b_replies_total{direction="outbound",kind="tcp_rst"}"#), 3.0);
         assert_eq!(v(r#"op25b_blocked_total{action="reject"}"#), 3.0);
         assert_eq!(v(r#"op25b_config_reloads_total{result="failure"}"#), 1.0);
