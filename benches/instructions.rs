@@ -7,10 +7,10 @@
 use std::hint::black_box;
 use std::time::Instant;
 
+use op25b::packet::TunnelKind;
 use op25b::testing::lab::{DYN4, DYN6, MX4, MX6, RELAY4};
 use op25b::testing::packets::{tcp, udp};
 use op25b::testing::PolicyBuilder;
-use op25b::packet::TunnelKind;
 use op25b::{Direction, Router, RxInfo};
 
 /// From the dynamic subscriber: an ACK with `payload` zero bytes, or a SYN.

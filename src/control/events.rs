@@ -251,8 +251,15 @@ mod tests {
         t.router.note_blocks(true);
         let inner = crate::testing::packets::tcp("10.0.0.1", 1234, "203.0.113.25", 25).syn().build();
         let (src, dst) = ("100.64.1.10".parse().unwrap(), "198.51.100.1".parse().unwrap());
-        let pkt = crate::packet::encap::encapsulate(crate::packet::TunnelKind::Vxlan, src, dst, 64, &inner, &Default::default())
-            .unwrap();
+        let pkt = crate::packet::encap::encapsulate(
+            crate::packet::TunnelKind::Vxlan,
+            src,
+            dst,
+            64,
+            &inner,
+            &Default::default(),
+        )
+        .unwrap();
         let _ = t.out(&pkt);
         let block = t.router.take_block().expect("a block noted");
         let mut s = Sampler::new(10);
@@ -261,7 +268,13 @@ mod tests {
         assert_eq!((v["subscriber"].as_str(), v["src"].as_str()), (Some("100.64.1.10"), Some("100.64.1.10")), "{v}");
         assert_eq!((v["tunnel"].as_str(), v["tunnel_depth"].as_u64()), (Some("vxlan"), Some(1)), "{v}");
         assert_eq!(v["outer_dst"], "198.51.100.1", "{v}");
-        assert_eq!((v["inner_src"].as_str(), v["inner_dst"].as_str()), (Some("10.0.0.1:1234"), Some("203.0.113.25:25")));
-        assert_eq!((v["dst"].as_str(), v["action"].as_str(), v["reply"].as_str()), (Some("203.0.113.25:25"), Some("reject"), Some("none")));
+        assert_eq!(
+            (v["inner_src"].as_str(), v["inner_dst"].as_str()),
+            (Some("10.0.0.1:1234"), Some("203.0.113.25:25"))
+        );
+        assert_eq!(
+            (v["dst"].as_str(), v["action"].as_str(), v["reply"].as_str()),
+            (Some("203.0.113.25:25"), Some("reject"), Some("none"))
+        );
     }
 }

@@ -144,12 +144,21 @@ pub type Decapsulated = (TunnelKind, Result<Option<usize>, TunnelError>);
 pub fn may_be_tunnel(view: &PacketView) -> bool {
     match view.protocol {
         proto::TCP => false,
-        IPV4_IN_IP | IPV6_IN_IP | GRE => true,
-        proto::UDP => matches!(view.transport, Transport::Udp { src_port, dst_port }
-            if dst_port == ports::VXLAN || dst_port == ports::GENEVE
-                || dst_port == ports::TEREDO || src_port == ports::TEREDO),
-        _ => false,
+        proto::UDP => match view.transport {
+            Transport::Udp { src_port, dst_port } => tunnel_port(src_port, dst_port),
+            _ => false,
+        },
+        p => p == IPV4_IN_IP || p == IPV6_IN_IP || p == GRE,
     }
+}
+
+/// Whether UDP between these ports may be a tunnel. One range test keeps most
+/// UDP out: the three destination ports lie between 3544 and 6081.
+#[inline]
+fn tunnel_port(src: u16, dst: u16) -> bool {
+    (dst.wrapping_sub(ports::TEREDO) <= ports::GENEVE - ports::TEREDO
+        && (dst == ports::TEREDO || dst == ports::VXLAN || dst == ports::GENEVE))
+        || src == ports::TEREDO
 }
 
 /// Decapsulates one layer of `packet` (the bytes of the IP packet `view`

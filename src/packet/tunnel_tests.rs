@@ -2,7 +2,55 @@
 
 use super::*;
 use crate::packet::encap::{encapsulate, Options};
-use crate::testing::packets::{echo_request, fragment4, syn, tcp, udp};
+use etherparse::PacketBuilder;
+use std::net::IpAddr;
+
+// Packet makers of our own: the packet module's tests build with etherparse
+// alone (nothing above the module, such as `testing`, may be imported).
+
+fn ip(src: &str, dst: &str) -> etherparse::PacketBuilderStep<etherparse::IpHeaders> {
+    match (src.parse().unwrap(), dst.parse().unwrap()) {
+        (IpAddr::V4(s), IpAddr::V4(d)) => PacketBuilder::ipv4(s.octets(), d.octets(), 64),
+        (IpAddr::V6(s), IpAddr::V6(d)) => PacketBuilder::ipv6(s.octets(), d.octets(), 64),
+        _ => panic!("mixed versions"),
+    }
+}
+
+fn syn_with(src: &str, dst: &str, dport: u16, payload: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    ip(src, dst).tcp(1234, dport, 1, 64240).syn().write(&mut out, payload).unwrap();
+    out
+}
+
+fn syn(src: &str, dst: &str, dport: u16) -> Vec<u8> {
+    syn_with(src, dst, dport, &[])
+}
+
+fn udp(src: &str, sport: u16, dst: &str, dport: u16, payload: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    ip(src, dst).udp(sport, dport).write(&mut out, payload).unwrap();
+    out
+}
+
+fn echo_request(src: &str, dst: &str, payload: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    ip(src, dst).icmpv4_echo_request(1, 1).write(&mut out, payload).unwrap();
+    out
+}
+
+/// An IPv4 fragment of `whole` (20-byte header): payload bytes `[from, to)`.
+fn fragment4(whole: &[u8], from: usize, to: usize, more: bool) -> Vec<u8> {
+    let mut p = whole[..20].to_vec();
+    p.extend_from_slice(&whole[20 + from..20 + to]);
+    let len = p.len() as u16;
+    p[2..4].copy_from_slice(&len.to_be_bytes());
+    let off = (from / 8) as u16 | if more { 0x2000 } else { 0 };
+    p[6..8].copy_from_slice(&off.to_be_bytes());
+    p[10..12].copy_from_slice(&[0, 0]);
+    let sum = !crate::packet::checksum::sum(&p[..20]);
+    p[10..12].copy_from_slice(&sum.to_be_bytes());
+    p
+}
 
 fn inner_of(pkt: &[u8]) -> (TunnelKind, Result<Option<PacketView>, TunnelError>) {
     let view = PacketView::parse(pkt).expect("outer parses");
@@ -132,7 +180,7 @@ fn tunnels_without_ip_inside_are_tunnels_with_nothing_to_judge() {
 
 #[test]
 fn a_later_fragment_is_no_tunnel_and_a_first_is_read_cut() {
-    let inner = tcp("10.0.0.1", 1234, "203.0.113.25", 25).syn().payload(&[7; 400]).build();
+    let inner = syn_with("10.0.0.1", "203.0.113.25", 25, &[7; 400]);
     let pkt = wrap(TunnelKind::Gre, "100.64.1.10", "198.51.100.1", &inner, Options::default());
     let first = fragment4(&pkt, 0, 96, true);
     let later = fragment4(&pkt, 96, pkt.len() - 20, false);
