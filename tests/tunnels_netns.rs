@@ -33,6 +33,9 @@ fn wrap(kind: TunnelKind, src: &str, dst: &str, inner: &[u8], o: Options) -> Vec
     encapsulate(kind, ip(src), ip(dst), 64, inner, &o).unwrap_or_else(|e| panic!("{kind}: {e}"))
 }
 
+/// A SYN maker: destination and port.
+type MakeSyn = fn(&str, u16) -> Vec<u8>;
+
 fn syn4(dst: &str, port: u16) -> Vec<u8> {
     tcp("10.0.0.1", 40000, dst, port).syn().build()
 }
@@ -133,8 +136,7 @@ fn tunnels_over_ipv4_are_judged_inside() {
         (TunnelKind::Geneve, true, Options { geneve_options: 8, ..o }),
     ];
     for (kind, v6, o) in kinds {
-        let (mx, relay, syn): (&str, &str, fn(&str, u16) -> Vec<u8>) =
-            if v6 { (MX6, RELAY6, syn6) } else { (MX4, RELAY4, syn4) };
+        let (mx, relay, syn): (&str, &str, MakeSyn) = if v6 { (MX6, RELAY6, syn6) } else { (MX4, RELAY4, syn4) };
         let name = format!("{kind} {o:?}");
         cases.push(case(&format!("{name}: 25 to an MX"), wrap(kind, DYN4, MX4, &syn(mx, 25), o), false));
         cases.push(case(&format!("{name}: 587 to an MX"), wrap(kind, DYN4, MX4, &syn(mx, 587), o), true));
@@ -162,7 +164,7 @@ fn tunnels_over_ipv6_are_judged_inside() {
         (TunnelKind::Vxlan, true),
         (TunnelKind::Geneve, false),
     ] {
-        let (mx, syn): (&str, fn(&str, u16) -> Vec<u8>) = if v6 { (MX6, syn6) } else { (MX4, syn4) };
+        let (mx, syn): (&str, MakeSyn) = if v6 { (MX6, syn6) } else { (MX4, syn4) };
         cases.push(case(&format!("{kind}: 25"), wrap(kind, DYN6, MX6, &syn(mx, 25), o), false));
         cases.push(case(&format!("{kind}: 587"), wrap(kind, DYN6, MX6, &syn(mx, 587), o), true));
         cases.push(case(&format!("{kind}: exempt"), wrap(kind, STATIC6, MX6, &syn(mx, 25), o), true));

@@ -59,7 +59,7 @@ fn replay_judges_captured_tunnels() {
     };
     let inner25 = syn("10.0.0.1", "203.0.113.25", 25);
     let inner6 = tcp("2001:db8:1::1", 1, "2001:db8:203::25", 25).syn().build();
-    let frames = vec![
+    let frames = [
         wrap(TunnelKind::Gre, "100.64.1.10", "198.51.100.1", &inner25),
         wrap(TunnelKind::Gre, "100.64.1.10", "198.51.100.1", &syn("10.0.0.1", "203.0.113.25", 587)),
         wrap(TunnelKind::Teredo, "100.64.1.10", "198.51.100.1", &inner6),

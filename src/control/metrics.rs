@@ -183,7 +183,7 @@ impl Collector for Scrape {
             "Packets OP25B would have blocked, forwarded by action monitor.",
             [(vec![], s.op25b.monitored)],
         )?;
-        tunnel_metrics(&mut e, &s)?;
+        tunnel_metrics(&mut e, s)?;
         let a = &s.abuse;
         gauges(
             &mut e,
