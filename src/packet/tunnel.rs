@@ -26,7 +26,7 @@
 
 use etherparse::{EtherType, Ethernet2HeaderSlice, SingleVlanHeaderSlice};
 
-use super::view::{proto, Fragment, IpVersion, PacketView, Transport};
+use super::view::{Fragment, IpVersion, PacketView, Transport};
 
 /// The most encapsulations judged in one packet; a packet with more is dropped.
 pub const MAX_TUNNEL_DEPTH: usize = 3;
@@ -142,13 +142,10 @@ pub type Decapsulated = (TunnelKind, Result<Option<usize>, TunnelError>);
 /// ports), cheap enough for every packet.
 #[inline]
 pub fn may_be_tunnel(view: &PacketView) -> bool {
-    match view.protocol {
-        proto::TCP => false,
-        proto::UDP => match view.transport {
-            Transport::Udp { src_port, dst_port } => tunnel_port(src_port, dst_port),
-            _ => false,
-        },
-        p => p == IPV4_IN_IP || p == IPV6_IN_IP || p == GRE,
+    match view.transport {
+        Transport::Udp { src_port, dst_port } => tunnel_port(src_port, dst_port),
+        Transport::Tcp { .. } => false,
+        _ => matches!(view.protocol, IPV4_IN_IP | IPV6_IN_IP | GRE),
     }
 }
 

@@ -11,7 +11,8 @@
 //! ```text
 //! sanity   parse, martians, anti-spoofing (BCP 38), fragments, source routing
 //! local    addressed to the router (echo), TTL / hop limit expired
-//! tunnel   IP in IP, GRE, Teredo, VXLAN, Geneve of a dynamic address: the
+//!          and tunnels (a packet with no TCP header, router/tunnel.rs): IP
+//!          in IP, GRE, Teredo, VXLAN, Geneve of a dynamic address, the
 //!          packets inside meet OP25B / IP25B (one look for non-tunnels)
 //! op25b    outbound: the fast path and its action (reject, drop, icmp,
 //!          banner, redirect, monitor); inbound: IP25B and the reverse of a redirect
@@ -340,7 +341,6 @@ impl Router {
     fn stages<T: Tracer>(&mut self, p: &mut Packet<'_>, t: &mut T) -> ControlFlow<Verdict> {
         self.sanity(p, t)?;
         self.local(p, t)?;
-        self.tunnels(p, t)?;
         self.op25b(p, t)?;
         self.rules(p, t)
     }
