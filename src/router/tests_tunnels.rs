@@ -282,3 +282,20 @@ fn trace_and_block_note_name_the_tunnel_and_the_inner_ends() {
     let tun = b.tunnel.expect("tunnel named");
     assert_eq!((tun.kind, tun.depth, tun.inner_src.to_string()), (TunnelKind::Gre, 1, "10.0.0.1:1234".to_string()));
 }
+
+#[test]
+fn outer_checksums_do_not_change_the_decision() {
+    let mut t = PolicyBuilder::lab().router();
+    // GRE with its checksum present and wrong (the builder writes zero).
+    let o = Options { gre_extras: true, ..Options::default() };
+    let gre = wrap_with(TunnelKind::Gre, DYN4, FAR4, &inner_syn(false, 25), o);
+    assert_eq!(t.out(&gre).0, Verdict::Drop(DropReason::TunnelBlocked));
+    // VXLAN and Teredo with a wrong UDP checksum, and with none (zero).
+    for (kind, v6) in [(TunnelKind::Vxlan, false), (TunnelKind::Teredo, true)] {
+        for sum in [[0xde, 0xad], [0, 0]] {
+            let mut pkt = wrap(kind, DYN4, FAR4, &inner_syn(v6, 25));
+            pkt[26..28].copy_from_slice(&sum);
+            assert_eq!(t.out(&pkt).0, Verdict::Drop(DropReason::TunnelBlocked), "{kind} checksum {sum:?}");
+        }
+    }
+}
