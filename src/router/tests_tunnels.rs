@@ -299,3 +299,18 @@ fn outer_checksums_do_not_change_the_decision() {
         }
     }
 }
+
+#[test]
+fn ipv6_outer_fragments_must_hold_the_inner_headers() {
+    use crate::testing::packets::fragment6;
+    let mut t = PolicyBuilder::lab().router();
+    let inner = tcp("10.0.0.1", 1234, MX4, 25).syn().payload(&[0; 600]).build();
+    let whole = wrap(TunnelKind::Gre, DYN6, FAR6, &inner);
+    // GRE 4 + inner IPv4 20 + TCP 20 = 44 bytes after the fragment header.
+    assert_eq!(t.out(&fragment6(&whole, 0, true, 48)).0, Verdict::Drop(DropReason::TunnelBlocked));
+    assert_eq!(t.out(&fragment6(&whole, 0, true, 40)).0, Verdict::Drop(DropReason::TinyFragment));
+    let vx = wrap(TunnelKind::Vxlan, DYN6, FAR6, &inner);
+    // UDP 8 + VXLAN 8 + Ethernet 14 + IPv4 20 + TCP 20 = 70.
+    assert_eq!(t.out(&fragment6(&vx, 0, true, 72)).0, Verdict::Drop(DropReason::TunnelBlocked));
+    assert_eq!(t.out(&fragment6(&vx, 0, true, 64)).0, Verdict::Drop(DropReason::TinyFragment));
+}
