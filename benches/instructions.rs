@@ -7,6 +7,7 @@
 use std::hint::black_box;
 use std::time::Instant;
 
+use op25b::packet::TunnelKind;
 use op25b::testing::lab::{DYN4, DYN6, MX4, MX6, RELAY4};
 use op25b::testing::packets::{tcp, udp};
 use op25b::testing::PolicyBuilder;
@@ -94,7 +95,7 @@ fn program_case(case: &str, n: u64) {
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
-    const USAGE: &str = "usage: instructions CASE N (CASE: forward_tcp4 forward_tcp6 forward_udp4 blocked_syn4 blocked_syn4_new blocked_syn4_rst blocked_ack4 redirect_data4 redirect_flood4 program_unseen4 program_seen4 count_rule_unseen4; the program cases read rules/examples' port_block.wasm from $OP25B_PROGRAMS)";
+    const USAGE: &str = "usage: instructions CASE N (CASE: forward_tcp4 forward_tcp6 forward_udp4 blocked_syn4 blocked_syn4_new blocked_syn4_rst blocked_ack4 redirect_data4 redirect_flood4 program_unseen4 program_seen4 count_rule_unseen4 tunnel_gre4 tunnel_gre_blocked4; the program cases read rules/examples' port_block.wasm from $OP25B_PROGRAMS)";
     // `cargo bench` passes --bench, `cargo test --all-targets` nothing: only
     // scripts/callgrind.sh runs a case, so there is nothing to do then.
     if args.get(1).is_none_or(|a| a.starts_with("--")) {
@@ -119,6 +120,13 @@ fn main() {
         "forward_udp4" => udp(DYN4, 40000, MX4, 9, &[0; 36]),
         "blocked_syn4" | "blocked_syn4_new" | "blocked_syn4_rst" => tcp4(25, true, 0),
         "blocked_ack4" => tcp4(25, false, 0),
+        // A tunnel of a dynamic address: GRE around a SYN, judged inside.
+        "tunnel_gre4" | "tunnel_gre_blocked4" => {
+            let port = if case == "tunnel_gre4" { 587 } else { 25 };
+            let inner = tcp("10.0.0.1", 40000, MX4, port).syn().build();
+            let (src, dst) = (DYN4.parse().unwrap(), MX4.parse().unwrap());
+            op25b::packet::encap::encapsulate(TunnelKind::Gre, src, dst, 64, &inner, &Default::default()).unwrap()
+        }
         other => {
             eprintln!("unknown case {other}");
             std::process::exit(2);

@@ -84,6 +84,7 @@ fn scenarios() -> Vec<(&'static str, Vec<Record>)> {
                 out(&with_ext6(&smtp6, 43, [4, 0, 0, 0, 0, 0])),
             ],
         ),
+        ("tunnels", tunnels()),
         (
             "others",
             vec![
@@ -101,6 +102,35 @@ fn scenarios() -> Vec<(&'static str, Vec<Record>)> {
                 inb(&big),
             ],
         ),
+    ]
+}
+
+/// Tunnels of every kind around SYNs to 25 and 587, nested, cut and malformed.
+fn tunnels() -> Vec<Record> {
+    use op25b::packet::encap::{encapsulate, Options};
+    use op25b::packet::TunnelKind as K;
+    let wrap = |k, src: &str, dst: &str, inner: &[u8], o: Options| {
+        encapsulate(k, src.parse().unwrap(), dst.parse().unwrap(), 64, inner, &o).unwrap()
+    };
+    let o = Options::default();
+    let in4 = packets::syn("10.0.0.1", MX4, 25);
+    let in6 = packets::syn("2001:db8:1::1", MX6, 25);
+    let ok4 = packets::syn("10.0.0.1", MX4, 587);
+    let big = packets::tcp("10.0.0.1", 1, MX4, 25).syn().payload(&[0; 300]).build();
+    vec![
+        out(&wrap(K::Ipip, DYN4, MX4, &in4, o)),
+        out(&wrap(K::SixIn4, DYN4, MX4, &in6, o)),
+        out(&wrap(K::FourIn6, DYN6, MX6, &in4, o)),
+        out(&wrap(K::SixIn6, DYN6, MX6, &in6, o)),
+        out(&wrap(K::Gre, DYN4, MX4, &in4, Options { gre_extras: true, ..o })),
+        out(&wrap(K::Gre, DYN6, MX6, &in6, Options { gre_ethernet: true, vlan: true, ..o })),
+        out(&wrap(K::Teredo, DYN4, MX4, &in6, Options { teredo_indicators: true, ..o })),
+        out(&wrap(K::Vxlan, DYN4, MX4, &ok4, Options { vlan: true, ..o })),
+        out(&wrap(K::Geneve, DYN6, MX6, &in4, Options { geneve_options: 8, ..o })),
+        out(&wrap(K::Gre, DYN4, MX4, &wrap(K::Vxlan, "10.1.0.1", "10.2.0.1", &in4, o), o)),
+        out(&fragment4(&wrap(K::Gre, DYN4, MX4, &big, o), 0, 48, true)),
+        out(&packets::udp(DYN4, 40000, MX4, 4789, &[8, 0, 0, 0, 0, 0, 1, 0, 2])),
+        inb(&wrap(K::Gre, MX4, DYN4, &packets::syn(MX4, "10.0.0.1", 25), o)),
     ]
 }
 
@@ -166,6 +196,12 @@ fn main() {
         "drop_rate_limited",
         "forwarded_outbound",
         "forwarded_inbound",
+        "drop_tunnel_blocked",
+        "drop_tunnel_malformed",
+        "drop_tunnel_too_deep",
+        "tunnel_packets_gre",
+        "tunnel_packets_vxlan",
+        "tunnel_packets_teredo",
     ];
     let mut hits = vec![0; wanted.len()];
     let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
@@ -213,6 +249,10 @@ fn main() {
         "icmp 100.64.1.10 -> 203.0.113.25 ttl=1",
         "icmpv6 2001:db8:100::10 -> 2001:db8:203::25 len=1400",
         "tcp 100.64.1.10:1 -> 203.0.113.25:25 rst fin psh ttl=0 len=60",
+        "gre 100.64.1.10 -> 198.51.100.1 key [tcp 10.0.0.1:1234 -> 203.0.113.25:25 syn]",
+        "vxlan 100.64.1.10 -> 198.51.100.1 vlan [ipip 10.1.0.1 -> 10.2.0.1 [tcp 10.0.0.1:1 -> 203.0.113.25:25 syn]]",
+        "teredo 100.64.1.10 -> 198.51.100.1 indicators [tcp [2001:db8:1::1]:1 -> [2001:db8:203::25]:25 syn]",
+        "geneve 2001:db8:100::10 -> 2001:db8:5::1 options=8 [udp 10.0.0.1:1 -> 192.0.2.53:53]",
     ]
     .iter()
     .enumerate()

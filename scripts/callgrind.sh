@@ -18,7 +18,7 @@ n=100000
 rules/examples/build.sh "$tmp/programs" >/dev/null
 export OP25B_PROGRAMS="$tmp/programs"
 cases=(forward_tcp4 forward_tcp6 forward_udp4 blocked_syn4 blocked_syn4_new blocked_syn4_rst blocked_ack4 redirect_data4 redirect_flood4
-    program_unseen4 count_rule_unseen4 program_seen4)
+    program_unseen4 count_rule_unseen4 program_seen4 tunnel_gre4 tunnel_gre_blocked4)
 printf '%-17s %s\n' case instructions/packet
 for case in "${cases[@]}"; do
     if ! valgrind --tool=callgrind --callgrind-out-file="$tmp/out" --toggle-collect='*Router::handle*' \

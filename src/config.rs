@@ -15,7 +15,7 @@ use ipnet::IpNet;
 use serde::Deserialize;
 use toml::Spanned;
 
-use crate::policy::{Action, Banner, Op25b, Pipeline, Policy, PortSet, PrefixSet};
+use crate::policy::{Action, Banner, Op25b, Pipeline, Policy, PortSet, PrefixSet, TunnelMode};
 use std::sync::Arc;
 
 mod abuse;
@@ -144,6 +144,8 @@ struct Op25bSection {
     reply_burst: Option<Spanned<u32>>,
     max_flows: Option<Spanned<u32>>,
     max_flows_per_source: Option<Spanned<u32>>,
+    tunnels: Option<Spanned<String>>,
+    tunnel_endpoints: Option<Spanned<Vec<Spanned<String>>>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -346,9 +348,12 @@ impl Config {
             redirect_v4: None,
             redirect_v6: None,
             banner: Banner::default(),
+            tunnels: TunnelMode::Inspect,
+            tunnel_endpoints: PrefixSet::default(),
         };
         let mut op25b = op25b;
         actions::apply(&cx, o, &mut op25b)?;
+        actions::tunnels(&cx, o, &mut op25b)?;
         let (reply_limit, max_flows, max_flows_per_source) = actions::limits(&cx, o)?;
         let sets = rules::Sets::compile(&cx, &file.sets)?;
         let compiled = rules::compile(&cx, &sets, &file.rules)?;
@@ -467,6 +472,20 @@ impl Config {
                 "new connections to these ports of dynamic addresses dropped"
             } else {
                 "not blocked"
+            }
+        );
+        let _ = writeln!(
+            s,
+            "  tunnels           {}",
+            match p.op25b.tunnels {
+                TunnelMode::Inspect =>
+                    "inspect: packets inside IP-in-IP, GRE, Teredo, VXLAN, Geneve judged like the subscriber's own"
+                        .to_string(),
+                TunnelMode::Block => format!(
+                    "block: tunnels of dynamic addresses dropped, except with {} (inspected)",
+                    set(&p.op25b.tunnel_endpoints)
+                ),
+                TunnelMode::Forward => "forward: tunnels not inspected".to_string(),
             }
         );
         let _ = writeln!(

@@ -102,7 +102,9 @@ enum Command {
         config: PathBuf,
         /// A packet, e.g. "tcp 100.64.1.10:40000 -> 203.0.113.25:25 syn"
         /// (IPv6 as [2001:db8:100::10]:40000; tcp, udp, icmp; flags syn, ack,
-        /// rst, fin, psh; ttl=N; len=N).
+        /// rst, fin, psh; ttl=N; len=N). A tunnel wraps one in brackets:
+        /// "gre 100.64.1.10 -> 198.51.100.1 [tcp 10.0.0.1:1234 -> 203.0.113.25:25 syn]"
+        /// (ipip, 6in4, 4in6, 6in6, gre, teredo, vxlan, geneve).
         #[arg(short, long)]
         packet: Option<String>,
         /// Which way the packet travels (default: outbound when the source is
@@ -555,6 +557,9 @@ fn run_replay(
             outln!("  op25b blocked {}", report.op25b_blocked);
             if config.policy.op25b.action == op25b::policy::Action::Monitor {
                 outln!("  op25b monitored (would be blocked, forwarded) {}", report.op25b_monitored);
+            }
+            for (k, c) in &report.tunnels {
+                outln!("  tunnel {k:<8} {} packets, {} blocked", c.packets, c.blocked);
             }
             if !report.rules.is_empty() {
                 outln!("  rules (packets / bytes matched):");

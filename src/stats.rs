@@ -13,7 +13,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use crate::packet::{Direction, ParseError};
+use crate::packet::{Direction, ParseError, TunnelKind};
 
 macro_rules! reasons {
     ($(#[$m:meta])* pub enum $name:ident { $($(#[$vm:meta])* $v:ident => $s:literal,)* }) => {
@@ -93,6 +93,15 @@ reasons! {
         /// From a subscriber in quarantine, to a destination outside its
         /// walled garden (`abuse.quarantine_allow`); TCP is answered with an RST.
         Quarantined => "quarantined",
+        /// Inside a tunnel of a dynamic address, a packet OP25B (or IP25B)
+        /// blocks, and not answered; or any tunnel of a dynamic address
+        /// under `tunnels = "block"` but those with `tunnel_endpoints`.
+        TunnelBlocked => "tunnel_blocked",
+        /// A tunnel of a dynamic address whose tunnel header or inner packet
+        /// does not parse (the far end could not judge it either).
+        TunnelMalformed => "tunnel_malformed",
+        /// Tunnels nested deeper than `packet::MAX_TUNNEL_DEPTH`.
+        TunnelTooDeep => "tunnel_too_deep",
     }
 }
 
@@ -293,6 +302,10 @@ pub(crate) struct Counters {
     pub(crate) monitored_connections: Counter,
     /// Packets of subscribers in quarantine refused (answered or dropped).
     pub(crate) quarantined: Counter,
+    /// Tunnel packets seen, by their outermost kind.
+    pub(crate) tunnel_packets: [Counter; TunnelKind::COUNT],
+    /// Tunnel packets blocked (dropped or answered), by their outermost kind.
+    pub(crate) tunnel_blocked: [Counter; TunnelKind::COUNT],
     /// The rule counters in force, for readers; the router writes through its
     /// own handle to the same block.
     pub(crate) rules: Mutex<Arc<RuleCounters>>,
@@ -328,6 +341,10 @@ impl Counters {
         s.op25b.redirect_evictions += self.redirect_evictions.get();
         s.op25b.monitored += self.monitored.get();
         s.abuse.refused += self.quarantined.get();
+        for k in TunnelKind::ALL {
+            s.tunnels.packets[k.index()] += self.tunnel_packets[k.index()].get();
+            s.tunnels.blocked[k.index()] += self.tunnel_blocked[k.index()].get();
+        }
         let rules = self.rules.lock().unwrap_or_else(|e| e.into_inner()).clone();
         for (i, name) in rules.names.iter().enumerate() {
             let (packets, bytes) = (rules.packets[i].get(), rules.bytes[i].get());
@@ -417,6 +434,18 @@ pub struct Op25bStats {
     pub monitored: u64,
     /// Connection attempts among them (SYNs, retransmissions counted once).
     pub monitored_connections: u64,
+}
+
+/// Tunnels, by their outermost kind ([`TunnelKind::index`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct TunnelStats {
+    /// Tunnel packets seen (whatever `tunnels` says), one per packet.
+    pub packets: [u64; TunnelKind::COUNT],
+    /// Tunnel packets blocked: a blocked packet inside (dropped, or answered
+    /// with ICMP), or a tunnel `tunnels = "block"` refuses. Malformed and
+    /// too deep tunnels are counted by their drop reasons only.
+    pub blocked: [u64; TunnelKind::COUNT],
 }
 
 /// Abuse handling's figures (`[abuse]`): gauges of the tracker and the
@@ -512,6 +541,8 @@ pub struct Stats {
     pub capture_dropped: u64,
     /// Abuse handling, when `[abuse]` is on.
     pub abuse: AbuseStats,
+    /// Tunnels by kind.
+    pub tunnels: TunnelStats,
     /// Failed writes of op25b's own files, by [`OutputFile`] (index: `output as usize`).
     pub write_errors: [u64; OutputFile::COUNT],
 }
@@ -584,6 +615,10 @@ impl Stats {
         }
         out.push(("responder_ring_overflows".to_string(), self.responder.ring_overflows));
         out.push(("responder_syn_evictions".to_string(), self.responder.syn_evictions));
+        for k in TunnelKind::ALL {
+            out.push((format!("tunnel_packets_{}", k.name()), self.tunnels.packets[k.index()]));
+            out.push((format!("tunnel_blocked_{}", k.name()), self.tunnels.blocked[k.index()]));
+        }
         for (name, d) in ["subscriber", "upstream"].iter().zip(&self.devices) {
             out.push((format!("{name}_rx_packets"), d.rx_packets));
             out.push((format!("{name}_tx_packets"), d.tx_packets));
@@ -647,6 +682,9 @@ impl Stats {
             "outbound": by_dir(self.dir(Direction::Outbound)),
             "inbound": by_dir(self.dir(Direction::Inbound)),
             "rules": rules,
+            "tunnels": TunnelKind::ALL.iter().map(|k| (k.name().to_string(), serde_json::json!({
+                "packets": self.tunnels.packets[k.index()], "blocked": self.tunnels.blocked[k.index()],
+            }))).collect::<serde_json::Map<String, serde_json::Value>>(),
         })
     }
 }

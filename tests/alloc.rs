@@ -11,6 +11,8 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 use std::time::Instant;
 
+use op25b::packet::encap::{encapsulate, Options};
+use op25b::packet::TunnelKind;
 use op25b::packet::{checksum, tcp_flags, PacketView, Transport};
 use op25b::testing::lab::{DYN4, DYN6, MX4, MX6, ROUTER4};
 use op25b::testing::packets::{echo_request, tcp, udp};
@@ -116,7 +118,30 @@ fn cases() -> Vec<Case> {
         ("echo to router -> reply", Outbound, echo_request(DYN4, ROUTER4, &[0; 56]), None, "reply"),
         ("spoofed source -> drop", Outbound, udp4("192.0.2.1", MX4, 36), None, "drop"),
         ("truncated -> drop", Outbound, truncated, None, "drop"),
+        ("gre 587 inside -> forward", Outbound, tunnel(TunnelKind::Gre, DYN4, 587), None, "forward"),
+        ("vxlan 25 inside -> drop", Outbound, tunnel(TunnelKind::Vxlan, DYN4, 25), None, "drop"),
+        ("geneve 25 inside, v6 -> drop", Outbound, tunnel(TunnelKind::Geneve, DYN6, 25), None, "drop"),
+        ("teredo 25 inside -> drop", Outbound, tunnel(TunnelKind::Teredo, DYN4, 25), None, "drop"),
     ]
+}
+
+/// A SYN to `dport` inside a tunnel of `kind` from `src` (IPv6 inside for Teredo).
+fn tunnel(kind: TunnelKind, src: &str, dport: u16) -> Vec<u8> {
+    let inner = if kind == TunnelKind::Teredo {
+        tcp("2001:db8:1::1", 1, MX6, dport).syn().build()
+    } else {
+        tcp("10.0.0.1", 1, MX4, dport).syn().build()
+    };
+    let dst = if src.contains(':') { MX6 } else { MX4 };
+    encapsulate(
+        kind,
+        src.parse().unwrap(),
+        dst.parse().unwrap(),
+        64,
+        &inner,
+        &Options { vlan: true, ..Options::default() },
+    )
+    .unwrap()
 }
 
 fn kind(v: Verdict) -> &'static str {

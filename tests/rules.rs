@@ -242,7 +242,7 @@ fn index_agrees_with_linear_scan() {
             };
             let view = PacketView::parse(&pkt).unwrap();
             let dir = if rnd(2) == 0 { Direction::Outbound } else { Direction::Inbound };
-            let cx = RuleContext { direction: dir, now };
+            let cx = RuleContext { direction: dir, now, tunnel: None };
             let (mut indexed, mut in_order) = (Matched::<false>::default(), Matched::<true>::default());
             let fast = rules.evaluate(&view, &cx, &mut indexed);
             let slow = rules.evaluate(&view, &cx, &mut in_order);

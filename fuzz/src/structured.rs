@@ -407,6 +407,88 @@ pub struct Packet {
     pub gso_size: Option<u16>,
     /// The device reports a partial checksum.
     pub csum_partial: bool,
+    /// Tunnels around it, innermost first (at most 5: one past the depth judged).
+    pub tunnels: Vec<Wrap>,
+}
+
+/// A tunnel kind, as `op25b::packet::TunnelKind`.
+#[derive(Arbitrary, Debug, Clone, Copy)]
+pub enum Kind {
+    /// IP in IPv4 (ipip or 6in4 by the inner version).
+    InV4,
+    /// IP in IPv6 (4in6 or 6in6).
+    InV6,
+    /// GRE.
+    Gre,
+    /// Teredo.
+    Teredo,
+    /// VXLAN.
+    Vxlan,
+    /// Geneve.
+    Geneve,
+}
+
+/// One encapsulation around the packet built so far.
+#[derive(Arbitrary, Debug, Clone)]
+pub struct Wrap {
+    /// Which tunnel.
+    pub kind: Kind,
+    /// IPv6 outer addresses (where the kind allows either).
+    pub v6: bool,
+    /// Outer source and destination by role.
+    pub ends4: (Addr4, Addr4),
+    /// The same for IPv6.
+    pub ends6: (Addr6, Addr6),
+    /// GRE checksum, key and sequence.
+    pub gre_extras: bool,
+    /// GRE carrying Ethernet.
+    pub gre_ethernet: bool,
+    /// Teredo indicators.
+    pub teredo_indicators: bool,
+    /// One VLAN tag in the Ethernet frame.
+    pub vlan: bool,
+    /// Geneve option words.
+    pub geneve_words: u8,
+    /// Keep only this many bytes of the result (a cut tunnel), if given.
+    pub cut: Option<u16>,
+}
+
+impl Wrap {
+    /// `inner` wrapped, or `inner` as it is when the kind cannot carry it.
+    fn apply(&self, inner: Vec<u8>) -> Vec<u8> {
+        use op25b::packet::encap::{encapsulate, Options};
+        use op25b::packet::TunnelKind as K;
+        let inner6 = inner.first().is_some_and(|b| b >> 4 == 6);
+        let (kind, v6) = match self.kind {
+            Kind::InV4 => (if inner6 { K::SixIn4 } else { K::Ipip }, false),
+            Kind::InV6 => (if inner6 { K::SixIn6 } else { K::FourIn6 }, true),
+            Kind::Gre => (K::Gre, self.v6),
+            Kind::Teredo => (K::Teredo, false),
+            Kind::Vxlan => (K::Vxlan, self.v6),
+            Kind::Geneve => (K::Geneve, self.v6),
+        };
+        let (src, dst): (IpAddr, IpAddr) = if v6 {
+            (self.ends6.0.get().into(), self.ends6.1.get().into())
+        } else {
+            (self.ends4.0.get().into(), self.ends4.1.get().into())
+        };
+        let o = Options {
+            gre_extras: self.gre_extras,
+            gre_ethernet: self.gre_ethernet,
+            teredo_indicators: self.teredo_indicators,
+            vlan: self.vlan,
+            geneve_options: self.geneve_words.min(63) * 4,
+        };
+        match encapsulate(kind, src, dst, 64, &inner, &o) {
+            Ok(mut out) => {
+                if let Some(n) = self.cut {
+                    out.truncate(usize::from(n).max(1));
+                }
+                out
+            }
+            Err(_) => inner,
+        }
+    }
 }
 
 /// The one's-complement checksum of `parts` laid end to end (even lengths but the last).
@@ -683,6 +765,12 @@ impl Packet {
         };
         let (proto, upper) = upper_bytes(ip.src, ip.dst, &l4, &payload);
         let mut p = ip_bytes(&ip, proto, &upper, self.fragment.as_ref());
+        for w in self.tunnels.iter().take(5) {
+            if p.len() > 60_000 {
+                break;
+            }
+            p = w.apply(p);
+        }
         if !p.is_empty() {
             for b in self.bends.iter().take(4) {
                 let at = usize::from(b.at) % p.len();

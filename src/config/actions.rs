@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use super::{ActionName, ConfigError, Ctx, Op25bSection};
 use crate::policy::Limit;
-use crate::policy::Op25b;
+use crate::policy::{Op25b, TunnelMode};
 
 /// Default reply limit per address: like Linux's ICMP rate limit, a short
 /// burst, then a steady trickle.
@@ -144,4 +144,29 @@ pub(super) fn limits(cx: &Ctx<'_>, o: &Op25bSection) -> Result<(Limit, usize, us
         }
     };
     Ok((Limit { rate, burst }, flows as usize, per_source as usize))
+}
+
+/// `tunnels` and `tunnel_endpoints`.
+pub(super) fn tunnels(cx: &Ctx<'_>, o: &Op25bSection, op25b: &mut Op25b) -> Result<(), ConfigError> {
+    if let Some(t) = &o.tunnels {
+        op25b.tunnels = match t.get_ref().as_str() {
+            "inspect" => TunnelMode::Inspect,
+            "block" => TunnelMode::Block,
+            "forward" => TunnelMode::Forward,
+            other => {
+                return Err(cx.err(
+                    &t.span(),
+                    "op25b.tunnels",
+                    format!("unknown value {other:?} (inspect, block, forward)"),
+                ))
+            }
+        };
+    }
+    if let Some(e) = &o.tunnel_endpoints {
+        if op25b.tunnels != TunnelMode::Block {
+            return Err(cx.err(&e.span(), "op25b.tunnel_endpoints", "belongs to tunnels = \"block\""));
+        }
+        op25b.tunnel_endpoints = super::prefixes(cx, "op25b.tunnel_endpoints", e.get_ref())?;
+    }
+    Ok(())
 }

@@ -11,7 +11,8 @@
 //!   "op25b": { "ports": [PORT...], "dynamic", "exempt_sources", "relays": [PREFIX...],
 //!              "action": "reject"|"drop"|"icmp"|"banner"|"redirect"|"monitor", "block_inbound",
 //!              "redirect_to": [ADDR:PORT...], "banner": { "text", "sessions", "per_source", "idle_s" },
-//!              "reply_limit": { "rate", "burst" }, "max_flows", "max_flows_per_source" },
+//!              "reply_limit": { "rate", "burst" }, "max_flows", "max_flows_per_source",
+//!              "tunnels": "inspect"|"block"|"forward", "tunnel_endpoints": [PREFIX...] },
 //!   "abuse": null | { "window_s", "threshold", "destinations_threshold",
 //!              "on_suspect": "event"|"quarantine", "quarantine_for_s",
 //!              "quarantine_allow": [ENTRY...], "track", "state_file": PATH|null },
@@ -19,6 +20,7 @@
 //!                "protocol": "tcp"|"udp"|"icmp"|"icmpv6"|"proto N"|null,
 //!                "src", "dst": [PREFIX...]|null, "src_ports", "dst_ports": [[FIRST, LAST]...]|null,
 //!                "tcp_flags": "syn"|"syn-ack"|"ack"|"rst"|"fin"|null,
+//!                "tunnel": "any"|"none"|KIND|null,
 //!                "action": "accept"|"drop"|"reject"|"count"|"rate-limit",
 //!                "rate", "burst" (rate-limit only), "description" }
 //!              | { the same fields without "action", and "program": FILE, "map_size",
@@ -87,6 +89,7 @@ impl Config {
                     "src_ports": c.src_ports.as_ref().map(port_ranges),
                     "dst_ports": c.dst_ports.as_ref().map(port_ranges),
                     "tcp_flags": c.tcp_flags.map(|f| f.name()),
+                    "tunnel": c.tunnel.map(|t| t.name()),
                     "description": r.describe(),
                 });
                 let action = match c.action {
@@ -138,6 +141,8 @@ impl Config {
                 "reply_limit": { "rate": p.reply_limit.rate, "burst": p.reply_limit.burst },
                 "max_flows": p.max_flows,
                 "max_flows_per_source": p.max_flows_per_source,
+                "tunnels": o.tunnels.name(),
+                "tunnel_endpoints": prefixes(&o.tunnel_endpoints),
             },
             "abuse": self.abuse.as_ref().map(|a| json!({
                 "window_s": a.thresholds.window.as_secs_f64(),

@@ -8,10 +8,10 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use super::{ConfigError, Ctx};
-use crate::packet::proto;
 use crate::packet::Direction;
+use crate::packet::{proto, TunnelKind};
 use crate::policy::program::{DEFAULT_MAP_SIZE, MAX_MAP_SIZE};
-use crate::policy::rules::{ConfigRule, FlagMatch, RuleAction};
+use crate::policy::rules::{ConfigRule, FlagMatch, RuleAction, TunnelMatch};
 use crate::policy::Limit;
 use crate::policy::{OnError, PluginSlot, Program, ProgramRule, Rule};
 use crate::policy::{PortSet, PrefixSet};
@@ -35,6 +35,8 @@ pub(super) struct RuleSection {
     src_ports: Option<Vec<Spanned<Item>>>,
     dst_ports: Option<Vec<Spanned<Item>>>,
     tcp_flags: Option<Spanned<String>>,
+    /// `any`, `none` or a tunnel kind: the packet's encapsulation.
+    tunnel: Option<Spanned<String>>,
     action: Option<Spanned<String>>,
     rate: Option<Spanned<u32>>,
     burst: Option<Spanned<u32>>,
@@ -183,6 +185,7 @@ pub(super) fn compile(
                 ("src_ports", r.src_ports.is_some()),
                 ("dst_ports", r.dst_ports.is_some()),
                 ("tcp_flags", r.tcp_flags.is_some()),
+                ("tunnel", r.tunnel.is_some()),
                 ("rate", r.rate.is_some()),
                 ("burst", r.burst.is_some()),
                 ("on_error", r.on_error.is_some()),
@@ -273,6 +276,16 @@ pub(super) fn compile(
                 ))
             }
         };
+        if let Some(t) = &r.tunnel {
+            rule.tunnel = Some(TunnelMatch::parse(t.get_ref().trim()).ok_or_else(|| {
+                let kinds: Vec<&str> = TunnelKind::ALL.iter().map(|k| k.name()).collect();
+                cx.err(
+                    &t.span(),
+                    key("tunnel"),
+                    format!("unknown tunnel {:?} (any, none, {})", t.get_ref(), kinds.join(", ")),
+                )
+            })?);
+        }
         rule.protocol = match r.protocol.as_ref().map(|d| (d.get_ref().as_str(), d.span())) {
             None | Some(("any", _)) => None,
             Some(("tcp", _)) => Some(proto::TCP),

@@ -381,3 +381,30 @@ fn bad_value_is_shown_with_a_caret() {
     // The one-line form (logs, a refused reload) is unchanged.
     assert_eq!(e.to_string().lines().count(), 1);
 }
+
+#[test]
+fn tunnel_keys_are_validated() {
+    let act = |new: &str| with("action = \"reject\"", &format!("action = \"reject\"\n{new}"));
+    let c = parse(GOOD).unwrap();
+    assert_eq!(c.policy.op25b.tunnels, TunnelMode::Inspect, "inspect by default");
+    assert!(c.render().contains("tunnels           inspect"), "{}", c.render());
+    let c = parse(&act("tunnels = \"block\"\ntunnel_endpoints = [\"198.51.100.0/24\"]")).unwrap();
+    assert_eq!(c.policy.op25b.tunnels, TunnelMode::Block);
+    assert!(c.policy.op25b.tunnel_endpoints.contains("198.51.100.7".parse().unwrap()));
+    assert_eq!(parse(&act("tunnels = \"forward\"")).unwrap().policy.op25b.tunnels, TunnelMode::Forward);
+    let text = act("tunnels = \"decap\"");
+    let (line, key, msg) = error(&text);
+    assert_eq!((line, key.as_str()), (line_of(&text, "decap"), "op25b.tunnels"), "{msg}");
+    assert!(msg.contains("inspect, block, forward"), "{msg}");
+    let text = act("tunnel_endpoints = [\"198.51.100.0/24\"]");
+    let (line, key, msg) = error(&text);
+    assert_eq!((line, key.as_str()), (line_of(&text, "tunnel_endpoints"), "op25b.tunnel_endpoints"), "{msg}");
+    let text = act("tunnels = \"block\"\ntunnel_endpoints = [\"198.51.100.1/24\"]");
+    assert_eq!(error(&text).1, "op25b.tunnel_endpoints[0]");
+    let c = parse(&with_rules("tcp_flags = \"syn\"", "tunnel = \"gre\"")).unwrap();
+    assert!(c.render().contains("tunnel gre -> reject"), "{}", c.render());
+    let text = with_rules("tcp_flags = \"syn\"", "tunnel = \"sit\"");
+    let (line, key, msg) = error(&text);
+    assert_eq!((line, key.as_str()), (line_of(&text, "sit"), "rule[0] \"no-telnet\".tunnel"), "{msg}");
+    assert!(msg.contains("any, none, ipip, 6in4"), "{msg}");
+}

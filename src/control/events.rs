@@ -103,6 +103,16 @@ pub(crate) fn line(event: &Event, sampler: &mut Sampler, now: Instant, at: Syste
                 "rule": rule.as_deref().unwrap_or("op25b"),
                 "reply": block.reply,
             });
+            if let Some(tunnel) = &block.tunnel {
+                // The subscriber sent the tunnel: its source has no port;
+                // `dst` is the inner destination it dialled.
+                v["src"] = block.src.ip().to_string().into();
+                v["tunnel"] = tunnel.kind.name().into();
+                v["tunnel_depth"] = tunnel.depth.into();
+                v["outer_dst"] = tunnel.outer_dst.to_string().into();
+                v["inner_src"] = tunnel.inner_src.to_string().into();
+                v["inner_dst"] = block.dst.to_string().into();
+            }
             if suppressed > 0 {
                 v["suppressed"] = suppressed.into();
             }
@@ -320,6 +330,7 @@ mod tests {
             action: "reject",
             rule: None,
             reply: "tcp_rst",
+            tunnel: None,
         };
         Event::Blocked { block, rule: None }
     }
@@ -414,5 +425,37 @@ mod tests {
             let _ = line(&blocked(&src.to_string()), &mut s, t, SystemTime::now());
         }
         assert!(s.seen.len() <= MAX_SUBSCRIBERS);
+    }
+    #[test]
+    fn a_block_inside_a_tunnel_names_the_tunnel_and_the_inner_ends() {
+        let mut t = crate::testing::PolicyBuilder::lab().router();
+        t.router.note_blocks(true);
+        let inner = crate::testing::packets::tcp("10.0.0.1", 1234, "203.0.113.25", 25).syn().build();
+        let (src, dst) = ("100.64.1.10".parse().unwrap(), "198.51.100.1".parse().unwrap());
+        let pkt = crate::packet::encap::encapsulate(
+            crate::packet::TunnelKind::Vxlan,
+            src,
+            dst,
+            64,
+            &inner,
+            &Default::default(),
+        )
+        .unwrap();
+        let _ = t.out(&pkt);
+        let block = t.router.take_block().expect("a block noted");
+        let mut s = Sampler::new(10);
+        let text = line(&Event::Blocked { block, rule: None }, &mut s, Instant::now(), SystemTime::now()).unwrap();
+        let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!((v["subscriber"].as_str(), v["src"].as_str()), (Some("100.64.1.10"), Some("100.64.1.10")), "{v}");
+        assert_eq!((v["tunnel"].as_str(), v["tunnel_depth"].as_u64()), (Some("vxlan"), Some(1)), "{v}");
+        assert_eq!(v["outer_dst"], "198.51.100.1", "{v}");
+        assert_eq!(
+            (v["inner_src"].as_str(), v["inner_dst"].as_str()),
+            (Some("10.0.0.1:1234"), Some("203.0.113.25:25"))
+        );
+        assert_eq!(
+            (v["dst"].as_str(), v["action"].as_str(), v["reply"].as_str()),
+            (Some("203.0.113.25:25"), Some("reject"), Some("none"))
+        );
     }
 }

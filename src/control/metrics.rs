@@ -337,9 +337,24 @@ impl Collector for Scrape {
             "Packets the kernel dropped at each TUN device's queue towards op25b (op25b too slow to read): the device's tx_dropped.",
             DEVICES.iter().zip(self.queue_drops).filter_map(|(n, d)| Some((vec![("device", *n)], d?))),
         )?;
+        tunnel_metrics(&mut e, &self.stats)?;
         sinks_and_abuse(&mut e, &self.stats)?;
         service(&mut e, &self.info, self.process.as_ref())
     }
+}
+
+/// Tunnels by their outermost kind: seen, and blocked (a blocked packet
+/// inside, or `tunnels = "block"`).
+fn tunnel_metrics(e: &mut DescriptorEncoder<'_>, s: &Stats) -> Result<(), std::fmt::Error> {
+    use crate::packet::TunnelKind;
+    let rows = |v: [u64; TunnelKind::COUNT]| TunnelKind::ALL.map(|k| (vec![("kind", k.name())], v[k.index()]));
+    counters(e, "op25b_tunnel_packets", "Tunnel packets seen, by their outermost kind.", rows(s.tunnels.packets))?;
+    counters(
+        e,
+        "op25b_tunnel_blocked_packets",
+        "Tunnel packets blocked (OP25B or IP25B inside, or tunnels = block), by their outermost kind.",
+        rows(s.tunnels.blocked),
+    )
 }
 
 /// One scrape's figures.
@@ -384,6 +399,14 @@ mod tests {
             let _ = t.out(&syn("100.64.1.10", "203.0.113.25", 25));
         }
         let _ = t.out(&syn("100.64.1.10", "203.0.113.25", 587));
+        let gre = |port| {
+            let inner = syn("10.0.0.1", "203.0.113.25", port);
+            let (src, dst) = ("100.64.1.10".parse().unwrap(), "198.51.100.1".parse().unwrap());
+            crate::packet::encap::encapsulate(crate::packet::TunnelKind::Gre, src, dst, 64, &inner, &Default::default())
+                .unwrap()
+        };
+        let _ = t.out(&gre(25));
+        let _ = t.out(&gre(587));
         let info = InfoSnapshot { reloads_ok: 2, reloads_failed: 1, loaded_unix: 1_800_000_000.0 };
         let process = ProcessFigures {
             cpu_seconds: 1.5,
@@ -402,9 +425,12 @@ mod tests {
         for format in [Format::Classic, Format::OpenMetrics] {
             let text = scrape(format);
             let v = |s: &str| value(&text, s).unwrap_or_else(|| panic!("{s} missing in\n{text}"));
-            assert_eq!(v(r#"op25b_received_packets_total{direction="outbound"}"#), 4.0);
+            assert_eq!(v(r#"op25b_received_packets_total{direction="outbound"}"#), 6.0);
+            assert_eq!(v(r#"op25b_tunnel_packets_total{kind="gre"}"#), 2.0);
+            assert_eq!(v(r#"op25b_tunnel_blocked_packets_total{kind="gre"}"#), 1.0);
+            assert_eq!(v(r#"op25b_tunnel_packets_total{kind="vxlan"}"#), 0.0);
             assert_eq!(v(r#"op25b_packets_total{direction="outbound",verdict="reply"}"#), 3.0);
-            assert_eq!(v(r#"op25b_packets_total{direction="outbound",verdict="forward"}"#), 1.0);
+            assert_eq!(v(r#"op25b_packets_total{direction="outbound",verdict="forward"}"#), 2.0);
             assert_eq!(v(r#"op25b_reply_packets_total{direction="outbound",kind="tcp_rst"}"#), 3.0);
             assert_eq!(v(r#"op25b_blocked_packets_total{action="reject"}"#), 3.0);
             // The three SYNs to port 25 share one 4-tuple: one connection attempt.

@@ -3,11 +3,14 @@
 //! shared vocabulary every layer above uses ([`Direction`]).
 
 pub mod checksum;
+pub mod encap;
 pub(crate) mod nat;
 pub(crate) mod reply;
+pub mod tunnel;
 pub mod view;
 
 pub use reply::IcmpError;
+pub use tunnel::{TunnelError, TunnelKind, MAX_TUNNEL_DEPTH};
 pub use view::{proto, tcp_flags, Fragment, IpVersion, PacketView, ParseError, Transport};
 
 /// Which way a packet travels.

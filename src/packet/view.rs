@@ -278,13 +278,27 @@ impl PacketView {
     pub fn parse_full(buf: &[u8]) -> Result<PacketView, ParseError> {
         match buf.first().map(|b| b >> 4) {
             None => Err(ParseError::Truncated),
-            Some(4) => Self::parse_v4(buf),
-            Some(6) => Self::parse_v6(buf),
+            Some(4) => Self::parse_v4(buf, false),
+            Some(6) => Self::parse_v6(buf, false),
             Some(_) => Err(ParseError::BadVersion),
         }
     }
 
-    fn parse_v4(buf: &[u8]) -> Result<PacketView, ParseError> {
+    /// Parses a packet carried inside a tunnel ([`super::tunnel`]). With
+    /// `cut`, the buffer may end before the packet's own length says (the
+    /// outer packet is a first fragment): the view then holds what the buffer
+    /// has, and a transport header it does not hold whole is a
+    /// [`ParseError::TinyFragment`], as in a first fragment.
+    pub fn parse_inner(buf: &[u8], cut: bool) -> Result<PacketView, ParseError> {
+        match buf.first().map(|b| b >> 4) {
+            None => Err(ParseError::Truncated),
+            Some(4) => Self::parse_v4(buf, cut),
+            Some(6) => Self::parse_v6(buf, cut),
+            Some(_) => Err(ParseError::BadVersion),
+        }
+    }
+
+    fn parse_v4(buf: &[u8], cut: bool) -> Result<PacketView, ParseError> {
         use etherparse::err::ipv4::HeaderError as H;
         use etherparse::err::ipv4::HeaderSliceError as E;
         let ip = Ipv4HeaderSlice::from_slice(buf).map_err(|e| match e {
@@ -294,9 +308,10 @@ impl PacketView {
         })?;
         let header_len = ip.slice().len();
         let len = usize::from(ip.total_len());
-        if len < header_len || len > buf.len() {
+        if len < header_len || len > buf.len() && !cut {
             return Err(ParseError::BadTotalLen);
         }
+        let len = len.min(buf.len());
         if checksum::sum(ip.slice()) != 0xffff {
             return Err(ParseError::BadChecksum);
         }
@@ -324,7 +339,7 @@ impl PacketView {
         }
         let src = IpAddr::V4(Ipv4Addr::from(ip.source()));
         let dst = IpAddr::V4(Ipv4Addr::from(ip.destination()));
-        let transport = read_transport(&buf[l4_offset..len], protocol, fragment)?;
+        let transport = read_transport(&buf[l4_offset..len], protocol, cut_fragment(fragment, cut))?;
         Ok(PacketView {
             version: IpVersion::V4,
             src,
@@ -340,14 +355,15 @@ impl PacketView {
         })
     }
 
-    fn parse_v6(buf: &[u8]) -> Result<PacketView, ParseError> {
+    fn parse_v6(buf: &[u8], cut: bool) -> Result<PacketView, ParseError> {
         let ip = Ipv6HeaderSlice::from_slice(buf).map_err(|_| ParseError::Truncated)?;
         // A payload length of 0 means a jumbogram (RFC 2675), which never crosses
         // a link with a TUN's MTU: treat it as a length error.
         let len = etherparse::Ipv6Header::LEN + usize::from(ip.payload_length());
-        if ip.payload_length() == 0 && buf.len() > etherparse::Ipv6Header::LEN || len > buf.len() {
+        if ip.payload_length() == 0 && buf.len() > etherparse::Ipv6Header::LEN || len > buf.len() && !cut {
             return Err(ParseError::BadTotalLen);
         }
+        let len = len.min(buf.len());
         let mut next = ip.next_header().0;
         let mut l4_offset = etherparse::Ipv6Header::LEN;
         let mut fragment = Fragment::Whole;
@@ -395,7 +411,7 @@ impl PacketView {
                 break;
             }
         }
-        let transport = read_transport(&buf[l4_offset..len], next, fragment)?;
+        let transport = read_transport(&buf[l4_offset..len], next, cut_fragment(fragment, cut))?;
         Ok(PacketView {
             version: IpVersion::V6,
             src: IpAddr::V6(Ipv6Addr::from(ip.source())),
@@ -495,6 +511,18 @@ fn v4_source_routed(mut options: &[u8]) -> Result<bool, ParseError> {
         }
     }
     Ok(routed)
+}
+
+/// How the transport read treats a packet whose buffer may be cut: a whole
+/// packet cut short is read like a first fragment (its transport header must
+/// be there in full).
+#[inline]
+fn cut_fragment(fragment: Fragment, cut: bool) -> Fragment {
+    if cut && fragment == Fragment::Whole {
+        Fragment::First
+    } else {
+        fragment
+    }
 }
 
 /// Length and next header of a generic IPv6 extension header.

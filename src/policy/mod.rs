@@ -15,7 +15,7 @@ pub mod rules;
 use std::net::{Ipv4Addr, Ipv6Addr};
 use std::sync::Arc;
 
-pub use op25b::{Action, Banner, Decision, Op25b};
+pub use op25b::{Action, Banner, Decision, Op25b, TunnelMode};
 pub use pipeline::{Pipeline, RuleHooks, RuleStep};
 pub use ports::PortSet;
 pub use prefix::PrefixSet;

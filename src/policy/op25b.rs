@@ -120,6 +120,36 @@ pub struct Op25b {
     pub redirect_v6: Option<SocketAddr>,
     /// The `banner` action's settings.
     pub banner: Banner,
+    /// What happens to tunnels of dynamic addresses.
+    pub tunnels: TunnelMode,
+    /// With `tunnels = "block"`: the far ends tunnels may still reach (and
+    /// come from); their packets are inspected.
+    pub tunnel_endpoints: PrefixSet,
+}
+
+/// `[op25b] tunnels`: what happens to tunnels (IP in IP, GRE, Teredo, VXLAN,
+/// Geneve) of a dynamic, non-exempt address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum TunnelMode {
+    /// Decapsulate and judge the packets inside like the subscriber's own.
+    #[default]
+    Inspect,
+    /// Drop every tunnel but those to (or from) `tunnel_endpoints`, which are inspected.
+    Block,
+    /// Forward tunnels uninspected (a lab that studies them).
+    Forward,
+}
+
+impl TunnelMode {
+    /// The config's spelling.
+    pub fn name(self) -> &'static str {
+        match self {
+            TunnelMode::Inspect => "inspect",
+            TunnelMode::Block => "block",
+            TunnelMode::Forward => "forward",
+        }
+    }
 }
 
 /// Settings of the `banner` action.
@@ -172,6 +202,37 @@ impl Op25b {
             && view.tcp_dst_port().is_some_and(|p| self.ports.contains(p))
             && self.dynamic.contains(view.dst)
             && !self.exempt_sources.contains(view.dst)
+    }
+
+    /// Whether OP25B applies to the subscriber address `addr`: in a dynamic
+    /// pool and not exempt. Tunnels are inspected only for these.
+    #[inline]
+    pub fn applies_to(&self, addr: IpAddr) -> bool {
+        self.dynamic.contains(addr) && !self.exempt_sources.contains(addr)
+    }
+
+    /// Judges a packet found inside an outbound tunnel whose outer source
+    /// ([`Op25b::applies_to`]) is subject to OP25B: its port and destination
+    /// decide, as if the subscriber had sent it.
+    #[inline]
+    pub fn judge_inner(&self, inner: &PacketView) -> Decision {
+        let Transport::Tcp { dst_port, .. } = inner.transport else {
+            return Decision::PassNotTcp;
+        };
+        if !self.ports.contains(dst_port) {
+            Decision::PassPort
+        } else if self.relays.contains(inner.dst) {
+            Decision::PassRelay
+        } else {
+            Decision::Block
+        }
+    }
+
+    /// IP25B for a packet found inside an inbound tunnel to a subscriber
+    /// subject to OP25B: a SYN to a blocked port.
+    #[inline]
+    pub fn blocks_inbound_inner(&self, inner: &PacketView) -> bool {
+        self.block_inbound && inner.is_tcp_syn() && inner.tcp_dst_port().is_some_and(|p| self.ports.contains(p))
     }
 
     /// Judges an outbound packet.

@@ -154,7 +154,7 @@ impl Pipeline {
     ) -> Option<(RuleVerdict, usize)> {
         let rule = &*self.rules[i];
         let v = match rule.as_config_rule() {
-            Some(c) => match c.first_mismatch(p, cx.direction) {
+            Some(c) => match c.first_mismatch(p, cx) {
                 Some(field) => {
                     if H::TRACE {
                         hooks.step(i, rule, RuleStep::NoMatch(Some(field)));
@@ -164,7 +164,7 @@ impl Pipeline {
                 None => c.verdict(|limit| hooks.allow(i, limit, p, cx.now)),
             },
             None => match rule.as_program_rule() {
-                Some(pr) => match pr.matcher.first_mismatch(p, cx.direction) {
+                Some(pr) => match pr.matcher.first_mismatch(p, cx) {
                     Some(field) => {
                         if H::TRACE {
                             hooks.step(i, rule, RuleStep::NoMatch(Some(field)));

@@ -257,14 +257,14 @@ impl Rule for ProgramRule {
     /// Outside a pipeline there is no instance to run: a matching packet
     /// gets the `on_error` verdict. In the pipeline the router's state runs it.
     fn evaluate(&self, p: &PacketView, cx: &RuleContext) -> RuleVerdict {
-        if self.matcher.first_mismatch(p, cx.direction).is_some() {
+        if self.matcher.first_mismatch(p, cx).is_some() {
             return RuleVerdict::NoMatch;
         }
         self.on_error.verdict()
     }
 
     fn mismatch(&self, p: &PacketView, cx: &RuleContext) -> Option<&'static str> {
-        self.matcher.first_mismatch(p, cx.direction)
+        self.matcher.first_mismatch(p, cx)
     }
 
     fn describe(&self) -> String {

@@ -13,7 +13,7 @@ use std::fmt::{self, Write as _};
 use std::time::Instant;
 
 use super::{Limit, PortSet, PrefixSet};
-use crate::packet::{proto, tcp_flags, Direction, PacketView, Transport};
+use crate::packet::{proto, tcp_flags, Direction, PacketView, Transport, TunnelKind};
 
 /// What a rule decided about a packet.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -47,6 +47,49 @@ pub struct RuleContext {
     pub direction: Direction,
     /// The time the router was given with the packet (never read from a clock).
     pub now: Instant,
+    /// The packet's outermost encapsulation, when it is a tunnel (rules see
+    /// the outer packet, the one forwarded).
+    pub tunnel: Option<TunnelKind>,
+}
+
+/// A rule's `tunnel` field: which packets it applies to by encapsulation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TunnelMatch {
+    /// Any tunnel.
+    Any,
+    /// Packets that are no tunnel.
+    None,
+    /// Tunnels of this kind (the outermost encapsulation).
+    Kind(TunnelKind),
+}
+
+impl TunnelMatch {
+    /// Parses a config value: `any`, `none` or a kind's name.
+    pub fn parse(s: &str) -> Option<TunnelMatch> {
+        match s {
+            "any" => Some(TunnelMatch::Any),
+            "none" => Some(TunnelMatch::None),
+            k => TunnelKind::from_name(k).map(TunnelMatch::Kind),
+        }
+    }
+
+    #[inline]
+    fn matches(self, tunnel: Option<TunnelKind>) -> bool {
+        match self {
+            TunnelMatch::Any => tunnel.is_some(),
+            TunnelMatch::None => tunnel.is_none(),
+            TunnelMatch::Kind(k) => tunnel == Some(k),
+        }
+    }
+
+    /// The config's spelling.
+    pub fn name(self) -> &'static str {
+        match self {
+            TunnelMatch::Any => "any",
+            TunnelMatch::None => "none",
+            TunnelMatch::Kind(k) => k.name(),
+        }
+    }
 }
 
 /// A packet filter rule. Implement it to add a rule in Rust without touching
@@ -186,6 +229,8 @@ pub struct ConfigRule {
     pub dst_ports: Option<PortSet>,
     /// TCP flags.
     pub tcp_flags: Option<FlagMatch>,
+    /// Encapsulation (tunnel or not), or any packet.
+    pub tunnel: Option<TunnelMatch>,
     /// What to do on a match.
     pub action: RuleAction,
 }
@@ -202,6 +247,7 @@ impl ConfigRule {
             src_ports: None,
             dst_ports: None,
             tcp_flags: None,
+            tunnel: None,
             action,
         }
     }
@@ -222,8 +268,8 @@ impl ConfigRule {
 
     /// The first field that does not match, or `None` when all match.
     #[inline]
-    pub fn first_mismatch(&self, p: &PacketView, dir: Direction) -> Option<&'static str> {
-        if self.direction.is_some_and(|d| d != dir) {
+    pub fn first_mismatch(&self, p: &PacketView, cx: &RuleContext) -> Option<&'static str> {
+        if self.direction.is_some_and(|d| d != cx.direction) {
             return Some("direction");
         }
         if self.protocol.is_some_and(|want| want != p.protocol) {
@@ -252,6 +298,9 @@ impl ConfigRule {
                 _ => return Some("tcp_flags"),
             }
         }
+        if self.tunnel.is_some_and(|t| !t.matches(cx.tunnel)) {
+            return Some("tunnel");
+        }
         None
     }
 }
@@ -274,14 +323,14 @@ impl Rule for ConfigRule {
     /// never limits; in the pipeline the router's state holds them.
     #[inline]
     fn evaluate(&self, p: &PacketView, cx: &RuleContext) -> RuleVerdict {
-        if self.first_mismatch(p, cx.direction).is_some() {
+        if self.first_mismatch(p, cx).is_some() {
             return RuleVerdict::NoMatch;
         }
         self.verdict(|_| true)
     }
 
     fn mismatch(&self, p: &PacketView, cx: &RuleContext) -> Option<&'static str> {
-        self.first_mismatch(p, cx.direction)
+        self.first_mismatch(p, cx)
     }
 
     fn describe(&self) -> String {
@@ -313,6 +362,9 @@ impl Rule for ConfigRule {
         }
         if let Some(f) = self.tcp_flags {
             let _ = write!(s, " flags {}", f.name());
+        }
+        if let Some(t) = self.tunnel {
+            let _ = write!(s, " tunnel {}", t.name());
         }
         let _ = write!(s, " -> {}", self.action);
         s

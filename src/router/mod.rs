@@ -11,6 +11,9 @@
 //! ```text
 //! sanity   parse, martians, anti-spoofing (BCP 38), fragments, source routing
 //! local    addressed to the router (echo), TTL / hop limit expired
+//!          and tunnels (a packet with no TCP header, router/tunnel.rs): IP
+//!          in IP, GRE, Teredo, VXLAN, Geneve of a dynamic address, the
+//!          packets inside meet OP25B / IP25B (one look for non-tunnels)
 //! op25b    outbound: the fast path and its action (reject, drop, icmp,
 //!          banner, redirect, monitor); inbound: IP25B and the reverse of a redirect
 //!          then the quarantine: outbound from a subscriber in quarantine,
@@ -47,8 +50,10 @@ mod quarantine;
 mod rules;
 mod sanity;
 mod trace;
+mod tunnel;
 
 pub use sanity::MIN_LATER_FRAGMENT_OFFSET;
+pub use tunnel::Tunnelled;
 
 /// What the device said about a packet it handed over with offload.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -100,6 +105,9 @@ pub struct Block {
     pub rule: Option<u16>,
     /// What the subscriber got: tcp_rst, icmp, banner, redirect, or none.
     pub reply: &'static str,
+    /// Found inside a tunnel: then `src` is the tunnel's source (the
+    /// subscriber, port 0) and `dst` the inner packet's destination.
+    pub tunnel: Option<Tunnelled>,
 }
 
 /// What a blocked SYN's verdict gave the subscriber, as events name it.
@@ -121,6 +129,8 @@ struct Packet<'a> {
     reply: &'a mut [u8],
     rx: RxInfo,
     view: PacketView,
+    /// The outermost encapsulation, once the tunnel stage found one.
+    tunnel: Option<crate::packet::TunnelKind>,
 }
 
 /// The router of one worker direction: the policy and state in force and
@@ -220,7 +230,21 @@ impl Router {
         reply: &'static str,
     ) {
         let Some((src, dst)) = ends else { return };
-        self.block.set(Some(Block { src, dst, action, rule: rule.and_then(|i| u16::try_from(i).ok()), reply }));
+        let rule = rule.and_then(|i| u16::try_from(i).ok());
+        self.block.set(Some(Block { src, dst, action, rule, reply, tunnel: None }));
+    }
+
+    /// Notes a SYN blocked inside a tunnel.
+    #[cold]
+    fn note_tunnel_block(
+        &self,
+        src: std::net::SocketAddr,
+        dst: std::net::SocketAddr,
+        tunnel: Tunnelled,
+        action: &'static str,
+        reply: &'static str,
+    ) {
+        self.block.set(Some(Block { src, dst, action, rule: None, reply, tunnel: Some(tunnel) }));
     }
 
     /// The counters, shareable with a reader (the data plane sums them).
@@ -318,7 +342,7 @@ impl Router {
         rx: RxInfo,
         t: &mut T,
     ) -> Verdict {
-        let mut p = Packet { now, dir, buf, reply, rx, view: PacketView::EMPTY };
+        let mut p = Packet { now, dir, buf, reply, rx, view: PacketView::EMPTY, tunnel: None };
         if let Err(e) = PacketView::parse_into(p.buf, &mut p.view) {
             return sanity::malformed(e, t);
         }
@@ -406,3 +430,6 @@ mod tests_abuse;
 
 #[cfg(test)]
 mod tests_attempts;
+
+#[cfg(test)]
+mod tests_tunnels;

@@ -1,6 +1,8 @@
 //! Stage 3, OP25B. Outbound: the fast path judges the packet and a blocked
 //! one meets the configured action (reject, drop, icmp, banner, redirect).
-//! Inbound: IP25B, and the reverse rewrite of redirected flows.
+//! Inbound: IP25B, and the reverse rewrite of redirected flows. A packet
+//! without a TCP header may be a tunnel: the tunnel stage (tunnel.rs) judges
+//! what it carries, before the quarantine (outbound) and IP25B (inbound).
 
 use std::ops::ControlFlow;
 
@@ -29,6 +31,10 @@ impl Router {
             _ => decision.describe().to_string(),
         });
         if decision != Decision::Block {
+            if decision == Decision::PassNotTcp {
+                // No TCP header: perhaps a tunnel, whose packets inside are judged.
+                self.tunnels(p, t)?;
+            }
             return self.quarantine(p, t);
         }
         if op.action == Action::Monitor {
@@ -93,6 +99,7 @@ impl Router {
     /// Inbound: IP25B, and the relay's side of a redirected flow.
     fn inbound<T: Tracer>(&self, p: &mut Packet<'_>, t: &mut T) -> ControlFlow<Verdict> {
         let op = &self.policy.op25b;
+        self.tunnels(p, t)?;
         if op.blocks_inbound(&p.view) {
             t.note("ip25b", || "drop: new inbound connection to a blocked port of a dynamic address".into());
             return ControlFlow::Break(Verdict::Drop(DropReason::Ip25bBlocked));

@@ -79,7 +79,7 @@ impl Router {
         if rules.is_empty() {
             return ControlFlow::Continue(());
         }
-        let cx = RuleContext { direction: p.dir, now: p.now };
+        let cx = RuleContext { direction: p.dir, now: p.now, tunnel: p.tunnel };
         let bytes = &p.buf[..p.view.len.min(p.buf.len())];
         let mut hooks = Hooks { bytes, counters: &self.rule_counters, state: &self.state, tracer: &mut *t };
         let Some((verdict, rule)) = rules.evaluate(&p.view, &cx, &mut hooks) else {

@@ -79,6 +79,15 @@ fn is_zero(n: &u64) -> bool {
     *n == 0
 }
 
+/// One tunnel kind's figures in a replay.
+#[derive(Debug, Default, Clone, Copy, serde::Serialize)]
+pub struct TunnelCount {
+    /// Tunnel packets of this (outermost) kind.
+    pub packets: u64,
+    /// Of these, blocked (a blocked packet inside, or `tunnels = "block"`).
+    pub blocked: u64,
+}
+
 /// What a replay saw.
 #[derive(Debug, Default, Clone, serde::Serialize)]
 pub struct ReplayReport {
@@ -100,6 +109,8 @@ pub struct ReplayReport {
     pub op25b_monitored: u64,
     /// Connection attempts among those.
     pub op25b_monitored_connections: u64,
+    /// Tunnel kind -> tunnel packets seen and blocked (kinds seen only).
+    pub tunnels: BTreeMap<String, TunnelCount>,
     /// Per-rule counters, in rule order.
     pub rules: Vec<RuleCount>,
     /// Where reading stopped early, if it did.
@@ -506,6 +517,12 @@ pub fn replay_from<R: Read>(
     report.op25b_blocked_connections = stats.op25b.blocked_connections;
     report.op25b_monitored = stats.op25b.monitored;
     report.op25b_monitored_connections = stats.op25b.monitored_connections;
+    for k in crate::packet::TunnelKind::ALL {
+        let (packets, blocked) = (stats.tunnels.packets[k.index()], stats.tunnels.blocked[k.index()]);
+        if packets > 0 {
+            report.tunnels.insert(k.name().to_string(), TunnelCount { packets, blocked });
+        }
+    }
     report.rules = stats
         .rules
         .iter()

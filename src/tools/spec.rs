@@ -10,10 +10,29 @@
 //! Protocols tcp, udp, icmp (an echo request; ICMPv6 for IPv6 addresses);
 //! TCP flags syn, ack, rst, fin, psh (comma or space separated); `ttl=N` sets
 //! the TTL / hop limit (default 64) and `len=N` pads the packet to N bytes (at most 65535).
+//!
+//! A tunnel wraps another description in brackets, nested up to 8 deep:
+//!
+//! ```text
+//! gre 100.64.1.10 -> 198.51.100.1 [tcp 10.0.0.1:1234 -> 203.0.113.25:25 syn]
+//! vxlan 100.64.1.10 -> 198.51.100.1 vlan [tcp 10.0.0.1:1234 -> 203.0.113.25:25 syn]
+//! ```
+//!
+//! Kinds ipip, 6in4, 4in6, 6in6, gre, teredo, vxlan, geneve (the outer
+//! addresses without ports); options `key` (GRE checksum, key and sequence),
+//! `eth` (GRE carrying Ethernet), `vlan` (one 802.1Q tag in the Ethernet
+//! frame), `indicators` (Teredo authentication and origin), `options=N`
+//! (Geneve option bytes) and `ttl=N`.
 
 use std::net::{IpAddr, SocketAddr};
 
 use etherparse::{PacketBuilder, TcpHeader};
+
+use crate::packet::encap::{self, Options};
+use crate::packet::TunnelKind;
+
+/// How deep a description may nest tunnels.
+const MAX_NESTING: usize = 8;
 
 /// Why a packet description could not be read.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -42,12 +61,22 @@ pub struct PacketSpec {
     pub ttl: u8,
     /// Total IP packet length wanted (payload padded), if given.
     pub len: Option<usize>,
+    /// A tunnel: its kind, header options and the packet it carries
+    /// (`protocol` is then the kind's name).
+    pub tunnel: Option<Box<(TunnelKind, Options, PacketSpec)>>,
 }
 
 impl PacketSpec {
     /// Parses the notation above.
     pub fn parse(spec: &str) -> Result<PacketSpec, SpecError> {
+        Self::parse_nested(spec, 0)
+    }
+
+    fn parse_nested(spec: &str, depth: usize) -> Result<PacketSpec, SpecError> {
         let err = |why: String| SpecError { spec: spec.to_string(), why };
+        if let Some(kind) = spec.split_whitespace().next().and_then(TunnelKind::from_name) {
+            return Self::parse_tunnel(spec, kind, depth).map_err(err);
+        }
         let words: Vec<&str> = spec.split([' ', ',']).filter(|w| !w.is_empty()).collect();
         let arrow = words
             .iter()
@@ -97,11 +126,81 @@ impl PacketSpec {
                 return Err(err(format!("unknown word {w:?} (TCP flags syn, ack, rst, fin, psh; ttl=N; len=N)")));
             }
         }
-        Ok(PacketSpec { protocol, src, src_port, dst, dst_port, flags, ttl, len })
+        Ok(PacketSpec { protocol, src, src_port, dst, dst_port, flags, ttl, len, tunnel: None })
+    }
+
+    /// `KIND SRC -> DST [OPTIONS] [INNER]`.
+    fn parse_tunnel(spec: &str, kind: TunnelKind, depth: usize) -> Result<PacketSpec, String> {
+        if depth >= MAX_NESTING {
+            return Err(format!("tunnels nested deeper than {MAX_NESTING}"));
+        }
+        let spec = spec.trim();
+        let (Some(open), true) = (spec.find('['), spec.ends_with(']')) else {
+            return Err(format!("{kind} needs the packet it carries in brackets: {kind} SRC -> DST [tcp ...]"));
+        };
+        let inner = Self::parse_nested(&spec[open + 1..spec.len() - 1], depth + 1).map_err(|e| e.why)?;
+        let words: Vec<&str> = spec[..open].split([' ', ',']).filter(|w| !w.is_empty()).collect();
+        if words.len() < 4 || words[2] != "->" {
+            return Err(format!("the form is {kind} SOURCE -> DESTINATION [OPTIONS] [PACKET]"));
+        }
+        let addr = |w: &str| {
+            w.trim_start_matches('[')
+                .trim_end_matches(']')
+                .parse::<IpAddr>()
+                .map_err(|_| format!("{w:?} is not an address (a tunnel's ends have no ports)"))
+        };
+        let (src, dst) = (addr(words[1])?, addr(words[3])?);
+        if src.is_ipv4() != dst.is_ipv4() {
+            return Err("source and destination are of different IP versions".into());
+        }
+        let mut o = Options::default();
+        let mut ttl = 64;
+        for w in &words[4..] {
+            match *w {
+                "key" if kind == TunnelKind::Gre => o.gre_extras = true,
+                "eth" if kind == TunnelKind::Gre => o.gre_ethernet = true,
+                "vlan" if matches!(kind, TunnelKind::Gre | TunnelKind::Vxlan | TunnelKind::Geneve) => o.vlan = true,
+                "indicators" if kind == TunnelKind::Teredo => o.teredo_indicators = true,
+                w if w.starts_with("ttl=") => ttl = w[4..].parse().map_err(|_| format!("bad ttl {w:?} (0 to 255)"))?,
+                w if w.starts_with("options=") && kind == TunnelKind::Geneve => {
+                    o.geneve_options = w[8..]
+                        .parse()
+                        .ok()
+                        .filter(|n| n % 4 == 0 && *n <= 252)
+                        .ok_or_else(|| format!("bad {w:?} (option bytes, a multiple of 4 up to 252)"))?;
+                }
+                w => {
+                    return Err(format!(
+                        "unknown word {w:?} for {kind} (key, eth, vlan for gre; vlan for vxlan, geneve; \
+                         indicators for teredo; options=N for geneve; ttl=N)"
+                    ))
+                }
+            }
+        }
+        if o.vlan && kind == TunnelKind::Gre && !o.gre_ethernet {
+            return Err("vlan needs eth: a VLAN tag is part of an Ethernet frame".into());
+        }
+        Ok(PacketSpec {
+            protocol: kind.name().to_string(),
+            src,
+            src_port: 0,
+            dst,
+            dst_port: 0,
+            flags: Vec::new(),
+            ttl,
+            len: None,
+            tunnel: Some(Box::new((kind, o, inner))),
+        })
     }
 
     /// The packet's bytes.
     pub fn build(&self) -> Result<Vec<u8>, SpecError> {
+        if let Some(t) = &self.tunnel {
+            let (kind, o, inner) = &**t;
+            let inner = inner.build()?;
+            return encap::encapsulate(*kind, self.src, self.dst, self.ttl, &inner, o)
+                .map_err(|e| SpecError { spec: format!("{self:?}"), why: e.to_string() });
+        }
         let b = match (self.src, self.dst) {
             (IpAddr::V4(s), IpAddr::V4(d)) => PacketBuilder::ipv4(s.octets(), d.octets(), self.ttl),
             (IpAddr::V6(s), IpAddr::V6(d)) => PacketBuilder::ipv6(s.octets(), d.octets(), self.ttl),
@@ -161,6 +260,43 @@ mod tests {
         assert_eq!((v.protocol, v.ttl), (58, 1));
         let p = PacketSpec::parse("udp 100.64.1.10:5 -> 192.0.2.1:53 len=1450").unwrap();
         assert_eq!(p.build().unwrap().len(), 1450);
+    }
+
+    #[test]
+    fn tunnels_wrap_the_packet_in_brackets() {
+        let p = PacketSpec::parse("gre 100.64.1.10 -> 198.51.100.1 key [tcp 10.0.0.1:1234 -> 203.0.113.25:25 syn]")
+            .unwrap();
+        let bytes = p.build().unwrap();
+        let v = PacketView::parse(&bytes).unwrap();
+        assert_eq!((v.protocol, v.src, v.dst), (47, p.src, p.dst));
+        let (kind, at) = crate::packet::tunnel::decapsulate(&v, &bytes).unwrap();
+        assert_eq!(kind, TunnelKind::Gre);
+        let inner = PacketView::parse(&bytes[at.unwrap().unwrap()..]).unwrap();
+        assert!(inner.is_tcp_syn());
+        for ok in [
+            "vxlan 2001:db8:100::10 -> 2001:db8:5::1 vlan [tcp [2001:db8:1::1]:1 -> [2001:db8:203::25]:25 syn]",
+            "teredo 100.64.1.10 -> 198.51.100.1 indicators [tcp [2001:db8:1::1]:1 -> [2001:db8:203::25]:25 syn]",
+            "geneve 100.64.1.10 -> 198.51.100.1 options=8 ttl=3 [udp 10.0.0.1:1 -> 192.0.2.53:53]",
+            "gre 100.64.1.10 -> 198.51.100.1 [ipip 10.1.0.1 -> 10.2.0.1 [tcp 10.0.0.1:1 -> 203.0.113.25:25 syn]]",
+            "6in4 100.64.1.10 -> 198.51.100.1 [icmp 2001:db8:1::1 -> 2001:db8:5::1]",
+        ] {
+            let p = PacketSpec::parse(ok).unwrap_or_else(|e| panic!("{e}"));
+            PacketView::parse(&p.build().unwrap_or_else(|e| panic!("{e}"))).unwrap();
+        }
+        for bad in [
+            "gre 100.64.1.10 -> 198.51.100.1",
+            "gre 100.64.1.10:5 -> 198.51.100.1 [tcp 10.0.0.1:1 -> 203.0.113.25:25]",
+            "gre 100.64.1.10 -> 198.51.100.1 indicators [tcp 10.0.0.1:1 -> 203.0.113.25:25]",
+            "gre 100.64.1.10 -> 198.51.100.1 vlan [tcp 10.0.0.1:1 -> 203.0.113.25:25]",
+            "geneve 100.64.1.10 -> 198.51.100.1 options=3 [tcp 10.0.0.1:1 -> 203.0.113.25:25]",
+            "gre 100.64.1.10 -> 198.51.100.1 [tcp 10.0.0.1:1 -> 203.0.113.25:25",
+            &format!("{}tcp 10.0.0.1:1 -> 203.0.113.25:25{}", "gre 1.2.3.4 -> 5.6.7.8 [".repeat(9), "]".repeat(9)),
+        ] {
+            assert!(PacketSpec::parse(bad).is_err(), "{bad:?}");
+        }
+        // Versions a kind does not carry: refused when built.
+        let p = PacketSpec::parse("ipip 100.64.1.10 -> 198.51.100.1 [tcp [2001:db8:1::1]:1 -> [2001:db8::25]:25]");
+        assert!(p.unwrap().build().is_err());
     }
 
     #[test]
