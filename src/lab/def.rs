@@ -199,6 +199,10 @@ block_inbound = false
 # banner sessions, new redirects): tokens per second and burst.
 reply_rate = 10
 reply_burst = 20
+# Tunnels of dynamic addresses (IP in IP, GRE, Teredo, VXLAN, Geneve): "inspect"
+# (the default) judges the packets inside like the subscriber's own; "block"
+# drops them but those to tunnel_endpoints; "forward" leaves them alone.
+# tunnels = "inspect"
 "#
     )
 }
