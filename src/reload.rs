@@ -79,6 +79,7 @@ pub fn prepare(running: &Config, state: &State, new: Config) -> Result<Reload, R
         ("subscriber.netns", netns(&a.netns), netns(&b.netns)),
         ("subscriber.mtu", a.mtu.to_string(), b.mtu.to_string()),
         ("upstream.tun", format!("{:?}", c.tun), format!("{:?}", d.tun)),
+        ("upstream.interface", format!("{:?}", c.kind), format!("{:?}", d.kind)),
         ("upstream.netns", netns(&c.netns), netns(&d.netns)),
         ("upstream.mtu", c.mtu.to_string(), d.mtu.to_string()),
         ("dataplane", format!("{:?}", running.dataplane), format!("{:?}", new.dataplane)),

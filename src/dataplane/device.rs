@@ -60,6 +60,16 @@ pub enum DeviceError {
         /// The effective user.
         euid: u32,
     },
+    /// The upstream interface cannot be used as it is (one line: what and how to fix it).
+    #[error("upstream.interface {name:?}{}: {reason}", netns.as_deref().map(|n| format!(" in namespace {n:?}")).unwrap_or_default())]
+    Uplink {
+        /// Interface name.
+        name: String,
+        /// Its namespace, when the config names one.
+        netns: Option<String>,
+        /// What is wrong.
+        reason: String,
+    },
     /// Creating or configuring the TUN device failed.
     #[error("TUN device {name:?}: {what}: {cause}")]
     Tun {

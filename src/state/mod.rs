@@ -17,6 +17,7 @@
 
 pub mod abuse;
 pub(crate) mod conntrack;
+pub mod neighbour;
 pub(crate) mod ratelimit;
 pub mod responder;
 
