@@ -273,8 +273,10 @@ const XSK_FRAMES: u32 = 4096;
 const XSK_RING: u32 = 2048;
 const CHUNK: u32 = 2048;
 
-/// One AF_XDP ring mapped from the socket: producer, consumer, flags, descriptors.
+/// One AF_XDP ring mapped from the socket: producer, consumer, descriptors.
 struct Ring {
+    /// The mapping (it holds a reference to the socket until unmapped).
+    map: (*mut libc::c_void, usize),
     prod: *mut u32,
     cons: *mut u32,
     desc: *mut u8,
@@ -301,6 +303,7 @@ impl Ring {
         // SAFETY: offsets are inside the mapping (from XDP_MMAP_OFFSETS).
         unsafe {
             Ok(Ring {
+                map: (base, len),
                 prod: b.add(off.producer as usize).cast(),
                 cons: b.add(off.consumer as usize).cast(),
                 desc: b.add(off.desc as usize),
@@ -387,10 +390,21 @@ impl Xsk {
             sxdp_queue_id: 0,
             sxdp_shared_umem_fd: 0,
         };
-        // SAFETY: sxdp is a valid sockaddr_xdp.
-        let rc =
-            unsafe { libc::bind(fd, (&sxdp as *const libc::sockaddr_xdp).cast(), std::mem::size_of_val(&sxdp) as u32) };
-        check(rc as _, "xsk bind")?;
+        // A closed socket's hold on the queue is released asynchronously: retry a little.
+        for attempt in 0.. {
+            let len = std::mem::size_of_val(&sxdp) as u32;
+            // SAFETY: sxdp is a valid sockaddr_xdp.
+            let rc = unsafe { libc::bind(fd, (&sxdp as *const libc::sockaddr_xdp).cast(), len) };
+            match check(rc as _, "xsk bind") {
+                Err(e) if e.raw_os_error() == Some(libc::EBUSY) && attempt < 50 => {
+                    std::thread::sleep(Duration::from_millis(20))
+                }
+                r => {
+                    r?;
+                    break;
+                }
+            }
+        }
         Ok(x)
     }
 
@@ -472,6 +486,20 @@ impl Xsk {
             calls += 1;
         }
         (frames, calls)
+    }
+}
+
+impl Drop for Xsk {
+    fn drop(&mut self) {
+        // SAFETY: the mappings and the fd are ours; the ring mappings hold the
+        // socket (and its queue) until they are gone.
+        unsafe {
+            for r in [&self.fill, &self.comp, &self.rx, &self.tx] {
+                libc::munmap(r.map.0, r.map.1);
+            }
+            libc::close(self.fd);
+            libc::munmap(self.umem.cast(), (XSK_FRAMES * CHUNK) as usize);
+        }
     }
 }
 
