@@ -25,9 +25,11 @@
 
 pub mod capture;
 mod device;
+mod eth;
 pub mod events;
 mod fault;
 mod gro;
+mod link;
 mod netdev;
 pub mod privileges;
 mod uplink;

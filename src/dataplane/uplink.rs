@@ -24,9 +24,7 @@ use nix::sched::{setns, CloneFlags};
 use super::device::DeviceError;
 use crate::config::{DeviceConfig, LinkConfig};
 
-/// Refuses, in one line, an interface upstream the host would also serve,
-/// and (for now) any interface upstream: the frame path over AF_PACKET is
-/// not part of the data plane yet.
+/// Refuses, in one line, an interface upstream the host would also serve.
 pub(crate) fn check(cfg: &DeviceConfig, link: &LinkConfig) -> Result<(), DeviceError> {
     let refuse = |reason: String| DeviceError::Uplink { name: cfg.tun.clone(), netns: cfg.netns.clone(), reason };
     let facts = match &cfg.netns {
@@ -46,12 +44,7 @@ pub(crate) fn check(cfg: &DeviceConfig, link: &LinkConfig) -> Result<(), DeviceE
         }
     };
     let facts = facts.map_err(|e| refuse(format!("cannot read its settings: {e}")))?;
-    facts.judge(&link.addresses).map_err(refuse)?;
-    Err(refuse(
-        "the host would leave it alone, but this build has no Ethernet frame path in the data plane yet \
-         (use a TUN upstream: upstream.tun)"
-            .into(),
-    ))
+    facts.judge(&link.addresses).map_err(refuse)
 }
 
 /// What the host says about the interface and its namespace.

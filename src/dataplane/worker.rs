@@ -15,12 +15,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use tun_rs::{InterruptEvent, SyncDevice, VirtioNetHdr};
+use tun_rs::{InterruptEvent, VirtioNetHdr};
 
 use super::capture::CaptureSink;
 use super::events::{AttemptSender, Event, EventSender};
 use super::fault::{is_lost, Faults};
 use super::gro::UdpCoalescer;
+use super::link::Link;
 use super::Active;
 use crate::packet::Direction;
 use crate::router::{Router, RxInfo, Verdict};
@@ -121,14 +122,14 @@ impl IoCounters {
     }
 }
 
-/// One TUN queue (file descriptor) and its drain lock.
+/// One device queue (a TUN queue or an Ethernet socket) and its drain lock.
 pub(crate) struct Queue {
-    pub(crate) dev: SyncDevice,
+    pub(crate) dev: Link,
     draining: AtomicBool,
 }
 
 impl Queue {
-    pub(crate) fn new(dev: SyncDevice) -> Queue {
+    pub(crate) fn new(dev: Link) -> Queue {
         Queue { dev, draining: AtomicBool::new(false) }
     }
 
@@ -371,7 +372,7 @@ impl Worker {
 }
 
 /// Whether a read would find a packet, without taking it (a zero-timeout wait).
-fn readable(dev: &SyncDevice) -> bool {
+fn readable(dev: &Link) -> bool {
     // A zero timeout turns the wait into one poll(2) that returns at once.
     let ev = NO_EVENT.with(|e| e.as_ref().map(|e| dev.wait_readable_intr_timeout(e, Some(Duration::ZERO)).is_ok()));
     ev.unwrap_or(false)
@@ -513,7 +514,7 @@ fn transmit(state: &State, now: Instant, reply: &mut [u8], io: &Io<'_>, to: &Que
     }
 }
 
-fn flush(gro: &mut UdpCoalescer, to: &SyncDevice, io: &Io<'_>, dev: usize, dir: Direction) {
+fn flush(gro: &mut UdpCoalescer, to: &Link, io: &Io<'_>, dev: usize, dir: Direction) {
     if let Some(bytes) = gro.take() {
         io.sent(dev, to.send(bytes), dir);
     }

@@ -93,6 +93,11 @@ impl Neighbours {
         n
     }
 
+    /// Whether [`Neighbours::poll_transmit`] has something to write.
+    pub fn wants_transmit(&self) -> bool {
+        !self.out.is_empty()
+    }
+
     /// The counters so far.
     pub fn stats(&self) -> NeighbourStats {
         self.stats

@@ -1,0 +1,192 @@
+//! The OP25B matrix across an Ethernet upstream (`[upstream] interface`):
+//! op25b sits on a veth end in namespace `edge`; the other end is the
+//! "internet" namespace `inet`, whose kernel reaches op25b's addresses by ARP
+//! and NDP and routes the subscriber prefixes to it. No forwarding, address
+//! or route on the host side of op25b's interface.
+//!
+//! Port 25 from a dynamic subscriber is refused; 587 and 465 pass; an exempt
+//! source and a relay destination (off-link, through the gateway) pass port
+//! 25; IPv4 and IPv6 alike. All
+//! namespaces are the test's own and are removed even when it fails.
+
+// Only a few of the shared helpers are needed here.
+#[allow(dead_code)]
+mod common;
+
+use std::io;
+use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{in_netns, ip_cmd, preflight, unique_base};
+use socket2::{Domain, Protocol, Socket, Type};
+
+const SUB4: &str = "100.64.0.2";
+const EXEMPT4: &str = "100.64.9.2";
+const SUB6: &str = "2001:db8:100::2";
+const EXEMPT6: &str = "2001:db8:100:9::2";
+const SERVER4: &str = "198.51.100.1";
+const RELAY4: &str = "203.0.113.25";
+const SERVER6: &str = "2001:db8:1::1";
+const RELAY6: &str = "2001:db8:25::25";
+
+/// The three namespaces and op25b; all removed / stopped on drop.
+struct Setup {
+    sub: String,
+    edge: String,
+    inet: String,
+    op25b: Option<Child>,
+    dir: std::path::PathBuf,
+}
+
+impl Drop for Setup {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.op25b.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        for ns in [&self.sub, &self.edge, &self.inet] {
+            let _ = Command::new("ip").args(["netns", "del", ns]).status();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn sh(ns: &str, cmd: &str) {
+    let out = Command::new("ip").args(["netns", "exec", ns, "sh", "-c", cmd]).output().expect("run sh");
+    assert!(out.status.success(), "{cmd}: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+impl Setup {
+    fn start() -> Setup {
+        preflight(false);
+        let base = unique_base();
+        let mut s = Setup {
+            sub: format!("{base}-s"),
+            edge: format!("{base}-e"),
+            inet: format!("{base}-i"),
+            op25b: None,
+            dir: std::env::temp_dir().join(format!("{base}-uplink")),
+        };
+        for ns in [&s.sub, &s.edge, &s.inet] {
+            ip_cmd(&["netns", "add", ns]);
+        }
+        ip_cmd(&["-n", &s.edge, "link", "add", "u0", "type", "veth", "peer", "p0", "netns", &s.inet]);
+        sh(&s.edge, "sysctl -qw net.ipv6.conf.u0.disable_ipv6=1 && ip link set u0 up");
+        sh(
+            &s.inet,
+            "ip link set lo up && ip link set p0 up \
+             && ip addr add 198.51.100.1/24 dev p0 && ip addr add 203.0.113.25/32 dev lo \
+             && ip addr add 2001:db8:1::1/64 dev p0 nodad && ip addr add 2001:db8:25::25/128 dev lo \
+             && ip route add 100.64.0.0/10 via 198.51.100.2 \
+             && ip -6 route add 2001:db8:100::/48 via 2001:db8:1::2",
+        );
+        std::fs::create_dir_all(&s.dir).expect("temp dir");
+        let config = s.dir.join("op25b.toml");
+        let text = format!(
+            r#"[router]
+addresses = ["100.64.0.1", "2001:db8:100::1"]
+[subscriber]
+tun = "o25s"
+netns = "{sub}"
+prefixes = ["100.64.0.0/10", "2001:db8:100::/48"]
+[upstream]
+interface = "u0"
+netns = "{edge}"
+addresses = ["198.51.100.2/24", "2001:db8:1::2/64"]
+gateway = ["198.51.100.1", "2001:db8:1::1"]
+[op25b]
+dynamic = ["100.64.0.0/10", "2001:db8:100::/48"]
+exempt_sources = ["100.64.9.0/24", "2001:db8:100:9::/64"]
+relays = ["203.0.113.25/32", "2001:db8:25::25/128"]
+"#,
+            sub = s.sub,
+            edge = s.edge
+        );
+        std::fs::write(&config, text).expect("write config");
+        let child = Command::new(env!("CARGO_BIN_EXE_op25b"))
+            .args(["run", "--config"])
+            .arg(&config)
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start op25b");
+        s.op25b = Some(child);
+        let t0 = Instant::now();
+        loop {
+            let out = Command::new("ip").args(["-n", &s.sub, "link", "show", "o25s"]).output().expect("ip link");
+            if out.status.success() {
+                break;
+            }
+            if let Some(st) = s.op25b.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+                panic!("op25b exited: {st}");
+            }
+            assert!(t0.elapsed() < Duration::from_secs(10), "op25b made no subscriber TUN in 10 s");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        sh(
+            &s.sub,
+            "ip link set lo up && ip link set o25s up \
+             && ip addr add 100.64.0.2/32 dev o25s && ip addr add 100.64.9.2/32 dev o25s \
+             && ip addr add 2001:db8:100::2/128 dev o25s nodad && ip addr add 2001:db8:100:9::2/128 dev o25s nodad \
+             && ip route add default dev o25s && ip -6 route add default dev o25s",
+        );
+        s
+    }
+
+    fn connect(&self, src: &str, dst: &str, port: u16) -> io::Result<TcpStream> {
+        let src: IpAddr = src.parse().expect("source");
+        let dst = SocketAddr::new(dst.parse().expect("destination"), port);
+        in_netns(&self.sub, || {
+            let sock = Socket::new(Domain::for_address(dst), Type::STREAM, Some(Protocol::TCP))?;
+            sock.bind(&SocketAddr::new(src, 0).into())?;
+            sock.connect_timeout(&dst.into(), Duration::from_secs(5))?;
+            Ok(sock.into())
+        })
+    }
+}
+
+fn listeners(ns: &str) -> Vec<TcpListener> {
+    in_netns(ns, || {
+        let mut all = vec![];
+        for addr in [SERVER4, RELAY4, SERVER6, RELAY6] {
+            for port in [25, 465, 587] {
+                let sa = SocketAddr::new(addr.parse().expect("address"), port);
+                all.push(TcpListener::bind(sa).unwrap_or_else(|e| panic!("listen {sa}: {e}")));
+            }
+        }
+        all
+    })
+}
+
+#[test]
+fn op25b_matrix_across_an_ethernet_upstream() {
+    let s = Setup::start();
+    let _servers = listeners(&s.inet);
+    let cases = [
+        (SUB4, SERVER4, 587, true),
+        (SUB4, SERVER4, 465, true),
+        (SUB4, SERVER4, 25, false),
+        (EXEMPT4, SERVER4, 25, true),
+        (SUB4, RELAY4, 25, true),
+        (SUB6, SERVER6, 587, true),
+        (SUB6, SERVER6, 465, true),
+        (SUB6, SERVER6, 25, false),
+        (EXEMPT6, SERVER6, 25, true),
+        (SUB6, RELAY6, 25, true),
+    ];
+    let mut wrong = vec![];
+    for (src, dst, port, pass) in cases {
+        let r = s.connect(src, dst, port);
+        println!("{src} -> [{dst}]:{port}: {r:?}");
+        match (&r, pass) {
+            (Ok(_), true) => {}
+            // Refused at once (the router's RST), not a timeout.
+            (Err(e), false) if e.kind() == io::ErrorKind::ConnectionRefused => {}
+            _ => wrong.push(format!("{src} -> [{dst}]:{port}: want pass={pass}, got {r:?}")),
+        }
+    }
+    assert!(wrong.is_empty(), "{wrong:#?}");
+}
