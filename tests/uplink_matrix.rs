@@ -142,7 +142,7 @@ relays = ["203.0.113.25/32", "2001:db8:25::25/128"]
         in_netns(&self.sub, || {
             let sock = Socket::new(Domain::for_address(dst), Type::STREAM, Some(Protocol::TCP))?;
             sock.bind(&SocketAddr::new(src, 0).into())?;
-            sock.connect_timeout(&dst.into(), Duration::from_secs(5))?;
+            sock.connect_timeout(&dst.into(), Duration::from_secs(8))?;
             Ok(sock.into())
         })
     }
@@ -189,4 +189,18 @@ fn op25b_matrix_across_an_ethernet_upstream() {
         }
     }
     assert!(wrong.is_empty(), "{wrong:#?}");
+}
+
+/// A next hop on the link that never answers ARP/NDP: after the probes the
+/// sender gets ICMP host unreachable (EHOSTUNREACH at connect), not silence.
+#[test]
+fn a_silent_next_hop_is_host_unreachable() {
+    let s = Setup::start();
+    for (src, dst) in [(SUB4, "198.51.100.77"), (SUB6, "2001:db8:1::77")] {
+        let t0 = Instant::now();
+        let r = s.connect(src, dst, 587);
+        println!("{src} -> [{dst}]:587: {r:?} after {:?}", t0.elapsed());
+        let kind = r.as_ref().map(|_| ()).map_err(|e| e.kind());
+        assert_eq!(kind, Err(io::ErrorKind::HostUnreachable), "{src} -> {dst}: {r:?}");
+    }
 }

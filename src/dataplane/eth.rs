@@ -39,6 +39,8 @@ const ETHERTYPE_V6: u16 = 0x86dd;
 const ETHERTYPE_ARP: u16 = 0x0806;
 /// Longest frame handed to the neighbour table (ARP and NDP are small).
 const NEIGHBOUR_FRAME: usize = 1514;
+/// Most packets whose next hop never answered waiting for their ICMP error.
+const UNREACHABLE_MAX: usize = 64;
 /// Longest slice of a wait, so a shutdown is seen this soon.
 const WAIT_SLICE: Duration = Duration::from_millis(50);
 
@@ -50,6 +52,8 @@ pub(crate) struct EthDev {
     /// Length of the virtio-net header in front of each packet (0 or 10).
     off: usize,
     neighbours: Arc<Mutex<Neighbours>>,
+    /// Packets whose next hop never answered (a slow path: copies, bounded).
+    unreachable: Arc<Mutex<Vec<Vec<u8>>>>,
 }
 
 fn cvt(rc: libc::c_long) -> io::Result<libc::c_long> {
@@ -95,6 +99,7 @@ pub(crate) fn open(cfg: &DeviceConfig, link: &LinkConfig, offload: bool, queues:
     }
     let table = NeighbourLink { mac, v4, v6, gateways: link.gateways.clone() };
     let neighbours = Arc::new(Mutex::new(Neighbours::new(&table, Timers::default(), Instant::now())));
+    let unreachable = Arc::new(Mutex::new(Vec::with_capacity(UNREACHABLE_MAX)));
     let group = (std::process::id() & 0xffff) as libc::c_int;
     let mut out = Vec::with_capacity(queues.max(1));
     for _ in 0..queues.max(1) {
@@ -128,6 +133,7 @@ pub(crate) fn open(cfg: &DeviceConfig, link: &LinkConfig, offload: bool, queues:
             mac,
             off: if offload { tun_rs::VIRTIO_NET_HDR_LEN } else { 0 },
             neighbours: Arc::clone(&neighbours),
+            unreachable: Arc::clone(&unreachable),
         });
     }
     Ok(out)
@@ -237,7 +243,8 @@ impl EthDev {
         }
     }
 
-    /// Sends the table's frames; unreachable packets are dropped and counted by the table.
+    /// Sends the table's frames; packets whose next hop never answered wait
+    /// for [`EthDev::take_unreachable`].
     fn flush(&self, table: &mut Neighbours) {
         let mut out = [0u8; 2048];
         while let Some(t) = table.poll_transmit(&mut out) {
@@ -249,8 +256,13 @@ impl EthDev {
                         tracing::debug!(error = %e, "neighbour frame not sent");
                     }
                 }
-                Transmit::Unreachable(_) => {
-                    tracing::debug!("next hop unreachable: held packet dropped");
+                Transmit::Unreachable(len) => {
+                    let mut list = self.unreachable.lock().unwrap_or_else(|p| p.into_inner());
+                    if list.len() < UNREACHABLE_MAX {
+                        list.push(out[..len].to_vec());
+                    } else {
+                        tracing::debug!("next hop unreachable: too many waiting, packet dropped without an error");
+                    }
                 }
             }
         }
@@ -300,6 +312,20 @@ impl EthDev {
         vnet[..off].copy_from_slice(&buf[..off]);
         shift_vnet(&mut vnet[..off], ETH_LEN as i32);
         self.sendmsg(&[&vnet[..off], &eth, ip]).map(|n| n.saturating_sub(ETH_LEN))
+    }
+
+    /// Hands each packet whose next hop never answered to `f` (which answers its sender).
+    pub(crate) fn take_unreachable(&self, mut f: impl FnMut(&[u8])) {
+        let taken = {
+            let mut list = self.unreachable.lock().unwrap_or_else(|p| p.into_inner());
+            if list.is_empty() {
+                return;
+            }
+            std::mem::take(&mut *list)
+        };
+        for p in &taken {
+            f(p);
+        }
     }
 
     /// Waits until a frame is readable, `stop` fires (`Interrupted`) or `timeout` passes (`TimedOut`).

@@ -46,6 +46,13 @@ impl Link {
         }
     }
 
+    /// Hands each packet whose next hop never answered to `f` (an Ethernet upstream only).
+    pub(crate) fn take_unreachable(&self, f: impl FnMut(&[u8])) {
+        if let Link::Eth(d) = self {
+            d.take_unreachable(f);
+        }
+    }
+
     /// Whether TCP super-packets pass (the virtio-net header is on).
     pub(crate) fn tcp_gso(&self) -> bool {
         match self {

@@ -23,11 +23,14 @@ use super::fault::{is_lost, Faults};
 use super::gro::UdpCoalescer;
 use super::link::Link;
 use super::Active;
-use crate::packet::Direction;
+use crate::packet::reply::icmp_error;
+use crate::packet::{Direction, IcmpError, PacketView};
+use crate::policy::Policy;
 use crate::router::{Router, RxInfo, Verdict};
 use crate::state::abuse::Attempt;
 use crate::state::State;
 use crate::stats::{Counter, Stats};
+use std::net::IpAddr;
 
 /// Room for any reply the router builds: ICMP errors stay within 1280 bytes,
 /// but an echo reply is as large as its request.
@@ -311,6 +314,12 @@ impl Worker {
                     break;
                 }
             }
+            if self.own.dir == Direction::Outbound {
+                // Packets whose next hop on the upstream link never answered:
+                // ICMP host unreachable to their senders, on the subscriber side.
+                let policy = Arc::clone(self.own.router.policy());
+                egress.dev.take_unreachable(|pkt| unreachable(&policy, pkt, &mut b.reply, &io, ingress));
+            }
             // The banner responder's timers (retransmissions, expiry) run in
             // whichever worker finds them due, also while traffic keeps it
             // from sleeping; what the responder sends goes to the subscriber.
@@ -511,6 +520,22 @@ fn transmit(state: &State, now: Instant, reply: &mut [u8], io: &Io<'_>, to: &Que
     reply[..off].fill(0);
     while let Some(len) = state.poll_transmit(now, &mut reply[off..]) {
         io.sent(0, to.dev.send(&reply[..off + len]), dir);
+    }
+}
+
+/// Answers the sender of `pkt`, whose next hop never answered, with ICMP host
+/// unreachable through the subscriber side (`to`).
+fn unreachable(policy: &Policy, pkt: &[u8], reply: &mut [u8], io: &Io<'_>, to: &Queue) {
+    let Ok(view) = PacketView::parse(pkt) else { return };
+    let from = match view.src {
+        IpAddr::V4(_) => policy.address_v4.map(IpAddr::V4),
+        IpAddr::V6(_) => policy.address_v6.map(IpAddr::V6),
+    };
+    let Some(from) = from else { return };
+    let off = io.off;
+    reply[..off].fill(0);
+    if let Some(len) = icmp_error(IcmpError::HostUnreachable, &view, pkt, from, &mut reply[off..]) {
+        io.sent(0, to.dev.send(&reply[..off + len]), Direction::Inbound);
     }
 }
 
