@@ -59,6 +59,11 @@ fn sh(ns: &str, cmd: &str) {
 
 impl Setup {
     fn start() -> Setup {
+        Setup::with("")
+    }
+
+    /// Started with `op25b` extra lines in the `[op25b]` section.
+    fn with(op25b: &str) -> Setup {
         preflight(false);
         let base = unique_base();
         let mut s = Setup {
@@ -99,6 +104,7 @@ gateway = ["198.51.100.1", "2001:db8:1::1"]
 dynamic = ["100.64.0.0/10", "2001:db8:100::/48"]
 exempt_sources = ["100.64.9.0/24", "2001:db8:100:9::/64"]
 relays = ["203.0.113.25/32", "2001:db8:25::25/128"]
+{op25b}
 "#,
             sub = s.sub,
             edge = s.edge
@@ -202,5 +208,41 @@ fn a_silent_next_hop_is_host_unreachable() {
         println!("{src} -> [{dst}]:587: {r:?} after {:?}", t0.elapsed());
         let kind = r.as_ref().map(|_| ()).map_err(|e| e.kind());
         assert_eq!(kind, Err(io::ErrorKind::HostUnreachable), "{src} -> {dst}: {r:?}");
+    }
+}
+
+/// The redirect action across the interface upstream: a subscriber's port-25
+/// connection to any server lands on the relay, through the gateway.
+#[test]
+fn redirect_across_an_ethernet_upstream() {
+    let s = Setup::with("action = \"redirect\"\nredirect_to = [\"203.0.113.25:25\", \"[2001:db8:25::25]:25\"]");
+    let servers = listeners(&s.inet);
+    for (src, dst, relay) in [(SUB4, SERVER4, RELAY4), (SUB6, SERVER6, RELAY6)] {
+        let stream = s.connect(src, dst, 25).unwrap_or_else(|e| panic!("{src} -> {dst}:25: {e}"));
+        // The client still sees the address it dialled.
+        assert_eq!(stream.peer_addr().expect("peer").ip().to_string(), dst);
+        let relay_sa = SocketAddr::new(relay.parse().expect("relay"), 25);
+        let l = servers.iter().find(|l| l.local_addr().ok() == Some(relay_sa)).expect("relay listener");
+        l.set_nonblocking(false).expect("blocking");
+        let (_conn, from) = l.accept().expect("the relay accepts");
+        assert_eq!(from.ip().to_string(), src, "the relay sees the subscriber");
+    }
+}
+
+/// The banner action across the interface upstream: op25b answers port 25
+/// itself; nothing reaches the server.
+#[test]
+fn banner_across_an_ethernet_upstream() {
+    use std::io::Read;
+    let s = Setup::with("action = \"banner\"");
+    let _servers = listeners(&s.inet);
+    for (src, dst) in [(SUB4, SERVER4), (SUB6, SERVER6)] {
+        let mut stream = s.connect(src, dst, 25).unwrap_or_else(|e| panic!("{src} -> {dst}:25: {e}"));
+        stream.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
+        let mut text = String::new();
+        let _ = stream.read_to_string(&mut text);
+        assert!(text.starts_with("554"), "{src} -> {dst}: {text:?}");
+        // Submission still passes to the real server.
+        assert!(s.connect(src, dst, 587).is_ok(), "{src} -> {dst}:587");
     }
 }
