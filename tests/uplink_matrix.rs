@@ -246,3 +246,57 @@ fn banner_across_an_ethernet_upstream() {
         assert!(s.connect(src, dst, 587).is_ok(), "{src} -> {dst}:587");
     }
 }
+
+/// Bulk TCP both ways across the interface upstream (with the default
+/// offload, GSO super-packets cross the Ethernet edge): every byte arrives.
+#[test]
+fn bulk_tcp_both_ways_across_an_ethernet_upstream() {
+    use std::io::{Read, Write};
+    const BYTES: usize = 32 << 20;
+    let s = Setup::start();
+    for (src, dst) in [(SUB4, SERVER4), (SUB6, SERVER6)] {
+        let sa = SocketAddr::new(dst.parse().expect("server"), 2525);
+        let listener = in_netns(&s.inet, || TcpListener::bind(sa).expect("listen"));
+        let server = std::thread::spawn(move || {
+            let (mut conn, _) = listener.accept().expect("accept");
+            conn.set_read_timeout(Some(Duration::from_secs(20))).expect("timeout");
+            let mut got = 0usize;
+            let mut buf = vec![0u8; 1 << 16];
+            loop {
+                match conn.read(&mut buf) {
+                    Ok(0) => break,
+                    Ok(n) => got += n,
+                    Err(e) => panic!("server read after {got} bytes: {e}"),
+                }
+            }
+            // And as much back.
+            let chunk = vec![0x5au8; 1 << 16];
+            let mut sent = 0;
+            while sent < BYTES {
+                conn.write_all(&chunk).expect("server write");
+                sent += chunk.len();
+            }
+            got
+        });
+        let mut c = s.connect(src, dst, 2525).unwrap_or_else(|e| panic!("{src} -> {dst}: {e}"));
+        c.set_read_timeout(Some(Duration::from_secs(20))).expect("timeout");
+        let chunk = vec![0xa5u8; 1 << 16];
+        let mut sent = 0;
+        while sent < BYTES {
+            c.write_all(&chunk).expect("client write");
+            sent += chunk.len();
+        }
+        c.shutdown(std::net::Shutdown::Write).expect("shutdown");
+        let mut back = 0usize;
+        let mut buf = vec![0u8; 1 << 16];
+        loop {
+            match c.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => back += n,
+                Err(e) => panic!("client read after {back} bytes: {e}"),
+            }
+        }
+        assert_eq!(server.join().expect("server thread"), BYTES, "{src} -> {dst}");
+        assert_eq!(back, BYTES, "{dst} -> {src}");
+    }
+}
