@@ -149,3 +149,14 @@ fn a_missing_interface_is_refused() {
         "does not exist",
     );
 }
+
+#[test]
+fn an_interface_mtu_below_the_configured_one_is_refused() {
+    refused(
+        |ns| {
+            ns.quiet();
+            ip_cmd(&["-n", &ns.0, "link", "set", "u0", "mtu", "1400"]);
+        },
+        "set upstream.mtu = 1400",
+    );
+}

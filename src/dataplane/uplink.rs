@@ -44,7 +44,7 @@ pub(crate) fn check(cfg: &DeviceConfig, link: &LinkConfig) -> Result<(), DeviceE
         }
     };
     let facts = facts.map_err(|e| refuse(format!("cannot read its settings: {e}")))?;
-    facts.judge(&link.addresses).map_err(refuse)
+    facts.judge(&link.addresses, cfg.mtu).map_err(refuse)
 }
 
 /// What the host says about the interface and its namespace.
@@ -64,6 +64,33 @@ pub(crate) struct HostFacts {
     pub forwarding_v6: bool,
     /// net.ipv6.conf.NAME.disable_ipv6 (`None`: no IPv6 in this kernel, as good as disabled).
     pub ipv6_disabled: Option<bool>,
+    /// The interface's MTU (`None` when it does not exist).
+    pub mtu: Option<u32>,
+}
+
+/// The MTU of interface `name` in the calling thread's namespace.
+fn mtu_of(name: &str) -> Option<u32> {
+    use nix::libc;
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    // SAFETY: plain socket(2), owned at once when valid.
+    let raw = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if raw < 0 {
+        return None;
+    }
+    // SAFETY: raw is a fresh descriptor nobody else owns.
+    let sock = unsafe { OwnedFd::from_raw_fd(raw) };
+    // SAFETY: an all-zero ifreq is valid; the name is copied in below, NUL-terminated.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    if name.len() >= req.ifr_name.len() {
+        return None;
+    }
+    for (d, s) in req.ifr_name.iter_mut().zip(name.bytes()) {
+        *d = s as libc::c_char;
+    }
+    // SAFETY: SIOCGIFMTU reads ifr_name and writes ifru_mtu of a valid ifreq.
+    let rc = unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFMTU, &mut req) };
+    // SAFETY: the kernel filled the mtu member on success.
+    (rc == 0).then(|| unsafe { req.ifr_ifru.ifru_mtu }).and_then(|m| u32::try_from(m).ok())
 }
 
 impl HostFacts {
@@ -96,16 +123,23 @@ impl HostFacts {
             forwarding_v4: sysctl(format!("/proc/sys/net/ipv4/conf/{name}/forwarding"))?.unwrap_or(false),
             forwarding_v6: sysctl(format!("/proc/sys/net/ipv6/conf/{name}/forwarding"))?.unwrap_or(false),
             ipv6_disabled: sysctl(format!("/proc/sys/net/ipv6/conf/{name}/disable_ipv6"))?,
+            mtu: mtu_of(name),
             namespace_addresses,
         })
     }
 
     /// `Err(one line)` when the host's stack would also handle the link's
-    /// traffic, or op25b cannot use the interface; `own`: op25b's addresses.
-    pub(crate) fn judge(&self, own: &[IpNet]) -> Result<(), String> {
+    /// traffic, or op25b cannot use the interface; `own`: op25b's addresses,
+    /// `mtu`: the upstream MTU op25b forwards to.
+    pub(crate) fn judge(&self, own: &[IpNet], mtu: u16) -> Result<(), String> {
         let n = &self.name;
         if !self.exists {
             return Err(format!("interface {n:?} does not exist in that namespace"));
+        }
+        if let Some(m) = self.mtu.filter(|m| *m < u32::from(mtu)) {
+            return Err(format!(
+                "its MTU is {m}, below upstream.mtu {mtu} (the default is 1500): set upstream.mtu = {m}, or raise the interface's"
+            ));
         }
         if let Some(a) = self.addresses.first() {
             return Err(format!(
@@ -155,14 +189,16 @@ mod tests {
             forwarding_v4: false,
             forwarding_v6: false,
             ipv6_disabled: Some(true),
+            mtu: Some(1500),
         }
     }
 
     #[test]
     fn a_quiet_interface_is_accepted() {
         let own: Vec<IpNet> = vec!["198.51.100.2/24".parse().unwrap()];
-        assert_eq!(clean().judge(&own), Ok(()));
-        assert_eq!(HostFacts { ipv6_disabled: None, ..clean() }.judge(&own), Ok(()));
+        assert_eq!(clean().judge(&own, 1500), Ok(()));
+        assert_eq!(HostFacts { ipv6_disabled: None, ..clean() }.judge(&own, 1500), Ok(()));
+        assert_eq!(HostFacts { mtu: Some(9000), ..clean() }.judge(&own, 1500), Ok(()));
     }
 
     #[test]
@@ -170,6 +206,7 @@ mod tests {
         let own: Vec<IpNet> = vec!["198.51.100.2/24".parse().unwrap()];
         let cases = [
             (HostFacts { exists: false, ..clean() }, "does not exist"),
+            (HostFacts { mtu: Some(1400), ..clean() }, "set upstream.mtu = 1400"),
             (HostFacts { addresses: vec!["192.0.2.9".parse().unwrap()], ..clean() }, "has address 192.0.2.9"),
             (HostFacts { forwarding_v4: true, ..clean() }, "net.ipv4.conf.up0.forwarding is 1"),
             (HostFacts { forwarding_v6: true, ..clean() }, "net.ipv6.conf.up0.forwarding is 1"),
@@ -180,7 +217,7 @@ mod tests {
             ),
         ];
         for (facts, want) in cases {
-            let err = facts.judge(&own).expect_err(want);
+            let err = facts.judge(&own, 1500).expect_err(want);
             assert!(err.contains(want), "{err}");
             assert!(!err.contains('\n'), "{err}");
         }
@@ -191,6 +228,7 @@ mod tests {
     fn gathers_facts_here() {
         let f = HostFacts::gather("lo").expect("gather");
         assert!(f.exists);
+        assert_eq!(f.mtu, Some(65536));
         assert!(f.namespace_addresses.iter().any(|(n, _)| n == "lo"));
         assert!(!HostFacts::gather("o25-none-such").expect("gather").exists);
     }
