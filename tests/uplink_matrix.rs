@@ -300,3 +300,24 @@ fn bulk_tcp_both_ways_across_an_ethernet_upstream() {
         assert_eq!(back, BYTES, "{dst} -> {src}");
     }
 }
+
+/// The upstream interface deleted under a running op25b: it stops with
+/// status 1, as for a deleted upstream TUN.
+#[test]
+fn a_deleted_upstream_interface_stops_op25b() {
+    let mut s = Setup::start();
+    assert!(s.connect(SUB4, SERVER4, 587).is_err(), "no server yet: refused");
+    ip_cmd(&["-n", &s.edge, "link", "del", "u0"]);
+    // Traffic towards the gone interface, so a send meets it too.
+    let _ = s.connect(SUB4, SERVER4, 587);
+    let child = s.op25b.as_mut().expect("op25b");
+    let t0 = Instant::now();
+    let status = loop {
+        if let Some(st) = child.try_wait().expect("wait") {
+            break st;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(10), "op25b still runs 10 s after the interface was deleted");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(status.code(), Some(1), "{status}");
+}

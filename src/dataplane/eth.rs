@@ -48,6 +48,8 @@ const WAIT_SLICE: Duration = Duration::from_millis(50);
 #[derive(Debug)]
 pub(crate) struct EthDev {
     fd: OwnedFd,
+    /// The interface the socket is bound to; the kernel unbinds it (-1) when the interface goes.
+    ifindex: libc::c_int,
     mac: [u8; 6],
     /// Length of the virtio-net header in front of each packet (0 or 10).
     off: usize,
@@ -130,6 +132,7 @@ pub(crate) fn open(cfg: &DeviceConfig, link: &LinkConfig, offload: bool, queues:
         }
         out.push(EthDev {
             fd,
+            ifindex: ifindex as libc::c_int,
             mac,
             off: if offload { tun_rs::VIRTIO_NET_HDR_LEN } else { 0 },
             neighbours: Arc::clone(&neighbours),
@@ -166,6 +169,28 @@ impl EthDev {
         self.neighbours.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Whether the interface is gone: the kernel unbinds the socket when it is
+    /// deleted (or leaves the namespace), and reports ENETDOWN (link down,
+    /// a pause the TUN path also rides out) or ENXIO (no device) first.
+    fn gone(&self) -> bool {
+        // SAFETY: an all-zero sockaddr_ll is valid to receive the name into.
+        let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+        let mut len = std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t;
+        // SAFETY: sll and len are valid out-parameters of that size.
+        let rc =
+            unsafe { libc::getsockname(self.fd.as_raw_fd(), (&mut sll as *mut libc::sockaddr_ll).cast(), &mut len) };
+        rc == 0 && sll.sll_ifindex != self.ifindex
+    }
+
+    /// `e`, or EBADFD (what a deleted TUN answers, see `fault::is_lost`) when the interface is gone.
+    fn classify(&self, e: io::Error) -> io::Error {
+        let suspect = matches!(e.raw_os_error(), Some(libc::ENETDOWN | libc::ENXIO | libc::ENODEV));
+        if suspect && self.gone() {
+            return io::Error::from_raw_os_error(libc::EBADFD);
+        }
+        e
+    }
+
     /// Whether the socket carries a virtio-net header (GSO super-packets).
     pub(crate) fn tcp_gso(&self) -> bool {
         self.off > 0
@@ -200,7 +225,7 @@ impl EthDev {
                     self.maintain();
                     return Err(e);
                 }
-                Err(e) => return Err(e),
+                Err(e) => return Err(self.classify(e)),
             };
             if n < off + ETH_LEN || msg.msg_flags & libc::MSG_TRUNC != 0 || sll.sll_pkttype == libc::PACKET_OTHERHOST {
                 continue;
@@ -311,7 +336,7 @@ impl EthDev {
         let mut vnet = [0u8; tun_rs::VIRTIO_NET_HDR_LEN];
         vnet[..off].copy_from_slice(&buf[..off]);
         shift_vnet(&mut vnet[..off], ETH_LEN as i32);
-        self.sendmsg(&[&vnet[..off], &eth, ip]).map(|n| n.saturating_sub(ETH_LEN))
+        self.sendmsg(&[&vnet[..off], &eth, ip]).map(|n| n.saturating_sub(ETH_LEN)).map_err(|e| self.classify(e))
     }
 
     /// Hands each packet whose next hop never answered to `f` (which answers its sender).
@@ -348,7 +373,8 @@ impl EthDev {
                     self.maintain();
                 }
                 Ok(_) if pfd.revents & libc::POLLIN != 0 => return Ok(()),
-                Ok(_) => return Err(io::Error::other(format!("poll: events {:#x}", pfd.revents))),
+                // POLLERR: the socket has an error; the next read reports it (and whether the interface is gone).
+                Ok(_) => return Ok(()),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => return Err(e),
             }

@@ -89,8 +89,12 @@ fn mtu_of(name: &str) -> Option<u32> {
     }
     // SAFETY: SIOCGIFMTU reads ifr_name and writes ifru_mtu of a valid ifreq.
     let rc = unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFMTU, &mut req) };
-    // SAFETY: the kernel filled the mtu member on success.
-    (rc == 0).then(|| unsafe { req.ifr_ifru.ifru_mtu }).and_then(|m| u32::try_from(m).ok())
+    if rc != 0 {
+        return None;
+    }
+    // SAFETY: the kernel filled the mtu member.
+    let mtu = unsafe { req.ifr_ifru.ifru_mtu };
+    u32::try_from(mtu).ok()
 }
 
 impl HostFacts {
