@@ -77,7 +77,7 @@ impl Setup {
             ip_cmd(&["netns", "add", ns]);
         }
         ip_cmd(&["-n", &s.edge, "link", "add", "u0", "type", "veth", "peer", "p0", "netns", &s.inet]);
-        sh(&s.edge, "sysctl -qw net.ipv6.conf.u0.disable_ipv6=1 && ip link set u0 up");
+        sh(&s.edge, "echo 1 > /proc/sys/net/ipv6/conf/u0/disable_ipv6 && ip link set u0 up");
         sh(
             &s.inet,
             "ip link set lo up && ip link set p0 up \

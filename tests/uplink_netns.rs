@@ -26,12 +26,14 @@ impl Netns {
         ns
     }
 
+    /// Sets a sysctl in the namespace through /proc/sys (no procps needed).
     fn sysctl(&self, key: &str, value: &str) {
+        let path = format!("/proc/sys/{}", key.replace('.', "/"));
         let out = Command::new("ip")
-            .args(["netns", "exec", &self.0, "sysctl", "-qw", &format!("{key}={value}")])
+            .args(["netns", "exec", &self.0, "sh", "-c", &format!("echo {value} > {path}")])
             .output()
-            .expect("run sysctl");
-        assert!(out.status.success(), "sysctl {key}: {}", String::from_utf8_lossy(&out.stderr));
+            .expect("run sh");
+        assert!(out.status.success(), "{key}: {}", String::from_utf8_lossy(&out.stderr));
     }
 
     /// A host that leaves u0 alone: IPv6 off, no address, no forwarding.

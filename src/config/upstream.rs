@@ -211,6 +211,19 @@ gateway = ["198.51.100.1", "fe80::1"]"#;
     }
 
     #[test]
+    fn the_interface_and_its_link_are_start_only() {
+        let running = parse(GOOD).expect("valid");
+        let state = crate::state::State::new(&running.policy);
+        let moved = parse(&GOOD.replace("198.51.100.1", "198.51.100.9")).expect("valid");
+        match crate::reload::prepare(&running, &state, moved) {
+            Err(crate::reload::ReloadError::Fixed { key, .. }) => assert_eq!(key, "upstream.interface"),
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+        let same = parse(GOOD).expect("valid");
+        assert!(crate::reload::prepare(&running, &state, same).is_ok());
+    }
+
+    #[test]
     fn each_mistake_names_its_line_and_key() {
         let header = BASE.lines().count();
         let cases: [(&str, &str, usize); 11] = [
