@@ -62,8 +62,17 @@ impl Setup {
         Setup::with("")
     }
 
+    /// Started with op25b's IPv6 gateway at the far end's link-local address.
+    fn link_local_gateway() -> Setup {
+        Setup::build("", "fe80::1")
+    }
+
     /// Started with `op25b` extra lines in the `[op25b]` section.
     fn with(op25b: &str) -> Setup {
+        Setup::build(op25b, "2001:db8:1::1")
+    }
+
+    fn build(op25b: &str, gw6: &str) -> Setup {
         preflight(false);
         let base = unique_base();
         let mut s = Setup {
@@ -83,6 +92,7 @@ impl Setup {
             "ip link set lo up && ip link set p0 up \
              && ip addr add 198.51.100.1/24 dev p0 && ip addr add 203.0.113.25/32 dev lo \
              && ip addr add 2001:db8:1::1/64 dev p0 nodad && ip addr add 2001:db8:25::25/128 dev lo \
+             && ip addr add fe80::1/64 dev p0 nodad \
              && ip route add 100.64.0.0/10 via 198.51.100.2 \
              && ip -6 route add 2001:db8:100::/48 via 2001:db8:1::2",
         );
@@ -99,7 +109,7 @@ prefixes = ["100.64.0.0/10", "2001:db8:100::/48"]
 interface = "u0"
 netns = "{edge}"
 addresses = ["198.51.100.2/24", "2001:db8:1::2/64"]
-gateway = ["198.51.100.1", "2001:db8:1::1"]
+gateway = ["198.51.100.1", "{gw6}"]
 [op25b]
 dynamic = ["100.64.0.0/10", "2001:db8:100::/48"]
 exempt_sources = ["100.64.9.0/24", "2001:db8:100:9::/64"]
@@ -107,7 +117,8 @@ relays = ["203.0.113.25/32", "2001:db8:25::25/128"]
 {op25b}
 "#,
             sub = s.sub,
-            edge = s.edge
+            edge = s.edge,
+            gw6 = gw6,
         );
         std::fs::write(&config, text).expect("write config");
         let child = Command::new(env!("CARGO_BIN_EXE_op25b"))
@@ -320,4 +331,15 @@ fn a_deleted_upstream_interface_stops_op25b() {
         std::thread::sleep(Duration::from_millis(50));
     };
     assert_eq!(status.code(), Some(1), "{status}");
+}
+
+/// An IPv6 gateway given by its link-local address (as routers usually are):
+/// op25b solicits it from its own link-local address.
+#[test]
+fn a_link_local_ipv6_gateway() {
+    let s = Setup::link_local_gateway();
+    let _servers = listeners(&s.inet);
+    assert!(s.connect(SUB6, SERVER6, 587).is_ok(), "587 through fe80::1");
+    let refused = s.connect(SUB6, SERVER6, 25).map(|_| ()).map_err(|e| e.kind());
+    assert_eq!(refused, Err(io::ErrorKind::ConnectionRefused));
 }
