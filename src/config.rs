@@ -24,10 +24,12 @@ mod json;
 mod report;
 mod rules;
 mod services;
+mod upstream;
 
 pub use report::Excerpt;
 pub use services::{CaptureConfig, ControlConfig, EventsConfig};
 use services::{CaptureSection, ControlSection, EventsSection};
+pub use upstream::{DeviceKind, LinkConfig};
 
 /// The Linux limit on interface names (IFNAMSIZ - 1).
 pub const MAX_IFNAME: usize = 15;
@@ -83,7 +85,7 @@ impl ConfigError {
 struct FileConfig {
     router: RouterSection,
     subscriber: SubscriberSection,
-    upstream: UpstreamSection,
+    upstream: Spanned<upstream::UpstreamSection>,
     op25b: Op25bSection,
     #[serde(default)]
     dataplane: DataplaneSection,
@@ -113,14 +115,6 @@ struct SubscriberSection {
     netns: Option<Spanned<String>>,
     mtu: Option<Spanned<u16>>,
     prefixes: Spanned<Vec<Spanned<String>>>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct UpstreamSection {
-    tun: Spanned<String>,
-    netns: Option<Spanned<String>>,
-    mtu: Option<Spanned<u16>>,
 }
 
 #[derive(Deserialize)]
@@ -181,6 +175,8 @@ pub struct DeviceConfig {
     pub netns: Option<String>,
     /// MTU.
     pub mtu: u16,
+    /// A TUN op25b creates, or an existing Ethernet interface (upstream only).
+    pub kind: DeviceKind,
 }
 
 /// Data-plane tuning (`[dataplane]`, all optional).
@@ -299,15 +295,9 @@ impl Config {
             }
         }
 
-        let subscriber = device(&cx, "subscriber", &file.subscriber.tun, &file.subscriber.netns, &file.subscriber.mtu)?;
-        let upstream = device(&cx, "upstream", &file.upstream.tun, &file.upstream.netns, &file.upstream.mtu)?;
-        if subscriber.tun == upstream.tun && subscriber.netns == upstream.netns {
-            return Err(cx.err(
-                &file.upstream.tun.span(),
-                "upstream.tun",
-                format!("{:?} is also the subscriber device in the same namespace", upstream.tun),
-            ));
-        }
+        let subscriber =
+            device(&cx, "subscriber", "tun", &file.subscriber.tun, &file.subscriber.netns, &file.subscriber.mtu)?;
+        let upstream = upstream::parse(&cx, &file.upstream, &subscriber)?;
 
         let subscriber_prefixes = prefixes(&cx, "subscriber.prefixes", file.subscriber.prefixes.get_ref())?;
         if subscriber_prefixes.is_empty() {
@@ -410,7 +400,15 @@ impl Config {
         let p = &self.policy;
         let mut s = String::new();
         let dev = |d: &DeviceConfig| {
-            format!("{} (netns {}, mtu {})", d.tun, d.netns.as_deref().unwrap_or("<current>"), d.mtu)
+            let kind = match &d.kind {
+                DeviceKind::Tun => String::new(),
+                DeviceKind::Interface(l) => {
+                    let a: Vec<String> = l.addresses.iter().map(|n| n.to_string()).collect();
+                    let g: Vec<String> = l.gateways.iter().map(|g| g.to_string()).collect();
+                    format!(", interface, addresses {}, gateway {}", a.join(" "), g.join(" "))
+                }
+            };
+            format!("{} (netns {}, mtu {}{kind})", d.tun, d.netns.as_deref().unwrap_or("<current>"), d.mtu)
         };
         let set = |ps: &PrefixSet| {
             if ps.is_empty() {
@@ -588,6 +586,7 @@ fn toml_error(cx: &Ctx<'_>, e: toml::de::Error, key: String) -> ConfigError {
 fn device(
     cx: &Ctx<'_>,
     section: &str,
+    key: &str,
     tun: &Spanned<String>,
     netns: &Option<Spanned<String>>,
     mtu: &Option<Spanned<u16>>,
@@ -597,7 +596,7 @@ fn device(
     if name.is_empty() || name.len() > MAX_IFNAME || bad_char(name) || name == "." || name == ".." {
         return Err(cx.err(
             &tun.span(),
-            format!("{section}.tun"),
+            format!("{section}.{key}"),
             format!("{name:?} is not a valid interface name (1 to {MAX_IFNAME} bytes, no '/', ':' or spaces)"),
         ));
     }
@@ -618,7 +617,12 @@ fn device(
         }
         Some(m) => *m.get_ref(),
     };
-    Ok(DeviceConfig { tun: name.clone(), netns: netns.as_ref().map(|n| n.get_ref().clone()), mtu: mtu_value })
+    Ok(DeviceConfig {
+        tun: name.clone(),
+        netns: netns.as_ref().map(|n| n.get_ref().clone()),
+        mtu: mtu_value,
+        kind: DeviceKind::Tun,
+    })
 }
 
 fn prefixes(cx: &Ctx<'_>, key: &str, list: &[Spanned<String>]) -> Result<PrefixSet, ConfigError> {

@@ -88,7 +88,9 @@ impl RunError {
     pub fn is_deployment_error(&self) -> bool {
         matches!(
             self,
-            RunError::Device(DeviceError::Capability { .. } | DeviceError::TunAccess { .. }) | RunError::Rules { .. }
+            RunError::Device(
+                DeviceError::Capability { .. } | DeviceError::TunAccess { .. } | DeviceError::Uplink { .. }
+            ) | RunError::Rules { .. }
         )
     }
 }

@@ -81,6 +81,28 @@ fn on_off(p: Option<&Path>) -> String {
 }
 
 /// The settings that only apply at start, as (key, running, in the file).
+/// The upstream's kind in words, for a refused reload's line.
+fn upstream_kind(kind: &crate::config::DeviceKind) -> String {
+    match kind {
+        crate::config::DeviceKind::Tun => "a TUN device (tun)".to_string(),
+        crate::config::DeviceKind::Interface(_) => "an Ethernet interface (interface)".to_string(),
+    }
+}
+
+/// A figure of the Ethernet upstream's link settings, `(none)` for a TUN.
+fn link(kind: &crate::config::DeviceKind, f: impl Fn(&crate::config::LinkConfig) -> String) -> String {
+    match kind {
+        crate::config::DeviceKind::Tun => "(none)".to_string(),
+        crate::config::DeviceKind::Interface(l) => f(l),
+    }
+}
+
+/// `[a, b]` as the config writes it.
+fn list<T: std::fmt::Display>(items: &[T]) -> String {
+    let quoted: Vec<String> = items.iter().map(|i| format!("\"{i}\"")).collect();
+    format!("[{}]", quoted.join(", "))
+}
+
 fn fixed(running: &Config, new: &Config) -> Vec<(&'static str, String, String)> {
     let netns = |n: &Option<String>| n.as_deref().map_or_else(|| "(none)".to_string(), |s| format!("{s:?}"));
     let (a, b) = (&running.subscriber, &new.subscriber);
@@ -95,6 +117,9 @@ fn fixed(running: &Config, new: &Config) -> Vec<(&'static str, String, String)> 
         ("subscriber.netns", netns(&a.netns), netns(&b.netns)),
         ("subscriber.mtu", a.mtu.to_string(), b.mtu.to_string()),
         ("upstream.tun", format!("{:?}", c.tun), format!("{:?}", d.tun)),
+        ("upstream.interface", upstream_kind(&c.kind), upstream_kind(&d.kind)),
+        ("upstream.addresses", link(&c.kind, |l| list(&l.addresses)), link(&d.kind, |l| list(&l.addresses))),
+        ("upstream.gateway", link(&c.kind, |l| list(&l.gateways)), link(&d.kind, |l| list(&l.gateways))),
         ("upstream.netns", netns(&c.netns), netns(&d.netns)),
         ("upstream.mtu", c.mtu.to_string(), d.mtu.to_string()),
         ("dataplane.offload", p.offload.to_string(), q.offload.to_string()),

@@ -56,7 +56,18 @@ fn port_ranges(ps: &PortSet) -> Value {
 
 fn device(d: &DeviceConfig) -> serde_json::Map<String, Value> {
     let mut m = serde_json::Map::new();
-    m.insert("tun".into(), json!(d.tun));
+    match &d.kind {
+        crate::config::DeviceKind::Tun => {
+            m.insert("tun".into(), json!(d.tun));
+        }
+        crate::config::DeviceKind::Interface(l) => {
+            m.insert("interface".into(), json!(d.tun));
+            let a: Vec<String> = l.addresses.iter().map(|n| n.to_string()).collect();
+            let g: Vec<String> = l.gateways.iter().map(|g| g.to_string()).collect();
+            m.insert("addresses".into(), json!(a));
+            m.insert("gateway".into(), json!(g));
+        }
+    }
     m.insert("netns".into(), json!(d.netns));
     m.insert("mtu".into(), json!(d.mtu));
     m

@@ -11,12 +11,13 @@ use std::io;
 use std::os::unix::fs::MetadataExt;
 
 use nix::sched::{setns, CloneFlags};
-use tun_rs::{DeviceBuilder, SyncDevice};
+use tun_rs::DeviceBuilder;
 
 use super::fault::NsId;
+use super::link::Link;
 use super::netdev::NetDev;
 use super::privileges;
-use crate::config::DeviceConfig;
+use crate::config::{DeviceConfig, DeviceKind};
 
 /// Why a device could not be set up.
 #[derive(Debug, thiserror::Error)]
@@ -59,6 +60,16 @@ pub enum DeviceError {
         detail: String,
         /// The effective user.
         euid: u32,
+    },
+    /// The upstream interface cannot be used as it is (one line: what and how to fix it).
+    #[error("upstream.interface {name:?}{}: {reason}", netns.as_deref().map(|n| format!(" in namespace {n:?}")).unwrap_or_default())]
+    Uplink {
+        /// Interface name.
+        name: String,
+        /// Its namespace, when the config names one.
+        netns: Option<String>,
+        /// What is wrong.
+        reason: String,
     },
     /// Creating or configuring the TUN device failed.
     #[error("TUN device {name:?}: {what}: {cause}")]
@@ -115,15 +126,24 @@ pub(crate) fn open(cfg: &DeviceConfig, offload: bool, queue_len: u32, queues: us
 /// A device as [`open`] made it.
 pub(crate) struct Opened {
     /// One file descriptor per queue.
-    pub(crate) queues: Vec<SyncDevice>,
+    pub(crate) queues: Vec<Link>,
     /// The namespace it was made in, when the config names one.
     pub(crate) netns: Option<NsId>,
     /// The kernel's figures of the device (`None` if /proc could not be opened).
     pub(crate) kernel: Option<NetDev>,
 }
 
-/// Creates the device in the calling thread's namespace.
+/// Creates the device (or opens the Ethernet upstream) in the calling thread's namespace.
 fn create(cfg: &DeviceConfig, offload: bool, queue_len: u32, queues: usize) -> Result<Opened, DeviceError> {
+    if let DeviceKind::Interface(link) = &cfg.kind {
+        let queues = super::eth::open(cfg, link, offload, queues).map_err(|cause| {
+            privileges::capability_error(&cause, "CAP_NET_RAW", "to open the upstream interface".into()).unwrap_or_else(
+                || DeviceError::Uplink { name: cfg.tun.clone(), netns: cfg.netns.clone(), reason: cause.to_string() },
+            )
+        })?;
+        let kernel = NetDev::open_here(&cfg.tun).ok();
+        return Ok(Opened { queues: queues.into_iter().map(Link::Eth).collect(), netns: None, kernel });
+    }
     let err = |what| move |cause| DeviceError::Tun { name: cfg.tun.clone(), what, cause };
     let dev = DeviceBuilder::new()
         .name(&cfg.tun)
@@ -154,6 +174,7 @@ fn create(cfg: &DeviceConfig, offload: bool, queue_len: u32, queues: usize) -> R
         all.push(q);
     }
     all.insert(0, dev);
+    let all = all.into_iter().map(Link::Tun).collect();
     // Opened here, so that it shows the device's namespace.
     let kernel = NetDev::open_here(&cfg.tun)
         .inspect_err(|e| tracing::warn!(device = %cfg.tun, error = %e, "cannot open /proc/net/dev: no queue drops"))

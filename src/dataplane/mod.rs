@@ -25,11 +25,14 @@
 
 pub mod capture;
 mod device;
+mod eth;
 pub mod events;
 mod fault;
 mod gro;
+mod link;
 mod netdev;
 pub mod privileges;
+mod uplink;
 mod worker;
 
 use std::sync::Arc;
@@ -236,6 +239,9 @@ impl Dataplane {
     /// quarantine set ([`Dataplane::abuse`]; the attempts arrive through
     /// `sinks.abuse` wherever its receiver is).
     pub fn start(config: &Config, sinks: Sinks) -> Result<Dataplane, DeviceError> {
+        if let crate::config::DeviceKind::Interface(link) = &config.upstream.kind {
+            uplink::check(&config.upstream, link)?;
+        }
         let n = workers_per_direction(config.dataplane.workers);
         let (sub, up, offload) = open_pair(config, n)?;
         let (sub_ns, up_ns) = (sub.netns, up.netns);

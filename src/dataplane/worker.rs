@@ -15,18 +15,22 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use tun_rs::{InterruptEvent, SyncDevice, VirtioNetHdr};
+use tun_rs::{InterruptEvent, VirtioNetHdr};
 
 use super::capture::CaptureSink;
 use super::events::{AttemptSender, Event, EventSender};
 use super::fault::{is_lost, Faults};
 use super::gro::UdpCoalescer;
+use super::link::Link;
 use super::Active;
-use crate::packet::Direction;
+use crate::packet::reply::icmp_error;
+use crate::packet::{Direction, IcmpError, PacketView};
+use crate::policy::Policy;
 use crate::router::{Router, RxInfo, Verdict};
 use crate::state::abuse::Attempt;
 use crate::state::State;
 use crate::stats::{Counter, Stats};
+use std::net::IpAddr;
 
 /// Room for any reply the router builds: ICMP errors stay within 1280 bytes,
 /// but an echo reply is as large as its request.
@@ -121,14 +125,14 @@ impl IoCounters {
     }
 }
 
-/// One TUN queue (file descriptor) and its drain lock.
+/// One device queue (a TUN queue or an Ethernet socket) and its drain lock.
 pub(crate) struct Queue {
-    pub(crate) dev: SyncDevice,
+    pub(crate) dev: Link,
     draining: AtomicBool,
 }
 
 impl Queue {
-    pub(crate) fn new(dev: SyncDevice) -> Queue {
+    pub(crate) fn new(dev: Link) -> Queue {
         Queue { dev, draining: AtomicBool::new(false) }
     }
 
@@ -310,6 +314,12 @@ impl Worker {
                     break;
                 }
             }
+            if self.own.dir == Direction::Outbound {
+                // Packets whose next hop on the upstream link never answered:
+                // ICMP host unreachable to their senders, on the subscriber side.
+                let policy = Arc::clone(self.own.router.policy());
+                egress.dev.take_unreachable(|pkt| unreachable(&policy, pkt, &mut b.reply, &io, ingress));
+            }
             // The banner responder's timers (retransmissions, expiry) run in
             // whichever worker finds them due, also while traffic keeps it
             // from sleeping; what the responder sends goes to the subscriber.
@@ -371,7 +381,7 @@ impl Worker {
 }
 
 /// Whether a read would find a packet, without taking it (a zero-timeout wait).
-fn readable(dev: &SyncDevice) -> bool {
+fn readable(dev: &Link) -> bool {
     // A zero timeout turns the wait into one poll(2) that returns at once.
     let ev = NO_EVENT.with(|e| e.as_ref().map(|e| dev.wait_readable_intr_timeout(e, Some(Duration::ZERO)).is_ok()));
     ev.unwrap_or(false)
@@ -513,7 +523,23 @@ fn transmit(state: &State, now: Instant, reply: &mut [u8], io: &Io<'_>, to: &Que
     }
 }
 
-fn flush(gro: &mut UdpCoalescer, to: &SyncDevice, io: &Io<'_>, dev: usize, dir: Direction) {
+/// Answers the sender of `pkt`, whose next hop never answered, with ICMP host
+/// unreachable through the subscriber side (`to`).
+fn unreachable(policy: &Policy, pkt: &[u8], reply: &mut [u8], io: &Io<'_>, to: &Queue) {
+    let Ok(view) = PacketView::parse(pkt) else { return };
+    let from = match view.src {
+        IpAddr::V4(_) => policy.address_v4.map(IpAddr::V4),
+        IpAddr::V6(_) => policy.address_v6.map(IpAddr::V6),
+    };
+    let Some(from) = from else { return };
+    let off = io.off;
+    reply[..off].fill(0);
+    if let Some(len) = icmp_error(IcmpError::HostUnreachable, &view, pkt, from, &mut reply[off..]) {
+        io.sent(0, to.dev.send(&reply[..off + len]), Direction::Inbound);
+    }
+}
+
+fn flush(gro: &mut UdpCoalescer, to: &Link, io: &Io<'_>, dev: usize, dir: Direction) {
     if let Some(bytes) = gro.take() {
         io.sent(dev, to.send(bytes), dir);
     }

@@ -36,6 +36,8 @@ pub enum IcmpError {
     },
     /// Communication administratively prohibited (ICMP 3/13, ICMPv6 1/1).
     Prohibited,
+    /// The next hop on the link never answered (ICMP 3/1, ICMPv6 1/3).
+    HostUnreachable,
 }
 
 /// Writes an IP header for a router-originated packet and returns its length.
@@ -127,6 +129,7 @@ pub fn icmp_error(kind: IcmpError, view: &PacketView, pkt: &[u8], from: IpAddr, 
                 IcmpError::Prohibited => {
                     Icmpv4Type::DestinationUnreachable(icmpv4::DestUnreachableHeader::FilterProhibited)
                 }
+                IcmpError::HostUnreachable => Icmpv4Type::DestinationUnreachable(icmpv4::DestUnreachableHeader::Host),
             };
             let icmp = Icmpv4Header::with_checksum(t, quote);
             write_icmp(out, from, view.src, 1, &icmp.to_bytes(), quote)
@@ -137,6 +140,7 @@ pub fn icmp_error(kind: IcmpError, view: &PacketView, pkt: &[u8], from: IpAddr, 
                 IcmpError::TimeExceeded => Icmpv6Type::TimeExceeded(icmpv6::TimeExceededCode::HopLimitExceeded),
                 IcmpError::TooBig { mtu } => Icmpv6Type::PacketTooBig { mtu: u32::from(mtu) },
                 IcmpError::Prohibited => Icmpv6Type::DestinationUnreachable(icmpv6::DestUnreachableCode::Prohibited),
+                IcmpError::HostUnreachable => Icmpv6Type::DestinationUnreachable(icmpv6::DestUnreachableCode::Address),
             };
             let (IpAddr::V6(s), IpAddr::V6(d)) = (from, view.src) else {
                 return None;

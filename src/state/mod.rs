@@ -20,6 +20,7 @@
 pub mod abuse;
 pub mod attempts;
 pub(crate) mod conntrack;
+pub mod neighbour;
 pub(crate) mod ratelimit;
 pub mod responder;
 
