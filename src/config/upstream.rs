@@ -216,7 +216,7 @@ gateway = ["198.51.100.1", "fe80::1"]"#;
         let state = crate::state::State::new(&running.policy);
         let moved = parse(&GOOD.replace("198.51.100.1", "198.51.100.9")).expect("valid");
         match crate::reload::prepare(&running, &state, moved) {
-            Err(crate::reload::ReloadError::Fixed { key, .. }) => assert_eq!(key, "upstream.interface"),
+            Err(crate::reload::ReloadError::Fixed { key, .. }) => assert_eq!(key, "upstream.gateway"),
             other => panic!("expected a refusal, got {other:?}"),
         }
         let same = parse(GOOD).expect("valid");
