@@ -176,9 +176,6 @@ class Bench(Run):
             f.write(NFT_RULES)
         nsx(krtr, "nft", "-f", nft)
 
-    def op25b_alive(self):
-        return self.op25b is not None and self.op25b.alive()
-
     def check_op25b(self):
         if not self.op25b_alive():
             show_file(self.lab.log())

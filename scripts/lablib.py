@@ -63,9 +63,6 @@ class Lab:
         if self.proc.start is None:
             raise Die("op25b exited right after the lab came up")
 
-    def alive(self):
-        return self.proc is not None and self.proc.alive()
-
     def log(self):
         return os.path.join(self.d["state_dir"], "op25b.log")
 
@@ -113,6 +110,9 @@ class Run:
     def stop(self, proc):
         proc.stop()
         self.started.pop(proc.pid, None)
+
+    def op25b_alive(self):
+        return self.op25b is not None and self.op25b.alive()
 
     def prepare(self, tools, build, binary, lab_name):
         """Root, the tools, the build, the binary; then the work directory and the lab."""

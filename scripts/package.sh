@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Builds the Debian package of op25b: a release build, the man pages and shell
 # completions generated from the CLI (`op25b man`, `op25b completions`) and
-# op25b.toml(5) from the README's config reference (scripts/config_man.py) into
+# op25b.toml(5) from the README's config reference (`op25b man op25b.toml`) into
 # target/release/package/, then `cargo deb --no-build`. Prints the .deb's path
 # as its last line. Needs cargo-deb (scripts/setup.sh --package installs it).
 #   scripts/package.sh              # build and package
@@ -31,9 +31,8 @@ subs=$("$bin" --help | awk '/^Commands:/ {on = 1; next} on && /^$/ {exit} on && 
 for sub in $subs; do
     "$bin" man "$sub" >"$out/man/op25b-$sub.1"
 done
-# op25b.toml(5): the README's config reference, as roff.
-version=$("$bin" --version | awk '{print $2}')
-python3 scripts/config_man.py --version "$version" README.md >"$out/man/op25b.toml.5"
+# op25b.toml(5): this tree's README's config reference, as roff.
+"$bin" man op25b.toml --readme README.md >"$out/man/op25b.toml.5"
 gzip -9n "$out"/man/*.1 "$out"/man/*.5
 "$bin" completions bash >"$out/completions/op25b.bash"
 "$bin" completions zsh >"$out/completions/_op25b"

@@ -176,9 +176,6 @@ class Soak(Run):
         # op25b runs the lab's copy of A; each reload replaces that file.
         self.config = os.path.join(self.lab.d["state_dir"], "op25b.toml")
 
-    def op25b_alive(self):
-        return self.op25b is not None and self.op25b.alive()
-
     def setup(self):
         lab = self.lab
         info(f"lab {lab.name}: {lab.sub_ns} | op25b | {lab.up_ns}")

@@ -21,6 +21,7 @@ use std::sync::Arc;
 mod abuse;
 mod actions;
 mod json;
+pub mod man;
 mod report;
 mod rules;
 mod services;

@@ -1,7 +1,7 @@
 //! The `op25b` command line: parse arguments, load the config, call the library.
 
 use std::io::IsTerminal;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Instant;
@@ -263,11 +263,16 @@ enum Command {
         /// The shell.
         shell: clap_complete::Shell,
     },
-    /// Print the man page (roff) to standard output: op25b(1), or with a
-    /// subcommand's name that subcommand's page (op25b-run(1), ...).
+    /// Print the man page (roff) to standard output: op25b(1), with a
+    /// subcommand's name that subcommand's page (op25b-run(1), ...), or with
+    /// `op25b.toml` the config file's page, op25b.toml(5), made from the
+    /// README's "Config reference" section.
     Man {
-        /// A subcommand whose page to print instead of op25b(1).
+        /// A subcommand whose page to print instead of op25b(1), or op25b.toml.
         subcommand: Option<String>,
+        /// For op25b.toml: the README to read instead of the one built in.
+        #[arg(long, value_name = "PATH")]
+        readme: Option<PathBuf>,
     },
 }
 
@@ -335,7 +340,7 @@ fn main() -> ExitCode {
             out!("{}", String::from_utf8_lossy(&script));
             return ExitCode::SUCCESS;
         }
-        Command::Man { subcommand } => return man(subcommand.as_deref()),
+        Command::Man { subcommand, readme } => return man(subcommand.as_deref(), readme.as_deref()),
     };
     let config = match Config::load(config_path) {
         Ok(c) => c,
@@ -585,10 +590,11 @@ fn run_replay(
 
 /// `op25b man [SUBCOMMAND]`: the roff page of op25b or of one subcommand
 /// (named `op25b-NAME`, as git names its pages), to standard output.
-fn man(subcommand: Option<&str>) -> ExitCode {
+fn man(subcommand: Option<&str>, readme: Option<&Path>) -> ExitCode {
     let cli = Cli::command();
     let page = match subcommand {
         None => cli,
+        Some("op25b.toml") => return config_man(readme),
         Some(name) => {
             let visible: Vec<&clap::Command> = cli.get_subcommands().collect();
             let Some(sub) = visible.iter().find(|c| c.get_name() == name) else {
@@ -607,4 +613,28 @@ fn man(subcommand: Option<&str>) -> ExitCode {
     }
     out!("{}", String::from_utf8_lossy(&out));
     ExitCode::SUCCESS
+}
+
+/// op25b.toml(5) from the README built in, or from the one at `readme`.
+fn config_man(readme: Option<&Path>) -> ExitCode {
+    let text = match readme {
+        None => include_str!("../README.md").to_string(),
+        Some(path) => match std::fs::read_to_string(path) {
+            Ok(text) => text,
+            Err(e) => {
+                eprintln!("op25b: error: {}: {e}", path.display());
+                return ExitCode::from(2);
+            }
+        },
+    };
+    match op25b::config::man::render(&text, env!("CARGO_PKG_VERSION")) {
+        Ok(page) => {
+            out!("{page}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("op25b: error: man op25b.toml: {e}");
+            ExitCode::from(2)
+        }
+    }
 }

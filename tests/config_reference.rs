@@ -1,5 +1,5 @@
 //! The README's config reference names every key the config parser accepts,
-//! and op25b.toml(5), which scripts/config_man.py makes from that section
+//! and op25b.toml(5), which `op25b man op25b.toml` makes from that section
 //! (scripts/package.sh ships it), carries each of them. The keys come from
 //! the parser itself: an unknown key in a section is refused with the list
 //! of the keys the section takes.
@@ -72,12 +72,11 @@ fn the_readme_reference_names_every_key_the_parser_accepts() {
 
 #[test]
 fn the_man_page_made_from_the_readme_carries_every_key() {
-    let out = Command::new("python3")
-        .args(["scripts/config_man.py", "--version", env!("CARGO_PKG_VERSION"), "README.md"])
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
+    let out = Command::new(env!("CARGO_BIN_EXE_op25b"))
+        .args(["man", "op25b.toml"])
         .output()
-        .expect("python3 runs scripts/config_man.py");
-    assert!(out.status.success(), "config_man.py failed: {}", String::from_utf8_lossy(&out.stderr));
+        .expect("op25b man op25b.toml runs");
+    assert!(out.status.success(), "op25b man op25b.toml failed: {}", String::from_utf8_lossy(&out.stderr));
     let page = String::from_utf8(out.stdout).expect("the page is UTF-8");
     assert!(page.starts_with(".TH OP25B.TOML 5 "), "{}", &page[..page.len().min(200)]);
     for name in SECTIONS {
