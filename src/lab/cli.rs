@@ -127,7 +127,7 @@ pub fn main(cmd: LabCommand) -> Result<u8, LabError> {
         LabCommand::Mail { lab, json } => run::mail(&lab.names()?, json).map(|()| 0),
         LabCommand::Reload { lab, config } => run::reload(&lab.names()?, config.as_deref()),
         LabCommand::Config { lab } => {
-            print!("{}", super::def::config_toml(&lab.names()?));
+            out!("{}", super::def::config_toml(&lab.names()?));
             Ok(0)
         }
         LabCommand::Serve { lab } => run::serve(&lab.names()?).map(|()| 0),

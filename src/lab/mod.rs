@@ -21,6 +21,18 @@
 //! A tool beside the daemon, not part of the router: nothing below `daemon`
 //! imports it (tests/architecture.rs).
 
+/// `println!` for what the lab's commands print: a reader that has gone
+/// (`op25b lab status | head`) ends the command quietly, as elsewhere in
+/// the CLI, instead of a panic.
+macro_rules! outln {
+    ($($arg:tt)*) => { $crate::lab::stdout_line(format_args!($($arg)*)) };
+}
+
+/// `print!` likewise.
+macro_rules! out {
+    ($($arg:tt)*) => { $crate::lab::stdout_text(format_args!($($arg)*)) };
+}
+
 pub mod cli;
 pub mod def;
 pub mod net;
@@ -80,5 +92,24 @@ impl LabError {
             LabError::Config(_) | LabError::Usage(_) => 2,
             _ => 1,
         }
+    }
+}
+
+/// Writes one line to standard output (see `outln!`).
+pub(crate) fn stdout_line(args: std::fmt::Arguments<'_>) {
+    stdout_text(format_args!("{args}\n"));
+}
+
+/// Writes to standard output; a closed pipe ends the process with status
+/// 0, another failure with one line and status 1.
+pub(crate) fn stdout_text(args: std::fmt::Arguments<'_>) {
+    use std::io::Write as _;
+    let mut stdout = std::io::stdout().lock();
+    if let Err(e) = stdout.write_fmt(args).and_then(|()| stdout.flush()) {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(0);
+        }
+        eprintln!("op25b: error: standard output: {e}");
+        std::process::exit(1);
     }
 }

@@ -35,7 +35,7 @@ pub struct UpOptions {
 }
 
 fn say(text: impl std::fmt::Display) {
-    println!("[lab] {text}");
+    outln!("[lab] {text}");
 }
 
 fn files(dir: &Path) -> [PathBuf; 8] {
@@ -343,11 +343,11 @@ pub fn status(names: &Names, json: bool) -> Result<u8, LabError> {
             "servers_running": st.as_ref().and_then(|s| s.servers).is_some_and(|p| p.alive()),
             "mail": SERVERS.iter().map(|s| (s.name, smtp::read_mail(&dir, s.name).len())).collect::<std::collections::BTreeMap<_, _>>(),
         });
-        println!("{v:#}");
+        outln!("{v:#}");
         return Ok(if up { 0 } else { 1 });
     }
-    println!("lab {}: {}", names.name, if up { "up" } else { "NOT up" });
-    println!("state dir: {}", dir.display());
+    outln!("lab {}: {}", names.name, if up { "up" } else { "NOT up" });
+    outln!("state dir: {}", dir.display());
     for (ns, dev) in [(&names.sub_ns, &names.sub_tun), (&names.inet_ns, &names.up_tun)] {
         if netns::exists(ns) {
             let link = match super::net::link_up(ns, dev) {
@@ -355,32 +355,32 @@ pub fn status(names: &Names, json: bool) -> Result<u8, LabError> {
                 Ok(false) => "absent or down",
                 Err(_) => "unknown",
             };
-            println!("netns {ns}: present, {dev} {link}");
+            outln!("netns {ns}: present, {dev} {link}");
         } else {
-            println!("netns {ns}: absent");
+            outln!("netns {ns}: absent");
         }
     }
-    for (p, what) in st.as_ref().map(|s| [(s.op25b, "op25b"), (s.servers, "SMTP servers")]).unwrap_or_default() {
+    for (p, what) in st.as_ref().map(|s| [(s.op25b, "op25b"), (s.servers, "SMTP servers")]).into_iter().flatten() {
         match p {
-            Some(p) if p.alive() => println!("{what}: running, pid {}", p.pid),
-            Some(p) => println!("{what}: NOT running (pid {} gone)", p.pid),
-            None => println!("{what}: not started"),
+            Some(p) if p.alive() => outln!("{what}: running, pid {}", p.pid),
+            Some(p) => outln!("{what}: NOT running (pid {} gone)", p.pid),
+            None => outln!("{what}: not started"),
         }
     }
     if let Some(socket) = st.as_ref().and_then(|s| s.socket.as_ref()) {
-        println!("control socket: {} (op25b stats --socket {})", socket.display(), socket.display());
+        outln!("control socket: {} (op25b stats --socket {})", socket.display(), socket.display());
     }
     for s in SERVERS {
         let n = smtp::read_mail(&dir, s.name).len();
         if st.as_ref().is_some_and(|s| s.servers.is_some()) {
-            println!("mail at {}: {n}", s.name);
+            outln!("mail at {}: {n}", s.name);
         }
     }
     let log = std::fs::read_to_string(dir.join("op25b.log")).unwrap_or_default();
     if !log.is_empty() {
         let lines: Vec<&str> = log.lines().collect();
-        println!("op25b log, last lines:");
-        print!("{}", indent(&lines[lines.len().saturating_sub(15)..].join("\n")));
+        outln!("op25b log, last lines:");
+        out!("{}", indent(&lines[lines.len().saturating_sub(15)..].join("\n")));
     }
     Ok(if up { 0 } else { 1 })
 }
@@ -406,16 +406,16 @@ pub fn mail(names: &Names, json: bool) -> Result<(), LabError> {
         let msgs = smtp::read_mail(&dir, s.name);
         if json {
             for m in &msgs {
-                println!("{}", serde_json::to_string(m).map_err(|e| LabError::State(e.to_string()))?);
+                outln!("{}", serde_json::to_string(m).map_err(|e| LabError::State(e.to_string()))?);
             }
             continue;
         }
         let plural = if msgs.len() == 1 { "" } else { "s" };
-        println!("{} ({}, {}): {} message{plural}", s.name, s.v4, s.v6, msgs.len());
+        outln!("{} ({}, {}): {} message{plural}", s.name, s.v4, s.v6, msgs.len());
         for m in &msgs {
             let local = if m.local.contains(':') { format!("[{}]", m.local) } else { m.local.clone() };
             let to: Vec<String> = m.rcpt_tos.iter().map(|r| format!("<{r}>")).collect();
-            println!(
+            outln!(
                 "  to {local}:{} from {}  <{}> -> {}  {:?}",
                 m.local_port,
                 m.peer,
@@ -467,7 +467,7 @@ pub fn reload(names: &Names, config: Option<&Path>) -> Result<u8, LabError> {
     let line = line.unwrap_or_default();
     // Without the timestamp: "INFO op25b: config reloaded: ...".
     let shown = line.split_once(' ').map_or(line.as_str(), |(_, rest)| rest).trim_start();
-    println!("{shown}");
+    outln!("{shown}");
     Ok(if line.contains("config reloaded") { 0 } else { 1 })
 }
 
