@@ -351,6 +351,20 @@ fn a_quarantine_survives_a_restart_and_one_that_ended_meanwhile_does_not() {
     assert!(alarms.clone().all(|l| l.contains("abuse: quarantine started")), "{log}");
 }
 
+/// Waits until the state file at `state` holds `who` as its first
+/// quarantine (the abuse thread saves within a second of a change).
+fn wait_saved_quarantine(state: &Path, who: &str, what: &str) {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let saved = std::fs::read_to_string(state).ok().and_then(|t| serde_json::from_str::<Value>(&t).ok());
+        if saved.as_ref().is_some_and(|s| s["quarantines"][0]["subscriber"] == who) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{what}: {saved:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 #[test]
 fn a_quarantine_survives_a_crash_once_saved() {
     let dir = Dir::new();
@@ -360,15 +374,7 @@ fn a_quarantine_survives_a_crash_once_saved() {
     let (code, out, err) = op25b(&["quarantine", DYN4, "--for", "10m"], &socket);
     assert_eq!(code, 0, "{out}{err}");
     // Saved within a second of the change, without a stop.
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let saved = std::fs::read_to_string(&state).ok().and_then(|t| serde_json::from_str::<Value>(&t).ok());
-        if saved.as_ref().is_some_and(|s| s["quarantines"][0]["subscriber"] == DYN4) {
-            break;
-        }
-        assert!(Instant::now() < deadline, "the quarantine was never saved: {saved:?}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait_saved_quarantine(&state, DYN4, "the quarantine was never saved");
     lab.signal(Signal::SIGKILL);
     let (status, _) = lab.wait_exit(WAIT).expect("op25b killed");
     println!("op25b: {status}");
@@ -400,15 +406,7 @@ fn a_damaged_state_file_is_moved_aside_with_one_warning_and_op25b_starts_empty()
     // The next change writes a good file.
     let (code, out, err) = op25b(&["quarantine", DYN4, "--for", "10m"], &socket);
     assert_eq!(code, 0, "{out}{err}");
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let saved = std::fs::read_to_string(&state).ok().and_then(|t| serde_json::from_str::<Value>(&t).ok());
-        if saved.as_ref().is_some_and(|s| s["quarantines"][0]["subscriber"] == DYN4) {
-            break;
-        }
-        assert!(Instant::now() < deadline, "no good state file after the quarantine: {saved:?}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait_saved_quarantine(&state, DYN4, "no good state file after the quarantine");
 }
 
 /// Fills the file system at `dir` (as op25b sees it) until it refuses a write.

@@ -203,14 +203,7 @@ fn start(names: &Names, st: &mut LabState, opts: &UpOptions) -> Result<(), LabEr
     if std::env::var_os("RUST_LOG").is_none() {
         cmd.env("RUST_LOG", "info");
     }
-    let err = log.try_clone().map_err(|e| LabError::Process(format!("log file: {e}")))?;
-    let child = cmd
-        .stdin(Stdio::null())
-        .stdout(log)
-        .stderr(err)
-        .process_group(0)
-        .spawn()
-        .map_err(|e| LabError::Process(format!("starting {}: {e}", bin.display())))?;
+    let child = spawn_logged(&mut cmd, log)?;
     st.op25b = Proc::of(child.id());
     st.save()?;
     setup::wait_devices(names, START_WAIT, || gone(st.op25b, "op25b"))?;
@@ -258,20 +251,12 @@ fn wait(
 /// Spawns `cmd` inside namespace `ns` in a process group of its own, output to `log`.
 fn spawn_in(cmd: &mut Command, ns: &str, log: File) -> Result<u32, LabError> {
     let file = netns::open(ns)?;
-    let err = log.try_clone().map_err(|e| LabError::Process(format!("log file: {e}")))?;
     // SAFETY: between fork and exec the child calls only setns(2), which is
     // async-signal-safe, on a descriptor opened before the fork.
     unsafe {
         cmd.pre_exec(move || setns(&file, CloneFlags::CLONE_NEWNET).map_err(std::io::Error::from));
     }
-    let child = cmd
-        .stdin(Stdio::null())
-        .stdout(log)
-        .stderr(err)
-        .process_group(0)
-        .spawn()
-        .map_err(|e| LabError::Process(format!("starting {:?}: {e}", cmd.get_program())))?;
-    Ok(child.id())
+    Ok(spawn_logged(cmd, log)?.id())
 }
 
 /// `op25b lab down`.
@@ -480,4 +465,15 @@ pub fn serve(names: &Names) -> Result<(), LabError> {
             tracing::error!("writing {}: {e}", ready.display());
         }
     })
+}
+
+/// Starts `cmd` in a process group of its own, both its outputs to `log`.
+fn spawn_logged(cmd: &mut Command, log: File) -> Result<std::process::Child, LabError> {
+    let err = log.try_clone().map_err(|e| LabError::Process(format!("log file: {e}")))?;
+    cmd.stdin(Stdio::null())
+        .stdout(log)
+        .stderr(err)
+        .process_group(0)
+        .spawn()
+        .map_err(|e| LabError::Process(format!("starting {}: {e}", Path::new(cmd.get_program()).display())))
 }
