@@ -55,6 +55,11 @@ pub enum LabCommand {
         /// there when it stops (`down`) and on SIGUSR1.
         #[arg(long, value_name = "FILE")]
         stats: Option<PathBuf>,
+        /// Run N op25b instances side by side, the subscribers spread over
+        /// them by source address (docs/SCALING.md); on a lab of N whose
+        /// instances died, start those again.
+        #[arg(long, value_name = "N", default_value_t = 1)]
+        instances: usize,
     },
     /// Stop what the lab started and remove its namespaces and state (nothing
     /// to do when it is not up; also after a crash).
@@ -118,8 +123,13 @@ pub enum LabCommand {
 /// Runs `op25b lab ...`; the exit status.
 pub fn main(cmd: LabCommand) -> Result<u8, LabError> {
     match cmd {
-        LabCommand::Up { lab, servers, config, bin, stats } => {
-            run::up(&lab.names()?, &run::UpOptions { servers, config, bin, stats }).map(|()| 0)
+        LabCommand::Up { lab, servers, config, bin, stats, instances } => {
+            let opts = run::UpOptions { servers, config, bin, stats };
+            match instances {
+                1 => run::up(&lab.names()?, &opts),
+                n => super::instances::up(&lab.names()?, n, &opts),
+            }
+            .map(|()| 0)
         }
         LabCommand::Down { lab, save_log } => run::down(&lab.names()?, save_log.as_deref()).map(|()| 0),
         LabCommand::Status { lab, json } => run::status(&lab.names()?, json),

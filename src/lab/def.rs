@@ -132,6 +132,52 @@ impl Names {
     }
 }
 
+/// Most op25b instances one lab runs (`op25b lab up --instances N`).
+pub const MAX_INSTANCES: usize = 8;
+/// Subscribers a lab of several instances adds on `lo` of the subscriber
+/// namespace (in the dynamic pool, beside [`DYN4`] and [`DYN6`]), so that
+/// the multipath hash has sources to spread: [`spread_subscriber`].
+pub const SPREAD_SUBSCRIBERS: u8 = 8;
+/// The nexthop groups of a lab of several instances (`ip nexthop` ids, the
+/// same in both namespaces): IPv4, IPv6.
+pub const NH_GROUPS: [u32; 2] = [1, 2];
+/// Buckets of each resilient group: the unit in which subscribers move.
+pub const NH_BUCKETS: u16 = 128;
+/// Seconds a bucket must have been idle before it moves to an instance that
+/// came (back): a subscriber's live connections are not moved by a return.
+pub const NH_IDLE_TIMER_SECS: u32 = 3;
+
+/// `fib_multipath_hash_seed` of both namespaces: the same seed on both sides
+/// makes a subscriber's address hash alike going out and coming back (with
+/// 0, each namespace draws its own).
+pub const NH_HASH_SEED: u32 = 0x6f70_3235;
+
+/// Subscriber `i` (0 .. [`SPREAD_SUBSCRIBERS`]) of a lab of several
+/// instances: 100.64.1.(20 + i) and 2001:db8:100:1::(20 + i) (hex).
+pub fn spread_subscriber(i: u8) -> [IpAddr; 2] {
+    let v6 = std::net::Ipv6Addr::new(0x2001, 0xdb8, 0x100, 1, 0, 0, 0, 0x20 + u16::from(i));
+    [IpAddr::V4(Ipv4Addr::new(100, 64, 1, 20 + i)), IpAddr::V6(v6)]
+}
+
+/// The nexthop ids of instance `k` (IPv4, IPv6): 100 + k and 200 + k.
+pub fn nexthop_ids(k: usize) -> [u32; 2] {
+    let k = k as u32;
+    [100 + k, 200 + k]
+}
+
+impl Names {
+    /// Instance `k` of a lab of several: the same namespaces, its own devices
+    /// (`op25b-subK`, `op25b-upK`).
+    pub fn instance(&self, k: usize) -> Names {
+        Names { sub_tun: format!("{TUN_SUB}{k}"), up_tun: format!("{TUN_UP}{k}"), ..self.clone() }
+    }
+
+    /// Where instance `k` keeps its config, log and control socket: `/run/NAME/op25b-K`.
+    pub fn instance_dir(&self, k: usize) -> PathBuf {
+        self.state_dir().join(format!("op25b-{k}"))
+    }
+}
+
 fn list(items: &[String]) -> String {
     let quoted: Vec<String> = items.iter().map(|s| format!("{s:?}")).collect();
     format!("[{}]", quoted.join(", "))
@@ -281,6 +327,22 @@ mod tests {
             assert_eq!(n.parse::<ipnet::IpNet>().map(|p| p.trunc().to_string()).as_deref(), Ok(n));
         }
         assert_eq!(net(SUB_NET6).1, 48);
+    }
+
+    #[test]
+    fn instances_derive_from_the_lab() {
+        let lab = Names::default_lab();
+        let last = lab.instance(MAX_INSTANCES - 1);
+        assert!(last.sub_tun.len() <= 15 && last.up_tun.len() <= 15, "{last:?}");
+        assert_eq!((last.sub_ns.as_str(), lab.instance_dir(1)), ("op25b-lab-sub", PathBuf::from("/run/op25b-lab/op25b-1")));
+        let sub: ipnet::IpNet = SUB_NET4.parse().unwrap();
+        let sub6: ipnet::IpNet = SUB_NET6.parse().unwrap();
+        for i in 0..SPREAD_SUBSCRIBERS {
+            let [a, b] = spread_subscriber(i);
+            assert!(sub.contains(&a) && sub6.contains(&b) && !SUB_ADDRS.map(ip).contains(&a), "{a} {b}");
+        }
+        assert_eq!(spread_subscriber(1)[1].to_string(), "2001:db8:100:1::21");
+        assert!(nexthop_ids(MAX_INSTANCES)[0] < nexthop_ids(0)[1] && !NH_GROUPS.contains(&nexthop_ids(0)[0]));
     }
 
     #[test]

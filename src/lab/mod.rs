@@ -35,8 +35,10 @@ macro_rules! out {
 
 pub mod cli;
 pub mod def;
+pub mod instances;
 pub mod net;
 pub mod netns;
+pub mod nexthop;
 mod run;
 pub mod setup;
 pub mod smtp;

@@ -17,9 +17,9 @@ use super::state::{self, LabState, Proc};
 use super::{netns, setup, smtp, LabError};
 
 /// How long `up` waits for the servers to listen and the devices to come up.
-const START_WAIT: Duration = Duration::from_secs(10);
+pub(super) const START_WAIT: Duration = Duration::from_secs(10);
 /// How long `down` gives a process after SIGTERM.
-const STOP_GRACE: Duration = Duration::from_secs(10);
+pub(super) const STOP_GRACE: Duration = Duration::from_secs(10);
 
 /// `op25b lab up`'s options.
 #[derive(Debug, Default)]
@@ -34,7 +34,7 @@ pub struct UpOptions {
     pub stats: Option<PathBuf>,
 }
 
-fn say(text: impl std::fmt::Display) {
+pub(super) fn say(text: impl std::fmt::Display) {
     outln!("[lab] {text}");
 }
 
@@ -52,15 +52,16 @@ fn files(dir: &Path) -> [PathBuf; 8] {
     .map(|f| dir.join(f))
 }
 
-fn this_exe() -> Result<PathBuf, LabError> {
+pub(super) fn this_exe() -> Result<PathBuf, LabError> {
     std::env::current_exe().map_err(|e| LabError::Process(format!("finding this program: {e}")))
 }
 
 /// Whether the recorded lab runs whole: namespaces, op25b, the servers it started.
-fn healthy(s: &LabState) -> bool {
+pub(super) fn healthy(s: &LabState) -> bool {
     s.namespaces.iter().all(|n| netns::exists(n))
-        && s.op25b.is_some_and(|p| p.alive())
+        && (s.op25b.is_some_and(|p| p.alive()) || !s.instances.is_empty())
         && s.servers.is_none_or(|p| p.alive())
+        && super::instances::all_alive(s)
 }
 
 /// The config op25b will run: its text, and the lab names with the config's devices.
@@ -98,7 +99,7 @@ fn run_config(names: &Names, source: Option<&Path>, socket: &Path) -> Result<(St
 
 /// A usage error unless this process runs as root: namespaces, their mounts
 /// and TUN devices need CAP_SYS_ADMIN and CAP_NET_ADMIN.
-fn need_root(what: &str) -> Result<(), LabError> {
+pub(super) fn need_root(what: &str) -> Result<(), LabError> {
     if nix::unistd::geteuid().is_root() {
         Ok(())
     } else {
@@ -162,7 +163,7 @@ fn name_arg(names: &Names) -> String {
     }
 }
 
-fn indent(text: &str) -> String {
+pub(super) fn indent(text: &str) -> String {
     text.lines().map(|l| format!("    {l}\n")).collect()
 }
 
@@ -217,19 +218,19 @@ fn start(names: &Names, st: &mut LabState, opts: &UpOptions) -> Result<(), LabEr
     Ok(())
 }
 
-fn open_log(path: &Path) -> Result<File, LabError> {
+pub(super) fn open_log(path: &Path) -> Result<File, LabError> {
     File::create(path).map_err(|e| LabError::io(path, e))
 }
 
 /// `Some("NAME exited")` once the recorded process is gone.
-fn gone(p: Option<Proc>, name: &str) -> Option<String> {
+pub(super) fn gone(p: Option<Proc>, name: &str) -> Option<String> {
     match p {
         Some(p) if p.alive() => None,
         _ => Some(format!("{name} exited")),
     }
 }
 
-fn wait(
+pub(super) fn wait(
     within: Duration,
     what: &str,
     mut done: impl FnMut() -> bool,
@@ -249,7 +250,7 @@ fn wait(
 }
 
 /// Spawns `cmd` inside namespace `ns` in a process group of its own, output to `log`.
-fn spawn_in(cmd: &mut Command, ns: &str, log: File) -> Result<u32, LabError> {
+pub(super) fn spawn_in(cmd: &mut Command, ns: &str, log: File) -> Result<u32, LabError> {
     let file = netns::open(ns)?;
     // SAFETY: between fork and exec the child calls only setns(2), which is
     // async-signal-safe, on a descriptor opened before the fork.
@@ -279,6 +280,7 @@ pub fn down(names: &Names, save_log: Option<&Path>) -> Result<(), LabError> {
                 p.stop(STOP_GRACE);
             }
         }
+        super::instances::stop(st, STOP_GRACE);
     }
     if let Some(to) = save_log {
         let from = dir.join("op25b.log");
@@ -300,6 +302,7 @@ pub fn down(names: &Names, save_log: Option<&Path>) -> Result<(), LabError> {
         netns::delete(ns)?;
     }
     if dir.exists() {
+        super::instances::remove_files(names);
         for f in
             files(&dir).iter().chain(SERVERS.iter().map(|s| smtp::mail_file(&dir, s.name)).collect::<Vec<_>>().iter())
         {
@@ -333,7 +336,8 @@ pub fn status(names: &Names, json: bool) -> Result<u8, LabError> {
     }
     outln!("lab {}: {}", names.name, if up { "up" } else { "NOT up" });
     outln!("state dir: {}", dir.display());
-    for (ns, dev) in [(&names.sub_ns, &names.sub_tun), (&names.inet_ns, &names.up_tun)] {
+    let several = st.as_ref().is_some_and(|s| !s.instances.is_empty());
+    for (ns, dev) in [(&names.sub_ns, &names.sub_tun), (&names.inet_ns, &names.up_tun)].into_iter().filter(|_| !several) {
         if netns::exists(ns) {
             let link = match super::net::link_up(ns, dev) {
                 Ok(true) => "up",
@@ -345,7 +349,13 @@ pub fn status(names: &Names, json: bool) -> Result<u8, LabError> {
             outln!("netns {ns}: absent");
         }
     }
+    if let Some(st) = st.as_ref().filter(|_| several) {
+        super::instances::status(st);
+    }
     for (p, what) in st.as_ref().map(|s| [(s.op25b, "op25b"), (s.servers, "SMTP servers")]).into_iter().flatten() {
+        if several && what == "op25b" {
+            continue;
+        }
         match p {
             Some(p) if p.alive() => outln!("{what}: running, pid {}", p.pid),
             Some(p) => outln!("{what}: NOT running (pid {} gone)", p.pid),
@@ -417,6 +427,13 @@ pub fn mail(names: &Names, json: bool) -> Result<(), LabError> {
 pub fn reload(names: &Names, config: Option<&Path>) -> Result<u8, LabError> {
     let st = LabState::load(names)?
         .ok_or_else(|| LabError::Usage(format!("the lab {} is not up: op25b lab up", names.name)))?;
+    if let Some(i) = st.instances.first() {
+        return Err(LabError::Usage(format!(
+            "the lab {} runs several op25b instances: reload each with op25b reload --socket {}",
+            names.name,
+            i.socket.display()
+        )));
+    }
     let op25b = st.op25b.filter(Proc::alive).ok_or_else(|| LabError::Usage("op25b is not running".into()))?;
     let source = config.map(Path::to_path_buf).or_else(|| st.source_config.clone());
     let socket = names.state_dir().join("op25b.sock");
@@ -468,7 +485,7 @@ pub fn serve(names: &Names) -> Result<(), LabError> {
 }
 
 /// Starts `cmd` in a process group of its own, both its outputs to `log`.
-fn spawn_logged(cmd: &mut Command, log: File) -> Result<std::process::Child, LabError> {
+pub(super) fn spawn_logged(cmd: &mut Command, log: File) -> Result<std::process::Child, LabError> {
     let err = log.try_clone().map_err(|e| LabError::Process(format!("log file: {e}")))?;
     cmd.stdin(Stdio::null())
         .stdout(log)

@@ -95,6 +95,27 @@ pub struct LabState {
     pub source_config: Option<PathBuf>,
     /// The control socket, if the lab added one.
     pub socket: Option<PathBuf>,
+    /// The op25b instances of a lab of several (`up --instances N`); empty
+    /// for a lab of one, which runs `op25b`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub instances: Vec<Instance>,
+}
+
+/// One op25b instance of a lab of several: its devices, files and process.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Instance {
+    /// Its number, 0 ..
+    pub index: usize,
+    /// Its subscriber-side TUN (in the subscriber namespace).
+    pub sub_tun: String,
+    /// Its upstream TUN (in the outside namespace).
+    pub up_tun: String,
+    /// Its config, log and control socket live here.
+    pub dir: PathBuf,
+    /// Its control socket.
+    pub socket: PathBuf,
+    /// The `op25b run` process.
+    pub op25b: Option<Proc>,
 }
 
 impl LabState {
@@ -109,6 +130,7 @@ impl LabState {
             config: names.state_dir().join("op25b.toml"),
             source_config: None,
             socket: None,
+            instances: Vec::new(),
         }
     }
 
