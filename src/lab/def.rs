@@ -153,9 +153,10 @@ pub const NH_IDLE_TIMER_SECS: u32 = 3;
 pub const NH_HASH_SEED: u32 = 0x6f70_3235;
 
 /// Subscriber `i` (0 .. [`SPREAD_SUBSCRIBERS`]) of a lab of several
-/// instances: 100.64.1.(20 + i) and 2001:db8:100:1::(20 + i) (hex).
+/// instances: 100.64.1.(20 + i) and 2001:db8:100:(20 + i)::10 (hex), each
+/// IPv6 one in a /64 of its own, as op25b keys an IPv6 subscriber.
 pub fn spread_subscriber(i: u8) -> [IpAddr; 2] {
-    let v6 = std::net::Ipv6Addr::new(0x2001, 0xdb8, 0x100, 1, 0, 0, 0, 0x20 + u16::from(i));
+    let v6 = std::net::Ipv6Addr::new(0x2001, 0xdb8, 0x100, 0x20 + u16::from(i), 0, 0, 0, 0x10);
     [IpAddr::V4(Ipv4Addr::new(100, 64, 1, 20 + i)), IpAddr::V6(v6)]
 }
 
@@ -334,14 +335,17 @@ mod tests {
         let lab = Names::default_lab();
         let last = lab.instance(MAX_INSTANCES - 1);
         assert!(last.sub_tun.len() <= 15 && last.up_tun.len() <= 15, "{last:?}");
-        assert_eq!((last.sub_ns.as_str(), lab.instance_dir(1)), ("op25b-lab-sub", PathBuf::from("/run/op25b-lab/op25b-1")));
+        assert_eq!(
+            (last.sub_ns.as_str(), lab.instance_dir(1)),
+            ("op25b-lab-sub", PathBuf::from("/run/op25b-lab/op25b-1"))
+        );
         let sub: ipnet::IpNet = SUB_NET4.parse().unwrap();
         let sub6: ipnet::IpNet = SUB_NET6.parse().unwrap();
         for i in 0..SPREAD_SUBSCRIBERS {
             let [a, b] = spread_subscriber(i);
             assert!(sub.contains(&a) && sub6.contains(&b) && !SUB_ADDRS.map(ip).contains(&a), "{a} {b}");
         }
-        assert_eq!(spread_subscriber(1)[1].to_string(), "2001:db8:100:1::21");
+        assert_eq!(spread_subscriber(1)[1].to_string(), "2001:db8:100:21::10");
         assert!(nexthop_ids(MAX_INSTANCES)[0] < nexthop_ids(0)[1] && !NH_GROUPS.contains(&nexthop_ids(0)[0]));
     }
 

@@ -191,9 +191,13 @@ fn start_instance(names: &Names, st: &mut LabState, k: usize, bin: Option<&PathB
     let socket = dir.join("op25b.sock");
     let config = dir.join("op25b.toml");
     let s = socket.display();
+    let state = dir.join("abuse.state");
     let text = format!(
-        "{}\n# Added by op25b lab: op25b stats --socket {s}\n[control]\nsocket = \"{s}\"\n",
-        def::config_toml(&inst)
+        "{}\n# Added by op25b lab: op25b stats --socket {s}\n[control]\nsocket = \"{s}\"\n\n\
+         # Each instance keeps its own abuse table and quarantines, and its own file.\n\
+         [abuse]\nstate_file = \"{}\"\n",
+        def::config_toml(&inst),
+        state.display()
     );
     std::fs::write(&config, text).map_err(|e| LabError::io(&config, e))?;
     let record = Instance {
@@ -293,13 +297,13 @@ pub(super) fn stop(st: &LabState, grace: Duration) {
     }
 }
 
-/// Removes the instances' files and directories under `dir` (the lab's state
-/// directory), recorded or not.
+/// Removes the instances' directories and their files, recorded or not.
 pub(super) fn remove_files(names: &Names) {
     for k in 0..MAX_INSTANCES {
         let dir = names.instance_dir(k);
-        for f in ["op25b.toml", "op25b.log", "op25b.sock"] {
-            let _ = std::fs::remove_file(dir.join(f));
+        // Everything in it is the instance's: config, log, socket, abuse state.
+        for f in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            let _ = std::fs::remove_file(f.path());
         }
         let _ = std::fs::remove_dir(&dir);
     }

@@ -337,7 +337,8 @@ pub fn status(names: &Names, json: bool) -> Result<u8, LabError> {
     outln!("lab {}: {}", names.name, if up { "up" } else { "NOT up" });
     outln!("state dir: {}", dir.display());
     let several = st.as_ref().is_some_and(|s| !s.instances.is_empty());
-    for (ns, dev) in [(&names.sub_ns, &names.sub_tun), (&names.inet_ns, &names.up_tun)].into_iter().filter(|_| !several) {
+    for (ns, dev) in [(&names.sub_ns, &names.sub_tun), (&names.inet_ns, &names.up_tun)].into_iter().filter(|_| !several)
+    {
         if netns::exists(ns) {
             let link = match super::net::link_up(ns, dev) {
                 Ok(true) => "up",

@@ -1,0 +1,332 @@
+//! `op25b lab up --instances 2`: two op25b instances behind the kernel's
+//! resilient nexthop groups, hashed on the subscriber's address. Which
+//! instance carries a subscriber is read from the instances' own counters
+//! (each probe moves the forwarded counters of both directions and the
+//! blocked connections of exactly one). Then one instance is killed
+//! (SIGKILL) while port 25 is probed without pause from the subscribers it
+//! carried: none gets through at any moment, the kernel drops its nexthops,
+//! its subscribers reach 587 through the other; the time from the kill to
+//! the first such connection is printed, bounded only by a generous limit
+//! that means "failed". Then `up` again brings it back. Needs root; fails
+//! loudly without it. Everything is removed at the end, also on failure.
+
+use std::io::{BufRead, BufReader};
+use std::net::{IpAddr, SocketAddr, TcpStream};
+use std::process::{Command, Output, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use op25b::lab::def::{self, Names};
+use op25b::lab::state::Proc;
+use op25b::lab::{netns, nexthop};
+use serde_json::Value;
+
+/// Beyond this, the failover did not happen: a bound, not a measurement.
+const FAILOVER_LIMIT: Duration = Duration::from_secs(30);
+
+fn op25b(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_op25b"))
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run op25b {}: {e}", args.join(" ")))
+}
+
+fn text(out: &Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+}
+
+/// A lab of two instances with the SMTP servers, of a name of its own; `down` on drop.
+struct Lab {
+    names: Names,
+}
+
+impl Lab {
+    fn up() -> Lab {
+        let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+        assert!(
+            status.lines().any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(2) == Some("0")),
+            "this test must run as root (it creates network namespaces and TUN devices)"
+        );
+        let lab = Lab { names: Names::new(&format!("o25n-{}", std::process::id())).expect("a valid lab name") };
+        let out = lab.lab("up", &["--instances", "2", "--servers"]);
+        assert!(out.status.success(), "op25b lab up --instances 2 failed ({}):\n{}", out.status, text(&out));
+        lab
+    }
+
+    fn lab(&self, cmd: &str, args: &[&str]) -> Output {
+        op25b(&[&["lab", cmd, "--name", &self.names.name], args].concat())
+    }
+
+    fn state(&self) -> Value {
+        let path = self.names.state_dir().join("lab.json");
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display())))
+            .expect("the state file is JSON")
+    }
+
+    fn socket(&self, k: usize) -> String {
+        self.state()["instances"][k]["socket"].as_str().expect("an instance's socket").to_string()
+    }
+
+    /// Counters of instance `k`: forwarded outbound, forwarded inbound, blocked connections.
+    fn counters(&self, k: usize) -> [u64; 3] {
+        let out = op25b(&["stats", "--json", "--socket", &self.socket(k)]);
+        assert!(out.status.success(), "stats of instance {k}: {}", text(&out));
+        let v: Value = serde_json::from_slice(&out.stdout).expect("stats --json is JSON");
+        let c = &v["stats"]["counters"];
+        ["forwarded_outbound", "forwarded_inbound", "op25b_blocked_connections"]
+            .map(|k| c[k].as_u64().unwrap_or_else(|| panic!("no counter {k}")))
+    }
+
+    /// The instance that carries `src`, both ways: 587 answers through it, 25
+    /// is refused by it, and the other instance counts nothing meanwhile.
+    /// A dead instance (`live[k]` false) counts nothing.
+    fn carrier(&self, src: IpAddr, live: [bool; 2]) -> usize {
+        let counters = || [0, 1].map(|k| if live[k] { self.counters(k) } else { [0; 3] });
+        let before = counters();
+        let banner = self.within(move || submission(src, Duration::from_secs(3)));
+        assert!(banner.as_ref().is_ok_and(|b| b.starts_with("220 ")), "{src} -> 587: {banner:?}");
+        let blocked = self.within(move || connect(src, 25, Duration::from_secs(3)).map(drop));
+        assert!(
+            blocked.as_ref().is_err_and(|e| e.kind() == std::io::ErrorKind::ConnectionRefused),
+            "{src} -> 25 must be refused by OP25B: {blocked:?}"
+        );
+        let after = counters();
+        let moved: Vec<[u64; 3]> = (0..2).map(|k| [0, 1, 2].map(|i| after[k][i] - before[k][i])).collect();
+        let carriers: Vec<usize> = (0..2).filter(|&k| moved[k].iter().all(|&d| d > 0)).collect();
+        let idle: Vec<usize> = (0..2).filter(|&k| moved[k] == [0, 0, 0]).collect();
+        assert!(
+            carriers.len() == 1 && idle.len() == 1,
+            "{src}: counters moved by {moved:?}: not one instance both ways"
+        );
+        carriers[0]
+    }
+
+    fn within<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
+        netns::within(&self.names.sub_ns, || Ok(f())).expect("entering the subscriber namespace")
+    }
+
+    fn map(&self, subs: &[IpAddr], live: [bool; 2]) -> Vec<usize> {
+        subs.iter().map(|&s| self.carrier(s, live)).collect()
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        let out = self.lab("down", &[]);
+        if !out.status.success() {
+            eprintln!("op25b lab down --name {} failed: {}", self.names.name, text(&out));
+        }
+    }
+}
+
+fn mx(src: IpAddr) -> IpAddr {
+    def::ip(if src.is_ipv4() { def::MX4 } else { def::MX6 })
+}
+
+fn connect(src: IpAddr, port: u16, timeout: Duration) -> std::io::Result<TcpStream> {
+    let dst = SocketAddr::new(mx(src), port);
+    let sock = socket2::Socket::new(socket2::Domain::for_address(dst), socket2::Type::STREAM, None)?;
+    sock.bind(&SocketAddr::new(src, 0).into())?;
+    sock.connect_timeout(&dst.into(), timeout)?;
+    Ok(sock.into())
+}
+
+/// The MX's greeting on 587, read through whichever instance carries `src`.
+fn submission(src: IpAddr, timeout: Duration) -> std::io::Result<String> {
+    let stream = connect(src, 587, timeout)?;
+    stream.set_read_timeout(Some(timeout))?;
+    let mut line = String::new();
+    BufReader::new(stream).read_line(&mut line)?;
+    Ok(line.trim_end().to_string())
+}
+
+/// The port-25 prober probes each subscriber once per round, its SYNs spread
+/// evenly over the round: each subscriber stays within the lab's reply budget
+/// (10 RSTs a second per address), so a refused SYN is answered, not dropped
+/// by the rate limit.
+const PROBE_ROUND: Duration = Duration::from_millis(150);
+
+/// One SYN of the port-25 prober: when it was sent, and whether it was
+/// refused (OP25B's RST), went unanswered, or got through.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Outcome {
+    Refused,
+    Unanswered,
+    Through,
+}
+
+/// Port 25 probed from `subs` until `stop`, one SYN every PROBE_ROUND / n.
+fn probe_25(
+    ns: String,
+    subs: Vec<IpAddr>,
+    stop: Arc<AtomicBool>,
+) -> std::thread::JoinHandle<Vec<(Instant, IpAddr, Outcome)>> {
+    std::thread::spawn(move || {
+        netns::within(&ns, || {
+            let gap = PROBE_ROUND / subs.len().max(1) as u32;
+            let mut seen = Vec::new();
+            while !stop.load(Ordering::Relaxed) {
+                for &s in &subs {
+                    let sent = Instant::now();
+                    let outcome = match connect(s, 25, Duration::from_millis(100)) {
+                        Ok(_) => Outcome::Through,
+                        Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => Outcome::Refused,
+                        Err(_) => Outcome::Unanswered,
+                    };
+                    seen.push((sent, s, outcome));
+                    std::thread::sleep(gap.saturating_sub(sent.elapsed()));
+                }
+            }
+            Ok(seen)
+        })
+        .expect("entering the subscriber namespace")
+    })
+}
+
+/// The SYNs sent between `from` and `to`: (sent, refused, unanswered).
+fn tally(seen: &[(Instant, IpAddr, Outcome)], from: Instant, to: Instant) -> (usize, usize, usize) {
+    let window: Vec<Outcome> = seen.iter().filter(|(t, _, _)| (from..=to).contains(t)).map(|s| s.2).collect();
+    let n = |o| window.iter().filter(|&&w| w == o).count();
+    (window.len(), n(Outcome::Refused), n(Outcome::Unanswered))
+}
+
+fn through(seen: &[(Instant, IpAddr, Outcome)]) -> Vec<String> {
+    seen.iter().filter(|s| s.2 == Outcome::Through).map(|(_, s, _)| s.to_string()).collect()
+}
+
+fn group(lab: &Lab, ns: &str, family: usize) -> Option<Vec<u32>> {
+    nexthop::members(ns, def::NH_GROUPS[family]).unwrap_or_else(|e| panic!("{}: {e}", lab.names.name))
+}
+
+fn show(subs: &[IpAddr], map: &[usize]) -> String {
+    subs.iter().zip(map).map(|(s, k)| format!("{s}->{k}")).collect::<Vec<_>>().join(" ")
+}
+
+fn pid(lab: &Lab, k: usize) -> i32 {
+    lab.state()["instances"][k]["op25b"]["pid"].as_i64().expect("a pid") as i32
+}
+
+#[test]
+fn subscribers_spread_over_two_instances_and_move_when_one_is_killed() {
+    let lab = Lab::up();
+    let st = lab.lab("status", &[]);
+    assert!(st.status.success(), "{}", text(&st));
+    assert!(text(&st).contains("members [100, 101]") && text(&st).contains("members [200, 201]"), "{}", text(&st));
+
+    // Spread: every subscriber on one instance both ways, both instances used.
+    let subs: Vec<IpAddr> = (0..def::SPREAD_SUBSCRIBERS).flat_map(def::spread_subscriber).collect();
+    let first = lab.map(&subs, [true; 2]);
+    eprintln!("spread: {}", show(&subs, &first));
+    assert!((0..2).all(|k| first.contains(&k)), "one instance carries everyone: {}", show(&subs, &first));
+
+    // The instance the first subscriber uses is killed; its subscribers move.
+    let victim = first[0];
+    let survivor = 1 - victim;
+    let moved: Vec<IpAddr> = subs.iter().zip(&first).filter(|(_, &k)| k == victim).map(|(&s, _)| s).collect();
+    let stop = Arc::new(AtomicBool::new(false));
+    let prober = probe_25(lab.names.sub_ns.clone(), moved.clone(), stop.clone());
+    std::thread::sleep(Duration::from_millis(300));
+    let m = moved[0];
+    // A quarantine lives in its instance (and its state file).
+    let q = op25b(&["quarantine", &m.to_string(), "--socket", &lab.socket(victim)]);
+    assert!(q.status.success(), "{}", text(&q));
+    assert!(quarantined(&lab, victim).contains(&m.to_string()));
+    let saved = lab.names.instance_dir(victim).join("abuse.state");
+    let t = Instant::now();
+    let holds = || -> bool {
+        let v: Value =
+            std::fs::read_to_string(&saved).ok().and_then(|t| serde_json::from_str(&t).ok()).unwrap_or_default();
+        v["quarantines"].as_array().is_some_and(|q| q.iter().any(|q| q["subscriber"] == m.to_string().as_str()))
+    };
+    while !holds() {
+        assert!(t.elapsed() < Duration::from_secs(10), "{} never held the quarantine", saved.display());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let victim_proc = Proc::of(pid(&lab, victim) as u32).expect("the victim runs");
+    let t0 = Instant::now();
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid(&lab, victim)), nix::sys::signal::Signal::SIGKILL)
+        .expect("SIGKILL");
+    let (mut dropped, mut exited) = (None, None);
+    let failover = loop {
+        assert!(t0.elapsed() < FAILOVER_LIMIT, "{m} reached no 587 within {FAILOVER_LIMIT:?} of the kill");
+        if exited.is_none() && !victim_proc.alive() {
+            exited = Some(t0.elapsed());
+        }
+        if dropped.is_none() && group(&lab, &lab.names.sub_ns, 0).is_some_and(|g| g.len() == 1) {
+            dropped = Some(t0.elapsed());
+        }
+        if lab.within(move || submission(m, Duration::from_millis(250))).is_ok_and(|b| b.starts_with("220 ")) {
+            break t0.elapsed();
+        }
+    };
+    let survivor_ids = def::nexthop_ids(survivor);
+    for (ns, family) in [&lab.names.sub_ns, &lab.names.inet_ns].into_iter().flat_map(|n| [(n, 0), (n, 1)]) {
+        assert_eq!(group(&lab, ns, family), Some(vec![survivor_ids[family]]), "group {family} in {ns}");
+    }
+    let after = lab.map(&subs, [survivor == 0, survivor == 1]);
+    assert!(after.iter().all(|&k| k == survivor), "after the kill: {}", show(&subs, &after));
+    stop.store(true, Ordering::Relaxed);
+    let seen = prober.join().expect("the port-25 prober");
+    assert!(through(&seen).is_empty(), "port 25 got through during the failover: {:?}", through(&seen));
+    let (sent, refused, unanswered) = tally(&seen, t0, t0 + failover);
+    eprintln!(
+        "FAILOVER: instance {victim} killed; its process gone after {:?}, its nexthop after {:?}; {m}'s first 587 connection after {failover:?}; \
+         port 25 from its {} subscribers between the kill and then: {sent} SYNs, {refused} refused, {unanswered} \
+         unanswered, none through ({} in all, none through)",
+        exited.unwrap_or_default(),
+        dropped.unwrap_or_default(),
+        moved.len(),
+        seen.len()
+    );
+
+    // The survivor knows nothing of the victim's quarantine.
+    assert!(!quarantined(&lab, survivor).contains(&m.to_string()), "{m} quarantined on the survivor");
+
+    // Back: `up` again starts it and gives it its nexthops; port 25 probed throughout.
+    let stop = Arc::new(AtomicBool::new(false));
+    let prober = probe_25(lab.names.sub_ns.clone(), subs.clone(), stop.clone());
+    let t0 = Instant::now();
+    let again = lab.lab("up", &["--instances", "2", "--servers"]);
+    stop.store(true, Ordering::Relaxed);
+    assert!(again.status.success() && text(&again).contains("starting it again"), "{}", text(&again));
+    let seen = prober.join().expect("the port-25 prober");
+    assert!(through(&seen).is_empty(), "port 25 got through while the instance came back: {:?}", through(&seen));
+    let (sent, refused, unanswered) = tally(&seen, t0, Instant::now());
+    let back = def::nexthop_ids(victim);
+    let both = |f: usize| {
+        let mut v = vec![back[f], survivor_ids[f]];
+        v.sort();
+        v
+    };
+    for (ns, family) in [&lab.names.sub_ns, &lab.names.inet_ns].into_iter().flat_map(|n| [(n, 0), (n, 1)]) {
+        assert_eq!(group(&lab, ns, family), Some(both(family)), "group {family} in {ns} after up");
+    }
+    // Idle buckets move to the instance that came back after the idle timer.
+    std::thread::sleep(Duration::from_secs(u64::from(def::NH_IDLE_TIMER_SECS) + 1));
+    let last = lab.map(&subs, [true; 2]);
+    let returned = moved.iter().filter(|s| last[subs.iter().position(|x| x == *s).unwrap_or(0)] == victim).count();
+    let newcomers = subs.iter().zip(&first).zip(&last).filter(|((_, &f), &l)| f != victim && l == victim).count();
+    eprintln!(
+        "BACK: port 25 during `up`: {sent} SYNs, {refused} refused, {unanswered} unanswered, none through; \
+         after {} s idle: {}; {returned} of {} moved subscribers returned, {newcomers} others moved to it",
+        def::NH_IDLE_TIMER_SECS,
+        show(&subs, &last),
+        moved.len()
+    );
+    assert!((0..2).all(|k| last.contains(&k)), "the instance that came back carries nobody: {}", show(&subs, &last));
+    // The instance that came back restored its quarantine from its own file.
+    let log = std::fs::read_to_string(lab.names.instance_dir(victim).join("op25b.log")).unwrap_or_default();
+    assert!(quarantined(&lab, victim).contains(&m.to_string()), "{m}'s quarantine not restored:\n{log}");
+    assert!(!quarantined(&lab, survivor).contains(&m.to_string()));
+}
+
+/// The subscribers instance `k` holds in quarantine.
+fn quarantined(lab: &Lab, k: usize) -> Vec<String> {
+    let out = op25b(&["top", "--json", "--socket", &lab.socket(k)]);
+    assert!(out.status.success(), "top of instance {k}: {}", text(&out));
+    let v: Value = serde_json::from_slice(&out.stdout).expect("top --json is JSON");
+    let list = v["quarantined"].as_array().map(Vec::as_slice).unwrap_or_default();
+    list.iter().filter_map(|q| q["subscriber"].as_str().map(str::to_string)).collect()
+}
