@@ -147,9 +147,9 @@ pub const NH_BUCKETS: u16 = 128;
 /// came (back): a subscriber's live connections are not moved by a return.
 pub const NH_IDLE_TIMER_SECS: u32 = 3;
 
-/// `fib_multipath_hash_seed` of both namespaces: the same seed on both sides
-/// makes a subscriber's address hash alike going out and coming back (with
-/// 0, each namespace draws its own).
+/// `fib_multipath_hash_seed` of both namespaces: a fixed seed makes the
+/// spread of the subscribers over the instances the same on every machine
+/// and boot (with 0 the kernel draws one at boot), and the same on both sides.
 pub const NH_HASH_SEED: u32 = 0x6f70_3235;
 
 /// Subscriber `i` (0 .. [`SPREAD_SUBSCRIBERS`]) of a lab of several
