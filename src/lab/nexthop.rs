@@ -220,7 +220,8 @@ mod tests {
         if cfg!(target_endian = "little") {
             assert_eq!(buf, expected);
         }
-        let header = NetlinkHeader { message_type: RTM_NEWNEXTHOP, ..Default::default() };
+        let mut header = NetlinkHeader::default();
+        header.message_type = RTM_NEWNEXTHOP;
         assert_eq!(NexthopMessage::deserialize(&header, &buf).expect("parses"), msg);
         assert!(NexthopMessage::deserialize(&header, &[]).is_err());
         assert!(NexthopMessage::deserialize(&header, &buf[..NHMSG_LEN + 3]).is_err());
