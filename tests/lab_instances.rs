@@ -258,42 +258,79 @@ fn pid(lab: &Lab, k: usize) -> i32 {
     lab.state()["instances"][k]["op25b"]["pid"].as_i64().expect("a pid") as i32
 }
 
+/// Who carries whom, before the kill.
+struct Spread {
+    subs: Vec<IpAddr>,
+    first: Vec<usize>,
+    victim: usize,
+    survivor: usize,
+    /// The victim's subscribers.
+    moved: Vec<IpAddr>,
+}
+
 #[test]
 fn subscribers_spread_over_two_instances_and_move_when_one_is_killed() {
     let lab = Lab::up();
     let st = lab.lab("status", &[]);
     assert!(st.status.success(), "{}", text(&st));
     assert!(text(&st).contains("members [100, 101]") && text(&st).contains("members [200, 201]"), "{}", text(&st));
+    let spread = spread(&lab);
+    let m = spread.moved[0];
+    quarantine_saved(&lab, spread.victim, m);
+    failover(&lab, &spread);
+    assert!(!quarantined(&lab, spread.survivor).contains(&m.to_string()), "{m} quarantined on the survivor");
+    bring_back(&lab, &spread);
+    // Nothing from a dynamic subscriber ever reached the MX on port 25.
+    let reached: Vec<String> = op25b::lab::smtp::read_connections(&lab.names.state_dir())
+        .into_iter()
+        .filter(|c| c.local_port == 25 && c.server == "mx")
+        .map(|c| format!("{}:{}", c.peer, c.peer_port))
+        .collect();
+    assert!(reached.is_empty(), "connections to the MX on port 25: {reached:?}");
+    // The instance that came back restored its quarantine from its own file.
+    let log = std::fs::read_to_string(lab.names.instance_dir(spread.victim).join("op25b.log")).unwrap_or_default();
+    assert!(quarantined(&lab, spread.victim).contains(&m.to_string()), "{m}'s quarantine not restored:\n{log}");
+    assert!(!quarantined(&lab, spread.survivor).contains(&m.to_string()));
+    crash_and_down(&lab);
+}
 
-    // Spread: every subscriber on one instance both ways, both instances used.
+/// Every subscriber on one instance both ways, both instances used; the
+/// victim is the instance of the first subscriber.
+fn spread(lab: &Lab) -> Spread {
     let subs: Vec<IpAddr> = (0..def::SPREAD_SUBSCRIBERS).flat_map(def::spread_subscriber).collect();
     let first = lab.map(&subs, [true; 2]);
     eprintln!("spread: {}", show(&subs, &first));
     assert!((0..2).all(|k| first.contains(&k)), "one instance carries everyone: {}", show(&subs, &first));
-
-    // The instance the first subscriber uses is killed; its subscribers move.
     let victim = first[0];
-    let survivor = 1 - victim;
-    let moved: Vec<IpAddr> = subs.iter().zip(&first).filter(|(_, &k)| k == victim).map(|(&s, _)| s).collect();
-    let stop = Arc::new(AtomicBool::new(false));
-    let prober = probe_25(FAST_ROUND, lab.names.sub_ns.clone(), moved.clone(), stop.clone());
-    std::thread::sleep(Duration::from_millis(300));
-    let m = moved[0];
-    // A quarantine lives in its instance (and its state file).
-    let q = op25b(&["quarantine", &m.to_string(), "--socket", &lab.socket(victim)]);
+    let moved = subs.iter().zip(&first).filter(|(_, &k)| k == victim).map(|(&s, _)| s).collect();
+    Spread { victim, survivor: 1 - victim, moved, first, subs }
+}
+
+/// Quarantines `m` on instance `k` and waits until its state file holds it.
+fn quarantine_saved(lab: &Lab, k: usize, m: IpAddr) {
+    let q = op25b(&["quarantine", &m.to_string(), "--socket", &lab.socket(k)]);
     assert!(q.status.success(), "{}", text(&q));
-    assert!(quarantined(&lab, victim).contains(&m.to_string()));
-    let saved = lab.names.instance_dir(victim).join("abuse.state");
-    let t = Instant::now();
+    assert!(quarantined(lab, k).contains(&m.to_string()));
+    let saved = lab.names.instance_dir(k).join("abuse.state");
     let holds = || -> bool {
         let v: Value =
             std::fs::read_to_string(&saved).ok().and_then(|t| serde_json::from_str(&t).ok()).unwrap_or_default();
         v["quarantines"].as_array().is_some_and(|q| q.iter().any(|q| q["subscriber"] == m.to_string().as_str()))
     };
+    let t = Instant::now();
     while !holds() {
         assert!(t.elapsed() < Duration::from_secs(10), "{} never held the quarantine", saved.display());
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+/// SIGKILL of the victim, port 25 probed from its subscribers throughout;
+/// the time until one of them reaches 587 again.
+fn failover(lab: &Lab, sp: &Spread) {
+    let m = sp.moved[0];
+    let stop = Arc::new(AtomicBool::new(false));
+    let prober = probe_25(FAST_ROUND, lab.names.sub_ns.clone(), sp.moved.clone(), stop.clone());
+    std::thread::sleep(Duration::from_millis(300));
     // A connection open through the victim before the kill.
     let open = lab.within(move || {
         let stream = connect(m, 587, Duration::from_secs(3))?;
@@ -305,11 +342,11 @@ fn subscribers_spread_over_two_instances_and_move_when_one_is_killed() {
     });
     let (mut stream, mut reader, greeting) = open.unwrap_or_else(|e| panic!("{m} -> 587: {e}"));
     assert!(greeting.starts_with("220 "), "{greeting}");
-    let victim_proc = Proc::of(pid(&lab, victim) as u32).expect("the victim runs");
+    let victim_proc = Proc::of(pid(lab, sp.victim) as u32).expect("the victim runs");
     let t0 = Instant::now();
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid(&lab, victim)), nix::sys::signal::Signal::SIGKILL)
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(victim_proc.pid as i32), nix::sys::signal::Signal::SIGKILL)
         .expect("SIGKILL");
-    let watcher = watch_death(&lab, victim_proc, t0);
+    let watcher = watch_death(lab, victim_proc, t0);
     let failover = loop {
         assert!(t0.elapsed() < FAILOVER_LIMIT, "{m} reached no 587 within {FAILOVER_LIMIT:?} of the kill");
         // A short connect timeout: a SYN lost in the dying device is not
@@ -330,34 +367,33 @@ fn subscribers_spread_over_two_instances_and_move_when_one_is_killed() {
     let seen = prober.join().expect("the port-25 prober");
     assert!(through(&seen).is_empty(), "port 25 got through during the failover: {:?}", through(&seen));
     let (sent, refused, unanswered) = tally(&seen, t0, t0 + failover);
-    let survivor_ids = def::nexthop_ids(survivor);
+    let survivor_ids = def::nexthop_ids(sp.survivor);
     for (ns, family) in [&lab.names.sub_ns, &lab.names.inet_ns].into_iter().flat_map(|n| [(n, 0), (n, 1)]) {
-        assert_eq!(group(&lab, ns, family), Some(vec![survivor_ids[family]]), "group {family} in {ns}");
+        assert_eq!(group(lab, ns, family), Some(vec![survivor_ids[family]]), "group {family} in {ns}");
     }
     // It goes on through the survivor: forwarding keeps no state of it.
     stream.write_all(b"EHLO moved.example\r\n").expect("writing on the open connection");
     let mut reply = String::new();
     reader.read_line(&mut reply).expect("the open connection answers after the failover");
     assert!(reply.starts_with("250"), "the open connection after the failover: {reply:?}");
-    let after = lab.map(&subs, [survivor == 0, survivor == 1]);
-    assert!(after.iter().all(|&k| k == survivor), "after the kill: {}", show(&subs, &after));
+    let after = lab.map(&sp.subs, [sp.survivor == 0, sp.survivor == 1]);
+    assert!(after.iter().all(|&k| k == sp.survivor), "after the kill: {}", show(&sp.subs, &after));
     eprintln!(
-        "FAILOVER: instance {victim} killed; its process gone after {:?}, its devices after {:?}, its nexthops after {:?}; {m}'s first 587 connection after {failover:?}; \
-         port 25 from its {} subscribers between the kill and then: {sent} SYNs, {refused} refused, {unanswered} \
-         unanswered, none through ({} in all, none through)",
-        exited,
-        devices,
-        dropped,
-        moved.len(),
+        "FAILOVER: instance {} killed; its process gone after {exited:?}, its devices after {devices:?}, \
+         its nexthops after {dropped:?}; {m}'s first 587 connection after {failover:?}; port 25 from its {} \
+         subscribers between the kill and then: {sent} SYNs, {refused} refused, {unanswered} unanswered, none \
+         through ({} in all, none through)",
+        sp.victim,
+        sp.moved.len(),
         seen.len()
     );
+}
 
-    // The survivor knows nothing of the victim's quarantine.
-    assert!(!quarantined(&lab, survivor).contains(&m.to_string()), "{m} quarantined on the survivor");
-
-    // Back: `up` again starts it and gives it its nexthops; port 25 probed throughout.
+/// `up` again starts the victim and gives it its nexthops, port 25 probed
+/// throughout; after the idle timer, both instances carry subscribers again.
+fn bring_back(lab: &Lab, sp: &Spread) {
     let stop = Arc::new(AtomicBool::new(false));
-    let prober = probe_25(SLOW_ROUND, lab.names.sub_ns.clone(), subs.clone(), stop.clone());
+    let prober = probe_25(SLOW_ROUND, lab.names.sub_ns.clone(), sp.subs.clone(), stop.clone());
     let t0 = Instant::now();
     let again = lab.lab("up", &["--instances", "2", "--servers"]);
     stop.store(true, Ordering::Relaxed);
@@ -365,39 +401,51 @@ fn subscribers_spread_over_two_instances_and_move_when_one_is_killed() {
     let seen = prober.join().expect("the port-25 prober");
     assert!(through(&seen).is_empty(), "port 25 got through while the instance came back: {:?}", through(&seen));
     let (sent, refused, unanswered) = tally(&seen, t0, Instant::now());
-    let back = def::nexthop_ids(victim);
-    let both = |f: usize| {
-        let mut v = vec![back[f], survivor_ids[f]];
-        v.sort();
-        v
-    };
+    let [back, kept] = [def::nexthop_ids(sp.victim), def::nexthop_ids(sp.survivor)];
     for (ns, family) in [&lab.names.sub_ns, &lab.names.inet_ns].into_iter().flat_map(|n| [(n, 0), (n, 1)]) {
-        assert_eq!(group(&lab, ns, family), Some(both(family)), "group {family} in {ns} after up");
+        let mut both = vec![back[family], kept[family]];
+        both.sort();
+        assert_eq!(group(lab, ns, family), Some(both), "group {family} in {ns} after up");
     }
     // Idle buckets move to the instance that came back after the idle timer.
     std::thread::sleep(Duration::from_secs(u64::from(def::NH_IDLE_TIMER_SECS) + 1));
-    let last = lab.map(&subs, [true; 2]);
-    let returned = moved.iter().filter(|s| last[subs.iter().position(|x| x == *s).unwrap_or(0)] == victim).count();
-    let newcomers = subs.iter().zip(&first).zip(&last).filter(|((_, &f), &l)| f != victim && l == victim).count();
+    let last = lab.map(&sp.subs, [true; 2]);
+    let on_victim = |s: &IpAddr| sp.subs.iter().position(|x| x == s).is_some_and(|i| last[i] == sp.victim);
+    let returned = sp.moved.iter().filter(|s| on_victim(s)).count();
+    let newcomers = sp.subs.iter().zip(&sp.first).filter(|(s, &f)| f != sp.victim && on_victim(s)).count();
     eprintln!(
         "BACK: port 25 during `up`: {sent} SYNs, {refused} refused, {unanswered} unanswered, none through; \
          after {} s idle: {}; {returned} of {} moved subscribers returned, {newcomers} others moved to it",
         def::NH_IDLE_TIMER_SECS,
-        show(&subs, &last),
-        moved.len()
+        show(&sp.subs, &last),
+        sp.moved.len()
     );
-    assert!((0..2).all(|k| last.contains(&k)), "the instance that came back carries nobody: {}", show(&subs, &last));
-    // Nothing from a dynamic subscriber ever reached the MX on port 25.
-    let reached: Vec<String> = op25b::lab::smtp::read_connections(&lab.names.state_dir())
-        .into_iter()
-        .filter(|c| c.local_port == 25 && c.server == "mx")
-        .map(|c| format!("{}:{}", c.peer, c.peer_port))
-        .collect();
-    assert!(reached.is_empty(), "connections to the MX on port 25: {reached:?}");
-    // The instance that came back restored its quarantine from its own file.
-    let log = std::fs::read_to_string(lab.names.instance_dir(victim).join("op25b.log")).unwrap_or_default();
-    assert!(quarantined(&lab, victim).contains(&m.to_string()), "{m}'s quarantine not restored:\n{log}");
-    assert!(!quarantined(&lab, survivor).contains(&m.to_string()));
+    assert!((0..2).all(|k| last.contains(&k)), "the instance that came back carries nobody: {}", show(&sp.subs, &last));
+}
+
+/// A crash of everything: status says so, down removes it all, twice.
+fn crash_and_down(lab: &Lab) {
+    let state = lab.state();
+    let pids = [&state["instances"][0]["op25b"], &state["instances"][1]["op25b"], &state["servers"]]
+        .map(|p| Proc { pid: p["pid"].as_u64().expect("a pid") as u32, start: p["start"].as_u64().expect("a start") });
+    for p in pids {
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(p.pid as i32), nix::sys::signal::Signal::SIGKILL)
+            .expect("SIGKILL");
+    }
+    let t = Instant::now();
+    while pids.iter().any(Proc::alive) {
+        assert!(t.elapsed() < Duration::from_secs(10), "the lab's processes outlived SIGKILL");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let status = lab.lab("status", &[]);
+    assert_eq!(status.status.code(), Some(1), "a crashed lab is not up: {}", text(&status));
+    assert!(text(&status).contains("op25b instance 0: NOT running"), "{}", text(&status));
+    for _ in 0..2 {
+        let out = lab.lab("down", &[]);
+        assert!(out.status.success(), "{}", text(&out));
+    }
+    assert!(!netns::exists(&lab.names.sub_ns) && !netns::exists(&lab.names.inet_ns));
+    assert!(!lab.names.state_dir().exists(), "{} left behind", lab.names.state_dir().display());
 }
 
 /// The subscribers instance `k` holds in quarantine.

@@ -111,7 +111,7 @@ pub(super) fn need_root(what: &str) -> Result<(), LabError> {
 pub fn up(names: &Names, opts: &UpOptions) -> Result<(), LabError> {
     need_root("up")?;
     match LabState::load(names) {
-        Ok(Some(s)) if healthy(&s) && (s.servers.is_some() || !opts.servers) => {
+        Ok(Some(s)) if healthy(&s) && s.instances.is_empty() && (s.servers.is_some() || !opts.servers) => {
             say(format!("lab {} already up (op25b pid {}); nothing to do", names.name, s.op25b.map_or(0, |p| p.pid)));
             return Ok(());
         }
