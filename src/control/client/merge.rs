@@ -3,9 +3,10 @@
 //! `op25b top --socket A --socket B ...` prints it. JSON in, JSON out; no I/O.
 //!
 //! A subscriber's figures over the instances: attempts, totals and
-//! `error` summed; destinations summed too (an upper bound: a destination
-//! tried through two instances counts twice); first seen the earliest, last
-//! seen the latest; the most severe state (quarantined, then suspected, then
+//! `error` summed; distinct destinations the largest of the instances'
+//! counts (a lower bound: the instances share no set of destinations, and a
+//! subscriber that moves retries the same ones, which a sum would count
+//! twice); first seen the earliest, last seen the latest; the most severe state (quarantined, then suspected, then
 //! normal); the latest quarantine end; the sample destinations together.
 //! Each instance judged its own share against its own thresholds: a merged
 //! row is never given a state no instance gave it.
@@ -90,8 +91,8 @@ impl Merged {
         self.attempts += num("attempts");
         self.total += num("total");
         self.error += num("error");
-        self.destinations += num("destinations");
-        self.total_destinations += num("total_destinations");
+        self.destinations = self.destinations.max(num("destinations"));
+        self.total_destinations = self.total_destinations.max(num("total_destinations"));
         self.first_seen = min(self.first_seen, r["first_seen"].as_f64());
         self.last_seen = max(self.last_seen, r["last_seen"].as_f64());
         let state = match r["state"].as_str().unwrap_or("normal") {
@@ -277,7 +278,7 @@ mod tests {
         let r = &rows[0];
         assert_eq!(
             (r["attempts"].as_u64(), r["total"].as_u64(), r["destinations"].as_u64()),
-            (Some(11), Some(22), Some(7))
+            (Some(11), Some(22), Some(4))
         );
         assert_eq!((r["first_seen"].as_f64(), r["last_seen"].as_f64()), (Some(8.0), Some(20.0)));
         assert_eq!((r["state"].as_str(), r["quarantine_until"].as_f64()), (Some("quarantined"), Some(99.0)));
