@@ -106,6 +106,25 @@ fn wait_table(socket: &Path, want: &BTreeMap<String, u64>) -> Value {
     }
 }
 
+/// `curl --unix-socket SOCKET -X POST http://op25b/v1/subscribers -d BODY`:
+/// (HTTP status, the JSON answer).
+fn curl(socket: &Path, body: &str) -> (u16, Value) {
+    let out = Command::new("curl")
+        .args(["-sS", "--max-time", "30", "--unix-socket"])
+        .arg(socket)
+        .args(["-w", "\n%{http_code}", "-H", "Content-Type: application/json", "--data-binary", body])
+        .arg("http://op25b/v1/subscribers")
+        .output()
+        .expect("curl runs (scripts/setup.sh installs it)");
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(out.status.success(), "curl: {}{text}", String::from_utf8_lossy(&out.stderr));
+    let (json, status) = text.trim_end().rsplit_once('\n').unwrap_or_else(|| panic!("no status line: {text}"));
+    (
+        status.parse().unwrap_or_else(|e| panic!("{e}: {text}")),
+        serde_json::from_str(json).unwrap_or_else(|e| panic!("{e}: {json}")),
+    )
+}
+
 /// The subscribers an instance holds in quarantine.
 fn quarantined(socket: &Path) -> Vec<String> {
     let (code, v) = top(&[socket]);
@@ -126,9 +145,9 @@ fn top_merges_two_instances_and_quarantine_goes_where_the_subscriber_is() {
     a.blocked_syns(DYN4, 3);
     a.blocked_syns(ONLY_A, 2);
     b.blocked_syns(DYN4, 4);
-    b.blocked_syns(ONLY_B, 1);
+    b.blocked_syns(ONLY_B, 5);
     let ta = wait_table(sa_, &table(&[(DYN4, 3), (ONLY_A, 2)]));
-    let tb = wait_table(sb, &table(&[(DYN4, 4), (ONLY_B, 1)]));
+    let tb = wait_table(sb, &table(&[(DYN4, 4), (ONLY_B, 5)]));
     // One socket: today's answer, no merged fields.
     assert!(ta.get("instances").is_none(), "{ta}");
 
@@ -141,7 +160,7 @@ fn top_merges_two_instances_and_quarantine_goes_where_the_subscriber_is() {
         *sum.entry(who).or_default() += n;
     }
     assert_eq!(attempts(&m), sum);
-    assert_eq!(attempts(&m), table(&[(DYN4, 7), (ONLY_A, 2), (ONLY_B, 1)]));
+    assert_eq!(attempts(&m), table(&[(DYN4, 7), (ONLY_A, 2), (ONLY_B, 5)]));
     let rows = m["top"].as_array().unwrap();
     assert_eq!(rows[0]["subscriber"], DYN4, "heaviest first");
     let on = |r: &Value| -> Vec<String> {
@@ -174,6 +193,26 @@ fn top_merges_two_instances_and_quarantine_goes_where_the_subscriber_is() {
     assert!(text.starts_with("op25b top over 2 of 2 instances: 4 tracked"), "{text}");
     assert!(text.lines().any(|l| l.starts_with(DYN4) && l.contains(" 7 ") && l.ends_with(" 1,2")), "{text}");
     assert!(text.lines().any(|l| l.starts_with(ONLY_B) && l.ends_with(" 2")), "{text}");
+
+    // The heaviest one only: B's own heaviest is ONLY_B (5), but B is asked
+    // for A's candidate too, so DYN4's sum (3 + 4) wins.
+    let (code, out, err) = op25b(&["top", "--json", "-n", "1"], &[sa_, sb]);
+    assert_eq!(code, 0, "{out}{err}");
+    let one: Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
+    assert_eq!(attempts(&one), table(&[(DYN4, 7)]), "{one}");
+
+    // The lookup the merge uses, as curl asks it; a bad one is a 400.
+    let (status, v) = curl(sb, &format!(r#"{{"subscribers": ["{ONLY_B}", "{ONLY_A}", "{DYN4}"]}}"#));
+    assert_eq!(status, 200, "{v}");
+    let held: Vec<&str> =
+        v["subscribers"].as_array().unwrap().iter().map(|r| r["subscriber"].as_str().unwrap()).collect();
+    assert_eq!(held, [ONLY_B, DYN4], "{v}");
+    assert_eq!(v["subscribers"][0]["attempts"], 5, "{v}");
+    for bad in [r#"{"subscribers": ["8.8.8.0/24"]}"#, r#"{"subscribers": "100.64.1.10"}"#, "[]"] {
+        let (status, v) = curl(sb, bad);
+        assert_eq!(status, 400, "{bad}: {v}");
+        assert!(v["error"].is_string(), "{v}");
+    }
 
     // Quarantine goes to the instance that holds the subscriber, and says so.
     let (code, out, err) = op25b(&["quarantine", ONLY_B], &[sa_, sb]);
