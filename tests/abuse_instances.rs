@@ -182,8 +182,8 @@ fn top_merges_two_instances_and_quarantine_goes_where_the_subscriber_is() {
         assert_eq!(r["total"].as_u64(), Some(total), "{r}");
     }
     let row = |m: &Value, who: &str| m["top"].as_array().unwrap().iter().find(|r| r["subscriber"] == who).cloned();
-    assert_eq!(on(&row(&m, ONLY_A).unwrap()), [na.clone()]);
-    assert_eq!(on(&row(&m, ONLY_B).unwrap()), [nb.clone()]);
+    assert_eq!(on(&row(&m, ONLY_A).unwrap()), std::slice::from_ref(&na));
+    assert_eq!(on(&row(&m, ONLY_B).unwrap()), std::slice::from_ref(&nb));
     assert_eq!(m["tracked"], 4, "{m}");
     assert_eq!(m["instances"].as_array().unwrap().iter().filter(|i| i["answered"] == true).count(), 2);
     // The text view: one line per instance, the holders of each row.
