@@ -38,7 +38,8 @@ Exit status: 0 success; 2 a usage or config error, or a capability op25b run nee
 Files: /etc/op25b/op25b.toml, the packaged config (--config of run, check and replay by default); \
 /run/op25b/op25b.sock, the unit's control socket (--socket of the commands that ask a running op25b by default).
 
-Environment: OP25B_SOCKET, the control socket of stats, top, quarantine, release, reload and events (--socket wins).")]
+Environment: OP25B_SOCKET, the control socket of stats, top, quarantine, release, reload and events (--socket wins; \
+top, quarantine and release take --socket more than once: several instances).")]
 struct Cli {
     /// How op25b's own log lines (standard error) are written.
     #[arg(long, value_enum, default_value_t = LogFormat::Text, global = true)]
@@ -136,16 +137,22 @@ enum Command {
         #[arg(long)]
         all: bool,
     },
-    /// Show the subscribers OP25B blocks most, from a running op25b.
+    /// Show the subscribers OP25B blocks most, from a running op25b, or from
+    /// several merged into one view (one --socket each).
     ///
-    /// Needs [abuse] in its config. Exit status: 0 with an answer, 2 when no
-    /// op25b answers at the socket.
+    /// Needs [abuse] in its config. Exit status: 0 with an answer (from every
+    /// socket), 2 when no op25b answers at a socket (the others are shown),
+    /// 1 on a bad answer or a refusal (abuse handling off).
     Top {
-        /// The control socket (`[control] socket` of the running op25b).
+        /// The control socket (`[control] socket` of the running op25b);
+        /// repeated, one view merged from several instances: a subscriber's
+        /// figures summed, its most severe state, the instances that hold it.
         #[arg(long, env = "OP25B_SOCKET", default_value = DEFAULT_SOCKET)]
-        socket: PathBuf,
+        socket: Vec<PathBuf>,
         /// Print the answer as one JSON object: the rows ("top", heaviest
-        /// first), who is in quarantine ("quarantined") and the thresholds.
+        /// first), who is in quarantine ("quarantined") and the thresholds;
+        /// over several sockets also "instances" (each one's figures, or
+        /// why it did not answer) and each row's "instances".
         #[arg(long)]
         json: bool,
         /// How many subscribers.
@@ -160,29 +167,45 @@ enum Command {
     },
     /// Put a subscriber in quarantine now (only its walled garden stays reachable).
     ///
-    /// Exit status: 0 done; 1 refused (an address outside
-    /// subscriber.prefixes, abuse handling off, the quarantine set full); 2 a
-    /// usage error (not an address), or when no op25b answers.
+    /// With several --socket: on the instances that hold the subscriber (in
+    /// their table or in quarantine; each is asked), or on every one with
+    /// --all; one line per instance says what it did. Exit status: 0 done
+    /// (everywhere it was asked); 1 refused (an address outside
+    /// subscriber.prefixes, abuse handling off, the quarantine set full; or no
+    /// instance holds the subscriber); 2 a usage error (not an address), or
+    /// when no op25b answers (at a socket).
     Quarantine {
         /// An IPv4 address, or an IPv6 address or /64.
         subscriber: String,
         /// How long, e.g. 15m (default: abuse.quarantine_for).
         #[arg(long = "for", value_name = "DURATION", value_parser = humantime::parse_duration)]
         duration: Option<std::time::Duration>,
-        /// The control socket (`[control] socket` of the running op25b).
+        /// The control socket (`[control] socket` of the running op25b);
+        /// repeated, several instances.
         #[arg(long, env = "OP25B_SOCKET", default_value = DEFAULT_SOCKET)]
-        socket: PathBuf,
+        socket: Vec<PathBuf>,
+        /// On every instance, not only those that hold the subscriber (a
+        /// quarantine that holds wherever the subscriber's traffic moves).
+        #[arg(long)]
+        all: bool,
     },
     /// End a subscriber's quarantine now.
     ///
-    /// Exit status: 0 done, 1 not in quarantine, 2 a usage error (not an
-    /// address), or when no op25b answers.
+    /// With several --socket: on the instances that hold its quarantine (each
+    /// is asked), or on every one with --all; one line per instance says what
+    /// it did. Exit status: 0 done (released somewhere), 1 not in quarantine
+    /// (anywhere), 2 a usage error (not an address), or when no op25b answers
+    /// (at a socket).
     Release {
         /// An IPv4 address, or an IPv6 address or /64.
         subscriber: String,
-        /// The control socket (`[control] socket` of the running op25b).
+        /// The control socket (`[control] socket` of the running op25b);
+        /// repeated, several instances.
         #[arg(long, env = "OP25B_SOCKET", default_value = DEFAULT_SOCKET)]
-        socket: PathBuf,
+        socket: Vec<PathBuf>,
+        /// On every instance, not only those that hold its quarantine.
+        #[arg(long)]
+        all: bool,
     },
     /// Ask the running op25b to reload its config file, and print the outcome.
     ///
@@ -328,10 +351,12 @@ fn main() -> ExitCode {
         Command::Top { socket, json, n, by, watch } => {
             return op25b::control::client::top(socket, *n, *by, *json, *watch)
         }
-        Command::Quarantine { subscriber, duration, socket } => {
-            return op25b::control::client::quarantine(socket, subscriber, *duration)
+        Command::Quarantine { subscriber, duration, socket, all } => {
+            return op25b::control::client::quarantine(socket, subscriber, *duration, *all)
         }
-        Command::Release { subscriber, socket } => return op25b::control::client::release(socket, subscriber),
+        Command::Release { subscriber, socket, all } => {
+            return op25b::control::client::release(socket, subscriber, *all)
+        }
         Command::Help { command } => return help(command.as_deref()),
         Command::Lab { command } => return lab(command.clone()),
         Command::Completions { shell } => {

@@ -4,7 +4,7 @@
 //! (which reads the classic text only: on OpenMetrics it can but report each
 //! counter, whose family is named without `_total`, as lacking help), the
 //! OpenMetrics answer read by a strict OpenMetrics parser (the Python
-//! client's) as the same families; the shipped alert rules checked and
+//! client's) as the same families; the shipped alert and recording rules checked and
 //! unit-tested by promtool; every metric the rules and the Grafana dashboard
 //! name is one a scrape shows; the kernel's TUN queue drops as op25b reports them.
 //!

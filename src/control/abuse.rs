@@ -13,7 +13,9 @@ use std::time::{Duration, Instant, SystemTime};
 use super::abuse_state::StateFile;
 use super::writer::WriterThread;
 use crate::dataplane::events::{Event, EventSender};
-use crate::state::abuse::{subscriber_name, Abuse, AbuseEvent, Attempt, QuarantineCause, QuarantineEnd, TopEntry};
+use crate::state::abuse::{
+    subscriber_name, Abuse, AbuseEvent, Attempt, Entry, QuarantineCause, QuarantineEnd, Standing, TopEntry,
+};
 use crate::stats::WriteErrors;
 
 /// How often the thread looks for quarantines that are over, at the latest.
@@ -213,7 +215,10 @@ pub(crate) fn top_json(abuse: &Abuse, n: usize, by_destinations: bool) -> serde_
 }
 
 fn top_row(t: &TopEntry, clock: &Clock) -> serde_json::Value {
-    let e = &t.entry;
+    entry_row(&t.entry, t.standing, t.quarantine_until, clock)
+}
+
+fn entry_row(e: &Entry, standing: Standing, until: Option<Instant>, clock: &Clock) -> serde_json::Value {
     serde_json::json!({
         "subscriber": subscriber_name(e.key),
         "attempts": e.attempts,
@@ -223,8 +228,38 @@ fn top_row(t: &TopEntry, clock: &Clock) -> serde_json::Value {
         "total_destinations": e.total_destinations,
         "first_seen": clock.unix(e.first_seen),
         "last_seen": clock.unix(e.last_seen),
-        "state": t.standing.name(),
-        "quarantine_until": t.quarantine_until.map(|u| clock.unix(u)),
+        "state": standing.name(),
+        "quarantine_until": until.map(|u| clock.unix(u)),
         "samples": e.samples.iter().map(IpAddr::to_string).collect::<Vec<_>>(),
     })
+}
+
+/// The answer to a lookup of `keys`: a row (as `top`'s) for each one this
+/// op25b holds, in the table or in quarantine (then with zero attempts and
+/// no times), in the order asked; the others are left out.
+pub(crate) fn subscribers_json(abuse: &Abuse, keys: &[u64]) -> serde_json::Value {
+    let clock = Clock::now();
+    let rows: Vec<serde_json::Value> = keys
+        .iter()
+        .filter_map(|&key| {
+            let held = abuse.lookup(key, clock.instant)?;
+            Some(match &held.entry {
+                Some(e) => entry_row(e, held.standing, held.quarantine_until, &clock),
+                None => serde_json::json!({
+                    "subscriber": subscriber_name(key),
+                    "attempts": 0,
+                    "total": 0,
+                    "error": 0,
+                    "destinations": 0,
+                    "total_destinations": 0,
+                    "first_seen": null,
+                    "last_seen": null,
+                    "state": held.standing.name(),
+                    "quarantine_until": held.quarantine_until.map(|u| clock.unix(u)),
+                    "samples": [],
+                }),
+            })
+        })
+        .collect();
+    serde_json::json!({ "subscribers": rows })
 }

@@ -7,6 +7,7 @@
 //! |---|---|
 //! | `GET /v1/stats` | the counters and the config's figures |
 //! | `GET /v1/top?n=20&by=attempts` | the heaviest subscribers, and every one in quarantine |
+//! | `POST /v1/subscribers` `{"subscribers": [..]}` | a row as `top`'s for each of them this op25b holds (in its table or in quarantine) |
 //! | `POST /v1/quarantine` `{"subscriber": .., "seconds": ..}` | the quarantine started |
 //! | `POST /v1/release` `{"subscriber": ..}` | the quarantine ended |
 //! | `POST /v1/reload` | the reload's outcome: accepted (and what was kept) or refused (why) |
@@ -35,11 +36,16 @@ const MAX_QUARANTINE: f64 = 30.0 * 86_400.0;
 /// Most rows `top` returns.
 const MAX_TOP: usize = 10_000;
 
+/// Most subscribers one lookup asks for (a merged `top` of several
+/// instances asks each for the others' rows).
+const MAX_LOOKUP: usize = 65_536;
+
 /// The API's routes.
 pub(super) fn router(shared: Shared) -> axum::Router {
     axum::Router::new()
         .route("/v1/stats", get(stats))
         .route("/v1/top", get(top))
+        .route("/v1/subscribers", post(subscribers))
         .route("/v1/quarantine", post(quarantine))
         .route("/v1/release", post(release))
         .route("/v1/reload", post(reload))
@@ -47,7 +53,7 @@ pub(super) fn router(shared: Shared) -> axum::Router {
         .fallback(|| async {
             error(
                 StatusCode::NOT_FOUND,
-                "no such endpoint; see /v1/stats, /v1/top, /v1/quarantine, /v1/release, /v1/reload, /v1/events",
+                "no such endpoint; see /v1/stats, /v1/top, /v1/subscribers, /v1/quarantine, /v1/release, /v1/reload, /v1/events",
             )
         })
         .method_not_allowed_fallback(|| async { error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed here") })
@@ -115,6 +121,29 @@ async fn top(State(shared): State<Shared>, RawQuery(query): RawQuery) -> Result<
     let (n, by_destinations) = top_params(query.as_deref()).map_err(ApiError::bad)?;
     let a = shared.stats.abuse().ok_or_else(abuse_off)?;
     Ok(ok(&abuse::top_json(a, n, by_destinations)))
+}
+
+/// Which of the subscribers asked for this op25b holds (`op25b top` and
+/// `quarantine` over several instances ask each).
+async fn subscribers(State(shared): State<Shared>, body: Bytes) -> Result<Response, ApiError> {
+    let body = body_object(&body)?;
+    let Some(list) = body.get("subscribers").and_then(Value::as_array) else {
+        return Err(ApiError::bad("the body needs \"subscribers\": a list of addresses"));
+    };
+    if list.len() > MAX_LOOKUP {
+        return Err(ApiError::bad(format!("subscribers: {} asked, at most {MAX_LOOKUP} at once", list.len())));
+    }
+    let keys = list
+        .iter()
+        .map(|v| {
+            let text = v.as_str().unwrap_or_default();
+            parse_subscriber(text).ok_or_else(|| {
+                ApiError::bad(format!("{v} is not a subscriber (an IPv4 address, or an IPv6 address or /64)"))
+            })
+        })
+        .collect::<Result<Vec<u64>, ApiError>>()?;
+    let a = shared.stats.abuse().ok_or_else(abuse_off)?;
+    Ok(ok(&abuse::subscribers_json(a, &keys)))
 }
 
 /// The JSON object of a request body.

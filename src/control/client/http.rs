@@ -107,23 +107,63 @@ pub fn request(
     body: Option<&serde_json::Value>,
 ) -> Result<serde_json::Value, ClientError> {
     let path = socket.display().to_string();
+    runtime(&path)?.block_on(exchange(socket, method, uri, body))
+}
+
+/// One request of [`request_each`].
+#[derive(Debug, Clone)]
+pub struct Call<'a> {
+    /// The control socket.
+    pub socket: &'a Path,
+    /// GET or POST.
+    pub method: &'static str,
+    /// The path and query.
+    pub uri: String,
+    /// The JSON body, if any.
+    pub body: Option<serde_json::Value>,
+}
+
+/// Each call's request, all at once; the answers in the order of `calls`.
+/// A slow or silent op25b delays only its own answer, up to the timeout.
+pub fn request_each(calls: &[Call<'_>]) -> Vec<Result<serde_json::Value, ClientError>> {
+    let rt = match runtime("the control sockets") {
+        Ok(rt) => rt,
+        Err(e) => {
+            let why = e.to_string();
+            return calls
+                .iter()
+                .map(|c| Err(ClientError::Answer { path: c.socket.display().to_string(), why: why.clone() }))
+                .collect();
+        }
+    };
+    rt.block_on(futures_util::future::join_all(
+        calls.iter().map(|c| exchange(c.socket, c.method, &c.uri, c.body.as_ref())),
+    ))
+}
+
+/// One exchange, bounded by [`TIMEOUT`].
+async fn exchange(
+    socket: &Path,
+    method: &str,
+    uri: &str,
+    body: Option<&serde_json::Value>,
+) -> Result<serde_json::Value, ClientError> {
+    let path = socket.display().to_string();
     let bad = |why: String| ClientError::Answer { path: path.clone(), why };
-    runtime(&path)?.block_on(async {
-        let exchange = async {
-            let response = send(socket, method, uri, body).await?;
-            let status = response.status().as_u16();
-            let bytes = response.into_body().collect().await.map_err(|e| bad(e.to_string()))?.to_bytes();
-            let v: serde_json::Value = serde_json::from_slice(&bytes).map_err(|e| bad(format!("not JSON: {e}")))?;
-            if (200..300).contains(&status) {
-                Ok(v)
-            } else {
-                Err(refused(status, v))
-            }
-        };
-        tokio::time::timeout(TIMEOUT, exchange)
-            .await
-            .unwrap_or_else(|_| Err(bad(format!("no answer within {} s", TIMEOUT.as_secs()))))
-    })
+    let exchange = async {
+        let response = send(socket, method, uri, body).await?;
+        let status = response.status().as_u16();
+        let bytes = response.into_body().collect().await.map_err(|e| bad(e.to_string()))?.to_bytes();
+        let v: serde_json::Value = serde_json::from_slice(&bytes).map_err(|e| bad(format!("not JSON: {e}")))?;
+        if (200..300).contains(&status) {
+            Ok(v)
+        } else {
+            Err(refused(status, v))
+        }
+    };
+    tokio::time::timeout(TIMEOUT, exchange)
+        .await
+        .unwrap_or_else(|_| Err(bad(format!("no answer within {} s", TIMEOUT.as_secs()))))
 }
 
 /// `GET uri` of a stream of lines: calls `each` with every line as it

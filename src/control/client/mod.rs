@@ -4,13 +4,15 @@
 //! error (op25b says 400) or no op25b at the socket.
 
 mod http;
+mod many;
+pub mod merge;
 
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
-pub use http::{follow, request, ClientError};
+pub use http::{follow, request, request_each, Call, ClientError};
 
 use crate::state::abuse::parse_subscriber;
 
@@ -142,8 +144,39 @@ fn say(text: &str) -> bool {
     out.write_all(text.as_bytes()).and_then(|()| out.flush()).is_ok()
 }
 
-/// `op25b top`: asks once (or every second with `watch`) and prints.
-pub fn top(socket: &Path, n: usize, by: TopBy, json: bool, watch: bool) -> ExitCode {
+/// The sockets as given, each once (a socket named twice would count its
+/// instance twice).
+fn distinct(sockets: &[PathBuf]) -> Vec<PathBuf> {
+    let mut out: Vec<PathBuf> = Vec::with_capacity(sockets.len());
+    for s in sockets {
+        if !out.contains(s) {
+            out.push(s.clone());
+        }
+    }
+    out
+}
+
+/// `op25b top`: asks once (or every second with `watch`) and prints; over
+/// several sockets, one view merged from all their instances.
+pub fn top(sockets: &[PathBuf], n: usize, by: TopBy, json: bool, watch: bool) -> ExitCode {
+    match distinct(sockets).as_slice() {
+        [one] => top_one(one, n, by, json, watch),
+        many => many::top(many, n, by, json, watch),
+    }
+}
+
+/// The merged `top` of several instances as `op25b top --json` prints it,
+/// and the worst exit status of those that did not answer (0 when all did).
+pub fn top_merged(sockets: &[PathBuf], n: usize, by: TopBy) -> (serde_json::Value, u8) {
+    many::ask_top(&distinct(sockets), n, by)
+}
+
+/// The merged `top` as the table a person reads.
+pub fn render_merged(v: &serde_json::Value, now: std::time::SystemTime) -> String {
+    many::render_merged(v, now)
+}
+
+fn top_one(socket: &Path, n: usize, by: TopBy, json: bool, watch: bool) -> ExitCode {
     use std::io::IsTerminal;
     let by = match by {
         TopBy::Attempts => "attempts",
@@ -245,12 +278,33 @@ fn subscriber(text: &str) -> Result<&str, ExitCode> {
     }
 }
 
-/// `op25b quarantine SUBSCRIBER [--for DURATION]`.
-pub fn quarantine(socket: &Path, subscriber_text: &str, duration: Option<Duration>) -> ExitCode {
+/// `op25b quarantine SUBSCRIBER [--for DURATION]`; over several sockets,
+/// on the instances that hold the subscriber (or on all).
+pub fn quarantine(sockets: &[PathBuf], subscriber_text: &str, duration: Option<Duration>, all: bool) -> ExitCode {
     let who = match subscriber(subscriber_text) {
         Ok(w) => w,
         Err(code) => return code,
     };
+    match distinct(sockets).as_slice() {
+        [one] => quarantine_one(one, who, duration),
+        many => many::act(many, &many::Act { who, release: false, duration, all }),
+    }
+}
+
+/// `op25b release SUBSCRIBER`; over several sockets, on the instances that
+/// hold its quarantine (or on all).
+pub fn release(sockets: &[PathBuf], subscriber_text: &str, all: bool) -> ExitCode {
+    let who = match subscriber(subscriber_text) {
+        Ok(w) => w,
+        Err(code) => return code,
+    };
+    match distinct(sockets).as_slice() {
+        [one] => release_one(one, who),
+        many => many::act(many, &many::Act { who, release: true, duration: None, all }),
+    }
+}
+
+fn quarantine_one(socket: &Path, who: &str, duration: Option<Duration>) -> ExitCode {
     let body = serde_json::json!({"subscriber": who, "seconds": duration.map(|d| d.as_secs_f64())});
     match request(socket, "POST", "/v1/quarantine", Some(&body)) {
         Ok(v) => {
@@ -262,12 +316,7 @@ pub fn quarantine(socket: &Path, subscriber_text: &str, duration: Option<Duratio
     }
 }
 
-/// `op25b release SUBSCRIBER`.
-pub fn release(socket: &Path, subscriber_text: &str) -> ExitCode {
-    let who = match subscriber(subscriber_text) {
-        Ok(w) => w,
-        Err(code) => return code,
-    };
+fn release_one(socket: &Path, who: &str) -> ExitCode {
     match request(socket, "POST", "/v1/release", Some(&serde_json::json!({"subscriber": who}))) {
         Ok(v) => {
             say(&format!("{} released from quarantine\n", v["released"].as_str().unwrap_or(who)));

@@ -320,6 +320,17 @@ pub struct TopEntry {
     pub quarantine_until: Option<Instant>,
 }
 
+/// A subscriber this op25b holds ([`Abuse::lookup`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Held {
+    /// Its entry in the table, if it is in the table.
+    pub entry: Option<Entry>,
+    /// Its standing now.
+    pub standing: Standing,
+    /// When its quarantine ends, if in one.
+    pub quarantine_until: Option<Instant>,
+}
+
 /// Abuse handling of a running op25b: the settings, the tracker (behind a
 /// lock only the abuse thread and the control plane take) and the
 /// quarantine set the routers read.
@@ -450,6 +461,24 @@ impl Abuse {
             .collect()
     }
 
+    /// Subscriber `key` as `op25b top` would show it, if this op25b holds
+    /// it: in the table, or in quarantine (then `entry` is `None` when it
+    /// is not in the table too).
+    pub fn lookup(&self, key: u64, now: Instant) -> Option<Held> {
+        let window = self.settings().thresholds.window;
+        let entry = lock(&self.tracker).get(key, now, window);
+        match entry {
+            Some(entry) => {
+                let (standing, quarantine_until) = self.standing(&entry, now, window);
+                Some(Held { entry: Some(entry), standing, quarantine_until })
+            }
+            None => {
+                let until = self.quarantine.until(key).filter(|u| now < *u)?;
+                Some(Held { entry: None, standing: Standing::Quarantined, quarantine_until: Some(until) })
+            }
+        }
+    }
+
     /// The gauges: tracked, suspected, quarantined.
     pub fn gauges(&self, now: Instant) -> (u64, u64, u64) {
         let window = self.settings().thresholds.window;
@@ -560,5 +589,21 @@ mod tests {
         ));
         assert_eq!(abuse.release(key), Some(AbuseEvent::QuarantineEnded { key, end: QuarantineEnd::Released }));
         assert_eq!(abuse.release(key), None);
+    }
+
+    #[test]
+    fn lookup_finds_a_subscriber_in_the_table_or_in_quarantine() {
+        let abuse = Abuse::new(AbuseSettings::default(), Arc::new(Quarantine::new(16)));
+        let t0 = Instant::now();
+        abuse.record(attempts("100.64.1.10", 3, t0, false), &mut Vec::new());
+        let held = abuse.lookup(parse_subscriber("100.64.1.10").unwrap(), t0).expect("in the table");
+        assert_eq!((held.standing, held.entry.map(|e| e.attempts)), (Standing::Normal, Some(3)));
+        let other = parse_subscriber("100.64.1.11").unwrap();
+        assert_eq!(abuse.lookup(other, t0), None);
+        let _ = abuse.quarantine(other, t0, Some(Duration::from_secs(5)));
+        let held = abuse.lookup(other, t0).expect("in quarantine");
+        assert_eq!((held.entry, held.standing), (None, Standing::Quarantined));
+        assert_eq!(held.quarantine_until, Some(t0 + Duration::from_secs(5)));
+        assert_eq!(abuse.lookup(other, t0 + Duration::from_secs(5)), None, "over");
     }
 }
