@@ -7,8 +7,10 @@
 //! carried: none gets through at any moment, the kernel drops its nexthops,
 //! its subscribers reach 587 through the other; the time from the kill to
 //! the first such connection is printed, bounded only by a generous limit
-//! that means "failed". Then `up` again brings it back. Needs root; fails
-//! loudly without it. Everything is removed at the end, also on failure.
+//! that means "failed". Then `up` again brings it back; the merged `op25b
+//! top` of both instances is the sum of their own tables; a crash of all is
+//! removed by `down`. Needs root; fails loudly without it. Everything is
+//! removed at the end, also on failure.
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::{IpAddr, SocketAddr, TcpStream};
@@ -291,6 +293,7 @@ fn subscribers_spread_over_two_instances_and_move_when_one_is_killed() {
     let log = std::fs::read_to_string(lab.names.instance_dir(spread.victim).join("op25b.log")).unwrap_or_default();
     assert!(quarantined(&lab, spread.victim).contains(&m.to_string()), "{m}'s quarantine not restored:\n{log}");
     assert!(!quarantined(&lab, spread.survivor).contains(&m.to_string()));
+    merged_top_is_the_sum(&lab, &spread);
     crash_and_down(&lab);
 }
 
@@ -421,6 +424,54 @@ fn bring_back(lab: &Lab, sp: &Spread) {
         sp.moved.len()
     );
     assert!((0..2).all(|k| last.contains(&k)), "the instance that came back carries nobody: {}", show(&sp.subs, &last));
+}
+
+/// `op25b top --json` of these sockets: its rows by subscriber.
+fn top_rows(sockets: &[String]) -> std::collections::BTreeMap<String, Value> {
+    let mut args = vec!["top", "--json", "-n", "100"];
+    for s in sockets {
+        args.extend(["--socket", s.as_str()]);
+    }
+    let out = op25b(&args);
+    assert!(out.status.success(), "op25b {}: {}", args.join(" "), text(&out));
+    let v: Value = serde_json::from_slice(&out.stdout).expect("top --json is JSON");
+    let rows = v["top"].as_array().unwrap_or_else(|| panic!("no rows: {v}"));
+    rows.iter().map(|r| (r["subscriber"].as_str().expect("a subscriber").to_string(), r.clone())).collect()
+}
+
+/// The merged `top` of both instances is, subscriber by subscriber, the sum
+/// of their own tables. The moved subscribers are held by both: the victim
+/// counted them before the kill (its table restored from its state file) and
+/// after their return, the survivor in between.
+fn merged_top_is_the_sum(lab: &Lab, sp: &Spread) {
+    let sockets = [lab.socket(0), lab.socket(1)];
+    let own = [top_rows(&sockets[..1]), top_rows(&sockets[1..])];
+    let merged = top_rows(&sockets);
+    let mut names: Vec<&String> = own[0].keys().chain(own[1].keys()).collect();
+    names.sort();
+    names.dedup();
+    assert_eq!(merged.keys().collect::<Vec<_>>(), names, "the merged rows are the union of the instances'");
+    let mut both = 0;
+    for who in names {
+        let sum =
+            |field: &str| own.iter().filter_map(|t| t.get(who)).map(|r| r[field].as_u64().unwrap_or(0)).sum::<u64>();
+        let row = &merged[who];
+        for field in ["attempts", "total"] {
+            assert_eq!(
+                row[field].as_u64(),
+                Some(sum(field)),
+                "{who} {field}: {row} from {:?}",
+                [&own[0].get(who), &own[1].get(who)]
+            );
+        }
+        both += usize::from(own.iter().all(|t| t.contains_key(who)));
+    }
+    assert!(both > 0, "no subscriber held by both instances: {merged:?}");
+    eprintln!(
+        "MERGED TOP: {} subscribers, {both} held by both instances (the {} moved and back), each row the sum of its instances' rows",
+        merged.len(),
+        sp.moved.len()
+    );
 }
 
 /// A crash of everything: status says so, down removes it all, twice.
