@@ -144,14 +144,20 @@ fn settle(st: &LabState) -> Result<(), LabError> {
 /// Starts the instances in `dead` again and puts them back in the groups.
 fn revive(mut st: LabState, dead: &[usize], opts: &UpOptions) -> Result<(), LabError> {
     let names = st.names.clone();
-    for &k in dead {
-        say(format!("instance {k} is not running: starting it again"));
-        start_instance(&names, &mut st, k, opts.bin.as_ref())?;
+    let started = (|| {
+        for &k in dead {
+            say(format!("instance {k} is not running: starting it again"));
+            start_instance(&names, &mut st, k, opts.bin.as_ref())?;
+        }
+        set_groups(&names, &st)?;
+        // The kernel removed the routes with a group that lost its last member.
+        routes(&names)?;
+        settle(&st)
+    })();
+    if let Err(e) = started {
+        show_logs(&st);
+        return Err(e);
     }
-    set_groups(&names, &st)?;
-    // The kernel removed the routes with a group that lost its last member.
-    routes(&names)?;
-    settle(&st)?;
     say(format!(
         "lab {} is up again; an idle subscriber moves back after {NH_IDLE_TIMER_SECS} s without traffic",
         names.name
