@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use clap::{Args, Subcommand};
 
 use super::def::{Names, DEFAULT_NAME};
+use super::kernel::RouterKind;
 use super::{run, LabError};
 
 /// Which lab.
@@ -51,6 +52,11 @@ pub enum LabCommand {
         /// arguments); this op25b by default.
         #[arg(long, value_name = "PATH")]
         bin: Option<PathBuf>,
+        /// What forwards: op25b, or the kernel in a namespace NAME-rtr
+        /// (veth pairs, ip_forward, OP25B as an nftables rule): the reference
+        /// op25b is measured against.
+        #[arg(long, value_enum, default_value = "op25b", conflicts_with_all = ["config", "bin", "stats"])]
+        router: RouterKind,
         /// Passed to `op25b run --stats FILE`: op25b writes its counters
         /// there when it stops (`down`) and on SIGUSR1.
         #[arg(long, value_name = "FILE")]
@@ -118,8 +124,8 @@ pub enum LabCommand {
 /// Runs `op25b lab ...`; the exit status.
 pub fn main(cmd: LabCommand) -> Result<u8, LabError> {
     match cmd {
-        LabCommand::Up { lab, servers, config, bin, stats } => {
-            run::up(&lab.names()?, &run::UpOptions { servers, config, bin, stats }).map(|()| 0)
+        LabCommand::Up { lab, servers, config, bin, stats, router } => {
+            run::up(&lab.names()?, &run::UpOptions { servers, config, bin, stats, router }).map(|()| 0)
         }
         LabCommand::Down { lab, save_log } => run::down(&lab.names()?, save_log.as_deref()).map(|()| 0),
         LabCommand::Status { lab, json } => run::status(&lab.names()?, json),

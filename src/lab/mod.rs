@@ -35,6 +35,7 @@ macro_rules! out {
 
 pub mod cli;
 pub mod def;
+pub mod kernel;
 pub mod net;
 pub mod netns;
 mod run;

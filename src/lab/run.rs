@@ -13,6 +13,7 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
 use super::def::{self, Definition, Names, SERVERS, SMTP_PORTS};
+use super::kernel::{self, RouterKind};
 use super::state::{self, LabState, Proc};
 use super::{netns, setup, smtp, LabError};
 
@@ -32,6 +33,8 @@ pub struct UpOptions {
     pub bin: Option<PathBuf>,
     /// `op25b run --stats FILE`.
     pub stats: Option<PathBuf>,
+    /// What forwards.
+    pub router: RouterKind,
 }
 
 fn say(text: impl std::fmt::Display) {
@@ -59,7 +62,7 @@ fn this_exe() -> Result<PathBuf, LabError> {
 /// Whether the recorded lab runs whole: namespaces, op25b, the servers it started.
 fn healthy(s: &LabState) -> bool {
     s.namespaces.iter().all(|n| netns::exists(n))
-        && s.op25b.is_some_and(|p| p.alive())
+        && (s.kernel_router || s.op25b.is_some_and(|p| p.alive()))
         && s.servers.is_none_or(|p| p.alive())
 }
 
@@ -131,10 +134,12 @@ pub fn up(names: &Names, opts: &UpOptions) -> Result<(), LabError> {
             return Err(e);
         }
     };
+    let names = if opts.router == RouterKind::Kernel { kernel::names(&names) } else { names };
     st.names = names.clone();
+    st.kernel_router = opts.router == RouterKind::Kernel;
     // Absolute, so `reload` finds it from any directory.
     st.source_config = opts.config.as_ref().map(|c| std::fs::canonicalize(c).unwrap_or_else(|_| c.clone()));
-    st.socket = text.contains(&format!("socket = \"{}\"", socket.display())).then_some(socket);
+    st.socket = (!st.kernel_router && text.contains(&format!("socket = \"{}\"", socket.display()))).then_some(socket);
     std::fs::write(&st.config, &text).map_err(|e| LabError::io(&st.config, e))?;
     let started = start(&names, &mut st, opts);
     if let Err(e) = started {
@@ -148,8 +153,11 @@ pub fn up(names: &Names, opts: &UpOptions) -> Result<(), LabError> {
         down(&names, None)?;
         return Err(e);
     }
-    let pid = st.op25b.map_or(0, |p| p.pid);
-    say(format!("lab {} is up: op25b pid {pid}, state in {}", names.name, dir.display()));
+    let router = match st.op25b {
+        Some(p) => format!("op25b pid {}", p.pid),
+        None => "the kernel forwards".into(),
+    };
+    say(format!("lab {} is up: {router}, state in {}", names.name, dir.display()));
     say(format!("try: op25b lab exec{} -- ping -c1 {}", name_arg(&names), def::MX4));
     Ok(())
 }
@@ -183,6 +191,10 @@ fn start(names: &Names, st: &mut LabState, opts: &UpOptions) -> Result<(), LabEr
         st.save()?;
         let ready = dir.join("servers.ready");
         wait(START_WAIT, "the SMTP servers to listen", || ready.exists(), || gone(st.servers, "the SMTP servers"))?;
+    }
+    if st.kernel_router {
+        say(format!("kernel router: netns {} (veth, ip_forward, nftables)", kernel::router_ns(names)));
+        return kernel::build(names, st);
     }
     let bin = match &opts.bin {
         Some(b) => b.clone(),

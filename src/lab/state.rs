@@ -95,6 +95,9 @@ pub struct LabState {
     pub source_config: Option<PathBuf>,
     /// The control socket, if the lab added one.
     pub socket: Option<PathBuf>,
+    /// The kernel forwards instead of op25b (`up --router kernel`).
+    #[serde(default)]
+    pub kernel_router: bool,
 }
 
 impl LabState {
@@ -109,6 +112,7 @@ impl LabState {
             config: names.state_dir().join("op25b.toml"),
             source_config: None,
             socket: None,
+            kernel_router: false,
         }
     }
 
