@@ -41,6 +41,7 @@ mod run;
 pub mod setup;
 pub mod smtp;
 pub mod state;
+pub mod veth;
 
 pub use def::Names;
 

@@ -31,7 +31,7 @@ fn nl(what: &str, e: rtnetlink::Error) -> LabError {
 }
 
 /// Runs `f` with a netlink handle on a thread inside namespace `ns`.
-fn with_handle<T, F, Fut>(ns: &str, f: F) -> Result<T, LabError>
+pub(super) fn with_handle<T, F, Fut>(ns: &str, f: F) -> Result<T, LabError>
 where
     T: Send,
     F: FnOnce(Handle) -> Fut + Send,
@@ -53,7 +53,7 @@ where
     })
 }
 
-async fn index_of(handle: &Handle, dev: &str) -> Result<Option<(u32, LinkFlags)>, LabError> {
+pub(super) async fn index_of(handle: &Handle, dev: &str) -> Result<Option<(u32, LinkFlags)>, LabError> {
     match handle.link().get().match_name(dev).execute().try_next().await {
         Ok(Some(m)) => Ok(Some((m.header.index, m.header.flags))),
         Ok(None) => Ok(None),

@@ -95,6 +95,9 @@ pub struct LabState {
     pub source_config: Option<PathBuf>,
     /// The control socket, if the lab added one.
     pub socket: Option<PathBuf>,
+    /// The kind of upstream the lab gave op25b (`up --upstream`).
+    #[serde(default)]
+    pub upstream: super::veth::Upstream,
 }
 
 impl LabState {
@@ -109,6 +112,7 @@ impl LabState {
             config: names.state_dir().join("op25b.toml"),
             source_config: None,
             socket: None,
+            upstream: super::veth::Upstream::Tun,
         }
     }
 
