@@ -131,6 +131,9 @@ fn a_lab_with_a_veth_upstream_delivers_the_same_mail() {
     let lab = TestLab::up(&["--servers", "--upstream", "veth"]);
     let config = std::fs::read_to_string(lab.names.state_dir().join("op25b.toml")).expect("the lab's config");
     assert!(config.contains("interface = \"op25b-up\"") && !config.contains("\ntun = \"op25b-up\""), "{config}");
+    // A reload writes the veth lab's config again (the interface is start-only: unchanged, accepted).
+    let reload = lab.lab(&["reload"]);
+    assert!(reload.status.success() && text(&reload).contains("config reloaded"), "{}", text(&reload));
     mail_through(lab, "veth");
 }
 
