@@ -2,6 +2,7 @@
 run's work directory, the processes it starts (stopped by pid, whatever happens), the
 build, and its lab, made and removed by `op25b lab` (which alone touches namespaces)."""
 
+import argparse
 import json
 import os
 import shutil
@@ -28,6 +29,26 @@ def show(path, tail=None):
         pass
 
 
+def parse_args(argv, flags=(), ints=()):
+    """The options both take (--no-build, --bin, --keep, -h), flags, and ints ("-x|--name",
+    default); a ValueError on a usage error."""
+    class P(argparse.ArgumentParser):
+        def error(self, message):
+            raise ValueError(message)
+    p = P(add_help=False)
+    for f in ("--no-build", "-h", "--help", *flags):
+        p.add_argument(f, action="store_true")
+    for f, d in ints:
+        p.add_argument(*f.split("|"), type=int, default=d)
+    p.add_argument("--bin", default=os.path.join(os.path.dirname(__file__), "../target/release/op25b"))
+    p.add_argument("--keep")
+    o = p.parse_args(argv)
+    if o.h or o.help:
+        raise ValueError(None)
+    o.build, o.bin, o.keep = not o.no_build, os.path.abspath(o.bin), o.keep and os.path.abspath(o.keep)
+    return o
+
+
 class Die(Exception):
     """A step the run cannot go on without failed: exit 1 (after cleanup)."""
 
@@ -50,8 +71,8 @@ class Lab:
         except ValueError:
             raise Die(f"op25b lab status --json: {out.stderr.strip()}") from None
 
-    def config(self, extra=""):
-        return subprocess.run(self.cmd("config"), capture_output=True, text=True, check=True).stdout + extra
+    def config(self, *args):
+        return subprocess.run(self.cmd("config", *args), capture_output=True, text=True, check=True).stdout
 
     def up(self, out, *args):
         """`op25b lab up ARGS`; the router's pid (None for the kernel)."""
@@ -108,6 +129,14 @@ class Run:
     def example(self, name):
         """An example program built beside the op25b binary (target/PROFILE/examples)."""
         return os.path.join(os.path.dirname(self.o.bin), "examples", name)
+
+    def reach(self, tag):
+        """Both families reach the outside server through the router (also fills ARP/ND)."""
+        for fam, dst in (("4", self.lab.srv4), ("6", self.lab.srv6)):
+            out = self.file(f"{tag}-reach{fam}")
+            if self.reap(self.spawn(out, self.lab.exec(10, "ping", f"-{fam}", "-nq", "-c3", "-i0.2", "-W2", dst)), 15):
+                show(out)
+                raise Die(f"{tag}: {dst} unreachable")
 
     def spawn(self, out, argv):
         """argv in the background, stdout to out, stderr to out.err; in its own process

@@ -1,38 +1,29 @@
 #!/usr/bin/env python3
 """
 op25b soak: load and reloads together for a bounded time, in a lab made for the run
-(`op25b lab up --name o25soak-PID`, the lab's own definition and config).
-
-  SUB (100.64.1.10, 2001:db8:100:1::10) ==TUN==> op25b ==TUN==> UP (203.0.113.25, 2001:db8:203::25)
-
-During the whole run:
-  - iperf3 load in both directions, at fixed rates: TCP IPv4 upload, TCP IPv6 download,
-    UDP IPv4 upload and UDP IPv6 download (512-byte datagrams);
-  - a trickle of blocked SYNs to 203.0.113.25:25 from forged subscriber sources
-    (examples/syn_load.rs flood), each answered with an RST by op25b;
-  - a reload every 200 ms (`op25b lab reload`: the config replaced, SIGHUP, op25b's
-    answer awaited) in the cycle valid B, invalid, valid A, valid B, invalid, ...
-    (A is the start config).
-At the end it checks, and prints:
-  - op25b is alive;
-  - every reload was accepted or refused as expected, and the control socket's reload
-    counters (`op25b stats`) are exact;
-  - per direction received = forwarded + dropped + replied + terminated, exactly (the
-    `--stats` file op25b writes when it stops);
-  - no TCP connection of the load was reset (every iperf3 ended well);
-  - op25b's RSS, sampled through the run (the curve is printed), grew by at most
-    max(1 MiB, 5 %) after the warm-up (the first 10 %, at least 5 s);
-  - no WARN or ERROR line in op25b's log but the expected refusals, one per invalid reload.
+(`op25b lab up --name o25soak-PID`, the lab's definition and config). All the while:
+  - iperf3 at fixed rates both ways: TCP IPv4 up, TCP IPv6 down, UDP IPv4 up, UDP IPv6
+    down (512-byte datagrams); 50 blocked SYNs a second to 203.0.113.25:25 from forged
+    subscriber sources (examples/syn_load.rs flood), each answered with an RST;
+  - a reload every 200 ms (`op25b lab reload`: the config replaced, SIGHUP, op25b's answer
+    awaited), in the cycle valid B, invalid, valid A, ... (A is the start config).
+At the end it checks, and prints: op25b is alive; every reload was accepted or refused as
+expected, and the control socket's reload counters (`op25b stats`) are exact; per
+direction received = forwarded + dropped + replied + terminated (the `--stats` file op25b
+writes when it stops); no TCP connection of the load was reset; op25b's RSS, sampled
+through the run (the curve is printed), grew by at most max(1 MiB, 5 %) after the warm-up
+(the first 10 %, at least 5 s); no WARN or ERROR in op25b's log but one refusal per
+invalid reload.
 
 Usage: scripts/soak.sh [--minutes N | --seconds N] [--no-build] [--bin PATH] [--keep DIR]
   --minutes N   how long the load runs (default 10)
   --seconds N   the same in seconds (CI: 20)
   --no-build    skip `cargo build --release` (op25b, examples tun_limit and syn_load)
-  --bin PATH    op25b binary (default target/release/op25b)
+  --bin PATH    op25b binary (default target/release/op25b; the examples beside it)
   --keep DIR    copy the raw outputs (iperf3 JSON, op25b log, configs, stats) to DIR
 Exit status: 0 when every check passed, 1 if one failed, 2 on usage errors. Needs root,
-iperf3, python3 (scripts/setup.sh --bench). The lab (namespaces o25soak-PID-sub and
--inet) is removed on every exit; only processes this run started are stopped.
+iperf3, python3 (scripts/setup.sh --bench). The lab is removed on every exit; only
+processes this run started are stopped.
 """
 
 import json
@@ -40,9 +31,8 @@ import os
 import subprocess
 import sys
 import time
-from types import SimpleNamespace
 
-from labrun import Die, Run, main, say, show
+from labrun import Die, Run, main, parse_args, say, show
 
 # The load: (name, family, protocol, reverse, rate, port).
 LOAD = [("tcp4-up", "4", "tcp", False, "200M", 5201), ("tcp6-down", "6", "tcp", True, "200M", 5202),
@@ -54,26 +44,10 @@ RSS_SLACK_KIB, RSS_SLACK_PCT = 1024, 5
 
 
 def parse(argv):
-    o = SimpleNamespace(secs=600, build=True, bin=os.path.join(os.path.dirname(__file__), "../target/release/op25b"),
-                        keep=None)
-    args = list(argv)
-    while args:
-        a = args.pop(0)
-        if a == "--no-build":
-            o.build = False
-        elif a in ("--minutes", "--seconds", "--bin", "--keep") and args:
-            v = args.pop(0)
-            if a in ("--bin", "--keep"):
-                setattr(o, a[2:], os.path.abspath(v))
-            elif not v.isdigit() or int(v) < 1:
-                raise ValueError(f"{a} needs a whole number of at least 1, got '{v}'")
-            else:
-                o.secs = int(v) * (60 if a == "--minutes" else 1)
-        else:
-            raise ValueError(None if a in ("-h", "--help") else f"unknown argument or missing value: {a}")
+    o = parse_args(argv, ints=(("--minutes", None), ("--seconds", None)))
+    o.secs = o.seconds or (o.minutes or 10) * 60
     if o.secs < 10:
         raise ValueError("the run needs at least 10 seconds")
-    o.bin = os.path.abspath(o.bin)
     return o
 
 
@@ -103,7 +77,7 @@ class Soak(Run):
         afresh, and a counting rule) and an invalid one (a port out of range), each with a
         control socket in the run's directory; then the lab, running A."""
         lab, self.sock = self.lab, self.file("op25b.sock")
-        a = lab.config(f'\n[control]\nsocket = "{self.sock}"\n')
+        a = lab.config() + f'\n[control]\nsocket = "{self.sock}"\n'
         b = a.replace("reply_rate = 10", "reply_rate = 20") \
             + '\n[[rule]]\nname = "count-udp"\nprotocol = "udp"\naction = "count"\n'
         for name, text in (("A", a), ("B", b), ("invalid", a.replace("ports = [25]", "ports = [25, 70000]"))):
@@ -111,9 +85,7 @@ class Soak(Run):
                 f.write(text)
         say(f"lab {lab.name}: subscribers | op25b | outside")
         self.pid = lab.up(self.file("lab-up.out"), "--config", self.file("A.toml"), "--stats", self.file("stats.json"))
-        for fam, dst in (("4", lab.srv4), ("6", lab.srv6)):
-            if self.reap(self.spawn(self.file("ping"), lab.exec(10, "ping", f"-{fam}", "-c", "2", "-i", "0.2", dst)), 15):
-                raise Die(f"no ping through op25b to {dst}")
+        self.reach("op25b")
         for _ in range(50):
             if os.path.exists(self.sock):
                 break

@@ -7,6 +7,7 @@ use clap::{Args, Subcommand};
 
 use super::def::{Names, DEFAULT_NAME};
 use super::kernel::RouterKind;
+use super::veth::Upstream;
 use super::{run, LabError};
 
 /// Which lab.
@@ -55,12 +56,16 @@ pub enum LabCommand {
         /// What forwards: op25b, or the kernel in a namespace NAME-rtr
         /// (veth pairs, ip_forward, OP25B as an nftables rule): the reference
         /// op25b is measured against.
-        #[arg(long, value_enum, default_value = "op25b", conflicts_with_all = ["config", "bin", "stats"])]
+        #[arg(long, value_enum, default_value = "op25b", conflicts_with_all = ["config", "bin", "stats", "upstream"])]
         router: RouterKind,
         /// Passed to `op25b run --stats FILE`: op25b writes its counters
         /// there when it stops (`down`) and on SIGUSR1.
         #[arg(long, value_name = "FILE")]
         stats: Option<PathBuf>,
+        /// op25b's upstream: a TUN, or a veth end on which op25b is the
+        /// router itself (ARP, NDP, a gateway in the outside namespace).
+        #[arg(long, value_enum, default_value_t = Upstream::Tun)]
+        upstream: Upstream,
     },
     /// Stop what the lab started and remove its namespaces and state (nothing
     /// to do when it is not up; also after a crash).
@@ -112,6 +117,9 @@ pub enum LabCommand {
     Config {
         #[command(flatten)]
         lab: LabName,
+        /// The config of the lab with this kind of upstream.
+        #[arg(long, value_enum, default_value_t = Upstream::Tun)]
+        upstream: Upstream,
     },
     /// The SMTP servers' process (started by `up --servers`).
     #[command(hide = true)]
@@ -124,16 +132,16 @@ pub enum LabCommand {
 /// Runs `op25b lab ...`; the exit status.
 pub fn main(cmd: LabCommand) -> Result<u8, LabError> {
     match cmd {
-        LabCommand::Up { lab, servers, config, bin, stats, router } => {
-            run::up(&lab.names()?, &run::UpOptions { servers, config, bin, stats, router }).map(|()| 0)
+        LabCommand::Up { lab, servers, config, bin, stats, router, upstream } => {
+            run::up(&lab.names()?, &run::UpOptions { servers, config, bin, stats, router, upstream }).map(|()| 0)
         }
         LabCommand::Down { lab, save_log } => run::down(&lab.names()?, save_log.as_deref()).map(|()| 0),
         LabCommand::Status { lab, json } => run::status(&lab.names()?, json),
         LabCommand::Exec { lab, outside, command } => run::exec(&lab.names()?, outside, &command),
         LabCommand::Mail { lab, json } => run::mail(&lab.names()?, json).map(|()| 0),
         LabCommand::Reload { lab, config } => run::reload(&lab.names()?, config.as_deref()),
-        LabCommand::Config { lab } => {
-            out!("{}", super::def::config_toml(&lab.names()?));
+        LabCommand::Config { lab, upstream } => {
+            out!("{}", upstream.config_toml(&lab.names()?));
             Ok(0)
         }
         LabCommand::Serve { lab } => run::serve(&lab.names()?).map(|()| 0),

@@ -42,6 +42,7 @@ mod run;
 pub mod setup;
 pub mod smtp;
 pub mod state;
+pub mod veth;
 
 pub use def::Names;
 

@@ -98,6 +98,9 @@ pub struct LabState {
     /// The kernel forwards instead of op25b (`up --router kernel`).
     #[serde(default)]
     pub kernel_router: bool,
+    /// The kind of upstream the lab gave op25b (`up --upstream`).
+    #[serde(default)]
+    pub upstream: super::veth::Upstream,
 }
 
 impl LabState {
@@ -113,6 +116,7 @@ impl LabState {
             source_config: None,
             socket: None,
             kernel_router: false,
+            upstream: super::veth::Upstream::Tun,
         }
     }
 
