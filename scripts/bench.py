@@ -1,20 +1,17 @@
 #!/usr/bin/env python3
 """
-op25b benchmark: the same traffic through one lab (`op25b lab up`) with each router in
-turn, every round through every path, in one run:
-
-  kernel: --router kernel   the kernel forwards (veth, ip_forward, OP25B as an nftables rule)
-  op25b:  --config C        op25b (release build) between two TUNs
-  tun:    --bin tun_limit   the TUN design's ceiling: a bare forwarder (examples/tun_limit.rs)
-  eth:    --upstream veth   op25b with an Ethernet (veth) upstream
-  SUB: 100.64.1.10 (iperf3 client, ping, SYN probe); UP: 203.0.113.25 (iperf3 server, port 5201)
-
+op25b benchmark: the same traffic through one lab with each router in turn (`op25b lab
+up`, one at a time, every round through every path), in one run:
+  kernel: --router kernel  the kernel forwards (veth, ip_forward, OP25B as an nftables rule)
+  op25b:  --config C       op25b (release build) between two TUNs
+  tun:    --bin tun_limit  the TUN design's ceiling, a bare forwarder (examples/tun_limit.rs)
+  eth:    --upstream veth  op25b with an Ethernet (veth) upstream
 Figures per path (median and min-max over rounds; ratios op25b/kernel, op25b/tun,
-eth/kernel): TCP 1 and 4 streams (Gbit/s received), 64-byte UDP packets per second
-received and the % lost at the rate offered, ping RTT median and p99 (us). For each
-router process also peak RSS (VmHWM, MiB), CPU time, CPU % forwarding and idle, and the
-TUN queue drops. During the first TCP 4-stream test of each path with a policy, SYNs to
-203.0.113.25:25 and [2001:db8:203::25]:25 must all be refused.
+eth/kernel): TCP 1 and 4 streams from 100.64.1.10 to 203.0.113.25 (Gbit/s received),
+64-byte UDP packets a second received and the % lost at the rate offered, ping RTT median
+and p99 (us); each router process's peak RSS (VmHWM), CPU time, CPU % forwarding and
+idle, TUN queue drops. During the first TCP 4-stream test of each path with a policy,
+SYNs to 203.0.113.25:25 and [2001:db8:203::25]:25 must all be refused.
 
 Usage: scripts/bench.sh [options]
   --smoke        end-to-end check in seconds (1 round, 1 s tests, 50 pings): works, not speed
@@ -48,7 +45,7 @@ import statistics
 import sys
 import time
 
-from labrun import Die, Run, main, parse_args, say, show
+from labrun import Die, Run, main, parse_args, read_json, say, show
 
 PORT = 5201
 POLICY = ("kernel", "op25b", "eth")  # the paths that refuse SYNs to port 25
@@ -94,13 +91,9 @@ def extra(o, files):
 
 def load(path, key):
     """end[key] of an iperf3 JSON report (ValueError saying why there is none)."""
-    try:
-        with open(path, encoding="utf-8") as f:
-            doc = json.load(f)
-    except (OSError, ValueError) as e:
-        raise ValueError(f"{path}: no iperf3 report ({e})") from None
+    doc = read_json(path)
     if key not in doc.get("end", {}):
-        raise ValueError(f"{path}: iperf3: {doc.get('error', 'no end.' + key)}")
+        raise ValueError(f"{path}: {doc.get('error', 'no end.' + key)}")
     return doc["end"][key]
 
 
@@ -114,10 +107,6 @@ class Bench(Run):
 
     def record(self, path, rnd, metric, value):
         self.records.append({"path": path, "round": rnd, "metric": metric, "value": value})
-
-    def ns(self, out, secs, *argv, outside=False):
-        """A short command in the lab; its exit status (its output in out)."""
-        return self.reap(self.spawn(out, self.lab.exec(secs, *argv, outside=outside)), secs + 5)
 
     def ticks(self):
         try:
@@ -183,13 +172,12 @@ class Bench(Run):
                 self.probe(path, self.spawn(self.file(f"{path}-synprobe"), lab.exec(
                     self.o.syn * 3 + 10, syn_load, "probe", str(self.o.syn), "25", lab.srv4, lab.srv6)))
             rc = self.reap(client, secs + 30)
-            if flood and not self.reap(flood, secs + 10):
-                with open(self.file(f"{tag}-flood"), encoding="utf-8") as f:
-                    r = json.load(f)
+            if flood and (self.reap(flood, secs + 10) or not read_json(self.file(f"{tag}-flood"))):
+                self.fail(f"{tag}: the SYN flood failed")
+            elif flood:
+                r = read_json(self.file(f"{tag}-flood"))
                 self.record(path, rnd, "tcp_flood_pps", r["pps"])
                 self.record(path, rnd, "tcp_flood_sent", r["sent"])
-            elif flood:
-                self.fail(f"{tag}: the SYN flood failed")
             return rc
         rc, drops = self.measured(path, run)
         self.reap(server, 10 if rc == 0 else 0)
@@ -217,12 +205,10 @@ class Bench(Run):
         syn, out = self.o.syn, self.file(f"{path}-synprobe")
         rc = self.reap(proc, syn * 3 + 15)
         show(out + ".err")
-        try:
-            with open(out, encoding="utf-8") as f:
-                r = json.load(f)
-            r.update(answered=r["answered_v4"] + r["answered_v6"], sent=r["sent_v4"] + r["sent_v6"])
-        except (OSError, ValueError, KeyError):
+        r = read_json(out)
+        if "sent_v6" not in r:
             return self.fail(f"{path}: the blocked-SYN probe printed no result (exit {rc})")
+        r.update(answered=r["answered_v4"] + r["answered_v6"], sent=r["sent_v4"] + r["sent_v6"])
         for k, v in r.items():
             self.record(path, None, f"blocked_syn_{k}", v)
         if r["answered"] != syn:

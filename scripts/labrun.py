@@ -29,6 +29,15 @@ def show(path, tail=None):
         pass
 
 
+def read_json(path):
+    """The JSON document in a file, or {} when there is none."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return {}
+
+
 def parse_args(argv, flags=(), ints=()):
     """The options both take (--no-build, --bin, --keep, -h), flags, and ints ("-x|--name",
     default); a ValueError on a usage error."""
@@ -130,12 +139,15 @@ class Run:
         """An example program built beside the op25b binary (target/PROFILE/examples)."""
         return os.path.join(os.path.dirname(self.o.bin), "examples", name)
 
+    def ns(self, out, secs, *argv, outside=False):
+        """A short command in the lab; its exit status (its output in out)."""
+        return self.reap(self.spawn(out, self.lab.exec(secs, *argv, outside=outside)), secs + 5)
+
     def reach(self, tag):
         """Both families reach the outside server through the router (also fills ARP/ND)."""
         for fam, dst in (("4", self.lab.srv4), ("6", self.lab.srv6)):
-            out = self.file(f"{tag}-reach{fam}")
-            if self.reap(self.spawn(out, self.lab.exec(10, "ping", f"-{fam}", "-nq", "-c3", "-i0.2", "-W2", dst)), 15):
-                show(out)
+            if self.ns(self.file(f"{tag}-reach{fam}"), 10, "ping", f"-{fam}", "-nq", "-c3", "-i0.2", "-W2", dst):
+                show(self.file(f"{tag}-reach{fam}"))
                 raise Die(f"{tag}: {dst} unreachable")
 
     def spawn(self, out, argv):

@@ -32,7 +32,7 @@ import subprocess
 import sys
 import time
 
-from labrun import Die, Run, main, parse_args, say, show
+from labrun import Die, Run, main, parse_args, read_json, say, show
 
 # The load: (name, family, protocol, reverse, rate, port).
 LOAD = [("tcp4-up", "4", "tcp", False, "200M", 5201), ("tcp6-down", "6", "tcp", True, "200M", 5202),
@@ -152,11 +152,7 @@ class Soak(Run):
             srv, client = self.load[name]
             rc = self.reap(client, 60)
             self.stop(srv)
-            try:
-                with open(self.file(f"{name}.json"), encoding="utf-8") as f:
-                    doc = json.load(f)
-            except (OSError, ValueError):
-                doc = {}
+            doc = read_json(self.file(f"{name}.json"))
             error, end = doc.get("error"), doc.get("end", {})
             bad = f"; exit {rc}, error: {error}" if rc or error else ""
             if proto == "tcp":
@@ -169,20 +165,15 @@ class Soak(Run):
                               f"{s.get('lost_packets', 0)} lost"
                 self.check(not rc and not error and s.get("packets", 0) > 0, f"{name}: UDP ran to the end ({rates[name]}){bad}")
         self.reap(self.flood, 15)
-        try:
-            with open(self.file("syn-flood.json"), encoding="utf-8") as f:
-                self.syns = json.load(f)
-        except (OSError, ValueError):
-            self.syns = {}
+        self.syns = read_json(self.file("syn-flood.json"))
+        if not self.syns:
             show(self.file("syn-flood.json.err"))
         return rates
 
     def final_checks(self):
-        try:
-            with open(self.file("stats.json"), encoding="utf-8") as f:
-                st = json.load(f)
-        except (OSError, ValueError) as e:
-            return self.check(False, f"op25b wrote its counters when it stopped ({e})")
+        st = read_json(self.file("stats.json"))
+        if not st:
+            return self.check(False, "op25b wrote its counters when it stopped")
         for d in ("outbound", "inbound"):
             v = st[d]
             dropped, replied = sum(v["dropped"].values()), sum(v["replies"].values())

@@ -137,6 +137,18 @@ fn a_lab_with_a_veth_upstream_delivers_the_same_mail() {
     mail_through(lab, "veth");
 }
 
+/// The same lab with the kernel as the router (`--router kernel`, the
+/// benchmark's reference): OP25B as an nftables rule lets the same mail
+/// through and refuses the same connection; `down` removes its third namespace.
+#[test]
+fn a_lab_with_the_kernel_router_delivers_the_same_mail() {
+    let lab = TestLab::up(&["--servers", "--router", "kernel"]);
+    let rtr = format!("{}-rtr", lab.name());
+    assert!(netns::exists(&rtr) && lab.state()["op25b"].is_null(), "{}", lab.state());
+    mail_through(lab, "tun");
+    assert!(!netns::exists(&rtr), "{rtr} left behind by down");
+}
+
 fn mail_through(lab: TestLab, upstream: &str) {
     let names = &lab.names;
     let dyn4 = def::ip(def::DYN4);

@@ -128,7 +128,11 @@ fn configure(
     with_handle(ns, |h| async move {
         let fail = |what: String, e| LabError::Netlink(format!("{what} in {ns}: {e}"));
         let (index, _) = index_of(&h, dev).await?.ok_or_else(|| LabError::Netlink(format!("no {dev} in {ns}")))?;
-        h.link().set(LinkUnspec::new_with_index(index).up().build()).execute().await.map_err(|e| fail(format!("{dev} up"), e))?;
+        h.link()
+            .set(LinkUnspec::new_with_index(index).up().build())
+            .execute()
+            .await
+            .map_err(|e| fail(format!("{dev} up"), e))?;
         for &(a, len) in addrs {
             let mut req = h.address().add(index, a, len);
             if a.is_ipv6() {
