@@ -27,7 +27,7 @@ use gro::UdpCoalescer;
 use nix::sched::{setns, CloneFlags};
 use op25b::config::{Config, DeviceConfig};
 use signal_hook::consts::{SIGINT, SIGTERM};
-use tun_rs::{DeviceBuilder, InterruptEvent, SyncDevice, VirtioNetHdr, VIRTIO_NET_HDR_LEN};
+use tun_rs::{InterruptEvent, SyncDevice, VirtioNetHdr, VIRTIO_NET_HDR_LEN};
 
 /// The data plane's batch limits and longest sleep (src/dataplane/worker.rs).
 const DRAIN_MAX: usize = 256;
@@ -100,8 +100,8 @@ fn run(config: &Config) -> io::Result<()> {
     })
 }
 
-/// Creates the device with `queues` queues, inside its namespace when the
-/// config names one, up and non-blocking (src/dataplane/device.rs, short).
+/// op25b's TUN device with `queues` queues (`op25b::dataplane::tun_queues`),
+/// made inside its namespace when the config names one.
 fn open(cfg: &DeviceConfig, offload: bool, queue_len: u32, queues: usize) -> io::Result<Vec<Queue>> {
     let ns = cfg.netns.as_ref().map(|ns| File::open(format!("/run/netns/{ns}"))).transpose()?;
     std::thread::scope(|s| {
@@ -109,27 +109,11 @@ fn open(cfg: &DeviceConfig, offload: bool, queue_len: u32, queues: usize) -> io:
             if let Some(ns) = &ns {
                 setns(ns, CloneFlags::CLONE_NEWNET)?;
             }
-            let dev = DeviceBuilder::new()
-                .name(&cfg.tun)
-                .mtu(cfg.mtu)
-                .packet_information(false)
-                .offload(offload)
-                .multi_queue(queues > 1)
-                .tx_queue_len(queue_len)
-                .enable(false)
-                .build_sync()?;
-            if offload && !dev.tcp_gso() {
+            let devs = op25b::dataplane::tun_queues(cfg, offload, queue_len, queues).map_err(io::Error::other)?;
+            if offload && !devs[0].tcp_gso() {
                 return Err(io::Error::other("the kernel did not enable TUN offload"));
             }
-            std::fs::write(format!("/proc/sys/net/ipv6/conf/{}/addr_gen_mode", cfg.tun), "1")?;
-            dev.enabled(true)?;
-            let mut all = vec![dev];
-            for _ in 1..queues {
-                all.push(all[0].try_clone()?);
-            }
-            all.into_iter()
-                .map(|dev| dev.set_nonblocking(true).map(|()| Queue { dev, draining: AtomicBool::new(false) }))
-                .collect()
+            Ok(devs.into_iter().map(|dev| Queue { dev, draining: AtomicBool::new(false) }).collect())
         })
         .join()
         .unwrap_or_else(|_| Err(io::Error::other("device thread panicked")))

@@ -49,8 +49,8 @@ use crate::state::State;
 use crate::stats::{Counters, Stats, WriteErrors};
 use arc_swap::ArcSwap;
 
-pub use device::DeviceError;
 use device::Opened;
+pub use device::{tun_queues, DeviceError};
 pub use fault::DeviceFault;
 use fault::{Faults, NetnsWatch};
 use netdev::NetDev;
