@@ -191,6 +191,11 @@ impl EthDev {
         e
     }
 
+    /// The neighbour table the queues share (read for the counters).
+    pub(crate) fn neighbours(&self) -> Arc<Mutex<Neighbours>> {
+        Arc::clone(&self.neighbours)
+    }
+
     /// Whether the socket carries a virtio-net header (GSO super-packets).
     pub(crate) fn tcp_gso(&self) -> bool {
         self.off > 0

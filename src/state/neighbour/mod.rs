@@ -112,31 +112,7 @@ pub enum Transmit {
 }
 
 /// The table's counters (one figure per event; nothing else counts them).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct NeighbourStats {
-    /// ARP requests and solicitations for own addresses answered.
-    pub answered: u64,
-    /// ARP requests and NS sent.
-    pub probes: u64,
-    /// Entries resolved by an answer to a probe.
-    pub resolved: u64,
-    /// Replies and advertisements that no probe asked for (ignored).
-    pub unsolicited: u64,
-    /// Requests and solicitations for someone else's address (ignored).
-    pub not_ours: u64,
-    /// ARP/NDP frames that did not parse or had a wrong hop limit.
-    pub malformed: u64,
-    /// Packets held for an unresolved next hop.
-    pub held: u64,
-    /// Packets dropped because the hop's or the table's place was full.
-    pub held_dropped: u64,
-    /// Held packets returned as unreachable.
-    pub unreachable: u64,
-    /// Next hops given up after the last probe.
-    pub failed: u64,
-    /// On-link entries evicted to make room.
-    pub evicted: u64,
-}
+pub use crate::stats::NeighbourStats;
 
 /// Own addresses, as the table answers for them.
 #[derive(Clone, Debug)]

@@ -100,7 +100,7 @@ impl Neighbours {
 
     /// The counters so far.
     pub fn stats(&self) -> NeighbourStats {
-        self.stats
+        NeighbourStats { entries: self.entries.len() as u64, ..self.stats }
     }
 
     /// The interface's MAC address (the source of every frame sent).
@@ -154,6 +154,7 @@ impl Neighbours {
                 if now >= e.deadline {
                     e.phase = Phase::Probe;
                     e.probes = 0;
+                    self.stats.reprobes += 1;
                     self.probe(at, now);
                 }
                 Lookup::Mac(mac)
@@ -212,10 +213,12 @@ impl Neighbours {
                 Phase::Reachable if e.gateway || e.used + self.timers.reachable > now => {
                     self.entries[at].phase = Phase::Probe;
                     self.entries[at].probes = 0;
+                    self.stats.reprobes += 1;
                     self.probe(at, now);
                 }
                 // Not used for a whole reachable time: forgotten.
                 Phase::Reachable => {
+                    self.stats.expired += 1;
                     self.remove(at);
                     continue;
                 }
@@ -368,6 +371,7 @@ impl Neighbours {
             self.entries.push(Entry::new(ip, false, now));
             self.entries.len() - 1
         } else {
+            self.stats.table_full += 1;
             let (at, _) = self.entries.iter().enumerate().skip(self.gateways).min_by_key(|(_, e)| e.used)?;
             self.drop_held(at);
             self.stats.evicted += 1;
