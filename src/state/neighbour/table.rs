@@ -3,13 +3,15 @@
 
 use std::collections::VecDeque;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::sync::Arc;
 use std::time::Instant;
 
 use smoltcp::wire::{ArpOperation, EthernetProtocol};
 
 use super::wire::{self, Mac, Message, BROADCAST, ETH_HEADER_LEN};
 use super::{
-    Handled, LinkConfig, Lookup, NeighbourStats, Own, Timers, Transmit, CAPACITY, HELD_BUFFER, HELD_PER_HOP, HELD_TOTAL,
+    FastPath, Handled, LinkConfig, Lookup, NeighbourStats, Own, Published, Timers, Transmit, CAPACITY, HELD_BUFFER,
+    HELD_PER_HOP, HELD_TOTAL,
 };
 
 /// Most frames waiting in the send queue; past it answers are dropped (and
@@ -55,7 +57,9 @@ enum Out {
 /// The neighbour table of one Ethernet link (see the module documentation).
 #[derive(Debug)]
 pub struct Neighbours {
-    own: Own,
+    own: Arc<Own>,
+    /// The gateways' MACs for [`FastPath`].
+    published: Arc<Published>,
     timers: Timers,
     /// Gateways first (they never move), then on-link next hops.
     entries: Vec<Entry>,
@@ -70,7 +74,8 @@ impl Neighbours {
     /// A table for `cfg`, probing its gateways from `now` on.
     pub fn new(cfg: &LinkConfig, timers: Timers, now: Instant) -> Neighbours {
         let mut n = Neighbours {
-            own: Own::new(cfg),
+            own: Arc::new(Own::new(cfg)),
+            published: Arc::new(Published::default()),
             timers,
             entries: Vec::with_capacity(CAPACITY),
             gateways: 0,
@@ -91,6 +96,11 @@ impl Neighbours {
             }
         }
         n
+    }
+
+    /// A lock-free way to the resolved gateways' MACs, for each queue of the device.
+    pub fn fast_path(&self) -> FastPath {
+        FastPath { own: Arc::clone(&self.own), gateways: Arc::clone(&self.published) }
     }
 
     /// Whether [`Neighbours::poll_transmit`] has something to write.
@@ -229,6 +239,7 @@ impl Neighbours {
                     if self.entries[at].gateway {
                         // A gateway is never forgotten: start again, from scratch.
                         let e = &mut self.entries[at];
+                        self.published.set(e.ip.is_ipv6(), None);
                         e.mac = None;
                         e.phase = Phase::Incomplete;
                         e.probes = 0;
@@ -320,6 +331,9 @@ impl Neighbours {
             return;
         };
         let e = &mut self.entries[at];
+        if e.gateway {
+            self.published.set(ip.is_ipv6(), Some(mac));
+        }
         e.mac = Some(mac);
         e.phase = Phase::Reachable;
         e.deadline = now + self.timers.reachable;

@@ -395,3 +395,36 @@ fn an_unused_on_link_entry_expires_and_is_counted() {
     let s = n.stats();
     assert_eq!((s.expired, s.reprobes, s.entries), (1, 2, 2));
 }
+
+#[test]
+fn the_fast_path_follows_the_gateways_mac() {
+    let (mut n, t0) = table();
+    let fast = n.fast_path();
+    let off4 = IpAddr::V4(Ipv4Addr::new(203, 0, 113, 9));
+    let off6 = IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0xff, 0, 0, 0, 0, 9));
+    assert_eq!((fast.gateway_mac(off4), fast.gateway_mac(off6)), (None, None), "unresolved");
+    resolve_gateways(&mut n, t0);
+    assert_eq!((fast.gateway_mac(off4), fast.gateway_mac(off6)), (Some(GW_MAC), Some(GW_MAC)));
+    // On-link destinations (and link-local ones) are the table's.
+    assert_eq!(fast.gateway_mac(IpAddr::V4(Ipv4Addr::new(192, 0, 2, 9))), None);
+    assert_eq!(fast.gateway_mac(IpAddr::V6(wire::link_local([2, 0, 0, 0, 0, 9]))), None);
+    // Re-probed after the reachable time: the MAC stays while the probe runs, moves with the answer.
+    let timers = Timers::default();
+    let later = t0 + timers.reachable + Duration::from_millis(1);
+    n.handle_timeout(later);
+    assert_eq!(fast.gateway_mac(off4), Some(GW_MAC));
+    let moved = [2, 0, 0, 0, 0, 0xfd];
+    n.handle_frame(later, &arp_frame(ArpOperation::Reply, (moved, GW4), OWN4));
+    assert_eq!(fast.gateway_mac(off4), Some(moved));
+    // No answer to the next round: withdrawn, and packets go the slow way (held).
+    let mut now = later + timers.reachable;
+    for _ in 0..=timers.probes {
+        n.handle_timeout(now);
+        now += timers.retrans;
+    }
+    assert_eq!(fast.gateway_mac(off4), None);
+    assert_eq!(n.lookup(now, off4, &PKT4), Lookup::Held);
+    // A forged answer changes nothing: the fast path agrees with the table.
+    n.handle_frame(now, &na_frame(GW6, [2, 0, 0, 0, 0, 0x66], NdiscNeighborFlags::OVERRIDE, 255));
+    assert_eq!(fast.gateway_mac(off6), n.known(IpAddr::V6(GW6)));
+}
