@@ -29,8 +29,9 @@ use ipnet::IpNet;
 use nix::libc;
 use tun_rs::InterruptEvent;
 
+use super::ring::{Frame, Layout, RxRing};
 use crate::config::{DeviceConfig, LinkConfig};
-use crate::state::neighbour::{Handled, LinkConfig as NeighbourLink, Lookup, Neighbours, Timers, Transmit};
+use crate::state::neighbour::{FastPath, Handled, LinkConfig as NeighbourLink, Lookup, Neighbours, Timers, Transmit};
 
 const ETH_LEN: usize = 14;
 const ETH_P_ALL: u16 = 0x0003;
@@ -43,6 +44,8 @@ const NEIGHBOUR_FRAME: usize = 1514;
 const UNREACHABLE_MAX: usize = 64;
 /// Longest slice of a wait, so a shutdown is seen this soon.
 const WAIT_SLICE: Duration = Duration::from_millis(50);
+/// The receive path: a ring of this layout, or `None` for one `recvmsg` a frame.
+const RX_RING: Option<Layout> = Some(Layout::V3);
 
 /// One queue of an Ethernet upstream.
 #[derive(Debug)]
@@ -54,8 +57,14 @@ pub(crate) struct EthDev {
     /// Length of the virtio-net header in front of each packet (0 or 10).
     off: usize,
     neighbours: Arc<Mutex<Neighbours>>,
+    /// This queue's way to a resolved gateway's MAC without the table's lock.
+    fast: FastPath,
     /// Packets whose next hop never answered (a slow path: copies, bounded).
     unreachable: Arc<Mutex<Vec<Vec<u8>>>>,
+    /// The receive ring, when [`RX_RING`] asks for one.
+    ring: Option<RxRing>,
+    /// A wait saw an error on the socket: an empty ring reads it (`SO_ERROR`).
+    error_pending: std::sync::atomic::AtomicBool,
 }
 
 fn cvt(rc: libc::c_long) -> io::Result<libc::c_long> {
@@ -100,15 +109,17 @@ pub(crate) fn open(cfg: &DeviceConfig, link: &LinkConfig, offload: bool, queues:
         }
     }
     let table = NeighbourLink { mac, v4, v6, gateways: link.gateways.clone() };
-    let neighbours = Arc::new(Mutex::new(Neighbours::new(&table, Timers::default(), Instant::now())));
+    let table = Neighbours::new(&table, Timers::default(), Instant::now());
+    let fast = table.fast_path();
+    let neighbours = Arc::new(Mutex::new(table));
     let unreachable = Arc::new(Mutex::new(Vec::with_capacity(UNREACHABLE_MAX)));
     let group = (std::process::id() & 0xffff) as libc::c_int;
     let mut out = Vec::with_capacity(queues.max(1));
     for _ in 0..queues.max(1) {
-        let proto = libc::c_int::from(ETH_P_ALL.to_be());
+        // Protocol 0: nothing arrives before the bind below names the interface.
         // SAFETY: plain socket(2); the fd is owned at once.
         let raw = cvt(unsafe {
-            libc::socket(libc::AF_PACKET, libc::SOCK_RAW | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC, proto)
+            libc::socket(libc::AF_PACKET, libc::SOCK_RAW | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC, 0)
         }
         .into())?;
         // SAFETY: raw is a fresh descriptor nobody else owns.
@@ -118,11 +129,15 @@ pub(crate) fn open(cfg: &DeviceConfig, link: &LinkConfig, offload: bool, queues:
         if offload {
             setopt(&fd, libc::PACKET_VNET_HDR, 1)?;
         }
+        let off = if offload { tun_rs::VIRTIO_NET_HDR_LEN } else { 0 };
+        let max_frame = ETH_LEN + if offload { 65_535 } else { usize::from(cfg.mtu) };
+        let ring = RX_RING.map(|layout| RxRing::new(&fd, layout, max_frame, off)).transpose()?;
         // SAFETY: an all-zero sockaddr_ll is valid; the fields set below complete it.
         let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
         sll.sll_family = libc::AF_PACKET as u16;
         sll.sll_protocol = ETH_P_ALL.to_be();
         sll.sll_ifindex = ifindex as libc::c_int;
+        // (The ring, when there is one, was set up before: frames arrive from here on.)
         let len = std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t;
         // SAFETY: sll is a valid sockaddr_ll of that length.
         let rc = unsafe { libc::bind(fd.as_raw_fd(), (&sll as *const libc::sockaddr_ll).cast(), len) };
@@ -134,9 +149,12 @@ pub(crate) fn open(cfg: &DeviceConfig, link: &LinkConfig, offload: bool, queues:
             fd,
             ifindex: ifindex as libc::c_int,
             mac,
-            off: if offload { tun_rs::VIRTIO_NET_HDR_LEN } else { 0 },
+            off,
             neighbours: Arc::clone(&neighbours),
+            fast: fast.clone(),
             unreachable: Arc::clone(&unreachable),
+            ring,
+            error_pending: std::sync::atomic::AtomicBool::new(false),
         });
     }
     Ok(out)
@@ -204,6 +222,9 @@ impl EthDev {
     /// Receives the next IP packet for the router into `buf` (virtio header
     /// at 0 when offloading, the IP packet after it); `WouldBlock` when none.
     pub(crate) fn recv(&self, buf: &mut [u8]) -> io::Result<usize> {
+        if let Some(ring) = &self.ring {
+            return self.recv_ring(ring, buf);
+        }
         let off = self.off;
         loop {
             let mut eth = [0u8; ETH_LEN];
@@ -247,6 +268,72 @@ impl EthDev {
                 _ => {}
             }
         }
+    }
+
+    /// [`EthDev::recv`] from the ring: the frame is copied out (the IP packet
+    /// to the worker's offset) and its room handed back at once.
+    fn recv_ring(&self, ring: &RxRing, buf: &mut [u8]) -> io::Result<usize> {
+        loop {
+            match ring.next(|frame| self.take(frame, buf)) {
+                Some(Some(n)) => return Ok(n),
+                Some(None) => continue,
+                None => {
+                    if self.error_pending.swap(false, std::sync::atomic::Ordering::Relaxed) {
+                        if let Some(e) = self.socket_error() {
+                            return Err(self.classify(e));
+                        }
+                    }
+                    self.maintain();
+                    return Err(io::Error::from(io::ErrorKind::WouldBlock));
+                }
+            }
+        }
+    }
+
+    /// One frame of the ring: an IP packet for the router copied into `buf`
+    /// (its length), or `None` (a neighbour frame, taken here, or one to skip).
+    fn take(&self, frame: Frame<'_>, buf: &mut [u8]) -> Option<usize> {
+        let off = self.off;
+        if frame.truncated || frame.pkttype == libc::PACKET_OTHERHOST || frame.data.len() < off + ETH_LEN {
+            return None;
+        }
+        let (vnet, rest) = frame.data.split_at(off);
+        let (eth, ip) = rest.split_at(ETH_LEN);
+        let ethertype = u16::from_be_bytes([eth[12], eth[13]]);
+        let ndp = ethertype == ETHERTYPE_V6 && ip.len() > 40 && ip[6] == 58 && matches!(ip[40], 135 | 136);
+        match ethertype {
+            ETHERTYPE_V4 | ETHERTYPE_V6 if !ndp => {
+                let dst = buf.get_mut(..off + ip.len())?;
+                dst[..off].copy_from_slice(vnet);
+                dst[off..].copy_from_slice(ip);
+                shift_vnet(&mut dst[..off], -(ETH_LEN as i32));
+                Some(off + ip.len())
+            }
+            ETHERTYPE_ARP | ETHERTYPE_V6 => {
+                let mut head = [0u8; ETH_LEN];
+                head.copy_from_slice(eth);
+                self.neighbour_frame(&head, ip);
+                None
+            }
+            _ => None,
+        }
+    }
+
+    /// The socket's pending error (`SO_ERROR`, which reading clears), if any.
+    fn socket_error(&self) -> Option<io::Error> {
+        let mut err: libc::c_int = 0;
+        let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+        // SAFETY: err and len are valid out-parameters of that size.
+        let rc = unsafe {
+            libc::getsockopt(
+                self.fd.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_ERROR,
+                (&mut err as *mut libc::c_int).cast(),
+                &mut len,
+            )
+        };
+        (rc == 0 && err != 0).then(|| io::Error::from_raw_os_error(err))
     }
 
     /// Hands an ARP or NDP frame to the table and sends its answers.
@@ -318,7 +405,9 @@ impl EthDev {
         let off = self.off;
         let ip = buf.get(off..).unwrap_or_default();
         let dst = destination(ip).ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "not an IP packet"))?;
-        let mac = {
+        let mac = if let Some(mac) = self.fast.gateway_mac(dst) {
+            mac
+        } else {
             let mut table = self.table();
             let r = table.lookup(Instant::now(), dst, ip);
             if table.wants_transmit() {
@@ -379,7 +468,10 @@ impl EthDev {
                 }
                 Ok(_) if pfd.revents & libc::POLLIN != 0 => return Ok(()),
                 // POLLERR: the socket has an error; the next read reports it (and whether the interface is gone).
-                Ok(_) => return Ok(()),
+                Ok(_) => {
+                    self.error_pending.store(true, std::sync::atomic::Ordering::Relaxed);
+                    return Ok(());
+                }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => return Err(e),
             }
