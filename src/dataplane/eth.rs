@@ -8,16 +8,20 @@
 //!   packet lands where the TUN path puts it, uncopied. ARP and neighbour
 //!   discovery frames go to the neighbour table instead; frames for other
 //!   hosts and other protocols are skipped.
-//! - Send: the next hop's MAC comes from the neighbour table (held or
-//!   dropped while unresolved); `sendmsg` gathers [virtio header | Ethernet
-//!   header | IP packet].
+//! - Send: the next hop's MAC comes from the queue's [`FastPath`] when it is
+//!   a resolved gateway (an atomic read: no lock, no clock), else from the
+//!   neighbour table (held or dropped while unresolved); `sendmsg` gathers
+//!   [virtio header | Ethernet header | IP packet].
 //! - With offload the socket carries a virtio-net header (`PACKET_VNET_HDR`),
 //!   whose offsets count from the Ethernet header: shifted by its 14 bytes
 //!   each way, so the workers see the TUN's convention.
 //! - Several queues: one socket each in one `PACKET_FANOUT_HASH` group.
 //!
-//! One receive/send system call per packet for now (the TPACKET_V3 ring the
-//! measurement favours is not in yet).
+//! One receive/send system call per packet: a TPACKET_V3 receive ring took
+//! more small packets but added its block timeout (~0.7 ms) to every round
+//! trip and cost TCP a quarter; a TPACKET_V2 ring won nothing (docs/UPLINK.md,
+//! "Receive rings, measured"). Sends of small UDP packets already leave
+//! coalesced (one GSO send per flow and drain), TCP as super-packets.
 
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
@@ -29,7 +33,6 @@ use ipnet::IpNet;
 use nix::libc;
 use tun_rs::InterruptEvent;
 
-use super::ring::{Frame, Layout, RxRing};
 use crate::config::{DeviceConfig, LinkConfig};
 use crate::state::neighbour::{FastPath, Handled, LinkConfig as NeighbourLink, Lookup, Neighbours, Timers, Transmit};
 
@@ -44,8 +47,6 @@ const NEIGHBOUR_FRAME: usize = 1514;
 const UNREACHABLE_MAX: usize = 64;
 /// Longest slice of a wait, so a shutdown is seen this soon.
 const WAIT_SLICE: Duration = Duration::from_millis(50);
-/// The receive path: a ring of this layout, or `None` for one `recvmsg` a frame.
-const RX_RING: Option<Layout> = Some(Layout::V3);
 
 /// One queue of an Ethernet upstream.
 #[derive(Debug)]
@@ -61,10 +62,6 @@ pub(crate) struct EthDev {
     fast: FastPath,
     /// Packets whose next hop never answered (a slow path: copies, bounded).
     unreachable: Arc<Mutex<Vec<Vec<u8>>>>,
-    /// The receive ring, when [`RX_RING`] asks for one.
-    ring: Option<RxRing>,
-    /// A wait saw an error on the socket: an empty ring reads it (`SO_ERROR`).
-    error_pending: std::sync::atomic::AtomicBool,
 }
 
 fn cvt(rc: libc::c_long) -> io::Result<libc::c_long> {
@@ -130,14 +127,11 @@ pub(crate) fn open(cfg: &DeviceConfig, link: &LinkConfig, offload: bool, queues:
             setopt(&fd, libc::PACKET_VNET_HDR, 1)?;
         }
         let off = if offload { tun_rs::VIRTIO_NET_HDR_LEN } else { 0 };
-        let max_frame = ETH_LEN + if offload { 65_535 } else { usize::from(cfg.mtu) };
-        let ring = RX_RING.map(|layout| RxRing::new(&fd, layout, max_frame, off)).transpose()?;
         // SAFETY: an all-zero sockaddr_ll is valid; the fields set below complete it.
         let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
         sll.sll_family = libc::AF_PACKET as u16;
         sll.sll_protocol = ETH_P_ALL.to_be();
         sll.sll_ifindex = ifindex as libc::c_int;
-        // (The ring, when there is one, was set up before: frames arrive from here on.)
         let len = std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t;
         // SAFETY: sll is a valid sockaddr_ll of that length.
         let rc = unsafe { libc::bind(fd.as_raw_fd(), (&sll as *const libc::sockaddr_ll).cast(), len) };
@@ -153,8 +147,6 @@ pub(crate) fn open(cfg: &DeviceConfig, link: &LinkConfig, offload: bool, queues:
             neighbours: Arc::clone(&neighbours),
             fast: fast.clone(),
             unreachable: Arc::clone(&unreachable),
-            ring,
-            error_pending: std::sync::atomic::AtomicBool::new(false),
         });
     }
     Ok(out)
@@ -222,9 +214,6 @@ impl EthDev {
     /// Receives the next IP packet for the router into `buf` (virtio header
     /// at 0 when offloading, the IP packet after it); `WouldBlock` when none.
     pub(crate) fn recv(&self, buf: &mut [u8]) -> io::Result<usize> {
-        if let Some(ring) = &self.ring {
-            return self.recv_ring(ring, buf);
-        }
         let off = self.off;
         loop {
             let mut eth = [0u8; ETH_LEN];
@@ -268,72 +257,6 @@ impl EthDev {
                 _ => {}
             }
         }
-    }
-
-    /// [`EthDev::recv`] from the ring: the frame is copied out (the IP packet
-    /// to the worker's offset) and its room handed back at once.
-    fn recv_ring(&self, ring: &RxRing, buf: &mut [u8]) -> io::Result<usize> {
-        loop {
-            match ring.next(|frame| self.take(frame, buf)) {
-                Some(Some(n)) => return Ok(n),
-                Some(None) => continue,
-                None => {
-                    if self.error_pending.swap(false, std::sync::atomic::Ordering::Relaxed) {
-                        if let Some(e) = self.socket_error() {
-                            return Err(self.classify(e));
-                        }
-                    }
-                    self.maintain();
-                    return Err(io::Error::from(io::ErrorKind::WouldBlock));
-                }
-            }
-        }
-    }
-
-    /// One frame of the ring: an IP packet for the router copied into `buf`
-    /// (its length), or `None` (a neighbour frame, taken here, or one to skip).
-    fn take(&self, frame: Frame<'_>, buf: &mut [u8]) -> Option<usize> {
-        let off = self.off;
-        if frame.truncated || frame.pkttype == libc::PACKET_OTHERHOST || frame.data.len() < off + ETH_LEN {
-            return None;
-        }
-        let (vnet, rest) = frame.data.split_at(off);
-        let (eth, ip) = rest.split_at(ETH_LEN);
-        let ethertype = u16::from_be_bytes([eth[12], eth[13]]);
-        let ndp = ethertype == ETHERTYPE_V6 && ip.len() > 40 && ip[6] == 58 && matches!(ip[40], 135 | 136);
-        match ethertype {
-            ETHERTYPE_V4 | ETHERTYPE_V6 if !ndp => {
-                let dst = buf.get_mut(..off + ip.len())?;
-                dst[..off].copy_from_slice(vnet);
-                dst[off..].copy_from_slice(ip);
-                shift_vnet(&mut dst[..off], -(ETH_LEN as i32));
-                Some(off + ip.len())
-            }
-            ETHERTYPE_ARP | ETHERTYPE_V6 => {
-                let mut head = [0u8; ETH_LEN];
-                head.copy_from_slice(eth);
-                self.neighbour_frame(&head, ip);
-                None
-            }
-            _ => None,
-        }
-    }
-
-    /// The socket's pending error (`SO_ERROR`, which reading clears), if any.
-    fn socket_error(&self) -> Option<io::Error> {
-        let mut err: libc::c_int = 0;
-        let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
-        // SAFETY: err and len are valid out-parameters of that size.
-        let rc = unsafe {
-            libc::getsockopt(
-                self.fd.as_raw_fd(),
-                libc::SOL_SOCKET,
-                libc::SO_ERROR,
-                (&mut err as *mut libc::c_int).cast(),
-                &mut len,
-            )
-        };
-        (rc == 0 && err != 0).then(|| io::Error::from_raw_os_error(err))
     }
 
     /// Hands an ARP or NDP frame to the table and sends its answers.
@@ -468,10 +391,7 @@ impl EthDev {
                 }
                 Ok(_) if pfd.revents & libc::POLLIN != 0 => return Ok(()),
                 // POLLERR: the socket has an error; the next read reports it (and whether the interface is gone).
-                Ok(_) => {
-                    self.error_pending.store(true, std::sync::atomic::Ordering::Relaxed);
-                    return Ok(());
-                }
+                Ok(_) => return Ok(()),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => return Err(e),
             }

@@ -32,7 +32,6 @@ mod gro;
 mod link;
 mod netdev;
 pub mod privileges;
-mod ring;
 mod uplink;
 mod worker;
 
