@@ -157,16 +157,38 @@ impl Published {
 /// as `lookup` does.
 #[derive(Debug, Clone)]
 pub struct FastPath {
-    own: Arc<Own>,
+    /// The on-link prefixes as (network, mask), those of [`Own::on_link`].
+    v4: Arc<[(u32, u32)]>,
+    v6: Arc<[(u128, u128)]>,
     gateways: Arc<Published>,
 }
 
 impl FastPath {
+    fn new(own: &Own, gateways: Arc<Published>) -> FastPath {
+        let v4 = own.v4.iter().filter(|n| n.prefix_len() < 32);
+        let v6 = own.v6.iter().filter(|n| n.prefix_len() < 128);
+        FastPath {
+            v4: v4.map(|n| (u32::from(n.network()), u32::from(n.netmask()))).collect(),
+            v6: v6.map(|n| (u128::from(n.network()), u128::from(n.netmask()))).collect(),
+            gateways,
+        }
+    }
+
     /// The MAC of the gateway that takes a packet to `dst`, when `dst` is off-link
     /// and the gateway of its family is resolved.
     #[inline]
     pub fn gateway_mac(&self, dst: IpAddr) -> Option<Mac> {
-        if self.own.on_link(dst) {
+        let on_link = match dst {
+            IpAddr::V4(a) => {
+                let a = u32::from(a);
+                self.v4.iter().any(|&(net, mask)| a & mask == net)
+            }
+            IpAddr::V6(a) => {
+                let a = u128::from(a);
+                self.v6.iter().any(|&(net, mask)| a & mask == net)
+            }
+        };
+        if on_link {
             return None;
         }
         self.gateways.get(dst.is_ipv6())

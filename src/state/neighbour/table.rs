@@ -57,7 +57,7 @@ enum Out {
 /// The neighbour table of one Ethernet link (see the module documentation).
 #[derive(Debug)]
 pub struct Neighbours {
-    own: Arc<Own>,
+    own: Own,
     /// The gateways' MACs for [`FastPath`].
     published: Arc<Published>,
     timers: Timers,
@@ -74,7 +74,7 @@ impl Neighbours {
     /// A table for `cfg`, probing its gateways from `now` on.
     pub fn new(cfg: &LinkConfig, timers: Timers, now: Instant) -> Neighbours {
         let mut n = Neighbours {
-            own: Arc::new(Own::new(cfg)),
+            own: Own::new(cfg),
             published: Arc::new(Published::default()),
             timers,
             entries: Vec::with_capacity(CAPACITY),
@@ -100,7 +100,7 @@ impl Neighbours {
 
     /// A lock-free way to the resolved gateways' MACs, for each queue of the device.
     pub fn fast_path(&self) -> FastPath {
-        FastPath { own: Arc::clone(&self.own), gateways: Arc::clone(&self.published) }
+        FastPath::new(&self.own, Arc::clone(&self.published))
     }
 
     /// Whether [`Neighbours::poll_transmit`] has something to write.

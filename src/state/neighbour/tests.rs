@@ -428,3 +428,21 @@ fn the_fast_path_follows_the_gateways_mac() {
     n.handle_frame(now, &na_frame(GW6, [2, 0, 0, 0, 0, 0x66], NdiscNeighborFlags::OVERRIDE, 255));
     assert_eq!(fast.gateway_mac(off6), n.known(IpAddr::V6(GW6)));
 }
+
+#[test]
+fn the_fast_path_and_the_table_agree_on_what_is_on_link() {
+    let (mut n, t0) = table();
+    resolve_gateways(&mut n, t0);
+    let fast = n.fast_path();
+    let mut addrs: Vec<IpAddr> = (0..=255u8).map(|i| IpAddr::V4(Ipv4Addr::new(192, 0, 2, i))).collect();
+    addrs.extend((0..=255u8).map(|i| IpAddr::V4(Ipv4Addr::new(192, 0, 3, i))));
+    addrs
+        .extend([OWN6, GW6, wire::link_local(OWN_MAC), Ipv6Addr::new(0x2001, 0xdb8, 0, 1, 0, 0, 0, 1)].map(IpAddr::V6));
+    addrs.extend(
+        [Ipv6Addr::new(0xfe80, 0, 0, 1, 0, 0, 0, 1), Ipv6Addr::new(0xfe81, 0, 0, 0, 0, 0, 0, 1)].map(IpAddr::V6),
+    );
+    for a in addrs {
+        // On-link (the table sends there itself): not the fast path's; off-link: the gateway's MAC.
+        assert_eq!(fast.gateway_mac(a).is_none(), n.next_hop(a) == Some(a), "{a}");
+    }
+}
