@@ -101,7 +101,7 @@ class Bench(Run):
     def __init__(self, o):
         super().__init__(o, [("iperf3", "iperf3"), ("nft", "nftables"), ("ping", "iputils-ping"),
                              ("timeout", "coreutils"), ("ss", "iproute2")])
-        self.records, self.hz, self.counters = [], os.sysconf("SC_CLK_TCK"), {}
+        self.records, self.hz = [], os.sysconf("SC_CLK_TCK")
         self.paths = {"kernel": ["--router", "kernel"], "op25b": [], "tun": ["--bin", self.example("tun_limit")],
                       "eth": ["--upstream", "veth"]}
 
@@ -240,24 +240,27 @@ class Bench(Run):
                           ("ctxt_switches", switches), ("cpu_busy_pct", pct[0]), ("cpu_idle_pct", pct[1])):
             self.record(path, None, metric, v)
 
-    def written(self, rnd, log):
-        """op25b's last counters line and, with --flood or --events, what it wrote about
-        the SYNs sent at it (summed over rounds)."""
-        c = self.counters
-        with open(log, encoding="utf-8", errors="replace") as f:
-            c["line"] = (re.findall(r"counters: .*", f.read()) or [""])[-1]
-        say(f"op25b {c['line']}")
-        found = dict(re.findall(r"\b(events_dropped|capture_dropped)=([0-9]+)", c["line"]))
-        n = {k: int(found.get(k, 0)) for k in ("events_dropped", "capture_dropped")}
+    def written(self):
+        """op25b's last counters line; with --flood or --events, what it wrote about the
+        SYNs sent at it over all rounds (its counters, event lines, capture records)."""
+        def text(name):
+            with open(name, encoding="utf-8", errors="replace") as f:
+                return f.read()
+        lines = [(re.findall(r"counters: .*", text(self.file(f"op25b-r{r}.log"))) or [""])[-1]
+                 for r in range(1, self.o.rounds + 1)]
+        n = {k: sum(int(m) for ln in lines for m in re.findall(rf"\b{k}=([0-9]+)", ln))
+             for k in ("events_dropped", "capture_dropped")}
         if self.o.events:
-            events = glob.glob(self.file(f"op25b-r{rnd}-events.jsonl*"))
-            lines = [ln for e in events for ln in open(e, encoding="utf-8", errors="replace")]
-            blocked = [ln for ln in lines if '"event":"blocked"' in ln]
-            n.update(events_lines=len(lines), events_blocked_lines=len(blocked),
+            events = "".join(text(e) for e in glob.glob(self.file("op25b-r*-events.jsonl*"))).splitlines()
+            blocked = [ln for ln in events if '"event":"blocked"' in ln]
+            n.update(events_lines=len(events), events_blocked_lines=len(blocked),
                      events_suppressed=sum(int(m) for ln in blocked for m in re.findall(r'"suppressed":([0-9]+)', ln)),
-                     capture_records=sum(pcap_records(p) for p in glob.glob(self.file(f"op25b-r{rnd}-dropped.pcap*"))))
-        for k, v in n.items():
-            c[k] = c.get(k, 0) + v
+                     capture_records=sum(pcap_records(p) for p in glob.glob(self.file("op25b-r*-dropped.pcap*"))))
+        n["flood_syns_sent"] = sum(r["value"] for r in self.records if r["metric"] == "tcp_flood_sent" and
+                                   r["path"] == "op25b")
+        for k, v in n.items() if self.o.flood or self.o.events else ():
+            self.record("op25b", None, k, v)
+        return lines[-1] if lines else ""
 
     def main(self):
         o, t0 = self.o, time.monotonic()
@@ -272,14 +275,7 @@ class Bench(Run):
                 if self.pid:
                     self.router_figures(path)
                 self.lab.down(save_log=self.file(f"{path}-r{rnd}.log"))
-                if path == "op25b":
-                    self.written(rnd, self.file(f"{path}-r{rnd}.log"))
-        line = self.counters.pop("line", "")
-        if o.flood or o.events:
-            for k, v in self.counters.items():
-                self.record("op25b", None, k, v)
-            self.record("op25b", None, "flood_syns_sent", sum(
-                r["value"] for r in self.records if r["path"] == "op25b" and r["metric"] == "tcp_flood_sent"))
+        line = self.written()
         meta = {"ok": not self.failures, "failures": self.failures, "smoke": o.smoke, "rounds": o.rounds,
                 "seconds": o.secs, "pings": o.pings, "extra_rules": o.rules, "busy_poll_us": o.busy_poll,
                 "flood_pps": o.flood, "events": o.events, "abuse": o.abuse, "paths": list(self.paths),
