@@ -1,441 +1,368 @@
 #!/usr/bin/env python3
 """
-op25b benchmark: the same traffic, in one run, through kernel forwarding with the
-OP25B policy as an nftables rule (the peer a user would pick instead) and through
-op25b, alternating kernel, op25b, kernel, op25b, ... on namespaces made for the run.
-
-  kernel: SUB ==veth== RTR (ip_forward, nft: tcp dport 25 ... reject) ==veth== UP
-  op25b:  SUB ==TUN==> op25b (release binary, root namespace) ==TUN==> UP
-  SUB: 100.64.1.10, 2001:db8:100:1::10 (iperf3 client, ping, SYN probe)
-  UP:  203.0.113.25, 2001:db8:203::25 (an iperf3 server per test, port 5201)
-
-Figures per path (median and min-max over rounds, ratio op25b/kernel): TCP 1 stream
-and 4 streams (Gbit/s received), 64-byte UDP packets per second received by the
-server, ping RTT median and p99 (us). For op25b also peak RSS (VmHWM, MiB) and CPU
-time (utime+stime, s). During the first TCP 4-stream test of each path, SYNs to
-203.0.113.25:25 (and [2001:db8:203::25]:25) must all be refused by the router.
+op25b benchmark: the same traffic through one lab with each router in turn (`op25b lab
+up`, one at a time, every round through every path), in one run:
+  kernel: --router kernel  the kernel forwards (veth, ip_forward, OP25B as an nftables rule)
+  op25b:  --config C       op25b (release build) between two TUNs
+  tun:    --bin tun_limit  the TUN design's ceiling, a bare forwarder (examples/tun_limit.rs)
+  eth:    --upstream veth  op25b with an Ethernet (veth) upstream
+Figures per path (median and min-max over rounds; ratios op25b/kernel, op25b/tun,
+eth/kernel): TCP 1 and 4 streams from 100.64.1.10 to 203.0.113.25 (Gbit/s received),
+64-byte UDP packets a second received and the % lost at the rate offered, ping RTT median
+and p99 (us); each router process's peak RSS (VmHWM), CPU time, CPU % forwarding and
+idle, TUN queue drops. During the first TCP 4-stream test of each path with a policy,
+SYNs to 203.0.113.25:25 and [2001:db8:203::25]:25 must all be refused.
 
 Usage: scripts/bench.sh [options]
-  --smoke        end-to-end check in a few seconds (1 round, 1 s tests, 50 pings);
-                 judges that everything works, not speed
+  --smoke        end-to-end check in seconds (1 round, 1 s tests, 50 pings): works, not speed
   --json         the last stdout line is one JSON object; the table goes to stderr
-  --no-build     skip `cargo build --release`
+  --no-build     skip `cargo build --release` (op25b, examples tun_limit and syn_load)
   --rounds N     rounds (default 3; --smoke: 1)
   --rules N      extra [[rule]]s in op25b's config, none matching (default 100)
   -t, --time S   seconds per iperf3 test (default 5; --smoke: 1)
   --pings N      pings per latency test, 10 ms apart (default 300; --smoke: 50)
   --syn N        blocked-SYN probes per path, v4/v6 alternating (default 20)
-  --busy-poll US op25b's dataplane.busy_poll_us (default 0: workers sleep at
-                 once; polling mode trades a core per worker for latency)
-  --flood PPS    during each TCP 1-stream test (both paths), PPS blocked SYNs a second
-                 from forged sources in 100.64.200.0/24 to 203.0.113.25:25 (raw
-                 socket in the subscriber namespace); reports the rate reached
-  --events       op25b writes [events] and [capture] (dropped.pcap) into its work
-                 directory; reports lines and records written, events_dropped and
-                 capture_dropped
-  --abuse        op25b tracks blocked attempts ([abuse], thresholds no run reaches):
-                 what abuse handling costs while nobody is over a threshold
-  --bin PATH     op25b binary (default target/release/op25b)
-  --keep DIR     copy the raw outputs (iperf3 JSON, ping, op25b log, config) to DIR
-Exit status: 0 when every measurement and the blocked-SYN check succeeded, 1 if not,
-2 on usage errors. Needs root, iproute2, iperf3, nft (nftables), ping, python3
-(scripts/setup.sh --bench installs them). Namespaces are named o25b-bench-PID-* and
-removed on exit, also after failures; only processes this run started are stopped.
+  --busy-poll US dataplane.busy_poll_us (default 0: workers sleep at once; polling
+                 trades a core per worker for latency)
+  --flood PPS    during each TCP 1-stream test, PPS blocked SYNs a second from forged
+                 sources in 100.64.200.0/24 to 203.0.113.25:25; reports the rate reached
+  --events       op25b writes [events] and [capture] (dropped.pcap); reports lines and
+                 records written, events_dropped and capture_dropped
+  --abuse        op25b tracks blocked attempts ([abuse], thresholds no run reaches)
+  --bin PATH     op25b binary (default target/release/op25b; the examples beside it)
+  --keep DIR     copy the raw outputs (iperf3 JSON, ping, logs, configs) to DIR
+Exit status: 0 when every measurement and the blocked-SYN checks succeeded, 1 if not, 2
+on usage errors. Needs root, iperf3, nft, ping, ss (scripts/setup.sh --bench). The lab
+o25bench-PID is removed on exit, also after failures; only processes this run started
+are stopped.
 """
-# The benchmark is this program (python3, stdlib only) and two modules beside it:
-# bench_lib.py (the command line, what the tools' output means, config texts, the SYN
-# probe itself, the report: no side effects), bench_proc.py (messages, signals, the
-# processes it starts, short commands) and bench_syn.py (blocked SYNs during the load:
-# the probe, the --flood generator, what --events wrote). scripts/bench.sh only execs
-# it. This file is the run: namespaces, measurements, cleanup.
 
 import glob
 import json
 import os
 import re
-import subprocess
+import statistics
 import sys
 import time
 
-from bench_lib import (NFT_RULES, PATHS, PORT, BadOutput, Usage, counters_line, kernel_net,
-                       nft_packets, op25b_extra, parse_args, parse_ping, parse_tcp, parse_udp,
-                       report)
-from bench_syn import (flood_finish, flood_start, synprobe_finish, synprobe_start,
-                       visibility_figures)
-import bench_proc  # its SIGNALLED and CLOSING are read and set there, never copied here
-from bench_proc import (Die, catch_signals, checkpoint, err, in_ns, info, nsx, pause,
-                        proc_fields, sh, show_file, warn)
-from lablib import Run
+from labrun import Die, Run, main, parse_args, read_json, say, show
 
-SCRIPTS_DIR = os.path.dirname(os.path.abspath(__file__))
-REPO_DIR = os.path.dirname(SCRIPTS_DIR)
+PORT = 5201
+POLICY = ("kernel", "op25b", "eth")  # the paths that refuse SYNs to port 25
+RATIOS = [("op25b", "kernel", ""), ("op25b", "tun", "ceiling_"), ("eth", "kernel", "eth_")]  # a/b, JSON prefix
+# metric, label, scale, unit, ratio key (None: shown without a ratio)
+FIGURES = [("tcp_bps", "TCP 1 stream", 1e-9, "Gbit/s", "tcp_ratio"),
+           ("tcp4_bps", "TCP 4 streams", 1e-9, "Gbit/s", "tcp4_ratio"),
+           ("udp_pps", "UDP 64 B received", 1e-3, "kpps", "udp_pps_ratio"),
+           ("rtt_median_us", "RTT median", 1.0, "us", "rtt_median_ratio"),
+           ("rtt_p99_us", "RTT p99", 1.0, "us", "rtt_p99_ratio")] + [
+    (m, label, 1.0, unit, None) for m, label, unit in (
+        ("tcp_retransmits", "TCP 1 stream retransmits", ""), ("tcp4_retransmits", "TCP 4 streams retransmits", ""),
+        ("udp_lost_pct", "UDP lost (sent, not received)", "%"), ("tcp_tun_drops", "TCP 1 TUN queue drops", ""),
+        ("tcp4_tun_drops", "TCP 4 TUN queue drops", ""), ("udp_tun_drops", "UDP TUN queue drops", ""),
+        ("tcp_flood_pps", "TCP 1 flood SYNs sent/s", ""))]
 
-# Tools run by name, with the package that has each.
-TOOLS = [("ip", "iproute2"), ("ss", "iproute2"), ("iperf3", "iperf3"), ("nft", "nftables"),
-         ("ping", "iputils-ping"), ("timeout", "coreutils")]
 
-# ------------------------------------------------------------------ the run
+def parse(argv):
+    o = parse_args(argv, ("--smoke", "--json", "--events", "--abuse"), (
+        ("--rounds", None), ("--rules", 100), ("--pings", None), ("--syn", 20), ("--busy-poll", 0), ("--flood", 0),
+        ("-t|--time", None)))
+    d = (1, 1, 50) if o.smoke else (3, 5, 300)
+    o.rounds, o.secs, o.pings = (v if v is not None else x for v, x in zip((o.rounds, o.time, o.pings), d))
+    if min(o.rounds, o.secs, o.pings, o.syn) < 1 or not 0 <= o.rules <= 10000:
+        raise ValueError("--rounds, -t, --pings and --syn must be at least 1, --rules 0 to 10000")
+    return o
+
+
+def extra(o, files):
+    """Added to op25b's config: o.rules rules none matching the traffic (100.64.1.10 <->
+    203.0.113.25 TCP/UDP 5201, ICMP, ephemeral ports), so every packet walks them all;
+    busy polling; events and capture into files; [abuse] with thresholds never reached."""
+    text = f"\n# Added by scripts/bench.py: {o.rules} non-matching rules.\n"
+    text += f"\n[dataplane]\nbusy_poll_us = {o.busy_poll}\n" if o.busy_poll else ""
+    text += f'\n[events]\npath = "{files}events.jsonl"\n\n[capture]\ndropped = "{files}dropped.pcap"\n' \
+        if o.events else ""
+    text += "\n[abuse]\nthreshold = 1000000000\ndestinations_threshold = 1000000000\n" if o.abuse else ""
+    dsts = ["192.0.2.0/24", "198.51.100.128/25", "2001:db8:dead::/48", "192.0.2.77/32"]
+    return text + "".join(f'\n[[rule]]\nname = "bench-{i:02d}"\ndirection = "{"inbound" if i % 3 == 2 else "outbound"}"'
+                          f'\nprotocol = "{"tcp" if i % 2 else "udp"}"\ndst = ["{dsts[i % 4]}"]\n'
+                          f'dst_ports = [{6000 + i}]\naction = "drop"\n' for i in range(o.rules))
+
+
+def load(path, key):
+    """end[key] of an iperf3 JSON report (ValueError saying why there is none)."""
+    doc = read_json(path)
+    if key not in doc.get("end", {}):
+        raise ValueError(f"{path}: {doc.get('error', 'no end.' + key)}")
+    return doc["end"][key]
 
 
 class Bench(Run):
-    """One run: the namespaces and processes it made (removed by cleanup, whatever
-    happens), its records and failures."""
-
     def __init__(self, o):
-        super().__init__(f"o25b-bench-{os.getpid()}")
-        self.o = o
-        self.ns = {k: f"{self.pfx}-{k}" for k in ("ksub", "krtr", "kup")}
-        self.lab = None  # the op25b path: an op25b lab of the run's own name (preflight)
-        self.hz = os.sysconf("SC_CLK_TCK")
-        self.namespaces = []  # the kernel path's, created by this run, deleted on exit
-        self.records = []  # {"path", "round", "metric", "value"}
-        self.cpu_ticks = {p: 0 for p in PATHS}  # op25b's CPU during each path's tests
-        self.wall = {p: 0.0 for p in PATHS}
-
-    # -------------------------------------------------------------- bookkeeping
-
-    def reap(self, proc, secs):
-        """Its exit status once it ends; 124 (and stopped) if it outlives secs."""
-        if not proc.wait(secs):
-            self.stop(proc)
-            return 124
-        self.stop(proc)  # reaps it
-        return proc.status()
+        super().__init__(o, [("iperf3", "iperf3"), ("nft", "nftables"), ("ping", "iputils-ping"),
+                             ("timeout", "coreutils"), ("ss", "iproute2")])
+        self.records, self.hz = [], os.sysconf("SC_CLK_TCK")
+        self.paths = {"kernel": ["--router", "kernel"], "op25b": [], "tun": ["--bin", self.example("tun_limit")],
+                      "eth": ["--upstream", "veth"]}
 
     def record(self, path, rnd, metric, value):
-        r = {"path": path, "round": rnd, "metric": metric, "value": value}
-        self.records.append(r)
-        with open(os.path.join(self.work, "records.jsonl"), "a", encoding="utf-8") as f:
-            f.write(json.dumps(r) + "\n")
+        self.records.append({"path": path, "round": rnd, "metric": metric, "value": value})
 
-    def fail_measure(self, msg):
-        self.failures.append(msg)
-        err(msg)
-
-    # -------------------------------------------------------------- checks, build
-
-    def preflight(self):
-        o = self.o
-        # Namespaces of earlier runs that were killed hard (their pid is gone): say so only.
-        for line in (sh("ip", "netns", "list", ok=True) or "").splitlines():
-            ns = line.split(" ", 1)[0]
-            m = re.match(r"o25b?-?bench-([0-9]+)-", ns)
-            if m and not os.path.exists(f"/proc/{m.group(1)}"):
-                warn(f"stale namespace from an earlier run: {ns} (remove it: ip netns delete {ns})")
-        self.prepare(TOOLS, o.build, o.bin, f"o25bench-{os.getpid()}")
-        self.ns["osub"], self.ns["oup"] = self.lab.sub_ns, self.lab.up_ns
-        self.sub = {"kernel": self.ns["ksub"], "op25b": self.ns["osub"]}
-        self.up = {"kernel": self.ns["kup"], "op25b": self.ns["oup"]}
-        self.tun_sub, self.tun_up = self.lab.sub_tun, self.lab.up_tun
-
-    def write_config(self):
-        o = self.o
-        self.config = self.file("op25b.toml")
-        with open(self.config, "w", encoding="utf-8") as f:
-            f.write(self.lab.config(op25b_extra(o, self.work)))
-        out = self.file("check.out")
-        with open(out, "wb") as f:
-            rc = subprocess.run([o.bin, "check", "--config", self.config], stdin=subprocess.DEVNULL,
-                                stdout=f, stderr=subprocess.STDOUT).returncode
-        if rc != 0:
-            show_file(out)
-            with open(out, encoding="utf-8", errors="replace") as f:
-                mentions_rule = "rule" in f.read().lower()
-            if o.rules > 0 and mentions_rule:
-                raise Die(f"op25b check rejects the generated config ({o.rules} extra [[rule]]s): "
-                          "this op25b may not support [[rule]] yet; try --rules 0")
-            raise Die("op25b check rejects the generated config")
-
-    # -------------------------------------------------------------- namespaces
-
-    def ns_add(self, name, addr_gen_mode=0):
-        """A namespace with lo up and quiet IPv6 (no DAD, router solicitations or RA
-        processing; addr_gen_mode 1 = no link-local on new devices)."""
-        if os.path.exists(f"/run/netns/{name}"):
-            raise Die(f"netns {name} exists already (an earlier run's?): not touching it")
-        self.namespaces.append(name)  # before it exists: an interrupted add is removed too
-        sh("ip", "netns", "add", name)
-        sh("ip", "-n", name, "link", "set", "lo", "up")
-        v6 = "net.ipv6.conf"
-        nsx(name, "sysctl", "-q", "-w", f"{v6}.all.accept_dad=0", f"{v6}.default.accept_dad=0",
-            f"{v6}.all.accept_ra=0", f"{v6}.default.accept_ra=0",
-            f"{v6}.all.router_solicitations=0", f"{v6}.default.router_solicitations=0",
-            f"{v6}.default.addr_gen_mode={addr_gen_mode}")
-
-    def setup_kernel(self):
-        ksub, krtr, kup = self.ns["ksub"], self.ns["krtr"], self.ns["kup"]
-        info(f"kernel path: {ksub} | {krtr} | {kup} (veth, ip_forward, nftables)")
-        for ns in (ksub, krtr, kup):
-            self.ns_add(ns)
-        nsx(krtr, "sysctl", "-q", "-w", "net.ipv4.ip_forward=1",
-            "net.ipv6.conf.all.forwarding=1")
-        for ns, cmd in kernel_net(ksub, krtr, kup, self.lab):
-            sh("ip", "-n", ns, *cmd.split())
-        nft = self.file("op25b.nft")
-        with open(nft, "w", encoding="utf-8") as f:
-            f.write(NFT_RULES)
-        nsx(krtr, "nft", "-f", nft)
-
-    def check_op25b(self):
-        if not self.op25b_alive():
-            show_file(self.lab.log())
-            raise Die("op25b exited during the benchmark (log above)")
-
-    def setup_op25b(self):
-        o = self.o
-        info(f"op25b path: op25b lab up --name {self.lab.name} ({o.rules} extra rules)")
-        self.lab.up(self.config, self.file("lab-up.out"))
-        self.op25b = self.lab.proc
-        self.run_t0 = time.monotonic()
-        self.cpu0 = self.op25b_ticks()
-
-    def reach_check(self, path):
-        """Both families reach the server before anything is measured (also fills ARP/ND)."""
-        lab = self.lab
-        for fam, src, dst in (("4", lab.cli4, lab.srv4), ("6", lab.cli6, lab.srv6)):
-            out = self.file(f"{path}-reach{fam}")
-            argv = in_ns(self.sub[path], 10, "ping", f"-{fam}", "-n", "-q", "-c", "3", "-i", "0.2",
-                         "-W", "2", "-I", src, dst)
-            with open(out, "wb") as f:
-                rc = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=f,
-                                    stderr=subprocess.STDOUT).returncode
-            checkpoint()
-            if rc != 0:
-                show_file(out)
-                raise Die(f"{path} path: {dst} unreachable from {src}")
-
-    # -------------------------------------------------------------- op25b's figures
-
-    def op25b_ticks(self):
-        """utime + stime in clock ticks (fields 14 and 15 of /proc/PID/stat)."""
-        f = proc_fields(self.op25b.pid) if self.op25b else None
-        return int(f[11]) + int(f[12]) if f and len(f) > 12 else 0
-
-    def tun_stat(self, ns, dev, stat):
-        out = nsx(ns, "cat", f"/sys/class/net/{dev}/statistics/{stat}", ok=True)
+    def ticks(self):
         try:
-            return int(out)
-        except (TypeError, ValueError):
+            with open(f"/proc/{self.pid}/stat", encoding="utf-8") as f:
+                return sum(int(x) for x in f.read().rsplit(") ", 1)[1].split()[11:13])
+        except (OSError, IndexError):
             return 0
 
     def tun_drops(self):
-        """Packets the kernel dropped because op25b did not read them in time (TUN queue
-        full): tx_dropped of the subscriber TUN counts outbound packets, of the upstream
-        TUN inbound ones."""
-        return (self.tun_stat(self.ns["osub"], self.tun_sub, "tx_dropped")
-                + self.tun_stat(self.ns["oup"], self.tun_up, "tx_dropped"))
+        """What the kernel dropped because the router did not read in time (a full TUN
+        queue): tx_dropped of the subscriber side's device (outbound) and the upstream's."""
+        total = 0
+        for outside, dev in ((False, self.lab.names["sub_tun"]), (True, self.lab.names["up_tun"])):
+            self.ns(self.file("drops"), 10, "cat", f"/sys/class/net/{dev}/statistics/tx_dropped", outside=outside)
+            with open(self.file("drops"), encoding="utf-8") as f:
+                total += int(f.read().strip() or 0)
+        return total
 
-    def cpu_mark(self):
-        self.t_mark, self.c_mark = time.monotonic(), self.op25b_ticks()
+    def lab_up(self, path, rnd):
+        tag, args = f"{path}-r{rnd}", list(self.paths[path])
+        if path != "kernel":
+            with open(self.file(f"{tag}.toml"), "w", encoding="utf-8") as f:
+                f.write(self.lab.config(*args[:2] if path == "eth" else ()) + extra(self.o, self.file(tag + "-")))
+            args += ["--config", self.file(f"{tag}.toml")]
+        self.pid = self.lab.up(self.file(f"{tag}-up.out"), *args)
+        self.reach(tag)
+        t0, c0 = time.monotonic(), self.ticks()
+        time.sleep(1 if self.pid else 0)  # the router's CPU while nothing passes
+        self.idle, self.busy = (self.ticks() - c0, time.monotonic() - t0), [0, 0.0]
 
-    def cpu_account(self, path):
-        """op25b's CPU while it forwards (its own tests) and while it idles (the kernel's)."""
-        self.cpu_ticks[path] += self.op25b_ticks() - self.c_mark
-        self.wall[path] += time.monotonic() - self.t_mark
+    def measured(self, path, run):
+        """run(); meanwhile the router's CPU and TUN queue drops are counted."""
+        t0, c0, d0 = time.monotonic(), self.ticks(), self.tun_drops() if self.pid else 0
+        rc = run()
+        if not self.pid:
+            return rc, None
+        self.busy = [self.busy[0] + self.ticks() - c0, self.busy[1] + time.monotonic() - t0]
+        if not self.lab.alive():
+            show(os.path.join(self.lab.d["state_dir"], "op25b.log"))
+            raise Die(f"the {path} router exited during the benchmark (log above)")
+        return rc, self.tun_drops() - d0
 
-    # -------------------------------------------------------------- measurements
-
-    def wait_listen(self, ns):
-        for _ in range(100):
-            if (nsx(ns, "ss", "-Hltn", f"sport = :{PORT}", ok=True) or "").strip():
-                return True
-            pause(0.05)
-        return False
-
-    def iperf_test(self, path, rnd, kind, probe):
-        """kind is tcp (1 stream), tcp4 or udp; with probe, the blocked-SYN check runs
-        during it."""
-        secs, op = self.o.secs, path == "op25b"
-        if op:
-            self.check_op25b()
-        tag = f"{path}-r{rnd}-{kind}"
+    def iperf(self, path, rnd, kind):
+        secs, lab, tag = self.o.secs, self.lab, f"{path}-r{rnd}-{kind}"
         srv, cli = self.file(f"{tag}-server.json"), self.file(f"{tag}-client.json")
-        args = ["-c", self.lab.srv4, "-B", self.lab.cli4, "-p", str(PORT), "-t", str(secs), "--json"]
-        args += {"tcp": [], "tcp4": ["-P", "4"], "udp": ["-u", "-l", "64", "-b", "0"]}[kind]
-        server = self.spawn(srv, in_ns(self.up[path], secs + 30, "iperf3", "-s", "-1", "--json",
-                                       "-B", self.lab.srv4, "-p", str(PORT)))
-        if not self.wait_listen(self.up[path]):
-            self.stop(server)
-            self.fail_measure(f"{tag}: iperf3 server did not listen")
-            return
-        drops0 = self.tun_drops() if op else 0
-        self.cpu_mark()
-        client = self.spawn(cli, in_ns(self.sub[path], secs + 20, "iperf3", *args))
-        flood = flood_start(self, path, tag) if kind == "tcp" and self.o.flood else None
-        prober = None
-        if probe:
-            pause(1 if secs > 2 else 0.3)  # well into the load, short of its end
-            prober = synprobe_start(self, path)
-        rc = self.reap(client, secs + 30)
-        if prober:
-            synprobe_finish(self, path, prober)
-        if flood:
-            flood_finish(self, path, rnd, tag, flood)
-        self.cpu_account(path)
-        if op:
-            self.record(path, rnd, f"{kind}_tun_drops", self.tun_drops() - drops0)
-        # The one-off server exits after writing its report.
-        if rc == 0:
-            self.reap(server, 10)
-        else:
-            self.stop(server)
-        if op:
-            self.check_op25b()
-        if rc != 0:
-            show_file(cli, cli + ".err", tail=5)
-            self.fail_measure(f"{tag}: iperf3 client failed (exit {rc})")
-            return
+        server = self.spawn(srv, lab.exec(secs + 30, "iperf3", "-s", "-1", "--json", "-B", lab.srv4, "-p", str(PORT),
+                                          outside=True))
+        for _ in range(50):  # until it listens
+            if not self.ns(srv + ".ss", 5, "ss", "-Hltn", f"sport = :{PORT}", outside=True) \
+                    and os.path.getsize(srv + ".ss"):
+                break
+            time.sleep(0.1)
+
+        def run():
+            client = self.spawn(cli, lab.exec(secs + 20, "iperf3", "-c", lab.srv4, "-B", lab.cli4, "-p", str(PORT),
+                                              "-t", str(secs), "--json", *{"tcp": [], "tcp4": ["-P", "4"],
+                                                                          "udp": ["-u", "-l", "64", "-b", "0"]}[kind]))
+            syn_load = self.example("syn_load")
+            flood = kind == "tcp" and self.o.flood and self.spawn(self.file(f"{tag}-flood"), lab.exec(
+                secs + 5, syn_load, "flood", str(self.o.flood), str(secs), lab.srv4, "25"))
+            if kind == "tcp4" and rnd == 1 and path in POLICY:
+                time.sleep(1 if secs > 2 else 0.3)  # well into the load, short of its end
+                self.probe(path, self.spawn(self.file(f"{path}-synprobe"), lab.exec(
+                    self.o.syn * 3 + 10, syn_load, "probe", str(self.o.syn), "25", lab.srv4, lab.srv6)))
+            rc = self.reap(client, secs + 30)
+            if flood and (self.reap(flood, secs + 10) or not read_json(self.file(f"{tag}-flood"))):
+                self.fail(f"{tag}: the SYN flood failed")
+            elif flood:
+                r = read_json(self.file(f"{tag}-flood"))
+                self.record(path, rnd, "tcp_flood_pps", r["pps"])
+                self.record(path, rnd, "tcp_flood_sent", r["sent"])
+            return rc
+        rc, drops = self.measured(path, run)
+        self.reap(server, 10 if rc == 0 else 0)
+        if drops is not None:
+            self.record(path, rnd, f"{kind}_tun_drops", drops)
         try:
             if kind == "udp":
-                pps, lost = parse_udp(srv)
-                self.record(path, rnd, "udp_pps", pps)
-                self.record(path, rnd, "udp_lost_pct", lost)
-                info(f"{path:<6} round {rnd}  {kind:<5} {pps / 1e3:10.1f} kpps received")
+                # On the receiver "packets" is the highest sequence number seen, "lost" the gaps.
+                s = load(srv, "sum")
+                pps = (s["packets"] - s["lost_packets"]) / s["seconds"]
+                self.record(path, rnd, "udp_lost_pct", round(100.0 * s["lost_packets"] / s["packets"], 1))
+                self.record(path, rnd, "udp_pps", round(pps))
+                say(f"{path:<6} round {rnd}  udp   {pps / 1e3:10.1f} kpps received")
             else:
-                bps, retrans = parse_tcp(cli)
-                self.record(path, rnd, f"{kind}_bps", bps)
-                self.record(path, rnd, f"{kind}_retransmits", retrans)
-                info(f"{path:<6} round {rnd}  {kind:<5} {bps / 1e9:10.2f} Gbit/s")
-        except BadOutput as e:
-            err(str(e))
-            self.fail_measure(f"{tag}: no usable {'UDP' if kind == 'udp' else 'TCP'} result")
+                bps = load(cli, "sum_received")["bits_per_second"]
+                self.record(path, rnd, f"{kind}_bps", round(bps))
+                self.record(path, rnd, f"{kind}_retransmits", load(cli, "sum_sent").get("retransmits", -1))
+                say(f"{path:<6} round {rnd}  {kind:<5} {bps / 1e9:10.2f} Gbit/s")
+        except (ValueError, ZeroDivisionError) as e:
+            show(cli + ".err", tail=5)
+            self.fail(f"{tag}: no result (iperf3 client exit {rc}; {e})")
 
-    def ping_test(self, path, rnd):
-        pings = self.o.pings
-        if path == "op25b":
-            self.check_op25b()
-        tag = f"{path}-r{rnd}-ping"
-        out = self.file(f"{tag}.txt")
-        self.cpu_mark()
-        proc = self.spawn(out, in_ns(self.sub[path], pings // 50 + 10, "ping", "-n", "-i", "0.01",
-                                     "-c", str(pings), "-W", "1", "-I", self.lab.cli4,
-                                     self.lab.srv4))
-        rc = self.reap(proc, pings // 50 + 20)
-        self.cpu_account(path)
-        if path == "op25b":
-            self.check_op25b()
-        # At least 90 % answered; a lost ping or two is no failure of the measurement.
-        try:
-            med, p99, n = parse_ping(out, (pings * 9 + 9) // 10)
-        except BadOutput as e:
-            err(str(e))
-            self.fail_measure(f"{tag}: ping failed (exit {rc})")
-            return
+    def probe(self, path, proc):
+        """Every SYN to port 25 refused within 2 s, during load."""
+        syn, out = self.o.syn, self.file(f"{path}-synprobe")
+        rc = self.reap(proc, syn * 3 + 15)
+        show(out + ".err")
+        r = read_json(out)
+        if "sent_v6" not in r:
+            return self.fail(f"{path}: the blocked-SYN probe printed no result (exit {rc})")
+        r.update(answered=r["answered_v4"] + r["answered_v6"], sent=r["sent_v4"] + r["sent_v6"])
+        for k, v in r.items():
+            self.record(path, None, f"blocked_syn_{k}", v)
+        if r["answered"] != syn:
+            self.fail(f"{path}: only {r['answered']} of {syn} blocked SYNs to port 25 were refused within 2 s")
+
+    def ping(self, path, rnd):
+        out, n = self.file(f"{path}-r{rnd}-ping.txt"), self.o.pings
+        self.measured(path, lambda: self.ns(out, n // 50 + 10, "ping", "-n", "-i0.01", "-c", str(n), "-W1",
+                                            "-I", self.lab.cli4, self.lab.srv4))
+        with open(out, encoding="utf-8", errors="replace") as f:
+            rtts = sorted(float(m) * 1000 for m in re.findall(r"bytes from .* time=([0-9.]+)", f.read()))
+        if len(rtts) < (n * 9 + 9) // 10:  # a lost ping or two is no failure of the measurement
+            return self.fail(f"{path}-r{rnd}-ping: {len(rtts)} of {n} replies")
+        med, p99 = round(statistics.median(rtts), 1), round(rtts[-(-99 * len(rtts) // 100) - 1], 1)
         self.record(path, rnd, "rtt_median_us", med)
         self.record(path, rnd, "rtt_p99_us", p99)
-        info(f"{path:<6} round {rnd}  ping  median {med:7.1f} us  p99 {p99:7.1f} us  "
-             f"({n}/{pings} replies)")
+        say(f"{path:<6} round {rnd}  ping  median {med:7.1f} us  p99 {p99:7.1f} us  ({len(rtts)}/{n})")
 
-    def op25b_figures(self):
-        """op25b's own figures, read before it stops."""
-        self.check_op25b()
-        pid = self.op25b.pid
-        with open(f"/proc/{pid}/status", encoding="utf-8") as f:
-            rss_kb = next(int(line.split()[1]) for line in f if line.startswith("VmHWM:"))
-        # Rounded as shown (bench.sh printed them with printf): the JSON carries the same.
-        self.record("op25b", None, "rss_mib", round(rss_kb / 1024, 1))
-        self.record("op25b", None, "cpu_s", round((self.op25b_ticks() - self.cpu0) / self.hz, 2))
-        self.record("op25b", None, "run_s", round(time.monotonic() - self.run_t0, 1))
-        # Voluntary + involuntary, all threads: how often it slept and woke while forwarding.
+    def router_figures(self, path):
+        """The router process's own figures, read before it stops (the last round's stay)."""
+        with open(f"/proc/{self.pid}/status", encoding="utf-8") as f:
+            rss = next(int(ln.split()[1]) for ln in f if ln.startswith("VmHWM:"))
         switches = 0
-        for status in glob.glob(f"/proc/{pid}/task/*/status"):
-            try:
-                with open(status, encoding="utf-8") as f:
-                    switches += sum(int(line.split()[1]) for line in f if "ctxt_switches:" in line)
-            except OSError:
-                pass
-        self.record("op25b", None, "ctxt_switches", switches)
-        # op25b's CPU use as % of one core: while forwarding (op25b) and idle (kernel).
-        for path, metric in (("op25b", "cpu_busy_pct"), ("kernel", "cpu_idle_pct")):
-            w = self.wall[path]
-            pct = 100 * self.cpu_ticks[path] / self.hz / w if w > 0 else 0.0
-            self.record("op25b", None, metric, round(pct, 1))
-        for metric, ns, dev in (("tun_sub_tx_dropped", "osub", self.tun_sub),
-                                ("tun_up_tx_dropped", "oup", self.tun_up)):
-            self.record("op25b", None, metric, self.tun_stat(self.ns[ns], dev, "tx_dropped"))
-        chain = nsx(self.ns["krtr"], "nft", "list", "chain", "inet", "op25b", "forward", ok=True)
-        self.record("kernel", None, "nft_rejected_packets", nft_packets(chain or ""))
+        for status in glob.glob(f"/proc/{self.pid}/task/*/status"):
+            with open(status, encoding="utf-8") as f:
+                switches += sum(int(ln.split()[1]) for ln in f if "ctxt_switches:" in ln)
+        pct = [round(100 * t / self.hz / max(s, 1e-9), 1) for t, s in (self.busy, self.idle)]
+        for metric, v in (("rss_mib", round(rss / 1024, 1)), ("cpu_s", round(self.ticks() / self.hz, 2)),
+                          ("ctxt_switches", switches), ("cpu_busy_pct", pct[0]), ("cpu_idle_pct", pct[1])):
+            self.record(path, None, metric, v)
+
+    def written(self):
+        """op25b's last counters line; with --flood or --events, what it wrote about the
+        SYNs sent at it over all rounds (its counters, event lines, capture records)."""
+        def text(name):
+            with open(name, encoding="utf-8", errors="replace") as f:
+                return f.read()
+        lines = [(re.findall(r"counters: .*", text(self.file(f"op25b-r{r}.log"))) or [""])[-1]
+                 for r in range(1, self.o.rounds + 1)]
+        n = {k: sum(int(m) for ln in lines for m in re.findall(rf"\b{k}=([0-9]+)", ln))
+             for k in ("events_dropped", "capture_dropped")}
+        if self.o.events:
+            events = "".join(text(e) for e in glob.glob(self.file("op25b-r*-events.jsonl*"))).splitlines()
+            blocked = [ln for ln in events if '"event":"blocked"' in ln]
+            n.update(events_lines=len(events), events_blocked_lines=len(blocked),
+                     events_suppressed=sum(int(m) for ln in blocked for m in re.findall(r'"suppressed":([0-9]+)', ln)),
+                     capture_records=sum(pcap_records(p) for p in glob.glob(self.file("op25b-r*-dropped.pcap*"))))
+        n["flood_syns_sent"] = sum(r["value"] for r in self.records if r["metric"] == "tcp_flood_sent" and
+                                   r["path"] == "op25b")
+        for k, v in n.items() if self.o.flood or self.o.events else ():
+            self.record("op25b", None, k, v)
+        return lines[-1] if lines else ""
 
     def main(self):
-        o = self.o
-        self.preflight()
-        self.write_config()
-        self.setup_kernel()
-        self.setup_op25b()
-        self.reach_check("kernel")
-        self.reach_check("op25b")
-
-        t_start = time.monotonic()
-        info(f"measuring: {o.rounds} round(s), {o.secs} s per iperf3 test, {o.pings} pings, "
-             "kernel and op25b alternating")
+        o, t0 = self.o, time.monotonic()
+        say(f"measuring: {o.rounds} round(s), {o.secs} s per iperf3 test, {o.pings} pings, "
+            f"paths {', '.join(self.paths)} in turn")
         for rnd in range(1, o.rounds + 1):
-            for kind in ("tcp", "tcp4", "udp"):
-                for path in PATHS:
-                    self.iperf_test(path, rnd, kind, probe=kind == "tcp4" and rnd == 1)
-                    pause(0.2)
-            for path in PATHS:
-                self.ping_test(path, rnd)
-
-        self.op25b_figures()
-        info(f"stopping op25b (pid {self.op25b.pid})")
-        self.stop_op25b()
-        try:
-            with open(self.file("op25b.log"), encoding="utf-8", errors="replace") as f:
-                counters = counters_line(f.read())
-        except OSError:
-            counters = ""
-        if counters:
-            info(f"op25b {counters}")
-        if o.flood or o.events:
-            visibility_figures(self, counters)
-
-        total_s = round(time.monotonic() - t_start, 1)
-        meta = {"ok": not self.failures, "failures": self.failures, "smoke": o.smoke,
-                "rounds": o.rounds, "seconds": o.secs, "pings": o.pings, "extra_rules": o.rules,
-                "busy_poll_us": o.busy, "flood_pps": o.flood, "events": o.events, "abuse": o.abuse,
-                "cpus": len(os.sched_getaffinity(0)), "measure_s": total_s,
-                "op25b_counters": counters}
-        report(self.records, meta, o.json)
-        return self.finish("meta.json", meta, "measurement(s)", f"done in {total_s} s")
-
-    # -------------------------------------------------------------- cleanup
-
-    def cleanup(self, rc):
-        """Stop what this run started (by pid), take its lab down, delete the kernel
-        path's namespaces, keep or drop its files. Runs on every exit."""
-        if rc != 0 and self.work:
-            info(f"exiting with status {rc}: stopping what this run started, "
-                 "removing its namespaces")
-        self.close(self.o.keep, also=self.delete_namespaces)
-
-    def delete_namespaces(self):
-        for ns in self.namespaces:
-            if not os.path.exists(f"/run/netns/{ns}"):
-                continue
-            pids = " ".join((sh("ip", "netns", "pids", ns, ok=True) or "").split())
-            # Not started by this run (or escaped its bookkeeping): left alone; the
-            # namespace lives on, unnamed, until they exit.
-            if pids:
-                warn(f"processes still inside {ns}, left alone: {pids}")
-            if sh("ip", "netns", "delete", ns, ok=True) is None:
-                warn(f"could not delete netns {ns}")
-
-# ------------------------------------------------------------------ main
+            for path in self.paths:
+                self.lab_up(path, rnd)
+                for kind in ("tcp", "tcp4", "udp"):
+                    self.iperf(path, rnd, kind)
+                self.ping(path, rnd)
+                if self.pid:
+                    self.router_figures(path)
+                self.lab.down(save_log=self.file(f"{path}-r{rnd}.log"))
+        line = self.written()
+        meta = {"ok": not self.failures, "failures": self.failures, "smoke": o.smoke, "rounds": o.rounds,
+                "seconds": o.secs, "pings": o.pings, "extra_rules": o.rules, "busy_poll_us": o.busy_poll,
+                "flood_pps": o.flood, "events": o.events, "abuse": o.abuse, "paths": list(self.paths),
+                "cpus": len(os.sched_getaffinity(0)), "measure_s": round(time.monotonic() - t0, 1),
+                "op25b_counters": line}
+        report(self.records, meta, o.json, list(self.paths))
+        return self.finish("meta.json", meta, "measurement(s)", f"done in {meta['measure_s']} s")
 
 
-def main(argv):
-    try:
-        o = parse_args(argv, os.path.join(REPO_DIR, "target/release/op25b"))
-    except Usage as e:
-        if e.args[0]:
-            err(e.args[0])
-        print(__doc__.strip("\n"), file=sys.stderr)
-        return 2
-    # Decimal points in the tools' output, whatever the locale.
-    os.environ["LC_ALL"] = "C"
-    catch_signals()
-    return bench_proc.run_to_end(Bench(o))
+def pcap_records(name):
+    """Records in a pcap file."""
+    with open(name, "rb") as f:
+        data = f.read()
+    endian, i, records = "little" if data[:4] in (b"\xd4\xc3\xb2\xa1", b"\x4d\x3c\xb2\xa1") else "big", 24, 0
+    while i + 16 <= len(data):
+        i, records = i + 16 + int.from_bytes(data[i + 8:i + 12], endian), records + 1
+    return records
+
+
+def fmt(x):
+    return f"{int(x)}" if x == int(x) and abs(x) < 1e6 else f"{x:.0f}" if x >= 100 else f"{x:.1f}" if x >= 10 \
+        else f"{x:.2f}"
+
+
+def report(records, meta, as_json, paths):
+    """The table (stdout, or stderr with --json) and with --json one JSON object as the
+    last stdout line: meta, the ratios, latency added, the figures per path."""
+    values, out, per = {}, dict(meta), {p: {} for p in paths}
+    for r in records:
+        if r["round"] is None:
+            per[r["path"]][r["metric"]] = r["value"]
+        else:
+            values.setdefault((r["path"], r["metric"]), []).append(r["value"])
+    med = {k: statistics.median(v) for k, v in values.items()}
+    for (p, m), v in values.items():
+        per[p].update({m: round(med[p, m], 1), m + "_min": round(min(v), 1), m + "_max": round(max(v), 1),
+                       m + "_n": len(v)})
+    ratios = [r for r in RATIOS if r[0] in paths and r[1] in paths]
+    for metric, *_, rkey in FIGURES[:5]:
+        for a, b, pre in ratios:
+            x, y = med.get((a, metric)), med.get((b, metric))
+            out[pre + rkey] = round(x / y, 3) if x is not None and y else None
+    for key, m in (("latency_added_us", "rtt_median_us"), ("latency_p99_added_us", "rtt_p99_us")):
+        x, y = med.get(("op25b", m)), med.get(("kernel", m))
+        out[key] = round(x - y, 1) if x is not None and y is not None else None
+    out.update(per)
+    op = per.get("op25b", {})
+    out.update({k: op.get(k) for k in ("rss_mib", "cpu_s", "blocked_syn_answered", "blocked_syn_sent")})
+    out.update({f"kernel_{k}": per.get("kernel", {}).get(k) for k in ("blocked_syn_answered", "blocked_syn_sent")})
+
+    hdr = f"{'figure':<30}" + "".join(f"{p:>21}" for p in paths) + "".join(f"{a + '/' + b:>13}" for a, b, _ in ratios)
+    lines = [f"\nrouters compared: {meta['rounds']} round(s), {meta['seconds']} s per test, {meta['extra_rules']} extra "
+             f"rules, {meta['cpus']} CPUs, busy poll {meta['busy_poll_us']} us; median (min-max) over rounds",
+             hdr, "-" * len(hdr)]
+    for metric, label, k, unit, rkey in FIGURES:
+        cells = [f"{fmt(med[p, metric] * k)} ({fmt(min(values[p, metric]) * k)}-{fmt(max(values[p, metric]) * k)})"
+                 if (p, metric) in med else "FAILED" if rkey else "-" for p in paths]
+        rs = [out.get(pre + rkey) if rkey else None for _, _, pre in ratios]
+        lines.append(f"{(label + ' ' + unit).strip():<30}" + "".join(f"{c:>21}" for c in cells)
+                     + "".join(f"{r:>13.3f}" if r is not None else " " * 13 for r in rs))
+    lines.append("-" * len(hdr))
+    if out["latency_added_us"] is not None:
+        lines.append(f"latency added by op25b: median {out['latency_added_us']:+.1f} us, "
+                     f"p99 {out['latency_p99_added_us']:+.1f} us")
+    for p, d in per.items():
+        if d.get("blocked_syn_sent") is not None:
+            lines.append(f"blocked SYNs to port 25 refused during load ({p}): {d['blocked_syn_answered']}/"
+                         f"{d['blocked_syn_sent']} (v4 {d['blocked_syn_answered_v4']}/"
+                         f"{d['blocked_syn_sent_v4']}, v6 {d['blocked_syn_answered_v6']}/{d['blocked_syn_sent_v6']}; "
+                         f"median {d['blocked_syn_median_ms']} ms, max {d['blocked_syn_max_ms']} ms)")
+        if d.get("rss_mib") is not None:
+            lines.append(f"{p} process: peak RSS {d['rss_mib']} MiB, CPU {d['cpu_s']} s, {d['ctxt_switches']} "
+                         f"context switches; CPU during its tests {d['cpu_busy_pct']} %, idle {d['cpu_idle_pct']} %")
+    if meta["op25b_counters"]:
+        lines.append(f"op25b {meta['op25b_counters']}")
+    if op.get("flood_syns_sent") is not None:
+        lines.append(f"blocked-SYN flood at op25b (TCP 1 stream tests): {op['flood_syns_sent']} SYNs sent; "
+                     + (f"events: {op.get('events_lines')} lines ({op.get('events_blocked_lines')} blocked, "
+                        f"{op.get('events_suppressed')} suppressed), capture: {op.get('capture_records')} records; "
+                        if meta["events"] else "events and capture off; ")
+                     + f"events_dropped {op.get('events_dropped')}, capture_dropped {op.get('capture_dropped')}")
+    if meta["failures"]:
+        lines.append(f"FAILURES: {'; '.join(meta['failures'])}")
+    print("\n".join(lines), file=sys.stderr if as_json else sys.stdout, flush=True)
+    if as_json:
+        print(json.dumps(out, sort_keys=True), flush=True)
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    sys.exit(main("bench", parse, Bench, __doc__, sys.argv[1:]))

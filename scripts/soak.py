@@ -1,424 +1,230 @@
 #!/usr/bin/env python3
 """
 op25b soak: load and reloads together for a bounded time, in a lab made for the run
-(`op25b lab up --name o25soak-PID`, the lab's own definition and config).
-
-  SUB (100.64.1.10, 2001:db8:100:1::10) ==TUN==> op25b ==TUN==> UP (203.0.113.25, 2001:db8:203::25)
-
-During the whole run:
-  - iperf3 load in both directions, at fixed rates: TCP IPv4 upload, TCP IPv6 download,
-    UDP IPv4 upload and UDP IPv6 download (512-byte datagrams);
-  - a trickle of blocked SYNs to 203.0.113.25:25 from forged subscriber sources
-    (scripts/bench_syn.py flood), each answered with an RST by op25b;
-  - a SIGHUP every 200 ms (or once op25b has answered the previous one, if later), the
-    config file replaced (atomically) before each, in the cycle valid B, invalid,
-    valid A, valid B, invalid, ... (A is the start config).
-At the end it checks, and prints:
-  - op25b is alive;
-  - every reload was accepted or refused as expected: after each SIGHUP the control
-    socket's reload counters (`op25b stats --json`) moved in the expected column, and
-    the totals are exact;
-  - per direction received = forwarded + dropped + replied + terminated, exactly (the
-    `--stats` file op25b writes when it stops);
-  - no TCP connection of the load was reset (every iperf3 ended well);
-  - op25b's RSS, sampled through the run (the curve is printed), grew by at most
-    max(1 MiB, 5 %) after the warm-up (the first 10 %, at least 5 s);
-  - no WARN or ERROR line in op25b's log but the expected refusals, one per invalid reload.
+(`op25b lab up --name o25soak-PID`, the lab's definition and config). All the while:
+  - iperf3 at fixed rates both ways: TCP IPv4 up, TCP IPv6 down, UDP IPv4 up, UDP IPv6
+    down (512-byte datagrams); 50 blocked SYNs a second to 203.0.113.25:25 from forged
+    subscriber sources (examples/syn_load.rs flood), each answered with an RST;
+  - a reload every 200 ms (`op25b lab reload`: the config replaced, SIGHUP, op25b's answer
+    awaited), in the cycle valid B, invalid, valid A, ... (A is the start config).
+At the end it checks, and prints: op25b is alive; every reload was accepted or refused as
+expected, and the control socket's reload counters (`op25b stats`) are exact; per
+direction received = forwarded + dropped + replied + terminated (the `--stats` file op25b
+writes when it stops); no TCP connection of the load was reset; op25b's RSS, sampled
+through the run (the curve is printed), grew by at most max(1 MiB, 5 %) after the warm-up
+(the first 10 %, at least 5 s); no WARN or ERROR in op25b's log but one refusal per
+invalid reload.
 
 Usage: scripts/soak.sh [--minutes N | --seconds N] [--no-build] [--bin PATH] [--keep DIR]
   --minutes N   how long the load runs (default 10)
   --seconds N   the same in seconds (CI: 20)
-  --no-build    skip `cargo build --release`
-  --bin PATH    op25b binary (default target/release/op25b)
+  --no-build    skip `cargo build --release` (op25b, examples tun_limit and syn_load)
+  --bin PATH    op25b binary (default target/release/op25b; the examples beside it)
   --keep DIR    copy the raw outputs (iperf3 JSON, op25b log, configs, stats) to DIR
 Exit status: 0 when every check passed, 1 if one failed, 2 on usage errors. Needs root,
-iperf3, python3 (scripts/setup.sh --bench). The lab (namespaces o25soak-PID-sub and
--inet) is removed on every exit; only processes this run started are stopped.
+iperf3, python3 (scripts/setup.sh --bench). The lab is removed on every exit; only
+processes this run started are stopped.
 """
-# The process plumbing (messages, signals, the processes it starts) is bench_proc.py's,
-# the SYN generator bench_syn.py's; this file is the soak itself.
 
 import json
 import os
-import re
-import shutil
-import signal
-import socket
 import subprocess
 import sys
 import time
 
-import bench_proc  # SIGNALLED, CLOSING and TAG are read and set there
-from bench_proc import Die, catch_signals, err, info, pause, show_file
-from lablib import Run
-
-SCRIPTS_DIR = os.path.dirname(os.path.abspath(__file__))
-REPO_DIR = os.path.dirname(SCRIPTS_DIR)
-TOOLS = [("iperf3", "iperf3"), ("timeout", "coreutils"), ("ping", "iputils-ping")]
+from labrun import Die, Run, main, parse_args, read_json, say, show
 
 # The load: (name, family, protocol, reverse, rate, port).
-LOAD = [
-    ("tcp4-up", "4", "tcp", False, "200M", 5201),
-    ("tcp6-down", "6", "tcp", True, "200M", 5202),
-    ("udp4-up", "4", "udp", False, "20M", 5203),
-    ("udp6-down", "6", "udp", True, "20M", 5204),
-]
+LOAD = [("tcp4-up", "4", "tcp", False, "200M", 5201), ("tcp6-down", "6", "tcp", True, "200M", 5202),
+        ("udp4-up", "4", "udp", False, "20M", 5203), ("udp6-down", "6", "udp", True, "20M", 5204)]
 SYN_PPS = 50  # blocked SYNs a second
 RELOAD_EVERY = 0.2
-# The reload cycle after the start config A: True = valid (accepted).
-CYCLE = [("B", True), ("invalid", False), ("A", True)]
-RSS_SLACK_KIB = 1024
-RSS_SLACK_PCT = 5
+CYCLE = [("B", True), ("invalid", False), ("A", True)]  # after the start config A; True = valid
+RSS_SLACK_KIB, RSS_SLACK_PCT = 1024, 5
 
 
-def usage(msg=None):
-    if msg:
-        err(msg)
-    print(__doc__.strip("\n"), file=sys.stderr)
-    return 2
-
-
-def parse_args(argv):
-    o = {"secs": 600, "build": True, "bin": os.path.join(REPO_DIR, "target/release/op25b"),
-         "keep": None}
-    args = list(argv)
-    while args:
-        a = args.pop(0)
-        if a == "--no-build":
-            o["build"] = False
-        elif a in ("--minutes", "--seconds", "--bin", "--keep"):
-            if not args:
-                raise ValueError(f"{a} needs a value")
-            v = args.pop(0)
-            if a in ("--minutes", "--seconds"):
-                if not re.fullmatch(r"[0-9]+", v) or int(v) < 1:
-                    raise ValueError(f"{a} needs a whole number of at least 1, got '{v}'")
-                o["secs"] = int(v) * (60 if a == "--minutes" else 1)
-            else:
-                o[a[2:]] = os.path.abspath(v)
-        elif a in ("-h", "--help"):
-            raise ValueError(None)
-        else:
-            raise ValueError(f"unknown argument: {a}")
-    if o["secs"] < 10:
+def parse(argv):
+    o = parse_args(argv, ints=(("--minutes", None), ("--seconds", None)))
+    o.secs = o.seconds or (o.minutes or 10) * 60
+    if o.secs < 10:
         raise ValueError("the run needs at least 10 seconds")
     return o
 
 
-def config(lab, name, work):
-    """The start config A (the lab's own), the other valid one B (another reply limit,
-    so the reply buckets start afresh, and a counting rule), or an invalid one (a port
-    out of range); each with a control socket in the run's directory."""
-    text = lab.config(f'\n[control]\nsocket = "{work}/op25b.sock"\n')
-    if name == "B":
-        text = text.replace("reply_rate = 10", "reply_rate = 20")
-        text += '\n[[rule]]\nname = "count-udp"\nprotocol = "udp"\naction = "count"\n'
-    elif name == "invalid":
-        text = text.replace("ports = [25]", "ports = [25, 70000]")
-    return text
-
-
-def ask_stats(path):
-    """`GET /v1/stats` on the control socket (HTTP/1.1): the JSON answer."""
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-        s.settimeout(5)
-        s.connect(path)
-        s.sendall(b"GET /v1/stats HTTP/1.1\r\nHost: op25b\r\nConnection: close\r\n\r\n")
-        data = b""
-        while True:
-            chunk = s.recv(65536)
-            if not chunk:
-                break
-            data += chunk
-    head, _, body = data.partition(b"\r\n\r\n")
-    if not head.startswith(b"HTTP/1.1 200"):
-        raise ValueError(f"GET /v1/stats: {head.splitlines()[0] if head else b'no answer'}")
-    return json.loads(body)
-
-
 def rss_kib(pid):
     """(VmRSS, RssAnon, RssFile) in KiB from /proc/PID/status, or None."""
-    fields = {}
     try:
         with open(f"/proc/{pid}/status", encoding="utf-8") as f:
-            for line in f:
-                key, _, rest = line.partition(":")
-                if key in ("VmRSS", "RssAnon", "RssFile"):
-                    fields[key] = int(rest.split()[0])
-    except (OSError, ValueError, IndexError):
+            d = {k: int(v.split()[0]) for k, _, v in (ln.partition(":") for ln in f)
+                 if k in ("VmRSS", "RssAnon", "RssFile")}
+        return d["VmRSS"], d["RssAnon"], d["RssFile"]
+    except (OSError, ValueError, KeyError):
         return None
-    if len(fields) < 3:
-        return None
-    return fields["VmRSS"], fields["RssAnon"], fields["RssFile"]
 
 
 class Soak(Run):
     def __init__(self, o):
-        super().__init__(f"o25soak-{os.getpid()}")
-        self.o = o
-
-    # -------------------------------------------------------------- bookkeeping
+        super().__init__(o, [("iperf3", "iperf3"), ("timeout", "coreutils"), ("ping", "iputils-ping")])
 
     def check(self, ok, msg):
         if ok:
-            info(f"ok: {msg}")
+            say(f"ok: {msg}")
         else:
-            self.failures.append(msg)
-            err(f"FAILED: {msg}")
-
-    # -------------------------------------------------------------- set-up
-
-    def preflight(self):
-        self.prepare(TOOLS, self.o["build"], self.o["bin"], self.pfx)
-        for name in ("A", "B", "invalid"):
-            with open(self.file(f"{name}.toml"), "w", encoding="utf-8") as f:
-                f.write(config(self.lab, name, self.work))
-        # op25b runs the lab's copy of A; each reload replaces that file.
-        self.config = os.path.join(self.lab.d["state_dir"], "op25b.toml")
+            self.fail(f"FAILED: {msg}")
 
     def setup(self):
-        lab = self.lab
-        info(f"lab {lab.name}: {lab.sub_ns} | op25b | {lab.up_ns}")
-        lab.up(self.file("A.toml"), self.file("lab-up.out"), stats=self.file("stats.json"))
-        self.op25b = lab.proc
-        for fam, dst in (("4", lab.srv4), ("6", lab.srv6)):
-            ping = lab.exec(10, "ping", f"-{fam}", "-c", "2", "-i", "0.2", "-W", "2", dst)
-            if subprocess.run(ping, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL).returncode:
-                raise Die(f"no ping through op25b to {dst}")
+        """The configs: A (the lab's), B (another reply limit, so the reply buckets start
+        afresh, and a counting rule) and an invalid one (a port out of range), each with a
+        control socket in the run's directory; then the lab, running A."""
+        lab, self.sock = self.lab, self.file("op25b.sock")
+        a = lab.config() + f'\n[control]\nsocket = "{self.sock}"\n'
+        b = a.replace("reply_rate = 10", "reply_rate = 20") \
+            + '\n[[rule]]\nname = "count-udp"\nprotocol = "udp"\naction = "count"\n'
+        for name, text in (("A", a), ("B", b), ("invalid", a.replace("ports = [25]", "ports = [25, 70000]"))):
+            with open(self.file(f"{name}.toml"), "w", encoding="utf-8") as f:
+                f.write(text)
+        say(f"lab {lab.name}: subscribers | op25b | outside")
+        self.pid = lab.up(self.file("lab-up.out"), "--config", self.file("A.toml"), "--stats", self.file("stats.json"))
+        self.reach("op25b")
         for _ in range(50):
-            if os.path.exists(self.file("op25b.sock")):
+            if os.path.exists(self.sock):
                 break
-            pause(0.1)
-
-    # -------------------------------------------------------------- the run
+            time.sleep(0.1)
 
     def start_load(self):
-        secs = self.o["secs"]
+        secs, lab = self.o.secs, self.lab
         self.load = {}
         for name, fam, proto, rev, rate, port in LOAD:
-            # Bound to the address the client asks for: the outside has more than one
-            # (the MX, the relay), and an unbound UDP server answers from whichever the
-            # kernel picks.
-            dst = self.lab.srv4 if fam == "4" else self.lab.srv6
-            srv = self.spawn(self.file(f"{name}-server.json"),
-                             self.lab.exec(secs + 60, "iperf3", "-s", "-1", "-B", dst, "-p", str(port),
-                                           "--json", outside=True))
-            self.load[name] = {"server": srv}
-        pause(0.5)
-        for name, fam, proto, rev, rate, port in LOAD:
-            dst = self.lab.srv4 if fam == "4" else self.lab.srv6
+            # Bound to the address the client asks for: the outside has more than one.
+            dst = lab.srv4 if fam == "4" else lab.srv6
+            srv = self.spawn(self.file(f"{name}-server.json"), lab.exec(
+                secs + 60, "iperf3", "-s", "-1", "-B", dst, "-p", str(port), "--json", outside=True))
             argv = ["iperf3", "-c", dst, "-p", str(port), "-t", str(secs), "-b", rate, "--json"]
-            if proto == "udp":
-                argv += ["-u", "-l", "512"]
-            if rev:
-                argv.append("-R")
-            self.load[name]["client"] = self.spawn(self.file(f"{name}.json"),
-                                                   self.lab.exec(secs + 30, *argv))
-        self.flood = self.spawn(self.file("syn-flood.json"),
-                                self.lab.exec(secs + 10, sys.executable,
-                                              os.path.join(SCRIPTS_DIR, "bench_syn.py"), "flood",
-                                              str(SYN_PPS), str(secs), self.lab.srv4, "25"))
+            argv += (["-u", "-l", "512"] if proto == "udp" else []) + (["-R"] if rev else [])
+            self.load[name] = (srv, argv)
+        time.sleep(0.5)
+        self.load = {n: (srv, self.spawn(self.file(f"{n}.json"), lab.exec(secs + 30, *argv)))
+                     for n, (srv, argv) in self.load.items()}
+        self.flood = self.spawn(self.file("syn-flood.json"), lab.exec(
+            secs + 10, self.example("syn_load"), "flood", str(SYN_PPS), str(secs), lab.srv4, "25"))
 
     def run(self):
-        secs = self.o["secs"]
-        warmup = max(5.0, secs * 0.1)
-        sample_every = max(1.0, secs / 60)
-        info(f"soaking for {secs} s: {len(LOAD)} iperf3 flows, {SYN_PPS} blocked SYNs/s, "
-             f"SIGHUP every {int(RELOAD_EVERY * 1000)} ms")
+        """`op25b lab reload` every RELOAD_EVERY (or once op25b has answered the last,
+        if later): its exit status says whether op25b put the config in force (0) or
+        refused it (1); at the end the control socket's counters must match exactly."""
+        secs, lab = self.o.secs, self.lab
+        self.warmup, every = max(5.0, secs * 0.1), max(1.0, secs / 60)
+        say(f"soaking for {secs} s: {len(LOAD)} iperf3 flows, {SYN_PPS} blocked SYNs/s, "
+            f"a reload every {int(RELOAD_EVERY * 1000)} ms")
         self.start_load()
-        t0 = time.monotonic()
-        sock = self.file("op25b.sock")
-        self.rss = []  # (seconds, (VmRSS, RssAnon, RssFile) KiB)
-        sent = {"ok": 0, "failed": 0}
-        wrong = []
-        k = 0
-        next_sample = 0.0
-        while True:
-            now = time.monotonic() - t0
-            if now >= secs:
-                break
-            if not self.op25b_alive():
-                raise Die(f"op25b exited {now:.1f} s into the soak")
-            if now >= next_sample:
-                self.rss.append((round(now, 1), rss_kib(self.op25b.pid)))
-                next_sample += sample_every
-            # The previous reload's outcome, then the next one.
-            if k > 0:
-                r = self.settled(sock, k)
-                if r != (sent["ok"], sent["failed"]):
-                    wrong.append(f"after reload {k} ({CYCLE[(k - 1) % len(CYCLE)][0]}): "
-                                 f"counters ok={r[0]} failed={r[1]}, expected "
-                                 f"ok={sent['ok']} failed={sent['failed']}")
-                    sent["ok"], sent["failed"] = r  # count on from what op25b says
-            name, valid = CYCLE[k % len(CYCLE)]
-            tmp = self.config + ".new"
-            shutil.copy(self.file(f"{name}.toml"), tmp)
-            os.rename(tmp, self.config)
-            self.op25b.kill(signal.SIGHUP)
-            sent["ok" if valid else "failed"] += 1
+        t0, self.rss, wrong, k, sample = time.monotonic(), [], [], 0, 0.0
+        while (now := time.monotonic() - t0) < secs:
+            if now >= sample:
+                self.rss.append((round(now, 1), rss_kib(self.pid)))
+                sample += every
+            name, valid = CYCLE[k % 3]
+            rc = subprocess.run([lab.op25b, "lab", "reload", "--name", lab.name, "--config",
+                                 self.file(f"{name}.toml")], capture_output=True).returncode
             k += 1
-            pause(RELOAD_EVERY)
-        r = self.settled(sock, k)
-        if r != (sent["ok"], sent["failed"]):
-            wrong.append(f"after the last reload: ok={r[0]} failed={r[1]}, expected "
-                         f"ok={sent['ok']} failed={sent['failed']}")
-        self.rss.append((round(time.monotonic() - t0, 1), rss_kib(self.op25b.pid)))
-        self.sent_reloads = (sum(1 for i in range(k) if CYCLE[i % len(CYCLE)][1]),
-                             sum(1 for i in range(k) if not CYCLE[i % len(CYCLE)][1]))
-        self.reload_counters = r
-        self.check(self.op25b_alive(), "op25b is alive at the end")
-        ok, failed = self.sent_reloads
-        for w in wrong[:10]:
-            err(w)
-        self.check(not wrong and r == (ok, failed),
-                   f"{k} reloads: {r[0]} accepted (expected {ok}), {r[1]} refused "
-                   f"(expected {failed}), each as expected after its SIGHUP"
-                   + (f"; {len(wrong)} mismatches" if wrong else ""))
-        self.warmup = warmup
-
-    def settled(self, sock, k):
-        """The reload counters once op25b has answered k SIGHUPs (or after 5 s, when
-        the caller finds them wrong): a slow reload is waited for, not miscounted,
-        and two SIGHUPs are never pending at once."""
-        end = time.monotonic() + 5
-        while True:
-            r = self.reloads(sock)
-            if sum(r) >= k or time.monotonic() >= end:
-                return r
-            pause(0.01)
-
-    def reloads(self, sock):
+            if rc != (0 if valid else 1):
+                wrong.append(f"reload {k} ({name}): exit {rc}, expected {0 if valid else 1}")
+                if not lab.alive():
+                    raise Die(f"op25b exited {now:.1f} s into the soak")
+            time.sleep(max(0.0, RELOAD_EVERY - (time.monotonic() - t0 - now)))
+        self.rss.append((round(time.monotonic() - t0, 1), rss_kib(self.pid)))
+        stats = subprocess.run([lab.op25b, "stats", "--json", "--socket", self.sock], capture_output=True, text=True)
         try:
-            v = ask_stats(sock)["reloads"]
-            return (v["success"], v["failure"])
-        except (OSError, ValueError, KeyError) as e:
-            raise Die(f"the control socket did not answer: {e}") from None
+            r = json.loads(stats.stdout)["reloads"]
+            self.reload_counters = r = (r["success"], r["failure"])
+        except (ValueError, KeyError):
+            raise Die(f"op25b stats: no answer ({stats.stderr.strip()})") from None
+        self.expected = (sum(CYCLE[i % 3][1] for i in range(k)), sum(not CYCLE[i % 3][1] for i in range(k)))
+        self.check(lab.alive(), "op25b is alive at the end")
+        for w in wrong[:10]:
+            say(w, " error:")
+        self.check(not wrong and r == self.expected,
+                   f"{k} reloads: {r[0]} accepted (expected {self.expected[0]}), {r[1]} refused (expected "
+                   f"{self.expected[1]}), each as expected" + (f"; {len(wrong)} mismatches" if wrong else ""))
 
     def finish_load(self):
-        rates = []
-        for name, fam, proto, rev, rate, port in LOAD:
-            client = self.load[name]["client"]
-            if not client.wait(60):
-                self.stop(client)
-            rc = client.status()
-            self.stop(client)
-            self.stop(self.load[name]["server"])
-            try:
-                with open(self.file(f"{name}.json"), encoding="utf-8") as f:
-                    doc = json.load(f)
-            except (OSError, ValueError):
-                doc = {}
-            error = doc.get("error")
-            end = doc.get("end", {})
+        rates = {}
+        for name, fam, proto, *_ in LOAD:
+            srv, client = self.load[name]
+            rc = self.reap(client, 60)
+            self.stop(srv)
+            doc = read_json(self.file(f"{name}.json"))
+            error, end = doc.get("error"), doc.get("end", {})
+            bad = f"; exit {rc}, error: {error}" if rc or error else ""
             if proto == "tcp":
                 bps = end.get("sum_received", {}).get("bits_per_second", 0)
-                retr = end.get("sum_sent", {}).get("retransmits", 0)
-                detail = f"{bps / 1e6:.0f} Mbit/s received, {retr} retransmits"
-                self.check(rc == 0 and not error and bps > 0,
-                           f"{name}: TCP ran to the end without a reset ({detail})"
-                           + (f"; exit {rc}, error: {error}" if rc or error else ""))
+                rates[name] = f"{bps / 1e6:.0f} Mbit/s received, {end.get('sum_sent', {}).get('retransmits', 0)} retransmits"
+                self.check(not rc and not error and bps > 0, f"{name}: TCP ran to the end without a reset ({rates[name]}){bad}")
             else:
                 s = end.get("sum", {})
-                bps, lost, pkts = (s.get("bits_per_second", 0), s.get("lost_packets", 0),
-                                   s.get("packets", 0))
-                detail = f"{bps / 1e6:.0f} Mbit/s, {pkts} datagrams, {lost} lost"
-                self.check(rc == 0 and not error and pkts > 0,
-                           f"{name}: UDP ran to the end ({detail})"
-                           + (f"; exit {rc}, error: {error}" if rc or error else ""))
-            rates.append((name, detail))
-        self.flood.wait(15)
-        self.stop(self.flood)
-        try:
-            with open(self.file("syn-flood.json"), encoding="utf-8") as f:
-                self.syns = json.load(f)
-        except (OSError, ValueError):
-            self.syns = {}
-            show_file(self.file("syn-flood.json.err"))
+                rates[name] = f"{s.get('bits_per_second', 0) / 1e6:.0f} Mbit/s, {s.get('packets', 0)} datagrams, " \
+                              f"{s.get('lost_packets', 0)} lost"
+                self.check(not rc and not error and s.get("packets", 0) > 0, f"{name}: UDP ran to the end ({rates[name]}){bad}")
+        self.reap(self.flood, 15)
+        self.syns = read_json(self.file("syn-flood.json"))
+        if not self.syns:
+            show(self.file("syn-flood.json.err"))
         return rates
 
     def final_checks(self):
-        try:
-            with open(self.file("stats.json"), encoding="utf-8") as f:
-                st = json.load(f)
-        except (OSError, ValueError) as e:
-            self.check(False, f"op25b wrote its counters when it stopped ({e})")
-            return
+        st = read_json(self.file("stats.json"))
+        if not st:
+            return self.check(False, "op25b wrote its counters when it stopped")
         for d in ("outbound", "inbound"):
             v = st[d]
             dropped, replied = sum(v["dropped"].values()), sum(v["replies"].values())
-            total = v["forwarded"] + dropped + replied + v["terminated"]
-            self.check(v["received"] == total,
-                       f"{d}: received {v['received']} = forwarded {v['forwarded']} + dropped "
-                       f"{dropped} + replied {replied} + terminated {v['terminated']}")
-        c = st["counters"]
-        syns = self.syns.get("sent", 0)
+            self.check(v["received"] == v["forwarded"] + dropped + replied + v["terminated"],
+                       f"{d}: received {v['received']} = forwarded {v['forwarded']} + dropped {dropped} + "
+                       f"replied {replied} + terminated {v['terminated']}")
+        c, syns = st["counters"], self.syns.get("sent", 0)
         self.check(syns > 0 and c["op25b_blocked"] >= syns,
-                   f"blocked SYNs: {syns} sent, op25b_blocked {c['op25b_blocked']}, "
-                   f"reply_tcp_rst {c['reply_tcp_rst']}, drop_reply_rate_limited "
-                   f"{c['drop_reply_rate_limited']}")
+                   f"blocked SYNs: {syns} sent, op25b_blocked {c['op25b_blocked']}, reply_tcp_rst "
+                   f"{c['reply_tcp_rst']}, drop_reply_rate_limited {c['drop_reply_rate_limited']}")
         with open(self.file("op25b.log"), encoding="utf-8", errors="replace") as f:
-            log = f.read().splitlines()
-        alarms = [l for l in log if " WARN " in l or " ERROR " in l]
-        refusals = [l for l in alarms if "config reload failed" in l]
-        others = [l for l in alarms if "config reload failed" not in l]
+            alarms = [ln for ln in f.read().splitlines() if " WARN " in ln or " ERROR " in ln]
+        others = [ln for ln in alarms if "config reload failed" not in ln]
         for line in others[:10]:
-            err(f"  {line}")
-        self.check(not others and len(refusals) == self.sent_reloads[1],
-                   f"op25b's log: {len(refusals)} refusals (expected {self.sent_reloads[1]}), "
+            say(f"  {line}", " error:")
+        self.check(not others and len(alarms) == self.expected[1],
+                   f"op25b's log: {len(alarms) - len(others)} refusals (expected {self.expected[1]}), "
                    f"{len(others)} other WARN/ERROR lines")
-        # RSS after the warm-up.
         samples = [(t, r) for t, r in self.rss if r is not None]
         print("RSS over the run (s: VmRSS KiB = anonymous + file):", file=sys.stderr)
         for i in range(0, len(samples), 6):
-            print("  " + "  ".join(f"{t:g}: {r[0]} = {r[1]} + {r[2]}"
-                                   for t, r in samples[i:i + 6]), file=sys.stderr)
+            print("  " + "  ".join(f"{t:g}: {r[0]} = {r[1]} + {r[2]}" for t, r in samples[i:i + 6]), file=sys.stderr)
         after = [r[0] for t, r in samples if t >= self.warmup]
-        if len(after) >= 2:
-            base, peak = after[0], max(after)
-            slack = max(RSS_SLACK_KIB, base * RSS_SLACK_PCT // 100)
-            self.check(peak - base <= slack,
-                       f"RSS flat after the {self.warmup:g} s warm-up: {base} KiB then at most "
-                       f"{peak} KiB (+{peak - base} KiB, allowed +{slack} KiB); at the end "
-                       f"{samples[-1][1][0]} KiB")
-        else:
-            self.check(False, "too few RSS samples after the warm-up")
-        self.stats = st
+        if len(after) < 2:
+            return self.check(False, "too few RSS samples after the warm-up")
+        base, peak = after[0], max(after)
+        slack = max(RSS_SLACK_KIB, base * RSS_SLACK_PCT // 100)
+        self.check(peak - base <= slack, f"RSS flat after the {self.warmup:g} s warm-up: {base} KiB then at most "
+                   f"{peak} KiB (+{peak - base} KiB, allowed +{slack} KiB); at the end {samples[-1][1][0]} KiB")
 
     def main(self):
-        t_start = time.monotonic()
-        self.preflight()
+        t0 = time.monotonic()
         self.setup()
         self.run()
         rates = self.finish_load()
-        info("stopping op25b")
-        self.stop_op25b()
+        say("stopping op25b")
+        self.lab.down(save_log=self.file("op25b.log"))
         self.final_checks()
         ok, failed = self.reload_counters
-        summary = {
-            "ok": not self.failures, "failures": self.failures, "seconds": self.o["secs"],
-            "reloads_ok": ok, "reloads_failed": failed,
-            "load": dict(rates), "syns_sent": self.syns.get("sent", 0),
-            "rss_kib": self.rss, "wall_s": round(time.monotonic() - t_start, 1),
-        }
+        summary = {"ok": not self.failures, "failures": self.failures, "seconds": self.o.secs,
+                   "reloads_ok": ok, "reloads_failed": failed, "load": rates,
+                   "syns_sent": self.syns.get("sent", 0), "rss_kib": self.rss,
+                   "wall_s": round(time.monotonic() - t0, 1)}
         print(json.dumps(summary))
         return self.finish("summary.json", summary, "check(s)", f"soak passed in {summary['wall_s']} s")
 
-    def cleanup(self, rc):
-        if rc != 0 and self.work:
-            show_file(self.lab.log() if self.lab and self.lab.is_up else self.file("op25b.log"), tail=20)
-        self.close(self.o["keep"])
-
-
-def main(argv):
-    bench_proc.TAG = "soak"
-    try:
-        o = parse_args(argv)
-    except ValueError as e:
-        return usage(e.args[0])
-    os.environ["LC_ALL"] = "C"
-    catch_signals()
-    return bench_proc.run_to_end(Soak(o))
+    def close(self, rc=0):
+        if rc and self.lab and self.lab.up_args is not None:
+            show(os.path.join(self.lab.d["state_dir"], "op25b.log"), tail=20)
+        super().close(rc)
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    sys.exit(main("soak", parse, Soak, __doc__, sys.argv[1:]))

@@ -32,9 +32,9 @@ python3 scripts/readme_test.py
 echo "== Debian package: build, dpkg -i, check what it installed, dpkg --purge"
 scripts/package_test.sh --no-build
 echo "== benchmark smoke run (checks it works; judges no speed)"
-scripts/bench.sh --smoke --no-build
+scripts/bench.sh --smoke
 echo "== soak smoke run (20 s of load and reloads every 200 ms)"
-scripts/soak.sh --seconds 20 --no-build
+scripts/soak.sh --seconds 20
 echo "== the checkout is as the run found it (git status)"
 status_after=$(git status --porcelain 2>/dev/null || echo "not a git checkout")
 if [[ "$status_after" != "$status_before" ]]; then

@@ -15,6 +15,9 @@ use std::sync::{Arc, Mutex};
 
 use crate::packet::{Direction, ParseError, TunnelKind};
 
+mod neighbour;
+pub use neighbour::NeighbourStats;
+
 macro_rules! reasons {
     ($(#[$m:meta])* pub enum $name:ident { $($(#[$vm:meta])* $v:ident => $s:literal,)* }) => {
         $(#[$m])*
@@ -545,6 +548,8 @@ pub struct Stats {
     pub tunnels: TunnelStats,
     /// Failed writes of op25b's own files, by [`OutputFile`] (index: `output as usize`).
     pub write_errors: [u64; OutputFile::COUNT],
+    /// The upstream's neighbour table, when the upstream is an Ethernet interface.
+    pub neighbours: Option<NeighbourStats>,
 }
 
 impl Stats {
@@ -625,6 +630,9 @@ impl Stats {
             out.push((format!("{name}_rx_errors"), d.rx_errors));
             out.push((format!("{name}_tx_errors"), d.tx_errors));
         }
+        for (name, n) in self.neighbours.iter().flat_map(NeighbourStats::pairs) {
+            out.push((format!("neighbour_{name}"), n));
+        }
         out
     }
 
@@ -682,6 +690,12 @@ impl Stats {
             "outbound": by_dir(self.dir(Direction::Outbound)),
             "inbound": by_dir(self.dir(Direction::Inbound)),
             "rules": rules,
+            "neighbours": self.neighbours.map(|n| {
+                let mut m: serde_json::Map<String, serde_json::Value> =
+                    n.pairs().iter().map(|(k, v)| (k.to_string(), (*v).into())).collect();
+                m.insert("entries".into(), n.entries.into());
+                m
+            }),
             "tunnels": TunnelKind::ALL.iter().map(|k| (k.name().to_string(), serde_json::json!({
                 "packets": self.tunnels.packets[k.index()], "blocked": self.tunnels.blocked[k.index()],
             }))).collect::<serde_json::Map<String, serde_json::Value>>(),

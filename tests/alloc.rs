@@ -447,3 +447,50 @@ fn program_rules_do_not_allocate() {
     let n = allocations(|| run(10, 2000));
     assert_eq!(n, 0, "allocations over 1,990 subscribers");
 }
+
+/// The Ethernet upstream's per-packet neighbour work: the fast path to a
+/// resolved gateway, the table's lookup of one, and an ARP request answered
+/// (frame in, reply written into the caller's buffer).
+#[test]
+fn the_neighbour_tables_packet_paths_do_not_allocate() {
+    use op25b::state::neighbour::{wire, LinkConfig, Lookup, Neighbours, Timers};
+    use smoltcp::wire::ArpOperation;
+    use std::net::{IpAddr, Ipv4Addr};
+    let own = Ipv4Addr::new(198, 51, 100, 2);
+    let gw = Ipv4Addr::new(198, 51, 100, 1);
+    let mac = [2, 0, 0, 0, 0, 1];
+    let cfg = LinkConfig {
+        mac,
+        v4: vec!["198.51.100.2/24".parse().expect("prefix")],
+        v6: vec![],
+        gateways: vec![IpAddr::V4(gw)],
+    };
+    let now = Instant::now();
+    let mut n = Neighbours::new(&cfg, Timers::default(), now);
+    let mut out = vec![0u8; 2048];
+    let mut frame = [0u8; 64];
+    let len = wire::arp(&mut frame, ArpOperation::Reply, ([2, 0, 0, 0, 0, 0xfe], gw), (mac, own), mac).expect("fits");
+    n.handle_frame(now, &frame[..len]);
+    while n.poll_transmit(&mut out).is_some() {}
+    let fast = n.fast_path();
+    let dst = IpAddr::V4(Ipv4Addr::new(203, 0, 113, 9));
+    let packet = udp4(DYN4, MX4, 18);
+    let mut request = [0u8; 64];
+    let rlen = wire::arp(
+        &mut request,
+        ArpOperation::Request,
+        ([2, 0, 0, 0, 0, 0x77], Ipv4Addr::new(198, 51, 100, 7)),
+        ([0; 6], own),
+        [0xff; 6],
+    )
+    .expect("fits");
+    let allocs = allocations(|| {
+        for _ in 0..1000 {
+            assert!(fast.gateway_mac(dst).is_some());
+            assert!(matches!(n.lookup(now, dst, &packet), Lookup::Mac(_)));
+            n.handle_frame(now, &request[..rlen]);
+            assert!(n.poll_transmit(&mut out).is_some(), "the request is answered");
+        }
+    });
+    assert_eq!(allocs, 0);
+}

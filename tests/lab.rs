@@ -1,7 +1,8 @@
 //! `op25b lab`: the lab built by the binary itself, as a CI job uses it:
 //! up with the SMTP servers, mail from the subscriber namespace (through the
 //! submission port and the relay accepted, straight to the MX on 25 refused),
-//! `exec`, `status --json`, `mail --json`, and `down`, also after a crash.
+//! `exec`, `status --json`, `mail --json`, and `down`, also after a crash;
+//! the mail with either kind of upstream (a TUN, or a veth op25b routes on).
 //! Each test names its own lab (unique namespaces and state directory) and
 //! takes it down even when it fails. Needs root; fails loudly without it.
 
@@ -120,7 +121,35 @@ fn smtp(src: IpAddr, dst: SocketAddr, subject: &str) -> std::io::Result<String> 
 
 #[test]
 fn a_lab_with_servers_delivers_what_op25b_lets_through() {
-    let lab = TestLab::up(&["--servers"]);
+    mail_through(TestLab::up(&["--servers"]), "tun");
+}
+
+/// The same lab with op25b as the router on a veth upstream (ARP, NDP, the
+/// outside's gateway): the same mail arrives, the same connection is refused.
+#[test]
+fn a_lab_with_a_veth_upstream_delivers_the_same_mail() {
+    let lab = TestLab::up(&["--servers", "--upstream", "veth"]);
+    let config = std::fs::read_to_string(lab.names.state_dir().join("op25b.toml")).expect("the lab's config");
+    assert!(config.contains("interface = \"op25b-up\"") && !config.contains("\ntun = \"op25b-up\""), "{config}");
+    // A reload writes the veth lab's config again (the interface is start-only: unchanged, accepted).
+    let reload = lab.lab(&["reload"]);
+    assert!(reload.status.success() && text(&reload).contains("config reloaded"), "{}", text(&reload));
+    mail_through(lab, "veth");
+}
+
+/// The same lab with the kernel as the router (`--router kernel`, the
+/// benchmark's reference): OP25B as an nftables rule lets the same mail
+/// through and refuses the same connection; `down` removes its third namespace.
+#[test]
+fn a_lab_with_the_kernel_router_delivers_the_same_mail() {
+    let lab = TestLab::up(&["--servers", "--router", "kernel"]);
+    let rtr = format!("{}-rtr", lab.name());
+    assert!(netns::exists(&rtr) && lab.state()["op25b"].is_null(), "{}", lab.state());
+    mail_through(lab, "tun");
+    assert!(!netns::exists(&rtr), "{rtr} left behind by down");
+}
+
+fn mail_through(lab: TestLab, upstream: &str) {
     let names = &lab.names;
     let dyn4 = def::ip(def::DYN4);
     let cases = [
@@ -174,6 +203,7 @@ fn a_lab_with_servers_delivers_what_op25b_lets_through() {
     assert_eq!(v["up"], true);
     assert_eq!(v["definition"]["names"]["sub_ns"], format!("{}-sub", lab.name()));
     assert_eq!(v["mail"]["mx"], 3);
+    assert_eq!(v["upstream"], upstream);
 }
 
 #[test]

@@ -317,6 +317,8 @@ fn the_rules_and_the_dashboard_name_only_metrics_op25b_exports() {
     let exported: BTreeSet<String> =
         scrape.lines().filter_map(|l| l.strip_prefix("# TYPE ")?.split(' ').next().map(str::to_string)).collect();
     assert!(exported.len() > 30, "{scrape}");
+    // A TUN upstream has no neighbour table (tests/uplink_matrix.rs checks an Ethernet one's).
+    assert!(!exported.iter().any(|n| n.starts_with("op25b_neighbour")), "{scrape}");
 
     let text = std::fs::read_to_string(repo("packaging/grafana/op25b.json")).expect("the dashboard");
     let dashboard: serde_json::Value = serde_json::from_str(&text).expect("the dashboard is JSON");

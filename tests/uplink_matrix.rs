@@ -38,6 +38,8 @@ struct Setup {
     inet: String,
     op25b: Option<Child>,
     dir: std::path::PathBuf,
+    /// op25b's metrics listener (root namespace loopback).
+    metrics: SocketAddr,
 }
 
 impl Drop for Setup {
@@ -82,6 +84,7 @@ impl Setup {
             inet: format!("{base}-i"),
             op25b: None,
             dir: std::env::temp_dir().join(format!("{base}-uplink")),
+            metrics: free_port(),
         };
         for ns in [&s.sub, &s.edge, &s.inet] {
             ip_cmd(&["netns", "add", ns]);
@@ -116,10 +119,15 @@ dynamic = ["100.64.0.0/10", "2001:db8:100::/48"]
 exempt_sources = ["100.64.9.0/24", "2001:db8:100:9::/64"]
 relays = ["203.0.113.25/32", "2001:db8:25::25/128"]
 {op25b}
+[control]
+socket = "{socket}"
+metrics = "{metrics}"
 "#,
             sub = s.sub,
             edge = s.edge,
             gw6 = gw6,
+            socket = s.dir.join("op25b.sock").display(),
+            metrics = s.metrics,
         );
         std::fs::write(&config, text).expect("write config");
         let child = Command::new(env!("CARGO_BIN_EXE_op25b"))
@@ -164,6 +172,12 @@ relays = ["203.0.113.25/32", "2001:db8:25::25/128"]
             Ok(sock.into())
         })
     }
+}
+
+/// A port free on the root namespace's loopback now.
+fn free_port() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind a free port");
+    l.local_addr().expect("local address")
 }
 
 fn listeners(ns: &str) -> Vec<TcpListener> {
@@ -343,4 +357,226 @@ fn a_link_local_ipv6_gateway() {
     assert!(s.connect(SUB6, SERVER6, 587).is_ok(), "587 through fe80::1");
     let refused = s.connect(SUB6, SERVER6, 25).map(|_| ()).map_err(|e| e.kind());
     assert_eq!(refused, Err(io::ErrorKind::ConnectionRefused));
+}
+
+impl Setup {
+    /// `stats.neighbours` of `op25b stats --json` (the control socket).
+    fn neighbours(&self) -> serde_json::Value {
+        let out = Command::new(env!("CARGO_BIN_EXE_op25b"))
+            .args(["stats", "--json", "--socket"])
+            .arg(self.dir.join("op25b.sock"))
+            .output()
+            .expect("op25b stats");
+        assert!(out.status.success(), "op25b stats: {}", String::from_utf8_lossy(&out.stderr));
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("stats --json is JSON");
+        v["stats"]["neighbours"].clone()
+    }
+
+    /// The metrics text.
+    fn metrics(&self) -> String {
+        use std::io::{Read, Write};
+        let mut c = TcpStream::connect(self.metrics).expect("connect to the metrics listener");
+        c.write_all(b"GET /metrics HTTP/1.1\r\nHost: op25b\r\nConnection: close\r\n\r\n").expect("request");
+        let mut text = String::new();
+        c.read_to_string(&mut text).expect("answer");
+        text
+    }
+
+    /// Waits (bounded) until the neighbour counters stop moving; their last reading.
+    fn settled_neighbours(&self) -> serde_json::Value {
+        let t0 = Instant::now();
+        let mut last = self.neighbours();
+        loop {
+            std::thread::sleep(Duration::from_millis(300));
+            let now = self.neighbours();
+            if now == last || t0.elapsed() > Duration::from_secs(10) {
+                return now;
+            }
+            last = now;
+        }
+    }
+}
+
+fn n(v: &serde_json::Value, key: &str) -> u64 {
+    v[key].as_u64().unwrap_or_else(|| panic!("no neighbour counter {key} in {v}"))
+}
+
+/// Sends `frames` on `dev` of namespace `ns` through an AF_PACKET socket, a
+/// hundred at a time with a pause between, so the far socket can keep up.
+fn send_frames(ns: &str, dev: &str, frames: &[Vec<u8>]) {
+    use nix::libc;
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    in_netns(ns, || {
+        let ifindex = nix::net::if_::if_nametoindex(dev).expect("the far end of the veth");
+        // SAFETY: plain socket(2), owned at once.
+        let raw = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW | libc::SOCK_CLOEXEC, 0) };
+        assert!(raw >= 0, "AF_PACKET socket: {}", io::Error::last_os_error());
+        // SAFETY: raw is a fresh descriptor.
+        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+        // SAFETY: an all-zero sockaddr_ll is valid; the fields below complete it.
+        let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+        sll.sll_family = libc::AF_PACKET as u16;
+        sll.sll_ifindex = ifindex as i32;
+        let len = std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t;
+        // SAFETY: sll is a valid sockaddr_ll of that length.
+        let rc = unsafe { libc::bind(fd.as_raw_fd(), (&sll as *const libc::sockaddr_ll).cast(), len) };
+        assert_eq!(rc, 0, "bind: {}", io::Error::last_os_error());
+        for chunk in frames.chunks(100) {
+            for f in chunk {
+                // SAFETY: f is a live buffer of that length.
+                let n = unsafe { libc::send(fd.as_raw_fd(), f.as_ptr().cast(), f.len(), 0) };
+                assert_eq!(n, f.len() as isize, "send: {}", io::Error::last_os_error());
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    });
+}
+
+/// The upstream's neighbour table under floods, with its counters in `op25b
+/// stats --json` and /metrics: forged answers and requests from the link make
+/// no entry and move no gateway; op25b's own lookups of a hundred silent
+/// on-link hosts fill the table, evict, hold, drop and give up, bounded.
+#[test]
+fn floods_of_the_neighbour_cache_are_counted_and_bounded() {
+    use op25b::state::neighbour::wire;
+    use smoltcp::wire::ArpOperation;
+    let s = Setup::start();
+    let _servers = listeners(&s.inet);
+    // Both gateways resolved.
+    for dst in [SERVER4, SERVER6] {
+        s.connect(if dst == SERVER4 { SUB4 } else { SUB6 }, dst, 587).unwrap_or_else(|e| panic!("{dst}: {e}"));
+    }
+    let before = s.settled_neighbours();
+    assert_eq!((n(&before, "resolved"), n(&before, "entries")), (2, 2), "{before}");
+
+    let out = Command::new("ip")
+        .args(["netns", "exec", &s.edge, "cat", "/sys/class/net/u0/address"])
+        .output()
+        .expect("op25b's interface address");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let own: Vec<u8> = text.trim().split(':').map(|h| u8::from_str_radix(h, 16).expect("a MAC")).collect();
+    let own: [u8; 6] = own.try_into().expect("six octets");
+    let own4: std::net::Ipv4Addr = "198.51.100.2".parse().expect("address");
+    let own6: std::net::Ipv6Addr = "2001:db8:1::2".parse().expect("address");
+    let forged = |i: u32| [0x02, 0xaa, 0, (i >> 16) as u8, (i >> 8) as u8, i as u8];
+    let v4 = |last: u32| std::net::Ipv4Addr::new(198, 51, 100, last as u8);
+    let mut frames = Vec::new();
+    let mut buf = [0u8; 256];
+    let mut push = |len: Option<usize>, buf: &[u8]| frames.push(buf[..len.expect("a frame")].to_vec());
+    let (mut answers, mut requests, mut own_requests) = (0u64, 0u64, 0u64);
+    for i in 0..4000u32 {
+        // An answer nobody asked for, from a forged host; every tenth claims the gateway.
+        let sender = if i % 10 == 0 { v4(1) } else { v4(10 + i % 200) };
+        push(wire::arp(&mut buf, ArpOperation::Reply, (forged(i), sender), (own, own4), own), &buf);
+        // The same in IPv6, every tenth for the gateway.
+        let target: std::net::Ipv6Addr = if i % 10 == 0 {
+            SERVER6.parse().expect("gw")
+        } else {
+            format!("2001:db8:1::{:x}", 0x100 + i).parse().expect("v6")
+        };
+        push(wire::advert(&mut buf, forged(i), target, (own, own6)), &buf);
+        answers += 2;
+        // A request for someone else's address, broadcast.
+        push(
+            wire::arp(
+                &mut buf,
+                ArpOperation::Request,
+                (forged(i), v4(10 + i % 200)),
+                ([0; 6], v4(100 + i % 100)),
+                [0xff; 6],
+            ),
+            &buf,
+        );
+        requests += 1;
+        if i % 100 == 0 {
+            push(
+                wire::arp(&mut buf, ArpOperation::Request, (forged(i), v4(10 + i % 200)), ([0; 6], own4), [0xff; 6]),
+                &buf,
+            );
+            own_requests += 1;
+        }
+    }
+    send_frames(&s.inet, "p0", &frames);
+    let after = s.settled_neighbours();
+    println!("sent {answers} forged answers, {requests} requests for others, {own_requests} for op25b: {after}");
+    assert_eq!(n(&after, "resolved"), 2, "a forged answer resolved something: {after}");
+    assert_eq!(n(&after, "entries"), 2, "a forged frame made an entry: {after}");
+    let unsolicited = n(&after, "unsolicited") - n(&before, "unsolicited");
+    assert!(unsolicited > 0 && unsolicited <= answers, "{unsolicited} of {answers}");
+    let not_ours = n(&after, "not_ours") - n(&before, "not_ours");
+    assert!(not_ours > 0 && not_ours <= requests + 10, "{not_ours} of {requests}");
+    assert!(n(&after, "answered") > n(&before, "answered"), "{after}");
+    // The gateways did not move: traffic still reaches them.
+    for (src, dst) in [(SUB4, SERVER4), (SUB6, SERVER6)] {
+        s.connect(src, dst, 587).unwrap_or_else(|e| panic!("{dst} after the flood: {e}"));
+    }
+
+    // op25b's own lookups: a hundred silent on-link hosts, then six packets to one more.
+    in_netns(&s.sub, || {
+        let sock = std::net::UdpSocket::bind((SUB4, 0)).expect("udp");
+        for last in 100..200u32 {
+            sock.send_to(b"x", (v4(last), 9)).expect("send");
+        }
+        // Six flows (six sockets), so the subscriber side's UDP coalescing keeps them apart.
+        for _ in 0..6 {
+            let one = std::net::UdpSocket::bind((SUB4, 0)).expect("udp");
+            one.send_to(b"x", (v4(77), 9)).expect("send");
+        }
+    });
+    let t0 = Instant::now();
+    let table = loop {
+        let v = s.neighbours();
+        assert!(n(&v, "entries") <= 64, "the table grew past its bound: {v}");
+        if n(&v, "entries") == 2 || t0.elapsed() > Duration::from_secs(15) {
+            break s.settled_neighbours();
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    println!("after 101 silent hops: {table}");
+    let d = |k: &str| n(&table, k) - n(&after, k);
+    assert_eq!(n(&table, "entries"), 2, "the silent hops were given up: {table}");
+    // 62 places beside the two gateways: at least 39 of the 101 hops met a full table and evicted one.
+    assert!(d("table_full") >= 39 && d("evicted") == d("table_full"), "{table}");
+    // Each sweep hop held one packet; the last hop at most four of its six,
+    // fewer when the 64 hold buffers ran out (61 still in use by the sweep):
+    // every one of the 106 packets was held or dropped at once.
+    assert!(d("held") >= 101 + 2 && d("held") <= 101 + 3, "{table}");
+    assert_eq!(d("held") + d("held_dropped") - d("evicted"), 106, "{table}");
+    assert_eq!(d("failed"), 101 - d("evicted"), "{table}");
+    // Every held packet was dropped with its evicted hop or came back unreachable.
+    assert_eq!(d("unreachable") + d("evicted"), d("held"), "{table}");
+
+    // The same figures in /metrics and in the text of `op25b stats`.
+    let m = s.metrics();
+    let series = |name: &str| -> u64 {
+        m.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse::<f64>().ok())
+            .unwrap_or_else(|| panic!("no {name} in:\n{m}")) as u64
+    };
+    assert_eq!(series("op25b_neighbour_ignored_frames_total{reason=\"unsolicited\"}"), n(&table, "unsolicited"));
+    assert_eq!(series("op25b_neighbour_table_full_next_hops_total"), n(&table, "table_full"));
+    assert_eq!(series("op25b_neighbour_unreachable_packets_total"), n(&table, "unreachable"));
+    assert_eq!(series("op25b_neighbour_entries"), 2);
+    // The neighbour families lint clean (the rest of the scrape: tests/metrics.rs).
+    let body = m.split_once("\r\n\r\n").map_or(m.as_str(), |(_, b)| b);
+    let mut lint = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| {
+            panic!("cannot run promtool ({e}): install Debian's prometheus package (scripts/setup.sh)")
+        });
+    std::io::Write::write_all(&mut lint.stdin.take().expect("stdin"), body.as_bytes()).expect("write to promtool");
+    let lint = lint.wait_with_output().expect("promtool ends");
+    let findings = format!("{}{}", String::from_utf8_lossy(&lint.stdout), String::from_utf8_lossy(&lint.stderr));
+    assert!(lint.status.success() && findings.trim().is_empty(), "promtool: {findings}");
+    let out = Command::new(env!("CARGO_BIN_EXE_op25b"))
+        .args(["stats", "--socket"])
+        .arg(s.dir.join("op25b.sock"))
+        .output()
+        .expect("op25b stats");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("upstream neighbours unsolicited"), "{text}");
 }

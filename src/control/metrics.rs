@@ -338,6 +338,9 @@ impl Collector for Scrape {
             DEVICES.iter().zip(self.queue_drops).filter_map(|(n, d)| Some((vec![("device", *n)], d?))),
         )?;
         tunnel_metrics(&mut e, &self.stats)?;
+        if let Some(n) = &self.stats.neighbours {
+            neighbour_metrics(&mut e, n)?;
+        }
         sinks_and_abuse(&mut e, &self.stats)?;
         service(&mut e, &self.info, self.process.as_ref())
     }
@@ -355,6 +358,54 @@ fn tunnel_metrics(e: &mut DescriptorEncoder<'_>, s: &Stats) -> Result<(), std::f
         "Tunnel packets blocked (OP25B or IP25B inside, or tunnels = block), by their outermost kind.",
         rows(s.tunnels.blocked),
     )
+}
+
+/// The neighbour table of an Ethernet upstream (only with `[upstream] interface`).
+fn neighbour_metrics(e: &mut DescriptorEncoder<'_>, n: &crate::stats::NeighbourStats) -> Result<(), std::fmt::Error> {
+    let one: [(&str, &str, u64); 11] = [
+        (
+            "op25b_neighbour_answered_requests",
+            "ARP requests and neighbour solicitations for op25b's own upstream addresses, answered.",
+            n.answered,
+        ),
+        (
+            "op25b_neighbour_probes",
+            "ARP requests and neighbour solicitations sent to resolve next hops (first resolutions and re-probes).",
+            n.probes,
+        ),
+        ("op25b_neighbour_resolutions", "Next hops resolved by an answer to a probe.", n.resolved),
+        ("op25b_neighbour_reprobes", "Resolved next hops whose trust expired, probed again.", n.reprobes),
+        ("op25b_neighbour_expired_entries", "On-link next hops forgotten after a reachable time unused.", n.expired),
+        ("op25b_neighbour_failed_resolutions", "Next hops given up after the last unanswered probe.", n.failed),
+        ("op25b_neighbour_held_packets", "Packets held while their next hop was resolved.", n.held),
+        (
+            "op25b_neighbour_hold_dropped_packets",
+            "Packets dropped for want of a place to wait (the next hop's or the table's hold queue full).",
+            n.held_dropped,
+        ),
+        (
+            "op25b_neighbour_unreachable_packets",
+            "Held packets whose next hop never answered (their senders get ICMP host unreachable).",
+            n.unreachable,
+        ),
+        (
+            "op25b_neighbour_table_full_next_hops",
+            "New next hops that met a full neighbour table (an on-link entry evicted, or the packet dropped).",
+            n.table_full,
+        ),
+        ("op25b_neighbour_evicted_entries", "On-link entries evicted to make room.", n.evicted),
+    ];
+    for (name, help, v) in one {
+        counter(e, name, help, v)?;
+    }
+    counters(
+        e,
+        "op25b_neighbour_ignored_frames",
+        "ARP and neighbour-discovery frames ignored: answers no probe asked for, requests for other addresses, malformed.",
+        [("unsolicited", n.unsolicited), ("not_ours", n.not_ours), ("malformed", n.malformed)]
+            .map(|(r, v)| (vec![("reason", r)], v)),
+    )?;
+    gauge(e, "op25b_neighbour_entries", "Entries in the neighbour table, gateways included.", n.entries as f64)
 }
 
 /// One scrape's figures.

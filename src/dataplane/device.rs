@@ -11,7 +11,7 @@ use std::io;
 use std::os::unix::fs::MetadataExt;
 
 use nix::sched::{setns, CloneFlags};
-use tun_rs::DeviceBuilder;
+use tun_rs::{DeviceBuilder, SyncDevice};
 
 use super::fault::NsId;
 use super::link::Link;
@@ -144,6 +144,25 @@ fn create(cfg: &DeviceConfig, offload: bool, queue_len: u32, queues: usize) -> R
         let kernel = NetDev::open_here(&cfg.tun).ok();
         return Ok(Opened { queues: queues.into_iter().map(Link::Eth).collect(), netns: None, kernel });
     }
+    let all = tun_queues(cfg, offload, queue_len, queues)?.into_iter().map(Link::Tun).collect();
+    // Opened here, so that it shows the device's namespace.
+    let kernel = NetDev::open_here(&cfg.tun)
+        .inspect_err(|e| tracing::warn!(device = %cfg.tun, error = %e, "cannot open /proc/net/dev: no queue drops"))
+        .ok();
+    Ok(Opened { queues: all, netns: None, kernel })
+}
+
+/// Creates the TUN device `cfg` names in the calling thread's namespace, up,
+/// non-blocking, with `queues` queues (a multiqueue device when more than
+/// one), the virtio-net header when `offload` is asked and a transmit queue
+/// of `queue_len` packets. Public for examples/tun_limit.rs, whose devices
+/// must be op25b's.
+pub fn tun_queues(
+    cfg: &DeviceConfig,
+    offload: bool,
+    queue_len: u32,
+    queues: usize,
+) -> Result<Vec<SyncDevice>, DeviceError> {
     let err = |what| move |cause| DeviceError::Tun { name: cfg.tun.clone(), what, cause };
     let dev = DeviceBuilder::new()
         .name(&cfg.tun)
@@ -174,10 +193,5 @@ fn create(cfg: &DeviceConfig, offload: bool, queue_len: u32, queues: usize) -> R
         all.push(q);
     }
     all.insert(0, dev);
-    let all = all.into_iter().map(Link::Tun).collect();
-    // Opened here, so that it shows the device's namespace.
-    let kernel = NetDev::open_here(&cfg.tun)
-        .inspect_err(|e| tracing::warn!(device = %cfg.tun, error = %e, "cannot open /proc/net/dev: no queue drops"))
-        .ok();
-    Ok(Opened { queues: all, netns: None, kernel })
+    Ok(all)
 }

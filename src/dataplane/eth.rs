@@ -8,16 +8,20 @@
 //!   packet lands where the TUN path puts it, uncopied. ARP and neighbour
 //!   discovery frames go to the neighbour table instead; frames for other
 //!   hosts and other protocols are skipped.
-//! - Send: the next hop's MAC comes from the neighbour table (held or
-//!   dropped while unresolved); `sendmsg` gathers [virtio header | Ethernet
-//!   header | IP packet].
+//! - Send: the next hop's MAC comes from the queue's [`FastPath`] when it is
+//!   a resolved gateway (an atomic read: no lock, no clock), else from the
+//!   neighbour table (held or dropped while unresolved); `sendmsg` gathers
+//!   [virtio header | Ethernet header | IP packet].
 //! - With offload the socket carries a virtio-net header (`PACKET_VNET_HDR`),
 //!   whose offsets count from the Ethernet header: shifted by its 14 bytes
 //!   each way, so the workers see the TUN's convention.
 //! - Several queues: one socket each in one `PACKET_FANOUT_HASH` group.
 //!
-//! One receive/send system call per packet for now (the TPACKET_V3 ring the
-//! measurement favours is not in yet).
+//! One receive/send system call per packet: a TPACKET_V3 receive ring took
+//! more small packets but added its block timeout (~0.7 ms) to every round
+//! trip and cost TCP a quarter; a TPACKET_V2 ring won nothing (docs/UPLINK.md,
+//! "Receive rings, measured"). Sends of small UDP packets already leave
+//! coalesced (one GSO send per flow and drain), TCP as super-packets.
 
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
@@ -30,7 +34,7 @@ use nix::libc;
 use tun_rs::InterruptEvent;
 
 use crate::config::{DeviceConfig, LinkConfig};
-use crate::state::neighbour::{Handled, LinkConfig as NeighbourLink, Lookup, Neighbours, Timers, Transmit};
+use crate::state::neighbour::{FastPath, Handled, LinkConfig as NeighbourLink, Lookup, Neighbours, Timers, Transmit};
 
 const ETH_LEN: usize = 14;
 const ETH_P_ALL: u16 = 0x0003;
@@ -54,6 +58,8 @@ pub(crate) struct EthDev {
     /// Length of the virtio-net header in front of each packet (0 or 10).
     off: usize,
     neighbours: Arc<Mutex<Neighbours>>,
+    /// This queue's way to a resolved gateway's MAC without the table's lock.
+    fast: FastPath,
     /// Packets whose next hop never answered (a slow path: copies, bounded).
     unreachable: Arc<Mutex<Vec<Vec<u8>>>>,
 }
@@ -100,15 +106,17 @@ pub(crate) fn open(cfg: &DeviceConfig, link: &LinkConfig, offload: bool, queues:
         }
     }
     let table = NeighbourLink { mac, v4, v6, gateways: link.gateways.clone() };
-    let neighbours = Arc::new(Mutex::new(Neighbours::new(&table, Timers::default(), Instant::now())));
+    let table = Neighbours::new(&table, Timers::default(), Instant::now());
+    let fast = table.fast_path();
+    let neighbours = Arc::new(Mutex::new(table));
     let unreachable = Arc::new(Mutex::new(Vec::with_capacity(UNREACHABLE_MAX)));
     let group = (std::process::id() & 0xffff) as libc::c_int;
     let mut out = Vec::with_capacity(queues.max(1));
     for _ in 0..queues.max(1) {
-        let proto = libc::c_int::from(ETH_P_ALL.to_be());
+        // Protocol 0: nothing arrives before the bind below names the interface.
         // SAFETY: plain socket(2); the fd is owned at once.
         let raw = cvt(unsafe {
-            libc::socket(libc::AF_PACKET, libc::SOCK_RAW | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC, proto)
+            libc::socket(libc::AF_PACKET, libc::SOCK_RAW | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC, 0)
         }
         .into())?;
         // SAFETY: raw is a fresh descriptor nobody else owns.
@@ -118,6 +126,7 @@ pub(crate) fn open(cfg: &DeviceConfig, link: &LinkConfig, offload: bool, queues:
         if offload {
             setopt(&fd, libc::PACKET_VNET_HDR, 1)?;
         }
+        let off = if offload { tun_rs::VIRTIO_NET_HDR_LEN } else { 0 };
         // SAFETY: an all-zero sockaddr_ll is valid; the fields set below complete it.
         let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
         sll.sll_family = libc::AF_PACKET as u16;
@@ -134,8 +143,9 @@ pub(crate) fn open(cfg: &DeviceConfig, link: &LinkConfig, offload: bool, queues:
             fd,
             ifindex: ifindex as libc::c_int,
             mac,
-            off: if offload { tun_rs::VIRTIO_NET_HDR_LEN } else { 0 },
+            off,
             neighbours: Arc::clone(&neighbours),
+            fast: fast.clone(),
             unreachable: Arc::clone(&unreachable),
         });
     }
@@ -189,6 +199,11 @@ impl EthDev {
             return io::Error::from_raw_os_error(libc::EBADFD);
         }
         e
+    }
+
+    /// The neighbour table the queues share (read for the counters).
+    pub(crate) fn neighbours(&self) -> Arc<Mutex<Neighbours>> {
+        Arc::clone(&self.neighbours)
     }
 
     /// Whether the socket carries a virtio-net header (GSO super-packets).
@@ -313,7 +328,9 @@ impl EthDev {
         let off = self.off;
         let ip = buf.get(off..).unwrap_or_default();
         let dst = destination(ip).ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "not an IP packet"))?;
-        let mac = {
+        let mac = if let Some(mac) = self.fast.gateway_mac(dst) {
+            mac
+        } else {
             let mut table = self.table();
             let r = table.lookup(Instant::now(), dst, ip);
             if table.wants_transmit() {

@@ -53,6 +53,14 @@ impl Link {
         }
     }
 
+    /// The neighbour table of an Ethernet upstream (`None` for a TUN).
+    pub(crate) fn neighbours(&self) -> Option<std::sync::Arc<std::sync::Mutex<crate::state::neighbour::Neighbours>>> {
+        match self {
+            Link::Tun(_) => None,
+            Link::Eth(d) => Some(d.neighbours()),
+        }
+    }
+
     /// Whether TCP super-packets pass (the virtio-net header is on).
     pub(crate) fn tcp_gso(&self) -> bool {
         match self {

@@ -35,7 +35,7 @@ pub mod privileges;
 mod uplink;
 mod worker;
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tun_rs::{InterruptEvent, VIRTIO_NET_HDR_LEN};
@@ -45,14 +45,16 @@ use crate::packet::Direction;
 use crate::policy::Policy;
 use crate::router::Router;
 use crate::state::abuse::Abuse;
+use crate::state::neighbour::Neighbours;
 use crate::state::State;
 use crate::stats::{Counters, Stats, WriteErrors};
 use arc_swap::ArcSwap;
 
-pub use device::DeviceError;
 use device::Opened;
+pub use device::{tun_queues, DeviceError};
 pub use fault::DeviceFault;
 use fault::{Faults, NetnsWatch};
+use link::Link;
 use netdev::NetDev;
 use worker::{Heartbeat, IoCounters, Queue, Side, Worker};
 
@@ -98,6 +100,8 @@ pub struct StatsReader {
     faults: Arc<Faults>,
     /// The kernel's figures of each device (0 subscriber, 1 upstream).
     kernel: Arc<[Option<NetDev>; 2]>,
+    /// The upstream's neighbour table (an Ethernet upstream only).
+    neighbours: Option<Arc<Mutex<Neighbours>>>,
 }
 
 /// A worker that has not run its loop for longer than it ever sleeps.
@@ -125,6 +129,7 @@ impl StatsReader {
             (s.abuse.tracked, s.abuse.suspected, s.abuse.quarantined) = (tracked, suspected, quarantined);
         }
         self.write_errors.add_to(&mut s);
+        s.neighbours = self.neighbours.as_ref().map(|n| n.lock().unwrap_or_else(|p| p.into_inner()).stats());
         s
     }
 
@@ -205,6 +210,7 @@ pub struct Dataplane {
     faults: Arc<Faults>,
     watch: NetnsWatch,
     kernel: Arc<[Option<NetDev>; 2]>,
+    neighbours: Option<Arc<Mutex<Neighbours>>>,
 }
 
 /// Puts a saved abuse state back ([`Sinks::restore_abuse`]).
@@ -246,6 +252,7 @@ impl Dataplane {
         let (sub, up, offload) = open_pair(config, n)?;
         let (sub_ns, up_ns) = (sub.netns, up.netns);
         let kernel = Arc::new([sub.kernel, up.kernel]);
+        let neighbours = up.queues.first().and_then(Link::neighbours);
         let (sub, up) = (sub.queues, up.queues);
         let stop = Arc::new(InterruptEvent::new().map_err(|cause| DeviceError::Tun {
             name: config.subscriber.tun.clone(),
@@ -281,6 +288,7 @@ impl Dataplane {
             faults,
             watch,
             kernel,
+            neighbours,
             stall_after: worker::MAX_SLEEP + config.dataplane.busy_poll + STALL_GRACE,
         };
         let sub: Vec<Arc<Queue>> = sub.into_iter().map(|d| Arc::new(Queue::new(d))).collect();
@@ -380,6 +388,7 @@ impl Dataplane {
             write_errors: Arc::clone(&self.write_errors),
             faults: Arc::clone(&self.faults),
             kernel: Arc::clone(&self.kernel),
+            neighbours: self.neighbours.clone(),
         }
     }
 

@@ -6,6 +6,8 @@ use std::path::PathBuf;
 use clap::{Args, Subcommand};
 
 use super::def::{Names, DEFAULT_NAME};
+use super::kernel::RouterKind;
+use super::veth::Upstream;
 use super::{run, LabError};
 
 /// Which lab.
@@ -51,6 +53,11 @@ pub enum LabCommand {
         /// arguments); this op25b by default.
         #[arg(long, value_name = "PATH")]
         bin: Option<PathBuf>,
+        /// What forwards: op25b, or the kernel in a namespace NAME-rtr
+        /// (veth pairs, ip_forward, OP25B as an nftables rule): the reference
+        /// op25b is measured against.
+        #[arg(long, value_enum, default_value = "op25b", conflicts_with_all = ["config", "bin", "stats", "upstream"])]
+        router: RouterKind,
         /// Passed to `op25b run --stats FILE`: op25b writes its counters
         /// there when it stops (`down`) and on SIGUSR1.
         #[arg(long, value_name = "FILE")]
@@ -60,6 +67,10 @@ pub enum LabCommand {
         /// instances died, start those again.
         #[arg(long, value_name = "N", default_value_t = 1)]
         instances: usize,
+        /// op25b's upstream: a TUN, or a veth end on which op25b is the
+        /// router itself (ARP, NDP, a gateway in the outside namespace).
+        #[arg(long, value_enum, default_value_t = Upstream::Tun)]
+        upstream: Upstream,
     },
     /// Stop what the lab started and remove its namespaces and state (nothing
     /// to do when it is not up; also after a crash).
@@ -111,6 +122,9 @@ pub enum LabCommand {
     Config {
         #[command(flatten)]
         lab: LabName,
+        /// The config of the lab with this kind of upstream.
+        #[arg(long, value_enum, default_value_t = Upstream::Tun)]
+        upstream: Upstream,
     },
     /// The SMTP servers' process (started by `up --servers`).
     #[command(hide = true)]
@@ -123,8 +137,8 @@ pub enum LabCommand {
 /// Runs `op25b lab ...`; the exit status.
 pub fn main(cmd: LabCommand) -> Result<u8, LabError> {
     match cmd {
-        LabCommand::Up { lab, servers, config, bin, stats, instances } => {
-            let opts = run::UpOptions { servers, config, bin, stats };
+        LabCommand::Up { lab, servers, config, bin, stats, router, upstream, instances } => {
+            let opts = run::UpOptions { servers, config, bin, stats, router, upstream };
             match instances {
                 1 => run::up(&lab.names()?, &opts),
                 n => super::instances::up(&lab.names()?, n, &opts),
@@ -136,8 +150,8 @@ pub fn main(cmd: LabCommand) -> Result<u8, LabError> {
         LabCommand::Exec { lab, outside, command } => run::exec(&lab.names()?, outside, &command),
         LabCommand::Mail { lab, json } => run::mail(&lab.names()?, json).map(|()| 0),
         LabCommand::Reload { lab, config } => run::reload(&lab.names()?, config.as_deref()),
-        LabCommand::Config { lab } => {
-            out!("{}", super::def::config_toml(&lab.names()?));
+        LabCommand::Config { lab, upstream } => {
+            out!("{}", upstream.config_toml(&lab.names()?));
             Ok(0)
         }
         LabCommand::Serve { lab } => run::serve(&lab.names()?).map(|()| 0),

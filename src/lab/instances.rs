@@ -35,11 +35,13 @@ use std::time::Duration;
 use rtnetlink::RouteMessageBuilder;
 
 use super::def::{self, Names, DYN4, DYN6, MAX_INSTANCES, NH_BUCKETS, NH_GROUPS, NH_IDLE_TIMER_SECS};
+use super::kernel::RouterKind;
 use super::nexthop::{self, Resilient};
 use super::run::{
     gone, indent, need_root, open_log, say, spawn_in, spawn_logged, this_exe, wait, UpOptions, START_WAIT,
 };
 use super::state::{self, Instance, LabState, Proc};
+use super::veth::Upstream;
 use super::{net, netns, setup, LabError};
 
 /// The resilient groups' settings.
@@ -60,6 +62,11 @@ pub fn up(names: &Names, n: usize, opts: &UpOptions) -> Result<(), LabError> {
     }
     if opts.config.is_some() || opts.stats.is_some() {
         return Err(LabError::Usage("--config and --stats are for a lab of one op25b, not with --instances".into()));
+    }
+    if opts.router != RouterKind::Op25b || opts.upstream != Upstream::Tun {
+        return Err(LabError::Usage(
+            "--router kernel and --upstream veth are for a lab of one router, not with --instances".into(),
+        ));
     }
     match LabState::load(names) {
         Ok(Some(s))

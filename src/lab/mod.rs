@@ -36,6 +36,7 @@ macro_rules! out {
 pub mod cli;
 pub mod def;
 pub mod instances;
+pub mod kernel;
 pub mod net;
 pub mod netns;
 pub mod nexthop;
@@ -43,6 +44,7 @@ mod run;
 pub mod setup;
 pub mod smtp;
 pub mod state;
+pub mod veth;
 
 pub use def::Names;
 

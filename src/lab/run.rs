@@ -13,7 +13,9 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
 use super::def::{self, Definition, Names, SERVERS, SMTP_PORTS};
+use super::kernel::{self, RouterKind};
 use super::state::{self, LabState, Proc};
+use super::veth::{self, Upstream};
 use super::{netns, setup, smtp, LabError};
 
 /// How long `up` waits for the servers to listen and the devices to come up.
@@ -32,6 +34,10 @@ pub struct UpOptions {
     pub bin: Option<PathBuf>,
     /// `op25b run --stats FILE`.
     pub stats: Option<PathBuf>,
+    /// What forwards.
+    pub router: RouterKind,
+    /// The kind of upstream op25b gets.
+    pub upstream: Upstream,
 }
 
 pub(super) fn say(text: impl std::fmt::Display) {
@@ -59,17 +65,23 @@ pub(super) fn this_exe() -> Result<PathBuf, LabError> {
 /// Whether the recorded lab runs whole: namespaces, op25b, the servers it started.
 pub(super) fn healthy(s: &LabState) -> bool {
     s.namespaces.iter().all(|n| netns::exists(n))
-        && (s.op25b.is_some_and(|p| p.alive()) || !s.instances.is_empty())
+        && (s.kernel_router || s.op25b.is_some_and(|p| p.alive()) || !s.instances.is_empty())
         && s.servers.is_none_or(|p| p.alive())
         && super::instances::all_alive(s)
 }
 
 /// The config op25b will run: its text, and the lab names with the config's devices.
-fn run_config(names: &Names, source: Option<&Path>, socket: &Path) -> Result<(String, Names), LabError> {
+fn run_config(
+    names: &Names,
+    source: Option<&Path>,
+    socket: &Path,
+    upstream: Upstream,
+) -> Result<(String, Names), LabError> {
     let (text, names) = match source {
-        None => (def::config_toml(names), names.clone()),
+        None => (upstream.config_toml(names), names.clone()),
         Some(path) => {
             let cfg = crate::config::Config::load(path).map_err(|e| LabError::Config(e.render(false)))?;
+            upstream.check(path, &cfg)?;
             for (side, dev, ns) in
                 [("subscriber", &cfg.subscriber, &names.sub_ns), ("upstream", &cfg.upstream, &names.inet_ns)]
             {
@@ -111,7 +123,12 @@ pub(super) fn need_root(what: &str) -> Result<(), LabError> {
 pub fn up(names: &Names, opts: &UpOptions) -> Result<(), LabError> {
     need_root("up")?;
     match LabState::load(names) {
-        Ok(Some(s)) if healthy(&s) && s.instances.is_empty() && (s.servers.is_some() || !opts.servers) => {
+        Ok(Some(s))
+            if healthy(&s)
+                && s.instances.is_empty()
+                && (s.servers.is_some() || !opts.servers)
+                && s.upstream == opts.upstream =>
+        {
             say(format!("lab {} already up (op25b pid {}); nothing to do", names.name, s.op25b.map_or(0, |p| p.pid)));
             return Ok(());
         }
@@ -125,17 +142,20 @@ pub fn up(names: &Names, opts: &UpOptions) -> Result<(), LabError> {
     state::make_dir(&dir)?;
     let mut st = LabState::new(names);
     let socket = dir.join("op25b.sock");
-    let (text, names) = match run_config(names, opts.config.as_deref(), &socket) {
+    let (text, names) = match run_config(names, opts.config.as_deref(), &socket, opts.upstream) {
         Ok(c) => c,
         Err(e) => {
             let _ = std::fs::remove_dir(&dir);
             return Err(e);
         }
     };
+    let names = if opts.router == RouterKind::Kernel { kernel::names(&names) } else { names };
     st.names = names.clone();
+    st.kernel_router = opts.router == RouterKind::Kernel;
+    st.upstream = opts.upstream;
     // Absolute, so `reload` finds it from any directory.
     st.source_config = opts.config.as_ref().map(|c| std::fs::canonicalize(c).unwrap_or_else(|_| c.clone()));
-    st.socket = text.contains(&format!("socket = \"{}\"", socket.display())).then_some(socket);
+    st.socket = (!st.kernel_router && text.contains(&format!("socket = \"{}\"", socket.display()))).then_some(socket);
     std::fs::write(&st.config, &text).map_err(|e| LabError::io(&st.config, e))?;
     let started = start(&names, &mut st, opts);
     if let Err(e) = started {
@@ -149,8 +169,11 @@ pub fn up(names: &Names, opts: &UpOptions) -> Result<(), LabError> {
         down(&names, None)?;
         return Err(e);
     }
-    let pid = st.op25b.map_or(0, |p| p.pid);
-    say(format!("lab {} is up: op25b pid {pid}, state in {}", names.name, dir.display()));
+    let router = match st.op25b {
+        Some(p) => format!("op25b pid {}", p.pid),
+        None => "the kernel forwards".into(),
+    };
+    say(format!("lab {} is up: {router}, state in {}", names.name, dir.display()));
     say(format!("try: op25b lab exec{} -- ping -c1 {}", name_arg(&names), def::MX4));
     Ok(())
 }
@@ -173,6 +196,17 @@ fn start(names: &Names, st: &mut LabState, opts: &UpOptions) -> Result<(), LabEr
     st.save()?;
     say(format!("creating netns {} (subscribers) and {} (outside)", names.sub_ns, names.inet_ns));
     setup::create_namespaces(names)?;
+    if opts.upstream == Upstream::Veth {
+        say(format!(
+            "making the upstream link in {}: veth {} (op25b's) / {} ({} {})",
+            names.inet_ns,
+            names.up_tun,
+            veth::VETH_GW,
+            veth::GW4,
+            veth::GW6
+        ));
+        veth::make_link(names)?;
+    }
     if opts.servers {
         let ports: Vec<String> = SMTP_PORTS.iter().map(u16::to_string).collect();
         say(format!("starting the SMTP servers (ports {}) in {}", ports.join(" "), names.inet_ns));
@@ -184,6 +218,10 @@ fn start(names: &Names, st: &mut LabState, opts: &UpOptions) -> Result<(), LabEr
         st.save()?;
         let ready = dir.join("servers.ready");
         wait(START_WAIT, "the SMTP servers to listen", || ready.exists(), || gone(st.servers, "the SMTP servers"))?;
+    }
+    if st.kernel_router {
+        say(format!("kernel router: netns {} (veth, ip_forward, nftables)", kernel::router_ns(names)));
+        return kernel::build(names, st);
     }
     let bin = match &opts.bin {
         Some(b) => b.clone(),
@@ -209,7 +247,11 @@ fn start(names: &Names, st: &mut LabState, opts: &UpOptions) -> Result<(), LabEr
     st.save()?;
     setup::wait_devices(names, START_WAIT, || gone(st.op25b, "op25b"))?;
     say("adding routes");
-    setup::add_routes(names, false)?;
+    match opts.upstream {
+        Upstream::Tun => setup::add_routes(names, false)?,
+        // The outside's routes go through the gateway, made with the link.
+        Upstream::Veth => setup::add_subscriber_routes(names)?,
+    }
     // A moment for op25b to fail on what it does after raising the devices.
     std::thread::sleep(Duration::from_millis(300));
     if let Some(why) = gone(st.op25b, "op25b").or_else(|| st.servers.and_then(|p| gone(Some(p), "the SMTP servers"))) {
@@ -325,6 +367,7 @@ pub fn status(names: &Names, json: bool) -> Result<u8, LabError> {
     if json {
         let v = serde_json::json!({
             "definition": Definition::of(&names),
+            "upstream": st.as_ref().map(|s| s.upstream).unwrap_or_default(),
             "up": up,
             "state": st,
             "op25b_running": st.as_ref().and_then(|s| s.op25b).is_some_and(|p| p.alive()),
@@ -441,7 +484,7 @@ pub fn reload(names: &Names, config: Option<&Path>) -> Result<u8, LabError> {
     // Written as given (line numbers stay the file's); op25b validates it.
     let text = match &source {
         Some(p) => std::fs::read_to_string(p).map_err(|e| LabError::io(p, e))?,
-        None => def::config_toml(&st.names),
+        None => st.upstream.config_toml(&st.names),
     };
     let text = if text.lines().any(|l| l.trim_start().starts_with("[control]")) {
         text

@@ -68,6 +68,21 @@ pub fn wait_devices(names: &Names, within: Duration, mut gone: impl FnMut() -> O
 /// `advmss_1500`: the outside advertises a 1500-byte path's MSS whatever its
 /// device's MTU, as a server behind a wider link would.
 pub fn add_routes(names: &Names, advmss_1500: bool) -> Result<(), LabError> {
+    add_subscriber_routes(names)?;
+    let up = &names.up_tun;
+    let (mss4, mss6) = if advmss_1500 { (Some(1460), Some(1440)) } else { (None, None) };
+    net::routes(
+        &names.inet_ns,
+        &[
+            Route { dst: prefix(SUB_NET4), dev: up, src: None, advmss: mss4 },
+            Route { dst: prefix(SUB_NET6), dev: up, src: None, advmss: mss6 },
+        ],
+    )
+}
+
+/// The subscribers' default routes through op25b's subscriber TUN (source:
+/// the dynamic address); the first half of [`add_routes`].
+pub fn add_subscriber_routes(names: &Names) -> Result<(), LabError> {
     let any4 = (IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), 0);
     let any6 = (IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED), 0);
     let sub = &names.sub_tun;
@@ -76,15 +91,6 @@ pub fn add_routes(names: &Names, advmss_1500: bool) -> Result<(), LabError> {
         &[
             Route { dst: any4, dev: sub, src: Some(ip(DYN4)), advmss: None },
             Route { dst: any6, dev: sub, src: Some(ip(DYN6)), advmss: None },
-        ],
-    )?;
-    let up = &names.up_tun;
-    let (mss4, mss6) = if advmss_1500 { (Some(1460), Some(1440)) } else { (None, None) };
-    net::routes(
-        &names.inet_ns,
-        &[
-            Route { dst: prefix(SUB_NET4), dev: up, src: None, advmss: mss4 },
-            Route { dst: prefix(SUB_NET6), dev: up, src: None, advmss: mss6 },
         ],
     )
 }

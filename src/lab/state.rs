@@ -99,6 +99,12 @@ pub struct LabState {
     /// for a lab of one, which runs `op25b`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub instances: Vec<Instance>,
+    /// The kernel forwards instead of op25b (`up --router kernel`).
+    #[serde(default)]
+    pub kernel_router: bool,
+    /// The kind of upstream the lab gave op25b (`up --upstream`).
+    #[serde(default)]
+    pub upstream: super::veth::Upstream,
 }
 
 /// One op25b instance of a lab of several: its devices, files and process.
@@ -131,6 +137,8 @@ impl LabState {
             source_config: None,
             socket: None,
             instances: Vec::new(),
+            kernel_router: false,
+            upstream: super::veth::Upstream::Tun,
         }
     }
 

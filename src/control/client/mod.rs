@@ -109,6 +109,11 @@ pub fn render(v: &serde_json::Value, all: bool) -> String {
             }
         }
     }
+    if let Some(m) = s["neighbours"].as_object() {
+        for (k, n) in m {
+            line(format!("upstream neighbours {k}"), num(n));
+        }
+    }
     if let Some(m) = s["devices"].as_object() {
         for (dev, d) in m {
             for k in ["rx_packets", "rx_bytes", "rx_errors", "tx_packets", "tx_bytes", "tx_errors"] {

@@ -29,6 +29,8 @@ pub mod wire;
 mod tests;
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use ipnet::{Ipv4Net, Ipv6Net};
@@ -112,30 +114,85 @@ pub enum Transmit {
 }
 
 /// The table's counters (one figure per event; nothing else counts them).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct NeighbourStats {
-    /// ARP requests and solicitations for own addresses answered.
-    pub answered: u64,
-    /// ARP requests and NS sent.
-    pub probes: u64,
-    /// Entries resolved by an answer to a probe.
-    pub resolved: u64,
-    /// Replies and advertisements that no probe asked for (ignored).
-    pub unsolicited: u64,
-    /// Requests and solicitations for someone else's address (ignored).
-    pub not_ours: u64,
-    /// ARP/NDP frames that did not parse or had a wrong hop limit.
-    pub malformed: u64,
-    /// Packets held for an unresolved next hop.
-    pub held: u64,
-    /// Packets dropped because the hop's or the table's place was full.
-    pub held_dropped: u64,
-    /// Held packets returned as unreachable.
-    pub unreachable: u64,
-    /// Next hops given up after the last probe.
-    pub failed: u64,
-    /// On-link entries evicted to make room.
-    pub evicted: u64,
+pub use crate::stats::NeighbourStats;
+
+/// The gateways' MACs as the table last resolved them, one word per family
+/// (`VALID | mac`, or 0 while unresolved), written by the table under its
+/// lock whenever a gateway's MAC changes and read without it.
+#[derive(Debug, Default)]
+struct Published([AtomicU64; 2]);
+
+/// Set in a published word that holds a MAC.
+const VALID: u64 = 1 << 48;
+
+impl Published {
+    fn set(&self, v6: bool, mac: Option<Mac>) {
+        let word = mac.map_or(0, |m| {
+            let mut b = [0u8; 8];
+            b[2..].copy_from_slice(&m);
+            VALID | u64::from_be_bytes(b)
+        });
+        self.0[usize::from(v6)].store(word, Ordering::Release);
+    }
+
+    fn get(&self, v6: bool) -> Option<Mac> {
+        let word = self.0[usize::from(v6)].load(Ordering::Acquire);
+        if word & VALID == 0 {
+            return None;
+        }
+        let b = word.to_be_bytes();
+        Some([b[2], b[3], b[4], b[5], b[6], b[7]])
+    }
+}
+
+/// What a device queue needs to address a packet to a resolved gateway
+/// without taking the table's lock or reading the clock: the on-link
+/// prefixes (fixed at start) and the gateways' MACs the table publishes
+/// ([`Neighbours::fast_path`]). A packet it has no MAC for (on-link, or its
+/// gateway unresolved) takes [`Neighbours::lookup`].
+///
+/// The table keeps its timers for the gateways either way: a resolved
+/// gateway is re-probed when its reachable time ends whether or not packets
+/// went through this path, and keeps its published MAC while the probe runs,
+/// as `lookup` does.
+#[derive(Debug, Clone)]
+pub struct FastPath {
+    /// The on-link prefixes as (network, mask), those of [`Own::on_link`].
+    v4: Arc<[(u32, u32)]>,
+    v6: Arc<[(u128, u128)]>,
+    gateways: Arc<Published>,
+}
+
+impl FastPath {
+    fn new(own: &Own, gateways: Arc<Published>) -> FastPath {
+        let v4 = own.v4.iter().filter(|n| n.prefix_len() < 32);
+        let v6 = own.v6.iter().filter(|n| n.prefix_len() < 128);
+        FastPath {
+            v4: v4.map(|n| (u32::from(n.network()), u32::from(n.netmask()))).collect(),
+            v6: v6.map(|n| (u128::from(n.network()), u128::from(n.netmask()))).collect(),
+            gateways,
+        }
+    }
+
+    /// The MAC of the gateway that takes a packet to `dst`, when `dst` is off-link
+    /// and the gateway of its family is resolved.
+    #[inline]
+    pub fn gateway_mac(&self, dst: IpAddr) -> Option<Mac> {
+        let on_link = match dst {
+            IpAddr::V4(a) => {
+                let a = u32::from(a);
+                self.v4.iter().any(|&(net, mask)| a & mask == net)
+            }
+            IpAddr::V6(a) => {
+                let a = u128::from(a);
+                self.v6.iter().any(|&(net, mask)| a & mask == net)
+            }
+        };
+        if on_link {
+            return None;
+        }
+        self.gateways.get(dst.is_ipv6())
+    }
 }
 
 /// Own addresses, as the table answers for them.

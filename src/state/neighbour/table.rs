@@ -3,13 +3,15 @@
 
 use std::collections::VecDeque;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::sync::Arc;
 use std::time::Instant;
 
 use smoltcp::wire::{ArpOperation, EthernetProtocol};
 
 use super::wire::{self, Mac, Message, BROADCAST, ETH_HEADER_LEN};
 use super::{
-    Handled, LinkConfig, Lookup, NeighbourStats, Own, Timers, Transmit, CAPACITY, HELD_BUFFER, HELD_PER_HOP, HELD_TOTAL,
+    FastPath, Handled, LinkConfig, Lookup, NeighbourStats, Own, Published, Timers, Transmit, CAPACITY, HELD_BUFFER,
+    HELD_PER_HOP, HELD_TOTAL,
 };
 
 /// Most frames waiting in the send queue; past it answers are dropped (and
@@ -56,6 +58,8 @@ enum Out {
 #[derive(Debug)]
 pub struct Neighbours {
     own: Own,
+    /// The gateways' MACs for [`FastPath`].
+    published: Arc<Published>,
     timers: Timers,
     /// Gateways first (they never move), then on-link next hops.
     entries: Vec<Entry>,
@@ -71,6 +75,7 @@ impl Neighbours {
     pub fn new(cfg: &LinkConfig, timers: Timers, now: Instant) -> Neighbours {
         let mut n = Neighbours {
             own: Own::new(cfg),
+            published: Arc::new(Published::default()),
             timers,
             entries: Vec::with_capacity(CAPACITY),
             gateways: 0,
@@ -93,6 +98,11 @@ impl Neighbours {
         n
     }
 
+    /// A lock-free way to the resolved gateways' MACs, for each queue of the device.
+    pub fn fast_path(&self) -> FastPath {
+        FastPath::new(&self.own, Arc::clone(&self.published))
+    }
+
     /// Whether [`Neighbours::poll_transmit`] has something to write.
     pub fn wants_transmit(&self) -> bool {
         !self.out.is_empty()
@@ -100,7 +110,7 @@ impl Neighbours {
 
     /// The counters so far.
     pub fn stats(&self) -> NeighbourStats {
-        self.stats
+        NeighbourStats { entries: self.entries.len() as u64, ..self.stats }
     }
 
     /// The interface's MAC address (the source of every frame sent).
@@ -154,6 +164,7 @@ impl Neighbours {
                 if now >= e.deadline {
                     e.phase = Phase::Probe;
                     e.probes = 0;
+                    self.stats.reprobes += 1;
                     self.probe(at, now);
                 }
                 Lookup::Mac(mac)
@@ -212,10 +223,12 @@ impl Neighbours {
                 Phase::Reachable if e.gateway || e.used + self.timers.reachable > now => {
                     self.entries[at].phase = Phase::Probe;
                     self.entries[at].probes = 0;
+                    self.stats.reprobes += 1;
                     self.probe(at, now);
                 }
                 // Not used for a whole reachable time: forgotten.
                 Phase::Reachable => {
+                    self.stats.expired += 1;
                     self.remove(at);
                     continue;
                 }
@@ -226,6 +239,7 @@ impl Neighbours {
                     if self.entries[at].gateway {
                         // A gateway is never forgotten: start again, from scratch.
                         let e = &mut self.entries[at];
+                        self.published.set(e.ip.is_ipv6(), None);
                         e.mac = None;
                         e.phase = Phase::Incomplete;
                         e.probes = 0;
@@ -317,6 +331,9 @@ impl Neighbours {
             return;
         };
         let e = &mut self.entries[at];
+        if e.gateway {
+            self.published.set(ip.is_ipv6(), Some(mac));
+        }
         e.mac = Some(mac);
         e.phase = Phase::Reachable;
         e.deadline = now + self.timers.reachable;
@@ -368,6 +385,7 @@ impl Neighbours {
             self.entries.push(Entry::new(ip, false, now));
             self.entries.len() - 1
         } else {
+            self.stats.table_full += 1;
             let (at, _) = self.entries.iter().enumerate().skip(self.gateways).min_by_key(|(_, e)| e.used)?;
             self.drop_held(at);
             self.stats.evicted += 1;

@@ -303,6 +303,7 @@ fn entries_are_re_probed_after_the_reachable_time() {
     let later = t0 + timers.reachable + Duration::from_millis(1);
     n.handle_timeout(later);
     assert_eq!(drain(&mut n).len(), 2, "both gateways re-probed");
+    assert_eq!(n.stats().reprobes, 2);
     // The old MAC is used while the probe runs.
     assert_eq!(n.lookup(later, dst, &PKT4), Lookup::Mac(GW_MAC));
     // The gateway moved: its answer to the probe is taken.
@@ -330,6 +331,10 @@ fn on_link_next_hops_are_bounded_and_never_evict_a_gateway() {
     }
     assert_eq!(n.len(), CAPACITY);
     assert!(n.stats().evicted > 0);
+    // Every new hop past the 62 on-link places met a full table and evicted one.
+    assert_eq!(n.stats().table_full, 1000 - (CAPACITY as u64 - 2));
+    assert_eq!(n.stats().evicted, n.stats().table_full);
+    assert_eq!(n.stats().entries, CAPACITY as u64);
     assert_eq!(n.known(IpAddr::V4(GW4)), Some(GW_MAC));
     // Every held buffer came back to the pool or is still held by an entry: more holds still work.
     drain(&mut n);
@@ -373,4 +378,71 @@ fn no_route_without_a_gateway_of_the_family() {
     // On-link IPv6 needs no gateway.
     let on_link6 = IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 7));
     assert_eq!(n.lookup(t0, on_link6, &[0x60; 40]), Lookup::Held);
+}
+
+#[test]
+fn an_unused_on_link_entry_expires_and_is_counted() {
+    let (mut n, t0) = table();
+    resolve_gateways(&mut n, t0);
+    let hop = Ipv4Addr::new(192, 0, 2, 7);
+    assert_eq!(n.lookup(t0, IpAddr::V4(hop), &PKT4), Lookup::Held);
+    drain(&mut n);
+    n.handle_frame(t0, &arp_frame(ArpOperation::Reply, ([2, 0, 0, 0, 0, 7], hop), OWN4));
+    drain(&mut n);
+    assert_eq!((n.stats().resolved, n.len()), (3, 3));
+    // Not used for a whole reachable time: forgotten, not re-probed; the gateways are re-probed.
+    n.handle_timeout(t0 + Timers::default().reachable + Duration::from_millis(1));
+    let s = n.stats();
+    assert_eq!((s.expired, s.reprobes, s.entries), (1, 2, 2));
+}
+
+#[test]
+fn the_fast_path_follows_the_gateways_mac() {
+    let (mut n, t0) = table();
+    let fast = n.fast_path();
+    let off4 = IpAddr::V4(Ipv4Addr::new(203, 0, 113, 9));
+    let off6 = IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0xff, 0, 0, 0, 0, 9));
+    assert_eq!((fast.gateway_mac(off4), fast.gateway_mac(off6)), (None, None), "unresolved");
+    resolve_gateways(&mut n, t0);
+    assert_eq!((fast.gateway_mac(off4), fast.gateway_mac(off6)), (Some(GW_MAC), Some(GW_MAC)));
+    // On-link destinations (and link-local ones) are the table's.
+    assert_eq!(fast.gateway_mac(IpAddr::V4(Ipv4Addr::new(192, 0, 2, 9))), None);
+    assert_eq!(fast.gateway_mac(IpAddr::V6(wire::link_local([2, 0, 0, 0, 0, 9]))), None);
+    // Re-probed after the reachable time: the MAC stays while the probe runs, moves with the answer.
+    let timers = Timers::default();
+    let later = t0 + timers.reachable + Duration::from_millis(1);
+    n.handle_timeout(later);
+    assert_eq!(fast.gateway_mac(off4), Some(GW_MAC));
+    let moved = [2, 0, 0, 0, 0, 0xfd];
+    n.handle_frame(later, &arp_frame(ArpOperation::Reply, (moved, GW4), OWN4));
+    assert_eq!(fast.gateway_mac(off4), Some(moved));
+    // No answer to the next round: withdrawn, and packets go the slow way (held).
+    let mut now = later + timers.reachable;
+    for _ in 0..=timers.probes {
+        n.handle_timeout(now);
+        now += timers.retrans;
+    }
+    assert_eq!(fast.gateway_mac(off4), None);
+    assert_eq!(n.lookup(now, off4, &PKT4), Lookup::Held);
+    // A forged answer changes nothing: the fast path agrees with the table.
+    n.handle_frame(now, &na_frame(GW6, [2, 0, 0, 0, 0, 0x66], NdiscNeighborFlags::OVERRIDE, 255));
+    assert_eq!(fast.gateway_mac(off6), n.known(IpAddr::V6(GW6)));
+}
+
+#[test]
+fn the_fast_path_and_the_table_agree_on_what_is_on_link() {
+    let (mut n, t0) = table();
+    resolve_gateways(&mut n, t0);
+    let fast = n.fast_path();
+    let mut addrs: Vec<IpAddr> = (0..=255u8).map(|i| IpAddr::V4(Ipv4Addr::new(192, 0, 2, i))).collect();
+    addrs.extend((0..=255u8).map(|i| IpAddr::V4(Ipv4Addr::new(192, 0, 3, i))));
+    addrs
+        .extend([OWN6, GW6, wire::link_local(OWN_MAC), Ipv6Addr::new(0x2001, 0xdb8, 0, 1, 0, 0, 0, 1)].map(IpAddr::V6));
+    addrs.extend(
+        [Ipv6Addr::new(0xfe80, 0, 0, 1, 0, 0, 0, 1), Ipv6Addr::new(0xfe81, 0, 0, 0, 0, 0, 0, 1)].map(IpAddr::V6),
+    );
+    for a in addrs {
+        // On-link (the table sends there itself): not the fast path's; off-link: the gateway's MAC.
+        assert_eq!(fast.gateway_mac(a).is_none(), n.next_hop(a) == Some(a), "{a}");
+    }
 }
