@@ -35,8 +35,10 @@ macro_rules! out {
 
 pub mod cli;
 pub mod def;
+mod demo;
 pub mod net;
 pub mod netns;
+mod probe;
 mod run;
 pub mod setup;
 pub mod smtp;

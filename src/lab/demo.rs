@@ -1,0 +1,315 @@
+//! `op25b lab demo` and `op25b lab traffic`: real connections and mail from
+//! the lab's subscriber namespace, each against what OP25B should do.
+//!
+//! Everything runs on a thread inside the subscriber namespace (sockets
+//! bound to the lab's subscriber addresses), bounded in time: a connect
+//! waits 3 s at the most, a greeting 1 s, a traceroute probe 1 s.
+
+use std::io::IsTerminal as _;
+use std::net::{IpAddr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use nix::errno::Errno;
+use serde::Serialize;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{TcpSocket, TcpStream};
+
+use super::def::{self, ip, Names, Server, DYN4, DYN6, MX4, RELAY4, ROUTER4, ROUTER6, STATIC4, STATIC6};
+use super::state::LabState;
+use super::{netns, probe, smtp, LabError};
+
+/// A refused connection counts as "fast" under this (an RST from op25b takes
+/// about a millisecond, a silent drop the whole connect timeout).
+const FAST_MS: f64 = 500.0;
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+const REPLY_TIMEOUT: Duration = Duration::from_secs(1);
+const MX: Server = def::SERVERS[0];
+const RELAY: Server = def::SERVERS[1];
+
+/// What one connection attempt did (`op25b lab traffic` prints these).
+#[derive(Debug, Serialize)]
+struct Attempt {
+    src: IpAddr,
+    dst: IpAddr,
+    port: u16,
+    /// connected, refused, timeout, unreachable or error.
+    result: &'static str,
+    errno: Option<i32>,
+    error: Option<String>,
+    /// The connect() alone, in milliseconds.
+    ms: f64,
+    /// The server's first line.
+    banner: Option<String>,
+}
+
+/// The kind of a failed connect: what the network said.
+fn kind(e: &std::io::Error) -> &'static str {
+    match e.raw_os_error().map(Errno::from_raw) {
+        _ if e.kind() == std::io::ErrorKind::TimedOut => "timeout",
+        Some(Errno::ECONNREFUSED) => "refused",
+        Some(Errno::ETIMEDOUT) => "timeout",
+        // ICMP unreachable and (IPv4) admin prohibited; ICMPv6 prohibited is EACCES.
+        Some(Errno::EHOSTUNREACH | Errno::ENETUNREACH | Errno::EHOSTDOWN | Errno::EACCES) => "unreachable",
+        _ => "error",
+    }
+}
+
+fn millis(since: Instant) -> f64 {
+    (since.elapsed().as_secs_f64() * 1e6).round() / 1e3
+}
+
+/// Connects from `src` to `dst:port`: the stream, or the failure as an [`Attempt`].
+async fn open(src: IpAddr, dst: IpAddr, port: u16) -> (Attempt, Option<BufReader<TcpStream>>) {
+    let mut a = Attempt { src, dst, port, result: "error", errno: None, error: None, ms: 0.0, banner: None };
+    let sock = match dst {
+        IpAddr::V4(_) => TcpSocket::new_v4(),
+        IpAddr::V6(_) => TcpSocket::new_v6(),
+    };
+    let sock = match sock.and_then(|s| s.bind(SocketAddr::new(src, 0)).map(|()| s)) {
+        Ok(s) => s,
+        Err(e) => {
+            // socket() or bind() failed: not a network verdict.
+            (a.errno, a.error) = (e.raw_os_error(), Some(e.to_string()));
+            return (a, None);
+        }
+    };
+    let t0 = Instant::now();
+    let res = tokio::time::timeout(CONNECT_TIMEOUT, sock.connect(SocketAddr::new(dst, port))).await;
+    a.ms = millis(t0);
+    let res = res.unwrap_or_else(|_| Err(std::io::Error::from(std::io::ErrorKind::TimedOut)));
+    match res {
+        Ok(stream) => {
+            a.result = "connected";
+            (a, Some(BufReader::new(stream)))
+        }
+        Err(e) => {
+            (a.result, a.errno, a.error) = (kind(&e), e.raw_os_error(), Some(e.to_string()));
+            (a, None)
+        }
+    }
+}
+
+/// One connection, with the server's greeting.
+async fn connect(src: IpAddr, dst: IpAddr, port: u16) -> Attempt {
+    let (mut a, stream) = open(src, dst, port).await;
+    if let Some(mut s) = stream {
+        let mut line = String::new();
+        if let Ok(Ok(n)) = tokio::time::timeout(REPLY_TIMEOUT, s.read_line(&mut line)).await {
+            a.banner = (n > 0).then(|| line.trim_end().to_string());
+        }
+    }
+    a
+}
+
+/// An SMTP reply (its lines joined), or an error past [`REPLY_TIMEOUT`].
+async fn reply(s: &mut BufReader<TcpStream>) -> std::io::Result<(u16, String)> {
+    let mut text = String::new();
+    loop {
+        let mut line = String::new();
+        let n = tokio::time::timeout(REPLY_TIMEOUT, s.read_line(&mut line)).await??;
+        let line = line.trim_end();
+        if n == 0 || line.len() < 3 {
+            return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, format!("bad reply {line:?}")));
+        }
+        text = if text.is_empty() { line.to_string() } else { format!("{text} {}", &line[4.min(line.len())..]) };
+        if line.as_bytes().get(3) != Some(&b'-') {
+            return Ok((line[..3].parse().unwrap_or(0), text));
+        }
+    }
+}
+
+/// Sends one message from `src` to `dst:port`: (accepted, rejected, refused,
+/// timeout, unreachable or error; the last reply or the error; milliseconds).
+async fn send(src: IpAddr, dst: IpAddr, port: u16, subject: &str) -> (&'static str, String, f64) {
+    let t0 = Instant::now();
+    let (a, stream) = open(src, dst, port).await;
+    let Some(mut s) = stream else { return (a.result, a.error.unwrap_or_default(), millis(t0)) };
+    let (from, to) = ("alice@subscriber.example", "bob@outside.example");
+    let body = format!("From: <{from}>\r\nTo: <{to}>\r\nSubject: {subject}\r\n\r\nsent through the op25b lab\r\n.");
+    let cmds =
+        [format!("EHLO subscriber.lab"), format!("MAIL FROM:<{from}>"), format!("RCPT TO:<{to}>"), "DATA".into(), body];
+    let mut outcome = reply(&mut s).await;
+    for cmd in cmds {
+        match outcome {
+            Ok((code, _)) if code < 400 => {}
+            _ => break,
+        }
+        outcome = match s.get_mut().write_all(format!("{cmd}\r\n").as_bytes()).await {
+            Ok(()) => reply(&mut s).await,
+            Err(e) => Err(e),
+        };
+    }
+    let ms = millis(t0);
+    match outcome {
+        Ok((code, text)) => (if code == 250 { "accepted" } else { "rejected" }, text, ms),
+        Err(e) => (kind(&e), e.to_string(), ms),
+    }
+}
+
+/// Runs `f` in the lab's subscriber namespace, in a runtime of its own.
+fn in_lab<T: Send>(names: &Names, f: impl AsyncFnOnce() -> T + Send) -> Result<T, LabError> {
+    if !netns::exists(&names.sub_ns) {
+        return Err(LabError::Usage(format!("the lab {} is not up: op25b lab up --servers", names.name)));
+    }
+    netns::within(&names.sub_ns, || {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build();
+        let rt = rt.map_err(|e| LabError::Process(format!("runtime: {e}")))?;
+        Ok(rt.block_on(f()))
+    })
+}
+
+/// `op25b lab traffic`: the five connections, one JSON line each.
+pub fn traffic(names: &Names) -> Result<(), LabError> {
+    let cases = [(DYN4, MX4, 25), (DYN4, MX4, 587), (DYN4, RELAY4, 25), (STATIC4, MX4, 25), (DYN6, MX.v6, 25)];
+    for a in in_lab(names, async || {
+        let mut out = Vec::new();
+        for (src, dst, port) in cases {
+            out.push(connect(ip(src), ip(dst), port).await);
+        }
+        out
+    })? {
+        outln!("{}", serde_json::to_string(&a).map_err(|e| LabError::State(e.to_string()))?);
+    }
+    Ok(())
+}
+
+/// The table's rows and how many checks passed.
+struct Table {
+    color: bool,
+    checks: usize,
+    failed: usize,
+}
+
+impl Table {
+    fn row(&mut self, num: &str, case: &str, expect: &str, seen: &str, ms: &str, ok: Option<bool>, detail: &str) {
+        let verdict = match ok {
+            None => "info".to_string(),
+            Some(ok) => {
+                self.checks += 1;
+                self.failed += usize::from(!ok);
+                let (word, color) = if ok { ("OK  ", 32) } else { ("FAIL", 31) };
+                if self.color {
+                    format!("\x1b[{color}m{word}\x1b[0m")
+                } else {
+                    word.to_string()
+                }
+            }
+        };
+        outln!("{num:<3} {case:<40} {expect:<20} {seen:<20} {ms:>8}  {verdict} {detail}");
+    }
+}
+
+/// `op25b lab demo`: the table; 0 when every check is as expected, else 1.
+pub fn demo(names: &Names) -> Result<u8, LabError> {
+    let names = LabState::load(names)?.map_or_else(|| names.clone(), |s| s.names);
+    let dir = names.state_dir();
+    let color = std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none();
+    let mut t = Table { color, checks: 0, failed: 0 };
+    outln!("MX = outside mail server {} / {}, relay = ISP relay {} / {}", MX.v4, MX.v6, RELAY.v4, RELAY.v6);
+    outln!("router = op25b's own addresses {ROUTER4} / {ROUTER6}; refused must take < {FAST_MS} ms");
+    outln!("");
+    outln!("{:<3} {:<40} {:<20} {:<20} {:>8}  {:<4} detail", "#", "case", "expected", "seen", "ms", "");
+    let mut n = 0;
+    let subscribers =
+        [("dynamic", DYN4, false), ("static", STATIC4, false), ("dynamic", DYN6, true), ("static", STATIC6, true)];
+    for (kind, src, v6) in subscribers {
+        let dynamic_cases = [(MX, 25, false), (MX, 587, true), (MX, 465, true), (RELAY, 25, true)];
+        let cases = if kind == "dynamic" { &dynamic_cases[..] } else { &[(MX, 25, true)][..] };
+        for &(server, port, passes) in cases {
+            n += 1;
+            let dst = if v6 { server.v6 } else { server.v4 };
+            let a = in_lab(&names, async || connect(ip(src), ip(dst), port).await)?;
+            let case = format!("{kind} {src} -> {}:{port}", if server.name == "mx" { "MX" } else { "relay" });
+            let ms = format!("{:.1}", a.ms);
+            let error = a.error.clone().unwrap_or_default();
+            if passes {
+                let ok = a.result == "connected"
+                    && a.banner.as_deref().is_some_and(|b| b.starts_with(&format!("220 {dst}:{port} ")));
+                let seen = if a.result == "connected" && !ok { "connected?" } else { a.result };
+                let detail =
+                    if a.result == "connected" { format!("banner: {}", a.banner.unwrap_or_default()) } else { error };
+                t.row(&n.to_string(), &case, "connected", seen, &ms, Some(ok), &detail);
+            } else {
+                let ok = a.result == "refused" && a.ms < FAST_MS;
+                let seen = match a.result {
+                    "refused" if ok => "refused (fast)",
+                    "refused" => "refused (slow)",
+                    other => other,
+                };
+                let detail = match (ok, a.result) {
+                    (true, _) => "RST at once".to_string(),
+                    (false, "connected") => format!("passed op25b! banner: {}", a.banner.unwrap_or_default()),
+                    _ => error,
+                };
+                t.row(&n.to_string(), &case, "refused (fast)", seen, &ms, Some(ok), &detail);
+            }
+        }
+    }
+    for (family, src, dst, router) in [(4, DYN4, MX4, ROUTER4), (6, DYN6, MX.v6, ROUTER6)] {
+        n += 1;
+        let hops = netns::within(&names.sub_ns, || Ok(probe::traceroute(ip(src), ip(dst), 3)))?;
+        let first = hops.first().cloned().unwrap_or_else(|| "*".into());
+        let ok = first == router;
+        let case = format!("traceroute -{family} -> {dst}");
+        t.row(
+            &n.to_string(),
+            &case,
+            &format!("hop1 {router}"),
+            &format!("hop1 {first}"),
+            "",
+            Some(ok),
+            &format!("path: {}", hops.join(" ")),
+        );
+    }
+    for (server, port, expect) in [(MX, 587, "mx"), (RELAY, 25, "relay"), (MX, 25, "refused")] {
+        n += 1;
+        let subject = format!("demo case {n}");
+        let (result, detail, ms) = in_lab(&names, async || send(ip(DYN4), ip(server.v4), port, &subject).await)?;
+        let case = format!("mail dynamic {DYN4} -> {}:{port}", if server.name == "mx" { "MX" } else { "relay" });
+        let ms = format!("{ms:.1}");
+        if expect == "refused" {
+            t.row(&n.to_string(), &case, "refused", result, &ms, Some(result == "refused"), &detail);
+            continue;
+        }
+        let at: Vec<&str> = def::SERVERS
+            .iter()
+            .filter(|s| smtp::read_mail(&dir, s.name).iter().any(|m| m.subject() == subject))
+            .map(|s| s.name)
+            .collect();
+        let seen = if result == "accepted" {
+            format!("at {}", if at.is_empty() { "nowhere".into() } else { at.join(" ") })
+        } else {
+            result.to_string()
+        };
+        let want = format!("at {expect}");
+        t.row(&n.to_string(), &case, &want, &seen, &ms, Some(seen == want), &detail);
+    }
+    // The outside servers' view: exactly the 10 connections that should pass
+    // (8 connects, 2 messages), not one from a dynamic address to MX:25.
+    let conns = smtp::read_connections(&dir);
+    let leaked = conns
+        .iter()
+        .filter(|c| [DYN4, DYN6].contains(&c.peer.as_str()) && c.server == "mx" && c.local_port == 25)
+        .count();
+    let seen = format!("{} conns", conns.len());
+    t.row(
+        "S",
+        "outside servers' connection log",
+        "10 conns",
+        &seen,
+        "",
+        Some(conns.len() == 10 && leaked == 0),
+        &format!("{leaked} from a dynamic source to MX:25"),
+    );
+    // Informational, not counted: op25b answers ping on its own addresses.
+    for (family, router) in [(4, ROUTER4), (6, ROUTER6)] {
+        let answer = netns::within(&names.sub_ns, || Ok(probe::ping(ip(router))))?;
+        let (seen, detail) = match answer {
+            Some(ms) => ("reply", format!("from {router}: time={ms:.3} ms")),
+            None => ("no reply", String::new()),
+        };
+        t.row("i", &format!("ping -{family} {router} (router)"), "reply", seen, "", None, &detail);
+    }
+    outln!("checks: {} of {} as expected", t.checks - t.failed, t.checks);
+    Ok(if t.failed == 0 { 0 } else { 1 })
+}
