@@ -173,16 +173,37 @@ pub fn traffic(names: &Names) -> Result<(), LabError> {
     Ok(())
 }
 
-/// The table's rows and how many checks passed.
+/// One row of the table: a case, what OP25B should make of it, what happened.
+#[derive(Default)]
+struct Row {
+    case: String,
+    expect: String,
+    seen: String,
+    /// How long it took, where that tells something.
+    ms: Option<f64>,
+    /// The check's outcome; `None` for a row that only informs.
+    ok: Option<bool>,
+    detail: String,
+}
+
+/// The table: its rows as they come, numbered, and how many checks passed.
 struct Table {
+    names: Names,
     color: bool,
+    cases: usize,
     checks: usize,
     failed: usize,
 }
 
 impl Table {
-    fn row(&mut self, num: &str, case: &str, expect: &str, seen: &str, ms: &str, ok: Option<bool>, detail: &str) {
-        let verdict = match ok {
+    /// The next numbered case.
+    fn case(&mut self, row: Row) {
+        self.cases += 1;
+        self.row(&self.cases.to_string(), row);
+    }
+
+    fn row(&mut self, label: &str, r: Row) {
+        let verdict = match r.ok {
             None => "info".to_string(),
             Some(ok) => {
                 self.checks += 1;
@@ -195,40 +216,56 @@ impl Table {
                 }
             }
         };
-        outln!("{num:<3} {case:<40} {expect:<20} {seen:<20} {ms:>8}  {verdict} {detail}");
+        let (case, expect, seen, detail) = (r.case, r.expect, r.seen, r.detail);
+        let ms = r.ms.map_or(String::new(), |ms| format!("{ms:.1}"));
+        outln!("{label:<3} {case:<40} {expect:<20} {seen:<20} {ms:>8}  {verdict} {detail}");
+    }
+}
+
+fn server_name(s: Server) -> &'static str {
+    if s.name == "mx" {
+        "MX"
+    } else {
+        "relay"
     }
 }
 
 /// `op25b lab demo`: the table; 0 when every check is as expected, else 1.
 pub fn demo(names: &Names) -> Result<u8, LabError> {
     let names = LabState::load(names)?.map_or_else(|| names.clone(), |s| s.names);
-    let dir = names.state_dir();
     let color = std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none();
-    let mut t = Table { color, checks: 0, failed: 0 };
+    let mut t = Table { names, color, cases: 0, checks: 0, failed: 0 };
     outln!("MX = outside mail server {} / {}, relay = ISP relay {} / {}", MX.v4, MX.v6, RELAY.v4, RELAY.v6);
     outln!("router = op25b's own addresses {ROUTER4} / {ROUTER6}; refused must take < {FAST_MS} ms");
     outln!("");
     outln!("{:<3} {:<40} {:<20} {:<20} {:>8}  {:<4} detail", "#", "case", "expected", "seen", "ms", "");
-    let mut n = 0;
+    connections(&mut t)?;
+    traceroutes(&mut t)?;
+    mail(&mut t)?;
+    server_log(&mut t);
+    pings(&mut t)?;
+    outln!("checks: {} of {} as expected", t.checks - t.failed, t.checks);
+    Ok(if t.failed == 0 { 0 } else { 1 })
+}
+
+/// A dynamic subscriber to MX:25 is refused at once (IPv4 and IPv6); to
+/// MX:587, MX:465 and the relay's 25 it connects, and a static one to MX:25.
+fn connections(t: &mut Table) -> Result<(), LabError> {
     let subscribers =
         [("dynamic", DYN4, false), ("static", STATIC4, false), ("dynamic", DYN6, true), ("static", STATIC6, true)];
+    let dynamic_cases = [(MX, 25, false), (MX, 587, true), (MX, 465, true), (RELAY, 25, true)];
     for (kind, src, v6) in subscribers {
-        let dynamic_cases = [(MX, 25, false), (MX, 587, true), (MX, 465, true), (RELAY, 25, true)];
         let cases = if kind == "dynamic" { &dynamic_cases[..] } else { &[(MX, 25, true)][..] };
         for &(server, port, passes) in cases {
-            n += 1;
             let dst = if v6 { server.v6 } else { server.v4 };
-            let a = in_lab(&names, async || connect(ip(src), ip(dst), port).await)?;
-            let case = format!("{kind} {src} -> {}:{port}", if server.name == "mx" { "MX" } else { "relay" });
-            let ms = format!("{:.1}", a.ms);
-            let error = a.error.clone().unwrap_or_default();
-            if passes {
-                let ok = a.result == "connected"
-                    && a.banner.as_deref().is_some_and(|b| b.starts_with(&format!("220 {dst}:{port} ")));
+            let a = in_lab(&t.names, async || connect(ip(src), ip(dst), port).await)?;
+            let case = format!("{kind} {src} -> {}:{port}", server_name(server));
+            let (error, banner) = (a.error.unwrap_or_default(), a.banner.unwrap_or_default());
+            let row = if passes {
+                let ok = a.result == "connected" && banner.starts_with(&format!("220 {dst}:{port} "));
                 let seen = if a.result == "connected" && !ok { "connected?" } else { a.result };
-                let detail =
-                    if a.result == "connected" { format!("banner: {}", a.banner.unwrap_or_default()) } else { error };
-                t.row(&n.to_string(), &case, "connected", seen, &ms, Some(ok), &detail);
+                let detail = if a.result == "connected" { format!("banner: {banner}") } else { error };
+                Row { expect: "connected".into(), seen: seen.into(), ok: Some(ok), detail, ..Row::default() }
             } else {
                 let ok = a.result == "refused" && a.ms < FAST_MS;
                 let seen = match a.result {
@@ -238,78 +275,88 @@ pub fn demo(names: &Names) -> Result<u8, LabError> {
                 };
                 let detail = match (ok, a.result) {
                     (true, _) => "RST at once".to_string(),
-                    (false, "connected") => format!("passed op25b! banner: {}", a.banner.unwrap_or_default()),
+                    (false, "connected") => format!("passed op25b! banner: {banner}"),
                     _ => error,
                 };
-                t.row(&n.to_string(), &case, "refused (fast)", seen, &ms, Some(ok), &detail);
-            }
+                Row { expect: "refused (fast)".into(), seen: seen.into(), ok: Some(ok), detail, ..Row::default() }
+            };
+            t.case(Row { case, ms: Some(a.ms), ..row });
         }
     }
+    Ok(())
+}
+
+/// The first hop towards the MX is op25b's own address (IPv4 and IPv6).
+fn traceroutes(t: &mut Table) -> Result<(), LabError> {
     for (family, src, dst, router) in [(4, DYN4, MX4, ROUTER4), (6, DYN6, MX.v6, ROUTER6)] {
-        n += 1;
-        let hops = netns::within(&names.sub_ns, || Ok(probe::traceroute(ip(src), ip(dst), 3)))?;
+        let hops = netns::within(&t.names.sub_ns, || Ok(probe::traceroute(ip(src), ip(dst), 3)))?;
         let first = hops.first().cloned().unwrap_or_else(|| "*".into());
-        let ok = first == router;
-        let case = format!("traceroute -{family} -> {dst}");
-        t.row(
-            &n.to_string(),
-            &case,
-            &format!("hop1 {router}"),
-            &format!("hop1 {first}"),
-            "",
-            Some(ok),
-            &format!("path: {}", hops.join(" ")),
-        );
+        t.case(Row {
+            case: format!("traceroute -{family} -> {dst}"),
+            expect: format!("hop1 {router}"),
+            seen: format!("hop1 {first}"),
+            ok: Some(first == router),
+            detail: format!("path: {}", hops.join(" ")),
+            ..Row::default()
+        });
     }
+    Ok(())
+}
+
+/// Mail from a dynamic subscriber: through MX:587 and the relay's 25 it
+/// arrives where it was sent; straight to MX:25 it is refused.
+fn mail(t: &mut Table) -> Result<(), LabError> {
+    let dir = t.names.state_dir();
     for (server, port, expect) in [(MX, 587, "mx"), (RELAY, 25, "relay"), (MX, 25, "refused")] {
-        n += 1;
-        let subject = format!("demo case {n}");
-        let (result, detail, ms) = in_lab(&names, async || send(ip(DYN4), ip(server.v4), port, &subject).await)?;
-        let case = format!("mail dynamic {DYN4} -> {}:{port}", if server.name == "mx" { "MX" } else { "relay" });
-        let ms = format!("{ms:.1}");
-        if expect == "refused" {
-            t.row(&n.to_string(), &case, "refused", result, &ms, Some(result == "refused"), &detail);
-            continue;
-        }
-        let at: Vec<&str> = def::SERVERS
-            .iter()
-            .filter(|s| smtp::read_mail(&dir, s.name).iter().any(|m| m.subject() == subject))
-            .map(|s| s.name)
-            .collect();
-        let seen = if result == "accepted" {
-            format!("at {}", if at.is_empty() { "nowhere".into() } else { at.join(" ") })
+        let subject = format!("demo case {}", t.cases + 1);
+        let (result, detail, ms) = in_lab(&t.names, async || send(ip(DYN4), ip(server.v4), port, &subject).await)?;
+        let case = format!("mail dynamic {DYN4} -> {}:{port}", server_name(server));
+        let (expect, seen) = if expect == "refused" {
+            (expect.to_string(), result.to_string())
+        } else if result == "accepted" {
+            let at: Vec<&str> = def::SERVERS
+                .iter()
+                .filter(|s| smtp::read_mail(&dir, s.name).iter().any(|m| m.subject() == subject))
+                .map(|s| s.name)
+                .collect();
+            (format!("at {expect}"), format!("at {}", if at.is_empty() { "nowhere".into() } else { at.join(" ") }))
         } else {
-            result.to_string()
+            (format!("at {expect}"), result.to_string())
         };
-        let want = format!("at {expect}");
-        t.row(&n.to_string(), &case, &want, &seen, &ms, Some(seen == want), &detail);
+        t.case(Row { case, ok: Some(seen == expect), expect, seen, ms: Some(ms), detail });
     }
-    // The outside servers' view: exactly the 10 connections that should pass
-    // (8 connects, 2 messages), not one from a dynamic address to MX:25.
-    let conns = smtp::read_connections(&dir);
+    Ok(())
+}
+
+/// The outside servers' view: exactly the 10 connections that should pass
+/// (8 connects, 2 messages), not one from a dynamic address to MX:25.
+fn server_log(t: &mut Table) {
+    let conns = smtp::read_connections(&t.names.state_dir());
     let leaked = conns
         .iter()
         .filter(|c| [DYN4, DYN6].contains(&c.peer.as_str()) && c.server == "mx" && c.local_port == 25)
         .count();
-    let seen = format!("{} conns", conns.len());
-    t.row(
-        "S",
-        "outside servers' connection log",
-        "10 conns",
-        &seen,
-        "",
-        Some(conns.len() == 10 && leaked == 0),
-        &format!("{leaked} from a dynamic source to MX:25"),
-    );
-    // Informational, not counted: op25b answers ping on its own addresses.
+    let row = Row {
+        case: "outside servers' connection log".into(),
+        expect: "10 conns".into(),
+        seen: format!("{} conns", conns.len()),
+        ok: Some(conns.len() == 10 && leaked == 0),
+        detail: format!("{leaked} from a dynamic source to MX:25"),
+        ..Row::default()
+    };
+    t.row("S", row);
+}
+
+/// Informational, not counted: op25b answers ping on its own addresses.
+fn pings(t: &mut Table) -> Result<(), LabError> {
     for (family, router) in [(4, ROUTER4), (6, ROUTER6)] {
-        let answer = netns::within(&names.sub_ns, || Ok(probe::ping(ip(router))))?;
+        let answer = netns::within(&t.names.sub_ns, || Ok(probe::ping(ip(router))))?;
         let (seen, detail) = match answer {
             Some(ms) => ("reply", format!("from {router}: time={ms:.3} ms")),
             None => ("no reply", String::new()),
         };
-        t.row("i", &format!("ping -{family} {router} (router)"), "reply", seen, "", None, &detail);
+        let case = format!("ping -{family} {router} (router)");
+        t.row("i", Row { case, expect: "reply".into(), seen: seen.into(), detail, ..Row::default() });
     }
-    outln!("checks: {} of {} as expected", t.checks - t.failed, t.checks);
-    Ok(if t.failed == 0 { 0 } else { 1 })
+    Ok(())
 }

@@ -5,11 +5,12 @@
 
 use std::io::IoSliceMut;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
-use std::os::fd::{AsFd, AsRawFd};
+use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
 use nix::sys::socket::{self, sockopt, ControlMessageOwned, MsgFlags, SockaddrStorage};
+use nix::sys::time::TimeVal;
 
 /// How long a probe waits for its answer.
 const WAIT: Duration = Duration::from_secs(1);
@@ -102,21 +103,24 @@ pub fn ping(dst: IpAddr) -> Option<f64> {
         echo[2..4].copy_from_slice(&sum.to_be_bytes());
     }
     let to = SockaddrStorage::from(SocketAddr::new(dst, 0));
+    // Blocking reads of at most 100 ms, so the time measured is the answer's.
+    socket::setsockopt(&fd, sockopt::ReceiveTimeout, &TimeVal::new(0, 100_000)).ok()?;
     let t0 = Instant::now();
     socket::sendto(fd.as_raw_fd(), &echo, &to, MsgFlags::empty()).ok()?;
-    until(|| {
-        let mut buf = [0u8; 1500];
-        let n = match socket::recv(fd.as_fd().as_raw_fd(), &mut buf, MsgFlags::MSG_DONTWAIT) {
+    let mut buf = [0u8; 1500];
+    while t0.elapsed() < WAIT {
+        let n = match socket::recv(fd.as_raw_fd(), &mut buf, MsgFlags::empty()) {
             Ok(n) => n,
-            Err(Errno::EAGAIN | Errno::EINTR) => return None,
-            Err(_) => return Some(None),
+            Err(Errno::EAGAIN | Errno::EINTR) => continue,
+            Err(_) => return None,
         };
         // An IPv4 raw socket hands over the IP header too.
-        let icmp = if dst.is_ipv4() { buf.get(usize::from(buf[0] & 0x0f) * 4..n)? } else { &buf[..n] };
-        let ours = icmp.len() >= 8 && icmp[0] == reply && icmp[4..6] == id;
-        ours.then(|| Some(t0.elapsed().as_secs_f64() * 1e3))
-    })
-    .flatten()
+        let icmp = if dst.is_ipv4() { buf.get(usize::from(buf[0] & 0x0f) * 4..n).unwrap_or(&[]) } else { &buf[..n] };
+        if icmp.len() >= 8 && icmp[0] == reply && icmp[4..6] == id {
+            return Some(t0.elapsed().as_secs_f64() * 1e3);
+        }
+    }
+    None
 }
 
 #[cfg(test)]
