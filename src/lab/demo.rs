@@ -126,8 +126,13 @@ async fn send(src: IpAddr, dst: IpAddr, port: u16, subject: &str) -> (&'static s
     let Some(mut s) = stream else { return (a.result, a.error.unwrap_or_default(), millis(t0)) };
     let (from, to) = ("alice@subscriber.example", "bob@outside.example");
     let body = format!("From: <{from}>\r\nTo: <{to}>\r\nSubject: {subject}\r\n\r\nsent through the op25b lab\r\n.");
-    let cmds =
-        [format!("EHLO subscriber.lab"), format!("MAIL FROM:<{from}>"), format!("RCPT TO:<{to}>"), "DATA".into(), body];
+    let cmds = [
+        "EHLO subscriber.lab".to_string(),
+        format!("MAIL FROM:<{from}>"),
+        format!("RCPT TO:<{to}>"),
+        "DATA".into(),
+        body,
+    ];
     let mut outcome = reply(&mut s).await;
     for cmd in cmds {
         match outcome {
