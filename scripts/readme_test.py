@@ -83,14 +83,11 @@ def samples(line, lines, name):
         out.append((line + start, "\n".join(cmd), expected))
     return out
 
-def squeeze(line):
-    return re.sub(r"[ \t]+", " ", line.rstrip())
-
 def align(expected, actual):
     """(unmatched lines, ops): fewest unmatched lines, then fewest lines given to a `…`
     line (a changed line shows as "-" and "+", not swallowed by a neighbouring `…`).
     ops: ('=', line) | ('-', expected) | ('+', actual) | ('~', taken by …) | ('…', '')."""
-    num = r"-?[0-9]+(?:[.,][0-9]+)*"
+    num, squeeze = r"-?[0-9]+(?:[.,][0-9]+)*", lambda line: re.sub(r"[ \t]+", " ", line.rstrip())
     E = [None if e.strip() == "…" else re.compile("".join(
         num if p == "<n>" else ".*?" if p == "…" else re.escape(p)
         for p in re.split(r"(<n>|…)", squeeze(e))) + r"\Z") for e in expected]
