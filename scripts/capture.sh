@@ -15,19 +15,18 @@ while shift && (($#)); do
         *) echo "capture.sh: unknown argument $1" >&2; exit 2 ;;
     esac
 done
-name=${LAB:-op25b-lab}
-lab() { "${OP25B:-op25b}" lab "$1" --name "$name" "${@:2}"; }
-tun=$(lab status --json | sed -n 's/.*"sub_tun": "\(.*\)".*/\1/p' | head -n 1)
+op25b=${OP25B:-op25b} name=${LAB:-op25b-lab}
+tun=$("$op25b" lab status --json --name "$name" | sed -n 's/.*"sub_tun": "\(.*\)".*/\1/p' | head -n 1)
 err=$(mktemp)
 # --immediate-mode, -U: each packet written as it comes (else the last block can be lost at SIGINT).
-lab exec -- tcpdump -n --immediate-mode -U -s 0 -i "$tun" -w "$file" 2>"$err" &
+"$op25b" lab exec --name "$name" -- tcpdump -n --immediate-mode -U -s 0 -i "$tun" -w "$file" 2>"$err" &
 pid=$!
 trap 'kill -INT $pid 2>/dev/null || true; wait $pid 2>/dev/null || true; rm -f "$err"' EXIT
 for _ in $(seq 50); do grep -q "listening on" "$err" && break; sleep 0.1; done
 grep -q "listening on" "$err" || { cat "$err" >&2; echo "capture.sh: tcpdump did not start" >&2; exit 1; }
 if ((traffic)); then
     echo "[lab] capturing on $tun in $name-sub (both directions) while the lab's five connections run"
-    lab traffic >/dev/null
+    "$op25b" lab traffic --name "$name" >/dev/null
     sleep 0.3 # the last FIN exchange
 else
     echo "[lab] capturing on $tun in $name-sub (both directions) for ${seconds}s: make traffic now"
