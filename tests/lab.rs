@@ -245,13 +245,19 @@ fn up_without_root_is_a_usage_error_and_makes_nothing() {
     assert!(!netns::exists(&format!("{name}-sub")) && !PathBuf::from(format!("/run/{name}")).exists());
 }
 
-/// `op25b lab demo` finds every case as OP25B should have it, and says so
+/// `op25b lab demo` wants the lab's SMTP servers (a usage error without);
+/// it finds every case as OP25B should have it, and says so
 /// when one differs: after a reload to `action = "icmp"` the blocked
 /// connections end unreachable, not refused (exit status 1). `lab traffic`
 /// prints the five connections, the two to MX:25 refused; the demo's view
 /// of the servers' log is its own connections, not those made before.
 #[test]
 fn demo_checks_each_case_and_traffic_prints_five_connections() {
+    let bare = TestLab::up(&[]);
+    let out = bare.lab(&["demo"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(text(&out).contains("not up with its SMTP servers"), "{}", text(&out));
+    drop(bare);
     let lab = TestLab::up(&["--servers"]);
     let out = lab.lab(&["traffic"]);
     assert!(out.status.success(), "{}", text(&out));

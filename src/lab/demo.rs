@@ -237,7 +237,11 @@ fn server_name(s: Server) -> &'static str {
 
 /// `op25b lab demo`: the table; 0 when every check is as expected, else 1.
 pub fn demo(names: &Names) -> Result<u8, LabError> {
-    let names = LabState::load(names)?.map_or_else(|| names.clone(), |s| s.names);
+    let state = LabState::load(names)?.filter(|s| s.servers.is_some_and(|p| p.alive()));
+    let Some(names) = state.map(|s| s.names) else {
+        let name = &names.name;
+        return Err(LabError::Usage(format!("the lab {name} is not up with its SMTP servers: op25b lab up --servers")));
+    };
     let color = std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none();
     let mut t = Table { names, color, cases: 0, checks: 0, failed: 0 };
     outln!("MX = outside mail server {} / {}, relay = ISP relay {} / {}", MX.v4, MX.v6, RELAY.v4, RELAY.v6);
