@@ -18,8 +18,9 @@ done
 op25b=${OP25B:-op25b} name=${LAB:-op25b-lab}
 tun=$("$op25b" lab status --json --name "$name" | sed -n 's/.*"sub_tun": "\(.*\)".*/\1/p' | head -n 1)
 err=$(mktemp)
-# --immediate-mode, -U: each packet written as it comes (else the last block can be lost at SIGINT).
-"$op25b" lab exec --name "$name" -- tcpdump -n --immediate-mode -U -s 0 -i "$tun" -w "$file" 2>"$err" &
+# --immediate-mode, -U: each packet written as it comes (else the last block can be lost at SIGINT);
+# -B: a ring of 128 whole (-s 0) packets, as the five connections come in a few milliseconds.
+"$op25b" lab exec --name "$name" -- tcpdump -n --immediate-mode -U -s 0 -B 32768 -i "$tun" -w "$file" 2>"$err" &
 pid=$!
 trap 'kill -INT $pid 2>/dev/null || true; wait $pid 2>/dev/null || true; rm -f "$err"' EXIT
 for _ in $(seq 50); do grep -q "listening on" "$err" && break; sleep 0.1; done
