@@ -2,26 +2,20 @@
 # Runs op25b's cargo-fuzz targets (fuzz/), one after the other.
 #   scripts/fuzz.sh                       # every target, 10 minutes each
 #   scripts/fuzz.sh --seconds 60 config   # one target, a minute
-#   scripts/fuzz.sh --smoke               # every target 20 s from the seeds (CI)
-# Installs cargo-fuzz if it is missing. cargo-fuzz needs nightly compiler
-# flags; with only a stable toolchain installed, RUSTC_BOOTSTRAP=1 lets stable
-# rustc accept them. Targets build without a sanitizer (op25b's core has no
-# unsafe code; this doubles the speed) but with debug assertions and overflow
-# checks. The corpus grows in fuzz/corpus/TARGET (not committed) from the
-# seeds in fuzz/seeds/TARGET; a failing input lands in fuzz/artifacts/TARGET:
-# copy it to fuzz/regressions/TARGET/ so `cargo test --test fuzz_regressions`
-# keeps it fixed. The figures of each run go to fuzz/runs/TARGET.log.
+#   scripts/fuzz.sh --smoke               # every target 20 s from the seeds, leaving nothing (CI)
+# Installs cargo-fuzz if missing; RUSTC_BOOTSTRAP=1 lets a stable rustc take its nightly
+# flags. No sanitizer (the core has no unsafe code; twice the speed), but debug assertions
+# and overflow checks. The corpus grows in fuzz/corpus/TARGET from fuzz/seeds/TARGET; a
+# failing input lands in fuzz/artifacts/TARGET: copy it to fuzz/regressions/TARGET/ so
+# `cargo test --test fuzz_regressions` keeps it fixed. Each run's figures: fuzz/runs/TARGET.log.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
-
-seconds=600
-smoke=0
-targets=()
+seconds=600 smoke=0 targets=()
 while (($#)); do
     case "$1" in
         --smoke) smoke=1 seconds=20 ;;
         --seconds) seconds=${2:?--seconds needs a number}; shift ;;
-        -h | --help) sed -n '2,14p' "$0"; exit 0 ;;
+        -h | --help) sed -n '2,10p' "$0"; exit 0 ;;
         -*) echo "fuzz.sh: unknown option $1" >&2; exit 2 ;;
         *) targets+=("$1") ;;
     esac
@@ -29,14 +23,9 @@ while (($#)); do
 done
 all=(router_raw router_structured config spec replay)
 ((${#targets[@]})) || targets=("${all[@]}")
-
 export RUSTC_BOOTSTRAP=1
-if ! cargo fuzz --version >/dev/null 2>&1; then
-    echo "fuzz.sh: installing cargo-fuzz" >&2
-    cargo install cargo-fuzz --locked --version 0.13.2
-fi
+cargo fuzz --version >/dev/null 2>&1 || cargo install cargo-fuzz --locked --version 0.13.2
 build=(-s none --debug-assertions)
-
 echo "== cargo fuzz build"
 cargo fuzz build "${build[@]}"
 mkdir -p fuzz/runs
@@ -44,13 +33,9 @@ status=0
 for t in "${targets[@]}"; do
     [[ " ${all[*]} " == *" $t "* ]] || { echo "fuzz.sh: no target $t (${all[*]})" >&2; exit 2; }
     corpus=fuzz/corpus/$t
-    if ((smoke)); then
-        # From the seeds alone, leaving nothing behind.
-        corpus=$(mktemp -d)
-        trap 'rm -rf "$corpus"' EXIT
-    fi
+    ((smoke)) && corpus=$(mktemp -d) && trap 'rm -rf "$corpus"' EXIT
     mkdir -p "$corpus" "fuzz/artifacts/$t"
-    # One process, in the foreground (libFuzzer's -jobs would fork and log to fuzz-N.log).
+    # One process in the foreground (-jobs would fork and log to fuzz-N.log).
     args=(-max_total_time="$seconds" -print_final_stats=1 -rss_limit_mb=2048)
     [[ -f fuzz/dicts/$t.dict ]] && args+=(-dict="fuzz/dicts/$t.dict")
     ((smoke)) && args+=(-max_len=4096)

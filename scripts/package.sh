@@ -25,12 +25,13 @@ rm -rf "$out"
 mkdir -p "$out/man" "$out/completions"
 
 "$bin" man >"$out/man/op25b.1"
-# One page per subcommand, as `op25b --help` lists them (help aside).
-subs=$("$bin" --help | awk '/^Commands:/ {on = 1; next} on && /^$/ {exit} on && $1 != "help" {print $1}')
-[[ -n $subs ]] || { echo "package.sh: no subcommands in op25b --help" >&2; exit 1; }
-for sub in $subs; do
+# A page per subcommand and per subcommand of those (op25b-lab-up.1), as --help lists them.
+subs() { "$bin" "$@" --help | awk '/^Commands:/ {on = 1; next} on && /^$/ {exit} on && $1 != "help" {print $1}'; }
+for sub in $(subs); do
     "$bin" man "$sub" >"$out/man/op25b-$sub.1"
+    for subsub in $(subs "$sub"); do "$bin" man "$sub" "$subsub" >"$out/man/op25b-$sub-$subsub.1"; done
 done
+[[ -s $out/man/op25b-run.1 && -s $out/man/op25b-lab-up.1 ]] || { echo "package.sh: subcommand pages missing" >&2; exit 1; }
 # op25b.toml(5): this tree's README's config reference, as roff.
 "$bin" man op25b.toml --readme README.md >"$out/man/op25b.toml.5"
 gzip -9n "$out"/man/*.1 "$out"/man/*.5

@@ -1,47 +1,32 @@
 #!/usr/bin/env bash
-# Builds the Debian package (scripts/package.sh), runs lintian on it (any error
-# or warning fails; overrides only in packaging/lintian-overrides, each with its
-# reason), installs it on this machine with dpkg -i, checks what it installed
-# (the binary, `op25b check` on the packaged /etc/op25b/op25b.toml and on the
-# examples, the conffile, the man pages through man, the completions, the unit
-# through systemd-analyze verify, the CI example examples/ci/mail-through-op25b.sh
-# run against the installed op25b, the licences, the changelog), and purges it
-# again, also when a check fails. As root; run by scripts/test.sh.
+# Builds the Debian package (scripts/package.sh), runs lintian on it (no error or warning;
+# overrides only in packaging/lintian-overrides, each with its reason), installs it with
+# dpkg -i, checks what it installed (binary, configs, conffiles, man pages, completions,
+# unit, `op25b lab demo` and the CI example examples/ci/mail-through-op25b.sh against the
+# installed op25b, licences, changelog), and purges it, also when a check fails. As root.
 #   scripts/package_test.sh              # release build, package, test
 #   scripts/package_test.sh --no-build   # use the release binary already built
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 [[ $(id -u) -eq 0 ]] || { echo "package_test.sh: run as root (dpkg -i)" >&2; exit 1; }
-if [[ $(dpkg-query -W -f='${Status}' op25b 2>/dev/null || true) == *" installed" ]]; then
-    echo "package_test.sh: a package op25b is already installed here; remove it first (dpkg --purge op25b)" >&2
-    exit 1
-fi
+[[ $(dpkg-query -W -f='${Status}' op25b 2>/dev/null || true) != *" installed" ]] ||
+    { echo "package_test.sh: a package op25b is already installed here; remove it first (dpkg --purge op25b)" >&2; exit 1; }
 
 deb=$(scripts/package.sh "$@" | tail -n 1)
 [[ -f $deb ]] || { echo "package_test.sh: package.sh made no package ($deb)" >&2; exit 1; }
 
 passed=0 failed=0
 check() { # check DESCRIPTION COMMAND...: runs COMMAND, counts and reports the outcome
-    local what=$1
-    shift
     local out
-    if out=$("$@" 2>&1); then
-        passed=$((passed + 1))
-        echo "  ok    $what"
+    if out=$("${@:2}" 2>&1); then
+        passed=$((passed + 1)) && echo "  ok    $1"
     else
-        failed=$((failed + 1))
-        echo "  FAIL  $what"
-        sed 's/^/        /' <<<"$out"
+        failed=$((failed + 1)) && echo "  FAIL  $1" && sed 's/^/        /' <<<"$out"
     fi
 }
 installed=0
-cleanup() {
-    if ((installed)); then
-        dpkg --purge op25b >/dev/null || echo "package_test.sh: dpkg --purge op25b failed" >&2
-    fi
-}
-trap cleanup EXIT
+trap '((!installed)) || dpkg --purge op25b >/dev/null || echo "package_test.sh: dpkg --purge op25b failed" >&2' EXIT
 
 echo "== lintian $deb"
 command -v lintian >/dev/null || { echo "package_test.sh: lintian is missing (scripts/setup.sh --package)" >&2; exit 1; }
@@ -70,6 +55,8 @@ check "logrotate reads /etc/logrotate.d/op25b (postrotate reloads op25b)" bash -
     "$(mktemp)"
 check "man op25b lists the subcommands" bash -c 'MANPAGER=cat MANWIDTH=80 man op25b 2>/dev/null | grep -q "op25b-run(1)"'
 check "man op25b-run shows --config" bash -c 'MANPAGER=cat man op25b-run 2>/dev/null | grep -q -- "--config"'
+check "man op25b-lab lists the lab's subcommands, each with its page" bash -c 'p=$(MANPAGER=cat MANWIDTH=200 man op25b-lab) &&
+    for s in up down status exec mail reload config demo traffic; do grep -q "op25b-lab-$s(1)" <<<"$p" && man -w op25b-lab-$s || exit 1; done'
 check "man -l renders every page" bash -c 'for p in /usr/share/man/man1/op25b*.1.gz /usr/share/man/man5/op25b*.5.gz; do man -l "$p" >/dev/null 2>&1 || exit 1; done'
 check "man op25b.toml lists the keys and RUST_LOG" bash -c \
     'page=$(MANPAGER=cat MANWIDTH=200 man 5 op25b.toml 2>/dev/null) && for k in op25b.action abuse.quarantine_for rule.program RUST_LOG; do grep -q "$k" <<<"$page" || { echo "no $k"; exit 1; }; done'
@@ -89,8 +76,10 @@ check "the package did not enable or start the unit" bash -c '! test -e /etc/sys
 example=/usr/share/doc/op25b/examples/ci/mail-through-op25b.sh
 check "the CI example runs against the installed op25b (op25b lab up --servers, swaks, lab down)" \
     env OP25B=/usr/bin/op25b LAB="o25pkg-$$" "$example"
-check "the CI example left no namespace or state behind" \
-    bash -c '! test -e "/run/netns/o25pkg-$0-sub" -o -e "/run/netns/o25pkg-$0-inet" -o -e "/run/o25pkg-$0"' "$$"
+check "op25b lab demo: what the lab blocks and passes, from the package alone" bash -c \
+    'trap "op25b lab down --name $0 >/dev/null" EXIT; op25b lab up --servers --name "$0" >/dev/null && op25b lab demo --name "$0"' "o25demo-$$"
+check "the CI example and the demo left no namespace or state behind" bash -c \
+    'for l in o25pkg-$0 o25demo-$0; do ! test -e /run/netns/$l-sub -o -e /run/netns/$l-inet -o -e /run/$l || exit 1; done' "$$"
 check "both licence texts and the copyright file" \
     test -s /usr/share/doc/op25b/LICENSE-MIT -a -s /usr/share/doc/op25b/LICENSE-APACHE -a -s /usr/share/doc/op25b/copyright
 check "the installed alert rules pass promtool check rules and their unit tests" bash -c \

@@ -1,39 +1,21 @@
 #!/usr/bin/env python3
 """Runs every command sample in README.md and compares its output with the README.
 
-Format (README.md, "How the README is tested" says the same for its readers):
+A ```console block holds commands ("# " as root, "$ " as anyone; a trailing backslash or a
+here-document continues one), each followed by its output (stdout and stderr). There `<n>`
+is a number, `…` in a line any text, a line of only `…` any lines; runs of spaces are one.
+The exit status is not compared. Blocks run in order from the top directory, target/release
+first on PATH, NO_COLOR=1, with a time limit; the README's lab is taken down at the end (and
+none may be up at the start). Other fenced blocks are configs (toml, yaml) or in NOT_RUN with
+why; a NOT_RUN entry that matches no block is an error too.
 
-  ```console
-  # op25b lab up                <- "# " a command run as root, "$ " one that needs none
-                                    (the command starts right after that one space)
-  [lab] creating netns ...       <- the output expected, stdout and stderr together
-  $ op25b check ... \\            <- a trailing backslash continues a command;
-      --packet "..."                  a here-document (<<'EOF' ... EOF) belongs to it
-  ```
-
-In the expected output `<n>` stands for a number that varies from run to run (times,
-counters that depend on timing, PIDs), `…` inside a line for any text, and a line that
-is only `…` for any number of lines (none included). Runs of spaces compare as one
-space. The exit status is not compared (a blocked packet makes `op25b check` exit 1).
-
-Every console block runs, in README order, from the repository's top directory, with
-target/release first on PATH (as after `cargo install --path .`), NO_COLOR=1, and a
-time limit per command. Commands that use the lab run inside the lab the README's own
-`op25b lab up` creates; whatever happens, the test takes the lab down at the end
-if it brought it up (and refuses to start if a lab is already up: it is not ours).
-
-Every other fenced block of the README must be a config file (toml, yaml) or be listed
-in NOT_RUN below with the reason it is not run; a NOT_RUN entry that matches no block
-is an error too, so the list stays true.
-
-Usage: scripts/readme_test.py [--list] [--only LINE] [README]   (as root)
-  --list       print the samples (README line, command) and what is not run, run nothing
-  --only LINE  run only the console block that starts at README line LINE
-Exit status 0 when every sample matches, 1 otherwise (a diff per sample that differs:
-"-" what the README says, "+" what the command printed).
+Usage (as root): scripts/readme_test.py [--list] [--only LINE] [README]
+  --list: print the samples and what is not run.  --only LINE: the block at README line LINE.
+Exit 0 when every sample matches, else 1 with a diff per sample ("-" README, "+" run).
 """
 
 import argparse
+import functools
 import os
 import re
 import shutil
@@ -44,237 +26,144 @@ import tempfile
 import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-LAB_STATE = "/run/op25b-lab"
-LAB_NETNS = ("op25b-lab-sub", "op25b-lab-inet")
-
-# Blocks deliberately not run: (text the block's first line starts with, why).
-NOT_RUN = [
-    ("scripts/setup.sh --bench && scripts/bench.sh",
-     "a full benchmark takes minutes; scripts/test.sh runs bench.sh --smoke"),
+OP25B = os.path.join(REPO, "target", "release", "op25b")
+NOT_RUN = [  # (text a block's first line starts with, why it is not run)
+    ("scripts/setup.sh --bench && scripts/bench.sh", "minutes; scripts/test.sh runs bench.sh --smoke"),
     ("cargo install --path .", "installs into ~/.cargo/bin; the test puts target/release on PATH instead"),
     ("scripts/test.sh", "the test suite itself, which runs this test"),
-    ("scripts/fuzz.sh", "fuzzing runs for minutes per target; scripts/test.sh runs fuzz.sh --smoke"),
+    ("scripts/fuzz.sh", "minutes per target; scripts/test.sh runs fuzz.sh --smoke"),
     (" netns op25b-lab-sub", "a diagram of the lab"),
     ("read from a TUN", "a diagram of the pipeline"),
-    ('{"action":"reject"', "lines of an events file (timestamps, ports); tests/control.rs checks them"),
-    ('{"action":"blocked","attempts"', "lines of an events file (timestamps); tests/abuse.rs checks them"),
+    ('{"action":"reject"', "an events file (timestamps, ports); tests/control.rs checks them"),
+    ('{"action":"blocked","attempts"', "an events file (timestamps); tests/abuse.rs checks them"),
     ("src/packet/", "the source tree"),
-    ("cargo install cargo-deb", "builds and installs the Debian package; scripts/package_test.sh does, and checks "
-     "what it installed"),
-    ("op25b check                        # --config /etc/op25b/op25b.toml",
-     "needs the installed package and a running systemd"),
-    ('Status: "forwarded', "systemctl status lines; tests/service.rs reads these messages from a notify socket"),
+    ("cargo install cargo-deb", "installs the package; scripts/package_test.sh does, and checks it"),
+    ("op25b check                        # --config /etc/op25b/op25b.toml", "needs the package and systemd"),
+    ('Status: "forwarded', "systemctl status; tests/service.rs reads these from a notify socket"),
 ]
-CONFIG_FENCES = {"toml", "yaml"}
-# Files the samples write outside the repository, removed when the test ends.
 CLEANUP = ["/tmp/lab.pcap", "/tmp/fwd.pcap", "/tmp/dropped.pcap", "/tmp/lab-abuse.toml"]
+TIMEOUT, SLOW = 60, {"scripts/demo.sh": 600}  # seconds; the demo builds
+PROMPT = re.compile(r"^[$#] \S")  # "#   case" in an output is no command
 
-# Seconds a command may take; the demo builds (a no-op after cargo build --release).
-TIMEOUT_DEFAULT = 60
-TIMEOUT_SLOW = {"scripts/demo.sh": 600}
-
-NAME = "README.md"  # as messages name it
-NUM = r"-?[0-9]+(?:[.,][0-9]+)*"
-# A prompt, one space, and the command right after it ("#   case" in an output is
-# not a command).
-PROMPT = r"^[$#] \S"
-
-
-class Sample:
-    def __init__(self, line, root, command, expected):
-        self.line = line          # README line of the command
-        self.root = root          # "# " prompt
-        self.command = command    # as bash reads it
-        self.expected = expected  # list of lines
-
-
-class Block:
-    def __init__(self, line, info, lines):
-        self.line, self.info, self.lines = line, info, lines
-
-
-def fences(text):
-    """Every fenced block: Block(line of its first content line, info string, lines)."""
-    out, lines, i = [], text.split("\n"), 0
+def blocks(text, name):
+    """Every fenced block: (README line of its first content line, info string, lines)."""
+    lines, out, i = text.split("\n"), [], 0
     while i < len(lines):
         m = re.match(r"^(```+)(.*)$", lines[i])
-        if not m:
-            i += 1
-            continue
-        fence, info, start = m.group(1), m.group(2).strip(), i + 1
-        j = start
-        while j < len(lines) and lines[j].rstrip() != fence:
-            j += 1
-        if j == len(lines):
-            raise SystemExit(f"{NAME}:{i + 1}: fence never closed")
-        out.append(Block(start + 1, info, lines[start:j]))
-        i = j + 1
+        if m:
+            end = next((j for j in range(i + 1, len(lines)) if lines[j].rstrip() == m[1]), None)
+            if end is None:
+                sys.exit(f"{name}:{i + 1}: fence never closed")
+            out.append((i + 2, m[2].strip(), lines[i + 1:end]))
+            i = end
+        i += 1
     return out
 
-
-def samples_of(block):
-    """The console block's commands with their expected output."""
-    out, lines, i = [], block.lines, 0
-    if lines and not re.match(PROMPT, lines[0]):
-        raise SystemExit(f"{NAME}:{block.line}: a console block must start with '$ ' or '# '")
+def samples(line, lines, name):
+    """A console block's samples: (README line, command, expected output lines)."""
+    if lines and not PROMPT.match(lines[0]):
+        sys.exit(f"{name}:{line}: a console block must start with '$ ' or '# '")
+    out, i = [], 0
     while i < len(lines):
-        first = i
-        root = lines[i].startswith("# ")
-        cmd = [lines[i][2:]]
+        start, cmd = i, [lines[i][2:]]
         i += 1
         while cmd[-1].endswith("\\") and i < len(lines):
             cmd.append(lines[i])
             i += 1
-        heredoc = re.search(r"<<-?\s*'?([A-Za-z_]+)'?", "\n".join(cmd))
-        if heredoc:
-            while i < len(lines) and lines[i] != heredoc.group(1):
-                cmd.append(lines[i])
-                i += 1
-            if i == len(lines):
-                raise SystemExit(f"{NAME}:{block.line + first}: here-document never ends")
-            cmd.append(lines[i])
-            i += 1
+        here = re.search(r"<<-?\s*'?([A-Za-z_]+)'?", "\n".join(cmd))
+        if here:
+            end = next((j for j in range(i, len(lines)) if lines[j] == here[1]), None)
+            if end is None:
+                sys.exit(f"{name}:{line + start}: here-document never ends")
+            cmd, i = cmd + lines[i:end + 1], end + 1
         expected = []
-        while i < len(lines) and not re.match(PROMPT, lines[i]):
+        while i < len(lines) and not PROMPT.match(lines[i]):
             expected.append(lines[i])
             i += 1
-        out.append(Sample(block.line + first, root, "\n".join(cmd), expected))
+        out.append((line + start, "\n".join(cmd), expected))
     return out
 
-
-# ------------------------------------------------------------------ matching
-
-def squeeze(line):
-    return re.sub(r"[ \t]+", " ", line.rstrip())
-
-
-def line_regex(expected):
-    parts = re.split(r"(<n>|…)", squeeze(expected))
-    rx = "".join(NUM if p == "<n>" else ".*?" if p == "…" else re.escape(p) for p in parts)
-    return re.compile(rx + r"\Z")
-
-
-MISS, ABSORB = 1_000_000, 1
-
-
 def align(expected, actual):
-    """Fewest unmatched lines, then fewest lines left to a `…` line (so a changed line
-    shows as "-" and "+" rather than vanishing into a neighbouring `…`). Returns
-    (unmatched, ops), ops being ('=', e, a) | ('-', e) | ('+', a) | ('…', [a...])."""
-    E = [None if e.strip() == "…" else line_regex(e) for e in expected]
+    """(unmatched lines, ops): fewest unmatched lines, then fewest lines given to a `…`
+    line (a changed line shows as "-" and "+", not swallowed by a neighbouring `…`).
+    ops: ('=', line) | ('-', expected) | ('+', actual) | ('~', taken by …) | ('…', '')."""
+    num, squeeze = r"-?[0-9]+(?:[.,][0-9]+)*", lambda line: re.sub(r"[ \t]+", " ", line.rstrip())
+    E = [None if e.strip() == "…" else re.compile("".join(
+        num if p == "<n>" else ".*?" if p == "…" else re.escape(p)
+        for p in re.split(r"(<n>|…)", squeeze(e))) + r"\Z") for e in expected]
     A = [squeeze(a) for a in actual]
-    n, m = len(E), len(A)
-    INF = 10 ** 9
-    cost = [[INF] * (m + 1) for _ in range(n + 1)]
-    cost[n][m] = 0
-    for i in range(n, -1, -1):
-        for j in range(m, -1, -1):
-            if i == n and j == m:
-                continue
-            best = INF
-            if i < n and E[i] is None:
-                best = min(best, cost[i + 1][j])
-                if j < m:
-                    best = min(best, cost[i][j + 1] + ABSORB)
-            if i < n and j < m and E[i] is not None and E[i].match(A[j]):
-                best = min(best, cost[i + 1][j + 1])
-            if i < n and E[i] is not None:
-                best = min(best, cost[i + 1][j] + MISS)
-            if j < m:
-                best = min(best, cost[i][j + 1] + MISS)
-            cost[i][j] = best
-    ops, i, j, wild = [], 0, 0, []
-    while i < n or j < m:
-        if i < n and E[i] is None:
-            if j < m and cost[i][j] == cost[i][j + 1] + ABSORB:
-                wild.append(actual[j])
-                j += 1
-                continue
-            ops.append(("…", wild))
-            wild = []
-            i += 1
-            continue
-        if i < n and j < m and E[i].match(A[j]) and cost[i][j] == cost[i + 1][j + 1]:
-            ops.append(("=", expected[i], actual[j]))
-            i, j = i + 1, j + 1
-        elif i < n and cost[i][j] == cost[i + 1][j] + MISS:
-            ops.append(("-", expected[i]))
-            i += 1
-        else:
-            ops.append(("+", actual[j]))
-            j += 1
-    return cost[0][0] // MISS, ops
+    MISS = 1_000_000
 
+    @functools.cache
+    def best(i, j):  # (cost, ops) of expected[i:] against actual[j:]
+        if i == len(E) and j == len(A):
+            return 0, ()
+        options = []
+        if i < len(E) and E[i] is None:
+            options.append((0, ("…", ""), i + 1, j))
+            if j < len(A):
+                options.append((1, ("~", actual[j]), i, j + 1))
+        elif i < len(E):
+            if j < len(A) and E[i].match(A[j]):
+                options.append((0, ("=", expected[i]), i + 1, j + 1))
+            options.append((MISS, ("-", expected[i]), i + 1, j))
+        if j < len(A):
+            options.append((MISS, ("+", actual[j]), i, j + 1))
+        return min(((c + best(ni, nj)[0], (op,) + best(ni, nj)[1]) for c, op, ni, nj in options),
+                   key=lambda o: o[0])
+
+    sys.setrecursionlimit(max(1000, 4 * (len(E) + len(A)) + 100))
+    cost, ops = best(0, 0)
+    return cost // MISS, list(ops)
 
 def render(ops):
-    out = []
-    for op in ops:
-        if op[0] == "=":
-            out.append("  " + op[1])
-        elif op[0] == "…":
-            out.append(f"  …   ({len(op[1])} line{'' if len(op[1]) == 1 else 's'})")
+    out, taken = [], 0
+    for op, line in ops:
+        if op == "~":
+            taken += 1
+        elif op == "…":
+            out.append(f"  …   ({taken} line{'' if taken == 1 else 's'})")
+            taken = 0
         else:
-            out.append(f"{op[0]} {op[1]}")
-    return "\n".join(out)
-
+            out.append(f"{' ' if op == '=' else op} {line}")
+    return out
 
 def self_test():
     """The matcher on known cases, so that a lenient matcher cannot pass the README."""
-    cases = [
-        (["a 1", "b"], ["a 1", "b"], True),
-        (["up <n> s"], ["up 12.5 s"], True),
-        (["up <n> s"], ["up twelve s"], False),
-        (["pid <n>"], ["pid 12 and more"], False),
-        (["x … y"], ["x anything at all y"], True),
-        (["…", "end"], ["end"], True),
-        (["…", "end"], ["1", "2", "3", "end"], True),
-        (["…"], [], True),
-        (["a", "…"], [], False),
-        (["col1   col2"], ["col1 col2   "], True),
-        (["a", "b", "c"], ["a", "c"], False),
-        (["a", "c"], ["a", "b", "c"], False),
-        (["a", "b"], ["a", "b", "extra"], False),
-    ]
-    for expected, actual, ok in cases:
-        unmatched, _ = align(expected, actual)
-        if (unmatched == 0) != ok:
-            raise SystemExit(f"readme_test.py: self-test: {expected!r} vs {actual!r}: "
-                             f"{'no match' if ok else 'a match'}, which is wrong")
-    _, ops = align(["a", "old", "z", "…"], ["a", "new", "z", "q"])
+    for expected, actual, ok in [
+        (["a 1", "b"], ["a 1", "b"], True), (["up <n> s"], ["up 12.5 s"], True),
+        (["up <n> s"], ["up twelve s"], False), (["pid <n>"], ["pid 12 and more"], False),
+        (["x … y"], ["x anything at all y"], True), (["…", "end"], ["end"], True),
+        (["…", "end"], ["1", "2", "3", "end"], True), (["…"], [], True), (["a", "…"], [], False),
+        (["col1   col2"], ["col1 col2   "], True), (["a", "b", "c"], ["a", "c"], False),
+        (["a", "c"], ["a", "b", "c"], False), (["a", "b"], ["a", "b", "extra"], False),
+    ]:
+        if (align(expected, actual)[0] == 0) != ok:
+            sys.exit(f"readme_test.py: self-test: {expected!r} vs {actual!r}: wrongly {'no ' * ok}match")
+    ops = align(["a", "old", "z", "…"], ["a", "new", "z", "q"])[1]
     if ops[1:3] != [("-", "old"), ("+", "new")]:
-        raise SystemExit(f"readme_test.py: self-test: a changed line shows as {ops!r}")
+        sys.exit(f"readme_test.py: self-test: a changed line shows as {ops!r}")
 
-
-# ------------------------------------------------------------------ running
-
-def lab_exists():
-    return any(os.path.exists(f"/run/netns/{ns}") for ns in LAB_NETNS) or os.path.isdir(LAB_STATE)
-
-
-def run(sample, env):
-    timeout = next((t for k, t in TIMEOUT_SLOW.items() if sample.command.startswith(k)),
-                   TIMEOUT_DEFAULT)
-    start = time.monotonic()
-    proc = subprocess.Popen(["bash", "-c", sample.command], cwd=REPO, env=env,
-                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, start_new_session=True)
-    try:
-        out, _ = proc.communicate(timeout=timeout)
-        note = ""
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGTERM)  # the session this test started
+def run(command, env):
+    """Output lines, exit status, seconds, and a note if it was killed at its time limit."""
+    limit = next((t for k, t in SLOW.items() if command.startswith(k)), TIMEOUT)
+    start, note = time.monotonic(), ""
+    proc = subprocess.Popen(["bash", "-c", command], cwd=REPO, env=env, stdin=subprocess.DEVNULL,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    for sig, wait in [(None, limit), (signal.SIGTERM, 10), (signal.SIGKILL, None)]:
+        if sig:  # the session this test started, after its time limit
+            note = f" (killed after the {limit} s limit)"
+            os.killpg(proc.pid, sig)
         try:
-            out, _ = proc.communicate(timeout=10)
+            out = proc.communicate(timeout=wait)[0]
+            break
         except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            out, _ = proc.communicate()
-        note = f" (killed after the {timeout} s limit)"
-    text = out.decode("utf-8", "replace")
-    lines = text.split("\n")
-    if lines and lines[-1] == "":
-        lines.pop()
-    return lines, proc.returncode, time.monotonic() - start, note
+            pass
+    lines = out.decode("utf-8", "replace").split("\n")
+    return lines[:-1] if lines[-1] == "" else lines, proc.returncode, time.monotonic() - start, note
 
+def lab_up():
+    return any(os.path.exists(p) for p in ["/run/op25b-lab", "/run/netns/op25b-lab-sub", "/run/netns/op25b-lab-inet"])
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -283,89 +172,60 @@ def main():
     ap.add_argument("readme", nargs="?", default=os.path.join(REPO, "README.md"))
     args = ap.parse_args()
     self_test()
-
-    global NAME
-    NAME = os.path.relpath(args.readme)
+    name = os.path.relpath(args.readme)
     with open(args.readme, encoding="utf-8") as f:
-        blocks = fences(f.read())
-
-    problems, samples, used = [], [], set()
-    for b in blocks:
-        if b.info == "console":
-            if args.only is None or args.only in (b.line - 1, b.line):
-                samples.extend(samples_of(b))
-            continue
-        if b.info in CONFIG_FENCES:
-            continue
-        first = b.lines[0] if b.lines else ""
-        hit = next((k for k, (start, _) in enumerate(NOT_RUN) if first.startswith(start)), None)
-        if hit is None:
-            problems.append(f"{NAME}:{b.line}: a ```{b.info} block that is neither run "
-                            f"(```console) nor listed in NOT_RUN of scripts/readme_test.py: {first!r}")
-        else:
-            used.add(hit)
-    for k, (start, why) in enumerate(NOT_RUN):
-        if k not in used:
-            problems.append(f"scripts/readme_test.py: NOT_RUN entry {start!r} ({why}) matches no README block")
-
+        found = blocks(f.read(), name)
+    todo, problems, used = [], [], set()
+    for line, info, lines in found:
+        if info == "console":
+            todo += samples(line, lines, name) if args.only in (None, line - 1, line) else []
+        elif info not in ("toml", "yaml"):
+            hit = [k for k, (start, _) in enumerate(NOT_RUN) if (lines or [""])[0].startswith(start)]
+            used.update(hit[:1])
+            if not hit:
+                problems.append(f"{name}:{line}: a ```{info} block neither run (```console) nor in NOT_RUN "
+                                f"of scripts/readme_test.py: {(lines or [''])[0]!r}")
+    problems += [f"scripts/readme_test.py: NOT_RUN entry {s!r} ({why}) matches no README block"
+                 for k, (s, why) in enumerate(NOT_RUN) if k not in used]
     if args.list:
-        for s in samples:
-            print(f"{NAME}:{s.line}: {'#' if s.root else '$'} {s.command.splitlines()[0]}")
-        for start, why in NOT_RUN:
-            print(f"not run: {start!r}: {why}")
+        print("\n".join([f"{name}:{line}: {cmd.splitlines()[0]}" for line, cmd, _ in todo] +
+                        [f"not run: {s!r}: {why}" for s, why in NOT_RUN]))
     if problems:
         print("\n".join(problems), file=sys.stderr)
         return 1
     if args.list:
         return 0
-    if os.geteuid() != 0:
-        print("readme_test.py: run as root: the README's samples build the namespace lab",
-              file=sys.stderr)
-        return 1
-    if lab_exists():
-        print(f"readme_test.py: a lab is already up ({LAB_STATE} or /run/netns/op25b-lab-*): "
-              "the README's samples need their own; op25b lab down first", file=sys.stderr)
-        return 1
-
-    env = dict(os.environ)
-    env["PATH"] = os.path.join(REPO, "target", "release") + os.pathsep + env.get("PATH", "")
-    env["NO_COLOR"] = "1"
-    # What the samples make with mktemp (the demo keeps op25b's log for its
-    # reader) goes into a directory of this run's own, removed at the end.
-    tmpdir = tempfile.mkdtemp(prefix="op25b-readme-")
-    env["TMPDIR"] = tmpdir
-    env.pop("RUST_LOG", None)
-    if not os.access(os.path.join(REPO, "target", "release", "op25b"), os.X_OK):
-        print("readme_test.py: target/release/op25b missing: cargo build --release first",
-              file=sys.stderr)
-        return 1
-
+    for wrong, why in [(os.geteuid() != 0, "run as root: the README's samples build the namespace lab"),
+                       (lab_up(), "a lab is already up (/run/op25b-lab, /run/netns/op25b-lab-*): op25b lab down"),
+                       (not os.access(OP25B, os.X_OK), "target/release/op25b missing: cargo build --release")]:
+        if wrong:
+            print(f"readme_test.py: {why}", file=sys.stderr)
+            return 1
+    # What the samples make with mktemp goes into a directory of this run's own.
+    tmp = tempfile.mkdtemp(prefix="op25b-readme-")
+    env = {k: v for k, v in os.environ.items() if k != "RUST_LOG"}
+    env.update(PATH=os.path.dirname(OP25B) + os.pathsep + env.get("PATH", ""), NO_COLOR="1", TMPDIR=tmp)
     failed, t0 = 0, time.monotonic()
     try:
-        for s in samples:
-            lines, rc, secs, note = run(s, env)
-            cost, ops = align(s.expected, lines)
-            head = s.command.splitlines()[0]
-            if cost == 0 and not note:
-                print(f"ok    {NAME}:{s.line}: {head}  ({secs:.1f} s)")
+        for line, cmd, expected in todo:
+            lines, rc, secs, note = run(cmd, env)
+            unmatched, ops = align(expected, lines)
+            head = f"{name}:{line}: {cmd.splitlines()[0]}"
+            if unmatched == 0 and not note:
+                print(f"ok    {head}  ({secs:.1f} s)")
                 continue
             failed += 1
-            print(f"FAIL  {NAME}:{s.line}: {head}  (exit {rc}, {secs:.1f} s){note}")
-            print("      output differs from the README ('-' README, '+' this run; "
-                  "<n> = a number, … = any text):")
-            print("\n".join("      " + l for l in render(ops).split("\n")))
+            print(f"FAIL  {head}  (exit {rc}, {secs:.1f} s){note}\n      output differs from the README "
+                  "('-' README, '+' this run; <n> = a number, … = any text):")
+            print("\n".join("      " + l for l in render(ops)))
     finally:
-        for path in CLEANUP:
-            if os.path.exists(path):
-                os.remove(path)
-        shutil.rmtree(tmpdir, ignore_errors=True)
-        if lab_exists():
-            subprocess.run([os.path.join(REPO, "target", "release", "op25b"), "lab", "down"], cwd=REPO,
-                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    print(f"README samples: {len(samples) - failed} of {len(samples)} match "
-          f"({time.monotonic() - t0:.0f} s)")
+        for path in filter(os.path.exists, CLEANUP):
+            os.remove(path)
+        shutil.rmtree(tmp, ignore_errors=True)
+        if lab_up():
+            subprocess.run([OP25B, "lab", "down"], cwd=REPO, capture_output=True)
+    print(f"README samples: {len(todo) - failed} of {len(todo)} match ({time.monotonic() - t0:.0f} s)")
     return 1 if failed else 0
-
 
 if __name__ == "__main__":
     sys.exit(main())

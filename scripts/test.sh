@@ -1,11 +1,8 @@
 #!/usr/bin/env bash
-# The whole test suite, from a fresh clone, as root: installs what the tests
-# need, checks formatting and lints, runs unit, CLI and network-namespace tests,
-# a 20-second smoke run of each fuzz target, then every command sample of README.md
-# (scripts/readme_test.py: the lab demo end to end, the lab's mail, capture and
-# reload, op25b check and replay), the Debian package's install test
-# (scripts/package_test.sh), a smoke run of scripts/bench.sh and a 20-second run
-# of scripts/soak.sh.
+# The whole test suite, from a fresh clone, as root: what the tests need (setup.sh), fmt,
+# clippy, unit, CLI and network-namespace tests, 20 s of each fuzz target, every README
+# sample (readme_test.py: the demo, the lab, check, replay), the Debian package's test,
+# a smoke run of bench.sh and 20 s of soak.sh; the checkout must stay as it was.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -36,11 +33,8 @@ scripts/bench.sh --smoke
 echo "== soak smoke run (20 s of load and reloads every 200 ms)"
 scripts/soak.sh --seconds 20
 echo "== the checkout is as the run found it (git status)"
-status_after=$(git status --porcelain 2>/dev/null || echo "not a git checkout")
-if [[ "$status_after" != "$status_before" ]]; then
-    echo "test.sh: the run changed the checkout; git status before:" >&2
-    printf '%s\n' "${status_before:-(clean)}" "after:" "${status_after:-(clean)}" >&2
-    exit 1
-fi
+after=$(git status --porcelain 2>/dev/null || echo "not a git checkout")
+[[ $after == "$status_before" ]] || { printf 'test.sh: the run changed the checkout; git status before:\n%s\nafter:\n%s\n' \
+    "${status_before:-(clean)}" "${after:-(clean)}" >&2; exit 1; }
 # One closing line for the whole run (cargo's last summary is an example's, with 0 tests).
 echo "tests: $passed passed, 0 failed"

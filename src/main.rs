@@ -291,8 +291,9 @@ enum Command {
     /// `op25b.toml` the config file's page, op25b.toml(5), made from the
     /// README's "Config reference" section.
     Man {
-        /// A subcommand whose page to print instead of op25b(1), or op25b.toml.
-        subcommand: Option<String>,
+        /// A subcommand whose page to print instead of op25b(1) (`lab up`:
+        /// op25b-lab-up(1)), or op25b.toml.
+        subcommand: Vec<String>,
         /// For op25b.toml: the README to read instead of the one built in.
         #[arg(long, value_name = "PATH")]
         readme: Option<PathBuf>,
@@ -365,7 +366,7 @@ fn main() -> ExitCode {
             out!("{}", String::from_utf8_lossy(&script));
             return ExitCode::SUCCESS;
         }
-        Command::Man { subcommand, readme } => return man(subcommand.as_deref(), readme.as_deref()),
+        Command::Man { subcommand, readme } => return man(subcommand, readme.as_deref()),
     };
     let config = match Config::load(config_path) {
         Ok(c) => c,
@@ -615,22 +616,26 @@ fn run_replay(
 
 /// `op25b man [SUBCOMMAND]`: the roff page of op25b or of one subcommand
 /// (named `op25b-NAME`, as git names its pages), to standard output.
-fn man(subcommand: Option<&str>, readme: Option<&Path>) -> ExitCode {
-    let cli = Cli::command();
-    let page = match subcommand {
-        None => cli,
-        Some("op25b.toml") => return config_man(readme),
-        Some(name) => {
-            let visible: Vec<&clap::Command> = cli.get_subcommands().collect();
-            let Some(sub) = visible.iter().find(|c| c.get_name() == name) else {
-                let names: Vec<&str> = visible.iter().map(|c| c.get_name()).collect();
-                eprintln!("op25b: error: man {name:?}: no such subcommand (one of {})", names.join(", "));
-                return ExitCode::from(2);
-            };
-            let version = cli.get_version().unwrap_or_default().to_string();
-            (*sub).clone().name(format!("op25b-{name}")).version(version)
+fn man(subcommand: &[String], readme: Option<&Path>) -> ExitCode {
+    if let [name] = subcommand {
+        if name == "op25b.toml" {
+            return config_man(readme);
         }
-    };
+    }
+    let mut page = Cli::command();
+    let version = page.get_version().unwrap_or_default().to_string();
+    let mut path = String::from("op25b");
+    // Each word a visible subcommand of the one before: `lab up` is op25b-lab-up(1).
+    for name in subcommand {
+        let visible: Vec<&clap::Command> = page.get_subcommands().filter(|c| !c.is_hide_set()).collect();
+        let Some(sub) = visible.iter().find(|c| c.get_name() == name).map(|c| (*c).clone()) else {
+            let names: Vec<&str> = visible.iter().map(|c| c.get_name()).collect();
+            eprintln!("op25b: error: man {name:?}: no such subcommand of {path} (one of {})", names.join(", "));
+            return ExitCode::from(2);
+        };
+        path = format!("{path}-{name}");
+        page = sub.name(path.clone()).version(version.clone());
+    }
     let mut out = Vec::new();
     if let Err(e) = clap_mangen::Man::new(page).render(&mut out) {
         eprintln!("op25b: error: rendering the man page: {e}");

@@ -1,17 +1,16 @@
 //! End-to-end tests of the OP25B actions (icmp, redirect, banner, drop), IP25B
 //! (`block_inbound`) and the per-address reply limit, with a real SMTP client
-//! (Python's smtplib) in the subscriber namespace and real SMTP servers
-//! (aiosmtpd) in the upstream namespace, through an `op25b run` between them
-//! (see `common::Lab`). The Python side is tests/support/smtp.py.
+//! (Python's smtplib, tests/support/smtp.py) in the subscriber namespace and
+//! the lab's SMTP servers (`op25b lab serve`) in the upstream namespace,
+//! through an `op25b run` between them (see `common::Lab`).
 //!
 //! One router instance per config; each test has its own namespaces, so they
 //! run in parallel. Timings are printed for the reader, never asserted: a
 //! "fails at once" check asserts the kind of error (refused, unreachable,
 //! access denied), which a timeout can never produce.
 //!
-//! Needs root, iproute2, iputils-ping and the system Python with aiosmtpd
-//! (Debian package python3-aiosmtpd); without them the tests fail with a
-//! message saying what is missing.
+//! Needs root, iproute2, iputils-ping and the system Python; without them the
+//! tests fail with a message saying what is missing.
 
 // The shared harness also has TCP helpers that only tests/netns.rs uses.
 #[allow(dead_code)]
@@ -24,11 +23,14 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::*;
+use nix::sched::{setns, CloneFlags};
+use op25b::lab::smtp::{self, Connection, Mail};
 use serde_json::Value;
+use std::os::unix::process::CommandExt;
 
-/// The system interpreter: it has aiosmtpd (the `python3` first in PATH may not).
+/// The system interpreter (smtplib; the `python3` first in PATH may be another).
 const PYTHON: &str = "/usr/bin/python3";
-/// The client and server helper.
+/// The client and SYN flood helper.
 const SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/support/smtp.py");
 /// The `banner` action's default SMTP reply line.
 const DEFAULT_BANNER: &str =
@@ -45,23 +47,9 @@ const SERVER_READY: Duration = Duration::from_secs(10);
 /// `op25b.redirect_to`: the relay, one per IP family.
 const REDIRECT_TO: &str = r#"["198.51.100.25:25", "[2001:db8:25::25]:25"]"#;
 
-/// Fails the test unless the system Python can run aiosmtpd.
+/// Fails the test unless the system Python can run the client.
 fn preflight_python() {
-    assert!(
-        Path::new(PYTHON).exists(),
-        "{PYTHON} is missing: install the Debian packages python3 and python3-aiosmtpd"
-    );
-    let out = Command::new(PYTHON)
-        .args(["-c", "import aiosmtpd, smtplib"])
-        .stdin(Stdio::null())
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {PYTHON}: {e}"));
-    assert!(
-        out.status.success(),
-        "{PYTHON} cannot import aiosmtpd: install the Debian package python3-aiosmtpd \
-         (apt-get install python3-aiosmtpd): {}",
-        String::from_utf8_lossy(&out.stderr).trim()
-    );
+    assert!(Path::new(PYTHON).exists(), "{PYTHON} is missing: install the Debian package python3");
     assert!(Path::new(SCRIPT).exists(), "{SCRIPT} is missing");
 }
 
@@ -71,44 +59,36 @@ fn start_lab(opts: LabOptions) -> Lab {
     Lab::start(opts)
 }
 
-/// aiosmtpd servers in a namespace, recording connections and messages to a
-/// JSON-lines file. Dropping it kills the process (by its own handle) and
-/// removes the files.
+/// The lab's SMTP servers (`op25b lab serve`) on addresses of a test's
+/// namespace, logging connections and messages to a directory of their own.
+/// Dropping it kills the process (by its own handle) and removes the files.
 struct SmtpServer {
     child: Option<Child>,
-    log: PathBuf,
-    stderr: PathBuf,
+    dir: PathBuf,
 }
 
 impl SmtpServer {
     /// Listens on every `(name, address)` in `ns`; waits until all are bound.
     fn start(ns: &str, listen: &[(&str, SocketAddr)]) -> SmtpServer {
-        let base = std::env::temp_dir().join(format!("{}-smtp", unique_base()));
-        let mut server =
-            SmtpServer { child: None, log: base.with_extension("jsonl"), stderr: base.with_extension("stderr") };
-        let stderr =
-            File::create(&server.stderr).unwrap_or_else(|e| panic!("creating {}: {e}", server.stderr.display()));
-        let mut args: Vec<String> = ["netns", "exec", ns, PYTHON, SCRIPT, "server", "--lifetime", "120", "--log"]
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
-        args.push(server.log.display().to_string());
+        let dir = std::env::temp_dir().join(format!("{}-smtp", unique_base()));
+        std::fs::create_dir(&dir).unwrap_or_else(|e| panic!("creating {}: {e}", dir.display()));
+        let stderr = File::create(dir.join("stderr")).unwrap_or_else(|e| panic!("creating stderr: {e}"));
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_op25b"));
+        cmd.args(["lab", "serve", "--lifetime", "120s", "--dir"]).arg(&dir);
         for (name, addr) in listen {
-            args.push("--listen".into());
-            args.push(format!("{name}={addr}"));
+            cmd.arg("--listen").arg(format!("{name}={addr}"));
         }
-        // `ip netns exec` execs the command: the child's pid is Python's.
-        server.child = Some(
-            Command::new("ip")
-                .args(&args)
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(stderr)
-                .spawn()
-                .unwrap_or_else(|e| panic!("cannot start the SMTP server: {e}")),
-        );
+        let ns_file = op25b::lab::netns::open(ns).unwrap_or_else(|e| panic!("{e}"));
+        // SAFETY: between fork and exec the child calls only setns(2), which
+        // is async-signal-safe, on a descriptor opened before the fork.
+        unsafe {
+            cmd.pre_exec(move || setns(&ns_file, CloneFlags::CLONE_NEWNET).map_err(std::io::Error::from));
+        }
+        let child = cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(stderr).spawn();
+        let mut server =
+            SmtpServer { child: Some(child.unwrap_or_else(|e| panic!("cannot start the SMTP server: {e}"))), dir };
         let deadline = Instant::now() + SERVER_READY;
-        while !server.events().iter().any(|e| e["event"] == "ready") {
+        while !server.dir.join("servers.ready").exists() {
             if let Some(status) = server.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
                 panic!("the SMTP server in {ns} exited ({status}) before it was ready:\n{}", server.stderr_text());
             }
@@ -123,29 +103,18 @@ impl SmtpServer {
     }
 
     fn stderr_text(&self) -> String {
-        std::fs::read_to_string(&self.stderr).unwrap_or_default()
-    }
-
-    /// Every event recorded so far.
-    fn events(&self) -> Vec<Value> {
-        std::fs::read_to_string(&self.log)
-            .unwrap_or_default()
-            .lines()
-            .filter_map(|l| serde_json::from_str(l).ok())
-            .collect()
+        std::fs::read_to_string(self.dir.join("stderr")).unwrap_or_default()
     }
 
     /// Connections accepted by the server called `name`.
-    fn connects(&self, name: &str) -> Vec<Value> {
-        self.events().into_iter().filter(|e| e["event"] == "connect" && e["server"] == name).collect()
+    fn connects(&self, name: &str) -> Vec<Connection> {
+        smtp::read_connections(&self.dir).into_iter().filter(|c| c.server == name).collect()
     }
 
     /// The message tagged `tag` (see the client's `--tag`) received by `name`.
-    fn message(&self, name: &str, tag: &str) -> Option<Value> {
-        let subject = format!("Subject: op25b test {tag}\r\n");
-        self.events().into_iter().find(|e| {
-            e["event"] == "message" && e["server"] == name && e["data"].as_str().is_some_and(|d| d.contains(&subject))
-        })
+    fn message(&self, name: &str, tag: &str) -> Option<Mail> {
+        let subject = format!("op25b test {tag}");
+        smtp::read_mail(&self.dir, name).into_iter().find(|m| m.subject() == subject)
     }
 }
 
@@ -156,16 +125,15 @@ impl Drop for SmtpServer {
             let _ = child.wait();
         }
         if std::thread::panicking() {
+            let log = |f: &str| std::fs::read_to_string(self.dir.join(f)).unwrap_or_default();
             eprintln!(
-                "--- SMTP server events ({}) ---\n{}--- its stderr ---\n{}",
-                self.log.display(),
-                std::fs::read_to_string(&self.log).unwrap_or_default(),
+                "--- SMTP server connections ({}) ---\n{}--- its stderr ---\n{}",
+                self.dir.display(),
+                log("connections.jsonl"),
                 self.stderr_text()
             );
         }
-        for f in [&self.log, &self.stderr] {
-            let _ = std::fs::remove_file(f); // may not exist if start failed early
-        }
+        let _ = std::fs::remove_dir_all(&self.dir); // may not exist if start failed early
     }
 }
 
@@ -203,9 +171,9 @@ fn addr_field(r: &Value, key: &str) -> Option<SocketAddr> {
     r[key].as_str().and_then(|s| s.parse().ok())
 }
 
-/// An event's `peer` as an address.
-fn peer_ip(e: &Value) -> Option<std::net::IpAddr> {
-    addr_field(e, "peer").map(|a| a.ip())
+/// The client's address as a server logged it.
+fn peer_ip(peer: &str) -> Option<std::net::IpAddr> {
+    peer.parse().ok()
 }
 
 /// Asserts the connect itself failed at once with `errname`, not by a timeout.
@@ -270,7 +238,7 @@ fn icmp_action_fails_connect_at_once_with_admin_prohibited() {
         let r = smtp_client(&lab.sub, &["--dest", &relay, "--timeout", CLIENT_TIMEOUT, "--send", "--tag", &tag]);
         assert_eq!(r["accepted"], true, "dynamic -> relay {relay}: {r}");
         let m = servers.message("relay", &tag).unwrap_or_else(|| panic!("the relay did not record message {tag}"));
-        assert_eq!(peer_ip(&m), Some(ip(dynamic)), "relay's view of the client: {m}");
+        assert_eq!(peer_ip(&m.peer), Some(ip(dynamic)), "relay's view of the client: {m:?}");
     }
     let mx_seen = servers.connects("mx");
     assert!(mx_seen.is_empty(), "the outside MX saw connections: {mx_seen:?}");
@@ -312,20 +280,16 @@ fn redirect_action_delivers_to_the_relay_transparently() {
         );
         assert_eq!(r["banner_code"], 220, "{r}");
         assert!(
-            r["banner_text"].as_str().is_some_and(|t| t.starts_with("relay ")),
+            r["banner_text"].as_str().is_some_and(|t| t.starts_with(&format!("{relay}:{SMTP} "))),
             "the greeting should be the relay's: {r}"
         );
         assert_eq!(r["accepted"], true, "the relay should accept the message: {r}");
         let m = servers.message("relay", &tag).unwrap_or_else(|| panic!("the relay did not record message {tag}"));
-        assert_eq!(peer_ip(&m), Some(ip(dynamic)), "relay's view of the client: {m}");
-        assert_eq!(addr_field(&m, "local"), Some(sa(relay, SMTP)), "the relay's own address for the session: {m}");
-        assert_eq!(m["rcpt_tos"], serde_json::json!(["rcpt@outside.test"]), "{m}");
+        assert_eq!(peer_ip(&m.peer), Some(ip(dynamic)), "relay's view of the client: {m:?}");
+        assert_eq!((ip(&m.local), m.local_port), (ip(relay), SMTP), "the relay's own address for the session: {m:?}");
+        assert_eq!(m.rcpt_tos, ["rcpt@outside.test"], "{m:?}");
         let client_port = addr_field(&r, "local").map(|a| a.port());
-        assert_eq!(
-            addr_field(&m, "peer").map(|a| a.port()),
-            client_port,
-            "the relay should see the client's own source port: {m} vs {r}"
-        );
+        assert_eq!(Some(m.peer_port), client_port, "the relay should see the client's own source port: {m:?} vs {r}");
 
         // Exempt sources are not redirected.
         let tag = format!("redirect-exempt-{exempt}");
@@ -335,16 +299,16 @@ fn redirect_action_delivers_to_the_relay_transparently() {
         );
         assert_eq!(r["accepted"], true, "exempt -> {mx_addr}: {r}");
         assert!(
-            r["banner_text"].as_str().is_some_and(|t| t.starts_with("mx ")),
+            r["banner_text"].as_str().is_some_and(|t| t.starts_with(&format!("{mx}:{SMTP} "))),
             "an exempt source should reach the real MX: {r}"
         );
         let m = servers.message("mx", &tag).unwrap_or_else(|| panic!("the MX did not record message {tag}"));
-        assert_eq!(peer_ip(&m), Some(ip(exempt)), "{m}");
+        assert_eq!(peer_ip(&m.peer), Some(ip(exempt)), "{m:?}");
     }
     for e in servers.connects("mx") {
         assert!(
-            peer_ip(&e) == Some(ip(STATIC4)) || peer_ip(&e) == Some(ip(STATIC6)),
-            "only exempt sources may reach the outside MX: {e}"
+            peer_ip(&e.peer) == Some(ip(STATIC4)) || peer_ip(&e.peer) == Some(ip(STATIC6)),
+            "only exempt sources may reach the outside MX: {e:?}"
         );
     }
     drop(servers);
@@ -487,7 +451,7 @@ fn block_inbound_drops_new_connections_to_dynamic_port_25() {
             );
             assert_eq!(r["accepted"], true, "outside -> {dst}: {r}");
             let m = servers.message(name, &tag).unwrap_or_else(|| panic!("{name} did not record message {tag}"));
-            assert_eq!(peer_ip(&m), Some(ip(outside)), "{m}");
+            assert_eq!(peer_ip(&m.peer), Some(ip(outside)), "{m:?}");
         }
     }
     let seen = servers.connects("dynamic");

@@ -114,6 +114,14 @@ fn man_pages_are_roff_with_every_subcommand() {
             "op25b-{sub}(1) has no .TH line:\n{sub_page}"
         );
     }
+    // The lab's own subcommands have pages too: op25b-lab(1) lists op25b-lab-up(1), ...
+    let lab = stdout_of(&["man", "lab"]);
+    for sub in ["up", "down", "status", "exec", "mail", "reload", "config", "demo", "traffic"] {
+        assert!(lab.contains(&format!("op25b\\-lab\\-{sub}(1)")), "op25b-lab(1) does not list {sub}");
+        let page = stdout_of(&["man", "lab", sub]);
+        assert!(page.lines().any(|l| l.starts_with(&format!(".TH op25b-lab-{sub} 1"))), "op25b-lab-{sub}(1):\n{page}");
+    }
+    assert!(!lab.contains("op25b\\-lab\\-serve"), "op25b-lab(1) lists the hidden serve");
     let run = stdout_of(&["man", "run"]);
     assert!(run.contains("\\-\\-config") && run.contains("SIGHUP"), "op25b-run(1) lacks --config or SIGHUP:\n{run}");
     assert!(page.contains("RestartPreventExitStatus=2"), "op25b(1) does not say what exit status 2 means");

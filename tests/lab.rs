@@ -274,3 +274,47 @@ fn up_without_root_is_a_usage_error_and_makes_nothing() {
     assert!(text(&out).contains("must run as root"), "{}", text(&out));
     assert!(!netns::exists(&format!("{name}-sub")) && !PathBuf::from(format!("/run/{name}")).exists());
 }
+
+/// `op25b lab demo` wants the lab's SMTP servers (a usage error without);
+/// it finds every case as OP25B should have it, and says so
+/// when one differs: after a reload to `action = "icmp"` the blocked
+/// connections end unreachable, not refused (exit status 1). `lab traffic`
+/// prints the five connections, the two to MX:25 refused; the demo's view
+/// of the servers' log is its own connections, not those made before.
+#[test]
+fn demo_checks_each_case_and_traffic_prints_five_connections() {
+    let bare = TestLab::up(&[]);
+    let out = bare.lab(&["demo"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(text(&out).contains("not up with its SMTP servers"), "{}", text(&out));
+    drop(bare);
+    let lab = TestLab::up(&["--servers"]);
+    let out = lab.lab(&["traffic"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let seen: Vec<(String, u64)> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap_or_else(|e| panic!("{l:?}: {e}")))
+        .map(|v| (v["result"].as_str().unwrap_or("").to_string(), v["port"].as_u64().unwrap_or(0)))
+        .collect();
+    let want = [("refused", 25), ("connected", 587), ("connected", 25), ("connected", 25), ("refused", 25)];
+    assert_eq!(seen, want.map(|(r, p)| (r.to_string(), p)), "{}", text(&out));
+
+    let out = lab.lab(&["demo"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(text(&out).contains("checks: 16 of 16 as expected"), "{}", text(&out));
+
+    let file = std::env::temp_dir().join(format!("{}-icmp.toml", lab.name()));
+    let config = def::config_toml(&lab.names).replace("action = \"reject\"", "action = \"icmp\"");
+    std::fs::write(&file, config).expect("config");
+    let reload = lab.lab(&["reload", "--config", file.to_str().expect("utf-8")]);
+    std::fs::remove_file(&file).ok();
+    assert!(reload.status.success(), "{}", text(&reload));
+    let out = lab.lab(&["demo"]);
+    let table = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{table}");
+    for case in ["1 ", "6 ", "15 "] {
+        let row = table.lines().find(|l| l.starts_with(case)).unwrap_or_else(|| panic!("no case {case}:\n{table}"));
+        assert!(row.contains("unreachable") && row.contains("FAIL"), "{row}");
+    }
+    assert!(table.contains("checks: 13 of 16 as expected"), "{table}");
+}

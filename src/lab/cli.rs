@@ -126,11 +126,36 @@ pub enum LabCommand {
         #[arg(long, value_enum, default_value_t = Upstream::Tun)]
         upstream: Upstream,
     },
+    /// Show what OP25B does in the lab, as a table: connections from the
+    /// dynamic and static subscribers to the MX and the relay (IPv4 and
+    /// IPv6), a traceroute's first hop, mail sent, the outside servers' log;
+    /// each against what OP25B should do. Needs `up --servers`; exit status 1
+    /// if any case differs.
+    Demo {
+        #[command(flatten)]
+        lab: LabName,
+    },
+    /// Make the lab's five connections (a dynamic subscriber to MX:25 over
+    /// IPv4 and IPv6, to MX:587 and to the relay on 25, a static one to MX:25)
+    /// and print what each did, one JSON object a line.
+    Traffic {
+        #[command(flatten)]
+        lab: LabName,
+    },
     /// The SMTP servers' process (started by `up --servers`).
     #[command(hide = true)]
     Serve {
         #[command(flatten)]
         lab: LabName,
+        /// Where the mail and connection logs go (default: the lab's state directory).
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+        /// Listen on ADDR (IP:PORT) as server NAME instead of the lab's addresses; repeatable.
+        #[arg(long, value_name = "NAME=ADDR", value_parser = super::smtp::parse_listen)]
+        listen: Vec<(String, std::net::SocketAddr)>,
+        /// Stop after this long (e.g. 120s).
+        #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+        lifetime: Option<std::time::Duration>,
     },
 }
 
@@ -154,6 +179,10 @@ pub fn main(cmd: LabCommand) -> Result<u8, LabError> {
             out!("{}", upstream.config_toml(&lab.names()?));
             Ok(0)
         }
-        LabCommand::Serve { lab } => run::serve(&lab.names()?).map(|()| 0),
+        LabCommand::Demo { lab } => super::demo::demo(&lab.names()?),
+        LabCommand::Traffic { lab } => super::demo::traffic(&lab.names()?).map(|()| 0),
+        LabCommand::Serve { lab, dir, listen, lifetime } => {
+            run::serve(&lab.names()?, dir, listen, lifetime).map(|()| 0)
+        }
     }
 }

@@ -35,11 +35,13 @@ macro_rules! out {
 
 pub mod cli;
 pub mod def;
+mod demo;
 pub mod instances;
 pub mod kernel;
 pub mod net;
 pub mod netns;
 pub mod nexthop;
+mod probe;
 mod run;
 pub mod setup;
 pub mod smtp;

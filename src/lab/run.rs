@@ -517,11 +517,18 @@ pub fn reload(names: &Names, config: Option<&Path>) -> Result<u8, LabError> {
     Ok(if line.contains("config reloaded") { 0 } else { 1 })
 }
 
-/// `op25b lab serve`: the SMTP servers, in the namespace this process was started in.
-pub fn serve(names: &Names) -> Result<(), LabError> {
-    let dir = names.state_dir();
+/// `op25b lab serve`: the SMTP servers, in the namespace this process was
+/// started in: the lab's, or those of `listen` logging to `dir`.
+pub fn serve(
+    names: &Names,
+    dir: Option<PathBuf>,
+    listen: Vec<(String, std::net::SocketAddr)>,
+    lifetime: Option<Duration>,
+) -> Result<(), LabError> {
+    let dir = dir.unwrap_or_else(|| names.state_dir());
+    let listen = if listen.is_empty() { smtp::lab_listen() } else { listen };
     let ready = dir.join("servers.ready");
-    smtp::serve(&dir, || {
+    smtp::serve(&dir, &listen, lifetime, || {
         if let Err(e) = std::fs::write(&ready, "") {
             tracing::error!("writing {}: {e}", ready.display());
         }

@@ -4,6 +4,8 @@
 //! client reached (`220 203.0.113.25:587 lab ESMTP`), accepts every message
 //! and logs it as one JSON line to `mail-NAME.jsonl` in the state directory
 //! (NAME: `mx` or `relay`), and each connection to `connections.jsonl`.
+//! The tests run the same servers on addresses of their own
+//! (`op25b lab serve --dir DIR --listen NAME=ADDR`).
 //!
 //! Bounded: a line is at most 4 KiB, a message at most 10 MiB, a session
 //! idle for 30 s is closed.
@@ -17,7 +19,7 @@ use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 
-use super::def::{ip, server_at, SERVERS, SMTP_PORTS};
+use super::def::{ip, SERVERS, SMTP_PORTS};
 use super::LabError;
 
 const MAX_LINE: usize = 4096;
@@ -109,36 +111,56 @@ fn append(path: &Path, value: &impl Serialize) {
     }
 }
 
-/// Binds every server address on every port (in the calling thread's
-/// namespace), calls `ready`, then serves until the process is ended.
-pub fn serve(dir: &Path, ready: impl FnOnce()) -> Result<(), LabError> {
+/// Every address of the lab's servers on every SMTP port, each with the
+/// server's name: what `op25b lab up --servers` listens on.
+pub fn lab_listen() -> Vec<(String, SocketAddr)> {
+    let mut out = Vec::new();
+    for s in SERVERS {
+        for addr in [ip(s.v4), ip(s.v6)] {
+            out.extend(SMTP_PORTS.map(|port| (s.name.to_string(), SocketAddr::new(addr, port))));
+        }
+    }
+    out
+}
+
+/// `NAME=ADDR` of `op25b lab serve --listen`.
+pub fn parse_listen(s: &str) -> Result<(String, SocketAddr), String> {
+    let (name, addr) = s.split_once('=').ok_or("want NAME=ADDR")?;
+    let ok = !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-');
+    let addr = addr.parse().map_err(|e| format!("{addr}: {e}"))?;
+    ok.then(|| (name.to_string(), addr)).ok_or_else(|| format!("{name:?}: a name is a-z, 0-9 and -"))
+}
+
+/// Binds every `(name, address)` of `listen` (in the calling thread's
+/// namespace), calls `ready`, then serves until the process is ended, or
+/// for `lifetime` when given. Mail to a listener goes to `mail-NAME.jsonl`.
+pub fn serve(
+    dir: &Path,
+    listen: &[(String, SocketAddr)],
+    lifetime: Option<Duration>,
+    ready: impl FnOnce(),
+) -> Result<(), LabError> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(|e| LabError::Smtp(format!("runtime: {e}")))?;
     rt.block_on(async {
         let mut listeners = Vec::new();
-        for s in SERVERS {
-            for addr in [ip(s.v4), ip(s.v6)] {
-                for port in SMTP_PORTS {
-                    let addr = SocketAddr::new(addr, port);
-                    let l =
-                        TcpListener::bind(addr).await.map_err(|e| LabError::Smtp(format!("binding {addr}: {e}")))?;
-                    listeners.push(l);
-                }
-            }
+        for (name, addr) in listen {
+            let l = TcpListener::bind(addr).await.map_err(|e| LabError::Smtp(format!("binding {addr}: {e}")))?;
+            listeners.push((name.clone(), l));
         }
         ready();
         let mut tasks = tokio::task::JoinSet::new();
-        for l in listeners {
+        for (name, l) in listeners {
             let dir = dir.to_path_buf();
             tasks.spawn(async move {
                 loop {
                     match l.accept().await {
                         Ok((stream, _)) => {
-                            let dir = dir.clone();
+                            let (dir, name) = (dir.clone(), name.clone());
                             tokio::spawn(async move {
-                                if let Err(e) = session(stream, &dir).await {
+                                if let Err(e) = session(stream, &dir, name).await {
                                     tracing::debug!("lab smtp session: {e}");
                                 }
                             });
@@ -151,7 +173,10 @@ pub fn serve(dir: &Path, ready: impl FnOnce()) -> Result<(), LabError> {
                 }
             });
         }
-        while tasks.join_next().await.is_some() {}
+        match lifetime {
+            Some(t) => drop(tokio::time::timeout(t, async { while tasks.join_next().await.is_some() {} }).await),
+            None => while tasks.join_next().await.is_some() {},
+        }
         Ok(())
     })
 }
@@ -187,10 +212,9 @@ fn plain(ip: IpAddr) -> IpAddr {
     }
 }
 
-async fn session(stream: TcpStream, dir: &Path) -> std::io::Result<()> {
+async fn session(stream: TcpStream, dir: &Path, server: String) -> std::io::Result<()> {
     let (local, peer) = (stream.local_addr()?, stream.peer_addr()?);
     let (lip, pip) = (plain(local.ip()), plain(peer.ip()));
-    let server = server_at(lip).unwrap_or("other").to_string();
     append(
         &connections_file(dir),
         &Connection {

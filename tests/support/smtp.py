@@ -1,21 +1,12 @@
 #!/usr/bin/python3
-"""SMTP client, server and SYN flood for the op25b action tests (tests/actions.rs).
+"""SMTP client and SYN flood for the op25b action tests (tests/actions.rs), whose
+SMTP servers are the lab's (`op25b lab serve`). Run inside a test namespace:
 
-Run inside a test namespace with the system interpreter, which has aiosmtpd
-(Debian package python3-aiosmtpd):
-
-  ip netns exec NS /usr/bin/python3 tests/support/smtp.py server \
-      --log FILE --listen mx=203.0.113.25:25 --listen relay=[2001:db8:25::25]:25
   ip netns exec NS /usr/bin/python3 tests/support/smtp.py client \
       --dest 203.0.113.25:25 [--source ADDR] [--send --tag T] [--watch-icmp]
   ip netns exec NS /usr/bin/python3 tests/support/smtp.py flood \
       --dest 203.0.113.25:25 --count 200 --duration 2.0 --hold 0.8
 
-server: aiosmtpd on every --listen address; appends one JSON line per event to
-  --log: {"event": "ready"} once all are bound, {"event": "connect", "server",
-  "local", "peer"} per accepted connection, {"event": "message", "server",
-  "local", "peer", "mail_from", "rcpt_tos", "data"} per received message. Exits
-  by itself after --lifetime seconds (the test kills it sooner).
 client: smtplib; prints one JSON line: what the connect did (error, errno,
   timeout), the greeting (code, text), the peer the client believes it talks
   to, whether the message was accepted, timings, and optionally the ICMP
@@ -30,7 +21,6 @@ namespaces (the caller chooses them).
 """
 
 import argparse
-import asyncio
 import errno
 import json
 import select
@@ -68,66 +58,6 @@ def addr_json(a):
 
 def errno_name(n):
     return errno.errorcode.get(n, str(n)) if n is not None else None
-
-
-# --------------------------------------------------------------------- server
-
-
-def run_server(args):
-    from aiosmtpd.smtp import SMTP
-
-    log = open(args.log, "a", buffering=1, encoding="utf-8")
-
-    def record(**fields):
-        log.write(json.dumps(fields) + "\n")
-        log.flush()
-
-    class Handler:
-        def __init__(self, name):
-            self.name = name
-
-        async def handle_DATA(self, server, session, envelope):
-            record(
-                event="message",
-                server=self.name,
-                local=addr_json(server.transport.get_extra_info("sockname")),
-                peer=addr_json(session.peer),
-                mail_from=envelope.mail_from,
-                rcpt_tos=list(envelope.rcpt_tos),
-                data=envelope.content.decode("utf-8", "replace"),
-            )
-            return "250 OK message accepted"
-
-    class Recording(SMTP):
-        def __init__(self, name):
-            super().__init__(Handler(name), hostname=name, ident="op25b-test ESMTP", timeout=10)
-            self.name = name
-
-        def connection_made(self, transport):
-            record(
-                event="connect",
-                server=self.name,
-                local=addr_json(transport.get_extra_info("sockname")),
-                peer=addr_json(transport.get_extra_info("peername")),
-            )
-            super().connection_made(transport)
-
-    async def main():
-        loop = asyncio.get_running_loop()
-        servers = []
-        for spec in args.listen:
-            name, _, addr = spec.partition("=")
-            host, port = parse_addr(addr)
-            srv = await loop.create_server(
-                lambda name=name: Recording(name), host=host, port=port, reuse_address=True
-            )
-            servers.append(srv)
-        record(event="ready", listen=args.listen)
-        await asyncio.sleep(args.lifetime)
-        for s in servers:
-            s.close()
-
-    asyncio.run(main())
 
 
 # --------------------------------------------------------------------- client
@@ -302,10 +232,6 @@ def run_flood(args):
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="cmd", required=True)
-    s = sub.add_parser("server")
-    s.add_argument("--log", required=True)
-    s.add_argument("--listen", action="append", required=True, help="NAME=HOST:PORT")
-    s.add_argument("--lifetime", type=float, default=120.0)
     c = sub.add_parser("client")
     c.add_argument("--dest", required=True)
     c.add_argument("--source")
@@ -324,7 +250,7 @@ def main():
     args = p.parse_args()
     if args.cmd == "flood" and not (0 < args.hold < 1.0 and args.count > 0 and args.duration <= 10):
         raise SystemExit("flood: need 0 < --hold < 1 s, --count > 0, --duration <= 10 s")
-    {"server": run_server, "client": run_client, "flood": run_flood}[args.cmd](args)
+    {"client": run_client, "flood": run_flood}[args.cmd](args)
 
 
 if __name__ == "__main__":
