@@ -9,72 +9,18 @@
 use std::io::{BufRead, BufReader, Write};
 use std::net::{IpAddr, SocketAddr, TcpStream};
 use std::path::PathBuf;
-use std::process::{Command, Output, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use op25b::lab::def::{self, Names};
 use op25b::lab::netns;
 use serde_json::Value;
 
-fn op25b(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_op25b"))
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run op25b {}: {e}", args.join(" ")))
-}
+mod labkit;
+use labkit::{op25b, text, TestLab};
 
-fn text(out: &Output) -> String {
-    format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
-}
-
-/// A lab of a name of its own; `down` on drop.
-struct TestLab {
-    names: Names,
-}
-
-impl TestLab {
-    fn up(extra: &[&str]) -> TestLab {
-        let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-        assert!(
-            status.lines().any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(2) == Some("0")),
-            "the lab tests must run as root (they create network namespaces and TUN devices)"
-        );
-        static N: AtomicUsize = AtomicUsize::new(0);
-        let name = format!("o25lab-{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed));
-        let lab = TestLab { names: Names::new(&name).expect("a valid lab name") };
-        let out = op25b(&[&["lab", "up", "--name", &name], extra].concat());
-        assert!(out.status.success(), "op25b lab up failed ({}):\n{}", out.status, text(&out));
-        lab
-    }
-
-    fn name(&self) -> &str {
-        &self.names.name
-    }
-
-    fn lab(&self, args: &[&str]) -> Output {
-        op25b(&[&["lab"], &args[..1], &["--name", self.name()], &args[1..]].concat())
-    }
-
-    fn state(&self) -> Value {
-        let path = self.names.state_dir().join("lab.json");
-        serde_json::from_str(&std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display())))
-            .expect("the state file is JSON")
-    }
-
-    fn pid(&self, which: &str) -> i32 {
-        self.state()[which]["pid"].as_i64().unwrap_or_else(|| panic!("no {which} in the state file")) as i32
-    }
-}
-
-impl Drop for TestLab {
-    fn drop(&mut self) {
-        let out = self.lab(&["down"]);
-        if !out.status.success() {
-            eprintln!("op25b lab down --name {} failed: {}", self.name(), text(&out));
-        }
-    }
+fn pid(lab: &TestLab, which: &str) -> i32 {
+    lab.state()[which]["pid"].as_i64().unwrap_or_else(|| panic!("no {which} in the state file")) as i32
 }
 
 /// Sends one message from `src` to `dst` inside the lab's subscriber
@@ -223,7 +169,7 @@ fn exec_runs_in_the_subscriber_namespace_and_passes_the_exit_status() {
 #[test]
 fn down_removes_everything_after_a_crash_and_again_does_nothing() {
     let lab = TestLab::up(&["--servers"]);
-    let (op25b_pid, servers_pid) = (lab.pid("op25b"), lab.pid("servers"));
+    let (op25b_pid, servers_pid) = (pid(&lab, "op25b"), pid(&lab, "servers"));
     for pid in [op25b_pid, servers_pid] {
         nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL).expect("SIGKILL");
     }

@@ -14,57 +14,34 @@
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::{IpAddr, SocketAddr, TcpStream};
-use std::process::{Command, Output, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use op25b::lab::def::{self, Names};
+use op25b::lab::def;
 use op25b::lab::state::Proc;
 use op25b::lab::{netns, nexthop};
 use serde_json::Value;
 
+mod labkit;
+use labkit::{op25b, text, TestLab};
+
 /// Beyond this, the failover did not happen: a bound, not a measurement.
 const FAILOVER_LIMIT: Duration = Duration::from_secs(30);
 
-fn op25b(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_op25b"))
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run op25b {}: {e}", args.join(" ")))
-}
-
-fn text(out: &Output) -> String {
-    format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
-}
-
 /// A lab of two instances with the SMTP servers, of a name of its own; `down` on drop.
-struct Lab {
-    names: Names,
+struct Lab(TestLab);
+
+impl std::ops::Deref for Lab {
+    type Target = TestLab;
+    fn deref(&self) -> &TestLab {
+        &self.0
+    }
 }
 
 impl Lab {
     fn up() -> Lab {
-        let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-        assert!(
-            status.lines().any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(2) == Some("0")),
-            "this test must run as root (it creates network namespaces and TUN devices)"
-        );
-        let lab = Lab { names: Names::new(&format!("o25n-{}", std::process::id())).expect("a valid lab name") };
-        let out = lab.lab("up", &["--instances", "2", "--servers"]);
-        assert!(out.status.success(), "op25b lab up --instances 2 failed ({}):\n{}", out.status, text(&out));
-        lab
-    }
-
-    fn lab(&self, cmd: &str, args: &[&str]) -> Output {
-        op25b(&[&["lab", cmd, "--name", &self.names.name], args].concat())
-    }
-
-    fn state(&self) -> Value {
-        let path = self.names.state_dir().join("lab.json");
-        serde_json::from_str(&std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display())))
-            .expect("the state file is JSON")
+        Lab(TestLab::up(&["--instances", "2", "--servers"]))
     }
 
     fn socket(&self, k: usize) -> String {
@@ -111,15 +88,6 @@ impl Lab {
 
     fn map(&self, subs: &[IpAddr], live: [bool; 2]) -> Vec<usize> {
         subs.iter().map(|&s| self.carrier(s, live)).collect()
-    }
-}
-
-impl Drop for Lab {
-    fn drop(&mut self) {
-        let out = self.lab("down", &[]);
-        if !out.status.success() {
-            eprintln!("op25b lab down --name {} failed: {}", self.names.name, text(&out));
-        }
     }
 }
 
@@ -273,7 +241,7 @@ struct Spread {
 #[test]
 fn subscribers_spread_over_two_instances_and_move_when_one_is_killed() {
     let lab = Lab::up();
-    let st = lab.lab("status", &[]);
+    let st = lab.lab(&["status"]);
     assert!(st.status.success(), "{}", text(&st));
     assert!(text(&st).contains("members [100, 101]") && text(&st).contains("members [200, 201]"), "{}", text(&st));
     let spread = spread(&lab);
@@ -398,7 +366,7 @@ fn bring_back(lab: &Lab, sp: &Spread) {
     let stop = Arc::new(AtomicBool::new(false));
     let prober = probe_25(SLOW_ROUND, lab.names.sub_ns.clone(), sp.subs.clone(), stop.clone());
     let t0 = Instant::now();
-    let again = lab.lab("up", &["--instances", "2", "--servers"]);
+    let again = lab.lab(&["up", "--instances", "2", "--servers"]);
     stop.store(true, Ordering::Relaxed);
     assert!(again.status.success() && text(&again).contains("starting it again"), "{}", text(&again));
     let seen = prober.join().expect("the port-25 prober");
@@ -488,11 +456,11 @@ fn crash_and_down(lab: &Lab) {
         assert!(t.elapsed() < Duration::from_secs(10), "the lab's processes outlived SIGKILL");
         std::thread::sleep(Duration::from_millis(20));
     }
-    let status = lab.lab("status", &[]);
+    let status = lab.lab(&["status"]);
     assert_eq!(status.status.code(), Some(1), "a crashed lab is not up: {}", text(&status));
     assert!(text(&status).contains("op25b instance 0: NOT running"), "{}", text(&status));
     for _ in 0..2 {
-        let out = lab.lab("down", &[]);
+        let out = lab.lab(&["down"]);
         assert!(out.status.success(), "{}", text(&out));
     }
     assert!(!netns::exists(&lab.names.sub_ns) && !netns::exists(&lab.names.inet_ns));
