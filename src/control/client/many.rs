@@ -13,7 +13,7 @@ use serde_json::{json, Value};
 
 use super::http::{request_each, Call};
 use super::merge::{self, Instance};
-use super::{ago, human, say, ClientError, TopBy};
+use super::{human, say, top_rows, ClientError, TopBy};
 
 /// The exit status of a failure, as a number, to take the worst of several.
 fn code(e: &ClientError) -> u8 {
@@ -138,41 +138,9 @@ pub(super) fn render_merged(v: &Value, now: SystemTime) -> String {
     if v["settings_differ"] == true {
         let _ = writeln!(out, "  (the instances judge with different windows or thresholds: --json shows each)");
     }
-    let _ = writeln!(
-        out,
-        "{:<24} {:<11} {:>8} {:>6} {:>10} {:>9}  {:<14} {:<14} ON",
-        "SUBSCRIBER", "STATE", "ATTEMPTS", "DESTS", "TOTAL", "ALL DESTS", "FIRST SEEN", "LAST SEEN"
-    );
     let rows = v["top"].as_array().map_or(&[][..], Vec::as_slice);
-    if rows.is_empty() {
-        let _ = writeln!(out, "(no blocked attempts yet)");
-    }
-    let seen = |t: &Value| t.as_f64().map_or_else(|| "-".to_string(), |t| ago(t, now));
-    for r in rows {
-        let _ = writeln!(
-            out,
-            "{:<24} {:<11} {:>8} {:>6} {:>10} {:>9}  {:<14} {:<14} {}",
-            r["subscriber"].as_str().unwrap_or("?"),
-            r["state"].as_str().unwrap_or("?"),
-            num(&r["attempts"]),
-            num(&r["destinations"]),
-            num(&r["total"]),
-            num(&r["total_destinations"]),
-            seen(&r["first_seen"]),
-            seen(&r["last_seen"]),
-            numbers(&r["instances"], Some("instance"), &names),
-        );
-    }
-    for q in quarantined {
-        let left = (q["until"].as_f64().unwrap_or(now) - now).max(0.0);
-        let _ = writeln!(
-            out,
-            "in quarantine: {} for {} more (on {})",
-            q["subscriber"].as_str().unwrap_or("?"),
-            human(left),
-            numbers(&q["instances"], None, &names)
-        );
-    }
+    let on = |r: &Value, row: bool| numbers(&r["instances"], row.then_some("instance"), &names);
+    top_rows(&mut out, rows, quarantined, now, Some(&on));
     out
 }
 

@@ -242,33 +242,59 @@ pub fn render_top(v: &serde_json::Value, now: std::time::SystemTime) -> String {
         num(&v["threshold"]),
         num(&v["destinations_threshold"]),
     );
-    let _ = writeln!(
+    top_rows(&mut out, &rows, &quarantined, now, None);
+    out
+}
+
+/// The text of the `ON` column for a row (`true`) or a quarantine line.
+pub(super) type HoldersColumn<'a> = dyn Fn(&serde_json::Value, bool) -> String + 'a;
+
+/// The rows of `top` and the quarantine lines, as a person reads them; `on`
+/// adds a last column (the instances that hold a row or a quarantine).
+pub(super) fn top_rows(
+    out: &mut String,
+    rows: &[serde_json::Value],
+    quarantined: &[serde_json::Value],
+    now: f64,
+    on: Option<&HoldersColumn<'_>>,
+) {
+    use std::fmt::Write as _;
+    let num = |v: &serde_json::Value| v.as_u64().unwrap_or(0);
+    let seen = |t: &serde_json::Value| t.as_f64().map_or_else(|| "-".to_string(), |t| ago(t, now));
+    let _ = write!(
         out,
-        "{:<24} {:<11} {:>8} {:>6} {:>10} {:>9}  {:<14} LAST SEEN",
+        "{:<24} {:<11} {:>8} {:>6} {:>10} {:>9}  {:<14} ",
         "SUBSCRIBER", "STATE", "ATTEMPTS", "DESTS", "TOTAL", "ALL DESTS", "FIRST SEEN"
     );
+    let _ = writeln!(out, "{}", if on.is_some() { format!("{:<14} ON", "LAST SEEN") } else { "LAST SEEN".into() });
     if rows.is_empty() {
         let _ = writeln!(out, "(no blocked attempts yet)");
     }
-    for r in &rows {
-        let _ = writeln!(
+    for r in rows {
+        let _ = write!(
             out,
-            "{:<24} {:<11} {:>8} {:>6} {:>10} {:>9}  {:<14} {}",
+            "{:<24} {:<11} {:>8} {:>6} {:>10} {:>9}  {:<14} ",
             r["subscriber"].as_str().unwrap_or("?"),
             r["state"].as_str().unwrap_or("?"),
             num(&r["attempts"]),
             num(&r["destinations"]),
             num(&r["total"]),
             num(&r["total_destinations"]),
-            ago(r["first_seen"].as_f64().unwrap_or(now), now),
-            ago(r["last_seen"].as_f64().unwrap_or(now), now),
+            seen(&r["first_seen"]),
         );
+        let _ = match on {
+            Some(on) => writeln!(out, "{:<14} {}", seen(&r["last_seen"]), on(r, true)),
+            None => writeln!(out, "{}", seen(&r["last_seen"])),
+        };
     }
-    for q in &quarantined {
+    for q in quarantined {
         let left = (q["until"].as_f64().unwrap_or(now) - now).max(0.0);
-        let _ = writeln!(out, "in quarantine: {} for {} more", q["subscriber"].as_str().unwrap_or("?"), human(left));
+        let who = q["subscriber"].as_str().unwrap_or("?");
+        let _ = match on {
+            Some(on) => writeln!(out, "in quarantine: {who} for {} more (on {})", human(left), on(q, false)),
+            None => writeln!(out, "in quarantine: {who} for {} more", human(left)),
+        };
     }
-    out
 }
 
 /// A subscriber as the user gave it, checked before anything is asked.
