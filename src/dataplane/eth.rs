@@ -48,6 +48,8 @@ const ETHERTYPE_ARP: u16 = 0x0806;
 const NEIGHBOUR_FRAME: usize = 1514;
 /// Most packets whose next hop never answered waiting for their ICMP error.
 const UNREACHABLE_MAX: usize = 64;
+/// Fast-path sends between two looks at the neighbour table's timers.
+const MAINTAIN_EVERY: u32 = 1024;
 /// Longest slice of a wait, so a shutdown is seen this soon.
 const WAIT_SLICE: Duration = Duration::from_millis(50);
 
@@ -67,6 +69,10 @@ pub(crate) struct EthDev {
     unreachable: Arc<Mutex<Vec<Vec<u8>>>>,
     /// Small frames waiting for one `sendmmsg` ([`EthDev::flush_tx`]).
     tx: Mutex<TxBatch>,
+    /// Packets sent through the fast path (roughly: several threads may
+    /// send); every [`MAINTAIN_EVERY`]th runs the table's timers, so a queue
+    /// that never runs dry still re-probes its gateways.
+    fast_sends: std::sync::atomic::AtomicU32,
 }
 
 fn cvt(rc: libc::c_long) -> io::Result<libc::c_long> {
@@ -153,6 +159,7 @@ pub(crate) fn open(cfg: &DeviceConfig, link: &LinkConfig, offload: bool, queues:
             fast: fast.clone(),
             unreachable: Arc::clone(&unreachable),
             tx: Mutex::new(TxBatch::new()),
+            fast_sends: std::sync::atomic::AtomicU32::new(0),
         });
     }
     Ok(out)
@@ -335,6 +342,12 @@ impl EthDev {
         let ip = buf.get(off..).unwrap_or_default();
         let dst = destination(ip).ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "not an IP packet"))?;
         let mac = if let Some(mac) = self.fast.gateway_mac(dst) {
+            use std::sync::atomic::Ordering::Relaxed;
+            let n = self.fast_sends.load(Relaxed).wrapping_add(1);
+            self.fast_sends.store(n, Relaxed);
+            if n % MAINTAIN_EVERY == 0 {
+                self.maintain();
+            }
             mac
         } else {
             let mut table = self.table();
