@@ -10,18 +10,20 @@
 //!   hosts and other protocols are skipped.
 //! - Send: the next hop's MAC comes from the queue's [`FastPath`] when it is
 //!   a resolved gateway (an atomic read: no lock, no clock), else from the
-//!   neighbour table (held or dropped while unresolved); `sendmsg` gathers
-//!   [virtio header | Ethernet header | IP packet].
+//!   neighbour table (held or dropped while unresolved). A frame of up to
+//!   2 KiB is copied into the queue's batch ([`TxBatch`]), which leaves in
+//!   one `sendmmsg` at the end of the worker's drain (or when 64 wait); a
+//!   larger one (a TCP super-packet) goes after the batch with `sendmsg`
+//!   gathering [virtio header | Ethernet header | IP packet], uncopied.
 //! - With offload the socket carries a virtio-net header (`PACKET_VNET_HDR`),
 //!   whose offsets count from the Ethernet header: shifted by its 14 bytes
 //!   each way, so the workers see the TUN's convention.
 //! - Several queues: one socket each in one `PACKET_FANOUT_HASH` group.
 //!
-//! One receive/send system call per packet: a TPACKET_V3 receive ring took
-//! more small packets but added its block timeout (~0.7 ms) to every round
-//! trip and cost TCP a quarter; a TPACKET_V2 ring won nothing (docs/UPLINK.md,
-//! "Receive rings, measured"). Sends of small UDP packets already leave
-//! coalesced (one GSO send per flow and drain), TCP as super-packets.
+//! One receive system call per frame: a TPACKET_V3 receive ring took more
+//! small packets but added its block timeout (~0.7 ms) to every round trip
+//! and cost TCP a quarter; a TPACKET_V2 ring won nothing (docs/UPLINK.md,
+//! "Receive rings, measured").
 
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
@@ -33,6 +35,7 @@ use ipnet::IpNet;
 use nix::libc;
 use tun_rs::InterruptEvent;
 
+use super::txbatch::TxBatch;
 use crate::config::{DeviceConfig, LinkConfig};
 use crate::state::neighbour::{FastPath, Handled, LinkConfig as NeighbourLink, Lookup, Neighbours, Timers, Transmit};
 
@@ -45,6 +48,8 @@ const ETHERTYPE_ARP: u16 = 0x0806;
 const NEIGHBOUR_FRAME: usize = 1514;
 /// Most packets whose next hop never answered waiting for their ICMP error.
 const UNREACHABLE_MAX: usize = 64;
+/// Fast-path sends between two looks at the neighbour table's timers.
+const MAINTAIN_EVERY: u32 = 1024;
 /// Longest slice of a wait, so a shutdown is seen this soon.
 const WAIT_SLICE: Duration = Duration::from_millis(50);
 
@@ -62,6 +67,12 @@ pub(crate) struct EthDev {
     fast: FastPath,
     /// Packets whose next hop never answered (a slow path: copies, bounded).
     unreachable: Arc<Mutex<Vec<Vec<u8>>>>,
+    /// Small frames waiting for one `sendmmsg` ([`EthDev::flush_tx`]).
+    tx: Mutex<TxBatch>,
+    /// Packets sent through the fast path (roughly: several threads may
+    /// send); every [`MAINTAIN_EVERY`]th runs the table's timers, so a queue
+    /// that never runs dry still re-probes its gateways.
+    fast_sends: std::sync::atomic::AtomicU32,
 }
 
 fn cvt(rc: libc::c_long) -> io::Result<libc::c_long> {
@@ -147,6 +158,8 @@ pub(crate) fn open(cfg: &DeviceConfig, link: &LinkConfig, offload: bool, queues:
             neighbours: Arc::clone(&neighbours),
             fast: fast.clone(),
             unreachable: Arc::clone(&unreachable),
+            tx: Mutex::new(TxBatch::new()),
+            fast_sends: std::sync::atomic::AtomicU32::new(0),
         });
     }
     Ok(out)
@@ -329,6 +342,12 @@ impl EthDev {
         let ip = buf.get(off..).unwrap_or_default();
         let dst = destination(ip).ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "not an IP packet"))?;
         let mac = if let Some(mac) = self.fast.gateway_mac(dst) {
+            use std::sync::atomic::Ordering::Relaxed;
+            let n = self.fast_sends.load(Relaxed).wrapping_add(1);
+            self.fast_sends.store(n, Relaxed);
+            if n % MAINTAIN_EVERY == 0 {
+                self.maintain();
+            }
             mac
         } else {
             let mut table = self.table();
@@ -353,7 +372,27 @@ impl EthDev {
         let mut vnet = [0u8; tun_rs::VIRTIO_NET_HDR_LEN];
         vnet[..off].copy_from_slice(&buf[..off]);
         shift_vnet(&mut vnet[..off], ETH_LEN as i32);
-        self.sendmsg(&[&vnet[..off], &eth, ip]).map(|n| n.saturating_sub(ETH_LEN)).map_err(|e| self.classify(e))
+        let parts: [&[u8]; 3] = [&vnet[..off], &eth, ip];
+        {
+            let mut tx = self.tx.lock().unwrap_or_else(|p| p.into_inner());
+            if tx.push(&parts) {
+                if tx.is_full() {
+                    tx.send(&self.fd).map_err(|e| self.classify(e))?;
+                }
+                // What a sendmsg would have counted: the packet and its virtio-net header.
+                return Ok(off + ip.len());
+            }
+            // Too long for the batch: what is queued leaves first, in order.
+            tx.send(&self.fd).map_err(|e| self.classify(e))?;
+        }
+        self.sendmsg(&parts).map(|n| n.saturating_sub(ETH_LEN)).map_err(|e| self.classify(e))
+    }
+
+    /// Sends the small frames queued by [`EthDev::send`] (one `sendmmsg`);
+    /// the worker calls it at the end of each drain.
+    pub(crate) fn flush_tx(&self) -> io::Result<usize> {
+        let mut tx = self.tx.lock().unwrap_or_else(|p| p.into_inner());
+        tx.send(&self.fd).map_err(|e| self.classify(e))
     }
 
     /// Hands each packet whose next hop never answered to `f` (which answers its sender).

@@ -34,6 +34,15 @@ impl Link {
         }
     }
 
+    /// Sends what [`Link::send`] queued (an Ethernet upstream batches small
+    /// frames); the frames sent. A TUN sends at once: nothing to do.
+    pub(crate) fn flush(&self) -> io::Result<usize> {
+        match self {
+            Link::Tun(_) => Ok(0),
+            Link::Eth(d) => d.flush_tx(),
+        }
+    }
+
     /// Waits until readable, `stop` fires or `timeout` passes.
     pub(crate) fn wait_readable_intr_timeout(
         &self,

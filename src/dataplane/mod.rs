@@ -32,6 +32,7 @@ mod gro;
 mod link;
 mod netdev;
 pub mod privileges;
+mod txbatch;
 mod uplink;
 mod worker;
 

@@ -510,6 +510,13 @@ fn drain(
         c.batches[rx_dev].add(1);
     }
     flush(&mut b.gro, &to.dev, io, tx_dev, dir);
+    // An Ethernet upstream batches small frames: forwarded ones (`to`) or
+    // replies (`from`) leave now, in one system call each.
+    for (dev, link) in [(tx_dev, &to.dev), (rx_dev, &from.dev)] {
+        if let Err(e) = link.flush() {
+            io.sent(dev, Err(e), dir);
+        }
+    }
     result
 }
 

@@ -1,0 +1,99 @@
+//! Small frames gathered for one `sendmmsg` on an Ethernet upstream's
+//! socket: a worker's drain queues them ([`TxBatch::push`]) and sends them
+//! at its end, or when the batch is full. Large frames (TCP super-packets)
+//! are not copied: the device sends what is queued, then them, in order.
+//!
+//! Invariants: the buffer is allocated once; a frame is in at most one
+//! batch; `send` empties the batch whether or not the kernel took it all
+//! (what it refused is one failed write for the caller to count).
+
+use std::io;
+use std::os::fd::{AsRawFd, OwnedFd};
+
+use nix::libc;
+
+/// Frames in a batch.
+pub(crate) const SLOTS: usize = 64;
+/// Longest frame a batch takes (virtio-net header and Ethernet header included).
+pub(crate) const SLOT: usize = 2048;
+
+/// A batch of frames waiting for `sendmmsg`.
+pub(crate) struct TxBatch {
+    buf: Box<[u8]>,
+    lens: Box<[usize]>,
+    n: usize,
+}
+
+impl std::fmt::Debug for TxBatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TxBatch").field("queued", &self.n).finish()
+    }
+}
+
+impl TxBatch {
+    pub(crate) fn new() -> TxBatch {
+        TxBatch { buf: vec![0u8; SLOTS * SLOT].into_boxed_slice(), lens: vec![0; SLOTS].into_boxed_slice(), n: 0 }
+    }
+
+    /// Queues the frame made of `parts` (their lengths summed fit [`SLOT`]);
+    /// `false` when it is too long or the batch is full.
+    pub(crate) fn push(&mut self, parts: &[&[u8]]) -> bool {
+        let len: usize = parts.iter().map(|p| p.len()).sum();
+        if len > SLOT || self.n == SLOTS {
+            return false;
+        }
+        let mut at = self.n * SLOT;
+        for p in parts {
+            self.buf[at..at + p.len()].copy_from_slice(p);
+            at += p.len();
+        }
+        self.lens[self.n] = len;
+        self.n += 1;
+        true
+    }
+
+    /// Whether another frame would not fit.
+    pub(crate) fn is_full(&self) -> bool {
+        self.n == SLOTS
+    }
+
+    /// Sends the queued frames with `sendmmsg` (as many calls as the kernel
+    /// needs) and empties the batch; the frames sent, or the error that
+    /// stopped the rest.
+    pub(crate) fn send(&mut self, fd: &OwnedFd) -> io::Result<usize> {
+        let n = std::mem::take(&mut self.n);
+        if n == 0 {
+            return Ok(0);
+        }
+        let mut iov = [libc::iovec { iov_base: std::ptr::null_mut(), iov_len: 0 }; SLOTS];
+        // SAFETY: an all-zero mmsghdr is valid (no address, no control data).
+        let mut msgs: [libc::mmsghdr; SLOTS] = unsafe { std::mem::zeroed() };
+        for i in 0..n {
+            // The buffer outlives the call; the kernel only reads it.
+            iov[i] = libc::iovec { iov_base: self.buf[i * SLOT..].as_mut_ptr().cast(), iov_len: self.lens[i] };
+            msgs[i].msg_hdr.msg_iov = &mut iov[i];
+            msgs[i].msg_hdr.msg_iovlen = 1;
+        }
+        let mut done = 0;
+        while done < n {
+            // SAFETY: msgs[done..n] describe live buffers (above).
+            let rc = unsafe {
+                libc::sendmmsg(
+                    fd.as_raw_fd(),
+                    msgs[done..].as_mut_ptr(),
+                    (n - done) as libc::c_uint,
+                    libc::MSG_DONTWAIT,
+                )
+            };
+            if rc < 0 {
+                let e = io::Error::last_os_error();
+                if e.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(e);
+            }
+            done += rc as usize;
+        }
+        Ok(n)
+    }
+}
