@@ -15,7 +15,9 @@ use arbitrary::{Arbitrary, Unstructured};
 use op25b::packet::{checksum, Direction, PacketView, Transport};
 use op25b::RxInfo;
 
-use super::router::Driver;
+use op25b::testing::TestRouter;
+
+use super::router::driver;
 
 /// The whole input.
 #[derive(Arbitrary, Debug)]
@@ -716,7 +718,7 @@ fn icmp_type(t: IcmpType, v6: bool) -> u8 {
 
 impl Packet {
     /// The packet's bytes; `left` is what quotes refer to.
-    pub fn build(&self, d: &Driver) -> Vec<u8> {
+    pub fn build(&self, d: &TestRouter) -> Vec<u8> {
         let ip = match &self.net {
             Net::V4 { src, dst, ttl, df, id, options } => Ip {
                 src: src.get().into(),
@@ -824,17 +826,17 @@ pub fn run(data: &[u8]) {
     let _ = play(data);
 }
 
-/// Plays the input; the driver afterwards (`None` if the bytes decode to no input).
-pub fn play(data: &[u8]) -> Option<Driver> {
+/// Plays the input; the harness afterwards (`None` if the bytes decode to no input).
+pub fn play(data: &[u8]) -> Option<TestRouter> {
     let input = Input::arbitrary_take_rest(Unstructured::new(data)).ok()?;
-    let mut d = Driver::new(input.policy, input.small_reply);
+    let mut d = driver(input.policy, input.small_reply);
     for step in input.steps.iter().take(64) {
         match step {
             Step::Send { second_worker, inbound, packet } => {
                 let bytes = packet.build(&d);
                 let dir = if *inbound { Direction::Inbound } else { Direction::Outbound };
                 let rx = RxInfo { gso_size: packet.gso_size, csum_partial: packet.csum_partial };
-                let _ = d.send(usize::from(*second_worker), dir, &bytes, rx);
+                let _ = d.send_on(usize::from(*second_worker), dir, &bytes, rx);
             }
             Step::Answer { back, kind } => {
                 let Some(left) = d.recent(*back).cloned() else { continue };
@@ -843,7 +845,7 @@ pub fn play(data: &[u8]) -> Option<Driver> {
                     AnswerKind::IcmpError { icmp_type, code } => icmp_error(&left.bytes, *icmp_type, *code),
                 };
                 if let Some(b) = bytes {
-                    let _ = d.send(0, left.answer, &b, RxInfo::default());
+                    let _ = d.send_on(0, left.answer, &b, RxInfo::default());
                 }
             }
             Step::Converse { rounds, data, fin } => {
@@ -867,7 +869,7 @@ pub fn play(data: &[u8]) -> Option<Driver> {
                         (Flags::Ack, b"")
                     };
                     let Some(b) = answer(&left.bytes, flags, payload) else { break };
-                    let _ = d.send(0, left.answer, &b, RxInfo::default());
+                    let _ = d.send_on(0, left.answer, &b, RxInfo::default());
                     d.advance(Duration::from_millis(1));
                 }
             }
@@ -878,6 +880,6 @@ pub fn play(data: &[u8]) -> Option<Driver> {
             }),
         }
     }
-    d.finish();
+    d.check_counts();
     Some(d)
 }

@@ -110,6 +110,18 @@ pub struct Block {
     pub tunnel: Option<Tunnelled>,
 }
 
+impl Block {
+    /// The attempt abuse handling counts for this block at `at`: OP25B's
+    /// blocks and `monitor`'s would-be blocks; `None` for a rule's.
+    pub fn attempt(&self, at: Instant) -> Option<crate::state::abuse::Attempt> {
+        if self.rule.is_some() {
+            return None;
+        }
+        let monitor = self.action == "monitor";
+        Some(crate::state::abuse::Attempt { at, src: self.src.ip(), dst: self.dst.ip(), monitor })
+    }
+}
+
 /// What a blocked SYN's verdict gave the subscriber, as events name it.
 fn reply_name(verdict: Verdict) -> &'static str {
     match verdict {

@@ -2,7 +2,8 @@
 //! address or an IPv6 /64.
 //!
 //! Memory is bounded by construction: the table has [`SETS`] x [`WAYS`]
-//! entries, allocated once. A source hashes (aHash with a per-process random
+//! entries (fewer for the fuzz targets, [`RateLimiter::with_sets`]),
+//! allocated once. A source hashes (aHash with a per-process random
 //! key, so nobody can aim at one set) to a set of four entries; a new source
 //! takes a free entry or evicts the least recently seen one. A flood of random
 //! sources therefore costs nothing extra in memory; its only effect is to evict
@@ -38,22 +39,32 @@ pub struct RateLimiter {
     cost_ns: u64,
     cap_ns: u64,
     hasher: RandomState,
+    /// Sets in `table` less one (their number is a power of two).
+    set_mask: usize,
     table: Box<[Entry]>,
 }
 
 impl RateLimiter {
-    /// A limiter with an empty table of fixed size.
+    /// A limiter with an empty table of [`SETS`] sets.
+    #[cfg(test)]
     pub fn new(limit: Limit) -> RateLimiter {
+        RateLimiter::with_sets(limit, SETS)
+    }
+
+    /// A limiter with an empty table of `sets` sets (rounded up to a power of two).
+    pub fn with_sets(limit: Limit, sets: usize) -> RateLimiter {
         let cost_ns = 1_000_000_000 / u64::from(limit.rate.max(1));
         let cap_ns = cost_ns.saturating_mul(u64::from(limit.burst.max(1)));
         let empty = Entry { key: 0, credit: 0, last: None };
-        RateLimiter { cost_ns, cap_ns, hasher: RandomState::new(), table: vec![empty; SETS * WAYS].into_boxed_slice() }
+        let sets = sets.max(1).next_power_of_two();
+        let table = vec![empty; sets * WAYS].into_boxed_slice();
+        RateLimiter { cost_ns, cap_ns, hasher: RandomState::new(), set_mask: sets - 1, table }
     }
 
     /// Takes one token for `src` at `now`; false when its bucket is empty.
     pub fn allow(&mut self, src: IpAddr, now: Instant) -> bool {
         let key = subscriber_key(src);
-        let set = (self.hasher.hash_one(key) as usize) % SETS;
+        let set = self.hasher.hash_one(key) as usize & self.set_mask;
         let ways = &mut self.table[set * WAYS..(set + 1) * WAYS];
         let idx = match ways.iter().position(|e| e.last.is_some() && e.key == key) {
             Some(i) => i,
