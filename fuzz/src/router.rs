@@ -19,6 +19,7 @@
 //!   LEN = 0        no packet: answer the last packet that left the router instead
 //! ```
 
+use std::cell::RefCell;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -193,10 +194,27 @@ pub fn sample_packets() -> Vec<Vec<u8>> {
 /// data plane drives its workers, with the state's tables sized for a few
 /// packets; a reply buffer of 1280 bytes (the least the router is
 /// documented to need) if `small_reply`.
+/// The harness of the input before, when it was given back ([`recycle`]),
+/// is renewed rather than built: its buffers stay.
 pub fn driver(selector: u8, small_reply: bool) -> TestRouter {
     let (policy, abuse) = pick(selector);
     let setup = Setup { abuse: abuse.clone(), reply_len: if small_reply { 1280 } else { 65_536 }, sizes: Sizes::SMALL };
-    TestRouter::data_plane(Arc::clone(policy), setup)
+    match SPARE.with(|s| s.borrow_mut().take()) {
+        Some(mut t) => {
+            t.renew(Arc::clone(policy), setup);
+            t
+        }
+        None => TestRouter::data_plane(Arc::clone(policy), setup),
+    }
+}
+
+thread_local! {
+    static SPARE: RefCell<Option<TestRouter>> = const { RefCell::new(None) };
+}
+
+/// Gives a harness back for the next input's [`driver`].
+pub fn recycle(t: TestRouter) {
+    SPARE.with(|s| *s.borrow_mut() = Some(t));
 }
 
 /// The raw target's input: see the module docs.
@@ -250,7 +268,9 @@ impl<'a> Script<'a> {
 
     /// Plays the script.
     pub fn run(self) {
-        let _ = self.play();
+        if let Some(d) = self.play() {
+            recycle(d);
+        }
     }
 
     /// Plays the script; the harness afterwards (`None` for an empty input).

@@ -823,7 +823,9 @@ fn icmp_error(pkt: &[u8], icmp_type: u8, code: u8) -> Option<Vec<u8>> {
 
 /// Plays the input.
 pub fn run(data: &[u8]) {
-    let _ = play(data);
+    if let Some(d) = play(data) {
+        super::router::recycle(d);
+    }
 }
 
 /// Plays the input; the harness afterwards (`None` if the bytes decode to no input).
