@@ -86,8 +86,11 @@ impl Config {
             .iter()
             .enumerate()
             .map(|(i, r)| {
-                let program = r.as_program_rule();
-                let Some(c) = r.as_config_rule().or(program.map(|p| &p.matcher)) else {
+                let program = match r {
+                    crate::policy::RuleKind::Program(p) => Some(p),
+                    _ => None,
+                };
+                let Some(c) = r.fields() else {
                     return json!({"index": i + 1, "name": r.name(), "description": r.describe()});
                 };
                 let mut v = json!({

@@ -25,6 +25,7 @@
 
 pub mod capture;
 mod device;
+mod error;
 mod eth;
 pub mod events;
 mod fault;
@@ -49,7 +50,7 @@ use crate::state::State;
 use crate::stats::{Counters, Stats, WriteErrors};
 use arc_swap::ArcSwap;
 
-pub use device::DeviceError;
+pub use error::DeviceError;
 use device::Opened;
 pub use fault::DeviceFault;
 use fault::{Faults, NetnsWatch};

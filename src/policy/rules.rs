@@ -92,8 +92,10 @@ impl TunnelMatch {
     }
 }
 
-/// A packet filter rule. Implement it to add a rule in Rust without touching
-/// the core; see `examples/custom_rule.rs`.
+/// A packet filter rule given in code. Implement it to add a rule in Rust
+/// without touching the core ([`super::Policy::attach`]); see
+/// `examples/custom_rule.rs`. The config's own rules are kinds of
+/// [`super::RuleKind`].
 pub trait Rule: Send + Sync {
     /// A short name, used in traces and counters.
     fn name(&self) -> &str;
@@ -112,21 +114,6 @@ pub trait Rule: Send + Sync {
         self.name().to_string()
     }
 
-    /// The compiled form, for rules the pipeline can index (config rules).
-    fn as_config_rule(&self) -> Option<&ConfigRule> {
-        None
-    }
-
-    /// For a config placeholder (`plugin = "NAME"`): the name of the rule
-    /// given in code that takes its place.
-    fn plugin(&self) -> Option<&str> {
-        None
-    }
-
-    /// The program rule, for rules whose decision a loaded program makes.
-    fn as_program_rule(&self) -> Option<&super::program::ProgramRule> {
-        None
-    }
 }
 
 /// What a config rule does when it matches.
@@ -369,10 +356,6 @@ impl Rule for ConfigRule {
         let _ = write!(s, " -> {}", self.action);
         s
     }
-
-    fn as_config_rule(&self) -> Option<&ConfigRule> {
-        Some(self)
-    }
 }
 
 /// Name of an IP protocol number as the config spells it.
@@ -412,24 +395,9 @@ pub struct PluginSlot {
     pub plugin: String,
 }
 
-impl Rule for PluginSlot {
-    fn name(&self) -> &str {
-        &self.name
-    }
-
-    fn evaluate(&self, _p: &PacketView, _cx: &RuleContext) -> RuleVerdict {
-        RuleVerdict::NoMatch
-    }
-
-    fn mismatch(&self, _p: &PacketView, _cx: &RuleContext) -> Option<&'static str> {
-        Some("plugin not given here")
-    }
-
-    fn describe(&self) -> String {
+impl PluginSlot {
+    /// A one-line description for `op25b check`.
+    pub fn describe(&self) -> String {
         format!("{}: plugin {:?} (a rule given in code; matches nothing without it)", self.name, self.plugin)
-    }
-
-    fn plugin(&self) -> Option<&str> {
-        Some(&self.plugin)
     }
 }

@@ -10,7 +10,7 @@ use super::trace::verdict_text;
 use super::{DropReason, Packet, ReplyKind, Router, Tracer, Verdict};
 use crate::packet::Direction;
 use crate::packet::{proto, reply, IcmpError, PacketView};
-use crate::policy::{Limit, ProgramRule, Rule, RuleContext, RuleHooks, RuleStep, RuleVerdict};
+use crate::policy::{Limit, ProgramRule, RuleContext, RuleHooks, RuleKind, RuleStep, RuleVerdict};
 use crate::state::subscriber_key;
 use crate::state::State;
 use crate::stats::RuleCounters;
@@ -63,7 +63,7 @@ impl<T: Tracer> RuleHooks for Hooks<'_, T> {
         }
     }
 
-    fn step(&mut self, index: usize, rule: &dyn Rule, step: RuleStep) {
+    fn step(&mut self, index: usize, rule: &RuleKind, step: RuleStep) {
         self.tracer.note("rule", || match step {
             RuleStep::NoMatch(Some(field)) => format!("#{} {}: no match ({field})", index + 1, rule.name()),
             RuleStep::NoMatch(None) => format!("#{} {}: no match", index + 1, rule.name()),
