@@ -40,7 +40,7 @@ pub fn config(data: &[u8]) {
         Ok(config) => {
             let _ = config.render();
             let policy = std::sync::Arc::new(config.policy);
-            let mut r = router::small_router(policy);
+            let mut r = op25b::Router::new(policy);
             let mut reply = vec![0u8; 2048];
             for pkt in router::sample_packets() {
                 for dir in Direction::ALL {

@@ -26,7 +26,6 @@ use std::time::Duration;
 use op25b::packet::Direction;
 use op25b::policy::Policy;
 use op25b::state::abuse::AbuseSettings;
-use op25b::state::{Sizes, State};
 use op25b::testing::{packets, PolicyBuilder, Setup, TestRouter};
 use op25b::{Router, RxInfo};
 
@@ -162,16 +161,10 @@ fn pick(selector: u8) -> &'static (Arc<Policy>, Option<AbuseSettings>) {
     &all[usize::from(selector) % all.len()]
 }
 
-/// A router over policy `selector` (modulo the count) with fresh state.
+/// A router over policy `selector` (modulo the count) with fresh state
+/// (whose tables a fuzz build, `cfg(fuzzing)`, sizes for a few packets).
 pub fn router(selector: u8) -> Router {
-    small_router(Arc::clone(&pick(selector).0))
-}
-
-/// A router over `policy` with fresh state whose tables are sized for a few
-/// packets (building full-size ones would cost more than the input's run).
-pub fn small_router(policy: Arc<Policy>) -> Router {
-    let state = Arc::new(State::with_sizes(&policy, Sizes::SMALL));
-    Router::with_state(policy, state)
+    Router::new(Arc::clone(&pick(selector).0))
 }
 
 /// A few ordinary packets of the lab: seeds, and what a fuzzed config is tried on.
@@ -191,14 +184,13 @@ pub fn sample_packets() -> Vec<Vec<u8>> {
 }
 
 /// The harness over policy `selector` (modulo the count), driven as the
-/// data plane drives its workers, with the state's tables sized for a few
-/// packets; a reply buffer of 1280 bytes (the least the router is
-/// documented to need) if `small_reply`.
-/// The harness of the input before, when it was given back ([`recycle`]),
+/// data plane drives its workers (the state's tables, in a fuzz build, sized
+/// for a few packets); a reply buffer of 1280 bytes (the least the router is
+/// documented to need) if `small_reply`. The harness of the input before, when it was given back ([`recycle`]),
 /// is renewed rather than built: its buffers stay.
 pub fn driver(selector: u8, small_reply: bool) -> TestRouter {
     let (policy, abuse) = pick(selector);
-    let setup = Setup { abuse: abuse.clone(), reply_len: if small_reply { 1280 } else { 65_536 }, sizes: Sizes::SMALL };
+    let setup = Setup { abuse: abuse.clone(), reply_len: if small_reply { 1280 } else { 65_536 } };
     match SPARE.with(|s| s.borrow_mut().take()) {
         Some(mut t) => {
             t.renew(Arc::clone(policy), setup);

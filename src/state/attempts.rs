@@ -11,8 +11,7 @@
 //! from a new one, so the sequence number is part of what identifies an
 //! attempt.
 //!
-//! The table is fixed-size ([`SLOTS`] atomic words, allocated once; fewer
-//! for the fuzz targets, [`Attempts::with_slots`]) and
+//! The table is fixed-size ([`SLOTS`] atomic words, allocated once) and
 //! consulted only on the blocked path (and `monitor`'s would-be blocks):
 //! the forwarding path never touches it, and nothing allocates. A 4-tuple
 //! and its SYN's sequence number hash (aHash, keyed per process so nobody
@@ -34,8 +33,14 @@ use std::time::{Duration, Instant};
 
 use ahash::RandomState;
 
-/// Slots in the table (a power of two): 512 KiB.
+/// Slots in the table (a power of two): 512 KiB. A fuzz build
+/// (`cfg(fuzzing)`) builds a State per input of a few packets: 64 slots
+/// there, the same code.
+#[cfg(not(fuzzing))]
 pub const SLOTS: usize = 65_536;
+/// Slots in the table of a fuzz build.
+#[cfg(fuzzing)]
+pub const SLOTS: usize = 64;
 
 /// How long after an attempt's first SYN a SYN of the same 4-tuple is one
 /// of its retransmissions. The slowest default schedule, Linux's before 6.5,
@@ -56,8 +61,6 @@ pub struct Attempts {
     /// The clock's origin, the first `now` the table is given (no clock
     /// reads here): slot times are whole seconds since then.
     epoch: OnceLock<Instant>,
-    /// `slots.len() - 1` (the length is a power of two).
-    mask: usize,
     slots: Box<[AtomicU64]>,
 }
 
@@ -68,19 +71,12 @@ impl Default for Attempts {
 }
 
 impl Attempts {
-    /// An empty table of [`SLOTS`] slots.
+    /// An empty table.
     pub fn new() -> Attempts {
-        Attempts::with_slots(SLOTS)
-    }
-
-    /// An empty table of `slots` slots (rounded up to a power of two).
-    pub fn with_slots(slots: usize) -> Attempts {
-        let n = slots.max(1).next_power_of_two();
         Attempts {
             hasher: RandomState::new(),
             epoch: OnceLock::new(),
-            mask: n - 1,
-            slots: std::iter::repeat_with(AtomicU64::default).take(n).collect(),
+            slots: std::iter::repeat_with(AtomicU64::default).take(SLOTS).collect(),
         }
     }
 
@@ -91,7 +87,7 @@ impl Attempts {
     pub fn first(&self, (src, sport): (IpAddr, u16), (dst, dport): (IpAddr, u16), seq: u32, now: Instant) -> bool {
         let ports_seq = u64::from(sport) << 48 | u64::from(dport) << 32 | u64::from(seq);
         let h = self.hasher.hash_one((wide(src), wide(dst), ports_seq));
-        let slot = &self.slots[h as usize & self.mask];
+        let slot = &self.slots[h as usize & (SLOTS - 1)];
         // The tag comes from bits the index does not use; never 0 (an empty slot).
         let tag = (h >> 32) | 1;
         // A worker's `now` a little before the first one counts as the first.

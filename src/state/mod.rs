@@ -53,26 +53,6 @@ pub(crate) fn subscriber_key(addr: IpAddr) -> u64 {
 /// Most subscribers in quarantine at once.
 pub const MAX_QUARANTINED: usize = 65_536;
 
-/// The sizes of the tables a [`State`] allocates whole when it is built.
-/// The data plane uses [`Sizes::FULL`]; a fuzz target, which builds a State
-/// per input of a few packets, uses [`Sizes::SMALL`] (the same code, tables
-/// that fill and evict sooner).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Sizes {
-    /// Slots of the connection-attempt table ([`attempts::SLOTS`]).
-    pub attempt_slots: usize,
-    /// Sets of each token-bucket table: the reply limit and every
-    /// rate-limit rule ([`ratelimit::SETS`]).
-    pub bucket_sets: usize,
-}
-
-impl Sizes {
-    /// The data plane's tables.
-    pub const FULL: Sizes = Sizes { attempt_slots: attempts::SLOTS, bucket_sets: ratelimit::SETS };
-    /// Tables for a handful of packets.
-    pub const SMALL: Sizes = Sizes { attempt_slots: 64, bucket_sets: 4 };
-}
-
 /// The buckets of one rate-limit rule.
 #[derive(Debug)]
 struct RuleBuckets {
@@ -95,8 +75,6 @@ pub struct State {
     programs: Box<[Option<Arc<ProgramSlot>>]>,
     /// Blocked connection attempts seen lately: always carried over a reload.
     attempts: Arc<Attempts>,
-    /// The sizes its tables were built with (a reload's state gets them too).
-    sizes: Sizes,
 }
 
 /// The live instance of one program rule (its memory and map).
@@ -130,7 +108,7 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-fn rule_buckets(policy: &Policy, sizes: Sizes) -> Box<[Option<Arc<RuleBuckets>>]> {
+fn rule_buckets(policy: &Policy) -> Box<[Option<Arc<RuleBuckets>>]> {
     policy
         .rules
         .rules()
@@ -140,7 +118,7 @@ fn rule_buckets(policy: &Policy, sizes: Sizes) -> Box<[Option<Arc<RuleBuckets>>]
                 RuleAction::RateLimit(limit) => Some(Arc::new(RuleBuckets {
                 name: r.name().to_string(),
                 limit,
-                    table: Mutex::new(RateLimiter::with_sets(limit, sizes.bucket_sets)),
+                    table: Mutex::new(RateLimiter::new(limit)),
                 })),
                 _ => None,
             },
@@ -165,21 +143,15 @@ fn programs(policy: &Policy) -> Box<[Option<Arc<ProgramSlot>>]> {
 impl State {
     /// Fresh state for `policy`.
     pub fn new(policy: &Policy) -> State {
-        State::with_sizes(policy, Sizes::FULL)
-    }
-
-    /// Fresh state for `policy` with tables of `sizes`.
-    pub fn with_sizes(policy: &Policy, sizes: Sizes) -> State {
         let op = &policy.op25b;
         State {
-            replies: Arc::new(Mutex::new(RateLimiter::with_sets(policy.reply_limit, sizes.bucket_sets))),
+            replies: Arc::new(Mutex::new(RateLimiter::new(policy.reply_limit))),
             flows: Arc::new(Mutex::new(Conntrack::new(policy.max_flows, policy.max_flows_per_source))),
             responder: (op.action == Action::Banner).then(|| Arc::new(Responder::new(&op.ports, &op.banner))),
-            rule_buckets: rule_buckets(policy, sizes),
+            rule_buckets: rule_buckets(policy),
             quarantine: Arc::new(Quarantine::new(MAX_QUARANTINED)),
             programs: programs(policy),
-            attempts: Arc::new(Attempts::with_slots(sizes.attempt_slots)),
-            sizes,
+            attempts: Arc::new(Attempts::new()),
         }
     }
 
@@ -222,7 +194,7 @@ impl State {
     /// part carries over while the settings it was built for hold, and
     /// starts afresh otherwise.
     pub fn carry_over(&self, old: &Policy, new: &Policy) -> (State, Kept) {
-        let mut state = State::with_sizes(new, self.sizes);
+        let mut state = State::new(new);
         // Quarantines outlive any policy: they end by time or by `op25b release`.
         state.quarantine = Arc::clone(&self.quarantine);
         // A SYN retransmitted across a reload is still the same attempt.

@@ -2,8 +2,7 @@
 //! address or an IPv6 /64.
 //!
 //! Memory is bounded by construction: the table has [`SETS`] x [`WAYS`]
-//! entries (fewer for the fuzz targets, [`RateLimiter::with_sets`]),
-//! allocated once. A source hashes (aHash with a per-process random
+//! entries, allocated once. A source hashes (aHash with a per-process random
 //! key, so nobody can aim at one set) to a set of four entries; a new source
 //! takes a free entry or evicts the least recently seen one. A flood of random
 //! sources therefore costs nothing extra in memory; its only effect is to evict
@@ -19,8 +18,13 @@ use std::time::Instant;
 use super::subscriber_key;
 use crate::policy::Limit;
 
-/// Number of sets.
+/// Number of sets. A fuzz build (`cfg(fuzzing)`) builds a State per input
+/// of a few packets: 4 sets there, the same code.
+#[cfg(not(fuzzing))]
 pub const SETS: usize = 4096;
+/// Number of sets in a fuzz build.
+#[cfg(fuzzing)]
+pub const SETS: usize = 4;
 /// Entries per set.
 pub const WAYS: usize = 4;
 
@@ -39,32 +43,22 @@ pub struct RateLimiter {
     cost_ns: u64,
     cap_ns: u64,
     hasher: RandomState,
-    /// Sets in `table` less one (their number is a power of two).
-    set_mask: usize,
     table: Box<[Entry]>,
 }
 
 impl RateLimiter {
-    /// A limiter with an empty table of [`SETS`] sets.
-    #[cfg(test)]
+    /// A limiter with an empty table of fixed size.
     pub fn new(limit: Limit) -> RateLimiter {
-        RateLimiter::with_sets(limit, SETS)
-    }
-
-    /// A limiter with an empty table of `sets` sets (rounded up to a power of two).
-    pub fn with_sets(limit: Limit, sets: usize) -> RateLimiter {
         let cost_ns = 1_000_000_000 / u64::from(limit.rate.max(1));
         let cap_ns = cost_ns.saturating_mul(u64::from(limit.burst.max(1)));
         let empty = Entry { key: 0, credit: 0, last: None };
-        let sets = sets.max(1).next_power_of_two();
-        let table = vec![empty; sets * WAYS].into_boxed_slice();
-        RateLimiter { cost_ns, cap_ns, hasher: RandomState::new(), set_mask: sets - 1, table }
+        RateLimiter { cost_ns, cap_ns, hasher: RandomState::new(), table: vec![empty; SETS * WAYS].into_boxed_slice() }
     }
 
     /// Takes one token for `src` at `now`; false when its bucket is empty.
     pub fn allow(&mut self, src: IpAddr, now: Instant) -> bool {
         let key = subscriber_key(src);
-        let set = self.hasher.hash_one(key) as usize & self.set_mask;
+        let set = (self.hasher.hash_one(key) as usize) % SETS;
         let ways = &mut self.table[set * WAYS..(set + 1) * WAYS];
         let idx = match ways.iter().position(|e| e.last.is_some() && e.key == key) {
             Some(i) => i,

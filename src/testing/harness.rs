@@ -18,7 +18,7 @@ use crate::packet::{Direction, PacketView};
 use crate::policy::Policy;
 use crate::router::{Router, RxInfo, Verdict};
 use crate::state::abuse::{Abuse, AbuseEvent, AbuseSettings};
-use crate::state::{Sizes, State};
+use crate::state::State;
 use crate::stats::Stats;
 
 /// A packet that left the router, and the direction its answer travels in.
@@ -40,13 +40,11 @@ pub struct Setup {
     pub abuse: Option<AbuseSettings>,
     /// The reply buffer's size (1280 is the least the router is documented to need).
     pub reply_len: usize,
-    /// The sizes of the state's tables.
-    pub sizes: Sizes,
 }
 
 impl Default for Setup {
     fn default() -> Setup {
-        Setup { abuse: None, reply_len: 65_536, sizes: Sizes::FULL }
+        Setup { abuse: None, reply_len: 65_536 }
     }
 }
 
@@ -98,7 +96,7 @@ impl TestRouter {
     }
 
     fn plane_with(policy: Arc<Policy>, setup: Setup, mut reply: Vec<u8>, mut out: Vec<u8>) -> TestRouter {
-        let state = Arc::new(State::with_sizes(&policy, setup.sizes));
+        let state = Arc::new(State::new(&policy));
         let mut first = Router::with_state(Arc::clone(&policy), Arc::clone(&state));
         let mut second = Router::with_state(policy, Arc::clone(&state));
         let abuse = setup.abuse.map(|s| Abuse::new(s, Arc::clone(state.quarantine())));
