@@ -97,7 +97,7 @@ impl Config {
                     "index": i + 1,
                     "name": c.name,
                     "direction": c.direction.map(|d| d.name()),
-                    "protocol": c.protocol.map(crate::policy::rules::protocol_name),
+                    "protocol": c.protocol.map(crate::packet::protocol_name),
                     "src": c.src.as_ref().map(prefixes),
                     "dst": c.dst.as_ref().map(prefixes),
                     "src_ports": c.src_ports.as_ref().map(port_ranges),

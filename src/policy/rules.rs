@@ -13,7 +13,7 @@ use std::fmt::{self, Write as _};
 use std::time::Instant;
 
 use super::{Limit, PortSet, PrefixSet};
-use crate::packet::{proto, tcp_flags, Direction, PacketView, Transport, TunnelKind};
+use crate::packet::{protocol_name, tcp_flags, Direction, PacketView, Transport, TunnelKind};
 
 /// What a rule decided about a packet.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -355,17 +355,6 @@ impl Rule for ConfigRule {
         }
         let _ = write!(s, " -> {}", self.action);
         s
-    }
-}
-
-/// Name of an IP protocol number as the config spells it.
-pub fn protocol_name(p: u8) -> String {
-    match p {
-        proto::TCP => "tcp".into(),
-        proto::UDP => "udp".into(),
-        proto::ICMP => "icmp".into(),
-        proto::ICMPV6 => "icmpv6".into(),
-        n => format!("proto {n}"),
     }
 }
 
