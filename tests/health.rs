@@ -17,9 +17,9 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use op25b::control::{Control, Hooks};
-use op25b::policy::Place;
 use op25b::dataplane::{Dataplane, Sinks};
 use op25b::packet::PacketView;
+use op25b::policy::Place;
 use op25b::policy::{Rule, RuleContext, RuleVerdict};
 
 /// Where the stalling rule's packets go (the upstream side; nothing answers).

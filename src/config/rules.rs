@@ -155,11 +155,7 @@ fn port_item(
 }
 
 /// Compiles the `[[rule]]` tables in file order.
-pub(super) fn compile(
-    cx: &Ctx<'_>,
-    sets: &Sets,
-    raw: &[Spanned<RuleSection>],
-) -> Result<Vec<RuleKind>, ConfigError> {
+pub(super) fn compile(cx: &Ctx<'_>, sets: &Sets, raw: &[Spanned<RuleSection>]) -> Result<Vec<RuleKind>, ConfigError> {
     let mut names = HashSet::new();
     let mut out: Vec<RuleKind> = Vec::with_capacity(raw.len());
     for (i, r) in raw.iter().enumerate() {

@@ -50,8 +50,8 @@ use crate::state::State;
 use crate::stats::{Counters, Stats, WriteErrors};
 use arc_swap::ArcSwap;
 
-pub use error::DeviceError;
 use device::Opened;
+pub use error::DeviceError;
 pub use fault::DeviceFault;
 use fault::{Faults, NetnsWatch};
 use netdev::NetDev;

@@ -113,7 +113,6 @@ pub trait Rule: Send + Sync {
     fn describe(&self) -> String {
         self.name().to_string()
     }
-
 }
 
 /// What a config rule does when it matches.

@@ -33,8 +33,8 @@ use crate::policy::{Action, Limit, Policy, RuleAction, RuleKind, RuleVerdict};
 use crate::stats::ResponderStats;
 use abuse::Quarantine;
 use attempts::Attempts;
-use program::{Fault, Instance};
 use conntrack::Conntrack;
+use program::{Fault, Instance};
 use ratelimit::RateLimiter;
 use responder::Responder;
 
@@ -116,8 +116,8 @@ fn rule_buckets(policy: &Policy) -> Box<[Option<Arc<RuleBuckets>>]> {
         .map(|r| match r {
             RuleKind::Config(c) => match c.action {
                 RuleAction::RateLimit(limit) => Some(Arc::new(RuleBuckets {
-                name: r.name().to_string(),
-                limit,
+                    name: r.name().to_string(),
+                    limit,
                     table: Mutex::new(RateLimiter::new(limit)),
                 })),
                 _ => None,

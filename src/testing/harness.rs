@@ -77,7 +77,12 @@ impl TestRouter {
 
     /// A router over `policy` sharing `state` (a second worker of the same data plane).
     pub fn with_state(policy: Arc<Policy>, state: Arc<State>) -> TestRouter {
-        TestRouter { router: Router::with_state(policy, state), now: Instant::now(), reply: vec![0; 65_536], plane: None }
+        TestRouter {
+            router: Router::with_state(policy, state),
+            now: Instant::now(),
+            reply: vec![0; 65_536],
+            plane: None,
+        }
     }
 
     /// Two workers over `policy` and one fresh State, driven as the data
