@@ -139,6 +139,21 @@ impl Router {
         if decision != Decision::Block {
             return ControlFlow::Continue(());
         }
+        self.block_inner(p, kind, depth, inner)
+    }
+
+    /// OP25B's action on a blocked inner packet (kept out of line: the
+    /// packets that pass, most tunnels, do not carry its code).
+    #[cold]
+    #[inline(never)]
+    fn block_inner(
+        &self,
+        p: &mut Packet<'_>,
+        kind: TunnelKind,
+        depth: usize,
+        inner: &PacketView,
+    ) -> ControlFlow<Verdict> {
+        let op = &self.policy.op25b;
         let syn = inner.is_tcp_syn();
         let ends = if syn { self.ends(inner) } else { None };
         let (outer_src, outer_dst) = (p.view.src, p.view.dst);
