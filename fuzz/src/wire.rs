@@ -42,9 +42,11 @@ pub(crate) fn pseudo(src: IpAddr, dst: IpAddr, proto: u8, len: usize) -> Vec<u8>
     p
 }
 
+// `is_multiple_of` is newer than the MSRV of op25b, whose tests include this file.
+#[allow(clippy::manual_is_multiple_of)]
 pub(crate) fn pad(mut v: Vec<u8>, unit: usize, max: usize) -> Vec<u8> {
     v.truncate(max);
-    while !v.len().is_multiple_of(unit) {
+    while v.len() % unit != 0 {
         v.push(0);
     }
     v
