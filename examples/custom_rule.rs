@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use op25b::packet::PacketView;
-use op25b::policy::{Rule, RuleContext, RuleVerdict};
+use op25b::policy::{Place, Rule, RuleContext, RuleVerdict};
 use op25b::testing::lab::{DYN4, MX4};
 use op25b::testing::packets::syn;
 use op25b::testing::{PolicyBuilder, TestRouter};
@@ -99,7 +99,7 @@ pub fn scenario() -> (usize, usize) {
     let mut config = PolicyBuilder::lab().config();
     config
         .policy
-        .push_rule(Box::new(SubmissionLimit::new(3, Duration::from_secs(60), 10_000)))
+        .attach(&[(Place::Last, Arc::new(SubmissionLimit::new(3, Duration::from_secs(60), 10_000)))])
         .expect("unshared policy");
     let mut router = TestRouter::new(Arc::new(config.policy));
     let t0 = router.now;

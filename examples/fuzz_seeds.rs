@@ -217,7 +217,7 @@ fn main() {
             .collect();
         let Some(driver) = fuzz::structured::play(&bytes) else { continue };
         let moved: Vec<String> =
-            driver.stats().iter().flat_map(|s| s.pairs()).filter(|(_, n)| *n > 0).map(|(k, _)| k).collect();
+            driver.worker_stats().iter().flat_map(|s| s.pairs()).filter(|(_, n)| *n > 0).map(|(k, _)| k).collect();
         let mut keep = kept < 8;
         for (i, w) in wanted.iter().enumerate() {
             if hits[i] < 4 && moved.iter().any(|m| m == w) {

@@ -19,21 +19,11 @@ use crate::config::{Config, ConfigError};
 use crate::control::{self, Control, ControlError, Failures, Hooks, ReloadOutcome, ReloadRequest};
 use crate::dataplane::events::Event;
 use crate::dataplane::{self, Dataplane, DeviceError, Sinks};
-use crate::packet::PacketView;
-use crate::policy::{ConfigRule, Pipeline, Policy, ProgramRule, Rule, RuleContext, RuleVerdict};
+use crate::policy::{AttachError, Policy, Rule};
 use crate::reload::{self, ReloadError};
 use crate::stats::{OutputFile, WriteErrors};
 
-/// Where a rule given in code sits in the pipeline.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Place {
-    /// Before the config's rules.
-    First,
-    /// After the config's rules.
-    Last,
-    /// In the place of the config's `[[rule]]` with `plugin = NAME`.
-    Plugin(String),
-}
+pub use crate::policy::Place;
 
 /// How a router that ran stopped.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -72,12 +62,13 @@ pub enum RunError {
     #[error("starting the notify thread: {0}")]
     Notify(std::io::Error),
     /// The rules given in code do not fit the config.
-    #[error("{file}: {message}")]
+    #[error("{file}: {error}")]
     Rules {
         /// The config file.
         file: String,
         /// What does not fit.
-        message: String,
+        #[source]
+        error: AttachError,
     },
 }
 
@@ -93,80 +84,6 @@ impl RunError {
             ) | RunError::Rules { .. }
         )
     }
-}
-
-/// A rule given in code, shared by every policy the router runs.
-struct CodeRule(Arc<dyn Rule>);
-
-impl Rule for CodeRule {
-    fn name(&self) -> &str {
-        self.0.name()
-    }
-    #[inline]
-    fn evaluate(&self, packet: &PacketView, cx: &RuleContext) -> RuleVerdict {
-        self.0.evaluate(packet, cx)
-    }
-    fn mismatch(&self, packet: &PacketView, cx: &RuleContext) -> Option<&'static str> {
-        self.0.mismatch(packet, cx)
-    }
-    fn describe(&self) -> String {
-        format!("{} (given in code)", self.0.describe())
-    }
-    fn as_config_rule(&self) -> Option<&ConfigRule> {
-        self.0.as_config_rule()
-    }
-    fn as_program_rule(&self) -> Option<&ProgramRule> {
-        self.0.as_program_rule()
-    }
-}
-
-/// Puts the rules given in code into `policy` (just compiled, not yet shared).
-pub fn attach(policy: &mut Policy, rules: &[(Place, Arc<dyn Rule>)]) -> Result<(), String> {
-    let pipeline = std::mem::take(&mut policy.rules);
-    let config_rules = match Arc::try_unwrap(pipeline) {
-        Ok(p) => p.into_rules(),
-        Err(shared) => {
-            policy.rules = shared;
-            return Err("the policy is already in use; attach rules before starting".into());
-        }
-    };
-    let code = |place: &Place| -> Vec<Box<dyn Rule>> {
-        rules
-            .iter()
-            .filter(|(p, _)| p == place)
-            .map(|(_, r)| Box::new(CodeRule(Arc::clone(r))) as Box<dyn Rule>)
-            .collect()
-    };
-    let mut out = code(&Place::First);
-    for rule in config_rules {
-        match rule.plugin() {
-            Some(plugin) => {
-                let given = code(&Place::Plugin(plugin.to_string()));
-                if given.is_empty() {
-                    return Err(format!("rule {:?}: plugin {plugin:?} is not given in code", rule.name()));
-                }
-                out.extend(given);
-            }
-            None => out.push(rule),
-        }
-    }
-    for (place, rule) in rules {
-        if let Place::Plugin(name) = place {
-            if !out.iter().any(|r| r.name() == rule.name()) {
-                return Err(format!(
-                    "rule {:?} given in code for plugin {name:?}: no [[rule]] has plugin = {name:?}",
-                    rule.name()
-                ));
-            }
-        }
-    }
-    out.extend(code(&Place::Last));
-    let mut names = std::collections::HashSet::new();
-    if let Some(dup) = out.iter().find(|r| !names.insert(r.name().to_string())) {
-        return Err(format!("two rules are named {:?} (counters and state are kept by name)", dup.name()));
-    }
-    policy.rules = Arc::new(Pipeline::new(out));
-    Ok(())
 }
 
 /// The router: a config, rules given in code, and where to write the
@@ -205,7 +122,7 @@ impl Daemon {
     pub fn run(self) -> Result<Stopped, RunError> {
         let Daemon { mut config, rules, stats_file } = self;
         let file = config.path.display().to_string();
-        attach(&mut config.policy, &rules).map_err(|message| RunError::Rules { file, message })?;
+        config.policy.attach(&rules).map_err(|error| RunError::Rules { file, error })?;
         run(config, &rules, stats_file.as_deref())
     }
 }
@@ -515,7 +432,7 @@ fn reload(
         .map_err(|e| ReloadError::from(e).to_string())
         .and_then(|mut new| {
             let file = new.path.display().to_string();
-            attach(&mut new.policy, rules).map_err(|message| ReloadError::Rules { file, message }.to_string())?;
+            new.policy.attach(rules).map_err(|error| ReloadError::Rules { file, error }.to_string())?;
             reload::prepare(&running, &state, new).map_err(|e| e.to_string())
         })
         .and_then(|r| Ok((outputs.open(&r.config)?, r)));
@@ -576,6 +493,8 @@ impl std::fmt::Display for PolicySizes<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::packet::PacketView;
+    use crate::policy::{RuleContext, RuleVerdict};
     use crate::testing::PolicyBuilder;
 
     struct Named(&'static str);
@@ -593,7 +512,7 @@ mod tests {
 
     fn names(rules: &[(Place, Arc<dyn Rule>)]) -> Result<Vec<String>, String> {
         let mut policy = PolicyBuilder::lab().rules(CONFIG_RULES).config().policy;
-        attach(&mut policy, rules)?;
+        policy.attach(rules).map_err(|e| e.to_string())?;
         Ok(policy.rules.rules().iter().map(|r| r.name().to_string()).collect())
     }
 
@@ -625,8 +544,8 @@ mod tests {
             PolicyBuilder::lab().rules(CONFIG_RULES).config().policy,
             PolicyBuilder::lab().rules(CONFIG_RULES).config().policy,
         );
-        attach(&mut one, &rules).unwrap();
-        attach(&mut two, &rules).unwrap();
+        one.attach(&rules).unwrap();
+        two.attach(&rules).unwrap();
         assert_eq!(Arc::strong_count(&rule), 4, "the test's, the list's and one per policy");
         assert!(one.rules.rules()[1].describe().ends_with("(given in code)"));
     }

@@ -500,12 +500,12 @@ fn check_packet(
     if json {
         let steps: Vec<serde_json::Value> =
             trace.steps.iter().map(|s| serde_json::json!({"stage": s.stage, "detail": s.detail})).collect();
-        let reason = tools::verdict_reason(verdict);
+        let reason = verdict.reason();
         let out = serde_json::json!({
             "packet": spec,
             "direction": dir.name(),
             "direction_reason": why,
-            "verdict": tools::verdict_name(verdict),
+            "verdict": verdict.name(),
             "reason": reason,
             "forwarded": forwarded,
             "trace": steps,

@@ -35,12 +35,13 @@ pub enum ReloadError {
     Invalid(#[from] ConfigError),
     /// The rules given in code do not fit the new file (a plugin
     /// placeholder without its rule, or a name taken twice).
-    #[error("{file}: {message}")]
+    #[error("{file}: {error}")]
     Rules {
         /// The file.
         file: String,
         /// What does not fit.
-        message: String,
+        #[source]
+        error: crate::policy::AttachError,
     },
     /// The new file changes a setting that only applies at start.
     #[error("{file}: {key}: changed from {was} to {now}, which needs a restart of op25b")]

@@ -145,7 +145,7 @@ fn tunnel(kind: TunnelKind, src: &str, dport: u16) -> Vec<u8> {
 }
 
 fn kind(v: Verdict) -> &'static str {
-    op25b::tools::verdict_name(v)
+    v.name()
 }
 
 #[test]

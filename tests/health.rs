@@ -17,9 +17,9 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use op25b::control::{Control, Hooks};
-use op25b::daemon::{attach, Place};
 use op25b::dataplane::{Dataplane, Sinks};
 use op25b::packet::PacketView;
+use op25b::policy::Place;
 use op25b::policy::{Rule, RuleContext, RuleVerdict};
 
 /// Where the stalling rule's packets go (the upstream side; nothing answers).
@@ -109,7 +109,7 @@ fn healthz_is_503_while_a_worker_is_stalled_or_a_device_is_gone() {
     let mut config = op25b::Config::parse(&path, &policy.toml()).unwrap_or_else(|e| panic!("the config: {e}"));
     let shut = Arc::new((Mutex::new(true), Condvar::new()));
     let stall: Arc<dyn Rule> = Arc::new(Stall { shut: Arc::clone(&shut) });
-    attach(&mut config.policy, &[(Place::First, stall)]).expect("the rule attaches");
+    config.policy.attach(&[(Place::First, stall)]).expect("the rule attaches");
     let dp = Dataplane::start(&config, Sinks::default()).unwrap_or_else(|e| panic!("the data plane starts: {e}"));
     let control = Control::start(&config.control, &path, dp.stats_reader(), Hooks::default())
         .unwrap_or_else(|e| panic!("the control plane starts: {e}"))

@@ -177,7 +177,7 @@ fn run(r: &mut TestRouter, dir: Direction, pkt: &[u8]) -> (String, Vec<u8>) {
     let what = match v {
         Verdict::Reply { kind, .. } => format!("reply {}", kind.name()),
         // Both forms drop for their own reason (op25b_blocked vs rule_drop).
-        v => op25b::tools::verdict_name(v).to_string(),
+        v => v.name().to_string(),
     };
     (what, out)
 }

@@ -180,6 +180,20 @@ fn a_program_over_its_budget_or_trapping_answers_on_error_and_is_counted() {
     }
 }
 
+/// A module (hand-assembled) with `rule`, `memory` and `__heap_base`
+/// whose start function is `unreachable`.
+const TRAP_AT_START: &[u8] = &[
+    0x00, 0x61, 0x73, 0x6d, 0x01, 0x00, 0x00, 0x00, // magic, version
+    0x01, 0x0d, 0x02, 0x60, 0x05, 0x7f, 0x7f, 0x7f, 0x7e, 0x7e, 0x01, 0x7f, 0x60, 0x00, 0x00, // types
+    0x03, 0x03, 0x02, 0x00, 0x01, // functions: rule, start
+    0x05, 0x03, 0x01, 0x00, 0x01, // one page of memory
+    0x06, 0x07, 0x01, 0x7f, 0x00, 0x41, 0x80, 0x08, 0x0b, // __heap_base = 1024
+    0x07, 0x1f, 0x03, 0x04, 0x72, 0x75, 0x6c, 0x65, 0x00, 0x00, 0x06, 0x6d, 0x65, 0x6d, 0x6f, 0x72, 0x79, 0x02, 0x00,
+    0x0b, 0x5f, 0x5f, 0x68, 0x65, 0x61, 0x70, 0x5f, 0x62, 0x61, 0x73, 0x65, 0x03, 0x00, // exports
+    0x08, 0x01, 0x01, // start: function 1
+    0x0a, 0x0a, 0x02, 0x04, 0x00, 0x41, 0x00, 0x0b, 0x03, 0x00, 0x00, 0x0b, // code: return 0; unreachable
+];
+
 fn refused(rules: &str) -> String {
     let text = builder(rules).toml();
     let e = Config::parse(Path::new("programs.toml"), &text).expect_err("a bad program is refused");
@@ -226,6 +240,13 @@ fn a_bad_program_is_refused_with_one_line_naming_the_file_and_why() {
     );
     let line = refused(&rule(&wrong_type));
     assert!(line.contains("exports `rule` with the wrong type"), "{line}");
+
+    // Valid, with every export, but its start function traps: the trial
+    // instance at load refuses it, not the data plane.
+    let trap_at_start = dir.join("trap_at_start.wasm");
+    std::fs::write(&trap_at_start, TRAP_AT_START).unwrap();
+    let line = refused(&rule(&trap_at_start.display().to_string()));
+    assert!(line.contains("trap_at_start.wasm: cannot be instantiated"), "{line}");
 
     let both = format!("{}action = \"drop\"\n", rule(&example("port_block")));
     let line = refused(&both);

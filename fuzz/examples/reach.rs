@@ -26,7 +26,7 @@ fn main() {
             inputs += 1;
             let Some(driver) = play(&data) else { continue };
             let mut seen: BTreeMap<String, u64> = BTreeMap::new();
-            for stats in driver.stats() {
+            for stats in driver.worker_stats() {
                 for (name, n) in stats.pairs() {
                     *seen.entry(name).or_default() += n;
                 }

@@ -10,6 +10,7 @@
 
 pub mod router;
 pub mod structured;
+mod wire;
 
 use std::path::Path;
 use std::time::Instant;

@@ -1,8 +1,9 @@
 //! The router under fuzzing: a fixed set of policies (every OP25B action, with
-//! and without IP25B, all with config rules of every rule action), and a
-//! [`Driver`] that feeds packets to two workers sharing one State, keeps a
-//! virtual clock, runs the banner responder's timers and transmissions as the
-//! data plane does, and checks what leaves the router.
+//! and without IP25B, all with config rules of every rule action), driven by
+//! the testing harness as the data plane drives it
+//! ([`TestRouter::data_plane`]: two workers sharing one State, a virtual
+//! clock, the banner responder's timers and transmissions, abuse handling,
+//! what leaves the router checked).
 //!
 //! [`Script`] is the raw target's input format, a sequence of records:
 //!
@@ -18,14 +19,15 @@
 //!   LEN = 0        no packet: answer the last packet that left the router instead
 //! ```
 
+use std::cell::RefCell;
 use std::sync::{Arc, OnceLock};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use op25b::packet::{Direction, PacketView};
+use op25b::packet::Direction;
 use op25b::policy::Policy;
-use op25b::state::abuse::{Abuse, AbuseEvent, AbuseSettings, Attempt};
-use op25b::testing::{packets, PolicyBuilder};
-use op25b::{Router, RxInfo, Verdict};
+use op25b::state::abuse::AbuseSettings;
+use op25b::testing::{packets, PolicyBuilder, Setup, TestRouter};
+use op25b::{Router, RxInfo};
 
 /// Rules of every action, kind of match and family, run by every policy.
 const RULES: &str = r#"
@@ -159,9 +161,10 @@ fn pick(selector: u8) -> &'static (Arc<Policy>, Option<AbuseSettings>) {
     &all[usize::from(selector) % all.len()]
 }
 
-/// A router over policy `selector` (modulo the count) with fresh state.
+/// A router over policy `selector` (modulo the count) with fresh state
+/// (whose tables a fuzz build, `cfg(fuzzing)`, sizes for a few packets).
 pub fn router(selector: u8) -> Router {
-    Router::new(pick(selector).0.clone())
+    Router::new(Arc::clone(&pick(selector).0))
 }
 
 /// A few ordinary packets of the lab: seeds, and what a fuzzed config is tried on.
@@ -180,149 +183,30 @@ pub fn sample_packets() -> Vec<Vec<u8>> {
     ]
 }
 
-/// A packet that left the router, and the direction its answer travels in.
-#[derive(Debug, Clone)]
-pub struct Left {
-    /// The bytes.
-    pub bytes: Vec<u8>,
-    /// Outbound if a subscriber would answer it, inbound if the outside would.
-    pub answer: Direction,
+/// The harness over policy `selector` (modulo the count), driven as the
+/// data plane drives its workers (the state's tables, in a fuzz build, sized
+/// for a few packets); a reply buffer of 1280 bytes (the least the router is
+/// documented to need) if `small_reply`. The harness of the input before, when it was given back ([`recycle`]),
+/// is renewed rather than built: its buffers stay.
+pub fn driver(selector: u8, small_reply: bool) -> TestRouter {
+    let (policy, abuse) = pick(selector);
+    let setup = Setup { abuse: abuse.clone(), reply_len: if small_reply { 1280 } else { 65_536 } };
+    match SPARE.with(|s| s.borrow_mut().take()) {
+        Some(mut t) => {
+            t.renew(Arc::clone(policy), setup);
+            t
+        }
+        None => TestRouter::data_plane(Arc::clone(policy), setup),
+    }
 }
 
-/// Two workers over one State, a clock, and what left the router lately.
-#[derive(Debug)]
-pub struct Driver {
-    workers: [Router; 2],
-    now: Instant,
-    reply: Vec<u8>,
-    out: Vec<u8>,
-    /// The last packets that left (forwarded, replies, responder output), oldest first.
-    pub left: Vec<Left>,
-    /// Abuse handling fed with OP25B's blocks, as the data plane feeds it,
-    /// quarantining into the routers' state (policies with `[abuse]`).
-    abuse: Option<Abuse>,
-    events: Vec<AbuseEvent>,
+thread_local! {
+    static SPARE: RefCell<Option<TestRouter>> = const { RefCell::new(None) };
 }
 
-/// Packets kept in [`Driver::left`].
-const KEEP: usize = 16;
-
-impl Driver {
-    /// Policy `selector` (modulo the count); a reply buffer of 1280 bytes
-    /// (the least the router is documented to need) if `small_reply`.
-    pub fn new(selector: u8, small_reply: bool) -> Driver {
-        let (policy, settings) = pick(selector);
-        let mut first = Router::new(policy.clone());
-        let mut second = Router::with_state(policy.clone(), first.state().clone());
-        let abuse = settings.clone().map(|s| Abuse::new(s, first.state().quarantine().clone()));
-        first.note_blocks(abuse.is_some());
-        second.note_blocks(abuse.is_some());
-        Driver {
-            abuse,
-            events: Vec::new(),
-            workers: [first, second],
-            now: Instant::now(),
-            reply: vec![0; if small_reply { 1280 } else { 65_536 }],
-            out: vec![0; 65_536],
-            left: Vec::new(),
-        }
-    }
-
-    /// Moves the clock on and runs the timers that fell due.
-    pub fn advance(&mut self, by: Duration) {
-        self.now += by;
-        self.timers();
-    }
-
-    fn keep(&mut self, bytes: &[u8], answer: Direction) {
-        if self.left.len() == KEEP {
-            self.left.remove(0);
-        }
-        self.left.push(Left { bytes: bytes.to_vec(), answer });
-    }
-
-    fn timers(&mut self) {
-        if let Some(a) = &self.abuse {
-            a.expire(self.now, &mut self.events);
-            self.events.clear();
-        }
-        let state = self.workers[0].state().clone();
-        if state.poll_timeout().is_some_and(|at| at <= self.now) {
-            state.handle_timeout(self.now);
-        }
-        let mut sent = 0;
-        while let Some(n) = state.poll_transmit(self.now, &mut self.out) {
-            assert!(n <= self.out.len(), "poll_transmit wrote {n} bytes into {}", self.out.len());
-            let pkt = self.out[..n].to_vec();
-            if let Err(e) = PacketView::parse(&pkt) {
-                panic!("the responder sent an unparsable packet ({e:?}): {pkt:02x?}");
-            }
-            self.keep(&pkt, Direction::Outbound);
-            sent += 1;
-            assert!(sent < 10_000, "poll_transmit does not run dry");
-        }
-    }
-
-    /// Hands `pkt` to a worker as the device would, checks the verdict, and
-    /// runs the responder as the data plane does after each packet.
-    pub fn send(&mut self, worker: usize, dir: Direction, pkt: &[u8], rx: RxInfo) -> Verdict {
-        let mut buf = pkt.to_vec();
-        let v = self.workers[worker % 2].handle(self.now, dir, &mut buf, &mut self.reply, rx);
-        if let Some(block) = self.workers[worker % 2].take_block() {
-            if let (Some(a), None) = (&self.abuse, block.rule) {
-                let attempt = Attempt {
-                    at: self.now,
-                    src: block.src.ip(),
-                    dst: block.dst.ip(),
-                    monitor: block.action == "monitor",
-                };
-                a.record([attempt], &mut self.events);
-                self.events.clear();
-            }
-        }
-        match v {
-            Verdict::Forward { len } => {
-                assert!(len <= buf.len(), "forward of {len} bytes from a {}-byte packet", buf.len());
-                let fwd = buf[..len].to_vec();
-                self.keep(&fwd, dir.reverse());
-            }
-            Verdict::Reply { len, kind } => {
-                assert!(len <= self.reply.len(), "a {len}-byte reply in a {}-byte buffer", self.reply.len());
-                let reply = self.reply[..len].to_vec();
-                if let Err(e) = PacketView::parse(&reply) {
-                    panic!("a {kind:?} reply that does not parse ({e:?}): {reply:02x?}");
-                }
-                self.keep(&reply, dir);
-            }
-            _ => {}
-        }
-        self.timers();
-        v
-    }
-
-    /// The last packet that left, `back` places from the newest (modulo the count).
-    pub fn recent(&self, back: u8) -> Option<&Left> {
-        let n = self.left.len();
-        (n > 0).then(|| &self.left[n - 1 - usize::from(back) % n])
-    }
-
-    /// Each worker's counters (the State's, the responder's, are in both).
-    pub fn stats(&self) -> Vec<op25b::Stats> {
-        self.workers.iter().map(Router::stats).collect()
-    }
-
-    /// Checks the counters: per direction and worker, every packet received
-    /// has exactly one verdict.
-    pub fn finish(&self) {
-        for w in &self.workers {
-            let s = w.stats();
-            for d in Direction::ALL {
-                let x = s.dir(d);
-                let judged = x.forwarded + x.dropped_total() + x.replied_total() + x.terminated;
-                assert_eq!(x.received, judged, "{d:?}: {x:?}");
-            }
-        }
-    }
+/// Gives a harness back for the next input's [`driver`].
+pub fn recycle(t: TestRouter) {
+    SPARE.with(|s| *s.borrow_mut() = Some(t));
 }
 
 /// The raw target's input: see the module docs.
@@ -376,13 +260,15 @@ impl<'a> Script<'a> {
 
     /// Plays the script.
     pub fn run(self) {
-        let _ = self.play();
+        if let Some(d) = self.play() {
+            recycle(d);
+        }
     }
 
-    /// Plays the script; the driver afterwards (`None` for an empty input).
-    pub fn play(self) -> Option<Driver> {
+    /// Plays the script; the harness afterwards (`None` for an empty input).
+    pub fn play(self) -> Option<TestRouter> {
         let (&head, mut rest) = self.data.split_first()?;
-        let mut d = Driver::new(head & 0x0f, head & 0x10 != 0);
+        let mut d = driver(head & 0x0f, head & 0x10 != 0);
         let take = |n: usize, rest: &mut &'a [u8]| -> &'a [u8] {
             let (a, b) = rest.split_at(n.min(rest.len()));
             *rest = b;
@@ -406,15 +292,15 @@ impl<'a> Script<'a> {
             if len == 0 {
                 if let Some(last) = d.recent(0).cloned() {
                     if let Some(answer) = super::structured::answer(&last.bytes, super::structured::Flags::Auto, b"") {
-                        let _ = d.send(worker, last.answer, &answer, RxInfo::default());
+                        let _ = d.send_on(worker, last.answer, &answer, RxInfo::default());
                     }
                 }
                 continue;
             }
             let pkt = take(len, &mut rest);
-            let _ = d.send(worker, dir, pkt, rx);
+            let _ = d.send_on(worker, dir, pkt, rx);
         }
-        d.finish();
+        d.check_counts();
         Some(d)
     }
 }

@@ -86,15 +86,18 @@ impl Config {
             .iter()
             .enumerate()
             .map(|(i, r)| {
-                let program = r.as_program_rule();
-                let Some(c) = r.as_config_rule().or(program.map(|p| &p.matcher)) else {
+                let program = match r {
+                    crate::policy::RuleKind::Program(p) => Some(p),
+                    _ => None,
+                };
+                let Some(c) = r.fields() else {
                     return json!({"index": i + 1, "name": r.name(), "description": r.describe()});
                 };
                 let mut v = json!({
                     "index": i + 1,
                     "name": c.name,
                     "direction": c.direction.map(|d| d.name()),
-                    "protocol": c.protocol.map(crate::policy::rules::protocol_name),
+                    "protocol": c.protocol.map(crate::packet::protocol_name),
                     "src": c.src.as_ref().map(prefixes),
                     "dst": c.dst.as_ref().map(prefixes),
                     "src_ports": c.src_ports.as_ref().map(port_ranges),

@@ -13,7 +13,7 @@ use crate::packet::{proto, TunnelKind};
 use crate::policy::program::{DEFAULT_MAP_SIZE, MAX_MAP_SIZE};
 use crate::policy::rules::{ConfigRule, FlagMatch, RuleAction, TunnelMatch};
 use crate::policy::Limit;
-use crate::policy::{OnError, PluginSlot, Program, ProgramRule, Rule};
+use crate::policy::{OnError, PluginSlot, Program, ProgramRule, RuleKind};
 use crate::policy::{PortSet, PrefixSet};
 
 /// A port-list or set item: a number, "LOW-HIGH", "@set", or a prefix.
@@ -155,13 +155,9 @@ fn port_item(
 }
 
 /// Compiles the `[[rule]]` tables in file order.
-pub(super) fn compile(
-    cx: &Ctx<'_>,
-    sets: &Sets,
-    raw: &[Spanned<RuleSection>],
-) -> Result<Vec<Box<dyn Rule>>, ConfigError> {
+pub(super) fn compile(cx: &Ctx<'_>, sets: &Sets, raw: &[Spanned<RuleSection>]) -> Result<Vec<RuleKind>, ConfigError> {
     let mut names = HashSet::new();
-    let mut out: Vec<Box<dyn Rule>> = Vec::with_capacity(raw.len());
+    let mut out: Vec<RuleKind> = Vec::with_capacity(raw.len());
     for (i, r) in raw.iter().enumerate() {
         let span = r.span();
         let r = r.get_ref();
@@ -202,7 +198,7 @@ pub(super) fn compile(
             if p.is_empty() {
                 return Err(cx.err(&plugin.span(), key("plugin"), "a plugin needs the name of the rule given in code"));
             }
-            out.push(Box::new(PluginSlot { name, plugin: p.to_string() }));
+            out.push(PluginSlot { name, plugin: p.to_string() }.into());
             continue;
         }
         let program = match (&r.program, &r.action) {
@@ -356,8 +352,8 @@ pub(super) fn compile(
             }
         }
         match program {
-            None => out.push(Box::new(rule)),
-            Some(file) => out.push(Box::new(program_rule(cx, &key, r, rule, file)?)),
+            None => out.push(rule.into()),
+            Some(file) => out.push(program_rule(cx, &key, r, rule, file)?.into()),
         }
     }
     Ok(out)
@@ -393,6 +389,7 @@ fn program_rule(
     let fail = |why: String| cx.err(&file.span(), key("program"), format!("{}: {why}", path.display()));
     let bytes = std::fs::read(&path).map_err(|e| fail(format!("cannot read it: {e}")))?;
     let program = Program::load(&bytes, map_size).map_err(|e| fail(e.to_string()))?;
+    crate::state::program::trial(&program).map_err(|e| fail(e.to_string()))?;
     Ok(ProgramRule { matcher, file: name.clone(), program: std::sync::Arc::new(program), on_error })
 }
 

@@ -256,13 +256,15 @@ fn dataplane_keys_are_validated() {
 }
 
 #[test]
-fn push_rule_refuses_a_second_rule_of_the_same_name() {
-    use crate::policy::{ConfigRule, PushRuleError, RuleAction};
+fn attach_refuses_a_second_rule_of_the_same_name() {
+    use crate::policy::{AttachError, ConfigRule, Place, RuleAction};
+    use std::sync::Arc;
     let text = crate::testing::PolicyBuilder::lab().rules("[[rule]]\nname = \"a\"\naction = \"count\"\n").toml();
     let mut c = parse(&text).expect("config");
-    let dup = c.policy.push_rule(Box::new(ConfigRule::new("a", RuleAction::Count)));
-    assert!(matches!(dup, Err(PushRuleError::Duplicate(ref n)) if n == "a"), "{dup:?}");
-    assert!(c.policy.push_rule(Box::new(ConfigRule::new("b", RuleAction::Count))).is_ok());
+    let dup = c.policy.attach(&[(Place::Last, Arc::new(ConfigRule::new("a", RuleAction::Count)))]);
+    assert!(matches!(dup, Err(AttachError::Duplicate(ref n)) if n == "a"), "{dup:?}");
+    assert_eq!(c.policy.rules.len(), 1, "a refused attach leaves the rules as they were");
+    assert!(c.policy.attach(&[(Place::Last, Arc::new(ConfigRule::new("b", RuleAction::Count)))]).is_ok());
     assert_eq!(c.policy.rules.len(), 2);
 }
 

@@ -99,9 +99,9 @@ pub(crate) fn line(event: &Event, sampler: &mut Sampler, now: Instant, at: Syste
                 "src": block.src.to_string(),
                 "dst": block.dst.to_string(),
                 "proto": "tcp",
-                "action": block.action,
+                "action": block.action.name(),
                 "rule": rule.as_deref().unwrap_or("op25b"),
-                "reply": block.reply,
+                "reply": block.reply.name(),
             });
             if let Some(tunnel) = &block.tunnel {
                 // The subscriber sent the tunnel: its source has no port;
@@ -321,15 +321,16 @@ const BATCH: Duration = Duration::from_millis(5);
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::router::Block;
+    use crate::policy::Action;
+    use crate::router::{Block, BlockAction, BlockReply};
 
     fn blocked(src: &str) -> Event {
         let block = Block {
             src: src.parse().unwrap(),
             dst: "203.0.113.25:25".parse().unwrap(),
-            action: "reject",
+            action: BlockAction::Op25b(Action::Reject),
             rule: None,
-            reply: "tcp_rst",
+            reply: BlockReply::TcpRst,
             tunnel: None,
         };
         Event::Blocked { block, rule: None }

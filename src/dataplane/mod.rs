@@ -25,6 +25,7 @@
 
 pub mod capture;
 mod device;
+mod error;
 mod eth;
 pub mod events;
 mod fault;
@@ -51,8 +52,9 @@ use crate::state::State;
 use crate::stats::{Counters, Stats, WriteErrors};
 use arc_swap::ArcSwap;
 
+pub use device::tun_queues;
 use device::Opened;
-pub use device::{tun_queues, DeviceError};
+pub use error::DeviceError;
 pub use fault::DeviceFault;
 use fault::{Faults, NetnsWatch};
 use link::Link;

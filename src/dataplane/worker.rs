@@ -27,7 +27,6 @@ use crate::packet::reply::icmp_error;
 use crate::packet::{Direction, IcmpError, PacketView};
 use crate::policy::Policy;
 use crate::router::{Router, RxInfo, Verdict};
-use crate::state::abuse::Attempt;
 use crate::state::State;
 use crate::stats::{Counter, Stats};
 use std::net::IpAddr;
@@ -460,10 +459,8 @@ fn drain(
             }
         }
         if let Some(block) = side.router.take_block() {
-            if let (Some(tx), None) = (io.abuse, block.rule) {
-                // OP25B's blocks (and monitor's would-be blocks) feed abuse handling.
-                let attempt =
-                    Attempt { at: *now, src: block.src.ip(), dst: block.dst.ip(), monitor: block.action == "monitor" };
+            // OP25B's blocks (and monitor's would-be blocks) feed abuse handling.
+            if let (Some(tx), Some(attempt)) = (io.abuse, block.attempt(*now)) {
                 if tx.try_send(attempt).is_err() {
                     c.attempts_dropped.add(1);
                 }

@@ -11,7 +11,7 @@ pub mod view;
 
 pub use reply::IcmpError;
 pub use tunnel::{TunnelError, TunnelKind, MAX_TUNNEL_DEPTH};
-pub use view::{proto, tcp_flags, Fragment, IpVersion, PacketView, ParseError, Transport};
+pub use view::{proto, protocol_name, tcp_flags, Fragment, IpVersion, PacketView, ParseError, Transport};
 
 /// Which way a packet travels.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]

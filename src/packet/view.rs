@@ -40,6 +40,18 @@ pub mod proto {
     pub const ICMPV6: u8 = 58;
 }
 
+/// Name of an IP protocol number as the config spells it: `tcp`, `udp`,
+/// `icmp`, `icmpv6`, or `proto N`.
+pub fn protocol_name(p: u8) -> String {
+    match p {
+        proto::TCP => "tcp".into(),
+        proto::UDP => "udp".into(),
+        proto::ICMP => "icmp".into(),
+        proto::ICMPV6 => "icmpv6".into(),
+        n => format!("proto {n}"),
+    }
+}
+
 /// TCP flag bits as they sit in byte 13 of the TCP header.
 pub mod tcp_flags {
     /// FIN.

@@ -3,24 +3,26 @@
 //! reload. What changes per packet (buckets, flows, sessions) is not here but
 //! in [`crate::state`].
 
+pub mod attach;
+pub mod kind;
 pub mod op25b;
 pub mod pipeline;
 pub mod ports;
 pub mod prefix;
 pub mod program;
-pub mod program_instance;
 pub mod quarantine;
 pub mod rules;
 
 use std::net::{Ipv4Addr, Ipv6Addr};
 use std::sync::Arc;
 
+pub use attach::{AttachError, Place};
+pub use kind::RuleKind;
 pub use op25b::{Action, Banner, Decision, Op25b, TunnelMode};
 pub use pipeline::{Pipeline, RuleHooks, RuleStep};
 pub use ports::PortSet;
 pub use prefix::PrefixSet;
 pub use program::{OnError, Program, ProgramError, ProgramRule};
-pub use program_instance::{Fault, Instance};
 pub use quarantine::QuarantineAllow;
 pub use rules::{ConfigRule, PluginSlot, Rule, RuleAction, RuleContext, RuleVerdict};
 
@@ -63,38 +65,7 @@ pub struct Policy {
     pub quarantine_allow: QuarantineAllow,
 }
 
-/// Why a rule could not be added.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum PushRuleError {
-    /// The policy's rules are in use by a router and cannot change in place.
-    #[error("the policy's rules are shared with a running router; add rules before building routers")]
-    Shared,
-    /// Another rule has the name: counters and rate-limit buckets are kept by name.
-    #[error("a rule named {0:?} is already in the policy")]
-    Duplicate(String),
-}
-
 impl Policy {
-    /// Appends a rule after the config's rules (for Rust users with their own
-    /// [`Rule`] types; see `examples/custom_rule.rs`).
-    pub fn push_rule(&mut self, rule: Box<dyn Rule>) -> Result<(), PushRuleError> {
-        if self.rules.rules().iter().any(|r| r.name() == rule.name()) {
-            return Err(PushRuleError::Duplicate(rule.name().to_string()));
-        }
-        let old = std::mem::take(&mut self.rules);
-        let mut rules = match Arc::try_unwrap(old) {
-            Ok(p) => p.into_rules(),
-            Err(shared) => {
-                self.rules = shared;
-                return Err(PushRuleError::Shared);
-            }
-        };
-        rules.push(rule);
-        self.rules = Arc::new(Pipeline::new(rules));
-        Ok(())
-    }
-
     /// The MTU of the device a packet travelling in `dir` leaves through.
     #[inline]
     pub fn egress_mtu(&self, dir: Direction) -> u16 {

@@ -15,8 +15,8 @@ use std::net::IpAddr;
 use std::time::Instant;
 
 use super::program::ProgramRule;
-use super::rules::{ports_of, ConfigRule, Rule, RuleContext, RuleVerdict};
-use super::Limit;
+use super::rules::{ports_of, ConfigRule, RuleContext, RuleVerdict};
+use super::{Limit, RuleKind};
 use crate::packet::PacketView;
 
 /// What the pipeline needs from its caller while it evaluates: the counters
@@ -42,7 +42,7 @@ pub trait RuleHooks {
     }
 
     /// One step of the evaluation (only called when [`RuleHooks::TRACE`]).
-    fn step(&mut self, _index: usize, _rule: &dyn Rule, _step: RuleStep) {}
+    fn step(&mut self, _index: usize, _rule: &RuleKind, _step: RuleStep) {}
 }
 
 /// One rule's result in a trace.
@@ -58,14 +58,15 @@ pub enum RuleStep {
 enum Stage {
     /// Config rules `first..first + classifier.len` indexed together.
     Indexed { first: usize, last: usize, classifier: Box<Classifier> },
-    /// An opaque rule, evaluated on its own.
+    /// A rule the index cannot see into (a placeholder, a rule given in
+    /// code), evaluated on its own.
     Opaque(usize),
 }
 
 /// The ordered rules, shared by all workers; immutable.
 #[derive(Default)]
 pub struct Pipeline {
-    rules: Vec<Box<dyn Rule>>,
+    rules: Vec<RuleKind>,
     stages: Vec<Stage>,
 }
 
@@ -77,34 +78,34 @@ impl std::fmt::Debug for Pipeline {
 
 impl Pipeline {
     /// A pipeline of `rules` in order.
-    pub fn new(rules: Vec<Box<dyn Rule>>) -> Pipeline {
+    pub fn new(rules: Vec<RuleKind>) -> Pipeline {
         let mut stages = Vec::new();
         let mut i = 0;
         // Program rules are indexed by their matching fields like config
         // rules: a packet those fields exclude never reaches the program.
         while i < rules.len() {
-            if fields(&*rules[i]).is_none() {
+            if rules[i].fields().is_none() {
                 stages.push(Stage::Opaque(i));
                 i += 1;
                 continue;
             }
             let first = i;
-            while i < rules.len() && fields(&*rules[i]).is_some() {
+            while i < rules.len() && rules[i].fields().is_some() {
                 i += 1;
             }
-            let run: Vec<&ConfigRule> = rules[first..i].iter().filter_map(|r| fields(&**r)).collect();
+            let run: Vec<&ConfigRule> = rules[first..i].iter().filter_map(RuleKind::fields).collect();
             stages.push(Stage::Indexed { first, last: i, classifier: Box::new(Classifier::new(&run)) });
         }
         Pipeline { rules, stages }
     }
 
     /// Takes the rules back out.
-    pub fn into_rules(self) -> Vec<Box<dyn Rule>> {
+    pub fn into_rules(self) -> Vec<RuleKind> {
         self.rules
     }
 
     /// The rules, in order.
-    pub fn rules(&self) -> &[Box<dyn Rule>] {
+    pub fn rules(&self) -> &[RuleKind] {
         &self.rules
     }
 
@@ -152,9 +153,9 @@ impl Pipeline {
         cx: &RuleContext,
         hooks: &mut H,
     ) -> Option<(RuleVerdict, usize)> {
-        let rule = &*self.rules[i];
-        let v = match rule.as_config_rule() {
-            Some(c) => match c.first_mismatch(p, cx) {
+        let rule = &self.rules[i];
+        let v = match rule {
+            RuleKind::Config(c) => match c.first_mismatch(p, cx) {
                 Some(field) => {
                     if H::TRACE {
                         hooks.step(i, rule, RuleStep::NoMatch(Some(field)));
@@ -163,18 +164,17 @@ impl Pipeline {
                 }
                 None => c.verdict(|limit| hooks.allow(i, limit, p, cx.now)),
             },
-            None => match rule.as_program_rule() {
-                Some(pr) => match pr.matcher.first_mismatch(p, cx) {
-                    Some(field) => {
-                        if H::TRACE {
-                            hooks.step(i, rule, RuleStep::NoMatch(Some(field)));
-                        }
-                        return None;
+            RuleKind::Program(pr) => match pr.matcher.first_mismatch(p, cx) {
+                Some(field) => {
+                    if H::TRACE {
+                        hooks.step(i, rule, RuleStep::NoMatch(Some(field)));
                     }
-                    None => hooks.program(i, pr, p, cx),
-                },
-                None => rule.evaluate(p, cx),
+                    return None;
+                }
+                None => hooks.program(i, pr, p, cx),
             },
+            RuleKind::Plugin(_) => RuleVerdict::NoMatch,
+            RuleKind::Code(r) => r.evaluate(p, cx),
         };
         if H::TRACE {
             let step = match v {
@@ -189,11 +189,6 @@ impl Pipeline {
         hooks.matched(i, p.len);
         v.is_final().then_some((v, i))
     }
-}
-
-/// The fields the index can use: a config rule's, or a program rule's matcher.
-fn fields(r: &dyn Rule) -> Option<&ConfigRule> {
-    r.as_config_rule().or(r.as_program_rule().map(|p| &p.matcher))
 }
 
 /// A field's value space cut into intervals, each with a bitmap of rules.

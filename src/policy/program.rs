@@ -3,7 +3,7 @@
 //! the wasmi interpreter. Why WebAssembly and not eBPF: docs/RUNTIME-RULES.md.
 //!
 //! The policy holds the validated, compiled [`Program`]; each [`crate::state::State`]
-//! holds an instance of it (its linear memory and its map), which a reload of
+//! holds an instance of it (crate::state::program) (its linear memory and its map), which a reload of
 //! the same program under the same name carries over.
 //!
 //! What a program must be, checked at load so that a bad one is refused with
@@ -22,8 +22,7 @@ use std::sync::Arc;
 
 use wasmi::{Engine, ExternType, FuncType, Module, ValType};
 
-use super::rules::{ConfigRule, Rule, RuleContext, RuleVerdict};
-use crate::packet::PacketView;
+use super::rules::{ConfigRule, Rule, RuleVerdict};
 
 /// Largest program file accepted.
 pub const MAX_PROGRAM_BYTES: usize = 1 << 20;
@@ -173,10 +172,8 @@ impl Program {
             map_size.hash(&mut h);
             h.finish()
         };
-        let program = Program { engine, module, digest, map_size };
-        // A trial instance: what fails here (memory, start function) fails at load, not in the data plane.
-        super::program_instance::Instance::new(&program).map_err(|e| ProgramError::Instantiate(one_line(&e)))?;
-        Ok(program)
+        // The config instantiates it once more, on trial (crate::state::program).
+        Ok(Program { engine, module, digest, map_size })
     }
 
     /// The engine and module, for instantiating.
@@ -186,7 +183,7 @@ impl Program {
 }
 
 /// A message on one line (the runtime's may span several).
-fn one_line(s: &str) -> String {
+pub(crate) fn one_line(s: &str) -> String {
     s.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
@@ -249,31 +246,11 @@ pub struct ProgramRule {
     pub on_error: OnError,
 }
 
-impl Rule for ProgramRule {
-    fn name(&self) -> &str {
-        &self.matcher.name
-    }
-
-    /// Outside a pipeline there is no instance to run: a matching packet
-    /// gets the `on_error` verdict. In the pipeline the router's state runs it.
-    fn evaluate(&self, p: &PacketView, cx: &RuleContext) -> RuleVerdict {
-        if self.matcher.first_mismatch(p, cx).is_some() {
-            return RuleVerdict::NoMatch;
-        }
-        self.on_error.verdict()
-    }
-
-    fn mismatch(&self, p: &PacketView, cx: &RuleContext) -> Option<&'static str> {
-        self.matcher.first_mismatch(p, cx)
-    }
-
-    fn describe(&self) -> String {
+impl ProgramRule {
+    /// A one-line description for `op25b check`.
+    pub fn describe(&self) -> String {
         let fields = self.matcher.describe();
         let fields = fields.rsplit_once(" -> ").map_or(fields.as_str(), |(f, _)| f);
         format!("{fields} -> program {} (map {}, on_error {})", self.file, self.program.map_size, self.on_error.name())
-    }
-
-    fn as_program_rule(&self) -> Option<&ProgramRule> {
-        Some(self)
     }
 }

@@ -13,7 +13,7 @@ use std::fmt::{self, Write as _};
 use std::time::Instant;
 
 use super::{Limit, PortSet, PrefixSet};
-use crate::packet::{proto, tcp_flags, Direction, PacketView, Transport, TunnelKind};
+use crate::packet::{protocol_name, tcp_flags, Direction, PacketView, Transport, TunnelKind};
 
 /// What a rule decided about a packet.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -92,8 +92,10 @@ impl TunnelMatch {
     }
 }
 
-/// A packet filter rule. Implement it to add a rule in Rust without touching
-/// the core; see `examples/custom_rule.rs`.
+/// A packet filter rule given in code. Implement it to add a rule in Rust
+/// without touching the core ([`super::Policy::attach`]); see
+/// `examples/custom_rule.rs`. The config's own rules are kinds of
+/// [`super::RuleKind`].
 pub trait Rule: Send + Sync {
     /// A short name, used in traces and counters.
     fn name(&self) -> &str;
@@ -110,22 +112,6 @@ pub trait Rule: Send + Sync {
     /// A one-line description for `op25b check`.
     fn describe(&self) -> String {
         self.name().to_string()
-    }
-
-    /// The compiled form, for rules the pipeline can index (config rules).
-    fn as_config_rule(&self) -> Option<&ConfigRule> {
-        None
-    }
-
-    /// For a config placeholder (`plugin = "NAME"`): the name of the rule
-    /// given in code that takes its place.
-    fn plugin(&self) -> Option<&str> {
-        None
-    }
-
-    /// The program rule, for rules whose decision a loaded program makes.
-    fn as_program_rule(&self) -> Option<&super::program::ProgramRule> {
-        None
     }
 }
 
@@ -369,21 +355,6 @@ impl Rule for ConfigRule {
         let _ = write!(s, " -> {}", self.action);
         s
     }
-
-    fn as_config_rule(&self) -> Option<&ConfigRule> {
-        Some(self)
-    }
-}
-
-/// Name of an IP protocol number as the config spells it.
-pub fn protocol_name(p: u8) -> String {
-    match p {
-        proto::TCP => "tcp".into(),
-        proto::UDP => "udp".into(),
-        proto::ICMP => "icmp".into(),
-        proto::ICMPV6 => "icmpv6".into(),
-        n => format!("proto {n}"),
-    }
 }
 
 /// "25,465,6000-6010" for a port set.
@@ -412,24 +383,9 @@ pub struct PluginSlot {
     pub plugin: String,
 }
 
-impl Rule for PluginSlot {
-    fn name(&self) -> &str {
-        &self.name
-    }
-
-    fn evaluate(&self, _p: &PacketView, _cx: &RuleContext) -> RuleVerdict {
-        RuleVerdict::NoMatch
-    }
-
-    fn mismatch(&self, _p: &PacketView, _cx: &RuleContext) -> Option<&'static str> {
-        Some("plugin not given here")
-    }
-
-    fn describe(&self) -> String {
+impl PluginSlot {
+    /// A one-line description for `op25b check`.
+    pub fn describe(&self) -> String {
         format!("{}: plugin {:?} (a rule given in code; matches nothing without it)", self.name, self.plugin)
-    }
-
-    fn plugin(&self) -> Option<&str> {
-        Some(&self.plugin)
     }
 }

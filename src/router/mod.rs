@@ -43,6 +43,7 @@ pub use crate::stats::{DropReason, ReplyKind};
 pub use trace::{describe_view, Trace, TraceStep};
 pub(crate) use trace::{NoTrace, Tracer};
 
+mod block;
 mod forward;
 mod local;
 mod op25b;
@@ -52,8 +53,8 @@ mod sanity;
 mod trace;
 mod tunnel;
 
+pub use block::{Block, BlockAction, BlockReply, Tunnelled};
 pub use sanity::MIN_LATER_FRAGMENT_OFFSET;
-pub use tunnel::Tunnelled;
 
 /// What the device said about a packet it handed over with offload.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -89,35 +90,27 @@ pub enum Verdict {
     Terminate,
 }
 
-/// A blocked connection attempt (a SYN that OP25B or a rule blocked), as
-/// the router saw it: what an event of it says.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct Block {
-    /// The subscriber's end.
-    pub src: std::net::SocketAddr,
-    /// The end it dialled.
-    pub dst: std::net::SocketAddr,
-    /// The OP25B action (reject, drop, icmp, banner, redirect) or the rule's
-    /// (drop, reject, rate-limit).
-    pub action: &'static str,
-    /// The rule that blocked it, by index in the policy; `None` for OP25B.
-    pub rule: Option<u16>,
-    /// What the subscriber got: tcp_rst, icmp, banner, redirect, or none.
-    pub reply: &'static str,
-    /// Found inside a tunnel: then `src` is the tunnel's source (the
-    /// subscriber, port 0) and `dst` the inner packet's destination.
-    pub tunnel: Option<Tunnelled>,
-}
+impl Verdict {
+    /// Its name as the tools and events report it: `forward`, `drop`,
+    /// `reply` or `terminate`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Verdict::Forward { .. } => "forward",
+            Verdict::Drop(_) => "drop",
+            Verdict::Reply { .. } => "reply",
+            Verdict::Terminate => "terminate",
+        }
+    }
 
-/// What a blocked SYN's verdict gave the subscriber, as events name it.
-fn reply_name(verdict: Verdict) -> &'static str {
-    match verdict {
-        Verdict::Reply { kind: ReplyKind::TcpRst, .. } => "tcp_rst",
-        Verdict::Reply { kind: ReplyKind::Prohibited, .. } => "icmp",
-        Verdict::Terminate => "banner",
-        Verdict::Forward { .. } => "redirect",
-        _ => "none",
+    /// Why a packet was not forwarded, by name: the drop reason, the reply
+    /// kind, or `banner`; `None` when it was forwarded.
+    pub fn reason(self) -> Option<&'static str> {
+        match self {
+            Verdict::Forward { .. } => None,
+            Verdict::Drop(r) => Some(r.name()),
+            Verdict::Reply { kind, .. } => Some(kind.name()),
+            Verdict::Terminate => Some("banner"),
+        }
     }
 }
 
@@ -225,9 +218,9 @@ impl Router {
     fn note_block(
         &self,
         ends: Option<(std::net::SocketAddr, std::net::SocketAddr)>,
-        action: &'static str,
+        action: BlockAction,
         rule: Option<usize>,
-        reply: &'static str,
+        reply: BlockReply,
     ) {
         let Some((src, dst)) = ends else { return };
         let rule = rule.and_then(|i| u16::try_from(i).ok());
@@ -241,8 +234,8 @@ impl Router {
         src: std::net::SocketAddr,
         dst: std::net::SocketAddr,
         tunnel: Tunnelled,
-        action: &'static str,
-        reply: &'static str,
+        action: BlockAction,
+        reply: BlockReply,
     ) {
         self.block.set(Some(Block { src, dst, action, rule: None, reply, tunnel: Some(tunnel) }));
     }

@@ -6,7 +6,7 @@
 
 use std::ops::ControlFlow;
 
-use super::{DropReason, Packet, ReplyKind, Router, Tracer, Verdict};
+use super::{BlockAction, BlockReply, DropReason, Packet, ReplyKind, Router, Tracer, Verdict};
 use crate::packet::nat::{self, End};
 use crate::packet::{Direction, Fragment, IcmpError, Transport};
 use crate::policy::{Action, Decision};
@@ -56,7 +56,7 @@ impl Router {
                 ControlFlow::Continue(()) => {
                     t.note("redirect", || format!("sent to {}:{}", p.view.dst, p.view.tcp_dst_port().unwrap_or(0)));
                     if ends.is_some() {
-                        self.note_block(ends, "redirect", None, "redirect");
+                        self.note_block(ends, BlockAction::Op25b(Action::Redirect), None, BlockReply::Redirect);
                     }
                     return ControlFlow::Continue(());
                 }
@@ -65,7 +65,7 @@ impl Router {
             _ => BLOCKED,
         };
         if ends.is_some() {
-            self.note_block(ends, op.action.name(), None, super::reply_name(verdict));
+            self.note_block(ends, BlockAction::Op25b(op.action), None, BlockReply::of(verdict));
         }
         ControlFlow::Break(verdict)
     }
@@ -91,7 +91,7 @@ impl Router {
             self.counters.monitored_connections.add(1);
             let ends = self.ends(&p.view);
             if ends.is_some() {
-                self.note_block(ends, "monitor", None, "none");
+                self.note_block(ends, BlockAction::Op25b(Action::Monitor), None, BlockReply::None);
             }
         }
     }

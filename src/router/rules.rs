@@ -7,10 +7,10 @@ use std::ops::ControlFlow;
 use std::time::Instant;
 
 use super::trace::verdict_text;
-use super::{DropReason, Packet, ReplyKind, Router, Tracer, Verdict};
+use super::{BlockAction, BlockReply, DropReason, Packet, ReplyKind, Router, Tracer, Verdict};
 use crate::packet::Direction;
 use crate::packet::{proto, reply, IcmpError, PacketView};
-use crate::policy::{Limit, ProgramRule, Rule, RuleContext, RuleHooks, RuleStep, RuleVerdict};
+use crate::policy::{Limit, ProgramRule, RuleContext, RuleHooks, RuleKind, RuleStep, RuleVerdict};
 use crate::state::subscriber_key;
 use crate::state::State;
 use crate::stats::RuleCounters;
@@ -63,7 +63,7 @@ impl<T: Tracer> RuleHooks for Hooks<'_, T> {
         }
     }
 
-    fn step(&mut self, index: usize, rule: &dyn Rule, step: RuleStep) {
+    fn step(&mut self, index: usize, rule: &RuleKind, step: RuleStep) {
         self.tracer.note("rule", || match step {
             RuleStep::NoMatch(Some(field)) => format!("#{} {}: no match ({field})", index + 1, rule.name()),
             RuleStep::NoMatch(None) => format!("#{} {}: no match", index + 1, rule.name()),
@@ -87,16 +87,16 @@ impl Router {
             return ControlFlow::Continue(());
         };
         let (v, action) = match verdict {
-            RuleVerdict::Drop => (Verdict::Drop(DropReason::RuleDrop), "drop"),
-            RuleVerdict::Limited => (Verdict::Drop(DropReason::RateLimited), "rate-limit"),
-            RuleVerdict::Reject => (self.reject(p), "reject"),
+            RuleVerdict::Drop => (Verdict::Drop(DropReason::RuleDrop), BlockAction::RuleDrop),
+            RuleVerdict::Limited => (Verdict::Drop(DropReason::RateLimited), BlockAction::RateLimit),
+            RuleVerdict::Reject => (self.reject(p), BlockAction::RuleReject),
             _ => return ControlFlow::Continue(()),
         };
         if p.view.is_tcp_syn() {
             // Only when blocks are noted: a retransmitted SYN is not noted again.
             if let ends @ Some(_) = self.ends(&p.view) {
                 if self.first_attempt(p, t) {
-                    self.note_block(ends, action, Some(rule), super::reply_name(v));
+                    self.note_block(ends, action, Some(rule), BlockReply::of(v));
                 }
             }
         }

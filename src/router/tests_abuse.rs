@@ -23,7 +23,7 @@ fn is_rst(v: Verdict) -> bool {
 }
 
 fn kind(v: Verdict) -> &'static str {
-    crate::tools::verdict_name(v)
+    v.name()
 }
 
 #[test]
@@ -106,7 +106,7 @@ fn monitor_forwards_would_be_blocks_and_notes_them() {
     let (v, _) = t.out(&syn(DYN4, MX4, 25));
     assert_eq!(kind(v), "forward");
     let b = t.router.take_block().expect("a would-be block is noted");
-    assert_eq!((b.action, b.reply, b.rule), ("monitor", "none", None));
+    assert_eq!((b.action.name(), b.reply.name(), b.rule), ("monitor", "none", None));
     assert_eq!(b.dst, format!("{MX4}:25").parse().unwrap());
     // The flow's other segments pass too, counted; nothing is noted for them.
     let ack = packets::tcp(DYN4, 40000, MX4, 25).ack(1).payload(b"EHLO x\r\n").build();

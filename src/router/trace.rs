@@ -3,8 +3,8 @@
 
 use std::net::IpAddr;
 
+use crate::packet::protocol_name;
 use crate::packet::{Fragment, PacketView, Transport};
-use crate::policy::rules::protocol_name;
 use crate::policy::RuleVerdict;
 
 /// Collects the steps of a decision; the fast path uses [`NoTrace`], which

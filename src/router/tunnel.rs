@@ -15,24 +15,10 @@ use std::net::SocketAddr;
 use std::ops::ControlFlow;
 
 use super::sanity::MIN_LATER_FRAGMENT_OFFSET;
-use super::{DropReason, Packet, ReplyKind, Router, Tracer, Verdict};
+use super::{BlockAction, BlockReply, DropReason, Packet, ReplyKind, Router, Tracer, Tunnelled, Verdict};
 use crate::packet::tunnel::{self, TunnelError};
 use crate::packet::{Direction, Fragment, IcmpError, PacketView, TunnelKind, MAX_TUNNEL_DEPTH};
 use crate::policy::{Action, Decision, TunnelMode};
-
-/// A blocked packet found inside a tunnel, as events name it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct Tunnelled {
-    /// The outermost encapsulation.
-    pub kind: TunnelKind,
-    /// How deep the blocked packet sat (1: inside one tunnel).
-    pub depth: u8,
-    /// The outer packet's destination (the tunnel's far end).
-    pub outer_dst: std::net::IpAddr,
-    /// The inner packet's source.
-    pub inner_src: SocketAddr,
-}
 
 impl Router {
     /// The tunnel stage; a packet that is no tunnel leaves after one look.
@@ -153,10 +139,25 @@ impl Router {
         if decision != Decision::Block {
             return ControlFlow::Continue(());
         }
+        self.block_inner(p, kind, depth, inner)
+    }
+
+    /// OP25B's action on a blocked inner packet (kept out of line: the
+    /// packets that pass, most tunnels, do not carry its code).
+    #[cold]
+    #[inline(never)]
+    fn block_inner(
+        &self,
+        p: &mut Packet<'_>,
+        kind: TunnelKind,
+        depth: usize,
+        inner: &PacketView,
+    ) -> ControlFlow<Verdict> {
+        let op = &self.policy.op25b;
         let syn = inner.is_tcp_syn();
         let ends = if syn { self.ends(inner) } else { None };
         let (outer_src, outer_dst) = (p.view.src, p.view.dst);
-        let note = |action: &'static str, reply: &'static str| {
+        let note = |action: BlockAction, reply: BlockReply| {
             let Some((inner_src, dst)) = ends else { return };
             let depth = u8::try_from(depth).unwrap_or(u8::MAX);
             let tunnel = Tunnelled { kind, depth, outer_dst, inner_src };
@@ -164,7 +165,7 @@ impl Router {
         };
         if op.action == Action::Monitor {
             self.counters.monitored.add(1);
-            note("monitor", "none");
+            note(BlockAction::Op25b(Action::Monitor), BlockReply::None);
             return ControlFlow::Continue(());
         }
         self.counters.tunnel_blocked[kind.index()].add(1);
@@ -173,7 +174,7 @@ impl Router {
         } else {
             Verdict::Drop(DropReason::TunnelBlocked)
         };
-        note(op.action.name(), super::reply_name(verdict));
+        note(BlockAction::Op25b(op.action), BlockReply::of(verdict));
         ControlFlow::Break(verdict)
     }
 }

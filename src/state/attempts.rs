@@ -33,8 +33,14 @@ use std::time::{Duration, Instant};
 
 use ahash::RandomState;
 
-/// Slots in the table (a power of two): 512 KiB.
+/// Slots in the table (a power of two): 512 KiB. A fuzz build
+/// (`cfg(fuzzing)`) builds a State per input of a few packets: 64 slots
+/// there, the same code.
+#[cfg(not(fuzzing))]
 pub const SLOTS: usize = 65_536;
+/// Slots in the table of a fuzz build.
+#[cfg(fuzzing)]
+pub const SLOTS: usize = 64;
 
 /// How long after an attempt's first SYN a SYN of the same 4-tuple is one
 /// of its retransmissions. The slowest default schedule, Linux's before 6.5,

@@ -21,6 +21,7 @@ pub mod abuse;
 pub mod attempts;
 pub(crate) mod conntrack;
 pub mod neighbour;
+pub mod program;
 pub(crate) mod ratelimit;
 pub mod responder;
 
@@ -28,11 +29,12 @@ use std::net::IpAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
-use crate::policy::{Action, Fault, Instance, Limit, Policy, RuleAction, RuleVerdict};
+use crate::policy::{Action, Limit, Policy, RuleAction, RuleKind, RuleVerdict};
 use crate::stats::ResponderStats;
 use abuse::Quarantine;
 use attempts::Attempts;
 use conntrack::Conntrack;
+use program::{Fault, Instance};
 use ratelimit::RateLimiter;
 use responder::Responder;
 
@@ -111,12 +113,15 @@ fn rule_buckets(policy: &Policy) -> Box<[Option<Arc<RuleBuckets>>]> {
         .rules
         .rules()
         .iter()
-        .map(|r| match r.as_config_rule().map(|c| c.action) {
-            Some(RuleAction::RateLimit(limit)) => Some(Arc::new(RuleBuckets {
-                name: r.name().to_string(),
-                limit,
-                table: Mutex::new(RateLimiter::new(limit)),
-            })),
+        .map(|r| match r {
+            RuleKind::Config(c) => match c.action {
+                RuleAction::RateLimit(limit) => Some(Arc::new(RuleBuckets {
+                    name: r.name().to_string(),
+                    limit,
+                    table: Mutex::new(RateLimiter::new(limit)),
+                })),
+                _ => None,
+            },
             _ => None,
         })
         .collect()
@@ -128,7 +133,7 @@ fn programs(policy: &Policy) -> Box<[Option<Arc<ProgramSlot>>]> {
         .rules()
         .iter()
         .map(|r| {
-            let p = r.as_program_rule()?;
+            let RuleKind::Program(p) = r else { return None };
             let instance = Instance::new(&p.program).ok().map(Mutex::new);
             Some(Arc::new(ProgramSlot { name: r.name().to_string(), digest: p.program.digest, instance }))
         })
@@ -164,16 +169,23 @@ impl State {
         let rules = policy.rules.rules();
         rules.len() == self.rule_buckets.len()
             && rules.len() == self.programs.len()
-            && rules.iter().zip(self.programs.iter()).all(|(r, s)| match (r.as_program_rule(), s) {
-                (Some(p), Some(s)) => s.name == r.name() && s.digest == p.program.digest,
-                (None, None) => true,
-                _ => false,
+            && rules.iter().zip(self.programs.iter()).all(|(r, s)| match (r, s) {
+                (RuleKind::Program(p), Some(s)) => s.name == r.name() && s.digest == p.program.digest,
+                (RuleKind::Program(_), None) | (_, Some(_)) => false,
+                _ => true,
             })
             && rules.iter().zip(self.rule_buckets.iter()).all(|(r, b)| {
-                match (r.as_config_rule().map(|c| c.action), b) {
-                    (Some(RuleAction::RateLimit(limit)), Some(b)) => b.limit == limit && b.name == r.name(),
-                    (Some(RuleAction::RateLimit(_)), None) | (_, Some(_)) => false,
-                    _ => true,
+                let limit = match r {
+                    RuleKind::Config(c) => match c.action {
+                        RuleAction::RateLimit(limit) => Some(limit),
+                        _ => None,
+                    },
+                    _ => None,
+                };
+                match (limit, b) {
+                    (Some(limit), Some(b)) => b.limit == limit && b.name == r.name(),
+                    (Some(_), None) | (None, Some(_)) => false,
+                    (None, None) => true,
                 }
             })
     }

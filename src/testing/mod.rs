@@ -1,7 +1,8 @@
 //! Test support, shared by op25b's own unit and integration tests, its benches
 //! and anyone testing a rule of their own: a [`PolicyBuilder`] (the lab config
 //! with typed edits, no text surgery), packet constructors ([`packets`]), and
-//! a clocked router harness ([`TestRouter`]).
+//! a clocked router harness ([`TestRouter`]), which the fuzz targets drive
+//! as the data plane would ([`TestRouter::data_plane`]).
 //!
 //! Everything here panics with a message on misuse: it is for tests.
 
@@ -10,7 +11,7 @@ mod harness;
 pub mod packets;
 
 pub use builder::{list, PolicyBuilder};
-pub use harness::TestRouter;
+pub use harness::{Left, Setup, TestRouter};
 
 /// The lab's addresses, by role: the lab's own definition ([`crate::lab::def`]).
 pub mod lab {

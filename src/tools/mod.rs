@@ -38,27 +38,6 @@ pub fn quarantined_subscriber(text: &str) -> Result<u64, String> {
         .ok_or_else(|| format!("{text:?} is not a subscriber (an IPv4 address, or an IPv6 address or /64)"))
 }
 
-/// The verdict's name as the tools report it: `forward`, `drop` or `reply`.
-pub fn verdict_name(v: Verdict) -> &'static str {
-    match v {
-        Verdict::Forward { .. } => "forward",
-        Verdict::Drop(_) => "drop",
-        Verdict::Reply { .. } => "reply",
-        Verdict::Terminate => "terminate",
-    }
-}
-
-/// Why a packet was not forwarded, by name: the drop reason, the reply kind,
-/// or `banner`; `None` when it was forwarded.
-pub fn verdict_reason(v: Verdict) -> Option<&'static str> {
-    match v {
-        Verdict::Forward { .. } => None,
-        Verdict::Drop(r) => Some(r.name()),
-        Verdict::Reply { kind, .. } => Some(kind.name()),
-        Verdict::Terminate => Some("banner"),
-    }
-}
-
 /// The verdict with its reason, e.g. `drop (spoofed)`, `reply (tcp_rst)`.
 pub fn verdict_detail(v: Verdict) -> String {
     match v {

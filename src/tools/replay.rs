@@ -480,7 +480,7 @@ pub fn replay_from<R: Read>(
         if let Ok(v) = PacketView::parse(&buf[..n]) {
             line.src = Some(v.src);
             line.dst = Some(v.dst);
-            line.protocol = Some(crate::policy::rules::protocol_name(v.protocol));
+            line.protocol = Some(crate::packet::protocol_name(v.protocol));
             if let Transport::Tcp { src_port, dst_port, .. } | Transport::Udp { src_port, dst_port } = v.transport {
                 (line.src_port, line.dst_port) = (Some(src_port), Some(dst_port));
             }
@@ -488,8 +488,8 @@ pub fn replay_from<R: Read>(
         let verdict = router.handle(now, dir, &mut buf[..n], &mut reply, RxInfo::default());
         line.direction = Some(dir.name());
         line.len = n;
-        line.verdict = super::verdict_name(verdict);
-        line.reason = super::verdict_reason(verdict);
+        line.verdict = verdict.name();
+        line.reason = verdict.reason();
         each(&line);
         *report.verdicts.entry(line.verdict.to_string()).or_default() += 1;
         match verdict {

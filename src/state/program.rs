@@ -1,6 +1,8 @@
-//! One instance of a [`Program`]: its store (linear memory, globals) and its
-//! map, which op25b owns and sizes. The state holds one per program rule,
-//! behind a lock, and a reload of the same program carries it over.
+//! The live instance of a program rule's [`Program`]: its store (linear
+//! memory, globals) and its map, which op25b owns and sizes. The state holds
+//! one per program rule, behind a lock, and a reload of the same program
+//! carries it over; the config instantiates each program once on trial, so
+//! that what fails here fails at load ([`trial`]).
 //!
 //! A call copies the packet to `__heap_base`, refuels, and calls `rule`. It
 //! allocates nothing: the map is a `HashMap` made with room for all its
@@ -11,8 +13,14 @@ use std::time::Instant;
 
 use wasmi::{Caller, Func, Linker, Memory, Store, StoreLimits, StoreLimitsBuilder, TypedFunc, Val};
 
-use super::program::{helpers, verdict_of, Program, FUEL, MAX_MEMORY_BYTES, PACKET_ROOM};
-use super::RuleVerdict;
+use crate::policy::program::{helpers, one_line, verdict_of, Program, FUEL, MAX_MEMORY_BYTES, PACKET_ROOM};
+use crate::policy::{ProgramError, RuleVerdict};
+
+/// Instantiates `program` once and drops it: what fails here (memory, a
+/// start function) fails when the config is loaded, not in the data plane.
+pub fn trial(program: &Program) -> Result<(), ProgramError> {
+    Instance::new(program).map(drop).map_err(|e| ProgramError::Instantiate(one_line(&e)))
+}
 
 /// What a program's helpers reach: its map, and the limits of its store.
 struct Data {
