@@ -36,6 +36,7 @@ macro_rules! out {
 pub mod cli;
 pub mod def;
 mod demo;
+mod fleet;
 pub mod instances;
 pub mod kernel;
 pub mod net;

@@ -67,7 +67,7 @@ pub(super) fn healthy(s: &LabState) -> bool {
     s.namespaces.iter().all(|n| netns::exists(n))
         && (s.kernel_router || s.op25b.is_some_and(|p| p.alive()) || !s.instances.is_empty())
         && s.servers.is_none_or(|p| p.alive())
-        && super::instances::all_alive(s)
+        && super::fleet::all_alive(s)
 }
 
 /// The config op25b will run: its text, and the lab names with the config's devices.
@@ -322,7 +322,7 @@ pub fn down(names: &Names, save_log: Option<&Path>) -> Result<(), LabError> {
                 p.stop(STOP_GRACE);
             }
         }
-        super::instances::stop(st, STOP_GRACE);
+        super::fleet::stop(st, STOP_GRACE);
     }
     if let Some(to) = save_log {
         let from = dir.join("op25b.log");
@@ -344,7 +344,7 @@ pub fn down(names: &Names, save_log: Option<&Path>) -> Result<(), LabError> {
         netns::delete(ns)?;
     }
     if dir.exists() {
-        super::instances::remove_files(names);
+        super::fleet::remove_files(names);
         for f in
             files(&dir).iter().chain(SERVERS.iter().map(|s| smtp::mail_file(&dir, s.name)).collect::<Vec<_>>().iter())
         {
@@ -394,7 +394,7 @@ pub fn status(names: &Names, json: bool) -> Result<u8, LabError> {
         }
     }
     if let Some(st) = st.as_ref().filter(|_| several) {
-        super::instances::status(st);
+        super::fleet::status(st);
     }
     for (p, what) in st.as_ref().map(|s| [(s.op25b, "op25b"), (s.servers, "SMTP servers")]).into_iter().flatten() {
         if several && what == "op25b" {
