@@ -127,18 +127,23 @@ fn the_destinations_threshold_counts_distinct_destinations_exactly() {
 
 #[test]
 fn distinct_destination_estimates_hold_past_the_exact_range() {
+    // The estimates depend on the table's random hash keys, and about one draw
+    // in 2,000 misses the lifetime bound (measured): fixed keys here, eight
+    // sets of them, so the test judges the estimator and never a lucky draw.
     let none = t(u32::MAX, u32::MAX);
-    for n in [17u32, 100, 500, 1000] {
-        let mut tr = Tracker::new(1);
+    let keys =
+        |k: u64| [1, 2, 3, 4].map(|i: u64| (k * 4 + i).wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ 0xbf58_476d_1ce4_e5b9);
+    for (n, k) in [17u32, 100, 500, 1000].into_iter().flat_map(|n| (0..8u64).map(move |k| (n, k))) {
+        let mut tr = Tracker::with_seeds(1, keys(k));
         let now = Instant::now();
         for d in 0..n {
             tr.record(now, key(1), v4(0xc633_6400 + d), &none);
         }
         let e = tr.get(key(1), now, WINDOW).unwrap();
         let err = (f64::from(e.destinations) - f64::from(n)).abs() / f64::from(n);
-        assert!(err < 0.15, "{n} distinct destinations estimated as {} in the window", e.destinations);
+        assert!(err < 0.15, "{n} distinct destinations estimated as {} in the window (keys {k})", e.destinations);
         let err = (e.total_destinations as f64 - f64::from(n)).abs() / f64::from(n);
-        assert!(err < 0.5, "{n} distinct destinations estimated as {} over the life", e.total_destinations);
+        assert!(err < 0.5, "{n} distinct destinations estimated as {} over the life (keys {k})", e.total_destinations);
     }
 }
 
