@@ -3,7 +3,7 @@
 //! from forged subscriber sources (each answered by the relay's SYN-ACK, as
 //! a relay with SYN cookies does), and the process's resident memory
 //! (VmRSS) is read before the first redirected packet, after the flood, and
-//! after a second flood as large. The README's figure for the table comes
+//! after a second flood as large. The figure for the table in docs/SECURITY.md comes
 //! from this run.
 //!
 //! `cargo run --release --example redirect_flood [SYNS] [MAX_FLOWS]`

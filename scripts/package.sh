@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Builds the Debian package of op25b: a release build, the man pages and shell
 # completions generated from the CLI (`op25b man`, `op25b completions`) and
-# op25b.toml(5) from the README's config reference (`op25b man op25b.toml`) into
+# op25b.toml(5) from the config reference (docs/CONFIG.md) (`op25b man op25b.toml`) into
 # target/release/package/, then `cargo deb --no-build`. Prints the .deb's path
 # as its last line. Needs cargo-deb (scripts/setup.sh --package installs it).
 #   scripts/package.sh              # build and package
@@ -32,8 +32,8 @@ for sub in $(subs); do
     for subsub in $(subs "$sub"); do "$bin" man "$sub" "$subsub" >"$out/man/op25b-$sub-$subsub.1"; done
 done
 [[ -s $out/man/op25b-run.1 && -s $out/man/op25b-lab-up.1 ]] || { echo "package.sh: subcommand pages missing" >&2; exit 1; }
-# op25b.toml(5): this tree's README's config reference, as roff.
-"$bin" man op25b.toml --readme README.md >"$out/man/op25b.toml.5"
+# op25b.toml(5): this tree's config reference (docs/CONFIG.md), as roff.
+"$bin" man op25b.toml --reference docs/CONFIG.md >"$out/man/op25b.toml.5"
 gzip -9n "$out"/man/*.1 "$out"/man/*.5
 "$bin" completions bash >"$out/completions/op25b.bash"
 "$bin" completions zsh >"$out/completions/_op25b"

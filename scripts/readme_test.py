@@ -1,17 +1,18 @@
 #!/usr/bin/env python3
-"""Runs every command sample in README.md and compares its output with the README.
+"""Runs every command sample in README.md and docs/*.md and compares its output with the text.
 
 A ```console block holds commands ("# " as root, "$ " as anyone; a trailing backslash or a
 here-document continues one), each followed by its output (stdout and stderr). There `<n>`
 is a number, `…` in a line any text, a line of only `…` any lines; runs of spaces are one.
-The exit status is not compared. Blocks run in order from the top directory, target/release
-first on PATH, NO_COLOR=1, with a time limit; the README's lab is taken down at the end (and
-none may be up at the start). Other fenced blocks are configs (toml, yaml) or in NOT_RUN with
-why; a NOT_RUN entry that matches no block is an error too.
+The exit status is not compared. Files run in order (README.md, then docs/ by name), their
+blocks in order, from the top directory, target/release first on PATH, NO_COLOR=1, with a
+time limit; the lab is taken down at the end (and none may be up at the start). Other fenced
+blocks are configs (toml, yaml, ini) or in NOT_RUN with why; a NOT_RUN entry that matches no
+block of the files is an error too.
 
-Usage (as root): scripts/readme_test.py [--list] [--only LINE] [README]
-  --list: print the samples and what is not run.  --only LINE: the block at README line LINE.
-Exit 0 when every sample matches, else 1 with a diff per sample ("-" README, "+" run).
+Usage (as root): scripts/readme_test.py [--list] [--only LINE] [FILE...]
+  --list: print the samples and what is not run.  --only LINE: the block at line LINE of FILE.
+Exit 0 when every sample matches, else 1 with a diff per sample ("-" the text, "+" run).
 """
 
 import argparse
@@ -29,14 +30,16 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 OP25B = os.path.join(REPO, "target", "release", "op25b")
 NOT_RUN = [  # (text a block's first line starts with, why it is not run)
     ("scripts/setup.sh --bench && scripts/bench.sh", "minutes; scripts/test.sh runs bench.sh --smoke"),
+    ("main.rs (CLI", "a diagram of the modules"), ("netns NAME-sub", "a diagram of several instances"),
+    ("instance A:", "prefixes of instances"), ("protocol static", "a BIRD config"), ("router bgp", "an FRR config"),
+    ("# op25b top --socket /run/op25b-1", "needs two instances; tests/abuse_instances.rs runs it"),
+    ("nft add table", "changes the host's nftables"), ("#!/usr/bin/env bash", "a script run by systemd"),
     ("cargo install --path .", "installs into ~/.cargo/bin; the test puts target/release on PATH instead"),
-    ("scripts/test.sh", "the test suite itself, which runs this test"),
+    ("scripts/test.sh", "the test suite itself, which runs this test"), ("src/packet/", "the source tree"),
     ("scripts/fuzz.sh", "minutes per target; scripts/test.sh runs fuzz.sh --smoke"),
-    (" netns op25b-lab-sub", "a diagram of the lab"),
-    ("read from a TUN", "a diagram of the pipeline"),
+    ("netns op25b-lab-sub", "a diagram of the lab"), ("read from a TUN", "a diagram of the pipeline"),
     ('{"action":"reject"', "an events file (timestamps, ports); tests/control.rs checks them"),
     ('{"action":"blocked","attempts"', "an events file (timestamps); tests/abuse.rs checks them"),
-    ("src/packet/", "the source tree"),
     ("cargo install cargo-deb", "installs the package; scripts/package_test.sh does, and checks it"),
     ("op25b check                        # --config /etc/op25b/op25b.toml", "needs the package and systemd"),
     ('Status: "forwarded', "systemctl status; tests/service.rs reads these from a notify socket"),
@@ -46,7 +49,7 @@ TIMEOUT, SLOW = 60, {"scripts/demo.sh": 600}  # seconds; the demo builds
 PROMPT = re.compile(r"^[$#] \S")  # "#   case" in an output is no command
 
 def blocks(text, name):
-    """Every fenced block: (README line of its first content line, info string, lines)."""
+    """Every fenced block: (line of its first content line, info string, lines)."""
     lines, out, i = text.split("\n"), [], 0
     while i < len(lines):
         m = re.match(r"^(```+)(.*)$", lines[i])
@@ -60,7 +63,7 @@ def blocks(text, name):
     return out
 
 def samples(line, lines, name):
-    """A console block's samples: (README line, command, expected output lines)."""
+    """A console block's samples: (line, command, expected output lines)."""
     if lines and not PROMPT.match(lines[0]):
         sys.exit(f"{name}:{line}: a console block must start with '$ ' or '# '")
     out, i = [], 0
@@ -129,7 +132,7 @@ def render(ops):
     return out
 
 def self_test():
-    """The matcher on known cases, so that a lenient matcher cannot pass the README."""
+    """The matcher on known cases, so that a lenient matcher cannot pass a sample."""
     for expected, actual, ok in [
         (["a 1", "b"], ["a 1", "b"], True), (["up <n> s"], ["up 12.5 s"], True),
         (["up <n> s"], ["up twelve s"], False), (["pid <n>"], ["pid 12 and more"], False),
@@ -169,33 +172,37 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--list", action="store_true")
     ap.add_argument("--only", type=int, metavar="LINE")
-    ap.add_argument("readme", nargs="?", default=os.path.join(REPO, "README.md"))
+    every = [os.path.join(REPO, "README.md")] + sorted(
+        os.path.join(REPO, "docs", f) for f in os.listdir(os.path.join(REPO, "docs")) if f.endswith(".md"))
+    ap.add_argument("files", nargs="*", default=every)
     args = ap.parse_args()
     self_test()
-    name = os.path.relpath(args.readme)
-    with open(args.readme, encoding="utf-8") as f:
-        found = blocks(f.read(), name)
     todo, problems, used = [], [], set()
-    for line, info, lines in found:
-        if info == "console":
-            todo += samples(line, lines, name) if args.only in (None, line - 1, line) else []
-        elif info not in ("toml", "yaml"):
-            hit = [k for k, (start, _) in enumerate(NOT_RUN) if (lines or [""])[0].startswith(start)]
+    for path in args.files:
+        name = os.path.relpath(path, REPO)
+        with open(path, encoding="utf-8") as f:
+            found = [(name,) + b for b in blocks(f.read(), name)]
+        todo += [(name,) + s for name, line, info, lines in found if info == "console"
+                 for s in samples(line, lines, name) if args.only in (None, line - 1, line)]
+        for name, line, info, lines in found:
+            if info in ("console", "toml", "yaml", "ini"):
+                continue
+            hit = [k for k, (start, _) in enumerate(NOT_RUN) if (lines or [""])[0].lstrip().startswith(start)]
             used.update(hit[:1])
             if not hit:
                 problems.append(f"{name}:{line}: a ```{info} block neither run (```console) nor in NOT_RUN "
                                 f"of scripts/readme_test.py: {(lines or [''])[0]!r}")
-    problems += [f"scripts/readme_test.py: NOT_RUN entry {s!r} ({why}) matches no README block"
-                 for k, (s, why) in enumerate(NOT_RUN) if k not in used]
+    problems += [f"scripts/readme_test.py: NOT_RUN entry {s!r} ({why}) matches no block of the files"
+                 for k, (s, why) in enumerate(NOT_RUN) if k not in used and args.files == every]
     if args.list:
-        print("\n".join([f"{name}:{line}: {cmd.splitlines()[0]}" for line, cmd, _ in todo] +
+        print("\n".join([f"{name}:{line}: {cmd.splitlines()[0]}" for name, line, cmd, _ in todo] +
                         [f"not run: {s!r}: {why}" for s, why in NOT_RUN]))
     if problems:
         print("\n".join(problems), file=sys.stderr)
         return 1
     if args.list:
         return 0
-    for wrong, why in [(os.geteuid() != 0, "run as root: the README's samples build the namespace lab"),
+    for wrong, why in [(os.geteuid() != 0, "run as root: the samples build the namespace lab"),
                        (lab_up(), "a lab is already up (/run/op25b-lab, /run/netns/op25b-lab-*): op25b lab down"),
                        (not os.access(OP25B, os.X_OK), "target/release/op25b missing: cargo build --release")]:
         if wrong:
@@ -207,7 +214,7 @@ def main():
     env.update(PATH=os.path.dirname(OP25B) + os.pathsep + env.get("PATH", ""), NO_COLOR="1", TMPDIR=tmp)
     failed, t0 = 0, time.monotonic()
     try:
-        for line, cmd, expected in todo:
+        for name, line, cmd, expected in todo:
             lines, rc, secs, note = run(cmd, env)
             unmatched, ops = align(expected, lines)
             head = f"{name}:{line}: {cmd.splitlines()[0]}"
@@ -215,8 +222,8 @@ def main():
                 print(f"ok    {head}  ({secs:.1f} s)")
                 continue
             failed += 1
-            print(f"FAIL  {head}  (exit {rc}, {secs:.1f} s){note}\n      output differs from the README "
-                  "('-' README, '+' this run; <n> = a number, … = any text):")
+            print(f"FAIL  {head}  (exit {rc}, {secs:.1f} s){note}\n      output differs from the text "
+                  "('-' the text, '+' this run; <n> = a number, … = any text):")
             print("\n".join("      " + l for l in render(ops)))
     finally:
         for path in filter(os.path.exists, CLEANUP):
@@ -224,7 +231,7 @@ def main():
         shutil.rmtree(tmp, ignore_errors=True)
         if lab_up():
             subprocess.run([OP25B, "lab", "down"], cwd=REPO, capture_output=True)
-    print(f"README samples: {len(todo) - failed} of {len(todo)} match ({time.monotonic() - t0:.0f} s)")
+    print(f"Samples of {len(args.files)} files: {len(todo) - failed} of {len(todo)} match ({time.monotonic() - t0:.0f} s)")
     return 1 if failed else 0
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The whole test suite, from a fresh clone, as root: what the tests need (setup.sh), fmt,
-# clippy, unit, CLI and network-namespace tests, 20 s of each fuzz target, every README
+# clippy, unit, CLI and network-namespace tests, 20 s of each fuzz target, every README and docs/
 # sample (readme_test.py: the demo, the lab, check, replay), the Debian package's test,
 # a smoke run of bench.sh and 20 s of soak.sh; the checkout must stay as it was.
 set -euo pipefail
@@ -23,7 +23,7 @@ cargo test --locked --all-targets 2>&1 | tee "$log"
 passed=$(grep -Eo '^test result: ok\. [0-9]+ passed' "$log" | awk '{s += $4} END {print s + 0}')
 echo "== fuzz smoke (each target 20 s from its seeds, so they keep building and running)"
 scripts/fuzz.sh --smoke
-echo "== README samples (the lab demo included)"
+echo "== README and docs/ samples (the lab demo included)"
 cargo build --release --locked --quiet
 python3 scripts/readme_test.py
 echo "== Debian package: build, dpkg -i, check what it installed, dpkg --purge"

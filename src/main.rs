@@ -289,14 +289,15 @@ enum Command {
     /// Print the man page (roff) to standard output: op25b(1), with a
     /// subcommand's name that subcommand's page (op25b-run(1), ...), or with
     /// `op25b.toml` the config file's page, op25b.toml(5), made from the
-    /// README's "Config reference" section.
+    /// "Config reference" section of docs/CONFIG.md.
     Man {
         /// A subcommand whose page to print instead of op25b(1) (`lab up`:
         /// op25b-lab-up(1)), or op25b.toml.
         subcommand: Vec<String>,
-        /// For op25b.toml: the README to read instead of the one built in.
+        /// For op25b.toml: the Markdown file with the "## Config reference"
+        /// section to read instead of the built-in docs/CONFIG.md.
         #[arg(long, value_name = "PATH")]
-        readme: Option<PathBuf>,
+        reference: Option<PathBuf>,
     },
 }
 
@@ -366,7 +367,7 @@ fn main() -> ExitCode {
             out!("{}", String::from_utf8_lossy(&script));
             return ExitCode::SUCCESS;
         }
-        Command::Man { subcommand, readme } => return man(subcommand, readme.as_deref()),
+        Command::Man { subcommand, reference } => return man(subcommand, reference.as_deref()),
     };
     let config = match Config::load(config_path) {
         Ok(c) => c,
@@ -616,10 +617,10 @@ fn run_replay(
 
 /// `op25b man [SUBCOMMAND]`: the roff page of op25b or of one subcommand
 /// (named `op25b-NAME`, as git names its pages), to standard output.
-fn man(subcommand: &[String], readme: Option<&Path>) -> ExitCode {
+fn man(subcommand: &[String], reference: Option<&Path>) -> ExitCode {
     if let [name] = subcommand {
         if name == "op25b.toml" {
-            return config_man(readme);
+            return config_man(reference);
         }
     }
     let mut page = Cli::command();
@@ -645,10 +646,10 @@ fn man(subcommand: &[String], readme: Option<&Path>) -> ExitCode {
     ExitCode::SUCCESS
 }
 
-/// op25b.toml(5) from the README built in, or from the one at `readme`.
-fn config_man(readme: Option<&Path>) -> ExitCode {
-    let text = match readme {
-        None => include_str!("../README.md").to_string(),
+/// op25b.toml(5) from the docs/CONFIG.md built in, or from the file at `reference`.
+fn config_man(reference: Option<&Path>) -> ExitCode {
+    let text = match reference {
+        None => include_str!("../docs/CONFIG.md").to_string(),
         Some(path) => match std::fs::read_to_string(path) {
             Ok(text) => text,
             Err(e) => {

@@ -1,4 +1,4 @@
-//! The README's config reference names every key the config parser accepts,
+//! The config reference (docs/CONFIG.md) names every key the config parser accepts,
 //! and op25b.toml(5), which `op25b man op25b.toml` makes from that section
 //! (scripts/package.sh ships it), carries each of them. The keys come from
 //! the parser itself: an unknown key in a section is refused with the list
@@ -9,7 +9,7 @@ use std::process::Command;
 
 use op25b::config::Config;
 
-const README: &str = include_str!("../README.md");
+const REFERENCE: &str = include_str!("../docs/CONFIG.md");
 const LAB: &str = include_str!("../config/lab.toml");
 const ABUSE: &str = include_str!("../config/abuse-section.toml");
 
@@ -43,8 +43,8 @@ fn keys_of(name: &str) -> Vec<String> {
 }
 
 fn reference() -> &'static str {
-    let start = README.find("\n## Config reference\n").expect("README has a config reference");
-    let rest = &README[start + 1..];
+    let start = REFERENCE.find("\n## Config reference\n").expect("docs/CONFIG.md has a config reference");
+    let rest = &REFERENCE[start + 1..];
     let end = rest[3..].find("\n## ").map_or(rest.len(), |e| e + 3);
     &rest[..end]
 }
@@ -53,7 +53,7 @@ const SECTIONS: [&str; 10] =
     ["router", "subscriber", "upstream", "op25b", "dataplane", "control", "events", "capture", "abuse", "rule"];
 
 #[test]
-fn the_readme_reference_names_every_key_the_parser_accepts() {
+fn the_reference_names_every_key_the_parser_accepts() {
     let section = reference();
     let mut missing = Vec::new();
     let mut total = 0;
@@ -67,11 +67,11 @@ fn the_readme_reference_names_every_key_the_parser_accepts() {
     }
     assert!(section.contains("`sets.NAME`"), "[sets] is not in the reference");
     assert!(total > 50, "only {total} keys found: the probe is broken");
-    assert!(missing.is_empty(), "keys the parser accepts and README's \"Config reference\" does not name: {missing:?}");
+    assert!(missing.is_empty(), "keys the parser accepts and docs/CONFIG.md does not name: {missing:?}");
 }
 
 #[test]
-fn the_man_page_made_from_the_readme_carries_every_key() {
+fn the_man_page_made_from_the_reference_carries_every_key() {
     let out = Command::new(env!("CARGO_BIN_EXE_op25b"))
         .args(["man", "op25b.toml"])
         .output()

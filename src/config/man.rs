@@ -1,5 +1,5 @@
 //! op25b.toml(5), the man page of the config file, in roff, made from the
-//! README's "## Config reference" section: its paragraphs (a paragraph that
+//! "## Config reference" section of docs/CONFIG.md: its paragraphs (a paragraph that
 //! opens in bold becomes a subsection), its table of keys (one tagged
 //! paragraph per row) and its examples. `op25b man op25b.toml` prints it
 //! (scripts/package.sh ships it); tests/config_reference.rs checks that it
@@ -8,10 +8,10 @@
 /// The heading of the section the page is made from.
 pub const SECTION: &str = "## Config reference";
 
-/// The page, or why the README has no config reference.
-pub fn render(readme: &str, version: &str) -> Result<String, String> {
-    let lines: Vec<&str> = readme.lines().collect();
-    let start = lines.iter().position(|l| *l == SECTION).ok_or(format!("no {SECTION:?} heading in the README"))?;
+/// The page, or why `reference` (docs/CONFIG.md) has no config reference.
+pub fn render(reference: &str, version: &str) -> Result<String, String> {
+    let lines: Vec<&str> = reference.lines().collect();
+    let start = lines.iter().position(|l| *l == SECTION).ok_or(format!("no {SECTION:?} heading in the reference"))?;
     let end = lines[start + 1..].iter().position(|l| l.starts_with("## ")).map_or(lines.len(), |e| start + 1 + e);
     let mut out = vec![
         format!(".TH OP25B.TOML 5 \"\" \"op25b {version}\" \"File Formats\""),
@@ -21,13 +21,13 @@ pub fn render(readme: &str, version: &str) -> Result<String, String> {
         "\\fI/etc/op25b/op25b.toml\\fR (the packaged unit runs \\fBop25b run \\-\\-config /etc/op25b/op25b.toml\\fR)"
             .into(),
         ".SH DESCRIPTION".into(),
-        "A TOML file of sections; this page is the README's \"Config reference\".".into(),
+        "A TOML file of sections; this page is the \"Config reference\" of docs/CONFIG.md.".into(),
     ];
     body(&lines[start + 1..end], &mut out);
     out.push(".SH SEE ALSO".into());
     out.push(
         "\\fBop25b\\fR(1), \\fBop25b\\-check\\fR(1), \\fBop25b\\-run\\fR(1); \
-         /usr/share/doc/op25b/README.md; /usr/share/doc/op25b/examples/"
+         /usr/share/doc/op25b/docs/CONFIG.md; /usr/share/doc/op25b/examples/"
             .into(),
     );
     Ok(out.join("\n") + "\n")
@@ -212,7 +212,7 @@ mod tests {
     }
 
     #[test]
-    fn a_readme_without_the_section_is_refused() {
+    fn a_file_without_the_section_is_refused() {
         assert!(render("# x\n", "1").is_err());
     }
 }

@@ -231,7 +231,7 @@ exempt_sources = {exempt}
 relays = {relays}
 # Destination ports to block. 587 (submission) and 465 (submissions) must stay open.
 ports = [25]
-# What a blocked connection gets (README: "How a blocked connection ends"):
+# What a blocked connection gets (docs/PACKET-PATH.md: "How a blocked connection ends"):
 #   reject:   TCP RST to the SYN: "connection refused" at once
 #   drop:     nothing: the client hangs until its connect timeout
 #   icmp:     ICMP administratively prohibited: "no route to host" at once
