@@ -300,6 +300,15 @@ pub static FIGURES: &[Figure] = &[
     fig("{device}_tx_errors", "devices.{device}.tx_errors", "op25b_device_tx_errors", "Failed writes to each TUN device.")
         .unit(Unit::Errors).labels(&[Device]).read(|s, [d, _]| s.devices[d].tx_errors),
     fig("", "devices.{device}.batches", "", "").unit(Unit::Operations).labels(&[Device]).read(|s, [d, _]| s.devices[d].batches),
+    fig("reloads_accepted", "reloads.accepted", "", "").unit(Unit::Operations).read(|s, _| s.reloads.accepted),
+    fig("reloads_refused", "reloads.refused", "", "").unit(Unit::Operations).read(|s, _| s.reloads.refused),
+    fig("reload_kept_reply_buckets", "reloads.kept.reply_buckets", "", "").unit(Unit::Entries).gauge()
+        .read(|s, _| s.reloads.kept.reply_buckets),
+    fig("reload_kept_flows", "reloads.kept.flows", "", "").unit(Unit::Entries).gauge().read(|s, _| s.reloads.kept.flows),
+    fig("reload_kept_sessions", "reloads.kept.sessions", "", "").unit(Unit::Entries).gauge().read(|s, _| s.reloads.kept.sessions),
+    fig("reload_kept_rule_buckets", "reloads.kept.rule_buckets", "", "").unit(Unit::Entries).gauge()
+        .read(|s, _| s.reloads.kept.rule_buckets),
+    fig("reload_kept_programs", "reloads.kept.programs", "", "").unit(Unit::Entries).gauge().read(|s, _| s.reloads.kept.programs),
     fig("neighbour_answered", "neighbours.answered", "op25b_neighbour_answered_requests",
         "ARP requests and neighbour solicitations for op25b's own upstream addresses, answered.")
         .neighbour().read(|s, _| nb(s).answered),
@@ -395,5 +404,21 @@ mod tests {
             let placeholders = |t: &str| t.matches('{').count();
             assert!(placeholders(f.text) <= f.labels.len() && placeholders(f.json) <= f.labels.len(), "{}", f.metric);
         }
+    }
+
+    #[test]
+    fn reload_outcomes_are_figures() {
+        let r = super::super::Reloads::default();
+        r.accepted(super::super::KeptStats { programs: 2, flows: 1, ..Default::default() });
+        r.refused();
+        r.refused();
+        let s = Stats { reloads: r.get(), ..Default::default() };
+        let pairs = s.pairs();
+        let get = |n: &str| pairs.iter().find(|(k, _)| k == n).map(|(_, v)| *v);
+        assert_eq!((get("reloads_accepted"), get("reloads_refused")), (Some(1), Some(2)));
+        assert_eq!((get("reload_kept_programs"), get("reload_kept_flows")), (Some(2), Some(1)));
+        let j = s.to_json();
+        assert_eq!(j["reloads"]["kept"]["programs"], 2);
+        assert_eq!(j["counters"]["reloads_refused"], 2);
     }
 }
