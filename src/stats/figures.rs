@@ -91,7 +91,7 @@ impl Label {
     }
 
     /// How many values it takes.
-    pub fn len(self) -> usize {
+    pub fn count(self) -> usize {
         match self {
             Label::Direction | Label::Device => 2,
             Label::Verdict => VERDICTS.len(),
@@ -154,7 +154,7 @@ impl Figure {
 
     /// Every combination of label indices, the first label outermost.
     pub fn rows(&self) -> impl Iterator<Item = [usize; 2]> + '_ {
-        let n = |k: usize| self.labels.get(k).map_or(1, |l| l.len());
+        let n = |k: usize| self.labels.get(k).map_or(1, |l| l.count());
         (0..n(0)).flat_map(move |a| (0..n(1)).map(move |b| [a, b]))
     }
 
