@@ -17,7 +17,9 @@ use crate::packet::{Direction, ParseError, TunnelKind};
 
 pub mod figures;
 mod neighbour;
+mod reload;
 pub use neighbour::NeighbourStats;
+pub use reload::{KeptStats, ReloadStats, Reloads};
 
 macro_rules! reasons {
     ($(#[$m:meta])* pub enum $name:ident { $($(#[$vm:meta])* $v:ident => $s:literal,)* }) => {
@@ -496,56 +498,6 @@ pub struct ResponderStats {
     /// Sessions still in SYN-RECEIVED (their client never acknowledged the
     /// SYN-ACK) given up for a new SYN when every session of the port was busy.
     pub syn_evictions: u64,
-}
-
-/// Config reloads since start, and what the last one put in force kept.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct ReloadStats {
-    /// Reloads put in force.
-    pub accepted: u64,
-    /// Reloads refused (the running config stayed in force).
-    pub refused: u64,
-    /// What the last reload put in force carried over.
-    pub kept: KeptStats,
-}
-
-/// What one reload carried over from the running policy's state.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct KeptStats {
-    /// The reply limiter's buckets (1) or not (0).
-    pub reply_buckets: u64,
-    /// The redirect flow table (1) or not (0).
-    pub flows: u64,
-    /// The banner responder and its sessions (1) or not (0).
-    pub sessions: u64,
-    /// Rate-limit rules whose buckets carried over.
-    pub rule_buckets: u64,
-    /// Program rules whose instance (memory and map) carried over.
-    pub programs: u64,
-}
-
-/// The reload figures, written by the one thread that reloads.
-#[derive(Debug, Default)]
-pub struct Reloads(Mutex<ReloadStats>);
-
-impl Reloads {
-    /// A reload was put in force, keeping `kept`.
-    pub fn accepted(&self, kept: KeptStats) {
-        let mut r = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        r.accepted += 1;
-        r.kept = kept;
-    }
-
-    /// A reload was refused.
-    pub fn refused(&self) {
-        self.0.lock().unwrap_or_else(|e| e.into_inner()).refused += 1;
-    }
-
-    /// The figures now.
-    pub fn get(&self) -> ReloadStats {
-        *self.0.lock().unwrap_or_else(|e| e.into_inner())
-    }
 }
 
 /// A snapshot of every counter: the routers' verdicts by direction, OP25B,
