@@ -142,6 +142,9 @@ pub struct Figure {
     pub labels: &'static [Label],
     /// Present only with an Ethernet upstream's neighbour table.
     pub neighbours: bool,
+    /// In the text, row by row with the neighbouring figures so marked
+    /// (`tunnel_packets_gre tunnel_blocked_gre ...`).
+    pub interleaved: bool,
     /// How to read it.
     pub read: Read,
 }
@@ -196,6 +199,7 @@ const fn fig(text: &'static str, json: &'static str, metric: &'static str, help:
         kind: Kind::Counter,
         labels: &[],
         neighbours: false,
+        interleaved: false,
         read: |_, _| 0,
     }
 }
@@ -215,6 +219,10 @@ impl Figure {
     }
     const fn read(mut self, read: Read) -> Figure {
         self.read = read;
+        self
+    }
+    const fn interleaved(mut self) -> Figure {
+        self.interleaved = true;
         self
     }
     const fn neighbour(mut self) -> Figure {
@@ -286,19 +294,19 @@ pub static FIGURES: &[Figure] = &[
         .labels(&[Tunnel]).read(|s, [k, _]| s.tunnels.packets[k]),
     fig("tunnel_blocked_{kind}", "tunnels.{kind}.blocked", "op25b_tunnel_blocked_packets",
         "Tunnel packets blocked (OP25B or IP25B inside, or tunnels = block), by their outermost kind.")
-        .labels(&[Tunnel]).read(|s, [k, _]| s.tunnels.blocked[k]),
+        .labels(&[Tunnel]).interleaved().read(|s, [k, _]| s.tunnels.blocked[k]),
     fig("{device}_rx_packets", "devices.{device}.rx_packets", "op25b_device_rx_packets", "Packets read from each TUN device (a GSO super-packet once).")
         .labels(&[Device]).read(|s, [d, _]| s.devices[d].rx_packets),
+    fig("{device}_tx_packets", "devices.{device}.tx_packets", "op25b_device_tx_packets", "Packets written to each TUN device (a coalesced UDP GSO packet once).")
+        .labels(&[Device]).interleaved().read(|s, [d, _]| s.devices[d].tx_packets),
+    fig("{device}_rx_errors", "devices.{device}.rx_errors", "op25b_device_rx_errors", "Failed reads on each TUN device.")
+        .unit(Unit::Errors).labels(&[Device]).interleaved().read(|s, [d, _]| s.devices[d].rx_errors),
+    fig("{device}_tx_errors", "devices.{device}.tx_errors", "op25b_device_tx_errors", "Failed writes to each TUN device.")
+        .unit(Unit::Errors).labels(&[Device]).interleaved().read(|s, [d, _]| s.devices[d].tx_errors),
     fig("", "devices.{device}.rx_bytes", "op25b_device_rx_bytes", "Bytes read from each TUN device.")
         .unit(Unit::Bytes).labels(&[Device]).read(|s, [d, _]| s.devices[d].rx_bytes),
-    fig("{device}_rx_errors", "devices.{device}.rx_errors", "op25b_device_rx_errors", "Failed reads on each TUN device.")
-        .unit(Unit::Errors).labels(&[Device]).read(|s, [d, _]| s.devices[d].rx_errors),
-    fig("{device}_tx_packets", "devices.{device}.tx_packets", "op25b_device_tx_packets", "Packets written to each TUN device (a coalesced UDP GSO packet once).")
-        .labels(&[Device]).read(|s, [d, _]| s.devices[d].tx_packets),
     fig("", "devices.{device}.tx_bytes", "op25b_device_tx_bytes", "Bytes written to each TUN device.")
         .unit(Unit::Bytes).labels(&[Device]).read(|s, [d, _]| s.devices[d].tx_bytes),
-    fig("{device}_tx_errors", "devices.{device}.tx_errors", "op25b_device_tx_errors", "Failed writes to each TUN device.")
-        .unit(Unit::Errors).labels(&[Device]).read(|s, [d, _]| s.devices[d].tx_errors),
     fig("", "devices.{device}.batches", "", "").unit(Unit::Operations).labels(&[Device]).read(|s, [d, _]| s.devices[d].batches),
     fig("reloads_accepted", "reloads.accepted", "", "").unit(Unit::Operations).read(|s, _| s.reloads.accepted),
     fig("reloads_refused", "reloads.refused", "", "").unit(Unit::Operations).read(|s, _| s.reloads.refused),
@@ -349,8 +357,20 @@ fn nb(s: &Stats) -> super::NeighbourStats {
 
 /// The text pairs of `s`, in table order.
 pub(super) fn pairs(s: &Stats) -> Vec<(String, u64)> {
-    let present = FIGURES.iter().filter(|f| !f.text.is_empty() && f.present(s));
-    present.flat_map(|f| f.expand(s, f.text)).collect()
+    let (mut out, mut run) = (Vec::new(), Vec::<Vec<(String, u64)>>::new());
+    let flush = |out: &mut Vec<(String, u64)>, run: &mut Vec<Vec<(String, u64)>>| {
+        let rows = run.iter().map(Vec::len).max().unwrap_or(0);
+        out.extend((0..rows).flat_map(|i| run.iter().filter_map(move |f| f.get(i).cloned())));
+        run.clear();
+    };
+    for f in FIGURES.iter().filter(|f| !f.text.is_empty() && f.present(s)) {
+        if !f.interleaved {
+            flush(&mut out, &mut run);
+        }
+        run.push(f.expand(s, f.text));
+    }
+    flush(&mut out, &mut run);
+    out
 }
 
 /// The JSON of `s`: `counters` (the pairs), every figure at its place, the rules.
