@@ -454,11 +454,13 @@ fn reload(
                 "config reloaded: {}",
                 PolicySizes(&r.config.policy)
             );
+            dp.reloads().accepted((&r.kept).into());
             let file = r.config.path.display().to_string();
             (r.config, ReloadOutcome::Accepted { file, kept: r.kept }, events_file)
         }
         Err(e) => {
             tracing::error!(target: "op25b", "config reload failed, the running config stays in force: {e}");
+            dp.reloads().refused();
             let events_file = match outputs.open(&running) {
                 Ok(files) => outputs.switch(files),
                 Err(e) => {

@@ -15,8 +15,11 @@ use std::sync::{Arc, Mutex};
 
 use crate::packet::{Direction, ParseError, TunnelKind};
 
+pub mod figures;
 mod neighbour;
+mod reload;
 pub use neighbour::NeighbourStats;
+pub use reload::{KeptStats, ReloadStats, Reloads};
 
 macro_rules! reasons {
     ($(#[$m:meta])* pub enum $name:ident { $($(#[$vm:meta])* $v:ident => $s:literal,)* }) => {
@@ -215,7 +218,7 @@ impl WriteErrors {
 }
 
 /// The verdict counters of one direction.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub(crate) struct DirCounters {
     pub(crate) received: Counter,
     pub(crate) forwarded: Counter,
@@ -223,19 +226,6 @@ pub(crate) struct DirCounters {
     pub(crate) dropped: [Counter; DropReason::COUNT],
     pub(crate) replies: [Counter; ReplyKind::COUNT],
     pub(crate) terminated: Counter,
-}
-
-impl Default for DirCounters {
-    fn default() -> Self {
-        DirCounters {
-            received: Counter::default(),
-            forwarded: Counter::default(),
-            forwarded_bytes: Counter::default(),
-            dropped: std::array::from_fn(|_| Counter::default()),
-            replies: Default::default(),
-            terminated: Counter::default(),
-        }
-    }
 }
 
 /// Per-rule packet and byte counters of one router, in the order of the
@@ -365,7 +355,7 @@ impl Counters {
 }
 
 /// What happened in one direction.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct DirStats {
     /// Packets handed to the router.
@@ -380,19 +370,6 @@ pub struct DirStats {
     pub replies: [u64; ReplyKind::COUNT],
     /// Packets handed to the banner responder.
     pub terminated: u64,
-}
-
-impl Default for DirStats {
-    fn default() -> Self {
-        DirStats {
-            received: 0,
-            forwarded: 0,
-            forwarded_bytes: 0,
-            dropped: [0; DropReason::COUNT],
-            replies: [0; ReplyKind::COUNT],
-            terminated: 0,
-        }
-    }
 }
 
 impl DirStats {
@@ -550,6 +527,8 @@ pub struct Stats {
     pub write_errors: [u64; OutputFile::COUNT],
     /// The upstream's neighbour table, when the upstream is an Ethernet interface.
     pub neighbours: Option<NeighbourStats>,
+    /// Config reloads.
+    pub reloads: ReloadStats,
 }
 
 impl Stats {
@@ -584,56 +563,10 @@ impl Stats {
     }
 
     /// Every figure as (name, value) pairs, the names the log line and
-    /// `op25b run --stats` use (`forwarded_outbound`, `drop_spoofed`, ...).
+    /// `op25b run --stats` use (`forwarded_outbound`, `drop_spoofed`, ...),
+    /// in the order of [`figures::FIGURES`].
     pub fn pairs(&self) -> Vec<(String, u64)> {
-        let mut out = Vec::new();
-        for d in Direction::ALL {
-            out.push((format!("received_{}", d.name()), self.dir(d).received));
-        }
-        for d in Direction::ALL {
-            out.push((format!("forwarded_{}", d.name()), self.forwarded(d)));
-        }
-        out.push(("op25b_blocked".to_string(), self.op25b.blocked));
-        out.push(("op25b_blocked_connections".to_string(), self.op25b.blocked_connections));
-        out.push(("op25b_redirected".to_string(), self.op25b.redirected));
-        out.push(("op25b_terminated".to_string(), self.terminated()));
-        out.push(("op25b_banner_source_full".to_string(), self.op25b.banner_source_full));
-        out.push(("op25b_redirect_evictions".to_string(), self.op25b.redirect_evictions));
-        out.push(("op25b_monitored".to_string(), self.op25b.monitored));
-        out.push(("op25b_monitored_connections".to_string(), self.op25b.monitored_connections));
-        for k in ReplyKind::ALL {
-            out.push((format!("reply_{}", k.name()), self.replies(*k)));
-        }
-        for r in DropReason::ALL {
-            out.push((format!("drop_{}", r.name()), self.dropped(*r)));
-        }
-        out.push(("responder_rsts_limited".to_string(), self.responder.rsts_limited));
-        out.push(("events_dropped".to_string(), self.events_dropped));
-        out.push(("capture_dropped".to_string(), self.capture_dropped));
-        out.push(("abuse_tracked".to_string(), self.abuse.tracked));
-        out.push(("abuse_suspected".to_string(), self.abuse.suspected));
-        out.push(("abuse_quarantined".to_string(), self.abuse.quarantined));
-        out.push(("abuse_refused".to_string(), self.abuse.refused));
-        out.push(("abuse_attempts_dropped".to_string(), self.abuse.attempts_dropped));
-        for f in OutputFile::ALL {
-            out.push((format!("{}_write_errors", f.name()), self.write_errors[f as usize]));
-        }
-        out.push(("responder_ring_overflows".to_string(), self.responder.ring_overflows));
-        out.push(("responder_syn_evictions".to_string(), self.responder.syn_evictions));
-        for k in TunnelKind::ALL {
-            out.push((format!("tunnel_packets_{}", k.name()), self.tunnels.packets[k.index()]));
-            out.push((format!("tunnel_blocked_{}", k.name()), self.tunnels.blocked[k.index()]));
-        }
-        for (name, d) in ["subscriber", "upstream"].iter().zip(&self.devices) {
-            out.push((format!("{name}_rx_packets"), d.rx_packets));
-            out.push((format!("{name}_tx_packets"), d.tx_packets));
-            out.push((format!("{name}_rx_errors"), d.rx_errors));
-            out.push((format!("{name}_tx_errors"), d.tx_errors));
-        }
-        for (name, n) in self.neighbours.iter().flat_map(NeighbourStats::pairs) {
-            out.push((format!("neighbour_{name}"), n));
-        }
-        out
+        figures::pairs(self)
     }
 
     /// The non-zero figures as `name=value` words, for the log line.
@@ -643,62 +576,9 @@ impl Stats {
         words.join(" ")
     }
 
-    /// The whole snapshot as JSON: every figure by name, with per-direction
-    /// detail and the rules.
+    /// The whole snapshot as JSON: every figure by name (`counters`), each
+    /// also at its place in [`figures::FIGURES`], and the rules.
     pub fn to_json(&self) -> serde_json::Value {
-        let by_dir = |d: &DirStats| {
-            let dropped: serde_json::Map<String, serde_json::Value> =
-                DropReason::ALL.iter().map(|r| (r.name().to_string(), d.dropped[*r as usize].into())).collect();
-            let replies: serde_json::Map<String, serde_json::Value> =
-                ReplyKind::ALL.iter().map(|k| (k.name().to_string(), d.replies[*k as usize].into())).collect();
-            serde_json::json!({
-                "received": d.received, "forwarded": d.forwarded, "forwarded_bytes": d.forwarded_bytes,
-                "dropped": dropped, "replies": replies, "terminated": d.terminated,
-            })
-        };
-        let rules: Vec<serde_json::Value> = self
-            .rules
-            .iter()
-            .map(|r| serde_json::json!({"name": r.name, "packets": r.packets, "bytes": r.bytes, "errors": r.errors}))
-            .collect();
-        let counters: serde_json::Map<String, serde_json::Value> =
-            self.pairs().into_iter().map(|(k, v)| (k, v.into())).collect();
-        let by_action: serde_json::Map<String, serde_json::Value> =
-            BLOCK_ACTIONS.iter().zip(self.op25b.blocked_by_action).map(|(a, n)| (a.to_string(), n.into())).collect();
-        let connections_by_action: serde_json::Map<String, serde_json::Value> = BLOCK_ACTIONS
-            .iter()
-            .zip(self.op25b.blocked_connections_by_action)
-            .map(|(a, n)| (a.to_string(), n.into()))
-            .collect();
-        let devices: serde_json::Map<String, serde_json::Value> = ["subscriber", "upstream"]
-            .iter()
-            .zip(&self.devices)
-            .map(|(name, d)| {
-                let v = serde_json::json!({
-                    "rx_packets": d.rx_packets, "rx_bytes": d.rx_bytes, "rx_errors": d.rx_errors,
-                    "tx_packets": d.tx_packets, "tx_bytes": d.tx_bytes, "tx_errors": d.tx_errors,
-                    "batches": d.batches,
-                });
-                (name.to_string(), v)
-            })
-            .collect();
-        serde_json::json!({
-            "counters": counters,
-            "op25b_blocked_by_action": by_action,
-            "op25b_blocked_connections_by_action": connections_by_action,
-            "devices": devices,
-            "outbound": by_dir(self.dir(Direction::Outbound)),
-            "inbound": by_dir(self.dir(Direction::Inbound)),
-            "rules": rules,
-            "neighbours": self.neighbours.map(|n| {
-                let mut m: serde_json::Map<String, serde_json::Value> =
-                    n.pairs().iter().map(|(k, v)| (k.to_string(), (*v).into())).collect();
-                m.insert("entries".into(), n.entries.into());
-                m
-            }),
-            "tunnels": TunnelKind::ALL.iter().map(|k| (k.name().to_string(), serde_json::json!({
-                "packets": self.tunnels.packets[k.index()], "blocked": self.tunnels.blocked[k.index()],
-            }))).collect::<serde_json::Map<String, serde_json::Value>>(),
-        })
+        figures::json(self)
     }
 }

@@ -146,6 +146,13 @@ fn metrics_and_stats_agree_after_traffic_and_rules_survive_a_reload() {
     let line = lab.reload("[router]\naddresses = [\n");
     assert!(line.contains("reload failed"), "{line}");
     assert_eq!(metric(&get(metrics, "/metrics"), "op25b_config_reloads_total{result=\"failure\"}"), 1);
+    // `op25b stats --json` has the outcomes too, and what the accepted reload kept.
+    let (code, out, err) = op25b_stats(&["--socket", &sock, "--json"]);
+    assert_eq!(code, 0, "{err}");
+    let j: Value = serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("{e}: {out}"));
+    let r = &j["stats"]["reloads"];
+    assert_eq!((r["accepted"].as_u64(), r["refused"].as_u64()), (Some(1), Some(1)), "{r}");
+    assert_eq!(r["kept"]["reply_buckets"], 1, "the same reply limit keeps its buckets: {r}");
     drop(lab);
     assert!(!socket.exists(), "op25b removes its socket when it stops");
 }

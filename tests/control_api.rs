@@ -441,6 +441,8 @@ fn the_units_exec_reload_fails_when_op25b_refuses_the_config() {
     assert_eq!(code, 1, "an invalid file is refused: {err}");
     let (_, v) = curl(&socket, "GET", "/v1/stats", None);
     assert_eq!((v["reloads"]["success"].as_u64(), v["reloads"]["failure"].as_u64()), (Some(5), Some(2)), "{v}");
+    let r = &v["stats"]["reloads"];
+    assert_eq!((r["accepted"].as_u64(), r["refused"].as_u64()), (Some(5), Some(2)), "the stats count them too: {v}");
     // The accepted config is still the one in force.
     assert_eq!(v["config_loaded_unix"].as_f64(), Some(loaded), "{v}");
 

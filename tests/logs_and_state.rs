@@ -187,6 +187,7 @@ fn rotating_the_events_file_under_a_stream_of_blocked_syns_loses_and_repeats_no_
     println!("blocked SYNs sent: {sent}");
     assert!(sent > 50, "a stream, not a trickle: {sent}");
     let c = lab.stop();
+    assert_eq!((c.get("reloads_accepted"), c.get("reloads_refused")), (2, 0), "by hand and by logrotate: {c}");
     assert_eq!(c.get("events_dropped"), 0, "the queue kept up, so every attempt has its line: {c}");
     assert_eq!(c.get("events_write_errors"), 0, "{c}");
     let files = [json_lines(&moved), json_lines(&rotated), json_lines(&events)];
@@ -226,7 +227,7 @@ fn events_and_capture_paths_change_on_reload_and_refusals_name_the_key() {
     let dir = Dir::new();
     let (events, capture) = (dir.join("a/events.jsonl"), dir.join("a/dropped.pcap"));
     let (events2, capture2) = (dir.join("b/events.jsonl"), dir.join("b/dropped.pcap"));
-    let lab = Lab::start(LabOptions::edit(|p| {
+    let mut lab = Lab::start(LabOptions::edit(|p| {
         p.events("path", q(&events)).capture("dropped", q(&capture)).unlimited_replies()
     }));
     assert!(!reaches_from(&lab, DYN4, 0, sa(MX4, 25)));
@@ -291,6 +292,8 @@ fn events_and_capture_paths_change_on_reload_and_refusals_name_the_key() {
     let line = lab.reload(&socket.toml());
     assert!(line.contains("control.socket: changed from (none) to "), "{line}");
     assert!(!line.contains("Some(") && !line.contains("Config {"), "no Rust debug output: {line}");
+    let c = lab.stop();
+    assert_eq!((c.get("reloads_accepted"), c.get("reloads_refused")), (1, 2), "{c}");
 }
 
 /// The lab with abuse handling, a control socket and a state file.

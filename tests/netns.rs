@@ -296,6 +296,9 @@ fn sighup_reloads_the_policy_and_refuses_bad_configs() {
     drop(servers);
     let c = lab.stop();
     println!("{c}");
+    // Two reloads put in force, two refused.
+    assert_eq!((c.get("reloads_accepted"), c.get("reloads_refused")), (2, 2), "{c}");
+    assert_eq!(c.json["reloads"]["accepted"], 2, "{c}");
     // The four refused connects, each one SYN answered by one RST, and
     // nothing else blocked.
     assert_eq!(c.get("reply_tcp_rst"), 4, "{c}");

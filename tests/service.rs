@@ -223,6 +223,7 @@ fn sd_notify_ready_reload_status_watchdog_stopping_in_order() {
 
     drop(servers);
     let c = lab.stop();
+    assert_eq!((c.get("reloads_accepted"), c.get("reloads_refused")), (1, 1), "{c}");
     notify.drain();
     let last = notify.seen.last().cloned().unwrap_or_default();
     assert!(has(&last, "STOPPING=1"), "the last message is not STOPPING=1: {:?}", notify.seen);
@@ -342,6 +343,7 @@ fn runs_as_nobody_with_net_admin_and_sys_admin() {
     assert!(!log.contains("cannot disable IPv6 address generation"), "a sysctl write failed as nobody:\n{log}");
     drop(servers);
     let c = lab.stop();
+    assert_eq!(c.get("reloads_accepted"), 1, "the reload as nobody was put in force: {c}");
     assert_eq!(c.get("op25b_blocked"), 2, "{c}");
     assert!(c.get("forwarded_outbound") >= 3, "{c}");
 }

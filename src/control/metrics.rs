@@ -16,15 +16,11 @@ use prometheus_client::registry::Registry;
 
 use super::process::ProcessFigures;
 use super::InfoSnapshot;
-use crate::packet::Direction;
-use crate::stats::{OutputFile, Stats, BLOCK_ACTIONS};
-use crate::{DropReason, ReplyKind};
+use crate::stats::figures::{Kind, DEVICES, FIGURES};
+use crate::stats::Stats;
 
 /// The git revision op25b was built from (build.rs), or `unknown`.
 pub(crate) const REVISION: &str = env!("OP25B_GIT_REVISION");
-
-/// The device label's values, by device index.
-const DEVICES: [&str; 2] = ["subscriber", "upstream"];
 
 /// The text format of an answer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -91,11 +87,6 @@ fn counters<'a, V: EncodeCounterValue>(
     Ok(())
 }
 
-/// Writes one counter family of a single unlabelled value.
-fn counter(e: &mut DescriptorEncoder<'_>, name: &str, help: &str, v: u64) -> Result<(), std::fmt::Error> {
-    counters(e, name, help, [(vec![], v)])
-}
-
 /// Writes one gauge family.
 fn gauges<'a>(
     e: &mut DescriptorEncoder<'_>,
@@ -115,102 +106,20 @@ fn gauge(e: &mut DescriptorEncoder<'_>, name: &str, help: &str, v: f64) -> Resul
     gauges(e, name, help, [(vec![], v)])
 }
 
-/// Packets by direction and verdict, drops and replies.
-fn traffic(e: &mut DescriptorEncoder<'_>, s: &Stats) -> Result<(), std::fmt::Error> {
-    let dirs = Direction::ALL;
-    counters(
-        e,
-        "op25b_received_packets",
-        "Packets handed to the router, by direction.",
-        dirs.iter().map(|d| (vec![("direction", d.name())], s.dir(*d).received)),
-    )?;
-    let verdicts = dirs.iter().flat_map(|d| {
-        let x = s.dir(*d);
-        [
-            ("forward", x.forwarded),
-            ("drop", x.dropped_total()),
-            ("reply", x.replied_total()),
-            ("terminate", x.terminated),
-        ]
-        .map(|(v, n)| (vec![("direction", d.name()), ("verdict", v)], n))
-    });
-    counters(e, "op25b_packets", "Packets by direction and verdict; they add up to received.", verdicts)?;
-    counters(
-        e,
-        "op25b_forwarded_bytes",
-        "Bytes forwarded, by direction.",
-        dirs.iter().map(|d| (vec![("direction", d.name())], s.dir(*d).forwarded_bytes)),
-    )?;
-    let drops = dirs.iter().flat_map(|d| {
-        DropReason::ALL
-            .iter()
-            .map(move |r| (vec![("direction", d.name()), ("reason", r.name())], s.dir(*d).dropped[*r as usize]))
-    });
-    counters(e, "op25b_dropped_packets", "Packets dropped, by direction and reason.", drops)?;
-    let replies = dirs.iter().flat_map(|d| {
-        ReplyKind::ALL
-            .iter()
-            .map(move |k| (vec![("direction", d.name()), ("kind", k.name())], s.dir(*d).replies[*k as usize]))
-    });
-    counters(e, "op25b_reply_packets", "Reply packets the router built, by direction and kind.", replies)
+/// Every figure of [`FIGURES`] with a metrics family, in table order.
+fn figures(e: &mut DescriptorEncoder<'_>, s: &Stats) -> Result<(), std::fmt::Error> {
+    for f in FIGURES.iter().filter(|f| !f.metric.is_empty() && f.present(s)) {
+        let rows = f.rows().map(|ix| (f.label_values(ix), (f.read)(s, ix)));
+        match f.kind {
+            Kind::Counter => counters(e, f.metric, f.help, rows)?,
+            Kind::Gauge => gauges(e, f.metric, f.help, rows.map(|(l, v)| (l, v as f64)))?,
+        }
+    }
+    Ok(())
 }
 
-/// The OP25B fast path, its actions and the banner responder.
-fn op25b(e: &mut DescriptorEncoder<'_>, s: &Stats) -> Result<(), std::fmt::Error> {
-    counters(
-        e,
-        "op25b_blocked_packets",
-        "Packets the OP25B fast path blocked, by the action in force.",
-        BLOCK_ACTIONS.iter().zip(s.op25b.blocked_by_action).map(|(a, n)| (vec![("action", *a)], n)),
-    )?;
-    counters(
-        e,
-        "op25b_blocked_connections",
-        "Connection attempts the OP25B fast path blocked (a SYN and its retransmissions once), by the action in force.",
-        BLOCK_ACTIONS.iter().zip(s.op25b.blocked_connections_by_action).map(|(a, n)| (vec![("action", *a)], n)),
-    )?;
-    counter(
-        e,
-        "op25b_monitored_packets",
-        "Packets OP25B would have blocked, forwarded by action monitor.",
-        s.op25b.monitored,
-    )?;
-    counter(
-        e,
-        "op25b_monitored_connections",
-        "Connection attempts OP25B would have blocked (a SYN and its retransmissions once), forwarded by action monitor.",
-        s.op25b.monitored_connections,
-    )?;
-    counter(e, "op25b_redirected_packets", "Packets of blocked flows sent to the relay.", s.op25b.redirected)?;
-    counter(
-        e,
-        "op25b_redirect_evicted_flows",
-        "Unassured redirect flows evicted (early drop) for a new SYN when the table was full.",
-        s.op25b.redirect_evictions,
-    )?;
-    gauge(e, "op25b_banner_sessions", "Banner sessions in progress.", s.responder.sessions as f64)?;
-    counter(
-        e,
-        "op25b_banner_evicted_sessions",
-        "Banner sessions still waiting for the client's ACK taken for a new SYN.",
-        s.responder.syn_evictions,
-    )?;
-    counter(
-        e,
-        "op25b_banner_refused_packets",
-        "Banner SYNs refused over the subscriber's share of sessions.",
-        s.op25b.banner_source_full,
-    )?;
-    counter(
-        e,
-        "op25b_banner_limited_rst_packets",
-        "RSTs of the banner responder not sent for want of a reply token.",
-        s.responder.rsts_limited,
-    )
-}
-
-/// Rules and devices.
-fn rules_and_devices(e: &mut DescriptorEncoder<'_>, s: &Stats) -> Result<(), std::fmt::Error> {
+/// Per-rule counts, labelled by the rule's name.
+fn rule_metrics(e: &mut DescriptorEncoder<'_>, s: &Stats) -> Result<(), std::fmt::Error> {
     type RuleField = fn(&crate::stats::RuleStats) -> u64;
     let rules: [(&str, &str, RuleField); 3] = [
         ("op25b_rule_packets", "Packets that matched each rule (kept over reloads by rule name).", |r| r.packets),
@@ -224,69 +133,7 @@ fn rules_and_devices(e: &mut DescriptorEncoder<'_>, s: &Stats) -> Result<(), std
     for (name, help, f) in rules {
         counters(e, name, help, s.rules.iter().map(|r| (vec![("rule", r.name.as_str())], f(r))))?;
     }
-    type Field = fn(&crate::stats::DeviceStats) -> u64;
-    let figures: [(&str, &str, Field); 6] = [
-        ("op25b_device_rx_packets", "Packets read from each TUN device (a GSO super-packet once).", |d| d.rx_packets),
-        ("op25b_device_rx_bytes", "Bytes read from each TUN device.", |d| d.rx_bytes),
-        ("op25b_device_rx_errors", "Failed reads on each TUN device.", |d| d.rx_errors),
-        ("op25b_device_tx_packets", "Packets written to each TUN device (a coalesced UDP GSO packet once).", |d| {
-            d.tx_packets
-        }),
-        ("op25b_device_tx_bytes", "Bytes written to each TUN device.", |d| d.tx_bytes),
-        ("op25b_device_tx_errors", "Failed writes to each TUN device.", |d| d.tx_errors),
-    ];
-    for (name, help, f) in figures {
-        counters(e, name, help, DEVICES.iter().zip(&s.devices).map(|(n, d)| (vec![("device", *n)], f(d))))?;
-    }
     Ok(())
-}
-
-/// What op25b's own threads could not take or write, and abuse handling.
-fn sinks_and_abuse(e: &mut DescriptorEncoder<'_>, s: &Stats) -> Result<(), std::fmt::Error> {
-    counter(
-        e,
-        "op25b_dropped_events",
-        "Events of blocked connections the full queue to the events writer did not take.",
-        s.events_dropped,
-    )?;
-    counter(
-        e,
-        "op25b_capture_dropped_packets",
-        "Packets not forwarded that the capture could not take.",
-        s.capture_dropped,
-    )?;
-    counters(
-        e,
-        "op25b_write_errors",
-        "Failed writes of op25b's own files (full disk, unwritable file), by file.",
-        OutputFile::ALL.iter().map(|f| (vec![("file", f.name())], s.write_errors[*f as usize])),
-    )?;
-    let a = &s.abuse;
-    gauge(
-        e,
-        "op25b_abuse_tracked_subscribers",
-        "Subscribers in the abuse table (heavy hitters of blocked attempts).",
-        a.tracked as f64,
-    )?;
-    gauge(
-        e,
-        "op25b_abuse_suspected_subscribers",
-        "Subscribers that crossed an abuse threshold less than a window ago.",
-        a.suspected as f64,
-    )?;
-    gauge(e, "op25b_abuse_quarantined_subscribers", "Subscribers in quarantine.", a.quarantined as f64)?;
-    counter(
-        e,
-        "op25b_abuse_refused_packets",
-        "Packets of subscribers in quarantine refused outside their walled garden.",
-        a.refused,
-    )?;
-    counter(
-        e,
-        "op25b_abuse_dropped_attempts",
-        "Blocked attempts the full queue to abuse handling did not take.",
-        a.attempts_dropped,
-    )
 }
 
 /// Reloads, the build, and the standard `process_*` figures.
@@ -328,84 +175,16 @@ fn service(e: &mut DescriptorEncoder<'_>, i: &InfoSnapshot, p: Option<&ProcessFi
 
 impl Collector for Scrape {
     fn encode(&self, mut e: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        traffic(&mut e, &self.stats)?;
-        op25b(&mut e, &self.stats)?;
-        rules_and_devices(&mut e, &self.stats)?;
+        figures(&mut e, &self.stats)?;
+        rule_metrics(&mut e, &self.stats)?;
         counters(
             &mut e,
             "op25b_device_queue_dropped_packets",
             "Packets the kernel dropped at each TUN device's queue towards op25b (op25b too slow to read): the device's tx_dropped.",
             DEVICES.iter().zip(self.queue_drops).filter_map(|(n, d)| Some((vec![("device", *n)], d?))),
         )?;
-        tunnel_metrics(&mut e, &self.stats)?;
-        if let Some(n) = &self.stats.neighbours {
-            neighbour_metrics(&mut e, n)?;
-        }
-        sinks_and_abuse(&mut e, &self.stats)?;
         service(&mut e, &self.info, self.process.as_ref())
     }
-}
-
-/// Tunnels by their outermost kind: seen, and blocked (a blocked packet
-/// inside, or `tunnels = "block"`).
-fn tunnel_metrics(e: &mut DescriptorEncoder<'_>, s: &Stats) -> Result<(), std::fmt::Error> {
-    use crate::packet::TunnelKind;
-    let rows = |v: [u64; TunnelKind::COUNT]| TunnelKind::ALL.map(|k| (vec![("kind", k.name())], v[k.index()]));
-    counters(e, "op25b_tunnel_packets", "Tunnel packets seen, by their outermost kind.", rows(s.tunnels.packets))?;
-    counters(
-        e,
-        "op25b_tunnel_blocked_packets",
-        "Tunnel packets blocked (OP25B or IP25B inside, or tunnels = block), by their outermost kind.",
-        rows(s.tunnels.blocked),
-    )
-}
-
-/// The neighbour table of an Ethernet upstream (only with `[upstream] interface`).
-fn neighbour_metrics(e: &mut DescriptorEncoder<'_>, n: &crate::stats::NeighbourStats) -> Result<(), std::fmt::Error> {
-    let one: [(&str, &str, u64); 11] = [
-        (
-            "op25b_neighbour_answered_requests",
-            "ARP requests and neighbour solicitations for op25b's own upstream addresses, answered.",
-            n.answered,
-        ),
-        (
-            "op25b_neighbour_probes",
-            "ARP requests and neighbour solicitations sent to resolve next hops (first resolutions and re-probes).",
-            n.probes,
-        ),
-        ("op25b_neighbour_resolutions", "Next hops resolved by an answer to a probe.", n.resolved),
-        ("op25b_neighbour_reprobes", "Resolved next hops whose trust expired, probed again.", n.reprobes),
-        ("op25b_neighbour_expired_entries", "On-link next hops forgotten after a reachable time unused.", n.expired),
-        ("op25b_neighbour_failed_resolutions", "Next hops given up after the last unanswered probe.", n.failed),
-        ("op25b_neighbour_held_packets", "Packets held while their next hop was resolved.", n.held),
-        (
-            "op25b_neighbour_hold_dropped_packets",
-            "Packets dropped for want of a place to wait (the next hop's or the table's hold queue full).",
-            n.held_dropped,
-        ),
-        (
-            "op25b_neighbour_unreachable_packets",
-            "Held packets whose next hop never answered (their senders get ICMP host unreachable).",
-            n.unreachable,
-        ),
-        (
-            "op25b_neighbour_table_full_next_hops",
-            "New next hops that met a full neighbour table (an on-link entry evicted, or the packet dropped).",
-            n.table_full,
-        ),
-        ("op25b_neighbour_evicted_entries", "On-link entries evicted to make room.", n.evicted),
-    ];
-    for (name, help, v) in one {
-        counter(e, name, help, v)?;
-    }
-    counters(
-        e,
-        "op25b_neighbour_ignored_frames",
-        "ARP and neighbour-discovery frames ignored: answers no probe asked for, requests for other addresses, malformed.",
-        [("unsolicited", n.unsolicited), ("not_ours", n.not_ours), ("malformed", n.malformed)]
-            .map(|(r, v)| (vec![("reason", r)], v)),
-    )?;
-    gauge(e, "op25b_neighbour_entries", "Entries in the neighbour table, gateways included.", n.entries as f64)
 }
 
 /// One scrape's figures.

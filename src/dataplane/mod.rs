@@ -49,7 +49,7 @@ use crate::router::Router;
 use crate::state::abuse::Abuse;
 use crate::state::neighbour::Neighbours;
 use crate::state::State;
-use crate::stats::{Counters, Stats, WriteErrors};
+use crate::stats::{Counters, Reloads, Stats, WriteErrors};
 use arc_swap::ArcSwap;
 
 pub use device::tun_queues;
@@ -105,6 +105,7 @@ pub struct StatsReader {
     kernel: Arc<[Option<NetDev>; 2]>,
     /// The upstream's neighbour table (an Ethernet upstream only).
     neighbours: Option<Arc<Mutex<Neighbours>>>,
+    reloads: Arc<Reloads>,
 }
 
 /// A worker that has not run its loop for longer than it ever sleeps.
@@ -132,6 +133,7 @@ impl StatsReader {
             (s.abuse.tracked, s.abuse.suspected, s.abuse.quarantined) = (tracked, suspected, quarantined);
         }
         self.write_errors.add_to(&mut s);
+        s.reloads = self.reloads.get();
         s.neighbours = self.neighbours.as_ref().map(|n| n.lock().unwrap_or_else(|p| p.into_inner()).stats());
         s
     }
@@ -210,6 +212,7 @@ pub struct Dataplane {
     epoch: Instant,
     stall_after: Duration,
     write_errors: Arc<WriteErrors>,
+    reloads: Arc<Reloads>,
     faults: Arc<Faults>,
     watch: NetnsWatch,
     kernel: Arc<[Option<NetDev>; 2]>,
@@ -288,6 +291,7 @@ impl Dataplane {
             epoch: Instant::now(),
             abuse,
             write_errors: Arc::clone(&sinks.write_errors),
+            reloads: Arc::default(),
             faults,
             watch,
             kernel,
@@ -369,6 +373,11 @@ impl Dataplane {
         self.abuse.as_ref()
     }
 
+    /// The reload figures, for the thread that reloads.
+    pub fn reloads(&self) -> &Reloads {
+        &self.reloads
+    }
+
     /// Whether the devices use the virtio-net header (GSO/GRO offload).
     pub fn offload(&self) -> bool {
         self.offload
@@ -389,6 +398,7 @@ impl Dataplane {
             heartbeats: Arc::new(self.heartbeats.clone()),
             stall_after: self.stall_after,
             write_errors: Arc::clone(&self.write_errors),
+            reloads: Arc::clone(&self.reloads),
             faults: Arc::clone(&self.faults),
             kernel: Arc::clone(&self.kernel),
             neighbours: self.neighbours.clone(),

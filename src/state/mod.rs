@@ -102,6 +102,18 @@ pub struct Kept {
     pub programs: usize,
 }
 
+impl From<&Kept> for crate::stats::KeptStats {
+    fn from(k: &Kept) -> Self {
+        crate::stats::KeptStats {
+            reply_buckets: k.reply_buckets.into(),
+            flows: k.flows.into(),
+            sessions: k.sessions.into(),
+            rule_buckets: k.rule_buckets as u64,
+            programs: k.programs as u64,
+        }
+    }
+}
+
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // A poisoned lock only means a worker panicked mid-update; every table
     // here is valid between any two of its operations.
