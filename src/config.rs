@@ -7,7 +7,7 @@
 
 use std::collections::HashSet;
 use std::fmt;
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 
@@ -257,46 +257,8 @@ impl Config {
     /// Validates config text; `path` is only used in messages.
     pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
         let cx = Ctx { file: path, text };
-        let file: FileConfig = {
-            let de = toml::Deserializer::parse(text).map_err(|e| toml_error(&cx, e, String::new()))?;
-            serde_path_to_error::deserialize(de).map_err(|e| {
-                // `Spanned` wrappers show up in the path as a private field.
-                let mut key = e.path().to_string().replace(".$__serde_spanned_private_value", "");
-                // Name the rule, not only its index.
-                if let Some(rest) = key.strip_prefix("rule[") {
-                    if let Some((n, tail)) = rest.split_once(']') {
-                        if let Some(name) = n.parse().ok().and_then(|n| rules::name_of_rule(text, n)) {
-                            key = format!("rule[{n}] {name:?}{tail}");
-                        }
-                    }
-                }
-                toml_error(&cx, e.into_inner(), key)
-            })?
-        };
-
-        let mut address_v4 = None;
-        let mut address_v6 = None;
-        if file.router.addresses.get_ref().is_empty() {
-            return Err(cx.err(&file.router.addresses.span(), "router.addresses", "needs at least one address"));
-        }
-        for (i, a) in file.router.addresses.get_ref().iter().enumerate() {
-            let key = format!("router.addresses[{i}]");
-            let addr: IpAddr = a
-                .get_ref()
-                .parse()
-                .map_err(|_| cx.err(&a.span(), &key, format!("{:?} is not an IP address", a.get_ref())))?;
-            if !crate::packet::reply::is_unicast_host(addr) {
-                return Err(cx.err(&a.span(), &key, format!("{addr} is not a unicast address")));
-            }
-            let slot_taken = match addr {
-                IpAddr::V4(v4) => address_v4.replace(v4).is_some(),
-                IpAddr::V6(v6) => address_v6.replace(v6).is_some(),
-            };
-            if slot_taken {
-                return Err(cx.err(&a.span(), &key, "one address per IP family"));
-            }
-        }
-
+        let file = file_config(&cx)?;
+        let (address_v4, address_v6) = router_addresses(&cx, &file.router)?;
         let subscriber =
             device(&cx, "subscriber", "tun", &file.subscriber.tun, &file.subscriber.netns, &file.subscriber.mtu)?;
         let upstream = upstream::parse(&cx, &file.upstream, &subscriber)?;
@@ -310,40 +272,7 @@ impl Config {
             ));
         }
         let o = &file.op25b;
-        let ports = match &o.ports {
-            None => vec![25],
-            Some(list) => {
-                let mut out = Vec::with_capacity(list.len());
-                for (i, p) in list.iter().enumerate() {
-                    if *p.get_ref() == 0 {
-                        return Err(cx.err(&p.span(), format!("op25b.ports[{i}]"), "port 0 is not a port"));
-                    }
-                    out.push(*p.get_ref());
-                }
-                out
-            }
-        };
-        let op25b = Op25b {
-            dynamic: prefixes(&cx, "op25b.dynamic", &o.dynamic)?,
-            exempt_sources: prefixes(&cx, "op25b.exempt_sources", &o.exempt_sources)?,
-            relays: prefixes(&cx, "op25b.relays", &o.relays)?,
-            ports: PortSet::new(ports),
-            action: match *o.action.get_ref() {
-                ActionName::Reject => Action::Reject,
-                ActionName::Drop => Action::Drop,
-                ActionName::Icmp => Action::Icmp,
-                ActionName::Banner => Action::Banner,
-                ActionName::Redirect => Action::Redirect,
-                ActionName::Monitor => Action::Monitor,
-            },
-            block_inbound: o.block_inbound.unwrap_or(false),
-            redirect_v4: None,
-            redirect_v6: None,
-            banner: Banner::default(),
-            tunnels: TunnelMode::Inspect,
-            tunnel_endpoints: PrefixSet::default(),
-        };
-        let mut op25b = op25b;
+        let mut op25b = op25b_section(&cx, o)?;
         actions::apply(&cx, o, &mut op25b)?;
         actions::tunnels(&cx, o, &mut op25b)?;
         let (reply_limit, max_flows, max_flows_per_source) = actions::limits(&cx, o)?;
@@ -364,25 +293,7 @@ impl Config {
             max_flows_per_source,
             quarantine_allow,
         };
-        let queue_len = match &file.dataplane.queue_len {
-            None => DEFAULT_QUEUE_LEN,
-            Some(q) if (16..=1_000_000).contains(q.get_ref()) => *q.get_ref(),
-            Some(q) => return Err(cx.err(&q.span(), "dataplane.queue_len", "must be between 16 and 1000000 packets")),
-        };
-        let workers = match &file.dataplane.workers {
-            None => None,
-            Some(w) if (1..=64).contains(w.get_ref()) => Some(*w.get_ref()),
-            Some(w) => return Err(cx.err(&w.span(), "dataplane.workers", "must be between 1 and 64")),
-        };
-        let busy_poll = match &file.dataplane.busy_poll_us {
-            None => std::time::Duration::ZERO,
-            Some(b) if *b.get_ref() <= 1_000_000 => std::time::Duration::from_micros(u64::from(*b.get_ref())),
-            Some(b) => {
-                return Err(cx.err(&b.span(), "dataplane.busy_poll_us", "must be between 0 and 1000000 microseconds"))
-            }
-        };
-        let dataplane =
-            DataplaneConfig { offload: file.dataplane.offload.unwrap_or(true), queue_len, workers, busy_poll };
+        let dataplane = dataplane(&cx, &file.dataplane)?;
         let (control, events, capture) = services::parse(&cx, &file.control, &file.events, &file.capture)?;
         Ok(Config {
             path: path.to_path_buf(),
@@ -396,6 +307,111 @@ impl Config {
             abuse,
         })
     }
+}
+
+/// The TOML text as [`FileConfig`]; errors name the key (and a rule by its name).
+fn file_config(cx: &Ctx<'_>) -> Result<FileConfig, ConfigError> {
+    let text = cx.text;
+    let de = toml::Deserializer::parse(text).map_err(|e| toml_error(cx, e, String::new()))?;
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        // `Spanned` wrappers show up in the path as a private field.
+        let mut key = e.path().to_string().replace(".$__serde_spanned_private_value", "");
+        // Name the rule, not only its index.
+        if let Some(rest) = key.strip_prefix("rule[") {
+            if let Some((n, tail)) = rest.split_once(']') {
+                if let Some(name) = n.parse().ok().and_then(|n| rules::name_of_rule(text, n)) {
+                    key = format!("rule[{n}] {name:?}{tail}");
+                }
+            }
+        }
+        toml_error(cx, e.into_inner(), key)
+    })
+}
+
+/// `router.addresses`: one unicast address per IP family.
+fn router_addresses(cx: &Ctx<'_>, router: &RouterSection) -> Result<(Option<Ipv4Addr>, Option<Ipv6Addr>), ConfigError> {
+    let mut address_v4 = None;
+    let mut address_v6 = None;
+    if router.addresses.get_ref().is_empty() {
+        return Err(cx.err(&router.addresses.span(), "router.addresses", "needs at least one address"));
+    }
+    for (i, a) in router.addresses.get_ref().iter().enumerate() {
+        let key = format!("router.addresses[{i}]");
+        let addr: IpAddr = a
+            .get_ref()
+            .parse()
+            .map_err(|_| cx.err(&a.span(), &key, format!("{:?} is not an IP address", a.get_ref())))?;
+        if !crate::packet::reply::is_unicast_host(addr) {
+            return Err(cx.err(&a.span(), &key, format!("{addr} is not a unicast address")));
+        }
+        let slot_taken = match addr {
+            IpAddr::V4(v4) => address_v4.replace(v4).is_some(),
+            IpAddr::V6(v6) => address_v6.replace(v6).is_some(),
+        };
+        if slot_taken {
+            return Err(cx.err(&a.span(), &key, "one address per IP family"));
+        }
+    }
+    Ok((address_v4, address_v6))
+}
+
+/// `[op25b]` before its actions and tunnels: who is blocked, on which ports, how.
+fn op25b_section(cx: &Ctx<'_>, o: &Op25bSection) -> Result<Op25b, ConfigError> {
+    let ports = match &o.ports {
+        None => vec![25],
+        Some(list) => {
+            let mut out = Vec::with_capacity(list.len());
+            for (i, p) in list.iter().enumerate() {
+                if *p.get_ref() == 0 {
+                    return Err(cx.err(&p.span(), format!("op25b.ports[{i}]"), "port 0 is not a port"));
+                }
+                out.push(*p.get_ref());
+            }
+            out
+        }
+    };
+    Ok(Op25b {
+        dynamic: prefixes(cx, "op25b.dynamic", &o.dynamic)?,
+        exempt_sources: prefixes(cx, "op25b.exempt_sources", &o.exempt_sources)?,
+        relays: prefixes(cx, "op25b.relays", &o.relays)?,
+        ports: PortSet::new(ports),
+        action: match *o.action.get_ref() {
+            ActionName::Reject => Action::Reject,
+            ActionName::Drop => Action::Drop,
+            ActionName::Icmp => Action::Icmp,
+            ActionName::Banner => Action::Banner,
+            ActionName::Redirect => Action::Redirect,
+            ActionName::Monitor => Action::Monitor,
+        },
+        block_inbound: o.block_inbound.unwrap_or(false),
+        redirect_v4: None,
+        redirect_v6: None,
+        banner: Banner::default(),
+        tunnels: TunnelMode::Inspect,
+        tunnel_endpoints: PrefixSet::default(),
+    })
+}
+
+/// `[dataplane]`, all optional.
+fn dataplane(cx: &Ctx<'_>, d: &DataplaneSection) -> Result<DataplaneConfig, ConfigError> {
+    let queue_len = match &d.queue_len {
+        None => DEFAULT_QUEUE_LEN,
+        Some(q) if (16..=1_000_000).contains(q.get_ref()) => *q.get_ref(),
+        Some(q) => return Err(cx.err(&q.span(), "dataplane.queue_len", "must be between 16 and 1000000 packets")),
+    };
+    let workers = match &d.workers {
+        None => None,
+        Some(w) if (1..=64).contains(w.get_ref()) => Some(*w.get_ref()),
+        Some(w) => return Err(cx.err(&w.span(), "dataplane.workers", "must be between 1 and 64")),
+    };
+    let busy_poll = match &d.busy_poll_us {
+        None => std::time::Duration::ZERO,
+        Some(b) if *b.get_ref() <= 1_000_000 => std::time::Duration::from_micros(u64::from(*b.get_ref())),
+        Some(b) => {
+            return Err(cx.err(&b.span(), "dataplane.busy_poll_us", "must be between 0 and 1000000 microseconds"))
+        }
+    };
+    Ok(DataplaneConfig { offload: d.offload.unwrap_or(true), queue_len, workers, busy_poll })
 }
 
 impl fmt::Display for Config {
