@@ -415,21 +415,7 @@ fn drain(
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => break Drained::Done(n),
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => {
-                io.failures += 1;
-                c.rx_errors[rx_dev].add(1);
-                if is_lost(&e) {
-                    io.faults.lost(rx_dev, &e);
-                    break Drained::Stop;
-                }
-                let count = c.rx_errors[rx_dev].get();
-                if count.is_power_of_two() {
-                    tracing::warn!(direction = dir.name(), error = %e, count, "read failed");
-                }
-                if io.failures >= MAX_READ_FAILURES {
-                    io.faults.lost(rx_dev, &format!("{} reads in a row failed, the last: {e}", io.failures));
-                    break Drained::Stop;
-                }
-                if io.stop.is_trigger() {
+                if read_failed(io, rx_dev, dir, &e) {
                     break Drained::Stop;
                 }
                 continue;
@@ -459,18 +445,7 @@ fn drain(
             }
         }
         if let Some(block) = side.router.take_block() {
-            // OP25B's blocks (and monitor's would-be blocks) feed abuse handling.
-            if let (Some(tx), Some(attempt)) = (io.abuse, block.attempt(*now)) {
-                if tx.try_send(attempt).is_err() {
-                    c.attempts_dropped.add(1);
-                }
-            }
-            if let Some(tx) = io.events {
-                let rule = block.rule.and_then(|i| side.router.rule_name(i));
-                if tx.try_send(Event::Blocked { block, rule }).is_err() {
-                    c.events_dropped.add(1);
-                }
-            }
+            report_block(&side.router, io, block, *now);
         }
         match verdict {
             Verdict::Forward { len } => {
@@ -515,6 +490,45 @@ fn drain(
         }
     }
     result
+}
+
+/// Counts a failed read and tells whether the worker must stop: the device
+/// is gone, or too many reads in a row failed, or the data plane stops.
+#[cold]
+fn read_failed(io: &mut Io<'_>, rx_dev: usize, dir: Direction, e: &io::Error) -> bool {
+    let c = io.counters;
+    io.failures += 1;
+    c.rx_errors[rx_dev].add(1);
+    if is_lost(e) {
+        io.faults.lost(rx_dev, e);
+        return true;
+    }
+    let count = c.rx_errors[rx_dev].get();
+    if count.is_power_of_two() {
+        tracing::warn!(direction = dir.name(), error = %e, count, "read failed");
+    }
+    if io.failures >= MAX_READ_FAILURES {
+        io.faults.lost(rx_dev, &format!("{} reads in a row failed, the last: {e}", io.failures));
+        return true;
+    }
+    io.stop.is_trigger()
+}
+
+/// Hands an OP25B block (or monitor's would-be block) to abuse handling and
+/// to the events, without waiting: a full queue counts a drop.
+fn report_block(router: &Router, io: &Io<'_>, block: crate::router::Block, now: Instant) {
+    let c = io.counters;
+    if let (Some(tx), Some(attempt)) = (io.abuse, block.attempt(now)) {
+        if tx.try_send(attempt).is_err() {
+            c.attempts_dropped.add(1);
+        }
+    }
+    if let Some(tx) = io.events {
+        let rule = block.rule.and_then(|i| router.rule_name(i));
+        if tx.try_send(Event::Blocked { block, rule }).is_err() {
+            c.events_dropped.add(1);
+        }
+    }
 }
 
 /// Sends what the banner responder has for the subscriber side (`to`), each
