@@ -6,8 +6,8 @@
 //! Unknown keys are errors, so a typo cannot silently disable a block.
 
 use std::collections::HashSet;
-use std::fmt::{self, Write as _};
-use std::net::IpAddr;
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 
@@ -22,6 +22,7 @@ mod abuse;
 mod actions;
 mod json;
 pub mod man;
+mod render;
 mod report;
 mod rules;
 mod services;
@@ -256,46 +257,8 @@ impl Config {
     /// Validates config text; `path` is only used in messages.
     pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
         let cx = Ctx { file: path, text };
-        let file: FileConfig = {
-            let de = toml::Deserializer::parse(text).map_err(|e| toml_error(&cx, e, String::new()))?;
-            serde_path_to_error::deserialize(de).map_err(|e| {
-                // `Spanned` wrappers show up in the path as a private field.
-                let mut key = e.path().to_string().replace(".$__serde_spanned_private_value", "");
-                // Name the rule, not only its index.
-                if let Some(rest) = key.strip_prefix("rule[") {
-                    if let Some((n, tail)) = rest.split_once(']') {
-                        if let Some(name) = n.parse().ok().and_then(|n| rules::name_of_rule(text, n)) {
-                            key = format!("rule[{n}] {name:?}{tail}");
-                        }
-                    }
-                }
-                toml_error(&cx, e.into_inner(), key)
-            })?
-        };
-
-        let mut address_v4 = None;
-        let mut address_v6 = None;
-        if file.router.addresses.get_ref().is_empty() {
-            return Err(cx.err(&file.router.addresses.span(), "router.addresses", "needs at least one address"));
-        }
-        for (i, a) in file.router.addresses.get_ref().iter().enumerate() {
-            let key = format!("router.addresses[{i}]");
-            let addr: IpAddr = a
-                .get_ref()
-                .parse()
-                .map_err(|_| cx.err(&a.span(), &key, format!("{:?} is not an IP address", a.get_ref())))?;
-            if !crate::packet::reply::is_unicast_host(addr) {
-                return Err(cx.err(&a.span(), &key, format!("{addr} is not a unicast address")));
-            }
-            let slot_taken = match addr {
-                IpAddr::V4(v4) => address_v4.replace(v4).is_some(),
-                IpAddr::V6(v6) => address_v6.replace(v6).is_some(),
-            };
-            if slot_taken {
-                return Err(cx.err(&a.span(), &key, "one address per IP family"));
-            }
-        }
-
+        let file = file_config(&cx)?;
+        let (address_v4, address_v6) = router_addresses(&cx, &file.router)?;
         let subscriber =
             device(&cx, "subscriber", "tun", &file.subscriber.tun, &file.subscriber.netns, &file.subscriber.mtu)?;
         let upstream = upstream::parse(&cx, &file.upstream, &subscriber)?;
@@ -309,40 +272,7 @@ impl Config {
             ));
         }
         let o = &file.op25b;
-        let ports = match &o.ports {
-            None => vec![25],
-            Some(list) => {
-                let mut out = Vec::with_capacity(list.len());
-                for (i, p) in list.iter().enumerate() {
-                    if *p.get_ref() == 0 {
-                        return Err(cx.err(&p.span(), format!("op25b.ports[{i}]"), "port 0 is not a port"));
-                    }
-                    out.push(*p.get_ref());
-                }
-                out
-            }
-        };
-        let op25b = Op25b {
-            dynamic: prefixes(&cx, "op25b.dynamic", &o.dynamic)?,
-            exempt_sources: prefixes(&cx, "op25b.exempt_sources", &o.exempt_sources)?,
-            relays: prefixes(&cx, "op25b.relays", &o.relays)?,
-            ports: PortSet::new(ports),
-            action: match *o.action.get_ref() {
-                ActionName::Reject => Action::Reject,
-                ActionName::Drop => Action::Drop,
-                ActionName::Icmp => Action::Icmp,
-                ActionName::Banner => Action::Banner,
-                ActionName::Redirect => Action::Redirect,
-                ActionName::Monitor => Action::Monitor,
-            },
-            block_inbound: o.block_inbound.unwrap_or(false),
-            redirect_v4: None,
-            redirect_v6: None,
-            banner: Banner::default(),
-            tunnels: TunnelMode::Inspect,
-            tunnel_endpoints: PrefixSet::default(),
-        };
-        let mut op25b = op25b;
+        let mut op25b = op25b_section(&cx, o)?;
         actions::apply(&cx, o, &mut op25b)?;
         actions::tunnels(&cx, o, &mut op25b)?;
         let (reply_limit, max_flows, max_flows_per_source) = actions::limits(&cx, o)?;
@@ -363,25 +293,7 @@ impl Config {
             max_flows_per_source,
             quarantine_allow,
         };
-        let queue_len = match &file.dataplane.queue_len {
-            None => DEFAULT_QUEUE_LEN,
-            Some(q) if (16..=1_000_000).contains(q.get_ref()) => *q.get_ref(),
-            Some(q) => return Err(cx.err(&q.span(), "dataplane.queue_len", "must be between 16 and 1000000 packets")),
-        };
-        let workers = match &file.dataplane.workers {
-            None => None,
-            Some(w) if (1..=64).contains(w.get_ref()) => Some(*w.get_ref()),
-            Some(w) => return Err(cx.err(&w.span(), "dataplane.workers", "must be between 1 and 64")),
-        };
-        let busy_poll = match &file.dataplane.busy_poll_us {
-            None => std::time::Duration::ZERO,
-            Some(b) if *b.get_ref() <= 1_000_000 => std::time::Duration::from_micros(u64::from(*b.get_ref())),
-            Some(b) => {
-                return Err(cx.err(&b.span(), "dataplane.busy_poll_us", "must be between 0 and 1000000 microseconds"))
-            }
-        };
-        let dataplane =
-            DataplaneConfig { offload: file.dataplane.offload.unwrap_or(true), queue_len, workers, busy_poll };
+        let dataplane = dataplane(&cx, &file.dataplane)?;
         let (control, events, capture) = services::parse(&cx, &file.control, &file.events, &file.capture)?;
         Ok(Config {
             path: path.to_path_buf(),
@@ -395,147 +307,111 @@ impl Config {
             abuse,
         })
     }
+}
 
-    /// A readable rendering of the compiled config, for `op25b check`.
-    pub fn render(&self) -> String {
-        let p = &self.policy;
-        let mut s = String::new();
-        let dev = |d: &DeviceConfig| {
-            let kind = match &d.kind {
-                DeviceKind::Tun => String::new(),
-                DeviceKind::Interface(l) => {
-                    let a: Vec<String> = l.addresses.iter().map(|n| n.to_string()).collect();
-                    let g: Vec<String> = l.gateways.iter().map(|g| g.to_string()).collect();
-                    format!(", interface, addresses {}, gateway {}", a.join(" "), g.join(" "))
-                }
-            };
-            format!("{} (netns {}, mtu {}{kind})", d.tun, d.netns.as_deref().unwrap_or("<current>"), d.mtu)
-        };
-        let set = |ps: &PrefixSet| {
-            if ps.is_empty() {
-                "(none)".to_string()
-            } else {
-                let (v4, v6) = ps.ranges();
-                let list: Vec<String> = ps.nets().iter().map(|n| n.to_string()).collect();
-                format!("{}  [{} prefixes -> {v4} IPv4 + {v6} IPv6 ranges]", list.join(", "), ps.len())
-            }
-        };
-        let opt = |a: Option<String>| a.unwrap_or_else(|| "(none: no ICMP from this family)".into());
-        let _ = writeln!(s, "config {}: OK", self.path.display());
-        let _ = writeln!(s, "router");
-        let _ = writeln!(s, "  address v4        {}", opt(p.address_v4.map(|a| a.to_string())));
-        let _ = writeln!(s, "  address v6        {}", opt(p.address_v6.map(|a| a.to_string())));
-        let _ = writeln!(s, "subscriber side     {}", dev(&self.subscriber));
-        let _ = writeln!(s, "  allowed sources   {}", set(&p.subscriber_prefixes));
-        let _ = writeln!(s, "upstream side       {}", dev(&self.upstream));
-        let _ = writeln!(s, "op25b");
-        let ports: Vec<String> = p.op25b.ports.iter().map(|x| x.to_string()).collect();
-        let _ = writeln!(s, "  block TCP to port {} from", ports.join(", "));
-        let _ = writeln!(s, "    dynamic         {}", set(&p.op25b.dynamic));
-        let _ = writeln!(s, "  except sources    {}", set(&p.op25b.exempt_sources));
-        let _ = writeln!(s, "  except relays     {}", set(&p.op25b.relays));
-        let _ = writeln!(
-            s,
-            "  action            {} ({})",
-            p.op25b.action,
-            match p.op25b.action {
-                Action::Reject => "SYN answered with TCP RST, other segments dropped".to_string(),
-                Action::Drop => "dropped silently".to_string(),
-                Action::Icmp => "SYN answered with ICMP administratively prohibited".to_string(),
-                Action::Banner => format!(
-                    "handshake completed by op25b, then {:?}; at most {} sessions, {} per subscriber, {} s idle",
-                    p.op25b.banner.text,
-                    p.op25b.banner.sessions,
-                    p.op25b.banner.per_source,
-                    p.op25b.banner.idle.as_secs()
-                ),
-                Action::Redirect => format!(
-                    "sent to the relay {} (destination NAT, at most {} flows, {} per subscriber)",
-                    [p.op25b.redirect_v4, p.op25b.redirect_v6]
-                        .iter()
-                        .flatten()
-                        .map(|a| a.to_string())
-                        .collect::<Vec<_>>()
-                        .join(", "),
-                    p.max_flows,
-                    p.max_flows_per_source
-                ),
-                Action::Monitor =>
-                    "nothing blocked: would-be blocks forwarded, counted, tracked and reported".to_string(),
-            }
-        );
-        let _ = writeln!(
-            s,
-            "  inbound (IP25B)   {}",
-            if p.op25b.block_inbound {
-                "new connections to these ports of dynamic addresses dropped"
-            } else {
-                "not blocked"
-            }
-        );
-        let _ = writeln!(
-            s,
-            "  tunnels           {}",
-            match p.op25b.tunnels {
-                TunnelMode::Inspect =>
-                    "inspect: packets inside IP-in-IP, GRE, Teredo, VXLAN, Geneve judged like the subscriber's own"
-                        .to_string(),
-                TunnelMode::Block => format!(
-                    "block: tunnels of dynamic addresses dropped, except with {} (inspected)",
-                    set(&p.op25b.tunnel_endpoints)
-                ),
-                TunnelMode::Forward => "forward: tunnels not inspected".to_string(),
-            }
-        );
-        let _ = writeln!(
-            s,
-            "  reply limit       {}/s, burst {} per address (RSTs, ICMP errors, echo replies, banner sessions, new redirects)",
-            p.reply_limit.rate, p.reply_limit.burst
-        );
-        match &self.abuse {
-            None => {
-                let _ = writeln!(s, "abuse               (off: no [abuse] section)");
-            }
-            Some(a) => {
-                let t = &a.thresholds;
-                let _ = writeln!(s, "abuse");
-                let _ = writeln!(
-                    s,
-                    "  suspect after     {} blocked attempts or {} destinations in {} (fixed window per subscriber)",
-                    t.attempts,
-                    t.destinations,
-                    humantime::format_duration(t.window)
-                );
-                let _ = writeln!(
-                    s,
-                    "  on suspect        {}",
-                    match a.on_suspect {
-                        crate::state::abuse::OnSuspect::Event => "event".to_string(),
-                        crate::state::abuse::OnSuspect::Quarantine =>
-                            format!("event and quarantine for {}", humantime::format_duration(a.quarantine_for)),
-                    }
-                );
-                let _ = writeln!(s, "  quarantine allows {}", p.quarantine_allow.written.join(", "));
-                let _ = writeln!(s, "  tracked           {} subscribers at most", a.track);
-                if let Some(f) = &a.state_file {
-                    let _ = writeln!(
-                        s,
-                        "  state file        {} (quarantines and the table kept across restarts)",
-                        f.display()
-                    );
+/// The TOML text as [`FileConfig`]; errors name the key (and a rule by its name).
+fn file_config(cx: &Ctx<'_>) -> Result<FileConfig, ConfigError> {
+    let text = cx.text;
+    let de = toml::Deserializer::parse(text).map_err(|e| toml_error(cx, e, String::new()))?;
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        // `Spanned` wrappers show up in the path as a private field.
+        let mut key = e.path().to_string().replace(".$__serde_spanned_private_value", "");
+        // Name the rule, not only its index.
+        if let Some(rest) = key.strip_prefix("rule[") {
+            if let Some((n, tail)) = rest.split_once(']') {
+                if let Some(name) = n.parse().ok().and_then(|n| rules::name_of_rule(text, n)) {
+                    key = format!("rule[{n}] {name:?}{tail}");
                 }
             }
         }
-        if p.rules.is_empty() {
-            let _ = writeln!(s, "rules               (none: everything else is forwarded)");
-        } else {
-            let _ = writeln!(s, "rules               (in order; first final verdict wins; default forward)");
-            for (i, rule) in p.rules.rules().iter().enumerate() {
-                let _ = writeln!(s, "  {:>3}. {}", i + 1, rule.describe());
-            }
-        }
-        s
+        toml_error(cx, e.into_inner(), key)
+    })
+}
+
+/// `router.addresses`: one unicast address per IP family.
+fn router_addresses(cx: &Ctx<'_>, router: &RouterSection) -> Result<(Option<Ipv4Addr>, Option<Ipv6Addr>), ConfigError> {
+    let mut address_v4 = None;
+    let mut address_v6 = None;
+    if router.addresses.get_ref().is_empty() {
+        return Err(cx.err(&router.addresses.span(), "router.addresses", "needs at least one address"));
     }
+    for (i, a) in router.addresses.get_ref().iter().enumerate() {
+        let key = format!("router.addresses[{i}]");
+        let addr: IpAddr = a
+            .get_ref()
+            .parse()
+            .map_err(|_| cx.err(&a.span(), &key, format!("{:?} is not an IP address", a.get_ref())))?;
+        if !crate::packet::reply::is_unicast_host(addr) {
+            return Err(cx.err(&a.span(), &key, format!("{addr} is not a unicast address")));
+        }
+        let slot_taken = match addr {
+            IpAddr::V4(v4) => address_v4.replace(v4).is_some(),
+            IpAddr::V6(v6) => address_v6.replace(v6).is_some(),
+        };
+        if slot_taken {
+            return Err(cx.err(&a.span(), &key, "one address per IP family"));
+        }
+    }
+    Ok((address_v4, address_v6))
+}
+
+/// `[op25b]` before its actions and tunnels: who is blocked, on which ports, how.
+fn op25b_section(cx: &Ctx<'_>, o: &Op25bSection) -> Result<Op25b, ConfigError> {
+    let ports = match &o.ports {
+        None => vec![25],
+        Some(list) => {
+            let mut out = Vec::with_capacity(list.len());
+            for (i, p) in list.iter().enumerate() {
+                if *p.get_ref() == 0 {
+                    return Err(cx.err(&p.span(), format!("op25b.ports[{i}]"), "port 0 is not a port"));
+                }
+                out.push(*p.get_ref());
+            }
+            out
+        }
+    };
+    Ok(Op25b {
+        dynamic: prefixes(cx, "op25b.dynamic", &o.dynamic)?,
+        exempt_sources: prefixes(cx, "op25b.exempt_sources", &o.exempt_sources)?,
+        relays: prefixes(cx, "op25b.relays", &o.relays)?,
+        ports: PortSet::new(ports),
+        action: match *o.action.get_ref() {
+            ActionName::Reject => Action::Reject,
+            ActionName::Drop => Action::Drop,
+            ActionName::Icmp => Action::Icmp,
+            ActionName::Banner => Action::Banner,
+            ActionName::Redirect => Action::Redirect,
+            ActionName::Monitor => Action::Monitor,
+        },
+        block_inbound: o.block_inbound.unwrap_or(false),
+        redirect_v4: None,
+        redirect_v6: None,
+        banner: Banner::default(),
+        tunnels: TunnelMode::Inspect,
+        tunnel_endpoints: PrefixSet::default(),
+    })
+}
+
+/// `[dataplane]`, all optional.
+fn dataplane(cx: &Ctx<'_>, d: &DataplaneSection) -> Result<DataplaneConfig, ConfigError> {
+    let queue_len = match &d.queue_len {
+        None => DEFAULT_QUEUE_LEN,
+        Some(q) if (16..=1_000_000).contains(q.get_ref()) => *q.get_ref(),
+        Some(q) => return Err(cx.err(&q.span(), "dataplane.queue_len", "must be between 16 and 1000000 packets")),
+    };
+    let workers = match &d.workers {
+        None => None,
+        Some(w) if (1..=64).contains(w.get_ref()) => Some(*w.get_ref()),
+        Some(w) => return Err(cx.err(&w.span(), "dataplane.workers", "must be between 1 and 64")),
+    };
+    let busy_poll = match &d.busy_poll_us {
+        None => std::time::Duration::ZERO,
+        Some(b) if *b.get_ref() <= 1_000_000 => std::time::Duration::from_micros(u64::from(*b.get_ref())),
+        Some(b) => {
+            return Err(cx.err(&b.span(), "dataplane.busy_poll_us", "must be between 0 and 1000000 microseconds"))
+        }
+    };
+    Ok(DataplaneConfig { offload: d.offload.unwrap_or(true), queue_len, workers, busy_poll })
 }
 
 impl fmt::Display for Config {

@@ -16,8 +16,11 @@ use std::sync::Arc;
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGUSR1};
 
 use crate::config::{Config, ConfigError};
-use crate::control::{self, Control, ControlError, Failures, Hooks, ReloadOutcome, ReloadRequest};
-use crate::dataplane::events::Event;
+use crate::control::notify::Notifier;
+use crate::control::stream::EventStream;
+use crate::control::{self, Control, ControlError, Failures, Hooks, ReloadOutcome, ReloadRequest, WriterThread};
+use crate::dataplane::capture::CaptureSink;
+use crate::dataplane::events::{Event, EventSender};
 use crate::dataplane::{self, Dataplane, DeviceError, Sinks};
 use crate::policy::{AttachError, Policy, Rule};
 use crate::reload::{self, ReloadError};
@@ -133,20 +136,7 @@ fn run(config: Config, rules: &[(Place, Arc<dyn Rule>)], stats_file: Option<&Pat
     // Register before the devices exist so an early SIGTERM still cleans up.
     let signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP, SIGUSR1]).map_err(RunError::Signals)?;
     let write_errors = Arc::new(WriteErrors::default());
-    // Events: a bounded queue from the workers (and reloads) to the writer,
-    // which writes the file and feeds the control socket's followers.
-    let (events_tx, events_rx) = std::sync::mpsc::sync_channel(dataplane::events::QUEUE);
-    let stream = config.control.socket.as_ref().map(|_| control::stream::EventStream::new());
-    let writer = control::events::start(&config.events, events_rx, Arc::clone(&write_errors), stream.clone())?;
-    let events = writer.as_ref().map(|_| events_tx);
-    // Capture: a fixed pool of buffers, only when asked for.
-    let (capture, capture_sink) = match config.capture.dropped {
-        Some(_) => {
-            let (sink, source) = dataplane::capture::pool();
-            (control::capture::start(&config.capture, source, Arc::clone(&write_errors))?, Some(sink))
-        }
-        None => (None, None),
-    };
+    let (outputs, Feeds { events, stream, capture: capture_sink }) = start_outputs(&config, &write_errors)?;
     // Abuse handling: a bounded queue of blocked attempts from the workers.
     let (attempts_tx, attempts_rx) = std::sync::mpsc::sync_channel(dataplane::events::ATTEMPT_QUEUE);
     // A lost device ends the wait for signals below.
@@ -200,18 +190,7 @@ fn run(config: Config, rules: &[(Place, Arc<dyn Rule>)], stats_file: Option<&Pat
     if let Some(n) = &notifier {
         n.ready();
     }
-    let p = &config.policy;
-    let ns = |n: &Option<String>| n.clone().unwrap_or_else(|| "<current>".into());
-    tracing::info!(target: "op25b",
-        subscriber = %config.subscriber.tun,
-        subscriber_netns = %ns(&config.subscriber.netns),
-        upstream = %config.upstream.tun,
-        upstream_netns = %ns(&config.upstream.netns),
-        offload = dp.offload(),
-        "op25b running: {}",
-        PolicySizes(p)
-    );
-    let outputs = Outputs { events: writer, capture };
+    log_running(&config, &dp);
     let reloader = Reloader {
         dp: &dp,
         rules,
@@ -237,6 +216,66 @@ fn run(config: Config, rules: &[(Place, Arc<dyn Rule>)], stats_file: Option<&Pat
         (None, Some(signal)) => tracing::info!(target: "op25b", signal, "stopping"),
         (None, None) => tracing::info!(target: "op25b", "stopping: the signal handlers are gone"),
     }
+    let stats = stop_all(dp, outputs, notifier, control, abuse, events);
+    tracing::info!(target: "op25b", "counters: {}", stats.summary());
+    write_stats(stats_out.as_mut(), &stats);
+    Ok(match fault {
+        Some(f) => Stopped::DeviceLost(f.to_string()),
+        None => Stopped::Signal,
+    })
+}
+
+/// The output threads: events (to their file and the control socket's
+/// followers) and capture, with the senders the workers get.
+fn start_outputs(config: &Config, write_errors: &Arc<WriteErrors>) -> Result<(Outputs, Feeds), RunError> {
+    // Events: a bounded queue from the workers (and reloads) to the writer,
+    // which writes the file and feeds the control socket's followers.
+    let (events_tx, events_rx) = std::sync::mpsc::sync_channel(dataplane::events::QUEUE);
+    let stream = config.control.socket.as_ref().map(|_| EventStream::new());
+    let writer = control::events::start(&config.events, events_rx, Arc::clone(write_errors), stream.clone())?;
+    let events = writer.as_ref().map(|_| events_tx);
+    // Capture: a fixed pool of buffers, only when asked for.
+    let (capture, capture_sink) = match config.capture.dropped {
+        Some(_) => {
+            let (sink, source) = dataplane::capture::pool();
+            (control::capture::start(&config.capture, source, Arc::clone(write_errors))?, Some(sink))
+        }
+        None => (None, None),
+    };
+    Ok((Outputs { events: writer, capture }, Feeds { events, stream, capture: capture_sink }))
+}
+
+/// The one line that says op25b runs, with its devices and the policy's sizes.
+fn log_running(config: &Config, dp: &Dataplane) {
+    let ns = |n: &Option<String>| n.clone().unwrap_or_else(|| "<current>".into());
+    tracing::info!(target: "op25b",
+        subscriber = %config.subscriber.tun,
+        subscriber_netns = %ns(&config.subscriber.netns),
+        upstream = %config.upstream.tun,
+        upstream_netns = %ns(&config.upstream.netns),
+        offload = dp.offload(),
+        "op25b running: {}",
+        PolicySizes(&config.policy)
+    );
+}
+
+/// What feeds the output threads: the workers' events and capture, the
+/// control socket's followers.
+struct Feeds {
+    events: Option<EventSender>,
+    stream: Option<EventStream>,
+    capture: Option<CaptureSink>,
+}
+
+/// Stops everything in order and returns the last counters.
+fn stop_all(
+    dp: Dataplane,
+    outputs: Outputs,
+    notifier: Option<Notifier>,
+    control: Option<Control>,
+    abuse: Option<WriterThread>,
+    events: Option<EventSender>,
+) -> crate::Stats {
     let Outputs { events: writer, capture } = outputs;
     if let Some(n) = notifier {
         n.stopping();
@@ -257,12 +296,7 @@ fn run(config: Config, rules: &[(Place, Arc<dyn Rule>)], stats_file: Option<&Pat
     if let Some(c) = capture {
         c.join();
     }
-    tracing::info!(target: "op25b", "counters: {}", stats.summary());
-    write_stats(stats_out.as_mut(), &stats);
-    Ok(match fault {
-        Some(f) => Stopped::DeviceLost(f.to_string()),
-        None => Stopped::Signal,
-    })
+    stats
 }
 
 /// Takes the signals (through a thread of their own) and the control

@@ -2,6 +2,7 @@
 //! [`ConfigRule`]s with prefix tables and port bitmaps.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::ops::Range;
 
 use ipnet::IpNet;
 use serde::Deserialize;
@@ -170,193 +171,236 @@ pub(super) fn compile(cx: &Ctx<'_>, sets: &Sets, raw: &[Spanned<RuleSection>]) -
         if !names.insert(name.clone()) {
             return Err(cx.err(&r.name.span(), key("name"), format!("a rule named {name:?} exists already")));
         }
-        if let Some(plugin) = &r.plugin {
-            let others = [
-                ("action", r.action.is_some()),
-                ("program", r.program.is_some()),
-                ("direction", r.direction.is_some()),
-                ("protocol", r.protocol.is_some()),
-                ("src", r.src.is_some()),
-                ("dst", r.dst.is_some()),
-                ("src_ports", r.src_ports.is_some()),
-                ("dst_ports", r.dst_ports.is_some()),
-                ("tcp_flags", r.tcp_flags.is_some()),
-                ("tunnel", r.tunnel.is_some()),
-                ("rate", r.rate.is_some()),
-                ("burst", r.burst.is_some()),
-                ("on_error", r.on_error.is_some()),
-                ("map_size", r.map_size.is_some()),
-            ];
-            if let Some((k, _)) = others.iter().find(|(_, given)| *given) {
-                return Err(cx.err(
-                    &plugin.span(),
-                    key(k),
-                    "a plugin placeholder takes only `name` and `plugin`: the rule given in code decides",
-                ));
-            }
-            let p = plugin.get_ref().trim();
-            if p.is_empty() {
-                return Err(cx.err(&plugin.span(), key("plugin"), "a plugin needs the name of the rule given in code"));
-            }
-            out.push(PluginSlot { name, plugin: p.to_string() }.into());
-            continue;
-        }
-        let program = match (&r.program, &r.action) {
-            (Some(_), Some(a)) => {
-                return Err(cx.err(
-                    &a.span(),
-                    key("action"),
-                    "a rule with a `program` takes its verdict from the program: remove `action`",
-                ));
-            }
-            (Some(p), None) => Some(p),
-            (None, Some(_)) => None,
-            (None, None) => {
-                return Err(cx.err(&span, key("action"), "a rule needs an `action`, a `program` or a `plugin`"))
-            }
-        };
-        if program.is_none() {
-            if let Some(x) = r
-                .on_error
-                .as_ref()
-                .map(|x| (x.span(), "on_error"))
-                .or(r.map_size.as_ref().map(|x| (x.span(), "map_size")))
-            {
-                return Err(cx.err(&x.0, key(x.1), format!("{} belongs to a rule with a `program`", x.1)));
-            }
-        }
-        let action_text = r.action.as_ref().map_or("count", |a| a.get_ref().as_str());
-        let action_span = r.action.as_ref().map_or(span.clone(), |a| a.span());
-        let action = match action_text {
-            "accept" => RuleAction::Accept,
-            "drop" => RuleAction::Drop,
-            "reject" => RuleAction::Reject,
-            "count" => RuleAction::Count,
-            "rate-limit" => {
-                let (Some(rate), Some(burst)) = (&r.rate, &r.burst) else {
-                    return Err(cx.err(
-                        &action_span,
-                        key("action"),
-                        "rate-limit needs `rate` (per second) and `burst`",
-                    ));
-                };
-                if *rate.get_ref() == 0 || *burst.get_ref() == 0 {
-                    let s = if *rate.get_ref() == 0 { rate.span() } else { burst.span() };
-                    return Err(cx.err(&s, key("rate"), "rate and burst must be at least 1"));
-                }
-                RuleAction::RateLimit(Limit { rate: *rate.get_ref(), burst: *burst.get_ref() })
-            }
-            other => {
-                return Err(cx.err(
-                    &action_span,
-                    key("action"),
-                    format!("unknown action {other:?} (accept, drop, reject, count, rate-limit)"),
-                ))
-            }
-        };
-        if !matches!(action, RuleAction::RateLimit(_)) {
-            if let Some(x) = r.rate.as_ref().map(|x| x.span()).or(r.burst.as_ref().map(|x| x.span())) {
-                return Err(cx.err(&x, key("rate"), "rate and burst belong to action = \"rate-limit\""));
-            }
-        }
-        let mut rule = ConfigRule::new(name.clone(), action);
-        rule.direction = match r.direction.as_ref().map(|d| (d.get_ref().as_str(), d.span())) {
-            None | Some(("any", _)) => None,
-            Some(("outbound", _)) => Some(Direction::Outbound),
-            Some(("inbound", _)) => Some(Direction::Inbound),
-            Some((other, s)) => {
-                return Err(cx.err(
-                    &s,
-                    key("direction"),
-                    format!("unknown direction {other:?} (outbound, inbound, any)"),
-                ))
-            }
-        };
-        if let Some(t) = &r.tunnel {
-            rule.tunnel = Some(TunnelMatch::parse(t.get_ref().trim()).ok_or_else(|| {
-                let kinds: Vec<&str> = TunnelKind::ALL.iter().map(|k| k.name()).collect();
-                cx.err(
-                    &t.span(),
-                    key("tunnel"),
-                    format!("unknown tunnel {:?} (any, none, {})", t.get_ref(), kinds.join(", ")),
-                )
-            })?);
-        }
-        rule.protocol = match r.protocol.as_ref().map(|d| (d.get_ref().as_str(), d.span())) {
-            None | Some(("any", _)) => None,
-            Some(("tcp", _)) => Some(proto::TCP),
-            Some(("udp", _)) => Some(proto::UDP),
-            Some(("icmp", _)) => Some(proto::ICMP),
-            Some(("icmpv6", _)) => Some(proto::ICMPV6),
-            Some((other, s)) => {
-                return Err(cx.err(
-                    &s,
-                    key("protocol"),
-                    format!("unknown protocol {other:?} (tcp, udp, icmp, icmpv6, any)"),
-                ))
-            }
-        };
-        let prefixes = |field: &str, list: &Option<Vec<Spanned<String>>>| -> Result<Option<PrefixSet>, ConfigError> {
-            let Some(list) = list else { return Ok(None) };
-            let mut nets = Vec::new();
-            for (j, s) in list.iter().enumerate() {
-                let k = key(&format!("{field}[{j}]"));
-                let text = s.get_ref().trim();
-                if let Some(set) = text.strip_prefix('@') {
-                    match sets.0.get(set) {
-                        Some(Set::Prefixes(n)) => nets.extend(n.iter().copied()),
-                        Some(Set::Ports(_)) => {
-                            return Err(cx.err(&s.span(), k, format!("{text} is a set of ports, not prefixes")))
-                        }
-                        None => return Err(cx.err(&s.span(), k, format!("unknown set {text}"))),
-                    }
-                } else {
-                    nets.push(prefix(cx, &k, text, &s.span())?);
-                }
-            }
-            Ok(Some(PrefixSet::new(nets)))
-        };
-        rule.src = prefixes("src", &r.src)?;
-        rule.dst = prefixes("dst", &r.dst)?;
-        let ports = |field: &str, list: &Option<Vec<Spanned<Item>>>| -> Result<Option<PortSet>, ConfigError> {
-            let Some(list) = list else { return Ok(None) };
-            if list.is_empty() {
-                // `src_ports = []` reads as "no constraint", like an omitted key.
-                return Ok(None);
-            }
-            let mut all = Vec::new();
-            for (j, item) in list.iter().enumerate() {
-                all.extend(port_item(cx, &key(&format!("{field}[{j}]")), item, Some(sets))?);
-            }
-            Ok(Some(PortSet::new(all.into_iter().flat_map(|(a, b)| a..=b))))
-        };
-        rule.src_ports = ports("src_ports", &r.src_ports)?;
-        rule.dst_ports = ports("dst_ports", &r.dst_ports)?;
-        if (rule.src_ports.is_some() || rule.dst_ports.is_some())
-            && rule.protocol.is_some_and(|p| p != proto::TCP && p != proto::UDP)
-        {
-            let s = r.protocol.as_ref().map_or(span.clone(), |p| p.span());
-            return Err(cx.err(&s, key("protocol"), "ports need protocol tcp, udp or any"));
-        }
-        if let Some(f) = &r.tcp_flags {
-            rule.tcp_flags = Some(FlagMatch::parse(f.get_ref()).ok_or_else(|| {
-                cx.err(
-                    &f.span(),
-                    key("tcp_flags"),
-                    format!("unknown flags {:?} (syn, syn-ack, ack, rst, fin)", f.get_ref()),
-                )
-            })?);
-            if rule.protocol != Some(proto::TCP) {
-                let s = r.protocol.as_ref().map_or(f.span(), |p| p.span());
-                return Err(cx.err(&s, key("protocol"), "tcp_flags needs protocol = \"tcp\""));
-            }
-        }
-        match program {
-            None => out.push(rule.into()),
-            Some(file) => out.push(program_rule(cx, &key, r, rule, file)?.into()),
-        }
+        out.push(match &r.plugin {
+            Some(plugin) => plugin_slot(cx, &key, r, name, plugin)?,
+            None => rule(cx, sets, &key, &span, r, name)?,
+        });
     }
     Ok(out)
+}
+
+/// A plugin placeholder: `name` and `plugin` only, the rule given in code decides.
+fn plugin_slot(
+    cx: &Ctx<'_>,
+    key: &dyn Fn(&str) -> String,
+    r: &RuleSection,
+    name: String,
+    plugin: &Spanned<String>,
+) -> Result<RuleKind, ConfigError> {
+    let others = [
+        ("action", r.action.is_some()),
+        ("program", r.program.is_some()),
+        ("direction", r.direction.is_some()),
+        ("protocol", r.protocol.is_some()),
+        ("src", r.src.is_some()),
+        ("dst", r.dst.is_some()),
+        ("src_ports", r.src_ports.is_some()),
+        ("dst_ports", r.dst_ports.is_some()),
+        ("tcp_flags", r.tcp_flags.is_some()),
+        ("tunnel", r.tunnel.is_some()),
+        ("rate", r.rate.is_some()),
+        ("burst", r.burst.is_some()),
+        ("on_error", r.on_error.is_some()),
+        ("map_size", r.map_size.is_some()),
+    ];
+    if let Some((k, _)) = others.iter().find(|(_, given)| *given) {
+        return Err(cx.err(
+            &plugin.span(),
+            key(k),
+            "a plugin placeholder takes only `name` and `plugin`: the rule given in code decides",
+        ));
+    }
+    let p = plugin.get_ref().trim();
+    if p.is_empty() {
+        return Err(cx.err(&plugin.span(), key("plugin"), "a plugin needs the name of the rule given in code"));
+    }
+    Ok(PluginSlot { name, plugin: p.to_string() }.into())
+}
+
+/// A rule with an `action` or a `program`, and what it matches.
+fn rule(
+    cx: &Ctx<'_>,
+    sets: &Sets,
+    key: &dyn Fn(&str) -> String,
+    span: &Range<usize>,
+    r: &RuleSection,
+    name: String,
+) -> Result<RuleKind, ConfigError> {
+    let program = match (&r.program, &r.action) {
+        (Some(_), Some(a)) => {
+            return Err(cx.err(
+                &a.span(),
+                key("action"),
+                "a rule with a `program` takes its verdict from the program: remove `action`",
+            ));
+        }
+        (Some(p), None) => Some(p),
+        (None, Some(_)) => None,
+        (None, None) => return Err(cx.err(span, key("action"), "a rule needs an `action`, a `program` or a `plugin`")),
+    };
+    if program.is_none() {
+        if let Some(x) =
+            r.on_error.as_ref().map(|x| (x.span(), "on_error")).or(r.map_size.as_ref().map(|x| (x.span(), "map_size")))
+        {
+            return Err(cx.err(&x.0, key(x.1), format!("{} belongs to a rule with a `program`", x.1)));
+        }
+    }
+    let action = rule_action(cx, key, span, r)?;
+    if !matches!(action, RuleAction::RateLimit(_)) {
+        if let Some(x) = r.rate.as_ref().map(|x| x.span()).or(r.burst.as_ref().map(|x| x.span())) {
+            return Err(cx.err(&x, key("rate"), "rate and burst belong to action = \"rate-limit\""));
+        }
+    }
+    let mut rule = ConfigRule::new(name, action);
+    rule.direction = direction(cx, key, r)?;
+    if let Some(t) = &r.tunnel {
+        rule.tunnel = Some(TunnelMatch::parse(t.get_ref().trim()).ok_or_else(|| {
+            let kinds: Vec<&str> = TunnelKind::ALL.iter().map(|k| k.name()).collect();
+            cx.err(
+                &t.span(),
+                key("tunnel"),
+                format!("unknown tunnel {:?} (any, none, {})", t.get_ref(), kinds.join(", ")),
+            )
+        })?);
+    }
+    rule.protocol = protocol(cx, key, r)?;
+    rule.src = rule_prefixes(cx, sets, key, "src", &r.src)?;
+    rule.dst = rule_prefixes(cx, sets, key, "dst", &r.dst)?;
+    rule.src_ports = rule_ports(cx, sets, key, "src_ports", &r.src_ports)?;
+    rule.dst_ports = rule_ports(cx, sets, key, "dst_ports", &r.dst_ports)?;
+    if (rule.src_ports.is_some() || rule.dst_ports.is_some())
+        && rule.protocol.is_some_and(|p| p != proto::TCP && p != proto::UDP)
+    {
+        let s = r.protocol.as_ref().map_or(span.clone(), |p| p.span());
+        return Err(cx.err(&s, key("protocol"), "ports need protocol tcp, udp or any"));
+    }
+    if let Some(f) = &r.tcp_flags {
+        rule.tcp_flags = Some(FlagMatch::parse(f.get_ref()).ok_or_else(|| {
+            cx.err(
+                &f.span(),
+                key("tcp_flags"),
+                format!("unknown flags {:?} (syn, syn-ack, ack, rst, fin)", f.get_ref()),
+            )
+        })?);
+        if rule.protocol != Some(proto::TCP) {
+            let s = r.protocol.as_ref().map_or(f.span(), |p| p.span());
+            return Err(cx.err(&s, key("protocol"), "tcp_flags needs protocol = \"tcp\""));
+        }
+    }
+    Ok(match program {
+        None => rule.into(),
+        Some(file) => program_rule(cx, key, r, rule, file)?.into(),
+    })
+}
+
+/// `action`, with `rate` and `burst` for rate-limit; `count` for a rule with a program.
+fn rule_action(
+    cx: &Ctx<'_>,
+    key: &dyn Fn(&str) -> String,
+    span: &Range<usize>,
+    r: &RuleSection,
+) -> Result<RuleAction, ConfigError> {
+    let action_text = r.action.as_ref().map_or("count", |a| a.get_ref().as_str());
+    let action_span = r.action.as_ref().map_or(span.clone(), |a| a.span());
+    Ok(match action_text {
+        "accept" => RuleAction::Accept,
+        "drop" => RuleAction::Drop,
+        "reject" => RuleAction::Reject,
+        "count" => RuleAction::Count,
+        "rate-limit" => {
+            let (Some(rate), Some(burst)) = (&r.rate, &r.burst) else {
+                return Err(cx.err(&action_span, key("action"), "rate-limit needs `rate` (per second) and `burst`"));
+            };
+            if *rate.get_ref() == 0 || *burst.get_ref() == 0 {
+                let s = if *rate.get_ref() == 0 { rate.span() } else { burst.span() };
+                return Err(cx.err(&s, key("rate"), "rate and burst must be at least 1"));
+            }
+            RuleAction::RateLimit(Limit { rate: *rate.get_ref(), burst: *burst.get_ref() })
+        }
+        other => {
+            return Err(cx.err(
+                &action_span,
+                key("action"),
+                format!("unknown action {other:?} (accept, drop, reject, count, rate-limit)"),
+            ))
+        }
+    })
+}
+
+fn direction(cx: &Ctx<'_>, key: &dyn Fn(&str) -> String, r: &RuleSection) -> Result<Option<Direction>, ConfigError> {
+    Ok(match r.direction.as_ref().map(|d| (d.get_ref().as_str(), d.span())) {
+        None | Some(("any", _)) => None,
+        Some(("outbound", _)) => Some(Direction::Outbound),
+        Some(("inbound", _)) => Some(Direction::Inbound),
+        Some((other, s)) => {
+            return Err(cx.err(&s, key("direction"), format!("unknown direction {other:?} (outbound, inbound, any)")))
+        }
+    })
+}
+
+fn protocol(cx: &Ctx<'_>, key: &dyn Fn(&str) -> String, r: &RuleSection) -> Result<Option<u8>, ConfigError> {
+    Ok(match r.protocol.as_ref().map(|d| (d.get_ref().as_str(), d.span())) {
+        None | Some(("any", _)) => None,
+        Some(("tcp", _)) => Some(proto::TCP),
+        Some(("udp", _)) => Some(proto::UDP),
+        Some(("icmp", _)) => Some(proto::ICMP),
+        Some(("icmpv6", _)) => Some(proto::ICMPV6),
+        Some((other, s)) => {
+            return Err(cx.err(
+                &s,
+                key("protocol"),
+                format!("unknown protocol {other:?} (tcp, udp, icmp, icmpv6, any)"),
+            ))
+        }
+    })
+}
+
+/// `src` or `dst`: prefixes and `@set`s of prefixes.
+fn rule_prefixes(
+    cx: &Ctx<'_>,
+    sets: &Sets,
+    key: &dyn Fn(&str) -> String,
+    field: &str,
+    list: &Option<Vec<Spanned<String>>>,
+) -> Result<Option<PrefixSet>, ConfigError> {
+    let Some(list) = list else { return Ok(None) };
+    let mut nets = Vec::new();
+    for (j, s) in list.iter().enumerate() {
+        let k = key(&format!("{field}[{j}]"));
+        let text = s.get_ref().trim();
+        if let Some(set) = text.strip_prefix('@') {
+            match sets.0.get(set) {
+                Some(Set::Prefixes(n)) => nets.extend(n.iter().copied()),
+                Some(Set::Ports(_)) => {
+                    return Err(cx.err(&s.span(), k, format!("{text} is a set of ports, not prefixes")))
+                }
+                None => return Err(cx.err(&s.span(), k, format!("unknown set {text}"))),
+            }
+        } else {
+            nets.push(prefix(cx, &k, text, &s.span())?);
+        }
+    }
+    Ok(Some(PrefixSet::new(nets)))
+}
+
+/// `src_ports` or `dst_ports`: ports, ranges and `@set`s of ports.
+fn rule_ports(
+    cx: &Ctx<'_>,
+    sets: &Sets,
+    key: &dyn Fn(&str) -> String,
+    field: &str,
+    list: &Option<Vec<Spanned<Item>>>,
+) -> Result<Option<PortSet>, ConfigError> {
+    let Some(list) = list else { return Ok(None) };
+    if list.is_empty() {
+        // `src_ports = []` reads as "no constraint", like an omitted key.
+        return Ok(None);
+    }
+    let mut all = Vec::new();
+    for (j, item) in list.iter().enumerate() {
+        all.extend(port_item(cx, &key(&format!("{field}[{j}]")), item, Some(sets))?);
+    }
+    Ok(Some(PortSet::new(all.into_iter().flat_map(|(a, b)| a..=b))))
 }
 
 /// Loads a rule's program (path relative to the config file) and checks it.

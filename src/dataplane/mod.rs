@@ -30,6 +30,7 @@ mod eth;
 pub mod events;
 mod fault;
 mod gro;
+mod idle;
 mod link;
 mod netdev;
 pub mod privileges;
@@ -296,7 +297,7 @@ impl Dataplane {
             watch,
             kernel,
             neighbours,
-            stall_after: worker::MAX_SLEEP + config.dataplane.busy_poll + STALL_GRACE,
+            stall_after: idle::MAX_SLEEP + config.dataplane.busy_poll + STALL_GRACE,
         };
         let sub: Vec<Arc<Queue>> = sub.into_iter().map(|d| Arc::new(Queue::new(d))).collect();
         let up: Vec<Arc<Queue>> = up.into_iter().map(|d| Arc::new(Queue::new(d))).collect();

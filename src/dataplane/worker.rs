@@ -21,6 +21,7 @@ use super::capture::CaptureSink;
 use super::events::{AttemptSender, Event, EventSender};
 use super::fault::{is_lost, Faults};
 use super::gro::UdpCoalescer;
+use super::idle::{spin, wait, Spun};
 use super::link::Link;
 use super::Active;
 use crate::packet::reply::icmp_error;
@@ -39,10 +40,6 @@ const REPLY_BUF: usize = 65_536;
 /// fails this often is gone). A deleted device is known at once (EBADFD).
 const MAX_READ_FAILURES: u32 = 1000;
 
-/// Consecutive waits that end in an error on the device (POLLERR without
-/// data) after which the device counts as lost, should its reads not say so.
-const MAX_WAIT_ERRORS: u32 = 3;
-
 /// Packets one drain reads before it lets go of the queue (so a peeking
 /// worker, or the owner, gets its turn and the clock is read again).
 const DRAIN_MAX: usize = 256;
@@ -53,10 +50,6 @@ const DRAIN_MAX: usize = 256;
 /// when the write returns: taking it here saves the owner's wake-up on the
 /// round trip (see docs/PERFORMANCE.md).
 const PEEK_MAX: usize = 64;
-
-/// Longest sleep of an idle worker: it still looks at the policy (a reload)
-/// and the banner responder's timers at least this often.
-pub(crate) const MAX_SLEEP: Duration = Duration::from_secs(1);
 
 /// A worker's sign of life: when it last passed the top of its loop, in
 /// milliseconds since the data plane started. One writer (the worker); read
@@ -285,7 +278,7 @@ impl Worker {
         // The subscriber side's queue of this worker: where banner output goes.
         let subscriber_side = if self.own.dir == Direction::Outbound { ingress } else { egress };
         tracing::debug!(direction = dir, offload = off > 0, "worker started");
-        'outer: loop {
+        loop {
             // Once a batch or a wake-up (at most MAX_SLEEP + busy_poll apart).
             self.heartbeat.beat(now);
             // A lost device: op25b is stopping; nothing more to read or write.
@@ -336,59 +329,21 @@ impl Worker {
                 continue;
             }
             if !self.busy_poll.is_zero() {
-                let until = (Instant::now() + self.busy_poll).min(timer.unwrap_or(Instant::now() + self.busy_poll));
-                loop {
-                    if stop.is_trigger() {
-                        break 'outer;
-                    }
-                    if readable(&ingress.dev) {
+                match spin(&ingress.dev, stop, self.busy_poll, timer) {
+                    Spun::Stop => break,
+                    Spun::Readable => {
                         now = Instant::now();
-                        continue 'outer;
+                        continue;
                     }
-                    if Instant::now() >= until {
-                        break;
-                    }
-                    std::hint::spin_loop();
+                    Spun::Idle => {}
                 }
             }
-            // Never sleep longer than MAX_SLEEP: an idle worker still picks up
-            // a reloaded policy (and lets go of the old one) and runs timers.
-            let timeout = timer.map_or(MAX_SLEEP, |at| at.saturating_duration_since(Instant::now()).min(MAX_SLEEP));
-            match ingress.dev.wait_readable_intr_timeout(stop, Some(timeout)) {
-                Ok(()) => {
-                    now = Instant::now();
-                    wait_errors = 0;
-                }
-                Err(_) if stop.is_trigger() => break,
-                // Back to the top: the policy check, then the due timers.
-                Err(e) if e.kind() == io::ErrorKind::TimedOut => now = Instant::now(),
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => {
-                    // POLLERR ("fd error" from tun-rs): a deleted device. The
-                    // drain at the top reads EBADFD and reports it; should the
-                    // reads not fail, a few such waits in a row count as the loss.
-                    wait_errors += 1;
-                    if wait_errors >= MAX_WAIT_ERRORS {
-                        faults.lost(ingress_device(self.own.dir), &format!("waiting for a packet: {e}"));
-                        break;
-                    }
-                }
+            if !wait(&ingress.dev, ingress_device(self.own.dir), stop, &faults, timer, &mut now, &mut wait_errors) {
+                break;
             }
         }
         tracing::debug!(direction = dir, "worker stopped");
     }
-}
-
-/// Whether a read would find a packet, without taking it (a zero-timeout wait).
-fn readable(dev: &Link) -> bool {
-    // A zero timeout turns the wait into one poll(2) that returns at once.
-    let ev = NO_EVENT.with(|e| e.as_ref().map(|e| dev.wait_readable_intr_timeout(e, Some(Duration::ZERO)).is_ok()));
-    ev.unwrap_or(false)
-}
-
-thread_local! {
-    /// An event that never fires, for zero-timeout polls.
-    static NO_EVENT: Option<InterruptEvent> = InterruptEvent::new().ok();
 }
 
 /// Reads from `from` until it is empty or `max` packets were read, judges each
@@ -415,21 +370,7 @@ fn drain(
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => break Drained::Done(n),
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => {
-                io.failures += 1;
-                c.rx_errors[rx_dev].add(1);
-                if is_lost(&e) {
-                    io.faults.lost(rx_dev, &e);
-                    break Drained::Stop;
-                }
-                let count = c.rx_errors[rx_dev].get();
-                if count.is_power_of_two() {
-                    tracing::warn!(direction = dir.name(), error = %e, count, "read failed");
-                }
-                if io.failures >= MAX_READ_FAILURES {
-                    io.faults.lost(rx_dev, &format!("{} reads in a row failed, the last: {e}", io.failures));
-                    break Drained::Stop;
-                }
-                if io.stop.is_trigger() {
+                if read_failed(io, rx_dev, dir, &e) {
                     break Drained::Stop;
                 }
                 continue;
@@ -459,18 +400,7 @@ fn drain(
             }
         }
         if let Some(block) = side.router.take_block() {
-            // OP25B's blocks (and monitor's would-be blocks) feed abuse handling.
-            if let (Some(tx), Some(attempt)) = (io.abuse, block.attempt(*now)) {
-                if tx.try_send(attempt).is_err() {
-                    c.attempts_dropped.add(1);
-                }
-            }
-            if let Some(tx) = io.events {
-                let rule = block.rule.and_then(|i| side.router.rule_name(i));
-                if tx.try_send(Event::Blocked { block, rule }).is_err() {
-                    c.events_dropped.add(1);
-                }
-            }
+            report_block(&side.router, io, block, *now);
         }
         match verdict {
             Verdict::Forward { len } => {
@@ -515,6 +445,45 @@ fn drain(
         }
     }
     result
+}
+
+/// Counts a failed read and tells whether the worker must stop: the device
+/// is gone, or too many reads in a row failed, or the data plane stops.
+#[cold]
+fn read_failed(io: &mut Io<'_>, rx_dev: usize, dir: Direction, e: &io::Error) -> bool {
+    let c = io.counters;
+    io.failures += 1;
+    c.rx_errors[rx_dev].add(1);
+    if is_lost(e) {
+        io.faults.lost(rx_dev, e);
+        return true;
+    }
+    let count = c.rx_errors[rx_dev].get();
+    if count.is_power_of_two() {
+        tracing::warn!(direction = dir.name(), error = %e, count, "read failed");
+    }
+    if io.failures >= MAX_READ_FAILURES {
+        io.faults.lost(rx_dev, &format!("{} reads in a row failed, the last: {e}", io.failures));
+        return true;
+    }
+    io.stop.is_trigger()
+}
+
+/// Hands an OP25B block (or monitor's would-be block) to abuse handling and
+/// to the events, without waiting: a full queue counts a drop.
+fn report_block(router: &Router, io: &Io<'_>, block: crate::router::Block, now: Instant) {
+    let c = io.counters;
+    if let (Some(tx), Some(attempt)) = (io.abuse, block.attempt(now)) {
+        if tx.try_send(attempt).is_err() {
+            c.attempts_dropped.add(1);
+        }
+    }
+    if let Some(tx) = io.events {
+        let rule = block.rule.and_then(|i| router.rule_name(i));
+        if tx.try_send(Event::Blocked { block, rule }).is_err() {
+            c.events_dropped.add(1);
+        }
+    }
 }
 
 /// Sends what the banner responder has for the subscriber side (`to`), each

@@ -414,15 +414,3 @@ impl Router {
 
 #[cfg(test)]
 mod tests;
-
-#[cfg(test)]
-mod tests_actions;
-
-#[cfg(test)]
-mod tests_abuse;
-
-#[cfg(test)]
-mod tests_attempts;
-
-#[cfg(test)]
-mod tests_tunnels;
