@@ -13,7 +13,7 @@ use serde_json::{json, Value};
 
 use super::http::{request_each, Call};
 use super::merge::{self, Instance};
-use super::{human, say, top_rows, ClientError, TopBy};
+use super::{human, say, show_top, top_rows, ClientError, TopBy};
 
 /// The exit status of a failure, as a number, to take the worst of several.
 fn code(e: &ClientError) -> u8 {
@@ -147,27 +147,11 @@ pub(super) fn render_merged(v: &Value, now: SystemTime) -> String {
 /// `op25b top` over several instances: asks each once (or every second
 /// with `watch`), prints the merged view.
 pub(super) fn top(sockets: &[PathBuf], n: usize, by: TopBy, json: bool, watch: bool) -> ExitCode {
-    use std::io::{IsTerminal, Write};
-    let tty = std::io::stdout().is_terminal();
-    loop {
+    show_top(watch, || {
         let (merged, worst) = ask_top(sockets, n, by);
         let text = if json { format!("{merged}\n") } else { render_merged(&merged, SystemTime::now()) };
-        let mut out = std::io::stdout().lock();
-        if watch && tty {
-            let _ = write!(out, "\x1b[H\x1b[2J");
-        }
-        if out.write_all(text.as_bytes()).and_then(|()| out.flush()).is_err() {
-            return ExitCode::SUCCESS;
-        }
-        drop(out);
-        if !watch {
-            return ExitCode::from(worst);
-        }
-        if !tty && !say("\n") {
-            return ExitCode::from(worst);
-        }
-        std::thread::sleep(Duration::from_secs(1));
-    }
+        Ok((text, worst))
+    })
 }
 
 /// The instances that hold `who` and how each stands (its row's state), or

@@ -182,34 +182,39 @@ pub fn render_merged(v: &serde_json::Value, now: std::time::SystemTime) -> Strin
 }
 
 fn top_one(socket: &Path, n: usize, by: TopBy, json: bool, watch: bool) -> ExitCode {
-    use std::io::IsTerminal;
     let by = match by {
         TopBy::Attempts => "attempts",
         TopBy::Destinations => "destinations",
     };
-    let tty = std::io::stdout().is_terminal();
-    loop {
-        let answer = match request(socket, "GET", &format!("/v1/top?n={n}&by={by}"), None) {
-            Ok(v) => v,
-            Err(e) => return failed(&e),
-        };
+    show_top(watch, || {
+        let answer = request(socket, "GET", &format!("/v1/top?n={n}&by={by}"), None).map_err(|e| failed(&e))?;
         // The JSON is the socket's answer whole: the rows and who is in quarantine.
         let text = if json { format!("{answer}\n") } else { render_top(&answer, std::time::SystemTime::now()) };
+        Ok((text, 0))
+    })
+}
+
+/// Prints what `fetch` gives (text and exit status) once, or every second
+/// with `watch` (on a terminal, from a cleared screen, like top(1)); a
+/// reader that goes away (a closed pipe) ends it quietly.
+pub(super) fn show_top(watch: bool, mut fetch: impl FnMut() -> Result<(String, u8), ExitCode>) -> ExitCode {
+    use std::io::IsTerminal;
+    let tty = std::io::stdout().is_terminal();
+    loop {
+        let (text, status) = match fetch() {
+            Ok(answer) => answer,
+            Err(code) => return code,
+        };
         let mut out = std::io::stdout().lock();
         if watch && tty {
-            // Home and clear, like top(1).
             let _ = write!(out, "\x1b[H\x1b[2J");
         }
         if out.write_all(text.as_bytes()).and_then(|()| out.flush()).is_err() {
-            // The reader went away (a closed pipe): nothing more to say.
             return ExitCode::SUCCESS;
         }
         drop(out);
-        if !watch {
-            return ExitCode::SUCCESS;
-        }
-        if !tty && !say("\n") {
-            return ExitCode::SUCCESS;
+        if !watch || (!tty && !say("\n")) {
+            return ExitCode::from(status);
         }
         std::thread::sleep(Duration::from_secs(1));
     }
