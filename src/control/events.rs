@@ -293,16 +293,18 @@ fn write_loop(
             Err(RecvTimeoutError::Timeout) => None,
             Err(RecvTimeoutError::Disconnected) => break,
         };
-        // A reopen takes effect between two batches.
-        while let Ok((next, done)) = switches.try_recv() {
-            sampler.limit = next.limit;
-            out.switch(next);
-            let _ = done.try_send(()); // the reload may have stopped waiting
-        }
+        // A reopen takes effect between two batches, and before a reload's
+        // own event: the reload hands over the file before it sends the
+        // event, so the event may arrive in the middle of a batch whose
+        // start found no file waiting.
+        take_switches(switches, &mut out, &mut sampler);
         let Some(event) = first else { continue };
         out.put(&event, &mut sampler);
         // Write out what arrived in one go, then flush once.
         while let Ok(event) = rx.try_recv() {
+            if matches!(event, Event::Reload { .. }) {
+                take_switches(switches, &mut out, &mut sampler);
+            }
             out.put(&event, &mut sampler);
         }
         out.flush();
@@ -310,6 +312,15 @@ fn write_loop(
         std::thread::sleep(BATCH);
     }
     out.flush();
+}
+
+/// Takes the files handed over since the last look (the last one wins).
+fn take_switches(switches: &std::sync::mpsc::Receiver<Switch>, out: &mut Output, sampler: &mut Sampler) {
+    while let Ok((next, done)) = switches.try_recv() {
+        sampler.limit = next.limit;
+        out.switch(next);
+        let _ = done.try_send(()); // the reload may have stopped waiting
+    }
 }
 
 /// How often an idle writer looks for a reopened file.
