@@ -12,7 +12,6 @@
 #[allow(dead_code)]
 mod common;
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -189,20 +188,6 @@ fn blocked_syns(lab: &Lab, n: usize) {
         let r = lab.connect(None, sa(MX4, 25), Duration::from_secs(2));
         assert!(r.is_err(), "port 25 from a dynamic address must be refused");
     }
-}
-
-/// Fills the file system at `dir` (as op25b sees it) until it refuses a write.
-fn fill(dir: &Path) -> PathBuf {
-    let filler = dir.join("filler");
-    let mut f = std::fs::File::create(&filler).unwrap_or_else(|e| panic!("{}: {e}", filler.display()));
-    let chunk = [0u8; 4096];
-    let e = loop {
-        if let Err(e) = f.write_all(&chunk).and_then(|()| f.sync_all()) {
-            break e;
-        }
-    };
-    assert_eq!(e.raw_os_error(), Some(nix::errno::Errno::ENOSPC as i32), "filling {}: {e}", dir.display());
-    filler
 }
 
 #[test]

@@ -12,7 +12,7 @@
 #[allow(dead_code)]
 mod common;
 
-use std::io::{self, Write};
+use std::io;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -410,19 +410,6 @@ fn a_damaged_state_file_is_moved_aside_with_one_warning_and_op25b_starts_empty()
     let (code, out, err) = op25b(&["quarantine", DYN4, "--for", "10m"], &socket);
     assert_eq!(code, 0, "{out}{err}");
     wait_saved_quarantine(&state, DYN4, "no good state file after the quarantine");
-}
-
-/// Fills the file system at `dir` (as op25b sees it) until it refuses a write.
-fn fill(dir: &Path) {
-    let filler = dir.join("filler");
-    let mut f = std::fs::File::create(&filler).unwrap_or_else(|e| panic!("{}: {e}", filler.display()));
-    let chunk = [0u8; 4096];
-    let e = loop {
-        if let Err(e) = f.write_all(&chunk).and_then(|()| f.sync_all()) {
-            break e;
-        }
-    };
-    assert_eq!(e.raw_os_error(), Some(nix::errno::Errno::ENOSPC as i32), "filling {}: {e}", dir.display());
 }
 
 #[test]

@@ -120,3 +120,20 @@ pub fn in_netns<T: Send>(ns: &str, f: impl FnOnce() -> T + Send) -> T {
         .unwrap_or_else(|p| std::panic::resume_unwind(p))
     })
 }
+
+/// Fills the file system at `dir` (as op25b sees it) until it refuses a
+/// write; the file that filled it.
+#[allow(dead_code)] // faults and logs_and_state
+pub fn fill(dir: &std::path::Path) -> std::path::PathBuf {
+    use std::io::Write as _;
+    let filler = dir.join("filler");
+    let mut f = File::create(&filler).unwrap_or_else(|e| panic!("{}: {e}", filler.display()));
+    let chunk = [0u8; 4096];
+    let e = loop {
+        if let Err(e) = f.write_all(&chunk).and_then(|()| f.sync_all()) {
+            break e;
+        }
+    };
+    assert_eq!(e.raw_os_error(), Some(nix::errno::Errno::ENOSPC as i32), "filling {}: {e}", dir.display());
+    filler
+}

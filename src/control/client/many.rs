@@ -13,7 +13,7 @@ use serde_json::{json, Value};
 
 use super::http::{request_each, Call};
 use super::merge::{self, Instance};
-use super::{human, say, show_top, top_rows, ClientError, TopBy};
+use super::{human, say, show_top, top_rows, top_summary, ClientError, TopBy};
 
 /// The exit status of a failure, as a number, to take the worst of several.
 fn code(e: &ClientError) -> u8 {
@@ -111,14 +111,9 @@ pub(super) fn render_merged(v: &Value, now: SystemTime) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "op25b top over {answered} of {} instances: {} tracked, {} suspected, {} in quarantine; window {} s, suspect at {} attempts or {} destinations",
+        "op25b top over {answered} of {} instances: {}",
         instances.len(),
-        num(&v["tracked"]),
-        num(&v["suspected"]),
-        quarantined.len(),
-        v["window_seconds"].as_f64().unwrap_or(0.0),
-        num(&v["threshold"]),
-        num(&v["destinations_threshold"]),
+        top_summary(v, quarantined.len())
     );
     for (k, i) in instances.iter().enumerate() {
         let name = names[k];

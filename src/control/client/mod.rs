@@ -233,22 +233,25 @@ fn ago(unix: f64, now: f64) -> String {
 pub fn render_top(v: &serde_json::Value, now: std::time::SystemTime) -> String {
     use std::fmt::Write as _;
     let now = now.duration_since(std::time::UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64());
-    let num = |v: &serde_json::Value| v.as_u64().unwrap_or(0);
     let rows = v["top"].as_array().cloned().unwrap_or_default();
     let quarantined = v["quarantined"].as_array().cloned().unwrap_or_default();
     let mut out = String::new();
-    let _ = writeln!(
-        out,
-        "op25b top: {} tracked, {} suspected, {} in quarantine; window {} s, suspect at {} attempts or {} destinations",
+    let _ = writeln!(out, "op25b top: {}", top_summary(v, quarantined.len()));
+    top_rows(&mut out, &rows, &quarantined, now, None);
+    out
+}
+
+/// `N tracked, N suspected, N in quarantine; window ...`: the head of `top`.
+pub(super) fn top_summary(v: &serde_json::Value, quarantined: usize) -> String {
+    let num = |v: &serde_json::Value| v.as_u64().unwrap_or(0);
+    format!(
+        "{} tracked, {} suspected, {quarantined} in quarantine; window {} s, suspect at {} attempts or {} destinations",
         num(&v["tracked"]),
         num(&v["suspected"]),
-        quarantined.len(),
         v["window_seconds"].as_f64().unwrap_or(0.0),
         num(&v["threshold"]),
         num(&v["destinations_threshold"]),
-    );
-    top_rows(&mut out, &rows, &quarantined, now, None);
-    out
+    )
 }
 
 /// The text of the `ON` column for a row (`true`) or a quarantine line.
