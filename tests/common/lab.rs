@@ -358,6 +358,22 @@ impl Lab {
     pub fn signal(&self, signal: Signal) {
         let pid = Pid::from_raw(i32::try_from(self.pid()).expect("pids fit in i32"));
         kill(pid, signal).unwrap_or_else(|e| panic!("{signal} to op25b: {e}"));
+        if signal == Signal::SIGSTOP {
+            // The signal is delivered, not yet obeyed: wait until every
+            // thread is stopped, so nothing reads the devices afterwards.
+            let tasks = format!("/proc/{}/task", self.pid());
+            let stopped = || {
+                std::fs::read_dir(&tasks).into_iter().flatten().flatten().all(|t| {
+                    let stat = std::fs::read_to_string(t.path().join("stat")).unwrap_or_default();
+                    stat.rsplit_once(") ").is_some_and(|(_, rest)| rest.starts_with('T'))
+                })
+            };
+            let deadline = std::time::Instant::now() + Duration::from_secs(5);
+            while !stopped() {
+                assert!(std::time::Instant::now() < deadline, "op25b did not stop on SIGSTOP within 5 s");
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
     }
 
     /// Waits up to `within` for op25b to exit by itself: its exit status and
