@@ -1,8 +1,8 @@
 //! The quarantine stage and `action = "monitor"`.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use super::*;
+use crate::router::{Direction, DropReason, ReplyKind, Router, Verdict};
 use crate::state::abuse::parse_subscriber;
 use crate::testing::packets::{self, syn, udp};
 use crate::testing::PolicyBuilder;

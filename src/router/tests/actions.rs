@@ -6,8 +6,9 @@ use std::time::{Duration, Instant};
 
 use etherparse::TcpHeaderSlice;
 
-use super::*;
-use crate::packet::{checksum, Transport};
+use crate::packet::{checksum, PacketView, Transport};
+use crate::router::{Direction, DropReason, ReplyKind, Router, RxInfo, Verdict};
+use crate::state::State;
 use crate::testing::packets::{self, tcp_checksum_ok};
 use crate::testing::PolicyBuilder;
 

@@ -1,9 +1,10 @@
 //! Connection attempts: a retransmitted SYN is one attempt (events, abuse,
 //! the `*_connections` counters); the packet counters count every SYN.
 
+use std::sync::Arc;
 use std::time::Duration;
 
-use super::*;
+use crate::router::{Direction, DropReason, ReplyKind, Verdict};
 use crate::state::attempts::{RETRY_WINDOW, SLOTS};
 use crate::testing::packets::tcp;
 use crate::testing::{PolicyBuilder, TestRouter};

@@ -1,16 +1,20 @@
 //! Fragments, source routes, spoofed sources and martians.
 
-use super::*;
+use super::{parse, syn_with_data4, tcp4, tcp6, udp6, DYN4, DYN6, MX4, MX6, RELAY4, RELAY6, STATIC4};
+use crate::packet::Transport;
+use crate::router::{Direction, DropReason, ReplyKind, Verdict};
+use crate::testing::packets::{fix_ipv4_checksum, fragment4, fragment6, with_ext6};
+use crate::testing::PolicyBuilder;
 
 #[test]
 fn ipv4_first_fragment_is_judged_on_its_tcp_header() {
     let mut t = PolicyBuilder::lab().router();
     let whole = syn_with_data4(25);
-    let first = frag4(&whole, 0, 24, true);
+    let first = fragment4(&whole, 0, 24, true);
     let (v, out) = t.out(&first);
     assert!(matches!(v, Verdict::Reply { kind: ReplyKind::TcpRst, .. }), "{v:?}");
     assert!(matches!(parse(&out).transport, Transport::Tcp { src_port: 25, dst_port: 40000, .. }));
-    let ok = frag4(&syn_with_data4(587), 0, 24, true);
+    let ok = fragment4(&syn_with_data4(587), 0, 24, true);
     assert!(matches!(t.out(&ok).0, Verdict::Forward { .. }));
 }
 
@@ -19,10 +23,10 @@ fn ipv4_tiny_and_overlapping_fragments_are_dropped() {
     let mut t = PolicyBuilder::lab().router();
     let whole = syn_with_data4(587);
     // 8 bytes of TCP header in the first fragment: ports readable, flags not.
-    assert_eq!(t.out(&frag4(&whole, 0, 8, true)).0, Verdict::Drop(DropReason::TinyFragment));
-    assert_eq!(t.out(&frag4(&whole, 0, 16, true)).0, Verdict::Drop(DropReason::TinyFragment));
+    assert_eq!(t.out(&fragment4(&whole, 0, 8, true)).0, Verdict::Drop(DropReason::TinyFragment));
+    assert_eq!(t.out(&fragment4(&whole, 0, 16, true)).0, Verdict::Drop(DropReason::TinyFragment));
     // Offset 1 (8 bytes) could overwrite the flags of the first fragment.
-    assert_eq!(t.out(&frag4(&whole, 8, 40, true)).0, Verdict::Drop(DropReason::FragmentOverlap));
+    assert_eq!(t.out(&fragment4(&whole, 8, 40, true)).0, Verdict::Drop(DropReason::FragmentOverlap));
     assert_eq!(t.stats().dropped(DropReason::TinyFragment), 2);
 }
 
@@ -30,9 +34,9 @@ fn ipv4_tiny_and_overlapping_fragments_are_dropped() {
 fn later_fragments_pass_without_their_first() {
     let mut t = PolicyBuilder::lab().router();
     let whole = syn_with_data4(25);
-    let later = frag4(&whole, 128, 320, false);
+    let later = fragment4(&whole, 128, 320, false);
     assert!(matches!(t.out(&later).0, Verdict::Forward { .. }));
-    let p6 = frag6(&tcp6(DYN6, MX6, 25, true, 64), 16, false, 16);
+    let p6 = fragment6(&tcp6(DYN6, MX6, 25, true, 64), 16, false, 16);
     assert!(matches!(t.out(&p6).0, Verdict::Forward { .. }));
 }
 
@@ -42,17 +46,17 @@ fn later_fragments_near_the_start_are_dropped_whatever_the_protocol() {
     let whole = syn_with_data4(25);
     for from in [8, 16, 64, 120] {
         assert_eq!(
-            t.out(&frag4(&whole, from, from + 64, true)).0,
+            t.out(&fragment4(&whole, from, from + 64, true)).0,
             Verdict::Drop(DropReason::FragmentOverlap),
             "{from}"
         );
     }
     // The protocol field of a later fragment proves nothing (AH, or a lie).
-    let mut udp_labelled = frag4(&whole, 8, 72, true);
+    let mut udp_labelled = fragment4(&whole, 8, 72, true);
     udp_labelled[9] = 17;
-    fix_v4_checksum(&mut udp_labelled);
+    fix_ipv4_checksum(&mut udp_labelled);
     assert_eq!(t.out(&udp_labelled).0, Verdict::Drop(DropReason::FragmentOverlap));
-    let mut v6 = frag6(&tcp6(DYN6, MX6, 25, true, 64), 1, true, 8);
+    let mut v6 = fragment6(&tcp6(DYN6, MX6, 25, true, 64), 1, true, 8);
     v6[40] = 17; // the fragment header's next header
     assert_eq!(t.out(&v6).0, Verdict::Drop(DropReason::FragmentOverlap));
 }
@@ -62,8 +66,8 @@ fn first_fragments_must_hold_udp_and_icmp_headers_too() {
     let mut t = PolicyBuilder::lab().router();
     let udp = udp6(DYN6, MX6, 53, 40);
     // Fragment header + 4 bytes of UDP header.
-    assert_eq!(t.out(&frag6(&udp, 0, true, 4)).0, Verdict::Drop(DropReason::TinyFragment));
-    assert!(matches!(t.out(&frag6(&udp, 0, true, 8)).0, Verdict::Forward { .. }));
+    assert_eq!(t.out(&fragment6(&udp, 0, true, 4)).0, Verdict::Drop(DropReason::TinyFragment));
+    assert!(matches!(t.out(&fragment6(&udp, 0, true, 8)).0, Verdict::Forward { .. }));
 }
 
 #[test]
@@ -72,10 +76,10 @@ fn source_routed_packets_are_dropped() {
     // IPv6 routing header (type 4, segment routing) with one segment left,
     // pretending to go to the relay.
     let base = tcp6(DYN6, RELAY6, 25, true, 64);
-    let routed = ext6(&base, 43, [4, 1, 0, 0, 0, 0]);
+    let routed = with_ext6(&base, 43, [4, 1, 0, 0, 0, 0]);
     assert_eq!(t.out(&routed).0, Verdict::Drop(DropReason::SourceRouted));
     // Segments left 0: the routing is done; judged normally (the relay is reachable).
-    let done = ext6(&base, 43, [4, 0, 0, 0, 0, 0]);
+    let done = with_ext6(&base, 43, [4, 0, 0, 0, 0, 0]);
     assert!(matches!(t.out(&done).0, Verdict::Forward { .. }));
     // IPv4 loose source route option (type 131) via the relay.
     let p = tcp4(DYN4, RELAY4, 25, true, 64);
@@ -85,11 +89,11 @@ fn source_routed_packets_are_dropped() {
     lsrr.extend_from_slice(&p[20..]);
     let len = lsrr.len() as u16;
     lsrr[2..4].copy_from_slice(&len.to_be_bytes());
-    fix_v4_checksum(&mut lsrr);
+    fix_ipv4_checksum(&mut lsrr);
     assert_eq!(t.out(&lsrr).0, Verdict::Drop(DropReason::SourceRouted));
     // Malformed options make a bad header.
     lsrr[21] = 40;
-    fix_v4_checksum(&mut lsrr);
+    fix_ipv4_checksum(&mut lsrr);
     assert_eq!(t.out(&lsrr).0, Verdict::Drop(DropReason::BadHeaderLen));
 }
 
@@ -105,14 +109,14 @@ fn ipv6_fragments() {
     let mut t = PolicyBuilder::lab().router();
     let base = tcp6(DYN6, MX6, 25, true, 64);
     // First fragment holding the whole TCP header: judged and answered.
-    let first = frag6(&base, 0, true, 20);
+    let first = fragment6(&base, 0, true, 20);
     assert!(matches!(t.out(&first).0, Verdict::Reply { kind: ReplyKind::TcpRst, .. }));
     // First fragment without the whole TCP header (RFC 7112): dropped.
-    assert_eq!(t.out(&frag6(&base, 0, true, 12)).0, Verdict::Drop(DropReason::TinyFragment));
+    assert_eq!(t.out(&fragment6(&base, 0, true, 12)).0, Verdict::Drop(DropReason::TinyFragment));
     // Offset 1 TCP fragment: dropped.
-    assert_eq!(t.out(&frag6(&base, 1, true, 8)).0, Verdict::Drop(DropReason::FragmentOverlap));
+    assert_eq!(t.out(&fragment6(&base, 1, true, 8)).0, Verdict::Drop(DropReason::FragmentOverlap));
     // Two fragment headers: dropped.
-    let twice = frag6(&frag6(&base, 0, true, 20), 0, true, 28);
+    let twice = fragment6(&fragment6(&base, 0, true, 20), 0, true, 28);
     assert_eq!(t.out(&twice).0, Verdict::Drop(DropReason::BadExtHeader));
 }
 

@@ -1,6 +1,10 @@
 //! Malformed, random and GSO input.
 
-use super::*;
+use super::{syn_with_data4, tcp4, tcp6, udp4, v4, DYN4, DYN6, MX4, MX6, PADN};
+use crate::packet::PacketView;
+use crate::router::{Direction, DropReason, ReplyKind, RxInfo, Verdict};
+use crate::testing::packets::{self, fix_ipv4_checksum, fragment4, fragment6, with_ext6};
+use crate::testing::PolicyBuilder;
 
 #[test]
 fn malformed_packets_are_dropped_by_reason() {
@@ -25,7 +29,7 @@ fn malformed_packets_are_dropped_by_reason() {
     cases.push((sum, DropReason::BadChecksum));
     let mut short_total = good.clone();
     short_total[2..4].copy_from_slice(&10u16.to_be_bytes());
-    fix_v4_checksum(&mut short_total);
+    fix_ipv4_checksum(&mut short_total);
     cases.push((short_total, DropReason::BadTotalLen));
     let mut doff = good.clone();
     doff[32] = 0x40; // TCP data offset 4
@@ -33,9 +37,9 @@ fn malformed_packets_are_dropped_by_reason() {
     let mut cut_tcp = good.clone();
     cut_tcp.truncate(30);
     cut_tcp[2..4].copy_from_slice(&30u16.to_be_bytes());
-    fix_v4_checksum(&mut cut_tcp);
+    fix_ipv4_checksum(&mut cut_tcp);
     cases.push((cut_tcp, DropReason::Truncated));
-    let mut bad_ext = ext6(&good6, 60, PADN);
+    let mut bad_ext = with_ext6(&good6, 60, PADN);
     bad_ext[41] = 200; // extension length beyond the packet
     cases.push((bad_ext, DropReason::BadExtHeader));
     for (p, want) in cases {
@@ -66,8 +70,8 @@ fn no_panic_on_random_or_mutated_input() {
     let seeds = [
         tcp4(DYN4, MX4, 25, true, 64),
         tcp6(DYN6, MX6, 25, true, 2),
-        ext6(&frag6(&tcp6(DYN6, MX6, 25, true, 64), 0, true, 20), 0, PADN),
-        frag4(&syn_with_data4(25), 0, 24, true),
+        with_ext6(&fragment6(&tcp6(DYN6, MX6, 25, true, 64), 0, true, 20), 0, PADN),
+        fragment4(&syn_with_data4(25), 0, 24, true),
         udp4(DYN4, MX4, 53, 40),
     ];
     let mut verdicts = 0usize;

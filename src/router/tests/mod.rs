@@ -3,11 +3,10 @@
 
 use std::net::{IpAddr, Ipv4Addr};
 
-use etherparse::{PacketBuilder, TcpHeaderSlice};
+use etherparse::TcpHeaderSlice;
 
-use super::*;
-use crate::packet::{checksum, tcp_flags, IpVersion, Transport};
-use crate::testing::{packets, PolicyBuilder};
+use crate::packet::{checksum, tcp_flags, IpVersion, PacketView, Transport};
+use crate::testing::packets::{self, fix_ipv4_checksum};
 
 const DYN4: [u8; 4] = [100, 64, 1, 10];
 const STATIC4: [u8; 4] = [100, 64, 9, 10];
@@ -39,8 +38,6 @@ fn udp4(src: [u8; 4], dst: [u8; 4], dport: u16, payload: usize) -> Vec<u8> {
 fn udp6(src: &str, dst: &str, dport: u16, payload: usize) -> Vec<u8> {
     packets::udp(src, 40000, dst, dport, &vec![0x55; payload])
 }
-
-use packets::{fix_ipv4_checksum as fix_v4_checksum, fragment4 as frag4, fragment6 as frag6, with_ext6 as ext6};
 
 const PADN: [u8; 6] = [1, 4, 0, 0, 0, 0];
 
@@ -99,7 +96,7 @@ fn assert_icmp(trigger: &[u8], reply: &[u8], from: IpAddr, icmp_type: u8, code: 
 fn syn_with_data4(dport: u16) -> Vec<u8> {
     let mut v = packets::tcp(&v4(DYN4), 40000, &v4(MX4), dport).seq(7).window(1000).syn().payload(&[0xaa; 300]).build();
     v[6] = 0; // clear DF so fragmenting is legal
-    fix_v4_checksum(&mut v);
+    fix_ipv4_checksum(&mut v);
     v
 }
 

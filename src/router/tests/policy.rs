@@ -1,6 +1,12 @@
 //! OP25B decisions: what is blocked, what passes, and how.
 
-use super::*;
+use super::{
+    assert_rst_for, parse, tcp4, tcp6, udp4, udp6, v4, DYN4, DYN6, MX4, MX6, PADN, RELAY4, RELAY6, STATIC4, STATIC6,
+};
+use crate::packet::checksum;
+use crate::router::{Direction, DropReason, ReplyKind, Verdict};
+use crate::testing::packets::{self, fragment6, with_ext6};
+use crate::testing::PolicyBuilder;
 
 #[test]
 fn forwards_and_decrements_ttl_with_valid_checksum() {
@@ -109,10 +115,10 @@ fn extra_blocked_ports() {
 fn ipv6_extension_headers_do_not_hide_tcp() {
     let mut t = PolicyBuilder::lab().router();
     let base = tcp6(DYN6, MX6, 25, true, 64);
-    let hbh = ext6(&base, 0, PADN);
-    let dst = ext6(&base, 60, PADN);
-    let both = ext6(&ext6(&base, 60, PADN), 0, PADN);
-    let atomic = frag6(&base, 0, false, base.len() - 40);
+    let hbh = with_ext6(&base, 0, PADN);
+    let dst = with_ext6(&base, 60, PADN);
+    let both = with_ext6(&with_ext6(&base, 60, PADN), 0, PADN);
+    let atomic = fragment6(&base, 0, false, base.len() - 40);
     for p in [hbh, dst, both, atomic] {
         let (v, out) = t.out(&p);
         assert!(matches!(v, Verdict::Reply { kind: ReplyKind::TcpRst, .. }), "{v:?}");
@@ -125,13 +131,13 @@ fn ipv6_chain_limits() {
     let mut t = PolicyBuilder::lab().router();
     let mut p = tcp6(DYN6, MX6, 25, true, 64);
     for _ in 0..MAX_EXT {
-        p = ext6(&p, 60, PADN);
+        p = with_ext6(&p, 60, PADN);
     }
     assert!(matches!(t.out(&p).0, Verdict::Reply { .. }), "{MAX_EXT} headers are followed");
-    let p = ext6(&p, 60, PADN);
+    let p = with_ext6(&p, 60, PADN);
     assert_eq!(t.out(&p).0, Verdict::Drop(DropReason::BadExtHeader));
     // Hop-by-hop anywhere but first.
-    let p = ext6(&ext6(&tcp6(DYN6, MX6, 25, true, 64), 0, PADN), 60, PADN);
+    let p = with_ext6(&with_ext6(&tcp6(DYN6, MX6, 25, true, 64), 0, PADN), 60, PADN);
     assert_eq!(t.out(&p).0, Verdict::Drop(DropReason::BadExtHeader));
 }
 

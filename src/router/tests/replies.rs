@@ -1,6 +1,14 @@
 //! ICMP errors, TTL, MTU and traffic to the router itself.
 
-use super::*;
+use std::net::{IpAddr, Ipv4Addr};
+
+use etherparse::PacketBuilder;
+
+use super::{assert_icmp, parse, tcp4, udp4, udp6, v4, DYN4, DYN6, MX4, MX6};
+use crate::packet::{checksum, Transport};
+use crate::router::{Direction, DropReason, ReplyKind, Verdict};
+use crate::testing::packets::{self, fix_ipv4_checksum};
+use crate::testing::PolicyBuilder;
 
 #[test]
 fn ttl_expiry_answers_time_exceeded_from_the_router() {
@@ -8,14 +16,14 @@ fn ttl_expiry_answers_time_exceeded_from_the_router() {
     let p = udp4(DYN4, MX4, 33434, 32);
     let mut p1 = p.clone();
     p1[8] = 1;
-    fix_v4_checksum(&mut p1);
+    fix_ipv4_checksum(&mut p1);
     let (v, out) = t.out(&p1);
     assert!(matches!(v, Verdict::Reply { kind: ReplyKind::TimeExceeded, .. }), "{v:?}");
     let r = assert_icmp(&p1, &out, IpAddr::V4(Ipv4Addr::new(100, 64, 0, 1)), 11, 0);
     assert_eq!(r.ttl, 64);
     // TTL 0 too.
     p1[8] = 0;
-    fix_v4_checksum(&mut p1);
+    fix_ipv4_checksum(&mut p1);
     assert!(matches!(t.out(&p1).0, Verdict::Reply { kind: ReplyKind::TimeExceeded, .. }));
 
     let mut p6 = udp6(DYN6, MX6, 33434, 32);
@@ -26,7 +34,7 @@ fn ttl_expiry_answers_time_exceeded_from_the_router() {
     // Inbound expiry is answered towards the outside too.
     let mut pin = udp4(MX4, DYN4, 33434, 8);
     pin[8] = 1;
-    fix_v4_checksum(&mut pin);
+    fix_ipv4_checksum(&mut pin);
     assert!(matches!(t.send(Direction::Inbound, &pin).0, Verdict::Reply { kind: ReplyKind::TimeExceeded, .. }));
 }
 
@@ -68,7 +76,7 @@ fn mtu_exceeded() {
     assert!(out.len() <= 576);
     // Without DF: dropped and counted.
     big[6] = 0;
-    fix_v4_checksum(&mut big);
+    fix_ipv4_checksum(&mut big);
     assert_eq!(t.out(&big).0, Verdict::Drop(DropReason::TooBig));
     // Exactly the MTU passes.
     assert!(matches!(t.out(&udp4(DYN4, MX4, 9, 1400 - 28)).0, Verdict::Forward { .. }));

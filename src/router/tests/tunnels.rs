@@ -1,9 +1,9 @@
 //! The tunnel stage: packets inside IP in IP, GRE, Teredo, VXLAN and Geneve
 //! meet OP25B and IP25B.
 
-use super::*;
 use crate::packet::encap::{encapsulate, Options};
-use crate::packet::TunnelKind;
+use crate::packet::{PacketView, TunnelKind};
+use crate::router::{Direction, DropReason, ReplyKind, Verdict};
 use crate::testing::packets::{fragment4, tcp, udp};
 use crate::testing::PolicyBuilder;
 
