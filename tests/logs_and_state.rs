@@ -111,15 +111,6 @@ fn logrotate_conf(events: &Path, pid: u32) -> String {
     shipped.replace(pattern, events.to_str().expect("utf-8 path")).replace(reload, &format!("kill -HUP {pid}"))
 }
 
-/// Waits (bounded) until op25b has logged `n` reload outcomes.
-fn wait_reloads(lab: &Lab, n: usize) {
-    let deadline = Instant::now() + WAIT;
-    while lab.log_text().lines().filter(|l| l.contains("config reloaded")).count() < n {
-        assert!(Instant::now() < deadline, "no reload logged; the log:\n{}", lab.log_text());
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 #[test]
 fn rotating_the_events_file_under_a_stream_of_blocked_syns_loses_and_repeats_no_line() {
     let dir = Dir::new();
@@ -166,8 +157,8 @@ fn rotating_the_events_file_under_a_stream_of_blocked_syns_loses_and_repeats_no_
         // By hand, as logrotate does: rename, then reload (SIGHUP).
         std::fs::rename(&events, &moved).expect("mv events.jsonl");
         std::fs::rename(&capture, &moved_pcap).expect("mv dropped.pcap");
-        let line = lab.reload(&lab.policy.toml());
-        assert!(line.contains("config reloaded"), "{line}");
+        let r = lab.reload(&lab.policy.toml());
+        assert!(r.accepted, "{r}");
         more(500);
         // logrotate itself, with the shipped file.
         let out = Command::new("logrotate")
@@ -179,7 +170,7 @@ fn rotating_the_events_file_under_a_stream_of_blocked_syns_loses_and_repeats_no_
         let text = String::from_utf8_lossy(&out.stderr);
         assert!(out.status.success(), "logrotate failed: {text}");
         assert!(text.contains("running postrotate script"), "{text}");
-        wait_reloads(&lab, 2);
+        lab.wait_counters("the reload of logrotate's postrotate", |c| c.get("reloads_accepted") == 2);
         more(500);
         stop.store(true, Ordering::Relaxed);
         stream.join().expect("the stream of SYNs")
@@ -238,8 +229,8 @@ fn events_and_capture_paths_change_on_reload_and_refusals_name_the_key() {
         .events("path", q(&events2))
         .events("per_subscriber_per_minute", 2)
         .capture("dropped", q(&capture2));
-    let line = lab.reload(&moved.toml());
-    assert!(line.contains("config reloaded"), "{line}");
+    let r = lab.reload(&moved.toml());
+    assert!(r.accepted, "{r}");
     for port in 30_000..30_005 {
         assert!(!reaches_from(&lab, DYN4, port, sa(MX4, 25)));
     }
@@ -271,8 +262,8 @@ fn events_and_capture_paths_change_on_reload_and_refusals_name_the_key() {
     // The file is rotated first: a refused reload reopens it all the same.
     let moved_away = dir.join("b/events.jsonl.1");
     std::fs::rename(&events2, &moved_away).expect("mv events.jsonl");
-    let line = lab.reload(&off.toml());
-    assert!(line.contains("config reload failed"), "{line}");
+    let r = lab.reload(&off.toml());
+    assert!(!r.accepted, "{r}");
     let deadline = Instant::now() + WAIT;
     while std::fs::metadata(&events2).map_or(0, |m| m.len()) == 0 {
         assert!(Instant::now() < deadline, "no reopened events file");
@@ -285,13 +276,14 @@ fn events_and_capture_paths_change_on_reload_and_refusals_name_the_key() {
     );
     assert_eq!(pcap_records(&capture2), captured, "the capture reopened where it was, nothing lost");
     assert!(
-        line.contains(&format!("events.path: changed from {} to (none), which needs a restart of op25b", q(&events2))),
-        "{line}"
+        r.message
+            .contains(&format!("events.path: changed from {} to (none), which needs a restart of op25b", q(&events2))),
+        "{r}"
     );
     let socket = moved.clone().control("socket", q(&dir.join("other.sock")));
-    let line = lab.reload(&socket.toml());
-    assert!(line.contains("control.socket: changed from (none) to "), "{line}");
-    assert!(!line.contains("Some(") && !line.contains("Config {"), "no Rust debug output: {line}");
+    let r = lab.reload(&socket.toml());
+    assert!(!r.accepted && r.message.contains("control.socket: changed from (none) to "), "{r}");
+    assert!(!r.message.contains("Some(") && !r.message.contains("Config {"), "no Rust debug output: {r}");
     let c = lab.stop();
     assert_eq!((c.get("reloads_accepted"), c.get("reloads_refused")), (1, 2), "{c}");
 }

@@ -80,16 +80,17 @@ fn a_program_limits_real_connections_and_keeps_its_map_over_a_reload() {
         .clone()
         .rules("[[rule]]\nname = \"count-web\"\nprotocol = \"tcp\"\ndst_ports = [80]\naction = \"count\"\n")
         .toml();
-    let line = lab.reload(&text);
-    assert!(line.contains("config reloaded"), "{line}");
+    let r = lab.reload(&text);
+    assert!(r.accepted, "{r}");
+    assert_eq!(r.counters.get("reload_kept_programs"), 2, "both programs' instances carried over: {}", r.counters);
     let e = connect(&lab).expect_err("still over the limit after the reload");
     assert_eq!(e.kind(), std::io::ErrorKind::ConnectionRefused);
 
     // A broken program: the reload is refused, naming the file; the running policy stays.
     let broken = dir.join("broken.wasm");
     std::fs::write(&broken, b"\0asm\x01\0\0\0junk").unwrap();
-    let line = lab.reload(&lab.policy.clone().rules(&rule(&broken).replace("submission", "broken")).toml());
-    assert!(line.contains("config reload failed") && line.contains("broken.wasm"), "{line}");
+    let r = lab.reload(&lab.policy.clone().rules(&rule(&broken).replace("submission", "broken")).toml());
+    assert!(!r.accepted && r.message.contains("broken.wasm"), "{r}");
     let e = connect(&lab).expect_err("the running program still refuses");
     assert_eq!(e.kind(), std::io::ErrorKind::ConnectionRefused);
 

@@ -104,6 +104,33 @@ impl fmt::Display for Counters {
     }
 }
 
+/// `reloads_accepted` and `reloads_refused`.
+fn reloads(c: &Counters) -> (usize, usize) {
+    let n = |name| usize::try_from(c.get(name)).expect("a count fits usize");
+    (n("reloads_accepted"), n("reloads_refused"))
+}
+
+/// What op25b made of a reload ([`Lab::reload`]), as its counters say.
+#[derive(Debug)]
+pub struct Reloaded {
+    /// op25b put the config in force (`reloads_accepted` rose), or refused
+    /// it (`reloads_refused` rose) and kept the running one.
+    pub accepted: bool,
+    /// The counters right after the reload (`reload_kept_*`, ...).
+    #[allow(dead_code)] // Not every test file that reloads reads them.
+    pub counters: Counters,
+    /// The line op25b logged about it: what an operator reads (the file,
+    /// line and key of a refusal), not how a test learns the outcome.
+    pub message: String,
+}
+
+impl fmt::Display for Reloaded {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let outcome = if self.accepted { "accepted" } else { "refused" };
+        write!(f, "{outcome}: {}", self.message)
+    }
+}
+
 /// A namespace pair with the test topology and an `op25b run` child between
 /// them. Dropping it stops the child and deletes the namespaces and files.
 pub struct Lab {
@@ -256,26 +283,78 @@ impl Lab {
         ip_cmd(&[&["-n", self.up.as_str()], args].concat());
     }
 
-    /// Rewrites op25b's config file with `text`, sends SIGHUP and waits for
-    /// op25b to log the outcome; returns that log line ("config reloaded ..."
-    /// or "config reload failed ...").
-    pub fn reload(&self, text: &str) -> String {
-        let outcomes = |log: &str| log.lines().filter(|l| l.contains("config reload")).count();
-        let before = outcomes(&self.log_text());
+    /// Rewrites op25b's config file with `text`, sends SIGHUP and waits
+    /// (bounded) until op25b counts the reload, accepted or refused, in its
+    /// own counters ([`Lab::counters_now`]).
+    pub fn reload(&self, text: &str) -> Reloaded {
+        let outcome_lines =
+            |log: &str| log.lines().filter(|l| l.contains("config reload")).map(str::to_string).collect::<Vec<_>>();
+        // The log goes on across restarts, the counters start again.
+        let logged = outcome_lines(&self.log_text()).len();
+        let before = reloads(&self.counters_now());
         std::fs::write(&self.config, text).unwrap_or_else(|e| panic!("writing {}: {e}", self.config.display()));
-        let pid = self.child.as_ref().expect("op25b is running").id();
-        kill(Pid::from_raw(pid as i32), Signal::SIGHUP).expect("SIGHUP to op25b");
+        self.signal(Signal::SIGHUP);
+        let counters = self.wait_counters("op25b to count the reload", |c| reloads(c) != before);
+        let accepted = reloads(&counters).0 > before.0;
+        // op25b logs the outcome before it counts it.
+        let message = outcome_lines(&self.log_text()).into_iter().nth(logged).unwrap_or_else(|| {
+            panic!("op25b counted a reload but logged no line about it; its log:\n{}", self.log_text())
+        });
+        let r = Reloaded { accepted, counters, message };
+        println!("reload: {r}");
+        r
+    }
+
+    /// op25b's counters now: asks for them with SIGUSR1 and reads the JSON
+    /// it writes to its `--stats` file (removed first, so what is read is
+    /// the answer). Fails the test if none comes within [`PROCESS_WAIT`].
+    pub fn counters_now(&self) -> Counters {
+        let path = self.stats_path();
+        match std::fs::remove_file(&path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => panic!("removing {}: {e}", path.display()),
+        }
+        self.signal(Signal::SIGUSR1);
         let deadline = Instant::now() + PROCESS_WAIT;
         loop {
-            let log = self.log_text();
-            if outcomes(&log) > before {
-                let line = log.lines().filter(|l| l.contains("config reload")).nth(before).unwrap_or_default();
-                println!("reload: {line}");
-                return line.to_string();
+            // Written beside its name, then renamed: a file that is there is whole.
+            if let Ok(text) = std::fs::read_to_string(&path) {
+                let json = serde_json::from_str(&text)
+                    .unwrap_or_else(|e| panic!("op25b's stats in {} are not JSON ({e}):\n{text}", path.display()));
+                return Counters { json };
             }
-            assert!(Instant::now() < deadline, "op25b logged nothing about the reload; its log:\n{log}");
+            assert!(
+                Instant::now() < deadline,
+                "op25b wrote no counters to {} within {PROCESS_WAIT:?} of SIGUSR1; its log:\n{}",
+                path.display(),
+                self.log_text()
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// Asks for op25b's counters ([`Lab::counters_now`]) until `done` holds
+    /// for them (at most [`PROCESS_WAIT`]; then the test fails, saying `what`).
+    pub fn wait_counters(&self, what: &str, done: impl Fn(&Counters) -> bool) -> Counters {
+        let deadline = Instant::now() + PROCESS_WAIT;
+        loop {
+            let c = self.counters_now();
+            if done(&c) {
+                return c;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "waited {PROCESS_WAIT:?} for {what}; last {c}; its log:\n{}",
+                self.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Where op25b writes its counters (`--stats`).
+    fn stats_path(&self) -> PathBuf {
+        self.opts.stats_file.clone().unwrap_or_else(|| self.stats.clone())
     }
 
     /// op25b's process id.

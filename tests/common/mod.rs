@@ -11,7 +11,7 @@
 //!
 //! The lab's config comes from [`PolicyBuilder`] (the same lab as
 //! config/lab.toml, with typed edits); its counters come from the JSON op25b
-//! writes with `--stats` when it stops, never from its log.
+//! writes with `--stats` on SIGUSR1 and when it stops, never from its log.
 
 use std::fs::File;
 use std::io;

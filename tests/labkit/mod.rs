@@ -5,6 +5,7 @@
 
 use std::process::{Command, Output, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
 
 use op25b::lab::def::Names;
 use serde_json::Value;
@@ -52,6 +53,26 @@ impl TestLab {
     /// `op25b lab CMD --name NAME ARGS...` for `args` = [CMD, ARGS...].
     pub fn lab(&self, args: &[&str]) -> Output {
         op25b(&[&["lab"], &args[..1], &["--name", self.name()], &args[1..]].concat())
+    }
+
+    /// Asks the lab's op25b for its counters (`op25b stats --json` on the
+    /// lab's control socket) until counter `name` is `want`; fails the test
+    /// after 5 s.
+    pub fn wait_counter(&self, name: &str, want: u64) {
+        let socket = self.names.state_dir().join("op25b.sock");
+        let socket = socket.to_str().expect("a UTF-8 socket path");
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let out = op25b(&["stats", "--json", "--socket", socket]);
+            assert!(out.status.success(), "op25b stats --socket {socket}: {}", text(&out));
+            let v: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", text(&out)));
+            let got = v["stats"]["counters"][name].as_u64().unwrap_or_else(|| panic!("no counter {name}: {v}"));
+            if got == want {
+                return;
+            }
+            assert!(Instant::now() < deadline, "{name} is {got}, not {want}, after 5 s: {v}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 
     /// The lab's state file.
