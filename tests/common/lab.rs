@@ -3,7 +3,7 @@
 use std::fmt;
 use std::io;
 use std::net::{IpAddr, SocketAddr, TcpStream};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -128,6 +128,56 @@ impl fmt::Display for Reloaded {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let outcome = if self.accepted { "accepted" } else { "refused" };
         write!(f, "{outcome}: {}", self.message)
+    }
+}
+
+/// The counters of op25b process `pid` now: asks for them with SIGUSR1 and
+/// reads the JSON it writes to its `--stats` file `path` (removed first, so
+/// what is read is the answer). Fails the test, showing `log()`, if none
+/// comes within [`PROCESS_WAIT`].
+pub fn counters_of(pid: u32, path: &Path, log: &dyn Fn() -> String) -> Counters {
+    match std::fs::remove_file(path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => panic!("removing {}: {e}", path.display()),
+    }
+    let pid = Pid::from_raw(i32::try_from(pid).expect("pids fit in i32"));
+    kill(pid, Signal::SIGUSR1).unwrap_or_else(|e| panic!("SIGUSR1 to op25b: {e}"));
+    let deadline = Instant::now() + PROCESS_WAIT;
+    loop {
+        // Written beside its name, then renamed: a file that is there is whole.
+        if let Ok(text) = std::fs::read_to_string(path) {
+            let json = serde_json::from_str(&text)
+                .unwrap_or_else(|e| panic!("op25b's stats in {} are not JSON ({e}):\n{text}", path.display()));
+            return Counters { json };
+        }
+        assert!(
+            Instant::now() < deadline,
+            "op25b wrote no counters to {} within {PROCESS_WAIT:?} of SIGUSR1; its log:\n{}",
+            path.display(),
+            log()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Asks for the counters of op25b process `pid` ([`counters_of`]) until
+/// `done` holds for them; fails the test, saying `what`, after [`PROCESS_WAIT`].
+pub fn wait_counters_of(
+    pid: u32,
+    path: &Path,
+    log: &dyn Fn() -> String,
+    what: &str,
+    done: impl Fn(&Counters) -> bool,
+) -> Counters {
+    let deadline = Instant::now() + PROCESS_WAIT;
+    loop {
+        let c = counters_of(pid, path, log);
+        if done(&c) {
+            return c;
+        }
+        assert!(Instant::now() < deadline, "waited {PROCESS_WAIT:?} for {what}; last {c}; its log:\n{}", log());
+        std::thread::sleep(Duration::from_millis(50));
     }
 }
 
@@ -305,51 +355,15 @@ impl Lab {
         r
     }
 
-    /// op25b's counters now: asks for them with SIGUSR1 and reads the JSON
-    /// it writes to its `--stats` file (removed first, so what is read is
-    /// the answer). Fails the test if none comes within [`PROCESS_WAIT`].
+    /// op25b's counters now ([`counters_of`] its `--stats` file).
     pub fn counters_now(&self) -> Counters {
-        let path = self.stats_path();
-        match std::fs::remove_file(&path) {
-            Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) => panic!("removing {}: {e}", path.display()),
-        }
-        self.signal(Signal::SIGUSR1);
-        let deadline = Instant::now() + PROCESS_WAIT;
-        loop {
-            // Written beside its name, then renamed: a file that is there is whole.
-            if let Ok(text) = std::fs::read_to_string(&path) {
-                let json = serde_json::from_str(&text)
-                    .unwrap_or_else(|e| panic!("op25b's stats in {} are not JSON ({e}):\n{text}", path.display()));
-                return Counters { json };
-            }
-            assert!(
-                Instant::now() < deadline,
-                "op25b wrote no counters to {} within {PROCESS_WAIT:?} of SIGUSR1; its log:\n{}",
-                path.display(),
-                self.log_text()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        counters_of(self.pid(), &self.stats_path(), &|| self.log_text())
     }
 
-    /// Asks for op25b's counters ([`Lab::counters_now`]) until `done` holds
-    /// for them (at most [`PROCESS_WAIT`]; then the test fails, saying `what`).
+    /// Asks for op25b's counters until `done` holds for them
+    /// ([`wait_counters_of`]).
     pub fn wait_counters(&self, what: &str, done: impl Fn(&Counters) -> bool) -> Counters {
-        let deadline = Instant::now() + PROCESS_WAIT;
-        loop {
-            let c = self.counters_now();
-            if done(&c) {
-                return c;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "waited {PROCESS_WAIT:?} for {what}; last {c}; its log:\n{}",
-                self.log_text()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        wait_counters_of(self.pid(), &self.stats_path(), &|| self.log_text(), what, done)
     }
 
     /// Where op25b writes its counters (`--stats`).
