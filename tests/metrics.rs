@@ -19,7 +19,7 @@ use std::collections::BTreeSet;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -70,32 +70,6 @@ fn get(addr: SocketAddr, path: &str, accept: Option<&str>) -> Answer {
             }
         }
     }
-}
-
-/// Runs `promtool ARGS` with `stdin` as its standard input.
-fn promtool(args: &[&str], stdin: &str) -> Output {
-    let mut child = Command::new("promtool")
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| {
-            panic!("cannot run promtool ({e}): install Debian's prometheus package (scripts/setup.sh)")
-        });
-    let mut input = child.stdin.take().expect("promtool's stdin");
-    input.write_all(stdin.as_bytes()).expect("write to promtool");
-    drop(input);
-    child.wait_with_output().expect("promtool ends")
-}
-
-/// promtool's findings (stdout and stderr), one per line.
-fn findings(out: &Output) -> Vec<String> {
-    [&out.stdout, &out.stderr]
-        .iter()
-        .flat_map(|b| String::from_utf8_lossy(b).lines().map(str::to_string).collect::<Vec<_>>())
-        .filter(|l| !l.trim().is_empty())
-        .collect()
 }
 
 fn repo(path: &str) -> PathBuf {

@@ -19,7 +19,7 @@ use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{in_netns, ip_cmd, preflight, unique_base};
+use common::{findings, in_netns, ip_cmd, preflight, promtool, unique_base};
 use socket2::{Domain, Protocol, Socket, Type};
 
 const SUB4: &str = "100.64.0.2";
@@ -432,86 +432,113 @@ fn send_frames(ns: &str, dev: &str, frames: &[Vec<u8>]) {
     });
 }
 
-/// The upstream's neighbour table under floods, with its counters in `op25b
-/// stats --json` and /metrics: forged answers and requests from the link make
-/// no entry and move no gateway; op25b's own lookups of a hundred silent
-/// on-link hosts fill the table, evict, hold, drop and give up, bounded.
-#[test]
-fn floods_of_the_neighbour_cache_are_counted_and_bounded() {
-    use op25b::state::neighbour::wire;
-    use smoltcp::wire::ArpOperation;
-    let s = Setup::start();
-    let _servers = listeners(&s.inet);
-    // Both gateways resolved.
-    for dst in [SERVER4, SERVER6] {
-        s.connect(if dst == SERVER4 { SUB4 } else { SUB6 }, dst, 587).unwrap_or_else(|e| panic!("{dst}: {e}"));
-    }
-    let before = s.settled_neighbours();
-    assert_eq!((n(&before, "resolved"), n(&before, "entries")), (2, 2), "{before}");
+/// A flood of forged frames from the link: unsolicited answers (ARP and
+/// NDP, every tenth for a gateway), requests for others' addresses and, now
+/// and then, for op25b's; and how many of each.
+struct Flood {
+    frames: Vec<Vec<u8>>,
+    answers: u64,
+    requests: u64,
+    own_requests: u64,
+}
 
+impl Flood {
+    /// The flood aimed at op25b's interface `own` (its MAC address).
+    fn at(own: [u8; 6]) -> Flood {
+        use op25b::state::neighbour::wire;
+        use smoltcp::wire::ArpOperation;
+        let own4: std::net::Ipv4Addr = "198.51.100.2".parse().expect("address");
+        let own6: std::net::Ipv6Addr = "2001:db8:1::2".parse().expect("address");
+        let forged = |i: u32| [0x02, 0xaa, 0, (i >> 16) as u8, (i >> 8) as u8, i as u8];
+        let mut f = Flood { frames: Vec::new(), answers: 0, requests: 0, own_requests: 0 };
+        let mut buf = [0u8; 256];
+        let mut push = |len: Option<usize>, buf: &[u8]| f.frames.push(buf[..len.expect("a frame")].to_vec());
+        for i in 0..4000u32 {
+            // An answer nobody asked for, from a forged host; every tenth claims the gateway.
+            let sender = if i % 10 == 0 { v4(1) } else { v4(10 + i % 200) };
+            push(wire::arp(&mut buf, ArpOperation::Reply, (forged(i), sender), (own, own4), own), &buf);
+            // The same in IPv6, every tenth for the gateway.
+            let target: std::net::Ipv6Addr = if i % 10 == 0 {
+                SERVER6.parse().expect("gw")
+            } else {
+                format!("2001:db8:1::{:x}", 0x100 + i).parse().expect("v6")
+            };
+            push(wire::advert(&mut buf, forged(i), target, (own, own6)), &buf);
+            f.answers += 2;
+            // A request for someone else's address, broadcast.
+            push(
+                wire::arp(
+                    &mut buf,
+                    ArpOperation::Request,
+                    (forged(i), v4(10 + i % 200)),
+                    ([0; 6], v4(100 + i % 100)),
+                    [0xff; 6],
+                ),
+                &buf,
+            );
+            f.requests += 1;
+            if i % 100 == 0 {
+                push(
+                    wire::arp(
+                        &mut buf,
+                        ArpOperation::Request,
+                        (forged(i), v4(10 + i % 200)),
+                        ([0; 6], own4),
+                        [0xff; 6],
+                    ),
+                    &buf,
+                );
+                f.own_requests += 1;
+            }
+        }
+        f
+    }
+}
+
+/// 198.51.100.`last`, on the upstream link.
+fn v4(last: u32) -> std::net::Ipv4Addr {
+    std::net::Ipv4Addr::new(198, 51, 100, last as u8)
+}
+
+/// The MAC address of op25b's interface.
+fn own_mac(s: &Setup) -> [u8; 6] {
     let out = Command::new("ip")
         .args(["netns", "exec", &s.edge, "cat", "/sys/class/net/u0/address"])
         .output()
         .expect("op25b's interface address");
     let text = String::from_utf8_lossy(&out.stdout);
     let own: Vec<u8> = text.trim().split(':').map(|h| u8::from_str_radix(h, 16).expect("a MAC")).collect();
-    let own: [u8; 6] = own.try_into().expect("six octets");
-    let own4: std::net::Ipv4Addr = "198.51.100.2".parse().expect("address");
-    let own6: std::net::Ipv6Addr = "2001:db8:1::2".parse().expect("address");
-    let forged = |i: u32| [0x02, 0xaa, 0, (i >> 16) as u8, (i >> 8) as u8, i as u8];
-    let v4 = |last: u32| std::net::Ipv4Addr::new(198, 51, 100, last as u8);
-    let mut frames = Vec::new();
-    let mut buf = [0u8; 256];
-    let mut push = |len: Option<usize>, buf: &[u8]| frames.push(buf[..len.expect("a frame")].to_vec());
-    let (mut answers, mut requests, mut own_requests) = (0u64, 0u64, 0u64);
-    for i in 0..4000u32 {
-        // An answer nobody asked for, from a forged host; every tenth claims the gateway.
-        let sender = if i % 10 == 0 { v4(1) } else { v4(10 + i % 200) };
-        push(wire::arp(&mut buf, ArpOperation::Reply, (forged(i), sender), (own, own4), own), &buf);
-        // The same in IPv6, every tenth for the gateway.
-        let target: std::net::Ipv6Addr = if i % 10 == 0 {
-            SERVER6.parse().expect("gw")
-        } else {
-            format!("2001:db8:1::{:x}", 0x100 + i).parse().expect("v6")
-        };
-        push(wire::advert(&mut buf, forged(i), target, (own, own6)), &buf);
-        answers += 2;
-        // A request for someone else's address, broadcast.
-        push(
-            wire::arp(
-                &mut buf,
-                ArpOperation::Request,
-                (forged(i), v4(10 + i % 200)),
-                ([0; 6], v4(100 + i % 100)),
-                [0xff; 6],
-            ),
-            &buf,
-        );
-        requests += 1;
-        if i % 100 == 0 {
-            push(
-                wire::arp(&mut buf, ArpOperation::Request, (forged(i), v4(10 + i % 200)), ([0; 6], own4), [0xff; 6]),
-                &buf,
-            );
-            own_requests += 1;
-        }
-    }
-    send_frames(&s.inet, "p0", &frames);
+    own.try_into().expect("six octets")
+}
+
+/// Sends `flood` from the far end and checks that it made no entry and moved
+/// no gateway, each frame counted; the neighbour figures after it.
+fn flood_is_ignored(s: &Setup, before: &serde_json::Value, flood: &Flood) -> serde_json::Value {
+    send_frames(&s.inet, "p0", &flood.frames);
     let after = s.settled_neighbours();
-    println!("sent {answers} forged answers, {requests} requests for others, {own_requests} for op25b: {after}");
+    let (answers, requests) = (flood.answers, flood.requests);
+    println!(
+        "sent {answers} forged answers, {requests} requests for others, {} for op25b: {after}",
+        flood.own_requests
+    );
     assert_eq!(n(&after, "resolved"), 2, "a forged answer resolved something: {after}");
     assert_eq!(n(&after, "entries"), 2, "a forged frame made an entry: {after}");
-    let unsolicited = n(&after, "unsolicited") - n(&before, "unsolicited");
+    let unsolicited = n(&after, "unsolicited") - n(before, "unsolicited");
     assert!(unsolicited > 0 && unsolicited <= answers, "{unsolicited} of {answers}");
-    let not_ours = n(&after, "not_ours") - n(&before, "not_ours");
+    let not_ours = n(&after, "not_ours") - n(before, "not_ours");
     assert!(not_ours > 0 && not_ours <= requests + 10, "{not_ours} of {requests}");
-    assert!(n(&after, "answered") > n(&before, "answered"), "{after}");
+    assert!(n(&after, "answered") > n(before, "answered"), "{after}");
     // The gateways did not move: traffic still reaches them.
     for (src, dst) in [(SUB4, SERVER4), (SUB6, SERVER6)] {
         s.connect(src, dst, 587).unwrap_or_else(|e| panic!("{dst} after the flood: {e}"));
     }
+    after
+}
 
-    // op25b's own lookups: a hundred silent on-link hosts, then six packets to one more.
+/// op25b's own lookups: a hundred silent on-link hosts, then six packets to
+/// one more; checks the table stays bounded, evicts, holds, drops and gives
+/// up. The neighbour figures once the hops were given up.
+fn silent_hops_are_given_up(s: &Setup, after: &serde_json::Value) -> serde_json::Value {
     in_netns(&s.sub, || {
         let sock = std::net::UdpSocket::bind((SUB4, 0)).expect("udp");
         for last in 100..200u32 {
@@ -533,7 +560,7 @@ fn floods_of_the_neighbour_cache_are_counted_and_bounded() {
         std::thread::sleep(Duration::from_millis(200));
     };
     println!("after 101 silent hops: {table}");
-    let d = |k: &str| n(&table, k) - n(&after, k);
+    let d = |k: &str| n(&table, k) - n(after, k);
     assert_eq!(n(&table, "entries"), 2, "the silent hops were given up: {table}");
     // 62 places beside the two gateways: at least 39 of the 101 hops met a full table and evicted one.
     assert!(d("table_full") >= 39 && d("evicted") == d("table_full"), "{table}");
@@ -545,33 +572,27 @@ fn floods_of_the_neighbour_cache_are_counted_and_bounded() {
     assert_eq!(d("failed"), 101 - d("evicted"), "{table}");
     // Every held packet was dropped with its evicted hop or came back unreachable.
     assert_eq!(d("unreachable") + d("evicted"), d("held"), "{table}");
+    table
+}
 
-    // The same figures in /metrics and in the text of `op25b stats`.
+/// The neighbour figures of `table` are the same in /metrics (which lint
+/// clean) and in the text of `op25b stats`.
+fn neighbour_figures_everywhere(s: &Setup, table: &serde_json::Value) {
     let m = s.metrics();
     let series = |name: &str| -> u64 {
         m.lines()
             .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse::<f64>().ok())
             .unwrap_or_else(|| panic!("no {name} in:\n{m}")) as u64
     };
-    assert_eq!(series("op25b_neighbour_ignored_frames_total{reason=\"unsolicited\"}"), n(&table, "unsolicited"));
-    assert_eq!(series("op25b_neighbour_table_full_next_hops_total"), n(&table, "table_full"));
-    assert_eq!(series("op25b_neighbour_unreachable_packets_total"), n(&table, "unreachable"));
+    assert_eq!(series("op25b_neighbour_ignored_frames_total{reason=\"unsolicited\"}"), n(table, "unsolicited"));
+    assert_eq!(series("op25b_neighbour_table_full_next_hops_total"), n(table, "table_full"));
+    assert_eq!(series("op25b_neighbour_unreachable_packets_total"), n(table, "unreachable"));
     assert_eq!(series("op25b_neighbour_entries"), 2);
     // The neighbour families lint clean (the rest of the scrape: tests/metrics.rs).
     let body = m.split_once("\r\n\r\n").map_or(m.as_str(), |(_, b)| b);
-    let mut lint = Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| {
-            panic!("cannot run promtool ({e}): install Debian's prometheus package (scripts/setup.sh)")
-        });
-    std::io::Write::write_all(&mut lint.stdin.take().expect("stdin"), body.as_bytes()).expect("write to promtool");
-    let lint = lint.wait_with_output().expect("promtool ends");
-    let findings = format!("{}{}", String::from_utf8_lossy(&lint.stdout), String::from_utf8_lossy(&lint.stderr));
-    assert!(lint.status.success() && findings.trim().is_empty(), "promtool: {findings}");
+    let lint = promtool(&["check", "metrics"], body);
+    let found = findings(&lint);
+    assert!(lint.status.success() && found.is_empty(), "promtool: {found:?}");
     let out = Command::new(env!("CARGO_BIN_EXE_op25b"))
         .args(["stats", "--socket"])
         .arg(s.dir.join("op25b.sock"))
@@ -579,4 +600,23 @@ fn floods_of_the_neighbour_cache_are_counted_and_bounded() {
         .expect("op25b stats");
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("upstream neighbours unsolicited"), "{text}");
+}
+
+/// The upstream's neighbour table under floods, with its counters in `op25b
+/// stats --json` and /metrics: forged answers and requests from the link make
+/// no entry and move no gateway; op25b's own lookups of a hundred silent
+/// on-link hosts fill the table, evict, hold, drop and give up, bounded.
+#[test]
+fn floods_of_the_neighbour_cache_are_counted_and_bounded() {
+    let s = Setup::start();
+    let _servers = listeners(&s.inet);
+    // Both gateways resolved.
+    for dst in [SERVER4, SERVER6] {
+        s.connect(if dst == SERVER4 { SUB4 } else { SUB6 }, dst, 587).unwrap_or_else(|e| panic!("{dst}: {e}"));
+    }
+    let before = s.settled_neighbours();
+    assert_eq!((n(&before, "resolved"), n(&before, "entries")), (2, 2), "{before}");
+    let after = flood_is_ignored(&s, &before, &Flood::at(own_mac(&s)));
+    let table = silent_hops_are_given_up(&s, &after);
+    neighbour_figures_everywhere(&s, &table);
 }

@@ -24,11 +24,14 @@ use nix::sched::{setns, CloneFlags};
 pub use op25b::testing::lab::*;
 
 mod lab;
+mod promtool;
 mod servers;
 
 // Each test binary uses its own part of the harness.
 #[allow(unused_imports)]
 pub use lab::*;
+#[allow(unused_imports)]
+pub use promtool::*;
 #[allow(unused_imports)]
 pub use servers::*;
 
