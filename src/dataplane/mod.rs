@@ -343,6 +343,7 @@ impl Dataplane {
             peek: PEEK,
             busy_poll,
             active: arc_swap::Cache::new(Arc::clone(&self.active)),
+            current,
             events: sinks.events,
             capture: sinks.capture,
             abuse: sinks.abuse,
@@ -359,8 +360,16 @@ impl Dataplane {
 
     /// Puts `policy` in force with `state` (a config reload). Each worker
     /// switches before its next batch; a packet is judged wholly by one
-    /// policy or the other.
+    /// policy or the other. A state built for another policy is replaced by
+    /// fresh state here, with a warning, so that the routers take the state
+    /// as it is and each worker runs with the very state its routers use.
     pub fn set_policy(&self, policy: Policy, state: State) {
+        let state = if state.fits(&policy) {
+            state
+        } else {
+            tracing::warn!("data plane given state built for another policy; using fresh state");
+            State::new(&policy)
+        };
         self.active.store(Arc::new(Active { policy: Arc::new(policy), state: Arc::new(state) }));
     }
 

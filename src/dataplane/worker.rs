@@ -9,6 +9,9 @@
 //!   the UDP coalescer are made once per worker; the banner responder writes
 //!   into fixed slots and its output is copied into the reply buffer.
 //! - Every counter here has one writer, this worker ([`IoCounters`]).
+//! - A worker holds the policy and state it runs with and hands them to its
+//!   two routers; the banner responder's timers and output use that state.
+//!   A reload swaps them between batches, never within one.
 
 use std::io;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -175,6 +178,9 @@ pub(crate) struct Worker {
     pub(crate) busy_poll: Duration,
     /// The policy and state in force, as the data plane holds them (reloads swap them).
     pub(crate) active: arc_swap::Cache<Arc<arc_swap::ArcSwap<Active>>, Arc<Active>>,
+    /// The policy and state this worker runs with: its own, handed to both
+    /// its routers, and swapped for the data plane's when a reload replaced them.
+    pub(crate) current: Arc<Active>,
     /// Where blocked connection attempts go, when events are on.
     pub(crate) events: Option<EventSender>,
     /// Where copies of the packets not forwarded go, when capture is on.
@@ -239,13 +245,15 @@ fn ingress_device(dir: Direction) -> usize {
 }
 
 impl Worker {
-    /// Switches both routers to the data plane's current policy and state if
-    /// a reload replaced them (a pointer comparison when nothing changed).
+    /// Takes the data plane's policy and state, and hands them to both
+    /// routers, if a reload replaced them (a pointer comparison when nothing
+    /// changed).
     fn sync_policy(&mut self) {
-        let current = self.active.load();
-        if !Arc::ptr_eq(&current.policy, self.own.router.policy()) {
+        let latest = self.active.load();
+        if !Arc::ptr_eq(latest, &self.current) {
+            self.current = Arc::clone(latest);
             for side in [&mut self.own, &mut self.reverse] {
-                side.router.set_policy(current.policy.clone(), current.state.clone());
+                side.router.set_policy(self.current.policy.clone(), self.current.state.clone());
             }
             tracing::debug!(direction = self.own.dir.name(), "worker switched to the reloaded policy");
         }
@@ -287,7 +295,7 @@ impl Worker {
             }
             self.sync_policy();
             ingress.lock();
-            let r = drain(&mut self.own, &mut io, &mut b, &mut now, (ingress, egress), DRAIN_MAX);
+            let r = drain(&mut self.own, &self.current.state, &mut io, &mut b, &mut now, (ingress, egress), DRAIN_MAX);
             ingress.unlock();
             let n = match r {
                 Drained::Done(n) => n,
@@ -297,7 +305,15 @@ impl Worker {
                 // A reload during the drain: the queue's owner may have
                 // switched already, so the peek must not use the old policy.
                 self.sync_policy();
-                let r = drain(&mut self.reverse, &mut io, &mut b, &mut now, (egress, ingress), PEEK_MAX);
+                let r = drain(
+                    &mut self.reverse,
+                    &self.current.state,
+                    &mut io,
+                    &mut b,
+                    &mut now,
+                    (egress, ingress),
+                    PEEK_MAX,
+                );
                 egress.unlock();
                 // A failing reverse queue is its owner's to give up on: this
                 // worker stops only for its own queue, a shutdown or a lost
@@ -309,18 +325,18 @@ impl Worker {
             if self.own.dir == Direction::Outbound {
                 // Packets whose next hop on the upstream link never answered:
                 // ICMP host unreachable to their senders, on the subscriber side.
-                let policy = Arc::clone(self.own.router.policy());
-                egress.dev.take_unreachable(|pkt| unreachable(&policy, pkt, &mut b.reply, &io, ingress));
+                let policy = &self.current.policy;
+                egress.dev.take_unreachable(|pkt| unreachable(policy, pkt, &mut b.reply, &io, ingress));
             }
             // The banner responder's timers (retransmissions, expiry) run in
             // whichever worker finds them due, also while traffic keeps it
             // from sleeping; what the responder sends goes to the subscriber.
-            let state = Arc::clone(self.own.router.state());
+            let state = &self.current.state;
             let timer = state.poll_timeout();
             if timer.is_some_and(|at| at <= now) {
                 now = Instant::now();
                 state.handle_timeout(now);
-                transmit(&state, now, &mut b.reply, &io, subscriber_side, self.own.dir);
+                transmit(state, now, &mut b.reply, &io, subscriber_side, self.own.dir);
                 continue;
             }
             if n == DRAIN_MAX {
@@ -347,9 +363,11 @@ impl Worker {
 }
 
 /// Reads from `from` until it is empty or `max` packets were read, judges each
-/// with `side.router`, forwards to `to` and replies through `from`.
+/// with `side.router`, forwards to `to` and replies through `from`; what the
+/// banner responder of `state` (the router's) sends goes back through `from`.
 fn drain(
     side: &mut Side,
+    state: &State,
     io: &mut Io<'_>,
     b: &mut Bufs,
     now: &mut Instant,
@@ -429,7 +447,7 @@ fn drain(
             }
             Verdict::Terminate => {
                 // The banner action is outbound only: `from` is the subscriber side.
-                transmit(side.router.state(), *now, &mut b.reply, io, from, dir);
+                transmit(state, *now, &mut b.reply, io, from, dir);
             }
         }
     };
