@@ -12,7 +12,6 @@ mod common;
 use std::io;
 use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -29,14 +28,12 @@ struct Files {
 
 impl Files {
     fn new() -> Files {
-        let base = unique_base();
-        let dir = std::env::temp_dir();
-        Files { socket: dir.join(format!("{base}-abuse.sock")), events: dir.join(format!("{base}-abuse.jsonl")) }
+        let socket = socket_path("abuse");
+        Files { events: socket.with_extension("jsonl"), socket }
     }
 
     fn edit(&self, p: PolicyBuilder) -> PolicyBuilder {
-        p.control("socket", format!("{:?}", self.socket.to_str().expect("utf-8 path")))
-            .events("path", format!("{:?}", self.events.to_str().expect("utf-8 path")))
+        p.control("socket", toml_path(&self.socket)).events("path", toml_path(&self.events))
     }
 
     fn events(&self) -> Vec<Value> {
@@ -63,17 +60,9 @@ impl Drop for Files {
     }
 }
 
-/// `op25b ARGS --socket S`: (exit code, stdout, stderr).
-fn op25b(args: &[&str], socket: &Path) -> (i32, String, String) {
-    let out =
-        Command::new(env!("CARGO_BIN_EXE_op25b")).args(args).arg("--socket").arg(socket).output().expect("op25b runs");
-    let text = |b: &[u8]| String::from_utf8_lossy(b).to_string();
-    (out.status.code().unwrap_or(-1), text(&out.stdout), text(&out.stderr))
-}
-
 /// The rows of `op25b top --json` (the object's `top`), heaviest first.
 fn top_json(socket: &Path) -> Vec<Value> {
-    let (code, out, err) = op25b(&["top", "--json"], socket);
+    let (code, out, err) = op25b_at(&["top", "--json"], &[socket]);
     assert_eq!(code, 0, "op25b top --json: {out}{err}");
     let v: Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
     v["top"].as_array().unwrap_or_else(|| panic!("an array of rows: {out}")).clone()
@@ -172,7 +161,7 @@ fn a_zombie_is_reported_once_quarantined_and_released() {
     assert_eq!((ended["subscriber"].as_str(), ended["reason"].as_str()), (Some(DYN4), Some("expired")), "{ended}");
 
     // By hand: `op25b quarantine` for a long time, then `op25b release`.
-    let (code, out, err) = op25b(&["quarantine", DYN4, "--for", "10m"], &files.socket);
+    let (code, out, err) = op25b_at(&["quarantine", DYN4, "--for", "10m"], &[&files.socket]);
     assert_eq!(code, 0, "{out}{err}");
     assert_eq!(out.trim(), format!("{DYN4} in quarantine for 10 min"));
     assert!(!reaches(&lab, DYN4, web), "in force as soon as the command returns");
@@ -186,22 +175,22 @@ fn a_zombie_is_reported_once_quarantined_and_released() {
     for field in ["first_seen", "last_seen"] {
         assert!(top[0][field].as_f64().is_some_and(|t| t > 1.7e9), "{field}: {top:?}");
     }
-    let (code, out, err) = op25b(&["release", DYN4], &files.socket);
+    let (code, out, err) = op25b_at(&["release", DYN4], &[&files.socket]);
     assert_eq!(code, 0, "{out}{err}");
     assert!(reaches(&lab, DYN4, web), "released at once");
-    let (code, _, err) = op25b(&["release", DYN4], &files.socket);
+    let (code, _, err) = op25b_at(&["release", DYN4], &[&files.socket]);
     assert_eq!(code, 1, "not in quarantine any more: {err}");
     assert!(err.contains("not in quarantine"), "{err}");
 
     // The text screen names both subscribers.
-    let (code, out, err) = op25b(&["top"], &files.socket);
+    let (code, out, err) = op25b_at(&["top"], &[&files.socket]);
     assert_eq!(code, 0, "{err}");
     println!("op25b top:\n{out}");
     assert!(out.starts_with("op25b top: 2 tracked"), "{out}");
     assert!(out.contains(DYN4) && out.contains(OTHER4), "{out}");
 
     let metrics_like = {
-        let (code, out, err) = op25b(&["stats", "--json"], &files.socket);
+        let (code, out, err) = op25b_at(&["stats", "--json"], &[&files.socket]);
         assert_eq!(code, 0, "{err}");
         serde_json::from_str::<Value>(&out).expect("stats JSON")
     };
@@ -279,7 +268,7 @@ fn a_retransmitted_syn_is_one_attempt_and_every_syn_one_packet() {
     // Abuse handling counted one attempt (once the workers' queue is drained).
     let deadline = Instant::now() + WAIT;
     let stats = loop {
-        let (code, out, err) = op25b(&["stats", "--json"], &files.socket);
+        let (code, out, err) = op25b_at(&["stats", "--json"], &[&files.socket]);
         assert_eq!(code, 0, "{err}");
         let v: Value = serde_json::from_str(&out).expect("stats JSON");
         if v["stats"]["counters"]["op25b_blocked"].as_u64() == Some(syns) || Instant::now() > deadline {

@@ -13,7 +13,6 @@ mod common;
 use std::collections::BTreeMap;
 use std::io;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -35,10 +34,9 @@ struct Instance {
 
 impl Instance {
     fn start(extra: &str) -> Instance {
-        let socket = std::env::temp_dir().join(format!("{}-instance.sock", unique_base()));
-        let path = format!("{:?}", socket.to_str().expect("utf-8 path"));
+        let socket = socket_path("instance");
         let lab = Lab::start(LabOptions::edit(|p| {
-            p.control("socket", path)
+            p.control("socket", toml_path(&socket))
                 .unlimited_replies()
                 .abuse("window", "\"60s\"")
                 .abuse("threshold", 100)
@@ -66,21 +64,9 @@ impl Drop for Instance {
     }
 }
 
-/// `op25b ARGS --socket S ...`: (exit code, stdout, stderr).
-fn op25b(args: &[&str], sockets: &[&Path]) -> (i32, String, String) {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_op25b"));
-    cmd.args(args).env_remove("OP25B_SOCKET");
-    for s in sockets {
-        cmd.arg("--socket").arg(s);
-    }
-    let out = cmd.output().expect("op25b runs");
-    let text = |b: &[u8]| String::from_utf8_lossy(b).to_string();
-    (out.status.code().unwrap_or(-1), text(&out.stdout), text(&out.stderr))
-}
-
 /// `op25b top --json` of `sockets`, with its exit code.
 fn top(sockets: &[&Path]) -> (i32, Value) {
-    let (code, out, err) = op25b(&["top", "--json", "-n", "100"], sockets);
+    let (code, out, err) = op25b_at(&["top", "--json", "-n", "100"], sockets);
     let v = serde_json::from_str(&out).unwrap_or_else(|e| panic!("top --json: {e}: {out}{err}"));
     (code, v)
 }
@@ -104,25 +90,6 @@ fn wait_table(socket: &Path, want: &BTreeMap<String, u64>) -> Value {
         assert!(Instant::now() < deadline, "{} never showed {want:?}: {v}", socket.display());
         std::thread::sleep(Duration::from_millis(100));
     }
-}
-
-/// `curl --unix-socket SOCKET -X POST http://op25b/v1/subscribers -d BODY`:
-/// (HTTP status, the JSON answer).
-fn curl(socket: &Path, body: &str) -> (u16, Value) {
-    let out = Command::new("curl")
-        .args(["-sS", "--max-time", "30", "--unix-socket"])
-        .arg(socket)
-        .args(["-w", "\n%{http_code}", "-H", "Content-Type: application/json", "--data-binary", body])
-        .arg("http://op25b/v1/subscribers")
-        .output()
-        .expect("curl runs (scripts/setup.sh installs it)");
-    let text = String::from_utf8_lossy(&out.stdout).to_string();
-    assert!(out.status.success(), "curl: {}{text}", String::from_utf8_lossy(&out.stderr));
-    let (json, status) = text.trim_end().rsplit_once('\n').unwrap_or_else(|| panic!("no status line: {text}"));
-    (
-        status.parse().unwrap_or_else(|e| panic!("{e}: {text}")),
-        serde_json::from_str(json).unwrap_or_else(|e| panic!("{e}: {json}")),
-    )
 }
 
 /// The subscribers an instance holds in quarantine.
@@ -187,7 +154,7 @@ fn top_merges_two_instances_and_quarantine_goes_where_the_subscriber_is() {
     assert_eq!(m["tracked"], 4, "{m}");
     assert_eq!(m["instances"].as_array().unwrap().iter().filter(|i| i["answered"] == true).count(), 2);
     // The text view: one line per instance, the holders of each row.
-    let (code, text, err) = op25b(&["top"], &[sa_, sb]);
+    let (code, text, err) = op25b_at(&["top"], &[sa_, sb]);
     assert_eq!(code, 0, "{text}{err}");
     println!("{text}");
     assert!(text.starts_with("op25b top over 2 of 2 instances: 4 tracked"), "{text}");
@@ -196,36 +163,37 @@ fn top_merges_two_instances_and_quarantine_goes_where_the_subscriber_is() {
 
     // The heaviest one only: B's own heaviest is ONLY_B (5), but B is asked
     // for A's candidate too, so DYN4's sum (3 + 4) wins.
-    let (code, out, err) = op25b(&["top", "--json", "-n", "1"], &[sa_, sb]);
+    let (code, out, err) = op25b_at(&["top", "--json", "-n", "1"], &[sa_, sb]);
     assert_eq!(code, 0, "{out}{err}");
     let one: Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
     assert_eq!(attempts(&one), table(&[(DYN4, 7)]), "{one}");
 
     // The lookup the merge uses, as curl asks it; a bad one is a 400.
-    let (status, v) = curl(sb, &format!(r#"{{"subscribers": ["{ONLY_B}", "{ONLY_A}", "{DYN4}"]}}"#));
+    let (status, v) =
+        curl(sb, "POST", "/v1/subscribers", Some(&format!(r#"{{"subscribers": ["{ONLY_B}", "{ONLY_A}", "{DYN4}"]}}"#)));
     assert_eq!(status, 200, "{v}");
     let held: Vec<&str> =
         v["subscribers"].as_array().unwrap().iter().map(|r| r["subscriber"].as_str().unwrap()).collect();
     assert_eq!(held, [ONLY_B, DYN4], "{v}");
     assert_eq!(v["subscribers"][0]["attempts"], 5, "{v}");
     for bad in [r#"{"subscribers": ["8.8.8.0/24"]}"#, r#"{"subscribers": "100.64.1.10"}"#, "[]"] {
-        let (status, v) = curl(sb, bad);
+        let (status, v) = curl(sb, "POST", "/v1/subscribers", Some(bad));
         assert_eq!(status, 400, "{bad}: {v}");
         assert!(v["error"].is_string(), "{v}");
     }
 
     // Quarantine goes to the instance that holds the subscriber, and says so.
-    let (code, out, err) = op25b(&["quarantine", ONLY_B], &[sa_, sb]);
+    let (code, out, err) = op25b_at(&["quarantine", ONLY_B], &[sa_, sb]);
     assert_eq!(code, 0, "{out}{err}");
     assert!(out.contains(&format!("{nb}: {ONLY_B} in quarantine for 10 min")), "{out}");
     assert!(out.contains(&format!("{na}: does not hold {ONLY_B}: left alone")), "{out}");
     assert_eq!((quarantined(sa_), quarantined(sb)), (vec![], vec![ONLY_B.to_string()]));
     // Held nowhere: nothing done, exit 1; with --all, on both.
-    let (code, out, err) = op25b(&["quarantine", NOBODY], &[sa_, sb]);
+    let (code, out, err) = op25b_at(&["quarantine", NOBODY], &[sa_, sb]);
     assert_eq!(code, 1, "{out}{err}");
     assert!(err.contains(&format!("no instance holds {NOBODY}: nothing done")), "{err}");
     assert!(quarantined(sa_).is_empty());
-    let (code, out, err) = op25b(&["quarantine", "--all", "--for", "5m", NOBODY], &[sa_, sb]);
+    let (code, out, err) = op25b_at(&["quarantine", "--all", "--for", "5m", NOBODY], &[sa_, sb]);
     assert_eq!(code, 0, "{out}{err}");
     assert_eq!(out.matches(&format!("{NOBODY} in quarantine for 5 min")).count(), 2, "{out}");
     // The merged view: the worst state and the holders; a quarantine held
@@ -236,14 +204,14 @@ fn top_merges_two_instances_and_quarantine_goes_where_the_subscriber_is() {
     let nobody = q.iter().find(|q| q["subscriber"] == NOBODY).unwrap_or_else(|| panic!("{m}"));
     assert_eq!(nobody["instances"], serde_json::json!([na, nb]));
     // Release where its quarantine is; a second release finds none (1).
-    let (code, out, err) = op25b(&["release", ONLY_B], &[sa_, sb]);
+    let (code, out, err) = op25b_at(&["release", ONLY_B], &[sa_, sb]);
     assert_eq!(code, 0, "{out}{err}");
     assert!(out.contains(&format!("{nb}: {ONLY_B} released from quarantine")), "{out}");
     assert!(out.contains(&format!("{na}: does not hold {ONLY_B}: left alone")), "{out}");
-    let (code, out, err) = op25b(&["release", ONLY_B], &[sa_, sb]);
+    let (code, out, err) = op25b_at(&["release", ONLY_B], &[sa_, sb]);
     assert_eq!(code, 1, "{out}{err}");
     assert!(out.contains(&format!("{nb}: {ONLY_B} is not in quarantine there: left alone")), "{out}");
-    let (code, out, err) = op25b(&["release", "--all", NOBODY], &[sa_, sb]);
+    let (code, out, err) = op25b_at(&["release", "--all", NOBODY], &[sa_, sb]);
     assert_eq!((code, out.matches("released from quarantine").count()), (0, 2), "{out}{err}");
 
     // One instance stops: top shows the other, names the silent one, exits 2.
@@ -253,13 +221,13 @@ fn top_merges_two_instances_and_quarantine_goes_where_the_subscriber_is() {
     assert_eq!(attempts(&m), attempts(&ta), "{m}");
     assert_eq!(m["instances"][1]["answered"], false, "{m}");
     assert!(m["instances"][1]["error"].as_str().unwrap().contains("no op25b answers"), "{m}");
-    let (code, text, err) = op25b(&["top"], &[sa_, sb]);
+    let (code, text, err) = op25b_at(&["top"], &[sa_, sb]);
     assert_eq!(code, 2, "{text}{err}");
     assert!(text.starts_with("op25b top over 1 of 2 instances"), "{text}");
     assert!(text.contains(&format!("[2] {nb}: NO ANSWER")), "{text}");
     assert!(err.contains(&format!("op25b: error: {nb}: no op25b answers")), "{err}");
     // A quarantine still reaches the instance that answers; the exit says one did not.
-    let (code, out, err) = op25b(&["quarantine", ONLY_A], &[sa_, sb]);
+    let (code, out, err) = op25b_at(&["quarantine", ONLY_A], &[sa_, sb]);
     assert_eq!(code, 2, "{out}{err}");
     assert!(out.contains(&format!("{na}: {ONLY_A} in quarantine")), "{out}");
     assert!(err.contains(&nb), "{err}");

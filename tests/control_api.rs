@@ -20,32 +20,6 @@ use serde_json::Value;
 
 const WAIT: Duration = Duration::from_secs(10);
 
-fn socket_path(what: &str) -> PathBuf {
-    std::env::temp_dir().join(format!("{}-{what}.sock", unique_base()))
-}
-
-fn with_socket(p: PolicyBuilder, socket: &Path) -> PolicyBuilder {
-    p.control("socket", format!("{:?}", socket.to_str().expect("utf-8 path")))
-}
-
-/// `curl --unix-socket SOCKET -X METHOD http://op25b/PATH [-d BODY]`:
-/// (HTTP status, the JSON answer).
-fn curl(socket: &Path, method: &str, path: &str, body: Option<&str>) -> (u16, Value) {
-    let mut cmd = Command::new("curl");
-    cmd.args(["-sS", "--max-time", "30", "--unix-socket"]).arg(socket).args(["-X", method]);
-    cmd.args(["-w", "\n%{http_code}"]).arg(format!("http://op25b{path}"));
-    if let Some(b) = body {
-        cmd.args(["-H", "Content-Type: application/json", "--data-binary", b]);
-    }
-    let out = cmd.output().expect("curl runs (scripts/setup.sh installs it)");
-    let text = String::from_utf8_lossy(&out.stdout).to_string();
-    assert!(out.status.success(), "curl {method} {path}: {}{text}", String::from_utf8_lossy(&out.stderr));
-    let (json, status) = text.trim_end().rsplit_once('\n').unwrap_or_else(|| panic!("no status line: {text}"));
-    let status: u16 = status.parse().unwrap_or_else(|e| panic!("{e}: {text}"));
-    let v = serde_json::from_str(json).unwrap_or_else(|e| panic!("{method} {path}: {e}: {json}"));
-    (status, v)
-}
-
 /// Waits (bounded) until op25b answers on its socket.
 fn wait_socket(socket: &Path) {
     let deadline = Instant::now() + WAIT;
@@ -145,7 +119,7 @@ fn every_endpoint_over_curl_and_the_cli_as_its_client() {
     let socket = socket_path("api");
     let metrics = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("a free port");
     let lab = Lab::start(LabOptions::edit(|p| {
-        with_socket(p, &socket).control("metrics", format!("\"{metrics}\"")).abuse("threshold", 1000)
+        p.control("socket", toml_path(&socket)).control("metrics", format!("\"{metrics}\"")).abuse("threshold", 1000)
     }));
     wait_socket(&socket);
     // The metrics listener only reads: none of the socket's API is there.
@@ -260,7 +234,7 @@ fn every_endpoint_over_curl_and_the_cli_as_its_client() {
 fn events_follow_receives_a_blocked_syn_live_without_an_events_file() {
     let socket = socket_path("follow");
     // No [events] file: the stream is fed all the same.
-    let lab = Lab::start(LabOptions::edit(|p| with_socket(p, &socket).abuse("threshold", 2)));
+    let lab = Lab::start(LabOptions::edit(|p| p.control("socket", toml_path(&socket)).abuse("threshold", 2)));
     wait_socket(&socket);
     let mut cli = Command::new(env!("CARGO_BIN_EXE_op25b"));
     cli.args(["events", "--follow"]).env("OP25B_SOCKET", &socket);
@@ -326,7 +300,7 @@ fn a_follower_that_stops_reading_is_told_what_it_missed_and_the_file_loses_nothi
     let _remove = Remove(file.clone());
     let lab = Lab::start(LabOptions::edit(|p| {
         // Every SYN refused at once: none waits for a retransmission.
-        with_socket(p, &socket)
+        p.control("socket", toml_path(&socket))
             .unlimited_replies()
             .events("path", format!("{:?}", file.to_str().expect("utf-8 path")))
             .events("per_subscriber_per_minute", 1_000_000)
@@ -395,7 +369,7 @@ fn exec_reload() -> Vec<String> {
 #[test]
 fn the_units_exec_reload_fails_when_op25b_refuses_the_config() {
     let socket = socket_path("unit");
-    let lab = Lab::start(LabOptions::edit(|p| with_socket(p, &socket)));
+    let lab = Lab::start(LabOptions::edit(|p| p.control("socket", toml_path(&socket))));
     wait_socket(&socket);
     let words = exec_reload();
     // The unit's op25b has its socket where the command looks by default;

@@ -198,7 +198,6 @@ fn a_full_disk_is_counted_and_logged_once_and_forwarding_goes_on() {
     std::fs::create_dir_all(&dir).expect("mount point");
     let socket = std::env::temp_dir().join(format!("{base}.sock"));
     let (events, capture, stats_file) = (dir.join("events.jsonl"), dir.join("dropped.pcap"), dir.join("stats.json"));
-    let q = |p: &Path| format!("{:?}", p.to_str().expect("utf-8 path"));
     let opts = LabOptions {
         // op25b in a mount namespace of its own, on a 64 KiB tmpfs that
         // exists only there (and goes with it).
@@ -209,10 +208,10 @@ fn a_full_disk_is_counted_and_logged_once_and_forwarding_goes_on() {
             .collect(),
         stats_file: Some(stats_file.clone()),
         ..LabOptions::edit(|p| {
-            p.events("path", q(&events))
+            p.events("path", toml_path(&events))
                 .events("per_subscriber_per_minute", 1000)
-                .capture("dropped", q(&capture))
-                .control("socket", q(&socket))
+                .capture("dropped", toml_path(&capture))
+                .control("socket", toml_path(&socket))
         })
     };
     let mut lab = Lab::start(opts);

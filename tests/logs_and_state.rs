@@ -45,20 +45,8 @@ impl Drop for Dir {
     }
 }
 
-fn q(p: &Path) -> String {
-    format!("{:?}", p.to_str().expect("utf-8 path"))
-}
-
-/// `op25b ARGS --socket S`: (exit code, stdout, stderr).
-fn op25b(args: &[&str], socket: &Path) -> (i32, String, String) {
-    let out =
-        Command::new(env!("CARGO_BIN_EXE_op25b")).args(args).arg("--socket").arg(socket).output().expect("op25b runs");
-    let text = |b: &[u8]| String::from_utf8_lossy(b).to_string();
-    (out.status.code().unwrap_or(-1), text(&out.stdout), text(&out.stderr))
-}
-
 fn counters(socket: &Path) -> Value {
-    let (code, out, err) = op25b(&["stats", "--json"], socket);
+    let (code, out, err) = op25b_at(&["stats", "--json"], &[socket]);
     assert_eq!(code, 0, "op25b stats: {err}");
     let v: Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
     v["stats"]["counters"].clone()
@@ -116,10 +104,10 @@ fn rotating_the_events_file_under_a_stream_of_blocked_syns_loses_and_repeats_no_
     let dir = Dir::new();
     let (events, capture, socket) = (dir.join("events.jsonl"), dir.join("dropped.pcap"), dir.join("op25b.sock"));
     let mut lab = Lab::start(LabOptions::edit(|p| {
-        p.events("path", q(&events))
+        p.events("path", toml_path(&events))
             .events("per_subscriber_per_minute", 1_000_000)
-            .capture("dropped", q(&capture))
-            .control("socket", q(&socket))
+            .capture("dropped", toml_path(&capture))
+            .control("socket", toml_path(&socket))
             .unlimited_replies()
     }));
     let (moved, rotated, moved_pcap) =
@@ -219,16 +207,16 @@ fn events_and_capture_paths_change_on_reload_and_refusals_name_the_key() {
     let (events, capture) = (dir.join("a/events.jsonl"), dir.join("a/dropped.pcap"));
     let (events2, capture2) = (dir.join("b/events.jsonl"), dir.join("b/dropped.pcap"));
     let mut lab = Lab::start(LabOptions::edit(|p| {
-        p.events("path", q(&events)).capture("dropped", q(&capture)).unlimited_replies()
+        p.events("path", toml_path(&events)).capture("dropped", toml_path(&capture)).unlimited_replies()
     }));
     assert!(!reaches_from(&lab, DYN4, 0, sa(MX4, 25)));
     let policy = lab.policy.clone();
     // New paths and a new limit: in force at once, the old files left whole.
     let moved = policy
         .clone()
-        .events("path", q(&events2))
+        .events("path", toml_path(&events2))
         .events("per_subscriber_per_minute", 2)
-        .capture("dropped", q(&capture2));
+        .capture("dropped", toml_path(&capture2));
     let r = lab.reload(&moved.toml());
     assert!(r.accepted, "{r}");
     for port in 30_000..30_005 {
@@ -257,7 +245,7 @@ fn events_and_capture_paths_change_on_reload_and_refusals_name_the_key() {
     let off = PolicyBuilder::lab()
         .defaults()
         .unlimited_replies()
-        .capture("dropped", q(&capture2))
+        .capture("dropped", toml_path(&capture2))
         .devices((SUB_TUN, Some(lab.sub.as_str())), (UP_TUN, Some(lab.up.as_str())));
     // The file is rotated first: a refused reload reopens it all the same.
     let moved_away = dir.join("b/events.jsonl.1");
@@ -276,11 +264,13 @@ fn events_and_capture_paths_change_on_reload_and_refusals_name_the_key() {
     );
     assert_eq!(pcap_records(&capture2), captured, "the capture reopened where it was, nothing lost");
     assert!(
-        r.message
-            .contains(&format!("events.path: changed from {} to (none), which needs a restart of op25b", q(&events2))),
+        r.message.contains(&format!(
+            "events.path: changed from {} to (none), which needs a restart of op25b",
+            toml_path(&events2)
+        )),
         "{r}"
     );
-    let socket = moved.clone().control("socket", q(&dir.join("other.sock")));
+    let socket = moved.clone().control("socket", toml_path(&dir.join("other.sock")));
     let r = lab.reload(&socket.toml());
     assert!(!r.accepted && r.message.contains("control.socket: changed from (none) to "), "{r}");
     assert!(!r.message.contains("Some(") && !r.message.contains("Config {"), "no Rust debug output: {r}");
@@ -291,7 +281,7 @@ fn events_and_capture_paths_change_on_reload_and_refusals_name_the_key() {
 /// The lab with abuse handling, a control socket and a state file.
 fn abuse_lab(dir: &Dir, state: &Path, opts: LabOptions) -> (Lab, PathBuf) {
     let socket = dir.join("op25b.sock");
-    let (s, st) = (q(&socket), q(state));
+    let (s, st) = (toml_path(&socket), toml_path(state));
     let policy = opts.policy.clone().control("socket", s).abuse("threshold", 1000).abuse("state_file", st);
     (Lab::start(LabOptions { policy, ..opts }), socket)
 }
@@ -310,7 +300,7 @@ fn a_quarantine_survives_a_restart_and_one_that_ended_meanwhile_does_not() {
         assert!(!reaches_from(&lab, DYN4, 0, sa(MX4, 25)));
     }
     for (who, time) in [(DYN4, "10m"), (OTHER4, "2s")] {
-        let (code, out, err) = op25b(&["quarantine", who, "--for", time], &socket);
+        let (code, out, err) = op25b_at(&["quarantine", who, "--for", time], &[&socket]);
         assert_eq!(code, 0, "{out}{err}");
     }
     assert!(!reaches_from(&lab, DYN4, 0, web) && !reaches_from(&lab, OTHER4, 0, web));
@@ -325,7 +315,7 @@ fn a_quarantine_survives_a_restart_and_one_that_ended_meanwhile_does_not() {
     assert_eq!(restored.len(), 1, "{log}");
     assert!(restored[0].contains("quarantines=1") && restored[0].contains("ended_meanwhile=1"), "{}", restored[0]);
     assert_eq!(counters(&socket)["abuse_tracked"], tracked_before, "the table came back too");
-    let (code, out, err) = op25b(&["top", "--json"], &socket);
+    let (code, out, err) = op25b_at(&["top", "--json"], &[&socket]);
     assert_eq!(code, 0, "{err}");
     let top: Value = serde_json::from_str(&out).expect("top JSON");
     let top = &top["top"];
@@ -333,7 +323,7 @@ fn a_quarantine_survives_a_restart_and_one_that_ended_meanwhile_does_not() {
     assert_eq!(top[0]["state"], "quarantined", "{top}");
 
     // Release works after the restart, and the release is saved too.
-    let (code, out, err) = op25b(&["release", DYN4], &socket);
+    let (code, out, err) = op25b_at(&["release", DYN4], &[&socket]);
     assert_eq!(code, 0, "{out}{err}");
     assert!(reaches_from(&lab, DYN4, 0, web), "released at once");
     lab.restart(Duration::ZERO);
@@ -366,7 +356,7 @@ fn a_quarantine_survives_a_crash_once_saved() {
     let state = dir.join("abuse.state");
     let (mut lab, socket) = abuse_lab(&dir, &state, LabOptions::default());
     let _servers = Servers::start(&lab.up, &[80]);
-    let (code, out, err) = op25b(&["quarantine", DYN4, "--for", "10m"], &socket);
+    let (code, out, err) = op25b_at(&["quarantine", DYN4, "--for", "10m"], &[&socket]);
     assert_eq!(code, 0, "{out}{err}");
     // Saved within a second of the change, without a stop.
     wait_saved_quarantine(&state, DYN4, "the quarantine was never saved");
@@ -399,7 +389,7 @@ fn a_damaged_state_file_is_moved_aside_with_one_warning_and_op25b_starts_empty()
     assert_eq!(aside.len(), 1, "moved aside, not deleted");
     assert_eq!(std::fs::read(&aside[0]).expect("the moved file"), damaged, "kept as it was");
     // The next change writes a good file.
-    let (code, out, err) = op25b(&["quarantine", DYN4, "--for", "10m"], &socket);
+    let (code, out, err) = op25b_at(&["quarantine", DYN4, "--for", "10m"], &[&socket]);
     assert_eq!(code, 0, "{out}{err}");
     wait_saved_quarantine(&state, DYN4, "no good state file after the quarantine");
 }
@@ -424,7 +414,7 @@ fn a_full_disk_under_the_state_file_is_counted_and_logged_once_and_op25b_runs_on
     let inside = PathBuf::from(format!("/proc/{}/root", lab.pid())).join(mount.strip_prefix("/").expect("absolute"));
     fill(&inside);
     let _servers = Servers::start(&lab.up, &[80, 587]);
-    let (code, out, err) = op25b(&["quarantine", DYN4, "--for", "10m"], &socket);
+    let (code, out, err) = op25b_at(&["quarantine", DYN4, "--for", "10m"], &[&socket]);
     assert_eq!(code, 0, "{out}{err}");
     let deadline = Instant::now() + WAIT;
     while counters(&socket)["abuse_state_write_errors"].as_u64() < Some(2) {
@@ -437,7 +427,7 @@ fn a_full_disk_under_the_state_file_is_counted_and_logged_once_and_op25b_runs_on
     assert!(!reaches_from(&lab, DYN4, 0, sa(MX4, 80)), "the quarantine is in force");
     assert!(reaches_from(&lab, DYN4, 0, sa(MX4, 587)), "the walled garden works");
     assert!(reaches_from(&lab, STATIC4, 0, sa(MX4, 80)), "forwarding goes on");
-    let (code, _, err) = op25b(&["stats"], &socket);
+    let (code, _, err) = op25b_at(&["stats"], &[&socket]);
     assert_eq!(code, 0, "{err}");
     let c = lab.stop();
     assert!(c.get("abuse_state_write_errors") >= 2, "{c}");

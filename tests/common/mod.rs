@@ -23,11 +23,14 @@ use std::time::Duration;
 use nix::sched::{setns, CloneFlags};
 pub use op25b::testing::lab::*;
 
+mod control;
 mod lab;
 mod promtool;
 mod servers;
 
 // Each test binary uses its own part of the harness.
+#[allow(unused_imports)]
+pub use control::*;
 #[allow(unused_imports)]
 pub use lab::*;
 #[allow(unused_imports)]
