@@ -21,19 +21,18 @@ use serde_json::Value;
 const OTHER4: &str = "100.64.1.11";
 const WAIT: Duration = Duration::from_secs(10);
 
+/// op25b's events file, removed on drop.
 struct Files {
-    socket: PathBuf,
     events: PathBuf,
 }
 
 impl Files {
     fn new() -> Files {
-        let socket = socket_path("abuse");
-        Files { events: socket.with_extension("jsonl"), socket }
+        Files { events: std::env::temp_dir().join(format!("{}-abuse.jsonl", unique_base())) }
     }
 
     fn edit(&self, p: PolicyBuilder) -> PolicyBuilder {
-        p.control("socket", toml_path(&self.socket)).events("path", toml_path(&self.events))
+        p.events("path", toml_path(&self.events))
     }
 
     fn events(&self) -> Vec<Value> {
@@ -117,16 +116,19 @@ fn subscriber_events<'a>(events: &'a [Value], kind: &str, who: &str) -> Vec<&'a 
 #[test]
 fn a_zombie_is_reported_once_quarantined_and_released() {
     let files = Files::new();
-    let lab = Lab::start(LabOptions::edit(|p| {
-        files
-            .edit(p)
-            .unlimited_replies()
-            .abuse("window", "\"60s\"")
-            .abuse("threshold", 5)
-            .abuse("destinations_threshold", 100)
-            .abuse("on_suspect", "\"quarantine\"")
-            .abuse("quarantine_for", "\"3s\"")
-    }));
+    let lab = Lab::start(
+        LabOptions::edit(|p| {
+            files
+                .edit(p)
+                .unlimited_replies()
+                .abuse("window", "\"60s\"")
+                .abuse("threshold", 5)
+                .abuse("destinations_threshold", 100)
+                .abuse("on_suspect", "\"quarantine\"")
+                .abuse("quarantine_for", "\"3s\"")
+        })
+        .with_socket(),
+    );
     lab.sub_ip(&["addr", "add", &format!("{OTHER4}/32"), "dev", "lo"]);
     let _servers = Servers::start(&lab.up, &[25, 53, 80, 587]);
     let web = sa(MX4, 80);
@@ -161,11 +163,11 @@ fn a_zombie_is_reported_once_quarantined_and_released() {
     assert_eq!((ended["subscriber"].as_str(), ended["reason"].as_str()), (Some(DYN4), Some("expired")), "{ended}");
 
     // By hand: `op25b quarantine` for a long time, then `op25b release`.
-    let (code, out, err) = op25b_at(&["quarantine", DYN4, "--for", "10m"], &[&files.socket]);
+    let (code, out, err) = op25b_at(&["quarantine", DYN4, "--for", "10m"], &[lab.socket()]);
     assert_eq!(code, 0, "{out}{err}");
     assert_eq!(out.trim(), format!("{DYN4} in quarantine for 10 min"));
     assert!(!reaches(&lab, DYN4, web), "in force as soon as the command returns");
-    let top = top_json(&files.socket);
+    let top = top_json(lab.socket());
     assert_eq!(top[0]["subscriber"], DYN4, "the heavy hitter first: {top:?}");
     assert_eq!(top[0]["state"], "quarantined", "{top:?}");
     assert_eq!((top[0]["attempts"].as_u64(), top[0]["total"].as_u64()), (Some(8), Some(8)), "{top:?}");
@@ -175,22 +177,22 @@ fn a_zombie_is_reported_once_quarantined_and_released() {
     for field in ["first_seen", "last_seen"] {
         assert!(top[0][field].as_f64().is_some_and(|t| t > 1.7e9), "{field}: {top:?}");
     }
-    let (code, out, err) = op25b_at(&["release", DYN4], &[&files.socket]);
+    let (code, out, err) = op25b_at(&["release", DYN4], &[lab.socket()]);
     assert_eq!(code, 0, "{out}{err}");
     assert!(reaches(&lab, DYN4, web), "released at once");
-    let (code, _, err) = op25b_at(&["release", DYN4], &[&files.socket]);
+    let (code, _, err) = op25b_at(&["release", DYN4], &[lab.socket()]);
     assert_eq!(code, 1, "not in quarantine any more: {err}");
     assert!(err.contains("not in quarantine"), "{err}");
 
     // The text screen names both subscribers.
-    let (code, out, err) = op25b_at(&["top"], &[&files.socket]);
+    let (code, out, err) = op25b_at(&["top"], &[lab.socket()]);
     assert_eq!(code, 0, "{err}");
     println!("op25b top:\n{out}");
     assert!(out.starts_with("op25b top: 2 tracked"), "{out}");
     assert!(out.contains(DYN4) && out.contains(OTHER4), "{out}");
 
     let metrics_like = {
-        let (code, out, err) = op25b_at(&["stats", "--json"], &[&files.socket]);
+        let (code, out, err) = op25b_at(&["stats", "--json"], &[lab.socket()]);
         assert_eq!(code, 0, "{err}");
         serde_json::from_str::<Value>(&out).expect("stats JSON")
     };
@@ -215,9 +217,12 @@ fn a_zombie_is_reported_once_quarantined_and_released() {
 #[test]
 fn monitor_lets_port_25_through_and_reports_who_would_be_blocked() {
     let files = Files::new();
-    let lab = Lab::start(LabOptions::edit(|p| {
-        files.edit(p).action("monitor").abuse("threshold", 3).abuse("on_suspect", "\"quarantine\"")
-    }));
+    let lab = Lab::start(
+        LabOptions::edit(|p| {
+            files.edit(p).action("monitor").abuse("threshold", 3).abuse("on_suspect", "\"quarantine\"")
+        })
+        .with_socket(),
+    );
     let servers = Servers::start(&lab.up, &[25, 80]);
     for _ in 0..4 {
         assert!(reaches(&lab, DYN4, sa(MX4, 25)), "monitor blocks nothing");
@@ -230,7 +235,7 @@ fn monitor_lets_port_25_through_and_reports_who_would_be_blocked() {
     assert_eq!((suspected["subscriber"].as_str(), suspected["action"].as_str()), (Some(DYN4), Some("monitor")));
     // Measuring quarantines nobody.
     assert!(reaches(&lab, DYN4, sa(MX4, 80)));
-    let top = top_json(&files.socket);
+    let top = top_json(lab.socket());
     assert_eq!((top[0]["subscriber"].as_str(), top[0]["attempts"].as_u64()), (Some(DYN4), Some(4)), "{top:?}");
     assert_eq!(top[0]["state"], "suspected", "{top:?}");
     assert_eq!(servers.accepted_on(sa(MX4, 25)).len(), 4, "every connection reached the outside server");
@@ -254,7 +259,7 @@ fn syn_retransmits() -> u64 {
 #[test]
 fn a_retransmitted_syn_is_one_attempt_and_every_syn_one_packet() {
     let files = Files::new();
-    let lab = Lab::start(LabOptions::edit(|p| files.edit(p).action("drop").abuse("threshold", 100)));
+    let lab = Lab::start(LabOptions::edit(|p| files.edit(p).action("drop").abuse("threshold", 100)).with_socket());
     let before = in_netns(&lab.sub, syn_retransmits);
     // One connect(): nothing answers, so the kernel sends its SYN again
     // (1 s, then 2 s later) until the connect timeout.
@@ -268,7 +273,7 @@ fn a_retransmitted_syn_is_one_attempt_and_every_syn_one_packet() {
     // Abuse handling counted one attempt (once the workers' queue is drained).
     let deadline = Instant::now() + WAIT;
     let stats = loop {
-        let (code, out, err) = op25b_at(&["stats", "--json"], &[&files.socket]);
+        let (code, out, err) = op25b_at(&["stats", "--json"], &[lab.socket()]);
         assert_eq!(code, 0, "{err}");
         let v: Value = serde_json::from_str(&out).expect("stats JSON");
         if v["stats"]["counters"]["op25b_blocked"].as_u64() == Some(syns) || Instant::now() > deadline {
@@ -283,7 +288,7 @@ fn a_retransmitted_syn_is_one_attempt_and_every_syn_one_packet() {
     assert_eq!(stats["stats"]["op25b_blocked_connections_by_action"]["drop"], 1, "{stats}");
     let deadline = Instant::now() + WAIT;
     let top = loop {
-        let top = top_json(&files.socket);
+        let top = top_json(lab.socket());
         if !top.is_empty() || Instant::now() > deadline {
             break top;
         }

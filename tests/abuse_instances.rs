@@ -12,7 +12,7 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::io;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -26,41 +26,30 @@ const ONLY_B: &str = "100.64.1.12";
 const NOBODY: &str = "100.64.1.99";
 const WAIT: Duration = Duration::from_secs(10);
 
-/// An instance: its lab and its control socket.
-struct Instance {
-    lab: Lab,
-    socket: PathBuf,
-}
-
-impl Instance {
-    fn start(extra: &str) -> Instance {
-        let socket = socket_path("instance");
-        let lab = Lab::start(LabOptions::edit(|p| {
-            p.control("socket", toml_path(&socket))
-                .unlimited_replies()
+/// An op25b instance: a lab of its own with a control socket and abuse
+/// handling, and `extra` a second subscriber address in it.
+fn instance(extra: &str) -> Lab {
+    let lab = Lab::start(
+        LabOptions::edit(|p| {
+            p.unlimited_replies()
                 .abuse("window", "\"60s\"")
                 .abuse("threshold", 100)
                 .abuse("destinations_threshold", 100)
                 .abuse("quarantine_for", "\"10m\"")
-        }));
-        lab.sub_ip(&["addr", "add", &format!("{extra}/32"), "dev", "lo"]);
-        Instance { lab, socket }
-    }
-
-    /// `n` connection attempts from `src` to port 25 outside, each refused at once.
-    fn blocked_syns(&self, src: &str, n: usize) {
-        for _ in 0..n {
-            match self.lab.connect(Some(ip(src)), sa(MX4, 25), Duration::from_secs(3)) {
-                Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {}
-                other => panic!("{src} -> port 25: not refused at once: {other:?}"),
-            }
-        }
-    }
+        })
+        .with_socket(),
+    );
+    lab.sub_ip(&["addr", "add", &format!("{extra}/32"), "dev", "lo"]);
+    lab
 }
 
-impl Drop for Instance {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.socket);
+/// `n` connection attempts from `src` to port 25 outside, each refused at once.
+fn blocked_syns(lab: &Lab, src: &str, n: usize) {
+    for _ in 0..n {
+        match lab.connect(Some(ip(src)), sa(MX4, 25), Duration::from_secs(3)) {
+            Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {}
+            other => panic!("{src} -> port 25: not refused at once: {other:?}"),
+        }
     }
 }
 
@@ -103,37 +92,36 @@ fn table(pairs: &[(&str, u64)]) -> BTreeMap<String, u64> {
     pairs.iter().map(|(k, v)| (k.to_string(), *v)).collect()
 }
 
-#[test]
-fn top_merges_two_instances_and_quarantine_goes_where_the_subscriber_is() {
-    let a = Instance::start(ONLY_A);
-    let mut b = Instance::start(ONLY_B);
-    let (sa_, sb) = (a.socket.as_path(), b.socket.as_path());
-    // DYN4 tries through both instances; each other subscriber through one.
-    a.blocked_syns(DYN4, 3);
-    a.blocked_syns(ONLY_A, 2);
-    b.blocked_syns(DYN4, 4);
-    b.blocked_syns(ONLY_B, 5);
-    let ta = wait_table(sa_, &table(&[(DYN4, 3), (ONLY_A, 2)]));
-    let tb = wait_table(sb, &table(&[(DYN4, 4), (ONLY_B, 5)]));
-    // One socket: today's answer, no merged fields.
-    assert!(ta.get("instances").is_none(), "{ta}");
+/// The instances' sockets, as `op25b --socket` names them.
+fn names(sa_: &Path, sb: &Path) -> (String, String) {
+    (sa_.display().to_string(), sb.display().to_string())
+}
 
-    // The merged view equals the sum of the two tables, row by row.
+/// The row of subscriber `who` in a `top` answer.
+fn row(m: &Value, who: &str) -> Option<Value> {
+    m["top"].as_array().unwrap().iter().find(|r| r["subscriber"] == who).cloned()
+}
+
+/// The instances that hold a row.
+fn on(r: &Value) -> Vec<String> {
+    r["instances"].as_array().unwrap().iter().map(|i| i["instance"].as_str().unwrap().to_string()).collect()
+}
+
+/// The merged view of A's table `ta` and B's `tb` is their sum, row by row,
+/// in JSON and in text, and its heaviest row is the heaviest sum.
+fn merged_top_is_the_sum(sa_: &Path, sb: &Path, ta: &Value, tb: &Value) {
     let (code, m) = top(&[sa_, sb]);
     assert_eq!(code, 0, "{m}");
     println!("merged: {m:#}");
-    let mut sum = attempts(&ta);
-    for (who, n) in attempts(&tb) {
+    let mut sum = attempts(ta);
+    for (who, n) in attempts(tb) {
         *sum.entry(who).or_default() += n;
     }
     assert_eq!(attempts(&m), sum);
     assert_eq!(attempts(&m), table(&[(DYN4, 7), (ONLY_A, 2), (ONLY_B, 5)]));
     let rows = m["top"].as_array().unwrap();
     assert_eq!(rows[0]["subscriber"], DYN4, "heaviest first");
-    let on = |r: &Value| -> Vec<String> {
-        r["instances"].as_array().unwrap().iter().map(|i| i["instance"].as_str().unwrap().to_string()).collect()
-    };
-    let (na, nb) = (sa_.display().to_string(), sb.display().to_string());
+    let (na, nb) = names(sa_, sb);
     assert_eq!(on(&rows[0]), [na.clone(), nb.clone()]);
     // Both tried the one server: the largest count, not the sum.
     assert_eq!(rows[0]["destinations"], 1, "{m}");
@@ -148,7 +136,6 @@ fn top_merges_two_instances_and_quarantine_goes_where_the_subscriber_is() {
             .sum();
         assert_eq!(r["total"].as_u64(), Some(total), "{r}");
     }
-    let row = |m: &Value, who: &str| m["top"].as_array().unwrap().iter().find(|r| r["subscriber"] == who).cloned();
     assert_eq!(on(&row(&m, ONLY_A).unwrap()), std::slice::from_ref(&na));
     assert_eq!(on(&row(&m, ONLY_B).unwrap()), std::slice::from_ref(&nb));
     assert_eq!(m["tracked"], 4, "{m}");
@@ -167,8 +154,10 @@ fn top_merges_two_instances_and_quarantine_goes_where_the_subscriber_is() {
     assert_eq!(code, 0, "{out}{err}");
     let one: Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
     assert_eq!(attempts(&one), table(&[(DYN4, 7)]), "{one}");
+}
 
-    // The lookup the merge uses, as curl asks it; a bad one is a 400.
+/// The lookup the merge uses, as curl asks it of B; a bad one is a 400.
+fn subscriber_lookup(sb: &Path) {
     let (status, v) =
         curl(sb, "POST", "/v1/subscribers", Some(&format!(r#"{{"subscribers": ["{ONLY_B}", "{ONLY_A}", "{DYN4}"]}}"#)));
     assert_eq!(status, 200, "{v}");
@@ -181,8 +170,12 @@ fn top_merges_two_instances_and_quarantine_goes_where_the_subscriber_is() {
         assert_eq!(status, 400, "{bad}: {v}");
         assert!(v["error"].is_string(), "{v}");
     }
+}
 
-    // Quarantine goes to the instance that holds the subscriber, and says so.
+/// Quarantine and release go to the instance that holds the subscriber (or
+/// everywhere with --all), and say so.
+fn quarantine_goes_where_the_subscriber_is(sa_: &Path, sb: &Path) {
+    let (na, nb) = names(sa_, sb);
     let (code, out, err) = op25b_at(&["quarantine", ONLY_B], &[sa_, sb]);
     assert_eq!(code, 0, "{out}{err}");
     assert!(out.contains(&format!("{nb}: {ONLY_B} in quarantine for 10 min")), "{out}");
@@ -213,12 +206,15 @@ fn top_merges_two_instances_and_quarantine_goes_where_the_subscriber_is() {
     assert!(out.contains(&format!("{nb}: {ONLY_B} is not in quarantine there: left alone")), "{out}");
     let (code, out, err) = op25b_at(&["release", "--all", NOBODY], &[sa_, sb]);
     assert_eq!((code, out.matches("released from quarantine").count()), (0, 2), "{out}{err}");
+}
 
-    // One instance stops: top shows the other, names the silent one, exits 2.
-    b.lab.stop();
+/// With B stopped, `top` shows A (whose table is `ta`), names the silent
+/// one and exits 2; a quarantine still reaches A, and the exit says B did not.
+fn one_instance_silent(sa_: &Path, sb: &Path, ta: &Value) {
+    let (na, nb) = names(sa_, sb);
     let (code, m) = top(&[sa_, sb]);
     assert_eq!(code, 2, "{m}");
-    assert_eq!(attempts(&m), attempts(&ta), "{m}");
+    assert_eq!(attempts(&m), attempts(ta), "{m}");
     assert_eq!(m["instances"][1]["answered"], false, "{m}");
     assert!(m["instances"][1]["error"].as_str().unwrap().contains("no op25b answers"), "{m}");
     let (code, text, err) = op25b_at(&["top"], &[sa_, sb]);
@@ -226,10 +222,32 @@ fn top_merges_two_instances_and_quarantine_goes_where_the_subscriber_is() {
     assert!(text.starts_with("op25b top over 1 of 2 instances"), "{text}");
     assert!(text.contains(&format!("[2] {nb}: NO ANSWER")), "{text}");
     assert!(err.contains(&format!("op25b: error: {nb}: no op25b answers")), "{err}");
-    // A quarantine still reaches the instance that answers; the exit says one did not.
     let (code, out, err) = op25b_at(&["quarantine", ONLY_A], &[sa_, sb]);
     assert_eq!(code, 2, "{out}{err}");
     assert!(out.contains(&format!("{na}: {ONLY_A} in quarantine")), "{out}");
     assert!(err.contains(&nb), "{err}");
     assert_eq!(quarantined(sa_), vec![ONLY_A.to_string()]);
+}
+
+#[test]
+fn top_merges_two_instances_and_quarantine_goes_where_the_subscriber_is() {
+    let a = instance(ONLY_A);
+    let mut b = instance(ONLY_B);
+    // Owned: B stops before the last part.
+    let (path_a, path_b) = (a.socket().to_path_buf(), b.socket().to_path_buf());
+    let (sa_, sb) = (path_a.as_path(), path_b.as_path());
+    // DYN4 tries through both instances; each other subscriber through one.
+    blocked_syns(&a, DYN4, 3);
+    blocked_syns(&a, ONLY_A, 2);
+    blocked_syns(&b, DYN4, 4);
+    blocked_syns(&b, ONLY_B, 5);
+    let ta = wait_table(sa_, &table(&[(DYN4, 3), (ONLY_A, 2)]));
+    let tb = wait_table(sb, &table(&[(DYN4, 4), (ONLY_B, 5)]));
+    // One socket: today's answer, no merged fields.
+    assert!(ta.get("instances").is_none(), "{ta}");
+    merged_top_is_the_sum(sa_, sb, &ta, &tb);
+    subscriber_lookup(sb);
+    quarantine_goes_where_the_subscriber_is(sa_, sb);
+    b.stop();
+    one_instance_silent(sa_, sb, &ta);
 }

@@ -43,6 +43,8 @@ pub struct LabOptions {
     /// Another binary that takes op25b's `run` arguments (a router built on
     /// `op25b::daemon`, such as examples/custom_router.rs); op25b by default.
     pub binary: Option<PathBuf>,
+    /// Give op25b a control socket of the lab's own ([`Lab::socket`]).
+    pub control_socket: bool,
 }
 
 impl Default for LabOptions {
@@ -55,6 +57,7 @@ impl Default for LabOptions {
             wrapper: Vec::new(),
             stats_file: None,
             binary: None,
+            control_socket: false,
         }
     }
 }
@@ -65,6 +68,11 @@ impl LabOptions {
     pub fn edit(f: impl FnOnce(PolicyBuilder) -> PolicyBuilder) -> LabOptions {
         let d = LabOptions::default();
         LabOptions { policy: f(d.policy), ..d }
+    }
+
+    /// These options with a control socket of the lab's own ([`Lab::socket`]).
+    pub fn with_socket(self) -> LabOptions {
+        LabOptions { control_socket: true, ..self }
     }
 }
 
@@ -202,6 +210,8 @@ pub struct Lab {
     opts: LabOptions,
     /// The lab's names (namespaces, devices) for its set-up.
     names: Names,
+    /// op25b's control socket, when [`LabOptions::control_socket`] asked for one.
+    socket: Option<PathBuf>,
 }
 
 impl Lab {
@@ -218,7 +228,11 @@ impl Lab {
             ..Names::new(&base).unwrap_or_else(|| panic!("{base:?} is no lab name"))
         };
         let (sub, up) = (names.sub_ns.clone(), names.inet_ns.clone());
-        let policy = opts.policy.clone().devices((SUB_TUN, Some(sub.as_str())), (UP_TUN, Some(up.as_str())));
+        let socket = opts.control_socket.then(|| dir.join(format!("{base}.sock")));
+        let mut policy = opts.policy.clone().devices((SUB_TUN, Some(sub.as_str())), (UP_TUN, Some(up.as_str())));
+        if let Some(s) = &socket {
+            policy = policy.control("socket", toml_path(s));
+        }
         let mut lab = Lab {
             sub,
             up,
@@ -231,6 +245,7 @@ impl Lab {
             policy,
             opts: LabOptions::default(),
             names: names.clone(),
+            socket: socket.clone(),
         };
         lab.namespaces = vec![lab.sub.clone(), lab.up.clone()];
         setup::create_namespaces(&names).unwrap_or_else(|e| panic!("creating the lab's namespaces: {e}"));
@@ -242,6 +257,8 @@ impl Lab {
         let tmp_name = format!(".{}.tmp", lab.stats.file_name().map(|n| n.to_string_lossy()).unwrap_or_default());
         lab.files.extend([lab.stats.clone(), lab.stats.with_file_name(tmp_name)]);
         lab.files.push(lab.log.clone());
+        // op25b removes its socket when it stops; not when it is killed.
+        lab.files.extend(socket);
         lab.launch(&opts, false);
         lab.opts = opts;
         lab
@@ -320,6 +337,12 @@ impl Lab {
         assert!(self.child.is_none(), "op25b is still running");
         let opts = self.opts.clone();
         self.launch(&opts, true);
+    }
+
+    /// op25b's control socket ([`LabOptions::with_socket`]).
+    #[allow(dead_code)] // Not every test file that uses the harness asks for one.
+    pub fn socket(&self) -> &Path {
+        self.socket.as_deref().expect("a lab started with LabOptions::with_socket")
     }
 
     /// `ip -n SUB ARGS`.
