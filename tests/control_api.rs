@@ -114,15 +114,9 @@ fn curl_status(method: &str, url: &str) -> u16 {
     String::from_utf8_lossy(&out.stdout).trim().parse().unwrap_or(0)
 }
 
-#[test]
-fn every_endpoint_over_curl_and_the_cli_as_its_client() {
-    let socket = socket_path("api");
-    let metrics = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("a free port");
-    let lab = Lab::start(LabOptions::edit(|p| {
-        p.control("socket", toml_path(&socket)).control("metrics", format!("\"{metrics}\"")).abuse("threshold", 1000)
-    }));
-    wait_socket(&socket);
-    // The metrics listener only reads: none of the socket's API is there.
+/// The metrics listener at `metrics` answers, and only reads: none of the
+/// socket's API is there.
+fn metrics_listener_only_reads(metrics: std::net::SocketAddr) {
     let deadline = Instant::now() + WAIT;
     while curl_status("GET", &format!("http://{metrics}/healthz")) != 200 {
         assert!(Instant::now() < deadline, "nothing answers on {metrics}");
@@ -137,45 +131,50 @@ fn every_endpoint_over_curl_and_the_cli_as_its_client() {
             "{method} {path} on the metrics listener"
         );
     }
-    let mode = std::fs::metadata(&socket).map(|m| std::os::unix::fs::PermissionsExt::mode(&m.permissions()));
-    assert_eq!(mode.expect("the socket exists") & 0o777, 0o600, "socket mode");
+}
 
-    // stats
-    let (status, v) = curl(&socket, "GET", "/v1/stats", None);
+/// GET /v1/stats, and `op25b stats --json` finding the socket by OP25B_SOCKET.
+fn stats_endpoint(socket: &Path) {
+    let (status, v) = curl(socket, "GET", "/v1/stats", None);
     assert_eq!(status, 200, "{v}");
     assert_eq!(v["version"], env!("CARGO_PKG_VERSION"));
     assert!(v["stats"]["outbound"]["received"].is_u64(), "{v}");
-    let (code, out, err) = op25b(&["stats", "--json"], &socket);
+    let (code, out, err) = op25b(&["stats", "--json"], socket);
     assert_eq!(code, 0, "OP25B_SOCKET names the socket: {err}");
     assert!(serde_json::from_str::<Value>(&out).is_ok_and(|v| v["stats"].is_object()), "{out}");
+}
 
-    // quarantine: a subscriber, then one outside subscriber.prefixes, then not an address.
+/// POST /v1/quarantine: a subscriber, then one outside subscriber.prefixes,
+/// then not an address; the CLI's usage errors.
+fn quarantine_endpoint(socket: &Path) {
     let (status, v) =
-        curl(&socket, "POST", "/v1/quarantine", Some(&format!("{{\"subscriber\":\"{DYN4}\",\"seconds\":600}}")));
+        curl(socket, "POST", "/v1/quarantine", Some(&format!("{{\"subscriber\":\"{DYN4}\",\"seconds\":600}}")));
     assert_eq!((status, v["quarantined"].as_str(), v["seconds"].as_f64()), (200, Some(DYN4), Some(600.0)), "{v}");
-    let (status, v) = curl(&socket, "POST", "/v1/quarantine", Some("{\"subscriber\":\"8.8.8.8\"}"));
+    let (status, v) = curl(socket, "POST", "/v1/quarantine", Some("{\"subscriber\":\"8.8.8.8\"}"));
     assert_eq!(status, 409, "{v}");
     let e = v["error"].as_str().expect("an error line");
     assert!(e.starts_with("8.8.8.8 is not a subscriber here: not in subscriber.prefixes"), "{e}");
-    let (code, out, err) = op25b(&["quarantine", "8.8.8.8"], &socket);
+    let (code, out, err) = op25b(&["quarantine", "8.8.8.8"], socket);
     assert_eq!((code, out.as_str()), (1, ""), "refused: {err}");
     assert_eq!(err.lines().count(), 1, "one line: {err}");
     assert!(err.contains("not in subscriber.prefixes"), "{err}");
     for args in [&["quarantine", "bogus"][..], &["release", "bogus"], &["quarantine", "100.64.1.10/24"]] {
-        let (code, _, err) = op25b(args, &socket);
+        let (code, _, err) = op25b(args, socket);
         assert_eq!(code, 2, "{args:?} is a usage error: {err}");
         assert_eq!(err.lines().count(), 1, "{args:?}: {err}");
     }
-    let (status, v) = curl(&socket, "POST", "/v1/quarantine", Some("{\"subscriber\":\"bogus\"}"));
+    let (status, v) = curl(socket, "POST", "/v1/quarantine", Some("{\"subscriber\":\"bogus\"}"));
     assert_eq!(status, 400, "{v}");
-    let (status, v) = curl(&socket, "POST", "/v1/quarantine", Some("not json"));
+    let (status, v) = curl(socket, "POST", "/v1/quarantine", Some("not json"));
     assert_eq!(status, 400, "{v}");
+}
 
-    // top: the quarantined list, over curl and in `op25b top --json`.
-    let (status, v) = curl(&socket, "GET", "/v1/top?n=5&by=destinations", None);
+/// GET /v1/top: the quarantined list (DYN4), over curl and in `op25b top --json`.
+fn top_endpoint(socket: &Path) {
+    let (status, v) = curl(socket, "GET", "/v1/top?n=5&by=destinations", None);
     assert_eq!((status, v["by"].as_str()), (200, Some("destinations")), "{v}");
     assert_eq!(v["quarantined"][0]["subscriber"], DYN4, "{v}");
-    let (code, out, err) = op25b(&["top", "--json"], &socket);
+    let (code, out, err) = op25b(&["top", "--json"], socket);
     assert_eq!(code, 0, "{err}");
     let top: Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
     assert!(top["top"].is_array(), "{top}");
@@ -183,39 +182,48 @@ fn every_endpoint_over_curl_and_the_cli_as_its_client() {
     assert_eq!(q.len(), 1, "{top}");
     assert_eq!(q[0]["subscriber"], DYN4, "{top}");
     assert!(q[0]["until"].as_f64().is_some_and(|t| t > 1.7e9), "{top}");
-    let (status, v) = curl(&socket, "GET", "/v1/top?by=size", None);
+    let (status, v) = curl(socket, "GET", "/v1/top?by=size", None);
     assert_eq!(status, 400, "{v}");
+}
 
-    // release: done, then refused (not in quarantine any more).
-    let (status, v) = curl(&socket, "POST", "/v1/release", Some(&format!("{{\"subscriber\":\"{DYN4}\"}}")));
+/// POST /v1/release: done, then refused (not in quarantine any more).
+fn release_endpoint(socket: &Path) {
+    let (status, v) = curl(socket, "POST", "/v1/release", Some(&format!("{{\"subscriber\":\"{DYN4}\"}}")));
     assert_eq!((status, v["released"].as_str()), (200, Some(DYN4)), "{v}");
-    let (status, v) = curl(&socket, "POST", "/v1/release", Some(&format!("{{\"subscriber\":\"{DYN4}\"}}")));
+    let (status, v) = curl(socket, "POST", "/v1/release", Some(&format!("{{\"subscriber\":\"{DYN4}\"}}")));
     assert_eq!(status, 409, "{v}");
-    let (code, _, err) = op25b(&["release", DYN4], &socket);
+    let (code, _, err) = op25b(&["release", DYN4], socket);
     assert_eq!(code, 1, "{err}");
     assert!(err.contains("not in quarantine"), "{err}");
+}
 
-    // reload: accepted, with what was kept.
-    let (status, v) = curl(&socket, "POST", "/v1/reload", None);
+/// POST /v1/reload of `config`: accepted, with what was kept; twice.
+fn reload_endpoint(socket: &Path, config: &Path) {
+    let (status, v) = curl(socket, "POST", "/v1/reload", None);
     assert_eq!((status, v["result"].as_str()), (200, Some("accepted")), "{v}");
-    assert_eq!(v["file"], lab.config.display().to_string());
+    assert_eq!(v["file"], config.display().to_string());
     assert_eq!(v["kept"]["reply_buckets"], true, "the same config keeps the reply buckets: {v}");
-    let (code, out, err) = op25b(&["reload"], &socket);
+    let (code, out, err) = op25b(&["reload"], socket);
     assert_eq!(code, 0, "{err}");
     assert!(out.starts_with("reload accepted: ") && out.contains("(kept: reply buckets"), "{out}");
-    let (_, v) = curl(&socket, "GET", "/v1/stats", None);
+    let (_, v) = curl(socket, "GET", "/v1/stats", None);
     assert_eq!(v["reloads"]["success"], 2, "{v}");
+}
 
-    // Errors are JSON too; the wrong method is not a change of state.
-    let (status, v) = curl(&socket, "GET", "/v1/nothing", None);
+/// Errors are JSON too; the wrong method is not a change of state.
+fn errors_are_json(socket: &Path) {
+    let (status, v) = curl(socket, "GET", "/v1/nothing", None);
     assert!(status == 404 && v["error"].is_string(), "{status} {v}");
-    let (status, v) = curl(&socket, "GET", "/v1/reload", None);
+    let (status, v) = curl(socket, "GET", "/v1/reload", None);
     assert!(status == 405 && v["error"].is_string(), "{status} {v}");
-    let (status, v) = curl(&socket, "POST", "/v1/stats", None);
+    let (status, v) = curl(socket, "POST", "/v1/stats", None);
     assert_eq!(status, 405, "{v}");
+}
 
-    // `events` needs --follow; nobody at a socket is exit 2.
-    let (code, _, err) = op25b(&["events"], &socket);
+/// `events` needs --follow; nobody at a socket is exit 2, and a reload that
+/// reaches nobody did not happen: a failure (1), for systemctl.
+fn cli_usage_and_nobody_there(socket: &Path) {
+    let (code, _, err) = op25b(&["events"], socket);
     assert_eq!(code, 2, "{err}");
     let missing = socket_path("missing");
     for args in [&["stats"][..], &["top"], &["events", "--follow"], &["release", DYN4]] {
@@ -223,9 +231,28 @@ fn every_endpoint_over_curl_and_the_cli_as_its_client() {
         assert_eq!(code, 2, "{args:?}: {err}");
         assert!(err.starts_with("op25b: error: no op25b answers at "), "{args:?}: {err}");
     }
-    // A reload that reaches nobody did not happen: a failure, for systemctl.
     let (code, _, err) = op25b(&["reload"], &missing);
     assert_eq!(code, 1, "{err}");
+}
+
+#[test]
+fn every_endpoint_over_curl_and_the_cli_as_its_client() {
+    let socket = socket_path("api");
+    let metrics = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("a free port");
+    let lab = Lab::start(LabOptions::edit(|p| {
+        p.control("socket", toml_path(&socket)).control("metrics", format!("\"{metrics}\"")).abuse("threshold", 1000)
+    }));
+    wait_socket(&socket);
+    metrics_listener_only_reads(metrics);
+    let mode = std::fs::metadata(&socket).map(|m| std::os::unix::fs::PermissionsExt::mode(&m.permissions()));
+    assert_eq!(mode.expect("the socket exists") & 0o777, 0o600, "socket mode");
+    stats_endpoint(&socket);
+    quarantine_endpoint(&socket);
+    top_endpoint(&socket);
+    release_endpoint(&socket);
+    reload_endpoint(&socket, &lab.config);
+    errors_are_json(&socket);
+    cli_usage_and_nobody_there(&socket);
     drop(lab);
     assert!(!socket.exists(), "op25b removed its socket");
 }
