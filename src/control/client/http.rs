@@ -102,12 +102,13 @@ fn refused(status: u16, body: serde_json::Value) -> ClientError {
 /// `method uri` with an optional JSON body; the JSON answer of a 2xx, or the error.
 pub fn request(
     socket: &Path,
-    method: &str,
+    method: &'static str,
     uri: &str,
     body: Option<&serde_json::Value>,
 ) -> Result<serde_json::Value, ClientError> {
     let path = socket.display().to_string();
-    runtime(&path)?.block_on(exchange(socket, method, uri, body))
+    let call = Call { socket, method, uri: uri.to_string(), body: body.cloned() };
+    runtime(&path)?.block_on(exchange(&call))
 }
 
 /// One request of [`request_each`].
@@ -136,22 +137,15 @@ pub fn request_each(calls: &[Call<'_>]) -> Vec<Result<serde_json::Value, ClientE
                 .collect();
         }
     };
-    rt.block_on(futures_util::future::join_all(
-        calls.iter().map(|c| exchange(c.socket, c.method, &c.uri, c.body.as_ref())),
-    ))
+    rt.block_on(futures_util::future::join_all(calls.iter().map(exchange)))
 }
 
 /// One exchange, bounded by [`TIMEOUT`].
-async fn exchange(
-    socket: &Path,
-    method: &str,
-    uri: &str,
-    body: Option<&serde_json::Value>,
-) -> Result<serde_json::Value, ClientError> {
-    let path = socket.display().to_string();
+async fn exchange(call: &Call<'_>) -> Result<serde_json::Value, ClientError> {
+    let path = call.socket.display().to_string();
     let bad = |why: String| ClientError::Answer { path: path.clone(), why };
     let exchange = async {
-        let response = send(socket, method, uri, body).await?;
+        let response = send(call.socket, call.method, &call.uri, call.body.as_ref()).await?;
         let status = response.status().as_u16();
         let bytes = response.into_body().collect().await.map_err(|e| bad(e.to_string()))?.to_bytes();
         let v: serde_json::Value = serde_json::from_slice(&bytes).map_err(|e| bad(format!("not JSON: {e}")))?;
