@@ -4,11 +4,16 @@
 //! router; faults answered with `on_error` and counted; programs refused at
 //! load; the map carried over a reload of the same program.
 
+#[allow(dead_code)] // Only the program builders of the shared harness are needed here.
+#[allow(unused_imports)]
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
+use common::{build_examples, compile_program};
 use op25b::config::Config;
 use op25b::state::State;
 use op25b::testing::lab::DYN4;
@@ -28,14 +33,7 @@ fn examples() -> &'static Path {
     static BUILT: OnceLock<PathBuf> = OnceLock::new();
     BUILT.get_or_init(|| {
         let out = out_dir().join(format!("examples-{}", std::process::id()));
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("rules/examples/build.sh");
-        let run = Command::new("bash").arg(&script).arg(&out).output().expect("run rules/examples/build.sh");
-        assert!(
-            run.status.success(),
-            "rules/examples/build.sh failed (clang and lld installed? scripts/setup.sh): {}{}",
-            String::from_utf8_lossy(&run.stdout),
-            String::from_utf8_lossy(&run.stderr)
-        );
+        build_examples(&out);
         out
     })
 }
@@ -44,26 +42,10 @@ fn example(name: &str) -> String {
     examples().join(format!("{name}.wasm")).display().to_string()
 }
 
-/// Builds a program from C text with the flags of rules/examples/build.sh.
+/// Builds a program from C text ([`compile_program`]) into this process's directory.
 fn compile(name: &str, source: &str, extra: &[&str]) -> String {
     let dir = out_dir().join(format!("own-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let src = dir.join(format!("{name}.c"));
-    std::fs::write(&src, source).unwrap();
-    let out = dir.join(format!("{name}.wasm"));
-    let include = Path::new(env!("CARGO_MANIFEST_DIR")).join("rules/examples");
-    let run = Command::new("clang")
-        .args(["--target=wasm32", "-O1", "-nostdlib", "-ffreestanding", "-Wl,--no-entry"])
-        .args(extra)
-        .arg("-I")
-        .arg(&include)
-        .arg("-o")
-        .arg(&out)
-        .arg(&src)
-        .output()
-        .expect("run clang (scripts/setup.sh installs it)");
-    assert!(run.status.success(), "clang {name}: {}", String::from_utf8_lossy(&run.stderr));
-    out.display().to_string()
+    compile_program(&dir, name, source, extra).display().to_string()
 }
 
 fn builder(rules: &str) -> PolicyBuilder {

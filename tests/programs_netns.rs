@@ -10,7 +10,6 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Duration;
 
 use common::*;
@@ -18,13 +17,7 @@ use common::*;
 /// The example programs, built from source into a directory of this process.
 fn examples() -> PathBuf {
     let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("programs-netns-{}", std::process::id()));
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("rules/examples/build.sh");
-    let run = Command::new("bash").arg(&script).arg(&out).output().expect("run rules/examples/build.sh");
-    assert!(
-        run.status.success(),
-        "rules/examples/build.sh failed (scripts/setup.sh installs clang and lld): {}",
-        String::from_utf8_lossy(&run.stderr)
-    );
+    build_examples(&out);
     out
 }
 
@@ -37,20 +30,8 @@ fn rule(program: &Path) -> String {
 
 /// A program that never returns (it loops until its fuel runs out).
 fn looping(dir: &Path) -> PathBuf {
-    let src = dir.join("looping.c");
-    std::fs::write(&src, "#include \"op25b.h\"\nOP25B_RULE { volatile u32 n = 0; for (;;) n++; return 0; }\n").unwrap();
-    let out = dir.join("looping.wasm");
-    let include = Path::new(env!("CARGO_MANIFEST_DIR")).join("rules/examples");
-    let run = Command::new("clang")
-        .args(["--target=wasm32", "-O1", "-nostdlib", "-Wl,--no-entry", "-Wl,--export=__heap_base", "-I"])
-        .arg(&include)
-        .arg("-o")
-        .arg(&out)
-        .arg(&src)
-        .output()
-        .expect("run clang (scripts/setup.sh installs it)");
-    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
-    out
+    let source = "#include \"op25b.h\"\nOP25B_RULE { volatile u32 n = 0; for (;;) n++; return 0; }\n";
+    compile_program(dir, "looping", source, &["-Wl,--export=__heap_base"])
 }
 
 #[test]
@@ -67,12 +48,7 @@ fn a_program_limits_real_connections_and_keeps_its_map_over_a_reload() {
     assert_eq!(e.kind(), std::io::ErrorKind::ConnectionRefused);
     let servers = Servers::start(&lab.up, &[587]);
     let connect = |lab: &Lab| lab.connect(None, sa(MX4, 587), Duration::from_secs(3));
-    for i in 0..3 {
-        let s = connect(&lab).unwrap_or_else(|e| panic!("connection {i} within the limit: {e}"));
-        assert!(read_banner(&s).starts_with("220 "));
-    }
-    let e = connect(&lab).expect_err("the 4th connection in a minute is refused");
-    assert_eq!(e.kind(), std::io::ErrorKind::ConnectionRefused);
+    assert_submissions_limited(&lab, 3);
 
     // The same program, another rule beside it: the map carries over.
     let text = lab

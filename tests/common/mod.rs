@@ -25,6 +25,7 @@ pub use op25b::testing::lab::*;
 
 mod control;
 mod lab;
+mod programs;
 mod promtool;
 mod servers;
 
@@ -33,6 +34,8 @@ mod servers;
 pub use control::*;
 #[allow(unused_imports)]
 pub use lab::*;
+#[allow(unused_imports)]
+pub use programs::*;
 #[allow(unused_imports)]
 pub use promtool::*;
 #[allow(unused_imports)]

@@ -155,6 +155,19 @@ pub fn read_banner(stream: &TcpStream) -> String {
     line.trim_end().to_string()
 }
 
+/// Connections from the subscriber side's default source to port 587 of MX4
+/// (a server listens there): the first `n` get the server's banner, the
+/// next is refused at once (a rule allows `n` a minute).
+pub fn assert_submissions_limited(lab: &Lab, n: usize) {
+    let connect = || lab.connect(None, sa(MX4, 587), Duration::from_secs(3));
+    for i in 0..n {
+        let s = connect().unwrap_or_else(|e| panic!("connection {i} within the limit: {e}"));
+        assert!(read_banner(&s).starts_with("220 "));
+    }
+    let e = connect().expect_err("the connection past the limit is refused");
+    assert_eq!(e.kind(), io::ErrorKind::ConnectionRefused);
+}
+
 /// Sends `n` bytes, half-closes, and returns everything the server sent back.
 pub fn send_bulk(mut stream: TcpStream, n: usize) -> String {
     let chunk = vec![b'x'; 8192];
