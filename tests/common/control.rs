@@ -1,6 +1,8 @@
 //! The control socket as the tests use it: a path of a test's own, the
 //! `op25b` client on it, and `curl` on its HTTP API.
 
+#![allow(dead_code)] // Each test file that uses the harness uses its own part of this.
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 

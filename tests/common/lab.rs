@@ -71,6 +71,7 @@ impl LabOptions {
     }
 
     /// These options with a control socket of the lab's own ([`Lab::socket`]).
+    #[allow(dead_code)] // Not every test file that uses the harness asks for one.
     pub fn with_socket(self) -> LabOptions {
         LabOptions { control_socket: true, ..self }
     }

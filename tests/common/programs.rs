@@ -1,5 +1,7 @@
 //! Rule programs (WebAssembly) for the tests, built from C with clang.
 
+#![allow(dead_code)] // Each test file that uses the harness uses its own part of this.
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 

@@ -1,5 +1,7 @@
 //! `promtool`, Prometheus's own checker, as the tests run it.
 
+#![allow(dead_code)] // Each test file that uses the harness uses its own part of this.
+
 use std::io::Write;
 use std::process::{Command, Output, Stdio};
 

@@ -158,6 +158,7 @@ pub fn read_banner(stream: &TcpStream) -> String {
 /// Connections from the subscriber side's default source to port 587 of MX4
 /// (a server listens there): the first `n` get the server's banner, the
 /// next is refused at once (a rule allows `n` a minute).
+#[allow(dead_code)] // custom_router and programs_netns
 pub fn assert_submissions_limited(lab: &Lab, n: usize) {
     let connect = || lab.connect(None, sa(MX4, 587), Duration::from_secs(3));
     for i in 0..n {
