@@ -173,25 +173,20 @@ fn read_back(path: &Path) -> usize {
     n
 }
 
+/// `op25b replay --config LAB INPUT ARGS --json`, which must succeed: its JSON.
+fn replay_json(input: &Path, args: &[&str]) -> serde_json::Value {
+    let o = op25b(&[&["replay", "--config", LAB, input.to_str().unwrap()], args, &["--json"]].concat());
+    assert_eq!(o.status.code(), Some(0), "{} {args:?}: {}", input.display(), text(&o));
+    serde_json::from_slice(&o.stdout).expect("JSON")
+}
+
 #[test]
 fn replay_raw_ip_capture() {
     let t = Tmp::new("raw");
     let input = t.file("raw.pcap");
     capture(&input, DataLink::RAW, &sample());
     let (fwd, drop) = (t.file("fwd.pcap"), t.file("drop.pcap"));
-    let o = op25b(&[
-        "replay",
-        "--config",
-        LAB,
-        input.to_str().unwrap(),
-        "--forwarded",
-        fwd.to_str().unwrap(),
-        "--dropped",
-        drop.to_str().unwrap(),
-        "--json",
-    ]);
-    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
-    let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("JSON");
+    let v = replay_json(&input, &["--forwarded", fwd.to_str().unwrap(), "--dropped", drop.to_str().unwrap()]);
     assert_eq!(v["packets"], 6);
     assert_eq!(v["verdicts"]["forward"], 4);
     assert_eq!(v["verdicts"]["reply"], 1);
@@ -336,17 +331,7 @@ fn replay_pcapng_raw_and_ethernet() {
             let input = t.file("in.pcapng");
             std::fs::write(&input, capture_ng(link, nanos, &frames)).unwrap();
             let fwd = t.file("fwd.pcap");
-            let o = op25b(&[
-                "replay",
-                "--config",
-                LAB,
-                input.to_str().unwrap(),
-                "--forwarded",
-                fwd.to_str().unwrap(),
-                "--json",
-            ]);
-            assert_eq!(o.status.code(), Some(0), "{link:?}: {}", text(&o));
-            let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("JSON");
+            let v = replay_json(&input, &["--forwarded", fwd.to_str().unwrap()]);
             assert_eq!(v["packets"], 6, "{link:?} {v}");
             assert_eq!(v["verdicts"]["forward"], 4, "{link:?} {v}");
             assert_eq!(v["replies"]["tcp_rst"], 1, "{link:?} {v}");
