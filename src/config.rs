@@ -21,7 +21,7 @@ use std::sync::Arc;
 mod abuse;
 mod actions;
 mod json;
-pub mod man;
+pub(crate) mod man;
 mod render;
 mod report;
 mod rules;

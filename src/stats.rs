@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex};
 
 use crate::packet::{Direction, ParseError, TunnelKind};
 
-pub mod figures;
+pub(crate) mod figures;
 mod neighbour;
 mod reload;
 pub use neighbour::NeighbourStats;

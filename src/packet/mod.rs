@@ -2,12 +2,20 @@
 //! checksums, and the builders for the replies the router sends. Also the
 //! shared vocabulary every layer above uses ([`Direction`]).
 
+#[cfg(feature = "testing")]
+#[doc(hidden)]
 pub mod checksum;
+#[cfg(not(feature = "testing"))]
+pub(crate) mod checksum;
+#[cfg(feature = "testing")]
+#[doc(hidden)]
 pub mod encap;
+#[cfg(not(feature = "testing"))]
+pub(crate) mod encap;
 pub(crate) mod nat;
 pub(crate) mod reply;
-pub mod tunnel;
-pub mod view;
+pub(crate) mod tunnel;
+pub(crate) mod view;
 
 pub use reply::IcmpError;
 pub use tunnel::{TunnelError, TunnelKind, MAX_TUNNEL_DEPTH};

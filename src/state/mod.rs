@@ -17,13 +17,21 @@
 //! shared through its own `Arc`, so a reload can carry some parts over and
 //! start others afresh ([`State::carry_over`]).
 
+#[cfg(feature = "testing")]
+#[doc(hidden)]
 pub mod abuse;
-pub mod attempts;
+#[cfg(not(feature = "testing"))]
+pub(crate) mod abuse;
+pub(crate) mod attempts;
 pub(crate) mod conntrack;
+#[cfg(feature = "testing")]
+#[doc(hidden)]
 pub mod neighbour;
-pub mod program;
+#[cfg(not(feature = "testing"))]
+pub(crate) mod neighbour;
+pub(crate) mod program;
 pub(crate) mod ratelimit;
-pub mod responder;
+pub(crate) mod responder;
 
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
