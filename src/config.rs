@@ -28,6 +28,7 @@ mod rules;
 mod services;
 mod upstream;
 
+pub use crate::state::abuse::{AbuseSettings, OnSuspect, Thresholds};
 pub use report::Excerpt;
 pub use services::{CaptureConfig, ControlConfig, EventsConfig};
 use services::{CaptureSection, ControlSection, EventsSection};

@@ -19,10 +19,29 @@
 //! ```
 //!
 //! The core ([`packet`], [`stats`], [`policy`], [`state`], [`router`]) does
-//! no I/O, reads no clock and allocates nothing per packet; [`dataplane`] is
-//! the thin loop around it. Layers point one way, each module importing only
-//! those below it: packet, stats, policy, state, router, then config, then
-//! tools and reload, then dataplane, then testing (docs/ARCHITECTURE.md).
+//! no I/O, reads no clock and allocates nothing per packet; the data plane
+//! (crate-private) is the thin loop around it. Layers point one way, each
+//! module importing only those below it: packet, stats, policy, state,
+//! router, then config, then tools and reload, then dataplane, then control,
+//! then daemon and lab, then testing (docs/ARCHITECTURE.md).
+//!
+//! # The library's API
+//!
+//! - [`Daemon`]: the whole router (`op25b run`) from a [`Config`], with
+//!   rules given in code ([`Daemon::rule`], at a [`Place`]);
+//! - [`Rule`]: a rule written in Rust; it sees a [`PacketView`] and a
+//!   [`RuleContext`] (its [`Direction`]) and returns a [`RuleVerdict`];
+//!   [`Policy::attach`] puts it into a policy ([`AttachError`] if it does not fit);
+//! - [`Config`] / [`ConfigError`]: the TOML file, validated into a [`Policy`];
+//! - [`Router`], [`RxInfo`], [`Verdict`], [`State`]: the sans-I/O core, one
+//!   packet at a time, for a data plane of one's own;
+//! - [`Stats`], [`DropReason`], [`ReplyKind`]: the counters.
+//!
+//! With the `testing` feature, `testing` (`PolicyBuilder`, packet
+//! constructors, `TestRouter`) and the internals the tests, benches and fuzz
+//! targets reach into (hidden from these docs) are public too.
+
+#![warn(missing_docs)]
 
 pub mod packet;
 pub mod stats;

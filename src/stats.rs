@@ -564,7 +564,7 @@ impl Stats {
 
     /// Every figure as (name, value) pairs, the names the log line and
     /// `op25b run --stats` use (`forwarded_outbound`, `drop_spoofed`, ...),
-    /// in the order of [`figures::FIGURES`].
+    /// in the order of `stats::figures::FIGURES`.
     pub fn pairs(&self) -> Vec<(String, u64)> {
         figures::pairs(self)
     }
@@ -577,7 +577,7 @@ impl Stats {
     }
 
     /// The whole snapshot as JSON: every figure by name (`counters`), each
-    /// also at its place in [`figures::FIGURES`], and the rules.
+    /// also at its place in `stats::figures::FIGURES`, and the rules.
     pub fn to_json(&self) -> serde_json::Value {
         figures::json(self)
     }

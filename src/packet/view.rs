@@ -296,7 +296,7 @@ impl PacketView {
         }
     }
 
-    /// Parses a packet carried inside a tunnel ([`super::tunnel`]). With
+    /// Parses a packet carried inside a tunnel (`packet::tunnel`). With
     /// `cut`, the buffer may end before the packet's own length says (the
     /// outer packet is a first fragment): the view then holds what the buffer
     /// has, and a transport header it does not hold whole is a

@@ -67,7 +67,7 @@ pub fn verdict_of(code: i32) -> Option<RuleVerdict> {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ProgramError {
-    /// Larger than [`MAX_PROGRAM_BYTES`].
+    /// Larger than `MAX_PROGRAM_BYTES`.
     #[error("the program is {0} bytes, more than the {MAX_PROGRAM_BYTES} allowed")]
     TooLarge(usize),
     /// Not a valid WebAssembly module.

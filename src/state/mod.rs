@@ -4,12 +4,12 @@
 //! the policy it belongs to.
 //!
 //! - reply buckets: the per-destination limit on every packet the router
-//!   originates ([`ratelimit`]);
-//! - the redirect flow table ([`conntrack`]);
-//! - the banner responder's sessions ([`responder`]);
+//!   originates (`state::ratelimit`);
+//! - the redirect flow table (`state::conntrack`);
+//! - the banner responder's sessions (`state::responder`);
 //! - the buckets of config rate-limit rules;
-//! - the subscribers in quarantine ([`abuse`]), which every reload keeps;
-//! - the blocked connection attempts seen lately ([`attempts`]), so that a
+//! - the subscribers in quarantine (`state::abuse`), which every reload keeps;
+//! - the blocked connection attempts seen lately (`state::attempts`), so that a
 //!   retransmitted SYN is one attempt; every reload keeps them too.
 //!
 //! Each part sits behind its own lock, taken only on the paths that need it
@@ -179,13 +179,13 @@ impl State {
     /// responder, as there is no device to send its answers to. A blocked
     /// SYN is then reported as what the data plane does with it (handed to
     /// the responder), and the flow's other segments as blocked.
-    pub fn offline(policy: &Policy) -> State {
+    pub(crate) fn offline(policy: &Policy) -> State {
         State { responder: None, ..State::new(policy) }
     }
 
     /// Whether this state was built for `policy`'s rules (the rate-limit
     /// buckets are found by rule position).
-    pub fn fits(&self, policy: &Policy) -> bool {
+    pub(crate) fn fits(&self, policy: &Policy) -> bool {
         let rules = policy.rules.rules();
         rules.len() == self.rule_buckets.len()
             && rules.len() == self.programs.len()
@@ -280,6 +280,7 @@ impl State {
     }
 
     /// Entries in the map of program rule `index` (for tests and traces).
+    #[doc(hidden)]
     pub fn program_map_len(&self, index: usize) -> Option<usize> {
         let slot = self.programs.get(index)?.as_ref()?;
         Some(lock(slot.instance.as_ref()?).map_len())
@@ -306,6 +307,7 @@ impl State {
     }
 
     /// The subscribers in quarantine.
+    #[doc(hidden)]
     pub fn quarantine(&self) -> &Arc<Quarantine> {
         &self.quarantine
     }
@@ -324,11 +326,13 @@ impl State {
     }
 
     /// The blocked connection attempts seen lately.
+    #[doc(hidden)]
     pub fn attempts(&self) -> &Attempts {
         &self.attempts
     }
 
     /// The banner responder, with `action = "banner"`.
+    #[doc(hidden)]
     pub fn responder(&self) -> Option<&Responder> {
         self.responder.as_deref()
     }
@@ -353,7 +357,7 @@ impl State {
     }
 
     /// The responder's figures.
-    pub fn responder_stats(&self) -> ResponderStats {
+    pub(crate) fn responder_stats(&self) -> ResponderStats {
         let mut s = ResponderStats::default();
         if let Some(r) = &self.responder {
             s.sessions = r.active() as u64;
