@@ -62,7 +62,7 @@ impl Direction {
 /// the IPv4 header checksum incrementally (RFC 1624). The caller has checked that
 /// the TTL is above 1.
 #[inline]
-pub fn decrement_ttl(view: &PacketView, buf: &mut [u8]) {
+pub(crate) fn decrement_ttl(view: &PacketView, buf: &mut [u8]) {
     match view.version {
         IpVersion::V4 => {
             debug_assert!(view.ttl > 1, "the router answers TTL 1 itself");

@@ -40,8 +40,9 @@ use crate::stats::{Counters, RuleCounters, Stats};
 
 pub use crate::packet::Direction;
 pub use crate::stats::{DropReason, ReplyKind};
-pub use trace::{describe_view, Trace, TraceStep};
+pub(crate) use trace::describe_view;
 pub(crate) use trace::{NoTrace, Tracer};
+pub use trace::{Trace, TraceStep};
 
 mod block;
 mod forward;
@@ -54,7 +55,6 @@ mod trace;
 mod tunnel;
 
 pub use block::{Block, BlockAction, BlockReply, Tunnelled};
-pub use sanity::MIN_LATER_FRAGMENT_OFFSET;
 
 /// What the device said about a packet it handed over with offload.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

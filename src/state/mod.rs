@@ -59,7 +59,7 @@ pub(crate) fn subscriber_key(addr: IpAddr) -> u64 {
 }
 
 /// Most subscribers in quarantine at once.
-pub const MAX_QUARANTINED: usize = 65_536;
+pub(crate) const MAX_QUARANTINED: usize = 65_536;
 
 /// The buckets of one rate-limit rule.
 #[derive(Debug)]
