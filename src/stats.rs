@@ -19,7 +19,8 @@ pub(crate) mod figures;
 mod neighbour;
 mod reload;
 pub use neighbour::NeighbourStats;
-pub use reload::{KeptStats, ReloadStats, Reloads};
+pub(crate) use reload::Reloads;
+pub use reload::{KeptStats, ReloadStats};
 
 macro_rules! reasons {
     ($(#[$m:meta])* pub enum $name:ident { $($(#[$vm:meta])* $v:ident => $s:literal,)* }) => {

@@ -17,8 +17,9 @@ pub(crate) mod reply;
 pub(crate) mod tunnel;
 pub(crate) mod view;
 
-pub use reply::IcmpError;
-pub use tunnel::{TunnelError, TunnelKind, MAX_TUNNEL_DEPTH};
+pub(crate) use reply::IcmpError;
+pub use tunnel::TunnelKind;
+pub(crate) use tunnel::MAX_TUNNEL_DEPTH;
 pub use view::{proto, protocol_name, tcp_flags, Fragment, IpVersion, PacketView, ParseError, Transport};
 
 /// Which way a packet travels.

@@ -54,7 +54,7 @@ mod sanity;
 mod trace;
 mod tunnel;
 
-pub use block::{Block, BlockAction, BlockReply, Tunnelled};
+pub(crate) use block::{Block, BlockAction, BlockReply, Tunnelled};
 
 /// What the device said about a packet it handed over with offload.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
