@@ -202,7 +202,7 @@ pub struct WriteErrors([Counter; OutputFile::COUNT]);
 
 impl WriteErrors {
     /// Counts `n` failed writes of `output`; only that output's writer calls it.
-    pub fn add(&self, output: OutputFile, n: u64) {
+    pub(crate) fn add(&self, output: OutputFile, n: u64) {
         self.0[output as usize].add(n);
     }
 

@@ -115,7 +115,7 @@ pub(crate) fn helpers() -> [(&'static str, FuncType); 3] {
 
 impl Program {
     /// Validates and compiles `bytes`, with a map of `map_size` entries.
-    pub fn load(bytes: &[u8], map_size: usize) -> Result<Program, ProgramError> {
+    pub(crate) fn load(bytes: &[u8], map_size: usize) -> Result<Program, ProgramError> {
         use ValType::{I32, I64};
         if bytes.len() > MAX_PROGRAM_BYTES {
             return Err(ProgramError::TooLarge(bytes.len()));
