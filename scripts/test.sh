@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The whole test suite, from a fresh clone, as root: what the tests need (setup.sh), fmt,
-# clippy, unit, CLI and network-namespace tests, 20 s of each fuzz target, every README and docs/
+# clippy, cargo doc, unit, CLI and network-namespace tests, 20 s of each fuzz target, every README and docs/
 # sample (readme_test.py: the demo, the lab, check, replay), the Debian package's test,
 # a smoke run of bench.sh and 20 s of soak.sh; the checkout must stay as it was.
 set -euo pipefail
@@ -16,6 +16,8 @@ echo "== cargo fmt --check"
 cargo fmt --check
 echo "== cargo clippy"
 cargo clippy --all-targets --locked -- -D warnings
+echo "== cargo doc (the library's API: every public item documented, no broken link)"
+RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --lib --locked --quiet
 echo "== cargo test (unit, property, CLI, netns, actions)"
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT

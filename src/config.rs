@@ -21,24 +21,25 @@ use std::sync::Arc;
 mod abuse;
 mod actions;
 mod json;
-pub mod man;
+pub(crate) mod man;
 mod render;
 mod report;
 mod rules;
 mod services;
 mod upstream;
 
+pub use crate::state::abuse::{AbuseSettings, OnSuspect, Thresholds};
 pub use report::Excerpt;
 pub use services::{CaptureConfig, ControlConfig, EventsConfig};
 use services::{CaptureSection, ControlSection, EventsSection};
 pub use upstream::{DeviceKind, LinkConfig};
 
 /// The Linux limit on interface names (IFNAMSIZ - 1).
-pub const MAX_IFNAME: usize = 15;
+pub(crate) const MAX_IFNAME: usize = 15;
 /// Default device MTU.
-pub const DEFAULT_MTU: u16 = 1500;
+pub(crate) const DEFAULT_MTU: u16 = 1500;
 /// Smallest MTU accepted: IPv6 needs 1280 (RFC 8200 5).
-pub const MIN_MTU: u16 = 1280;
+pub(crate) const MIN_MTU: u16 = 1280;
 
 /// A config that cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -198,7 +199,7 @@ pub struct DataplaneConfig {
 
 /// Default TUN transmit queue: room for bursts while a worker is descheduled
 /// on a busy machine (the kernel's default is 500).
-pub const DEFAULT_QUEUE_LEN: u32 = 1000;
+pub(crate) const DEFAULT_QUEUE_LEN: u32 = 1000;
 
 /// A validated config.
 #[derive(Debug, Clone)]

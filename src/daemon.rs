@@ -18,14 +18,18 @@ use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGUSR1};
 use crate::config::{Config, ConfigError};
 use crate::control::notify::Notifier;
 use crate::control::stream::EventStream;
-use crate::control::{self, Control, ControlError, Failures, Hooks, ReloadOutcome, ReloadRequest, WriterThread};
+use crate::control::{self, Control, Failures, Hooks, ReloadOutcome, ReloadRequest, WriterThread};
 use crate::dataplane::capture::CaptureSink;
 use crate::dataplane::events::{Event, EventSender};
-use crate::dataplane::{self, Dataplane, DeviceError, Sinks};
+use crate::dataplane::{self, Dataplane, Sinks};
 use crate::policy::{AttachError, Policy, Rule};
 use crate::reload::{self, ReloadError};
 use crate::stats::{OutputFile, WriteErrors};
 
+pub use crate::control::capture::CaptureError;
+pub use crate::control::events::EventsError;
+pub use crate::control::ControlError;
+pub use crate::dataplane::DeviceError;
 pub use crate::policy::Place;
 
 /// How a router that ran stopped.

@@ -19,10 +19,29 @@
 //! ```
 //!
 //! The core ([`packet`], [`stats`], [`policy`], [`state`], [`router`]) does
-//! no I/O, reads no clock and allocates nothing per packet; [`dataplane`] is
-//! the thin loop around it. Layers point one way, each module importing only
-//! those below it: packet, stats, policy, state, router, then config, then
-//! tools and reload, then dataplane, then testing (docs/ARCHITECTURE.md).
+//! no I/O, reads no clock and allocates nothing per packet; the data plane
+//! (crate-private) is the thin loop around it. Layers point one way, each
+//! module importing only those below it: packet, stats, policy, state,
+//! router, then config, then tools and reload, then dataplane, then control,
+//! then daemon and lab, then testing (docs/ARCHITECTURE.md).
+//!
+//! # The library's API
+//!
+//! - [`Daemon`]: the whole router (`op25b run`) from a [`Config`], with
+//!   rules given in code ([`Daemon::rule`], at a [`Place`]);
+//! - [`Rule`]: a rule written in Rust; it sees a [`PacketView`] and a
+//!   [`RuleContext`] (its [`Direction`]) and returns a [`RuleVerdict`];
+//!   [`Policy::attach`] puts it into a policy ([`AttachError`] if it does not fit);
+//! - [`Config`] / [`ConfigError`]: the TOML file, validated into a [`Policy`];
+//! - [`Router`], [`RxInfo`], [`Verdict`], [`State`]: the sans-I/O core, one
+//!   packet at a time, for a data plane of one's own;
+//! - [`Stats`], [`DropReason`], [`ReplyKind`]: the counters.
+//!
+//! With the `testing` feature, `testing` (`PolicyBuilder`, packet
+//! constructors, `TestRouter`) and the internals the tests, benches and fuzz
+//! targets reach into (hidden from these docs) are public too.
+
+#![warn(missing_docs)]
 
 pub mod packet;
 pub mod stats;
@@ -33,16 +52,53 @@ pub mod state;
 pub mod router;
 
 pub mod config;
-pub mod control;
 pub mod daemon;
+
+// Internals: the binary's commands (through `binary`) and, with the `testing`
+// feature, the tests', benches', examples' and fuzz targets' white-box view.
+#[cfg(feature = "testing")]
+#[doc(hidden)]
+pub mod control;
+#[cfg(not(feature = "testing"))]
+pub(crate) mod control;
+#[cfg(feature = "testing")]
+#[doc(hidden)]
 pub mod dataplane;
+#[cfg(not(feature = "testing"))]
+pub(crate) mod dataplane;
+#[cfg(feature = "testing")]
+#[doc(hidden)]
 pub mod lab;
-pub mod reload;
-pub mod testing;
+#[cfg(not(feature = "testing"))]
+pub(crate) mod lab;
+pub(crate) mod reload;
+#[cfg(feature = "testing")]
+#[doc(hidden)]
 pub mod tools;
+#[cfg(not(feature = "testing"))]
+pub(crate) mod tools;
+
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
+
+/// What the `op25b` binary runs besides [`daemon::Daemon`]: its commands'
+/// entry points. Not part of the API (hidden, no stability promise); the
+/// binary is a crate of its own and reaches the library only through `pub`.
+#[doc(hidden)]
+pub mod binary {
+    pub use crate::config::man::render as man_page;
+    pub use crate::control::client;
+    pub use crate::lab::cli as lab;
+    /// `check --packet` and `replay`.
+    pub mod tools {
+        pub use crate::tools::{offline_state, quarantined_subscriber, replay, spec, verdict_detail};
+    }
+}
 
 pub use config::{Config, ConfigError};
-pub use packet::Direction;
+pub use daemon::Daemon;
+pub use packet::{Direction, PacketView};
+pub use policy::{AttachError, Place, Policy, Rule, RuleContext, RuleVerdict};
 pub use router::{Router, RxInfo, Verdict};
 pub use state::State;
 pub use stats::{DropReason, ReplyKind, Stats};

@@ -5,7 +5,7 @@ use std::path::Path;
 use std::process::ExitCode;
 
 use clap::{CommandFactory, Parser};
-use op25b::tools::replay;
+use op25b::binary::tools::replay;
 use op25b::Config;
 
 /// Writes to standard output; when the reader has gone (`op25b check | head`),
@@ -89,18 +89,18 @@ fn init_logs(format: &LogFormat) {
 /// The commands that read no config: they ask a running op25b, or print.
 fn without_config(command: &Command) -> ExitCode {
     match command {
-        Command::Stats { socket, json, all } => op25b::control::client::stats(socket, *json, *all),
-        Command::Reload { socket } => op25b::control::client::reload(socket),
-        Command::Events { follow: true, socket } => op25b::control::client::events(socket),
+        Command::Stats { socket, json, all } => op25b::binary::client::stats(socket, *json, *all),
+        Command::Reload { socket } => op25b::binary::client::reload(socket),
+        Command::Events { follow: true, socket } => op25b::binary::client::events(socket),
         Command::Events { follow: false, .. } => {
             eprintln!("op25b: error: op25b events needs --follow (op25b keeps no history of events: read the [events] file for the past)");
             ExitCode::from(2)
         }
-        Command::Top { socket, json, n, by, watch } => op25b::control::client::top(socket, *n, *by, *json, *watch),
+        Command::Top { socket, json, n, by, watch } => op25b::binary::client::top(socket, *n, *by, *json, *watch),
         Command::Quarantine { subscriber, duration, socket, all } => {
-            op25b::control::client::quarantine(socket, subscriber, *duration, *all)
+            op25b::binary::client::quarantine(socket, subscriber, *duration, *all)
         }
-        Command::Release { subscriber, socket, all } => op25b::control::client::release(socket, subscriber, *all),
+        Command::Release { subscriber, socket, all } => op25b::binary::client::release(socket, subscriber, *all),
         Command::Help { command } => help(command.as_deref()),
         Command::Lab { command } => lab(command.clone()),
         Command::Completions { shell } => {
@@ -164,8 +164,8 @@ fn with_config(config: Config, command: Command) -> anyhow::Result<ExitCode> {
 }
 
 /// `op25b lab ...`: its errors as one line, exit 2 for usage and config, else 1.
-fn lab(command: op25b::lab::cli::LabCommand) -> ExitCode {
-    match op25b::lab::cli::main(command) {
+fn lab(command: op25b::binary::lab::LabCommand) -> ExitCode {
+    match op25b::binary::lab::main(command) {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
             eprintln!("op25b: error: {e}");
@@ -236,7 +236,7 @@ fn config_man(reference: Option<&Path>) -> ExitCode {
             }
         },
     };
-    match op25b::config::man::render(&text, env!("CARGO_PKG_VERSION")) {
+    match op25b::binary::man_page(&text, env!("CARGO_PKG_VERSION")) {
         Ok(page) => {
             out!("{page}");
             ExitCode::SUCCESS

@@ -15,11 +15,12 @@ use std::sync::{Arc, Mutex};
 
 use crate::packet::{Direction, ParseError, TunnelKind};
 
-pub mod figures;
+pub(crate) mod figures;
 mod neighbour;
 mod reload;
 pub use neighbour::NeighbourStats;
-pub use reload::{KeptStats, ReloadStats, Reloads};
+pub(crate) use reload::Reloads;
+pub use reload::{KeptStats, ReloadStats};
 
 macro_rules! reasons {
     ($(#[$m:meta])* pub enum $name:ident { $($(#[$vm:meta])* $v:ident => $s:literal,)* }) => {
@@ -201,7 +202,7 @@ pub struct WriteErrors([Counter; OutputFile::COUNT]);
 
 impl WriteErrors {
     /// Counts `n` failed writes of `output`; only that output's writer calls it.
-    pub fn add(&self, output: OutputFile, n: u64) {
+    pub(crate) fn add(&self, output: OutputFile, n: u64) {
         self.0[output as usize].add(n);
     }
 
@@ -564,7 +565,7 @@ impl Stats {
 
     /// Every figure as (name, value) pairs, the names the log line and
     /// `op25b run --stats` use (`forwarded_outbound`, `drop_spoofed`, ...),
-    /// in the order of [`figures::FIGURES`].
+    /// in the order of `stats::figures::FIGURES`.
     pub fn pairs(&self) -> Vec<(String, u64)> {
         figures::pairs(self)
     }
@@ -577,7 +578,7 @@ impl Stats {
     }
 
     /// The whole snapshot as JSON: every figure by name (`counters`), each
-    /// also at its place in [`figures::FIGURES`], and the rules.
+    /// also at its place in `stats::figures::FIGURES`, and the rules.
     pub fn to_json(&self) -> serde_json::Value {
         figures::json(self)
     }

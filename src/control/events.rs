@@ -197,6 +197,7 @@ impl EventsWriter {
     }
 
     /// [`EventsWriter::request`], then [`PendingSwitch::wait`].
+    #[cfg(test)]
     pub fn switch(&self, output: EventsOutput) {
         if let Some(p) = self.request(output) {
             p.wait();

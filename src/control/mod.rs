@@ -1,6 +1,6 @@
 //! The control plane: a thread of its own with a current-thread tokio
 //! runtime, beside the data plane and never in its way. It serves the Unix
-//! socket's HTTP/JSON API ([`api`]: stats, top, quarantine, release, reload,
+//! socket's HTTP/JSON API (`api`: stats, top, quarantine, release, reload,
 //! the events stream), the only place that changes a running op25b, and the
 //! read-only HTTP listener (`/metrics`, `/healthz`), reading the counters
 //! through a [`StatsReader`]; the data plane hands it nothing and never

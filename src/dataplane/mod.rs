@@ -53,6 +53,7 @@ use crate::state::State;
 use crate::stats::{Counters, Reloads, Stats, WriteErrors};
 use arc_swap::ArcSwap;
 
+#[cfg(feature = "testing")]
 pub use device::tun_queues;
 use device::Opened;
 pub use error::DeviceError;

@@ -32,6 +32,10 @@ impl LabName {
 }
 
 /// `op25b lab`.
+// The flattened `lab` fields are LabName, documented there (a doc comment
+// on a flattened field would be clap's help text).
+// Its doc comments are the help text: `[subscriber]` is a config section, no link.
+#[allow(missing_docs, rustdoc::broken_intra_doc_links)]
 #[derive(Subcommand, Debug, Clone)]
 pub enum LabCommand {
     /// Build the lab and start op25b in it (and the SMTP servers with

@@ -82,11 +82,6 @@ pub const SUB_ADDRS: [&str; 4] = [DYN4, STATIC4, DYN6, STATIC6];
 /// The addresses on `lo` of the outside namespace.
 pub const INET_ADDRS: [&str; 4] = [MX4, RELAY4, MX6, RELAY6];
 
-/// The name of the server at a local address of the outside namespace.
-pub fn server_at(addr: IpAddr) -> Option<&'static str> {
-    SERVERS.iter().find(|s| ip(s.v4) == addr || ip(s.v6) == addr).map(|s| s.name)
-}
-
 /// One lab's names: a lab is its name; its namespaces and state directory follow.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct Names {
@@ -347,12 +342,5 @@ mod tests {
         }
         assert_eq!(spread_subscriber(1)[1].to_string(), "2001:db8:100:21::10");
         assert!(nexthop_ids(MAX_INSTANCES)[0] < nexthop_ids(0)[1] && !NH_GROUPS.contains(&nexthop_ids(0)[0]));
-    }
-
-    #[test]
-    fn servers_are_found_by_address() {
-        assert_eq!(server_at(ip(RELAY6)), Some("relay"));
-        assert_eq!(server_at(ip(MX4)), Some("mx"));
-        assert_eq!(server_at(ip(DYN4)), None);
     }
 }

@@ -49,6 +49,7 @@ pub mod smtp;
 pub mod state;
 pub mod veth;
 
+#[cfg(feature = "testing")]
 pub use def::Names;
 
 use std::path::Path;

@@ -15,7 +15,6 @@ use rtnetlink::sys::{protocols::NETLINK_ROUTE, Socket, SocketAddr};
 use super::{netns, LabError};
 
 const RTM_NEWNEXTHOP: u16 = 104;
-const RTM_DELNEXTHOP: u16 = 105;
 const RTM_GETNEXTHOP: u16 = 106;
 
 const NHA_ID: u16 = 1;
@@ -186,15 +185,6 @@ pub fn members(ns: &str, id: u32) -> Result<Option<Vec<u32>>, LabError> {
 }
 
 const ENOENT: i32 = nix::errno::Errno::ENOENT as i32;
-
-/// Deletes nexthop `id` of namespace `ns` (groups too); nothing to do if absent.
-pub fn delete(ns: &str, id: u32) -> Result<(), LabError> {
-    let msg = NexthopMessage { kind: RTM_DELNEXTHOP, family: AF_UNSPEC, attrs: vec![u32_attr(NHA_ID, id)] };
-    match request(ns, &format!("deleting nexthop {id}"), msg, 0) {
-        Err(LabError::Netlink(e)) if e.ends_with(&std::io::Error::from_raw_os_error(ENOENT).to_string()) => Ok(()),
-        other => other.map(drop),
-    }
-}
 
 #[cfg(test)]
 mod tests {

@@ -21,7 +21,7 @@ const QUIET_V6: [(&str, &str); 6] = [
 ];
 
 /// Creates the lab's namespaces with lo up and the lab's addresses on it, IPv6
-/// quiet ([`QUIET_V6`]). On failure, removes the namespaces it made.
+/// quiet (`QUIET_V6`). On failure, removes the namespaces it made.
 pub fn create_namespaces(names: &Names) -> Result<(), LabError> {
     let made = (|| {
         for (ns, addrs) in [(&names.sub_ns, SUB_ADDRS), (&names.inet_ns, INET_ADDRS)] {

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Instant;
 
-use op25b::tools::{self, replay, spec::PacketSpec};
+use op25b::binary::tools::{self, replay, spec::PacketSpec};
 use op25b::{Config, Direction, Router, Verdict};
 
 use super::cli::DirectionArg;

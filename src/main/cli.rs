@@ -3,8 +3,9 @@
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
-use op25b::control::client::DEFAULT_SOCKET;
-use op25b::{tools, Direction};
+use op25b::binary::client::DEFAULT_SOCKET;
+use op25b::binary::tools;
+use op25b::Direction;
 
 /// The config `run`, `check` and `replay` read unless told: where the package puts it.
 pub(crate) const DEFAULT_CONFIG: &str = "/etc/op25b/op25b.toml";
@@ -154,8 +155,8 @@ pub(crate) enum Command {
         #[arg(short, default_value_t = 20)]
         n: usize,
         /// Heaviest by blocked attempts or by distinct destinations, in the window.
-        #[arg(long, value_enum, default_value_t = op25b::control::client::TopBy::Attempts)]
-        by: op25b::control::client::TopBy,
+        #[arg(long, value_enum, default_value_t = op25b::binary::client::TopBy::Attempts)]
+        by: op25b::binary::client::TopBy,
         /// Refresh every second until interrupted.
         #[arg(long, conflicts_with = "json")]
         watch: bool,
@@ -265,7 +266,7 @@ pub(crate) enum Command {
     /// namespace, with SMTP servers outside (`op25b lab up --servers`).
     Lab {
         #[command(subcommand)]
-        command: op25b::lab::cli::LabCommand,
+        command: op25b::binary::lab::LabCommand,
     },
     /// Print this help, or the help of the given command.
     Help {

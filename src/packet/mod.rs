@@ -2,15 +2,24 @@
 //! checksums, and the builders for the replies the router sends. Also the
 //! shared vocabulary every layer above uses ([`Direction`]).
 
+#[cfg(feature = "testing")]
+#[doc(hidden)]
 pub mod checksum;
+#[cfg(not(feature = "testing"))]
+pub(crate) mod checksum;
+#[cfg(feature = "testing")]
+#[doc(hidden)]
 pub mod encap;
+#[cfg(not(feature = "testing"))]
+pub(crate) mod encap;
 pub(crate) mod nat;
 pub(crate) mod reply;
-pub mod tunnel;
-pub mod view;
+pub(crate) mod tunnel;
+pub(crate) mod view;
 
-pub use reply::IcmpError;
-pub use tunnel::{TunnelError, TunnelKind, MAX_TUNNEL_DEPTH};
+pub(crate) use reply::IcmpError;
+pub use tunnel::TunnelKind;
+pub(crate) use tunnel::MAX_TUNNEL_DEPTH;
 pub use view::{proto, protocol_name, tcp_flags, Fragment, IpVersion, PacketView, ParseError, Transport};
 
 /// Which way a packet travels.
@@ -54,7 +63,7 @@ impl Direction {
 /// the IPv4 header checksum incrementally (RFC 1624). The caller has checked that
 /// the TTL is above 1.
 #[inline]
-pub fn decrement_ttl(view: &PacketView, buf: &mut [u8]) {
+pub(crate) fn decrement_ttl(view: &PacketView, buf: &mut [u8]) {
     match view.version {
         IpVersion::V4 => {
             debug_assert!(view.ttl > 1, "the router answers TTL 1 itself");

@@ -287,7 +287,7 @@ impl PacketView {
 
     /// The full parse: IPv4 options, AH, the IPv6 extension-header chain,
     /// fragments, and a reason for every malformed packet.
-    pub fn parse_full(buf: &[u8]) -> Result<PacketView, ParseError> {
+    pub(crate) fn parse_full(buf: &[u8]) -> Result<PacketView, ParseError> {
         match buf.first().map(|b| b >> 4) {
             None => Err(ParseError::Truncated),
             Some(4) => Self::parse_v4(buf, false),
@@ -296,12 +296,12 @@ impl PacketView {
         }
     }
 
-    /// Parses a packet carried inside a tunnel ([`super::tunnel`]). With
+    /// Parses a packet carried inside a tunnel (`packet::tunnel`). With
     /// `cut`, the buffer may end before the packet's own length says (the
     /// outer packet is a first fragment): the view then holds what the buffer
     /// has, and a transport header it does not hold whole is a
     /// [`ParseError::TinyFragment`], as in a first fragment.
-    pub fn parse_inner(buf: &[u8], cut: bool) -> Result<PacketView, ParseError> {
+    pub(crate) fn parse_inner(buf: &[u8], cut: bool) -> Result<PacketView, ParseError> {
         match buf.first().map(|b| b >> 4) {
             None => Err(ParseError::Truncated),
             Some(4) => Self::parse_v4(buf, cut),

@@ -6,7 +6,7 @@
 use std::sync::Arc;
 
 use super::program::ProgramRule;
-use super::rules::{ConfigRule, PluginSlot, Rule, RuleContext, RuleVerdict};
+use super::rules::{ConfigRule, PluginSlot, Rule, RuleContext};
 use crate::packet::PacketView;
 
 /// One rule of a pipeline.
@@ -63,7 +63,7 @@ impl RuleKind {
     /// The fields the pipeline's index can use: a config rule's, or a
     /// program rule's matcher.
     #[inline]
-    pub fn fields(&self) -> Option<&ConfigRule> {
+    pub(crate) fn fields(&self) -> Option<&ConfigRule> {
         match self {
             RuleKind::Config(r) => Some(r),
             RuleKind::Program(r) => Some(&r.matcher),
@@ -71,22 +71,9 @@ impl RuleKind {
         }
     }
 
-    /// The verdict on its own, outside a pipeline: no rate-limit buckets (a
-    /// rate limit never limits), no program instance (a matching packet
-    /// gets the program's `on_error` verdict).
-    pub fn evaluate(&self, p: &PacketView, cx: &RuleContext) -> RuleVerdict {
-        match self {
-            RuleKind::Config(r) => r.evaluate(p, cx),
-            RuleKind::Program(r) if r.matcher.first_mismatch(p, cx).is_some() => RuleVerdict::NoMatch,
-            RuleKind::Program(r) => r.on_error.verdict(),
-            RuleKind::Plugin(_) => RuleVerdict::NoMatch,
-            RuleKind::Code(r) => r.evaluate(p, cx),
-        }
-    }
-
     /// For traces: the first field on which `p` fails to match, if the
     /// rule can tell.
-    pub fn mismatch(&self, p: &PacketView, cx: &RuleContext) -> Option<&'static str> {
+    pub(crate) fn mismatch(&self, p: &PacketView, cx: &RuleContext) -> Option<&'static str> {
         match self {
             RuleKind::Config(r) => r.first_mismatch(p, cx),
             RuleKind::Program(r) => r.matcher.first_mismatch(p, cx),
@@ -96,7 +83,7 @@ impl RuleKind {
     }
 
     /// A one-line description for `op25b check`.
-    pub fn describe(&self) -> String {
+    pub(crate) fn describe(&self) -> String {
         match self {
             RuleKind::Config(r) => r.describe(),
             RuleKind::Program(r) => r.describe(),

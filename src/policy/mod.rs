@@ -3,15 +3,15 @@
 //! reload. What changes per packet (buckets, flows, sessions) is not here but
 //! in [`crate::state`].
 
-pub mod attach;
-pub mod kind;
-pub mod op25b;
-pub mod pipeline;
-pub mod ports;
-pub mod prefix;
-pub mod program;
-pub mod quarantine;
-pub mod rules;
+pub(crate) mod attach;
+pub(crate) mod kind;
+pub(crate) mod op25b;
+pub(crate) mod pipeline;
+pub(crate) mod ports;
+pub(crate) mod prefix;
+pub(crate) mod program;
+pub(crate) mod quarantine;
+pub(crate) mod rules;
 
 use std::net::{Ipv4Addr, Ipv6Addr};
 use std::sync::Arc;

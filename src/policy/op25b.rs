@@ -186,7 +186,7 @@ impl Default for Banner {
 
 impl Op25b {
     /// Where `redirect` sends a connection to `dst`, by IP family.
-    pub fn redirect_target(&self, dst: IpAddr) -> Option<SocketAddr> {
+    pub(crate) fn redirect_target(&self, dst: IpAddr) -> Option<SocketAddr> {
         match dst {
             IpAddr::V4(_) => self.redirect_v4,
             IpAddr::V6(_) => self.redirect_v6,
@@ -196,7 +196,7 @@ impl Op25b {
     /// IP25B: true for a SYN from outside to a blocked port of a dynamic,
     /// non-exempt address, when `block_inbound` is on.
     #[inline]
-    pub fn blocks_inbound(&self, view: &PacketView) -> bool {
+    pub(crate) fn blocks_inbound(&self, view: &PacketView) -> bool {
         self.block_inbound
             && view.is_tcp_syn()
             && view.tcp_dst_port().is_some_and(|p| self.ports.contains(p))
@@ -207,7 +207,7 @@ impl Op25b {
     /// Whether OP25B applies to the subscriber address `addr`: in a dynamic
     /// pool and not exempt. Tunnels are inspected only for these.
     #[inline]
-    pub fn applies_to(&self, addr: IpAddr) -> bool {
+    pub(crate) fn applies_to(&self, addr: IpAddr) -> bool {
         self.dynamic.contains(addr) && !self.exempt_sources.contains(addr)
     }
 
@@ -215,7 +215,7 @@ impl Op25b {
     /// ([`Op25b::applies_to`]) is subject to OP25B: its port and destination
     /// decide, as if the subscriber had sent it.
     #[inline]
-    pub fn judge_inner(&self, inner: &PacketView) -> Decision {
+    pub(crate) fn judge_inner(&self, inner: &PacketView) -> Decision {
         let Transport::Tcp { dst_port, .. } = inner.transport else {
             return Decision::PassNotTcp;
         };
@@ -231,13 +231,13 @@ impl Op25b {
     /// IP25B for a packet found inside an inbound tunnel to a subscriber
     /// subject to OP25B: a SYN to a blocked port.
     #[inline]
-    pub fn blocks_inbound_inner(&self, inner: &PacketView) -> bool {
+    pub(crate) fn blocks_inbound_inner(&self, inner: &PacketView) -> bool {
         self.block_inbound && inner.is_tcp_syn() && inner.tcp_dst_port().is_some_and(|p| self.ports.contains(p))
     }
 
     /// Judges an outbound packet.
     #[inline]
-    pub fn judge(&self, view: &PacketView) -> Decision {
+    pub(crate) fn judge(&self, view: &PacketView) -> Decision {
         let Transport::Tcp { dst_port, .. } = view.transport else {
             return Decision::PassNotTcp;
         };

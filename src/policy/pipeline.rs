@@ -78,7 +78,7 @@ impl std::fmt::Debug for Pipeline {
 
 impl Pipeline {
     /// A pipeline of `rules` in order.
-    pub fn new(rules: Vec<RuleKind>) -> Pipeline {
+    pub(crate) fn new(rules: Vec<RuleKind>) -> Pipeline {
         let mut stages = Vec::new();
         let mut i = 0;
         // Program rules are indexed by their matching fields like config
@@ -100,7 +100,7 @@ impl Pipeline {
     }
 
     /// Takes the rules back out.
-    pub fn into_rules(self) -> Vec<RuleKind> {
+    pub(crate) fn into_rules(self) -> Vec<RuleKind> {
         self.rules
     }
 

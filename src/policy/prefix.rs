@@ -73,17 +73,17 @@ impl PrefixSet {
     }
 
     /// The merged IPv4 ranges, inclusive, ascending.
-    pub fn v4_ranges(&self) -> &[(u32, u32)] {
+    pub(crate) fn v4_ranges(&self) -> &[(u32, u32)] {
         &self.v4
     }
 
     /// The merged IPv6 ranges, inclusive, ascending.
-    pub fn v6_ranges(&self) -> &[(u128, u128)] {
+    pub(crate) fn v6_ranges(&self) -> &[(u128, u128)] {
         &self.v6
     }
 
     /// Number of disjoint ranges after merging (IPv4, IPv6).
-    pub fn ranges(&self) -> (usize, usize) {
+    pub(crate) fn ranges(&self) -> (usize, usize) {
         (self.v4.len(), self.v6.len())
     }
 }

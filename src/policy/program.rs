@@ -67,7 +67,7 @@ pub fn verdict_of(code: i32) -> Option<RuleVerdict> {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ProgramError {
-    /// Larger than [`MAX_PROGRAM_BYTES`].
+    /// Larger than `MAX_PROGRAM_BYTES`.
     #[error("the program is {0} bytes, more than the {MAX_PROGRAM_BYTES} allowed")]
     TooLarge(usize),
     /// Not a valid WebAssembly module.
@@ -115,7 +115,7 @@ pub(crate) fn helpers() -> [(&'static str, FuncType); 3] {
 
 impl Program {
     /// Validates and compiles `bytes`, with a map of `map_size` entries.
-    pub fn load(bytes: &[u8], map_size: usize) -> Result<Program, ProgramError> {
+    pub(crate) fn load(bytes: &[u8], map_size: usize) -> Result<Program, ProgramError> {
         use ValType::{I32, I64};
         if bytes.len() > MAX_PROGRAM_BYTES {
             return Err(ProgramError::TooLarge(bytes.len()));

@@ -223,7 +223,7 @@ pub struct ConfigRule {
 
 impl ConfigRule {
     /// A rule with every field "any" and the given action.
-    pub fn new(name: impl Into<String>, action: RuleAction) -> ConfigRule {
+    pub(crate) fn new(name: impl Into<String>, action: RuleAction) -> ConfigRule {
         ConfigRule {
             name: name.into(),
             direction: None,
@@ -241,7 +241,7 @@ impl ConfigRule {
     /// The verdict of a packet that matched every field; `allow` takes a
     /// token of a rate-limit rule's bucket for the packet's source.
     #[inline]
-    pub fn verdict(&self, allow: impl FnOnce(Limit) -> bool) -> RuleVerdict {
+    pub(crate) fn verdict(&self, allow: impl FnOnce(Limit) -> bool) -> RuleVerdict {
         match self.action {
             RuleAction::Accept => RuleVerdict::Accept,
             RuleAction::Drop => RuleVerdict::Drop,
@@ -254,7 +254,7 @@ impl ConfigRule {
 
     /// The first field that does not match, or `None` when all match.
     #[inline]
-    pub fn first_mismatch(&self, p: &PacketView, cx: &RuleContext) -> Option<&'static str> {
+    pub(crate) fn first_mismatch(&self, p: &PacketView, cx: &RuleContext) -> Option<&'static str> {
         if self.direction.is_some_and(|d| d != cx.direction) {
             return Some("direction");
         }

@@ -26,7 +26,7 @@
 //! The router reads the immutable [`Policy`] and changes only the runtime
 //! [`State`] (reply buckets, flows, banner sessions, rule buckets) and its
 //! own counters. A trace ([`Router::handle_traced`]) comes from the same
-//! evaluation with a recording [`Tracer`].
+//! evaluation with a recording `Tracer`.
 
 use std::net::IpAddr;
 use std::ops::ControlFlow;
@@ -40,8 +40,9 @@ use crate::stats::{Counters, RuleCounters, Stats};
 
 pub use crate::packet::Direction;
 pub use crate::stats::{DropReason, ReplyKind};
-pub use trace::{describe_view, Trace, TraceStep};
+pub(crate) use trace::describe_view;
 pub(crate) use trace::{NoTrace, Tracer};
+pub use trace::{Trace, TraceStep};
 
 mod block;
 mod forward;
@@ -53,8 +54,7 @@ mod sanity;
 mod trace;
 mod tunnel;
 
-pub use block::{Block, BlockAction, BlockReply, Tunnelled};
-pub use sanity::MIN_LATER_FRAGMENT_OFFSET;
+pub(crate) use block::{Block, BlockAction, BlockReply, Tunnelled};
 
 /// What the device said about a packet it handed over with offload.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -146,7 +146,7 @@ pub struct Router {
 impl Router {
     /// A router enforcing `policy` with fresh state (tests, examples; the
     /// data plane shares one state among its workers and the offline tools
-    /// use [`State::offline`]: [`Router::with_state`]).
+    /// use `State::offline`: [`Router::with_state`]).
     pub fn new(policy: Arc<Policy>) -> Router {
         let state = Arc::new(State::new(&policy));
         Router::with_state(policy, state)
@@ -170,11 +170,13 @@ impl Router {
 
     /// Notes blocked connection attempts for [`Router::take_block`] (off by
     /// default: it costs a blocked SYN about 100 instructions).
+    #[doc(hidden)]
     pub fn note_blocks(&mut self, on: bool) {
         self.note_blocks = on;
     }
 
     /// The connection attempt the last packets blocked, if any (taken once).
+    #[doc(hidden)]
     #[inline]
     pub fn take_block(&self) -> Option<Block> {
         self.block.take()

@@ -4,12 +4,12 @@
 //! the policy it belongs to.
 //!
 //! - reply buckets: the per-destination limit on every packet the router
-//!   originates ([`ratelimit`]);
-//! - the redirect flow table ([`conntrack`]);
-//! - the banner responder's sessions ([`responder`]);
+//!   originates (`state::ratelimit`);
+//! - the redirect flow table (`state::conntrack`);
+//! - the banner responder's sessions (`state::responder`);
 //! - the buckets of config rate-limit rules;
-//! - the subscribers in quarantine ([`abuse`]), which every reload keeps;
-//! - the blocked connection attempts seen lately ([`attempts`]), so that a
+//! - the subscribers in quarantine (`state::abuse`), which every reload keeps;
+//! - the blocked connection attempts seen lately (`state::attempts`), so that a
 //!   retransmitted SYN is one attempt; every reload keeps them too.
 //!
 //! Each part sits behind its own lock, taken only on the paths that need it
@@ -17,13 +17,21 @@
 //! shared through its own `Arc`, so a reload can carry some parts over and
 //! start others afresh ([`State::carry_over`]).
 
+#[cfg(feature = "testing")]
+#[doc(hidden)]
 pub mod abuse;
-pub mod attempts;
+#[cfg(not(feature = "testing"))]
+pub(crate) mod abuse;
+pub(crate) mod attempts;
 pub(crate) mod conntrack;
+#[cfg(feature = "testing")]
+#[doc(hidden)]
 pub mod neighbour;
-pub mod program;
+#[cfg(not(feature = "testing"))]
+pub(crate) mod neighbour;
+pub(crate) mod program;
 pub(crate) mod ratelimit;
-pub mod responder;
+pub(crate) mod responder;
 
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -51,7 +59,7 @@ pub(crate) fn subscriber_key(addr: IpAddr) -> u64 {
 }
 
 /// Most subscribers in quarantine at once.
-pub const MAX_QUARANTINED: usize = 65_536;
+pub(crate) const MAX_QUARANTINED: usize = 65_536;
 
 /// The buckets of one rate-limit rule.
 #[derive(Debug)]
@@ -171,13 +179,13 @@ impl State {
     /// responder, as there is no device to send its answers to. A blocked
     /// SYN is then reported as what the data plane does with it (handed to
     /// the responder), and the flow's other segments as blocked.
-    pub fn offline(policy: &Policy) -> State {
+    pub(crate) fn offline(policy: &Policy) -> State {
         State { responder: None, ..State::new(policy) }
     }
 
     /// Whether this state was built for `policy`'s rules (the rate-limit
     /// buckets are found by rule position).
-    pub fn fits(&self, policy: &Policy) -> bool {
+    pub(crate) fn fits(&self, policy: &Policy) -> bool {
         let rules = policy.rules.rules();
         rules.len() == self.rule_buckets.len()
             && rules.len() == self.programs.len()
@@ -272,6 +280,7 @@ impl State {
     }
 
     /// Entries in the map of program rule `index` (for tests and traces).
+    #[doc(hidden)]
     pub fn program_map_len(&self, index: usize) -> Option<usize> {
         let slot = self.programs.get(index)?.as_ref()?;
         Some(lock(slot.instance.as_ref()?).map_len())
@@ -298,6 +307,7 @@ impl State {
     }
 
     /// The subscribers in quarantine.
+    #[doc(hidden)]
     pub fn quarantine(&self) -> &Arc<Quarantine> {
         &self.quarantine
     }
@@ -316,11 +326,13 @@ impl State {
     }
 
     /// The blocked connection attempts seen lately.
+    #[doc(hidden)]
     pub fn attempts(&self) -> &Attempts {
         &self.attempts
     }
 
     /// The banner responder, with `action = "banner"`.
+    #[doc(hidden)]
     pub fn responder(&self) -> Option<&Responder> {
         self.responder.as_deref()
     }
@@ -345,7 +357,7 @@ impl State {
     }
 
     /// The responder's figures.
-    pub fn responder_stats(&self) -> ResponderStats {
+    pub(crate) fn responder_stats(&self) -> ResponderStats {
         let mut s = ResponderStats::default();
         if let Some(r) = &self.responder {
             s.sessions = r.active() as u64;

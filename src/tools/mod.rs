@@ -11,8 +11,8 @@ use crate::router::{ReplyKind, Verdict};
 use crate::state::abuse::parse_subscriber;
 use crate::state::State;
 
-/// The state the offline tools judge with ([`State::offline`]), with the
-/// subscribers `quarantined` (keys, [`parse_subscriber`]) in quarantine for
+/// The state the offline tools judge with (`State::offline`), with the
+/// subscribers `quarantined` (keys, `state::abuse::parse_subscriber`) in quarantine for
 /// the whole run: a capture or a packet says nothing of who op25b had in
 /// quarantine, so `--quarantined` tells it.
 pub fn offline_state(policy: &Policy, quarantined: &[u64]) -> Result<State, String> {

@@ -16,11 +16,9 @@ mod quarantine;
 mod tests;
 mod tracker;
 
-pub use persist::{Restored, SavedAbuse, SavedQuarantine, STATE_VERSION};
+pub use persist::{SavedAbuse, STATE_VERSION};
 pub use quarantine::{Quarantine, QuarantineRefused};
-pub use tracker::{
-    Clocks, Entry, SavedEntry, SavedTracker, Suspicion, Thresholds, Tracker, EXACT_DESTINATIONS, SAMPLES,
-};
+pub use tracker::{Clocks, Entry, SavedTracker, Thresholds, Tracker};
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::PathBuf;

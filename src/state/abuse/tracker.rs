@@ -201,8 +201,6 @@ pub struct Tracker {
     /// The keys of `hasher`: saved with the table, so that the destination
     /// hashes it holds stay valid in the next run.
     seeds: [u64; 4],
-    /// Attempts seen, all subscribers.
-    seen: u64,
     /// Entries taken over from another subscriber.
     replaced: u64,
 }
@@ -227,7 +225,6 @@ impl Tracker {
             pos: Vec::with_capacity(capacity),
             hasher: ahash::RandomState::with_seeds(seeds[0], seeds[1], seeds[2], seeds[3]),
             seeds,
-            seen: 0,
             replaced: 0,
         }
     }
@@ -243,16 +240,13 @@ impl Tracker {
     }
 
     /// Whether no attempt was recorded yet.
+    #[cfg(any(test, feature = "testing"))]
     pub fn is_empty(&self) -> bool {
         self.slots.is_empty()
     }
 
-    /// Attempts recorded, all subscribers.
-    pub fn seen(&self) -> u64 {
-        self.seen
-    }
-
     /// Entries that changed hands (a new subscriber took the smallest one).
+    #[cfg(test)]
     pub fn replaced(&self) -> u64 {
         self.replaced
     }
@@ -261,7 +255,6 @@ impl Tracker {
     /// crossing, if this attempt is the one that crosses a threshold of
     /// `t` in the subscriber's window (once per window).
     pub fn record(&mut self, now: Instant, key: u64, dst: IpAddr, t: &Thresholds) -> Option<Suspicion> {
-        self.seen += 1;
         let i = self.slot_of(key, now);
         let h = self.hasher.hash_one(dst);
         let slot = &mut self.slots[i];
@@ -402,7 +395,7 @@ fn random_seeds() -> [u64; 4] {
 }
 
 mod saved;
-pub use saved::{Clocks, SavedEntry, SavedTracker};
+pub use saved::{Clocks, SavedTracker};
 
 #[cfg(test)]
 mod tests;

@@ -113,22 +113,20 @@ impl Neighbours {
         NeighbourStats { entries: self.entries.len() as u64, ..self.stats }
     }
 
-    /// The interface's MAC address (the source of every frame sent).
-    pub fn mac(&self) -> Mac {
-        self.own.mac
-    }
-
     /// Entries in the table, gateways included.
+    #[cfg(any(test, feature = "testing"))]
     pub fn len(&self) -> usize {
         self.entries.len()
     }
 
     /// Whether the table has no entry (no gateway and no on-link next hop).
+    #[cfg(any(test, feature = "testing"))]
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
     }
 
     /// The MAC known for `ip`, if an entry has one.
+    #[cfg(test)]
     pub fn known(&self, ip: IpAddr) -> Option<Mac> {
         self.entries.iter().find(|e| e.ip == ip).and_then(|e| e.mac)
     }
