@@ -103,3 +103,33 @@ impl TxBatch {
         Ok(n)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::net::UnixDatagram;
+
+    /// Every frame of a batch leaves whole and in order, for a partial and a
+    /// full batch (only the headers in use are written before `sendmmsg`).
+    #[test]
+    fn a_batch_leaves_whole_and_in_order() {
+        let (a, b) = UnixDatagram::pair().unwrap();
+        let fd = OwnedFd::from(a);
+        let mut batch = TxBatch::new();
+        for count in [3, SLOTS] {
+            let frames: Vec<Vec<u8>> = (0..count).map(|i| vec![i as u8; 20 + i]).collect();
+            for f in &frames {
+                assert!(batch.push(&[&f[..10], &f[10..]]));
+            }
+            assert_eq!(batch.is_full(), count == SLOTS);
+            assert!(!batch.push(&[&[0u8; SLOT + 1][..]]), "a frame longer than a slot is refused");
+            assert_eq!(batch.send(&fd).unwrap(), count);
+            assert_eq!(batch.send(&fd).unwrap(), 0, "the batch is empty after a send");
+            let mut buf = [0u8; SLOT];
+            for f in &frames {
+                let n = b.recv(&mut buf).unwrap();
+                assert_eq!(&buf[..n], &f[..]);
+            }
+        }
+    }
+}
