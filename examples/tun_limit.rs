@@ -38,11 +38,23 @@ const MAX_SLEEP: Duration = Duration::from_secs(1);
 struct Queue {
     dev: SyncDevice,
     draining: AtomicBool,
+    /// The owner waits for the lock: a peek stops after its current packet.
+    wanted: AtomicBool,
 }
 
 impl Queue {
     fn try_lock(&self) -> bool {
         !self.draining.swap(true, Ordering::Acquire)
+    }
+    fn lock(&self) {
+        if self.try_lock() {
+            return;
+        }
+        self.wanted.store(true, Ordering::Relaxed);
+        while !self.try_lock() {
+            std::thread::yield_now();
+        }
+        self.wanted.store(false, Ordering::Relaxed);
     }
     fn unlock(&self) {
         self.draining.store(false, Ordering::Release);
@@ -113,7 +125,10 @@ fn open(cfg: &DeviceConfig, offload: bool, queue_len: u32, queues: usize) -> io:
             if offload && !devs[0].tcp_gso() {
                 return Err(io::Error::other("the kernel did not enable TUN offload"));
             }
-            Ok(devs.into_iter().map(|dev| Queue { dev, draining: AtomicBool::new(false) }).collect())
+            Ok(devs
+                .into_iter()
+                .map(|dev| Queue { dev, draining: AtomicBool::new(false), wanted: AtomicBool::new(false) })
+                .collect())
         })
         .join()
         .unwrap_or_else(|_| Err(io::Error::other("device thread panicked")))
@@ -129,9 +144,7 @@ fn worker(own: &Queue, other: &Queue, off: usize, busy_poll: Duration, stop: &In
     // Never triggered: for zero-timeout polls while busy polling.
     let Ok(never) = InterruptEvent::new() else { return };
     while !stop.is_trigger() {
-        while !own.try_lock() {
-            std::thread::yield_now();
-        }
+        own.lock();
         let n = drain(own, other, &mut buf, &mut gro, off, DRAIN_MAX, &mut failures);
         own.unlock();
         if other.try_lock() {
@@ -166,7 +179,8 @@ fn drain(
     failures: &mut u32,
 ) -> usize {
     let mut n = 0;
-    while n < max {
+    // A peek (a `max` below the owner's) gives the queue back to its owner.
+    while n < max && !(max < DRAIN_MAX && from.wanted.load(Ordering::Relaxed)) {
         let len = match from.dev.recv(buf) {
             Ok(len) => len,
             Err(e) if e.kind() == ErrorKind::WouldBlock => break,

@@ -28,7 +28,8 @@
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, TryLockError};
 use std::time::{Duration, Instant};
 
 use ipnet::IpNet;
@@ -69,6 +70,10 @@ pub(crate) struct EthDev {
     unreachable: Arc<Mutex<Vec<Vec<u8>>>>,
     /// Small frames waiting for one `sendmmsg` ([`EthDev::flush_tx`]).
     tx: Mutex<TxBatch>,
+    /// Whether `tx` holds frames; written under its lock, read without it,
+    /// so a drain with nothing queued (the reverse direction's worker, each
+    /// wake-up) does not wait for a worker that is inside `sendmmsg`.
+    queued: AtomicBool,
     /// Packets sent through the fast path (roughly: several threads may
     /// send); every [`MAINTAIN_EVERY`]th runs the table's timers, so a queue
     /// that never runs dry still re-probes its gateways.
@@ -159,6 +164,7 @@ pub(crate) fn open(cfg: &DeviceConfig, link: &LinkConfig, offload: bool, queues:
             fast: fast.clone(),
             unreachable: Arc::clone(&unreachable),
             tx: Mutex::new(TxBatch::new()),
+            queued: AtomicBool::new(false),
             fast_sends: std::sync::atomic::AtomicU32::new(0),
         });
     }
@@ -284,9 +290,16 @@ impl EthDev {
         }
     }
 
-    /// Runs the table's due timers and sends what it has.
+    /// Runs the table's due timers and sends what it has. Called at the end
+    /// of every drain: when another worker holds the table, its timers wait
+    /// for the next call (at most a drain or a wait slice later) rather than
+    /// this worker for the lock.
     fn maintain(&self) {
-        let mut table = self.table();
+        let mut table = match self.neighbours.try_lock() {
+            Ok(table) => table,
+            Err(TryLockError::Poisoned(p)) => p.into_inner(),
+            Err(TryLockError::WouldBlock) => return,
+        };
         let now = Instant::now();
         if table.poll_timeout().is_some_and(|at| at <= now) {
             table.handle_timeout(now);
@@ -377,12 +390,16 @@ impl EthDev {
             let mut tx = self.tx.lock().unwrap_or_else(|p| p.into_inner());
             if tx.push(&parts) {
                 if tx.is_full() {
+                    self.queued.store(false, Ordering::Relaxed);
                     tx.send(&self.fd).map_err(|e| self.classify(e))?;
+                } else {
+                    self.queued.store(true, Ordering::Relaxed);
                 }
                 // What a sendmsg would have counted: the packet and its virtio-net header.
                 return Ok(off + ip.len());
             }
             // Too long for the batch: what is queued leaves first, in order.
+            self.queued.store(false, Ordering::Relaxed);
             tx.send(&self.fd).map_err(|e| self.classify(e))?;
         }
         self.sendmsg(&parts).map(|n| n.saturating_sub(ETH_LEN)).map_err(|e| self.classify(e))
@@ -391,7 +408,13 @@ impl EthDev {
     /// Sends the small frames queued by [`EthDev::send`] (one `sendmmsg`);
     /// the worker calls it at the end of each drain.
     pub(crate) fn flush_tx(&self) -> io::Result<usize> {
+        // Nothing queued, or another worker has taken the batch to send it:
+        // no lock (a worker sends its batch while holding it).
+        if !self.queued.load(Ordering::Relaxed) {
+            return Ok(0);
+        }
         let mut tx = self.tx.lock().unwrap_or_else(|p| p.into_inner());
+        self.queued.store(false, Ordering::Relaxed);
         tx.send(&self.fd).map_err(|e| self.classify(e))
     }
 

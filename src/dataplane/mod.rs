@@ -13,7 +13,9 @@
 //! waiting on queue i of its egress device when that queue's owner is not
 //! draining it: the kernel often queues the answer (an echo reply, an ACK)
 //! during the write itself, and handling it at once saves a thread wake-up
-//! per round trip. A per-queue drain lock keeps each flow in order.
+//! per round trip. A per-queue drain lock keeps each flow in order; an owner
+//! that finds its queue taken flags it, and the peek stops after the packet
+//! in hand.
 //!
 //! With offload (the default) the devices carry a virtio-net header: a read
 //! may return a 64 KiB TCP/UDP GSO super-packet, which the router judges on its

@@ -124,23 +124,38 @@ impl IoCounters {
 pub(crate) struct Queue {
     pub(crate) dev: Link,
     draining: AtomicBool,
+    /// The owner waits for the lock: a peeking worker stops after its
+    /// current packet.
+    wanted: AtomicBool,
 }
 
 impl Queue {
     pub(crate) fn new(dev: Link) -> Queue {
-        Queue { dev, draining: AtomicBool::new(false) }
+        Queue { dev, draining: AtomicBool::new(false), wanted: AtomicBool::new(false) }
     }
 
     fn try_lock(&self) -> bool {
         !self.draining.swap(true, Ordering::Acquire)
     }
 
-    /// Waits for a peeking worker to finish (it holds the lock for at most
-    /// `PEEK_MAX` packets).
+    /// Waits for a peeking worker to finish: it stops after the packet in
+    /// hand. (Waiting out its up to `PEEK_MAX` TCP super-packets, tens of
+    /// microseconds each, kept the owner in a `sched_yield` loop: see
+    /// docs/PERFORMANCE.md, "Per packet and per wake-up".)
     fn lock(&self) {
+        if self.try_lock() {
+            return;
+        }
+        self.wanted.store(true, Ordering::Relaxed);
         while !self.try_lock() {
             std::thread::yield_now();
         }
+        self.wanted.store(false, Ordering::Relaxed);
+    }
+
+    /// Whether the owner waits for this queue (a peek lets go at once).
+    fn wanted(&self) -> bool {
+        self.wanted.load(Ordering::Relaxed)
     }
 
     fn unlock(&self) {
@@ -380,7 +395,8 @@ fn drain(
     let c = io.counters;
     let mut n = 0;
     let result = loop {
-        if n == max {
+        // A peek (a `max` below the owner's) gives the queue back to its owner.
+        if n == max || (max < DRAIN_MAX && from.wanted()) {
             break Drained::Done(n);
         }
         let len = match from.dev.recv(&mut b.buf) {
