@@ -20,12 +20,12 @@ use std::fs::File;
 use std::io::{self, ErrorKind};
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use gro::UdpCoalescer;
 use nix::sched::{setns, CloneFlags};
 use op25b::config::{Config, DeviceConfig};
+use op25b::dataplane::DrainLock;
 use signal_hook::consts::{SIGINT, SIGTERM};
 use tun_rs::{InterruptEvent, SyncDevice, VirtioNetHdr, VIRTIO_NET_HDR_LEN};
 
@@ -34,31 +34,11 @@ const DRAIN_MAX: usize = 256;
 const PEEK_MAX: usize = 64;
 const MAX_SLEEP: Duration = Duration::from_secs(1);
 
-/// A queue and its drain lock, as the data plane keeps them.
+/// A queue and its drain lock, as the data plane keeps them (the data
+/// plane's own lock: the owner waits, a peek lets go after its packet).
 struct Queue {
     dev: SyncDevice,
-    draining: AtomicBool,
-    /// The owner waits for the lock: a peek stops after its current packet.
-    wanted: AtomicBool,
-}
-
-impl Queue {
-    fn try_lock(&self) -> bool {
-        !self.draining.swap(true, Ordering::Acquire)
-    }
-    fn lock(&self) {
-        if self.try_lock() {
-            return;
-        }
-        self.wanted.store(true, Ordering::Relaxed);
-        while !self.try_lock() {
-            std::thread::yield_now();
-        }
-        self.wanted.store(false, Ordering::Relaxed);
-    }
-    fn unlock(&self) {
-        self.draining.store(false, Ordering::Release);
-    }
+    drain: DrainLock,
 }
 
 fn main() -> ExitCode {
@@ -125,10 +105,7 @@ fn open(cfg: &DeviceConfig, offload: bool, queue_len: u32, queues: usize) -> io:
             if offload && !devs[0].tcp_gso() {
                 return Err(io::Error::other("the kernel did not enable TUN offload"));
             }
-            Ok(devs
-                .into_iter()
-                .map(|dev| Queue { dev, draining: AtomicBool::new(false), wanted: AtomicBool::new(false) })
-                .collect())
+            Ok(devs.into_iter().map(|dev| Queue { dev, drain: DrainLock::default() }).collect())
         })
         .join()
         .unwrap_or_else(|_| Err(io::Error::other("device thread panicked")))
@@ -144,12 +121,12 @@ fn worker(own: &Queue, other: &Queue, off: usize, busy_poll: Duration, stop: &In
     // Never triggered: for zero-timeout polls while busy polling.
     let Ok(never) = InterruptEvent::new() else { return };
     while !stop.is_trigger() {
-        own.lock();
+        own.drain.lock();
         let n = drain(own, other, &mut buf, &mut gro, off, DRAIN_MAX, &mut failures);
-        own.unlock();
-        if other.try_lock() {
+        own.drain.unlock();
+        if other.drain.try_lock() {
             drain(other, own, &mut buf, &mut gro, off, PEEK_MAX, &mut failures);
-            other.unlock();
+            other.drain.unlock();
         }
         if failures >= 1000 {
             eprintln!("tun_limit: {failures} reads in a row failed: stopping");
@@ -180,7 +157,7 @@ fn drain(
 ) -> usize {
     let mut n = 0;
     // A peek (a `max` below the owner's) gives the queue back to its owner.
-    while n < max && !(max < DRAIN_MAX && from.wanted.load(Ordering::Relaxed)) {
+    while n < max && !(max < DRAIN_MAX && from.drain.wanted()) {
         let len = match from.dev.recv(buf) {
             Ok(len) => len,
             Err(e) if e.kind() == ErrorKind::WouldBlock => break,

@@ -43,6 +43,19 @@
 
 #![warn(missing_docs)]
 
+/// Declares internal modules: crate-private, or public but hidden from the
+/// documentation with the `testing` feature (the tests', benches', examples'
+/// and fuzz targets' white-box view).
+macro_rules! internal {
+    ($($name:ident),+ $(,)?) => {$(
+        #[cfg(feature = "testing")]
+        #[doc(hidden)]
+        pub mod $name;
+        #[cfg(not(feature = "testing"))]
+        pub(crate) mod $name;
+    )+};
+}
+
 pub mod packet;
 pub mod stats;
 
@@ -55,28 +68,9 @@ pub mod config;
 pub mod daemon;
 
 // Internals: the binary's commands (through `binary`) and, with the `testing`
-// feature, the tests', benches', examples' and fuzz targets' white-box view.
-#[cfg(feature = "testing")]
-#[doc(hidden)]
-pub mod control;
-#[cfg(not(feature = "testing"))]
-pub(crate) mod control;
-#[cfg(feature = "testing")]
-#[doc(hidden)]
-pub mod dataplane;
-#[cfg(not(feature = "testing"))]
-pub(crate) mod dataplane;
-#[cfg(feature = "testing")]
-#[doc(hidden)]
-pub mod lab;
-#[cfg(not(feature = "testing"))]
-pub(crate) mod lab;
+// feature, the white-box view.
+internal!(control, dataplane, lab, tools);
 pub(crate) mod reload;
-#[cfg(feature = "testing")]
-#[doc(hidden)]
-pub mod tools;
-#[cfg(not(feature = "testing"))]
-pub(crate) mod tools;
 
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;

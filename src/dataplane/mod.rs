@@ -27,6 +27,7 @@
 
 pub mod capture;
 mod device;
+mod drain_lock;
 mod error;
 mod eth;
 pub mod events;
@@ -58,6 +59,8 @@ use arc_swap::ArcSwap;
 #[cfg(feature = "testing")]
 pub use device::tun_queues;
 use device::Opened;
+#[cfg(feature = "testing")]
+pub use drain_lock::DrainLock;
 pub use error::DeviceError;
 pub use fault::DeviceFault;
 use fault::{Faults, NetnsWatch};

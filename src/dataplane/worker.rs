@@ -14,13 +14,14 @@
 //!   A reload swaps them between batches, never within one.
 
 use std::io;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use tun_rs::{InterruptEvent, VirtioNetHdr};
 
 use super::capture::CaptureSink;
+use super::drain_lock::DrainLock;
 use super::events::{AttemptSender, Event, EventSender};
 use super::fault::{is_lost, Faults};
 use super::gro::UdpCoalescer;
@@ -123,43 +124,12 @@ impl IoCounters {
 /// One device queue (a TUN queue or an Ethernet socket) and its drain lock.
 pub(crate) struct Queue {
     pub(crate) dev: Link,
-    draining: AtomicBool,
-    /// The owner waits for the lock: a peeking worker stops after its
-    /// current packet.
-    wanted: AtomicBool,
+    drain: DrainLock,
 }
 
 impl Queue {
     pub(crate) fn new(dev: Link) -> Queue {
-        Queue { dev, draining: AtomicBool::new(false), wanted: AtomicBool::new(false) }
-    }
-
-    fn try_lock(&self) -> bool {
-        !self.draining.swap(true, Ordering::Acquire)
-    }
-
-    /// Waits for a peeking worker to finish: it stops after the packet in
-    /// hand. (Waiting out its up to `PEEK_MAX` TCP super-packets, tens of
-    /// microseconds each, kept the owner in a `sched_yield` loop: see
-    /// docs/PERFORMANCE.md, "Per packet and per wake-up".)
-    fn lock(&self) {
-        if self.try_lock() {
-            return;
-        }
-        self.wanted.store(true, Ordering::Relaxed);
-        while !self.try_lock() {
-            std::thread::yield_now();
-        }
-        self.wanted.store(false, Ordering::Relaxed);
-    }
-
-    /// Whether the owner waits for this queue (a peek lets go at once).
-    fn wanted(&self) -> bool {
-        self.wanted.load(Ordering::Relaxed)
-    }
-
-    fn unlock(&self) {
-        self.draining.store(false, Ordering::Release);
+        Queue { dev, drain: DrainLock::default() }
     }
 }
 
@@ -309,14 +279,14 @@ impl Worker {
                 break;
             }
             self.sync_policy();
-            ingress.lock();
+            ingress.drain.lock();
             let r = drain(&mut self.own, &self.current.state, &mut io, &mut b, &mut now, (ingress, egress), DRAIN_MAX);
-            ingress.unlock();
+            ingress.drain.unlock();
             let n = match r {
                 Drained::Done(n) => n,
                 Drained::Stop => break,
             };
-            if self.peek && egress.try_lock() {
+            if self.peek && egress.drain.try_lock() {
                 // A reload during the drain: the queue's owner may have
                 // switched already, so the peek must not use the old policy.
                 self.sync_policy();
@@ -329,7 +299,7 @@ impl Worker {
                     (egress, ingress),
                     PEEK_MAX,
                 );
-                egress.unlock();
+                egress.drain.unlock();
                 // A failing reverse queue is its owner's to give up on: this
                 // worker stops only for its own queue, a shutdown or a lost
                 // device (whichever worker found it).
@@ -396,7 +366,7 @@ fn drain(
     let mut n = 0;
     let result = loop {
         // A peek (a `max` below the owner's) gives the queue back to its owner.
-        if n == max || (max < DRAIN_MAX && from.wanted()) {
+        if n == max || (max < DRAIN_MAX && from.drain.wanted()) {
             break Drained::Done(n);
         }
         let len = match from.dev.recv(&mut b.buf) {

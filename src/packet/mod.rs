@@ -2,16 +2,7 @@
 //! checksums, and the builders for the replies the router sends. Also the
 //! shared vocabulary every layer above uses ([`Direction`]).
 
-#[cfg(feature = "testing")]
-#[doc(hidden)]
-pub mod checksum;
-#[cfg(not(feature = "testing"))]
-pub(crate) mod checksum;
-#[cfg(feature = "testing")]
-#[doc(hidden)]
-pub mod encap;
-#[cfg(not(feature = "testing"))]
-pub(crate) mod encap;
+internal!(checksum, encap);
 pub(crate) mod nat;
 pub(crate) mod reply;
 pub(crate) mod tunnel;

@@ -17,18 +17,10 @@
 //! shared through its own `Arc`, so a reload can carry some parts over and
 //! start others afresh ([`State::carry_over`]).
 
-#[cfg(feature = "testing")]
-#[doc(hidden)]
-pub mod abuse;
-#[cfg(not(feature = "testing"))]
-pub(crate) mod abuse;
+internal!(abuse);
 pub(crate) mod attempts;
 pub(crate) mod conntrack;
-#[cfg(feature = "testing")]
-#[doc(hidden)]
-pub mod neighbour;
-#[cfg(not(feature = "testing"))]
-pub(crate) mod neighbour;
+internal!(neighbour);
 pub(crate) mod program;
 pub(crate) mod ratelimit;
 pub(crate) mod responder;
