@@ -55,10 +55,15 @@ action = "drop"
 
 /// The lab's router, and the same policy with OP25B switched off in the fast
 /// path and written as rules. Each has a clock of its own that never moves,
-/// so both see the same reply limit at every step.
+/// so both see the same reply limit at every step. Both forward tunnels
+/// (`op25b.tunnels = "forward"`): looking inside them is the fast path's
+/// alone (rules see the outer packet), tested in the router's tunnel tests;
+/// with `inspect`, a UDP packet to 4789 or 6081 from a dynamic address with
+/// a truncated header is dropped by the fast path and forwarded by rules.
 fn routers() -> (TestRouter, TestRouter) {
-    let fast = PolicyBuilder::lab().named("fast.toml").router();
-    let rules = PolicyBuilder::lab().named("rules.toml").op25b("dynamic", "[]").rules(AS_RULES);
+    let fast = PolicyBuilder::lab().named("fast.toml").op25b("tunnels", "\"forward\"").router();
+    let rules =
+        PolicyBuilder::lab().named("rules.toml").op25b("tunnels", "\"forward\"").op25b("dynamic", "[]").rules(AS_RULES);
     assert!(rules.policy().op25b.dynamic.is_empty());
     (fast, rules.router())
 }
@@ -84,7 +89,7 @@ fn pkt() -> impl Strategy<Value = Pkt> {
         any::<u16>(),
         0u8..3,
         prop::bool::weighted(0.8),
-        prop_oneof![Just(25u16), Just(587), Just(465), Just(2525), any::<u16>()],
+        prop_oneof![Just(25u16), Just(587), Just(465), Just(2525), Just(4789), Just(6081), any::<u16>()],
         any::<u8>(),
         0usize..64,
         0u8..4,
