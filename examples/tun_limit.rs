@@ -32,6 +32,8 @@ use tun_rs::{InterruptEvent, SyncDevice, VirtioNetHdr, VIRTIO_NET_HDR_LEN};
 /// The data plane's batch limits and longest sleep (src/dataplane/worker.rs).
 const DRAIN_MAX: usize = 256;
 const PEEK_MAX: usize = 64;
+// A drain with a limit below DRAIN_MAX is a peek (as in the data plane).
+const _: () = assert!(PEEK_MAX < DRAIN_MAX);
 const MAX_SLEEP: Duration = Duration::from_secs(1);
 
 /// A queue and its drain lock, as the data plane keeps them (the data

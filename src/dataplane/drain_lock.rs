@@ -29,7 +29,8 @@ impl DrainLock {
             return;
         }
         self.wanted.store(true, Ordering::Relaxed);
-        while !self.try_lock() {
+        // Read before trying: a swap writes the line the peek reads `wanted` from.
+        while self.draining.load(Ordering::Relaxed) || !self.try_lock() {
             std::thread::yield_now();
         }
         self.wanted.store(false, Ordering::Relaxed);
@@ -74,7 +75,9 @@ mod tests {
                 l.unlock();
             }
         });
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
         while !l.wanted() {
+            assert!(std::time::Instant::now() < deadline, "the owner never said it waits");
             std::thread::yield_now();
         }
         l.unlock();

@@ -290,10 +290,11 @@ impl EthDev {
         }
     }
 
-    /// Runs the table's due timers and sends what it has. Called at the end
-    /// of every drain: when another worker holds the table, its timers wait
-    /// for the next call (at most a drain or a wait slice later) rather than
-    /// this worker for the lock.
+    /// Runs the table's due timers and sends what it has. Called when a read
+    /// finds the socket empty, on each idle wait slice and every
+    /// [`MAINTAIN_EVERY`] fast-path sends: when another worker holds the
+    /// table, its timers wait for the next of these rather than this worker
+    /// for the lock.
     fn maintain(&self) {
         let mut table = match self.neighbours.try_lock() {
             Ok(table) => table,

@@ -1,5 +1,5 @@
-//! The data plane: two TUN devices and worker threads around the sans-I/O
-//! [`Router`].
+//! The data plane: the subscriber TUN, the upstream (a TUN or an Ethernet
+//! interface) and worker threads around the sans-I/O [`Router`].
 //!
 //! Plain threads, not tokio: each worker waits on one TUN queue, which is all
 //! the concurrency a two-device router has, and the hot loop stays free of a

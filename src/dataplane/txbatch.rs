@@ -114,6 +114,8 @@ mod tests {
     #[test]
     fn a_batch_leaves_whole_and_in_order() {
         let (a, b) = UnixDatagram::pair().unwrap();
+        // A lost frame fails the test rather than hanging it.
+        b.set_read_timeout(Some(std::time::Duration::from_secs(5))).unwrap();
         let fd = OwnedFd::from(a);
         let mut batch = TxBatch::new();
         for count in [3, SLOTS] {
@@ -122,7 +124,8 @@ mod tests {
                 assert!(batch.push(&[&f[..10], &f[10..]]));
             }
             assert_eq!(batch.is_full(), count == SLOTS);
-            assert!(!batch.push(&[&[0u8; SLOT + 1][..]]), "a frame longer than a slot is refused");
+            let refused = if count == SLOTS { "a full batch takes no more" } else { "a frame longer than a slot is refused" };
+            assert!(!batch.push(&[&[0u8; SLOT + 1][..]]), "{refused}");
             assert_eq!(batch.send(&fd).unwrap(), count);
             assert_eq!(batch.send(&fd).unwrap(), 0, "the batch is empty after a send");
             let mut buf = [0u8; SLOT];

@@ -54,6 +54,9 @@ const DRAIN_MAX: usize = 256;
 /// when the write returns: taking it here saves the owner's wake-up on the
 /// round trip (see docs/PERFORMANCE.md).
 const PEEK_MAX: usize = 64;
+// A drain with a limit below DRAIN_MAX is a peek, and gives the queue back
+// when its owner waits (`drain`).
+const _: () = assert!(PEEK_MAX < DRAIN_MAX);
 
 /// A worker's sign of life: when it last passed the top of its loop, in
 /// milliseconds since the data plane started. One writer (the worker); read
